@@ -1,0 +1,497 @@
+//! Layout: which checkpoint key each component tensor gets (checkpoint-format.md §4, §8).
+//!
+//! Pure functions over key names and shapes: no I/O and no device work, so every rule can be
+//! checked against the reference fixtures on full-size shapes without allocating a tensor.
+//! Conversions that change data (q/k/v fusion, the transposed projection) and tensors the save
+//! creates (`position_ids`, markers) are described by a [`Source`]; the offload stage executes them.
+
+pub mod detect;
+pub mod openclip;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::arch::{Arch, Prediction};
+use crate::components::{ComponentKind, ComponentShapes, TensorInfo};
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use openclip::Converted;
+
+/// Prefix of every denoiser key in the classic LDM/SGM layouts.
+pub const UNET_PREFIX: &str = "model.diffusion_model.";
+
+/// Length of CLIP's token window, and so of SDXL's `position_ids`.
+pub const CLIP_CONTEXT: usize = 77;
+
+/// How keys are laid out: one of the known architectures, or prefixes the user chooses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayoutKind {
+    /// The reference layout of one architecture.
+    Arch(Arch),
+    /// Every key of each component gets the given prefix; nothing is converted.
+    Generic(GenericPrefixes),
+}
+
+/// Prefixes of the generic layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenericPrefixes {
+    /// Prefix of denoiser keys (default `model.diffusion_model.`).
+    pub model: String,
+    /// Prefix of text-encoder keys (default `text_encoders.`).
+    pub clip: String,
+    /// Prefix of autoencoder keys (default `vae.`).
+    pub vae: String,
+    /// Prefix of image-encoder keys (default `clip_vision.`).
+    pub clip_vision: String,
+}
+
+impl Default for GenericPrefixes {
+    fn default() -> Self {
+        Self {
+            model: UNET_PREFIX.into(),
+            clip: "text_encoders.".into(),
+            vae: "vae.".into(),
+            clip_vision: "clip_vision.".into(),
+        }
+    }
+}
+
+impl GenericPrefixes {
+    fn get(&self, kind: ComponentKind) -> &str {
+        match kind {
+            ComponentKind::Model => &self.model,
+            ComponentKind::Clip => &self.clip,
+            ComponentKind::Vae => &self.vae,
+            ComponentKind::ClipVision => &self.clip_vision,
+        }
+    }
+}
+
+/// Where the bytes of one checkpoint tensor come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A component tensor, unchanged (only renamed).
+    Copy {
+        /// Its component.
+        component: ComponentKind,
+        /// Its in-memory key.
+        key: String,
+    },
+    /// q, k and v concatenated along dim 0 (OpenCLIP `in_proj_weight` / `in_proj_bias`).
+    FuseQkv {
+        /// Their component.
+        component: ComponentKind,
+        /// In-memory keys of q, k, v, in that order.
+        keys: [String; 3],
+    },
+    /// A 2-D tensor transposed (OpenCLIP `text_projection`).
+    Transpose {
+        /// Its component.
+        component: ComponentKind,
+        /// Its in-memory key.
+        key: String,
+    },
+    /// `0..len` as I64, shape `[1, len]` (SDXL's CLIP-L `position_ids`).
+    PositionIds {
+        /// Number of positions.
+        len: usize,
+    },
+    /// An empty F32 tensor of shape `[0]` (`v_pred`, `ztsnr`).
+    EmptyMarker,
+    /// An F32 0-dim scalar (`edm_vpred.sigma_max`, `edm_vpred.sigma_min`).
+    ScalarF32(f32),
+}
+
+impl Source {
+    /// The component whose dtype choice applies, `None` for tensors the save creates.
+    pub fn component(&self) -> Option<ComponentKind> {
+        match self {
+            Source::Copy { component, .. }
+            | Source::FuseQkv { component, .. }
+            | Source::Transpose { component, .. } => Some(*component),
+            Source::PositionIds { .. } | Source::EmptyMarker | Source::ScalarF32(_) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Copy { component, key } | Source::Transpose { component, key } => {
+                format!("{component} tensor `{key}`")
+            }
+            Source::FuseQkv { component, keys } => format!("{component} tensors `{}`…", keys[0]),
+            Source::PositionIds { .. } => "the created position_ids".into(),
+            Source::EmptyMarker | Source::ScalarF32(_) => "a marker tensor".into(),
+        }
+    }
+}
+
+/// One tensor of the checkpoint: its key, where it comes from, its shape and held dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Checkpoint key.
+    pub key: String,
+    /// Source of the bytes.
+    pub source: Source,
+    /// Shape in the file.
+    pub shape: Vec<usize>,
+    /// Dtype of the source (before any cast the plan applies).
+    pub dtype: Dtype,
+}
+
+/// The checkpoint's tensors in the order the reference hands them to the writer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layout {
+    /// Every tensor of the file.
+    pub entries: Vec<Entry>,
+    /// Component keys the reference drops on save (e.g. SD1's `clip_l.logit_scale`).
+    pub dropped: Vec<(ComponentKind, String)>,
+}
+
+impl Layout {
+    /// The entry with this checkpoint key.
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+}
+
+/// Builds the layout of a checkpoint.
+///
+/// # Errors
+/// - [`Error::MissingComponent`] when the denoiser is absent, or an architecture layout lacks the
+///   text encoders or autoencoder it needs;
+/// - [`Error::Conversion`] when q/k/v of a fusion are missing or mismatched, or a projection is not 2-D;
+/// - [`Error::DuplicateKey`] when two sources map to one checkpoint key.
+pub fn layout(kind: &LayoutKind, shapes: &ComponentShapes, prediction: Prediction) -> Result<Layout> {
+    let mut b = Builder::default();
+    let model = shapes.get(ComponentKind::Model).ok_or_else(|| Error::MissingComponent {
+        component: "model",
+        hint: "the denoiser (UNet/DiT) is required in every checkpoint".into(),
+    })?;
+    match kind {
+        LayoutKind::Generic(prefixes) => {
+            for kind in ComponentKind::ALL {
+                if let Some(map) = shapes.get(kind) {
+                    b.prefix_all(kind, map, prefixes.get(kind))?;
+                }
+            }
+        }
+        LayoutKind::Arch(arch) => {
+            b.prefix_all(ComponentKind::Model, model, UNET_PREFIX)?;
+            let clip = required(shapes, ComponentKind::Clip, *arch)?;
+            let vae = required(shapes, ComponentKind::Vae, *arch)?;
+            check_encoders(*arch, clip)?;
+            clip_layout(&mut b, *arch, clip)?;
+            let vae_prefix = match arch {
+                Arch::Flux | Arch::FluxSchnell => "vae.",
+                _ => "first_stage_model.",
+            };
+            b.prefix_all(ComponentKind::Vae, vae, vae_prefix)?;
+        }
+    }
+    markers(&mut b, prediction)?;
+    Ok(b.finish())
+}
+
+fn required(
+    shapes: &ComponentShapes,
+    kind: ComponentKind,
+    arch: Arch,
+) -> Result<&BTreeMap<String, TensorInfo>> {
+    shapes.get(kind).ok_or_else(|| Error::MissingComponent {
+        component: kind.name(),
+        hint: format!(
+            "a {arch} checkpoint holds model, clip and vae; pass the {kind} component, or use the generic layout (--arch generic) to save a partial checkpoint"
+        ),
+    })
+}
+
+/// The text encoders each architecture's clip component must hold, by key prefix.
+fn expected_encoders(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Sd15 => &["clip_l"],
+        Arch::Sd2 => &["clip_h"],
+        Arch::Sdxl => &["clip_l", "clip_g"],
+        Arch::SdxlRefiner => &["clip_g"],
+        Arch::Sd3 => &["clip_l", "clip_g"],
+        Arch::Flux | Arch::FluxSchnell => &["clip_l", "t5xxl"],
+    }
+}
+
+fn check_encoders(arch: Arch, clip: &BTreeMap<String, TensorInfo>) -> Result<()> {
+    let found: std::collections::BTreeSet<&str> =
+        clip.keys().filter_map(|k| k.split('.').next()).collect();
+    for enc in expected_encoders(arch) {
+        if !found.contains(enc) {
+            return Err(Error::MissingComponent {
+                component: "clip",
+                hint: format!(
+                    "{arch} needs text encoder `{enc}` (keys `{enc}.…`) in the clip component; found: {}",
+                    if found.is_empty() { "nothing".to_string() } else { found.into_iter().collect::<Vec<_>>().join(", ") }
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn clip_layout(b: &mut Builder, arch: Arch, clip: &BTreeMap<String, TensorInfo>) -> Result<()> {
+    let c = ComponentKind::Clip;
+    match arch {
+        Arch::Sd15 => {
+            for (k, info) in clip {
+                if k == "clip_l.transformer.text_projection.weight" || k == "clip_l.logit_scale" {
+                    b.dropped.push((c, k.clone()));
+                    continue;
+                }
+                let key = match k.strip_prefix("clip_l.") {
+                    Some(rest) => format!("cond_stage_model.{rest}"),
+                    None => k.clone(),
+                };
+                b.copy(c, k, info, key)?;
+            }
+        }
+        Arch::Sd2 => {
+            let renamed = clip
+                .iter()
+                .map(|(k, i)| (replace_prefix(k, "clip_h", "cond_stage_model.model"), (k, i)));
+            openclip_convert(b, renamed)?;
+        }
+        Arch::Sdxl => {
+            let g = clip
+                .iter()
+                .filter(|(k, _)| k.starts_with("clip_g"))
+                .map(|(k, i)| (k.clone(), (k, i)));
+            openclip_convert_then(b, g, |k| replace_prefix(k, "clip_g", "conditioner.embedders.1.model"))?;
+            for (k, info) in clip {
+                if k.starts_with("clip_g") {
+                    continue;
+                }
+                if !k.starts_with("clip_l") {
+                    b.dropped.push((c, k.clone()));
+                    continue;
+                }
+                if k == "clip_l.transformer.text_projection.weight"
+                    || k == "clip_l.logit_scale"
+                    || k == "clip_l.transformer.text_model.embeddings.position_ids"
+                {
+                    b.dropped.push((c, k.clone()));
+                    continue;
+                }
+                b.copy(c, k, info, replace_prefix(k, "clip_l", "conditioner.embedders.0"))?;
+            }
+            b.push(Entry {
+                key: "conditioner.embedders.0.transformer.text_model.embeddings.position_ids".into(),
+                source: Source::PositionIds { len: CLIP_CONTEXT },
+                shape: vec![1, CLIP_CONTEXT],
+                dtype: Dtype::I64,
+            })?;
+        }
+        Arch::SdxlRefiner => {
+            for (k, _) in clip.iter().filter(|(k, _)| !k.starts_with("clip_g")) {
+                b.dropped.push((c, k.clone()));
+            }
+            let g = clip
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("clip_g") && *k != "clip_g.transformer.text_model.embeddings.position_ids"
+                })
+                .map(|(k, i)| (k.clone(), (k, i)));
+            openclip_convert_then(b, g, |k| replace_prefix(k, "clip_g", "conditioner.embedders.0.model"))?;
+        }
+        Arch::Sd3 | Arch::Flux | Arch::FluxSchnell => {
+            b.prefix_all(c, clip, "text_encoders.")?;
+        }
+    }
+    Ok(())
+}
+
+/// `state_dict_prefix_replace` for one key: a key starting with `old` gets `new` instead.
+fn replace_prefix(key: &str, old: &str, new: &str) -> String {
+    match key.strip_prefix(old) {
+        Some(rest) => format!("{new}{rest}"),
+        None => key.to_string(),
+    }
+}
+
+fn openclip_convert<'a>(
+    b: &mut Builder,
+    keys: impl Iterator<Item = (String, (&'a String, &'a TensorInfo))>,
+) -> Result<()> {
+    openclip_convert_then(b, keys, |k| k.to_string())
+}
+
+/// Runs the OpenCLIP conversion over `(name to convert, (in-memory key, info))` pairs, then maps
+/// each resulting key through `rename`.
+fn openclip_convert_then<'a>(
+    b: &mut Builder,
+    keys: impl Iterator<Item = (String, (&'a String, &'a TensorInfo))>,
+    rename: impl Fn(&str) -> String,
+) -> Result<()> {
+    let c = ComponentKind::Clip;
+    // Fused keys are appended after all others, like the reference.
+    let mut fused: BTreeMap<String, [Option<(&String, &TensorInfo)>; 3]> = BTreeMap::new();
+    for (name, (k, info)) in keys {
+        match openclip::hf_to_openclip(&name) {
+            Converted::Renamed(new) => b.copy(c, k, info, rename(&new))?,
+            Converted::Transposed(new) => {
+                let key = rename(&new);
+                let [rows, cols] = info.shape[..] else {
+                    return Err(Error::Conversion {
+                        key,
+                        reason: format!("the text projection `{k}` must be 2-D, found shape {:?}", info.shape),
+                    });
+                };
+                b.push(Entry {
+                    key,
+                    source: Source::Transpose { component: c, key: k.clone() },
+                    shape: vec![cols, rows],
+                    dtype: info.dtype,
+                })?;
+            }
+            Converted::Fused { fused: f, index } => {
+                fused.entry(f).or_default()[index] = Some((k, info));
+            }
+        }
+    }
+    for (f, parts) in fused {
+        let key = rename(&f);
+        let names = ["q", "k", "v"];
+        let mut got = Vec::with_capacity(3);
+        for (i, p) in parts.iter().enumerate() {
+            match p {
+                Some(p) => got.push(*p),
+                None => {
+                    return Err(Error::Conversion {
+                        key,
+                        reason: format!(
+                            "the {} projection is missing (CORRUPTED MODEL: one of the q-k-v values for the text encoder was missing); every layer needs q_proj, k_proj and v_proj",
+                            names[i]
+                        ),
+                    })
+                }
+            }
+        }
+        let first = got[0].1;
+        for (i, (k, info)) in got.iter().enumerate().skip(1) {
+            if info.shape != first.shape || info.dtype != first.dtype {
+                return Err(Error::Conversion {
+                    key,
+                    reason: format!(
+                        "q is {:?} {} but {} (`{k}`) is {:?} {}; q, k and v must have the same shape and dtype",
+                        first.shape, first.dtype, names[i], info.shape, info.dtype
+                    ),
+                });
+            }
+        }
+        if first.shape.is_empty() || first.shape.len() > 2 {
+            return Err(Error::Conversion {
+                key,
+                reason: format!("q/k/v must be 1-D (bias) or 2-D (weight), found shape {:?}", first.shape),
+            });
+        }
+        let mut shape = first.shape.clone();
+        shape[0] *= 3;
+        b.push(Entry {
+            key,
+            source: Source::FuseQkv {
+                component: c,
+                keys: [got[0].0.clone(), got[1].0.clone(), got[2].0.clone()],
+            },
+            shape,
+            dtype: first.dtype,
+        })?;
+    }
+    Ok(())
+}
+
+/// The marker tensors of §4 for a prediction type.
+fn markers(b: &mut Builder, prediction: Prediction) -> Result<()> {
+    let empty = |key: &str| Entry {
+        key: key.into(),
+        source: Source::EmptyMarker,
+        shape: vec![0],
+        dtype: Dtype::F32,
+    };
+    match prediction {
+        Prediction::V => b.push(empty("v_pred"))?,
+        Prediction::VZsnr => {
+            b.push(empty("v_pred"))?;
+            b.push(empty("ztsnr"))?;
+        }
+        Prediction::EdmV {
+            sigma_max,
+            sigma_min,
+        } => {
+            for (key, v) in [("edm_vpred.sigma_max", sigma_max), ("edm_vpred.sigma_min", sigma_min)] {
+                b.push(Entry {
+                    key: key.into(),
+                    source: Source::ScalarF32(edm_sigma(v)),
+                    shape: vec![],
+                    dtype: Dtype::F32,
+                })?;
+            }
+        }
+        Prediction::Eps | Prediction::Flow => {}
+    }
+    Ok(())
+}
+
+/// The float32 end-point of ComfyUI's sigma table `exp(linspace(log(min), log(max)))`.
+fn edm_sigma(v: f64) -> f32 {
+    (v as f32).ln().exp()
+}
+
+#[derive(Default)]
+struct Builder {
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+    dropped: Vec<(ComponentKind, String)>,
+}
+
+impl Builder {
+    fn push(&mut self, e: Entry) -> Result<()> {
+        if let Some(&i) = self.index.get(&e.key) {
+            return Err(Error::DuplicateKey {
+                key: e.key.clone(),
+                first: self.entries[i].source.describe(),
+                second: e.source.describe(),
+            });
+        }
+        self.index.insert(e.key.clone(), self.entries.len());
+        self.entries.push(e);
+        Ok(())
+    }
+
+    fn copy(&mut self, component: ComponentKind, key: &str, info: &TensorInfo, new: String) -> Result<()> {
+        self.push(Entry {
+            key: new,
+            source: Source::Copy {
+                component,
+                key: key.to_string(),
+            },
+            shape: info.shape.clone(),
+            dtype: info.dtype,
+        })
+    }
+
+    fn prefix_all(
+        &mut self,
+        component: ComponentKind,
+        map: &BTreeMap<String, TensorInfo>,
+        prefix: &str,
+    ) -> Result<()> {
+        for (k, info) in map {
+            self.copy(component, k, info, format!("{prefix}{k}"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Layout {
+        Layout {
+            entries: self.entries,
+            dropped: self.dropped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
