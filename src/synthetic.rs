@@ -937,12 +937,14 @@ where
     F: Fn(&mut [T], &[f32]) + Sync,
 {
     let mut v = vec![T::default(); numel];
-    v.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
-        let mut rng = chunk_rng(tseed, i);
-        let mut buf = vec![0f32; out.len()];
-        fill_f32(&mut buf, &mut rng, init);
-        convert(out, &buf);
-    });
+    // One f32 scratch buffer per rayon job, not per chunk (a fresh 256 KiB is an mmap each time).
+    v.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each_init(Vec::new, |buf: &mut Vec<f32>, (i, out)| {
+            buf.resize(out.len(), 0.0);
+            fill_f32(buf, &mut chunk_rng(tseed, i), init);
+            convert(out, buf);
+        });
     v
 }
 
