@@ -5,3 +5,4 @@ pub mod components;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod synthetic;
