@@ -6,3 +6,5 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 pub mod synthetic;
+#[cfg(test)]
+mod testutil;

@@ -25,8 +25,13 @@ pub fn detect_model(model: &BTreeMap<String, TensorInfo>) -> Result<Arch> {
         return Ok(Arch::Sd3);
     }
     if has("double_blocks.0.img_attn.norm.key_norm.scale") && has("img_in.weight") {
-        if model.keys().any(|k| k.starts_with("distilled_guidance_layer.")) {
-            return Err(unknown("this is a Chroma model, which is not supported".into()));
+        if model
+            .keys()
+            .any(|k| k.starts_with("distilled_guidance_layer."))
+        {
+            return Err(unknown(
+                "this is a Chroma model, which is not supported".into(),
+            ));
         }
         return Ok(if has("guidance_in.in_layer.weight") {
             Arch::Flux
@@ -39,12 +44,23 @@ pub fn detect_model(model: &BTreeMap<String, TensorInfo>) -> Result<Arch> {
             "the model has none of `input_blocks.0.0.weight` (UNet), `joint_blocks.0.context_block.attn.qkv.weight` (SD3) or `double_blocks.0.img_attn.norm.key_norm.scale` (Flux)".into(),
         ));
     }
-    if model.keys().any(|k| k.contains(".time_stack.") || k.contains("time_mix_blocks")) {
-        return Err(unknown("this is a video UNet (SVD family), which is not supported".into()));
+    if model
+        .keys()
+        .any(|k| k.contains(".time_stack.") || k.contains("time_mix_blocks"))
+    {
+        return Err(unknown(
+            "this is a video UNet (SVD family), which is not supported".into(),
+        ));
     }
     let input_blocks = model
         .keys()
-        .filter_map(|k| k.strip_prefix("input_blocks.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix("input_blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .unwrap_or(0)
         + 1;

@@ -160,12 +160,18 @@ impl Layout {
 ///   text encoders or autoencoder it needs;
 /// - [`Error::Conversion`] when q/k/v of a fusion are missing or mismatched, or a projection is not 2-D;
 /// - [`Error::DuplicateKey`] when two sources map to one checkpoint key.
-pub fn layout(kind: &LayoutKind, shapes: &ComponentShapes, prediction: Prediction) -> Result<Layout> {
+pub fn layout(
+    kind: &LayoutKind,
+    shapes: &ComponentShapes,
+    prediction: Prediction,
+) -> Result<Layout> {
     let mut b = Builder::default();
-    let model = shapes.get(ComponentKind::Model).ok_or_else(|| Error::MissingComponent {
-        component: "model",
-        hint: "the denoiser (UNet/DiT) is required in every checkpoint".into(),
-    })?;
+    let model = shapes
+        .get(ComponentKind::Model)
+        .ok_or_else(|| Error::MissingComponent {
+            component: "model",
+            hint: "the denoiser (UNet/DiT) is required in every checkpoint".into(),
+        })?;
     match kind {
         LayoutKind::Generic(prefixes) => {
             for kind in ComponentKind::ALL {
@@ -250,9 +256,12 @@ fn clip_layout(b: &mut Builder, arch: Arch, clip: &BTreeMap<String, TensorInfo>)
             }
         }
         Arch::Sd2 => {
-            let renamed = clip
-                .iter()
-                .map(|(k, i)| (replace_prefix(k, "clip_h", "cond_stage_model.model"), (k, i)));
+            let renamed = clip.iter().map(|(k, i)| {
+                (
+                    replace_prefix(k, "clip_h", "cond_stage_model.model"),
+                    (k, i),
+                )
+            });
             openclip_convert(b, renamed)?;
         }
         Arch::Sdxl => {
@@ -260,7 +269,9 @@ fn clip_layout(b: &mut Builder, arch: Arch, clip: &BTreeMap<String, TensorInfo>)
                 .iter()
                 .filter(|(k, _)| k.starts_with("clip_g"))
                 .map(|(k, i)| (k.clone(), (k, i)));
-            openclip_convert_then(b, g, |k| replace_prefix(k, "clip_g", "conditioner.embedders.1.model"))?;
+            openclip_convert_then(b, g, |k| {
+                replace_prefix(k, "clip_g", "conditioner.embedders.1.model")
+            })?;
             for (k, info) in clip {
                 if k.starts_with("clip_g") {
                     continue;
@@ -276,10 +287,16 @@ fn clip_layout(b: &mut Builder, arch: Arch, clip: &BTreeMap<String, TensorInfo>)
                     b.dropped.push((c, k.clone()));
                     continue;
                 }
-                b.copy(c, k, info, replace_prefix(k, "clip_l", "conditioner.embedders.0"))?;
+                b.copy(
+                    c,
+                    k,
+                    info,
+                    replace_prefix(k, "clip_l", "conditioner.embedders.0"),
+                )?;
             }
             b.push(Entry {
-                key: "conditioner.embedders.0.transformer.text_model.embeddings.position_ids".into(),
+                key: "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
+                    .into(),
                 source: Source::PositionIds { len: CLIP_CONTEXT },
                 shape: vec![1, CLIP_CONTEXT],
                 dtype: Dtype::I64,
@@ -292,10 +309,13 @@ fn clip_layout(b: &mut Builder, arch: Arch, clip: &BTreeMap<String, TensorInfo>)
             let g = clip
                 .iter()
                 .filter(|(k, _)| {
-                    k.starts_with("clip_g") && *k != "clip_g.transformer.text_model.embeddings.position_ids"
+                    k.starts_with("clip_g")
+                        && *k != "clip_g.transformer.text_model.embeddings.position_ids"
                 })
                 .map(|(k, i)| (k.clone(), (k, i)));
-            openclip_convert_then(b, g, |k| replace_prefix(k, "clip_g", "conditioner.embedders.0.model"))?;
+            openclip_convert_then(b, g, |k| {
+                replace_prefix(k, "clip_g", "conditioner.embedders.0.model")
+            })?;
         }
         Arch::Sd3 | Arch::Flux | Arch::FluxSchnell => {
             b.prefix_all(c, clip, "text_encoders.")?;
@@ -337,12 +357,18 @@ fn openclip_convert_then<'a>(
                 let [rows, cols] = info.shape[..] else {
                     return Err(Error::Conversion {
                         key,
-                        reason: format!("the text projection `{k}` must be 2-D, found shape {:?}", info.shape),
+                        reason: format!(
+                            "the text projection `{k}` must be 2-D, found shape {:?}",
+                            info.shape
+                        ),
                     });
                 };
                 b.push(Entry {
                     key,
-                    source: Source::Transpose { component: c, key: k.clone() },
+                    source: Source::Transpose {
+                        component: c,
+                        key: k.clone(),
+                    },
                     shape: vec![cols, rows],
                     dtype: info.dtype,
                 })?;
@@ -385,7 +411,10 @@ fn openclip_convert_then<'a>(
         if first.shape.is_empty() || first.shape.len() > 2 {
             return Err(Error::Conversion {
                 key,
-                reason: format!("q/k/v must be 1-D (bias) or 2-D (weight), found shape {:?}", first.shape),
+                reason: format!(
+                    "q/k/v must be 1-D (bias) or 2-D (weight), found shape {:?}",
+                    first.shape
+                ),
             });
         }
         let mut shape = first.shape.clone();
@@ -421,7 +450,10 @@ fn markers(b: &mut Builder, prediction: Prediction) -> Result<()> {
             sigma_max,
             sigma_min,
         } => {
-            for (key, v) in [("edm_vpred.sigma_max", sigma_max), ("edm_vpred.sigma_min", sigma_min)] {
+            for (key, v) in [
+                ("edm_vpred.sigma_max", sigma_max),
+                ("edm_vpred.sigma_min", sigma_min),
+            ] {
                 b.push(Entry {
                     key: key.into(),
                     source: Source::ScalarF32(edm_sigma(v)),
@@ -461,7 +493,13 @@ impl Builder {
         Ok(())
     }
 
-    fn copy(&mut self, component: ComponentKind, key: &str, info: &TensorInfo, new: String) -> Result<()> {
+    fn copy(
+        &mut self,
+        component: ComponentKind,
+        key: &str,
+        info: &TensorInfo,
+        new: String,
+    ) -> Result<()> {
         self.push(Entry {
             key: new,
             source: Source::Copy {

@@ -140,17 +140,42 @@ mod tests {
             }
         );
         let renamed = [
-            ("encoder.layers.0.self_attn.out_proj.weight", "clip_g.transformer.resblocks.0.attn.out_proj.weight"),
-            ("encoder.layers.0.layer_norm1.bias", "clip_g.transformer.resblocks.0.ln_1.bias"),
-            ("encoder.layers.0.layer_norm2.weight", "clip_g.transformer.resblocks.0.ln_2.weight"),
-            ("encoder.layers.0.mlp.fc1.weight", "clip_g.transformer.resblocks.0.mlp.c_fc.weight"),
-            ("encoder.layers.0.mlp.fc2.bias", "clip_g.transformer.resblocks.0.mlp.c_proj.bias"),
+            (
+                "encoder.layers.0.self_attn.out_proj.weight",
+                "clip_g.transformer.resblocks.0.attn.out_proj.weight",
+            ),
+            (
+                "encoder.layers.0.layer_norm1.bias",
+                "clip_g.transformer.resblocks.0.ln_1.bias",
+            ),
+            (
+                "encoder.layers.0.layer_norm2.weight",
+                "clip_g.transformer.resblocks.0.ln_2.weight",
+            ),
+            (
+                "encoder.layers.0.mlp.fc1.weight",
+                "clip_g.transformer.resblocks.0.mlp.c_fc.weight",
+            ),
+            (
+                "encoder.layers.0.mlp.fc2.bias",
+                "clip_g.transformer.resblocks.0.mlp.c_proj.bias",
+            ),
             ("final_layer_norm.weight", "clip_g.ln_final.weight"),
-            ("embeddings.token_embedding.weight", "clip_g.token_embedding.weight"),
-            ("embeddings.position_embedding.weight", "clip_g.positional_embedding"),
+            (
+                "embeddings.token_embedding.weight",
+                "clip_g.token_embedding.weight",
+            ),
+            (
+                "embeddings.position_embedding.weight",
+                "clip_g.positional_embedding",
+            ),
         ];
         for (hf, oc) in renamed {
-            assert_eq!(r(&format!("{P}{hf}")), Converted::Renamed(oc.into()), "{hf}");
+            assert_eq!(
+                r(&format!("{P}{hf}")),
+                Converted::Renamed(oc.into()),
+                "{hf}"
+            );
             assert_eq!(
                 openclip_to_hf(oc),
                 Unconverted::Renamed(format!("{P}{hf}")),
@@ -161,7 +186,10 @@ mod tests {
             r("clip_g.transformer.text_projection.weight"),
             Converted::Transposed("clip_g.text_projection".into())
         );
-        assert_eq!(r("clip_g.logit_scale"), Converted::Renamed("clip_g.logit_scale".into()));
+        assert_eq!(
+            r("clip_g.logit_scale"),
+            Converted::Renamed("clip_g.logit_scale".into())
+        );
     }
 
     #[test]
