@@ -5,6 +5,7 @@ pub mod components;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod metadata;
 pub mod synthetic;
 #[cfg(test)]
 mod testutil;
