@@ -6,6 +6,7 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 pub mod metadata;
+pub mod plan;
 pub mod synthetic;
 #[cfg(test)]
 mod testutil;
