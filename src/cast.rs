@@ -82,7 +82,7 @@ pub fn convert(key: &str, src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) ->
                 .into(),
         ));
     }
-    if from == to && from.bitsize() % 8 != 0 {
+    if from == to && !from.bitsize().is_multiple_of(8) {
         // Packed sub-byte formats: the element count is not derivable from the byte length.
         if dst.len() != src.len() {
             return Err(fail(format!(
@@ -95,7 +95,7 @@ pub fn convert(key: &str, src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) ->
         return Ok(0);
     }
     let (ss, ds) = (width(from), width(to));
-    if src.len() % ss != 0 {
+    if !src.len().is_multiple_of(ss) {
         return Err(fail(format!(
             "the source holds {} bytes, not a whole number of {from} elements ({ss} bytes each)",
             src.len()
