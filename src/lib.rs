@@ -1,6 +1,7 @@
 //! checkpoint-save: save diffusion-model components into one ComfyUI-compatible checkpoint.
 
 pub mod arch;
+pub mod cast;
 pub mod components;
 pub mod dtype;
 pub mod error;
