@@ -4,3 +4,4 @@ pub mod arch;
 pub mod components;
 pub mod dtype;
 pub mod error;
+pub mod naming;
