@@ -162,14 +162,26 @@ mod tests {
 
     #[test]
     fn integers_are_never_cast() {
-        assert_eq!(TargetDtype::F16.resolve("k", Dtype::I64).unwrap(), Dtype::I64);
-        assert_eq!(TargetDtype::BF16.resolve("k", Dtype::U8).unwrap(), Dtype::U8);
+        assert_eq!(
+            TargetDtype::F16.resolve("k", Dtype::I64).unwrap(),
+            Dtype::I64
+        );
+        assert_eq!(
+            TargetDtype::BF16.resolve("k", Dtype::U8).unwrap(),
+            Dtype::U8
+        );
     }
 
     #[test]
     fn floats_are_cast() {
-        assert_eq!(TargetDtype::F16.resolve("k", Dtype::F32).unwrap(), Dtype::F16);
-        assert_eq!(TargetDtype::F8E5M2.resolve("k", Dtype::BF16).unwrap(), Dtype::F8_E5M2);
+        assert_eq!(
+            TargetDtype::F16.resolve("k", Dtype::F32).unwrap(),
+            Dtype::F16
+        );
+        assert_eq!(
+            TargetDtype::F8E5M2.resolve("k", Dtype::BF16).unwrap(),
+            Dtype::F8_E5M2
+        );
     }
 
     #[test]
@@ -183,7 +195,10 @@ mod tests {
     fn parses_common_spellings() {
         assert_eq!("fp16".parse::<TargetDtype>().unwrap(), TargetDtype::F16);
         assert_eq!("BF16".parse::<TargetDtype>().unwrap(), TargetDtype::BF16);
-        assert_eq!("fp8_e4m3fn".parse::<TargetDtype>().unwrap(), TargetDtype::F8E4M3);
+        assert_eq!(
+            "fp8_e4m3fn".parse::<TargetDtype>().unwrap(),
+            TargetDtype::F8E4M3
+        );
         let err = "int4".parse::<TargetDtype>().unwrap_err().to_string();
         assert!(err.contains("keep, f32"), "{err}");
     }
