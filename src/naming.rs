@@ -275,7 +275,14 @@ impl SaveTarget {
     pub fn next_counter(&self) -> Result<u64> {
         let entries = match fs::read_dir(&self.folder) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A parent that is a regular file (NotADirectory) goes the same way, so the error
+            // says that the folder cannot be created.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
                 create_folder(&self.folder)?;
                 return Ok(1);
             }
@@ -859,4 +866,525 @@ fn lexical_absolute(path: &Path) -> Result<PathBuf> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::io::Write;
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    const T: LocalTime = LocalTime {
+        year: 2025,
+        month: 3,
+        day: 7,
+        hour: 9,
+        minute: 5,
+        second: 1,
+    };
+
+    fn no_clock() -> LocalTime {
+        panic!("the clock must not be read for a prefix without '%'")
+    }
+
+    fn target(prefix: &str, out: &Path) -> SaveTarget {
+        SaveTarget::resolve_with_clock(prefix, out, || T).expect("prefix resolves")
+    }
+
+    fn touch(path: &Path) {
+        fs::write(path, b"x").expect("write fixture");
+    }
+
+    fn names(dir: &Path) -> BTreeSet<String> {
+        fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tokens_are_expanded_from_one_snapshot() {
+        let mut calls = 0;
+        let out = expand_tokens(
+            "%year%-%month%-%day%_%hour%%minute%%second%_%width%x%height%_%year%",
+            || {
+                calls += 1;
+                T
+            },
+        );
+        assert_eq!(out, "2025-03-07_090501_0x0_2025");
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn unknown_tokens_are_kept_verbatim() {
+        assert_eq!(
+            expand_tokens("ckpt/%date:yyyy-MM-dd%_%year%_%foo%", || T),
+            "ckpt/%date:yyyy-MM-dd%_2025_%foo%"
+        );
+    }
+
+    #[test]
+    fn no_percent_means_no_clock() {
+        assert_eq!(
+            expand_tokens("checkpoints/ComfyUI", no_clock),
+            "checkpoints/ComfyUI"
+        );
+    }
+
+    #[test]
+    fn normpath_matches_python() {
+        for (input, expected) in [
+            ("", "."),
+            (".", "."),
+            ("a//b/./c/", "a/b/c"),
+            ("a/../..", ".."),
+            ("../a/../../b", "../../b"),
+            ("/..", "/"),
+            ("/../a", "/a"),
+            ("//a//b", "//a/b"),
+            ("///a", "/a"),
+            ("a/b/..", "a"),
+        ] {
+            assert_eq!(normpath(input), expected, "normpath({input:?})");
+        }
+    }
+
+    #[test]
+    fn prefix_splits_into_subfolder_and_filename() {
+        let out = Path::new("/srv/output");
+        let t =
+            SaveTarget::resolve_with_clock("checkpoints/ComfyUI", out, no_clock).expect("resolves");
+        assert_eq!(t.subfolder, "checkpoints");
+        assert_eq!(t.filename, "ComfyUI");
+        assert_eq!(t.folder, out.join("checkpoints"));
+        assert_eq!(t.prefix_len, 7);
+        assert_eq!(t.file_name(1), "ComfyUI_00001_.safetensors");
+        assert_eq!(t.file_name(123_456), "ComfyUI_123456_.safetensors");
+
+        let t = target("a/./b/../c//name", out);
+        assert_eq!((t.subfolder.as_str(), t.filename.as_str()), ("a/c", "name"));
+        assert_eq!(t.folder, out.join("a/c"));
+
+        let t = target("ComfyUI", out);
+        assert_eq!((t.subfolder.as_str(), t.filename.as_str()), ("", "ComfyUI"));
+        assert_eq!(t.folder, out);
+
+        let t = target("sub/../x_%year%", out);
+        assert_eq!((t.subfolder.as_str(), t.filename.as_str()), ("", "x_2025"));
+    }
+
+    #[test]
+    fn sandbox_refuses_escapes_and_absolute_prefixes() {
+        let out = Path::new("/srv/output");
+        match SaveTarget::resolve_with_clock("../evil", out, no_clock) {
+            Err(Error::OutsideOutputFolder {
+                full_output_folder,
+                output_dir,
+                common,
+            }) => {
+                assert_eq!(full_output_folder, "/srv");
+                assert_eq!(output_dir, "/srv/output");
+                assert_eq!(common, "/srv");
+            }
+            other => panic!("expected OutsideOutputFolder, got {other:?}"),
+        }
+        for prefix in [
+            "/tmp/abs/ComfyUI",
+            "a/../../evil",
+            "../output2/x",
+            "//net/x",
+        ] {
+            let err = SaveTarget::resolve_with_clock(prefix, out, no_clock).expect_err(prefix);
+            assert!(
+                matches!(err, Error::OutsideOutputFolder { .. }),
+                "{prefix}: {err}"
+            );
+            assert!(err
+                .to_string()
+                .starts_with("**** ERROR: Saving image outside the output folder is not allowed.\n full_output_folder: "));
+        }
+        // `..` that comes back inside is fine.
+        let t = target("a/../../output/x", Path::new("/srv/output/"));
+        assert_eq!(
+            (t.subfolder.as_str(), t.filename.as_str()),
+            ("../output", "x")
+        );
+    }
+
+    #[test]
+    fn symlinked_subfolder_is_not_resolved() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(elsewhere.path(), out.path().join("link")).expect("symlink");
+        #[cfg(unix)]
+        assert_eq!(
+            target("link/ComfyUI", out.path()).folder,
+            out.path().join("link")
+        );
+    }
+
+    #[test]
+    fn prefixes_naming_no_file_are_refused() {
+        let out = Path::new("/srv/output");
+        for prefix in ["", ".", "..", "a/..", "a/b/../.."] {
+            let err = SaveTarget::resolve_with_clock(prefix, out, no_clock).expect_err(prefix);
+            assert!(matches!(err, Error::InvalidInput(_)), "{prefix}: {err}");
+            assert!(err.to_string().contains("names no file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn reference_counter_example_gives_8() {
+        let out = tempfile::tempdir().expect("tempdir");
+        for name in [
+            "ComfyUI_00001_.safetensors",
+            "ComfyUI_00007_.png",
+            "ComfyUI_clip_l_00003_.safetensors",
+            "comfyui_00020_.safetensors",
+        ] {
+            touch(&out.path().join(name));
+        }
+        let t = target("ComfyUI", out.path());
+        assert_eq!(t.next_counter().expect("scan"), 8);
+        let r = t.reserve().expect("reserve");
+        assert_eq!(r.counter(), Some(8));
+        assert_eq!(
+            r.final_path(),
+            out.path().join("ComfyUI_00008_.safetensors")
+        );
+    }
+
+    #[test]
+    fn directories_count_like_files() {
+        let out = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(out.path().join("ComfyUI_00004_")).expect("mkdir");
+        touch(&out.path().join("ComfyUI_00002_.txt"));
+        assert_eq!(
+            target("ComfyUI", out.path()).next_counter().expect("scan"),
+            5
+        );
+    }
+
+    #[test]
+    fn gaps_are_never_filled() {
+        let out = tempfile::tempdir().expect("tempdir");
+        touch(&out.path().join("ComfyUI_00001_.safetensors"));
+        touch(&out.path().join("ComfyUI_00003_.safetensors"));
+        let r = target("ComfyUI", out.path()).reserve().expect("reserve");
+        assert_eq!(r.counter(), Some(4));
+    }
+
+    #[test]
+    fn counter_digits_parse_like_python_int() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let t = target("ComfyUI", out.path());
+        let count = |name: &str| entry_counter(name, &t.filename, t.prefix_len);
+        assert_eq!(count("ComfyUI_00012_.safetensors"), Some(Ok(12)));
+        assert_eq!(count("ComfyUI_ 7 _x"), Some(Ok(7)));
+        assert_eq!(count("ComfyUI_+7"), Some(Ok(7)));
+        assert_eq!(count("ComfyUI_-3_"), Some(Ok(-3)));
+        assert_eq!(count("ComfyUI_\u{663}\u{661}_"), Some(Ok(31)));
+        assert_eq!(count("ComfyUI_\u{3000}9\u{a0}_"), Some(Ok(9)));
+        assert_eq!(count("ComfyUI_7x_"), Some(Ok(0)));
+        assert_eq!(count("ComfyUI_- 7_"), Some(Ok(0)));
+        assert_eq!(count("ComfyUI_\u{1c}7_"), Some(Ok(0)));
+        assert_eq!(count("ComfyUI_"), Some(Ok(0)));
+        assert_eq!(count("ComfyUI_clip_l_00003_.safetensors"), Some(Ok(0)));
+        assert_eq!(count("comfyui_00020_.safetensors"), None);
+        assert_eq!(count("ComfyUI-00020_.safetensors"), None);
+        assert_eq!(count("ComfyUI"), None);
+        assert_eq!(
+            count("ComfyUI_9999999999999999999999999999999999999999_"),
+            Some(Err(()))
+        );
+        // A negative maximum does not give a counter below 1.
+        touch(&out.path().join("ComfyUI_-5_.png"));
+        assert_eq!(t.next_counter().expect("scan"), 1);
+        // A counter that cannot be continued is reported, naming the entry.
+        touch(&out.path().join("ComfyUI_18446744073709551615_.png"));
+        let err = t.next_counter().expect_err("too large");
+        assert!(
+            err.to_string()
+                .contains("ComfyUI_18446744073709551615_.png"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn prefix_len_is_taken_from_the_prefix_as_given() {
+        let out = tempfile::tempdir().expect("tempdir");
+        touch(&out.path().join("ComfyUI_00005_.safetensors"));
+        touch(&out.path().join("ComfyUI_00001_.safetensors"));
+        // `ComfyUI/.` normalises to `ComfyUI` but L = len(".") = 1, so no entry matches.
+        let t = target("ComfyUI/.", out.path());
+        assert_eq!((t.filename.as_str(), t.prefix_len), ("ComfyUI", 1));
+        assert_eq!(t.next_counter().expect("scan"), 1);
+        // The reference would overwrite `_00001_`; the reservation skips the taken name.
+        let r = t.reserve().expect("reserve");
+        assert_eq!(r.counter(), Some(2));
+        // Single-letter names: L = 1 matches `b_…`.
+        let out2 = tempfile::tempdir().expect("tempdir");
+        touch(&out2.path().join("b_00003_.png"));
+        let t = target("b/.", out2.path());
+        assert_eq!(t.next_counter().expect("scan"), 4);
+    }
+
+    #[test]
+    fn missing_folder_is_created_and_counts_from_1() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let t = target("a/b/ComfyUI", out.path());
+        assert_eq!(t.next_counter().expect("scan"), 1);
+        assert!(out.path().join("a/b").is_dir());
+    }
+
+    #[test]
+    fn folder_that_cannot_be_created_is_a_clear_error() {
+        let out = tempfile::tempdir().expect("tempdir");
+        touch(&out.path().join("blocker"));
+        let t = target("blocker/sub/ComfyUI", out.path());
+        for err in [
+            t.next_counter().expect_err("scan"),
+            t.reserve().expect_err("reserve"),
+        ] {
+            assert!(matches!(err, Error::Io { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("cannot create the output folder"), "{msg}");
+            assert!(
+                msg.contains(&out.path().join("blocker/sub").display().to_string()),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_slash_names_a_folder() {
+        let out = tempfile::tempdir().expect("tempdir");
+        touch(&out.path().join("checkpoints_00001_.safetensors"));
+        let t = target("checkpoints/", out.path());
+        assert_eq!(
+            (t.subfolder.as_str(), t.filename.as_str()),
+            ("checkpoints", "ComfyUI")
+        );
+        for expected in 1..=2u64 {
+            let r = t.reserve().expect("reserve");
+            assert_eq!(r.counter(), Some(expected));
+            let path = r.commit().expect("commit");
+            assert_eq!(
+                path,
+                out.path()
+                    .join(format!("checkpoints/ComfyUI_{expected:05}_.safetensors"))
+            );
+        }
+        assert_eq!(
+            fs::read(out.path().join("checkpoints_00001_.safetensors")).expect("read"),
+            b"x"
+        );
+    }
+
+    #[test]
+    fn reservation_commit_publishes_and_titles() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let r = reserve("checkpoints/ComfyUI", out.path()).expect("reserve");
+        assert_eq!(r.title(), "ComfyUI 1");
+        assert_eq!(
+            (r.filename(), r.subfolder()),
+            ("ComfyUI", Some("checkpoints"))
+        );
+        let folder = out.path().join("checkpoints");
+        assert_eq!(
+            r.temp_path(),
+            folder.join(format!(
+                "ComfyUI_00001_.safetensors.{}.partial",
+                std::process::id()
+            ))
+        );
+        r.file().write_all(b"payload").expect("write");
+        let temp = r.temp_path().to_path_buf();
+        let path = r.commit().expect("commit");
+        assert_eq!(path, folder.join("ComfyUI_00001_.safetensors"));
+        assert_eq!(fs::read(&path).expect("read"), b"payload");
+        assert!(!temp.exists());
+        assert_eq!(
+            names(&folder),
+            BTreeSet::from([
+                LOCK_FILE_NAME.to_owned(),
+                "ComfyUI_00001_.safetensors".to_owned()
+            ])
+        );
+    }
+
+    #[test]
+    fn pending_temp_file_takes_its_counter() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let t = target("ComfyUI", out.path());
+        let first = t.reserve().expect("first");
+        let second = t.reserve().expect("second");
+        assert_eq!((first.counter(), second.counter()), (Some(1), Some(2)));
+        // ComfyUI's own scan would also see the temp file as counter 1.
+        assert_eq!(t.next_counter().expect("scan"), 3);
+    }
+
+    #[test]
+    fn dropping_an_uncommitted_reservation_removes_the_temp_file() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let r = reserve("ComfyUI", out.path()).expect("reserve");
+        r.file().write_all(b"half").expect("write");
+        let temp = r.temp_path().to_path_buf();
+        assert!(temp.is_file());
+        drop(r);
+        assert!(!temp.exists());
+        assert_eq!(
+            names(out.path()),
+            BTreeSet::from([LOCK_FILE_NAME.to_owned()])
+        );
+    }
+
+    #[test]
+    fn commit_refuses_to_replace_an_existing_file() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let r = reserve("ComfyUI", out.path()).expect("reserve");
+        r.file().write_all(b"ours").expect("write");
+        let temp = r.temp_path().to_path_buf();
+        let final_path = r.final_path().to_path_buf();
+        fs::write(&final_path, b"theirs").expect("someone else writes");
+        let err = r.commit().expect_err("must not replace");
+        match &err {
+            Error::Io { source, .. } => assert_eq!(source.kind(), io::ErrorKind::AlreadyExists),
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert!(err.to_string().contains("refusing to replace"), "{err}");
+        assert_eq!(fs::read(&final_path).expect("read"), b"theirs");
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn concurrent_reservations_get_distinct_counters() {
+        const N: usize = 16;
+        let out = tempfile::tempdir().expect("tempdir");
+        let barrier = Arc::new(Barrier::new(N));
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let dir = out.path().to_path_buf();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let r = reserve("ckpt/ComfyUI", &dir).expect("reserve");
+                    let payload = format!("thread {i} counter {:?}", r.counter()).repeat(1000);
+                    r.file().write_all(payload.as_bytes()).expect("write");
+                    let counter = r.counter().expect("counted");
+                    let path = r.commit().expect("commit");
+                    (counter, path, payload)
+                })
+            })
+            .collect();
+        let mut counters = BTreeSet::new();
+        for handle in handles {
+            let (counter, path, payload) = handle.join().expect("thread");
+            assert_eq!(fs::read(&path).expect("read"), payload.as_bytes());
+            counters.insert(counter);
+        }
+        assert_eq!(counters, (1..=N as u64).collect());
+        let files = names(&out.path().join("ckpt"));
+        assert_eq!(files.len(), N + 1, "{files:?}");
+        assert!(files.iter().all(|f| !f.ends_with(TEMP_SUFFIX)), "{files:?}");
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let dead = i32::MAX as u32;
+        assert!(!process_alive(dead));
+        let own = std::process::id();
+        let dead_temp = format!("ComfyUI_00009_.safetensors.{dead}.partial");
+        let live_temp = format!("ComfyUI_00003_.safetensors.{own}.partial");
+        for name in [
+            &dead_temp,
+            &live_temp,
+            "notes.123.txt",
+            "x.0.partial",
+            ".99.partial",
+        ] {
+            touch(&out.path().join(name));
+        }
+        fs::create_dir(out.path().join(format!("dir.{dead}.partial"))).expect("mkdir");
+
+        assert_eq!(clean_stale_temps(out.path()).expect("clean"), 1);
+        let left = names(out.path());
+        assert!(!left.contains(&dead_temp));
+        assert!(left.contains(&live_temp));
+        assert!(left.contains("notes.123.txt") && left.contains("x.0.partial"));
+        assert!(left.contains(&format!("dir.{dead}.partial")));
+
+        // A reservation cleans too, before scanning: the dead temp no longer holds counter 9.
+        touch(&out.path().join(&dead_temp));
+        let r = target("ComfyUI", out.path()).reserve().expect("reserve");
+        assert_eq!(r.counter(), Some(4));
+        assert!(!out.path().join(&dead_temp).exists());
+        assert_eq!(
+            clean_stale_temps(&out.path().join("missing")).expect("clean"),
+            0
+        );
+    }
+
+    #[test]
+    fn temp_pid_parses_only_temp_names() {
+        assert_eq!(temp_pid("a.safetensors.42.partial"), Some(42));
+        assert_eq!(temp_pid("a.42.partial"), Some(42));
+        assert_eq!(temp_pid(".42.partial"), None);
+        assert_eq!(temp_pid("a.0.partial"), None);
+        assert_eq!(temp_pid("a.+42.partial"), None);
+        assert_eq!(temp_pid("a.4294967295.partial"), None);
+        assert_eq!(temp_pid("a.42.partia"), None);
+    }
+
+    #[test]
+    fn reserve_at_uses_the_explicit_path_and_never_replaces() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let path = out.path().join("runs/step_1000.safetensors");
+        let r = reserve_at(&path).expect("reserve");
+        assert_eq!(
+            r.temp_path(),
+            out.path().join(format!(
+                "runs/step_1000.safetensors.{}.partial",
+                std::process::id()
+            ))
+        );
+        assert_eq!(
+            (r.counter(), r.subfolder(), r.title()),
+            (None, None, "step_1000".to_owned())
+        );
+        // The same path cannot be reserved twice at once.
+        let err = reserve_at(&path).expect_err("already being written");
+        assert!(err.to_string().contains("already being written"), "{err}");
+        r.file().write_all(b"step").expect("write");
+        assert_eq!(r.commit().expect("commit"), path);
+        assert_eq!(fs::read(&path).expect("read"), b"step");
+
+        let err = reserve_at(&path).expect_err("exists");
+        match &err {
+            Error::Io { source, .. } => assert_eq!(source.kind(), io::ErrorKind::AlreadyExists),
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert_eq!(fs::read(&path).expect("read"), b"step");
+        assert!(matches!(
+            reserve_at(Path::new("/")).expect_err("no file"),
+            Error::InvalidInput(_)
+        ));
+    }
+
+    #[test]
+    fn decimal_digits_of_other_scripts() {
+        assert_eq!(decimal_digit('7'), Some(7));
+        assert_eq!(decimal_digit('\u{0669}'), Some(9));
+        assert_eq!(decimal_digit('\u{FF15}'), Some(5));
+        assert_eq!(decimal_digit('\u{1D7CE}'), Some(0));
+        assert_eq!(decimal_digit('\u{1FBF9}'), Some(9));
+        assert_eq!(decimal_digit('a'), None);
+        assert_eq!(decimal_digit('\u{00B2}'), None);
+        assert_eq!(decimal_digit('/'), None);
+    }
 }
