@@ -7,6 +7,7 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 pub mod metadata;
+pub mod naming;
 pub mod plan;
 pub mod synthetic;
 #[cfg(test)]
