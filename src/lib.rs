@@ -8,6 +8,7 @@ pub mod error;
 pub mod layout;
 pub mod metadata;
 pub mod naming;
+pub mod offload;
 pub mod plan;
 pub mod synthetic;
 #[cfg(test)]

@@ -1,0 +1,135 @@
+//! Offload: turns planned pieces into host bytes.
+//!
+//! CPU tensors are read straight from their storage: no copy when the tensor is contiguous, and
+//! the cast (if any) is fused with the copy into the writer's staging buffer. Tensors on another
+//! device (CUDA, Metal) take the generic device path: they are cast on the device first, so only
+//! the target dtype's bytes cross the bus, then copied to host memory.
+
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+
+use crate::dtype::{candle_dtype, file_dtype, Dtype};
+use crate::error::{Error, Result};
+use crate::plan::{Piece, PieceSource};
+
+/// Calls `f` with the piece's source bytes on the host (row-major, little-endian) and their dtype.
+///
+/// The dtype handed to `f` is the piece's source dtype, or its target dtype when the cast already
+/// happened on the device.
+///
+/// # Errors
+/// Errors of the device copy or of `f`.
+pub fn with_host_bytes<R>(piece: &Piece, f: impl FnOnce(&[u8], Dtype) -> Result<R>) -> Result<R> {
+    match &piece.source {
+        PieceSource::Host(bytes) => f(bytes, piece.src_dtype),
+        PieceSource::Tensor(t) => with_tensor_bytes(t, piece.dst_dtype, f),
+        PieceSource::Transposed(t) => {
+            let t = t.t()?.contiguous()?;
+            with_tensor_bytes(&t, piece.dst_dtype, f)
+        }
+    }
+}
+
+fn with_tensor_bytes<R>(t: &Tensor, dst: Dtype, f: impl FnOnce(&[u8], Dtype) -> Result<R>) -> Result<R> {
+    if !t.device().is_cpu() {
+        let host = to_host(t, dst)?;
+        return with_tensor_bytes(&host, dst, f);
+    }
+    if !t.is_contiguous() {
+        return with_tensor_bytes(&t.contiguous()?, dst, f);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::InvalidInput("a CPU tensor without CPU storage".into()));
+    };
+    let all = cpu_bytes(cpu);
+    let size = t.dtype().size_in_bytes();
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::InvalidInput("contiguous tensor without contiguous offsets".into()))?;
+    let bytes = if size == 0 || is_packed(t.dtype()) {
+        all
+    } else {
+        all.get(start * size..end * size).ok_or_else(|| {
+            Error::InvalidInput(format!("tensor view [{start}, {end}) lies outside its storage"))
+        })?
+    };
+    f(bytes, file_dtype(t.dtype()))
+}
+
+/// Copies a device tensor to host memory, casting on the device first when the target dtype is
+/// one candle has and the cast shrinks the bytes that cross the bus.
+pub fn to_host(t: &Tensor, dst: Dtype) -> Result<Tensor> {
+    let t = match candle_dtype(dst) {
+        Some(d) if d != t.dtype() && is_float(t.dtype()) && is_float(d) => t.to_dtype(d)?,
+        _ => t.clone(),
+    };
+    Ok(t.to_device(&Device::Cpu)?)
+}
+
+fn is_float(d: DType) -> bool {
+    matches!(d, DType::F16 | DType::BF16 | DType::F32 | DType::F64 | DType::F8E4M3)
+}
+
+fn is_packed(d: DType) -> bool {
+    matches!(d, DType::F4 | DType::F6E2M3 | DType::F6E3M2)
+}
+
+/// The bytes of a CPU storage (little-endian host assumed; see `cast`).
+fn cpu_bytes(s: &CpuStorage) -> &[u8] {
+    fn bytes<T: Copy>(v: &[T]) -> &[u8] {
+        // SAFETY: any initialised memory may be read as bytes; u8 has alignment 1 and the length
+        // covers exactly the slice's memory.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    }
+    match s {
+        CpuStorage::U8(v) => v,
+        CpuStorage::U32(v) => bytes(v),
+        CpuStorage::I16(v) => bytes(v),
+        CpuStorage::I32(v) => bytes(v),
+        CpuStorage::I64(v) => bytes(v),
+        CpuStorage::BF16(v) => bytes(v),
+        CpuStorage::F16(v) => bytes(v),
+        CpuStorage::F32(v) => bytes(v),
+        CpuStorage::F64(v) => bytes(v),
+        CpuStorage::F8E4M3(v) => bytes(v),
+        CpuStorage::F6E2M3(v) | CpuStorage::F6E3M2(v) | CpuStorage::F4(v) | CpuStorage::F8E8M0(v) => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn piece(source: PieceSource, src: Dtype, dst: Dtype, numel: usize) -> Piece {
+        Piece { source, src_dtype: src, dst_dtype: dst, start: 0, numel, tensor: 0 }
+    }
+
+    #[test]
+    fn views_read_the_viewed_elements() {
+        let t = Tensor::arange(0f32, 12., &Device::Cpu).unwrap().reshape((3, 4)).unwrap();
+        let row = t.narrow(0, 1, 1).unwrap();
+        let p = piece(PieceSource::Tensor(row), Dtype::F32, Dtype::F32, 4);
+        let got = with_host_bytes(&p, |b, d| {
+            assert_eq!(d, Dtype::F32);
+            Ok(b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>())
+        })
+        .unwrap();
+        assert_eq!(got, vec![4., 5., 6., 7.]);
+        // Non-contiguous: a column.
+        let col = t.narrow(1, 2, 1).unwrap();
+        let p = piece(PieceSource::Tensor(col), Dtype::F32, Dtype::F32, 3);
+        let n = with_host_bytes(&p, |b, _| Ok(b.len())).unwrap();
+        assert_eq!(n, 12);
+    }
+
+    #[test]
+    fn transposed_pieces_are_transposed() {
+        let t = Tensor::new(&[[1u8, 2, 3], [4, 5, 6]], &Device::Cpu).unwrap();
+        let p = piece(PieceSource::Transposed(t), Dtype::U8, Dtype::U8, 6);
+        let got = with_host_bytes(&p, |b, _| Ok(b.to_vec())).unwrap();
+        assert_eq!(got, vec![1, 4, 2, 5, 3, 6]);
+        let h = piece(PieceSource::Host(Arc::from(vec![9u8, 9])), Dtype::U8, Dtype::U8, 2);
+        assert_eq!(with_host_bytes(&h, |b, _| Ok(b.to_vec())).unwrap(), vec![9, 9]);
+    }
+}
