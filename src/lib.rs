@@ -10,6 +10,9 @@ pub mod metadata;
 pub mod naming;
 pub mod offload;
 pub mod plan;
+pub mod progress;
+pub mod save;
 pub mod synthetic;
 #[cfg(test)]
 mod testutil;
+pub mod writer;

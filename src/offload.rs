@@ -29,7 +29,11 @@ pub fn with_host_bytes<R>(piece: &Piece, f: impl FnOnce(&[u8], Dtype) -> Result<
     }
 }
 
-fn with_tensor_bytes<R>(t: &Tensor, dst: Dtype, f: impl FnOnce(&[u8], Dtype) -> Result<R>) -> Result<R> {
+fn with_tensor_bytes<R>(
+    t: &Tensor,
+    dst: Dtype,
+    f: impl FnOnce(&[u8], Dtype) -> Result<R>,
+) -> Result<R> {
     if !t.device().is_cpu() {
         let host = to_host(t, dst)?;
         return with_tensor_bytes(&host, dst, f);
@@ -39,18 +43,22 @@ fn with_tensor_bytes<R>(t: &Tensor, dst: Dtype, f: impl FnOnce(&[u8], Dtype) -> 
     }
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::InvalidInput("a CPU tensor without CPU storage".into()));
+        return Err(Error::InvalidInput(
+            "a CPU tensor without CPU storage".into(),
+        ));
     };
     let all = cpu_bytes(cpu);
     let size = t.dtype().size_in_bytes();
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| Error::InvalidInput("contiguous tensor without contiguous offsets".into()))?;
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+        Error::InvalidInput("contiguous tensor without contiguous offsets".into())
+    })?;
     let bytes = if size == 0 || is_packed(t.dtype()) {
         all
     } else {
         all.get(start * size..end * size).ok_or_else(|| {
-            Error::InvalidInput(format!("tensor view [{start}, {end}) lies outside its storage"))
+            Error::InvalidInput(format!(
+                "tensor view [{start}, {end}) lies outside its storage"
+            ))
         })?
     };
     f(bytes, file_dtype(t.dtype()))
@@ -67,7 +75,10 @@ pub fn to_host(t: &Tensor, dst: Dtype) -> Result<Tensor> {
 }
 
 fn is_float(d: DType) -> bool {
-    matches!(d, DType::F16 | DType::BF16 | DType::F32 | DType::F64 | DType::F8E4M3)
+    matches!(
+        d,
+        DType::F16 | DType::BF16 | DType::F32 | DType::F64 | DType::F8E4M3
+    )
 }
 
 fn is_packed(d: DType) -> bool {
@@ -92,7 +103,10 @@ fn cpu_bytes(s: &CpuStorage) -> &[u8] {
         CpuStorage::F32(v) => bytes(v),
         CpuStorage::F64(v) => bytes(v),
         CpuStorage::F8E4M3(v) => bytes(v),
-        CpuStorage::F6E2M3(v) | CpuStorage::F6E3M2(v) | CpuStorage::F4(v) | CpuStorage::F8E8M0(v) => v,
+        CpuStorage::F6E2M3(v)
+        | CpuStorage::F6E3M2(v)
+        | CpuStorage::F4(v)
+        | CpuStorage::F8E8M0(v) => v,
     }
 }
 
@@ -102,17 +116,29 @@ mod tests {
     use std::sync::Arc;
 
     fn piece(source: PieceSource, src: Dtype, dst: Dtype, numel: usize) -> Piece {
-        Piece { source, src_dtype: src, dst_dtype: dst, start: 0, numel, tensor: 0 }
+        Piece {
+            source,
+            src_dtype: src,
+            dst_dtype: dst,
+            start: 0,
+            numel,
+            tensor: 0,
+        }
     }
 
     #[test]
     fn views_read_the_viewed_elements() {
-        let t = Tensor::arange(0f32, 12., &Device::Cpu).unwrap().reshape((3, 4)).unwrap();
+        let t = Tensor::arange(0f32, 12., &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
         let row = t.narrow(0, 1, 1).unwrap();
         let p = piece(PieceSource::Tensor(row), Dtype::F32, Dtype::F32, 4);
         let got = with_host_bytes(&p, |b, d| {
             assert_eq!(d, Dtype::F32);
-            Ok(b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>())
+            Ok(b.chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>())
         })
         .unwrap();
         assert_eq!(got, vec![4., 5., 6., 7.]);
@@ -129,7 +155,15 @@ mod tests {
         let p = piece(PieceSource::Transposed(t), Dtype::U8, Dtype::U8, 6);
         let got = with_host_bytes(&p, |b, _| Ok(b.to_vec())).unwrap();
         assert_eq!(got, vec![1, 4, 2, 5, 3, 6]);
-        let h = piece(PieceSource::Host(Arc::from(vec![9u8, 9])), Dtype::U8, Dtype::U8, 2);
-        assert_eq!(with_host_bytes(&h, |b, _| Ok(b.to_vec())).unwrap(), vec![9, 9]);
+        let h = piece(
+            PieceSource::Host(Arc::from(vec![9u8, 9])),
+            Dtype::U8,
+            Dtype::U8,
+            2,
+        );
+        assert_eq!(
+            with_host_bytes(&h, |b, _| Ok(b.to_vec())).unwrap(),
+            vec![9, 9]
+        );
     }
 }

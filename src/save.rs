@@ -1,0 +1,203 @@
+//! The whole save: layout → plan → write → publish, with every check before the file exists.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::arch::{Arch, Prediction};
+use crate::components::{ComponentKind, Components};
+use crate::error::{Error, Result};
+use crate::layout::{self, detect, GenericPrefixes, Layout, LayoutKind};
+use crate::metadata::{self, MetadataOptions};
+use crate::naming::{self, Reservation, SaveTarget};
+use crate::plan::{ComponentDtypes, Plan, PlanOptions};
+use crate::progress::Progress;
+use crate::writer;
+
+/// How the checkpoint's keys are laid out.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum LayoutChoice {
+    /// Detect the architecture from the denoiser's keys and shapes.
+    #[default]
+    Auto,
+    /// The reference layout of this architecture.
+    Arch(Arch),
+    /// Prefix each component's keys; no conversion.
+    Generic(GenericPrefixes),
+}
+
+/// Everything a save can be told.
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    /// Key layout.
+    pub layout: LayoutChoice,
+    /// Prediction type; `None` takes the architecture's default (no markers for the generic layout).
+    pub prediction: Option<Prediction>,
+    /// Dtype per component.
+    pub dtypes: ComponentDtypes,
+    /// The output root (ComfyUI's `output` folder); names never leave it.
+    pub output_dir: PathBuf,
+    /// File-name prefix, e.g. `checkpoints/ComfyUI` (see [`crate::naming`]).
+    pub prefix: String,
+    /// Prompt, workflow and other header metadata.
+    pub metadata: MetadataOptions,
+    /// Refuse to publish a checkpoint that holds NaN/Inf values.
+    pub check_finite: bool,
+    /// Show a progress bar on stderr when it is a terminal.
+    pub progress: bool,
+    /// Set to true (e.g. from a Ctrl-C handler) to cancel; the temporary file is removed.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self {
+            layout: LayoutChoice::Auto,
+            prediction: None,
+            dtypes: ComponentDtypes::default(),
+            output_dir: PathBuf::from("output"),
+            prefix: "checkpoints/ComfyUI".into(),
+            metadata: MetadataOptions::default(),
+            check_finite: false,
+            progress: false,
+            cancel: None,
+        }
+    }
+}
+
+/// What a finished save reports.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    /// The published file.
+    pub path: PathBuf,
+    /// The architecture laid out (`None` for the generic layout).
+    pub arch: Option<Arch>,
+    /// The prediction type written.
+    pub prediction: Prediction,
+    /// Number of tensors in the file.
+    pub tensors: usize,
+    /// File size.
+    pub bytes: u64,
+    /// Tensors holding NaN/Inf values, with their counts.
+    pub non_finite: Vec<(String, u64)>,
+    /// Component keys the reference layout drops.
+    pub dropped: Vec<(ComponentKind, String)>,
+    /// Wall time of the write (plan to publish).
+    pub elapsed: Duration,
+}
+
+impl Saved {
+    /// Throughput of the write in bytes per second.
+    pub fn bytes_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Saves under `opts.output_dir` with ComfyUI's naming (`<prefix>_<counter:05>_.safetensors`).
+///
+/// # Errors
+/// Any error of layout, planning, naming or writing; on error no file is left under any name.
+pub fn save(components: &Components, opts: &SaveOptions) -> Result<Saved> {
+    let target = SaveTarget::resolve(&opts.prefix, &opts.output_dir)?;
+    let provisional = format!("{} {}", target.filename, u64::MAX);
+    save_with(components, opts, &provisional, || target.reserve())
+}
+
+/// Saves to exactly `path`, refusing to replace an existing file.
+///
+/// # Errors
+/// As [`save`], plus an I/O error of kind `AlreadyExists` when `path` exists.
+pub fn save_to_path(components: &Components, path: &Path, opts: &SaveOptions) -> Result<Saved> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    save_with(components, opts, &stem, || naming::reserve_at(path))
+}
+
+/// Resolves the layout kind and prediction, and lays the components out.
+///
+/// # Errors
+/// Detection and layout errors.
+pub fn lay_out(
+    components: &Components,
+    choice: &LayoutChoice,
+    prediction: Option<Prediction>,
+) -> Result<(Option<Arch>, Prediction, Layout)> {
+    let shapes = components.shapes();
+    let (kind, arch) = match choice {
+        LayoutChoice::Auto => {
+            let model =
+                shapes
+                    .get(ComponentKind::Model)
+                    .ok_or_else(|| Error::MissingComponent {
+                        component: "model",
+                        hint: "the denoiser (UNet/DiT) is required in every checkpoint".into(),
+                    })?;
+            let arch = detect::detect_model(model)?;
+            (LayoutKind::Arch(arch), Some(arch))
+        }
+        LayoutChoice::Arch(a) => (LayoutKind::Arch(*a), Some(*a)),
+        LayoutChoice::Generic(p) => (LayoutKind::Generic(p.clone()), None),
+    };
+    let prediction =
+        prediction.unwrap_or_else(|| arch.map_or(Prediction::Flow, Arch::default_prediction));
+    let layout = layout::layout(&kind, &shapes, prediction)?;
+    Ok((arch, prediction, layout))
+}
+
+fn save_with(
+    components: &Components,
+    opts: &SaveOptions,
+    provisional_title: &str,
+    reserve: impl FnOnce() -> Result<Reservation>,
+) -> Result<Saved> {
+    let start = Instant::now();
+    let (arch, prediction, layout) = lay_out(components, &opts.layout, opts.prediction)?;
+    let plan_opts = PlanOptions {
+        dtypes: opts.dtypes,
+        ..PlanOptions::default()
+    };
+    let meta = |title: &str| metadata::build(arch, prediction, title, &opts.metadata);
+    // Validate everything before a file exists; the title only changes the header's length.
+    Plan::new(&layout, components, &meta(provisional_title), &plan_opts)?;
+    let reservation = reserve()?;
+    let plan = Plan::new(&layout, components, &meta(&reservation.title()), &plan_opts)?;
+    let progress = Progress::new(plan.file_len(), opts.progress);
+    let never = AtomicBool::new(false);
+    let cancel = opts.cancel.as_deref().unwrap_or(&never);
+    let report = writer::write_sequential(&plan, reservation.file(), &progress, cancel);
+    progress.finish();
+    let report = report?;
+    let non_finite = non_finite_list(&plan, &report.non_finite);
+    if opts.check_finite {
+        if let Some((first, first_count)) = non_finite.first() {
+            return Err(Error::NonFinite {
+                count: non_finite.len(),
+                first: first.clone(),
+                first_count: *first_count,
+            });
+        }
+    }
+    let path = reservation.commit()?;
+    Ok(Saved {
+        path,
+        arch,
+        prediction,
+        tensors: plan.tensors().len(),
+        bytes: plan.file_len(),
+        non_finite,
+        dropped: layout.dropped,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn non_finite_list(plan: &Plan, counts: &[u64]) -> Vec<(String, u64)> {
+    plan.tensors()
+        .iter()
+        .zip(counts)
+        .filter(|(_, &n)| n > 0)
+        .map(|(t, &n)| (t.name.clone(), n))
+        .collect()
+}

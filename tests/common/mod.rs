@@ -1,0 +1,66 @@
+//! Shared helpers of the integration tests: the reference fixtures.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use checkpoint_save::arch::{Arch, Prediction};
+use checkpoint_save::components::{ComponentKind, ComponentShapes, TensorInfo};
+use serde_json::Value;
+
+/// Fixture name, architecture and the reference model's prediction type.
+pub const FIXTURES: [(&str, Arch, Prediction); 6] = [
+    ("sd15", Arch::Sd15, Prediction::Eps),
+    ("sd21_768v", Arch::Sd2, Prediction::V),
+    ("sdxl_base", Arch::Sdxl, Prediction::Eps),
+    ("sdxl_refiner", Arch::SdxlRefiner, Prediction::Eps),
+    ("sd3_medium", Arch::Sd3, Prediction::Flow),
+    ("flux_dev", Arch::Flux, Prediction::Flow),
+];
+
+/// `<name>.json` of the fixtures.
+pub fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../shared/fixtures/layouts/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .unwrap()
+}
+
+/// Maps the fixtures' component names to ours.
+pub fn component(name: &str) -> ComponentKind {
+    match name {
+        "unet" => ComponentKind::Model,
+        "clip" => ComponentKind::Clip,
+        "vae" => ComponentKind::Vae,
+        other => panic!("unknown component {other}"),
+    }
+}
+
+/// `<name>.components.json` as shapes.
+pub fn component_shapes(name: &str) -> ComponentShapes {
+    let v = fixture(&format!("{name}.components"));
+    let mut shapes = ComponentShapes::default();
+    for part in ["unet", "clip", "vae"] {
+        let map: BTreeMap<String, TensorInfo> = v[part]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let shape = t["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
+                let dtype = serde_json::from_value(t["dtype"].clone()).unwrap();
+                (
+                    t["key"].as_str().unwrap().to_string(),
+                    TensorInfo::new(shape, dtype),
+                )
+            })
+            .collect();
+        shapes.set(component(part), map);
+    }
+    shapes
+}
