@@ -164,7 +164,7 @@ impl Plan {
         metadata: &BTreeMap<String, String>,
         opts: &PlanOptions,
     ) -> Result<Plan> {
-        if opts.data_alignment == 0 || opts.data_alignment % 8 != 0 {
+        if opts.data_alignment == 0 || !opts.data_alignment.is_multiple_of(8) {
             return Err(Error::InvalidInput(format!(
                 "data alignment {} must be a positive multiple of 8",
                 opts.data_alignment
