@@ -5,63 +5,91 @@
 //! device (CUDA, Metal) take the generic device path: they are cast on the device first, so only
 //! the target dtype's bytes cross the bus, then copied to host memory.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use crate::dtype::{candle_dtype, file_dtype, Dtype};
 use crate::error::{Error, Result};
 use crate::plan::{Piece, PieceSource};
 
-/// Calls `f` with the piece's source bytes on the host (row-major, little-endian) and their dtype.
+/// Calls `f` with the bytes of elements `range` of the piece's source on the host (row-major,
+/// little-endian) and their dtype.
 ///
 /// The dtype handed to `f` is the piece's source dtype, or its target dtype when the cast already
-/// happened on the device.
+/// happened on the device. Contiguous CPU tensors are read in place; a device tensor copies only
+/// the requested range, so a large tensor can be staged chunk by chunk.
 ///
 /// # Errors
-/// Errors of the device copy or of `f`.
-pub fn with_host_bytes<R>(piece: &Piece, f: impl FnOnce(&[u8], Dtype) -> Result<R>) -> Result<R> {
+/// Errors of the device copy or of `f`, and [`Error::InvalidInput`] for a range outside the piece.
+pub fn with_host_range<R>(
+    piece: &Piece,
+    range: Range<usize>,
+    f: impl FnOnce(&[u8], Dtype) -> Result<R>,
+) -> Result<R> {
+    if range.start > range.end || range.end > piece.numel {
+        return Err(Error::InvalidInput(format!(
+            "element range {range:?} outside a piece of {} elements",
+            piece.numel
+        )));
+    }
     match &piece.source {
-        PieceSource::Host(bytes) => f(bytes, piece.src_dtype),
-        PieceSource::Tensor(t) => with_tensor_bytes(t, piece.dst_dtype, f),
+        PieceSource::Host(bytes) => {
+            let size = piece.src_dtype.bitsize() / 8;
+            f(&bytes[range.start * size..range.end * size], piece.src_dtype)
+        }
+        PieceSource::Tensor(t) => with_tensor_range(t, range, piece.dst_dtype, f),
         PieceSource::Transposed(t) => {
             let t = t.t()?.contiguous()?;
-            with_tensor_bytes(&t, piece.dst_dtype, f)
+            with_tensor_range(&t, range, piece.dst_dtype, f)
         }
     }
 }
 
-fn with_tensor_bytes<R>(
+/// Whether the piece can be written straight from memory it already occupies (a contiguous CPU
+/// tensor kept in its dtype): no staging copy is needed.
+pub fn is_in_place(piece: &Piece) -> bool {
+    match &piece.source {
+        PieceSource::Tensor(t) => {
+            t.device().is_cpu() && t.is_contiguous() && piece.src_dtype == piece.dst_dtype
+        }
+        PieceSource::Host(_) | PieceSource::Transposed(_) => false,
+    }
+}
+
+fn with_tensor_range<R>(
     t: &Tensor,
+    range: Range<usize>,
     dst: Dtype,
     f: impl FnOnce(&[u8], Dtype) -> Result<R>,
 ) -> Result<R> {
     if !t.device().is_cpu() {
-        let host = to_host(t, dst)?;
-        return with_tensor_bytes(&host, dst, f);
+        // Copy only the requested elements: a cheap view of the flattened tensor, then the copy.
+        let part = t.flatten_all()?.narrow(0, range.start, range.len())?;
+        let host = to_host(&part, dst)?;
+        return with_tensor_range(&host, 0..range.len(), dst, f);
     }
     if !t.is_contiguous() {
-        return with_tensor_bytes(&t.contiguous()?, dst, f);
+        return with_tensor_range(&t.contiguous()?, range, dst, f);
     }
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::InvalidInput(
-            "a CPU tensor without CPU storage".into(),
-        ));
+        return Err(Error::InvalidInput("a CPU tensor without CPU storage".into()));
     };
     let all = cpu_bytes(cpu);
+    let dtype = file_dtype(t.dtype());
+    if is_packed(t.dtype()) {
+        // Sub-byte formats are only ever copied whole (they cannot be cast).
+        return f(all, dtype);
+    }
     let size = t.dtype().size_in_bytes();
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        Error::InvalidInput("contiguous tensor without contiguous offsets".into())
-    })?;
-    let bytes = if size == 0 || is_packed(t.dtype()) {
-        all
-    } else {
-        all.get(start * size..end * size).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "tensor view [{start}, {end}) lies outside its storage"
-            ))
-        })?
-    };
-    f(bytes, file_dtype(t.dtype()))
+    let (start, _) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::InvalidInput("contiguous tensor without contiguous offsets".into()))?;
+    let bytes = all
+        .get((start + range.start) * size..(start + range.end) * size)
+        .ok_or_else(|| Error::InvalidInput("tensor view lies outside its storage".into()))?;
+    f(bytes, dtype)
 }
 
 /// Copies a device tensor to host memory, casting on the device first when the target dtype is
@@ -134,7 +162,7 @@ mod tests {
             .unwrap();
         let row = t.narrow(0, 1, 1).unwrap();
         let p = piece(PieceSource::Tensor(row), Dtype::F32, Dtype::F32, 4);
-        let got = with_host_bytes(&p, |b, d| {
+        let got = with_host_range(&p, 0..4, |b, d| {
             assert_eq!(d, Dtype::F32);
             Ok(b.chunks(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -145,7 +173,10 @@ mod tests {
         // Non-contiguous: a column.
         let col = t.narrow(1, 2, 1).unwrap();
         let p = piece(PieceSource::Tensor(col), Dtype::F32, Dtype::F32, 3);
-        let n = with_host_bytes(&p, |b, _| Ok(b.len())).unwrap();
+        let n = with_host_range(&p, 0..3, |b, _| Ok(b.len())).unwrap();
+        assert!(!is_in_place(&p));
+        let part = with_host_range(&p, 1..3, |b, _| Ok(b.len())).unwrap();
+        assert_eq!(part, 8);
         assert_eq!(n, 12);
     }
 
@@ -153,8 +184,10 @@ mod tests {
     fn transposed_pieces_are_transposed() {
         let t = Tensor::new(&[[1u8, 2, 3], [4, 5, 6]], &Device::Cpu).unwrap();
         let p = piece(PieceSource::Transposed(t), Dtype::U8, Dtype::U8, 6);
-        let got = with_host_bytes(&p, |b, _| Ok(b.to_vec())).unwrap();
+        let got = with_host_range(&p, 0..6, |b, _| Ok(b.to_vec())).unwrap();
         assert_eq!(got, vec![1, 4, 2, 5, 3, 6]);
+        assert_eq!(with_host_range(&p, 2..4, |b, _| Ok(b.to_vec())).unwrap(), vec![2, 5]);
+        assert!(with_host_range(&p, 2..7, |_, _| Ok(())).is_err());
         let h = piece(
             PieceSource::Host(Arc::from(vec![9u8, 9])),
             Dtype::U8,
@@ -162,7 +195,7 @@ mod tests {
             2,
         );
         assert_eq!(
-            with_host_bytes(&h, |b, _| Ok(b.to_vec())).unwrap(),
+            with_host_range(&h, 0..2, |b, _| Ok(b.to_vec())).unwrap(),
             vec![9, 9]
         );
     }

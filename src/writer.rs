@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cast;
 use crate::error::{Error, IoContext, Result};
-use crate::offload::with_host_bytes;
+use crate::offload::with_host_range;
 use crate::plan::Plan;
 use crate::progress::Progress;
 
@@ -47,7 +47,7 @@ pub fn write_sequential(
             return Err(Error::Cancelled);
         }
         let name = &plan.tensors()[piece.tensor].name;
-        let count = with_host_bytes(piece, |src, src_dtype| {
+        let count = with_host_range(piece, 0..piece.numel, |src, src_dtype| {
             if src_dtype == piece.dst_dtype {
                 out.write_all(src).ctx(ctx)?;
                 progress.inc(src.len() as u64);
