@@ -36,7 +36,10 @@ pub fn with_host_range<R>(
     match &piece.source {
         PieceSource::Host(bytes) => {
             let size = piece.src_dtype.bitsize() / 8;
-            f(&bytes[range.start * size..range.end * size], piece.src_dtype)
+            f(
+                &bytes[range.start * size..range.end * size],
+                piece.src_dtype,
+            )
         }
         PieceSource::Tensor(t) => with_tensor_range(t, range, piece.dst_dtype, f),
         PieceSource::Transposed(t) => {
@@ -74,7 +77,9 @@ fn with_tensor_range<R>(
     }
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::InvalidInput("a CPU tensor without CPU storage".into()));
+        return Err(Error::InvalidInput(
+            "a CPU tensor without CPU storage".into(),
+        ));
     };
     let all = cpu_bytes(cpu);
     let dtype = file_dtype(t.dtype());
@@ -83,9 +88,9 @@ fn with_tensor_range<R>(
         return f(all, dtype);
     }
     let size = t.dtype().size_in_bytes();
-    let (start, _) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| Error::InvalidInput("contiguous tensor without contiguous offsets".into()))?;
+    let (start, _) = layout.contiguous_offsets().ok_or_else(|| {
+        Error::InvalidInput("contiguous tensor without contiguous offsets".into())
+    })?;
     let bytes = all
         .get((start + range.start) * size..(start + range.end) * size)
         .ok_or_else(|| Error::InvalidInput("tensor view lies outside its storage".into()))?;
@@ -186,7 +191,10 @@ mod tests {
         let p = piece(PieceSource::Transposed(t), Dtype::U8, Dtype::U8, 6);
         let got = with_host_range(&p, 0..6, |b, _| Ok(b.to_vec())).unwrap();
         assert_eq!(got, vec![1, 4, 2, 5, 3, 6]);
-        assert_eq!(with_host_range(&p, 2..4, |b, _| Ok(b.to_vec())).unwrap(), vec![2, 5]);
+        assert_eq!(
+            with_host_range(&p, 2..4, |b, _| Ok(b.to_vec())).unwrap(),
+            vec![2, 5]
+        );
         assert!(with_host_range(&p, 2..7, |_, _| Ok(())).is_err());
         let h = piece(
             PieceSource::Host(Arc::from(vec![9u8, 9])),

@@ -13,7 +13,7 @@ use crate::metadata::{self, MetadataOptions};
 use crate::naming::{self, Reservation, SaveTarget};
 use crate::plan::{ComponentDtypes, Plan, PlanOptions};
 use crate::progress::Progress;
-use crate::writer;
+use crate::writer::{self, EngineOptions};
 
 /// How the checkpoint's keys are laid out.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -48,6 +48,23 @@ pub struct SaveOptions {
     pub progress: bool,
     /// Set to true (e.g. from a Ctrl-C handler) to cancel; the temporary file is removed.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Which writer puts the bytes into the file.
+    pub writer: WriterChoice,
+}
+
+/// The writer a save uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterChoice {
+    /// One piece after another on the calling thread (simple; the reference for tests).
+    Sequential,
+    /// Parallel workers with a bounded staging budget (the default).
+    Parallel(EngineOptions),
+}
+
+impl Default for WriterChoice {
+    fn default() -> Self {
+        WriterChoice::Parallel(EngineOptions::default())
+    }
 }
 
 impl Default for SaveOptions {
@@ -62,6 +79,7 @@ impl Default for SaveOptions {
             check_finite: false,
             progress: false,
             cancel: None,
+            writer: WriterChoice::default(),
         }
     }
 }
@@ -167,7 +185,14 @@ fn save_with(
     let progress = Progress::new(plan.file_len(), opts.progress);
     let never = AtomicBool::new(false);
     let cancel = opts.cancel.as_deref().unwrap_or(&never);
-    let report = writer::write_sequential(&plan, reservation.file(), &progress, cancel);
+    let report = match &opts.writer {
+        WriterChoice::Sequential => {
+            writer::write_sequential(&plan, reservation.file(), &progress, cancel)
+        }
+        WriterChoice::Parallel(engine) => {
+            writer::write_parallel(&plan, reservation.file(), engine, &progress, cancel)
+        }
+    };
     progress.finish();
     let report = report?;
     let non_finite = non_finite_list(&plan, &report.non_finite);

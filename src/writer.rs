@@ -71,3 +71,244 @@ pub fn write_sequential(
         bytes: plan.file_len(),
     })
 }
+
+/// How chunks reach the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The measured-fastest backend for this platform ([`Backend::Pwrite`] everywhere for now:
+    /// it needs no special file-system support).
+    #[default]
+    Auto,
+    /// Positional writes (`pwrite`) from per-worker staging buffers.
+    Pwrite,
+    /// Chunks filled directly in a writable memory map of the file, one window per chunk (no
+    /// staging buffer at all).
+    Mmap,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "pwrite" => Ok(Backend::Pwrite),
+            "mmap" => Ok(Backend::Mmap),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown write backend `{s}`; choose auto, pwrite or mmap"
+            ))),
+        }
+    }
+}
+
+/// Settings of the parallel engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Bytes per unit of work (rounded up to a multiple of 4096).
+    pub chunk_size: u64,
+    /// Host memory the engine may hold for staging; workers × chunk size never exceeds it.
+    pub staging_budget: u64,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// How chunks reach the file.
+    pub backend: Backend,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 32 << 20,
+            staging_budget: 256 << 20,
+            threads: 0,
+            backend: Backend::Auto,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// Worker count and chunk size after applying the budget.
+    pub fn effective(&self) -> (usize, u64) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if self.threads == 0 {
+            cores
+        } else {
+            self.threads
+        };
+        let budget = self.staging_budget.max(4096);
+        let chunk = self.chunk_size.clamp(4096, budget) / 4096 * 4096;
+        let workers = threads.min((budget / chunk) as usize).max(1);
+        (workers, chunk)
+    }
+}
+
+/// Writes the plan with parallel workers at their offsets into `file`, preallocated to the
+/// final size. Same bytes as [`write_sequential`].
+///
+/// # Errors
+/// I/O errors (out of space is reported when preallocating, before any data is written where the
+/// file system supports it), device-copy and cast errors, and [`Error::Cancelled`].
+pub fn write_parallel(
+    plan: &Plan,
+    file: &File,
+    opts: &EngineOptions,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<WriteReport> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+    use std::sync::Mutex;
+
+    preallocate(file, plan.file_len())?;
+    file.write_all_at(plan.header(), 0)
+        .ctx(|| "writing the checkpoint header".into())?;
+    progress.inc(plan.header().len() as u64);
+
+    let (workers, chunk_size) = opts.effective();
+    let units = crate::chunks::chunks(plan, chunk_size);
+    let counts: Vec<AtomicU64> = plan.tensors().iter().map(|_| AtomicU64::new(0)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("checkpoint-save-writer-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("cannot start writer threads: {e}")))?;
+    let backend = match opts.backend {
+        Backend::Auto | Backend::Pwrite => Backend::Pwrite,
+        Backend::Mmap => Backend::Mmap,
+    };
+    pool.scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|_| {
+                let mut staging = Vec::new();
+                loop {
+                    if failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(unit) = units.get(i) else { return };
+                    let result = if cancel.load(Ordering::Relaxed) {
+                        Err(Error::Cancelled)
+                    } else {
+                        write_unit(plan, file, unit, backend, &mut staging, &counts)
+                    };
+                    match result {
+                        Ok(n) => progress.inc(n),
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                            slot.get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(WriteReport {
+        non_finite: counts.into_iter().map(AtomicU64::into_inner).collect(),
+        bytes: plan.file_len(),
+    })
+}
+
+/// Reserves the file's blocks up front, so a full disk fails before data is written.
+fn preallocate(file: &File, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let ctx = || format!("reserving {len} bytes for the checkpoint (is the disk full?)");
+    let Ok(off_len) = libc::off_t::try_from(len) else {
+        return Err(Error::io(
+            ctx(),
+            std::io::Error::from(std::io::ErrorKind::FileTooLarge),
+        ));
+    };
+    // SAFETY: plain system call on a file descriptor we own for the duration of the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) };
+    match rc {
+        0 => Ok(()),
+        // File systems without fallocate: a sparse file of the right size still works.
+        libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS => file.set_len(len).ctx(ctx),
+        errno => Err(Error::io(ctx(), std::io::Error::from_raw_os_error(errno))),
+    }
+}
+
+/// Writes one unit; returns the bytes written.
+fn write_unit(
+    plan: &Plan,
+    file: &File,
+    unit: &crate::chunks::Chunk,
+    backend: Backend,
+    staging: &mut Vec<u8>,
+    counts: &[std::sync::atomic::AtomicU64],
+) -> Result<u64> {
+    use crate::chunks::{overlap, Chunk};
+    use std::os::unix::fs::FileExt;
+
+    let span = unit.span(plan);
+    let at = plan.data_offset() + span.start;
+    let len = (span.end - span.start) as usize;
+    let ctx = || format!("writing {len} bytes at offset {at} of the checkpoint");
+    let mut window = match backend {
+        Backend::Mmap => Some(map_window(file, at, len).ctx(ctx)?),
+        _ => None,
+    };
+    match unit {
+        Chunk::InPlace { piece, bytes } => {
+            let p = &plan.pieces()[*piece];
+            let size = (p.dst_dtype.bitsize() / 8).max(1) as u64;
+            let elems = (bytes.start / size) as usize..(bytes.end / size) as usize;
+            let count = with_host_range(p, elems, |src, dtype| {
+                match &mut window {
+                    Some((map, skip)) => map[*skip..*skip + len].copy_from_slice(src),
+                    None => file.write_all_at(src, at).ctx(ctx)?,
+                }
+                Ok(cast::count_non_finite(src, dtype))
+            })?;
+            counts[p.tensor].fetch_add(count, Ordering::Relaxed);
+        }
+        Chunk::Staged { range, pieces } => {
+            let fill: &mut [u8] = match &mut window {
+                Some((map, skip)) => &mut map[*skip..*skip + len],
+                None => {
+                    staging.resize(len, 0);
+                    &mut staging[..len]
+                }
+            };
+            for i in pieces.clone() {
+                let p = &plan.pieces()[i];
+                let Some((elems, bytes)) = overlap(p, range) else {
+                    continue;
+                };
+                let name = &plan.tensors()[p.tensor].name;
+                let count = with_host_range(p, elems, |src, dtype| {
+                    cast::convert(name, src, dtype, &mut fill[bytes], p.dst_dtype)
+                })?;
+                counts[p.tensor].fetch_add(count, Ordering::Relaxed);
+            }
+            if window.is_none() {
+                file.write_all_at(&staging[..len], at).ctx(ctx)?;
+            }
+        }
+    }
+    Ok(len as u64)
+}
+
+/// Maps `[at, at + len)` of the file writable; returns the map and the offset of `at` in it.
+fn map_window(file: &File, at: u64, len: usize) -> std::io::Result<(memmap2::MmapMut, usize)> {
+    const PAGE: u64 = 4096;
+    let base = at / PAGE * PAGE;
+    let skip = (at - base) as usize;
+    // SAFETY: the file is our private temporary file; nothing else maps or truncates it while
+    // the save runs, and each window is written by one worker only.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(base)
+            .len(skip + len)
+            .map_mut(file)?
+    };
+    // Fault the pages in one call instead of one fault per page; older kernels lack it.
+    let _ = map.advise(memmap2::Advice::PopulateWrite);
+    Ok((map, skip))
+}

@@ -173,3 +173,53 @@ fn same_bytes_as_safetensors_serialize() {
     let theirs = safetensors::serialize(st.tensors(), meta.metadata().clone()).unwrap();
     assert!(ours == theirs, "bytes differ from safetensors::serialize");
 }
+
+#[test]
+fn parallel_engine_writes_the_same_bytes_as_the_simple_writer() {
+    use checkpoint_save::dtype::TargetDtype;
+    use checkpoint_save::save::WriterChoice;
+    use checkpoint_save::writer::{Backend, EngineOptions};
+    for (name, arch, prediction) in FIXTURES {
+        let shapes = synthetic::shrink(&common::component_shapes(name), 96);
+        let components = synthetic::build_from_shapes(&shapes, 3, None, &Device::Cpu).unwrap();
+        let save_with = |writer: WriterChoice, dtypes: ComponentDtypes| {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = SaveOptions {
+                output_dir: dir.path().to_path_buf(),
+                layout: LayoutChoice::Arch(arch),
+                prediction: Some(prediction),
+                dtypes,
+                writer,
+                ..Default::default()
+            };
+            let saved = save(&components, &opts).unwrap();
+            std::fs::read(saved.path).unwrap()
+        };
+        let dtypes = [
+            ComponentDtypes::default(),
+            ComponentDtypes {
+                model: TargetDtype::F16,
+                clip: TargetDtype::BF16,
+                vae: TargetDtype::F8E4M3,
+                ..Default::default()
+            },
+        ];
+        for d in dtypes {
+            let simple = save_with(WriterChoice::Sequential, d);
+            for backend in [Backend::Pwrite, Backend::Mmap] {
+                for chunk_size in [4096, 1 << 16] {
+                    let engine = EngineOptions {
+                        chunk_size,
+                        backend,
+                        ..Default::default()
+                    };
+                    let fast = save_with(WriterChoice::Parallel(engine), d);
+                    assert!(
+                        fast == simple,
+                        "{name} {backend:?} chunk {chunk_size} {d:?}: bytes differ"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Chunks: the data section cut into units of work for parallel writers.
+//!
+//! A unit is either a byte range of one tensor that is already in memory in its file dtype
+//! (written straight from its storage, no copy), or a range of the data section that is filled
+//! into a staging buffer piece by piece, the cast fused into that fill. Units are at most
+//! `chunk_size` bytes, so host memory in flight is bounded by workers × chunk size.
+
+use std::ops::Range;
+
+use crate::offload::is_in_place;
+use crate::plan::{Piece, Plan};
+
+/// Pieces smaller than this are staged even when they could be written in place: one staged
+/// write of many small tensors beats many small writes.
+pub const MIN_IN_PLACE: u64 = 1 << 20;
+
+/// One unit of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Bytes `bytes` (relative to the piece) of piece `piece`, written from its storage.
+    InPlace {
+        /// Index into [`Plan::pieces`].
+        piece: usize,
+        /// Byte range within the piece.
+        bytes: Range<u64>,
+    },
+    /// Data-section range `range`, filled from pieces `pieces` into staging.
+    Staged {
+        /// Byte range of the data section.
+        range: Range<u64>,
+        /// Indices of the pieces that overlap the range.
+        pieces: Range<usize>,
+    },
+}
+
+impl Chunk {
+    /// Data-section range written by this unit.
+    pub fn span(&self, plan: &Plan) -> Range<u64> {
+        match self {
+            Chunk::InPlace { piece, bytes } => {
+                let start = plan.pieces()[*piece].start;
+                start + bytes.start..start + bytes.end
+            }
+            Chunk::Staged { range, .. } => range.clone(),
+        }
+    }
+}
+
+/// Cuts the plan's data section into units of at most `chunk_size` bytes (a multiple of 4096).
+///
+/// Boundaries inside a staged run fall on multiples of `chunk_size` from the run's start; since
+/// file order never puts a wider element after a narrower one, every boundary is element-aligned.
+pub fn chunks(plan: &Plan, chunk_size: u64) -> Vec<Chunk> {
+    let chunk_size = chunk_size.max(4096).next_multiple_of(4096);
+    let pieces = plan.pieces();
+    let mut out = Vec::new();
+    let mut run: Option<(u64, usize)> = None; // (start offset, first piece) of the staged run
+    let flush =
+        |out: &mut Vec<Chunk>, run: &mut Option<(u64, usize)>, end: u64, end_piece: usize| {
+            if let Some((start, first)) = run.take() {
+                let mut at = start;
+                let mut p = first;
+                while at < end {
+                    let stop = (at + chunk_size).min(end);
+                    while p < end_piece && pieces[p].end() <= at && !pieces[p].is_empty() {
+                        p += 1;
+                    }
+                    let mut q = p;
+                    while q < end_piece
+                        && (pieces[q].start < stop
+                            || (pieces[q].is_empty() && pieces[q].start <= stop))
+                    {
+                        q += 1;
+                    }
+                    out.push(Chunk::Staged {
+                        range: at..stop,
+                        pieces: p..q,
+                    });
+                    at = stop;
+                }
+            }
+        };
+    for (i, piece) in pieces.iter().enumerate() {
+        if is_in_place(piece) && piece.len() >= MIN_IN_PLACE {
+            flush(&mut out, &mut run, piece.start, i);
+            let mut at = 0;
+            while at < piece.len() {
+                let stop = (at + chunk_size).min(piece.len());
+                out.push(Chunk::InPlace {
+                    piece: i,
+                    bytes: at..stop,
+                });
+                at = stop;
+            }
+        } else if run.is_none() && !piece.is_empty() {
+            run = Some((piece.start, i));
+        }
+    }
+    flush(&mut out, &mut run, plan.data_len(), pieces.len());
+    out
+}
+
+/// The part of `piece` that falls in data-section range `range`: (element range, byte range
+/// relative to `range.start`), or `None` when they do not overlap.
+pub fn overlap(piece: &Piece, range: &Range<u64>) -> Option<(Range<usize>, Range<usize>)> {
+    let start = piece.start.max(range.start);
+    let end = piece.end().min(range.end);
+    if start >= end {
+        return None;
+    }
+    let size = (piece.dst_dtype.bitsize() / 8).max(1) as u64;
+    let elems = ((start - piece.start) / size) as usize..((end - piece.start) / size) as usize;
+    let bytes = (start - range.start) as usize..(end - range.start) as usize;
+    Some((elems, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Arch;
+    use crate::plan::PlanOptions;
+    use crate::save::{lay_out, LayoutChoice};
+    use crate::synthetic::{self, SyntheticOptions};
+    use candle_core::{DType, Device};
+    use std::collections::BTreeMap;
+
+    fn plan(max_dim: usize, dtype: DType) -> Plan {
+        let c = synthetic::build(
+            &SyntheticOptions::new(Arch::Sd15)
+                .with_max_dim(max_dim)
+                .with_dtype(dtype),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (_, _, layout) = lay_out(&c, &LayoutChoice::Arch(Arch::Sd15), None).unwrap();
+        Plan::new(&layout, &c, &BTreeMap::new(), &PlanOptions::default()).unwrap()
+    }
+
+    fn check_tiling(plan: &Plan, chunks: &[Chunk], chunk_size: u64) {
+        let mut spans: Vec<_> = chunks.iter().map(|c| c.span(plan)).collect();
+        spans.sort_by_key(|r| r.start);
+        let mut at = 0;
+        for s in &spans {
+            assert_eq!(s.start, at, "gap or overlap at {at}");
+            assert!(s.end - s.start <= chunk_size.next_multiple_of(4096));
+            at = s.end;
+        }
+        assert_eq!(at, plan.data_len());
+        for c in chunks {
+            if let Chunk::Staged { range, pieces } = c {
+                for (i, p) in plan.pieces().iter().enumerate() {
+                    let overlaps = overlap(p, range).is_some();
+                    assert!(
+                        !overlaps || pieces.contains(&i),
+                        "piece {i} overlaps {range:?} but is not listed"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_tile_the_data_section() {
+        for (dim, dtype) in [(8, DType::F32), (64, DType::F16), (320, DType::F32)] {
+            let p = plan(dim, dtype);
+            for size in [4096, 1 << 16, 1 << 20, 32 << 20] {
+                check_tiling(&p, &chunks(&p, size), size);
+            }
+        }
+    }
+
+    #[test]
+    fn large_kept_tensors_are_written_in_place() {
+        let p = plan(1280, DType::F32);
+        let c = chunks(&p, 1 << 20);
+        assert!(c.iter().any(|c| matches!(c, Chunk::InPlace { .. })));
+        check_tiling(&p, &c, 1 << 20);
+    }
+
+    #[test]
+    fn overlap_is_element_aligned() {
+        let p = plan(64, DType::F16);
+        for piece in p.pieces() {
+            let r = piece.start + 2..piece.end() + 10;
+            if let Some((elems, bytes)) = overlap(piece, &r) {
+                assert_eq!(elems.len() * 2, bytes.len());
+            }
+        }
+    }
+}
