@@ -1,6 +1,7 @@
 //! checkpoint-save: save diffusion-model components into one ComfyUI-compatible checkpoint.
 
 pub mod arch;
+pub mod bench;
 pub mod cast;
 pub mod chunks;
 pub mod components;

@@ -1,0 +1,353 @@
+//! The `bench` measurement: our save against candle's path and the storage ceiling, side by side.
+//!
+//! Every figure comes from one run on one machine, so the ratios are meaningful even where the
+//! absolute numbers are noisy: after a warm-up, each of (a) our save, (b) candle's `to_dtype` +
+//! `safetensors::save` on the same tensors and cast, and (c) raw writes of the same byte count
+//! into the same folder is timed `runs` times, interleaved, and the median is reported. All three
+//! end with the same `fsync`, so none is credited for leaving data in the page cache. Peak extra
+//! resident memory is read from `/proc/self/status` after resetting the peak (`clear_refs`).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::arch::Arch;
+use crate::components::Components;
+use crate::dtype::{candle_dtype, TargetDtype};
+use crate::error::{Error, IoContext, Result};
+use crate::plan::ComponentDtypes;
+use crate::save::{save_to_path, LayoutChoice, SaveOptions, WriterChoice};
+use crate::synthetic::{self, SyntheticOptions};
+use crate::writer::EngineOptions;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Synthetic architecture to build.
+    pub arch: Arch,
+    /// Dtype the checkpoint is saved in.
+    pub dtype: TargetDtype,
+    /// Dtype the synthetic model is built in (`None`: the reference's defaults, F32 denoiser).
+    pub model_dtype: Option<candle_core::DType>,
+    /// Folder written into (a tmpfs or a disk folder).
+    pub output_dir: PathBuf,
+    /// Timed repetitions of each measurement (after one warm-up).
+    pub runs: usize,
+    /// Engine settings of our save.
+    pub engine: EngineOptions,
+    /// Cap on every dimension (for quick runs); `None` is full size.
+    pub max_dim: Option<usize>,
+    /// Device the model lives on.
+    pub device: Device,
+}
+
+/// One measured quantity: median seconds, throughput, peak extra resident memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measure {
+    /// Median wall time in seconds.
+    pub median_s: f64,
+    /// Every run's wall time in seconds.
+    pub runs_s: Vec<f64>,
+    /// Bytes per second (decimal GB/s) at the median.
+    pub gbps: f64,
+    /// Highest resident memory above the level before the run, in bytes.
+    pub peak_rss_extra_bytes: u64,
+}
+
+/// The figures of one benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Architecture.
+    pub arch: String,
+    /// Saved dtype.
+    pub dtype: String,
+    /// Device of the model.
+    pub device: String,
+    /// Folder written into.
+    pub output_dir: String,
+    /// Checkpoint size in bytes.
+    pub bytes: u64,
+    /// Tensors in the checkpoint.
+    pub tensors: usize,
+    /// Worker threads of our save (and of the parallel ceiling).
+    pub threads: usize,
+    /// Chunk size of our save.
+    pub chunk_size: u64,
+    /// Staging budget of our save.
+    pub staging_budget: u64,
+    /// Our save.
+    pub ours: Measure,
+    /// candle's `to_dtype` + `safetensors::save` + fsync.
+    pub candle: Measure,
+    /// One sequential stream of large writes + fsync.
+    pub ceiling_sequential: Measure,
+    /// Parallel positional writes with `threads` threads + fsync.
+    pub ceiling_parallel: Measure,
+    /// Our throughput, GB/s.
+    pub ours_gbps: f64,
+    /// candle's throughput, GB/s.
+    pub candle_gbps: f64,
+    /// The faster ceiling, GB/s.
+    pub ceiling_gbps: f64,
+    /// ours / ceiling.
+    pub ratio_ceiling: f64,
+    /// ours / candle.
+    pub ratio_candle: f64,
+    /// Our peak extra resident memory.
+    pub peak_rss_bytes: u64,
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// Errors of building the model, saving, or writing into the output folder.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    std::fs::create_dir_all(&opts.output_dir)
+        .ctx(|| format!("creating the benchmark folder {}", opts.output_dir.display()))?;
+    let mut syn = SyntheticOptions::new(opts.arch).with_seed(1);
+    syn.max_dim = opts.max_dim;
+    syn.dtype = opts.model_dtype;
+    let components = synthetic::build(&syn, &opts.device)?;
+    let (workers, chunk) = opts.engine.effective();
+    let save_opts = {
+        let mut s = SaveOptions {
+            layout: LayoutChoice::Arch(opts.arch),
+            dtypes: ComponentDtypes::all(opts.dtype),
+            writer: WriterChoice::Parallel(opts.engine),
+            ..Default::default()
+        };
+        s.metadata.disable = true;
+        s
+    };
+    let path = |name: &str| opts.output_dir.join(format!("checkpoint-save-bench-{}-{name}.safetensors", std::process::id()));
+
+    // Warm-up: page in the model, size the checkpoint, start thread pools.
+    let ours_path = path("ours");
+    let saved = save_to_path(&components, &ours_path, &save_opts)?;
+    remove(&ours_path)?;
+    let bytes = saved.bytes;
+    let block = random_block(8 << 20);
+
+    let mut ours = Vec::new();
+    let mut candle = Vec::new();
+    let mut seq = Vec::new();
+    let mut par = Vec::new();
+    let candle_path = path("candle");
+    let raw_path = path("raw");
+    timed(|| candle_save(&components, opts.dtype, &candle_path), &candle_path)?;
+    for _ in 0..opts.runs.max(1) {
+        ours.push(timed(|| save_to_path(&components, &ours_path, &save_opts).map(drop), &ours_path)?);
+        candle.push(timed(|| candle_save(&components, opts.dtype, &candle_path), &candle_path)?);
+        seq.push(timed(|| raw_sequential(&raw_path, bytes, &block), &raw_path)?);
+        par.push(timed(|| raw_parallel(&raw_path, bytes, workers, chunk, &block), &raw_path)?);
+    }
+    let summarize = |runs: Vec<(f64, u64)>| {
+        let mut times: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let runs_s = times.clone();
+        times.sort_by(f64::total_cmp);
+        let median_s = times[times.len() / 2];
+        Measure {
+            median_s,
+            runs_s,
+            gbps: bytes as f64 / median_s / 1e9,
+            peak_rss_extra_bytes: runs.iter().map(|r| r.1).max().unwrap_or(0),
+        }
+    };
+    let (ours, candle) = (summarize(ours), summarize(candle));
+    let (seq, par) = (summarize(seq), summarize(par));
+    let ceiling_gbps = seq.gbps.max(par.gbps);
+    Ok(BenchReport {
+        arch: opts.arch.to_string(),
+        dtype: opts.dtype.to_string(),
+        device: format!("{:?}", opts.device.location()),
+        output_dir: opts.output_dir.display().to_string(),
+        bytes,
+        tensors: saved.tensors,
+        threads: workers,
+        chunk_size: chunk,
+        staging_budget: opts.engine.staging_budget,
+        ours_gbps: ours.gbps,
+        candle_gbps: candle.gbps,
+        ceiling_gbps,
+        ratio_ceiling: ours.gbps / ceiling_gbps,
+        ratio_candle: ours.gbps / candle.gbps,
+        peak_rss_bytes: ours.peak_rss_extra_bytes,
+        ours,
+        candle,
+        ceiling_sequential: seq,
+        ceiling_parallel: par,
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        writeln!(f, "{} → {} on {}, {:.2} GB ({} tensors) into {}", self.arch, self.dtype, self.device, self.bytes as f64 / 1e9, self.tensors, self.output_dir)?;
+        writeln!(f, "threads {}, chunk {} MiB, staging budget {} MiB", self.threads, mib(self.chunk_size), mib(self.staging_budget))?;
+        writeln!(f, "{:<34} {:>8} {:>9} {:>16}", "", "median s", "GB/s", "peak extra RSS")?;
+        for (name, m) in [
+            ("(a) checkpoint-save", &self.ours),
+            ("(b) candle to_dtype + save", &self.candle),
+            ("(c) raw, one stream", &self.ceiling_sequential),
+            ("(c) raw, parallel pwrite", &self.ceiling_parallel),
+        ] {
+            writeln!(f, "{name:<34} {:>8.3} {:>9.2} {:>12.0} MiB", m.median_s, m.gbps, mib(m.peak_rss_extra_bytes))?;
+        }
+        write!(f, "ratio to ceiling a/c = {:.2}, ratio to candle a/b = {:.1}", self.ratio_ceiling, self.ratio_candle)
+    }
+}
+
+/// Runs `f`, returning (seconds, peak extra RSS) and removing `path` afterwards.
+fn timed(f: impl FnOnce() -> Result<()>, path: &Path) -> Result<(f64, u64)> {
+    let before = rss_reset();
+    let start = Instant::now();
+    let r = f();
+    let secs = start.elapsed().as_secs_f64();
+    let peak = peak_rss().saturating_sub(before);
+    remove(path)?;
+    r.map(|()| (secs, peak))
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// candle's path as a new user writes it: cast every tensor, then `safetensors::save`, then fsync.
+fn candle_save(components: &Components, dtype: TargetDtype, path: &Path) -> Result<()> {
+    let target = dtype.file_dtype().and_then(candle_dtype);
+    let mut map = HashMap::new();
+    for (kind, tensors) in components.iter() {
+        for (k, t) in tensors {
+            let t = match target {
+                Some(d) if t.dtype().is_float() => t.to_dtype(d)?,
+                _ => t.clone(),
+            };
+            map.insert(format!("{kind}.{k}"), t);
+        }
+    }
+    candle_core::safetensors::save(&map, path)?;
+    File::open(path).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", path.display()))
+}
+
+fn random_block(len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// One stream of `block`-sized writes, then fsync.
+fn raw_sequential(path: &Path, bytes: u64, block: &[u8]) -> Result<()> {
+    let ctx = || format!("raw write to {}", path.display());
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path).ctx(ctx)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).ctx(ctx)?;
+        left -= n as u64;
+    }
+    f.sync_all().ctx(ctx)
+}
+
+/// `threads` workers taking `chunk`-sized ranges in order and writing them with pwrite, then fsync.
+fn raw_parallel(path: &Path, bytes: u64, threads: usize, chunk: u64, block: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let ctx = || format!("raw parallel write to {}", path.display());
+    let f = OpenOptions::new().write(true).create_new(true).open(path).ctx(ctx)?;
+    f.set_len(bytes).ctx(ctx)?;
+    let next = AtomicU64::new(0);
+    let result: Result<()> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let start = next.fetch_add(chunk, Ordering::Relaxed);
+                        if start >= bytes {
+                            return Ok(());
+                        }
+                        let end = (start + chunk).min(bytes);
+                        let mut at = start;
+                        while at < end {
+                            let n = (end - at).min(block.len() as u64) as usize;
+                            f.write_all_at(&block[..n], at).ctx(ctx)?;
+                            at += n as u64;
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidInput("a writer thread panicked".into()))))
+    });
+    result?;
+    f.sync_all().ctx(ctx)
+}
+
+/// Resets the peak-RSS counter and returns the current RSS (bytes); 0 where /proc is missing.
+fn rss_reset() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kib("VmRSS:") * 1024
+}
+
+fn peak_rss() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_bench_reports_consistent_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = BenchOptions {
+            arch: Arch::Sd15,
+            dtype: TargetDtype::F16,
+            model_dtype: None,
+            output_dir: dir.path().to_path_buf(),
+            runs: 3,
+            engine: EngineOptions::default(),
+            max_dim: Some(16),
+            device: Device::Cpu,
+        };
+        let r = run(&opts).unwrap();
+        assert!(r.bytes > 0 && r.tensors == 1130);
+        for m in [&r.ours, &r.candle, &r.ceiling_sequential, &r.ceiling_parallel] {
+            assert_eq!(m.runs_s.len(), 3);
+            assert!(m.median_s > 0.0 && m.gbps > 0.0);
+        }
+        assert!((r.ratio_ceiling - r.ours_gbps / r.ceiling_gbps).abs() < 1e-12);
+        assert_eq!(r.ceiling_gbps, r.ceiling_sequential.gbps.max(r.ceiling_parallel.gbps));
+        // Nothing is left behind in the folder.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count(), 0);
+        let text = r.to_string();
+        assert!(text.contains("ratio to ceiling"), "{text}");
+    }
+}
