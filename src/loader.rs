@@ -160,12 +160,6 @@ fn incomplete(path: &Path, expected: u64, found: u64) -> Error {
 
 fn safetensors_error(path: &Path, e: SafeTensorError) -> Error {
     let reason = match &e {
-        SafeTensorError::HeaderTooLarge => {
-            return Error::HeaderTooLarge {
-                size: u64::MAX,
-                limit: MAX_HEADER_LEN,
-            }
-        }
         SafeTensorError::InvalidHeader(_)
         | SafeTensorError::InvalidHeaderDeserialization(_)
         | SafeTensorError::JsonError(_)
@@ -571,7 +565,7 @@ fn recovered_infos(
         }
         Move::Split(keys) => {
             let rank_ok = matches!(info.shape.len(), 1 | 2);
-            if !rank_ok || info.shape[0] % 3 != 0 {
+            if !rank_ok || !info.shape[0].is_multiple_of(3) {
                 return Err(format!(
                     "the fused q/k/v `{key}` must be 1-D or 2-D with a multiple of 3 rows, found shape {:?}",
                     info.shape
