@@ -57,6 +57,9 @@ pub struct Measure {
     pub gbps: f64,
     /// Highest resident memory above the level before the run, in bytes.
     pub peak_rss_extra_bytes: u64,
+    /// Median CPU time (user + system, all threads) in seconds: less sensitive than wall time to
+    /// other load on a shared machine.
+    pub cpu_s: f64,
 }
 
 /// The figures of one benchmark run.
@@ -146,16 +149,19 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         seq.push(timed(|| raw_sequential(&raw_path, bytes, &block), &raw_path)?);
         par.push(timed(|| raw_parallel(&raw_path, bytes, workers, chunk, &block), &raw_path)?);
     }
-    let summarize = |runs: Vec<(f64, u64)>| {
-        let mut times: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        let runs_s = times.clone();
-        times.sort_by(f64::total_cmp);
-        let median_s = times[times.len() / 2];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let summarize = |runs: Vec<Sample>| {
+        let runs_s: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let median_s = median(runs_s.clone());
         Measure {
             median_s,
-            runs_s,
             gbps: bytes as f64 / median_s / 1e9,
+            runs_s,
             peak_rss_extra_bytes: runs.iter().map(|r| r.1).max().unwrap_or(0),
+            cpu_s: median(runs.iter().map(|r| r.2).collect()),
         }
     };
     let (ours, candle) = (summarize(ours), summarize(candle));
@@ -189,28 +195,44 @@ impl std::fmt::Display for BenchReport {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         writeln!(f, "{} → {} on {}, {:.2} GB ({} tensors) into {}", self.arch, self.dtype, self.device, self.bytes as f64 / 1e9, self.tensors, self.output_dir)?;
         writeln!(f, "threads {}, chunk {} MiB, staging budget {} MiB", self.threads, mib(self.chunk_size), mib(self.staging_budget))?;
-        writeln!(f, "{:<34} {:>8} {:>9} {:>16}", "", "median s", "GB/s", "peak extra RSS")?;
+        writeln!(f, "{:<34} {:>8} {:>9} {:>16} {:>7}", "", "median s", "GB/s", "peak extra RSS", "CPU s")?;
         for (name, m) in [
             ("(a) checkpoint-save", &self.ours),
             ("(b) candle to_dtype + save", &self.candle),
             ("(c) raw, one stream", &self.ceiling_sequential),
             ("(c) raw, parallel pwrite", &self.ceiling_parallel),
         ] {
-            writeln!(f, "{name:<34} {:>8.3} {:>9.2} {:>12.0} MiB", m.median_s, m.gbps, mib(m.peak_rss_extra_bytes))?;
+            writeln!(f, "{name:<34} {:>8.3} {:>9.2} {:>12.0} MiB {:>7.2}", m.median_s, m.gbps, mib(m.peak_rss_extra_bytes), m.cpu_s)?;
         }
         write!(f, "ratio to ceiling a/c = {:.2}, ratio to candle a/b = {:.1}", self.ratio_ceiling, self.ratio_candle)
     }
 }
 
-/// Runs `f`, returning (seconds, peak extra RSS) and removing `path` afterwards.
-fn timed(f: impl FnOnce() -> Result<()>, path: &Path) -> Result<(f64, u64)> {
+/// One run: wall seconds, peak extra RSS, CPU seconds.
+type Sample = (f64, u64, f64);
+
+/// Runs `f`, measuring it, and removes `path` afterwards.
+fn timed(f: impl FnOnce() -> Result<()>, path: &Path) -> Result<Sample> {
     let before = rss_reset();
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let r = f();
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
     let peak = peak_rss().saturating_sub(before);
     remove(path)?;
-    r.map(|()| (secs, peak))
+    r.map(|()| (secs, peak, cpu))
+}
+
+/// User + system CPU time of the whole process, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn remove(path: &Path) -> Result<()> {
