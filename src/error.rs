@@ -99,7 +99,7 @@ pub enum Error {
     },
 
     /// The JSON header would exceed (or does exceed) the 100,000,000-byte limit readers enforce.
-    #[error("safetensors header of {size} bytes exceeds the {limit}-byte limit that readers enforce; shorten the prompt/workflow metadata or pass --disable-metadata")]
+    #[error("safetensors header of {size} bytes exceeds the {limit}-byte limit that readers enforce; when saving, shorten the prompt/workflow metadata or pass --disable-metadata; when loading, the file is corrupt or not a safetensors file")]
     HeaderTooLarge {
         /// Header size in bytes.
         size: u64,

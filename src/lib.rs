@@ -6,6 +6,7 @@ pub mod components;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod loader;
 pub mod metadata;
 pub mod naming;
 pub mod offload;

@@ -4,45 +4,14 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use checkpoint_save::arch::{Arch, Prediction};
 use checkpoint_save::components::ComponentKind;
 use checkpoint_save::plan::ComponentDtypes;
 use checkpoint_save::save::{save, LayoutChoice, SaveOptions};
 use checkpoint_save::synthetic;
-use common::{fixture, FIXTURES};
+use common::{bytes_of, fixture, FIXTURES};
 use safetensors::SafeTensors;
-
-fn bytes_of(t: &Tensor) -> Vec<u8> {
-    let t = t.flatten_all().unwrap();
-    match t.dtype() {
-        DType::F32 => t
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F16 => t
-            .to_vec1::<half::f16>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::BF16 => t
-            .to_vec1::<half::bf16>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I64 => t
-            .to_vec1::<i64>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        d => panic!("unexpected {d:?}"),
-    }
-}
 
 #[test]
 fn every_architecture_saves_the_reference_file() {

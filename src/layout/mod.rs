@@ -56,7 +56,8 @@ impl Default for GenericPrefixes {
 }
 
 impl GenericPrefixes {
-    fn get(&self, kind: ComponentKind) -> &str {
+    /// The prefix of one component's keys.
+    pub(crate) fn get(&self, kind: ComponentKind) -> &str {
         match kind {
             ComponentKind::Model => &self.model,
             ComponentKind::Clip => &self.clip,
@@ -186,11 +187,7 @@ pub fn layout(
             let vae = required(shapes, ComponentKind::Vae, *arch)?;
             check_encoders(*arch, clip)?;
             clip_layout(&mut b, *arch, clip)?;
-            let vae_prefix = match arch {
-                Arch::Flux | Arch::FluxSchnell => "vae.",
-                _ => "first_stage_model.",
-            };
-            b.prefix_all(ComponentKind::Vae, vae, vae_prefix)?;
+            b.prefix_all(ComponentKind::Vae, vae, vae_prefix(*arch))?;
         }
     }
     markers(&mut b, prediction)?;
@@ -208,6 +205,14 @@ fn required(
             "a {arch} checkpoint holds model, clip and vae; pass the {kind} component, or use the generic layout (--arch generic) to save a partial checkpoint"
         ),
     })
+}
+
+/// The prefix of the autoencoder's keys in an architecture's layout (§8.1).
+pub(crate) fn vae_prefix(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Flux | Arch::FluxSchnell => "vae.",
+        _ => "first_stage_model.",
+    }
 }
 
 /// The text encoders each architecture's clip component must hold, by key prefix.

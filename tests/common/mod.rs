@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use candle_core::{DType, Tensor};
 use checkpoint_save::arch::{Arch, Prediction};
 use checkpoint_save::components::{ComponentKind, ComponentShapes, TensorInfo};
 use serde_json::Value;
@@ -63,4 +64,36 @@ pub fn component_shapes(name: &str) -> ComponentShapes {
         shapes.set(component(part), map);
     }
     shapes
+}
+
+/// A tensor's bytes as the file stores them (little-endian, C order).
+pub fn bytes_of(t: &Tensor) -> Vec<u8> {
+    let t = t.flatten_all().unwrap();
+    match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I64 => t
+            .to_vec1::<i64>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        d => panic!("unexpected {d:?}"),
+    }
 }
