@@ -1,9 +1,13 @@
 //! `checkpoint-save`: the command-line front end of the `checkpoint_save` library.
 //!
+//! Subcommands: `save` (components from .safetensors files or a synthetic model → one checkpoint),
+//! `split` (a checkpoint → one file per component, readable by `save`) and `inspect`.
+//!
 //! The binary only parses arguments, reads inputs and prints results; every rule about keys,
 //! dtypes, names and files lives in the library. Errors are printed as one line with their
 //! context chain (`{:#}`), and the exit code says what kind of failure it was (see `EXIT_CODES`).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +19,11 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::Value;
 
 use checkpoint_save::arch::{Arch, Prediction};
-use checkpoint_save::components::Components;
+use checkpoint_save::components::{ComponentKind, Components};
 use checkpoint_save::dtype::TargetDtype;
 use checkpoint_save::error::Error;
 use checkpoint_save::layout::GenericPrefixes;
+use checkpoint_save::loader;
 use checkpoint_save::metadata::MetadataOptions;
 use checkpoint_save::plan::ComponentDtypes;
 use checkpoint_save::save::{self, LayoutChoice, SaveOptions, Saved};
@@ -53,6 +58,47 @@ enum Command {
     /// Prints the written path on stdout (and nothing else) and a one-line summary on stderr.
     #[command(after_help = EXIT_CODES)]
     Save(Box<SaveArgs>),
+
+    /// Split a checkpoint into model.safetensors, clip.safetensors and vae.safetensors.
+    ///
+    /// The files hold the in-memory (ComfyUI) key names, so `save --model --clip --vae` reads them
+    /// back. Existing files are never overwritten.
+    #[command(after_help = EXIT_CODES)]
+    Split(SplitArgs),
+
+    /// Show a checkpoint's architecture, prediction, tensors per part, dtypes and metadata.
+    #[command(after_help = EXIT_CODES)]
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+struct SplitArgs {
+    /// The checkpoint to split.
+    #[arg(value_name = "CKPT")]
+    checkpoint: PathBuf,
+
+    /// Folder for the component files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    output_dir: PathBuf,
+
+    /// The checkpoint's architecture; default: detected from its keys.
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<Arch>,
+
+    /// Print nothing on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The checkpoint to inspect (only its header is read).
+    #[arg(value_name = "CKPT")]
+    checkpoint: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The `--arch` value: detection, one architecture, or the generic prefix layout.
@@ -76,10 +122,40 @@ fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
 
 #[derive(Debug, Args)]
 struct SaveArgs {
+    /// The denoiser (UNet/DiT) as a .safetensors file with in-memory key names.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic",
+        help_heading = "Inputs"
+    )]
+    model: Option<PathBuf>,
+
+    /// The text encoder(s) as a .safetensors file (`clip_l.…`, `clip_g.…`, `t5xxl.…` keys).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic",
+        help_heading = "Inputs"
+    )]
+    clip: Option<PathBuf>,
+
+    /// The autoencoder as a .safetensors file (`encoder.…`, `decoder.…` keys).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic",
+        help_heading = "Inputs"
+    )]
+    vae: Option<PathBuf>,
+
     /// Build a synthetic model of this architecture in memory instead of reading files
     /// (sd15, sd2, sdxl, sdxl-refiner, sd3, flux, flux-schnell).
     #[arg(long, value_name = "ARCH", help_heading = "Inputs")]
-    synthetic: Arch,
+    synthetic: Option<Arch>,
 
     /// Seed of the synthetic model's values.
     #[arg(
@@ -205,7 +281,7 @@ fn main() -> ExitCode {
     match run(cli, &cancel) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            eprintln!("error: {}", one_line(&message(&e)));
             let cancelled = matches!(e.downcast_ref::<Error>(), Some(Error::Cancelled))
                 || cancel.load(Ordering::Relaxed);
             ExitCode::from(if cancelled {
@@ -224,6 +300,34 @@ fn install_ctrlc(cancel: &Arc<AtomicBool>) -> Result<()> {
         .context("cannot install the Ctrl-C handler")
 }
 
+/// The error and its causes, like `{:#}`, without repeating a cause whose text the error before it
+/// already includes (library I/O errors print their source themselves).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Writes to stdout; a closed pipe (`… | head`) is not an error worth reporting.
+fn print_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Joins a multi-line message (the reference's sandbox error has four lines) into one line.
 fn one_line(msg: &str) -> String {
     msg.lines()
@@ -236,6 +340,8 @@ fn one_line(msg: &str) -> String {
 fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     match cli.command {
         Command::Save(args) => run_save(&args, cancel),
+        Command::Split(args) => run_split(&args, cancel),
+        Command::Inspect(args) => run_inspect(&args),
     }
 }
 
@@ -243,7 +349,7 @@ fn run_save(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     let opts = save_options(args, cancel)?;
     let components = load_components(args)?;
     let saved = save::save(&components, &opts)?;
-    println!("{}", saved.path.display());
+    print_stdout(&saved.path.display().to_string())?;
     if !args.quiet {
         report(&saved);
     }
@@ -335,12 +441,115 @@ fn read_json(path: &Path, what: &str) -> Result<Value> {
 }
 
 fn load_components(args: &SaveArgs) -> Result<Components> {
-    let mut opts = SyntheticOptions::new(args.synthetic).with_seed(args.seed);
-    if let Some(m) = args.max_dim {
-        opts = opts.with_max_dim(m);
+    if let Some(arch) = args.synthetic {
+        let mut opts = SyntheticOptions::new(arch).with_seed(args.seed);
+        if let Some(m) = args.max_dim {
+            opts = opts.with_max_dim(m);
+        }
+        return synthetic::build(&opts, &Device::Cpu)
+            .with_context(|| format!("cannot build the synthetic {arch} model"));
     }
-    synthetic::build(&opts, &Device::Cpu)
-        .with_context(|| format!("cannot build the synthetic {} model", args.synthetic))
+    let mut components = Components::default();
+    for (kind, path) in [
+        (ComponentKind::Model, &args.model),
+        (ComponentKind::Clip, &args.clip),
+        (ComponentKind::Vae, &args.vae),
+    ] {
+        // clap guarantees all three without --synthetic; a missing one is reported by the layout.
+        if let Some(path) = path {
+            let (tensors, _) = loader::read_tensors(path, &Device::Cpu)
+                .with_context(|| format!("cannot read the {kind} component (--{kind})"))?;
+            components.set(kind, tensors);
+        }
+    }
+    Ok(components)
+}
+
+/// The file `split` writes for one component.
+fn split_file_name(kind: ComponentKind) -> String {
+    format!("{}.safetensors", kind.name())
+}
+
+fn run_split(args: &SplitArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
+    let loaded = loader::load_checkpoint(&args.checkpoint, &Device::Cpu, args.arch)
+        .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
+    let kinds: Vec<ComponentKind> = loaded.components.iter().map(|(k, _)| k).collect();
+    for kind in &kinds {
+        let path = args.output_dir.join(split_file_name(*kind));
+        if path.exists() {
+            anyhow::bail!(
+                "{} already exists; split never overwrites, choose an empty --output-dir",
+                path.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
+    let empty = GenericPrefixes {
+        model: String::new(),
+        clip: String::new(),
+        vae: String::new(),
+        clip_vision: String::new(),
+    };
+    let opts = SaveOptions {
+        layout: LayoutChoice::Generic(empty),
+        metadata: MetadataOptions {
+            disable: true,
+            provenance: false,
+            ..MetadataOptions::default()
+        },
+        cancel: Some(Arc::clone(cancel)),
+        ..SaveOptions::default()
+    };
+    for kind in kinds {
+        let Some(tensors) = loaded.components.get(kind) else {
+            continue;
+        };
+        let part = Components::new(tensors.clone());
+        let path = args.output_dir.join(split_file_name(kind));
+        let saved = save::save_to_path(&part, &path, &opts)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        print_stdout(&saved.path.display().to_string())?;
+    }
+    if !args.quiet {
+        let arch = loaded.arch.map_or("generic".to_string(), |a| a.to_string());
+        eprintln!(
+            "split {arch} ({}) checkpoint; save it back with --arch {arch} --prediction {}",
+            loaded.prediction,
+            prediction_arg(loaded.prediction)
+        );
+        if !loaded.leftover.is_empty() {
+            eprintln!(
+                "warning: {} key(s) belong to no component and were not written (first: `{}`)",
+                loaded.leftover.len(),
+                loaded.leftover[0]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `--prediction` (and sigma) arguments that reproduce `p`.
+fn prediction_arg(p: Prediction) -> String {
+    match p {
+        Prediction::EdmV {
+            sigma_max,
+            sigma_min,
+        } => format!("edm-v --sigma-max {sigma_max} --sigma-min {sigma_min}"),
+        other => other.to_string(),
+    }
+}
+
+fn run_inspect(args: &InspectArgs) -> Result<()> {
+    let inspection = loader::inspect(&args.checkpoint)
+        .with_context(|| format!("cannot inspect {}", args.checkpoint.display()))?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&inspection)
+            .context("cannot serialise the inspection as JSON")?;
+        print_stdout(&json)
+    } else {
+        print_stdout(inspection.to_string().trim_end())
+    }
 }
 
 /// One summary line on stderr, then one warning per tensor holding NaN/Inf values.

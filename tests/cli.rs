@@ -258,3 +258,140 @@ fn invalid_metadata_files_are_refused() {
         &dir.path().join("output"),
     );
 }
+
+/// Saves a tiny synthetic checkpoint of `arch` and splits it into `parts/`; returns the checkpoint.
+fn split_synthetic(cwd: &Path, arch: &str, extra: &[&str]) -> PathBuf {
+    let ckpt = save_ok(
+        cwd,
+        &[
+            &["save", "--synthetic", arch, "--max-dim", "4", "-q"][..],
+            extra,
+        ]
+        .concat(),
+    );
+    let r = run(
+        cwd,
+        &["split", ckpt.to_str().unwrap(), "--output-dir", "parts"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
+    ckpt
+}
+
+const PARTS: [&str; 6] = [
+    "--model",
+    "parts/model.safetensors",
+    "--clip",
+    "parts/clip.safetensors",
+    "--vae",
+    "parts/vae.safetensors",
+];
+
+#[test]
+fn split_then_save_gives_the_same_bytes() {
+    for (arch, extra) in [
+        ("sd15", &[][..]),
+        ("sdxl", &[][..]),
+        ("sd2", &["--prediction", "v"][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let first = split_synthetic(dir.path(), arch, extra);
+        let second = save_ok(
+            dir.path(),
+            &[&["save", "-q", "--output-dir", "again"][..], &PARTS, extra].concat(),
+        );
+        assert_ne!(first, second);
+        assert!(second.ends_with("again/checkpoints/ComfyUI_00001_.safetensors"));
+        assert!(
+            std::fs::read(&first).unwrap() == std::fs::read(&second).unwrap(),
+            "{arch}: split + save reproduces the file byte for byte"
+        );
+    }
+}
+
+#[test]
+fn save_from_component_files_with_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    let path = save_ok(
+        dir.path(),
+        &[&["save", "-q", "--dtype", "f16"][..], &PARTS].concat(),
+    );
+    for (k, d) in dtypes_of(&path) {
+        assert_eq!(d, Dtype::F16, "{k}");
+    }
+}
+
+#[test]
+fn split_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = split_synthetic(dir.path(), "sd15", &[]);
+    let before = std::fs::read(dir.path().join("parts/vae.safetensors")).unwrap();
+    let r = run(
+        dir.path(),
+        &["split", ckpt.to_str().unwrap(), "--output-dir", "parts"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(dir.path().join("parts/vae.safetensors")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn missing_component_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    let mut args = [&["save", "--output-dir", "out"][..], &PARTS].concat();
+    args[4] = "parts/missing.safetensors";
+    let r = run(dir.path(), &args);
+    assert_fails(&r, 1, "parts/missing.safetensors", &dir.path().join("out"));
+    assert!(r.stderr.contains("--model"), "{}", r.stderr);
+}
+
+#[test]
+fn file_that_is_not_safetensors_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    std::fs::write(
+        dir.path().join("parts/notes.txt"),
+        "just some text, not a checkpoint",
+    )
+    .unwrap();
+    let mut args = [&["save", "--output-dir", "out"][..], &PARTS].concat();
+    args[6] = "parts/notes.txt";
+    let r = run(dir.path(), &args);
+    assert_fails(&r, 1, "--clip", &dir.path().join("out"));
+}
+
+#[test]
+fn sd15_components_under_arch_sdxl_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    let r = run(
+        dir.path(),
+        &[
+            &["save", "--output-dir", "out", "--arch", "sdxl"][..],
+            &PARTS,
+        ]
+        .concat(),
+    );
+    assert_fails(&r, 1, "sdxl", &dir.path().join("out"));
+}
+
+#[test]
+fn inspect_json_reports_the_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = save_ok(
+        dir.path(),
+        &["save", "--synthetic", "sdxl", "--max-dim", "4", "-q"],
+    );
+    let r = run(dir.path(), &["inspect", "--json", ckpt.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("inspect --json is JSON");
+    assert_eq!(v["arch"], "sdxl");
+    let text = run(dir.path(), &["inspect", ckpt.to_str().unwrap()]);
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.contains("sdxl"), "{}", text.stdout);
+}
