@@ -1,0 +1,397 @@
+//! The real binary, run in a fresh temporary folder per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use checkpoint_save::arch::Arch;
+use safetensors::{Dtype, SafeTensors};
+
+/// What one run of the binary produced.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cwd: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    Run {
+        code: out.status.code().expect("exited normally"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// Runs a save that must succeed; returns the one path it printed.
+fn save_ok(cwd: &Path, args: &[&str]) -> PathBuf {
+    let r = run(cwd, args);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout is only the path: {:?}", r.stdout);
+    let path = cwd.join(lines[0]);
+    assert!(path.is_file(), "{} exists", path.display());
+    path
+}
+
+/// Asserts a failed run: the exit code, one `error:` line naming the problem, and no file written.
+fn assert_fails(r: &Run, code: i32, needle: &str, out_dir: &Path) {
+    assert_eq!(r.code, code, "stdout: {} stderr: {}", r.stdout, r.stderr);
+    assert!(r.stdout.is_empty(), "nothing on stdout: {}", r.stdout);
+    if code == 1 {
+        assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+        assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+    }
+    assert!(r.stderr.contains(needle), "`{needle}` in: {}", r.stderr);
+    assert_eq!(files_under(out_dir), Vec::<PathBuf>::new());
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn dtypes_of(path: &Path) -> Vec<(String, Dtype)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype()))
+        .collect()
+}
+
+#[test]
+fn synthetic_save_of_every_architecture_prints_an_existing_path() {
+    for arch in Arch::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(
+            dir.path(),
+            &[
+                "save",
+                "--synthetic",
+                arch.name(),
+                "--max-dim",
+                "4",
+                "--quiet",
+            ],
+        );
+        assert_eq!(r.code, 0, "{arch}: {}", r.stderr);
+        assert!(r.stderr.is_empty(), "--quiet prints nothing: {}", r.stderr);
+        let path = dir.path().join(r.stdout.trim_end());
+        assert_eq!(
+            path,
+            dir.path()
+                .join("output/checkpoints/ComfyUI_00001_.safetensors")
+        );
+        assert!(path.is_file(), "{arch}");
+    }
+}
+
+#[test]
+fn summary_goes_to_stderr_and_counter_increments() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["save", "--synthetic", "sd15", "--max-dim", "4"];
+    let r = run(dir.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("sd15") && r.stderr.contains("tensors"));
+    assert!(r.stderr.contains("2 key(s) dropped"), "{}", r.stderr);
+    let second = save_ok(dir.path(), &args);
+    assert!(second.ends_with("ComfyUI_00002_.safetensors"));
+}
+
+#[test]
+fn dtype_options_change_dtypes() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["save", "--synthetic", "sd15", "--max-dim", "4", "-q"];
+    let keep = dtypes_of(&save_ok(dir.path(), &base));
+    assert!(keep.iter().any(|(_, d)| *d == Dtype::F32));
+
+    let f16 = dtypes_of(&save_ok(
+        dir.path(),
+        &[&base[..], &["--dtype", "f16"]].concat(),
+    ));
+    assert!(!f16.is_empty());
+    for (k, d) in &f16 {
+        assert!(
+            *d == Dtype::F16 || !k.contains("weight"),
+            "{k} is {d:?} under --dtype f16"
+        );
+    }
+
+    let mixed = dtypes_of(&save_ok(
+        dir.path(),
+        &[&base[..], &["--dtype", "f16", "--vae-dtype", "bf16"]].concat(),
+    ));
+    for (k, d) in &mixed {
+        if k.starts_with("first_stage_model.") {
+            assert_eq!(*d, Dtype::BF16, "{k}");
+        } else if k.starts_with("model.diffusion_model.") {
+            assert_eq!(*d, Dtype::F16, "{k}");
+        }
+    }
+}
+
+#[test]
+fn prefix_outside_the_output_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "save",
+            "--synthetic",
+            "sd15",
+            "--max-dim",
+            "4",
+            "--prefix",
+            "../evil",
+        ],
+    );
+    assert_fails(
+        &r,
+        1,
+        "outside the output folder",
+        &dir.path().join("output"),
+    );
+}
+
+#[test]
+fn wrong_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "save",
+            "--synthetic",
+            "sd15",
+            "--max-dim",
+            "4",
+            "--arch",
+            "sdxl",
+        ],
+    );
+    assert_fails(&r, 1, "clip_g", &dir.path().join("output"));
+}
+
+#[test]
+fn unknown_dtype_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "save",
+            "--synthetic",
+            "sd15",
+            "--max-dim",
+            "4",
+            "--dtype",
+            "f9",
+        ],
+    );
+    assert_fails(&r, 2, "f9", &dir.path().join("output"));
+}
+
+#[test]
+fn prompt_and_workflow_files_become_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("prompt.json"),
+        r#"{"3": {"inputs": {"seed": 1}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("wf.json"), r#"{"nodes": []}"#).unwrap();
+    let path = save_ok(
+        dir.path(),
+        &[
+            "save",
+            "--synthetic",
+            "sdxl",
+            "--max-dim",
+            "4",
+            "-q",
+            "--prompt",
+            "prompt.json",
+            "--workflow",
+            "wf.json",
+        ],
+    );
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["prompt"], r#"{"3": {"inputs": {"seed": 1}}}"#);
+    assert_eq!(meta["workflow"], r#"{"nodes": []}"#);
+    assert_eq!(meta["modelspec.title"], "ComfyUI 1");
+}
+
+#[test]
+fn invalid_metadata_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.json"), "{not json").unwrap();
+    let base = ["save", "--synthetic", "sd15", "--max-dim", "4"];
+    let r = run(dir.path(), &[&base[..], &["--prompt", "bad.json"]].concat());
+    assert_fails(
+        &r,
+        1,
+        "bad.json is not valid JSON",
+        &dir.path().join("output"),
+    );
+    let r = run(
+        dir.path(),
+        &[&base[..], &["--workflow", "missing.json"]].concat(),
+    );
+    assert_fails(
+        &r,
+        1,
+        "cannot read the workflow file missing.json",
+        &dir.path().join("output"),
+    );
+}
+
+/// Saves a tiny synthetic checkpoint of `arch` and splits it into `parts/`; returns the checkpoint.
+fn split_synthetic(cwd: &Path, arch: &str, extra: &[&str]) -> PathBuf {
+    let ckpt = save_ok(
+        cwd,
+        &[
+            &["save", "--synthetic", arch, "--max-dim", "4", "-q"][..],
+            extra,
+        ]
+        .concat(),
+    );
+    let r = run(
+        cwd,
+        &["split", ckpt.to_str().unwrap(), "--output-dir", "parts"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
+    ckpt
+}
+
+const PARTS: [&str; 6] = [
+    "--model",
+    "parts/model.safetensors",
+    "--clip",
+    "parts/clip.safetensors",
+    "--vae",
+    "parts/vae.safetensors",
+];
+
+#[test]
+fn split_then_save_gives_the_same_bytes() {
+    for (arch, extra) in [
+        ("sd15", &[][..]),
+        ("sdxl", &[][..]),
+        ("sd2", &["--prediction", "v"][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let first = split_synthetic(dir.path(), arch, extra);
+        let second = save_ok(
+            dir.path(),
+            &[&["save", "-q", "--output-dir", "again"][..], &PARTS, extra].concat(),
+        );
+        assert_ne!(first, second);
+        assert!(second.ends_with("again/checkpoints/ComfyUI_00001_.safetensors"));
+        assert!(
+            std::fs::read(&first).unwrap() == std::fs::read(&second).unwrap(),
+            "{arch}: split + save reproduces the file byte for byte"
+        );
+    }
+}
+
+#[test]
+fn save_from_component_files_with_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    let path = save_ok(
+        dir.path(),
+        &[&["save", "-q", "--dtype", "f16"][..], &PARTS].concat(),
+    );
+    for (k, d) in dtypes_of(&path) {
+        assert_eq!(d, Dtype::F16, "{k}");
+    }
+}
+
+#[test]
+fn split_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = split_synthetic(dir.path(), "sd15", &[]);
+    let before = std::fs::read(dir.path().join("parts/vae.safetensors")).unwrap();
+    let r = run(
+        dir.path(),
+        &["split", ckpt.to_str().unwrap(), "--output-dir", "parts"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(dir.path().join("parts/vae.safetensors")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn missing_component_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    let mut args = [&["save", "--output-dir", "out"][..], &PARTS].concat();
+    args[4] = "parts/missing.safetensors";
+    let r = run(dir.path(), &args);
+    assert_fails(&r, 1, "parts/missing.safetensors", &dir.path().join("out"));
+    assert!(r.stderr.contains("--model"), "{}", r.stderr);
+}
+
+#[test]
+fn file_that_is_not_safetensors_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    std::fs::write(
+        dir.path().join("parts/notes.txt"),
+        "just some text, not a checkpoint",
+    )
+    .unwrap();
+    let mut args = [&["save", "--output-dir", "out"][..], &PARTS].concat();
+    args[6] = "parts/notes.txt";
+    let r = run(dir.path(), &args);
+    assert_fails(&r, 1, "--clip", &dir.path().join("out"));
+}
+
+#[test]
+fn sd15_components_under_arch_sdxl_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    split_synthetic(dir.path(), "sd15", &[]);
+    let r = run(
+        dir.path(),
+        &[
+            &["save", "--output-dir", "out", "--arch", "sdxl"][..],
+            &PARTS,
+        ]
+        .concat(),
+    );
+    assert_fails(&r, 1, "sdxl", &dir.path().join("out"));
+}
+
+#[test]
+fn inspect_json_reports_the_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = save_ok(
+        dir.path(),
+        &["save", "--synthetic", "sdxl", "--max-dim", "4", "-q"],
+    );
+    let r = run(dir.path(), &["inspect", "--json", ckpt.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("inspect --json is JSON");
+    assert_eq!(v["arch"], "sdxl");
+    let text = run(dir.path(), &["inspect", ckpt.to_str().unwrap()]);
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.contains("sdxl"), "{}", text.stdout);
+}
