@@ -110,8 +110,12 @@ pub struct BenchReport {
 /// # Errors
 /// Errors of building the model, saving, or writing into the output folder.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    std::fs::create_dir_all(&opts.output_dir)
-        .ctx(|| format!("creating the benchmark folder {}", opts.output_dir.display()))?;
+    std::fs::create_dir_all(&opts.output_dir).ctx(|| {
+        format!(
+            "creating the benchmark folder {}",
+            opts.output_dir.display()
+        )
+    })?;
     let mut syn = SyntheticOptions::new(opts.arch).with_seed(1);
     syn.max_dim = opts.max_dim;
     syn.dtype = opts.model_dtype;
@@ -127,7 +131,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         s.metadata.disable = true;
         s
     };
-    let path = |name: &str| opts.output_dir.join(format!("checkpoint-save-bench-{}-{name}.safetensors", std::process::id()));
+    let path = |name: &str| {
+        opts.output_dir.join(format!(
+            "checkpoint-save-bench-{}-{name}.safetensors",
+            std::process::id()
+        ))
+    };
 
     // Warm-up: page in the model, size the checkpoint, start thread pools.
     let ours_path = path("ours");
@@ -142,12 +151,27 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let mut par = Vec::new();
     let candle_path = path("candle");
     let raw_path = path("raw");
-    timed(|| candle_save(&components, opts.dtype, &candle_path), &candle_path)?;
+    timed(
+        || candle_save(&components, opts.dtype, &candle_path),
+        &candle_path,
+    )?;
     for _ in 0..opts.runs.max(1) {
-        ours.push(timed(|| save_to_path(&components, &ours_path, &save_opts).map(drop), &ours_path)?);
-        candle.push(timed(|| candle_save(&components, opts.dtype, &candle_path), &candle_path)?);
-        seq.push(timed(|| raw_sequential(&raw_path, bytes, &block), &raw_path)?);
-        par.push(timed(|| raw_parallel(&raw_path, bytes, workers, chunk, &block), &raw_path)?);
+        ours.push(timed(
+            || save_to_path(&components, &ours_path, &save_opts).map(drop),
+            &ours_path,
+        )?);
+        candle.push(timed(
+            || candle_save(&components, opts.dtype, &candle_path),
+            &candle_path,
+        )?);
+        seq.push(timed(
+            || raw_sequential(&raw_path, bytes, &block),
+            &raw_path,
+        )?);
+        par.push(timed(
+            || raw_parallel(&raw_path, bytes, workers, chunk, &block),
+            &raw_path,
+        )?);
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -193,18 +217,48 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        writeln!(f, "{} → {} on {}, {:.2} GB ({} tensors) into {}", self.arch, self.dtype, self.device, self.bytes as f64 / 1e9, self.tensors, self.output_dir)?;
-        writeln!(f, "threads {}, chunk {} MiB, staging budget {} MiB", self.threads, mib(self.chunk_size), mib(self.staging_budget))?;
-        writeln!(f, "{:<34} {:>8} {:>9} {:>16} {:>7}", "", "median s", "GB/s", "peak extra RSS", "CPU s")?;
+        writeln!(
+            f,
+            "{} → {} on {}, {:.2} GB ({} tensors) into {}",
+            self.arch,
+            self.dtype,
+            self.device,
+            self.bytes as f64 / 1e9,
+            self.tensors,
+            self.output_dir
+        )?;
+        writeln!(
+            f,
+            "threads {}, chunk {} MiB, staging budget {} MiB",
+            self.threads,
+            mib(self.chunk_size),
+            mib(self.staging_budget)
+        )?;
+        writeln!(
+            f,
+            "{:<34} {:>8} {:>9} {:>16} {:>7}",
+            "", "median s", "GB/s", "peak extra RSS", "CPU s"
+        )?;
         for (name, m) in [
             ("(a) checkpoint-save", &self.ours),
             ("(b) candle to_dtype + save", &self.candle),
             ("(c) raw, one stream", &self.ceiling_sequential),
             ("(c) raw, parallel pwrite", &self.ceiling_parallel),
         ] {
-            writeln!(f, "{name:<34} {:>8.3} {:>9.2} {:>12.0} MiB {:>7.2}", m.median_s, m.gbps, mib(m.peak_rss_extra_bytes), m.cpu_s)?;
+            writeln!(
+                f,
+                "{name:<34} {:>8.3} {:>9.2} {:>12.0} MiB {:>7.2}",
+                m.median_s,
+                m.gbps,
+                mib(m.peak_rss_extra_bytes),
+                m.cpu_s
+            )?;
         }
-        write!(f, "ratio to ceiling a/c = {:.2}, ratio to candle a/b = {:.1}", self.ratio_ceiling, self.ratio_candle)
+        write!(
+            f,
+            "ratio to ceiling a/c = {:.2}, ratio to candle a/b = {:.1}",
+            self.ratio_ceiling, self.ratio_candle
+        )
     }
 }
 
@@ -257,7 +311,9 @@ fn candle_save(components: &Components, dtype: TargetDtype, path: &Path) -> Resu
         }
     }
     candle_core::safetensors::save(&map, path)?;
-    File::open(path).and_then(|f| f.sync_all()).ctx(|| format!("syncing {}", path.display()))
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .ctx(|| format!("syncing {}", path.display()))
 }
 
 fn random_block(len: usize) -> Vec<u8> {
@@ -275,7 +331,11 @@ fn random_block(len: usize) -> Vec<u8> {
 /// One stream of `block`-sized writes, then fsync.
 fn raw_sequential(path: &Path, bytes: u64, block: &[u8]) -> Result<()> {
     let ctx = || format!("raw write to {}", path.display());
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path).ctx(ctx)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .ctx(ctx)?;
     let mut left = bytes;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
@@ -290,7 +350,11 @@ fn raw_parallel(path: &Path, bytes: u64, threads: usize, chunk: u64, block: &[u8
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     let ctx = || format!("raw parallel write to {}", path.display());
-    let f = OpenOptions::new().write(true).create_new(true).open(path).ctx(ctx)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .ctx(ctx)?;
     f.set_len(bytes).ctx(ctx)?;
     let next = AtomicU64::new(0);
     let result: Result<()> = std::thread::scope(|s| {
@@ -313,7 +377,10 @@ fn raw_parallel(path: &Path, bytes: u64, threads: usize, chunk: u64, block: &[u8
                 })
             })
             .collect();
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidInput("a writer thread panicked".into()))))
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::InvalidInput("a writer thread panicked".into())))
+        })
     });
     result?;
     f.sync_all().ctx(ctx)
@@ -341,7 +408,6 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,14 +427,33 @@ mod tests {
         };
         let r = run(&opts).unwrap();
         assert!(r.bytes > 0 && r.tensors == 1130);
-        for m in [&r.ours, &r.candle, &r.ceiling_sequential, &r.ceiling_parallel] {
+        for m in [
+            &r.ours,
+            &r.candle,
+            &r.ceiling_sequential,
+            &r.ceiling_parallel,
+        ] {
             assert_eq!(m.runs_s.len(), 3);
             assert!(m.median_s > 0.0 && m.gbps > 0.0);
         }
         assert!((r.ratio_ceiling - r.ours_gbps / r.ceiling_gbps).abs() < 1e-12);
-        assert_eq!(r.ceiling_gbps, r.ceiling_sequential.gbps.max(r.ceiling_parallel.gbps));
+        assert_eq!(
+            r.ceiling_gbps,
+            r.ceiling_sequential.gbps.max(r.ceiling_parallel.gbps)
+        );
         // Nothing is left behind in the folder.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| !e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.'))
+                .count(),
+            0
+        );
         let text = r.to_string();
         assert!(text.contains("ratio to ceiling"), "{text}");
     }

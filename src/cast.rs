@@ -531,12 +531,14 @@ mod simd {
                 _mm_storeu_si128(dst.as_mut_ptr().add(i * 2).cast(), h);
                 let e = _mm256_and_si256(_mm256_castps_si256(v), exp);
                 let inf = _mm256_cmpeq_epi32(e, exp);
-                count += u64::from((_mm256_movemask_ps(_mm256_castsi256_ps(inf)) as u32).count_ones());
+                count +=
+                    u64::from((_mm256_movemask_ps(_mm256_castsi256_ps(inf)) as u32).count_ones());
             }
             i += 8;
         }
         for j in i..n {
-            let x = f32::from_le_bytes([src[4 * j], src[4 * j + 1], src[4 * j + 2], src[4 * j + 3]]);
+            let x =
+                f32::from_le_bytes([src[4 * j], src[4 * j + 1], src[4 * j + 2], src[4 * j + 3]]);
             dst[2 * j..2 * j + 2].copy_from_slice(&half::f16::from_f32(x).to_le_bytes());
             count += u64::from(!x.is_finite());
         }
@@ -584,7 +586,8 @@ mod simd {
             i += 16;
         }
         for j in i..n {
-            let x = u32::from_le_bytes([src[4 * j], src[4 * j + 1], src[4 * j + 2], src[4 * j + 3]]);
+            let x =
+                u32::from_le_bytes([src[4 * j], src[4 * j + 1], src[4 * j + 2], src[4 * j + 3]]);
             dst[2 * j..2 * j + 2].copy_from_slice(&super::f32_bits_to_bf16(x).to_le_bytes());
             count += u64::from((x & 0x7fff_ffff) >= 0x7f80_0000);
         }
@@ -599,7 +602,10 @@ mod simd {
             let mut dst = vec![0u8; src.len() / 2];
             let mut scratch = super::super::Scratch::new();
             let mut count = 0;
-            for (s, d) in src.chunks(super::super::BLOCK * 4).zip(dst.chunks_mut(super::super::BLOCK * 2)) {
+            for (s, d) in src
+                .chunks(super::super::BLOCK * 4)
+                .zip(dst.chunks_mut(super::super::BLOCK * 2))
+            {
                 super::super::convert_block(s, Dtype::F32, d, to, &mut scratch);
                 count += super::super::count_block(s, Dtype::F32);
             }
@@ -618,7 +624,20 @@ mod simd {
                     (x >> 16) as u32
                 })
                 .collect();
-            bits.extend([0, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0001, 0x7f80_0001, 0x3f80_8000, 0x3f81_8000, 0x477f_f000, 0x4780_0000, 0x3380_0000, 0x0000_0001]);
+            bits.extend([
+                0,
+                0x8000_0000,
+                0x7f80_0000,
+                0xff80_0000,
+                0x7fc0_0001,
+                0x7f80_0001,
+                0x3f80_8000,
+                0x3f81_8000,
+                0x477f_f000,
+                0x4780_0000,
+                0x3380_0000,
+                0x0000_0001,
+            ]);
             let src: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
             for to in [Dtype::F16, Dtype::BF16] {
                 let mut fast = vec![0u8; src.len() / 2];
@@ -633,7 +652,12 @@ mod simd {
                 }
                 // Unaligned slices give the same result.
                 let mut off = vec![0u8; src.len() / 2 + 1];
-                let c2 = convert(&src[4..src.len()], Dtype::F32, &mut off[1..src.len() / 2 - 1], to);
+                let c2 = convert(
+                    &src[4..src.len()],
+                    Dtype::F32,
+                    &mut off[1..src.len() / 2 - 1],
+                    to,
+                );
                 assert_eq!(&off[1..src.len() / 2 - 1], &want[2..]);
                 assert!(c2.is_some());
             }

@@ -250,7 +250,7 @@ fn write_unit(
     staging: &mut Vec<u8>,
     counts: &[std::sync::atomic::AtomicU64],
 ) -> Result<u64> {
-    use crate::chunks::{overlap, Chunk};
+    use crate::chunks::Chunk;
     use std::os::unix::fs::FileExt;
 
     let span = unit.span(plan);
@@ -272,7 +272,9 @@ fn write_unit(
                     let off = k * STEP;
                     count += cast::count_non_finite(part, dtype);
                     match &mut window {
-                        Some((map, skip)) => map[*skip + off..*skip + off + part.len()].copy_from_slice(part),
+                        Some((map, skip)) => {
+                            map[*skip + off..*skip + off + part.len()].copy_from_slice(part)
+                        }
                         None => file.write_all_at(part, at + off as u64).ctx(ctx)?,
                     }
                 }
@@ -293,15 +295,9 @@ fn write_unit(
                         &mut staging[..n]
                     }
                 };
-                for i in pieces.clone() {
-                    let p = &plan.pieces()[i];
-                    let Some((elems, bytes)) = overlap(p, &step) else { continue };
-                    let name = &plan.tensors()[p.tensor].name;
-                    let count = with_host_range(p, elems, |src, dtype| {
-                        cast::convert(name, src, dtype, &mut fill[bytes], p.dst_dtype)
-                    })?;
-                    counts[p.tensor].fetch_add(count, Ordering::Relaxed);
-                }
+                fill_pieces(plan, pieces.clone(), &step, fill, |t, n| {
+                    counts[t].fetch_add(n, Ordering::Relaxed);
+                })?;
                 if window.is_none() {
                     file.write_all_at(&staging[..n], at + off as u64).ctx(ctx)?;
                 }
@@ -310,6 +306,60 @@ fn write_unit(
         }
     }
     Ok(len as u64)
+}
+
+/// Fills `out` with the bytes of data-section range `range`, casting on the way: what a staged
+/// chunk holds before it is written. Reports each piece's non-finite count to `count(tensor, n)`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when `out` does not have the range's length; cast and device errors.
+pub fn fill_range(
+    plan: &Plan,
+    range: std::ops::Range<u64>,
+    out: &mut [u8],
+    count: impl FnMut(usize, u64),
+) -> Result<()> {
+    if range.end < range.start
+        || out.len() as u64 != range.end - range.start
+        || range.end > plan.data_len()
+    {
+        return Err(Error::InvalidInput(format!(
+            "cannot fill {} bytes from data-section range {range:?} of {} bytes",
+            out.len(),
+            plan.data_len()
+        )));
+    }
+    let first = plan
+        .pieces()
+        .partition_point(|p| p.end() <= range.start && !p.is_empty());
+    let last = plan.pieces().partition_point(|p| p.start < range.end);
+    fill_pieces(plan, first..last.max(first), &range, out, count)
+}
+
+fn fill_pieces(
+    plan: &Plan,
+    pieces: std::ops::Range<usize>,
+    range: &std::ops::Range<u64>,
+    out: &mut [u8],
+    mut count: impl FnMut(usize, u64),
+) -> Result<()> {
+    for p in &plan.pieces()[pieces] {
+        let Some((elems, bytes)) = crate::chunks::overlap(p, range) else {
+            continue;
+        };
+        let name = &plan.tensors()[p.tensor].name;
+        let size = (p.dst_dtype.bitsize() / 8).max(1);
+        if elems.len() * size != bytes.len() {
+            return Err(Error::InvalidInput(format!(
+                "range {range:?} cuts an element of `{name}` ({size}-byte elements); use boundaries that are multiples of 8"
+            )));
+        }
+        let n = with_host_range(p, elems, |src, dtype| {
+            cast::convert(name, src, dtype, &mut out[bytes], p.dst_dtype)
+        })?;
+        count(p.tensor, n);
+    }
+    Ok(())
 }
 
 /// Maps `[at, at + len)` of the file writable; returns the map and the offset of `at` in it.
@@ -328,4 +378,81 @@ fn map_window(file: &File, at: u64, len: usize) -> std::io::Result<(memmap2::Mma
     // Fault the pages in one call instead of one fault per page; older kernels lack it.
     let _ = map.advise(memmap2::Advice::PopulateWrite);
     Ok((map, skip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Arch;
+    use crate::plan::{ComponentDtypes, PlanOptions};
+    use crate::save::{lay_out, LayoutChoice};
+    use crate::synthetic::{self, SyntheticOptions};
+    use candle_core::Device;
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    #[test]
+    fn fill_range_reproduces_the_written_data_section() {
+        let c = synthetic::build(
+            &SyntheticOptions::new(Arch::Sdxl).with_max_dim(24),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (_, _, layout) = lay_out(&c, &LayoutChoice::Arch(Arch::Sdxl), None).unwrap();
+        let opts = PlanOptions {
+            dtypes: ComponentDtypes::all(crate::dtype::TargetDtype::BF16),
+            ..Default::default()
+        };
+        let plan = Plan::new(&layout, &c, &BTreeMap::new(), &opts).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let report =
+            write_sequential(&plan, &file, &Progress::hidden(), &AtomicBool::new(false)).unwrap();
+        let mut written = Vec::new();
+        let mut f = &file;
+        std::io::Seek::rewind(&mut f).unwrap();
+        f.read_to_end(&mut written).unwrap();
+        let data = &written[plan.data_offset() as usize..];
+        // Odd, unaligned-to-pieces ranges, each filled independently.
+        let cuts = [0, 16, 4096, 10_000, (data.len() - 6) / 8 * 8, data.len()];
+        let mut counts = vec![0u64; plan.tensors().len()];
+        for w in cuts.windows(2) {
+            let mut out = vec![0u8; w[1] - w[0]];
+            fill_range(&plan, w[0] as u64..w[1] as u64, &mut out, |t, n| {
+                counts[t] += n
+            })
+            .unwrap();
+            assert!(out == data[w[0]..w[1]], "range {w:?}");
+        }
+        assert_eq!(counts, report.non_finite);
+        let mut wrong = vec![0u8; 3];
+        assert!(fill_range(&plan, 0..4, &mut wrong, |_, _| {}).is_err());
+        let mut cut = vec![0u8; 14];
+        let err = fill_range(&plan, 0..14, &mut cut, |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("cuts an element"), "{err}");
+    }
+
+    #[test]
+    fn budget_bounds_workers_and_chunks() {
+        let o = EngineOptions {
+            chunk_size: 32 << 20,
+            staging_budget: 40 << 20,
+            threads: 8,
+            ..Default::default()
+        };
+        assert_eq!(o.effective(), (1, 32 << 20));
+        let o = EngineOptions {
+            chunk_size: 32 << 20,
+            staging_budget: 8 << 20,
+            threads: 4,
+            ..Default::default()
+        };
+        assert_eq!(o.effective(), (1, 8 << 20));
+        let o = EngineOptions {
+            chunk_size: 1 << 20,
+            staging_budget: 256 << 20,
+            threads: 3,
+            ..Default::default()
+        };
+        assert_eq!(o.effective(), (3, 1 << 20));
+    }
 }
