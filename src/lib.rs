@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod cast;
+pub mod checkpointer;
 pub mod chunks;
 pub mod components;
 pub mod dtype;
