@@ -541,6 +541,14 @@ impl Checkpointer {
         self.in_flight.as_ref().map(|r| r.step)
     }
 
+    /// Whether a background write is running now (a finished one not yet collected by
+    /// [`Checkpointer::wait`] or the next save does not count).
+    pub fn is_saving(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|r| !r.handle.is_finished())
+    }
+
     /// The last background save seen to complete.
     pub fn last_completed(&self) -> Option<&Completed> {
         self.last.as_ref()
