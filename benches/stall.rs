@@ -121,6 +121,11 @@ fn main() {
     copies.sort_by(f64::total_cmp);
     let copy = copies[copies.len() / 2];
     let extra = (save_total - base_total) / saves.max(1) as f64;
+    // Robust to outside load that hits whole runs: the saving run's save/overlap steps against
+    // the median step of the plain runs.
+    let base_p50 = mlp::stats(&mut base_steps.clone()).1 / 1e3;
+    let during_total: f64 = save_during.iter().sum::<f64>() / 1e3;
+    let extra_median = (during_total - save_during.len() as f64 * base_p50) / saves.max(1) as f64;
     for (what, v) in [
         ("no saving: all steps", &mut base_steps),
         ("saving: steps that saved or overlapped", &mut save_during),
@@ -140,5 +145,10 @@ fn main() {
         copy * 1e3,
         bytes as f64 / copy / 1e9,
         extra / copy
+    );
+    println!(
+        "extra per save against the median plain step {:.2} ms; ratio {:.2}",
+        extra_median * 1e3,
+        extra_median / copy
     );
 }
