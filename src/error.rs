@@ -144,6 +144,19 @@ pub enum Error {
         feature: &'static str,
     },
 
+    /// A checkpoint's tensors do not fit the variables they are loaded into; nothing was loaded.
+    #[error("{summary}")]
+    StateMismatch {
+        /// The whole report: counts and the names of each kind of mismatch.
+        summary: String,
+        /// Variables the checkpoint does not hold.
+        missing: Vec<String>,
+        /// Checkpoint tensors no variable takes.
+        unexpected: Vec<String>,
+        /// Names whose shapes differ: (name, shape in the checkpoint, shape of the variable).
+        mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+    },
+
     /// Tensors hold NaN or Inf values and the caller asked to refuse them.
     #[error("{count} tensor(s) hold NaN/Inf values (first: `{first}`, {first_count} non-finite); nothing was written. Fix the model or save without --check-finite")]
     NonFinite {

@@ -30,6 +30,7 @@
 pub mod arch;
 pub mod bench;
 pub mod cast;
+pub mod checkpointer;
 pub mod chunks;
 pub mod components;
 pub mod dtype;

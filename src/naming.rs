@@ -673,7 +673,7 @@ fn links_unsupported(e: &io::Error) -> bool {
 
 /// fsyncs a folder so a new directory entry survives a crash. File systems that cannot fsync a
 /// directory (EINVAL, unsupported) are not an error.
-fn sync_folder(folder: &Path) -> Result<()> {
+pub(crate) fn sync_folder(folder: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         let result = File::open(folder).and_then(|dir| dir.sync_all());
