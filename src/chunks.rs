@@ -51,6 +51,12 @@ impl Chunk {
 /// Boundaries inside a staged run fall on multiples of `chunk_size` from the run's start; since
 /// file order never puts a wider element after a narrower one, every boundary is element-aligned.
 pub fn chunks(plan: &Plan, chunk_size: u64) -> Vec<Chunk> {
+    chunks_where(plan, chunk_size, |_| true)
+}
+
+/// As [`chunks`], covering only the pieces for which `keep(index)` is true; the others (written
+/// by a device pipeline) are left out, and no unit spans them.
+pub fn chunks_where(plan: &Plan, chunk_size: u64, keep: impl Fn(usize) -> bool) -> Vec<Chunk> {
     let chunk_size = chunk_size.max(4096).next_multiple_of(4096);
     let pieces = plan.pieces();
     let mut out = Vec::new();
@@ -81,7 +87,9 @@ pub fn chunks(plan: &Plan, chunk_size: u64) -> Vec<Chunk> {
             }
         };
     for (i, piece) in pieces.iter().enumerate() {
-        if is_in_place(piece) && piece.len() >= MIN_IN_PLACE {
+        if !keep(i) {
+            flush(&mut out, &mut run, piece.start, i);
+        } else if is_in_place(piece) && piece.len() >= MIN_IN_PLACE {
             flush(&mut out, &mut run, piece.start, i);
             let mut at = 0;
             while at < piece.len() {
@@ -167,6 +175,26 @@ mod tests {
                 check_tiling(&p, &chunks(&p, size), size);
             }
         }
+    }
+
+    #[test]
+    fn left_out_pieces_are_not_covered() {
+        let p = plan(64, DType::F32);
+        let skip = |i: usize| i % 3 == 1;
+        let c = chunks_where(&p, 1 << 16, |i| !skip(i));
+        let spans: Vec<_> = c.iter().map(|u| u.span(&p)).collect();
+        let mut kept = 0;
+        for (i, piece) in p.pieces().iter().enumerate() {
+            if skip(i) {
+                assert!(spans
+                    .iter()
+                    .all(|s| s.end <= piece.start || s.start >= piece.end()));
+            } else {
+                kept += piece.len();
+            }
+        }
+        let written: u64 = spans.iter().map(|s| s.end - s.start).sum();
+        assert_eq!(written, kept);
     }
 
     #[test]

@@ -4,6 +4,19 @@
 //! the cast (if any) is fused with the copy into the writer's staging buffer. Tensors on another
 //! device (CUDA, Metal) take the generic device path: they are cast on the device first, so only
 //! the target dtype's bytes cross the bus, then copied to host memory.
+//!
+//! With the `cuda` feature, pieces on CUDA devices take the fast path in [`cuda`] instead: a fused
+//! cast-and-pack kernel, pinned reused host buffers and copies overlapped with writes. Without the
+//! feature, [`cuda`] is a stand-in with the same names that has no device groups and reports
+//! [`Error::FeatureDisabled`], so callers need no `#[cfg]`.
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "offload/cuda_disabled.rs"]
+pub mod cuda;
+
+pub use cuda::pinned_copy_ceiling;
 
 use std::ops::Range;
 

@@ -3,6 +3,10 @@
 //! [`write_sequential`] is the simple, obviously-correct writer: header, then every piece in
 //! order, casting through one reusable buffer. Same-dtype CPU tensors are written straight from
 //! their storage. It is the reference the parallel engine is tested against.
+//!
+//! [`write_parallel`] cuts the data section into chunks for CPU workers; pieces whose tensors sit
+//! on a CUDA device (with the `cuda` feature) are left out of those chunks and written by one
+//! device pipeline per GPU ([`crate::offload::cuda`]) running beside the workers.
 
 use std::fs::File;
 use std::io::Write;
@@ -10,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cast;
 use crate::error::{Error, IoContext, Result};
-use crate::offload::with_host_range;
+use crate::offload::{cuda, with_host_range};
 use crate::plan::Plan;
 use crate::progress::Progress;
 
@@ -166,13 +170,15 @@ pub fn write_parallel(
     progress.inc(plan.header().len() as u64);
 
     let (workers, chunk_size) = opts.effective();
-    let units = crate::chunks::chunks(plan, chunk_size);
+    let gpu = DevicePipelines::new(plan, opts);
+    let units = crate::chunks::chunks_where(plan, chunk_size, |i| !gpu.owns(i));
+    let workers = gpu.cpu_workers(workers, opts, chunk_size);
     let counts: Vec<AtomicU64> = plan.tensors().iter().map(|_| AtomicU64::new(0)).collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
+        .num_threads(workers + gpu.groups.len())
         .thread_name(|i| format!("checkpoint-save-writer-{i}"))
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start writer threads: {e}")))?;
@@ -180,7 +186,23 @@ pub fn write_parallel(
         Backend::Auto | Backend::Pwrite => Backend::Pwrite,
         Backend::Mmap => Backend::Mmap,
     };
+    let record = |e: Error| {
+        failed.store(true, Ordering::Relaxed);
+        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+    };
     pool.scope(|s| {
+        for group in &gpu.groups {
+            let (counts, failed, record) = (&counts, &failed, &record);
+            s.spawn(move |_| {
+                let r = cuda::write_group(
+                    plan, file, group, &gpu.opts, counts, progress, cancel, failed,
+                );
+                if let Err(e) = r {
+                    record(e);
+                }
+            });
+        }
         for _ in 0..workers {
             s.spawn(|_| {
                 let mut staging = Vec::new();
@@ -197,12 +219,7 @@ pub fn write_parallel(
                     };
                     match result {
                         Ok(n) => progress.inc(n),
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                            slot.get_or_insert(e);
-                            return;
-                        }
+                        Err(e) => return record(e),
                     }
                 }
             });
@@ -215,6 +232,45 @@ pub fn write_parallel(
         non_finite: counts.into_iter().map(AtomicU64::into_inner).collect(),
         bytes: plan.file_len(),
     })
+}
+
+/// The device pipelines of a parallel write (the CUDA fast path; none without the `cuda`
+/// feature or without CUDA tensors): which pieces they own and how they are sized.
+struct DevicePipelines {
+    groups: Vec<cuda::DeviceGroup>,
+    owned: Vec<bool>,
+    opts: cuda::PipelineOptions,
+}
+
+impl DevicePipelines {
+    fn new(plan: &Plan, engine: &EngineOptions) -> Self {
+        let groups = cuda::device_groups(plan);
+        let mut owned = vec![false; plan.pieces().len()];
+        for &i in groups.iter().flat_map(|g| &g.pieces) {
+            owned[i] = true;
+        }
+        let (threads, chunk) = engine.effective();
+        let opts = cuda::PipelineOptions {
+            buffer_size: chunk as usize,
+            write_threads: threads,
+        };
+        Self {
+            groups,
+            owned,
+            opts,
+        }
+    }
+
+    fn owns(&self, piece: usize) -> bool {
+        self.owned[piece]
+    }
+
+    /// CPU workers left once each pipeline's pinned buffers are taken out of the staging budget.
+    fn cpu_workers(&self, workers: usize, engine: &EngineOptions, chunk: u64) -> usize {
+        let pinned = (self.groups.len() * cuda::PIPELINE_DEPTH) as u64 * chunk;
+        let left = engine.staging_budget.saturating_sub(pinned) / chunk.max(1);
+        (left as usize).clamp(1, workers.max(1))
+    }
 }
 
 /// Reserves the file's blocks up front, so a full disk fails before data is written.

@@ -1,0 +1,699 @@
+//! The CUDA fast path: cast on the device, pack, copy into pinned host memory, overlap with writes.
+//!
+//! The generic device path (`with_host_range`) works on any device but pays for it: one candle
+//! cast and one pageable copy per tensor range, issued and waited for one after another, with the
+//! write only starting when the copy is done. Into ordinary (pageable) memory a device→host copy
+//! runs several times slower than into page-locked memory, and thousands of small tensors are
+//! dominated by per-copy overhead. This module removes all three costs:
+//!
+//! - **Cast on the device, packed.** One launch of the `cast_pack` kernel (`kernels/cast_pack.cu`,
+//!   compiled to PTX by `build.rs`, loaded once per device) converts many tensors into one
+//!   contiguous device staging region in their file dtype, so an f32→f16 save moves half the bytes
+//!   over PCIe, and hundreds of small tensors cost one launch and one copy. The same pass counts
+//!   each tensor's non-finite source values, so `--check-finite` costs nothing extra. Conversions
+//!   are bit-identical to [`crate::cast`] (including NaN payloads and fp8 saturation).
+//! - **Pinned buffers, reused.** Copies land in page-locked host buffers from `cuMemHostAlloc`
+//!   *without* write-combining (write-combined memory, what cudarc's `alloc_pinned` asks for, is
+//!   slow for the CPU to read, and the writer reads it). Buffers are kept in a process-wide pool
+//!   and reused by later saves (a training loop saving every N steps does not pay for pinning
+//!   again); [`release_pinned_buffers`] hands them back to the OS.
+//! - **Overlap.** Each device runs its own pipeline on a stream of our own with
+//!   [`PIPELINE_DEPTH`] slots: while the file write of batch n runs, the copy of batch n+1 (and
+//!   the kernel of batch n+2) are already queued, each slot completing on its own event.
+//! - **Several devices.** Pieces are grouped by device ([`device_groups`]); the writer runs one
+//!   pipeline per device concurrently, each writing its disjoint byte ranges of the same file.
+//!
+//! # Ordering with the caller's work
+//! candle 0.11 creates CUDA devices on the per-thread default stream, so work the caller launched
+//! from its own thread is not ordered before anything issued from our pipeline thread or stream.
+//! Each pipeline therefore starts with `cuCtxSynchronize` on the device's context, which waits for
+//! every stream of every thread: all kernels that produced the tensors have finished before the
+//! first copy reads them. Temporary contiguous copies (transposed projections, strided views) are
+//! made by candle on the pipeline thread; our stream waits on an event recorded on that thread's
+//! stream before reading them.
+//!
+//! While a save runs the caller may keep launching work on the device (training can go on), but
+//! must not write into the tensors being saved (in-place updates such as an optimizer step on the
+//! saved variables): the save reads them asynchronously until it returns. Tensors are kept alive
+//! by the plan, so dropping the caller's handles is fine.
+
+use std::fs::File;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::cuda_backend::CudaStorageSlice;
+use candle_core::{Device, Storage, Tensor};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    DriverError, LaunchConfig, PushKernelArg,
+};
+
+use crate::dtype::{file_dtype, Dtype};
+use crate::error::{Error, IoContext, Result};
+use crate::plan::{Piece, PieceSource, Plan};
+use crate::progress::Progress;
+
+/// PTX of `kernels/cast_pack.cu`, compiled by `build.rs`.
+const CAST_PACK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cast_pack.ptx"));
+
+/// Slots in flight per device pipeline: batch n is written while batch n+1 is being copied.
+pub const PIPELINE_DEPTH: usize = 2;
+
+/// Most tensors (or tensor ranges) packed by one kernel launch.
+const MAX_ENTRIES: usize = 4096;
+/// Bytes of one kernel table entry (`struct Entry` in the kernel).
+const ENTRY_BYTES: usize = 32;
+/// Threads per block of the kernel.
+const BLOCK_THREADS: u32 = 256;
+/// Pinned buffers kept in the pool for later saves.
+const POOL_KEEP: usize = 8;
+
+/// The pieces of one device that the fast path writes, in file order.
+#[derive(Debug, Clone)]
+pub struct DeviceGroup {
+    /// The device holding the pieces' tensors.
+    pub device: Device,
+    /// Indices into [`Plan::pieces`].
+    pub pieces: Vec<usize>,
+}
+
+/// Sizes of a device pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// Bytes per batch, i.e. per pinned buffer (rounded up to a multiple of 4096).
+    pub buffer_size: usize,
+    /// Threads that write one finished buffer to the file (each takes a part).
+    pub write_threads: usize,
+}
+
+/// Dtype codes of the kernel (`C_*` in `kernels/cast_pack.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Code {
+    F32 = 0,
+    F16 = 1,
+    Bf16 = 2,
+    F64 = 3,
+    F8E4M3 = 4,
+    F8E5M2 = 5,
+    Raw1 = 6,
+    Raw2 = 7,
+    Raw4 = 8,
+    Raw8 = 9,
+}
+
+impl Code {
+    /// The kernel code of a source or kept dtype; `None` when the kernel cannot read it.
+    fn of(d: Dtype) -> Option<Code> {
+        Some(match d {
+            Dtype::F32 => Code::F32,
+            Dtype::F16 => Code::F16,
+            Dtype::BF16 => Code::Bf16,
+            Dtype::F64 => Code::F64,
+            Dtype::F8_E4M3 => Code::F8E4M3,
+            Dtype::F8_E5M2 => Code::F8E5M2,
+            Dtype::U8 | Dtype::I8 | Dtype::BOOL => Code::Raw1,
+            Dtype::I16 | Dtype::U16 => Code::Raw2,
+            Dtype::I32 | Dtype::U32 => Code::Raw4,
+            Dtype::I64 | Dtype::U64 => Code::Raw8,
+            _ => return None,
+        })
+    }
+
+    /// Whether the kernel can encode into this code (the cast targets).
+    fn is_target(self) -> bool {
+        matches!(
+            self,
+            Code::F32 | Code::F16 | Code::Bf16 | Code::F8E4M3 | Code::F8E5M2
+        )
+    }
+
+    fn is_float(self) -> bool {
+        self.is_target() || self == Code::F64
+    }
+}
+
+fn driver(e: DriverError) -> Error {
+    Error::Candle(candle_core::Error::wrap(e))
+}
+
+/// The source tensor of a piece when the fast path can handle it: on a CUDA device, and either
+/// kept in a byte-sized dtype or cast between floats the kernel knows.
+fn fast_source(piece: &Piece) -> Option<&Tensor> {
+    let t = match &piece.source {
+        PieceSource::Tensor(t) | PieceSource::Transposed(t) => t,
+        PieceSource::Host(_) => return None,
+    };
+    if !t.device().is_cuda() || file_dtype(t.dtype()) != piece.src_dtype {
+        return None;
+    }
+    let (src, dst) = (Code::of(piece.src_dtype)?, Code::of(piece.dst_dtype)?);
+    let ok = if piece.src_dtype == piece.dst_dtype {
+        src == dst
+    } else {
+        src.is_float() && dst.is_target()
+    };
+    ok.then_some(t)
+}
+
+/// Groups the pieces the fast path handles by device (one group per candle device).
+pub fn device_groups(plan: &Plan) -> Vec<DeviceGroup> {
+    let mut groups: Vec<DeviceGroup> = Vec::new();
+    for (i, piece) in plan.pieces().iter().enumerate() {
+        let Some(t) = fast_source(piece) else {
+            continue;
+        };
+        match groups.iter_mut().find(|g| g.device.same_device(t.device())) {
+            Some(g) => g.pieces.push(i),
+            None => groups.push(DeviceGroup {
+                device: t.device().clone(),
+                pieces: vec![i],
+            }),
+        }
+    }
+    groups
+}
+
+/// One packed element range of a piece.
+#[derive(Debug, Clone)]
+struct Item {
+    piece: usize,
+    elems: Range<usize>,
+    dst_off: usize,
+}
+
+/// A contiguous byte range of the data section filled by one kernel launch and one copy.
+#[derive(Debug, Clone, Default)]
+struct Batch {
+    at: u64,
+    len: usize,
+    items: Vec<Item>,
+}
+
+/// Cuts a group's pieces into batches of at most `cap` bytes and [`MAX_ENTRIES`] items; a batch
+/// never spans a gap (bytes another device or the CPU writes).
+fn batches(plan: &Plan, pieces: &[usize], cap: usize) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut cur: Option<Batch> = None;
+    for &i in pieces {
+        let p = &plan.pieces()[i];
+        let w = (p.dst_dtype.bitsize() / 8).max(1);
+        let mut e = 0;
+        while e < p.numel {
+            let off = p.start + (e * w) as u64;
+            let full = cur.as_ref().is_none_or(|b| {
+                b.at + b.len as u64 != off || cap - b.len < w || b.items.len() == MAX_ENTRIES
+            });
+            if full {
+                out.extend(cur.take());
+                cur = Some(Batch {
+                    at: off,
+                    ..Batch::default()
+                });
+            }
+            let Some(b) = cur.as_mut() else { break };
+            // File order puts wider elements first, so `b.len` is a multiple of `w` here.
+            let take = ((cap - b.len) / w).min(p.numel - e);
+            b.items.push(Item {
+                piece: i,
+                elems: e..e + take,
+                dst_off: b.len,
+            });
+            b.len += take * w;
+            e += take;
+        }
+    }
+    out.extend(cur);
+    out
+}
+
+/// Page-locked host memory from `cuMemHostAlloc` with `CU_MEMHOSTALLOC_PORTABLE` only (not
+/// write-combined: the CPU reads it at normal speed, and any context may copy into it).
+struct PinnedBuffer {
+    ptr: *mut u8,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the buffer is plain host memory owned by this value; nothing else aliases it, and the
+// context handle is thread-safe.
+unsafe impl Send for PinnedBuffer {}
+
+impl PinnedBuffer {
+    fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
+        ctx.bind_to_thread().map_err(driver)?;
+        // SAFETY: plain allocation call; a null or failed result is reported as an error.
+        let ptr = unsafe { result::malloc_host(len.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) }
+            .map_err(driver)?
+            .cast::<u8>();
+        if ptr.is_null() {
+            return Err(Error::InvalidInput(format!(
+                "cuMemHostAlloc returned no memory for {len} bytes"
+            )));
+        }
+        let mut buf = PinnedBuffer {
+            ptr,
+            len,
+            ctx: ctx.clone(),
+        };
+        // Initialise once, so the buffer may be read as `&[u8]` from now on.
+        buf.as_mut_slice().fill(0);
+        Ok(buf)
+    }
+
+    /// A buffer of at least `len` bytes, from the pool when one is there.
+    fn take(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
+        let pooled = {
+            let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+            pool.iter()
+                .position(|b| b.len >= len)
+                .map(|i| pool.swap_remove(i))
+        };
+        match pooled {
+            Some(b) => Ok(b),
+            None => Self::new(ctx, len),
+        }
+    }
+
+    /// Returns the buffer to the pool (or frees it when the pool is full).
+    fn give_back(self) {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_KEEP {
+            pool.push(self);
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised bytes owned by `self` (see `new`).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from `malloc_host` and is freed once; no copy uses it any more
+            // (pipelines synchronise their stream before giving buffers back).
+            let _ = unsafe { result::free_host(self.ptr.cast()) };
+        }
+    }
+}
+
+static POOL: Mutex<Vec<PinnedBuffer>> = Mutex::new(Vec::new());
+
+/// Frees the pinned host buffers kept for later saves.
+pub fn release_pinned_buffers() {
+    let drained: Vec<PinnedBuffer> = {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        pool.drain(..).collect()
+    };
+    drop(drained);
+}
+
+/// One slot of the ring: host and device staging for one batch, and the event that marks its
+/// copies done.
+struct Slot {
+    /// `[data: cap | counters: MAX_ENTRIES × u64 | table: MAX_ENTRIES × ENTRY_BYTES]`.
+    host: Option<PinnedBuffer>,
+    /// Same layout on the device.
+    dev: CudaSlice<u8>,
+    done: CudaEvent,
+    batch: Option<Batch>,
+    /// Temporary contiguous copies read by the batch; dropped once it completes.
+    keep: Vec<Tensor>,
+}
+
+/// A device pipeline. Dropping it waits for its stream, so no copy writes into a buffer after
+/// the buffer went back to the pool.
+struct Pipeline<'a> {
+    plan: &'a Plan,
+    file: &'a File,
+    opts: PipelineOptions,
+    cap: usize,
+    candle_stream: Arc<CudaStream>,
+    stream: Arc<CudaStream>,
+    func: CudaFunction,
+    slots: Vec<Slot>,
+    counts: &'a [AtomicU64],
+    progress: &'a Progress,
+    /// The most recent temporary contiguous copy, reused by the next batch of the same piece.
+    temp: Option<(usize, Tensor)>,
+}
+
+impl Drop for Pipeline<'_> {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        for slot in &mut self.slots {
+            if let Some(b) = slot.host.take() {
+                b.give_back();
+            }
+        }
+    }
+}
+
+/// Writes a group's pieces into `file` through the device pipeline, adding each tensor's
+/// non-finite count to `counts` and the bytes written to `progress`.
+///
+/// Returns early (with `Ok`) when `failed` becomes true, so another worker's error is reported.
+///
+/// # Errors
+/// [`Error::Cancelled`] when `cancel` becomes true, device errors, I/O errors.
+#[allow(clippy::too_many_arguments)]
+pub fn write_group(
+    plan: &Plan,
+    file: &File,
+    group: &DeviceGroup,
+    opts: &PipelineOptions,
+    counts: &[AtomicU64],
+    progress: &Progress,
+    cancel: &AtomicBool,
+    failed: &AtomicBool,
+) -> Result<()> {
+    let Device::Cuda(dev) = &group.device else {
+        return Err(Error::InvalidInput(
+            "the CUDA fast path was given a tensor that is not on a CUDA device".into(),
+        ));
+    };
+    let cap = opts.buffer_size.max(4096).next_multiple_of(4096);
+    let candle_stream = dev.cuda_stream();
+    let ctx = candle_stream.context().clone();
+    ctx.bind_to_thread().map_err(driver)?;
+    // Every stream of every thread: the caller's kernels that produce the tensors are done.
+    ctx.synchronize().map_err(driver)?;
+    let func = dev
+        .get_or_load_custom_func("cast_pack", "checkpoint_save_cast_pack", CAST_PACK_PTX)?
+        .into_cuda_function();
+    let stream = ctx.new_stream().map_err(driver)?;
+    let total = cap + MAX_ENTRIES * (8 + ENTRY_BYTES);
+    let mut pipeline = Pipeline {
+        plan,
+        file,
+        opts: *opts,
+        cap,
+        candle_stream,
+        stream: stream.clone(),
+        func,
+        slots: Vec::with_capacity(PIPELINE_DEPTH),
+        counts,
+        progress,
+        temp: None,
+    };
+    for _ in 0..PIPELINE_DEPTH {
+        // SAFETY: the device buffer is only read after the kernel or a copy wrote it.
+        let dev_buf = unsafe { stream.alloc::<u8>(total) }.map_err(driver)?;
+        pipeline.slots.push(Slot {
+            host: Some(PinnedBuffer::take(&ctx, total)?),
+            dev: dev_buf,
+            done: ctx.new_event(None).map_err(driver)?,
+            batch: None,
+            keep: Vec::new(),
+        });
+    }
+    for (n, batch) in batches(plan, &group.pieces, cap).into_iter().enumerate() {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let k = n % PIPELINE_DEPTH;
+        pipeline.finish(k)?;
+        pipeline.issue(k, batch)?;
+    }
+    for i in 0..PIPELINE_DEPTH {
+        pipeline.finish(i)?;
+    }
+    Ok(())
+}
+
+impl Pipeline<'_> {
+    /// The device address and kernel code of elements `elems` of a piece's source, making a
+    /// contiguous copy first when the source is transposed or strided.
+    fn source(&mut self, item: &Item, slot: usize, made: &mut bool) -> Result<(u64, Code)> {
+        let piece = &self.plan.pieces()[item.piece];
+        let t = match &piece.source {
+            PieceSource::Tensor(t) if t.is_contiguous() => t.clone(),
+            PieceSource::Tensor(t) | PieceSource::Transposed(t) => match &self.temp {
+                Some((p, c)) if *p == item.piece => c.clone(),
+                _ => {
+                    let c = match &piece.source {
+                        PieceSource::Transposed(t) => t.t()?.contiguous()?,
+                        _ => t.contiguous()?,
+                    };
+                    *made = true;
+                    self.temp = Some((item.piece, c.clone()));
+                    c
+                }
+            },
+            PieceSource::Host(_) => {
+                return Err(Error::InvalidInput(
+                    "host bytes given to the CUDA fast path".into(),
+                ))
+            }
+        };
+        let code = Code::of(file_dtype(t.dtype())).ok_or_else(|| Error::UnsupportedDtype {
+            dtype: format!("{:?}", t.dtype()),
+            hint: "the CUDA fast path cannot read it".into(),
+        })?;
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else {
+            return Err(Error::InvalidInput(
+                "a CUDA tensor without CUDA storage".into(),
+            ));
+        };
+        let (start, _) = layout.contiguous_offsets().ok_or_else(|| {
+            Error::InvalidInput("contiguous tensor without contiguous offsets".into())
+        })?;
+        fn addr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+            // The guard records a read on our stream; ordering is handled by the pipeline.
+            let (ptr, _read) = s.device_ptr(stream);
+            ptr
+        }
+        let st = &self.stream;
+        let base = match &s.slice {
+            CudaStorageSlice::U8(v) => addr(v, st),
+            CudaStorageSlice::U32(v) => addr(v, st),
+            CudaStorageSlice::I16(v) => addr(v, st),
+            CudaStorageSlice::I32(v) => addr(v, st),
+            CudaStorageSlice::I64(v) => addr(v, st),
+            CudaStorageSlice::BF16(v) => addr(v, st),
+            CudaStorageSlice::F16(v) => addr(v, st),
+            CudaStorageSlice::F32(v) => addr(v, st),
+            CudaStorageSlice::F64(v) => addr(v, st),
+            CudaStorageSlice::F8E4M3(v) => addr(v, st),
+            CudaStorageSlice::F6E2M3(_)
+            | CudaStorageSlice::F6E3M2(_)
+            | CudaStorageSlice::F4(_)
+            | CudaStorageSlice::F8E8M0(_) => {
+                return Err(Error::UnsupportedDtype {
+                    dtype: format!("{:?}", t.dtype()),
+                    hint: "packed formats are saved through the generic device path".into(),
+                })
+            }
+        };
+        drop(storage);
+        if !matches!(piece.source, PieceSource::Tensor(ref o) if o.is_contiguous()) {
+            self.slots[slot].keep.push(t.clone());
+        }
+        let size = t.dtype().size_in_bytes() as u64;
+        Ok((base + (start + item.elems.start) as u64 * size, code))
+    }
+
+    /// Queues batch `batch` in slot `k`: table upload, kernel, copies back, completion event.
+    fn issue(&mut self, k: usize, batch: Batch) -> Result<()> {
+        let mut table = Vec::with_capacity(batch.items.len() * ENTRY_BYTES);
+        let mut made = false;
+        let mut longest = 0usize;
+        for item in &batch.items {
+            let (src, code) = self.source(item, k, &mut made)?;
+            let p = &self.plan.pieces()[item.piece];
+            let dst = Code::of(p.dst_dtype).ok_or_else(|| Error::UnsupportedDtype {
+                dtype: p.dst_dtype.to_string(),
+                hint: "the CUDA fast path cannot write it".into(),
+            })?;
+            longest = longest.max(item.elems.len());
+            table.extend_from_slice(&src.to_le_bytes());
+            table.extend_from_slice(&(item.elems.len() as u64).to_le_bytes());
+            table.extend_from_slice(&(item.dst_off as u64).to_le_bytes());
+            table.extend_from_slice(&(code as u32).to_le_bytes());
+            table.extend_from_slice(&(dst as u32).to_le_bytes());
+        }
+        if made {
+            // The contiguous copies ran on candle's stream of this thread.
+            self.stream.join(&self.candle_stream).map_err(driver)?;
+        }
+        let (cap, n) = (self.cap, batch.items.len());
+        let stream = self.stream.clone();
+        let slot = &mut self.slots[k];
+        let host = slot
+            .host
+            .as_mut()
+            .ok_or_else(|| Error::InvalidInput("pipeline slot without a buffer".into()))?;
+        let table_at = cap + MAX_ENTRIES * 8;
+        host.as_mut_slice()[table_at..table_at + table.len()].copy_from_slice(&table);
+        let (base, _rec) = slot.dev.device_ptr(&stream);
+        let cu = stream.cu_stream();
+        let grid_x = longest.div_ceil(BLOCK_THREADS as usize).clamp(1, 1024) as u32;
+        let (dst_ptr, ctr_ptr, tab_ptr) = (base, base + cap as u64, base + table_at as u64);
+        let host_slice = host.as_mut_slice();
+        // SAFETY: every address lies inside the slot's device buffer or inside tensors the plan
+        // (or `slot.keep`) holds alive until the slot's event completes; the host ranges lie in the
+        // slot's pinned buffer, which is not touched again until then (`finish`).
+        unsafe {
+            result::memset_d8_async(ctr_ptr, 0, n * 8, cu).map_err(driver)?;
+            result::memcpy_htod_async(tab_ptr, &host_slice[table_at..table_at + table.len()], cu)
+                .map_err(driver)?;
+            let mut launch = stream.launch_builder(&self.func);
+            launch.arg(&tab_ptr).arg(&dst_ptr).arg(&ctr_ptr);
+            launch
+                .launch(LaunchConfig {
+                    grid_dim: (grid_x, n as u32, 1),
+                    block_dim: (BLOCK_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+                .map_err(driver)?;
+            result::memcpy_dtoh_async(&mut host_slice[..batch.len], dst_ptr, cu).map_err(driver)?;
+            result::memcpy_dtoh_async(&mut host_slice[cap..cap + n * 8], ctr_ptr, cu)
+                .map_err(driver)?;
+        }
+        slot.done.record(&stream).map_err(driver)?;
+        slot.batch = Some(batch);
+        Ok(())
+    }
+
+    /// Waits for slot `k`'s batch (if any), writes it to the file and adds its counts.
+    fn finish(&mut self, k: usize) -> Result<()> {
+        let slot = &mut self.slots[k];
+        let Some(batch) = slot.batch.take() else {
+            return Ok(());
+        };
+        slot.done.synchronize().map_err(driver)?;
+        slot.keep.clear();
+        let host = slot
+            .host
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("pipeline slot without a buffer".into()))?;
+        let bytes = host.as_slice();
+        let at = self.plan.data_offset() + batch.at;
+        write_split(self.file, &bytes[..batch.len], at, self.opts.write_threads)?;
+        for (i, item) in batch.items.iter().enumerate() {
+            let c = self.cap + i * 8;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[c..c + 8]);
+            let tensor = self.plan.pieces()[item.piece].tensor;
+            self.counts[tensor].fetch_add(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        self.progress.inc(batch.len as u64);
+        Ok(())
+    }
+}
+
+/// Writes `buf` at file offset `at`, in up to `threads` parts written in parallel (one writer per
+/// part keeps page-cache and NVMe writes from being limited by one core).
+fn write_split(file: &File, buf: &[u8], at: u64, threads: usize) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    const MIN_PART: usize = 4 << 20;
+    let parts = threads.clamp(1, buf.len().div_ceil(MIN_PART).max(1));
+    let ctx = |len: usize, off: u64| {
+        move || format!("writing {len} bytes at offset {off} of the checkpoint")
+    };
+    if parts == 1 {
+        return file.write_all_at(buf, at).ctx(ctx(buf.len(), at));
+    }
+    let part = buf.len().div_ceil(parts).next_multiple_of(4096);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = buf
+            .chunks(part)
+            .enumerate()
+            .map(|(i, b)| {
+                let off = at + (i * part) as u64;
+                s.spawn(move || file.write_all_at(b, off).ctx(ctx(b.len(), off)))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(Error::InvalidInput(
+                    "a checkpoint writer thread panicked".into(),
+                ))
+            })
+        })
+    })
+}
+
+/// Measures the device→host copy ceiling: GB/s (10⁹ bytes per second) of a `bytes`-byte copy
+/// from device memory into a pinned (not write-combined) host buffer, median of 5 after a warm-up.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when `device` is not a CUDA device or `bytes` is 0; device errors
+/// (out of memory, no driver).
+pub fn pinned_copy_ceiling(device: &Device, bytes: usize) -> Result<f64> {
+    let Device::Cuda(dev) = device else {
+        return Err(Error::InvalidInput(format!(
+            "the pinned copy ceiling needs a CUDA device, not {device:?}"
+        )));
+    };
+    if bytes == 0 {
+        return Err(Error::InvalidInput(
+            "measure a copy of at least one byte".into(),
+        ));
+    }
+    let ctx = dev.cuda_stream().context().clone();
+    ctx.bind_to_thread().map_err(driver)?;
+    let stream = ctx.new_stream().map_err(driver)?;
+    // SAFETY: filled by the memset below before any read.
+    let src = unsafe { stream.alloc::<u8>(bytes) }.map_err(driver)?;
+    let mut host = PinnedBuffer::take(&ctx, bytes)?;
+    let (ptr, _rec) = src.device_ptr(&stream);
+    let cu = stream.cu_stream();
+    let mut secs = Vec::with_capacity(5);
+    for round in 0..6 {
+        let t0 = Instant::now();
+        // SAFETY: `ptr` holds `bytes` bytes; the host range lies in `host`, which outlives the
+        // synchronisation below.
+        unsafe {
+            if round == 0 {
+                // Not zeros: some interconnects compress; the copy must move real bytes.
+                result::memset_d8_async(ptr, 0xa5, bytes, cu).map_err(driver)?;
+            }
+            result::memcpy_dtoh_async(&mut host.as_mut_slice()[..bytes], ptr, cu)
+                .map_err(driver)?;
+        }
+        stream.synchronize().map_err(driver)?;
+        if round > 0 {
+            secs.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    host.give_back();
+    secs.sort_by(f64::total_cmp);
+    Ok(bytes as f64 / secs[secs.len() / 2].max(1e-12) / 1e9)
+}
+
+/// Whether this build has the CUDA fast path.
+pub const ENABLED: bool = true;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_cover_the_cast_targets() {
+        for d in [
+            Dtype::F32,
+            Dtype::F16,
+            Dtype::BF16,
+            Dtype::F8_E4M3,
+            Dtype::F8_E5M2,
+        ] {
+            assert!(Code::of(d).is_some_and(Code::is_target));
+        }
+        assert!(Code::of(Dtype::F4).is_none());
+        assert!(!Code::F64.is_target());
+    }
+}
