@@ -95,7 +95,10 @@ pub struct BenchReport {
     pub ours_gbps: f64,
     /// candle's throughput, GB/s.
     pub candle_gbps: f64,
-    /// The faster ceiling, GB/s.
+    /// Device→host copy into pinned memory, GB/s (GPU runs only).
+    pub device_copy_gbps: Option<f64>,
+    /// The storage ceiling (faster of one stream and parallel writes), or on a GPU the lower of
+    /// that and the device→host copy, GB/s.
     pub ceiling_gbps: f64,
     /// ours / ceiling.
     pub ratio_ceiling: f64,
@@ -190,7 +193,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     };
     let (ours, candle) = (summarize(ours), summarize(candle));
     let (seq, par) = (summarize(seq), summarize(par));
-    let ceiling_gbps = seq.gbps.max(par.gbps);
+    let device_copy_gbps = if opts.device.is_cpu() {
+        None
+    } else {
+        let size = usize::try_from(bytes.min(1 << 30)).unwrap_or(1 << 30);
+        Some(crate::offload::pinned_copy_ceiling(&opts.device, size)?)
+    };
+    let storage = seq.gbps.max(par.gbps);
+    let ceiling_gbps = device_copy_gbps.map_or(storage, |d| d.min(storage));
     Ok(BenchReport {
         arch: opts.arch.to_string(),
         dtype: opts.dtype.to_string(),
@@ -203,6 +213,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         staging_budget: opts.engine.staging_budget,
         ours_gbps: ours.gbps,
         candle_gbps: candle.gbps,
+        device_copy_gbps,
         ceiling_gbps,
         ratio_ceiling: ours.gbps / ceiling_gbps,
         ratio_candle: ours.gbps / candle.gbps,

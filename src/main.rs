@@ -19,6 +19,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::Value;
 
 use checkpoint_save::arch::{Arch, Prediction};
+use checkpoint_save::bench::{self, BenchOptions};
 use checkpoint_save::components::{ComponentKind, Components};
 use checkpoint_save::dtype::TargetDtype;
 use checkpoint_save::error::Error;
@@ -26,8 +27,9 @@ use checkpoint_save::layout::GenericPrefixes;
 use checkpoint_save::loader;
 use checkpoint_save::metadata::MetadataOptions;
 use checkpoint_save::plan::ComponentDtypes;
-use checkpoint_save::save::{self, LayoutChoice, SaveOptions, Saved};
+use checkpoint_save::save::{self, LayoutChoice, SaveOptions, Saved, WriterChoice};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
+use checkpoint_save::writer::{Backend, EngineOptions};
 
 /// Exit code of a successful run.
 const EXIT_OK: u8 = 0;
@@ -69,6 +71,112 @@ enum Command {
     /// Show a checkpoint's architecture, prediction, tensors per part, dtypes and metadata.
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
+
+    /// Measure save throughput against candle's path and the storage ceiling, in one run.
+    ///
+    /// Builds a synthetic model in memory, then times (after a warm-up, `--runs` times each,
+    /// median): (a) this tool's save, (b) candle's `to_dtype` + `safetensors::save`, (c) raw
+    /// writes of the same bytes into the same folder (one stream, and parallel positional
+    /// writes), all ending with the same fsync. Prints GB/s, the ratios and peak extra memory.
+    #[command(after_help = EXIT_CODES)]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Architecture of the synthetic model.
+    #[arg(long, value_name = "ARCH")]
+    synthetic: Arch,
+
+    /// Dtype the checkpoint is saved in (keep, f32, f16, bf16, f8_e4m3, f8_e5m2).
+    #[arg(long, value_name = "DTYPE", default_value = "keep")]
+    dtype: TargetDtype,
+
+    /// Dtype the synthetic model is built in (f32, f16, bf16); default: the reference's
+    /// (F32 denoiser and VAE, F16 text encoders).
+    #[arg(long, value_name = "DTYPE")]
+    model_dtype: Option<TargetDtype>,
+
+    /// Folder written into; put it on the storage you want to measure.
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+
+    /// Timed runs of each measurement after one warm-up.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    runs: usize,
+
+    /// Cap every dimension of the synthetic model (quick runs).
+    #[arg(long, value_name = "N")]
+    max_dim: Option<usize>,
+
+    /// Device the model lives on: cpu, cuda:N or metal:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: String,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Settings of the parallel writer.
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// Writer threads [default: one per core]
+    #[arg(long, value_name = "N", help_heading = "Writer")]
+    threads: Option<usize>,
+
+    /// Host memory for staging, in MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 256,
+        help_heading = "Writer"
+    )]
+    staging_mib: u64,
+
+    /// Unit of work between writer threads, in MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 32,
+        help_heading = "Writer"
+    )]
+    chunk_mib: u64,
+
+    /// How chunks reach the file: auto, pwrite or mmap.
+    #[arg(
+        long,
+        value_name = "B",
+        default_value = "auto",
+        help_heading = "Writer"
+    )]
+    backend: Backend,
+
+    /// Write with the simple sequential writer instead of the parallel engine.
+    #[arg(long, help_heading = "Writer")]
+    sequential: bool,
+}
+
+impl EngineArgs {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            chunk_size: self.chunk_mib << 20,
+            staging_budget: self.staging_mib << 20,
+            threads: self.threads.unwrap_or(0),
+            backend: self.backend,
+        }
+    }
+
+    fn writer(&self) -> WriterChoice {
+        if self.sequential {
+            WriterChoice::Sequential
+        } else {
+            WriterChoice::Parallel(self.options())
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -269,9 +377,18 @@ struct SaveArgs {
     /// Print only the written path: no progress bar, no summary, no warnings.
     #[arg(long, short, help_heading = "Output")]
     quiet: bool,
+
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 fn main() -> ExitCode {
+    // Past a file-size limit (`ulimit -f`), let the write fail with EFBIG, reported and cleaned
+    // up like any other error, instead of the default SIGXFSZ killing the process mid-save.
+    // SAFETY: setting a signal's disposition to "ignore" at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let cancel = Arc::new(AtomicBool::new(false));
     if let Err(e) = install_ctrlc(&cancel) {
@@ -342,6 +459,7 @@ fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
         Command::Save(args) => run_save(&args, cancel),
         Command::Split(args) => run_split(&args, cancel),
         Command::Inspect(args) => run_inspect(&args),
+        Command::Bench(args) => run_bench(&args),
     }
 }
 
@@ -423,6 +541,7 @@ fn save_options(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<SaveOptions
         check_finite: args.check_finite,
         progress: !args.quiet,
         cancel: Some(Arc::clone(cancel)),
+        writer: args.engine.writer(),
     })
 }
 
@@ -578,5 +697,51 @@ fn report(saved: &Saved) {
     eprintln!("{line}");
     for (name, count) in &saved.non_finite {
         eprintln!("warning: tensor `{name}` holds {count} NaN/Inf value(s)");
+    }
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    let ordinal = |rest: &str| -> Result<usize> {
+        rest.parse()
+            .with_context(|| format!("`{s}`: the device number after `:` must be a whole number"))
+    };
+    match s.split_once(':') {
+        None if s == "cpu" => Ok(Device::Cpu),
+        None if s == "cuda" => Ok(Device::new_cuda(0)?),
+        Some(("cuda", n)) => Ok(Device::new_cuda(ordinal(n)?)?),
+        None if s == "metal" => Ok(Device::new_metal(0)?),
+        Some(("metal", n)) => Ok(Device::new_metal(ordinal(n)?)?),
+        _ => anyhow::bail!("unknown device `{s}`; use cpu, cuda:N or metal:N"),
+    }
+}
+
+fn run_bench(args: &BenchArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let model_dtype = match args.model_dtype {
+        None | Some(TargetDtype::Keep) => None,
+        Some(d) => Some(
+            d.file_dtype()
+                .and_then(checkpoint_save::dtype::candle_dtype)
+                .with_context(|| format!("a synthetic model cannot be built in {d}"))?,
+        ),
+    };
+    let opts = BenchOptions {
+        arch: args.synthetic,
+        dtype: args.dtype,
+        model_dtype,
+        output_dir: args
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("checkpoint-save-bench")),
+        runs: args.runs,
+        engine: args.engine.options(),
+        max_dim: args.max_dim,
+        device,
+    };
+    let report = bench::run(&opts)?;
+    if args.json {
+        print_stdout(&serde_json::to_string(&report).context("cannot encode the report")?)
+    } else {
+        print_stdout(&report.to_string())
     }
 }

@@ -274,6 +274,10 @@ impl DevicePipelines {
 }
 
 /// Reserves the file's blocks up front, so a full disk fails before data is written.
+///
+/// On tmpfs, reserving means allocating and zeroing every page, a whole extra pass over memory
+/// that the data then overwrites; there the file is only sized, and a full tmpfs is reported by
+/// the write that hits it (the temporary file is removed either way).
 fn preallocate(file: &File, len: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
     let ctx = || format!("reserving {len} bytes for the checkpoint (is the disk full?)");
@@ -283,6 +287,9 @@ fn preallocate(file: &File, len: u64) -> Result<()> {
             std::io::Error::from(std::io::ErrorKind::FileTooLarge),
         ));
     };
+    if is_tmpfs(file) {
+        return file.set_len(len).ctx(ctx);
+    }
     // SAFETY: plain system call on a file descriptor we own for the duration of the call.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) };
     match rc {
@@ -291,6 +298,15 @@ fn preallocate(file: &File, len: u64) -> Result<()> {
         libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS => file.set_len(len).ctx(ctx),
         errno => Err(Error::io(ctx(), std::io::Error::from_raw_os_error(errno))),
     }
+}
+
+fn is_tmpfs(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    // SAFETY: fstatfs only writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    rc == 0 && st.f_type as i64 == TMPFS_MAGIC
 }
 
 /// Bytes filled and written at a time inside a unit: small enough that what was just filled is
