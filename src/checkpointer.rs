@@ -406,6 +406,7 @@ impl CheckpointerBuilder {
             cfg: Arc::new(Config {
                 builder: self,
                 model_prefix,
+                spare_image: std::sync::Mutex::new(None),
             }),
             in_flight: None,
             last: None,
@@ -426,6 +427,8 @@ fn plain_layout() -> LayoutChoice {
 struct Config {
     builder: CheckpointerBuilder,
     model_prefix: Option<String>,
+    /// The staging buffer of the last finished save, for the next snapshot to reuse.
+    spare_image: std::sync::Mutex<Option<crate::writer::HostImage>>,
 }
 
 impl Config {
@@ -600,18 +603,42 @@ impl Checkpointer {
         // Check names, layout and casts now, so a bad request fails here rather than later.
         save::lay_out(&components, &self.cfg.builder.layout, None)?;
         let start = Instant::now();
-        let (snapshot, strategy) = take_snapshot(
-            &components,
-            self.cfg.builder.snapshot,
-            self.cfg.builder.device_memory_limit,
-        )?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let on_device = components
+            .iter()
+            .flat_map(|(_, m)| m.values())
+            .any(|t| !t.device().is_cpu());
+        let (snapshot, strategy, bytes) = if on_device {
+            let (snapshot, strategy) = take_snapshot(
+                &components,
+                self.cfg.builder.snapshot,
+                self.cfg.builder.device_memory_limit,
+            )?;
+            let bytes = snapshot.byte_len();
+            (Snapshot::Tensors(snapshot), strategy, bytes)
+        } else {
+            // Host tensors: the snapshot is the file's data section itself, read and cast in one
+            // pass; the background thread then only has to hand it to the disk.
+            let file = self.cfg.file_name(step);
+            let title = file
+                .strip_suffix(".safetensors")
+                .unwrap_or(&file)
+                .to_string();
+            let reuse = lock(&self.cfg.spare_image).take();
+            let staged = save::stage(
+                &components,
+                &save_options(&self.cfg, &cancel),
+                &title,
+                reuse,
+            )?;
+            let bytes = staged.bytes();
+            (Snapshot::Staged(staged), SnapshotKind::HostCopy, bytes)
+        };
         let snapshot_time = start.elapsed();
         drop(components);
-        let bytes = snapshot.byte_len();
-        let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
             cfg: Arc::clone(&self.cfg),
-            components: snapshot,
+            snapshot,
             step,
             metric: metric.filter(|m| m.is_finite()),
             extra_prefixes: extra.iter().map(|(p, _)| (*p).to_string()).collect(),
@@ -812,9 +839,39 @@ fn copy_components(components: &Components, kind: SnapshotKind) -> Result<Compon
     Ok(out)
 }
 
+/// Locks a mutex, recovering the data of a poisoned one (a panicked save only loses its buffer).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the background thread writes from.
+enum Snapshot {
+    /// The staged data section (host tensors).
+    Staged(save::Staged),
+    /// Copies of the tensors (device tensors: copied on the device or to the host).
+    Tensors(Components),
+}
+
+/// The save options a checkpointer's saves use.
+fn save_options(cfg: &Config, cancel: &Arc<AtomicBool>) -> SaveOptions {
+    let b = &cfg.builder;
+    SaveOptions {
+        layout: b.layout.clone(),
+        prediction: None,
+        dtypes: b.dtypes,
+        output_dir: b.dir.clone(),
+        prefix: b.stem.clone(),
+        metadata: MetadataOptions::default(),
+        check_finite: b.check_finite,
+        progress: false,
+        cancel: Some(Arc::clone(cancel)),
+        writer: WriterChoice::Parallel(b.engine),
+    }
+}
+
 struct Job {
     cfg: Arc<Config>,
-    components: Components,
+    snapshot: Snapshot,
     step: u64,
     metric: Option<f64>,
     extra_prefixes: Vec<String>,
@@ -832,20 +889,18 @@ impl Job {
         let file = self.cfg.file_name(self.step);
         let path = dir.join(&file);
         self.clear_orphan(&path)?;
-        let opts = SaveOptions {
-            layout: b.layout.clone(),
-            prediction: None,
-            dtypes: b.dtypes,
-            output_dir: dir.clone(),
-            prefix: b.stem.clone(),
-            metadata: MetadataOptions::default(),
-            check_finite: b.check_finite,
-            progress: false,
-            cancel: Some(Arc::clone(&self.cancel)),
-            writer: WriterChoice::Parallel(b.engine),
+        let saved = match &self.snapshot {
+            Snapshot::Staged(staged) => {
+                save::write_staged_to_path(staged, &path, Some(&self.cancel))?
+            }
+            Snapshot::Tensors(c) => {
+                save::save_to_path(c, &path, &save_options(&self.cfg, &self.cancel))?
+            }
         };
-        let saved = save::save_to_path(&self.components, &path, &opts)?;
-        drop(self.components);
+        if let Snapshot::Staged(staged) = self.snapshot {
+            // Keep the buffer for the next snapshot: no fresh pages to fault in and zero.
+            *lock(&self.cfg.spare_image) = Some(staged.into_image());
+        }
         let header_checksum = header_checksum(&saved.path)?;
         let entry = ManifestEntry {
             stem: b.stem.clone(),

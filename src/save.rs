@@ -13,7 +13,7 @@ use crate::metadata::{self, MetadataOptions};
 use crate::naming::{self, Reservation, SaveTarget};
 use crate::plan::{ComponentDtypes, Plan, PlanOptions};
 use crate::progress::Progress;
-use crate::writer::{self, EngineOptions};
+use crate::writer::{self, EngineOptions, HostImage};
 
 /// How the checkpoint's keys are laid out.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -225,4 +225,107 @@ fn non_finite_list(plan: &Plan, counts: &[u64]) -> Vec<(String, u64)> {
         .filter(|(_, &n)| n > 0)
         .map(|(t, &n)| (t.name.clone(), n))
         .collect()
+}
+
+/// A checkpoint staged in host memory: its plan and its whole data section, read from the
+/// source tensors (and cast) in one pass. Staging is the only moment the source tensors are
+/// read, so once [`stage`] returns the caller may change them; the file is written later by
+/// [`write_staged_to_path`], from the image, with direct I/O where the file system allows.
+#[derive(Debug)]
+pub struct Staged {
+    plan: Plan,
+    image: HostImage,
+    arch: Option<Arch>,
+    prediction: Prediction,
+    non_finite: Vec<(String, u64)>,
+    dropped: Vec<(ComponentKind, String)>,
+}
+
+impl Staged {
+    /// Size of the file this will write.
+    pub fn bytes(&self) -> u64 {
+        self.plan.file_len()
+    }
+
+    /// Tensors holding NaN/Inf values, with their counts.
+    pub fn non_finite(&self) -> &[(String, u64)] {
+        &self.non_finite
+    }
+
+    /// The host buffer, to pass to the next [`stage`] (reused when large enough).
+    pub fn into_image(self) -> HostImage {
+        self.image
+    }
+}
+
+/// Lays out, plans and stages a checkpoint in host memory; `title` is the `modelspec.title`
+/// (written only by architectures that have one). Host memory needed: the checkpoint's size;
+/// `reuse` is the image of an earlier save ([`Staged::into_image`]), used when large enough.
+///
+/// # Errors
+/// Layout, plan, allocation and copy errors; [`Error::NonFinite`] with `opts.check_finite`.
+pub fn stage(
+    components: &Components,
+    opts: &SaveOptions,
+    title: &str,
+    reuse: Option<HostImage>,
+) -> Result<Staged> {
+    let (arch, prediction, layout) = lay_out(components, &opts.layout, opts.prediction)?;
+    let plan_opts = PlanOptions {
+        dtypes: opts.dtypes,
+        data_alignment: writer::DIRECT_ALIGN as u64,
+    };
+    let meta = metadata::build(arch, prediction, title, &opts.metadata);
+    let plan = Plan::new(&layout, components, &meta, &plan_opts)?;
+    let (image, counts) = writer::stage_image(&plan, reuse)?;
+    let non_finite = non_finite_list(&plan, &counts);
+    if opts.check_finite {
+        if let Some((first, first_count)) = non_finite.first() {
+            return Err(Error::NonFinite {
+                count: non_finite.len(),
+                first: first.clone(),
+                first_count: *first_count,
+            });
+        }
+    }
+    Ok(Staged {
+        plan,
+        image,
+        arch,
+        prediction,
+        non_finite,
+        dropped: layout.dropped,
+    })
+}
+
+/// Writes a staged checkpoint to exactly `path`, refusing to replace an existing file.
+///
+/// # Errors
+/// I/O errors (an existing `path` is an error of kind `AlreadyExists`), [`Error::Cancelled`].
+pub fn write_staged_to_path(
+    staged: &Staged,
+    path: &Path,
+    cancel: Option<&AtomicBool>,
+) -> Result<Saved> {
+    let start = Instant::now();
+    let reservation = naming::reserve_at(path)?;
+    let never = AtomicBool::new(false);
+    writer::write_image(
+        &staged.plan,
+        &staged.image,
+        reservation.file(),
+        reservation.temp_path(),
+        cancel.unwrap_or(&never),
+    )?;
+    let path = reservation.commit()?;
+    Ok(Saved {
+        path,
+        arch: staged.arch,
+        prediction: staged.prediction,
+        tensors: staged.plan.tensors().len(),
+        bytes: staged.plan.file_len(),
+        non_finite: staged.non_finite.clone(),
+        dropped: staged.dropped.clone(),
+        elapsed: start.elapsed(),
+    })
 }
