@@ -108,6 +108,26 @@ pub fn chunks_where(plan: &Plan, chunk_size: u64, keep: impl Fn(usize) -> bool) 
     out
 }
 
+/// Units for direct I/O: the data section cut at multiples of `chunk_size` (a multiple of 4096)
+/// from its start, all staged, so every unit starts 4096-aligned when the data section does.
+pub fn aligned(plan: &Plan, chunk_size: u64) -> Vec<Chunk> {
+    let chunk = chunk_size.max(4096).next_multiple_of(4096);
+    let pieces = plan.pieces();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < plan.data_len() {
+        let end = (at + chunk).min(plan.data_len());
+        let first = pieces.partition_point(|p| p.end() <= at);
+        let last = pieces.partition_point(|p| p.start < end);
+        out.push(Chunk::Staged {
+            range: at..end,
+            pieces: first..last.max(first),
+        });
+        at = end;
+    }
+    out
+}
+
 /// The part of `piece` that falls in data-section range `range`: (element range, byte range
 /// relative to `range.start`), or `None` when they do not overlap.
 pub fn overlap(piece: &Piece, range: &Range<u64>) -> Option<(Range<usize>, Range<usize>)> {
@@ -195,6 +215,14 @@ mod tests {
         }
         let written: u64 = spans.iter().map(|s| s.end - s.start).sum();
         assert_eq!(written, kept);
+    }
+
+    #[test]
+    fn aligned_units_tile_at_chunk_multiples() {
+        let p = plan(64, DType::F16);
+        let c = aligned(&p, 1 << 16);
+        check_tiling(&p, &c, 1 << 16);
+        assert!(c.iter().all(|c| c.span(&p).start % (1 << 16) == 0));
     }
 
     #[test]

@@ -119,7 +119,9 @@ impl Saved {
 pub fn save(components: &Components, opts: &SaveOptions) -> Result<Saved> {
     let target = SaveTarget::resolve(&opts.prefix, &opts.output_dir)?;
     let provisional = format!("{} {}", target.filename, u64::MAX);
-    save_with(components, opts, &provisional, || target.reserve())
+    save_with(components, opts, &provisional, &target.folder, || {
+        target.reserve()
+    })
 }
 
 /// Saves to exactly `path`, refusing to replace an existing file.
@@ -131,7 +133,11 @@ pub fn save_to_path(components: &Components, path: &Path, opts: &SaveOptions) ->
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    save_with(components, opts, &stem, || naming::reserve_at(path))
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    save_with(components, opts, &stem, folder, || naming::reserve_at(path))
 }
 
 /// Resolves the layout kind and prediction, and lays the components out.
@@ -169,13 +175,27 @@ fn save_with(
     components: &Components,
     opts: &SaveOptions,
     provisional_title: &str,
+    folder: &Path,
     reserve: impl FnOnce() -> Result<Reservation>,
 ) -> Result<Saved> {
     let start = Instant::now();
     let (arch, prediction, layout) = lay_out(components, &opts.layout, opts.prediction)?;
+    let direct = match &opts.writer {
+        WriterChoice::Parallel(e) => match e.backend {
+            writer::Backend::Direct => true,
+            writer::Backend::Auto => !folder_is_tmpfs(folder),
+            writer::Backend::Pwrite | writer::Backend::Mmap => false,
+        },
+        WriterChoice::Sequential => false,
+    };
     let plan_opts = PlanOptions {
         dtypes: opts.dtypes,
-        ..PlanOptions::default()
+        // Direct I/O needs the data section on a 4096-byte boundary: the header is padded.
+        data_alignment: if direct {
+            writer::DIRECT_ALIGN as u64
+        } else {
+            8
+        },
     };
     let meta = |title: &str| metadata::build(arch, prediction, title, &opts.metadata);
     // Validate everything before a file exists; the title only changes the header's length.
@@ -216,6 +236,14 @@ fn save_with(
         dropped: layout.dropped,
         elapsed: start.elapsed(),
     })
+}
+
+/// Whether `folder` (or, if it does not exist yet, its nearest existing parent) is on tmpfs.
+fn folder_is_tmpfs(folder: &Path) -> bool {
+    folder
+        .ancestors()
+        .find_map(|p| std::fs::File::open(p).ok())
+        .is_some_and(|f| writer::is_tmpfs(&f))
 }
 
 fn non_finite_list(plan: &Plan, counts: &[u64]) -> Vec<(String, u64)> {

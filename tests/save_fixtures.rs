@@ -127,6 +127,13 @@ fn same_bytes_as_safetensors_serialize() {
     let mut opts = SaveOptions {
         output_dir: dir.path().to_path_buf(),
         layout: LayoutChoice::Generic(Default::default()),
+        // pwrite keeps the reference's minimal header padding (direct I/O pads it to 4096).
+        writer: checkpoint_save::save::WriterChoice::Parallel(
+            checkpoint_save::writer::EngineOptions {
+                backend: checkpoint_save::writer::Backend::Pwrite,
+                ..Default::default()
+            },
+        ),
         dtypes: ComponentDtypes::all(checkpoint_save::dtype::TargetDtype::F16),
         prediction: Some(Prediction::V),
         ..Default::default()

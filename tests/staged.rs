@@ -75,3 +75,39 @@ fn staged_saves_equal_streamed_saves_on_disk_and_tmpfs() {
     }
     let _ = std::fs::remove_dir_all(&shm);
 }
+
+#[test]
+fn direct_io_backend_writes_the_same_tensors() {
+    use checkpoint_save::save::WriterChoice;
+    use checkpoint_save::writer::{Backend, EngineOptions};
+    let components = synthetic::build(
+        &SyntheticOptions::new(Arch::Sd15).with_max_dim(200),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let shm = Path::new("/dev/shm").join(format!("cs-direct-{}", std::process::id()));
+    std::fs::create_dir_all(&shm).unwrap();
+    let opts = SaveOptions {
+        dtypes: ComponentDtypes::all(TargetDtype::F16),
+        ..Default::default()
+    };
+    let streamed = disk.path().join("streamed.safetensors");
+    save_to_path(&components, &streamed, &opts).unwrap();
+    for (i, dir) in [disk.path(), shm.as_path()].into_iter().enumerate() {
+        for chunk_size in [4096, 1 << 16, 32 << 20] {
+            let direct = SaveOptions {
+                writer: WriterChoice::Parallel(EngineOptions {
+                    backend: Backend::Direct,
+                    chunk_size,
+                    ..Default::default()
+                }),
+                ..opts.clone()
+            };
+            let path = dir.join(format!("direct-{i}-{chunk_size}.safetensors"));
+            save_to_path(&components, &path, &direct).unwrap();
+            same_content(&streamed, &path);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&shm);
+}
