@@ -916,7 +916,7 @@ impl Job {
             extra_prefixes: self.extra_prefixes,
         };
         let removed = {
-            let _lock = ManifestLock::acquire(dir)?;
+            let _lock = naming::FolderLock::acquire_named(dir, MANIFEST_LOCK_NAME)?;
             let mut manifest = read_manifest(dir)?.unwrap_or_default();
             manifest
                 .entries
@@ -959,7 +959,7 @@ impl Job {
             return Ok(());
         }
         let dir = &self.cfg.builder.dir;
-        let _lock = ManifestLock::acquire(dir)?;
+        let _lock = naming::FolderLock::acquire_named(dir, MANIFEST_LOCK_NAME)?;
         let listed = read_manifest(dir)?.is_some_and(|m| {
             m.entries
                 .iter()
@@ -1066,26 +1066,6 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     }
     result?;
     naming::sync_folder(dir)
-}
-
-struct ManifestLock {
-    _file: File,
-}
-
-impl ManifestLock {
-    fn acquire(dir: &Path) -> Result<Self> {
-        let path = dir.join(MANIFEST_LOCK_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .ctx(|| format!("cannot open the lock file {}", path.display()))?;
-        file.lock()
-            .ctx(|| format!("cannot lock {}", path.display()))?;
-        Ok(Self { _file: file })
-    }
 }
 
 /// FNV-1a, 64-bit.

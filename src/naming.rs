@@ -591,15 +591,20 @@ impl Drop for Reservation {
     }
 }
 
-/// An exclusive OS lock on the folder's [`LOCK_FILE_NAME`], released when dropped (the file is
-/// closed).
-struct FolderLock {
+/// An exclusive OS lock on a lock file in a folder ([`LOCK_FILE_NAME`] unless named otherwise),
+/// released when dropped (the file is closed).
+pub(crate) struct FolderLock {
     _file: File,
 }
 
 impl FolderLock {
     fn acquire(folder: &Path) -> Result<Self> {
-        let path = folder.join(LOCK_FILE_NAME);
+        Self::acquire_named(folder, LOCK_FILE_NAME)
+    }
+
+    /// Locks `folder/name`, creating the (empty, never removed) lock file if needed.
+    pub(crate) fn acquire_named(folder: &Path, name: &str) -> Result<Self> {
+        let path = folder.join(name);
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -217,13 +217,7 @@ fn save_with(
     let report = report?;
     let non_finite = non_finite_list(&plan, &report.non_finite);
     if opts.check_finite {
-        if let Some((first, first_count)) = non_finite.first() {
-            return Err(Error::NonFinite {
-                count: non_finite.len(),
-                first: first.clone(),
-                first_count: *first_count,
-            });
-        }
+        refuse_non_finite(&non_finite)?;
     }
     let path = reservation.commit()?;
     Ok(Saved {
@@ -244,6 +238,18 @@ fn folder_is_tmpfs(folder: &Path) -> bool {
         .ancestors()
         .find_map(|p| std::fs::File::open(p).ok())
         .is_some_and(|f| writer::is_tmpfs(&f))
+}
+
+/// [`Error::NonFinite`] when any tensor holds NaN/Inf values.
+fn refuse_non_finite(non_finite: &[(String, u64)]) -> Result<()> {
+    match non_finite.first() {
+        Some((first, first_count)) => Err(Error::NonFinite {
+            count: non_finite.len(),
+            first: first.clone(),
+            first_count: *first_count,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn non_finite_list(plan: &Plan, counts: &[u64]) -> Vec<(String, u64)> {
@@ -308,13 +314,7 @@ pub fn stage(
     let (image, counts) = writer::stage_image(&plan, reuse)?;
     let non_finite = non_finite_list(&plan, &counts);
     if opts.check_finite {
-        if let Some((first, first_count)) = non_finite.first() {
-            return Err(Error::NonFinite {
-                count: non_finite.len(),
-                first: first.clone(),
-                first_count: *first_count,
-            });
-        }
+        refuse_non_finite(&non_finite)?;
     }
     Ok(Staged {
         plan,
