@@ -114,15 +114,17 @@ pub fn convert(key: &str, src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) ->
     if let Some(count) = simd::convert(src, from, dst, to) {
         return Ok(count);
     }
-    let mut scratch = Scratch::new();
+    // Identity copies (most small tensors of a staged chunk) need no scratch at all.
+    let mut scratch: Option<Scratch> = None;
     let mut count = 0;
     for (s, d) in src.chunks(BLOCK * ss).zip(dst.chunks_mut(BLOCK * ds)) {
         if from == to {
             d.copy_from_slice(s);
+            count += count_non_finite(s, from);
         } else {
-            convert_block(s, from, d, to, &mut scratch);
+            convert_block(s, from, d, to, scratch.get_or_insert_with(Scratch::new));
+            count += count_block(s, from);
         }
-        count += count_block(s, from);
     }
     Ok(count)
 }
