@@ -1038,47 +1038,7 @@ fn make_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
     use std::time::Instant;
-
-    const FIXTURE_ARCHS: [(&str, Arch); 6] = [
-        ("sd15", Arch::Sd15),
-        ("sd21_768v", Arch::Sd2),
-        ("sdxl_base", Arch::Sdxl),
-        ("sdxl_refiner", Arch::SdxlRefiner),
-        ("sd3_medium", Arch::Sd3),
-        ("flux_dev", Arch::Flux),
-    ];
-
-    fn fixture(name: &str) -> Value {
-        let path = format!(
-            "{}/../shared/fixtures/layouts/{name}.components.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn fixture_component(v: &Value, field: &str) -> BTreeMap<String, TensorInfo> {
-        v[field]
-            .as_array()
-            .unwrap_or_else(|| panic!("fixture has no `{field}` list"))
-            .iter()
-            .map(|t| {
-                let shape = t["shape"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect();
-                let dtype: Dtype = serde_json::from_value(t["dtype"].clone()).unwrap();
-                (
-                    t["key"].as_str().unwrap().to_string(),
-                    TensorInfo::new(shape, dtype),
-                )
-            })
-            .collect()
-    }
 
     /// Human-readable differences between generated and expected layouts (empty when equal).
     fn diff(
@@ -1112,15 +1072,16 @@ mod tests {
     #[test]
     fn shapes_match_reference_fixtures() {
         let mut problems = Vec::new();
-        for (name, arch) in FIXTURE_ARCHS {
-            let fx = fixture(name);
+        for (name, arch, _) in crate::testutil::FIXTURES {
+            let fx = crate::testutil::expected(&format!("{name}.components"));
+            let reference = crate::testutil::component_shapes(name);
             let got = shapes(arch);
             for (field, kind) in [
                 ("unet", ComponentKind::Model),
                 ("clip", ComponentKind::Clip),
                 ("vae", ComponentKind::Vae),
             ] {
-                let want = fixture_component(&fx, field);
+                let want = reference.get(kind).cloned().unwrap_or_default();
                 let g = got.get(kind).cloned().unwrap_or_default();
                 let d = diff(&format!("{name}/{field}"), &g, &want);
                 if !d.is_empty() {
