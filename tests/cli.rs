@@ -395,3 +395,69 @@ fn inspect_json_reports_the_architecture() {
     assert_eq!(text.code, 0);
     assert!(text.stdout.contains("sdxl"), "{}", text.stdout);
 }
+
+#[test]
+fn bench_json_is_one_object_with_the_documented_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let out_s = out.to_str().unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "bench",
+            "--synthetic",
+            "sd15",
+            "--dtype",
+            "f16",
+            "--max-dim",
+            "16",
+            "--runs",
+            "1",
+            "--output-dir",
+            out_s,
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
+    for field in [
+        "ours_gbps",
+        "candle_gbps",
+        "ceiling_gbps",
+        "ratio_ceiling",
+        "ratio_candle",
+        "peak_rss_bytes",
+        "raw_best_gbps",
+        "ratio_candle_bound",
+    ] {
+        assert!(v[field].is_number(), "{field} in {v}");
+    }
+    let f = |k: &str| v[k].as_f64().unwrap();
+    assert!((f("ratio_ceiling") - f("ours_gbps") / f("ceiling_gbps")).abs() < 1e-9);
+    assert!((f("ratio_candle") - f("ours_gbps") / f("candle_gbps")).abs() < 1e-9);
+    assert!(f("raw_best_gbps") >= f("ceiling_gbps"));
+    // The measurement cleans up after itself (the folder's lock file stays, as after any save).
+    assert_eq!(files_under(&out), vec![out.join(".checkpoint-save.lock")]);
+
+    // Without --json: the table, with the ratios on the last line.
+    let r = run(
+        dir.path(),
+        &[
+            "bench",
+            "--synthetic",
+            "sd15",
+            "--max-dim",
+            "16",
+            "--runs",
+            "1",
+            "--output-dir",
+            out_s,
+        ],
+    );
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    for row in ["(a) checkpoint-save", "(b) candle", "(c) raw, one stream"] {
+        assert!(r.stdout.contains(row), "{row} in {}", r.stdout);
+    }
+    let last = r.stdout.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("ratio to ceiling a/c = "), "{last}");
+}
