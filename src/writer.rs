@@ -348,7 +348,7 @@ struct Staging {
 }
 
 /// A direct-I/O handle on the same file (through /proc/self/fd), or `None` where refused.
-fn reopen_direct(file: &File) -> Option<File> {
+pub(crate) fn reopen_direct(file: &File) -> Option<File> {
     use std::os::fd::AsRawFd;
     open_direct(std::path::Path::new(&format!(
         "/proc/self/fd/{}",
@@ -359,6 +359,11 @@ fn reopen_direct(file: &File) -> Option<File> {
 /// Bytes filled and written at a time inside a unit: small enough that what was just filled is
 /// still in the core's L2 cache when `pwrite` copies it, so each byte crosses memory once.
 const STEP: usize = 1 << 20;
+
+/// Bytes per direct write. The device reads them by DMA, so cache locality does not matter here,
+/// while larger writes keep more requests in flight: on the ext4/virtio disk, 8 MiB wrote a kept
+/// sdxl 1.63-1.74 GB/s against 1.56-1.58 for 1 MiB (same run; casts were equal either way).
+const DIRECT_STEP: usize = 8 << 20;
 
 /// Writes one unit; returns the bytes written.
 fn write_unit(
@@ -404,19 +409,26 @@ fn write_unit(
         }
         Chunk::Staged { range, pieces } => {
             let mapped = window.is_some();
+            let step_len = if direct.is_some() && !mapped {
+                DIRECT_STEP
+            } else {
+                STEP
+            };
             let mut step_start = range.start;
             while step_start < range.end {
-                let step = step_start..(step_start + STEP as u64).min(range.end);
+                let step = step_start..(step_start + step_len as u64).min(range.end);
                 let n = (step.end - step.start) as usize;
                 let off = (step.start - range.start) as usize;
                 let fill: &mut [u8] = match (&mut window, direct) {
                     (Some((map, skip)), _) => &mut map[*skip + off..*skip + off + n],
                     (None, Some(_)) => {
-                        let image = match &mut staging.aligned {
-                            Some(image) => image,
-                            slot @ None => slot.insert(HostImage::zeroed(STEP)?),
+                        // Sized by the first step (a small chunk size gives small steps);
+                        // grown if a later step is larger.
+                        let image = match staging.aligned.take() {
+                            Some(image) if image.as_slice().len() >= n => image,
+                            _ => HostImage::zeroed(n)?,
                         };
-                        &mut image.as_mut_slice()[..n]
+                        &mut staging.aligned.insert(image).as_mut_slice()[..n]
                     }
                     (None, None) => {
                         staging.plain.resize(n, 0);
@@ -563,7 +575,7 @@ impl HostImage {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self gives exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -645,7 +657,6 @@ pub fn write_image(
     } else {
         None
     };
-    const BLOCK: usize = 8 << 20;
     let mut off = 0;
     if let Some(d) = &direct {
         let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
@@ -653,7 +664,7 @@ pub fn write_image(
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let n = (aligned - off).min(BLOCK);
+            let n = (aligned - off).min(DIRECT_STEP);
             match d.write_all_at(&data[off..off + n], at + off as u64) {
                 Ok(()) => off += n,
                 // Some file systems accept O_DIRECT at open but not at write: finish buffered.
@@ -666,7 +677,7 @@ pub fn write_image(
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        let n = (data.len() - off).min(BLOCK);
+        let n = (data.len() - off).min(DIRECT_STEP);
         file.write_all_at(&data[off..off + n], at + off as u64)
             .ctx(ctx)?;
         off += n;

@@ -95,7 +95,8 @@ fn direct_io_backend_writes_the_same_tensors() {
     let streamed = disk.path().join("streamed.safetensors");
     save_to_path(&components, &streamed, &opts).unwrap();
     for (i, dir) in [disk.path(), shm.as_path()].into_iter().enumerate() {
-        for chunk_size in [4096, 1 << 16, 32 << 20] {
+        // Units smaller than, between and above the 8 MiB direct write (the model is ~96 MB).
+        for chunk_size in [4096, 1 << 16, (12 << 20) + 4096, 32 << 20] {
             let direct = SaveOptions {
                 writer: WriterChoice::Parallel(EngineOptions {
                     backend: Backend::Direct,
