@@ -1,9 +1,10 @@
 //! Throughput of the CPU conversions the writer runs while filling staging chunks.
 //!
 //! Each case converts a 32 MiB source buffer of random, never-zero values and reports source bytes
-//! per second; the save must keep these well above storage speed (2–3 GB/s per core).
+//! per second; the save must keep these well above storage speed (2–3 GB/s per core). The `count`
+//! group is the NaN/Inf count run over every tensor written straight from its storage.
 
-use checkpoint_save::cast::convert;
+use checkpoint_save::cast::{convert, count_non_finite};
 use checkpoint_save::dtype::Dtype;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -44,6 +45,7 @@ fn bench_cast(c: &mut Criterion) {
         (Dtype::F32, Dtype::BF16),
         (Dtype::F16, Dtype::F32),
         (Dtype::BF16, Dtype::F16),
+        (Dtype::BF16, Dtype::F32),
         (Dtype::F32, Dtype::F8_E4M3),
         (Dtype::BF16, Dtype::BF16),
     ];
@@ -58,6 +60,17 @@ fn bench_cast(c: &mut Criterion) {
                 let n = convert("bench", black_box(&src), from, &mut dst, to).expect("supported");
                 black_box(n)
             })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("count");
+    group.sample_size(20);
+    group.throughput(Throughput::Bytes(SRC_BYTES as u64));
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+        let src = source(dtype);
+        group.bench_function(format!("{dtype}"), |b| {
+            b.iter(|| black_box(count_non_finite(black_box(&src), dtype)))
         });
     }
     group.finish();

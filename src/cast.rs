@@ -495,9 +495,10 @@ fn count_block(src: &[u8], dtype: Dtype) -> u64 {
     }
 }
 
-/// AVX2 kernels for the pairs that dominate saves (f32 → f16 / bf16): convert 8 values per
-/// instruction and count non-finite inputs in the same loop. They give the same bits as the
-/// portable path (tested), and are used only when the CPU has the instructions.
+/// AVX2 kernels for the pairs that dominate saves (f32 → f16 / bf16, and bf16 models saved as
+/// f16 or f32): convert 8 values per instruction and count non-finite inputs in the same loop, and
+/// the NaN/Inf counts of tensors written as they are. They give the same bits as the portable path
+/// (tested), and are used only when the CPU has the instructions.
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -516,6 +517,16 @@ mod simd {
             (Dtype::F32, Dtype::BF16) if is_x86_feature_detected!("avx2") => {
                 // SAFETY: as above.
                 Some(unsafe { f32_to_bf16(src, dst) })
+            }
+            (Dtype::BF16, Dtype::F16)
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") =>
+            {
+                // SAFETY: as above.
+                Some(unsafe { bf16_to_wider::<true>(src, dst) })
+            }
+            (Dtype::BF16, Dtype::F32) if is_x86_feature_detected!("avx2") => {
+                // SAFETY: as above.
+                Some(unsafe { bf16_to_wider::<false>(src, dst) })
             }
             _ => None,
         }
@@ -657,6 +668,52 @@ mod simd {
         count
     }
 
+    /// bf16 → f16 (`TO_F16`) or → f32: bf16 widens to f32 exactly (a 16-bit shift), then f32 →
+    /// f16 rounds once like [`f32_to_f16`]. Counts NaN/Inf of the source.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (and F16C for `TO_F16`); `src.len()` is even and `dst` holds
+    /// `src.len() / 2` elements of the target.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn bf16_to_wider<const TO_F16: bool>(src: &[u8], dst: &mut [u8]) -> u64 {
+        let n = src.len() / 2;
+        let exp = _mm256_set1_epi32(0x7f80_0000);
+        let mut count = 0u64;
+        let mut i = 0;
+        while i + 8 <= n {
+            let end = n.min(i + FLUSH);
+            let mut acc = _mm256_setzero_si256();
+            while i + 8 <= end {
+                // SAFETY: i + 8 <= n elements lie inside src and dst; unaligned loads/stores.
+                unsafe {
+                    let h = _mm_loadu_si128(src.as_ptr().add(i * 2).cast());
+                    let w = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+                    if TO_F16 {
+                        let v = _mm256_castsi256_ps(w);
+                        let out = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                        _mm_storeu_si128(dst.as_mut_ptr().add(i * 2).cast(), out);
+                    } else {
+                        _mm256_storeu_si256(dst.as_mut_ptr().add(i * 4).cast(), w);
+                    }
+                    acc = _mm256_sub_epi32(acc, _mm256_cmpeq_epi32(_mm256_and_si256(w, exp), exp));
+                }
+                i += 8;
+            }
+            count += hsum_epi32(acc);
+        }
+        for j in i..n {
+            let x =
+                f32::from_bits(u32::from(u16::from_le_bytes([src[2 * j], src[2 * j + 1]])) << 16);
+            if TO_F16 {
+                dst[2 * j..2 * j + 2].copy_from_slice(&half::f16::from_f32(x).to_le_bytes());
+            } else {
+                dst[4 * j..4 * j + 4].copy_from_slice(&x.to_le_bytes());
+            }
+            count += u64::from(!x.is_finite());
+        }
+        count
+    }
+
     /// Round-to-nearest-even f32 bits → bf16 bits in the low half of each lane; NaN kept quiet.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -713,6 +770,43 @@ mod simd {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn bf16_kernels_match_the_portable_path_bit_for_bit() {
+            // Every bf16 bit pattern (NaN payloads, Inf, subnormals, values past f16's range),
+            // twice over with an odd tail, converted at an odd byte offset too.
+            let mut src: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
+            src.extend_from_within(..);
+            src.extend([0x80, 0x3f, 0x80, 0x7f, 0xc1, 0xff]);
+            let n = src.len() / 2;
+            for to in [Dtype::F16, Dtype::F32] {
+                let w = to.bitsize() / 8;
+                let mut fast = vec![0u8; n * w];
+                let Some(count) = convert(&src, Dtype::BF16, &mut fast, to) else {
+                    eprintln!("skipped: this CPU lacks AVX2/F16C");
+                    return;
+                };
+                let mut want = vec![0u8; n * w];
+                let mut scratch = super::super::Scratch::new();
+                let mut want_count = 0;
+                for (s, d) in src
+                    .chunks(super::super::BLOCK * 2)
+                    .zip(want.chunks_mut(super::super::BLOCK * w))
+                {
+                    super::super::convert_block(s, Dtype::BF16, d, to, &mut scratch);
+                    want_count += super::super::count_block(s, Dtype::BF16);
+                }
+                assert_eq!(count, want_count, "{to}");
+                for (k, (a, b)) in fast.chunks(w).zip(want.chunks(w)).enumerate() {
+                    assert_eq!(a, b, "{to}: input {:#06x}", k % 65536);
+                }
+                let mut shifted = vec![0u8; n * w + 1];
+                let c = convert(&src[2..], Dtype::BF16, &mut shifted[1..1 + (n - 1) * w], to);
+                // The dropped first element (0x0000) is finite.
+                assert_eq!(c, Some(want_count), "{to} shifted count");
+                assert_eq!(&shifted[1..1 + (n - 1) * w], &want[w..], "{to} shifted");
+            }
+        }
 
         fn portable(src: &[u8], to: Dtype) -> (Vec<u8>, u64) {
             let mut dst = vec![0u8; src.len() / 2];
