@@ -113,7 +113,8 @@ impl std::str::FromStr for Backend {
 /// Settings of the parallel engine.
 ///
 /// Each worker holds one staging buffer of at most 1 MiB (a unit is filled and written in
-/// 1 MiB steps); `chunk_size` is the unit of scheduling between workers.
+/// 1 MiB steps), or 8 MiB (never more than a unit) when writing with direct I/O; `chunk_size` is
+/// the unit of scheduling between workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Bytes per unit of work (rounded up to a multiple of 4096).
