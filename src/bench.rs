@@ -4,7 +4,9 @@
 //! absolute numbers are noisy: after a warm-up, each of (a) our save, (b) candle's `to_dtype` +
 //! `safetensors::save` on the same tensors and cast, and (c) raw writes of the same byte count
 //! into the same folder is timed `runs` times, interleaved, and the median is reported. All three
-//! end with the same `fsync`, so none is credited for leaving data in the page cache. Peak extra
+//! end with the same `fsync`, so none is credited for leaving data in the page cache. (d), the
+//! same parallel raw writes through `O_DIRECT`, is reported beside them but is not part of the
+//! ceiling: it bounds what any writer, ours included, could reach in that folder. Peak extra
 //! resident memory is read from `/proc/self/status` after resetting the peak (`clear_refs`).
 
 use std::collections::HashMap;
