@@ -495,8 +495,8 @@ fn count_block(src: &[u8], dtype: Dtype) -> u64 {
     }
 }
 
-/// AVX2 kernels for the pairs that dominate saves (f32 → f16 / bf16, and bf16 models saved as
-/// f16 or f32): convert 8 values per instruction and count non-finite inputs in the same loop, and
+/// AVX2 kernels for the pairs that dominate saves (f32 → f16 / bf16, bf16 models saved as f16 or
+/// f32, f16 saved as f32): convert 8 values per instruction and count non-finite inputs in the same loop, and
 /// the NaN/Inf counts of tensors written as they are. They give the same bits as the portable path
 /// (tested), and are used only when the CPU has the instructions.
 #[cfg(target_arch = "x86_64")]
@@ -527,6 +527,12 @@ mod simd {
             (Dtype::BF16, Dtype::F32) if is_x86_feature_detected!("avx2") => {
                 // SAFETY: as above.
                 Some(unsafe { bf16_to_wider::<false>(src, dst) })
+            }
+            (Dtype::F16, Dtype::F32)
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") =>
+            {
+                // SAFETY: as above.
+                Some(unsafe { f16_to_f32(src, dst) })
             }
             _ => None,
         }
@@ -714,6 +720,55 @@ mod simd {
         count
     }
 
+    /// f16 → f32, exact. F16C converts every finite value and ±Inf; NaN lanes are rebuilt from
+    /// their bits (sign, payload shifted up) because the portable path keeps signalling NaNs
+    /// signalling, as PyTorch does. Counts NaN/Inf of the source.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and F16C; `src.len()` is even and `dst.len() == src.len() * 2`.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn f16_to_f32(src: &[u8], dst: &mut [u8]) -> u64 {
+        let n = src.len() / 2;
+        let abs_mask = _mm256_set1_epi32(0x7fff);
+        let max_finite = _mm256_set1_epi32(0x7bff);
+        let inf = _mm256_set1_epi32(0x7c00);
+        let mut count = 0u64;
+        let mut i = 0;
+        while i + 8 <= n {
+            let end = n.min(i + FLUSH);
+            let mut acc = _mm256_setzero_si256();
+            while i + 8 <= end {
+                // SAFETY: i + 8 <= n elements lie inside src and dst; unaligned loads/stores.
+                unsafe {
+                    let h = _mm_loadu_si128(src.as_ptr().add(i * 2).cast());
+                    let f = _mm256_castps_si256(_mm256_cvtph_ps(h));
+                    let w = _mm256_cvtepu16_epi32(h);
+                    let abs = _mm256_and_si256(w, abs_mask);
+                    let nan = _mm256_cmpgt_epi32(abs, inf);
+                    let nan_bits = _mm256_or_si256(
+                        _mm256_slli_epi32::<16>(_mm256_andnot_si256(abs_mask, w)),
+                        _mm256_or_si256(
+                            _mm256_set1_epi32(0x7f80_0000),
+                            _mm256_slli_epi32::<13>(_mm256_and_si256(w, _mm256_set1_epi32(0x3ff))),
+                        ),
+                    );
+                    let out = _mm256_blendv_epi8(f, nan_bits, nan);
+                    _mm256_storeu_si256(dst.as_mut_ptr().add(i * 4).cast(), out);
+                    acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(abs, max_finite));
+                }
+                i += 8;
+            }
+            count += hsum_epi32(acc);
+        }
+        for j in i..n {
+            let b = u16::from_le_bytes([src[2 * j], src[2 * j + 1]]);
+            let x = f32::from_bits(super::f16_bits_to_f32_bits(b));
+            dst[4 * j..4 * j + 4].copy_from_slice(&x.to_le_bytes());
+            count += u64::from(!x.is_finite());
+        }
+        count
+    }
+
     /// Round-to-nearest-even f32 bits → bf16 bits in the low half of each lane; NaN kept quiet.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -772,17 +827,21 @@ mod simd {
         use super::*;
 
         #[test]
-        fn bf16_kernels_match_the_portable_path_bit_for_bit() {
-            // Every bf16 bit pattern (NaN payloads, Inf, subnormals, values past f16's range),
-            // twice over with an odd tail, converted at an odd byte offset too.
+        fn sixteen_bit_kernels_match_the_portable_path_bit_for_bit() {
+            // Every 16-bit pattern (NaN payloads, signalling NaNs, Inf, subnormals, bf16 values
+            // past f16's range), twice over with an odd tail, converted at an odd offset too.
             let mut src: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
             src.extend_from_within(..);
             src.extend([0x80, 0x3f, 0x80, 0x7f, 0xc1, 0xff]);
             let n = src.len() / 2;
-            for to in [Dtype::F16, Dtype::F32] {
+            for (from, to) in [
+                (Dtype::BF16, Dtype::F16),
+                (Dtype::BF16, Dtype::F32),
+                (Dtype::F16, Dtype::F32),
+            ] {
                 let w = to.bitsize() / 8;
                 let mut fast = vec![0u8; n * w];
-                let Some(count) = convert(&src, Dtype::BF16, &mut fast, to) else {
+                let Some(count) = convert(&src, from, &mut fast, to) else {
                     eprintln!("skipped: this CPU lacks AVX2/F16C");
                     return;
                 };
@@ -793,18 +852,22 @@ mod simd {
                     .chunks(super::super::BLOCK * 2)
                     .zip(want.chunks_mut(super::super::BLOCK * w))
                 {
-                    super::super::convert_block(s, Dtype::BF16, d, to, &mut scratch);
-                    want_count += super::super::count_block(s, Dtype::BF16);
+                    super::super::convert_block(s, from, d, to, &mut scratch);
+                    want_count += super::super::count_block(s, from);
                 }
-                assert_eq!(count, want_count, "{to}");
+                assert_eq!(count, want_count, "{from} -> {to}");
                 for (k, (a, b)) in fast.chunks(w).zip(want.chunks(w)).enumerate() {
-                    assert_eq!(a, b, "{to}: input {:#06x}", k % 65536);
+                    assert_eq!(a, b, "{from} -> {to}: input {:#06x}", k % 65536);
                 }
                 let mut shifted = vec![0u8; n * w + 1];
-                let c = convert(&src[2..], Dtype::BF16, &mut shifted[1..1 + (n - 1) * w], to);
+                let c = convert(&src[2..], from, &mut shifted[1..1 + (n - 1) * w], to);
                 // The dropped first element (0x0000) is finite.
-                assert_eq!(c, Some(want_count), "{to} shifted count");
-                assert_eq!(&shifted[1..1 + (n - 1) * w], &want[w..], "{to} shifted");
+                assert_eq!(c, Some(want_count), "{from} -> {to} shifted count");
+                assert_eq!(
+                    &shifted[1..1 + (n - 1) * w],
+                    &want[w..],
+                    "{from} -> {to} shifted"
+                );
             }
         }
 
