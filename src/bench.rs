@@ -164,7 +164,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let mut seq = Vec::new();
     let mut par = Vec::new();
     let mut direct = Vec::new();
-    let mut direct_refused = false;
+    let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
     let candle_path = path("candle");
     let raw_path = path("raw");
     timed(
@@ -185,17 +185,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             &raw_path,
         )?);
         par.push(timed(
-            || raw_parallel(&raw_path, bytes, workers, chunk, &block, None),
+            || raw_parallel(&raw_path, bytes, workers, chunk, &block, false),
             &raw_path,
         )?);
-        if !direct_refused {
-            let mut refused = false;
-            let sample = timed(
-                || raw_parallel(&raw_path, bytes, workers, chunk, &block, Some(&mut refused)),
+        if direct_ok {
+            direct.push(timed(
+                || raw_parallel(&raw_path, bytes, workers, chunk, &block, true),
                 &raw_path,
-            )?;
-            direct_refused = refused;
-            direct.push(sample);
+            )?);
         }
     }
     let median = |mut v: Vec<f64>| {
@@ -215,7 +212,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     };
     let (ours, candle) = (summarize(ours), summarize(candle));
     let (seq, par) = (summarize(seq), summarize(par));
-    let raw_direct = (!direct_refused && !direct.is_empty()).then(|| summarize(direct));
+    let raw_direct = (!direct.is_empty()).then(|| summarize(direct));
     let raw_best_gbps = raw_direct
         .as_ref()
         .map_or(0.0, |m| m.gbps)
@@ -393,18 +390,30 @@ fn raw_sequential(path: &Path, bytes: u64, block: &[u8]) -> Result<()> {
     f.sync_all().ctx(ctx)
 }
 
+/// Whether files in `dir` take direct I/O (the probe file `probe` is created and removed).
+fn accepts_direct_io(dir: &Path, probe: &Path) -> Result<bool> {
+    let ctx = || format!("probing direct I/O in {}", dir.display());
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(probe)
+        .ctx(ctx)?;
+    let ok = crate::writer::reopen_direct(&f).is_some();
+    remove(probe)?;
+    Ok(ok)
+}
+
 /// `threads` workers taking `chunk`-sized ranges in order and writing them with pwrite, then fsync.
 ///
 /// With `direct`, the writes go through an O_DIRECT handle from an aligned copy of `block` (the
-/// file's unaligned tail through the page cache); where the folder refuses direct I/O, nothing is
-/// timed worth keeping and `*direct` is set to `true`.
+/// file's unaligned tail through the page cache); the folder must accept direct I/O.
 fn raw_parallel(
     path: &Path,
     bytes: u64,
     threads: usize,
     chunk: u64,
     block: &[u8],
-    direct: Option<&mut bool>,
+    direct: bool,
 ) -> Result<()> {
     use crate::writer::{reopen_direct, HostImage, DIRECT_ALIGN};
     use std::os::unix::fs::FileExt;
@@ -417,20 +426,20 @@ fn raw_parallel(
         .ctx(ctx)?;
     f.set_len(bytes).ctx(ctx)?;
     let mut aligned = None;
-    let handle = match direct {
-        None => None,
-        Some(refused) => match reopen_direct(&f) {
-            Some(d) if chunk.is_multiple_of(DIRECT_ALIGN as u64) => {
-                let mut image = HostImage::zeroed(block.len())?;
-                image.as_mut_slice().copy_from_slice(block);
-                aligned = Some(image);
-                Some(d)
-            }
-            _ => {
-                *refused = true;
-                return Ok(());
-            }
-        },
+    let handle = if direct {
+        let refused = || {
+            Error::InvalidInput(format!(
+                "{} refused direct I/O after the probe",
+                path.display()
+            ))
+        };
+        let d = reopen_direct(&f).ok_or_else(refused)?;
+        let mut image = HostImage::zeroed(block.len())?;
+        image.as_mut_slice().copy_from_slice(block);
+        aligned = Some(image);
+        Some(d)
+    } else {
+        None
     };
     let block = aligned.as_ref().map_or(block, HostImage::as_slice);
     let next = AtomicU64::new(0);

@@ -400,24 +400,20 @@ fn inspect_json_reports_the_architecture() {
 fn bench_json_is_one_object_with_the_documented_figures() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench");
-    let out_s = out.to_str().unwrap();
-    let r = run(
-        dir.path(),
-        &[
-            "bench",
-            "--synthetic",
-            "sd15",
-            "--dtype",
-            "f16",
-            "--max-dim",
-            "16",
-            "--runs",
-            "1",
-            "--output-dir",
-            out_s,
-            "--json",
-        ],
-    );
+    let tiny = [
+        "bench",
+        "--synthetic",
+        "sd15",
+        "--dtype",
+        "f16",
+        "--max-dim",
+        "16",
+        "--runs",
+        "1",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ];
+    let r = run(dir.path(), &[&tiny[..], &["--json"]].concat());
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
     for field in [
@@ -440,20 +436,7 @@ fn bench_json_is_one_object_with_the_documented_figures() {
     assert_eq!(files_under(&out), vec![out.join(".checkpoint-save.lock")]);
 
     // Without --json: the table, with the ratios on the last line.
-    let r = run(
-        dir.path(),
-        &[
-            "bench",
-            "--synthetic",
-            "sd15",
-            "--max-dim",
-            "16",
-            "--runs",
-            "1",
-            "--output-dir",
-            out_s,
-        ],
-    );
+    let r = run(dir.path(), &tiny);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     for row in ["(a) checkpoint-save", "(b) candle", "(c) raw, one stream"] {
         assert!(r.stdout.contains(row), "{row} in {}", r.stdout);
