@@ -376,11 +376,7 @@ fn random_block(len: usize) -> Vec<u8> {
 /// One stream of `block`-sized writes, then fsync.
 fn raw_sequential(path: &Path, bytes: u64, block: &[u8]) -> Result<()> {
     let ctx = || format!("raw write to {}", path.display());
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .ctx(ctx)?;
+    let mut f = create_new(path).ctx(ctx)?;
     let mut left = bytes;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
@@ -390,14 +386,15 @@ fn raw_sequential(path: &Path, bytes: u64, block: &[u8]) -> Result<()> {
     f.sync_all().ctx(ctx)
 }
 
+/// A new file for writing; refuses to touch one that exists.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).open(path)
+}
+
 /// Whether files in `dir` take direct I/O (the probe file `probe` is created and removed).
 fn accepts_direct_io(dir: &Path, probe: &Path) -> Result<bool> {
     let ctx = || format!("probing direct I/O in {}", dir.display());
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(probe)
-        .ctx(ctx)?;
+    let f = create_new(probe).ctx(ctx)?;
     let ok = crate::writer::reopen_direct(&f).is_some();
     remove(probe)?;
     Ok(ok)
@@ -419,11 +416,7 @@ fn raw_parallel(
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     let ctx = || format!("raw parallel write to {}", path.display());
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .ctx(ctx)?;
+    let f = create_new(path).ctx(ctx)?;
     f.set_len(bytes).ctx(ctx)?;
     let mut aligned = None;
     let handle = if direct {
