@@ -284,6 +284,15 @@ struct SaveArgs {
     )]
     max_dim: Option<usize>,
 
+    /// Build the test-sized synthetic model: every kind of key, consistent shapes, under 2 MB.
+    #[arg(
+        long,
+        requires = "synthetic",
+        conflicts_with = "max_dim",
+        help_heading = "Inputs"
+    )]
+    tiny: bool,
+
     /// Key layout: auto (detect), an architecture, or generic (prefixes only, no conversion).
     #[arg(
         long,
@@ -564,6 +573,9 @@ fn load_components(args: &SaveArgs) -> Result<Components> {
         let mut opts = SyntheticOptions::new(arch).with_seed(args.seed);
         if let Some(m) = args.max_dim {
             opts = opts.with_max_dim(m);
+        }
+        if args.tiny {
+            opts = opts.tiny();
         }
         return synthetic::build(&opts, &Device::Cpu)
             .with_context(|| format!("cannot build the synthetic {arch} model"));

@@ -97,6 +97,8 @@ struct VaeConfig {
 /// SD3 MMDiT configuration (ComfyUI `mmdit.MMDiT`).
 struct MmditConfig {
     depth: usize,
+    /// Width of the joint blocks (64 × depth in every released SD3).
+    hidden_size: usize,
     patch_size: usize,
     in_channels: usize,
     out_channels: usize,
@@ -265,6 +267,7 @@ fn arch_config(arch: Arch) -> ArchConfig {
         Arch::Sd3 => ArchConfig {
             model: Denoiser::Mmdit(MmditConfig {
                 depth: 24,
+                hidden_size: 64 * 24,
                 patch_size: 2,
                 in_channels: 16,
                 out_channels: 16,
@@ -294,6 +297,142 @@ fn arch_config(arch: Arch) -> ArchConfig {
             clips: vec![CLIP_L],
             t5: Some(T5_XXL),
             vae: VAE_16CH,
+        },
+    }
+}
+
+/// The same architectures at a size that fits in a test: every kind of key and conversion of the
+/// real model, but narrow layers, fewer repeats and a small vocabulary. Unlike [`shrink`], the
+/// shapes stay consistent with each other (q/k/v fuse into a `3·d` projection, heads divide the
+/// width, a UNet's `adm_in_channels` is the pooled text width plus the size embeddings), so
+/// other implementations' converters (diffusers, ComfyUI) accept them.
+fn tiny_arch_config(arch: Arch) -> ArchConfig {
+    const VOCAB: usize = 1000;
+    let clip = |name, hidden: usize, layers| ClipTextConfig {
+        name,
+        hidden_size: hidden,
+        intermediate_size: hidden * 2,
+        num_hidden_layers: layers,
+        vocab_size: VOCAB,
+        max_position_embeddings: 77,
+        projection_dim: hidden,
+    };
+    let (clip_l, clip_h, clip_g) = (
+        clip("clip_l", 32, 2),
+        clip("clip_h", 48, 3),
+        clip("clip_g", 64, 3),
+    );
+    let t5 = T5Config {
+        name: "t5xxl",
+        d_model: 32,
+        d_ff: 64,
+        d_kv: 8,
+        num_heads: 4,
+        num_layers: 2,
+        vocab_size: VOCAB,
+        relative_attention_num_buckets: 32,
+    };
+    let vae = |z_channels, use_quant_conv| VaeConfig {
+        ch: 8,
+        ch_mult: &[1, 2],
+        num_res_blocks: 1,
+        in_channels: 3,
+        out_ch: 3,
+        z_channels,
+        double_z: true,
+        use_quant_conv,
+    };
+    // SD1/SD2 keep four levels of two ResBlocks: the block count is what tells them apart.
+    let sd_unet = |context_dim, use_linear| UnetConfig {
+        model_channels: 4,
+        context_dim,
+        use_linear_in_transformer: use_linear,
+        ..sd15_unet(context_dim, use_linear)
+    };
+    // SDXL's pooled input: the OpenCLIP-G projection plus six 256-wide size embeddings; the
+    // refiner has five (no crop embedding pair, an aesthetic score instead).
+    match arch {
+        Arch::Sd15 => ArchConfig {
+            model: Denoiser::Unet(sd_unet(clip_l.hidden_size, false)),
+            clips: vec![clip_l],
+            t5: None,
+            vae: vae(4, true),
+        },
+        Arch::Sd2 => ArchConfig {
+            model: Denoiser::Unet(sd_unet(clip_h.hidden_size, true)),
+            clips: vec![clip_h],
+            t5: None,
+            vae: vae(4, true),
+        },
+        Arch::Sdxl => ArchConfig {
+            model: Denoiser::Unet(UnetConfig {
+                in_channels: 4,
+                out_channels: 4,
+                model_channels: 4,
+                channel_mult: &[1, 2, 4],
+                num_res_blocks: 2,
+                transformer_depth: &[0, 0, 1, 1, 2, 2],
+                transformer_depth_middle: 2,
+                transformer_depth_output: &[2, 2, 2, 1, 1, 1, 0, 0, 0],
+                context_dim: clip_l.hidden_size + clip_g.hidden_size,
+                use_linear_in_transformer: true,
+                adm_in_channels: Some(clip_g.projection_dim + 6 * 256),
+            }),
+            clips: vec![clip_l, clip_g],
+            t5: None,
+            vae: vae(4, true),
+        },
+        Arch::SdxlRefiner => ArchConfig {
+            model: Denoiser::Unet(UnetConfig {
+                in_channels: 4,
+                out_channels: 4,
+                model_channels: 4,
+                channel_mult: &[1, 2, 4, 4],
+                num_res_blocks: 2,
+                transformer_depth: &[0, 0, 1, 1, 1, 1, 0, 0],
+                transformer_depth_middle: 1,
+                transformer_depth_output: &[0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                context_dim: clip_g.hidden_size,
+                use_linear_in_transformer: true,
+                adm_in_channels: Some(clip_g.projection_dim + 5 * 256),
+            }),
+            clips: vec![clip_g],
+            t5: None,
+            vae: vae(4, true),
+        },
+        Arch::Sd3 => ArchConfig {
+            model: Denoiser::Mmdit(MmditConfig {
+                depth: 2,
+                hidden_size: 32,
+                patch_size: 2,
+                in_channels: 16,
+                out_channels: 16,
+                adm_in_channels: clip_l.projection_dim + clip_g.projection_dim,
+                context_dim: t5.d_model,
+                pos_embed_max_size: 8,
+                mlp_ratio: 4,
+            }),
+            clips: vec![clip_l, clip_g],
+            t5: Some(t5),
+            vae: vae(16, false),
+        },
+        Arch::Flux | Arch::FluxSchnell => ArchConfig {
+            model: Denoiser::Flux(FluxConfig {
+                in_channels: 16,
+                out_channels: 16,
+                patch_size: 2,
+                vec_in_dim: clip_l.hidden_size,
+                context_in_dim: t5.d_model,
+                hidden_size: 32,
+                mlp_ratio: 4,
+                num_heads: 2,
+                depth: 2,
+                depth_single_blocks: 2,
+                guidance_embed: arch == Arch::Flux,
+            }),
+            clips: vec![clip_l],
+            t5: Some(t5),
+            vae: vae(16, false),
         },
     }
 }
@@ -455,9 +594,9 @@ fn unet_layout(cfg: &UnetConfig, d: &mut Dict) {
     d.conv("out.2", mc, cfg.out_channels, 3);
 }
 
-/// ComfyUI `mmdit.MMDiT` (SD3): hidden size = 64 × depth, the last context block is pre-only.
+/// ComfyUI `mmdit.MMDiT` (SD3): the last context block is pre-only.
 fn mmdit_layout(cfg: &MmditConfig, d: &mut Dict) {
-    let h = 64 * cfg.depth;
+    let h = cfg.hidden_size;
     let p = cfg.patch_size;
     let n_pos = cfg.pos_embed_max_size * cfg.pos_embed_max_size;
     d.add("pos_embed", &[1, n_pos, h]);
@@ -682,7 +821,16 @@ fn vae_layout(cfg: &VaeConfig, d: &mut Dict) {
 /// `*.logit_scale`, F32), VAE F32. [`Arch::FluxSchnell`] is [`Arch::Flux`] without the
 /// `guidance_in.*` keys.
 pub fn shapes(arch: Arch) -> ComponentShapes {
-    let cfg = arch_config(arch);
+    expand(&arch_config(arch))
+}
+
+/// Every key, shape and dtype of the test-sized model of `arch` (see [`SyntheticOptions::tiny`]):
+/// the real model's kinds of keys at a few hundred kilobytes, with consistent shapes.
+pub fn tiny_shapes(arch: Arch) -> ComponentShapes {
+    expand(&tiny_arch_config(arch))
+}
+
+fn expand(cfg: &ArchConfig) -> ComponentShapes {
     let mut model = Dict::new(Dtype::F32);
     match &cfg.model {
         Denoiser::Unet(u) => unet_layout(u, &mut model),
@@ -743,6 +891,8 @@ pub struct SyntheticOptions {
     pub seed: u64,
     /// Cap every dimension at this size (see [`shrink`]); `None` builds the full-size model.
     pub max_dim: Option<usize>,
+    /// Build the test-sized model ([`tiny_shapes`]) instead of the full-size one.
+    pub tiny: bool,
     /// Dtype for every floating-point tensor instead of the reference defaults; integer tensors
     /// keep theirs.
     pub dtype: Option<DType>,
@@ -755,6 +905,7 @@ impl SyntheticOptions {
             arch,
             seed: 0,
             max_dim: None,
+            tiny: false,
             dtype: None,
         }
     }
@@ -762,6 +913,13 @@ impl SyntheticOptions {
     /// Sets the seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// The test-sized model: every kind of key of the architecture, consistent shapes, a few
+    /// hundred kilobytes ([`tiny_shapes`]).
+    pub fn tiny(mut self) -> Self {
+        self.tiny = true;
         self
     }
 
@@ -785,7 +943,11 @@ impl SyntheticOptions {
 /// [`Error::UnsupportedDtype`] for a dtype candle cannot hold; [`Error::Candle`] when a tensor
 /// cannot be created on the device (out of memory, say).
 pub fn build(opts: &SyntheticOptions, device: &Device) -> Result<Components> {
-    let full = shapes(opts.arch);
+    let full = if opts.tiny {
+        tiny_shapes(opts.arch)
+    } else {
+        shapes(opts.arch)
+    };
     let shapes = match opts.max_dim {
         Some(0) => {
             return Err(Error::InvalidInput(
@@ -1105,6 +1267,61 @@ mod tests {
             assert!(got.get(ComponentKind::ClipVision).is_none());
         }
         assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    }
+
+    /// The key with every number replaced by `#`: its kind, whatever the repeat it belongs to.
+    fn pattern(key: &str) -> String {
+        key.split('.')
+            .map(|p| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    "#"
+                } else {
+                    p
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    #[test]
+    fn tiny_models_have_every_kind_of_key_and_consistent_shapes() {
+        use crate::layout::{self, detect, LayoutKind};
+        for arch in Arch::ALL {
+            let tiny = tiny_shapes(arch);
+            let full = shapes(arch);
+            let model = tiny.get(ComponentKind::Model).unwrap();
+            assert_eq!(detect::detect_model(model).unwrap(), arch);
+            layout::layout(&LayoutKind::Arch(arch), &tiny, arch.default_prediction()).unwrap();
+            let mut bytes = 0;
+            for kind in ComponentKind::ALL {
+                let kinds = |s: &ComponentShapes| -> std::collections::BTreeSet<String> {
+                    s.get(kind)
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                        .map(|k| pattern(k))
+                        .collect()
+                };
+                assert_eq!(kinds(&tiny), kinds(&full), "{arch}/{kind}");
+                for (k, info) in tiny.get(kind).into_iter().flatten() {
+                    bytes += info.numel() * info.dtype.bitsize() / 8;
+                    // Every fused projection splits into equal thirds or more.
+                    if k.ends_with("qkv.weight") {
+                        assert_eq!(info.shape[0], 3 * info.shape[1], "{k}");
+                    }
+                }
+            }
+            assert!(bytes < 2 << 20, "{arch}: {bytes} bytes");
+        }
+        let flux = tiny_shapes(Arch::Flux);
+        let m = flux.get(ComponentKind::Model).unwrap();
+        assert_eq!(
+            m["single_blocks.0.linear1.weight"].shape,
+            vec![3 * 32 + 4 * 32, 32]
+        );
+        assert_eq!(
+            m["double_blocks.0.img_attn.norm.query_norm.scale"].shape,
+            vec![16]
+        );
     }
 
     #[test]
