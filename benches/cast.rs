@@ -5,7 +5,7 @@
 //! group is the NaN/Inf count run over every tensor written straight from its storage.
 
 use checkpoint_save::cast::{convert, count_non_finite};
-use checkpoint_save::dtype::Dtype;
+use checkpoint_save::Dtype;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::hint::black_box;

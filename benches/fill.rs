@@ -3,12 +3,9 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device};
-use checkpoint_save::arch::Arch;
-use checkpoint_save::dtype::TargetDtype;
-use checkpoint_save::plan::{ComponentDtypes, Plan, PlanOptions};
-use checkpoint_save::save::{lay_out, LayoutChoice};
+use checkpoint_save::internal::{fill_range, Plan, PlanOptions, Scratch};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
-use checkpoint_save::writer::fill_range;
+use checkpoint_save::{lay_out, Arch, ComponentDtypes, LayoutChoice, TargetDtype};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const STEP: u64 = 1 << 20;
@@ -36,6 +33,7 @@ fn bench_fill(c: &mut Criterion) {
         };
         let plan = Plan::new(&layout, &model, &BTreeMap::new(), &opts).expect("plan");
         let mut out = vec![0u8; STEP as usize];
+        let mut scratch = Scratch::default();
         group.throughput(Throughput::Bytes(plan.data_len()));
         group.bench_function(format!("sd15 f32 -> {target}, 1 MiB steps"), |b| {
             b.iter(|| {
@@ -43,7 +41,7 @@ fn bench_fill(c: &mut Criterion) {
                 while at < plan.data_len() {
                     let end = (at + STEP).min(plan.data_len());
                     let out = &mut out[..(end - at) as usize];
-                    fill_range(&plan, at..end, out, |_, _| {}).expect("fill");
+                    fill_range(&plan, at..end, out, &mut scratch, |_, _| {}).expect("fill");
                     at = end;
                 }
             })

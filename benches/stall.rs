@@ -46,7 +46,7 @@ fn run(
         if let Some(c) = ck.as_deref_mut() {
             if step % every == 0 {
                 let extra = [("optim.", &trainer.optim)];
-                c.save_with_extra(&trainer.varmap, &extra, step, Some(f64::from(loss)))
+                c.save_with_extra(&trainer.varmap, extra, step, Some(f64::from(loss)))
                     .expect("save");
                 saves += 1;
                 saved = true;

@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         let mut saved = false;
         if args.every > 0 && step % args.every == 0 {
             let extra = [("optim.", &trainer.optim)];
-            match ck.save_with_extra(&trainer.varmap, &extra, step, Some(f64::from(loss)))? {
+            match ck.save_with_extra(&trainer.varmap, extra, step, Some(f64::from(loss)))? {
                 SaveOutcome::Started {
                     snapshot, waited, ..
                 } => {

@@ -3,17 +3,17 @@
 //! The Rust counterpart of ComfyUI's Save Checkpoint node: the denoiser ("model"), text
 //! encoder(s) ("clip") and autoencoder ("vae"), held as candle tensors, become one `.safetensors`
 //! file with the reference's key layout, markers, metadata and file naming, written atomically
-//! (temporary file, then a rename that never replaces anything), with a dtype choice per component.
+//! (temporary file, then a publish that never replaces anything), with a dtype choice per component.
 //!
 //! ```
 //! use candle_core::Device;
-//! use checkpoint_save::arch::Arch;
-//! use checkpoint_save::save::{save, SaveOptions};
 //! use checkpoint_save::synthetic::{build, SyntheticOptions};
+//! use checkpoint_save::{save, Arch, SaveOptions};
 //!
-//! # fn main() -> checkpoint_save::error::Result<()> {
-//! // A tiny SD1.5 with every real key name (dimensions capped at 4); use your own tensors instead.
-//! let components = build(&SyntheticOptions::new(Arch::Sd15).with_max_dim(4), &Device::Cpu)?;
+//! # fn main() -> checkpoint_save::Result<()> {
+//! // A tiny SD1.5 with every real key name; use your own tensors instead:
+//! // Components::new(unet).with_clip(clip).with_vae(vae), maps of name -> candle Tensor.
+//! let components = build(&SyntheticOptions::new(Arch::Sd15).tiny(), &Device::Cpu)?;
 //! let output_dir = std::env::temp_dir().join(format!("checkpoint-save-doc-{}", std::process::id()));
 //! let opts = SaveOptions {
 //!     output_dir: output_dir.clone(),
@@ -26,24 +26,56 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # The pipeline
+//! Data flows one way, one module per stage: [`model`] (what the caller holds) → `layout` (which
+//! checkpoint key each tensor gets; pure) → `plan` (the whole file before a byte is written) →
+//! `offload` (bytes to the host, cast fused) → `write` (the one byte writer) → `publish` (temp
+//! file, no-replace publish) with `naming` (ComfyUI's prefix and counter). `read` is the one
+//! reader, used by [`load_checkpoint`], [`inspect`] and [`checkpointer`] resume.
 
-pub mod arch;
 pub mod bench;
 pub mod cast;
 pub mod checkpointer;
-pub mod chunks;
-pub mod components;
-pub mod dtype;
-pub mod error;
+mod error;
+mod inspect;
 pub mod layout;
-pub mod loader;
-pub mod metadata;
+mod load;
+pub mod model;
 pub mod naming;
-pub mod offload;
-pub mod plan;
-pub mod progress;
-pub mod save;
+mod offload;
+mod plan;
+mod progress;
+mod publish;
+mod read;
+mod save;
 pub mod synthetic;
+mod sys;
 #[cfg(test)]
 mod testutil;
-pub mod writer;
+mod write;
+
+pub use error::{Error, Result};
+pub use inspect::{inspect, Inspection, PartSummary};
+pub use layout::GenericPrefixes;
+pub use load::{load_checkpoint, load_tensors, Loaded};
+pub use model::{
+    Arch, ComponentKind, ComponentShapes, Components, Dtype, InputMap, InputTensor, IntoTensorMap,
+    Prediction, TargetDtype, TensorInfo, TensorMap,
+};
+pub use offload::cuda::release_pinned_buffers;
+pub use offload::pinned_copy_ceiling;
+pub use plan::metadata::MetadataOptions;
+pub use plan::ComponentDtypes;
+pub use publish::{clean_stale_temps, reserve_at, Reservation};
+pub use save::{lay_out, save, save_to_path, LayoutChoice, SaveOptions, Saved};
+pub use sys::ignore_file_size_signal;
+pub use write::{Backend, EngineOptions};
+
+/// Internals exposed for the crate's benchmarks; not a supported API.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::offload::Scratch;
+    pub use crate::plan::{Plan, PlanOptions};
+    pub use crate::write::fill_range;
+}

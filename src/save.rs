@@ -1,19 +1,19 @@
-//! The whole save: layout → plan → write → publish, with every check before the file exists.
+//! The save pipeline: layout → plan → write → publish, with every check before the file exists.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::arch::{Arch, Prediction};
-use crate::components::{ComponentKind, Components};
 use crate::error::{Error, Result};
 use crate::layout::{self, detect, GenericPrefixes, Layout, LayoutKind};
-use crate::metadata::{self, MetadataOptions};
-use crate::naming::{self, Reservation, SaveTarget};
+use crate::model::{Arch, ComponentKind, Components, InputTensor, Prediction};
+use crate::naming::SaveTarget;
+use crate::plan::metadata::{self, MetadataOptions};
 use crate::plan::{ComponentDtypes, Plan, PlanOptions};
 use crate::progress::Progress;
-use crate::writer::{self, EngineOptions, HostImage};
+use crate::publish::{reserve_at, Reservation};
+use crate::write::{self, EngineOptions, Method};
 
 /// How the checkpoint's keys are laid out.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -48,23 +48,8 @@ pub struct SaveOptions {
     pub progress: bool,
     /// Set to true (e.g. from a Ctrl-C handler) to cancel; the temporary file is removed.
     pub cancel: Option<Arc<AtomicBool>>,
-    /// Which writer puts the bytes into the file.
-    pub writer: WriterChoice,
-}
-
-/// The writer a save uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriterChoice {
-    /// One piece after another on the calling thread (simple; the reference for tests).
-    Sequential,
-    /// Parallel workers with a bounded staging budget (the default).
-    Parallel(EngineOptions),
-}
-
-impl Default for WriterChoice {
-    fn default() -> Self {
-        WriterChoice::Parallel(EngineOptions::default())
-    }
+    /// How the writer puts the bytes into the file.
+    pub writer: EngineOptions,
 }
 
 impl Default for SaveOptions {
@@ -79,7 +64,7 @@ impl Default for SaveOptions {
             check_finite: false,
             progress: false,
             cancel: None,
-            writer: WriterChoice::default(),
+            writer: EngineOptions::default(),
         }
     }
 }
@@ -137,7 +122,7 @@ pub fn save_to_path(components: &Components, path: &Path, opts: &SaveOptions) ->
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    save_with(components, opts, &stem, folder, || naming::reserve_at(path))
+    save_with(components, opts, &stem, folder, || reserve_at(path))
 }
 
 /// Resolves the layout kind and prediction, and lays the components out.
@@ -171,6 +156,32 @@ pub fn lay_out(
     Ok((arch, prediction, layout))
 }
 
+/// Whether some tensors will go through a CUDA device pipeline (which writes at arbitrary
+/// offsets, so the save must not pad the header for direct I/O).
+fn device_pipelines(components: &Components) -> bool {
+    cfg!(feature = "cuda")
+        && components.tensors().any(|t| match t {
+            InputTensor::Candle(t) => t.device().is_cuda(),
+        })
+}
+
+/// The write method and plan options of a save into `folder`.
+pub(crate) fn plan_options(
+    components: &Components,
+    opts: &SaveOptions,
+    folder: &Path,
+) -> (Method, PlanOptions) {
+    let method = opts
+        .writer
+        .backend
+        .resolve(folder, device_pipelines(components));
+    let plan = PlanOptions {
+        dtypes: opts.dtypes,
+        data_alignment: method.data_alignment(),
+    };
+    (method, plan)
+}
+
 fn save_with(
     components: &Components,
     opts: &SaveOptions,
@@ -180,46 +191,13 @@ fn save_with(
 ) -> Result<Saved> {
     let start = Instant::now();
     let (arch, prediction, layout) = lay_out(components, &opts.layout, opts.prediction)?;
-    let direct = match &opts.writer {
-        WriterChoice::Parallel(e) => match e.backend {
-            writer::Backend::Direct => true,
-            writer::Backend::Auto => !folder_is_tmpfs(folder),
-            writer::Backend::Pwrite | writer::Backend::Mmap => false,
-        },
-        WriterChoice::Sequential => false,
-    };
-    let plan_opts = PlanOptions {
-        dtypes: opts.dtypes,
-        // Direct I/O needs the data section on a 4096-byte boundary: the header is padded.
-        data_alignment: if direct {
-            writer::DIRECT_ALIGN as u64
-        } else {
-            8
-        },
-    };
+    let (method, plan_opts) = plan_options(components, opts, folder);
     let meta = |title: &str| metadata::build(arch, prediction, title, &opts.metadata);
     // Validate everything before a file exists; the title only changes the header's length.
     Plan::new(&layout, components, &meta(provisional_title), &plan_opts)?;
     let reservation = reserve()?;
-    let plan = Plan::new(&layout, components, &meta(&reservation.title()), &plan_opts)?;
-    let progress = Progress::new(plan.file_len(), opts.progress);
-    let never = AtomicBool::new(false);
-    let cancel = opts.cancel.as_deref().unwrap_or(&never);
-    let report = match &opts.writer {
-        WriterChoice::Sequential => {
-            writer::write_sequential(&plan, reservation.file(), &progress, cancel)
-        }
-        WriterChoice::Parallel(engine) => {
-            writer::write_parallel(&plan, reservation.file(), engine, &progress, cancel)
-        }
-    };
-    progress.finish();
-    let report = report?;
-    let non_finite = non_finite_list(&plan, &report.non_finite);
-    if opts.check_finite {
-        refuse_non_finite(&non_finite)?;
-    }
-    let path = reservation.commit()?;
+    let plan = Plan::new(&layout, components, &meta(reservation.title()), &plan_opts)?;
+    let (path, non_finite) = write_reserved(&plan, reservation, method, opts)?;
     Ok(Saved {
         path,
         arch,
@@ -232,16 +210,39 @@ fn save_with(
     })
 }
 
-/// Whether `folder` (or, if it does not exist yet, its nearest existing parent) is on tmpfs.
-fn folder_is_tmpfs(folder: &Path) -> bool {
-    folder
-        .ancestors()
-        .find_map(|p| std::fs::File::open(p).ok())
-        .is_some_and(|f| writer::is_tmpfs(&f))
+/// Writes `plan` into the reserved temporary file and publishes it; returns the published path
+/// and the tensors holding NaN/Inf values.
+///
+/// # Errors
+/// Write errors, [`Error::NonFinite`] with `opts.check_finite`, publish errors; the temporary
+/// file is removed on every error.
+pub(crate) fn write_reserved(
+    plan: &Plan,
+    reservation: Reservation,
+    method: Method,
+    opts: &SaveOptions,
+) -> Result<(PathBuf, Vec<(String, u64)>)> {
+    let progress = Progress::new(plan.file_len(), opts.progress);
+    let never = AtomicBool::new(false);
+    let cancel = opts.cancel.as_deref().unwrap_or(&never);
+    let report = write::write(
+        plan,
+        reservation.file(),
+        method,
+        &opts.writer,
+        &progress,
+        cancel,
+    );
+    progress.finish();
+    let non_finite = non_finite_list(plan, &report?.non_finite);
+    if opts.check_finite {
+        refuse_non_finite(&non_finite)?;
+    }
+    Ok((reservation.commit()?, non_finite))
 }
 
 /// [`Error::NonFinite`] when any tensor holds NaN/Inf values.
-fn refuse_non_finite(non_finite: &[(String, u64)]) -> Result<()> {
+pub(crate) fn refuse_non_finite(non_finite: &[(String, u64)]) -> Result<()> {
     match non_finite.first() {
         Some((first, first_count)) => Err(Error::NonFinite {
             count: non_finite.len(),
@@ -252,108 +253,12 @@ fn refuse_non_finite(non_finite: &[(String, u64)]) -> Result<()> {
     }
 }
 
-fn non_finite_list(plan: &Plan, counts: &[u64]) -> Vec<(String, u64)> {
+/// The tensors with a non-zero count, by name.
+pub(crate) fn non_finite_list(plan: &Plan, counts: &[u64]) -> Vec<(String, u64)> {
     plan.tensors()
         .iter()
         .zip(counts)
         .filter(|(_, &n)| n > 0)
         .map(|(t, &n)| (t.name.clone(), n))
         .collect()
-}
-
-/// A checkpoint staged in host memory: its plan and its whole data section, read from the
-/// source tensors (and cast) in one pass. Staging is the only moment the source tensors are
-/// read, so once [`stage`] returns the caller may change them; the file is written later by
-/// [`write_staged_to_path`], from the image, with direct I/O where the file system allows.
-#[derive(Debug)]
-pub struct Staged {
-    plan: Plan,
-    image: HostImage,
-    arch: Option<Arch>,
-    prediction: Prediction,
-    non_finite: Vec<(String, u64)>,
-    dropped: Vec<(ComponentKind, String)>,
-}
-
-impl Staged {
-    /// Size of the file this will write.
-    pub fn bytes(&self) -> u64 {
-        self.plan.file_len()
-    }
-
-    /// Tensors holding NaN/Inf values, with their counts.
-    pub fn non_finite(&self) -> &[(String, u64)] {
-        &self.non_finite
-    }
-
-    /// The host buffer, to pass to the next [`stage`] (reused when large enough).
-    pub fn into_image(self) -> HostImage {
-        self.image
-    }
-}
-
-/// Lays out, plans and stages a checkpoint in host memory; `title` is the `modelspec.title`
-/// (written only by architectures that have one). Host memory needed: the checkpoint's size;
-/// `reuse` is the image of an earlier save ([`Staged::into_image`]), used when large enough.
-///
-/// # Errors
-/// Layout, plan, allocation and copy errors; [`Error::NonFinite`] with `opts.check_finite`.
-pub fn stage(
-    components: &Components,
-    opts: &SaveOptions,
-    title: &str,
-    reuse: Option<HostImage>,
-) -> Result<Staged> {
-    let (arch, prediction, layout) = lay_out(components, &opts.layout, opts.prediction)?;
-    let plan_opts = PlanOptions {
-        dtypes: opts.dtypes,
-        data_alignment: writer::DIRECT_ALIGN as u64,
-    };
-    let meta = metadata::build(arch, prediction, title, &opts.metadata);
-    let plan = Plan::new(&layout, components, &meta, &plan_opts)?;
-    let (image, counts) = writer::stage_image(&plan, reuse)?;
-    let non_finite = non_finite_list(&plan, &counts);
-    if opts.check_finite {
-        refuse_non_finite(&non_finite)?;
-    }
-    Ok(Staged {
-        plan,
-        image,
-        arch,
-        prediction,
-        non_finite,
-        dropped: layout.dropped,
-    })
-}
-
-/// Writes a staged checkpoint to exactly `path`, refusing to replace an existing file.
-///
-/// # Errors
-/// I/O errors (an existing `path` is an error of kind `AlreadyExists`), [`Error::Cancelled`].
-pub fn write_staged_to_path(
-    staged: &Staged,
-    path: &Path,
-    cancel: Option<&AtomicBool>,
-) -> Result<Saved> {
-    let start = Instant::now();
-    let reservation = naming::reserve_at(path)?;
-    let never = AtomicBool::new(false);
-    writer::write_image(
-        &staged.plan,
-        &staged.image,
-        reservation.file(),
-        reservation.temp_path(),
-        cancel.unwrap_or(&never),
-    )?;
-    let path = reservation.commit()?;
-    Ok(Saved {
-        path,
-        arch: staged.arch,
-        prediction: staged.prediction,
-        tensors: staged.plan.tensors().len(),
-        bytes: staged.plan.file_len(),
-        non_finite: staged.non_finite.clone(),
-        dropped: staged.dropped.clone(),
-        elapsed: start.elapsed(),
-    })
 }

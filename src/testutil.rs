@@ -1,12 +1,12 @@
-//! Test support: the reference fixtures in `../shared/fixtures/layouts`.
+//! Test support: the reference fixtures in `tests/fixtures/layouts` (see its README).
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::arch::{Arch, Prediction};
-use crate::components::{ComponentKind, ComponentShapes, TensorInfo};
-use crate::dtype::Dtype;
+use crate::model::dtype::Dtype;
+use crate::model::{Arch, Prediction};
+use crate::model::{ComponentKind, ComponentShapes, TensorInfo};
 
 /// Fixture name, architecture and the prediction type the reference model had.
 pub const FIXTURES: [(&str, Arch, Prediction); 6] = [
@@ -20,7 +20,7 @@ pub const FIXTURES: [(&str, Arch, Prediction); 6] = [
 
 fn read(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/fixtures/layouts/{name}.json",
+        "{}/tests/fixtures/layouts/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

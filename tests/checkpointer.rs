@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use checkpoint_save::checkpointer::{
     load_latest, read_manifest, Checkpointer, InFlight, MetricOrder, SaveOutcome,
 };
-use checkpoint_save::error::Error;
+use checkpoint_save::Error;
 
 /// A VarMap with `layer{i}.weight` of `rows × cols`, every value `fill`.
 fn model(layers: usize, rows: usize, cols: usize, fill: f32) -> VarMap {
@@ -114,7 +114,7 @@ fn resume_into_varmap_and_mismatch_loads_nothing() {
     .into_iter()
     .collect();
     let mut ck = Checkpointer::builder(dir.path()).build().unwrap();
-    ck.save_with_extra(&vm, &[("optim.", &moments)], 42, Some(0.25))
+    ck.save_with_extra(&vm, [("optim.", &moments)], 42, Some(0.25))
         .unwrap();
     ck.finish().unwrap();
 

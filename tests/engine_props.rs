@@ -3,11 +3,10 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use checkpoint_save::arch::Prediction;
-use checkpoint_save::components::{Components, TensorMap};
-use checkpoint_save::layout::GenericPrefixes;
-use checkpoint_save::save::{save_to_path, LayoutChoice, SaveOptions, WriterChoice};
-use checkpoint_save::writer::{Backend, EngineOptions};
+use checkpoint_save::{
+    save_to_path, Backend, Components, EngineOptions, GenericPrefixes, LayoutChoice, Prediction,
+    SaveOptions, TensorMap,
+};
 use proptest::prelude::*;
 
 fn tensor(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
@@ -61,12 +60,12 @@ proptest! {
         let mut opts = SaveOptions {
             layout: LayoutChoice::Generic(GenericPrefixes { model: String::new(), ..Default::default() }),
             prediction: Some(Prediction::Flow),
-            writer: WriterChoice::Parallel(EngineOptions {
+            writer: EngineOptions {
                 chunk_size: chunk_kib * 1024,
                 threads,
                 backend: if mmap { Backend::Mmap } else { Backend::Pwrite },
                 ..Default::default()
-            }),
+            },
             ..Default::default()
         };
         opts.metadata.disable = true;

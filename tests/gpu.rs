@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use checkpoint_save::arch::Arch;
-use checkpoint_save::components::{ComponentKind, Components};
-use checkpoint_save::dtype::TargetDtype;
-use checkpoint_save::layout::GenericPrefixes;
-use checkpoint_save::plan::ComponentDtypes;
-use checkpoint_save::save::{save_to_path, LayoutChoice, SaveOptions, Saved, WriterChoice};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
-use checkpoint_save::writer::EngineOptions;
+use checkpoint_save::Arch;
+use checkpoint_save::ComponentDtypes;
+use checkpoint_save::EngineOptions;
+use checkpoint_save::GenericPrefixes;
+use checkpoint_save::TargetDtype;
+use checkpoint_save::{save_to_path, LayoutChoice, SaveOptions, Saved};
+use checkpoint_save::{ComponentKind, Components};
 
 fn cuda(ordinal: usize) -> Option<Device> {
     match Device::new_cuda(ordinal) {
@@ -116,7 +116,7 @@ fn to_device(c: &Components, device: impl Fn(ComponentKind) -> Device) -> Compon
         let d = device(kind);
         let moved: BTreeMap<String, Tensor> = map
             .iter()
-            .map(|(k, t)| (k.clone(), t.to_device(&d).unwrap()))
+            .map(|(k, t)| (k.clone(), t.as_candle().unwrap().to_device(&d).unwrap()))
             .collect();
         out.set(kind, moved);
     }
@@ -128,10 +128,10 @@ fn options(layout: LayoutChoice, dtype: TargetDtype) -> SaveOptions {
         layout,
         dtypes: ComponentDtypes::all(dtype),
         // Small chunks: large tensors are split across batches and the ring wraps many times.
-        writer: WriterChoice::Parallel(EngineOptions {
+        writer: EngineOptions {
             chunk_size: 64 << 10,
             ..EngineOptions::default()
-        }),
+        },
         ..SaveOptions::default()
     }
 }
@@ -257,11 +257,11 @@ fn components_on_two_devices_save_into_one_file() {
 #[test]
 fn pinned_copy_ceiling_is_positive_or_disabled() {
     let Some(gpu) = cuda(0) else {
-        let e = checkpoint_save::offload::pinned_copy_ceiling(&Device::Cpu, 1 << 20);
+        let e = checkpoint_save::pinned_copy_ceiling(&Device::Cpu, 1 << 20);
         assert!(e.is_err());
         return;
     };
-    let gbps = checkpoint_save::offload::pinned_copy_ceiling(&gpu, 256 << 20).unwrap();
+    let gbps = checkpoint_save::pinned_copy_ceiling(&gpu, 256 << 20).unwrap();
     eprintln!("pinned device-to-host copy: {gbps:.1} GB/s");
     assert!(gbps > 0.1);
 }

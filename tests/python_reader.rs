@@ -9,14 +9,12 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-use checkpoint_save::arch::{Arch, Prediction};
-use checkpoint_save::components::Components;
-use checkpoint_save::dtype::{candle_dtype, TargetDtype};
 use checkpoint_save::layout::Source;
-use checkpoint_save::metadata;
-use checkpoint_save::plan::ComponentDtypes;
-use checkpoint_save::save::{self, SaveOptions};
+use checkpoint_save::model::dtype::candle_dtype;
 use checkpoint_save::synthetic::{self, SyntheticOptions};
+use checkpoint_save::{
+    inspect, lay_out, save, Arch, ComponentDtypes, Components, Prediction, SaveOptions, TargetDtype,
+};
 use serde_json::{json, Map, Value};
 
 const READER: &str = r#"
@@ -64,7 +62,7 @@ fn python_ready() -> bool {
 
 /// The checkpoint tensor a layout entry describes, computed from the components with candle.
 fn expected_tensor(source: &Source, components: &Components) -> Tensor {
-    let get = |c, k: &str| components.tensor(c, k).expect("component tensor").clone();
+    let get = |c, k: &str| components.candle(c, k).expect("component tensor").clone();
     match source {
         Source::Copy { component, key } => get(*component, key),
         Source::Transpose { component, key } => get(*component, key).t().unwrap(),
@@ -81,10 +79,10 @@ fn expected_tensor(source: &Source, components: &Components) -> Tensor {
     }
 }
 
-/// Keys, dtypes, shapes, values and metadata of the checkpoint as the library sees it.
-fn sidecar(components: &Components, opts: &SaveOptions, title: &str) -> Value {
-    let (arch, prediction, layout) =
-        save::lay_out(components, &opts.layout, opts.prediction).unwrap();
+/// Keys, dtypes, shapes and values of the checkpoint as the library sees it, and the metadata
+/// its header holds as Rust's safetensors crate reads it.
+fn sidecar(components: &Components, opts: &SaveOptions, path: &Path) -> Value {
+    let (_, _, layout) = lay_out(components, &opts.layout, opts.prediction).unwrap();
     let mut tensors = Map::new();
     for entry in &layout.entries {
         let choice = entry
@@ -108,7 +106,8 @@ fn sidecar(components: &Components, opts: &SaveOptions, title: &str) -> Value {
             json!({"dtype": dtype.to_string(), "shape": entry.shape, "values": values}),
         );
     }
-    let meta = metadata::build(arch, prediction, title, &opts.metadata);
+    let meta = inspect(path).unwrap().metadata;
+    assert!(meta.contains_key("checkpoint_save.tool"), "{meta:?}");
     json!({"metadata": meta, "tensors": tensors})
 }
 
@@ -118,9 +117,9 @@ fn check_with_python(dir: &Path, name: &str, synth: SyntheticOptions, opts: Save
         output_dir: dir.join(name),
         ..opts
     };
-    let saved = save::save(&components, &opts).unwrap();
+    let saved = save(&components, &opts).unwrap();
     let sidecar_path = dir.join(format!("{name}.json"));
-    let want = sidecar(&components, &opts, "ComfyUI 1");
+    let want = sidecar(&components, &opts, &saved.path);
     std::fs::write(&sidecar_path, serde_json::to_vec(&want).unwrap()).unwrap();
     let script = dir.join("reader.py");
     std::fs::write(&script, READER).unwrap();

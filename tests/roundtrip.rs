@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use checkpoint_save::arch::{Arch, Prediction};
-use checkpoint_save::components::{ComponentKind, Components};
-use checkpoint_save::error::Error;
-use checkpoint_save::loader::{inspect, load_checkpoint, read_tensors};
-use checkpoint_save::save::{save, LayoutChoice, SaveOptions, Saved};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
+use checkpoint_save::Error;
+use checkpoint_save::{inspect, load_checkpoint, load_tensors};
+use checkpoint_save::{save, LayoutChoice, SaveOptions, Saved};
+use checkpoint_save::{Arch, Prediction};
+use checkpoint_save::{ComponentKind, Components};
 use common::{bytes_of, FIXTURES};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -57,8 +57,8 @@ fn every_arch_loads_back_its_components() {
             missing.extend(want.difference(&got).map(|k| (kind, k.clone())));
             for k in &got {
                 let (a, b) = (
-                    loaded.components.tensor(kind, k).unwrap(),
-                    original.tensor(kind, k).unwrap(),
+                    loaded.components.candle(kind, k).unwrap(),
+                    original.candle(kind, k).unwrap(),
                 );
                 assert_eq!((a.dims(), a.dtype()), (b.dims(), b.dtype()), "{arch} {k}");
                 assert_eq!(bytes_of(a), bytes_of(b), "{arch} {k}");
@@ -223,7 +223,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 /// Every reader of a path: they must all fail the same way.
 fn all_errors(path: &Path) -> Vec<Error> {
     vec![
-        read_tensors(path, &Device::Cpu).unwrap_err(),
+        load_tensors(path, &Device::Cpu).unwrap_err(),
         load_checkpoint(path, &Device::Cpu, None).unwrap_err(),
         inspect(path).unwrap_err(),
     ]
@@ -302,7 +302,7 @@ fn unsupported_dtype_names_the_key() {
     )];
     let bytes = safetensors::serialize(views, None).unwrap();
     let path = write(dir.path(), "i8.safetensors", &bytes);
-    let err = read_tensors(&path, &Device::Cpu).unwrap_err();
+    let err = load_tensors(&path, &Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::UnsupportedDtype { .. }), "{err}");
     assert!(
         err.to_string().contains("model.diffusion_model.weird"),
@@ -326,7 +326,7 @@ fn e5m2_is_read_as_f16() {
         "e5m2.safetensors",
         &safetensors::serialize(views, None).unwrap(),
     );
-    let (tensors, _) = read_tensors(&path, &Device::Cpu).unwrap();
+    let tensors = load_tensors(&path, &Device::Cpu).unwrap();
     let t = &tensors["x"];
     assert_eq!(t.dtype(), DType::F16);
     let v: Vec<f32> = t.to_dtype(DType::F32).unwrap().to_vec1().unwrap();

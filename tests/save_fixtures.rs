@@ -5,11 +5,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use checkpoint_save::arch::{Arch, Prediction};
-use checkpoint_save::components::ComponentKind;
-use checkpoint_save::plan::ComponentDtypes;
-use checkpoint_save::save::{save, LayoutChoice, SaveOptions};
 use checkpoint_save::synthetic;
+use checkpoint_save::ComponentDtypes;
+use checkpoint_save::ComponentKind;
+use checkpoint_save::{save, LayoutChoice, SaveOptions};
+use checkpoint_save::{Arch, Prediction};
 use common::{bytes_of, fixture, FIXTURES};
 use safetensors::SafeTensors;
 
@@ -66,7 +66,7 @@ fn every_architecture_saves_the_reference_file() {
             if origin.is_object() {
                 let kind = common::component(origin["component"].as_str().unwrap());
                 let src = components
-                    .tensor(kind, origin["key"].as_str().unwrap())
+                    .candle(kind, origin["key"].as_str().unwrap())
                     .unwrap();
                 assert_eq!(view.shape(), src.dims(), "{key}");
                 assert_eq!(view.data(), bytes_of(src).as_slice(), "{name}: {key}");
@@ -83,7 +83,7 @@ fn every_architecture_saves_the_reference_file() {
                     Arch::Sd2 => "clip_h.transformer.text_projection.weight",
                     _ => "clip_g.transformer.text_projection.weight",
                 };
-                let src = components.tensor(ComponentKind::Clip, src_key).unwrap();
+                let src = components.candle(ComponentKind::Clip, src_key).unwrap();
                 assert_eq!(
                     view.data(),
                     bytes_of(&src.t().unwrap().contiguous().unwrap()).as_slice(),
@@ -104,7 +104,7 @@ fn every_architecture_saves_the_reference_file() {
                     .iter()
                     .map(|p| {
                         let k = format!("{enc}.transformer.text_model.encoder.layers.{layer}.self_attn.{p}_proj.{suffix}");
-                        components.tensor(ComponentKind::Clip, &k).unwrap().clone()
+                        components.candle(ComponentKind::Clip, &k).unwrap().clone()
                     })
                     .collect();
                 let fused = Tensor::cat(&parts, 0).unwrap();
@@ -128,13 +128,11 @@ fn same_bytes_as_safetensors_serialize() {
         output_dir: dir.path().to_path_buf(),
         layout: LayoutChoice::Generic(Default::default()),
         // pwrite keeps the reference's minimal header padding (direct I/O pads it to 4096).
-        writer: checkpoint_save::save::WriterChoice::Parallel(
-            checkpoint_save::writer::EngineOptions {
-                backend: checkpoint_save::writer::Backend::Pwrite,
-                ..Default::default()
-            },
-        ),
-        dtypes: ComponentDtypes::all(checkpoint_save::dtype::TargetDtype::F16),
+        writer: checkpoint_save::EngineOptions {
+            backend: checkpoint_save::Backend::Pwrite,
+            ..Default::default()
+        },
+        dtypes: ComponentDtypes::all(checkpoint_save::TargetDtype::F16),
         prediction: Some(Prediction::V),
         ..Default::default()
     };
@@ -151,16 +149,14 @@ fn same_bytes_as_safetensors_serialize() {
 }
 
 #[test]
-fn parallel_engine_writes_the_same_bytes_as_the_simple_writer() {
-    use checkpoint_save::dtype::TargetDtype;
-    use checkpoint_save::save::WriterChoice;
-    use checkpoint_save::writer::{Backend, EngineOptions};
+fn every_backend_writes_the_bytes_safetensors_would() {
+    use checkpoint_save::{Backend, EngineOptions, TargetDtype};
     for (name, arch, prediction) in FIXTURES {
         let shapes = synthetic::shrink(&common::component_shapes(name), 96);
         let components = synthetic::build_from_shapes(&shapes, 3, None, &Device::Cpu).unwrap();
-        let save_with = |writer: WriterChoice, dtypes: ComponentDtypes| {
+        let save_with = |writer: EngineOptions, dtypes: ComponentDtypes| {
             let dir = tempfile::tempdir().unwrap();
-            let opts = SaveOptions {
+            let mut opts = SaveOptions {
                 output_dir: dir.path().to_path_buf(),
                 layout: LayoutChoice::Arch(arch),
                 prediction: Some(prediction),
@@ -168,6 +164,8 @@ fn parallel_engine_writes_the_same_bytes_as_the_simple_writer() {
                 writer,
                 ..Default::default()
             };
+            opts.metadata.disable = true;
+            opts.metadata.provenance = false;
             let saved = save(&components, &opts).unwrap();
             std::fs::read(saved.path).unwrap()
         };
@@ -181,18 +179,40 @@ fn parallel_engine_writes_the_same_bytes_as_the_simple_writer() {
             },
         ];
         for d in dtypes {
-            let simple = save_with(WriterChoice::Sequential, d);
-            for backend in [Backend::Pwrite, Backend::Mmap] {
+            let reference = save_with(
+                EngineOptions {
+                    backend: Backend::Pwrite,
+                    threads: 1,
+                    ..Default::default()
+                },
+                d,
+            );
+            // An independent writer, the safetensors crate, given the tensors we wrote: the
+            // same bytes (the metadata differs only in key order, which safetensors hashes).
+            let st = SafeTensors::deserialize(&reference).unwrap();
+            let (_, meta) = SafeTensors::read_metadata(&reference).unwrap();
+            let theirs = safetensors::serialize(st.tensors(), meta.metadata().clone()).unwrap();
+            let (ours_header, ours_data) = common::header_and_data(&reference);
+            let (their_header, their_data) = common::header_and_data(&theirs);
+            assert_eq!(ours_header, their_header, "{name} {d:?}: header");
+            assert!(
+                ours_data == their_data,
+                "{name} {d:?}: data section differs"
+            );
+            assert_eq!(reference.len(), theirs.len(), "{name} {d:?}: padding");
+            for backend in [Backend::Pwrite, Backend::Mmap, Backend::Direct] {
                 for chunk_size in [4096, 1 << 16] {
                     let engine = EngineOptions {
                         chunk_size,
                         backend,
+                        threads: 3,
                         ..Default::default()
                     };
-                    let fast = save_with(WriterChoice::Parallel(engine), d);
-                    assert!(
-                        fast == simple,
-                        "{name} {backend:?} chunk {chunk_size} {d:?}: bytes differ"
+                    let fast = save_with(engine, d);
+                    common::same_tensors(
+                        &reference,
+                        &fast,
+                        &format!("{name} {backend:?} {chunk_size} {d:?}"),
                     );
                 }
             }

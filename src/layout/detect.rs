@@ -6,9 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::arch::Arch;
-use crate::components::TensorInfo;
 use crate::error::{Error, Result};
+use crate::model::{Arch, TensorInfo};
 
 /// Detects the architecture from the denoiser's in-memory keys (no prefix).
 ///

@@ -6,14 +6,13 @@
 //! creates (`position_ids`, markers) are described by a [`Source`]; the offload stage executes them.
 
 pub mod detect;
+pub(crate) mod invert;
 pub mod openclip;
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::arch::{Arch, Prediction};
-use crate::components::{ComponentKind, ComponentShapes, TensorInfo};
-use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, Prediction, TensorInfo};
 use openclip::Converted;
 
 /// Prefix of every denoiser key in the classic LDM/SGM layouts.

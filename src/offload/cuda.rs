@@ -37,7 +37,6 @@
 //! saved variables): the save reads them asynchronously until it returns. Tensors are kept alive
 //! by the plan, so dropping the caller's handles is fine.
 
-use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,10 +49,9 @@ use cudarc::driver::{
     DriverError, LaunchConfig, PushKernelArg,
 };
 
-use crate::dtype::{file_dtype, Dtype};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::model::dtype::{file_dtype, Dtype};
 use crate::plan::{Piece, PieceSource, Plan};
-use crate::progress::Progress;
 
 /// PTX of `kernels/cast_pack.cu`, compiled by `build.rs`.
 const CAST_PACK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cast_pack.ptx"));
@@ -70,9 +68,9 @@ const BLOCK_THREADS: u32 = 256;
 /// Pinned buffers kept in the pool for later saves.
 const POOL_KEEP: usize = 8;
 
-/// The pieces of one device that the fast path writes, in file order.
+/// The pieces of one device that the fast path fills, in file order.
 #[derive(Debug, Clone)]
-pub struct DeviceGroup {
+pub(crate) struct DeviceGroup {
     /// The device holding the pieces' tensors.
     pub device: Device,
     /// Indices into [`Plan::pieces`].
@@ -81,12 +79,13 @@ pub struct DeviceGroup {
 
 /// Sizes of a device pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PipelineOptions {
+pub(crate) struct PipelineOptions {
     /// Bytes per batch, i.e. per pinned buffer (rounded up to a multiple of 4096).
     pub buffer_size: usize,
-    /// Threads that write one finished buffer to the file (each takes a part).
-    pub write_threads: usize,
 }
+
+/// Where a pipeline hands each filled buffer: the writer's `write(bytes, data-section offset)`.
+pub(crate) type Sink<'a> = &'a (dyn Fn(&[u8], u64) -> Result<()> + Sync);
 
 /// Dtype codes of the kernel (`C_*` in `kernels/cast_pack.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +142,8 @@ fn driver(e: DriverError) -> Error {
 /// kept in a byte-sized dtype or cast between floats the kernel knows.
 fn fast_source(piece: &Piece) -> Option<&Tensor> {
     let t = match &piece.source {
-        PieceSource::Tensor(t) | PieceSource::Transposed(t) => t,
-        PieceSource::Host(_) => return None,
+        PieceSource::Candle { tensor, .. } | PieceSource::Transposed(tensor) => tensor,
+        PieceSource::Host { .. } => return None,
     };
     if !t.device().is_cuda() || file_dtype(t.dtype()) != piece.src_dtype {
         return None;
@@ -159,7 +158,7 @@ fn fast_source(piece: &Piece) -> Option<&Tensor> {
 }
 
 /// Groups the pieces the fast path handles by device (one group per candle device).
-pub fn device_groups(plan: &Plan) -> Vec<DeviceGroup> {
+pub(crate) fn device_groups(plan: &Plan) -> Vec<DeviceGroup> {
     let mut groups: Vec<DeviceGroup> = Vec::new();
     for (i, piece) in plan.pieces().iter().enumerate() {
         let Some(t) = fast_source(piece) else {
@@ -199,9 +198,9 @@ fn batches(plan: &Plan, pieces: &[usize], cap: usize) -> Vec<Batch> {
     let mut cur: Option<Batch> = None;
     for &i in pieces {
         let p = &plan.pieces()[i];
-        let w = (p.dst_dtype.bitsize() / 8).max(1);
+        let w = crate::plan::unit_width(p.dst_dtype);
         let mut e = 0;
-        while e < p.numel {
+        while e < p.units {
             let off = p.start + (e * w) as u64;
             let full = cur.as_ref().is_none_or(|b| {
                 b.at + b.len as u64 != off || cap - b.len < w || b.items.len() == MAX_ENTRIES
@@ -215,7 +214,7 @@ fn batches(plan: &Plan, pieces: &[usize], cap: usize) -> Vec<Batch> {
             }
             let Some(b) = cur.as_mut() else { break };
             // File order puts wider elements first, so `b.len` is a multiple of `w` here.
-            let take = ((cap - b.len) / w).min(p.numel - e);
+            let take = ((cap - b.len) / w).min(p.units - e);
             b.items.push(Item {
                 piece: i,
                 elems: e..e + take,
@@ -334,15 +333,13 @@ struct Slot {
 /// the buffer went back to the pool.
 struct Pipeline<'a> {
     plan: &'a Plan,
-    file: &'a File,
-    opts: PipelineOptions,
+    sink: Sink<'a>,
     cap: usize,
     candle_stream: Arc<CudaStream>,
     stream: Arc<CudaStream>,
     func: CudaFunction,
     slots: Vec<Slot>,
     counts: &'a [AtomicU64],
-    progress: &'a Progress,
     /// The most recent temporary contiguous copy, reused by the next batch of the same piece.
     temp: Option<(usize, Tensor)>,
 }
@@ -358,21 +355,19 @@ impl Drop for Pipeline<'_> {
     }
 }
 
-/// Writes a group's pieces into `file` through the device pipeline, adding each tensor's
-/// non-finite count to `counts` and the bytes written to `progress`.
+/// Fills a group's pieces through the device pipeline and hands each filled pinned buffer to
+/// `sink` (the writer), adding each tensor's non-finite count to `counts`.
 ///
 /// Returns early (with `Ok`) when `failed` becomes true, so another worker's error is reported.
 ///
 /// # Errors
-/// [`Error::Cancelled`] when `cancel` becomes true, device errors, I/O errors.
-#[allow(clippy::too_many_arguments)]
-pub fn write_group(
+/// [`Error::Cancelled`] when `cancel` becomes true, device errors, the sink's errors.
+pub(crate) fn run_group(
     plan: &Plan,
-    file: &File,
     group: &DeviceGroup,
     opts: &PipelineOptions,
+    sink: Sink<'_>,
     counts: &[AtomicU64],
-    progress: &Progress,
     cancel: &AtomicBool,
     failed: &AtomicBool,
 ) -> Result<()> {
@@ -394,15 +389,13 @@ pub fn write_group(
     let total = cap + MAX_ENTRIES * (8 + ENTRY_BYTES);
     let mut pipeline = Pipeline {
         plan,
-        file,
-        opts: *opts,
+        sink,
         cap,
         candle_stream,
         stream: stream.clone(),
         func,
         slots: Vec::with_capacity(PIPELINE_DEPTH),
         counts,
-        progress,
         temp: None,
     };
     for _ in 0..PIPELINE_DEPTH {
@@ -438,21 +431,33 @@ impl Pipeline<'_> {
     /// contiguous copy first when the source is transposed or strided.
     fn source(&mut self, item: &Item, slot: usize, made: &mut bool) -> Result<(u64, Code)> {
         let piece = &self.plan.pieces()[item.piece];
-        let t = match &piece.source {
-            PieceSource::Tensor(t) if t.is_contiguous() => t.clone(),
-            PieceSource::Tensor(t) | PieceSource::Transposed(t) => match &self.temp {
-                Some((p, c)) if *p == item.piece => c.clone(),
-                _ => {
-                    let c = match &piece.source {
-                        PieceSource::Transposed(t) => t.t()?.contiguous()?,
-                        _ => t.contiguous()?,
-                    };
-                    *made = true;
-                    self.temp = Some((item.piece, c.clone()));
-                    c
+        let (t, offset) = match &piece.source {
+            PieceSource::Candle { tensor, offset } if tensor.is_contiguous() => {
+                (tensor.clone(), *offset)
+            }
+            PieceSource::Candle {
+                tensor: t,
+                offset: _,
+            }
+            | PieceSource::Transposed(t) => {
+                let offset = match &piece.source {
+                    PieceSource::Candle { offset, .. } => *offset,
+                    _ => 0,
+                };
+                match &self.temp {
+                    Some((p, c)) if *p == item.piece => (c.clone(), offset),
+                    _ => {
+                        let c = match &piece.source {
+                            PieceSource::Transposed(t) => t.t()?.contiguous()?,
+                            _ => t.contiguous()?,
+                        };
+                        *made = true;
+                        self.temp = Some((item.piece, c.clone()));
+                        (c, offset)
+                    }
                 }
-            },
-            PieceSource::Host(_) => {
+            }
+            PieceSource::Host { .. } => {
                 return Err(Error::InvalidInput(
                     "host bytes given to the CUDA fast path".into(),
                 ))
@@ -499,11 +504,15 @@ impl Pipeline<'_> {
             }
         };
         drop(storage);
-        if !matches!(piece.source, PieceSource::Tensor(ref o) if o.is_contiguous()) {
+        if !matches!(piece.source, PieceSource::Candle { ref tensor, .. } if tensor.is_contiguous())
+        {
             self.slots[slot].keep.push(t.clone());
         }
         let size = t.dtype().size_in_bytes() as u64;
-        Ok((base + (start + item.elems.start) as u64 * size, code))
+        Ok((
+            base + (start + offset + item.elems.start) as u64 * size,
+            code,
+        ))
     }
 
     /// Queues batch `batch` in slot `k`: table upload, kernel, copies back, completion event.
@@ -581,8 +590,7 @@ impl Pipeline<'_> {
             .as_ref()
             .ok_or_else(|| Error::InvalidInput("pipeline slot without a buffer".into()))?;
         let bytes = host.as_slice();
-        let at = self.plan.data_offset() + batch.at;
-        write_split(self.file, &bytes[..batch.len], at, self.opts.write_threads)?;
+        (self.sink)(&bytes[..batch.len], batch.at)?;
         for (i, item) in batch.items.iter().enumerate() {
             let c = self.cap + i * 8;
             let mut b = [0u8; 8];
@@ -590,41 +598,8 @@ impl Pipeline<'_> {
             let tensor = self.plan.pieces()[item.piece].tensor;
             self.counts[tensor].fetch_add(u64::from_le_bytes(b), Ordering::Relaxed);
         }
-        self.progress.inc(batch.len as u64);
         Ok(())
     }
-}
-
-/// Writes `buf` at file offset `at`, in up to `threads` parts written in parallel (one writer per
-/// part keeps page-cache and NVMe writes from being limited by one core).
-fn write_split(file: &File, buf: &[u8], at: u64, threads: usize) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    const MIN_PART: usize = 4 << 20;
-    let parts = threads.clamp(1, buf.len().div_ceil(MIN_PART).max(1));
-    let ctx = |len: usize, off: u64| {
-        move || format!("writing {len} bytes at offset {off} of the checkpoint")
-    };
-    if parts == 1 {
-        return file.write_all_at(buf, at).ctx(ctx(buf.len(), at));
-    }
-    let part = buf.len().div_ceil(parts).next_multiple_of(4096);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = buf
-            .chunks(part)
-            .enumerate()
-            .map(|(i, b)| {
-                let off = at + (i * part) as u64;
-                s.spawn(move || file.write_all_at(b, off).ctx(ctx(b.len(), off)))
-            })
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(Error::InvalidInput(
-                    "a checkpoint writer thread panicked".into(),
-                ))
-            })
-        })
-    })
 }
 
 /// Measures the device→host copy ceiling: GB/s (10⁹ bytes per second) of a `bytes`-byte copy
@@ -674,9 +649,6 @@ pub fn pinned_copy_ceiling(device: &Device, bytes: usize) -> Result<f64> {
     secs.sort_by(f64::total_cmp);
     Ok(bytes as f64 / secs[secs.len() / 2].max(1e-12) / 1e9)
 }
-
-/// Whether this build has the CUDA fast path.
-pub const ENABLED: bool = true;
 
 #[cfg(test)]
 mod tests {

@@ -1,41 +1,35 @@
 //! Stand-in for the CUDA fast path when the `cuda` feature is off.
 //!
-//! Same public names and signatures as `cuda.rs`, so the writer and the bench need no `#[cfg]`:
-//! there are never any device groups (candle has no CUDA devices in such a build), and the
-//! functions that only make sense with a GPU return [`Error::FeatureDisabled`].
+//! Same names and signatures as `cuda.rs`, so the writer and the bench need no `#[cfg]`: there
+//! are never any device groups (candle has no CUDA devices in such a build), and the functions
+//! that only make sense with a GPU return [`Error::FeatureDisabled`].
 
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::progress::Progress;
 
 /// Slots in flight per device pipeline (as in the CUDA build).
-pub const PIPELINE_DEPTH: usize = 2;
+pub(crate) const PIPELINE_DEPTH: usize = 2;
 
-/// Whether this build has the CUDA fast path.
-pub const ENABLED: bool = false;
-
-/// The pieces of one device that the fast path writes, in file order.
+/// The pieces of one device that the fast path fills, in file order.
 #[derive(Debug, Clone)]
-pub struct DeviceGroup {
-    /// The device holding the pieces' tensors.
-    pub device: Device,
+pub(crate) struct DeviceGroup {
     /// Indices into [`Plan::pieces`].
     pub pieces: Vec<usize>,
 }
 
 /// Sizes of a device pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PipelineOptions {
+pub(crate) struct PipelineOptions {
     /// Bytes per batch, i.e. per pinned buffer (rounded up to a multiple of 4096).
     pub buffer_size: usize,
-    /// Threads that write one finished buffer to the file (each takes a part).
-    pub write_threads: usize,
 }
+
+/// Where a pipeline hands each filled buffer: the writer's `write(bytes, data-section offset)`.
+pub(crate) type Sink<'a> = &'a (dyn Fn(&[u8], u64) -> Result<()> + Sync);
 
 fn disabled(what: &str) -> Error {
     Error::FeatureDisabled {
@@ -45,22 +39,20 @@ fn disabled(what: &str) -> Error {
 }
 
 /// Groups the pieces the fast path handles by device: none without the `cuda` feature.
-pub fn device_groups(_plan: &Plan) -> Vec<DeviceGroup> {
+pub(crate) fn device_groups(_plan: &Plan) -> Vec<DeviceGroup> {
     Vec::new()
 }
 
-/// The CUDA fast path's writer; without the `cuda` feature it only reports that.
+/// The CUDA fast path; without the `cuda` feature it only reports that.
 ///
 /// # Errors
 /// Always [`Error::FeatureDisabled`].
-#[allow(clippy::too_many_arguments)]
-pub fn write_group(
+pub(crate) fn run_group(
     _plan: &Plan,
-    _file: &File,
     _group: &DeviceGroup,
     _opts: &PipelineOptions,
+    _sink: Sink<'_>,
     _counts: &[AtomicU64],
-    _progress: &Progress,
     _cancel: &AtomicBool,
     _failed: &AtomicBool,
 ) -> Result<()> {

@@ -1,8 +1,8 @@
 use candle_core::{DType, Device};
 
 use super::*;
-use crate::arch::Arch;
 use crate::layout::{layout, LayoutKind};
+use crate::model::Arch;
 use crate::synthetic::{self, SyntheticOptions};
 use crate::testutil::{self, FIXTURES};
 
@@ -134,8 +134,8 @@ fn impossible_cast_is_refused() {
     let mut c = tiny(Arch::Sd15);
     let mut model = c.take(ComponentKind::Model).unwrap();
     let packed = Tensor::from_raw_buffer(&[0x12u8; 4], DType::F4, &[8], &Device::Cpu).unwrap();
-    model.insert("out.2.weight".into(), packed);
-    c.set(ComponentKind::Model, model);
+    model.insert("out.2.weight".into(), packed.into());
+    c.set_inputs(ComponentKind::Model, model);
     let opts = PlanOptions {
         dtypes: ComponentDtypes::all(TargetDtype::F16),
         ..Default::default()

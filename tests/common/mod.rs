@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
-use checkpoint_save::arch::{Arch, Prediction};
-use checkpoint_save::components::{ComponentKind, ComponentShapes, TensorInfo};
+use checkpoint_save::{Arch, Prediction};
+use checkpoint_save::{ComponentKind, ComponentShapes, TensorInfo};
 use serde_json::Value;
 
 /// Fixture name, architecture and the reference model's prediction type.
@@ -21,7 +21,7 @@ pub const FIXTURES: [(&str, Arch, Prediction); 6] = [
 /// `<name>.json` of the fixtures.
 pub fn fixture(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/fixtures/layouts/{name}.json",
+        "{}/tests/fixtures/layouts/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
@@ -96,4 +96,41 @@ pub fn bytes_of(t: &Tensor) -> Vec<u8> {
             .collect(),
         d => panic!("unexpected {d:?}"),
     }
+}
+
+/// Asserts that two safetensors files hold the same metadata and tensors (names, dtypes, shapes,
+/// bytes), whatever their header padding.
+pub fn same_tensors(a: &[u8], b: &[u8], what: &str) {
+    use safetensors::SafeTensors;
+    let (sa, sb) = (
+        SafeTensors::deserialize(a).unwrap(),
+        SafeTensors::deserialize(b).unwrap(),
+    );
+    let (ma, mb) = (
+        SafeTensors::read_metadata(a).unwrap().1,
+        SafeTensors::read_metadata(b).unwrap().1,
+    );
+    assert_eq!(ma.metadata(), mb.metadata(), "{what}: metadata");
+    let mut names = sa.names();
+    names.sort();
+    let mut other = sb.names();
+    other.sort();
+    assert_eq!(names, other, "{what}: names");
+    for n in names {
+        let (x, y) = (sa.tensor(n).unwrap(), sb.tensor(n).unwrap());
+        assert_eq!(
+            (x.dtype(), x.shape()),
+            (y.dtype(), y.shape()),
+            "{what}: {n}"
+        );
+        assert!(x.data() == y.data(), "{what}: {n}: bytes differ");
+    }
+}
+
+/// A safetensors file's header as JSON (object key order ignored when compared) and its data
+/// section.
+pub fn header_and_data(bytes: &[u8]) -> (Value, &[u8]) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    (header, &bytes[8 + n..])
 }

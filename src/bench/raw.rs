@@ -1,0 +1,173 @@
+//! The baselines of the benchmark — candle's own save and raw writes of the same bytes — and
+//! the measurement of one run (wall time, CPU time, peak extra resident memory).
+//!
+//! The raw writes go through the writer's own sink (positional writes, direct I/O where the
+//! buffer and offsets allow), so the ceiling is measured with exactly the system calls a save
+//! makes, minus everything else a save does.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::dtype::candle_dtype;
+use crate::model::{Components, InputTensor, TargetDtype};
+use crate::sys::cpu_seconds;
+use crate::write::{AlignedBuf, Method, Sink};
+
+/// One run: wall seconds, peak extra RSS, CPU seconds.
+pub(super) type Sample = (f64, u64, f64);
+
+/// Runs `f`, measuring it, and removes `path` afterwards.
+pub(super) fn timed(f: impl FnOnce() -> Result<()>, path: &Path) -> Result<Sample> {
+    let before = rss_reset();
+    let cpu = cpu_seconds();
+    let start = Instant::now();
+    let r = f();
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    let peak = peak_rss().saturating_sub(before);
+    remove(path)?;
+    r.map(|()| (secs, peak, cpu))
+}
+
+/// Removes `path`; a missing file is fine.
+pub(super) fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// candle's path as a new user writes it: cast every tensor, then `safetensors::save`, then fsync.
+pub(super) fn candle_save(components: &Components, dtype: TargetDtype, path: &Path) -> Result<()> {
+    let target = dtype.file_dtype().and_then(candle_dtype);
+    let mut map = HashMap::new();
+    for (kind, tensors) in components.iter() {
+        for (k, t) in tensors {
+            let InputTensor::Candle(t) = t;
+            let t = match target {
+                Some(d) if t.dtype().is_float() => t.to_dtype(d)?,
+                _ => t.clone(),
+            };
+            map.insert(format!("{kind}.{k}"), t);
+        }
+    }
+    candle_core::safetensors::save(&map, path)?;
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .ctx(|| format!("syncing {}", path.display()))
+}
+
+/// `len` bytes of xorshift noise (never time zeros: some storage compresses them).
+pub(super) fn random_block(len: usize) -> Result<AlignedBuf> {
+    let mut block = AlignedBuf::zeroed(len)?;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for b in block.as_mut_slice() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 24) as u8;
+    }
+    Ok(block)
+}
+
+/// A new file for writing; refuses to touch one that exists.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// One stream of `block`-sized writes in file order, then fsync.
+pub(super) fn raw_sequential(path: &Path, bytes: u64, block: &[u8]) -> Result<()> {
+    raw_parallel(path, bytes, 1, bytes.max(1), block, false)
+}
+
+/// Whether files in `dir` take direct I/O (the probe file `probe` is created and removed).
+pub(super) fn accepts_direct_io(dir: &Path, probe: &Path) -> Result<bool> {
+    let ctx = || format!("probing direct I/O in {}", dir.display());
+    let f = create_new(probe).ctx(ctx)?;
+    let ok = Sink::new(&f, Method::Direct, 0).is_direct();
+    remove(probe)?;
+    Ok(ok)
+}
+
+/// `threads` workers taking `chunk`-sized ranges in order and writing them `block` at a time,
+/// then fsync. With `direct`, through direct I/O (`block` is aligned; the file's unaligned tail
+/// goes through the page cache); the folder must accept it.
+pub(super) fn raw_parallel(
+    path: &Path,
+    bytes: u64,
+    threads: usize,
+    chunk: u64,
+    block: &[u8],
+    direct: bool,
+) -> Result<()> {
+    let ctx = || format!("raw write to {}", path.display());
+    let f = create_new(path).ctx(ctx)?;
+    f.set_len(bytes).ctx(ctx)?;
+    let method = if direct {
+        Method::Direct
+    } else {
+        Method::Pwrite
+    };
+    let sink = Sink::new(&f, method, 0);
+    if direct && !sink.is_direct() {
+        return Err(Error::InvalidInput(format!(
+            "{} refused direct I/O after the probe",
+            path.display()
+        )));
+    }
+    let next = AtomicU64::new(0);
+    let result: Result<()> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let start = next.fetch_add(chunk, Ordering::Relaxed);
+                        if start >= bytes {
+                            return Ok(());
+                        }
+                        let end = (start + chunk).min(bytes);
+                        let mut at = start;
+                        while at < end {
+                            let n = (end - at).min(block.len() as u64) as usize;
+                            sink.write_at(&block[..n], at)?;
+                            at += n as u64;
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::InvalidInput("a writer thread panicked".into())))
+        })
+    });
+    result?;
+    f.sync_all().ctx(ctx)
+}
+
+/// Resets the peak-RSS counter and returns the current RSS (bytes); 0 where /proc is missing.
+fn rss_reset() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kib("VmRSS:") * 1024
+}
+
+fn peak_rss() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

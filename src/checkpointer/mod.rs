@@ -1,0 +1,430 @@
+//! Checkpoints from a training loop: background saves with a bounded stall, retention and resume.
+//!
+//! # Why
+//!
+//! A training loop should pause for a checkpoint only as long as it takes to take a consistent
+//! copy of its weights, not for the whole write (the model of PyTorch's asynchronous distributed
+//! checkpoint). [`Checkpointer::save`] therefore takes a *snapshot* and returns; a background
+//! thread writes it with the ordinary save path ([`crate::save::save_to_path`]: plan, parallel
+//! engine with its bounded staging budget, publish through [`crate::naming::reserve_at`], never
+//! replacing a file).
+//!
+//! # Snapshots
+//!
+//! The snapshot must be a copy even for CPU tensors. candle tensors look like immutable values,
+//! but a [`candle_core::Var`] shares its storage with every clone of its tensor, and
+//! [`candle_core::Var::set`] (which optimizers such as `AdamW` and `SGD` use for every step)
+//! overwrites that storage in place. Writing from the live tensors would put a mixture of steps
+//! into the file. The strategy is chosen per device ([`SnapshotStrategy`]):
+//!
+//! * CPU tensors: a host copy ([`candle_core::Tensor::copy`], the tensors copied in parallel).
+//! * CUDA / Metal tensors: a device-side copy (shortest stall, no bus transfer) when the device
+//!   has room for it — a caller-given free-memory figure ([`CheckpointerBuilder::device_memory_limit`])
+//!   is respected, and an allocation failure falls back — otherwise a device→host copy. A
+//!   device-side copy is enqueued on the tensor's stream/command queue before the loop's next
+//!   update, so the update cannot overtake it; the background thread later brings the copy to the
+//!   host through the generic device path of [`crate::offload`].
+//!
+//! # One save in flight
+//!
+//! At most one background save runs at a time, so at most one snapshot is held besides the live
+//! weights. What happens when the next save is asked for early is explicit ([`InFlight`]). An error
+//! of a background save is returned by the next call ([`Checkpointer::save`],
+//! [`Checkpointer::wait`], [`Checkpointer::finish`]); dropping the checkpointer blocks until the
+//! save in flight is finished (its error, if any, is printed to stderr, as `Drop` cannot return
+//! it — call [`Checkpointer::finish`] to receive it). [`Checkpointer::abandon`] cancels instead.
+//!
+//! # Files, manifest and retention
+//!
+//! Each checkpoint is `<stem>-step<step:08>.safetensors` in the output folder. After each
+//! completed save, `manifest.json` in that folder is rewritten atomically (temporary file, fsync,
+//! rename, fsync of the folder) with one entry per checkpoint (step, metric, unix time, file name,
+//! size, FNV-1a 64 checksum of the 8-byte length and JSON header). Files that fall out of
+//! [`Retention`] are removed only after the new manifest is durable, so a crash at any moment
+//! leaves a manifest that points only at complete files. [`load_latest`] reads it back, verifies
+//! the newest entry and falls back to older ones.
+
+mod builder;
+mod job;
+mod manifest;
+mod resume;
+mod snapshot;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::{ComponentKind, Components, InputTensor, IntoTensorMap, TensorMap};
+use crate::save;
+use crate::write::AlignedBuf;
+pub use builder::CheckpointerBuilder;
+use job::Job;
+pub use manifest::{
+    read_manifest, Manifest, ManifestEntry, MetricOrder, Retention, MANIFEST_FILE_NAME,
+};
+pub use resume::{load_into, load_latest, Resumed};
+
+/// What [`Checkpointer::save`] does when the previous save is still being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InFlight {
+    /// Block until the previous save is finished, then take the new snapshot (the default:
+    /// every requested checkpoint is written).
+    #[default]
+    Wait,
+    /// Take no snapshot and return [`SaveOutcome::Skipped`] (the loop never waits for storage).
+    Skip,
+}
+
+/// How the snapshot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotStrategy {
+    /// CPU tensors: host copy. Device tensors: device-side copy when it fits
+    /// ([`CheckpointerBuilder::device_memory_limit`]) and the allocation succeeds, else a
+    /// device→host copy.
+    #[default]
+    Auto,
+    /// Device tensors copied on their device (CPU tensors: host copy).
+    DeviceCopy,
+    /// Device tensors copied to host memory (CPU tensors: host copy).
+    DeviceToHost,
+}
+
+/// The snapshot strategy actually used for one save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// All tensors were CPU tensors, copied in host memory.
+    HostCopy,
+    /// Device tensors were copied on their device.
+    DeviceCopy,
+    /// Device tensors were copied to host memory.
+    DeviceToHost,
+}
+
+/// A checkpointer's settings, shared with its background saves.
+#[derive(Debug)]
+struct Config {
+    builder: CheckpointerBuilder,
+    model_prefix: Option<String>,
+    /// The staging buffer of the last finished save, for the next snapshot to reuse.
+    spare_image: std::sync::Mutex<Option<AlignedBuf>>,
+}
+
+impl Config {
+    fn file_name(&self, step: u64) -> String {
+        format!("{}-step{step:08}.safetensors", self.builder.stem)
+    }
+}
+
+/// What [`Checkpointer::save`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SaveOutcome {
+    /// The snapshot was taken and is being written in the background.
+    Started {
+        /// The step saved.
+        step: u64,
+        /// Where the file will be published.
+        path: PathBuf,
+        /// How long the caller was held for the snapshot (the stall), waiting excluded.
+        snapshot: Duration,
+        /// Time spent waiting for the previous save ([`InFlight::Wait`]).
+        waited: Duration,
+        /// The strategy used.
+        strategy: SnapshotKind,
+        /// Bytes copied into the snapshot.
+        bytes: u64,
+    },
+    /// A save was still in flight and the policy is [`InFlight::Skip`]; nothing was copied.
+    Skipped {
+        /// The step that was not saved.
+        step: u64,
+        /// The step still being written.
+        in_flight_step: u64,
+    },
+}
+
+/// A background save that completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    /// Its manifest entry.
+    pub entry: ManifestEntry,
+    /// The published file.
+    pub path: PathBuf,
+    /// Time from snapshot to durable manifest.
+    pub elapsed: Duration,
+    /// Checkpoint files removed by retention.
+    pub removed: Vec<PathBuf>,
+}
+
+struct Running {
+    step: u64,
+    cancel: Arc<AtomicBool>,
+    handle: JoinHandle<Result<Completed>>,
+}
+
+/// Saves checkpoints from a training loop in the background; see the [module docs](self).
+pub struct Checkpointer {
+    cfg: Arc<Config>,
+    in_flight: Option<Running>,
+    last: Option<Completed>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("dir", &self.cfg.builder.dir)
+            .field("stem", &self.cfg.builder.stem)
+            .field("in_flight_step", &self.in_flight.as_ref().map(|r| r.step))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checkpointer {
+    /// Settings for checkpoints in `dir`, with the defaults: stem `checkpoint`, plain layout,
+    /// dtypes as held, keep the last 3, [`InFlight::Wait`], [`SnapshotStrategy::Auto`].
+    pub fn builder(dir: impl Into<PathBuf>) -> CheckpointerBuilder {
+        CheckpointerBuilder::new(dir.into())
+    }
+
+    /// The output folder.
+    pub fn dir(&self) -> &Path {
+        &self.cfg.builder.dir
+    }
+
+    /// The file-name stem.
+    pub fn stem(&self) -> &str {
+        &self.cfg.builder.stem
+    }
+
+    /// Where the checkpoint of `step` is published.
+    pub fn path_for(&self, step: u64) -> PathBuf {
+        self.cfg.builder.dir.join(self.cfg.file_name(step))
+    }
+
+    /// The step being written in the background, if any.
+    pub fn in_flight_step(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|r| r.step)
+    }
+
+    /// Whether a background write is running now (a finished one not yet collected by
+    /// [`Checkpointer::wait`] or the next save does not count).
+    pub fn is_saving(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|r| !r.handle.is_finished())
+    }
+
+    /// The last background save seen to complete.
+    pub fn last_completed(&self) -> Option<&Completed> {
+        self.last.as_ref()
+    }
+
+    /// Takes a snapshot of `tensors` for `step` and returns; the write runs in the background.
+    ///
+    /// # Errors
+    /// The error of the previous background save (then no snapshot is taken; call again to save),
+    /// layout/plan errors found before the snapshot (bad names, impossible casts) and snapshot
+    /// copy errors.
+    pub fn save(
+        &mut self,
+        tensors: impl Into<Components>,
+        step: u64,
+        metric: Option<f64>,
+    ) -> Result<SaveOutcome> {
+        self.save_with_extra(tensors, Vec::<(String, TensorMap)>::new(), step, metric)
+    }
+
+    /// As [`Checkpointer::save`], with extra named tensors (optimizer moments, counters) in the
+    /// same file, each set under its own prefix (`"optim."`); read them back with
+    /// [`Resumed::extra`]. The extra tensors join the first component present and need a layout
+    /// that keeps names (plain or generic).
+    ///
+    /// # Errors
+    /// As [`Checkpointer::save`], plus [`Error::InvalidInput`] for an empty prefix, a main tensor
+    /// whose name starts with an extra prefix, or extras with a ComfyUI layout.
+    pub fn save_with_extra<P: Into<String>, M: IntoTensorMap>(
+        &mut self,
+        tensors: impl Into<Components>,
+        extra: impl IntoIterator<Item = (P, M)>,
+        step: u64,
+        metric: Option<f64>,
+    ) -> Result<SaveOutcome> {
+        let mut waited = Duration::ZERO;
+        if let Some(running) = &self.in_flight {
+            if !running.handle.is_finished() && self.cfg.builder.in_flight == InFlight::Skip {
+                return Ok(SaveOutcome::Skipped {
+                    step,
+                    in_flight_step: running.step,
+                });
+            }
+            let start = Instant::now();
+            self.wait()?;
+            waited = start.elapsed();
+        }
+        let extra: Vec<(String, TensorMap)> = extra
+            .into_iter()
+            .map(|(p, m)| (p.into(), m.into_tensor_map()))
+            .collect();
+        let components = self.merge_extra(tensors.into(), &extra)?;
+        // Check names, layout and casts now, so a bad request fails here rather than later.
+        save::lay_out(&components, &self.cfg.builder.layout, None)?;
+        let start = Instant::now();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let file = self.cfg.file_name(step);
+        let title = file.strip_suffix(".safetensors").unwrap_or(&file);
+        let (snapshot, strategy, bytes) = snapshot::take(&components, &self.cfg, title, &cancel)?;
+        let snapshot_time = start.elapsed();
+        drop(components);
+        let job = Job {
+            cfg: Arc::clone(&self.cfg),
+            snapshot,
+            step,
+            metric: metric.filter(|m| m.is_finite()),
+            extra_prefixes: extra.into_iter().map(|(p, _)| p).collect(),
+            cancel: Arc::clone(&cancel),
+            started: start,
+        };
+        let path = self.path_for(step);
+        let handle = std::thread::Builder::new()
+            .name(format!("checkpoint-step{step}"))
+            .spawn(move || job.run())
+            .ctx(|| "cannot start the background checkpoint thread".into())?;
+        self.in_flight = Some(Running {
+            step,
+            cancel,
+            handle,
+        });
+        Ok(SaveOutcome::Started {
+            step,
+            path,
+            snapshot: snapshot_time,
+            waited,
+            strategy,
+            bytes,
+        })
+    }
+
+    fn merge_extra(
+        &self,
+        mut components: Components,
+        extra: &[(String, TensorMap)],
+    ) -> Result<Components> {
+        if extra.is_empty() {
+            return Ok(components);
+        }
+        if self.cfg.model_prefix.is_none() {
+            return Err(Error::InvalidInput(
+                "extra tensors need a layout that keeps names (plain or generic); a ComfyUI \
+                 layout renames and drops keys it does not know"
+                    .into(),
+            ));
+        }
+        let kind = components
+            .iter()
+            .map(|(k, _)| k)
+            .next()
+            .unwrap_or(ComponentKind::Model);
+        let mut map = components.take(kind).unwrap_or_default();
+        for (prefix, _) in extra {
+            if prefix.is_empty() {
+                return Err(Error::InvalidInput(
+                    "an extra tensor set needs a non-empty prefix such as `optim.`".into(),
+                ));
+            }
+            if let Some(name) = map.keys().find(|k| k.starts_with(prefix)) {
+                return Err(Error::InvalidInput(format!(
+                    "model tensor `{name}` starts with the extra prefix `{prefix}`; choose \
+                     another prefix"
+                )));
+            }
+        }
+        for (prefix, source) in extra {
+            for (name, t) in source {
+                let key = format!("{prefix}{name}");
+                if map
+                    .insert(key.clone(), InputTensor::Candle(t.clone()))
+                    .is_some()
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "extra tensor `{key}` is given twice; give each extra set its own prefix"
+                    )));
+                }
+            }
+        }
+        components.set_inputs(kind, map);
+        Ok(components)
+    }
+
+    /// Blocks until the save in flight (if any) is finished and returns its report.
+    ///
+    /// # Errors
+    /// The error of that save (I/O, cancelled, a panic of the background thread).
+    pub fn wait(&mut self) -> Result<Option<Completed>> {
+        let Some(running) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let completed = join(running)?;
+        self.last = Some(completed.clone());
+        Ok(Some(completed))
+    }
+
+    /// Finishes the save in flight and ends the checkpointer.
+    ///
+    /// # Errors
+    /// As [`Checkpointer::wait`].
+    pub fn finish(mut self) -> Result<Option<Completed>> {
+        self.wait()
+    }
+
+    /// Cancels the save in flight: its temporary file is removed and the manifest is untouched
+    /// (if it had already been published, it stays, listed in the manifest).
+    ///
+    /// # Errors
+    /// An error of the save other than the cancellation itself.
+    pub fn abandon(mut self) -> Result<()> {
+        let Some(running) = self.in_flight.take() else {
+            return Ok(());
+        };
+        running.cancel.store(true, Ordering::Relaxed);
+        match join(running) {
+            Ok(_) | Err(Error::Cancelled) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Finishes the save in flight (blocks); prints its error to stderr, since `Drop` cannot
+    /// return it. Use [`Checkpointer::finish`] to receive it instead.
+    fn drop(&mut self) {
+        if let Some(running) = self.in_flight.take() {
+            let step = running.step;
+            if let Err(e) = join(running) {
+                eprintln!(
+                    "checkpoint of step {step} failed while the checkpointer was dropped: {e}"
+                );
+            }
+        }
+    }
+}
+
+fn join(running: Running) -> Result<Completed> {
+    let step = running.step;
+    running.handle.join().unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::InvalidInput(format!(
+            "the background save of step {step} panicked: {what}"
+        )))
+    })
+}
+
+/// Locks a mutex, recovering the data of a poisoned one (a panicked save only loses its buffer).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,350 @@
+//! The command line: subcommands and their flags (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use checkpoint_save::{Arch, Backend, EngineOptions, Prediction, TargetDtype};
+
+/// Exit codes, as the help texts list them.
+pub(crate) const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    error (bad input, unreadable file, refused or failed save); one line on stderr says why
+  2    usage error (unknown option or invalid value), reported by the argument parser
+  130  interrupted by Ctrl-C; the temporary file was removed and nothing was written";
+
+/// Save diffusion-model components into one ComfyUI-compatible .safetensors checkpoint.
+#[derive(Debug, Parser)]
+#[command(name = "checkpoint-save", version, about, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Save model, text encoder(s) and VAE as one checkpoint (ComfyUI's Save Checkpoint node).
+    ///
+    /// Prints the written path on stdout (and nothing else) and a one-line summary on stderr.
+    #[command(after_help = EXIT_CODES)]
+    Save(Box<SaveArgs>),
+
+    /// Split a checkpoint into model.safetensors, clip.safetensors and vae.safetensors.
+    ///
+    /// The files hold the in-memory (ComfyUI) key names, so `save --model --clip --vae` reads them
+    /// back. Existing files are never overwritten.
+    #[command(after_help = EXIT_CODES)]
+    Split(SplitArgs),
+
+    /// Show a checkpoint's architecture, prediction, tensors per part, dtypes and metadata.
+    #[command(after_help = EXIT_CODES)]
+    Inspect(InspectArgs),
+
+    /// Measure save throughput against candle's path and the storage ceiling, in one run.
+    ///
+    /// Builds a synthetic model in memory, then times (after a warm-up, `--runs` times each,
+    /// median): (a) this tool's save, (b) candle's `to_dtype` + `safetensors::save`, (c) raw
+    /// writes of the same bytes into the same folder (one stream, and parallel positional
+    /// writes), all ending with the same fsync. Prints GB/s, the ratios and peak extra memory.
+    #[command(after_help = EXIT_CODES)]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Architecture of the synthetic model.
+    #[arg(long, value_name = "ARCH")]
+    pub(crate) synthetic: Arch,
+
+    /// Dtype the checkpoint is saved in (keep, f32, f16, bf16, f8_e4m3, f8_e5m2).
+    #[arg(long, value_name = "DTYPE", default_value = "keep")]
+    pub(crate) dtype: TargetDtype,
+
+    /// Dtype the synthetic model is built in (f32, f16, bf16); default: the reference's
+    /// (F32 denoiser and VAE, F16 text encoders).
+    #[arg(long, value_name = "DTYPE")]
+    pub(crate) model_dtype: Option<TargetDtype>,
+
+    /// Folder written into; put it on the storage you want to measure.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output_dir: Option<PathBuf>,
+
+    /// Timed runs of each measurement after one warm-up.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub(crate) runs: usize,
+
+    /// Cap every dimension of the synthetic model (quick runs).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_dim: Option<usize>,
+
+    /// Device the model lives on: cpu, cuda:N or metal:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub(crate) device: String,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+/// Settings of the parallel writer.
+#[derive(Debug, Args)]
+pub(crate) struct EngineArgs {
+    /// Writer threads [default: one per core]
+    #[arg(long, value_name = "N", help_heading = "Writer")]
+    pub(crate) threads: Option<usize>,
+
+    /// Host memory for staging, in MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 256,
+        help_heading = "Writer"
+    )]
+    pub(crate) staging_mib: u64,
+
+    /// Unit of work between writer threads, in MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 32,
+        help_heading = "Writer"
+    )]
+    pub(crate) chunk_mib: u64,
+
+    /// How chunks reach the file: auto, pwrite, mmap or direct.
+    #[arg(
+        long,
+        value_name = "B",
+        default_value = "auto",
+        help_heading = "Writer"
+    )]
+    pub(crate) backend: Backend,
+}
+
+impl EngineArgs {
+    /// The writer settings these flags ask for.
+    pub(crate) fn options(&self) -> EngineOptions {
+        EngineOptions {
+            chunk_size: self.chunk_mib << 20,
+            staging_budget: self.staging_mib << 20,
+            threads: self.threads.unwrap_or(0),
+            backend: self.backend,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SplitArgs {
+    /// The checkpoint to split.
+    #[arg(value_name = "CKPT")]
+    pub(crate) checkpoint: PathBuf,
+
+    /// Folder for the component files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output_dir: PathBuf,
+
+    /// The checkpoint's architecture; default: detected from its keys.
+    #[arg(long, value_name = "ARCH")]
+    pub(crate) arch: Option<Arch>,
+
+    /// Print nothing on stderr.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The checkpoint to inspect (only its header is read).
+    #[arg(value_name = "CKPT")]
+    pub(crate) checkpoint: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The `--arch` value: detection, one architecture, or the generic prefix layout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ArchArg {
+    Auto,
+    Arch(Arch),
+    Generic,
+}
+
+pub(crate) fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "auto" => Ok(ArchArg::Auto),
+        "generic" => Ok(ArchArg::Generic),
+        _ => s
+            .parse::<Arch>()
+            .map(ArchArg::Arch)
+            .map_err(|_| format!("choose auto, generic or one of {}", Arch::known_names())),
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SaveArgs {
+    /// The denoiser (UNet/DiT) as a .safetensors file with in-memory key names.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic",
+        help_heading = "Inputs"
+    )]
+    pub(crate) model: Option<PathBuf>,
+
+    /// The text encoder(s) as a .safetensors file (`clip_l.…`, `clip_g.…`, `t5xxl.…` keys).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic",
+        help_heading = "Inputs"
+    )]
+    pub(crate) clip: Option<PathBuf>,
+
+    /// The autoencoder as a .safetensors file (`encoder.…`, `decoder.…` keys).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic",
+        help_heading = "Inputs"
+    )]
+    pub(crate) vae: Option<PathBuf>,
+
+    /// Build a synthetic model of this architecture in memory instead of reading files
+    /// (sd15, sd2, sdxl, sdxl-refiner, sd3, flux, flux-schnell).
+    #[arg(long, value_name = "ARCH", help_heading = "Inputs")]
+    pub(crate) synthetic: Option<Arch>,
+
+    /// Seed of the synthetic model's values.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "synthetic",
+        help_heading = "Inputs"
+    )]
+    pub(crate) seed: u64,
+
+    /// Cap every dimension of the synthetic model (a tiny model with every key name).
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "synthetic",
+        help_heading = "Inputs"
+    )]
+    pub(crate) max_dim: Option<usize>,
+
+    /// Build the test-sized synthetic model: every kind of key, consistent shapes, under 2 MB.
+    #[arg(
+        long,
+        requires = "synthetic",
+        conflicts_with = "max_dim",
+        help_heading = "Inputs"
+    )]
+    pub(crate) tiny: bool,
+
+    /// Key layout: auto (detect), an architecture, or generic (prefixes only, no conversion).
+    #[arg(
+        long,
+        value_name = "ARCH",
+        default_value = "auto",
+        value_parser = parse_arch_arg,
+        help_heading = "Layout"
+    )]
+    pub(crate) arch: ArchArg,
+
+    /// Prefix of denoiser keys (generic layout) [default: model.diffusion_model.]
+    #[arg(long, value_name = "P", help_heading = "Layout")]
+    pub(crate) model_prefix: Option<String>,
+
+    /// Prefix of text-encoder keys (generic layout) [default: text_encoders.]
+    #[arg(long, value_name = "P", help_heading = "Layout")]
+    pub(crate) clip_prefix: Option<String>,
+
+    /// Prefix of VAE keys (generic layout) [default: vae.]
+    #[arg(long, value_name = "P", help_heading = "Layout")]
+    pub(crate) vae_prefix: Option<String>,
+
+    /// Prediction type (eps, v, v-zsnr, edm-v, flow); default: the architecture's own.
+    #[arg(long, value_name = "TYPE", help_heading = "Layout")]
+    pub(crate) prediction: Option<Prediction>,
+
+    /// Largest sigma of an edm-v schedule [default: 120]
+    #[arg(long, value_name = "X", help_heading = "Layout")]
+    pub(crate) sigma_max: Option<f64>,
+
+    /// Smallest sigma of an edm-v schedule [default: 0.002]
+    #[arg(long, value_name = "X", help_heading = "Layout")]
+    pub(crate) sigma_min: Option<f64>,
+
+    /// Dtype of every component (keep, f32, f16, bf16, f8_e4m3, f8_e5m2).
+    #[arg(
+        long,
+        value_name = "DTYPE",
+        default_value = "keep",
+        help_heading = "Dtypes"
+    )]
+    pub(crate) dtype: TargetDtype,
+
+    /// Dtype of the denoiser, overriding --dtype.
+    #[arg(long, value_name = "DTYPE", help_heading = "Dtypes")]
+    pub(crate) model_dtype: Option<TargetDtype>,
+
+    /// Dtype of the text encoder(s), overriding --dtype.
+    #[arg(long, value_name = "DTYPE", help_heading = "Dtypes")]
+    pub(crate) clip_dtype: Option<TargetDtype>,
+
+    /// Dtype of the VAE, overriding --dtype.
+    #[arg(long, value_name = "DTYPE", help_heading = "Dtypes")]
+    pub(crate) vae_dtype: Option<TargetDtype>,
+
+    /// Output root; the checkpoint never leaves it (ComfyUI's output folder).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "output",
+        help_heading = "Output"
+    )]
+    pub(crate) output_dir: PathBuf,
+
+    /// File-name prefix: `<prefix>_<counter:05>_.safetensors`; `%year%`… tokens are expanded,
+    /// a trailing `/` names a folder.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value = "checkpoints/ComfyUI",
+        help_heading = "Output"
+    )]
+    pub(crate) prefix: String,
+
+    /// JSON file written as the `prompt` metadata (ComfyUI's API-format prompt).
+    #[arg(long, value_name = "FILE", help_heading = "Metadata")]
+    pub(crate) prompt: Option<PathBuf>,
+
+    /// JSON file written as the `workflow` metadata (ComfyUI's UI graph).
+    #[arg(long, value_name = "FILE", help_heading = "Metadata")]
+    pub(crate) workflow: Option<PathBuf>,
+
+    /// Leave out `prompt` and `workflow` (like ComfyUI's --disable-metadata).
+    #[arg(long, help_heading = "Metadata")]
+    pub(crate) disable_metadata: bool,
+
+    /// Refuse to write a checkpoint holding NaN/Inf values (default: warn only).
+    #[arg(long, help_heading = "Checks")]
+    pub(crate) check_finite: bool,
+
+    /// Print only the written path: no progress bar, no summary, no warnings.
+    #[arg(long, short, help_heading = "Output")]
+    pub(crate) quiet: bool,
+
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}

@@ -1,0 +1,105 @@
+//! `checkpoint-save`: the command-line front end of the `checkpoint_save` library.
+//!
+//! Subcommands: `save` (components from .safetensors files or a synthetic model → one checkpoint),
+//! `split` (a checkpoint → one file per component, readable by `save`), `inspect` and `bench`.
+//!
+//! The binary only parses arguments, reads inputs and prints results; every rule about keys,
+//! dtypes, names and files lives in the library. Errors are printed as one line with their
+//! context chain, and the exit code says what kind of failure it was (see `args::EXIT_CODES`).
+
+mod args;
+mod commands;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use args::{Cli, Command};
+use checkpoint_save::Error;
+
+/// Exit code of a successful run.
+const EXIT_OK: u8 = 0;
+/// Exit code of a failed run (bad input, I/O error, refused save).
+const EXIT_ERROR: u8 = 1;
+/// Exit code of a run interrupted by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    checkpoint_save::ignore_file_size_signal();
+    let cli = Cli::parse();
+    let cancel = Arc::new(AtomicBool::new(false));
+    if let Err(e) = install_ctrlc(&cancel) {
+        // Saving still works without the handler; Ctrl-C then just kills the process.
+        eprintln!("warning: {e:#}");
+    }
+    match run(cli, &cancel) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {}", one_line(&message(&e)));
+            let cancelled = matches!(e.downcast_ref::<Error>(), Some(Error::Cancelled))
+                || cancel.load(Ordering::Relaxed);
+            ExitCode::from(if cancelled {
+                EXIT_INTERRUPTED
+            } else {
+                EXIT_ERROR
+            })
+        }
+    }
+}
+
+/// Ctrl-C sets `cancel`; the writer sees it, removes its temporary file and returns an error.
+fn install_ctrlc(cancel: &Arc<AtomicBool>) -> Result<()> {
+    let flag = Arc::clone(cancel);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("cannot install the Ctrl-C handler")
+}
+
+/// The error and its causes, like `{:#}`, without repeating a cause whose text the error before it
+/// already includes (library I/O errors print their source themselves).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Writes to stdout; a closed pipe (`… | head`) is not an error worth reporting.
+pub(crate) fn print_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Joins a multi-line message (the reference's sandbox error has four lines) into one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
+    match cli.command {
+        Command::Save(args) => commands::save(&args, cancel),
+        Command::Split(args) => commands::split(&args, cancel),
+        Command::Inspect(args) => commands::inspect(&args),
+        Command::Bench(args) => commands::bench(&args),
+    }
+}

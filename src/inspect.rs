@@ -1,0 +1,215 @@
+//! Looking inside a checkpoint without loading it: architecture, prediction, tensors and bytes
+//! per part, dtypes and metadata, from the header (and at most two 4-byte sigma scalars).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+use crate::error::Result;
+use crate::layout::invert::{detect_arch, read_prediction};
+use crate::load::read_f32_scalar;
+use crate::model::{Arch, Prediction, TensorInfo};
+use crate::read::SafetensorsFile;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PartSummary {
+    /// `model`, `clip`, `vae` or `other`.
+    pub name: &'static str,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Bytes of tensor data.
+    pub bytes: u64,
+    /// Number of tensors per dtype (`F16`, `F32`, …).
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+/// What the header of a checkpoint says, read without loading tensor data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inspection {
+    /// The file.
+    pub path: PathBuf,
+    /// The architecture the denoiser's keys detect as; `None` when unknown.
+    #[serde(serialize_with = "serialize_arch")]
+    pub arch: Option<Arch>,
+    /// The prediction type (markers, then `modelspec.predict_key`, then the architecture default).
+    #[serde(serialize_with = "serialize_prediction")]
+    pub prediction: Prediction,
+    /// Per part (model, clip, vae, other by key prefix), only parts with tensors.
+    pub parts: Vec<PartSummary>,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// The header's `__metadata__`.
+    pub metadata: BTreeMap<String, String>,
+    /// Bytes of tensor data.
+    pub data_bytes: u64,
+    /// Length of the JSON header (without the 8-byte length prefix).
+    pub header_bytes: u64,
+    /// File size.
+    pub file_bytes: u64,
+}
+
+fn serialize_arch<S: Serializer>(
+    arch: &Option<Arch>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match arch {
+        Some(a) => s.serialize_str(a.name()),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_prediction<S: Serializer>(
+    p: &Prediction,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(None)?;
+    match p {
+        Prediction::EdmV {
+            sigma_max,
+            sigma_min,
+        } => {
+            m.serialize_entry("type", "edm-v")?;
+            m.serialize_entry("sigma_max", sigma_max)?;
+            m.serialize_entry("sigma_min", sigma_min)?;
+        }
+        other => m.serialize_entry("type", &other.to_string())?,
+    }
+    m.end()
+}
+
+/// The part of a checkpoint a key belongs to, by prefix.
+fn part_of(key: &str) -> &'static str {
+    const CLIP: [&str; 4] = [
+        "cond_stage_model.",
+        "conditioner.",
+        "text_encoders.",
+        "text_encoder.",
+    ];
+    if key.starts_with("model.") {
+        "model"
+    } else if CLIP.iter().any(|p| key.starts_with(p)) {
+        "clip"
+    } else if key.starts_with("first_stage_model.") || key.starts_with("vae.") {
+        "vae"
+    } else {
+        "other"
+    }
+}
+
+/// Reads a checkpoint's header (and at most the two 4-byte EDM sigma scalars), not its tensor data.
+///
+/// # Errors
+/// Every error of opening and validating the file ([`crate::Error::Io`],
+/// [`crate::Error::HeaderTooLarge`], [`crate::Error::InvalidCheckpoint`], truncation included).
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let st = SafetensorsFile::open(path)?;
+    let infos: BTreeMap<String, TensorInfo> = st
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), TensorInfo::new(t.shape.clone(), t.dtype)))
+        .collect();
+    let arch = detect_arch(&infos).ok();
+    let default = arch.map_or(Prediction::Flow, Arch::default_prediction);
+    let (prediction, _) = read_prediction(path, &infos, st.metadata(), default, |key| {
+        read_f32_scalar(&st, key)
+    })?;
+    let mut parts: Vec<PartSummary> = ["model", "clip", "vae", "other"]
+        .into_iter()
+        .map(|name| PartSummary {
+            name,
+            ..Default::default()
+        })
+        .collect();
+    for t in st.tensors() {
+        let name = part_of(&t.name);
+        if let Some(p) = parts.iter_mut().find(|p| p.name == name) {
+            p.tensors += 1;
+            p.bytes += t.byte_len();
+            *p.dtypes.entry(t.dtype.to_string()).or_default() += 1;
+        }
+    }
+    parts.retain(|p| p.tensors > 0);
+    Ok(Inspection {
+        path: path.to_path_buf(),
+        arch,
+        prediction,
+        parts,
+        tensors: infos.len(),
+        metadata: st.metadata().clone(),
+        data_bytes: st.data_len(),
+        header_bytes: st.header_len(),
+        file_bytes: st.file_len(),
+    })
+}
+
+/// Bytes in a human unit (binary prefixes).
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+impl fmt::Display for Inspection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.path.display())?;
+        let arch = self.arch.map_or("unknown", Arch::name);
+        writeln!(f, "  architecture: {arch}")?;
+        writeln!(f, "  prediction:   {}", self.prediction)?;
+        writeln!(
+            f,
+            "  tensors:      {} ({} of data, header {}, file {})",
+            self.tensors,
+            human_bytes(self.data_bytes),
+            human_bytes(self.header_bytes),
+            human_bytes(self.file_bytes)
+        )?;
+        for p in &self.parts {
+            let dtypes: Vec<String> = p.dtypes.iter().map(|(d, n)| format!("{d}×{n}")).collect();
+            writeln!(
+                f,
+                "  {:<6} {:>6} tensors {:>12}  {}",
+                p.name,
+                p.tensors,
+                human_bytes(p.bytes),
+                dtypes.join(", ")
+            )?;
+        }
+        if !self.metadata.is_empty() {
+            writeln!(f, "  metadata:")?;
+            for (k, v) in &self.metadata {
+                let shown: String = v.chars().take(72).collect();
+                let more = if shown.len() < v.len() { "…" } else { "" };
+                writeln!(f, "    {k}: {shown}{more}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_and_units() {
+        assert_eq!(part_of("model.diffusion_model.x"), "model");
+        assert_eq!(part_of("conditioner.embedders.0.x"), "clip");
+        assert_eq!(part_of("text_encoders.t5xxl.x"), "clip");
+        assert_eq!(part_of("first_stage_model.x"), "vae");
+        assert_eq!(part_of("v_pred"), "other");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.00 MiB");
+    }
+}

@@ -1,0 +1,17 @@
+//! The model a save starts from: its components, their tensors, architectures and dtypes.
+//!
+//! A model is three components (the denoiser "model", the text encoders "clip", the autoencoder
+//! "vae"), each a map from ComfyUI's in-memory key names to tensors. A tensor is wherever its
+//! bytes already are: a candle tensor on any device ([`InputTensor::Candle`]); later stages read it
+//! only when the file is written.
+
+pub mod arch;
+pub mod components;
+pub mod dtype;
+
+pub use arch::{Arch, Prediction};
+pub use components::{
+    ComponentKind, ComponentShapes, Components, InputMap, InputTensor, IntoTensorMap, TensorInfo,
+    TensorMap,
+};
+pub use dtype::{Dtype, TargetDtype};

@@ -1,0 +1,345 @@
+//! Offload: turns planned pieces into host bytes in their file dtype.
+//!
+//! CPU tensors are read straight from their storage: no copy when the tensor is contiguous, and
+//! the cast (if any) is fused with the copy into the writer's staging buffer. Tensors on another
+//! device (CUDA, Metal) take the generic device path: they are cast on the device first, so only
+//! the target dtype's bytes cross the bus, then copied to host memory range by range.
+//!
+//! With the `cuda` feature, pieces on CUDA devices take the fast path in [`cuda`] instead: a fused
+//! cast-and-pack kernel, pinned reused host buffers and copies overlapped with writes; it hands
+//! its filled buffers to the writer. Without the feature, [`cuda`] is a stand-in with the same
+//! names that has no device groups, so callers need no `#[cfg]`.
+//!
+//! Offload does no file I/O.
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_disabled.rs"]
+pub(crate) mod cuda;
+
+use std::ops::Range;
+
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+
+use crate::cast;
+use crate::error::{Error, Result};
+use crate::model::dtype::{candle_dtype, file_dtype, Dtype};
+use crate::plan::{unit_width, Piece, PieceSource};
+
+pub use cuda::pinned_copy_ceiling;
+
+/// Per-worker memory of the fills: the last tensor made contiguous (a transposed projection, a
+/// strided view), so the many steps that read one such tensor make it once.
+#[derive(Default)]
+pub struct Scratch {
+    contiguous: Option<(usize, Tensor)>,
+}
+
+impl Scratch {
+    /// `t` made contiguous, reusing the copy made for the same piece last time.
+    fn contiguous(&mut self, piece: &Piece, t: &Tensor, transpose: bool) -> Result<Tensor> {
+        let id = piece as *const Piece as usize;
+        if let Some((p, c)) = &self.contiguous {
+            if *p == id {
+                return Ok(c.clone());
+            }
+        }
+        let c = if transpose {
+            t.t()?.contiguous()?
+        } else {
+            t.contiguous()?
+        };
+        self.contiguous = Some((id, c.clone()));
+        Ok(c)
+    }
+}
+
+/// Whether the piece can be written straight from memory it already occupies (a contiguous CPU
+/// tensor kept in its dtype, or host bytes): no staging copy is needed.
+pub(crate) fn is_in_place(piece: &Piece) -> bool {
+    match &piece.source {
+        PieceSource::Candle { tensor, .. } => {
+            tensor.device().is_cpu() && tensor.is_contiguous() && piece.src_dtype == piece.dst_dtype
+        }
+        PieceSource::Host { .. } => piece.src_dtype == piece.dst_dtype,
+        PieceSource::Transposed(_) => false,
+    }
+}
+
+/// Calls `f` with the bytes of units `units` of an [in-place](is_in_place) piece, where they lie.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a piece that is not in place or a range outside it.
+pub(crate) fn with_bytes_in_place<R>(
+    piece: &Piece,
+    units: Range<usize>,
+    f: impl FnOnce(&[u8]) -> Result<R>,
+) -> Result<R> {
+    check_range(piece, &units)?;
+    if !is_in_place(piece) {
+        return Err(Error::InvalidInput(
+            "a piece that needs staging was asked for in place".into(),
+        ));
+    }
+    let w = unit_width(piece.src_dtype);
+    match &piece.source {
+        PieceSource::Host { bytes, offset } => {
+            let all = (**bytes).as_ref();
+            let at = (offset + units.start) * w..(offset + units.end) * w;
+            f(all.get(at).ok_or_else(|| outside("host bytes"))?)
+        }
+        PieceSource::Candle { tensor, offset } => {
+            let shifted = offset + units.start..offset + units.end;
+            with_cpu_bytes(tensor, shifted, w, f)
+        }
+        PieceSource::Transposed(_) => unreachable_in_place(),
+    }
+}
+
+fn unreachable_in_place<R>() -> Result<R> {
+    Err(Error::InvalidInput(
+        "a transposed piece is never in place".into(),
+    ))
+}
+
+/// Fills `out` with units `units` of the piece in its file dtype, casting on the way, and returns
+/// how many source values are NaN or ±Inf. `name` names the tensor in errors.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a range outside the piece or an `out` of the wrong length;
+/// device-copy and cast errors.
+pub(crate) fn fill(
+    piece: &Piece,
+    name: &str,
+    units: Range<usize>,
+    out: &mut [u8],
+    scratch: &mut Scratch,
+) -> Result<u64> {
+    check_range(piece, &units)?;
+    if out.len() != units.len() * unit_width(piece.dst_dtype) {
+        return Err(Error::InvalidInput(format!(
+            "cannot fill {} units of `{name}` into {} bytes",
+            units.len(),
+            out.len()
+        )));
+    }
+    let dst = piece.dst_dtype;
+    let mut convert = |src: &[u8], from: Dtype| cast::convert(name, src, from, out, dst);
+    match &piece.source {
+        PieceSource::Host { .. } => {
+            with_bytes_in_place(piece, units, |src| convert(src, piece.src_dtype))
+        }
+        PieceSource::Candle { tensor, offset } => {
+            let shifted = offset + units.start..offset + units.end;
+            if !tensor.device().is_cpu() {
+                return from_device(tensor, shifted, dst, convert);
+            }
+            let w = unit_width(piece.src_dtype);
+            if tensor.is_contiguous() {
+                return with_cpu_bytes(tensor, shifted, w, |src| convert(src, piece.src_dtype));
+            }
+            let c = scratch.contiguous(piece, tensor, false)?;
+            with_cpu_bytes(&c, shifted, w, |src| convert(src, piece.src_dtype))
+        }
+        PieceSource::Transposed(tensor) => {
+            let c = scratch.contiguous(piece, tensor, true)?;
+            if !c.device().is_cpu() {
+                return from_device(&c, units, dst, convert);
+            }
+            with_cpu_bytes(&c, units, unit_width(piece.src_dtype), |src| {
+                convert(src, piece.src_dtype)
+            })
+        }
+    }
+}
+
+fn check_range(piece: &Piece, units: &Range<usize>) -> Result<()> {
+    if units.start > units.end || units.end > piece.units {
+        return Err(Error::InvalidInput(format!(
+            "unit range {units:?} outside a piece of {} units",
+            piece.units
+        )));
+    }
+    Ok(())
+}
+
+fn outside(what: &str) -> Error {
+    Error::InvalidInput(format!("a planned range lies outside its {what}"))
+}
+
+/// Copies elements `range` of a device tensor to the host (cast on the device first when the
+/// target dtype is one candle has and the cast shrinks what crosses the bus) and hands the bytes
+/// and their dtype to `f`.
+fn from_device<R>(
+    t: &Tensor,
+    range: Range<usize>,
+    dst: Dtype,
+    f: impl FnOnce(&[u8], Dtype) -> Result<R>,
+) -> Result<R> {
+    // A cheap view of the flattened tensor, so only the requested elements are copied.
+    let part = t.flatten_all()?.narrow(0, range.start, range.len())?;
+    let host = to_host(&part, dst)?;
+    let dtype = file_dtype(host.dtype());
+    with_cpu_bytes(&host, 0..range.len(), unit_width(dtype), |src| {
+        f(src, dtype)
+    })
+}
+
+/// Copies a device tensor to host memory, casting on the device first when the target dtype is
+/// one candle has and the cast changes only the float format.
+pub(crate) fn to_host(t: &Tensor, dst: Dtype) -> Result<Tensor> {
+    let t = match candle_dtype(dst) {
+        Some(d) if d != t.dtype() && is_float(t.dtype()) && is_float(d) => t.to_dtype(d)?,
+        _ => t.clone(),
+    };
+    Ok(t.to_device(&Device::Cpu)?)
+}
+
+fn is_float(d: DType) -> bool {
+    matches!(
+        d,
+        DType::F16 | DType::BF16 | DType::F32 | DType::F64 | DType::F8E4M3
+    )
+}
+
+/// Calls `f` with the bytes of units `units` (of `width` bytes) of a contiguous CPU tensor.
+fn with_cpu_bytes<R>(
+    t: &Tensor,
+    units: Range<usize>,
+    width: usize,
+    f: impl FnOnce(&[u8]) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::InvalidInput(
+            "a CPU tensor without CPU storage".into(),
+        ));
+    };
+    let (start, _) = layout.contiguous_offsets().ok_or_else(|| {
+        Error::InvalidInput("contiguous tensor without contiguous offsets".into())
+    })?;
+    // Packed tensors are planned whole from offset 0 (units are bytes); others count elements.
+    let start = start * width;
+    let bytes = cpu_bytes(cpu)
+        .get(start + units.start * width..start + units.end * width)
+        .ok_or_else(|| outside("tensor storage"))?;
+    f(bytes)
+}
+
+/// The bytes of a CPU storage (little-endian host assumed; see `cast`).
+fn cpu_bytes(s: &CpuStorage) -> &[u8] {
+    fn bytes<T: Copy>(v: &[T]) -> &[u8] {
+        // SAFETY: any initialised memory may be read as bytes; u8 has alignment 1 and the length
+        // covers exactly the slice's memory.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    }
+    match s {
+        CpuStorage::U8(v) => v,
+        CpuStorage::U32(v) => bytes(v),
+        CpuStorage::I16(v) => bytes(v),
+        CpuStorage::I32(v) => bytes(v),
+        CpuStorage::I64(v) => bytes(v),
+        CpuStorage::BF16(v) => bytes(v),
+        CpuStorage::F16(v) => bytes(v),
+        CpuStorage::F32(v) => bytes(v),
+        CpuStorage::F64(v) => bytes(v),
+        CpuStorage::F8E4M3(v) => bytes(v),
+        CpuStorage::F6E2M3(v)
+        | CpuStorage::F6E3M2(v)
+        | CpuStorage::F4(v)
+        | CpuStorage::F8E8M0(v) => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn piece(source: PieceSource, src: Dtype, dst: Dtype, units: usize) -> Piece {
+        Piece {
+            source,
+            src_dtype: src,
+            dst_dtype: dst,
+            start: 0,
+            units,
+            tensor: 0,
+        }
+    }
+
+    fn candle(t: Tensor) -> PieceSource {
+        PieceSource::Candle {
+            tensor: t,
+            offset: 0,
+        }
+    }
+
+    fn f32s(b: &[u8]) -> Vec<f32> {
+        b.chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn views_read_the_viewed_elements() {
+        let t = Tensor::arange(0f32, 12., &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let row = t.narrow(0, 1, 1).unwrap();
+        let p = piece(candle(row), Dtype::F32, Dtype::F32, 4);
+        assert!(is_in_place(&p));
+        let got = with_bytes_in_place(&p, 0..4, |b| Ok(f32s(b))).unwrap();
+        assert_eq!(got, vec![4., 5., 6., 7.]);
+        // Non-contiguous: a column, staged through one contiguous copy.
+        let col = t.narrow(1, 2, 1).unwrap();
+        let p = piece(candle(col), Dtype::F32, Dtype::F32, 3);
+        assert!(!is_in_place(&p));
+        let mut scratch = Scratch::default();
+        let mut out = vec![0u8; 8];
+        fill(&p, "col", 1..3, &mut out, &mut scratch).unwrap();
+        assert_eq!(f32s(&out), vec![6., 10.]);
+        assert!(fill(&p, "col", 1..4, &mut [0u8; 12], &mut scratch).is_err());
+        assert!(fill(&p, "col", 0..2, &mut [0u8; 4], &mut scratch).is_err());
+    }
+
+    #[test]
+    fn transposed_pieces_are_transposed() {
+        let t = Tensor::new(&[[1u8, 2, 3], [4, 5, 6]], &Device::Cpu).unwrap();
+        let p = piece(PieceSource::Transposed(t), Dtype::U8, Dtype::U8, 6);
+        let mut scratch = Scratch::default();
+        let mut out = vec![0u8; 6];
+        fill(&p, "t", 0..6, &mut out, &mut scratch).unwrap();
+        assert_eq!(out, vec![1, 4, 2, 5, 3, 6]);
+        let mut two = vec![0u8; 2];
+        fill(&p, "t", 2..4, &mut two, &mut scratch).unwrap();
+        assert_eq!(two, vec![2, 5]);
+        let h = piece(
+            PieceSource::Host {
+                bytes: Arc::new(vec![9u8, 8, 7]),
+                offset: 1,
+            },
+            Dtype::U8,
+            Dtype::U8,
+            2,
+        );
+        assert_eq!(
+            with_bytes_in_place(&h, 0..2, |b| Ok(b.to_vec())).unwrap(),
+            vec![8, 7]
+        );
+    }
+
+    #[test]
+    fn packed_ranges_are_byte_ranges_of_the_storage() {
+        // Regression: a packed tensor's every range used to return its whole storage.
+        let bytes: Vec<u8> = (0u8..64).collect();
+        let t = Tensor::from_raw_buffer(&bytes, DType::F4, &[128], &Device::Cpu).unwrap();
+        let p = piece(candle(t), Dtype::F4, Dtype::F4, 64);
+        let got = with_bytes_in_place(&p, 10..20, |b| Ok(b.to_vec())).unwrap();
+        assert_eq!(got, (10u8..20).collect::<Vec<_>>());
+        let mut out = vec![0u8; 5];
+        fill(&p, "f4", 59..64, &mut out, &mut Scratch::default()).unwrap();
+        assert_eq!(out, vec![59, 60, 61, 62, 63]);
+    }
+}

@@ -1,0 +1,444 @@
+//! Plan: the complete file before a byte is written.
+//!
+//! The header (tensors ordered by dtype descending, then name; JSON padded with spaces to a
+//! multiple of 8, or further so the data section starts aligned), every tensor's byte range, its
+//! target dtype and the pieces of source data that fill it. Everything that can be checked is
+//! checked here — impossible casts, packed sizes, header size, shapes against the held tensors —
+//! so bad input never creates a file.
+
+mod header;
+pub mod metadata;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::layout::{Entry, Layout, Source};
+use crate::model::dtype::{self, Dtype, TargetDtype};
+use crate::model::{ComponentKind, Components, InputTensor};
+pub use header::MAX_HEADER_LEN;
+
+/// The dtype each component is saved in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ComponentDtypes {
+    /// Denoiser.
+    pub model: TargetDtype,
+    /// Text encoders.
+    pub clip: TargetDtype,
+    /// Autoencoder.
+    pub vae: TargetDtype,
+    /// Image encoder.
+    pub clip_vision: TargetDtype,
+}
+
+impl ComponentDtypes {
+    /// The same choice for every component.
+    pub fn all(dtype: TargetDtype) -> Self {
+        Self {
+            model: dtype,
+            clip: dtype,
+            vae: dtype,
+            clip_vision: dtype,
+        }
+    }
+
+    /// The choice for one component.
+    pub fn get(&self, kind: ComponentKind) -> TargetDtype {
+        match kind {
+            ComponentKind::Model => self.model,
+            ComponentKind::Clip => self.clip,
+            ComponentKind::Vae => self.vae,
+            ComponentKind::ClipVision => self.clip_vision,
+        }
+    }
+}
+
+/// Bytes the save holds in host memory for a piece: created tensors, or a staged data section.
+pub type HostBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Where one contiguous run of a tensor's bytes comes from.
+#[derive(Clone)]
+pub enum PieceSource {
+    /// Units `offset..` of a candle tensor in row-major order (any device, any layout).
+    Candle { tensor: Tensor, offset: usize },
+    /// A 2-D candle tensor written transposed: made contiguous (one small tensor) when filled.
+    Transposed(Tensor),
+    /// Bytes already in the file dtype, from unit `offset` on.
+    Host { bytes: HostBytes, offset: usize },
+}
+
+impl std::fmt::Debug for PieceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PieceSource::Candle { tensor, offset } => {
+                write!(f, "Candle({:?} from {offset})", tensor.shape())
+            }
+            PieceSource::Transposed(t) => write!(f, "Transposed({:?})", t.shape()),
+            PieceSource::Host { bytes, offset } => {
+                write!(f, "Host({} bytes from {offset})", (**bytes).as_ref().len())
+            }
+        }
+    }
+}
+
+/// A contiguous byte range of the data section filled from one source.
+///
+/// A planned tensor is one piece, except a fused q/k/v, which is three consecutive pieces
+/// (concatenation along dim 0 of row-major tensors is concatenation of their bytes).
+///
+/// Lengths count *units*: elements, or bytes for the packed sub-byte dtypes (F4, F6), which are
+/// only ever copied as raw bytes (never cast, fused or transposed), so any byte range of them is
+/// a valid range to fill.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// The source.
+    pub source: PieceSource,
+    /// Dtype of the source's elements.
+    pub src_dtype: Dtype,
+    /// Dtype written.
+    pub dst_dtype: Dtype,
+    /// Offset in the data section.
+    pub start: u64,
+    /// Number of units (see the type's docs).
+    pub units: usize,
+    /// Index of the tensor this piece belongs to, in [`Plan::tensors`].
+    pub tensor: usize,
+}
+
+/// Bytes per unit of a dtype: its element size, or 1 for the packed formats.
+pub(crate) fn unit_width(dtype: Dtype) -> usize {
+    if dtype::is_packed(dtype) {
+        1
+    } else {
+        dtype.bitsize() / 8
+    }
+}
+
+impl Piece {
+    /// Bytes written for this piece.
+    pub fn len(&self) -> u64 {
+        (self.units * unit_width(self.dst_dtype)) as u64
+    }
+
+    /// Whether the piece writes no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.units == 0
+    }
+
+    /// End offset in the data section.
+    pub fn end(&self) -> u64 {
+        self.start + self.len()
+    }
+}
+
+/// One tensor of the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTensor {
+    /// Checkpoint key.
+    pub name: String,
+    /// Dtype written.
+    pub dtype: Dtype,
+    /// Shape written.
+    pub shape: Vec<usize>,
+    /// Offsets `[begin, end)` in the data section.
+    pub offsets: (u64, u64),
+}
+
+/// Options of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Dtype per component.
+    pub dtypes: ComponentDtypes,
+    /// The data section starts at a multiple of this (8 = the reference layout; 4096 lets the
+    /// writer use direct I/O). Must be a multiple of 8.
+    pub data_alignment: u64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            dtypes: ComponentDtypes::default(),
+            data_alignment: 8,
+        }
+    }
+}
+
+/// The whole file: header bytes, tensors in file order, and the pieces that fill the data section.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    header: Vec<u8>,
+    tensors: Vec<PlannedTensor>,
+    pieces: Vec<Piece>,
+    data_len: u64,
+}
+
+/// A piece before its place in the file is known: source, source dtype, units.
+type Pending = (PieceSource, Dtype, usize);
+
+impl Plan {
+    /// Plans a checkpoint from a layout and the tensors it refers to.
+    ///
+    /// # Errors
+    /// [`Error::ImpossibleCast`] for a cast that cannot be done, [`Error::BadShape`] when a held
+    /// tensor does not match the layout or a packed tensor is not a whole number of bytes,
+    /// [`Error::Conversion`] for a packed tensor in a conversion, [`Error::HeaderTooLarge`] when
+    /// the header would exceed 100,000,000 bytes, [`Error::InvalidInput`] for a bad alignment or
+    /// a missing tensor.
+    pub fn new(
+        layout: &Layout,
+        components: &Components,
+        metadata: &BTreeMap<String, String>,
+        opts: &PlanOptions,
+    ) -> Result<Plan> {
+        if opts.data_alignment == 0 || !opts.data_alignment.is_multiple_of(8) {
+            return Err(Error::InvalidInput(format!(
+                "data alignment {} must be a positive multiple of 8",
+                opts.data_alignment
+            )));
+        }
+        let mut pending = Vec::with_capacity(layout.entries.len());
+        for entry in &layout.entries {
+            let dst = match entry.source.component() {
+                Some(kind) => opts.dtypes.get(kind).resolve(&entry.key, entry.dtype)?,
+                None => entry.dtype,
+            };
+            let numel: usize = entry.shape.iter().product();
+            if dtype::byte_len(dst, numel).is_none() {
+                return Err(Error::BadShape {
+                    key: entry.key.clone(),
+                    shape: entry.shape.clone(),
+                    reason: format!(
+                        "{numel} elements of {dst} are not a whole number of bytes, which \
+                         safetensors readers refuse; pad the tensor to an even element count"
+                    ),
+                });
+            }
+            pending.push((entry, dst, resolve_sources(entry, components)?));
+        }
+        // File order: dtype descending, then name (what safetensors' serialize does).
+        pending.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.key.cmp(&b.0.key)));
+
+        let mut tensors = Vec::with_capacity(pending.len());
+        let mut pieces = Vec::with_capacity(pending.len());
+        let mut offset = 0u64;
+        for (i, (entry, dst, sources)) in pending.into_iter().enumerate() {
+            let begin = offset;
+            for (source, src_dtype, units) in sources {
+                let piece = Piece {
+                    source,
+                    src_dtype,
+                    dst_dtype: dst,
+                    start: offset,
+                    units,
+                    tensor: i,
+                };
+                offset = piece.end();
+                pieces.push(piece);
+            }
+            tensors.push(PlannedTensor {
+                name: entry.key.clone(),
+                dtype: dst,
+                shape: entry.shape.clone(),
+                offsets: (begin, offset),
+            });
+        }
+        let header = header::header_bytes(metadata, &tensors, opts.data_alignment)?;
+        Ok(Plan {
+            header,
+            tensors,
+            pieces,
+            data_len: offset,
+        })
+    }
+
+    /// The same file with its data section already in host memory (`data`, `data_len()` bytes in
+    /// the file dtypes): one piece that the writer copies straight out of `data`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `data` does not hold the data section's length.
+    pub fn with_data(&self, data: HostBytes) -> Result<Plan> {
+        let len = (*data).as_ref().len() as u64;
+        if len < self.data_len {
+            return Err(Error::InvalidInput(format!(
+                "a staged data section of {len} bytes cannot fill a plan of {} bytes",
+                self.data_len
+            )));
+        }
+        let piece = Piece {
+            source: PieceSource::Host {
+                bytes: data,
+                offset: 0,
+            },
+            src_dtype: Dtype::U8,
+            dst_dtype: Dtype::U8,
+            start: 0,
+            units: self.data_len as usize,
+            tensor: 0,
+        };
+        Ok(Plan {
+            header: self.header.clone(),
+            tensors: self.tensors.clone(),
+            pieces: if self.data_len == 0 {
+                Vec::new()
+            } else {
+                vec![piece]
+            },
+            data_len: self.data_len,
+        })
+    }
+
+    /// The first bytes of the file: the 8-byte little-endian length, the JSON and its padding.
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// Where the data section starts in the file.
+    pub fn data_offset(&self) -> u64 {
+        self.header.len() as u64
+    }
+
+    /// Length of the data section.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Length of the whole file.
+    pub fn file_len(&self) -> u64 {
+        self.data_offset() + self.data_len
+    }
+
+    /// Tensors in file order.
+    pub fn tensors(&self) -> &[PlannedTensor] {
+        &self.tensors
+    }
+
+    /// Pieces in data-section order; they tile the data section exactly.
+    pub fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+}
+
+fn held<'a>(components: &'a Components, kind: ComponentKind, key: &str) -> Result<&'a InputTensor> {
+    components.tensor(kind, key).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "the layout refers to {kind} tensor `{key}`, which is not in the components; plan with the layout of these components"
+        ))
+    })
+}
+
+fn check_shape(key: &str, t: &InputTensor, want: &[usize]) -> Result<()> {
+    let info = t.info();
+    if info.shape != want {
+        return Err(Error::BadShape {
+            key: key.to_string(),
+            shape: info.shape,
+            reason: format!(
+                "the layout expects {want:?}; plan with the layout of these components"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The pieces of one source tensor, in units (see [`Piece`]).
+fn pieces_of(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
+    let info = t.info();
+    let units = if dtype::is_packed(info.dtype) {
+        dtype::byte_len(info.dtype, info.numel()).ok_or_else(|| Error::BadShape {
+            key: key.to_string(),
+            shape: info.shape.clone(),
+            reason: format!("not a whole number of bytes of {}", info.dtype),
+        })?
+    } else {
+        info.numel()
+    };
+    match t {
+        InputTensor::Candle(tensor) => {
+            if dtype::is_packed(info.dtype) {
+                let contiguous_from_start = tensor
+                    .layout()
+                    .contiguous_offsets()
+                    .is_some_and(|(start, _)| start == 0);
+                if !contiguous_from_start {
+                    return Err(Error::Conversion {
+                        key: key.to_string(),
+                        reason: format!(
+                            "a {} tensor can only be saved whole and contiguous, not as a view; \
+                             save the tensor it is a view of",
+                            info.dtype
+                        ),
+                    });
+                }
+            }
+            Ok(vec![(
+                PieceSource::Candle {
+                    tensor: tensor.clone(),
+                    offset: 0,
+                },
+                info.dtype,
+                units,
+            )])
+        }
+    }
+}
+
+/// Refuses packed dtypes where the bytes would have to be moved by element.
+fn refuse_packed(key: &str, t: &InputTensor, what: &str) -> Result<()> {
+    let dtype = t.info().dtype;
+    if dtype::is_packed(dtype) {
+        return Err(Error::Conversion {
+            key: key.to_string(),
+            reason: format!("a packed {dtype} tensor cannot be {what}; keep it out of this layout"),
+        });
+    }
+    Ok(())
+}
+
+fn resolve_sources(entry: &Entry, components: &Components) -> Result<Vec<Pending>> {
+    let host = |bytes: Vec<u8>, dtype: Dtype, units: usize| -> Vec<Pending> {
+        let bytes: HostBytes = Arc::new(bytes);
+        vec![(PieceSource::Host { bytes, offset: 0 }, dtype, units)]
+    };
+    Ok(match &entry.source {
+        Source::Copy { component, key } => {
+            let t = held(components, *component, key)?;
+            check_shape(key, t, &entry.shape)?;
+            pieces_of(key, t)?
+        }
+        Source::Transpose { component, key } => {
+            let t = held(components, *component, key)?;
+            let want: Vec<usize> = entry.shape.iter().rev().copied().collect();
+            check_shape(key, t, &want)?;
+            refuse_packed(key, t, "transposed")?;
+            let InputTensor::Candle(tensor) = t;
+            vec![(
+                PieceSource::Transposed(tensor.clone()),
+                t.info().dtype,
+                t.info().numel(),
+            )]
+        }
+        Source::FuseQkv { component, keys } => {
+            let mut part_shape = entry.shape.clone();
+            part_shape[0] /= 3;
+            let mut out = Vec::with_capacity(3);
+            for k in keys {
+                let t = held(components, *component, k)?;
+                check_shape(k, t, &part_shape)?;
+                refuse_packed(k, t, "fused into q/k/v")?;
+                out.extend(pieces_of(k, t)?);
+            }
+            out
+        }
+        Source::PositionIds { len } => {
+            let bytes: Vec<u8> = (0..*len as i64).flat_map(i64::to_le_bytes).collect();
+            host(bytes, Dtype::I64, *len)
+        }
+        Source::EmptyMarker => host(Vec::new(), Dtype::F32, 0),
+        Source::ScalarF32(v) => host(v.to_le_bytes().to_vec(), Dtype::F32, 1),
+    })
+}
+
+#[cfg(test)]
+mod tests;

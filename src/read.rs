@@ -1,0 +1,381 @@
+//! The crate's one safetensors reader: checkpoints and component files downloaded from anywhere.
+//!
+//! [`SafetensorsFile::open`] reads and validates the header before anything else: the 8-byte
+//! length against the file's real size and the 100,000,000-byte limit (so a file cannot make us
+//! allocate what it merely claims), the JSON against the format (known dtypes, shapes whose
+//! element counts fit, byte lengths that match dtype × shape — the packed F4/F6 rule included —
+//! offsets that tile the data section exactly, no duplicate names). Tensor bytes are then read
+//! with `pread` where they lie ([`SafetensorsFile::read_at`]), never through a memory map, so a
+//! file truncated while it is read gives an error, not a `SIGBUS`; and
+//! [`SafetensorsFile::check_unchanged`] tells whether the file was modified or replaced since it
+//! was opened.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::dtype::{self, Dtype};
+use crate::plan::MAX_HEADER_LEN;
+
+/// One tensor of a safetensors file, as its header describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TensorEntry {
+    /// The tensor's name.
+    pub name: String,
+    /// Its dtype.
+    pub dtype: Dtype,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// `[begin, end)` in the data section.
+    pub offsets: (u64, u64),
+}
+
+impl TensorEntry {
+    /// Bytes of the tensor.
+    pub fn byte_len(&self) -> u64 {
+        self.offsets.1 - self.offsets.0
+    }
+}
+
+/// What identifies the file's contents: if any of these change, the bytes may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// An open, validated safetensors file.
+#[derive(Debug)]
+pub(crate) struct SafetensorsFile {
+    path: PathBuf,
+    file: File,
+    stamp: Stamp,
+    header_len: u64,
+    metadata: BTreeMap<String, String>,
+    /// In data-section order.
+    tensors: Vec<TensorEntry>,
+    index: HashMap<String, usize>,
+}
+
+impl SafetensorsFile {
+    /// Opens `path` and validates its header (see the module docs).
+    ///
+    /// # Errors
+    /// - [`Error::Io`] naming the path when it is missing, a folder, or unreadable;
+    /// - [`Error::HeaderTooLarge`] when the header length exceeds 100,000,000 bytes;
+    /// - [`Error::InvalidCheckpoint`] saying what is wrong: shorter than 8 bytes, a header longer
+    ///   than the file, not UTF-8 JSON, an unknown dtype, a size that does not match dtype × shape,
+    ///   gaps or overlaps between tensors, a duplicate name, data missing at the end (truncated)
+    ///   or trailing bytes.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .ctx(|| format!("cannot read the size of {}", path.display()))?;
+        if meta.is_dir() {
+            return Err(Error::io(
+                format!("{} is a folder, not a safetensors file", path.display()),
+                std::io::Error::from(std::io::ErrorKind::IsADirectory),
+            ));
+        }
+        let file_len = meta.len();
+        let bad = |reason: String| Error::InvalidCheckpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut prefix = [0u8; 8];
+        if file_len < 8 {
+            return Err(bad(format!(
+                "the file is {file_len} bytes long, shorter than the 8-byte header length of every safetensors file; it is empty or truncated"
+            )));
+        }
+        file.read_exact_at(&mut prefix, 0)
+            .ctx(|| format!("cannot read {}", path.display()))?;
+        let header_len = u64::from_le_bytes(prefix);
+        if header_len > MAX_HEADER_LEN {
+            return Err(Error::HeaderTooLarge {
+                size: header_len,
+                limit: MAX_HEADER_LEN,
+            });
+        }
+        if header_len > file_len - 8 {
+            return Err(bad(format!(
+                "the header claims {header_len} bytes but only {} follow the length prefix: the file is truncated or incomplete (an interrupted download or copy?); fetch or save it again",
+                file_len - 8
+            )));
+        }
+        // Bounded by the file's real size (checked above), not by what the file claims.
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact_at(&mut header, 8)
+            .ctx(|| format!("cannot read the header of {}", path.display()))?;
+        let parsed = parse_header(&header).map_err(bad)?;
+        let data_len = file_len - 8 - header_len;
+        let tensors = validate(parsed.tensors, data_len).map_err(bad)?;
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            stamp: Stamp::of(&meta),
+            header_len,
+            metadata: parsed.metadata,
+            tensors,
+            index,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The header's `__metadata__`.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Tensors in data-section order.
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// Length of the JSON header, without the 8-byte length prefix.
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+
+    /// Length of the data section.
+    pub fn data_len(&self) -> u64 {
+        self.stamp.len - 8 - self.header_len
+    }
+
+    /// Length of the file when it was opened.
+    pub fn file_len(&self) -> u64 {
+        self.stamp.len
+    }
+
+    /// Fills `buf` with the bytes at data-section offset `at`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCheckpoint`] when the file ends early (truncated while being read);
+    /// [`Error::Io`] for other read errors.
+    pub fn read_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        let pos = 8 + self.header_len + at;
+        match self.file.read_exact_at(buf, pos) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(Error::InvalidCheckpoint {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "it ended before byte {} while being read: it was truncated or replaced \
+                         during the job; nothing was written from it",
+                        pos + buf.len() as u64
+                    ),
+                })
+            }
+            Err(e) => Err(Error::io(format!("cannot read {}", self.path.display()), e)),
+        }
+    }
+
+    /// The bytes of one tensor, in a new buffer of exactly its (validated) size.
+    ///
+    /// # Errors
+    /// As [`SafetensorsFile::read_at`], plus an allocation failure as [`Error::InvalidInput`].
+    pub fn read_tensor(&self, t: &TensorEntry) -> Result<Vec<u8>> {
+        let len = usize::try_from(t.byte_len())
+            .map_err(|_| Error::InvalidInput(format!("`{}` does not fit in memory", t.name)))?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| {
+            Error::InvalidInput(format!("out of memory reading `{}` ({len} bytes)", t.name))
+        })?;
+        buf.resize(len, 0);
+        self.read_at(&mut buf, t.offsets.0)?;
+        Ok(buf)
+    }
+
+    /// Whether the file is still the one that was opened, unmodified.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCheckpoint`] when it was modified, truncated, extended or replaced since
+    /// it was opened (its bytes may have changed under the job); [`Error::Io`] when it is gone.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let open = self
+            .file
+            .metadata()
+            .ctx(|| format!("cannot inspect {}", self.path.display()))?;
+        let named = std::fs::metadata(&self.path)
+            .ctx(|| format!("{} disappeared during the job", self.path.display()))?;
+        if Stamp::of(&open) != self.stamp || Stamp::of(&named) != self.stamp {
+            return Err(Error::InvalidCheckpoint {
+                path: self.path.clone(),
+                reason: "it was modified or replaced while the job read it; nothing was written \
+                         from it: run the job again once the file is complete"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The parsed header, before the offsets are checked.
+struct Parsed {
+    metadata: BTreeMap<String, String>,
+    tensors: Vec<TensorEntry>,
+}
+
+/// The header entry of one tensor, as written.
+#[derive(Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+/// Parses the JSON header: every key is a tensor except `__metadata__` (string → string).
+fn parse_header(bytes: &[u8]) -> std::result::Result<Parsed, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("not a safetensors file: the header is not UTF-8 text ({e})"))?;
+    if !text.trim_start().starts_with('{') {
+        return Err("not a safetensors file: the header is not valid JSON (not an object)".into());
+    }
+    let mut de = serde_json::Deserializer::from_str(text.trim_end_matches(' '));
+    let parsed = (&mut de).deserialize_map(HeaderVisitor).map_err(|e| {
+        if e.is_data() {
+            format!("the header describes invalid tensors ({e}); the file is corrupt")
+        } else {
+            format!("not a safetensors file: the header is not valid JSON ({e})")
+        }
+    })?;
+    de.end()
+        .map_err(|e| format!("not a safetensors file: text after the header's JSON ({e})"))?;
+    Ok(parsed)
+}
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of tensors")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Parsed, A::Error> {
+        let mut metadata = None;
+        let mut tensors = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format!("`{key}` appears twice")));
+            }
+            if key == "__metadata__" {
+                let m: Option<BTreeMap<String, String>> = map.next_value()?;
+                metadata = m;
+                continue;
+            }
+            let raw: RawEntry = map.next_value()?;
+            let dtype: Dtype = serde_json::from_value(serde_json::Value::String(raw.dtype.clone()))
+                .map_err(|_| {
+                    de::Error::custom(format!("`{key}` has the unknown dtype `{}`", raw.dtype))
+                })?;
+            let shape = raw
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| de::Error::custom(format!("`{key}` has a dimension too large")))?;
+            tensors.push(TensorEntry {
+                name: key,
+                dtype,
+                shape,
+                offsets: raw.data_offsets,
+            });
+        }
+        Ok(Parsed {
+            metadata: metadata.unwrap_or_default(),
+            tensors,
+        })
+    }
+}
+
+/// Checks sizes and offsets; returns the tensors in data-section order.
+fn validate(
+    mut tensors: Vec<TensorEntry>,
+    data_len: u64,
+) -> std::result::Result<Vec<TensorEntry>, String> {
+    for t in &tensors {
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("`{}` has shape {:?}, too many elements", t.name, t.shape))?;
+        let len = dtype::byte_len(t.dtype, numel).ok_or_else(|| {
+            format!(
+                "`{}`: {numel} elements of {} are not a whole number of bytes",
+                t.name, t.dtype
+            )
+        })?;
+        let (begin, end) = t.offsets;
+        if end < begin || end - begin != len as u64 {
+            return Err(format!(
+                "`{}` is {} of shape {:?} ({len} bytes) but its offsets [{begin}, {end}] span {} bytes; the file is corrupt",
+                t.name,
+                t.dtype,
+                t.shape,
+                end.wrapping_sub(begin) as i64
+            ));
+        }
+    }
+    tensors.sort_by_key(|t| (t.offsets, t.name.clone()));
+    let mut at = 0u64;
+    for t in &tensors {
+        if t.offsets.0 != at {
+            return Err(format!(
+                "`{}` starts at byte {} of the data section where {at} was expected (a gap or an overlap); the file is corrupt",
+                t.name, t.offsets.0
+            ));
+        }
+        at = t.offsets.1;
+    }
+    match at.cmp(&data_len) {
+        std::cmp::Ordering::Equal => Ok(tensors),
+        std::cmp::Ordering::Greater => Err(format!(
+            "the header describes {at} bytes of tensor data but the file holds {data_len}: the file is truncated or incomplete (an interrupted download or copy?); fetch or save it again"
+        )),
+        std::cmp::Ordering::Less => Err(format!(
+            "the file holds {data_len} bytes of tensor data but the header describes only {at}: extra bytes at the end; the file is corrupt"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

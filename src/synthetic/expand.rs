@@ -1,0 +1,447 @@
+//! Expands an architecture description into its state-dict layout: every key, shape and dtype
+//! ComfyUI holds in memory.
+
+use std::collections::BTreeMap;
+
+use super::configs::{
+    arch_config, tiny_arch_config, ArchConfig, ClipTextConfig, Denoiser, FluxConfig, MmditConfig,
+    T5Config, UnetConfig, VaeConfig,
+};
+use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, TensorInfo};
+
+/// A state dict under construction: key -> shape/dtype, with helpers for common module types.
+struct Dict {
+    dtype: Dtype,
+    map: BTreeMap<String, TensorInfo>,
+}
+
+impl Dict {
+    fn new(dtype: Dtype) -> Self {
+        Self {
+            dtype,
+            map: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, key: impl Into<String>, shape: &[usize]) {
+        self.add_typed(key, shape, self.dtype);
+    }
+
+    fn add_typed(&mut self, key: impl Into<String>, shape: &[usize], dtype: Dtype) {
+        self.map
+            .insert(key.into(), TensorInfo::new(shape.to_vec(), dtype));
+    }
+
+    /// `nn.Linear(inp, out)`.
+    fn linear(&mut self, p: &str, inp: usize, out: usize, bias: bool) {
+        self.add(format!("{p}.weight"), &[out, inp]);
+        if bias {
+            self.add(format!("{p}.bias"), &[out]);
+        }
+    }
+
+    /// `nn.Conv2d(inp, out, k)` with bias.
+    fn conv(&mut self, p: &str, inp: usize, out: usize, k: usize) {
+        self.add(format!("{p}.weight"), &[out, inp, k, k]);
+        self.add(format!("{p}.bias"), &[out]);
+    }
+
+    /// A LayerNorm/GroupNorm with affine weight and bias.
+    fn norm(&mut self, p: &str, dim: usize) {
+        self.add(format!("{p}.weight"), &[dim]);
+        self.add(format!("{p}.bias"), &[dim]);
+    }
+}
+
+/// ldm `ResBlock` (no scale-shift norm): GroupNorm, conv, time embedding, GroupNorm, conv, skip.
+fn unet_resblock(d: &mut Dict, p: &str, ch: usize, out: usize, emb: usize) {
+    d.norm(&format!("{p}.in_layers.0"), ch);
+    d.conv(&format!("{p}.in_layers.2"), ch, out, 3);
+    d.linear(&format!("{p}.emb_layers.1"), emb, out, true);
+    d.norm(&format!("{p}.out_layers.0"), out);
+    d.conv(&format!("{p}.out_layers.3"), out, out, 3);
+    if ch != out {
+        d.conv(&format!("{p}.skip_connection"), ch, out, 1);
+    }
+}
+
+/// ldm `SpatialTransformer` with `depth` `BasicTransformerBlock`s (GEGLU feed-forward, ×4).
+fn unet_transformer(d: &mut Dict, p: &str, ch: usize, depth: usize, cfg: &UnetConfig) {
+    let inner = ch;
+    d.norm(&format!("{p}.norm"), ch);
+    if cfg.use_linear_in_transformer {
+        d.linear(&format!("{p}.proj_in"), ch, inner, true);
+        d.linear(&format!("{p}.proj_out"), inner, ch, true);
+    } else {
+        d.conv(&format!("{p}.proj_in"), ch, inner, 1);
+        d.conv(&format!("{p}.proj_out"), inner, ch, 1);
+    }
+    let ff = inner * 4;
+    for i in 0..depth {
+        let b = format!("{p}.transformer_blocks.{i}");
+        for (attn, ctx) in [("attn1", inner), ("attn2", cfg.context_dim)] {
+            d.linear(&format!("{b}.{attn}.to_q"), inner, inner, false);
+            d.linear(&format!("{b}.{attn}.to_k"), ctx, inner, false);
+            d.linear(&format!("{b}.{attn}.to_v"), ctx, inner, false);
+            d.linear(&format!("{b}.{attn}.to_out.0"), inner, inner, true);
+        }
+        d.linear(&format!("{b}.ff.net.0.proj"), inner, ff * 2, true);
+        d.linear(&format!("{b}.ff.net.2"), ff, inner, true);
+        for n in ["norm1", "norm2", "norm3"] {
+            d.norm(&format!("{b}.{n}"), inner);
+        }
+    }
+}
+
+/// ldm `UNetModel.__init__`, block by block.
+fn unet_layout(cfg: &UnetConfig, d: &mut Dict) {
+    let mc = cfg.model_channels;
+    let emb = mc * 4;
+    d.linear("time_embed.0", mc, emb, true);
+    d.linear("time_embed.2", emb, emb, true);
+    if let Some(adm) = cfg.adm_in_channels {
+        d.linear("label_emb.0.0", adm, emb, true);
+        d.linear("label_emb.0.2", emb, emb, true);
+    }
+
+    d.conv("input_blocks.0.0", cfg.in_channels, mc, 3);
+    let mut skip_chans = vec![mc];
+    let mut ch = mc;
+    let mut block = 1;
+    let mut depths = cfg.transformer_depth.iter().copied();
+    for (level, &mult) in cfg.channel_mult.iter().enumerate() {
+        for _ in 0..cfg.num_res_blocks {
+            let out = mult * mc;
+            unet_resblock(d, &format!("input_blocks.{block}.0"), ch, out, emb);
+            ch = out;
+            let depth = depths.next().unwrap_or(0);
+            if depth > 0 {
+                unet_transformer(d, &format!("input_blocks.{block}.1"), ch, depth, cfg);
+            }
+            skip_chans.push(ch);
+            block += 1;
+        }
+        if level + 1 != cfg.channel_mult.len() {
+            d.conv(&format!("input_blocks.{block}.0.op"), ch, ch, 3);
+            skip_chans.push(ch);
+            block += 1;
+        }
+    }
+
+    unet_resblock(d, "middle_block.0", ch, ch, emb);
+    if cfg.transformer_depth_middle > 0 {
+        unet_transformer(d, "middle_block.1", ch, cfg.transformer_depth_middle, cfg);
+        unet_resblock(d, "middle_block.2", ch, ch, emb);
+    } else {
+        unet_resblock(d, "middle_block.1", ch, ch, emb);
+    }
+
+    let mut depths = cfg.transformer_depth_output.iter().copied();
+    let mut block = 0;
+    for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
+        for i in 0..=cfg.num_res_blocks {
+            let skip = skip_chans.pop().unwrap_or(0);
+            let out = mc * mult;
+            let p = format!("output_blocks.{block}");
+            unet_resblock(d, &format!("{p}.0"), ch + skip, out, emb);
+            ch = out;
+            let mut layer = 1;
+            let depth = depths.next().unwrap_or(0);
+            if depth > 0 {
+                unet_transformer(d, &format!("{p}.{layer}"), ch, depth, cfg);
+                layer += 1;
+            }
+            if level > 0 && i == cfg.num_res_blocks {
+                d.conv(&format!("{p}.{layer}.conv"), ch, ch, 3);
+            }
+            block += 1;
+        }
+    }
+
+    d.norm("out.0", ch);
+    d.conv("out.2", mc, cfg.out_channels, 3);
+}
+
+/// ComfyUI `mmdit.MMDiT` (SD3): the last context block is pre-only.
+fn mmdit_layout(cfg: &MmditConfig, d: &mut Dict) {
+    let h = cfg.hidden_size;
+    let p = cfg.patch_size;
+    let n_pos = cfg.pos_embed_max_size * cfg.pos_embed_max_size;
+    d.add("pos_embed", &[1, n_pos, h]);
+    d.add("x_embedder.proj.weight", &[h, cfg.in_channels, p, p]);
+    d.add("x_embedder.proj.bias", &[h]);
+    d.linear("t_embedder.mlp.0", 256, h, true);
+    d.linear("t_embedder.mlp.2", h, h, true);
+    d.linear("y_embedder.mlp.0", cfg.adm_in_channels, h, true);
+    d.linear("y_embedder.mlp.2", h, h, true);
+    d.linear("context_embedder", cfg.context_dim, h, true);
+    let mlp = h * cfg.mlp_ratio;
+    for i in 0..cfg.depth {
+        for side in ["context_block", "x_block"] {
+            let b = format!("joint_blocks.{i}.{side}");
+            let pre_only = side == "context_block" && i + 1 == cfg.depth;
+            d.linear(&format!("{b}.attn.qkv"), h, 3 * h, true);
+            if pre_only {
+                d.linear(&format!("{b}.adaLN_modulation.1"), h, 2 * h, true);
+            } else {
+                d.linear(&format!("{b}.attn.proj"), h, h, true);
+                d.linear(&format!("{b}.mlp.fc1"), h, mlp, true);
+                d.linear(&format!("{b}.mlp.fc2"), mlp, h, true);
+                d.linear(&format!("{b}.adaLN_modulation.1"), h, 6 * h, true);
+            }
+        }
+    }
+    d.linear("final_layer.linear", h, p * p * cfg.out_channels, true);
+    d.linear("final_layer.adaLN_modulation.1", h, 2 * h, true);
+}
+
+/// ComfyUI `flux.model.Flux`: double-stream then single-stream blocks with RMS q/k norms.
+fn flux_layout(cfg: &FluxConfig, d: &mut Dict) {
+    let h = cfg.hidden_size;
+    let head_dim = h / cfg.num_heads;
+    let mlp = h * cfg.mlp_ratio;
+    let pp = cfg.patch_size * cfg.patch_size;
+    d.linear("img_in", cfg.in_channels * pp, h, true);
+    d.linear("time_in.in_layer", 256, h, true);
+    d.linear("time_in.out_layer", h, h, true);
+    d.linear("vector_in.in_layer", cfg.vec_in_dim, h, true);
+    d.linear("vector_in.out_layer", h, h, true);
+    if cfg.guidance_embed {
+        d.linear("guidance_in.in_layer", 256, h, true);
+        d.linear("guidance_in.out_layer", h, h, true);
+    }
+    d.linear("txt_in", cfg.context_in_dim, h, true);
+    for i in 0..cfg.depth {
+        for s in ["img", "txt"] {
+            let b = format!("double_blocks.{i}.{s}");
+            d.linear(&format!("{b}_mod.lin"), h, 6 * h, true);
+            d.linear(&format!("{b}_attn.qkv"), h, 3 * h, true);
+            d.add(format!("{b}_attn.norm.query_norm.scale"), &[head_dim]);
+            d.add(format!("{b}_attn.norm.key_norm.scale"), &[head_dim]);
+            d.linear(&format!("{b}_attn.proj"), h, h, true);
+            d.linear(&format!("{b}_mlp.0"), h, mlp, true);
+            d.linear(&format!("{b}_mlp.2"), mlp, h, true);
+        }
+    }
+    for i in 0..cfg.depth_single_blocks {
+        let b = format!("single_blocks.{i}");
+        d.linear(&format!("{b}.linear1"), h, 3 * h + mlp, true);
+        d.linear(&format!("{b}.linear2"), h + mlp, h, true);
+        d.add(format!("{b}.norm.query_norm.scale"), &[head_dim]);
+        d.add(format!("{b}.norm.key_norm.scale"), &[head_dim]);
+        d.linear(&format!("{b}.modulation.lin"), h, 3 * h, true);
+    }
+    d.linear("final_layer.linear", h, pp * cfg.out_channels, true);
+    d.linear("final_layer.adaLN_modulation.1", h, 2 * h, true);
+}
+
+/// HF CLIP text model under `<name>.transformer.`, plus the `logit_scale` ComfyUI keeps (F32).
+fn clip_layout(cfg: &ClipTextConfig, d: &mut Dict) {
+    let n = cfg.name;
+    let h = cfg.hidden_size;
+    let t = format!("{n}.transformer.text_model");
+    d.add_typed(format!("{n}.logit_scale"), &[], Dtype::F32);
+    d.add(
+        format!("{t}.embeddings.token_embedding.weight"),
+        &[cfg.vocab_size, h],
+    );
+    d.add(
+        format!("{t}.embeddings.position_embedding.weight"),
+        &[cfg.max_position_embeddings, h],
+    );
+    for i in 0..cfg.num_hidden_layers {
+        let l = format!("{t}.encoder.layers.{i}");
+        d.norm(&format!("{l}.layer_norm1"), h);
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            d.linear(&format!("{l}.self_attn.{proj}"), h, h, true);
+        }
+        d.norm(&format!("{l}.layer_norm2"), h);
+        d.linear(&format!("{l}.mlp.fc1"), h, cfg.intermediate_size, true);
+        d.linear(&format!("{l}.mlp.fc2"), cfg.intermediate_size, h, true);
+    }
+    d.norm(&format!("{t}.final_layer_norm"), h);
+    d.linear(
+        &format!("{n}.transformer.text_projection"),
+        h,
+        cfg.projection_dim,
+        false,
+    );
+}
+
+/// HF T5 encoder (v1.1: gated GELU, no biases, relative attention bias in the first block only).
+fn t5_layout(cfg: &T5Config, d: &mut Dict) {
+    let n = cfg.name;
+    let dm = cfg.d_model;
+    let inner = cfg.num_heads * cfg.d_kv;
+    d.add_typed(format!("{n}.logit_scale"), &[], Dtype::F32);
+    d.add(
+        format!("{n}.transformer.shared.weight"),
+        &[cfg.vocab_size, dm],
+    );
+    for i in 0..cfg.num_layers {
+        let b = format!("{n}.transformer.encoder.block.{i}.layer");
+        for w in ["q", "k", "v"] {
+            d.linear(&format!("{b}.0.SelfAttention.{w}"), dm, inner, false);
+        }
+        d.linear(&format!("{b}.0.SelfAttention.o"), inner, dm, false);
+        if i == 0 {
+            d.add(
+                format!("{b}.0.SelfAttention.relative_attention_bias.weight"),
+                &[cfg.relative_attention_num_buckets, cfg.num_heads],
+            );
+        }
+        d.add(format!("{b}.0.layer_norm.weight"), &[dm]);
+        d.linear(&format!("{b}.1.DenseReluDense.wi_0"), dm, cfg.d_ff, false);
+        d.linear(&format!("{b}.1.DenseReluDense.wi_1"), dm, cfg.d_ff, false);
+        d.linear(&format!("{b}.1.DenseReluDense.wo"), cfg.d_ff, dm, false);
+        d.add(format!("{b}.1.layer_norm.weight"), &[dm]);
+    }
+    d.add(
+        format!("{n}.transformer.encoder.final_layer_norm.weight"),
+        &[dm],
+    );
+}
+
+/// ldm `ResnetBlock` of the autoencoder.
+fn vae_resblock(d: &mut Dict, p: &str, inp: usize, out: usize) {
+    d.norm(&format!("{p}.norm1"), inp);
+    d.conv(&format!("{p}.conv1"), inp, out, 3);
+    d.norm(&format!("{p}.norm2"), out);
+    d.conv(&format!("{p}.conv2"), out, out, 3);
+    if inp != out {
+        d.conv(&format!("{p}.nin_shortcut"), inp, out, 1);
+    }
+}
+
+/// ldm `Encoder`/`Decoder` middle: ResnetBlock, single-head 1x1-conv attention, ResnetBlock.
+fn vae_mid(d: &mut Dict, p: &str, ch: usize) {
+    vae_resblock(d, &format!("{p}.mid.block_1"), ch, ch);
+    d.norm(&format!("{p}.mid.attn_1.norm"), ch);
+    for c in ["q", "k", "v", "proj_out"] {
+        d.conv(&format!("{p}.mid.attn_1.{c}"), ch, ch, 1);
+    }
+    vae_resblock(d, &format!("{p}.mid.block_2"), ch, ch);
+}
+
+/// ldm `AutoencoderKL`: encoder, decoder and (SD/SDXL only) the quant convs.
+fn vae_layout(cfg: &VaeConfig, d: &mut Dict) {
+    let levels = cfg.ch_mult.len();
+    // Encoder.
+    d.conv("encoder.conv_in", cfg.in_channels, cfg.ch, 3);
+    let mut block_in = cfg.ch;
+    for (i, &mult) in cfg.ch_mult.iter().enumerate() {
+        let block_out = cfg.ch * mult;
+        for b in 0..cfg.num_res_blocks {
+            vae_resblock(
+                d,
+                &format!("encoder.down.{i}.block.{b}"),
+                block_in,
+                block_out,
+            );
+            block_in = block_out;
+        }
+        if i + 1 != levels {
+            d.conv(
+                &format!("encoder.down.{i}.downsample.conv"),
+                block_in,
+                block_in,
+                3,
+            );
+        }
+    }
+    vae_mid(d, "encoder", block_in);
+    d.norm("encoder.norm_out", block_in);
+    let z_out = if cfg.double_z { 2 } else { 1 } * cfg.z_channels;
+    d.conv("encoder.conv_out", block_in, z_out, 3);
+
+    // Decoder.
+    let mut block_in = cfg.ch * cfg.ch_mult.last().copied().unwrap_or(1);
+    d.conv("decoder.conv_in", cfg.z_channels, block_in, 3);
+    vae_mid(d, "decoder", block_in);
+    for (i, &mult) in cfg.ch_mult.iter().enumerate().rev() {
+        let block_out = cfg.ch * mult;
+        for b in 0..=cfg.num_res_blocks {
+            vae_resblock(d, &format!("decoder.up.{i}.block.{b}"), block_in, block_out);
+            block_in = block_out;
+        }
+        if i != 0 {
+            d.conv(
+                &format!("decoder.up.{i}.upsample.conv"),
+                block_in,
+                block_in,
+                3,
+            );
+        }
+    }
+    d.norm("decoder.norm_out", block_in);
+    d.conv("decoder.conv_out", block_in, cfg.out_ch, 3);
+
+    if cfg.use_quant_conv {
+        d.conv("quant_conv", z_out, z_out, 1);
+        d.conv("post_quant_conv", cfg.z_channels, cfg.z_channels, 1);
+    }
+}
+
+/// Every key, shape and dtype of the model, text encoders and VAE of `arch`, exactly as ComfyUI
+/// holds them in memory.
+///
+/// Dtypes are the reference's CPU defaults: denoiser F32, text encoders F16 (except each
+/// `*.logit_scale`, F32), VAE F32. [`Arch::FluxSchnell`] is [`Arch::Flux`] without the
+/// `guidance_in.*` keys.
+pub fn shapes(arch: Arch) -> ComponentShapes {
+    expand(&arch_config(arch))
+}
+
+/// Every key, shape and dtype of the test-sized model of `arch` (see [`SyntheticOptions::tiny`]):
+/// the real model's kinds of keys at a few hundred kilobytes, with consistent shapes.
+pub fn tiny_shapes(arch: Arch) -> ComponentShapes {
+    expand(&tiny_arch_config(arch))
+}
+
+fn expand(cfg: &ArchConfig) -> ComponentShapes {
+    let mut model = Dict::new(Dtype::F32);
+    match &cfg.model {
+        Denoiser::Unet(u) => unet_layout(u, &mut model),
+        Denoiser::Mmdit(m) => mmdit_layout(m, &mut model),
+        Denoiser::Flux(f) => flux_layout(f, &mut model),
+    }
+    let mut clip = Dict::new(Dtype::F16);
+    for c in &cfg.clips {
+        clip_layout(c, &mut clip);
+    }
+    if let Some(t5) = &cfg.t5 {
+        t5_layout(t5, &mut clip);
+    }
+    let mut vae = Dict::new(Dtype::F32);
+    vae_layout(&cfg.vae, &mut vae);
+
+    let mut s = ComponentShapes::default();
+    s.set(ComponentKind::Model, model.map);
+    s.set(ComponentKind::Clip, clip.map);
+    s.set(ComponentKind::Vae, vae.map);
+    s
+}
+
+/// The same components with every dimension capped at `max_dim`, for fast "tiny" models.
+///
+/// Every key and every tensor's rank and dtype are kept, so a tiny model exercises exactly the same
+/// key handling as the real one. A cap of 0 is treated as 1 so no non-empty tensor becomes empty;
+/// a dimension that is already 0 stays 0.
+pub fn shrink(shapes: &ComponentShapes, max_dim: usize) -> ComponentShapes {
+    let cap = max_dim.max(1);
+    let mut out = ComponentShapes::default();
+    for kind in ComponentKind::ALL {
+        if let Some(map) = shapes.get(kind) {
+            out.set(
+                kind,
+                map.iter()
+                    .map(|(k, info)| {
+                        let shape = info.shape.iter().map(|&d| d.min(cap)).collect();
+                        (k.clone(), TensorInfo::new(shape, info.dtype))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,175 @@
+//! Platform calls, one module per platform, with the same signatures.
+//!
+//! Linux gets the fast paths: direct I/O (`O_DIRECT`), `posix_fallocate`, tmpfs detection,
+//! `MADV_POPULATE_WRITE`, `renameat2(RENAME_NOREPLACE)` and per-thread priorities. Other Unix
+//! systems (macOS, the only platform with Metal) get portable fallbacks: buffered writes, a sized
+//! file instead of reserved blocks, no tmpfs special case. The `portable-sys` feature selects the
+//! fallbacks on Linux too, so CI compiles and tests them on the build machine.
+//!
+//! Everything here is a thin wrapper: callers decide what to do when a fast path is missing.
+
+#[cfg(all(target_os = "linux", not(feature = "portable-sys")))]
+mod linux;
+#[cfg(all(target_os = "linux", not(feature = "portable-sys")))]
+use linux as imp;
+
+#[cfg(not(all(target_os = "linux", not(feature = "portable-sys"))))]
+mod portable;
+#[cfg(not(all(target_os = "linux", not(feature = "portable-sys"))))]
+use portable as imp;
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// Alignment of direct I/O: file offsets, lengths and memory addresses.
+pub(crate) const DIRECT_ALIGN: usize = 4096;
+
+/// Whether this build has direct I/O at all (false with the portable fallbacks).
+pub(crate) const HAS_DIRECT_IO: bool = imp::HAS_DIRECT_IO;
+
+/// A second handle on `file` that writes with direct I/O (the device reads the caller's buffer
+/// by DMA, bypassing the page cache), or `None` where the platform or file system refuses it.
+pub(crate) fn reopen_direct(file: &File) -> Option<File> {
+    imp::reopen_direct(file)
+}
+
+/// Reserves `len` bytes for `file` so a full disk fails before data is written; where blocks
+/// cannot be reserved (or reserving would zero every page, as on tmpfs) the file is only sized.
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    imp::preallocate(file, len)
+}
+
+/// Whether `file` lives on tmpfs (memory), where direct I/O is a copy like any other.
+pub(crate) fn is_tmpfs(file: &File) -> bool {
+    imp::is_tmpfs(file)
+}
+
+/// Asks the kernel to fault in a writable mapping's pages in one call (one fault per page
+/// otherwise); a no-op where unsupported.
+pub(crate) fn populate_write(map: &memmap2::MmapMut) {
+    imp::populate_write(map)
+}
+
+/// Lowers the calling thread's CPU priority (threads it starts inherit it); a no-op where the
+/// platform has no per-thread priority.
+pub(crate) fn lower_thread_priority() {
+    imp::lower_thread_priority()
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing `to`.
+///
+/// # Errors
+/// `AlreadyExists` when `to` exists; `Unsupported` where the platform or file system cannot
+/// rename without replacing (the caller then checks and renames, see `publish`); other I/O errors.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    imp::rename_noreplace(from, to)
+}
+
+/// Whether a process with this id exists (or might: without a way to ask, assume it does).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled; nothing is
+    // sent, and `pid` is positive so it names one process, never a group.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// User + system CPU time of the whole process, in seconds (0 where unavailable).
+pub(crate) fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Whether a failed write means "direct I/O accepted at open but not for this request" (then
+/// the page cache always works).
+pub(crate) fn direct_refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// Whether a failed `hard_link` means "this file system has no hard links" (then rename instead).
+pub(crate) fn links_unsupported(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EXDEV)
+        )
+}
+
+/// Past a file-size limit (`ulimit -f`), let writes fail with `EFBIG` instead of the default
+/// `SIGXFSZ` killing the process mid-save (so the error is reported and the temp file removed).
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to "ignore"; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// Ends this process at once with SIGKILL, as a crash would (no destructor, no cleanup): the
+/// crash tests' fault injection.
+pub(crate) fn kill_self() -> ! {
+    // SAFETY: sends a signal to this process; SIGKILL cannot be caught, so this does not return.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_huge_pid_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(i32::MAX as u32));
+        // Not representable as a pid: assumed alive, never treated as stale.
+        assert!(process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        // Only the portable fallbacks may lack a no-replace rename.
+        match (HAS_DIRECT_IO, rename_noreplace(&a, &b)) {
+            (false, Err(e)) if e.kind() == io::ErrorKind::Unsupported => {}
+            (_, Err(e)) => assert_eq!(e.kind(), io::ErrorKind::AlreadyExists),
+            (_, Ok(())) => panic!("replaced an existing file"),
+        }
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        let c = dir.path().join("c");
+        if rename_noreplace(&a, &c).is_ok() {
+            assert!(!a.exists() && c.exists());
+        }
+    }
+
+    #[test]
+    fn preallocate_sizes_the_file() {
+        let f = tempfile::tempfile().unwrap();
+        preallocate(&f, 10_000).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 10_000);
+    }
+
+    #[test]
+    fn direct_io_is_available_exactly_where_the_platform_has_it() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let direct = reopen_direct(f.as_file());
+        if !HAS_DIRECT_IO {
+            assert!(direct.is_none());
+        }
+        assert!(cpu_seconds() >= 0.0);
+    }
+}

@@ -1,0 +1,168 @@
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use candle_core::Device;
+
+use super::*;
+use crate::layout::{self, LayoutKind};
+use crate::model::dtype::TargetDtype;
+use crate::model::Arch;
+use crate::plan::{ComponentDtypes, PlanOptions};
+use crate::synthetic::{self, SyntheticOptions};
+
+fn sdxl_plan(dtype: TargetDtype, align: u64) -> Plan {
+    let c = synthetic::build(
+        &SyntheticOptions::new(Arch::Sdxl).with_max_dim(24),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let l = layout::layout(
+        &LayoutKind::Arch(Arch::Sdxl),
+        &c.shapes(),
+        Arch::Sdxl.default_prediction(),
+    )
+    .unwrap();
+    let opts = PlanOptions {
+        dtypes: ComponentDtypes::all(dtype),
+        data_alignment: align,
+    };
+    Plan::new(&l, &c, &BTreeMap::new(), &opts).unwrap()
+}
+
+fn written(plan: &Plan, method: Method, opts: &EngineOptions) -> (Vec<u8>, WriteReport) {
+    let file = tempfile::tempfile().unwrap();
+    let report = write(
+        plan,
+        &file,
+        method,
+        opts,
+        &Progress::hidden(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    (&file).read_to_end(&mut bytes).unwrap();
+    (bytes, report)
+}
+
+#[test]
+fn fill_range_reproduces_the_written_data_section() {
+    let plan = sdxl_plan(TargetDtype::BF16, 8);
+    let (file, report) = written(&plan, Method::Pwrite, &EngineOptions::default());
+    let data = &file[plan.data_offset() as usize..];
+    // Odd, unaligned-to-pieces ranges, each filled independently.
+    let cuts = [0, 16, 4096, 10_000, (data.len() - 6) / 8 * 8, data.len()];
+    let mut counts = vec![0u64; plan.tensors().len()];
+    let mut scratch = Scratch::default();
+    for w in cuts.windows(2) {
+        let mut out = vec![0u8; w[1] - w[0]];
+        fill_range(
+            &plan,
+            w[0] as u64..w[1] as u64,
+            &mut out,
+            &mut scratch,
+            |t, n| counts[t] += n,
+        )
+        .unwrap();
+        assert!(out == data[w[0]..w[1]], "range {w:?}");
+    }
+    assert_eq!(counts, report.non_finite);
+    let mut wrong = vec![0u8; 3];
+    assert!(fill_range(&plan, 0..4, &mut wrong, &mut scratch, |_, _| {}).is_err());
+    let mut cut = vec![0u8; 14];
+    let err = fill_range(&plan, 0..14, &mut cut, &mut scratch, |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("cuts an element"), "{err}");
+}
+
+#[test]
+fn every_method_writes_the_same_file() {
+    for dtype in [TargetDtype::Keep, TargetDtype::F16, TargetDtype::F8E5M2] {
+        let plan = sdxl_plan(dtype, 4096);
+        let small = EngineOptions {
+            chunk_size: 64 << 10,
+            threads: 3,
+            ..Default::default()
+        };
+        let (want, want_report) = written(&plan, Method::Pwrite, &small);
+        assert_eq!(want.len() as u64, plan.file_len());
+        for method in [Method::Mmap, Method::Direct] {
+            for opts in [small, EngineOptions::default()] {
+                let (got, report) = written(&plan, method, &opts);
+                assert!(got == want, "{dtype} {method:?} {opts:?}");
+                assert_eq!(report, want_report);
+            }
+        }
+    }
+}
+
+#[test]
+fn staged_snapshots_write_the_same_file() {
+    let plan = sdxl_plan(TargetDtype::F16, 4096);
+    let (want, _) = written(&plan, Method::Pwrite, &EngineOptions::default());
+    let (image, _) = stage(&plan, None).unwrap();
+    let staged = plan.with_data(std::sync::Arc::new(image)).unwrap();
+    for method in [Method::Direct, Method::Pwrite] {
+        let (got, _) = written(&staged, method, &EngineOptions::default());
+        assert!(got == want, "{method:?}");
+    }
+}
+
+#[test]
+fn cancellation_is_seen_before_the_first_unit() {
+    let plan = sdxl_plan(TargetDtype::Keep, 8);
+    let file = tempfile::tempfile().unwrap();
+    let err = write(
+        &plan,
+        &file,
+        Method::Pwrite,
+        &EngineOptions::default(),
+        &Progress::hidden(),
+        &AtomicBool::new(true),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+}
+
+#[test]
+fn budget_bounds_workers_and_chunks() {
+    let o = EngineOptions {
+        chunk_size: 32 << 20,
+        staging_budget: 40 << 20,
+        threads: 8,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (1, 32 << 20));
+    let o = EngineOptions {
+        chunk_size: 32 << 20,
+        staging_budget: 8 << 20,
+        threads: 4,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (1, 8 << 20));
+    let o = EngineOptions {
+        chunk_size: 1 << 20,
+        staging_budget: 256 << 20,
+        threads: 3,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (3, 1 << 20));
+}
+
+#[test]
+fn backend_is_resolved_once_from_the_folder_and_devices() {
+    let disk = tempfile::tempdir().unwrap();
+    let direct = if crate::sys::HAS_DIRECT_IO {
+        Method::Direct
+    } else {
+        Method::Pwrite
+    };
+    assert_eq!(Backend::Direct.resolve(disk.path(), false), direct);
+    // A device pipeline writes at arbitrary offsets: never direct, so no padded header.
+    assert_eq!(Backend::Direct.resolve(disk.path(), true), Method::Pwrite);
+    assert_eq!(Backend::Auto.resolve(disk.path(), true), Method::Pwrite);
+    assert_eq!(Backend::Mmap.resolve(disk.path(), false), Method::Mmap);
+    if std::path::Path::new("/dev/shm").is_dir() {
+        let shm = std::path::Path::new("/dev/shm/not-yet-created/sub");
+        assert_eq!(Backend::Auto.resolve(shm, false), Method::Pwrite);
+    }
+}
