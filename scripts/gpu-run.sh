@@ -4,7 +4,7 @@
 #   scripts/gpu-run.sh            # -> .gpu/tests.xz, .gpu/checkpoint-save.xz, .gpu/on-device.sh
 #
 # Then, on the GPU machine, from the repository root:
-#   .gpu/on-device.sh .gpu/tests.xz --include-ignored --test-threads=1
+#   CHECKPOINT_SAVE_REQUIRE_GPU=1 .gpu/on-device.sh .gpu/tests.xz --test-threads=1
 #   .gpu/on-device.sh .gpu/checkpoint-save.xz bench --synthetic sdxl --device cuda:0 --dtype f16
 # `.gpu/` is git-ignored. Set CARGO_TARGET_DIR to reuse a target folder kept elsewhere.
 set -euo pipefail

@@ -238,6 +238,10 @@ pub(crate) fn write_reserved(
     if opts.check_finite {
         refuse_non_finite(&non_finite)?;
     }
+    // A cancellation that came during the last unit still wins over publishing.
+    if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::Cancelled);
+    }
     Ok((reservation.commit()?, non_finite))
 }
 

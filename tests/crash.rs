@@ -1,82 +1,66 @@
-//! A save killed mid-write leaves nothing under a final name, the next save cleans up after it,
-//! and a save that runs out of space fails clearly and leaves no file.
+//! What crashes, interruptions and concurrency leave behind, with the real binary: a save killed
+//! mid-write leaves nothing under a final name and the next save cleans up after it; Ctrl-C
+//! removes the temporary file and exits 130; a full disk fails clearly; concurrent processes get
+//! distinct counters. Every test synchronises on an observable state (a fault injected at an
+//! exact byte, a lock the child is seen waiting on), never on a timer.
 
+use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_checkpoint-save");
 
+/// Every file under `dir`, as paths relative to it.
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = walk(dir)
-        .into_iter()
-        .filter(|n| !n.ends_with(".checkpoint-save.lock"))
-        .collect();
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
     v.sort();
     v
 }
 
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(
-                    p.strip_prefix(dir)
-                        .map(|r| r.display().to_string())
-                        .unwrap_or_default(),
-                );
+                walk(root, &p, out);
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                out.push(rel.display().to_string());
             }
         }
     }
-    out
 }
 
 #[test]
 fn killed_save_leaves_no_final_file_and_the_next_save_cleans_up() {
+    use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("output");
-    // A full-size SD1.5 kept in f32 (4.3 GB): long enough to be caught mid-write.
-    let mut child = Command::new(BIN)
-        .args(["save", "--synthetic", "sd15", "--quiet", "--output-dir"])
+    // A ~20 MB checkpoint, killed (SIGKILL, no cleanup) once 1 MiB of it is written.
+    let status = Command::new(BIN)
+        .args([
+            "save",
+            "--synthetic",
+            "sd15",
+            "--max-dim",
+            "64",
+            "--quiet",
+            "--output-dir",
+        ])
         .arg(&out)
+        .env("CHECKPOINT_SAVE_FAULT_KILL_AFTER", (1u64 << 20).to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .status()
         .unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     let folder = out.join("checkpoints");
-    let start = Instant::now();
-    let partial = loop {
-        let found = names(&folder).into_iter().find(|n| n.ends_with(".partial"));
-        if let Some(p) = found {
-            break p;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the save finished ({status}) before it could be killed");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no temporary file appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    std::thread::sleep(Duration::from_millis(150));
-    child.kill().unwrap(); // SIGKILL: no handler runs, nothing is cleaned up by the child.
-    let status = child.wait().unwrap();
-    assert!(!status.success());
     let left = names(&folder);
+    assert_eq!(left.len(), 1, "{left:?}");
     assert!(
-        left.iter().all(|n| !n.ends_with(".safetensors")),
-        "a final file appeared: {left:?}"
+        left[0].starts_with("ComfyUI_00001_.safetensors.") && left[0].ends_with(".partial"),
+        "only the killed save's temporary file: {left:?}"
     );
-    assert!(
-        left.contains(&partial),
-        "the killed save's temporary file should still be there: {left:?}"
-    );
-    assert!(partial.contains(&format!(".{}.partial", status_pid(&partial))));
 
     // The next save in that folder removes the stale temporary file and writes a complete one.
     let next = Command::new(BIN)
@@ -84,8 +68,7 @@ fn killed_save_leaves_no_final_file_and_the_next_save_cleans_up() {
             "save",
             "--synthetic",
             "sd15",
-            "--max-dim",
-            "4",
+            "--tiny",
             "--quiet",
             "--output-dir",
         ])
@@ -97,25 +80,74 @@ fn killed_save_leaves_no_final_file_and_the_next_save_cleans_up() {
         "{}",
         String::from_utf8_lossy(&next.stderr)
     );
-    let left = names(&folder);
     assert_eq!(
-        left,
-        vec!["ComfyUI_00001_.safetensors".to_string()],
-        "stale files remain"
+        names(&folder),
+        vec!["ComfyUI_00001_.safetensors".to_string()]
     );
     let path = String::from_utf8(next.stdout).unwrap();
     let bytes = std::fs::read(path.trim()).unwrap();
     assert!(safetensors::SafeTensors::deserialize(&bytes).is_ok());
 }
 
-/// The pid embedded in `<name>.<pid>.partial`.
-fn status_pid(partial: &str) -> String {
-    partial
-        .trim_end_matches(".partial")
-        .rsplit('.')
-        .next()
-        .unwrap_or_default()
-        .to_string()
+/// Waits until process `pid` is blocked waiting for a file lock (a `->` entry of /proc/locks).
+fn wait_until_waiting_on_a_lock(pid: u32, child: &mut std::process::Child) {
+    let start = Instant::now();
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let waiting = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"->") && f.get(5) == Some(&pid.to_string().as_str())
+        });
+        if waiting {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the child exited ({status}) instead of waiting for the folder's lock");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the child never waited"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn ctrl_c_removes_the_temporary_file_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("output");
+    let folder = out.join("checkpoints");
+    std::fs::create_dir_all(&folder).unwrap();
+    // Hold the folder's lock: the child validates everything, then waits to reserve its name.
+    let lock = File::open(&folder).unwrap();
+    lock.lock().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["save", "--synthetic", "sd15", "--tiny", "--output-dir"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_waiting_on_a_lock(child.id(), &mut child);
+    // SAFETY: sends SIGINT to our own child process.
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    // The child says so once its cancel flag is set; only then may it go on.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(first.starts_with("interrupted"), "{first}");
+    drop(lock);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(130), "{rest}");
+    assert!(
+        rest.starts_with("error: save cancelled") && rest.trim().lines().count() == 1,
+        "{rest}"
+    );
+    assert!(done.stdout.is_empty(), "no path is printed");
+    assert_eq!(names(&out), Vec::<String>::new(), "nothing is left behind");
 }
 
 #[test]
@@ -146,5 +178,48 @@ fn out_of_space_fails_clearly_and_leaves_no_file() {
         if folder.starts_with("/dev/shm") {
             let _ = std::fs::remove_dir_all(&folder);
         }
+    }
+}
+
+#[test]
+fn concurrent_processes_get_distinct_counters() {
+    const N: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..N)
+        .map(|i| {
+            Command::new(BIN)
+                .args(["save", "--synthetic", "sd15", "--tiny", "--quiet", "--seed"])
+                .arg(i.to_string())
+                .arg("--output-dir")
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut printed: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        })
+        .collect();
+    printed.sort();
+    let want: Vec<String> = (1..=N)
+        .map(|c| format!("checkpoints/ComfyUI_{c:05}_.safetensors"))
+        .collect();
+    assert_eq!(
+        names(dir.path()),
+        want,
+        "only the checkpoints, one counter each"
+    );
+    for (p, w) in printed.iter().zip(&want) {
+        assert_eq!(Path::new(p), dir.path().join(w));
+        let bytes = std::fs::read(p).unwrap();
+        assert!(
+            safetensors::SafeTensors::deserialize(&bytes).is_ok(),
+            "{p} is complete"
+        );
     }
 }

@@ -313,7 +313,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tiny_bench_reports_consistent_figures() {
+    fn a_tiny_bench_measures_the_file_a_save_writes_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let opts = BenchOptions {
             arch: Arch::Sd15,
@@ -326,7 +326,23 @@ mod tests {
             device: Device::Cpu,
         };
         let r = run(&opts).unwrap();
-        assert!(r.bytes > 0 && r.tensors == 1130);
+        // The same save, made here: the figures are about exactly this file.
+        let mut syn = SyntheticOptions::new(Arch::Sd15)
+            .with_seed(1)
+            .with_max_dim(16);
+        syn.dtype = None;
+        let c = synthetic::build(&syn, &Device::Cpu).unwrap();
+        let mut save_opts = SaveOptions {
+            layout: LayoutChoice::Arch(Arch::Sd15),
+            dtypes: ComponentDtypes::all(TargetDtype::F16),
+            ..Default::default()
+        };
+        save_opts.metadata.disable = true;
+        let path = dir.path().join("same.safetensors");
+        let saved = save_to_path(&c, &path, &save_opts).unwrap();
+        assert_eq!(r.bytes, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(r.tensors, saved.tensors);
+        std::fs::remove_file(&path).unwrap();
         for m in [
             &r.ours,
             &r.candle,
@@ -334,34 +350,15 @@ mod tests {
             &r.ceiling_parallel,
         ] {
             assert_eq!(m.runs_s.len(), 3);
-            assert!(m.median_s > 0.0 && m.gbps > 0.0);
+            assert!(
+                m.runs_s.contains(&m.median_s),
+                "the median is one of the runs"
+            );
+            assert!(m.runs_s.iter().filter(|&&x| x < m.median_s).count() <= 1);
+            assert!(m.cpu_s >= 0.0 && m.gbps > 0.0);
         }
-        assert!((r.ratio_ceiling - r.ours_gbps / r.ceiling_gbps).abs() < 1e-12);
-        assert_eq!(
-            r.ceiling_gbps,
-            r.ceiling_sequential.gbps.max(r.ceiling_parallel.gbps)
-        );
-        // Direct I/O is informational: never part of the ceiling, always part of the bound.
-        let direct = r.raw_direct.as_ref().map_or(0.0, |m| m.gbps);
-        if let Some(m) = &r.raw_direct {
-            assert_eq!(m.runs_s.len(), 3);
-        }
-        assert_eq!(r.raw_best_gbps, r.ceiling_gbps.max(direct));
-        assert!((r.ratio_candle_bound - r.raw_best_gbps / r.candle_gbps).abs() < 1e-12);
         // Nothing is left behind in the folder.
-        assert_eq!(
-            std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| !e
-                    .as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with('.'))
-                .count(),
-            0
-        );
-        let text = r.to_string();
-        assert!(text.contains("ratio to ceiling"), "{text}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(r.to_string().contains("ratio to ceiling"));
     }
 }

@@ -378,8 +378,16 @@ impl Checkpointer {
         self.wait()
     }
 
-    /// Cancels the save in flight: its temporary file is removed and the manifest is untouched
-    /// (if it had already been published, it stays, listed in the manifest).
+    /// Asks the save in flight (if any) to stop, without waiting: its temporary file is removed
+    /// and the manifest is untouched, unless it was already published (then it stays, listed).
+    /// The next [`Checkpointer::wait`] (or save) returns [`Error::Cancelled`] for it.
+    pub fn cancel(&self) {
+        if let Some(running) = &self.in_flight {
+            running.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Cancels the save in flight and ends the checkpointer (see [`Checkpointer::cancel`]).
     ///
     /// # Errors
     /// An error of the save other than the cancellation itself.
@@ -387,7 +395,7 @@ impl Checkpointer {
         let Some(running) = self.in_flight.take() else {
             return Ok(());
         };
-        running.cancel.store(true, Ordering::Relaxed);
+        running.cancel.store(true, Ordering::SeqCst);
         match join(running) {
             Ok(_) | Err(Error::Cancelled) => Ok(()),
             Err(e) => Err(e),

@@ -54,8 +54,12 @@ fn main() -> ExitCode {
 /// Ctrl-C sets `cancel`; the writer sees it, removes its temporary file and returns an error.
 fn install_ctrlc(cancel: &Arc<AtomicBool>) -> Result<()> {
     let flag = Arc::clone(cancel);
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-        .context("cannot install the Ctrl-C handler")
+    ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        // Said once the flag is set: from here on no checkpoint is published.
+        eprintln!("interrupted: stopping; the temporary file will be removed");
+    })
+    .context("cannot install the Ctrl-C handler")
 }
 
 /// The error and its causes, like `{:#}`, without repeating a cause whose text the error before it

@@ -61,8 +61,7 @@ pub fn detect_model(model: &BTreeMap<String, TensorInfo>) -> Result<Arch> {
                 .ok()
         })
         .max()
-        .unwrap_or(0)
-        + 1;
+        .map_or(1, |m| m.saturating_add(1));
     let attn_at_level0 = model.keys().any(|k| k.starts_with("input_blocks.1.1."));
     if has("label_emb.0.0.weight") {
         return match (input_blocks, attn_at_level0) {

@@ -358,56 +358,6 @@ fn concurrent_reservations_get_distinct_counters() {
     assert!(files.iter().all(|f| !f.ends_with(".partial")), "{files:?}");
 }
 
-/// Environment variable that turns [`child_process_save`] into a real save (set by
-/// [`concurrent_processes_get_distinct_counters`]).
-const CHILD_DIR: &str = "CHECKPOINT_SAVE_NAMING_CHILD_DIR";
-
-/// Helper run in child processes: one save under `ComfyUI` in the folder given by the parent.
-#[test]
-#[ignore = "run by concurrent_processes_get_distinct_counters in child processes"]
-fn child_process_save() {
-    let Some(dir) = std::env::var_os(CHILD_DIR) else {
-        return;
-    };
-    let r = reserve("ComfyUI", Path::new(&dir)).expect("reserve");
-    let payload = format!("pid {}", std::process::id()).repeat(10_000);
-    r.file().write_all(payload.as_bytes()).expect("write");
-    r.commit().expect("commit");
-}
-
-#[test]
-fn concurrent_processes_get_distinct_counters() {
-    const N: usize = 4;
-    let out = tempfile::tempdir().expect("tempdir");
-    let exe = std::env::current_exe().expect("test binary");
-    let children: Vec<_> = (0..N)
-        .map(|_| {
-            std::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "naming::tests::child_process_save",
-                    "--ignored",
-                    "--quiet",
-                ])
-                .env(CHILD_DIR, out.path())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
-    for mut child in children {
-        assert!(child.wait().expect("wait").success());
-    }
-    let expected: BTreeSet<String> = (1..=N)
-        .map(|c| format!("ComfyUI_{c:05}_.safetensors"))
-        .collect();
-    assert_eq!(names(out.path()), expected);
-    for c in 1..=N {
-        let data = fs::read(out.path().join(format!("ComfyUI_{c:05}_.safetensors"))).expect("read");
-        assert_eq!(data.len() % 10_000, 0, "a complete payload");
-    }
-}
-
 #[test]
 fn decimal_digits_of_other_scripts() {
     assert_eq!(decimal_digit('7'), Some(7));

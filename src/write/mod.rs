@@ -179,7 +179,6 @@ pub(crate) fn write(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let fault = fault::Hook::from_env();
     let record = |e: Error| {
         failed.store(true, Ordering::Relaxed);
         let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,7 +186,7 @@ pub(crate) fn write(
     };
     let done = |n: u64| {
         progress.inc(n);
-        fault.wrote(n);
+        fault::wrote(n);
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers + gpu.groups.len())
@@ -218,7 +217,7 @@ pub(crate) fn write(
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(unit) = units.get(i) else { return };
-                    let result = if cancel.load(Ordering::Relaxed) {
+                    let result = if cancel.load(Ordering::Acquire) {
                         Err(Error::Cancelled)
                     } else {
                         write_unit(plan, &sink, unit, &mut staging, &counts)
@@ -415,32 +414,25 @@ fn fill_pieces(
 }
 
 /// Fault injection for the crash tests: with `CHECKPOINT_SAVE_FAULT_KILL_AFTER=<bytes>` in the
-/// environment, the process kills itself with SIGKILL once that many data bytes are written —
-/// a crash at an exact point of a save, so a test can check what a crash leaves behind without
+/// environment, the process kills itself with SIGKILL once that many data bytes have been
+/// written by all its saves together — a crash at an exact point (the middle of the third
+/// checkpoint of a training loop, say), so a test can check what a crash leaves behind without
 /// racing a timer. Unset (always, outside those tests), it costs one branch per unit.
 mod fault {
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
 
-    /// The variable's name.
-    pub(crate) const KILL_AFTER: &str = "CHECKPOINT_SAVE_FAULT_KILL_AFTER";
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static WRITTEN: AtomicU64 = AtomicU64::new(0);
 
-    pub(super) struct Hook {
-        kill_after: Option<u64>,
-        written: AtomicU64,
-    }
-
-    impl Hook {
-        pub(super) fn from_env() -> Self {
-            let kill_after = std::env::var(KILL_AFTER).ok().and_then(|v| v.parse().ok());
-            Hook {
-                kill_after,
-                written: AtomicU64::new(0),
-            }
-        }
-
-        pub(super) fn wrote(&self, n: u64) {
-            let Some(limit) = self.kill_after else { return };
-            if self.written.fetch_add(n, Ordering::Relaxed) + n >= limit {
+    pub(super) fn wrote(n: u64) {
+        let limit = LIMIT.get_or_init(|| {
+            std::env::var("CHECKPOINT_SAVE_FAULT_KILL_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(limit) = limit {
+            if WRITTEN.fetch_add(n, Ordering::Relaxed) + n >= *limit {
                 crate::sys::kill_self();
             }
         }
