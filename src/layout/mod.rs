@@ -7,6 +7,7 @@
 
 mod clip;
 pub mod detect;
+pub mod diffusers;
 pub(crate) mod invert;
 pub mod openclip;
 
