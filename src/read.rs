@@ -25,7 +25,7 @@ use crate::plan::MAX_HEADER_LEN;
 
 /// One tensor of a safetensors file, as its header describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TensorEntry {
+pub struct TensorEntry {
     /// The tensor's name.
     pub name: String,
     /// Its dtype.
@@ -67,7 +67,7 @@ impl Stamp {
 
 /// An open, validated safetensors file.
 #[derive(Debug)]
-pub(crate) struct SafetensorsFile {
+pub struct SafetensorsFile {
     path: PathBuf,
     file: File,
     stamp: Stamp,

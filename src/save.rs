@@ -114,6 +114,7 @@ pub fn save(components: &Components, opts: &SaveOptions) -> Result<Saved> {
 /// # Errors
 /// As [`save`], plus an I/O error of kind `AlreadyExists` when `path` exists.
 pub fn save_to_path(components: &Components, path: &Path, opts: &SaveOptions) -> Result<Saved> {
+    refuse_input_as_output(components, path)?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -123,6 +124,31 @@ pub fn save_to_path(components: &Components, path: &Path, opts: &SaveOptions) ->
         _ => Path::new("."),
     };
     save_with(components, opts, &stem, folder, || reserve_at(path))
+}
+
+/// [`Error::InvalidInput`] when `path` is one of the files the components are read from.
+fn refuse_input_as_output(components: &Components, path: &Path) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(path) else {
+        return Ok(());
+    };
+    let mut clash = None;
+    for t in components.tensors() {
+        t.input_files(&mut |f| {
+            if std::fs::canonicalize(f.path()).is_ok_and(|p| p == out) {
+                clash = Some(out.clone());
+            }
+        });
+        if clash.is_some() {
+            break;
+        }
+    }
+    match clash {
+        Some(p) => Err(Error::InvalidInput(format!(
+            "{} is an input of this job and cannot also be its output; choose another output path",
+            p.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Resolves the layout kind and prediction, and lays the components out.
@@ -160,9 +186,9 @@ pub fn lay_out(
 /// offsets, so the save must not pad the header for direct I/O).
 fn device_pipelines(components: &Components) -> bool {
     cfg!(feature = "cuda")
-        && components.tensors().any(|t| match t {
-            InputTensor::Candle(t) => t.device().is_cuda(),
-        })
+        && components
+            .tensors()
+            .any(|t| matches!(t, InputTensor::Candle(t) if t.device().is_cuda()))
 }
 
 /// The write method and plan options of a save into `folder`.
@@ -242,6 +268,8 @@ pub(crate) fn write_reserved(
     if cancel.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(Error::Cancelled);
     }
+    // Bytes read from a file that changed meanwhile may be half old, half new: publish nothing.
+    plan.check_inputs_unchanged()?;
     Ok((reservation.commit()?, non_finite))
 }
 

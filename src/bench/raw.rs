@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::dtype::candle_dtype;
-use crate::model::{Components, InputTensor, TargetDtype};
+use crate::model::{Components, TargetDtype};
 use crate::sys::cpu_seconds;
 use crate::write::{AlignedBuf, Method, Sink};
 
@@ -48,7 +48,9 @@ pub(super) fn candle_save(components: &Components, dtype: TargetDtype, path: &Pa
     let mut map = HashMap::new();
     for (kind, tensors) in components.iter() {
         for (k, t) in tensors {
-            let InputTensor::Candle(t) = t;
+            let t = t.as_candle().ok_or_else(|| {
+                Error::InvalidInput("candle's save needs tensors held by candle".into())
+            })?;
             let t = match target {
                 Some(d) if t.dtype().is_float() => t.to_dtype(d)?,
                 _ => t.clone(),

@@ -174,7 +174,10 @@ fn copy_components(components: &Components, kind: SnapshotKind) -> Result<Compon
 }
 
 fn copy(t: &InputTensor, kind: SnapshotKind) -> Result<InputTensor> {
-    let InputTensor::Candle(t) = t;
+    // Tensors in input files are read when written; a training loop cannot change them.
+    let InputTensor::Candle(t) = t else {
+        return Ok(t.clone());
+    };
     let c = match kind {
         SnapshotKind::DeviceToHost if !t.device().is_cpu() => t.to_device(&Device::Cpu)?,
         _ => t.copy()?,

@@ -2,8 +2,8 @@
 //!
 //! A model is three components (the denoiser "model", the text encoders "clip", the autoencoder
 //! "vae"), each a map from ComfyUI's in-memory key names to tensors. A tensor is wherever its
-//! bytes already are: a candle tensor on any device ([`InputTensor::Candle`]); later stages read it
-//! only when the file is written.
+//! bytes already are — a candle tensor on any device, a range of an input file, or a view joining
+//! parts of those ([`InputTensor`]); later stages read it only when the file is written.
 
 pub mod arch;
 pub mod components;
@@ -11,7 +11,7 @@ pub mod dtype;
 
 pub use arch::{Arch, Prediction};
 pub use components::{
-    ComponentKind, ComponentShapes, Components, InputMap, InputTensor, IntoTensorMap, TensorInfo,
-    TensorMap,
+    ComponentKind, ComponentShapes, Components, FileTensor, InputMap, InputTensor, IntoTensorMap,
+    Joined, TensorInfo, TensorMap,
 };
 pub use dtype::{Dtype, TargetDtype};

@@ -25,15 +25,19 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use crate::cast;
 use crate::error::{Error, Result};
 use crate::model::dtype::{candle_dtype, file_dtype, Dtype};
+use crate::model::InputTensor;
 use crate::plan::{unit_width, Piece, PieceSource};
 
 pub use cuda::pinned_copy_ceiling;
 
 /// Per-worker memory of the fills: the last tensor made contiguous (a transposed projection, a
-/// strided view), so the many steps that read one such tensor make it once.
+/// strided view), so the many steps that read one such tensor make it once, and the buffer input
+/// file ranges are read into before they are cast.
 #[derive(Default)]
 pub struct Scratch {
     contiguous: Option<(usize, Tensor)>,
+    transposed: Option<(usize, Vec<u8>)>,
+    read: Vec<u8>,
 }
 
 impl Scratch {
@@ -53,6 +57,59 @@ impl Scratch {
         self.contiguous = Some((id, c.clone()));
         Ok(c)
     }
+
+    /// The bytes of a host-made transpose of `t`, made once per piece.
+    fn transposed(&mut self, piece: &Piece, t: &InputTensor) -> Result<&[u8]> {
+        let id = piece as *const Piece as usize;
+        if self.transposed.as_ref().is_none_or(|(p, _)| *p != id) {
+            let info = t.info();
+            let [rows, cols] = info.shape[..] else {
+                return Err(Error::InvalidInput(format!(
+                    "only 2-D tensors are transposed, not shape {:?}",
+                    info.shape
+                )));
+            };
+            let bytes = host_bytes(t)?;
+            let w = unit_width(info.dtype);
+            let mut out = vec![0u8; bytes.len()];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (from, to) = ((r * cols + c) * w, (c * rows + r) * w);
+                    out[to..to + w].copy_from_slice(&bytes[from..from + w]);
+                }
+            }
+            self.transposed = Some((id, out));
+        }
+        Ok(self
+            .transposed
+            .as_ref()
+            .map_or(&[][..], |(_, b)| b.as_slice()))
+    }
+}
+
+/// Every byte of a tensor (row-major, its own dtype) in host memory: for the small tensors a
+/// conversion needs whole (a transposed projection).
+fn host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
+    match t {
+        InputTensor::Candle(c) => {
+            let c = to_host(&c.contiguous()?, file_dtype(c.dtype()))?;
+            let w = unit_width(file_dtype(c.dtype()));
+            with_cpu_bytes(&c, 0..c.elem_count(), w, |b| Ok(b.to_vec()))
+        }
+        InputTensor::File(f) => f.file().read_tensor(f.entry()),
+        InputTensor::Joined(j) => {
+            let w = unit_width(t.info().dtype);
+            let mut out = Vec::with_capacity(t.byte_len() as usize);
+            for (part, range) in j.parts() {
+                let b = host_bytes(part)?;
+                out.extend_from_slice(&b[range.start * w..range.end * w]);
+            }
+            Ok(out)
+        }
+        InputTensor::Transposed(_) => Err(Error::InvalidInput(
+            "a transposed tensor inside a conversion is not supported".into(),
+        )),
+    }
 }
 
 /// Whether the piece can be written straight from memory it already occupies (a contiguous CPU
@@ -63,7 +120,7 @@ pub(crate) fn is_in_place(piece: &Piece) -> bool {
             tensor.device().is_cpu() && tensor.is_contiguous() && piece.src_dtype == piece.dst_dtype
         }
         PieceSource::Host { .. } => piece.src_dtype == piece.dst_dtype,
-        PieceSource::Transposed(_) => false,
+        PieceSource::File { .. } | PieceSource::Transposed { .. } => false,
     }
 }
 
@@ -93,14 +150,10 @@ pub(crate) fn with_bytes_in_place<R>(
             let shifted = offset + units.start..offset + units.end;
             with_cpu_bytes(tensor, shifted, w, f)
         }
-        PieceSource::Transposed(_) => unreachable_in_place(),
+        PieceSource::File { .. } | PieceSource::Transposed { .. } => Err(Error::InvalidInput(
+            "a file or transposed piece is never in place".into(),
+        )),
     }
-}
-
-fn unreachable_in_place<R>() -> Result<R> {
-    Err(Error::InvalidInput(
-        "a transposed piece is never in place".into(),
-    ))
 }
 
 /// Fills `out` with units `units` of the piece in its file dtype, casting on the way, and returns
@@ -142,14 +195,43 @@ pub(crate) fn fill(
             let c = scratch.contiguous(piece, tensor, false)?;
             with_cpu_bytes(&c, shifted, w, |src| convert(src, piece.src_dtype))
         }
-        PieceSource::Transposed(tensor) => {
+        PieceSource::File {
+            file,
+            start,
+            offset,
+        } => {
+            let w = unit_width(piece.src_dtype);
+            let at = start + ((offset + units.start) * w) as u64;
+            if piece.src_dtype == dst {
+                // Read straight into the staging buffer, then count what was read.
+                file.read_at(out, at)?;
+                return Ok(cast::count_non_finite(out, dst));
+            }
+            let buf = &mut scratch.read;
+            buf.resize(units.len() * w, 0);
+            file.read_at(buf, at)?;
+            cast::convert(name, buf, piece.src_dtype, out, dst)
+        }
+        PieceSource::Transposed {
+            tensor: InputTensor::Candle(tensor),
+            offset,
+        } => {
+            let shifted = offset + units.start..offset + units.end;
             let c = scratch.contiguous(piece, tensor, true)?;
             if !c.device().is_cpu() {
-                return from_device(&c, units, dst, convert);
+                return from_device(&c, shifted, dst, convert);
             }
-            with_cpu_bytes(&c, units, unit_width(piece.src_dtype), |src| {
+            with_cpu_bytes(&c, shifted, unit_width(piece.src_dtype), |src| {
                 convert(src, piece.src_dtype)
             })
+        }
+        PieceSource::Transposed { tensor, offset } => {
+            let w = unit_width(piece.src_dtype);
+            let bytes = scratch.transposed(piece, tensor)?;
+            let src = bytes
+                .get((offset + units.start) * w..(offset + units.end) * w)
+                .ok_or_else(|| outside("transposed tensor"))?;
+            cast::convert(name, src, piece.src_dtype, out, dst)
         }
     }
 }
@@ -307,7 +389,11 @@ mod tests {
     #[test]
     fn transposed_pieces_are_transposed() {
         let t = Tensor::new(&[[1u8, 2, 3], [4, 5, 6]], &Device::Cpu).unwrap();
-        let p = piece(PieceSource::Transposed(t), Dtype::U8, Dtype::U8, 6);
+        let source = PieceSource::Transposed {
+            tensor: InputTensor::Candle(t),
+            offset: 0,
+        };
+        let p = piece(source, Dtype::U8, Dtype::U8, 6);
         let mut scratch = Scratch::default();
         let mut out = vec![0u8; 6];
         fill(&p, "t", 0..6, &mut out, &mut scratch).unwrap();

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::layout::{Entry, Layout, Source};
 use crate::model::dtype::{self, Dtype, TargetDtype};
 use crate::model::{ComponentKind, Components, InputTensor};
+use crate::read::SafetensorsFile;
 pub use header::MAX_HEADER_LEN;
 
 /// The dtype each component is saved in.
@@ -63,10 +64,32 @@ pub type HostBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 pub enum PieceSource {
     /// Units `offset..` of a candle tensor in row-major order (any device, any layout).
     Candle { tensor: Tensor, offset: usize },
-    /// A 2-D candle tensor written transposed: made contiguous (one small tensor) when filled.
-    Transposed(Tensor),
+    /// Units `offset..` of a tensor of an input file whose first byte is at `start` in the
+    /// file's data section: read where it lies, when filled.
+    File {
+        file: Arc<SafetensorsFile>,
+        start: u64,
+        offset: usize,
+    },
+    /// Units `offset..` of a 2-D tensor written transposed: the transpose is made (one small
+    /// tensor, the text projection) when filled.
+    Transposed { tensor: InputTensor, offset: usize },
     /// Bytes already in the file dtype, from unit `offset` on.
     Host { bytes: HostBytes, offset: usize },
+}
+
+impl PieceSource {
+    /// The same source starting `by` units later.
+    fn advanced(&self, by: usize) -> PieceSource {
+        let mut s = self.clone();
+        match &mut s {
+            PieceSource::Candle { offset, .. }
+            | PieceSource::File { offset, .. }
+            | PieceSource::Transposed { offset, .. }
+            | PieceSource::Host { offset, .. } => *offset += by,
+        }
+        s
+    }
 }
 
 impl std::fmt::Debug for PieceSource {
@@ -75,7 +98,18 @@ impl std::fmt::Debug for PieceSource {
             PieceSource::Candle { tensor, offset } => {
                 write!(f, "Candle({:?} from {offset})", tensor.shape())
             }
-            PieceSource::Transposed(t) => write!(f, "Transposed({:?})", t.shape()),
+            PieceSource::File {
+                file,
+                start,
+                offset,
+            } => write!(
+                f,
+                "File({} at {start} from {offset})",
+                file.path().display()
+            ),
+            PieceSource::Transposed { tensor, offset } => {
+                write!(f, "Transposed({:?} from {offset})", tensor.info().shape)
+            }
             PieceSource::Host { bytes, offset } => {
                 write!(f, "Host({} bytes from {offset})", (**bytes).as_ref().len())
             }
@@ -172,6 +206,8 @@ pub struct Plan {
     tensors: Vec<PlannedTensor>,
     pieces: Vec<Piece>,
     data_len: u64,
+    /// The input files the pieces read, each once.
+    inputs: Vec<Arc<SafetensorsFile>>,
 }
 
 /// A piece before its place in the file is known: source, source dtype, units.
@@ -245,11 +281,20 @@ impl Plan {
             });
         }
         let header = header::header_bytes(metadata, &tensors, opts.data_alignment)?;
+        let mut inputs: Vec<Arc<SafetensorsFile>> = Vec::new();
+        for t in components.tensors() {
+            t.input_files(&mut |f| {
+                if !inputs.iter().any(|g| Arc::ptr_eq(g, f)) {
+                    inputs.push(Arc::clone(f));
+                }
+            });
+        }
         Ok(Plan {
             header,
             tensors,
             pieces,
             data_len: offset,
+            inputs,
         })
     }
 
@@ -286,6 +331,7 @@ impl Plan {
                 vec![piece]
             },
             data_len: self.data_len,
+            inputs: Vec::new(),
         })
     }
 
@@ -318,6 +364,14 @@ impl Plan {
     pub fn pieces(&self) -> &[Piece] {
         &self.pieces
     }
+
+    /// Checks that no input file changed while the plan's bytes were read from it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCheckpoint`] naming the file that was modified, truncated or replaced.
+    pub fn check_inputs_unchanged(&self) -> Result<()> {
+        self.inputs.iter().try_for_each(|f| f.check_unchanged())
+    }
 }
 
 fn held<'a>(components: &'a Components, kind: ComponentKind, key: &str) -> Result<&'a InputTensor> {
@@ -342,10 +396,12 @@ fn check_shape(key: &str, t: &InputTensor, want: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// The pieces of one source tensor, in units (see [`Piece`]).
-fn pieces_of(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
+/// The pieces of one source tensor, in units (see [`Piece`]): one per contiguous run of bytes
+/// it is made of.
+fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
     let info = t.info();
-    let units = if dtype::is_packed(info.dtype) {
+    let packed = dtype::is_packed(info.dtype);
+    let units = if packed {
         dtype::byte_len(info.dtype, info.numel()).ok_or_else(|| Error::BadShape {
             key: key.to_string(),
             shape: info.shape.clone(),
@@ -354,34 +410,66 @@ fn pieces_of(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
     } else {
         info.numel()
     };
-    match t {
+    Ok(match t {
         InputTensor::Candle(tensor) => {
-            if dtype::is_packed(info.dtype) {
-                let contiguous_from_start = tensor
-                    .layout()
-                    .contiguous_offsets()
-                    .is_some_and(|(start, _)| start == 0);
-                if !contiguous_from_start {
-                    return Err(Error::Conversion {
-                        key: key.to_string(),
-                        reason: format!(
-                            "a {} tensor can only be saved whole and contiguous, not as a view; \
-                             save the tensor it is a view of",
-                            info.dtype
-                        ),
-                    });
-                }
+            let contiguous_from_start = tensor
+                .layout()
+                .contiguous_offsets()
+                .is_some_and(|(start, _)| start == 0);
+            if packed && !contiguous_from_start {
+                return Err(Error::Conversion {
+                    key: key.to_string(),
+                    reason: format!(
+                        "a {} tensor can only be saved whole and contiguous, not as a view; \
+                         save the tensor it is a view of",
+                        info.dtype
+                    ),
+                });
             }
-            Ok(vec![(
-                PieceSource::Candle {
-                    tensor: tensor.clone(),
-                    offset: 0,
-                },
-                info.dtype,
-                units,
-            )])
+            let source = PieceSource::Candle {
+                tensor: tensor.clone(),
+                offset: 0,
+            };
+            vec![(source, info.dtype, units)]
         }
+        InputTensor::File(f) => {
+            let source = PieceSource::File {
+                file: Arc::clone(f.file()),
+                start: f.entry().offsets.0,
+                offset: 0,
+            };
+            vec![(source, info.dtype, units)]
+        }
+        InputTensor::Transposed(inner) => {
+            refuse_packed(key, inner, "transposed")?;
+            let source = PieceSource::Transposed {
+                tensor: (**inner).clone(),
+                offset: 0,
+            };
+            vec![(source, info.dtype, units)]
+        }
+        InputTensor::Joined(j) => {
+            let mut out = Vec::new();
+            for (part, range) in j.parts() {
+                out.extend(slice(runs(key, part)?, range.clone()));
+            }
+            out
+        }
+    })
+}
+
+/// The units `range` of a tensor made of `runs`.
+fn slice(runs: Vec<Pending>, range: std::ops::Range<usize>) -> Vec<Pending> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (source, dtype, units) in runs {
+        let (start, end) = (range.start.max(at), range.end.min(at + units));
+        if start < end {
+            out.push((source.advanced(start - at), dtype, end - start));
+        }
+        at += units;
     }
+    out
 }
 
 /// Refuses packed dtypes where the bytes would have to be moved by element.
@@ -405,19 +493,14 @@ fn resolve_sources(entry: &Entry, components: &Components) -> Result<Vec<Pending
         Source::Copy { component, key } => {
             let t = held(components, *component, key)?;
             check_shape(key, t, &entry.shape)?;
-            pieces_of(key, t)?
+            runs(key, t)?
         }
         Source::Transpose { component, key } => {
             let t = held(components, *component, key)?;
             let want: Vec<usize> = entry.shape.iter().rev().copied().collect();
             check_shape(key, t, &want)?;
-            refuse_packed(key, t, "transposed")?;
-            let InputTensor::Candle(tensor) = t;
-            vec![(
-                PieceSource::Transposed(tensor.clone()),
-                t.info().dtype,
-                t.info().numel(),
-            )]
+            // A tensor read back transposed is written as it lies.
+            runs(key, &t.clone().transposed())?
         }
         Source::FuseQkv { component, keys } => {
             let mut part_shape = entry.shape.clone();
@@ -427,7 +510,7 @@ fn resolve_sources(entry: &Entry, components: &Components) -> Result<Vec<Pending
                 let t = held(components, *component, k)?;
                 check_shape(k, t, &part_shape)?;
                 refuse_packed(k, t, "fused into q/k/v")?;
-                out.extend(pieces_of(k, t)?);
+                out.extend(runs(k, t)?);
             }
             out
         }

@@ -243,6 +243,25 @@ pub fn clean_stale_temps(folder: &Path) -> Result<usize> {
     remove_stale_temps(folder)
 }
 
+/// Renames `from` to `to` (a file or a folder), failing rather than replacing anything at `to`.
+///
+/// # Errors
+/// [`Error::Io`] of kind `AlreadyExists` when `to` exists; other I/O errors naming both paths.
+pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
+    let ctx = || format!("cannot rename {} to {}", from.display(), to.display());
+    match sys::rename_noreplace(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(refuse_replace(to)),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            if exists(to)? {
+                return Err(refuse_replace(to));
+            }
+            fs::rename(from, to).ctx(ctx)
+        }
+        Err(e) => Err(Error::io(ctx(), e)),
+    }
+}
+
 /// The error for a name that is taken.
 pub(crate) fn refuse_replace(path: &Path) -> Error {
     Error::io(

@@ -44,12 +44,13 @@ use std::sync::Arc;
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{Device, Storage, Tensor};
 use cudarc::driver::{
-    result, sys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr,
-    DriverError, LaunchConfig, PushKernelArg,
+    result, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
+    PushKernelArg,
 };
 
 use crate::error::{Error, Result};
 use crate::model::dtype::{file_dtype, Dtype};
+use crate::model::InputTensor;
 use crate::plan::{Piece, PieceSource, Plan};
 use pinned::PinnedBuffer;
 pub use pinned::{pinned_copy_ceiling, release_pinned_buffers};
@@ -143,8 +144,12 @@ pub(super) fn driver(e: DriverError) -> Error {
 /// kept in a byte-sized dtype or cast between floats the kernel knows.
 fn fast_source(piece: &Piece) -> Option<&Tensor> {
     let t = match &piece.source {
-        PieceSource::Candle { tensor, .. } | PieceSource::Transposed(tensor) => tensor,
-        PieceSource::Host { .. } => return None,
+        PieceSource::Candle { tensor, .. }
+        | PieceSource::Transposed {
+            tensor: InputTensor::Candle(tensor),
+            ..
+        } => tensor,
+        _ => return None,
     };
     if !t.device().is_cuda() || file_dtype(t.dtype()) != piece.src_dtype {
         return None;
@@ -348,20 +353,17 @@ impl Pipeline<'_> {
             PieceSource::Candle { tensor, offset } if tensor.is_contiguous() => {
                 (tensor.clone(), *offset)
             }
-            PieceSource::Candle {
-                tensor: t,
-                offset: _,
-            }
-            | PieceSource::Transposed(t) => {
-                let offset = match &piece.source {
-                    PieceSource::Candle { offset, .. } => *offset,
-                    _ => 0,
-                };
+            PieceSource::Candle { tensor: t, offset }
+            | PieceSource::Transposed {
+                tensor: InputTensor::Candle(t),
+                offset,
+            } => {
+                let offset = *offset;
                 match &self.temp {
                     Some((p, c)) if *p == item.piece => (c.clone(), offset),
                     _ => {
                         let c = match &piece.source {
-                            PieceSource::Transposed(t) => t.t()?.contiguous()?,
+                            PieceSource::Transposed { .. } => t.t()?.contiguous()?,
                             _ => t.contiguous()?,
                         };
                         *made = true;
@@ -370,9 +372,9 @@ impl Pipeline<'_> {
                     }
                 }
             }
-            PieceSource::Host { .. } => {
+            _ => {
                 return Err(Error::InvalidInput(
-                    "host bytes given to the CUDA fast path".into(),
+                    "a piece not held by candle given to the CUDA fast path".into(),
                 ))
             }
         };
