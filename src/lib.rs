@@ -38,6 +38,7 @@ pub mod bench;
 pub mod cast;
 pub mod checkpointer;
 mod error;
+pub mod input;
 mod inspect;
 pub mod layout;
 mod load;
@@ -49,6 +50,7 @@ mod progress;
 mod publish;
 mod read;
 mod save;
+mod split;
 pub mod synthetic;
 mod sys;
 #[cfg(test)]
@@ -56,12 +58,13 @@ mod testutil;
 mod write;
 
 pub use error::{Error, Result};
+pub use input::{open as open_input, open_component, ComponentInput, Input, InputLayout};
 pub use inspect::{inspect, Inspection, PartSummary};
 pub use layout::GenericPrefixes;
 pub use load::{load_checkpoint, load_tensors, Loaded};
 pub use model::{
-    Arch, ComponentKind, ComponentShapes, Components, Dtype, InputMap, InputTensor, IntoTensorMap,
-    Prediction, TargetDtype, TensorInfo, TensorMap,
+    Arch, ComponentKind, ComponentShapes, Components, Dtype, FileTensor, InputMap, InputTensor,
+    IntoTensorMap, Joined, Prediction, TargetDtype, TensorInfo, TensorMap,
 };
 pub use offload::cuda::release_pinned_buffers;
 pub use offload::pinned_copy_ceiling;
@@ -69,6 +72,7 @@ pub use plan::metadata::MetadataOptions;
 pub use plan::ComponentDtypes;
 pub use publish::{clean_stale_temps, reserve_at, Reservation};
 pub use save::{lay_out, save, save_to_path, LayoutChoice, SaveOptions, Saved};
+pub use split::{split, Split, SplitTarget};
 pub use sys::ignore_file_size_signal;
 pub use write::{Backend, EngineOptions};
 

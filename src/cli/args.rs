@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use checkpoint_save::{Arch, Backend, EngineOptions, Prediction, TargetDtype};
+use checkpoint_save::{Arch, Backend, EngineOptions, Prediction, SplitTarget, TargetDtype};
 
 /// Exit codes, as the help texts list them.
 pub(crate) const EXIT_CODES: &str = "\
@@ -30,10 +30,20 @@ pub(crate) enum Command {
     #[command(after_help = EXIT_CODES)]
     Save(Box<SaveArgs>),
 
-    /// Split a checkpoint into model.safetensors, clip.safetensors and vae.safetensors.
+    /// Convert a single-file checkpoint or a diffusers pipeline folder into a ComfyUI checkpoint.
     ///
-    /// The files hold the in-memory (ComfyUI) key names, so `save --model --clip --vae` reads them
-    /// back. Existing files are never overwritten.
+    /// Streams: every tensor is read where it lies in the input, cast on the way, and written;
+    /// nothing is loaded whole. Prints the written path on stdout and a summary on stderr.
+    #[command(after_help = EXIT_CODES)]
+    Convert(Box<ConvertArgs>),
+
+    /// Split a checkpoint into component files, or into a diffusers pipeline folder.
+    ///
+    /// `--to comfyui` (the default) writes model.safetensors, clip.safetensors and vae.safetensors
+    /// in ComfyUI's in-memory key names, which `save --model --clip --vae` reads back; `--to
+    /// diffusers` writes a pipeline folder (model_index.json, scheduler, unet/ or transformer/,
+    /// vae/, text_encoder*/) as diffusers and candle-transformers load it. The output folder must
+    /// be new or empty; nothing is overwritten.
     #[command(after_help = EXIT_CODES)]
     Split(SplitArgs),
 
@@ -139,13 +149,17 @@ impl EngineArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct SplitArgs {
-    /// The checkpoint to split.
+    /// The checkpoint to split (or a diffusers pipeline folder, to split into component files).
     #[arg(value_name = "CKPT")]
     pub(crate) checkpoint: PathBuf,
 
-    /// Folder for the component files (created if missing).
+    /// Folder for the parts (created; must be new or empty).
     #[arg(long, value_name = "DIR")]
     pub(crate) output_dir: PathBuf,
+
+    /// What to write: comfyui (component files) or diffusers (a pipeline folder).
+    #[arg(long, value_name = "TARGET", default_value = "comfyui")]
+    pub(crate) to: SplitTarget,
 
     /// The checkpoint's architecture; default: detected from its keys.
     #[arg(long, value_name = "ARCH")]
@@ -154,6 +168,9 @@ pub(crate) struct SplitArgs {
     /// Print nothing on stderr.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -188,7 +205,8 @@ pub(crate) fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
 
 #[derive(Debug, Args)]
 pub(crate) struct SaveArgs {
-    /// The denoiser (UNet/DiT) as a .safetensors file with in-memory key names.
+    /// The denoiser (UNet/DiT): a .safetensors file (or diffusers model folder, or shard index)
+    /// in ComfyUI's in-memory names, diffusers names or a single file's `model.diffusion_model.`.
     #[arg(
         long,
         value_name = "FILE",
@@ -198,7 +216,8 @@ pub(crate) struct SaveArgs {
     )]
     pub(crate) model: Option<PathBuf>,
 
-    /// The text encoder(s) as a .safetensors file (`clip_l.…`, `clip_g.…`, `t5xxl.…` keys).
+    /// The text encoder(s): one file with all (`clip_l.…`, `clip_g.…`, `t5xxl.…` keys) or one
+    /// file per encoder in transformers names, repeated in the pipeline's text_encoder order.
     #[arg(
         long,
         value_name = "FILE",
@@ -206,9 +225,10 @@ pub(crate) struct SaveArgs {
         conflicts_with = "synthetic",
         help_heading = "Inputs"
     )]
-    pub(crate) clip: Option<PathBuf>,
+    pub(crate) clip: Vec<PathBuf>,
 
-    /// The autoencoder as a .safetensors file (`encoder.…`, `decoder.…` keys).
+    /// The autoencoder: LDM names (`encoder.down.…`), diffusers names, or a single file's
+    /// `first_stage_model.`/`vae.`.
     #[arg(
         long,
         value_name = "FILE",
@@ -251,6 +271,25 @@ pub(crate) struct SaveArgs {
     )]
     pub(crate) tiny: bool,
 
+    #[command(flatten)]
+    pub(crate) out: SaveFlags,
+}
+
+/// `convert`'s input and the save flags.
+#[derive(Debug, Args)]
+pub(crate) struct ConvertArgs {
+    /// A single-file checkpoint (ComfyUI, A1111/Forge, kohya), or a diffusers pipeline folder.
+    #[arg(value_name = "INPUT")]
+    pub(crate) input: PathBuf,
+
+    #[command(flatten)]
+    pub(crate) out: SaveFlags,
+}
+
+/// What every job that writes a checkpoint is told: layout, prediction, dtypes, naming,
+/// metadata, checks and the writer.
+#[derive(Debug, Args)]
+pub(crate) struct SaveFlags {
     /// Key layout: auto (detect), an architecture, or generic (prefixes only, no conversion).
     #[arg(
         long,

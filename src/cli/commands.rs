@@ -1,37 +1,74 @@
 //! What each subcommand does, on top of the library.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::CommandFactory;
 use serde_json::Value;
 
-use crate::args::{ArchArg, BenchArgs, Cli, InspectArgs, SaveArgs, SplitArgs};
+use crate::args::{
+    ArchArg, BenchArgs, Cli, ConvertArgs, InspectArgs, SaveArgs, SaveFlags, SplitArgs,
+};
 use crate::print_stdout;
+use crate::report::{report, Job};
 use checkpoint_save::bench::{self, BenchOptions};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
 use checkpoint_save::{
-    load_checkpoint, load_tensors, save_to_path, ComponentDtypes, ComponentKind, Components,
-    GenericPrefixes, LayoutChoice, MetadataOptions, Prediction, SaveOptions, Saved, TargetDtype,
+    open_component, open_input, Arch, ComponentDtypes, ComponentKind, Components, GenericPrefixes,
+    LayoutChoice, MetadataOptions, Prediction, SaveOptions, TargetDtype,
 };
 
 /// `save`: components from files or a synthetic model, saved under ComfyUI's naming.
 pub(crate) fn save(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
-    let opts = save_options(args, cancel)?;
-    let components = load_components(args)?;
+    let start = Instant::now();
+    let mut opts = save_options(&args.out, cancel)?;
+    let (components, job) = components(args, &opts)?;
+    if let (LayoutChoice::Auto, Some(arch)) = (&opts.layout, job.arch) {
+        opts.layout = LayoutChoice::Arch(arch);
+    }
     let saved = checkpoint_save::save(&components, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
-    if !args.quiet {
-        report(&saved);
+    if !args.out.quiet {
+        report(&saved, &job, start.elapsed());
+    }
+    Ok(())
+}
+
+/// `convert`: a single-file checkpoint or a diffusers pipeline folder, streamed into a ComfyUI
+/// checkpoint.
+pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
+    let start = Instant::now();
+    let mut opts = save_options(&args.out, cancel)?;
+    let arch = match args.out.arch {
+        ArchArg::Arch(a) => Some(a),
+        ArchArg::Auto | ArchArg::Generic => None,
+    };
+    let input = open_input(&args.input, arch)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    if let (LayoutChoice::Auto, Some(a)) = (&opts.layout, input.arch) {
+        opts.layout = LayoutChoice::Arch(a);
+    }
+    opts.prediction = opts.prediction.or(input.prediction);
+    let saved = checkpoint_save::save(&input.components, &opts)?;
+    print_stdout(&saved.path.display().to_string())?;
+    if !args.out.quiet {
+        let job = Job {
+            arch: input.arch,
+            read_bytes: input.bytes,
+            left_out: input.left_out,
+            created: input.created,
+        };
+        report(&saved, &job, start.elapsed());
     }
     Ok(())
 }
 
 /// Everything but the components, validated before any input is read.
-fn save_options(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<SaveOptions> {
+fn save_options(args: &SaveFlags, cancel: &Arc<AtomicBool>) -> Result<SaveOptions> {
     let layout = match args.arch {
         ArchArg::Auto => LayoutChoice::Auto,
         ArchArg::Arch(a) => LayoutChoice::Arch(a),
@@ -102,7 +139,7 @@ fn save_options(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<SaveOptions
 }
 
 /// Reports a usage error the way clap does (message, usage line, exit code 2).
-fn usage_error(msg: &str) -> ! {
+pub(crate) fn usage_error(msg: &str) -> ! {
     Cli::command()
         .error(clap::error::ErrorKind::ArgumentConflict, msg)
         .exit()
@@ -115,94 +152,97 @@ fn read_json(path: &Path, what: &str) -> Result<Value> {
         .with_context(|| format!("the {what} file {} is not valid JSON", path.display()))
 }
 
-fn load_components(args: &SaveArgs) -> Result<Components> {
+/// The components of `save`: a synthetic model, or the component files in whatever naming.
+fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> {
     if let Some(arch) = args.synthetic {
-        let mut opts = SyntheticOptions::new(arch).with_seed(args.seed);
+        let mut syn = SyntheticOptions::new(arch).with_seed(args.seed);
         if let Some(m) = args.max_dim {
-            opts = opts.with_max_dim(m);
+            syn = syn.with_max_dim(m);
         }
         if args.tiny {
-            opts = opts.tiny();
+            syn = syn.tiny();
         }
-        return synthetic::build(&opts, &Device::Cpu)
-            .with_context(|| format!("cannot build the synthetic {arch} model"));
+        let c = synthetic::build(&syn, &Device::Cpu)
+            .with_context(|| format!("cannot build the synthetic {arch} model"))?;
+        return Ok((c, Job::default()));
     }
+    let given = match opts.layout {
+        LayoutChoice::Arch(a) => Some(a),
+        _ => None,
+    };
+    let mut job = Job::default();
     let mut components = Components::default();
-    for (kind, path) in [
-        (ComponentKind::Model, &args.model),
-        (ComponentKind::Clip, &args.clip),
-        (ComponentKind::Vae, &args.vae),
+    let paths = |p: &Option<PathBuf>| p.iter().cloned().collect::<Vec<_>>();
+    // The denoiser first: it tells the architecture, which places text encoders.
+    for (kind, files) in [
+        (ComponentKind::Model, paths(&args.model)),
+        (ComponentKind::Clip, args.clip.clone()),
+        (ComponentKind::Vae, paths(&args.vae)),
     ] {
         // clap guarantees all three without --synthetic; a missing one is reported by the layout.
-        if let Some(path) = path {
-            let tensors = load_tensors(path, &Device::Cpu)
-                .with_context(|| format!("cannot read the {kind} component (--{kind})"))?;
-            components.set(kind, tensors);
+        if files.is_empty() {
+            continue;
         }
+        let arch = given.or(job.arch);
+        let part = open_component(kind, &files, arch)
+            .with_context(|| format!("cannot read the {kind} component (--{kind})"))?;
+        if kind == ComponentKind::Model && !matches!(opts.layout, LayoutChoice::Generic(_)) {
+            job.arch = given.or_else(|| detect(&part.tensors));
+        }
+        job.read_bytes += part.bytes;
+        job.left_out.extend(part.left_out);
+        job.created.extend(part.created);
+        components.set_inputs(kind, part.tensors);
     }
-    Ok(components)
+    Ok((components, job))
 }
 
-/// The file `split` writes for one component.
-fn split_file_name(kind: ComponentKind) -> String {
-    format!("{}.safetensors", kind.name())
+/// The architecture a denoiser in ComfyUI names detects as, if any (the layout reports why not).
+fn detect(model: &checkpoint_save::InputMap) -> Option<Arch> {
+    let shapes = model.iter().map(|(k, t)| (k.clone(), t.info())).collect();
+    checkpoint_save::layout::detect::detect_model(&shapes).ok()
 }
 
-/// `split`: a checkpoint into one file per component, in ComfyUI's in-memory names.
+/// `split`: a checkpoint into component files or a diffusers folder.
 pub(crate) fn split(args: &SplitArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
-    let loaded = load_checkpoint(&args.checkpoint, &Device::Cpu, args.arch)
+    let start = Instant::now();
+    let input = open_input(&args.checkpoint, args.arch)
         .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
-    let kinds: Vec<ComponentKind> = loaded.components.iter().map(|(k, _)| k).collect();
-    for kind in &kinds {
-        let path = args.output_dir.join(split_file_name(*kind));
-        if path.exists() {
-            anyhow::bail!(
-                "{} already exists; split never overwrites, choose an empty --output-dir",
-                path.display()
-            );
-        }
-    }
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
-    let empty = GenericPrefixes {
-        model: String::new(),
-        clip: String::new(),
-        vae: String::new(),
-        clip_vision: String::new(),
-    };
     let opts = SaveOptions {
-        layout: LayoutChoice::Generic(empty),
-        metadata: MetadataOptions {
-            disable: true,
-            provenance: false,
-            ..MetadataOptions::default()
-        },
         cancel: Some(Arc::clone(cancel)),
+        progress: !args.quiet,
+        writer: args.engine.options(),
         ..SaveOptions::default()
     };
-    for kind in kinds {
-        let Some(tensors) = loaded.components.get(kind) else {
-            continue;
-        };
-        let mut part = Components::default();
-        part.set_inputs(ComponentKind::Model, tensors.clone());
-        let path = args.output_dir.join(split_file_name(kind));
-        let saved = save_to_path(&part, &path, &opts)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        print_stdout(&saved.path.display().to_string())?;
+    let split = checkpoint_save::split(&input, &args.output_dir, args.to, &opts)
+        .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
+    for f in &split.files {
+        print_stdout(&f.display().to_string())?;
     }
     if !args.quiet {
-        let arch = loaded.arch.map_or("generic".to_string(), |a| a.to_string());
+        let arch = input.arch.map_or("generic".to_string(), |a| a.to_string());
+        let prediction = input.prediction.unwrap_or(Prediction::Flow);
+        let secs = start.elapsed().as_secs_f64();
         eprintln!(
-            "split {arch} ({}) checkpoint; save it back with --arch {arch} --prediction {}",
-            loaded.prediction,
-            prediction_arg(loaded.prediction)
+            "split {arch} ({prediction}) into {} file(s), {} bytes in {secs:.2} s ({:.2} GB/s); \
+             save it back with --arch {arch} --prediction {}",
+            split.files.len(),
+            split.bytes,
+            split.bytes as f64 / secs.max(1e-9) / 1e9,
+            prediction_arg(prediction)
         );
-        if !loaded.leftover.is_empty() {
+        if !input.left_out.is_empty() {
             eprintln!(
-                "warning: {} key(s) belong to no component and were not written (first: `{}`)",
-                loaded.leftover.len(),
-                loaded.leftover[0]
+                "note: {} key(s) belong to no component and were not written (first: `{}`)",
+                input.left_out.len(),
+                input.left_out[0]
+            );
+        }
+        if !split.dropped.is_empty() {
+            eprintln!(
+                "note: {} key(s) have no place in the target and were not written (first: `{}`)",
+                split.dropped.len(),
+                split.dropped[0]
             );
         }
     }
@@ -230,35 +270,6 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<()> {
         print_stdout(&json)
     } else {
         print_stdout(inspection.to_string().trim_end())
-    }
-}
-
-/// One summary line on stderr, then one warning per tensor holding NaN/Inf values.
-fn report(saved: &Saved) {
-    let arch = saved.arch.map_or("generic".to_string(), |a| a.to_string());
-    let mut line = format!(
-        "saved {arch} ({}) checkpoint: {} tensors, {} bytes in {:.2} s ({:.2} GB/s)",
-        saved.prediction,
-        saved.tensors,
-        saved.bytes,
-        saved.elapsed.as_secs_f64(),
-        saved.bytes_per_sec() / 1e9,
-    );
-    if !saved.dropped.is_empty() {
-        line.push_str(&format!(
-            "; {} key(s) dropped as the reference does",
-            saved.dropped.len()
-        ));
-    }
-    if !saved.non_finite.is_empty() {
-        line.push_str(&format!(
-            "; {} tensor(s) hold NaN/Inf",
-            saved.non_finite.len()
-        ));
-    }
-    eprintln!("{line}");
-    for (name, count) in &saved.non_finite {
-        eprintln!("warning: tensor `{name}` holds {count} NaN/Inf value(s)");
     }
 }
 

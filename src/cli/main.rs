@@ -9,6 +9,7 @@
 
 mod args;
 mod commands;
+mod report;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -102,6 +103,7 @@ fn one_line(msg: &str) -> String {
 fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     match cli.command {
         Command::Save(args) => commands::save(&args, cancel),
+        Command::Convert(args) => commands::convert(&args, cancel),
         Command::Split(args) => commands::split(&args, cancel),
         Command::Inspect(args) => commands::inspect(&args),
         Command::Bench(args) => commands::bench(&args),

@@ -1,5 +1,7 @@
-//! Shared helpers of the integration tests: the reference fixtures.
+//! Shared helpers of the integration tests: the reference fixtures, and the real binary.
 #![allow(dead_code)]
+
+pub mod cli;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,331 @@
+//! Inputs in diffusers/transformers names: a pipeline folder (`model_index.json`, one sub-folder
+//! per model), single model files or folders, and maps of candle tensors a candle-transformers
+//! program holds. The names are converted by [`crate::layout::diffusers`]; the bytes stay where
+//! they are (files, device memory) until the checkpoint is written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use super::files::{open_set, TensorSet};
+use super::{Input, InputLayout};
+use crate::error::{Error, IoContext, Result};
+use crate::layout::detect;
+use crate::layout::diffusers::{
+    denoiser, encoder_folders, identify, prediction_from_scheduler, to_comfy, Assembly, Created,
+    Folder, ModelClass,
+};
+use crate::model::dtype::candle_dtype;
+use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, TensorInfo, TensorMap};
+
+/// One model converted to ComfyUI names: its component's tensors, and what the conversion made
+/// up or left out.
+pub(super) struct Converted {
+    pub tensors: InputMap,
+    pub created: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+/// transformers 5 saves `CLIPTextModel` without the `text_model.` prefix that
+/// `CLIPTextModelWithProjection` (and every earlier version) keeps: the names with it.
+pub(super) fn with_text_model_prefix<T: Clone>(keys: &BTreeMap<String, T>) -> BTreeMap<String, T> {
+    let bare = keys.contains_key("embeddings.token_embedding.weight")
+        && !keys.contains_key("text_model.embeddings.token_embedding.weight");
+    if !bare {
+        return keys.clone();
+    }
+    keys.iter()
+        .map(|(k, v)| {
+            let k = if k == "text_projection.weight" {
+                k.clone()
+            } else {
+                format!("text_model.{k}")
+            };
+            (k, v.clone())
+        })
+        .collect()
+}
+
+/// Builds the in-memory tensors of `assemblies` from the source tensors `get` names.
+fn assemble(
+    assemblies: &[Assembly],
+    created: &[Created],
+    get: impl Fn(&str) -> Option<InputTensor>,
+) -> Result<InputMap> {
+    let mut out = InputMap::new();
+    for a in assemblies {
+        let parts = a
+            .parts
+            .iter()
+            .map(|p| {
+                let t = get(&p.key).ok_or_else(|| Error::Conversion {
+                    key: a.key.clone(),
+                    reason: format!("its source `{}` is missing", p.key),
+                })?;
+                Ok((t, p.elements.clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.insert(
+            a.key.clone(),
+            InputTensor::joined(&a.key, parts, a.shape.clone())?,
+        );
+    }
+    for c in created {
+        out.insert(c.key.clone(), InputTensor::Candle(created_tensor(c)?));
+    }
+    Ok(out)
+}
+
+/// A created tensor (the value ComfyUI would hold) as a small CPU tensor.
+fn created_tensor(c: &Created) -> Result<Tensor> {
+    let d = candle_dtype(c.info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+        dtype: c.info.dtype.to_string(),
+        hint: format!("cannot make `{}`", c.key),
+    })?;
+    Ok(Tensor::from_raw_buffer(
+        &c.bytes,
+        d,
+        &c.info.shape,
+        &Device::Cpu,
+    )?)
+}
+
+/// One model's tensors (from files) in ComfyUI names; `encoder` names a text encoder.
+pub(super) fn convert_set(
+    set: &TensorSet,
+    class: ModelClass,
+    encoder: Option<&str>,
+) -> Result<Converted> {
+    let sources: BTreeMap<String, InputTensor> = with_text_model_prefix(
+        &set.tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), InputTensor::File(t.clone())))
+            .collect(),
+    );
+    let infos: BTreeMap<String, TensorInfo> =
+        sources.iter().map(|(k, t)| (k.clone(), t.info())).collect();
+    let tc = to_comfy(class, encoder, &infos).map_err(|e| within(&set.path, e))?;
+    let tensors = assemble(&tc.tensors, &tc.created, |k| sources.get(k).cloned())?;
+    Ok(Converted {
+        tensors,
+        created: tc.created.iter().map(|c| c.key.clone()).collect(),
+        dropped: tc.dropped,
+    })
+}
+
+/// The model class of a set in diffusers/transformers names.
+pub(super) fn class_of(set: &TensorSet) -> Result<ModelClass> {
+    identify(&with_text_model_prefix(&set.infos())).map_err(|e| within(&set.path, e))
+}
+
+fn within(path: &Path, e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", path.display())),
+        other => other,
+    }
+}
+
+/// The in-memory text encoder a diffusers text model is, from its width where that is a
+/// released model's, else from its place among the architecture's encoders.
+pub(super) fn encoder_name(
+    infos: &BTreeMap<String, TensorInfo>,
+    class: ModelClass,
+) -> Option<&'static str> {
+    if class == ModelClass::T5Encoder {
+        return Some("t5xxl");
+    }
+    let width = with_text_model_prefix(infos)
+        .get("text_model.embeddings.token_embedding.weight")
+        .and_then(|i| i.shape.get(1).copied())?;
+    match width {
+        768 => Some("clip_l"),
+        1024 => Some("clip_h"),
+        1280 => Some("clip_g"),
+        _ => None,
+    }
+}
+
+/// The sub-folders `model_index.json` names, with their library and class (`null` entries,
+/// such as a missing tokenizer or safety checker, are left out).
+fn listed(index: &Value) -> BTreeMap<String, String> {
+    index
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with('_'))
+        .filter_map(|(k, v)| {
+            let class = v.as_array()?.get(1)?.as_str()?;
+            Some((k.clone(), class.to_string()))
+        })
+        .collect()
+}
+
+/// A diffusers pipeline folder: the denoiser, VAE and text encoders the architecture needs.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a folder that is not a pipeline (no `model_index.json`) or lacks
+/// a sub-folder the architecture needs (named); every error of reading and converting the
+/// sub-folders.
+pub(super) fn open_pipeline(dir: &Path, arch: Option<Arch>) -> Result<Input> {
+    let index_path = dir.join("model_index.json");
+    let index: Value =
+        match std::fs::read_to_string(&index_path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                Error::InvalidInput(format!("{} is not valid JSON: {e}", index_path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let found: Vec<String> = std::fs::read_dir(dir)
+                    .ctx(|| format!("cannot list {}", dir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect();
+                return Err(Error::InvalidInput(format!(
+                "{} is not a diffusers pipeline folder: model_index.json is missing (found: {}); \
+                 give a pipeline folder, a single-file checkpoint, or the component files with \
+                 --model/--clip/--vae",
+                dir.display(),
+                if found.is_empty() { "nothing".into() } else { found.join(", ") }
+            )));
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("cannot read {}", index_path.display()),
+                    e,
+                ))
+            }
+        };
+    let listed = listed(&index);
+    let open = |folder: Folder| -> Result<TensorSet> {
+        let sub = dir.join(folder.name());
+        if !sub.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a complete pipeline: {}/ is missing (model_index.json lists {})",
+                dir.display(),
+                folder.name(),
+                listed.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        open_set(&sub)
+    };
+    // The denoiser decides the architecture (unless given).
+    let denoiser_folder = if dir.join("transformer").is_dir() {
+        Folder::Transformer
+    } else {
+        Folder::Unet
+    };
+    let model_set = open(denoiser_folder)?;
+    let model_class = class_of(&model_set)?;
+    let model = convert_set(&model_set, model_class, None)?;
+    let arch = match arch {
+        Some(a) => a,
+        None => detect::detect_model(
+            &model
+                .tensors
+                .iter()
+                .map(|(k, t)| (k.clone(), t.info()))
+                .collect(),
+        )?,
+    };
+    if denoiser(arch).1 != model_class {
+        return Err(Error::InvalidInput(format!(
+            "{}/{} holds a {}, which {arch} does not use",
+            dir.display(),
+            denoiser_folder.name(),
+            model_class.name()
+        )));
+    }
+    let mut bytes = model_set.bytes;
+    let mut created = model.created;
+    let mut left_out: Vec<String> = model
+        .dropped
+        .iter()
+        .map(|k| format!("{}/{k}", denoiser_folder.name()))
+        .collect();
+    let mut components = Components::default();
+    components.set_inputs(ComponentKind::Model, model.tensors);
+    let vae_set = open(Folder::Vae)?;
+    let vae = convert_set(&vae_set, ModelClass::Vae, None)?;
+    bytes += vae_set.bytes;
+    components.set_inputs(ComponentKind::Vae, vae.tensors);
+    let mut clip = InputMap::new();
+    for &(folder, enc) in encoder_folders(arch) {
+        // SD3 runs without its T5; so may a pipeline saved without it.
+        if arch == Arch::Sd3 && enc == "t5xxl" && !dir.join(folder.name()).is_dir() {
+            continue;
+        }
+        let set = open(folder)?;
+        let class = class_of(&set)?;
+        let c = convert_set(&set, class, Some(enc))?;
+        bytes += set.bytes;
+        created.extend(c.created);
+        left_out.extend(c.dropped.iter().map(|k| format!("{}/{k}", folder.name())));
+        clip.extend(c.tensors);
+    }
+    components.set_inputs(ComponentKind::Clip, clip);
+    let scheduler = dir.join("scheduler/scheduler_config.json");
+    let prediction = match std::fs::read_to_string(&scheduler) {
+        Ok(text) => {
+            let json: Value = serde_json::from_str(&text).map_err(|e| {
+                Error::InvalidInput(format!("{} is not valid JSON: {e}", scheduler.display()))
+            })?;
+            prediction_from_scheduler(&json)
+        }
+        Err(_) => None,
+    };
+    Ok(Input {
+        components,
+        arch: Some(arch),
+        prediction,
+        layout: InputLayout::Diffusers,
+        metadata: BTreeMap::new(),
+        left_out,
+        created,
+        bytes,
+    })
+}
+
+/// The models a candle-transformers program holds in diffusers names (the `unet`, `vae` and
+/// text encoders its `stable_diffusion` module loads), renamed into the components
+/// [`crate::save`] takes. The tensors stay where they are (any device): only names change, and
+/// fused or reshaped tensors are views of them. Text encoders are named by their folder
+/// ([`Folder::TextEncoder`] …) as in a pipeline of `arch`; `logit_scale` (which diffusers does not
+/// carry) gets ComfyUI's default value.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when a model's names fit no diffusers class, or a folder is not one
+/// of `arch`'s; conversion errors naming the tensor.
+pub fn from_diffusers(arch: Arch, models: Vec<(Folder, TensorMap)>) -> Result<Components> {
+    let mut components = Components::default();
+    let mut clip = InputMap::new();
+    for (folder, tensors) in models {
+        let tensors = with_text_model_prefix(&tensors);
+        let infos: BTreeMap<String, TensorInfo> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), InputTensor::Candle(t.clone()).info()))
+            .collect();
+        let class = identify(&infos)?;
+        let encoder = encoder_folders(arch)
+            .iter()
+            .find(|(f, _)| *f == folder)
+            .map(|(_, e)| *e);
+        if class.kind() == ComponentKind::Clip && encoder.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "{arch} has no text encoder in {}/",
+                folder.name()
+            )));
+        }
+        let tc = to_comfy(class, encoder, &infos)?;
+        let map = assemble(&tc.tensors, &tc.created, |k| {
+            tensors.get(k).cloned().map(InputTensor::Candle)
+        })?;
+        match tc.kind {
+            ComponentKind::Clip => clip.extend(map),
+            kind => components.set_inputs(kind, map),
+        }
+    }
+    if !clip.is_empty() {
+        components.set_inputs(ComponentKind::Clip, clip);
+    }
+    Ok(components)
+}

@@ -1,0 +1,284 @@
+//! Inputs: files and folders as components whose tensors are read where they lie.
+//!
+//! [`open`] recognises what a path holds — a single-file checkpoint (ComfyUI, A1111/Forge,
+//! kohya), or a diffusers pipeline folder — and [`open_component`] what one component file
+//! holds, in ComfyUI's in-memory names, diffusers/transformers names, or a single-file prefix.
+//! Nothing but headers is read: every tensor is an [`InputTensor::File`] (or a view joining parts
+//! of them), read by the writer when the checkpoint is written, cast on the way. No job loads a
+//! model into memory.
+
+mod diffusers;
+mod files;
+mod single_file;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::layout::diffusers::{encoder_folders, ModelClass};
+use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, Prediction};
+pub use diffusers::from_diffusers;
+use files::{open_set, TensorSet};
+
+/// How an input was laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputLayout {
+    /// A single-file checkpoint (`model.diffusion_model.…`).
+    SingleFile,
+    /// A diffusers pipeline folder.
+    Diffusers,
+    /// Component files (`save --model --clip --vae`).
+    Components,
+}
+
+/// What a file or folder holds, as components ready to save.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The components, in ComfyUI's in-memory names.
+    pub components: Components,
+    /// The architecture the input's layout says (detected, or as given).
+    pub arch: Option<Arch>,
+    /// The prediction type the input says (markers, `modelspec.predict_key`, a diffusers
+    /// scheduler), when it says one.
+    pub prediction: Option<Prediction>,
+    /// How the input was laid out.
+    pub layout: InputLayout,
+    /// A single file's `__metadata__`.
+    pub metadata: BTreeMap<String, String>,
+    /// Input keys not carried into the components: EMA copies and schedule buffers of A1111-era
+    /// files, CLIP position buffers ComfyUI does not hold, tied copies diffusers stores.
+    pub left_out: Vec<String>,
+    /// Component keys the input does not carry, made with ComfyUI's default values (CLIP
+    /// `logit_scale`, the identity projection of a CLIP without one).
+    pub created: Vec<String>,
+    /// Bytes of tensor data in the input files.
+    pub bytes: u64,
+}
+
+/// Prefixes only single-file checkpoints have.
+const SINGLE_FILE_PREFIXES: [&str; 6] = [
+    "model.diffusion_model.",
+    "first_stage_model.",
+    "cond_stage_model.",
+    "conditioner.embedders.",
+    "text_encoders.",
+    "vae.",
+];
+
+/// Opens a single-file checkpoint or a diffusers pipeline folder.
+///
+/// `arch` overrides detection (the layout must then fit it).
+///
+/// # Errors
+/// - [`Error::Io`] for a missing path or unreadable file;
+/// - [`Error::InvalidCheckpoint`], [`Error::HeaderTooLarge`] for a file that is not a valid
+///   safetensors file (truncated, corrupt);
+/// - [`Error::InvalidInput`] for a folder that is not a pipeline (saying what is missing), a file
+///   that holds one component rather than a checkpoint, or names of no known layout;
+/// - [`Error::UnknownArchitecture`] when the architecture cannot be told.
+pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
+    if path.is_dir() {
+        return diffusers::open_pipeline(path, arch);
+    }
+    let set = open_set(path)?;
+    if set
+        .tensors
+        .keys()
+        .any(|k| SINGLE_FILE_PREFIXES.iter().any(|p| k.starts_with(p)))
+    {
+        return single_file::open(set, arch);
+    }
+    let what = describe(&set);
+    Err(Error::InvalidInput(format!(
+        "{} is not a single-file checkpoint (no `model.diffusion_model.…` keys): it holds {what}; \
+         pass component files to `save --model F --clip F --vae F`",
+        path.display()
+    )))
+}
+
+/// One component read from files, with what its conversion made up or left out.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentInput {
+    /// The tensors, in ComfyUI's in-memory names.
+    pub tensors: InputMap,
+    /// See [`Input::left_out`].
+    pub left_out: Vec<String>,
+    /// See [`Input::created`].
+    pub created: Vec<String>,
+    /// Bytes of tensor data in the files.
+    pub bytes: u64,
+}
+
+/// Opens the file(s) of one component — the denoiser, the text encoders (one file per encoder
+/// or one file with all), or the autoencoder — in any naming: ComfyUI's in-memory names (what
+/// `split` writes), diffusers/transformers names (a model file or folder, sharded or not), or a
+/// single file's prefixed names (only that component's keys are taken). `arch` tells a text
+/// encoder whose width is not a released model's which encoder it is, by its place among `paths`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a file whose names do not fit the component (saying what it
+/// holds), a text encoder that cannot be placed, or two files holding one tensor; read errors.
+pub fn open_component(
+    kind: ComponentKind,
+    paths: &[PathBuf],
+    arch: Option<Arch>,
+) -> Result<ComponentInput> {
+    let mut out = ComponentInput::default();
+    for (i, path) in paths.iter().enumerate() {
+        let set = open_set(path)?;
+        out.bytes += set.bytes;
+        let (tensors, left_out, created) = component_of(kind, &set, arch, i)?;
+        out.left_out.extend(left_out);
+        out.created.extend(created);
+        for (k, t) in tensors {
+            if out.tensors.insert(k.clone(), t).is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "{kind} tensor `{k}` is given twice (again in {})",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The in-memory names a component file in ComfyUI naming starts with.
+fn comfy_prefixes(kind: ComponentKind) -> &'static [&'static str] {
+    match kind {
+        // Not `x_embedder.`: diffusers' Flux transformer has one too.
+        ComponentKind::Model => &[
+            "input_blocks.",
+            "joint_blocks.",
+            "double_blocks.",
+            "img_in.",
+        ],
+        ComponentKind::Clip => &["clip_l.", "clip_g.", "clip_h.", "t5xxl."],
+        ComponentKind::Vae => &[
+            "encoder.down.",
+            "decoder.up.",
+            "encoder.mid.",
+            "decoder.mid.",
+        ],
+        ComponentKind::ClipVision => &[],
+    }
+}
+
+/// Prefixes of `kind`'s keys in single files.
+fn single_file_prefixes(kind: ComponentKind) -> &'static [&'static str] {
+    match kind {
+        ComponentKind::Model => &["model.diffusion_model."],
+        ComponentKind::Vae => &["first_stage_model.", "vae."],
+        ComponentKind::Clip | ComponentKind::ClipVision => &[],
+    }
+}
+
+type Component = (InputMap, Vec<String>, Vec<String>);
+
+fn component_of(
+    kind: ComponentKind,
+    set: &TensorSet,
+    arch: Option<Arch>,
+    position: usize,
+) -> Result<Component> {
+    let has = |p: &str| set.tensors.keys().any(|k| k.starts_with(p));
+    let all = |prefix: &str| -> Component {
+        let mut map = InputMap::new();
+        let mut left = Vec::new();
+        for (k, t) in &set.tensors {
+            match k.strip_prefix(prefix) {
+                Some(rest) => {
+                    map.insert(rest.to_string(), InputTensor::File(t.clone()));
+                }
+                None => left.push(k.clone()),
+            }
+        }
+        (map, left, Vec::new())
+    };
+    if let Some(p) = single_file_prefixes(kind).iter().find(|p| has(p)) {
+        return Ok(all(p));
+    }
+    if comfy_prefixes(kind).iter().any(|p| has(p)) && !has("encoder.down_blocks.") {
+        return Ok(all(""));
+    }
+    let wrong = |holds: String| {
+        Error::InvalidInput(format!(
+            "the {kind} file {} holds {holds}, not {}",
+            set.path.display(),
+            match kind {
+                ComponentKind::Model => "a denoiser (UNet/DiT)",
+                ComponentKind::Clip => "text encoders",
+                _ => "an autoencoder",
+            }
+        ))
+    };
+    let class = match diffusers::class_of(set) {
+        Ok(c) => c,
+        Err(_) => return Err(wrong(describe(set))),
+    };
+    if class.kind() != kind {
+        return Err(wrong(format!(
+            "a {} ({} names)",
+            class.name(),
+            class.library()
+        )));
+    }
+    let encoder = match kind {
+        ComponentKind::Clip => Some(encoder_for(set, class, arch, position)?),
+        _ => None,
+    };
+    let c = diffusers::convert_set(set, class, encoder)?;
+    Ok((c.tensors, c.dropped, c.created))
+}
+
+/// Which encoder (`clip_l` …) a transformers text model is.
+fn encoder_for(
+    set: &TensorSet,
+    class: ModelClass,
+    arch: Option<Arch>,
+    position: usize,
+) -> Result<&'static str> {
+    if let Some(e) = diffusers::encoder_name(&set.infos(), class) {
+        return Ok(e);
+    }
+    let Some(arch) = arch else {
+        return Err(Error::InvalidInput(format!(
+            "cannot tell which text encoder {} is (its width is not a released model's); give \
+             --arch, and the --clip files in the order of the pipeline's text_encoder folders",
+            set.path.display()
+        )));
+    };
+    let folders = encoder_folders(arch);
+    folders.get(position).map(|(_, e)| *e).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{arch} has {} text encoder(s); {} is the text encoder number {}",
+            folders.len(),
+            set.path.display(),
+            position + 1
+        ))
+    })
+}
+
+/// What a set of tensors looks like, for messages.
+fn describe(set: &TensorSet) -> String {
+    if let Ok(class) = diffusers::class_of(set) {
+        return format!("a {} in {} names", class.name(), class.library());
+    }
+    for kind in [
+        ComponentKind::Model,
+        ComponentKind::Clip,
+        ComponentKind::Vae,
+    ] {
+        if comfy_prefixes(kind)
+            .iter()
+            .any(|p| set.tensors.keys().any(|k| k.starts_with(p)))
+        {
+            return format!("a {kind} component in ComfyUI's names");
+        }
+    }
+    let first: Vec<&str> = set.tensors.keys().take(3).map(String::as_str).collect();
+    format!(
+        "{} tensor(s) of no known layout (first: {})",
+        set.tensors.len(),
+        first.join(", ")
+    )
+}

@@ -1,0 +1,253 @@
+//! Split: a checkpoint back into its parts, streamed like every job — component files in
+//! ComfyUI's in-memory names (what `save --model --clip --vae` reads back), or a diffusers
+//! pipeline folder (what diffusers and candle-transformers load).
+//!
+//! The parts are written into a temporary folder next to the output folder, which is renamed into
+//! place once every file is complete: a failed split leaves no partial output folder behind.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::input::Input;
+use crate::layout::diffusers::{configs, from_comfy};
+use crate::layout::GenericPrefixes;
+use crate::model::{ComponentKind, Components, InputMap, InputTensor, Prediction};
+use crate::save::{save_to_path, LayoutChoice, SaveOptions};
+
+/// What a split writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SplitTarget {
+    /// `model.safetensors`, `clip.safetensors`, `vae.safetensors` in ComfyUI's in-memory names.
+    #[default]
+    Comfyui,
+    /// A diffusers pipeline folder: `model_index.json`, the scheduler's config, and one folder per
+    /// model with its `config.json` and weights.
+    Diffusers,
+}
+
+impl std::str::FromStr for SplitTarget {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "comfyui" | "comfy" => Ok(SplitTarget::Comfyui),
+            "diffusers" => Ok(SplitTarget::Diffusers),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown split target `{s}`; choose comfyui or diffusers"
+            ))),
+        }
+    }
+}
+
+/// What a split wrote.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// Every file written, under the output folder.
+    pub files: Vec<PathBuf>,
+    /// Component keys the target does not carry (diffusers: CLIP `logit_scale`, SD2's last
+    /// text-encoder layer, projections its classes lack).
+    pub dropped: Vec<String>,
+    /// Bytes of tensor data written.
+    pub bytes: u64,
+}
+
+/// Writes the parts of `input` into `out_dir`, which must not exist or be empty.
+///
+/// `opts` gives the writer's settings, dtypes, cancellation and progress; its layout, prefix and
+/// output folder are not used.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when `out_dir` holds files, or the architecture (needed for a diffusers
+/// folder) is unknown; conversion, read and write errors. On any error the output folder is left
+/// as it was.
+pub fn split(input: &Input, out_dir: &Path, to: SplitTarget, opts: &SaveOptions) -> Result<Split> {
+    if out_dir.is_dir() {
+        let mut entries =
+            std::fs::read_dir(out_dir).ctx(|| format!("cannot list {}", out_dir.display()))?;
+        if entries.next().is_some() {
+            return Err(Error::InvalidInput(format!(
+                "{} already exists and is not empty; split writes into a new or empty folder, so nothing is ever overwritten",
+                out_dir.display()
+            )));
+        }
+    }
+    let staging = TempDir::new(out_dir)?;
+    let mut split = match to {
+        SplitTarget::Comfyui => comfyui_files(input, &staging.path, opts)?,
+        SplitTarget::Diffusers => diffusers_folder(input, &staging.path, opts)?,
+    };
+    for f in &mut split.files {
+        if let Ok(rel) = f.strip_prefix(&staging.path) {
+            *f = out_dir.join(rel);
+        }
+    }
+    staging.publish(out_dir)?;
+    Ok(split)
+}
+
+/// Save options that write `map` under its own names, with only the writer's settings of `opts`.
+fn plain(opts: &SaveOptions, extra: &[(&str, &str)]) -> SaveOptions {
+    let mut o = SaveOptions {
+        layout: LayoutChoice::Generic(GenericPrefixes {
+            model: String::new(),
+            clip: String::new(),
+            vae: String::new(),
+            clip_vision: String::new(),
+        }),
+        prediction: Some(Prediction::Flow),
+        ..opts.clone()
+    };
+    o.metadata.disable = true;
+    o.metadata.provenance = false;
+    o.metadata.extra = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    o
+}
+
+fn as_model(map: InputMap) -> Components {
+    let mut c = Components::default();
+    c.set_inputs(ComponentKind::Model, map);
+    c
+}
+
+fn comfyui_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
+    let mut split = Split {
+        files: Vec::new(),
+        dropped: Vec::new(),
+        bytes: 0,
+    };
+    for (kind, map) in input.components.iter() {
+        let path = dir.join(format!("{}.safetensors", kind.name()));
+        let saved = save_to_path(&as_model(map.clone()), &path, &plain(opts, &[]))?;
+        split.bytes += saved.bytes;
+        split.files.push(saved.path);
+    }
+    Ok(split)
+}
+
+fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
+    let arch = input.arch.ok_or_else(|| {
+        Error::InvalidInput(
+            "a diffusers folder needs a known architecture; this checkpoint has the generic \
+             layout (give --arch)"
+                .into(),
+        )
+    })?;
+    let prediction = input
+        .prediction
+        .unwrap_or_else(|| arch.default_prediction());
+    let shapes = input.components.shapes();
+    let mut split = Split {
+        files: Vec::new(),
+        dropped: Vec::new(),
+        bytes: 0,
+    };
+    for plan in from_comfy(arch, &shapes)? {
+        let component = input.components.get(plan.class.kind()).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "the checkpoint has no {} component",
+                plan.class.kind()
+            ))
+        })?;
+        let mut map = InputMap::new();
+        for a in &plan.tensors {
+            let parts = a
+                .parts
+                .iter()
+                .map(|p| {
+                    let t = component.get(&p.key).ok_or_else(|| Error::Conversion {
+                        key: a.key.clone(),
+                        reason: format!("its source `{}` is missing", p.key),
+                    })?;
+                    Ok((t.clone(), p.elements.clone()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            map.insert(
+                a.key.clone(),
+                InputTensor::joined(&a.key, parts, a.shape.clone())?,
+            );
+        }
+        let path = dir.join(plan.folder.name()).join(plan.class.weights_file());
+        let saved = save_to_path(&as_model(map), &path, &plain(opts, &[("format", "pt")]))?;
+        split.bytes += saved.bytes;
+        split.files.push(saved.path);
+        split.dropped.extend(
+            plan.dropped
+                .iter()
+                .map(|k| format!("{}/{k}", plan.folder.name())),
+        );
+    }
+    for (rel, json) in configs(arch, &shapes, prediction)? {
+        let path = dir.join(&rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .ctx(|| format!("cannot create {}", parent.display()))?;
+        }
+        let text = serde_json::to_string_pretty(&json)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode {rel}: {e}")))?;
+        std::fs::write(&path, text + "\n").ctx(|| format!("cannot write {}", path.display()))?;
+        split.files.push(path);
+    }
+    Ok(split)
+}
+
+/// A folder beside the output folder that holds the parts until they are all written; removed
+/// (with what it holds) unless published.
+struct TempDir {
+    path: PathBuf,
+    published: bool,
+}
+
+impl TempDir {
+    fn new(out_dir: &Path) -> Result<Self> {
+        let name = out_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.is_empty() || name == ".." || name == "." {
+            return Err(Error::InvalidInput(format!(
+                "{} names no folder; give a folder such as `parts`",
+                out_dir.display()
+            )));
+        }
+        let parent = match out_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).ctx(|| format!("cannot create {}", parent.display()))?;
+        let path = parent.join(format!(".{name}.{}.partial", std::process::id()));
+        std::fs::create_dir(&path).ctx(|| format!("cannot create {}", path.display()))?;
+        Ok(TempDir {
+            path,
+            published: false,
+        })
+    }
+
+    /// Renames the folder into place; an empty `out_dir` is replaced, anything else refused.
+    fn publish(mut self, out_dir: &Path) -> Result<()> {
+        if out_dir.is_dir() {
+            std::fs::remove_dir(out_dir).ctx(|| {
+                format!(
+                    "{} is no longer empty; nothing was written to it",
+                    out_dir.display()
+                )
+            })?;
+        }
+        crate::publish::rename_no_replace(&self.path, out_dir)?;
+        self.published = true;
+        let parent = match out_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        crate::publish::sync_folder(parent)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
