@@ -1,31 +1,38 @@
-//! The `bench` measurement: our save against candle's path and the storage ceiling, side by side.
+//! The `bench` measurement: our job against candle's program and the storage ceiling, side by
+//! side.
 //!
 //! Every figure comes from one run on one machine, so the ratios are meaningful even where the
-//! absolute numbers are noisy: after a warm-up, each of (a) our save, (b) candle's `to_dtype` +
-//! `safetensors::save` on the same tensors and cast, and (c) raw writes of the same byte count
-//! into the same folder is timed `runs` times, interleaved, and the median is reported. All three
-//! end with the same `fsync`, so none is credited for leaving data in the page cache. (d), the
-//! same parallel raw writes through `O_DIRECT`, is reported beside them but is not part of the
-//! ceiling: it bounds what any writer, ours included, could reach in that folder. Peak extra
-//! resident memory is read from `/proc/self/status` after resetting the peak (`clear_refs`).
+//! absolute numbers are noisy: after a warm-up, each of (a) our job, (b) the candle program a
+//! user would write for it, and (c) raw writes of the same byte count into the same folder is
+//! timed `runs` times, interleaved, and the median is reported. All three end with the same
+//! `fsync`, so none is credited for leaving data in the page cache. (d), the same parallel raw
+//! writes through `O_DIRECT`, is reported beside them but is not part of the ceiling: it bounds
+//! what any writer, ours included, could reach in that folder.
+//!
+//! The job is a save of a synthetic model held by candle, or with `from_file` a file-to-file
+//! convert: the model is first written as a single-file checkpoint into the folder (untimed),
+//! then (a) opens and converts it and (b) `safetensors::load`s, casts and saves it. Peak resident
+//! and peak anonymous memory are reported for each (see [`memory`]).
 
+mod memory;
 mod raw;
+mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-use serde::Serialize;
+use candle_core::{DType, Device};
 
-use crate::error::{IoContext, Result};
-use crate::model::{Arch, TargetDtype};
+use crate::error::{Error, IoContext, Result};
+use crate::model::{Arch, Components, TargetDtype};
 use crate::plan::ComponentDtypes;
 use crate::save::{save_to_path, LayoutChoice, SaveOptions};
 use crate::synthetic::{self, SyntheticOptions};
 use crate::write::EngineOptions;
 use raw::{
-    accepts_direct_io, candle_save, random_block, raw_parallel, raw_sequential, remove, timed,
-    Sample,
+    accepts_direct_io, candle_file_to_file, candle_save, random_block, raw_parallel,
+    raw_sequential, remove, timed, Sample,
 };
+pub use report::{BenchReport, Measure};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -34,8 +41,9 @@ pub struct BenchOptions {
     pub arch: Arch,
     /// Dtype the checkpoint is saved in.
     pub dtype: TargetDtype,
-    /// Dtype the synthetic model is built in (`None`: the reference's defaults, F32 denoiser).
-    pub model_dtype: Option<candle_core::DType>,
+    /// Dtype the synthetic model is built in (`None`: the reference's defaults, F32 denoiser;
+    /// with `from_file`, F32 throughout, as fine-tuned checkpoints are published).
+    pub model_dtype: Option<DType>,
     /// Folder written into (a tmpfs or a disk folder).
     pub output_dir: PathBuf,
     /// Timed repetitions of each measurement (after one warm-up).
@@ -46,95 +54,53 @@ pub struct BenchOptions {
     pub max_dim: Option<usize>,
     /// Device the model lives on.
     pub device: Device,
+    /// Time a file-to-file convert of the model written as a checkpoint instead of a save of
+    /// the model in memory.
+    pub from_file: bool,
+    /// Where the input checkpoint of `from_file` is written (default: `output_dir`): a disk
+    /// folder when the output is a tmpfs too small for both.
+    pub input_dir: Option<PathBuf>,
 }
 
-/// One measured quantity: median seconds, throughput, peak extra resident memory.
-#[derive(Debug, Clone, Serialize)]
-pub struct Measure {
-    /// Median wall time in seconds.
-    pub median_s: f64,
-    /// Every run's wall time in seconds.
-    pub runs_s: Vec<f64>,
-    /// Bytes per second (decimal GB/s) at the median.
-    pub gbps: f64,
-    /// Highest resident memory above the level before the run, in bytes.
-    pub peak_rss_extra_bytes: u64,
-    /// Median CPU time (user + system, all threads) in seconds: less sensitive than wall time to
-    /// other load on a shared machine.
-    pub cpu_s: f64,
+/// What (a) and (b) start from.
+enum Subject {
+    Memory(Components),
+    /// The single-file checkpoint in the folder, and its size.
+    File(PathBuf, u64),
 }
 
-/// The figures of one benchmark run.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    /// Architecture.
-    pub arch: String,
-    /// Saved dtype.
-    pub dtype: String,
-    /// Device of the model.
-    pub device: String,
-    /// Folder written into.
-    pub output_dir: String,
-    /// Checkpoint size in bytes.
-    pub bytes: u64,
-    /// Tensors in the checkpoint.
-    pub tensors: usize,
-    /// Worker threads of our save (and of the parallel ceiling).
-    pub threads: usize,
-    /// Chunk size of our save.
-    pub chunk_size: u64,
-    /// Staging budget of our save.
-    pub staging_budget: u64,
-    /// Our save.
-    pub ours: Measure,
-    /// candle's `to_dtype` + `safetensors::save` + fsync.
-    pub candle: Measure,
-    /// One sequential stream of large writes + fsync.
-    pub ceiling_sequential: Measure,
-    /// Parallel positional writes with `threads` threads + fsync.
-    pub ceiling_parallel: Measure,
-    /// The same parallel writes with direct I/O (`None` where the folder refuses it). Not part of
-    /// the ceiling, which is buffered writes as specified; it shows what the storage takes when
-    /// the page cache is bypassed, as our save does on disks.
-    pub raw_direct: Option<Measure>,
-    /// The fastest of the raw writers (one stream, parallel, direct), GB/s.
-    pub raw_best_gbps: f64,
-    /// raw_best / candle: the highest ratio to candle that any writer of these bytes could reach
-    /// into this folder (within the noise of the measurement).
-    pub ratio_candle_bound: f64,
-    /// Our throughput, GB/s.
-    pub ours_gbps: f64,
-    /// candle's throughput, GB/s.
-    pub candle_gbps: f64,
-    /// Device→host copy into pinned memory, GB/s (GPU runs only).
-    pub device_copy_gbps: Option<f64>,
-    /// The storage ceiling (faster of one stream and parallel writes), or on a GPU the lower of
-    /// that and the device→host copy, GB/s.
-    pub ceiling_gbps: f64,
-    /// ours / ceiling.
-    pub ratio_ceiling: f64,
-    /// ours / candle.
-    pub ratio_candle: f64,
-    /// Our peak extra resident memory.
-    pub peak_rss_bytes: u64,
-}
+/// Memory left free beside candle's program, so a benchmark never pushes the machine into the
+/// OOM killer.
+const CANDLE_MARGIN: u64 = 2 << 30;
 
 /// Runs the benchmark.
 ///
 /// # Errors
-/// Errors of building the model, saving, or writing into the output folder.
+/// Errors of building the model, saving, or writing into the output folder;
+/// [`Error::InvalidInput`] for `from_file` on a GPU (a file-to-file job runs on the host).
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.from_file && !opts.device.is_cpu() {
+        return Err(Error::InvalidInput(
+            "a file-to-file job reads and writes files on the host; drop --device or --from-file"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(&opts.output_dir).ctx(|| {
         format!(
             "creating the benchmark folder {}",
             opts.output_dir.display()
         )
     })?;
+    let path = |name: &str| {
+        opts.output_dir.join(format!(
+            "checkpoint-save-bench-{}-{name}.safetensors",
+            std::process::id()
+        ))
+    };
     let mut syn = SyntheticOptions::new(opts.arch).with_seed(1);
     syn.max_dim = opts.max_dim;
-    syn.dtype = opts.model_dtype;
+    syn.dtype = opts.model_dtype.or(opts.from_file.then_some(DType::F32));
     let components = synthetic::build(&syn, &opts.device)?;
-    let (workers, chunk) = opts.engine.effective();
     let save_opts = {
         let mut s = SaveOptions {
             layout: LayoutChoice::Arch(opts.arch),
@@ -145,75 +111,120 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         s.metadata.disable = true;
         s
     };
-    let path = |name: &str| {
-        opts.output_dir.join(format!(
-            "checkpoint-save-bench-{}-{name}.safetensors",
-            std::process::id()
-        ))
+    let input = match (&opts.input_dir, opts.from_file) {
+        (_, false) => None,
+        (None, true) => Some(path("input")),
+        (Some(dir), true) => {
+            std::fs::create_dir_all(dir)
+                .ctx(|| format!("creating the input folder {}", dir.display()))?;
+            let name = format!(
+                "checkpoint-save-bench-{}-input.safetensors",
+                std::process::id()
+            );
+            Some(dir.join(name))
+        }
     };
+    let _input_guard = input.as_deref().map(Removed);
+    let subject = match &input {
+        None => Subject::Memory(components),
+        Some(input) => {
+            let keep = SaveOptions {
+                dtypes: ComponentDtypes::all(TargetDtype::Keep),
+                ..save_opts.clone()
+            };
+            let written = save_to_path(&components, input, &keep)?;
+            // The job starts from the file alone.
+            drop(components);
+            Subject::File(input.clone(), written.bytes)
+        }
+    };
+    measure(opts, &subject, &save_opts, path)
+}
 
-    // Warm-up: page in the model, size the checkpoint, start thread pools.
+/// Removes the benchmark's input file however the run ends.
+struct Removed<'a>(&'a Path);
+
+impl Drop for Removed<'_> {
+    fn drop(&mut self) {
+        let _ = remove(self.0);
+    }
+}
+
+fn measure(
+    opts: &BenchOptions,
+    subject: &Subject,
+    save_opts: &SaveOptions,
+    path: impl Fn(&str) -> PathBuf,
+) -> Result<BenchReport> {
+    let ours_job = |out: &Path| -> Result<()> {
+        match subject {
+            Subject::Memory(c) => save_to_path(c, out, save_opts).map(drop),
+            Subject::File(input, _) => {
+                let i = crate::input::open(input, Some(opts.arch))?;
+                save_to_path(&i.components, out, save_opts).map(drop)
+            }
+        }
+    };
+    let candle_job = |out: &Path| -> Result<()> {
+        match subject {
+            Subject::Memory(c) => candle_save(c, opts.dtype, out),
+            Subject::File(input, _) => candle_file_to_file(input, opts.dtype, out),
+        }
+    };
+    let (workers, chunk) = opts.engine.effective();
     let ours_path = path("ours");
-    let saved = save_to_path(&components, &ours_path, &save_opts)?;
-    remove(&ours_path)?;
-    let bytes = saved.bytes;
-    let block = random_block(8 << 20)?;
-    let block = block.as_slice();
-
-    let mut ours = Vec::new();
-    let mut candle = Vec::new();
-    let mut seq = Vec::new();
-    let mut par = Vec::new();
-    let mut direct = Vec::new();
-    let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
     let candle_path = path("candle");
     let raw_path = path("raw");
-    timed(
-        || candle_save(&components, opts.dtype, &candle_path),
-        &candle_path,
-    )?;
+
+    // Warm-up: page in the model, size the checkpoint, start thread pools.
+    let saved = {
+        let s = match subject {
+            Subject::Memory(c) => save_to_path(c, &ours_path, save_opts),
+            Subject::File(input, _) => crate::input::open(input, Some(opts.arch))
+                .and_then(|i| save_to_path(&i.components, &ours_path, save_opts)),
+        };
+        remove(&ours_path)?;
+        s?
+    };
+    let bytes = saved.bytes;
+    let input_bytes = match subject {
+        Subject::File(_, b) => Some(*b),
+        Subject::Memory(_) => None,
+    };
+    // candle's load holds the input twice at its peak (measured: 8.1 GB for a 4.3 GB SD1.5
+    // f32 file cast to 2.1 GB); a save from memory holds the cast copy.
+    let candle_skipped = candle_fits(2 * input_bytes.unwrap_or(0) + bytes);
+    let block = random_block(8 << 20)?;
+    let block = block.as_slice();
+    let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
+    if candle_skipped.is_none() {
+        timed(|| candle_job(&candle_path), &candle_path)?;
+    }
+
+    let (mut ours, mut candle, mut seq, mut par, mut direct) = Default::default();
+    let push = |v: &mut Vec<Sample>, s| v.push(s);
     for _ in 0..opts.runs.max(1) {
-        ours.push(timed(
-            || save_to_path(&components, &ours_path, &save_opts).map(drop),
-            &ours_path,
-        )?);
-        candle.push(timed(
-            || candle_save(&components, opts.dtype, &candle_path),
-            &candle_path,
-        )?);
-        seq.push(timed(
-            || raw_sequential(&raw_path, bytes, block),
-            &raw_path,
-        )?);
-        par.push(timed(
-            || raw_parallel(&raw_path, bytes, workers, chunk, block, false),
-            &raw_path,
-        )?);
+        push(&mut ours, timed(|| ours_job(&ours_path), &ours_path)?);
+        if candle_skipped.is_none() {
+            push(
+                &mut candle,
+                timed(|| candle_job(&candle_path), &candle_path)?,
+            );
+        }
+        push(
+            &mut seq,
+            timed(|| raw_sequential(&raw_path, bytes, block), &raw_path)?,
+        );
+        let parallel = |d| raw_parallel(&raw_path, bytes, workers, chunk, block, d);
+        push(&mut par, timed(|| parallel(false), &raw_path)?);
         if direct_ok {
-            direct.push(timed(
-                || raw_parallel(&raw_path, bytes, workers, chunk, block, true),
-                &raw_path,
-            )?);
+            push(&mut direct, timed(|| parallel(true), &raw_path)?);
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let summarize = |runs: Vec<Sample>| {
-        let runs_s: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        let median_s = median(runs_s.clone());
-        Measure {
-            median_s,
-            gbps: bytes as f64 / median_s / 1e9,
-            runs_s,
-            peak_rss_extra_bytes: runs.iter().map(|r| r.1).max().unwrap_or(0),
-            cpu_s: median(runs.iter().map(|r| r.2).collect()),
-        }
-    };
-    let (ours, candle) = (summarize(ours), summarize(candle));
-    let (seq, par) = (summarize(seq), summarize(par));
-    let raw_direct = (!direct.is_empty()).then(|| summarize(direct));
+    let of = |runs: &Vec<Sample>| (!runs.is_empty()).then(|| Measure::of(runs, bytes));
+    let (ours, candle) = (Measure::of(&ours, bytes), of(&candle));
+    let (seq, par) = (Measure::of(&seq, bytes), Measure::of(&par, bytes));
+    let raw_direct = of(&direct);
     let raw_best_gbps = raw_direct
         .as_ref()
         .map_or(0.0, |m| m.gbps)
@@ -227,25 +238,40 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     };
     let storage = seq.gbps.max(par.gbps);
     let ceiling_gbps = device_copy_gbps.map_or(storage, |d| d.min(storage));
+    let candle_gbps = candle.as_ref().map(|c| c.gbps);
     Ok(BenchReport {
+        job: if input_bytes.is_some() {
+            "file-to-file"
+        } else {
+            "save"
+        }
+        .into(),
         arch: opts.arch.to_string(),
         dtype: opts.dtype.to_string(),
         device: format!("{:?}", opts.device.location()),
         output_dir: opts.output_dir.display().to_string(),
         bytes,
+        input_bytes,
+        input_dir: match subject {
+            Subject::File(p, _) => p.parent().map(|d| d.display().to_string()),
+            Subject::Memory(_) => None,
+        },
         tensors: saved.tensors,
         threads: workers,
         chunk_size: chunk,
         staging_budget: opts.engine.staging_budget,
         ours_gbps: ours.gbps,
-        candle_gbps: candle.gbps,
+        candle_gbps,
         device_copy_gbps,
         ceiling_gbps,
         ratio_ceiling: ours.gbps / ceiling_gbps,
-        ratio_candle: ours.gbps / candle.gbps,
+        ratio_candle: candle_gbps.map(|c| ours.gbps / c),
         raw_best_gbps,
-        ratio_candle_bound: raw_best_gbps / candle.gbps,
+        ratio_candle_bound: candle_gbps.map(|c| raw_best_gbps / c),
         peak_rss_bytes: ours.peak_rss_extra_bytes,
+        peak_anon_extra_bytes: ours.peak_anon_extra_bytes,
+        peak_anon_bytes: ours.peak_anon_bytes,
+        candle_skipped,
         ours,
         candle,
         ceiling_sequential: seq,
@@ -254,83 +280,46 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     })
 }
 
-impl std::fmt::Display for BenchReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        writeln!(
-            f,
-            "{} → {} on {}, {:.2} GB ({} tensors) into {}",
-            self.arch,
-            self.dtype,
-            self.device,
-            self.bytes as f64 / 1e9,
-            self.tensors,
-            self.output_dir
-        )?;
-        writeln!(
-            f,
-            "threads {}, chunk {} MiB, staging budget {} MiB",
-            self.threads,
-            mib(self.chunk_size),
-            mib(self.staging_budget)
-        )?;
-        writeln!(
-            f,
-            "{:<34} {:>8} {:>9} {:>16} {:>7}",
-            "", "median s", "GB/s", "peak extra RSS", "CPU s"
-        )?;
-        let rows = [
-            ("(a) checkpoint-save", Some(&self.ours)),
-            ("(b) candle to_dtype + save", Some(&self.candle)),
-            ("(c) raw, one stream", Some(&self.ceiling_sequential)),
-            ("(c) raw, parallel pwrite", Some(&self.ceiling_parallel)),
-            (
-                "(d) raw, parallel O_DIRECT (info)",
-                self.raw_direct.as_ref(),
-            ),
-        ];
-        for (name, m) in rows.into_iter().filter_map(|(n, m)| Some((n, m?))) {
-            writeln!(
-                f,
-                "{name:<34} {:>8.3} {:>9.2} {:>12.0} MiB {:>7.2}",
-                m.median_s,
-                m.gbps,
-                mib(m.peak_rss_extra_bytes),
-                m.cpu_s
-            )?;
-        }
-        write!(
-            f,
-            "ratio to ceiling a/c = {:.2}, ratio to candle a/b = {:.1} \
-             (the fastest raw writer here is {:.1}x candle)",
-            self.ratio_ceiling, self.ratio_candle, self.ratio_candle_bound
+/// Why candle's program, which holds `bytes` in memory at once, cannot run here (`None`: it
+/// fits, or the available memory is unknown).
+fn candle_fits(bytes: u64) -> Option<String> {
+    let available = memory::available()?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    (bytes + CANDLE_MARGIN > available).then(|| {
+        format!(
+            "it holds {:.1} GiB at once and {:.1} GiB are available (keeping {:.0} GiB free)",
+            gib(bytes),
+            gib(available),
+            gib(CANDLE_MARGIN)
         )
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_tiny_bench_measures_the_file_a_save_writes_and_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = BenchOptions {
+    fn options(dir: &Path, from_file: bool) -> BenchOptions {
+        BenchOptions {
             arch: Arch::Sd15,
             dtype: TargetDtype::F16,
             model_dtype: None,
-            output_dir: dir.path().to_path_buf(),
+            output_dir: dir.to_path_buf(),
             runs: 3,
             engine: EngineOptions::default(),
             max_dim: Some(16),
             device: Device::Cpu,
-        };
-        let r = run(&opts).unwrap();
-        // The same save, made here: the figures are about exactly this file.
+            from_file,
+            input_dir: None,
+        }
+    }
+
+    /// The save the benchmark times, made here independently: the figures are about this file.
+    fn same_save(dir: &Path, model_dtype: Option<DType>) -> (u64, usize) {
         let mut syn = SyntheticOptions::new(Arch::Sd15)
             .with_seed(1)
             .with_max_dim(16);
-        syn.dtype = None;
+        syn.dtype = model_dtype;
         let c = synthetic::build(&syn, &Device::Cpu).unwrap();
         let mut save_opts = SaveOptions {
             layout: LayoutChoice::Arch(Arch::Sd15),
@@ -338,17 +327,21 @@ mod tests {
             ..Default::default()
         };
         save_opts.metadata.disable = true;
-        let path = dir.path().join("same.safetensors");
+        let path = dir.join("same.safetensors");
         let saved = save_to_path(&c, &path, &save_opts).unwrap();
-        assert_eq!(r.bytes, std::fs::metadata(&path).unwrap().len());
-        assert_eq!(r.tensors, saved.tensors);
+        let len = std::fs::metadata(&path).unwrap().len();
         std::fs::remove_file(&path).unwrap();
-        for m in [
-            &r.ours,
-            &r.candle,
-            &r.ceiling_sequential,
-            &r.ceiling_parallel,
-        ] {
+        (len, saved.tensors)
+    }
+
+    fn run_alone(o: &BenchOptions) -> BenchReport {
+        let _turn = memory::TESTS_TAKE_TURNS.lock();
+        run(o).unwrap()
+    }
+
+    fn check_runs(r: &BenchReport) {
+        let candle = r.candle.as_ref().expect("a tiny model fits in memory");
+        for m in [&r.ours, candle, &r.ceiling_sequential, &r.ceiling_parallel] {
             assert_eq!(m.runs_s.len(), 3);
             assert!(
                 m.runs_s.contains(&m.median_s),
@@ -357,8 +350,53 @@ mod tests {
             assert!(m.runs_s.iter().filter(|&&x| x < m.median_s).count() <= 1);
             assert!(m.cpu_s >= 0.0 && m.gbps > 0.0);
         }
-        // Nothing is left behind in the folder.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert!(r.to_string().contains("ratio to ceiling"));
+        assert!(r.to_string().contains("ratio to candle"));
+    }
+
+    #[test]
+    fn a_tiny_bench_measures_the_file_a_save_writes_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run_alone(&options(dir.path(), false));
+        assert_eq!((r.bytes, r.tensors), same_save(dir.path(), None));
+        assert_eq!((r.job.as_str(), r.input_bytes), ("save", None));
+        check_runs(&r);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_file_to_file_bench_converts_an_f32_checkpoint_and_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run_alone(&options(dir.path(), true));
+        // The input is the model in f32, so the f16 output is smaller by about half (headers
+        // weigh in a tiny model); the output is what a save of the same model in memory writes.
+        assert_eq!(
+            (r.bytes, r.tensors),
+            same_save(dir.path(), Some(DType::F32))
+        );
+        let input = r.input_bytes.unwrap();
+        assert!(
+            input > r.bytes * 3 / 2 && input < r.bytes * 2,
+            "{input} vs {}",
+            r.bytes
+        );
+        assert_eq!(r.job, "file-to-file");
+        check_runs(&r);
+        assert!(r.to_string().contains("candle load + to_dtype + save"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_file_to_file_bench_on_a_gpu_is_refused_before_writing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(&dir.path().join("never"), true);
+        o.device = Device::Cpu;
+        assert!(candle_fits(1 << 20).is_none());
+        assert!(candle_fits(u64::MAX / 2).is_some_and(|w| w.contains("available")));
+        if let Ok(d) = Device::new_cuda(0) {
+            o.device = d;
+            assert!(matches!(run(&o), Err(Error::InvalidInput(_))));
+            assert!(!dir.path().join("never").exists());
+        }
     }
 }

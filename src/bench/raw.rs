@@ -1,5 +1,5 @@
 //! The baselines of the benchmark — candle's own save and raw writes of the same bytes — and
-//! the measurement of one run (wall time, CPU time, peak extra resident memory).
+//! the measurement of one run (wall time, CPU time, memory peaks).
 //!
 //! The raw writes go through the writer's own sink (positional writes, direct I/O where the
 //! buffer and offsets allow), so the ceiling is measured with exactly the system calls a save
@@ -11,26 +11,34 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::memory::{Peaks, Watch};
 use crate::error::{Error, IoContext, Result};
 use crate::model::dtype::candle_dtype;
 use crate::model::{Components, TargetDtype};
 use crate::sys::cpu_seconds;
 use crate::write::{AlignedBuf, Method, Sink};
 
-/// One run: wall seconds, peak extra RSS, CPU seconds.
-pub(super) type Sample = (f64, u64, f64);
+/// One run: wall seconds, memory peaks above the level before it, CPU seconds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sample {
+    pub(super) secs: f64,
+    pub(super) peaks: Peaks,
+    pub(super) cpu: f64,
+}
 
 /// Runs `f`, measuring it, and removes `path` afterwards.
 pub(super) fn timed(f: impl FnOnce() -> Result<()>, path: &Path) -> Result<Sample> {
-    let before = rss_reset();
+    // What an earlier run freed is not this run's memory.
+    crate::sys::release_free_heap();
+    let watch = Watch::start();
     let cpu = cpu_seconds();
     let start = Instant::now();
     let r = f();
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
-    let peak = peak_rss().saturating_sub(before);
+    let peaks = watch.finish();
     remove(path)?;
-    r.map(|()| (secs, peak, cpu))
+    r.map(|()| Sample { secs, peaks, cpu })
 }
 
 /// Removes `path`; a missing file is fine.
@@ -44,7 +52,7 @@ pub(super) fn remove(path: &Path) -> Result<()> {
 
 /// candle's path as a new user writes it: cast every tensor, then `safetensors::save`, then fsync.
 pub(super) fn candle_save(components: &Components, dtype: TargetDtype, path: &Path) -> Result<()> {
-    let target = dtype.file_dtype().and_then(candle_dtype);
+    let target = candle_target(dtype);
     let mut map = HashMap::new();
     for (kind, tensors) in components.iter() {
         for (k, t) in tensors {
@@ -58,7 +66,30 @@ pub(super) fn candle_save(components: &Components, dtype: TargetDtype, path: &Pa
             map.insert(format!("{kind}.{k}"), t);
         }
     }
-    candle_core::safetensors::save(&map, path)?;
+    save_synced(&map, path)
+}
+
+/// candle's file-to-file program: `safetensors::load`, cast each tensor (dropping the loaded one
+/// as it goes, as `into_iter` does), `safetensors::save`, fsync.
+pub(super) fn candle_file_to_file(input: &Path, dtype: TargetDtype, path: &Path) -> Result<()> {
+    let target = candle_target(dtype);
+    let loaded = candle_core::safetensors::load(input, &candle_core::Device::Cpu)?;
+    let map = loaded
+        .into_iter()
+        .map(|(k, t)| match target {
+            Some(d) if t.dtype().is_float() => Ok((k, t.to_dtype(d)?)),
+            _ => Ok((k, t)),
+        })
+        .collect::<Result<HashMap<_, _>>>()?;
+    save_synced(&map, path)
+}
+
+fn candle_target(dtype: TargetDtype) -> Option<candle_core::DType> {
+    dtype.file_dtype().and_then(candle_dtype)
+}
+
+fn save_synced(map: &HashMap<String, candle_core::Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(map, path)?;
     File::open(path)
         .and_then(|f| f.sync_all())
         .ctx(|| format!("syncing {}", path.display()))
@@ -150,26 +181,4 @@ pub(super) fn raw_parallel(
     });
     result?;
     f.sync_all().ctx(ctx)
-}
-
-/// Resets the peak-RSS counter and returns the current RSS (bytes); 0 where /proc is missing.
-fn rss_reset() -> u64 {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    status_kib("VmRSS:") * 1024
-}
-
-fn peak_rss() -> u64 {
-    status_kib("VmHWM:") * 1024
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

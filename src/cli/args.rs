@@ -92,6 +92,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub(crate) device: String,
 
+    /// Time a file-to-file convert instead of a save from memory: the model is first written
+    /// as an f32 (or --model-dtype) single-file checkpoint into the folder, untimed.
+    #[arg(long)]
+    pub(crate) from_file: bool,
+
+    /// Folder the --from-file input is written into (default: --output-dir), e.g. a disk
+    /// folder when the output folder is a tmpfs too small for input and output together.
+    #[arg(long, value_name = "DIR", requires = "from_file")]
+    pub(crate) input_dir: Option<PathBuf>,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

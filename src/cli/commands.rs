@@ -311,6 +311,8 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         engine: args.engine.options(),
         max_dim: args.max_dim,
         device,
+        from_file: args.from_file,
+        input_dir: args.input_dir.clone(),
     };
     let report = bench::run(&opts)?;
     if args.json {

@@ -58,6 +58,14 @@ pub(super) fn lower_thread_priority() {
     }
 }
 
+pub(super) fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())

@@ -22,6 +22,8 @@ pub(super) fn populate_write(_map: &memmap2::MmapMut) {}
 
 pub(super) fn lower_thread_priority() {}
 
+pub(super) fn release_free_heap() {}
+
 pub(super) fn rename_noreplace(_from: &Path, _to: &Path) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }

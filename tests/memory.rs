@@ -1,0 +1,174 @@
+//! File-to-file jobs run in bounded memory: `convert`, `split` and `save` of a checkpoint many
+//! times larger than the staging budget stay under staging + the largest tensor + 64 MiB, measured on the real
+//! process (its kernel-kept peak resident set, and its anonymous memory sampled while it runs).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::cli::ok_path;
+
+const MIB: u64 = 1 << 20;
+
+/// `RssAnon` of a running process, bytes.
+fn anon_of(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("RssAnon:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Runs the binary, sampling its anonymous memory; returns (exit code, peak RssAnon, ru_maxrss).
+fn run_measured(cwd: &Path, args: &[&str]) -> (i32, u64, u64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
+        .current_dir(cwd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak_anon = 0;
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    loop {
+        // SAFETY: waits for our own child without blocking; `status` and `usage` are ours.
+        let r = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid as i32 {
+            break;
+        }
+        assert_eq!(r, 0, "wait4: {}", std::io::Error::last_os_error());
+        peak_anon = peak_anon.max(anon_of(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(child);
+    assert!(libc::WIFEXITED(status), "exited normally");
+    let max_rss = u64::try_from(usage.ru_maxrss).unwrap() * 1024;
+    (libc::WEXITSTATUS(status), peak_anon, max_rss)
+}
+
+/// The largest tensor's byte length, from the header alone: this process must stay small, since
+/// a spawned child's peak RSS starts from its parent's (the kernel carries it across exec).
+fn largest_tensor(path: &Path) -> u64 {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).unwrap();
+    let mut header = vec![0u8; u64::from_le_bytes(n) as usize];
+    f.read_exact(&mut header).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    let header = header.as_object().unwrap();
+    let len = |v: &serde_json::Value| {
+        let o = v["data_offsets"].as_array().unwrap();
+        o[1].as_u64().unwrap() - o[0].as_u64().unwrap()
+    };
+    header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| len(v))
+        .max()
+        .unwrap()
+}
+
+fn is_tmpfs(dir: &Path) -> bool {
+    let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    let mut s = unsafe { std::mem::zeroed::<libc::statfs>() };
+    // SAFETY: a valid C string and a statfs we own.
+    (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0) && s.f_type == libc::TMPFS_MAGIC
+}
+
+#[test]
+fn convert_split_and_save_of_a_model_larger_than_the_staging_budget_stay_in_bounded_memory() {
+    // In the build folder rather than TMPDIR: a tmpfs would count the output's pages as the
+    // process's own (shared memory) and blur the figure.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path().to_str().unwrap();
+    // A 309 MB f32 SD1.5 (every key, dimensions capped at 256); its largest tensor is 2.4 MB.
+    let input = ok_path(
+        dir.path(),
+        &[
+            "save",
+            "-q",
+            "--synthetic",
+            "sd15",
+            "--max-dim",
+            "256",
+            "--dtype",
+            "f32",
+            "--output-dir",
+            &format!("{d}/in"),
+        ],
+    );
+    let input_len = std::fs::metadata(&input).unwrap().len();
+    let largest = largest_tensor(&input);
+    let staging = 16 * MIB;
+    let bound = staging + largest + 64 * MIB;
+    assert!(
+        input_len > 3 * bound,
+        "the model is far larger than the bound"
+    );
+
+    let tmpfs = is_tmpfs(dir.path());
+    let check = |what: &str, args: &[&str]| {
+        let (code, anon, max_rss) = run_measured(dir.path(), args);
+        assert_eq!(code, 0, "{what}");
+        assert!(anon > 0, "the sampler saw the process");
+        let (a, b, r) = (anon / MIB, bound / MIB, max_rss / MIB);
+        assert!(
+            anon <= bound,
+            "{what}: peak anonymous memory {a} MiB > bound {b} MiB"
+        );
+        // The kernel's peak counts every resident page (the binary's own too) and misses
+        // nothing between samples; it is only about the job where the output is not in shared
+        // memory.
+        if !tmpfs {
+            assert!(max_rss <= bound, "{what}: peak RSS {r} MiB > bound {b} MiB");
+        }
+    };
+    let engine = ["--staging-mib", "16", "--chunk-mib", "4"];
+    let i = input.to_str().unwrap();
+    let out = format!("{d}/out");
+    check(
+        "convert",
+        &[
+            &["convert", i, "--dtype", "f16", "-q", "--output-dir", &out][..],
+            &engine,
+        ]
+        .concat(),
+    );
+    let parts = format!("{d}/parts");
+    check(
+        "split",
+        &[&["split", i, "-q", "--output-dir", &parts][..], &engine].concat(),
+    );
+    let (m, c, v) = (
+        format!("{parts}/model.safetensors"),
+        format!("{parts}/clip.safetensors"),
+        format!("{parts}/vae.safetensors"),
+    );
+    check(
+        "save",
+        &[
+            &[
+                "save",
+                "--model",
+                &m,
+                "--clip",
+                &c,
+                "--vae",
+                &v,
+                "--dtype",
+                "f16",
+                "-q",
+                "--output-dir",
+                &out,
+            ][..],
+            &engine,
+        ]
+        .concat(),
+    );
+    let written = std::fs::read_dir(dir.path().join("out/checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(written, 2);
+}
