@@ -42,6 +42,7 @@ pub mod input;
 mod inspect;
 pub mod layout;
 mod load;
+pub mod merge;
 pub mod model;
 pub mod naming;
 mod offload;
@@ -58,8 +59,11 @@ mod testutil;
 mod write;
 
 pub use error::{Error, Result};
-pub use input::{open as open_input, open_component, ComponentInput, Input, InputLayout};
+pub use input::{
+    from_diffusers, open as open_input, open_component, ComponentInput, Input, InputLayout,
+};
 pub use inspect::{inspect, Inspection, PartSummary};
+pub use layout::diffusers::Folder;
 pub use layout::GenericPrefixes;
 pub use load::{load_checkpoint, load_tensors, Loaded};
 pub use model::{

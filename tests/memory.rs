@@ -1,5 +1,5 @@
-//! File-to-file jobs run in bounded memory: `convert`, `split` and `save` of a checkpoint many
-//! times larger than the staging budget stay under staging + the largest tensor + 64 MiB, measured on the real
+//! File-to-file jobs run in bounded memory: `convert`, `split`, `save` and `merge` of checkpoints
+//! many times larger than the staging budget stay under staging + the largest tensor + 64 MiB, measured on the real
 //! process (its kernel-kept peak resident set, and its anonymous memory sampled while it runs).
 
 mod common;
@@ -78,7 +78,7 @@ fn is_tmpfs(dir: &Path) -> bool {
 }
 
 #[test]
-fn convert_split_and_save_of_a_model_larger_than_the_staging_budget_stay_in_bounded_memory() {
+fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
     // In the build folder rather than TMPDIR: a tmpfs would count the output's pages as the
     // process's own (shared memory) and blur the figure.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -167,8 +167,42 @@ fn convert_split_and_save_of_a_model_larger_than_the_staging_budget_stay_in_boun
         ]
         .concat(),
     );
+    // A merge reads two such models and holds neither.
+    let b = ok_path(
+        dir.path(),
+        &[
+            "save",
+            "-q",
+            "--synthetic",
+            "sd15",
+            "--max-dim",
+            "256",
+            "--dtype",
+            "f32",
+            "--seed",
+            "2",
+            "--output-dir",
+            &format!("{d}/in"),
+        ],
+    );
+    let b = b.to_str().unwrap();
+    let merge = [
+        "merge",
+        i,
+        b,
+        "--ratio",
+        "0.3",
+        "--clip-ratio",
+        "0.3",
+        "--dtype",
+        "f16",
+    ];
+    check(
+        "merge",
+        &[&merge[..], &["-q", "--output-dir", &out], &engine].concat(),
+    );
     let written = std::fs::read_dir(dir.path().join("out/checkpoints"))
         .unwrap()
         .count();
-    assert_eq!(written, 2);
+    assert_eq!(written, 3);
 }

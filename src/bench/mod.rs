@@ -14,6 +14,7 @@
 //! then (a) opens and converts it and (b) `safetensors::load`s, casts and saves it. Peak resident
 //! and peak anonymous memory are reported for each (see [`memory`]).
 
+mod jobs;
 mod memory;
 mod raw;
 mod report;
@@ -23,15 +24,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use crate::error::{Error, IoContext, Result};
-use crate::model::{Arch, Components, TargetDtype};
+use crate::model::{Arch, TargetDtype};
 use crate::plan::ComponentDtypes;
-use crate::save::{save_to_path, LayoutChoice, SaveOptions};
-use crate::synthetic::{self, SyntheticOptions};
+use crate::save::{LayoutChoice, SaveOptions, Saved};
 use crate::write::EngineOptions;
-use raw::{
-    accepts_direct_io, candle_file_to_file, candle_save, random_block, raw_parallel,
-    raw_sequential, remove, timed, Sample,
-};
+use jobs::{Inputs, Subject};
+use raw::{accepts_direct_io, random_block, raw_parallel, raw_sequential, remove, timed, Sample};
 pub use report::{BenchReport, Measure};
 
 /// What to measure.
@@ -57,16 +55,15 @@ pub struct BenchOptions {
     /// Time a file-to-file convert of the model written as a checkpoint instead of a save of
     /// the model in memory.
     pub from_file: bool,
-    /// Where the input checkpoint of `from_file` is written (default: `output_dir`): a disk
-    /// folder when the output is a tmpfs too small for both.
+    /// Where the input checkpoint(s) of `from_file` and `merge` are written (default:
+    /// `output_dir`): a disk folder when the output is a tmpfs too small for both.
     pub input_dir: Option<PathBuf>,
-}
-
-/// What (a) and (b) start from.
-enum Subject {
-    Memory(Components),
-    /// The single-file checkpoint in the folder, and its size.
-    File(PathBuf, u64),
+    /// Time a weighted sum of two f32 checkpoints (ratio 0.3, text encoders too, A's VAE)
+    /// instead: ours streamed, against candle's load-both-and-combine program.
+    pub merge: bool,
+    /// With `merge`, also time a bake of a rank-`r` LoRA (every attention and convolution) into
+    /// A, beside a plain convert of A.
+    pub lora_rank: Option<usize>,
 }
 
 /// Memory left free beside candle's program, so a benchmark never pushes the machine into the
@@ -77,30 +74,23 @@ const CANDLE_MARGIN: u64 = 2 << 30;
 ///
 /// # Errors
 /// Errors of building the model, saving, or writing into the output folder;
-/// [`Error::InvalidInput`] for `from_file` on a GPU (a file-to-file job runs on the host).
+/// [`Error::InvalidInput`] for `from_file` or `merge` on a GPU (those jobs run on the host).
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    if opts.from_file && !opts.device.is_cpu() {
+    if (opts.from_file || opts.merge) && !opts.device.is_cpu() {
         return Err(Error::InvalidInput(
-            "a file-to-file job reads and writes files on the host; drop --device or --from-file"
-                .into(),
+            "file-to-file and merge jobs read and write files on the host; drop --device".into(),
         ));
     }
-    std::fs::create_dir_all(&opts.output_dir).ctx(|| {
-        format!(
-            "creating the benchmark folder {}",
-            opts.output_dir.display()
-        )
-    })?;
-    let path = |name: &str| {
-        opts.output_dir.join(format!(
-            "checkpoint-save-bench-{}-{name}.safetensors",
+    for dir in std::iter::once(&opts.output_dir).chain(&opts.input_dir) {
+        std::fs::create_dir_all(dir)
+            .ctx(|| format!("creating the benchmark folder {}", dir.display()))?;
+    }
+    let name = |dir: &Path, n: &str| {
+        dir.join(format!(
+            "checkpoint-save-bench-{}-{n}.safetensors",
             std::process::id()
         ))
     };
-    let mut syn = SyntheticOptions::new(opts.arch).with_seed(1);
-    syn.max_dim = opts.max_dim;
-    syn.dtype = opts.model_dtype.or(opts.from_file.then_some(DType::F32));
-    let components = synthetic::build(&syn, &opts.device)?;
     let save_opts = {
         let mut s = SaveOptions {
             layout: LayoutChoice::Arch(opts.arch),
@@ -111,66 +101,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         s.metadata.disable = true;
         s
     };
-    let input = match (&opts.input_dir, opts.from_file) {
-        (_, false) => None,
-        (None, true) => Some(path("input")),
-        (Some(dir), true) => {
-            std::fs::create_dir_all(dir)
-                .ctx(|| format!("creating the input folder {}", dir.display()))?;
-            let name = format!(
-                "checkpoint-save-bench-{}-input.safetensors",
-                std::process::id()
-            );
-            Some(dir.join(name))
-        }
-    };
-    let _input_guard = input.as_deref().map(Removed);
-    let subject = match &input {
-        None => Subject::Memory(components),
-        Some(input) => {
-            let keep = SaveOptions {
-                dtypes: ComponentDtypes::all(TargetDtype::Keep),
-                ..save_opts.clone()
-            };
-            let written = save_to_path(&components, input, &keep)?;
-            // The job starts from the file alone.
-            drop(components);
-            Subject::File(input.clone(), written.bytes)
-        }
-    };
-    measure(opts, &subject, &save_opts, path)
-}
-
-/// Removes the benchmark's input file however the run ends.
-struct Removed<'a>(&'a Path);
-
-impl Drop for Removed<'_> {
-    fn drop(&mut self) {
-        let _ = remove(self.0);
-    }
+    let input_dir = opts.input_dir.as_ref().unwrap_or(&opts.output_dir);
+    let mut inputs = Inputs(Vec::new());
+    let (subject, input_bytes) =
+        Subject::prepare(opts, &save_opts, |n| name(input_dir, n), &mut inputs)?;
+    let report = measure(opts, &subject, input_bytes, &save_opts, |n| {
+        name(&opts.output_dir, n)
+    });
+    drop(inputs);
+    report
 }
 
 fn measure(
     opts: &BenchOptions,
     subject: &Subject,
+    input_bytes: u64,
     save_opts: &SaveOptions,
     path: impl Fn(&str) -> PathBuf,
 ) -> Result<BenchReport> {
-    let ours_job = |out: &Path| -> Result<()> {
-        match subject {
-            Subject::Memory(c) => save_to_path(c, out, save_opts).map(drop),
-            Subject::File(input, _) => {
-                let i = crate::input::open(input, Some(opts.arch))?;
-                save_to_path(&i.components, out, save_opts).map(drop)
-            }
-        }
-    };
-    let candle_job = |out: &Path| -> Result<()> {
-        match subject {
-            Subject::Memory(c) => candle_save(c, opts.dtype, out),
-            Subject::File(input, _) => candle_file_to_file(input, opts.dtype, out),
-        }
-    };
     let (workers, chunk) = opts.engine.effective();
     let ours_path = path("ours");
     let candle_path = path("candle");
@@ -178,37 +126,46 @@ fn measure(
 
     // Warm-up: page in the model, size the checkpoint, start thread pools.
     let saved = {
-        let s = match subject {
-            Subject::Memory(c) => save_to_path(c, &ours_path, save_opts),
-            Subject::File(input, _) => crate::input::open(input, Some(opts.arch))
-                .and_then(|i| save_to_path(&i.components, &ours_path, save_opts)),
-        };
+        let s = subject.ours(opts, save_opts, &ours_path);
         remove(&ours_path)?;
         s?
     };
     let bytes = saved.bytes;
-    let input_bytes = match subject {
-        Subject::File(_, b) => Some(*b),
-        Subject::Memory(_) => None,
-    };
-    // candle's load holds the input twice at its peak (measured: 8.1 GB for a 4.3 GB SD1.5
-    // f32 file cast to 2.1 GB); a save from memory holds the cast copy.
-    let candle_skipped = candle_fits(2 * input_bytes.unwrap_or(0) + bytes);
+    let candle_skipped = candle_fits(subject.candle_holds(input_bytes) + bytes);
     let block = random_block(8 << 20)?;
     let block = block.as_slice();
     let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
     if candle_skipped.is_none() {
-        timed(|| candle_job(&candle_path), &candle_path)?;
+        timed(|| subject.candle(opts, &candle_path), &candle_path)?;
     }
+    let some = |r: Result<Option<Saved>>| r.map(drop);
+    let baking = subject.bake(opts, save_opts, &ours_path)?.is_some();
+    remove(&ours_path)?;
 
     let (mut ours, mut candle, mut seq, mut par, mut direct) = Default::default();
+    let (mut bake, mut plain): (Vec<Sample>, Vec<Sample>) = Default::default();
     let push = |v: &mut Vec<Sample>, s| v.push(s);
     for _ in 0..opts.runs.max(1) {
-        push(&mut ours, timed(|| ours_job(&ours_path), &ours_path)?);
+        let ours_job = || subject.ours(opts, save_opts, &ours_path).map(drop);
+        push(&mut ours, timed(ours_job, &ours_path)?);
         if candle_skipped.is_none() {
+            let job = || subject.candle(opts, &candle_path);
+            push(&mut candle, timed(job, &candle_path)?);
+        }
+        if baking {
             push(
-                &mut candle,
-                timed(|| candle_job(&candle_path), &candle_path)?,
+                &mut bake,
+                timed(
+                    || some(subject.bake(opts, save_opts, &ours_path)),
+                    &ours_path,
+                )?,
+            );
+            push(
+                &mut plain,
+                timed(
+                    || some(subject.plain(opts, save_opts, &ours_path)),
+                    &ours_path,
+                )?,
             );
         }
         push(
@@ -224,6 +181,7 @@ fn measure(
     let of = |runs: &Vec<Sample>| (!runs.is_empty()).then(|| Measure::of(runs, bytes));
     let (ours, candle) = (Measure::of(&ours, bytes), of(&candle));
     let (seq, par) = (Measure::of(&seq, bytes), Measure::of(&par, bytes));
+    let (lora_bake, plain_convert) = (of(&bake), of(&plain));
     let raw_direct = of(&direct);
     let raw_best_gbps = raw_direct
         .as_ref()
@@ -239,23 +197,25 @@ fn measure(
     let storage = seq.gbps.max(par.gbps);
     let ceiling_gbps = device_copy_gbps.map_or(storage, |d| d.min(storage));
     let candle_gbps = candle.as_ref().map(|c| c.gbps);
+    let ratio_bake_to_convert = match (&lora_bake, &plain_convert) {
+        (Some(b), Some(p)) => Some(b.median_s / p.median_s),
+        _ => None,
+    };
     Ok(BenchReport {
-        job: if input_bytes.is_some() {
-            "file-to-file"
-        } else {
-            "save"
-        }
-        .into(),
+        job: subject.name().into(),
         arch: opts.arch.to_string(),
         dtype: opts.dtype.to_string(),
         device: format!("{:?}", opts.device.location()),
         output_dir: opts.output_dir.display().to_string(),
         bytes,
-        input_bytes,
-        input_dir: match subject {
-            Subject::File(p, _) => p.parent().map(|d| d.display().to_string()),
-            Subject::Memory(_) => None,
-        },
+        input_bytes: (input_bytes > 0).then_some(input_bytes),
+        input_dir: (input_bytes > 0).then(|| {
+            opts.input_dir
+                .as_ref()
+                .unwrap_or(&opts.output_dir)
+                .display()
+                .to_string()
+        }),
         tensors: saved.tensors,
         threads: workers,
         chunk_size: chunk,
@@ -277,6 +237,9 @@ fn measure(
         ceiling_sequential: seq,
         ceiling_parallel: par,
         raw_direct,
+        lora_bake,
+        plain_convert,
+        ratio_bake_to_convert,
     })
 }
 
@@ -298,6 +261,8 @@ fn candle_fits(bytes: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::save::save_to_path;
+    use crate::synthetic::{self, SyntheticOptions};
 
     fn options(dir: &Path, from_file: bool) -> BenchOptions {
         BenchOptions {
@@ -311,6 +276,8 @@ mod tests {
             device: Device::Cpu,
             from_file,
             input_dir: None,
+            merge: false,
+            lora_rank: None,
         }
     }
 

@@ -88,7 +88,7 @@ fn candle_target(dtype: TargetDtype) -> Option<candle_core::DType> {
     dtype.file_dtype().and_then(candle_dtype)
 }
 
-fn save_synced(map: &HashMap<String, candle_core::Tensor>, path: &Path) -> Result<()> {
+pub(super) fn save_synced(map: &HashMap<String, candle_core::Tensor>, path: &Path) -> Result<()> {
     candle_core::safetensors::save(map, path)?;
     File::open(path)
         .and_then(|f| f.sync_all())

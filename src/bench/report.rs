@@ -109,6 +109,12 @@ pub struct BenchReport {
     pub ratio_ceiling: f64,
     /// ours / candle.
     pub ratio_candle: Option<f64>,
+    /// Our bake of a LoRA into A (`merge` with a LoRA rank).
+    pub lora_bake: Option<Measure>,
+    /// A plain convert of A, beside the bake.
+    pub plain_convert: Option<Measure>,
+    /// Median bake time over median convert time.
+    pub ratio_bake_to_convert: Option<f64>,
     /// Our peak extra resident memory.
     pub peak_rss_bytes: u64,
     /// Our peak extra anonymous memory.
@@ -134,9 +140,9 @@ impl std::fmt::Display for BenchReport {
         )?;
         match (self.input_bytes, &self.input_dir) {
             (Some(b), Some(d)) if *d != self.output_dir => {
-                writeln!(f, ", from a {:.2} GB file in {d}", gb(b))?
+                writeln!(f, ", from {:.2} GB of input files in {d}", gb(b))?
             }
-            (Some(b), _) => writeln!(f, ", from a {:.2} GB file there", gb(b))?,
+            (Some(b), _) => writeln!(f, ", from {:.2} GB of input files there", gb(b))?,
             (None, _) => writeln!(f)?,
         }
         writeln!(
@@ -153,11 +159,20 @@ impl std::fmt::Display for BenchReport {
         )?;
         let candle = match self.job.as_str() {
             "file-to-file" => "(b) candle load + to_dtype + save",
+            "merge" => "(b) candle load both + a*r+b*(1-r)",
             _ => "(b) candle to_dtype + save",
         };
         let rows = [
             ("(a) checkpoint-save", Some(&self.ours)),
             (candle, self.candle.as_ref()),
+            (
+                "(e) checkpoint-save LoRA bake of A",
+                self.lora_bake.as_ref(),
+            ),
+            (
+                "(f) checkpoint-save convert of A",
+                self.plain_convert.as_ref(),
+            ),
             ("(c) raw, one stream", Some(&self.ceiling_sequential)),
             ("(c) raw, parallel pwrite", Some(&self.ceiling_parallel)),
             (
@@ -181,6 +196,9 @@ impl std::fmt::Display for BenchReport {
             writeln!(f, "(b) not run: {why}")?;
         }
         write!(f, "ratio to ceiling a/c = {:.2}", self.ratio_ceiling)?;
+        if let Some(r) = self.ratio_bake_to_convert {
+            write!(f, ", LoRA bake / plain convert e/f = {r:.2}")?;
+        }
         if let (Some(r), Some(b)) = (self.ratio_candle, self.ratio_candle_bound) {
             write!(
                 f,

@@ -47,6 +47,19 @@ pub(crate) enum Command {
     #[command(after_help = EXIT_CODES)]
     Split(SplitArgs),
 
+    /// Merge checkpoints and bake LoRAs, streamed into one checkpoint (ComfyUI's merge nodes and
+    /// LoraLoader, then Save Checkpoint).
+    ///
+    /// `merge A B --ratio R` is ModelMergeSimple (A·R + B·(1−R): 1 keeps A); `merge A B C
+    /// --add-difference M` is A + (B − C)·M; `--subtract M` (A·M − B·M) and `--add` (A + B) are
+    /// ModelSubtract and ModelAdd. The text encoders are A's unless --clip-ratio is given, the
+    /// VAE is A's unless --vae b. `--lora FILE[:MODEL[:CLIP]]` (repeatable) bakes LoRAs into
+    /// the result; with one input it only bakes. Inputs are single files or diffusers folders.
+    /// Every tensor is computed in f32 as it is written and rounded once; the recipe is recorded
+    /// in the metadata (`checkpoint_save.recipe`).
+    #[command(after_help = EXIT_CODES)]
+    Merge(Box<MergeArgs>),
+
     /// Show a checkpoint's architecture, prediction, tensors per part, dtypes and metadata.
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
@@ -63,6 +76,11 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
+    /// What to time: `save` (a model in memory, or with --from-file a file-to-file convert) or
+    /// `merge` (a weighted sum of two f32 checkpoints on disk, ratio 0.3, text encoders too).
+    #[arg(value_name = "JOB", default_value = "save")]
+    pub(crate) job: BenchJob,
+
     /// Architecture of the synthetic model.
     #[arg(long, value_name = "ARCH")]
     pub(crate) synthetic: Arch,
@@ -97,10 +115,15 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) from_file: bool,
 
-    /// Folder the --from-file input is written into (default: --output-dir), e.g. a disk
-    /// folder when the output folder is a tmpfs too small for input and output together.
-    #[arg(long, value_name = "DIR", requires = "from_file")]
+    /// Folder the input files of --from-file and `merge` are written into (default:
+    /// --output-dir), e.g. a disk folder when the output folder is a tmpfs too small for both.
+    #[arg(long, value_name = "DIR")]
     pub(crate) input_dir: Option<PathBuf>,
+
+    /// With `merge`: also time baking a rank-R LoRA (every attention and convolution weight)
+    /// into A, beside a plain convert of A.
+    #[arg(long, value_name = "R")]
+    pub(crate) lora_rank: Option<usize>,
 
     /// Print one JSON object instead of the table.
     #[arg(long)]
@@ -108,6 +131,15 @@ pub(crate) struct BenchArgs {
 
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+}
+
+/// The jobs `bench` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchJob {
+    /// A save (from memory, or with --from-file from a file).
+    Save,
+    /// A weighted-sum merge of two checkpoints on disk.
+    Merge,
 }
 
 /// Settings of the parallel writer.
@@ -280,6 +312,107 @@ pub(crate) struct SaveArgs {
         help_heading = "Inputs"
     )]
     pub(crate) tiny: bool,
+
+    #[command(flatten)]
+    pub(crate) out: SaveFlags,
+}
+
+/// Which input's autoencoder a merge writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum VaeFrom {
+    /// A's.
+    A,
+    /// B's.
+    B,
+}
+
+/// `merge`'s inputs, operation and LoRAs, and the save flags.
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// A, then B (and C for --add-difference): single-file checkpoints or diffusers folders.
+    #[arg(value_name = "INPUT", required = true, num_args = 1..=3)]
+    pub(crate) inputs: Vec<PathBuf>,
+
+    /// Weighted sum, ComfyUI's convention: A·R + B·(1 − R) (1 keeps A; A1111's M is 1 − R).
+    #[arg(
+        long,
+        value_name = "R",
+        group = "operation",
+        allow_negative_numbers = true,
+        help_heading = "Merge"
+    )]
+    pub(crate) ratio: Option<f64>,
+
+    /// Add difference: A + (B − C)·M (three inputs).
+    #[arg(
+        long,
+        value_name = "M",
+        group = "operation",
+        allow_negative_numbers = true,
+        help_heading = "Merge"
+    )]
+    pub(crate) add_difference: Option<f64>,
+
+    /// ComfyUI's ModelSubtract: A·M − B·M.
+    #[arg(
+        long,
+        value_name = "M",
+        group = "operation",
+        allow_negative_numbers = true,
+        help_heading = "Merge"
+    )]
+    pub(crate) subtract: Option<f64>,
+
+    /// ComfyUI's ModelAdd: A + B.
+    #[arg(long, group = "operation", help_heading = "Merge")]
+    pub(crate) add: bool,
+
+    /// Merge the text encoders too, with this ratio (or multiplier) in the same operation
+    /// (`position_ids` and `logit_scale` stay A's, as CLIPMergeSimple keeps them).
+    #[arg(
+        long,
+        value_name = "R",
+        allow_negative_numbers = true,
+        help_heading = "Merge"
+    )]
+    pub(crate) clip_ratio: Option<f64>,
+
+    /// Whose VAE is written, unmerged.
+    #[arg(
+        long,
+        value_name = "INPUT",
+        default_value = "a",
+        help_heading = "Merge"
+    )]
+    pub(crate) vae: VaeFrom,
+
+    /// Per-block ratios of the denoiser: `input=R,middle=R,out=R` (ModelMergeBlocks),
+    /// `IN00=R,…,M00=R,OUT11=R`, key prefixes (`joint_blocks.3.=R`), or a list of 25 (SD1/SD2)
+    /// or 19 (SDXL) ratios. The longest matching prefix wins; others take the operation's.
+    #[arg(long, value_name = "SPEC", help_heading = "Merge")]
+    pub(crate) block_ratios: Option<String>,
+
+    /// A LoRA to bake, with its model and clip strengths (default 1; the clip's defaults to the
+    /// model's). Repeatable; applied in order, after the merge.
+    #[arg(long, value_name = "FILE[:MODEL[:CLIP]]", help_heading = "Merge")]
+    pub(crate) lora: Vec<String>,
+
+    /// Keys B or C lack are taken from A instead of refusing the merge.
+    #[arg(long, help_heading = "Merge")]
+    pub(crate) allow_missing: bool,
+
+    /// Refuse a LoRA any of whose keys match no tensor.
+    #[arg(long, help_heading = "Merge")]
+    pub(crate) strict: bool,
+
+    /// Where merged tensors are computed: cpu (fused into the write), cuda:N or metal:N.
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        default_value = "cpu",
+        help_heading = "Merge"
+    )]
+    pub(crate) device: String,
 
     #[command(flatten)]
     pub(crate) out: SaveFlags,

@@ -11,7 +11,7 @@ use clap::CommandFactory;
 use serde_json::Value;
 
 use crate::args::{
-    ArchArg, BenchArgs, Cli, ConvertArgs, InspectArgs, SaveArgs, SaveFlags, SplitArgs,
+    ArchArg, BenchArgs, BenchJob, Cli, ConvertArgs, InspectArgs, SaveArgs, SaveFlags, SplitArgs,
 };
 use crate::print_stdout;
 use crate::report::{report, Job};
@@ -68,7 +68,7 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
 }
 
 /// Everything but the components, validated before any input is read.
-fn save_options(args: &SaveFlags, cancel: &Arc<AtomicBool>) -> Result<SaveOptions> {
+pub(crate) fn save_options(args: &SaveFlags, cancel: &Arc<AtomicBool>) -> Result<SaveOptions> {
     let layout = match args.arch {
         ArchArg::Auto => LayoutChoice::Auto,
         ArchArg::Arch(a) => LayoutChoice::Arch(a),
@@ -273,7 +273,7 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<()> {
     }
 }
 
-fn parse_device(s: &str) -> Result<Device> {
+pub(crate) fn parse_device(s: &str) -> Result<Device> {
     let ordinal = |rest: &str| -> Result<usize> {
         rest.parse()
             .with_context(|| format!("`{s}`: the device number after `:` must be a whole number"))
@@ -313,7 +313,15 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         device,
         from_file: args.from_file,
         input_dir: args.input_dir.clone(),
+        merge: args.job == BenchJob::Merge,
+        lora_rank: args.lora_rank,
     };
+    if args.lora_rank.is_some() && !opts.merge {
+        usage_error("--lora-rank times a LoRA bake beside a merge: give `bench merge`");
+    }
+    if args.from_file && opts.merge {
+        usage_error("`bench merge` always starts from files; drop --from-file");
+    }
     let report = bench::run(&opts)?;
     if args.json {
         print_stdout(&serde_json::to_string(&report).context("cannot encode the report")?)

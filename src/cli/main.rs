@@ -9,6 +9,7 @@
 
 mod args;
 mod commands;
+mod merge;
 mod report;
 
 use std::io::Write as _;
@@ -104,6 +105,7 @@ fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     match cli.command {
         Command::Save(args) => commands::save(&args, cancel),
         Command::Convert(args) => commands::convert(&args, cancel),
+        Command::Merge(args) => merge::merge(&args, cancel),
         Command::Split(args) => commands::split(&args, cancel),
         Command::Inspect(args) => commands::inspect(&args),
         Command::Bench(args) => commands::bench(&args),

@@ -55,6 +55,19 @@ pub struct Input {
     pub bytes: u64,
 }
 
+impl Input {
+    /// The files the input's tensors lie in, each once, sorted.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for t in self.components.tensors() {
+            t.input_files(&mut |f| out.push(f.path().to_path_buf()));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// Prefixes only single-file checkpoints have.
 const SINGLE_FILE_PREFIXES: [&str; 6] = [
     "model.diffusion_model.",
@@ -94,6 +107,20 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
          pass component files to `save --model F --clip F --vae F`",
         path.display()
     )))
+}
+
+/// Every tensor of a `.safetensors` file (or shard index), read where it lies: what a LoRA is
+/// opened as.
+///
+/// # Errors
+/// Read errors; invalid files.
+pub(crate) fn open_tensors(path: &Path) -> Result<InputMap> {
+    let set = open_set(path)?;
+    Ok(set
+        .tensors
+        .into_iter()
+        .map(|(k, t)| (k, InputTensor::File(t)))
+        .collect())
 }
 
 /// One component read from files, with what its conversion made up or left out.

@@ -14,6 +14,7 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::dtype::{file_dtype, Dtype};
+use crate::model::merged::Merged;
 use crate::read::{SafetensorsFile, TensorEntry};
 
 /// Named candle tensors of one component, sorted by name so every walk over them is deterministic.
@@ -78,6 +79,8 @@ pub enum InputTensor {
     Joined(Arc<Joined>),
     /// A 2-D tensor, transposed (an OpenCLIP projection read back into HF naming).
     Transposed(Arc<InputTensor>),
+    /// A tensor computed from others when written: a merge, a LoRA bake ([`Merged`]).
+    Merged(Arc<Merged>),
 }
 
 /// Element ranges of other tensors, concatenated along dim 0 (row-major: their bytes, in order),
@@ -107,6 +110,7 @@ impl InputTensor {
                 info.shape.reverse();
                 info
             }
+            InputTensor::Merged(m) => m.info().clone(),
         }
     }
 
@@ -194,6 +198,7 @@ impl InputTensor {
             InputTensor::File(_) => false,
             InputTensor::Joined(j) => j.parts.iter().any(|(t, _)| t.on_device()),
             InputTensor::Transposed(t) => t.on_device(),
+            InputTensor::Merged(m) => m.operands().iter().any(|t| t.on_device()),
         }
     }
 
@@ -204,6 +209,7 @@ impl InputTensor {
             InputTensor::File(t) => f(t.file()),
             InputTensor::Joined(j) => j.parts.iter().for_each(|(t, _)| t.input_files(f)),
             InputTensor::Transposed(t) => t.input_files(f),
+            InputTensor::Merged(m) => m.operands().iter().for_each(|t| t.input_files(f)),
         }
     }
 

@@ -2,12 +2,13 @@
 //!
 //! A model is three components (the denoiser "model", the text encoders "clip", the autoencoder
 //! "vae"), each a map from ComfyUI's in-memory key names to tensors. A tensor is wherever its
-//! bytes already are — a candle tensor on any device, a range of an input file, or a view joining
-//! parts of those ([`InputTensor`]); later stages read it only when the file is written.
+//! bytes already are — a candle tensor on any device, a range of an input file, a view joining
+//! parts of those, or a merge computed from them ([`InputTensor`]); later stages read it only when the file is written.
 
 pub mod arch;
 pub mod components;
 pub mod dtype;
+pub mod merged;
 
 pub use arch::{Arch, Prediction};
 pub use components::{
@@ -15,3 +16,4 @@ pub use components::{
     Joined, TensorInfo, TensorMap,
 };
 pub use dtype::{Dtype, TargetDtype};
+pub use merged::{LoraFactors, Merged, Patch, PatchValue};

@@ -10,13 +10,15 @@
 //! its filled buffers to the writer. Without the feature, [`cuda`] is a stand-in with the same
 //! names that has no device groups, so callers need no `#[cfg]`.
 //!
-//! Offload does no file I/O.
+//! Offload writes no file: input files' ranges are read through the one reader. Merged
+//! tensors are computed here, range by range ([`merge`]).
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_disabled.rs"]
 pub(crate) mod cuda;
+mod merge;
 
 use std::ops::Range;
 
@@ -38,6 +40,7 @@ pub struct Scratch {
     contiguous: Option<(usize, Tensor)>,
     transposed: Option<(usize, Vec<u8>)>,
     read: Vec<u8>,
+    lora: Option<(usize, std::sync::Arc<merge::LoraMatrices>)>,
 }
 
 impl Scratch {
@@ -70,7 +73,11 @@ impl Scratch {
                 )));
             };
             let bytes = host_bytes(t)?;
-            let w = unit_width(info.dtype);
+            // A merged tensor's host bytes are its f32 values.
+            let w = match t {
+                InputTensor::Merged(_) => 4,
+                _ => unit_width(info.dtype),
+            };
             let mut out = vec![0u8; bytes.len()];
             for r in 0..rows {
                 for c in 0..cols {
@@ -85,6 +92,14 @@ impl Scratch {
             .as_ref()
             .map_or(&[][..], |(_, b)| b.as_slice()))
     }
+}
+
+/// Every byte of a small tensor (row-major; its own dtype, f32 for a merged one) in host memory.
+///
+/// # Errors
+/// Read and device errors.
+pub(crate) fn whole_bytes(t: &InputTensor) -> Result<Vec<u8>> {
+    host_bytes(t)
 }
 
 /// Every byte of a tensor (row-major, its own dtype) in host memory: for the small tensors a
@@ -109,6 +124,7 @@ fn host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
         InputTensor::Transposed(_) => Err(Error::InvalidInput(
             "a transposed tensor inside a conversion is not supported".into(),
         )),
+        InputTensor::Merged(m) => merge::merged_bytes(m, &mut Scratch::default()),
     }
 }
 
@@ -123,7 +139,9 @@ pub(crate) fn is_in_place(piece: &Piece) -> bool {
             tensor.device().is_cpu() && tensor.is_contiguous() && piece.src_dtype == piece.dst_dtype
         }
         PieceSource::Host { .. } => piece.src_dtype == piece.dst_dtype,
-        PieceSource::File { .. } | PieceSource::Transposed { .. } => false,
+        PieceSource::File { .. } | PieceSource::Transposed { .. } | PieceSource::Merged { .. } => {
+            false
+        }
     }
 }
 
@@ -153,9 +171,11 @@ pub(crate) fn with_bytes_in_place<R>(
             let shifted = offset + units.start..offset + units.end;
             with_cpu_bytes(tensor, shifted, w, f)
         }
-        PieceSource::File { .. } | PieceSource::Transposed { .. } => Err(Error::InvalidInput(
-            "a file or transposed piece is never in place".into(),
-        )),
+        PieceSource::File { .. } | PieceSource::Transposed { .. } | PieceSource::Merged { .. } => {
+            Err(Error::InvalidInput(
+                "a file, transposed or merged piece is never in place".into(),
+            ))
+        }
     }
 }
 
@@ -240,6 +260,10 @@ pub(crate) fn fill(
             with_cpu_bytes(&c, shifted, unit_width(piece.src_dtype), |src| {
                 convert(src, piece.src_dtype)
             })
+        }
+        PieceSource::Merged { merged, offset } => {
+            let shifted = offset + units.start..offset + units.end;
+            merge::fill_merged(merged, name, shifted, out, dst, scratch)
         }
         PieceSource::Transposed { tensor, offset } => {
             let w = unit_width(piece.src_dtype);

@@ -17,7 +17,7 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::layout::{Entry, Layout, Source};
 use crate::model::dtype::{self, Dtype, TargetDtype};
-use crate::model::{ComponentKind, Components, InputTensor};
+use crate::model::{ComponentKind, Components, InputTensor, Merged};
 use crate::read::SafetensorsFile;
 pub use header::MAX_HEADER_LEN;
 
@@ -76,6 +76,8 @@ pub enum PieceSource {
     Transposed { tensor: InputTensor, offset: usize },
     /// Bytes already in the file dtype, from unit `offset` on.
     Host { bytes: HostBytes, offset: usize },
+    /// Units `offset..` of a merged tensor, computed (in f32) when filled.
+    Merged { merged: Arc<Merged>, offset: usize },
 }
 
 impl PieceSource {
@@ -86,7 +88,8 @@ impl PieceSource {
             PieceSource::Candle { offset, .. }
             | PieceSource::File { offset, .. }
             | PieceSource::Transposed { offset, .. }
-            | PieceSource::Host { offset, .. } => *offset += by,
+            | PieceSource::Host { offset, .. }
+            | PieceSource::Merged { offset, .. } => *offset += by,
         }
         s
     }
@@ -112,6 +115,9 @@ impl std::fmt::Debug for PieceSource {
             }
             PieceSource::Host { bytes, offset } => {
                 write!(f, "Host({} bytes from {offset})", (**bytes).as_ref().len())
+            }
+            PieceSource::Merged { merged, offset } => {
+                write!(f, "Merged({:?} from {offset})", merged.info().shape)
             }
         }
     }
@@ -442,11 +448,23 @@ fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
         }
         InputTensor::Transposed(inner) => {
             refuse_packed(key, inner, "transposed")?;
+            // A merged tensor is transposed from its f32 values.
+            let dtype = match &**inner {
+                InputTensor::Merged(_) => Dtype::F32,
+                _ => info.dtype,
+            };
             let source = PieceSource::Transposed {
                 tensor: (**inner).clone(),
                 offset: 0,
             };
-            vec![(source, info.dtype, units)]
+            vec![(source, dtype, units)]
+        }
+        InputTensor::Merged(m) => {
+            let source = PieceSource::Merged {
+                merged: Arc::clone(m),
+                offset: 0,
+            };
+            vec![(source, Dtype::F32, units)]
         }
         InputTensor::Joined(j) => {
             let mut out = Vec::new();
@@ -456,6 +474,29 @@ fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
             out
         }
     })
+}
+
+/// How an operand of a merge is read: its pieces, consecutive from unit 0, filled as f32.
+///
+/// # Errors
+/// Packed or otherwise unplannable tensors (see [`Plan::new`]).
+pub(crate) fn operand_pieces(key: &str, t: &InputTensor) -> Result<Vec<Piece>> {
+    let mut start = 0u64;
+    Ok(runs(key, t)?
+        .into_iter()
+        .map(|(source, src_dtype, units)| {
+            let p = Piece {
+                source,
+                src_dtype,
+                dst_dtype: Dtype::F32,
+                start,
+                units,
+                tensor: 0,
+            };
+            start = p.end();
+            p
+        })
+        .collect())
 }
 
 /// The units `range` of a tensor made of `runs`.

@@ -16,6 +16,7 @@
 
 mod configs;
 mod expand;
+pub mod lora;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,198 @@
+//! `merge`: inputs opened where they lie, the recipe built, the result streamed into one save.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::args::{ArchArg, MergeArgs, VaeFrom};
+use crate::commands::{parse_device, save_options};
+use crate::print_stdout;
+use crate::report::{report, Job};
+use checkpoint_save::merge::{
+    merge as merge_inputs, BlockRatios, InputRecord, Lora, LoraBake, MergeReport, Operation,
+    Recipe, RECIPE_KEY,
+};
+use checkpoint_save::{open_input, Input, LayoutChoice};
+
+/// `merge`: a merge or LoRA bake of files into one checkpoint.
+pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
+    let start = Instant::now();
+    let mut opts = save_options(&args.out, cancel)?;
+    let operation = operation(args)?;
+    let recipe_base = Recipe {
+        operation,
+        blocks: match &args.block_ratios {
+            Some(spec) => BlockRatios::parse(spec)?,
+            None => BlockRatios::default(),
+        },
+        clip: args
+            .clip_ratio
+            .map(|r| finite(r, "--clip-ratio"))
+            .transpose()?,
+        vae_from: match args.vae {
+            VaeFrom::A => 0,
+            VaeFrom::B => 1,
+        },
+        allow_missing: args.allow_missing,
+        strict: args.strict,
+        device: match parse_device(&args.device)? {
+            d if d.is_cpu() => None,
+            d => Some(d),
+        },
+        loras: Vec::new(),
+    };
+    let loras = args
+        .lora
+        .iter()
+        .map(|s| lora_arg(s))
+        .collect::<Result<Vec<_>>>()?;
+    let recipe = Recipe {
+        loras,
+        ..recipe_base
+    };
+    let arch = match args.out.arch {
+        ArchArg::Arch(a) => Some(a),
+        ArchArg::Auto | ArchArg::Generic => None,
+    };
+    let inputs: Vec<Input> = args
+        .inputs
+        .iter()
+        .map(|p| open_input(p, arch).with_context(|| format!("cannot read {}", p.display())))
+        .collect::<Result<_>>()?;
+    let records = args
+        .inputs
+        .iter()
+        .zip(&inputs)
+        .map(|(p, i)| record(p, i))
+        .collect::<Result<Vec<_>>>()?;
+    let components: Vec<_> = inputs.iter().map(|i| &i.components).collect();
+    let (merged, summary) = merge_inputs(&components, &records, &recipe)?;
+    if let (LayoutChoice::Auto, Some(a)) = (&opts.layout, summary.arch) {
+        opts.layout = LayoutChoice::Arch(a);
+    }
+    opts.prediction = opts.prediction.or(inputs[0].prediction);
+    opts.metadata
+        .extra
+        .insert(RECIPE_KEY.to_string(), summary.recipe.clone());
+    let saved = checkpoint_save::save(&merged, &opts)?;
+    print_stdout(&saved.path.display().to_string())?;
+    if !args.out.quiet {
+        let job = Job {
+            arch: summary.arch,
+            read_bytes: inputs.iter().map(|i| i.bytes).sum(),
+            left_out: inputs.iter().flat_map(|i| i.left_out.clone()).collect(),
+            created: inputs[0].created.clone(),
+        };
+        report(&saved, &job, start.elapsed());
+        eprintln!("{}", merge_line(&summary));
+    }
+    Ok(())
+}
+
+/// The operation the flags and the number of inputs ask for.
+fn operation(args: &MergeArgs) -> Result<Operation> {
+    let n = args.inputs.len();
+    let op = match (args.ratio, args.add_difference, args.subtract, args.add) {
+        (Some(r), ..) => Operation::WeightedSum {
+            ratio: finite(r, "--ratio")?,
+        },
+        (_, Some(m), ..) => Operation::AddDifference {
+            multiplier: finite(m, "--add-difference")?,
+        },
+        (_, _, Some(m), _) => Operation::Subtract {
+            multiplier: finite(m, "--subtract")?,
+        },
+        (.., true) => Operation::Add,
+        _ if n == 1 => Operation::None,
+        _ => bail!(
+            "{n} inputs need an operation: --ratio R (A·R + B·(1−R)), --subtract M, --add, or \
+             with three inputs --add-difference M"
+        ),
+    };
+    if op.inputs() != n {
+        bail!(
+            "this operation takes {} input(s) (A{}), {n} given",
+            op.inputs(),
+            [" only", " B", " B C"][op.inputs() - 1]
+        );
+    }
+    if n == 1 && args.lora.is_empty() {
+        bail!("one input and no --lora: nothing to merge or bake (use `convert` to re-save a checkpoint)");
+    }
+    Ok(op)
+}
+
+fn finite(v: f64, flag: &str) -> Result<f64> {
+    if !v.is_finite() {
+        bail!("{flag} {v} is not a finite number");
+    }
+    Ok(v)
+}
+
+/// `FILE[:MODEL[:CLIP]]`; strengths are split off the end, so a path may hold `:` itself.
+fn lora_arg(s: &str) -> Result<LoraBake> {
+    let mut path = s;
+    let mut strengths = Vec::new();
+    while strengths.len() < 2 {
+        let Some((head, tail)) = path.rsplit_once(':') else {
+            break;
+        };
+        match tail.parse::<f64>() {
+            Ok(v) => {
+                strengths.insert(0, finite(v, &format!("the strength in --lora {s}"))?);
+                path = head;
+            }
+            Err(_) => break,
+        }
+    }
+    let model = strengths.first().copied().unwrap_or(1.0);
+    let clip = strengths.get(1).copied().unwrap_or(model);
+    let lora =
+        Lora::open(Path::new(path)).with_context(|| format!("cannot read the LoRA {path}"))?;
+    Ok(LoraBake {
+        lora,
+        strength_model: model,
+        strength_clip: clip,
+    })
+}
+
+/// An input as the recipe names it: its file or folder name, size and header hash.
+fn record(path: &Path, input: &Input) -> Result<InputRecord> {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let files: Vec<PathBuf> = input.files();
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let mut r = InputRecord::of_files(&name, &refs)?;
+    r.defaults = input.created.clone();
+    Ok(r)
+}
+
+/// The merge's summary line.
+fn merge_line(r: &MergeReport) -> String {
+    let mut line = format!(
+        "merged {} tensor(s), {} copied as they are",
+        r.merged, r.copied
+    );
+    if !r.missing.is_empty() {
+        line.push_str(&format!(
+            "; {} missing from B/C kept from A",
+            r.missing.len()
+        ));
+    }
+    for (name, matched, unmatched) in &r.loras {
+        line.push_str(&format!("; LoRA {name}: {matched} module(s) baked"));
+        if !unmatched.is_empty() {
+            line.push_str(&format!(
+                ", {} key(s) matched nothing (first: `{}`)",
+                unmatched.len(),
+                unmatched[0]
+            ));
+        }
+    }
+    line
+}

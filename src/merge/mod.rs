@@ -1,0 +1,448 @@
+//! Merges and LoRA bakes as one more source of the plan: the components a save takes, whose
+//! tensors are [`Merged`] expressions over the inputs' tensors, computed range by range when the
+//! checkpoint is written (see [`crate::model::merged`] for the arithmetic and how it matches
+//! ComfyUI's, and `offload` for its evaluation). Nothing is loaded: inputs stay in their files
+//! (or on their device), and memory stays at the staging budget and a few tensors.
+//!
+//! [`Recipe`] says what to compute; [`merge`] turns inputs (A, B, C in ComfyUI's names, from
+//! [`crate::open_input`] or candle tensors) and LoRAs into components plus a [`MergeReport`].
+
+mod blocks;
+mod lora;
+mod recipe;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+use crate::layout::detect::detect_model;
+use crate::model::merged::{LoraFactors, Merged, Patch, PatchValue};
+use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor};
+pub use blocks::BlockRatios;
+pub use lora::Lora;
+pub use recipe::{InputRecord, RECIPE_KEY};
+
+/// What a merge computes for each tensor of the merged components. Ratios and multipliers are
+/// ComfyUI's (`ratio` 1 keeps A); A1111's and sd-mecha's `alpha` is `1 − ratio`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Operation {
+    /// Only A (with the LoRAs baked in).
+    None,
+    /// ModelMergeSimple / CLIPMergeSimple: `A·ratio + B·(1 − ratio)`.
+    WeightedSum {
+        /// 1 gives A, 0 gives B.
+        ratio: f64,
+    },
+    /// Add difference, as ModelSubtract(B, C) into ModelAdd(A): `A + (B·m + C·(−m))`.
+    AddDifference {
+        /// `m`.
+        multiplier: f64,
+    },
+    /// ModelSubtract(A, B): `A·m + B·(−m)`.
+    Subtract {
+        /// `m`.
+        multiplier: f64,
+    },
+    /// ModelAdd(A, B): `A + B`.
+    Add,
+}
+
+impl Operation {
+    /// How many inputs the operation takes (A, B, C).
+    pub fn inputs(self) -> usize {
+        match self {
+            Operation::None => 1,
+            Operation::WeightedSum { .. } | Operation::Subtract { .. } | Operation::Add => 2,
+            Operation::AddDifference { .. } => 3,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Operation::None => "none",
+            Operation::WeightedSum { .. } => "weighted_sum",
+            Operation::AddDifference { .. } => "add_difference",
+            Operation::Subtract { .. } => "subtract",
+            Operation::Add => "add",
+        }
+    }
+
+    /// The same operation with its ratio or multiplier replaced (block ratios, the clip's).
+    fn with(self, v: f64) -> Operation {
+        match self {
+            Operation::WeightedSum { .. } => Operation::WeightedSum { ratio: v },
+            Operation::AddDifference { .. } => Operation::AddDifference { multiplier: v },
+            Operation::Subtract { .. } => Operation::Subtract { multiplier: v },
+            other => other,
+        }
+    }
+
+    fn value(self) -> Option<f64> {
+        match self {
+            Operation::WeightedSum { ratio } => Some(ratio),
+            Operation::AddDifference { multiplier } | Operation::Subtract { multiplier } => {
+                Some(multiplier)
+            }
+            Operation::None | Operation::Add => None,
+        }
+    }
+}
+
+/// A LoRA to bake, with ComfyUI's LoraLoader strengths.
+#[derive(Debug, Clone)]
+pub struct LoraBake {
+    /// The LoRA.
+    pub lora: Lora,
+    /// Strength on the denoiser.
+    pub strength_model: f64,
+    /// Strength on the text encoders.
+    pub strength_clip: f64,
+}
+
+/// What to compute.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// The operation on the denoiser.
+    pub operation: Operation,
+    /// Per-block ratios of the denoiser (their value replaces the operation's where a prefix
+    /// matches).
+    pub blocks: BlockRatios,
+    /// The text encoders: merged with the operation and this value (as CLIPMergeSimple,
+    /// `position_ids` and `logit_scale` stay A's), or `None` to take A's.
+    pub clip: Option<f64>,
+    /// Which input's autoencoder is written (0: A, 1: B), unmerged, as Save Checkpoint does.
+    pub vae_from: usize,
+    /// LoRAs baked in after the merge, in order.
+    pub loras: Vec<LoraBake>,
+    /// Keys B or C lack are taken from A instead of refusing the merge.
+    pub allow_missing: bool,
+    /// Refuse a LoRA any of whose modules match no tensor.
+    pub strict: bool,
+    /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
+    pub device: Option<Device>,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe {
+            operation: Operation::None,
+            blocks: BlockRatios::default(),
+            clip: None,
+            vae_from: 0,
+            loras: Vec::new(),
+            allow_missing: false,
+            strict: false,
+            device: None,
+        }
+    }
+}
+
+/// What a merge did, for the summary and the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct MergeReport {
+    /// The architecture of the inputs.
+    pub arch: Option<Arch>,
+    /// Tensors computed (merged, patched or both).
+    pub merged: usize,
+    /// Tensors copied from A (or the VAE's input) as they are.
+    pub copied: usize,
+    /// Keys B or C lacked that were taken from A (`allow_missing`).
+    pub missing: Vec<String>,
+    /// Per LoRA, in order: modules matched, and the names of those that matched nothing.
+    pub loras: Vec<(String, usize, Vec<String>)>,
+    /// The recipe, as written into the checkpoint's metadata under [`RECIPE_KEY`].
+    pub recipe: String,
+}
+
+/// Merges `inputs` (A, B, C as `recipe.operation` needs; `records` describe them for the recipe)
+/// and bakes the recipe's LoRAs, into components ready to save.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for the wrong number of inputs, inputs of different architectures
+/// (naming both), keys B or C lack (listed; see [`Recipe::allow_missing`]), a LoRA that matches
+/// nothing (or not everything, with [`Recipe::strict`]); [`Error::BadShape`] for a key whose
+/// shapes differ (naming both) or LoRA factors that do not fit their tensor;
+/// [`Error::UnknownArchitecture`] when A's architecture cannot be told.
+pub fn merge(
+    inputs: &[&Components],
+    records: &[InputRecord],
+    recipe: &Recipe,
+) -> Result<(Components, MergeReport)> {
+    let op = recipe.operation;
+    if inputs.len() != op.inputs() {
+        return Err(Error::InvalidInput(format!(
+            "{} takes {} input(s), {} given",
+            op.name(),
+            op.inputs(),
+            inputs.len()
+        )));
+    }
+    if op == Operation::None && recipe.loras.is_empty() {
+        return Err(Error::InvalidInput(
+            "nothing to do: give a second input and an operation, or a LoRA to bake".into(),
+        ));
+    }
+    if recipe.vae_from >= inputs.len() {
+        return Err(Error::InvalidInput(format!(
+            "the VAE cannot come from input {} of {}",
+            recipe.vae_from + 1,
+            inputs.len()
+        )));
+    }
+    let arch = same_arch(inputs)?;
+    let a = inputs[0];
+    let mut report = MergeReport {
+        arch: Some(arch),
+        ..Default::default()
+    };
+    let mut loras = lora_patches(arch, a, recipe, &mut report)?;
+    let mut out = Components::default();
+    let mut missing = Vec::new();
+    let made_up: &[String] = records.first().map_or(&[], |r| &r.defaults);
+    for (kind, map) in a.iter() {
+        let source = match kind {
+            ComponentKind::Vae => inputs[recipe.vae_from].get(kind).unwrap_or(map),
+            _ => map,
+        };
+        let mut merged = InputMap::new();
+        for (key, t) in source {
+            let mut patches = match (kind, op) {
+                (ComponentKind::Model, _) => {
+                    let op = recipe.blocks.ratio(key).map_or(op, |v| op.with(v));
+                    patches_of(op, kind, key, t, inputs, made_up, &mut missing)?
+                }
+                (ComponentKind::Clip, _) if !keeps_clip_key(key) => match recipe.clip {
+                    Some(v) => patches_of(op.with(v), kind, key, t, inputs, made_up, &mut missing)?,
+                    None => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            if kind != ComponentKind::Vae {
+                patches.extend(loras.remove(&(kind, key.clone())).unwrap_or_default());
+            }
+            if patches.is_empty() {
+                report.copied += 1;
+                merged.insert(key.clone(), t.clone());
+                continue;
+            }
+            let mut m = Merged::new(key, t.clone(), patches)?;
+            if let Some(d) = &recipe.device {
+                m = m.on(d.clone());
+            }
+            report.merged += 1;
+            merged.insert(key.clone(), InputTensor::Merged(Arc::new(m)));
+        }
+        out.set_inputs(kind, merged);
+    }
+    if !missing.is_empty() && !recipe.allow_missing {
+        let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
+        return Err(Error::InvalidInput(format!(
+            "{} key(s) of A are missing from {}: {}{}; give --allow-missing to keep A's tensors \
+             there",
+            missing.len(),
+            if op.inputs() == 3 { "B or C" } else { "B" },
+            shown.join(", "),
+            if missing.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        )));
+    }
+    report.missing = missing;
+    report.recipe = recipe::describe(recipe, arch, records, &report);
+    Ok((out, report))
+}
+
+/// Keys CLIPMergeSimple leaves as A has them.
+fn keeps_clip_key(key: &str) -> bool {
+    key.ends_with("position_ids") || key.ends_with("logit_scale")
+}
+
+/// The architecture every input's denoiser detects as.
+fn same_arch(inputs: &[&Components]) -> Result<Arch> {
+    let detect = |c: &Components, i: usize| -> Result<Arch> {
+        let shapes = c.shapes();
+        let model = shapes.get(ComponentKind::Model).ok_or_else(|| {
+            Error::InvalidInput(format!("input {} has no denoiser to merge", role(i)))
+        })?;
+        detect_model(model)
+    };
+    let a = detect(inputs[0], 0)?;
+    for (i, c) in inputs.iter().enumerate().skip(1) {
+        let other = detect(c, i)?;
+        if other != a {
+            return Err(Error::InvalidInput(format!(
+                "A is {a} and {} is {other}: models of different architectures cannot be merged",
+                role(i)
+            )));
+        }
+    }
+    Ok(a)
+}
+
+fn role(i: usize) -> &'static str {
+    ["A", "B", "C"].get(i).copied().unwrap_or("an input")
+}
+
+/// The patches `op` puts on A's tensor `key` (none for tensors that are not floating point).
+fn patches_of(
+    op: Operation,
+    kind: ComponentKind,
+    key: &str,
+    a: &InputTensor,
+    inputs: &[&Components],
+    made_up: &[String],
+    missing: &mut Vec<String>,
+) -> Result<Vec<Patch>> {
+    let dtype = a.info().dtype;
+    if !crate::model::dtype::is_float(dtype) || op.inputs() < 2 {
+        return Ok(Vec::new());
+    }
+    if !crate::model::dtype::can_decode(dtype) {
+        return Err(Error::Conversion {
+            key: key.to_string(),
+            reason: format!("A's {kind} tensor is {dtype}, which cannot be merged"),
+        });
+    }
+    let mut others = Vec::new();
+    for (i, input) in inputs.iter().enumerate().skip(1) {
+        let Some(t) = input.tensor(kind, key) else {
+            // A tensor A's conversion made up (a diffusers CLIP's identity projection) is not
+            // asked of the others.
+            if !made_up.iter().any(|k| k == key) {
+                missing.push(format!("{kind}:{key}"));
+            }
+            return Ok(Vec::new());
+        };
+        if t.info().shape != a.info().shape {
+            return Err(Error::BadShape {
+                key: key.to_string(),
+                shape: a.info().shape,
+                reason: format!(
+                    "A's {kind} tensor has this shape and {}'s has {:?}; they cannot be merged",
+                    role(i),
+                    t.info().shape
+                ),
+            });
+        }
+        others.push(t.clone());
+    }
+    let f = |v: f64| v as f32;
+    let tensor = |t: InputTensor| PatchValue::Tensor(t);
+    Ok(match op {
+        Operation::WeightedSum { ratio: 1.0 } => Vec::new(),
+        Operation::WeightedSum { ratio } => vec![Patch {
+            strength: f(1.0 - ratio),
+            strength_model: f(ratio),
+            value: tensor(others[0].clone()),
+        }],
+        Operation::Subtract { multiplier: m } => vec![Patch {
+            strength: f(-m),
+            strength_model: f(m),
+            value: tensor(others[0].clone()),
+        }],
+        Operation::Add => vec![Patch {
+            strength: 1.0,
+            strength_model: 1.0,
+            value: tensor(others[0].clone()),
+        }],
+        Operation::AddDifference { multiplier: m } => {
+            let diff = Merged::new(
+                key,
+                others[0].clone(),
+                vec![Patch {
+                    strength: f(-m),
+                    strength_model: f(m),
+                    value: tensor(others[1].clone()),
+                }],
+            )?;
+            vec![Patch {
+                strength: 1.0,
+                strength_model: 1.0,
+                value: tensor(InputTensor::Merged(Arc::new(diff))),
+            }]
+        }
+        Operation::None => Vec::new(),
+    })
+}
+
+type LoraPatches = BTreeMap<(ComponentKind, String), Vec<Patch>>;
+
+/// Every LoRA module matched to A's tensors, as patches by target, in LoRA order.
+fn lora_patches(
+    arch: Arch,
+    a: &Components,
+    recipe: &Recipe,
+    report: &mut MergeReport,
+) -> Result<LoraPatches> {
+    let mut out = LoraPatches::new();
+    if recipe.loras.is_empty() {
+        return Ok(out);
+    }
+    let targets = lora::targets(arch, &a.shapes())?;
+    for bake in &recipe.loras {
+        let l = &bake.lora;
+        let mut matched = 0;
+        let mut unmatched = l.other_keys.clone();
+        for (stem, m) in &l.modules {
+            let Some(t) = targets.get(stem) else {
+                unmatched.push(stem.clone());
+                continue;
+            };
+            matched += 1;
+            let strength = match t.kind {
+                ComponentKind::Model => bake.strength_model,
+                _ => bake.strength_clip,
+            };
+            if strength == 0.0 {
+                continue;
+            }
+            let (Some(up), Some(down)) = (&m.up, &m.down) else {
+                continue;
+            };
+            let factors = LoraFactors {
+                name: format!("{}: {stem}", l.name),
+                up: up.clone(),
+                down: down.clone(),
+                mid: m.mid.clone(),
+                rows: t.rows.clone(),
+            };
+            let rank = factors.rank().max(1) as f64;
+            let alpha = match &m.alpha {
+                Some(t) => recipe::scalar(t, &factors.name)? / rank,
+                None => 1.0,
+            };
+            out.entry((t.kind, t.key.clone())).or_default().push(Patch {
+                strength: (strength * alpha) as f32,
+                strength_model: 1.0,
+                value: PatchValue::Lora(Arc::new(factors)),
+            });
+        }
+        if matched == 0 {
+            return Err(Error::InvalidInput(format!(
+                "LoRA {} matches no tensor of this {arch} model ({} module(s), first: `{}`); is \
+                 it for another architecture?",
+                l.name,
+                l.len(),
+                l.modules.keys().next().map_or("", String::as_str)
+            )));
+        }
+        if recipe.strict && !unmatched.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "LoRA {}: {} of its keys match no tensor (first: `{}`); without --strict they \
+                 are skipped",
+                l.name,
+                unmatched.len(),
+                unmatched[0]
+            )));
+        }
+        report.loras.push((l.name.clone(), matched, unmatched));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

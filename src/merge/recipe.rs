@@ -1,0 +1,173 @@
+//! The recipe a merge records in the checkpoint's metadata (`checkpoint_save.recipe`), as A1111's
+//! `sd_merge_recipe` and sd-mecha's `mecha_recipe` do: the inputs by name, size and a hash of
+//! their headers, the operation, its ratios, the LoRAs and their strengths.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{MergeReport, Operation, Recipe};
+use crate::cast;
+use crate::error::{Error, IoContext, Result};
+use crate::model::{Arch, Dtype, InputTensor};
+
+/// Bytes of data hashed at each end of a file for [`InputRecord::sample_sha256`].
+const SAMPLE: u64 = 1 << 20;
+
+/// The metadata key of the recipe.
+pub const RECIPE_KEY: &str = "checkpoint_save.recipe";
+
+/// One input of a merge, as the recipe names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRecord {
+    /// The file or folder name (no directories: recipes are shared).
+    pub name: String,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// SHA-256 of its safetensors headers (each file's length prefix and JSON, in path order).
+    /// Models of one architecture and dtype often have the same header; see `sample_sha256`.
+    pub header_sha256: String,
+    /// SHA-256 of the headers and the first and last MiB of each file's data: what tells two
+    /// fine-tunes of one model apart, read in milliseconds.
+    pub sample_sha256: String,
+    /// Keys the input's conversion made with ComfyUI's defaults ([`crate::Input::created`]):
+    /// the other inputs are not required to have them (not written into the recipe).
+    pub defaults: Vec<String>,
+}
+
+impl InputRecord {
+    /// The record of an input named `name` made of `files`.
+    ///
+    /// # Errors
+    /// Read errors of the headers.
+    pub fn of_files(name: &str, files: &[&Path]) -> Result<InputRecord> {
+        let mut files = files.to_vec();
+        files.sort();
+        files.dedup();
+        let (mut header_hash, mut sample_hash) = (Sha256::new(), Sha256::new());
+        let mut bytes = 0;
+        for path in files {
+            let ctx = || format!("cannot read {}", path.display());
+            let mut f = std::fs::File::open(path).ctx(ctx)?;
+            let len = f.metadata().ctx(ctx)?.len();
+            bytes += len;
+            let mut prefix = [0u8; 8];
+            f.read_exact(&mut prefix).ctx(ctx)?;
+            // The reader validated this length when the input was opened.
+            let n = u64::from_le_bytes(prefix);
+            let mut header = vec![0u8; usize::try_from(n).unwrap_or(0)];
+            f.read_exact(&mut header).ctx(ctx)?;
+            for h in [&mut header_hash, &mut sample_hash] {
+                h.update(prefix);
+                h.update(&header);
+            }
+            let data = 8 + n;
+            let sample = len.saturating_sub(data).min(SAMPLE);
+            for at in [data, len.saturating_sub(sample)] {
+                let mut buf = vec![0u8; sample as usize];
+                f.seek(SeekFrom::Start(at)).ctx(ctx)?;
+                f.read_exact(&mut buf).ctx(ctx)?;
+                sample_hash.update(&buf);
+            }
+        }
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        Ok(InputRecord {
+            name: name.to_string(),
+            bytes,
+            header_sha256: hex(&header_hash.finalize()),
+            sample_sha256: hex(&sample_hash.finalize()),
+            defaults: Vec::new(),
+        })
+    }
+
+    /// The record of tensors held in memory.
+    pub fn in_memory(name: &str) -> InputRecord {
+        InputRecord {
+            name: name.to_string(),
+            bytes: 0,
+            header_sha256: String::new(),
+            sample_sha256: String::new(),
+            defaults: Vec::new(),
+        }
+    }
+}
+
+/// The recipe as JSON.
+pub(super) fn describe(
+    recipe: &Recipe,
+    arch: Arch,
+    inputs: &[InputRecord],
+    report: &MergeReport,
+) -> String {
+    let record = |r: &InputRecord| {
+        json!({
+            "name": r.name,
+            "bytes": r.bytes,
+            "header_sha256": r.header_sha256,
+            "sample_sha256": r.sample_sha256,
+        })
+    };
+    let op = recipe.operation;
+    let vae = ["A", "B", "C"].get(recipe.vae_from).copied().unwrap_or("A");
+    let mut v = json!({
+        "tool": format!("checkpoint-save {}", env!("CARGO_PKG_VERSION")),
+        "architecture": arch.to_string(),
+        "operation": op.name(),
+        "convention": "ComfyUI: weighted_sum is A*ratio + B*(1-ratio); add_difference is A + (B-C)*multiplier",
+        "inputs": inputs.iter().map(record).collect::<Vec<_>>(),
+        "vae": vae,
+        "clip": recipe.clip.map_or(Value::String("A".into()), |v| json!(v)),
+    });
+    if let Some(value) = op.value() {
+        let name = if matches!(op, Operation::WeightedSum { .. }) {
+            "ratio"
+        } else {
+            "multiplier"
+        };
+        v[name] = json!(value);
+    }
+    if !recipe.blocks.entries().is_empty() {
+        v["block_ratios"] = recipe
+            .blocks
+            .entries()
+            .iter()
+            .map(|(p, r)| (p.clone(), json!(r)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    if !recipe.loras.is_empty() {
+        v["loras"] = recipe
+            .loras
+            .iter()
+            .zip(&report.loras)
+            .map(|(b, (_, matched, _))| {
+                json!({
+                    "name": b.lora.name,
+                    "strength_model": b.strength_model,
+                    "strength_clip": b.strength_clip,
+                    "modules": b.lora.len(),
+                    "matched": matched,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    v.to_string()
+}
+
+/// The value of a one-element tensor (a LoRA's alpha), as f64.
+pub(super) fn scalar(t: &InputTensor, name: &str) -> Result<f64> {
+    let info = t.info();
+    if info.numel() != 1 || !crate::model::dtype::can_decode(info.dtype) {
+        return Err(Error::InvalidInput(format!(
+            "{name}: alpha is {} {:?}, not one floating-point number",
+            info.dtype, info.shape
+        )));
+    }
+    let bytes = crate::offload::whole_bytes(t)?;
+    let mut out = [0u8; 8];
+    cast::convert(name, &bytes, info.dtype, &mut out, Dtype::F64)?;
+    Ok(f64::from_le_bytes(out))
+}

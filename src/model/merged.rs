@@ -1,0 +1,338 @@
+//! A tensor computed from others when the checkpoint is written: a merge, a LoRA bake.
+//!
+//! The expression mirrors how ComfyUI applies patches to a weight (`comfy/lora.py`,
+//! `calculate_weight`), so that the arithmetic, and with it every rounding, is the same: the
+//! base tensor is taken in f32, then for each patch in order, the weight is multiplied by the
+//! patch's `strength_model` when that is not 1, and `strength · value` is added when `strength`
+//! is not 0, where the value is another tensor (itself possibly patched: ComfyUI's
+//! ModelSubtract inside ModelAdd) or a LoRA's `up @ down`. Every operation is one f32 operation,
+//! rounded, never fused (Rust does not contract `a * b + c`); the result is rounded once to the
+//! output dtype.
+//!
+//! | node | expression |
+//! | --- | --- |
+//! | ModelMergeSimple(r) | `A` patched by `(strength 1 − r, strength_model r, B)`: `A·r + (1 − r)·B` |
+//! | ModelSubtract(m) | `A` patched by `(−m, m, B)`: `A·m + (−m)·B` |
+//! | ModelAdd | `A` patched by `(1, 1, B)`: `A + B` |
+//! | add difference (m) | `A` patched by `(1, 1, B patched by (−m, m, C))`: `A + (B·m + (−m)·C)` |
+//! | LoraLoader(s) | `W` patched by `(s·α/rank, 1, up @ down)` |
+//!
+//! Coefficients are computed in f64 as Python computes them (`1.0 - ratio`, `strength * alpha /
+//! rank`) and used as f32, as PyTorch does when it multiplies an f32 tensor by a Python float.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+use crate::model::components::{InputTensor, TensorInfo};
+use crate::model::dtype::can_decode;
+use crate::plan::Piece;
+
+/// A tensor made by patching a base tensor (see the [module docs](self)).
+pub struct Merged {
+    key: String,
+    base: InputTensor,
+    patches: Vec<Patch>,
+    info: TensorInfo,
+    device: Option<Device>,
+    /// How each operand (0: the base, `i`: patch `i − 1`'s tensor) is read, planned once.
+    pieces: OnceLock<Vec<Option<Vec<Piece>>>>,
+}
+
+impl fmt::Debug for Merged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Merged")
+            .field("key", &self.key)
+            .field("info", &self.info)
+            .field("base", &self.base)
+            .field("patches", &self.patches)
+            .finish()
+    }
+}
+
+/// One patch: `w = w · strength_model` (when ≠ 1), then `w += strength · value` (when ≠ 0).
+#[derive(Debug, Clone)]
+pub struct Patch {
+    /// Factor of the value.
+    pub strength: f32,
+    /// Factor of the weight before the value is added.
+    pub strength_model: f32,
+    /// What is added.
+    pub value: PatchValue,
+}
+
+/// What a patch adds.
+#[derive(Debug, Clone)]
+pub enum PatchValue {
+    /// A tensor of the same shape (another model's weight, or a patched one).
+    Tensor(InputTensor),
+    /// A LoRA's low-rank product.
+    Lora(Arc<LoraFactors>),
+}
+
+/// A LoRA module's factors, and which rows of the target its product lands on.
+///
+/// The product is `up [out, r] @ down [r, k]` with both flattened after their first dimension;
+/// with a `mid` (LoCon's Tucker form) `down` is first replaced by the product of `down` and
+/// `mid` ComfyUI computes. Row `i` of the product is added to target row `rows` maps it to.
+pub struct LoraFactors {
+    /// The LoRA module's name, for messages.
+    pub name: String,
+    /// `lora_up` / `lora_B`.
+    pub up: InputTensor,
+    /// `lora_down` / `lora_A`.
+    pub down: InputTensor,
+    /// `lora_mid`, when present.
+    pub mid: Option<InputTensor>,
+    /// Runs of product rows and where they land: `(product rows, first target row)`; one run
+    /// covering every row for a whole target, several where the target fuses tensors the LoRA
+    /// names apart (Flux's q/k/v).
+    pub rows: Vec<(Range<usize>, usize)>,
+}
+
+impl fmt::Debug for LoraFactors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LoraFactors({}, rows {:?})", self.name, self.rows)
+    }
+}
+
+impl LoraFactors {
+    /// Rank of the factors.
+    pub fn rank(&self) -> usize {
+        self.down.info().shape.first().copied().unwrap_or(0)
+    }
+
+    /// Columns of the product: the target's elements per row.
+    pub fn columns(&self) -> usize {
+        let down = self.down.info();
+        match &self.mid {
+            // down [r, in, 1, 1] and mid [r, r, kh, kw]: in · kh · kw.
+            Some(mid) => {
+                let m = mid.info().shape;
+                down.shape.get(1).copied().unwrap_or(0) * m.iter().skip(2).product::<usize>()
+            }
+            None => down.shape.iter().skip(1).product(),
+        }
+    }
+
+    /// Rows of the product (`up`'s first dimension).
+    pub fn product_rows(&self) -> usize {
+        self.up.info().shape.first().copied().unwrap_or(0)
+    }
+}
+
+impl Merged {
+    /// `base` patched by `patches`, in order. The result has `base`'s shape and dtype (the
+    /// dtype `keep` writes, as ComfyUI rounds a patched weight to its stored dtype).
+    ///
+    /// # Errors
+    /// [`Error::BadShape`] for a tensor value whose shape is not the base's, or LoRA factors
+    /// that do not fit it (their rank, or their product's shape); [`Error::Conversion`] for a
+    /// base or value that is not floating point.
+    pub fn new(key: &str, base: InputTensor, patches: Vec<Patch>) -> Result<Merged> {
+        let info = base.info();
+        let not_float = |what: &str, t: &InputTensor| {
+            let d = t.info().dtype;
+            (!can_decode(d)).then(|| Error::Conversion {
+                key: key.to_string(),
+                reason: format!(
+                    "{what} is {d}: only F64, F32, F16, BF16 and F8 tensors are merged"
+                ),
+            })
+        };
+        if let Some(e) = not_float("the tensor", &base) {
+            return Err(e);
+        }
+        let bad = |reason: String| Error::BadShape {
+            key: key.to_string(),
+            shape: info.shape.clone(),
+            reason,
+        };
+        for p in &patches {
+            match &p.value {
+                PatchValue::Tensor(t) => {
+                    if let Some(e) = not_float("a merged tensor", t) {
+                        return Err(e);
+                    }
+                    if t.info().shape != info.shape {
+                        return Err(bad(format!(
+                            "the tensor merged into it has shape {:?}",
+                            t.info().shape
+                        )));
+                    }
+                }
+                PatchValue::Lora(l) => check_lora(l, &info).map_err(bad)?,
+            }
+        }
+        Ok(Merged {
+            key: key.to_string(),
+            base,
+            patches,
+            info,
+            device: None,
+            pieces: OnceLock::new(),
+        })
+    }
+
+    /// The same tensor computed on `device` with candle's ops (operands are uploaded range by
+    /// range, or used where they lie when they are already there). Without one, a merge of
+    /// tensors that all live on one GPU is computed there, and anything else by the host's fused
+    /// evaluator (faster on the CPU than candle's ops on [`Device::Cpu`], with the same result).
+    pub fn on(mut self, device: Device) -> Merged {
+        self.device = Some(device);
+        self
+    }
+
+    /// The device this tensor is computed on, `None` for the host's fused evaluator.
+    pub(crate) fn evaluation_device(&self) -> Option<Device> {
+        if let Some(d) = &self.device {
+            return Some(d.clone());
+        }
+        // LoRA factors are small: they follow the weights wherever those are.
+        let weights =
+            std::iter::once(&self.base).chain(self.patches.iter().filter_map(|p| match &p.value {
+                PatchValue::Tensor(t) => Some(t),
+                PatchValue::Lora(_) => None,
+            }));
+        let mut device: Option<Device> = None;
+        for t in weights {
+            let d = match t {
+                InputTensor::Candle(c) if !c.device().is_cpu() => c.device().clone(),
+                InputTensor::Merged(m) => m.evaluation_device()?,
+                _ => return None,
+            };
+            match &device {
+                Some(e) if !e.same_device(&d) => return None,
+                _ => device = Some(d),
+            }
+        }
+        device
+    }
+
+    /// The planned pieces operand `i` is read through (0: the base, `i`: patch `i − 1`'s
+    /// tensor), made on first use and kept, so per-piece caches of the fill stay valid.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an operand that is a LoRA or itself merged (those are
+    /// evaluated, not read); planning errors.
+    pub(crate) fn operand_pieces(&self, i: usize) -> Result<&[Piece]> {
+        if self.pieces.get().is_none() {
+            let mut all = Vec::with_capacity(self.patches.len() + 1);
+            let tensors =
+                std::iter::once(Some(&self.base)).chain(self.patches.iter().map(
+                    |p| match &p.value {
+                        PatchValue::Tensor(t) => Some(t),
+                        PatchValue::Lora(_) => None,
+                    },
+                ));
+            for t in tensors {
+                all.push(match t {
+                    Some(InputTensor::Merged(_)) | None => None,
+                    Some(t) => Some(crate::plan::operand_pieces(&self.key, t)?),
+                });
+            }
+            // Another worker may have planned them meanwhile: the same pieces either way.
+            let _ = self.pieces.set(all);
+        }
+        self.pieces
+            .get()
+            .and_then(|p| p.get(i))
+            .and_then(|p| p.as_deref())
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("`{}` has no operand {i} to read", self.key))
+            })
+    }
+
+    /// Shape and dtype.
+    pub fn info(&self) -> &TensorInfo {
+        &self.info
+    }
+
+    /// The base tensor.
+    pub fn base(&self) -> &InputTensor {
+        &self.base
+    }
+
+    /// The patches, in order.
+    pub fn patches(&self) -> &[Patch] {
+        &self.patches
+    }
+
+    /// Every tensor the result is computed from (LoRA factors included).
+    pub(crate) fn operands(&self) -> Vec<&InputTensor> {
+        let mut out = vec![&self.base];
+        for p in &self.patches {
+            match &p.value {
+                PatchValue::Tensor(t) => out.push(t),
+                PatchValue::Lora(l) => {
+                    out.extend([&l.up, &l.down]);
+                    out.extend(l.mid.as_ref());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Why LoRA factors do not fit a target of `target`'s shape, if they do not.
+fn check_lora(l: &LoraFactors, target: &TensorInfo) -> std::result::Result<(), String> {
+    let (up, down) = (l.up.info(), l.down.info());
+    let name = &l.name;
+    for (what, t) in [("up", &up), ("down", &down)] {
+        if !can_decode(t.dtype) || t.shape.len() < 2 {
+            return Err(format!(
+                "LoRA `{name}`: its {what} factor is {} {:?}, not a floating-point matrix",
+                t.dtype, t.shape
+            ));
+        }
+    }
+    let rank = down.shape[0];
+    let up_cols: usize = up.shape.iter().skip(1).product();
+    if up_cols != rank {
+        return Err(format!(
+            "LoRA `{name}`: up {:?} does not multiply down {:?} (rank {rank})",
+            up.shape, down.shape
+        ));
+    }
+    if let Some(mid) = &l.mid {
+        let m = mid.info();
+        if m.shape.len() != 4 || m.shape[0] != rank || m.shape[1] != rank || down.shape.len() != 4 {
+            return Err(format!(
+                "LoRA `{name}`: mid {:?} does not fit down {:?} (expected [{rank}, {rank}, kh, kw] \
+                 and a 4-D down)",
+                m.shape, down.shape
+            ));
+        }
+    }
+    let rows = target.shape.first().copied().unwrap_or(1);
+    let cols = target.numel() / rows.max(1);
+    if l.columns() != cols {
+        return Err(format!(
+            "LoRA `{name}` (rank {rank}, down {:?}) makes rows of {} elements; the weight's rows \
+             have {cols}",
+            down.shape,
+            l.columns()
+        ));
+    }
+    let covered: usize = l.rows.iter().map(|(r, _)| r.len()).sum();
+    for (r, at) in &l.rows {
+        if r.end > l.product_rows() || at + r.len() > rows {
+            return Err(format!(
+                "LoRA `{name}`: product rows {r:?} (of {}) do not land inside the weight's {rows} \
+                 rows at {at}",
+                l.product_rows()
+            ));
+        }
+    }
+    if covered != l.product_rows() {
+        return Err(format!(
+            "LoRA `{name}` makes {} rows (up {:?}); the weight it names has {rows}",
+            l.product_rows(),
+            up.shape
+        ));
+    }
+    Ok(())
+}
