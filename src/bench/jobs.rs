@@ -30,6 +30,8 @@ pub(super) enum Subject {
         a: PathBuf,
         b: PathBuf,
         lora: Option<PathBuf>,
+        /// Floating-point operations of the LoRA's products (`2 · rows · cols · rank` each).
+        lora_flop: f64,
     },
 }
 
@@ -76,9 +78,19 @@ impl Subject {
             (true, _) => {
                 let a_model = build(1, true)?;
                 let (a, ab) = write("a", &a_model, inputs)?;
+                let mut lora_flop = 0.0;
                 let lora = match opts.lora_rank {
                     Some(r) => {
                         let l = synthetic::lora::lora(opts.arch, &a_model, r, 7)?;
+                        for (k, up) in &l {
+                            let Some(stem) = k.strip_suffix(".lora_up.weight") else {
+                                continue;
+                            };
+                            if let Some(down) = l.get(&format!("{stem}.lora_down.weight")) {
+                                let cols: usize = down.dims()[1..].iter().product();
+                                lora_flop += 2.0 * (up.dims()[0] * cols * r) as f64;
+                            }
+                        }
                         let p = input("lora");
                         inputs.0.push(p.clone());
                         let generic = SaveOptions {
@@ -95,7 +107,15 @@ impl Subject {
                 };
                 drop(a_model);
                 let (b, bb) = write("b", &build(2, true)?, inputs)?;
-                Ok((Subject::Merge { a, b, lora }, ab + bb))
+                Ok((
+                    Subject::Merge {
+                        a,
+                        b,
+                        lora,
+                        lora_flop,
+                    },
+                    ab + bb,
+                ))
             }
         }
     }
@@ -182,6 +202,18 @@ impl Subject {
                 a, lora: Some(_), ..
             } => convert(opts, save_opts, a, out).map(Some),
             _ => Ok(None),
+        }
+    }
+
+    /// Floating-point operations of the LoRA bake's products, if one is timed.
+    pub(super) fn lora_flop(&self) -> Option<f64> {
+        match self {
+            Subject::Merge {
+                lora: Some(_),
+                lora_flop,
+                ..
+            } => Some(*lora_flop),
+            _ => None,
         }
     }
 

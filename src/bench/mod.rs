@@ -240,6 +240,7 @@ fn measure(
         lora_bake,
         plain_convert,
         ratio_bake_to_convert,
+        lora_gflop: subject.lora_flop().map(|f| f / 1e9),
     })
 }
 

@@ -115,6 +115,8 @@ pub struct BenchReport {
     pub plain_convert: Option<Measure>,
     /// Median bake time over median convert time.
     pub ratio_bake_to_convert: Option<f64>,
+    /// Arithmetic of the bake's LoRA products, GFLOP (what the bake adds to the convert).
+    pub lora_gflop: Option<f64>,
     /// Our peak extra resident memory.
     pub peak_rss_bytes: u64,
     /// Our peak extra anonymous memory.
@@ -196,8 +198,11 @@ impl std::fmt::Display for BenchReport {
             writeln!(f, "(b) not run: {why}")?;
         }
         write!(f, "ratio to ceiling a/c = {:.2}", self.ratio_ceiling)?;
-        if let Some(r) = self.ratio_bake_to_convert {
-            write!(f, ", LoRA bake / plain convert e/f = {r:.2}")?;
+        if let (Some(r), Some(g)) = (self.ratio_bake_to_convert, self.lora_gflop) {
+            write!(
+                f,
+                ", LoRA bake / plain convert e/f = {r:.2} ({g:.1} GFLOP of products)"
+            )?;
         }
         if let (Some(r), Some(b)) = (self.ratio_candle, self.ratio_candle_bound) {
             write!(

@@ -10,25 +10,25 @@
 //!   f16/bf16 on the device when that is the output dtype. The CPU device runs this same code,
 //!   which is how its arithmetic is tested against the host evaluator, bit for bit.
 //!
-//! A LoRA's product is made for the target rows a range touches only (`up[rows] @ down`), so no
-//! full-size difference is ever held.
+//! A LoRA's product is made for the target rows a range touches only, so no full-size difference
+//! is ever held (`lowrank` on the host, a matmul of those rows on a device).
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{fill, host_bytes, Scratch};
+use super::{fill, host_bytes, lowrank, Scratch};
 use crate::cast;
 use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
 use crate::model::merged::{LoraFactors, Merged, PatchValue};
 use crate::model::InputTensor;
-use crate::plan::Piece;
+use crate::plan::{Piece, PieceSource};
 
-/// A LoRA's factors as f32 matrices: `up [rows, rank]` and `down [rank, columns]` (with `mid`
-/// already folded into `down`), kept for the tensor a worker is on.
-pub(super) struct LoraMatrices {
+/// A LoRA's factors as f32 matrices on a device: `up [rows, rank]` and `down [rank, columns]`
+/// (with `mid` already folded into `down`).
+struct LoraMatrices {
     up: Tensor,
     down: Tensor,
 }
@@ -48,10 +48,41 @@ pub(super) fn fill_merged(
             cast::convert(name, src, from, out, dst)
         });
     }
-    let mut vals = vec![0f32; units.len()];
-    eval(m, units, &mut vals, scratch)?;
-    cast::convert(name, as_bytes(&vals), Dtype::F32, out, dst)
+    // A cache-sized block at a time: the operands' values are read, combined and cast while
+    // they are in cache.
+    // A LoRA-patched tensor goes by whole tiles of its product's rows (see `lowrank`).
+    let has_lora = m
+        .patches()
+        .iter()
+        .any(|p| matches!(p.value, PatchValue::Lora(_)));
+    let block = match has_lora {
+        true => (BLOCK / (6 * row_len(m))).max(1) * 6 * row_len(m),
+        false => BLOCK,
+    };
+    let dw = crate::plan::unit_width(dst);
+    let mut vals = vec![0f32; units.len().min(block)];
+    let mut non_finite = 0;
+    let mut at = units.start;
+    while at < units.end {
+        // Blocks end on multiples of `block` in the tensor, whatever range the writer asks for.
+        let n = (units.end - at).min(block - at % block);
+        let vals = &mut vals[..n];
+        eval(m, at..at + n, vals, scratch)?;
+        let o = (at - units.start) * dw;
+        non_finite += cast::convert(
+            name,
+            as_bytes(vals),
+            Dtype::F32,
+            &mut out[o..o + n * dw],
+            dst,
+        )?;
+        at += n;
+    }
+    Ok(non_finite)
 }
+
+/// Elements combined at once: 256 KiB of f32 per operand, well inside a core's L2 cache.
+const BLOCK: usize = 64 << 10;
 
 /// Every element of `m` as f32 bytes (for the small tensors a conversion needs whole).
 pub(super) fn merged_bytes(m: &Merged, scratch: &mut Scratch) -> Result<Vec<u8>> {
@@ -70,24 +101,40 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
     read_f32(m, 0, units.clone(), out, scratch)?;
     let mut value = Vec::new();
     for (i, p) in m.patches().iter().enumerate() {
-        if p.strength_model != 1.0 {
-            out.iter_mut().for_each(|w| *w *= p.strength_model);
+        let sm = p.strength_model;
+        let adds = !matches!(p.value, PatchValue::Tensor(_)) || p.strength != 0.0;
+        if sm != 1.0 && !(adds && matches!(p.value, PatchValue::Tensor(_))) {
+            out.iter_mut().for_each(|w| *w *= sm);
         }
         match &p.value {
-            PatchValue::Tensor(_) if p.strength == 0.0 => {}
+            PatchValue::Tensor(_) if !adds => {}
             PatchValue::Tensor(_) => {
                 value.resize(out.len(), 0f32);
                 read_f32(m, i + 1, units.clone(), &mut value, scratch)?;
                 let s = p.strength;
-                out.iter_mut().zip(&value).for_each(|(w, v)| *w += s * v);
+                // `w · sm` then `+ s · v`, each rounded: the two steps in one pass.
+                if sm != 1.0 {
+                    out.iter_mut()
+                        .zip(&value)
+                        .for_each(|(w, v)| *w = *w * sm + s * v);
+                } else {
+                    out.iter_mut().zip(&value).for_each(|(w, v)| *w += s * v);
+                }
             }
             PatchValue::Lora(l) => {
                 let cols = row_len(m);
-                let mats = scratch.lora(l)?;
-                for (target, block) in lora_blocks(l, &mats, &units, cols)? {
-                    let dst = &mut out[target.start - units.start..target.end - units.start];
-                    let s = p.strength;
-                    dst.iter_mut().zip(&block).for_each(|(w, d)| *w += s * d);
+                let h = scratch.lora(l)?;
+                for (prod, at) in &l.rows {
+                    let e0 = (at * cols).max(units.start);
+                    let e1 = ((at + prod.len()) * cols).min(units.end);
+                    if e0 >= e1 {
+                        continue;
+                    }
+                    // Element `e` of the weight is element `e − at·cols + prod.start·cols` of
+                    // the product.
+                    let first = e0 - at * cols + prod.start * cols;
+                    let dst = &mut out[e0 - units.start..e1 - units.start];
+                    lowrank::add_product(dst, first, &h.up, &h.down, p.strength);
                 }
             }
         }
@@ -131,7 +178,19 @@ fn read_pieces(
         let (s, e) = (units.start.max(at), units.end.min(at + p.units));
         if s < e {
             let dst = as_bytes_mut(&mut out[s - units.start..e - units.start]);
-            fill(p, "merge operand", s - at..e - at, dst, scratch)?;
+            match &p.source {
+                // f32 in the file: read straight into place (the result is counted, not this).
+                PieceSource::File {
+                    file,
+                    start,
+                    offset,
+                } if p.src_dtype == Dtype::F32 => {
+                    file.read_at(dst, start + ((offset + s - at) * 4) as u64)?;
+                }
+                _ => {
+                    fill(p, "merge operand", s - at..e - at, dst, scratch)?;
+                }
+            }
         }
         at += p.units;
     }
@@ -144,44 +203,29 @@ fn row_len(m: &Merged) -> usize {
     shape.iter().skip(1).product::<usize>().max(1)
 }
 
-/// The LoRA product's values on the target elements `units` touches: `(target elements,
-/// values)` runs, computed for the touched rows only.
-fn lora_blocks(
-    l: &LoraFactors,
-    mats: &LoraMatrices,
-    units: &Range<usize>,
-    cols: usize,
-) -> Result<Vec<(Range<usize>, Vec<f32>)>> {
-    let (first_row, end_row) = (units.start / cols, units.end.div_ceil(cols));
-    let mut out = Vec::new();
-    for (prod, at) in &l.rows {
-        let (t0, t1) = (first_row.max(*at), end_row.min(at + prod.len()));
-        if t0 >= t1 {
-            continue;
-        }
-        let p0 = prod.start + (t0 - at);
-        let up = mats.up.narrow(0, p0, t1 - t0)?;
-        let block = up.matmul(&mats.down)?.flatten_all()?.to_vec1::<f32>()?;
-        // Trim to the elements of `units` (a range may start or end inside a row).
-        let (e0, e1) = ((t0 * cols).max(units.start), (t1 * cols).min(units.end));
-        let skip = e0 - t0 * cols;
-        out.push((e0..e1, block[skip..skip + (e1 - e0)].to_vec()));
-    }
-    Ok(out)
+/// A LoRA's factors in host memory, f32: `up [rows, rank]` row-major, `down [rank, cols]` packed.
+pub(super) struct HostLora {
+    up: Vec<f32>,
+    down: lowrank::Packed,
 }
 
 impl Scratch {
-    /// `l`'s factors as f32 matrices, made once per LoRA module and worker.
-    fn lora(&mut self, l: &Arc<LoraFactors>) -> Result<Arc<LoraMatrices>> {
+    /// `l`'s factors in host memory, made once per LoRA module and worker.
+    fn lora(&mut self, l: &Arc<LoraFactors>) -> Result<Arc<HostLora>> {
         let id = Arc::as_ptr(l) as usize;
         if let Some((p, m)) = &self.lora {
             if *p == id {
                 return Ok(Arc::clone(m));
             }
         }
-        let m = Arc::new(lora_matrices(l, &Device::Cpu, self)?);
-        self.lora = Some((id, Arc::clone(&m)));
-        Ok(m)
+        let m = lora_matrices(l, &Device::Cpu, self)?;
+        let down: Vec<f32> = m.down.flatten_all()?.to_vec1()?;
+        let h = Arc::new(HostLora {
+            up: m.up.flatten_all()?.to_vec1()?,
+            down: lowrank::Packed::new(&down, l.rank()),
+        });
+        self.lora = Some((id, Arc::clone(&h)));
+        Ok(h)
     }
 }
 

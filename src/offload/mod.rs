@@ -18,6 +18,7 @@ pub(crate) mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_disabled.rs"]
 pub(crate) mod cuda;
+mod lowrank;
 mod merge;
 
 use std::ops::Range;
@@ -40,7 +41,7 @@ pub struct Scratch {
     contiguous: Option<(usize, Tensor)>,
     transposed: Option<(usize, Vec<u8>)>,
     read: Vec<u8>,
-    lora: Option<(usize, std::sync::Arc<merge::LoraMatrices>)>,
+    lora: Option<(usize, std::sync::Arc<merge::HostLora>)>,
 }
 
 impl Scratch {
