@@ -33,6 +33,13 @@
 //! `offload` (bytes to the host, cast fused) → `write` (the one byte writer) → `publish` (temp
 //! file, no-replace publish) with `naming` (ComfyUI's prefix and counter). `read` is the one
 //! reader, used by [`load_checkpoint`], [`inspect`] and [`checkpointer`] resume.
+//!
+//! # Sources
+//! A tensor is wherever its bytes are ([`InputTensor`]): a candle tensor on any device, a range
+//! of an input file ([`open_input`] for checkpoints and diffusers folders, [`open_component`]
+//! for component files, [`from_diffusers`] for candle tensors in diffusers names), or an
+//! expression over those ([`merge`]: merges and LoRA bakes). Every one is read or computed only
+//! when the writer reaches its bytes, so no job holds a model in memory.
 
 pub mod bench;
 pub mod cast;

@@ -1,31 +1,14 @@
 //! The real binary, run in a fresh temporary folder per test.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
 
 use checkpoint_save::Arch;
+use common::cli::{run, Run};
 use safetensors::{Dtype, SafeTensors};
 
 /// What one run of the binary produced.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cwd: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    Run {
-        code: out.status.code().expect("exited normally"),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    }
-}
-
 /// Runs a save that must succeed; returns the one path it printed.
 fn save_ok(cwd: &Path, args: &[&str]) -> PathBuf {
     let r = run(cwd, args);

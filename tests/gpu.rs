@@ -8,6 +8,8 @@
 //! body needs two CUDA devices. This file has its own `main` (libtest-mimic), because whether a
 //! test is ignored depends on the machine it runs on.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,6 +21,7 @@ use checkpoint_save::{
     lay_out, pinned_copy_ceiling, save_to_path, Arch, ComponentDtypes, ComponentKind, Components,
     Dtype, EngineOptions, GenericPrefixes, LayoutChoice, SaveOptions, Saved, TargetDtype,
 };
+use common::bytes_of;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 type Body = fn(&[Device]) -> Result<(), Failed>;
@@ -112,44 +115,6 @@ fn moved(c: &Components, device: impl Fn(ComponentKind) -> Device) -> Components
         out.set(kind, m);
     }
     out
-}
-
-/// Row-major little-endian bytes of a CPU tensor.
-fn bytes_of(t: &Tensor) -> Vec<u8> {
-    let t = t.flatten_all().unwrap();
-    match t.dtype() {
-        DType::F32 => t
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F64 => t
-            .to_vec1::<f64>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F16 => t
-            .to_vec1::<half::f16>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::BF16 => t
-            .to_vec1::<half::bf16>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I64 => t
-            .to_vec1::<i64>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        d => panic!("unexpected {d:?}"),
-    }
 }
 
 fn options(layout: LayoutChoice, dtype: TargetDtype) -> SaveOptions {

@@ -77,28 +77,30 @@ fn is_tmpfs(dir: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0) && s.f_type == libc::TMPFS_MAGIC
 }
 
+/// A 309 MB f32 SD1.5 (every key, dimensions capped at 256; its largest tensor is 2.4 MB).
+fn model(dir: &Path, seed: &str) -> std::path::PathBuf {
+    let out = dir.join("in");
+    let args = [
+        "save",
+        "-q",
+        "--synthetic",
+        "sd15",
+        "--max-dim",
+        "256",
+        "--dtype",
+        "f32",
+    ];
+    let more = ["--seed", seed, "--output-dir", out.to_str().unwrap()];
+    ok_path(dir, &[&args[..], &more].concat())
+}
+
 #[test]
 fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
     // In the build folder rather than TMPDIR: a tmpfs would count the output's pages as the
     // process's own (shared memory) and blur the figure.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path().to_str().unwrap();
-    // A 309 MB f32 SD1.5 (every key, dimensions capped at 256); its largest tensor is 2.4 MB.
-    let input = ok_path(
-        dir.path(),
-        &[
-            "save",
-            "-q",
-            "--synthetic",
-            "sd15",
-            "--max-dim",
-            "256",
-            "--dtype",
-            "f32",
-            "--output-dir",
-            &format!("{d}/in"),
-        ],
-    );
+    let input = model(dir.path(), "1");
     let input_len = std::fs::metadata(&input).unwrap().len();
     let largest = largest_tensor(&input);
     let staging = 16 * MIB;
@@ -168,23 +170,7 @@ fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
         .concat(),
     );
     // A merge reads two such models and holds neither.
-    let b = ok_path(
-        dir.path(),
-        &[
-            "save",
-            "-q",
-            "--synthetic",
-            "sd15",
-            "--max-dim",
-            "256",
-            "--dtype",
-            "f32",
-            "--seed",
-            "2",
-            "--output-dir",
-            &format!("{d}/in"),
-        ],
-    );
+    let b = model(dir.path(), "2");
     let b = b.to_str().unwrap();
     let merge = [
         "merge",

@@ -142,7 +142,20 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
     Ok(())
 }
 
-/// Operand `i` of `m` (0: the base, `i`: the value of patch `i - 1`), units `units`, as f32.
+/// Operand `i` of `m`: 0 the base, `i` the tensor patch `i - 1` adds.
+fn operand(m: &Merged, i: usize) -> Result<&InputTensor> {
+    match i {
+        0 => Ok(m.base()),
+        _ => match m.patches().get(i - 1).map(|p| &p.value) {
+            Some(PatchValue::Tensor(t)) => Ok(t),
+            _ => Err(Error::InvalidInput(format!(
+                "patch {i} adds no tensor to read"
+            ))),
+        },
+    }
+}
+
+/// Operand `i` of `m` (see [`operand`]), units `units`, as f32.
 fn read_f32(
     m: &Merged,
     i: usize,
@@ -150,15 +163,7 @@ fn read_f32(
     out: &mut [f32],
     scratch: &mut Scratch,
 ) -> Result<()> {
-    let t = match i {
-        0 => m.base(),
-        _ => match &m.patches()[i - 1].value {
-            PatchValue::Tensor(t) => t,
-            PatchValue::Lora(_) => {
-                return Err(Error::InvalidInput("a LoRA is not read as a tensor".into()))
-            }
-        },
-    };
+    let t = operand(m, i)?;
     if let InputTensor::Merged(inner) = t {
         return eval(inner, units, out, scratch);
     }
@@ -378,16 +383,7 @@ fn operand_on(
     units: Range<usize>,
     scratch: &mut Scratch,
 ) -> Result<Tensor> {
-    let t = match i {
-        0 => m.base(),
-        _ => match &m.patches()[i - 1].value {
-            PatchValue::Tensor(t) => t,
-            PatchValue::Lora(_) => {
-                return Err(Error::InvalidInput("a LoRA is not read as a tensor".into()))
-            }
-        },
-    };
-    match t {
+    match operand(m, i)? {
         InputTensor::Candle(c) if c.device().same_device(device) => Ok(c
             .flatten_all()?
             .narrow(0, units.start, units.len())?

@@ -78,6 +78,12 @@ pub fn bytes_of(t: &Tensor) -> Vec<u8> {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         DType::F16 => t
             .to_vec1::<half::f16>()
             .unwrap()
