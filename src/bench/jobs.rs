@@ -217,6 +217,15 @@ impl Subject {
         }
     }
 
+    /// The files the timed job reads (the merge's A and B; the convert's input).
+    pub(super) fn input_files(&self) -> Vec<&Path> {
+        match self {
+            Subject::Memory(_) => Vec::new(),
+            Subject::File(p) => vec![p],
+            Subject::Merge { a, b, .. } => vec![a, b],
+        }
+    }
+
     /// The job's name in the report.
     pub(super) fn name(&self) -> &'static str {
         match self {

@@ -29,7 +29,9 @@ use crate::plan::ComponentDtypes;
 use crate::save::{LayoutChoice, SaveOptions, Saved};
 use crate::write::EngineOptions;
 use jobs::{Inputs, Subject};
-use raw::{accepts_direct_io, random_block, raw_parallel, raw_sequential, remove, timed, Sample};
+use raw::{
+    accepts_direct_io, random_block, raw_parallel, raw_read, raw_sequential, remove, timed, Sample,
+};
 pub use report::{BenchReport, Measure};
 
 /// What to measure.
@@ -143,7 +145,9 @@ fn measure(
     remove(&ours_path)?;
 
     let (mut ours, mut candle, mut seq, mut par, mut direct) = Default::default();
-    let (mut bake, mut plain): (Vec<Sample>, Vec<Sample>) = Default::default();
+    let (mut bake, mut plain, mut read): (Vec<Sample>, Vec<Sample>, Vec<Sample>) =
+        Default::default();
+    let files = subject.input_files();
     let push = |v: &mut Vec<Sample>, s| v.push(s);
     for _ in 0..opts.runs.max(1) {
         let ours_job = || subject.ours(opts, save_opts, &ours_path).map(drop);
@@ -177,12 +181,17 @@ fn measure(
         if direct_ok {
             push(&mut direct, timed(|| parallel(true), &raw_path)?);
         }
+        if !files.is_empty() {
+            let job = || raw_read(&files, workers, chunk, 8 << 20);
+            push(&mut read, timed(job, &raw_path)?);
+        }
     }
     let of = |runs: &Vec<Sample>| (!runs.is_empty()).then(|| Measure::of(runs, bytes));
     let (ours, candle) = (Measure::of(&ours, bytes), of(&candle));
     let (seq, par) = (Measure::of(&seq, bytes), Measure::of(&par, bytes));
     let (lora_bake, plain_convert) = (of(&bake), of(&plain));
     let raw_direct = of(&direct);
+    let raw_read = (!read.is_empty()).then(|| Measure::of(&read, input_bytes));
     let raw_best_gbps = raw_direct
         .as_ref()
         .map_or(0.0, |m| m.gbps)
@@ -197,6 +206,10 @@ fn measure(
     let storage = seq.gbps.max(par.gbps);
     let ceiling_gbps = device_copy_gbps.map_or(storage, |d| d.min(storage));
     let candle_gbps = candle.as_ref().map(|c| c.gbps);
+    // Reads and writes overlap in a job, so the storage needs the longer of the two.
+    let ratio_job_ceiling = raw_read
+        .as_ref()
+        .map(|r| (bytes as f64 / ceiling_gbps / 1e9).max(r.median_s) / ours.median_s);
     let ratio_bake_to_convert = match (&lora_bake, &plain_convert) {
         (Some(b), Some(p)) => Some(b.median_s / p.median_s),
         _ => None,
@@ -237,6 +250,8 @@ fn measure(
         ceiling_sequential: seq,
         ceiling_parallel: par,
         raw_direct,
+        raw_read,
+        ratio_job_ceiling,
         lora_bake,
         plain_convert,
         ratio_bake_to_convert,
@@ -320,6 +335,18 @@ mod tests {
         }
         assert!(r.to_string().contains("ratio to ceiling"));
         assert!(r.to_string().contains("ratio to candle"));
+        // A job that reads files has its reads timed, and the job's ceiling counts them: it is
+        // never below the write-only one.
+        match (&r.raw_read, r.ratio_job_ceiling, r.input_bytes) {
+            (Some(read), Some(job), Some(input)) => {
+                assert_eq!(read.runs_s.len(), 3);
+                assert!((read.gbps - input as f64 / read.median_s / 1e9).abs() < 1e-9);
+                assert!(job >= r.ratio_ceiling * (1.0 - 1e-12));
+                assert!(r.to_string().contains("(g) raw read of inputs"));
+            }
+            (None, None, None) => assert!(!r.to_string().contains("(g)")),
+            other => panic!("reads timed for a job without inputs or the reverse: {other:?}"),
+        }
     }
 
     #[test]

@@ -118,6 +118,59 @@ pub(super) fn raw_sequential(path: &Path, bytes: u64, block: &[u8]) -> Result<()
     raw_parallel(path, bytes, 1, bytes.max(1), block, false)
 }
 
+/// `threads` workers reading `files` (one after the other, as one run of bytes) `chunk` at a
+/// time in order, `block` bytes per `pread`, through the page cache as a job's reads go: what
+/// the storage takes to deliver a job's inputs.
+pub(super) fn raw_read(files: &[&Path], threads: usize, chunk: u64, block: usize) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let opened: Vec<(File, u64)> = files
+        .iter()
+        .map(|p| {
+            let ctx = || format!("raw read of {}", p.display());
+            let f = File::open(p).ctx(ctx)?;
+            let len = f.metadata().ctx(ctx)?.len();
+            Ok((f, len))
+        })
+        .collect::<Result<_>>()?;
+    let ranges: Vec<(usize, u64, u64)> = opened
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, len))| {
+            (0..len.div_ceil(chunk.max(1)))
+                .map(move |c| (i, c * chunk, (c * chunk + chunk).min(*len)))
+        })
+        .collect();
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let mut buf = vec![0u8; block.max(1)];
+                    loop {
+                        let Some(&(i, start, end)) =
+                            ranges.get(next.fetch_add(1, Ordering::Relaxed) as usize)
+                        else {
+                            return Ok(());
+                        };
+                        let (f, _) = &opened[i];
+                        let mut at = start;
+                        while at < end {
+                            let n = (end - at).min(buf.len() as u64) as usize;
+                            f.read_exact_at(&mut buf[..n], at)
+                                .ctx(|| format!("raw read of {}", files[i].display()))?;
+                            at += n as u64;
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::InvalidInput("a reader thread panicked".into())))
+        })
+    })
+}
+
 /// Whether files in `dir` take direct I/O (the probe file `probe` is created and removed).
 pub(super) fn accepts_direct_io(dir: &Path, probe: &Path) -> Result<bool> {
     let ctx = || format!("probing direct I/O in {}", dir.display());

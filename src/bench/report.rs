@@ -91,6 +91,12 @@ pub struct BenchReport {
     /// the ceiling, which is buffered writes as specified; it shows what the storage takes when
     /// the page cache is bypassed, as our save does on disks.
     pub raw_direct: Option<Measure>,
+    /// The input files read in parallel through the page cache, GB/s of input (jobs that read
+    /// files only).
+    pub raw_read: Option<Measure>,
+    /// The storage's time for the job — the longer of writing the output (the ceiling) and
+    /// reading the inputs (`raw_read`) — over ours: the ceiling ratio with the reads counted.
+    pub ratio_job_ceiling: Option<f64>,
     /// The fastest of the raw writers (one stream, parallel, direct), GB/s.
     pub raw_best_gbps: f64,
     /// raw_best / candle: the highest ratio to candle that any writer of these bytes could reach
@@ -181,6 +187,7 @@ impl std::fmt::Display for BenchReport {
                 "(d) raw, parallel O_DIRECT (info)",
                 self.raw_direct.as_ref(),
             ),
+            ("(g) raw read of inputs (GB/s in)", self.raw_read.as_ref()),
         ];
         for (name, m) in rows.into_iter().filter_map(|(n, m)| Some((n, m?))) {
             writeln!(
@@ -198,6 +205,9 @@ impl std::fmt::Display for BenchReport {
             writeln!(f, "(b) not run: {why}")?;
         }
         write!(f, "ratio to ceiling a/c = {:.2}", self.ratio_ceiling)?;
+        if let Some(r) = self.ratio_job_ceiling {
+            write!(f, " (a/max(c,g) = {r:.2}, the inputs' reads counted)")?;
+        }
         if let (Some(r), Some(g)) = (self.ratio_bake_to_convert, self.lora_gflop) {
             write!(
                 f,
