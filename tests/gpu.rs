@@ -16,6 +16,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use checkpoint_save::cast;
 use checkpoint_save::layout::Source;
+use checkpoint_save::merge::{merge, Lora, LoraBake, Operation, Recipe};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
 use checkpoint_save::{
     lay_out, pinned_copy_ceiling, save_to_path, Arch, ComponentDtypes, ComponentKind, Components,
@@ -270,8 +271,114 @@ fn pinned_copy_ceiling_is_measured_on_cuda_only(devices: &[Device]) -> Result<()
     Ok(())
 }
 
+/// Two tiny f32 SD1.5 models on `device` and a rank-3 LoRA for the first, in a file.
+fn merge_inputs(device: &Device, dir: &Path) -> (Components, Components, Lora) {
+    let model = |seed| {
+        let mut o = SyntheticOptions::new(Arch::Sd15)
+            .with_seed(seed)
+            .with_max_dim(16);
+        o.dtype = Some(DType::F32);
+        synthetic::build(&o, device).unwrap()
+    };
+    let a = model(1);
+    let l = synthetic::lora::lora(Arch::Sd15, &a, 3, 7).unwrap();
+    let path = dir.join("lora.safetensors");
+    let generic = SaveOptions {
+        layout: LayoutChoice::Generic(GenericPrefixes {
+            model: String::new(),
+            ..GenericPrefixes::default()
+        }),
+        ..options(LayoutChoice::Arch(Arch::Sd15), TargetDtype::Keep)
+    };
+    save_to_path(&Components::new(l), &path, &generic).unwrap();
+    (a, model(2), Lora::open(&path).unwrap())
+}
+
+/// Every tensor of a saved f32 file, by key.
+fn f32_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    checkpoint_save::load_tensors(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let v = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            (k, v.to_vec1().unwrap())
+        })
+        .collect()
+}
+
+fn merges_on_the_device_match_the_host(devices: &[Device]) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let (a, b, lora) = merge_inputs(&devices[0], dir.path());
+    let recipe = |device: Option<Device>| Recipe {
+        operation: Operation::WeightedSum { ratio: 0.3 },
+        clip: Some(0.3),
+        loras: vec![LoraBake {
+            lora: lora.clone(),
+            strength_model: 0.8,
+            strength_clip: 1.0,
+        }],
+        device,
+        ..Recipe::default()
+    };
+    let opts = options(LayoutChoice::Arch(Arch::Sd15), TargetDtype::F32);
+    let mut files = Vec::new();
+    for (name, device) in [("host", None), ("device", Some(devices[0].clone()))] {
+        let (c, report) = merge(&[&a, &b], &[], &recipe(device))?;
+        assert!(report.merged > 0 && report.loras[0].1 > 0);
+        let path = dir.path().join(format!("{name}.safetensors"));
+        save_to_path(&c, &path, &opts)?;
+        files.push(f32_tensors(&path));
+    }
+    assert_eq!(
+        files[0].keys().collect::<Vec<_>>(),
+        files[1].keys().collect::<Vec<_>>()
+    );
+    // f32 arithmetic on both; a device may contract `a·r + b·(1−r)` into one FMA and sums the
+    // LoRA's products in another order, so values agree to f32 rounding, not bit for bit.
+    for (k, host) in &files[0] {
+        for (x, y) in host.iter().zip(&files[1][k]) {
+            let tol = 1e-5 * (1.0 + x.abs());
+            assert!((x - y).abs() <= tol, "{k}: host {x}, device {y}");
+        }
+    }
+    Ok(())
+}
+
+fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let opts = checkpoint_save::bench::BenchOptions {
+        arch: Arch::Sd15,
+        dtype: TargetDtype::F16,
+        model_dtype: None,
+        output_dir: dir.path().to_path_buf(),
+        runs: 1,
+        engine: EngineOptions::default(),
+        max_dim: Some(16),
+        device: devices[0].clone(),
+        from_file: false,
+        input_dir: None,
+        merge: true,
+        lora_rank: Some(2),
+    };
+    let r = checkpoint_save::bench::run(&opts)?;
+    eprintln!("{r}");
+    assert!(r.ours_gbps > 0.0 && r.lora_bake.is_some());
+    // On a GPU the report carries the device-to-host copy rate measured in the same run.
+    assert_eq!(r.device_copy_gbps.is_some(), !devices[0].is_cpu());
+    assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+    Ok(())
+}
+
 /// The bodies that run on one device, by name.
-const ONE_DEVICE: [(&str, Body); 4] = [
+const ONE_DEVICE: [(&str, Body); 6] = [
+    (
+        "merges_on_the_device_match_the_host",
+        merges_on_the_device_match_the_host,
+    ),
+    (
+        "bench_merge_runs_on_the_device",
+        bench_merge_runs_on_the_device,
+    ),
     (
         "every_dtype_pair_matches_the_cpu_cast",
         every_dtype_pair_matches_the_cpu_cast,

@@ -135,6 +135,7 @@ impl Subject {
                 let recipe = Recipe {
                     operation: Operation::WeightedSum { ratio: RATIO },
                     clip: Some(RATIO),
+                    device: merge_device(opts),
                     ..Recipe::default()
                 };
                 let (c, _) = merge(&[&a, &b], &[], &recipe)?;
@@ -148,7 +149,7 @@ impl Subject {
         match self {
             Subject::Memory(c) => candle_save(c, opts.dtype, out),
             Subject::File(p) => candle_file_to_file(p, opts.dtype, out),
-            Subject::Merge { a, b, .. } => candle_merge(a, b, opts.dtype, out),
+            Subject::Merge { a, b, .. } => candle_merge(a, b, opts.dtype, &opts.device, out),
         }
     }
 
@@ -184,6 +185,7 @@ impl Subject {
                 strength_model: 1.0,
                 strength_clip: 1.0,
             }],
+            device: merge_device(opts),
             ..Recipe::default()
         };
         let (c, _) = merge(&[&input], &[], &recipe)?;
@@ -236,6 +238,11 @@ impl Subject {
     }
 }
 
+/// Where the merge's arithmetic runs: the benchmark's device, or the host's fused fill on CPU.
+fn merge_device(opts: &BenchOptions) -> Option<Device> {
+    (!opts.device.is_cpu()).then(|| opts.device.clone())
+}
+
 fn open(opts: &BenchOptions, p: &Path) -> Result<Components> {
     Ok(crate::input::open(p, Some(opts.arch))?.components)
 }
@@ -252,12 +259,12 @@ fn convert(
 /// candle's merge program: load both files, `a * r + b * (1 - r)` for every floating-point
 /// tensor of the denoiser and text encoders (the VAE and CLIP's buffers stay A's, as in ours),
 /// cast, `safetensors::save`, fsync.
-fn candle_merge(a: &Path, b: &Path, dtype: TargetDtype, out: &Path) -> Result<()> {
+fn candle_merge(a: &Path, b: &Path, dtype: TargetDtype, device: &Device, out: &Path) -> Result<()> {
     let target = dtype
         .file_dtype()
         .and_then(crate::model::dtype::candle_dtype);
-    let ta = candle_core::safetensors::load(a, &Device::Cpu)?;
-    let tb = candle_core::safetensors::load(b, &Device::Cpu)?;
+    let ta = candle_core::safetensors::load(a, device)?;
+    let tb = candle_core::safetensors::load(b, device)?;
     let mut merged: HashMap<String, Tensor> = HashMap::new();
     for (k, x) in ta {
         let t = match tb.get(&k) {

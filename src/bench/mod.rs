@@ -76,11 +76,14 @@ const CANDLE_MARGIN: u64 = 2 << 30;
 ///
 /// # Errors
 /// Errors of building the model, saving, or writing into the output folder;
-/// [`Error::InvalidInput`] for `from_file` or `merge` on a GPU (those jobs run on the host).
+/// [`Error::InvalidInput`] for `from_file` on a GPU (a convert reads and casts on the host; a
+/// merge on a GPU combines its input ranges there).
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    if (opts.from_file || opts.merge) && !opts.device.is_cpu() {
+    if opts.from_file && !opts.merge && !opts.device.is_cpu() {
         return Err(Error::InvalidInput(
-            "file-to-file and merge jobs read and write files on the host; drop --device".into(),
+            "a file-to-file convert reads and casts on the host; drop --device (bench merge \
+             takes one)"
+                .into(),
         ));
     }
     for dir in std::iter::once(&opts.output_dir).chain(&opts.input_dir) {
@@ -378,6 +381,35 @@ mod tests {
         assert_eq!(r.job, "file-to-file");
         check_runs(&r);
         assert!(r.to_string().contains("candle load + to_dtype + save"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_merge_bench_times_the_merge_the_bake_and_the_convert_and_removes_its_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(dir.path(), false);
+        (o.merge, o.lora_rank) = (true, Some(2));
+        let r = run_alone(&o);
+        // The merge writes what a save of A does: same keys and shapes, f16.
+        assert_eq!(
+            (r.bytes, r.tensors),
+            same_save(dir.path(), Some(DType::F32))
+        );
+        // A and B in f32, each about twice the f16 output.
+        let input = r.input_bytes.unwrap();
+        assert!(input > 3 * r.bytes && input < 4 * r.bytes, "{input}");
+        assert_eq!(r.job, "merge");
+        check_runs(&r);
+        let (bake, plain) = (
+            r.lora_bake.as_ref().unwrap(),
+            r.plain_convert.as_ref().unwrap(),
+        );
+        assert_eq!((bake.runs_s.len(), plain.runs_s.len()), (3, 3));
+        let ratio = r.ratio_bake_to_convert.unwrap();
+        assert!((ratio - bake.median_s / plain.median_s).abs() < 1e-12);
+        assert!(r.lora_gflop.unwrap() > 0.0);
+        let text = r.to_string();
+        assert!(text.contains("LoRA bake / plain convert") && text.contains("a*r+b*(1-r)"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
