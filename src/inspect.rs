@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 use crate::error::Result;
 use crate::layout::invert::{detect_arch, read_prediction};
 use crate::load::read_f32_scalar;
-use crate::model::{Arch, Prediction, TensorInfo};
+use crate::model::{Arch, Prediction};
 use crate::read::SafetensorsFile;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -106,11 +106,7 @@ fn part_of(key: &str) -> &'static str {
 /// [`crate::Error::HeaderTooLarge`], [`crate::Error::InvalidCheckpoint`], truncation included).
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let st = SafetensorsFile::open(path)?;
-    let infos: BTreeMap<String, TensorInfo> = st
-        .tensors()
-        .iter()
-        .map(|t| (t.name.clone(), TensorInfo::new(t.shape.clone(), t.dtype)))
-        .collect();
+    let infos = st.infos();
     let arch = detect_arch(&infos).ok();
     let default = arch.map_or(Prediction::Flow, Arch::default_prediction);
     let (prediction, _) = read_prediction(path, &infos, st.metadata(), default, |key| {

@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 use crate::layout::invert::{invert_file, Move};
 use crate::model::dtype::candle_dtype;
-use crate::model::{Arch, ComponentKind, Components, Dtype, Prediction, TensorInfo, TensorMap};
+use crate::model::{Arch, ComponentKind, Components, Dtype, Prediction, TensorMap};
 use crate::read::{SafetensorsFile, TensorEntry};
 
 /// A checkpoint read back into components.
@@ -52,11 +52,7 @@ pub struct Loaded {
 /// - [`Error::Candle`] when a tensor cannot be created on `device`.
 pub fn load_checkpoint(path: &Path, device: &Device, arch: Option<Arch>) -> Result<Loaded> {
     let st = SafetensorsFile::open(path)?;
-    let infos: BTreeMap<String, TensorInfo> = st
-        .tensors()
-        .iter()
-        .map(|t| (t.name.clone(), TensorInfo::new(t.shape.clone(), t.dtype)))
-        .collect();
+    let infos = st.infos();
     let sigma = |key: &str| read_f32_scalar(&st, key);
     let (arch, inv) = invert_file(path, &infos, st.metadata(), arch, sigma)?;
     let mut maps: BTreeMap<ComponentKind, TensorMap> = BTreeMap::new();

@@ -163,6 +163,17 @@ impl SafetensorsFile {
         &self.tensors
     }
 
+    /// Every tensor's shape and dtype, by name: what layouts and architectures are told from.
+    pub fn infos(&self) -> BTreeMap<String, crate::model::TensorInfo> {
+        self.tensors
+            .iter()
+            .map(|t| {
+                let info = crate::model::TensorInfo::new(t.shape.clone(), t.dtype);
+                (t.name.clone(), info)
+            })
+            .collect()
+    }
+
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {
         self.index.get(name).map(|&i| &self.tensors[i])

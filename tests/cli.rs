@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use checkpoint_save::Arch;
-use common::cli::{run, Run};
+use common::cli::{files_under, run, Run};
 use safetensors::{Dtype, SafeTensors};
 
 /// What one run of the binary produced.
@@ -30,21 +30,6 @@ fn assert_fails(r: &Run, code: i32, needle: &str, out_dir: &Path) {
     }
     assert!(r.stderr.contains(needle), "`{needle}` in: {}", r.stderr);
     assert_eq!(files_under(out_dir), Vec::<PathBuf>::new());
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 fn dtypes_of(path: &Path) -> Vec<(String, Dtype)> {

@@ -37,7 +37,7 @@
 
 mod counter;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs;
 use std::io;

@@ -7,7 +7,8 @@ use std::sync::{Arc, Barrier};
 use super::counter::{decimal_digit, entry_counter};
 use super::*;
 
-const T: LocalTime = LocalTime {
+/// The fixed time of every test here and in `publish`.
+pub(crate) const T: LocalTime = LocalTime {
     year: 2025,
     month: 3,
     day: 7,
@@ -20,15 +21,16 @@ fn no_clock() -> LocalTime {
     panic!("the clock must not be read for a prefix without '%'")
 }
 
-fn target(prefix: &str, out: &Path) -> SaveTarget {
+pub(crate) fn target(prefix: &str, out: &Path) -> SaveTarget {
     SaveTarget::resolve_with_clock(prefix, out, || T).expect("prefix resolves")
 }
 
-fn touch(path: &Path) {
+pub(crate) fn touch(path: &Path) {
     fs::write(path, b"x").expect("write fixture");
 }
 
-fn names(dir: &Path) -> BTreeSet<String> {
+/// The names of the entries of `dir`.
+pub(crate) fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir)
         .expect("list")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

@@ -6,31 +6,8 @@ use std::io::Write;
 
 use super::folder::temp_pid;
 use super::*;
-use crate::naming::{reserve, LocalTime, SaveTarget};
-
-const T: LocalTime = LocalTime {
-    year: 2025,
-    month: 3,
-    day: 7,
-    hour: 9,
-    minute: 5,
-    second: 1,
-};
-
-fn target(prefix: &str, out: &Path) -> SaveTarget {
-    SaveTarget::resolve_with_clock(prefix, out, || T).expect("prefix resolves")
-}
-
-fn touch(path: &Path) {
-    fs::write(path, b"x").expect("write fixture");
-}
-
-fn names(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect()
-}
+use crate::naming::reserve;
+use crate::naming::tests::{names, target, touch};
 
 #[test]
 fn reservation_commit_publishes_and_titles() {
