@@ -86,14 +86,18 @@ const BLOCK: usize = 64 << 10;
 
 /// Every element of `m` as f32 bytes (for the small tensors a conversion needs whole).
 pub(super) fn merged_bytes(m: &Merged, scratch: &mut Scratch) -> Result<Vec<u8>> {
+    Ok(as_bytes(&merged_f32(m, scratch)?).to_vec())
+}
+
+/// Every element of `m` in f32.
+fn merged_f32(m: &Merged, scratch: &mut Scratch) -> Result<Vec<f32>> {
     let n = m.info().numel();
     if let Some(device) = m.evaluation_device() {
-        let r = eval_on(&device, m, 0..n, scratch)?;
-        return super::from_device(&r, 0..n, Dtype::F32, |src, _| Ok(src.to_vec()));
+        return Ok(eval_on(&device, m, 0..n, scratch)?.to_vec1()?);
     }
     let mut vals = vec![0f32; n];
-    eval(m, 0..vals.len(), &mut vals, scratch)?;
-    Ok(as_bytes(&vals).to_vec())
+    eval(m, 0..n, &mut vals, scratch)?;
+    Ok(vals)
 }
 
 /// Units `units` of `m`, in f32, on the host.
@@ -102,13 +106,13 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
     let mut value = Vec::new();
     for (i, p) in m.patches().iter().enumerate() {
         let sm = p.strength_model;
-        let adds = !matches!(p.value, PatchValue::Tensor(_)) || p.strength != 0.0;
-        if sm != 1.0 && !(adds && matches!(p.value, PatchValue::Tensor(_))) {
+        // A tensor patch that adds scales and adds in one pass; any other scales first.
+        let adds_tensor = matches!(p.value, PatchValue::Tensor(_)) && p.strength != 0.0;
+        if sm != 1.0 && !adds_tensor {
             out.iter_mut().for_each(|w| *w *= sm);
         }
         match &p.value {
-            PatchValue::Tensor(_) if !adds => {}
-            PatchValue::Tensor(_) => {
+            PatchValue::Tensor(_) if adds_tensor => {
                 value.resize(out.len(), 0f32);
                 read_f32(m, i + 1, units.clone(), &mut value, scratch)?;
                 let s = p.strength;
@@ -121,19 +125,13 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
                     out.iter_mut().zip(&value).for_each(|(w, v)| *w += s * v);
                 }
             }
+            PatchValue::Tensor(_) => {}
             PatchValue::Lora(l) => {
                 let cols = row_len(m);
                 let h = scratch.lora(l)?;
-                for (prod, at) in &l.rows {
-                    let e0 = (at * cols).max(units.start);
-                    let e1 = ((at + prod.len()) * cols).min(units.end);
-                    if e0 >= e1 {
-                        continue;
-                    }
-                    // Element `e` of the weight is element `e − at·cols + prod.start·cols` of
-                    // the product.
-                    let first = e0 - at * cols + prod.start * cols;
-                    let dst = &mut out[e0 - units.start..e1 - units.start];
+                for (target, row) in lora_runs(l, &units, cols) {
+                    let first = row * cols + target.start % cols;
+                    let dst = &mut out[target.start - units.start..target.end - units.start];
                     lowrank::add_product(dst, first, &h.up, &h.down, p.strength);
                 }
             }
@@ -242,7 +240,7 @@ fn lora_matrices(l: &LoraFactors, device: &Device, scratch: &mut Scratch) -> Res
         let t = match t {
             InputTensor::Candle(c) if c.device().same_device(device) => c.to_dtype(DType::F32)?,
             InputTensor::Merged(m) => {
-                Tensor::from_vec(f32s(&merged_bytes(m, scratch)?), info.shape.clone(), device)?
+                Tensor::from_vec(merged_f32(m, scratch)?, info.shape.clone(), device)?
             }
             other => {
                 let bytes = host_bytes(other)?;
@@ -315,11 +313,11 @@ fn eval_on(
                 // Untouched elements stay as they are (adding zeros would turn −0 into +0).
                 let mut parts = Vec::new();
                 let mut at = units.start;
-                for (target, _) in lora_blocks_on(l, &units, cols) {
+                for (target, row) in lora_runs(l, &units, cols) {
                     if target.start > at {
                         parts.push(w.narrow(0, at - units.start, target.start - at)?);
                     }
-                    let block = lora_block_on(&mats, l, &target, cols)?;
+                    let block = lora_block_on(&mats, row, &target, cols)?;
                     let cur = w.narrow(0, target.start - units.start, target.len())?;
                     parts.push((cur + block.broadcast_mul(&scalar(p.strength)?)?)?);
                     at = target.end;
@@ -334,12 +332,9 @@ fn eval_on(
     Ok(w)
 }
 
-/// The target element runs of `l` inside `units` (in order), without their values.
-fn lora_blocks_on(
-    l: &LoraFactors,
-    units: &Range<usize>,
-    cols: usize,
-) -> Vec<(Range<usize>, usize)> {
+/// The runs of target elements `l` patches inside `units`, in order, each with the row of the
+/// product its first element lies in.
+fn lora_runs(l: &LoraFactors, units: &Range<usize>, cols: usize) -> Vec<(Range<usize>, usize)> {
     let mut runs: Vec<(Range<usize>, usize)> = l
         .rows
         .iter()
@@ -353,23 +348,18 @@ fn lora_blocks_on(
     runs
 }
 
-/// The product's values on target elements `target`, on the device.
+/// The product's values on target elements `target`, whose first lies in product row `row`, on
+/// the device.
 fn lora_block_on(
     mats: &LoraMatrices,
-    l: &LoraFactors,
+    row: usize,
     target: &Range<usize>,
     cols: usize,
 ) -> Result<Tensor> {
     let (t0, t1) = (target.start / cols, target.end.div_ceil(cols));
-    let (prod, at) = l
-        .rows
-        .iter()
-        .find(|(p, at)| t0 >= *at && t0 < at + p.len())
-        .ok_or_else(|| Error::InvalidInput("a LoRA range outside its rows".into()))?;
-    let p0 = prod.start + (t0 - at);
     let block = mats
         .up
-        .narrow(0, p0, t1 - t0)?
+        .narrow(0, row, t1 - t0)?
         .matmul(&mats.down)?
         .flatten_all()?;
     Ok(block.narrow(0, target.start - t0 * cols, target.len())?)
@@ -407,10 +397,4 @@ fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
     // SAFETY: every bit pattern is a valid f32, so any bytes written through the view are too;
     // the view covers exactly the slice's memory and u8 has alignment 1.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
-}
-
-fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
