@@ -192,13 +192,8 @@ impl Merged {
             return Some(d.clone());
         }
         // LoRA factors are small: they follow the weights wherever those are.
-        let weights =
-            std::iter::once(&self.base).chain(self.patches.iter().filter_map(|p| match &p.value {
-                PatchValue::Tensor(t) => Some(t),
-                PatchValue::Lora(_) => None,
-            }));
         let mut device: Option<Device> = None;
-        for t in weights {
+        for t in self.tensor_operands().flatten() {
             let d = match t {
                 InputTensor::Candle(c) if !c.device().is_cpu() => c.device().clone(),
                 InputTensor::Merged(m) => m.evaluation_device()?,
@@ -221,14 +216,7 @@ impl Merged {
     pub(crate) fn operand_pieces(&self, i: usize) -> Result<&[Piece]> {
         if self.pieces.get().is_none() {
             let mut all = Vec::with_capacity(self.patches.len() + 1);
-            let tensors =
-                std::iter::once(Some(&self.base)).chain(self.patches.iter().map(
-                    |p| match &p.value {
-                        PatchValue::Tensor(t) => Some(t),
-                        PatchValue::Lora(_) => None,
-                    },
-                ));
-            for t in tensors {
+            for t in self.tensor_operands() {
                 all.push(match t {
                     Some(InputTensor::Merged(_)) | None => None,
                     Some(t) => Some(crate::plan::operand_pieces(&self.key, t)?),
@@ -244,6 +232,20 @@ impl Merged {
             .ok_or_else(|| {
                 Error::InvalidInput(format!("`{}` has no operand {i} to read", self.key))
             })
+    }
+
+    /// Tensor operand `i` (0: the base, `i`: patch `i − 1`'s tensor); `None` for a LoRA patch or
+    /// past the end.
+    pub(crate) fn tensor_operand(&self, i: usize) -> Option<&InputTensor> {
+        self.tensor_operands().nth(i).flatten()
+    }
+
+    /// The tensor operands by index: 0 the base, `i` patch `i − 1`'s tensor (`None` for a LoRA).
+    fn tensor_operands(&self) -> impl Iterator<Item = Option<&InputTensor>> {
+        std::iter::once(Some(&self.base)).chain(self.patches.iter().map(|p| match &p.value {
+            PatchValue::Tensor(t) => Some(t),
+            PatchValue::Lora(_) => None,
+        }))
     }
 
     /// Shape and dtype.

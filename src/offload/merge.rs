@@ -142,15 +142,8 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
 
 /// Operand `i` of `m`: 0 the base, `i` the tensor patch `i - 1` adds.
 fn operand(m: &Merged, i: usize) -> Result<&InputTensor> {
-    match i {
-        0 => Ok(m.base()),
-        _ => match m.patches().get(i - 1).map(|p| &p.value) {
-            Some(PatchValue::Tensor(t)) => Ok(t),
-            _ => Err(Error::InvalidInput(format!(
-                "patch {i} adds no tensor to read"
-            ))),
-        },
-    }
+    m.tensor_operand(i)
+        .ok_or_else(|| Error::InvalidInput(format!("patch {i} adds no tensor to read")))
 }
 
 /// Operand `i` of `m` (see [`operand`]), units `units`, as f32.
