@@ -330,40 +330,24 @@ fn patches_of(
         }
         others.push(t.clone());
     }
-    let f = |v: f64| v as f32;
-    let tensor = |t: InputTensor| PatchValue::Tensor(t);
+    // `w · strength_model + strength · t`, coefficients computed in f64 as Python does.
+    let patch = |strength: f64, strength_model: f64, t: InputTensor| Patch {
+        strength: strength as f32,
+        strength_model: strength_model as f32,
+        value: PatchValue::Tensor(t),
+    };
     Ok(match op {
         Operation::WeightedSum { ratio: 1.0 } => Vec::new(),
-        Operation::WeightedSum { ratio } => vec![Patch {
-            strength: f(1.0 - ratio),
-            strength_model: f(ratio),
-            value: tensor(others[0].clone()),
-        }],
-        Operation::Subtract { multiplier: m } => vec![Patch {
-            strength: f(-m),
-            strength_model: f(m),
-            value: tensor(others[0].clone()),
-        }],
-        Operation::Add => vec![Patch {
-            strength: 1.0,
-            strength_model: 1.0,
-            value: tensor(others[0].clone()),
-        }],
+        Operation::WeightedSum { ratio } => vec![patch(1.0 - ratio, ratio, others[0].clone())],
+        Operation::Subtract { multiplier: m } => vec![patch(-m, m, others[0].clone())],
+        Operation::Add => vec![patch(1.0, 1.0, others[0].clone())],
         Operation::AddDifference { multiplier: m } => {
             let diff = Merged::new(
                 key,
                 others[0].clone(),
-                vec![Patch {
-                    strength: f(-m),
-                    strength_model: f(m),
-                    value: tensor(others[1].clone()),
-                }],
+                vec![patch(-m, m, others[1].clone())],
             )?;
-            vec![Patch {
-                strength: 1.0,
-                strength_model: 1.0,
-                value: tensor(InputTensor::Merged(Arc::new(diff))),
-            }]
+            vec![patch(1.0, 1.0, InputTensor::Merged(Arc::new(diff)))]
         }
         Operation::None => Vec::new(),
     })
