@@ -23,6 +23,8 @@ mod vae;
 mod tests;
 #[cfg(test)]
 mod tests_config;
+#[cfg(test)]
+mod tests_names;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
