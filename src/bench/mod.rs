@@ -26,7 +26,7 @@ use candle_core::{DType, Device};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{Arch, TargetDtype};
 use crate::plan::ComponentDtypes;
-use crate::save::{LayoutChoice, SaveOptions, Saved};
+use crate::save::{LayoutChoice, SaveOptions};
 use crate::write::EngineOptions;
 use jobs::{Inputs, Subject};
 use raw::{
@@ -143,50 +143,39 @@ fn measure(
     if candle_skipped.is_none() {
         timed(|| subject.candle(opts, &candle_path), &candle_path)?;
     }
-    let some = |r: Result<Option<Saved>>| r.map(drop);
+    // Warm-up of the bake too, which also says whether one is timed.
     let baking = subject.bake(opts, save_opts, &ours_path)?.is_some();
     remove(&ours_path)?;
 
-    let (mut ours, mut candle, mut seq, mut par, mut direct) = Default::default();
-    let (mut bake, mut plain, mut read): (Vec<Sample>, Vec<Sample>, Vec<Sample>) =
-        Default::default();
+    let (mut ours, mut candle, mut seq, mut par) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut direct, mut bake, mut plain, mut read) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let files = subject.input_files();
-    let push = |v: &mut Vec<Sample>, s| v.push(s);
+    let parallel = |d| raw_parallel(&raw_path, bytes, workers, chunk, block, d);
     for _ in 0..opts.runs.max(1) {
-        let ours_job = || subject.ours(opts, save_opts, &ours_path).map(drop);
-        push(&mut ours, timed(ours_job, &ours_path)?);
+        let job = || subject.ours(opts, save_opts, &ours_path).map(drop);
+        ours.push(timed(job, &ours_path)?);
         if candle_skipped.is_none() {
             let job = || subject.candle(opts, &candle_path);
-            push(&mut candle, timed(job, &candle_path)?);
+            candle.push(timed(job, &candle_path)?);
         }
         if baking {
-            push(
-                &mut bake,
-                timed(
-                    || some(subject.bake(opts, save_opts, &ours_path)),
-                    &ours_path,
-                )?,
-            );
-            push(
-                &mut plain,
-                timed(
-                    || some(subject.plain(opts, save_opts, &ours_path)),
-                    &ours_path,
-                )?,
-            );
+            let job = || subject.bake(opts, save_opts, &ours_path).map(drop);
+            bake.push(timed(job, &ours_path)?);
+            let job = || subject.plain(opts, save_opts, &ours_path).map(drop);
+            plain.push(timed(job, &ours_path)?);
         }
-        push(
-            &mut seq,
-            timed(|| raw_sequential(&raw_path, bytes, block), &raw_path)?,
-        );
-        let parallel = |d| raw_parallel(&raw_path, bytes, workers, chunk, block, d);
-        push(&mut par, timed(|| parallel(false), &raw_path)?);
+        seq.push(timed(
+            || raw_sequential(&raw_path, bytes, block),
+            &raw_path,
+        )?);
+        par.push(timed(|| parallel(false), &raw_path)?);
         if direct_ok {
-            push(&mut direct, timed(|| parallel(true), &raw_path)?);
+            direct.push(timed(|| parallel(true), &raw_path)?);
         }
         if !files.is_empty() {
             let job = || raw_read(&files, workers, chunk, 8 << 20);
-            push(&mut read, timed(job, &raw_path)?);
+            read.push(timed(job, &raw_path)?);
         }
     }
     let of = |runs: &Vec<Sample>| (!runs.is_empty()).then(|| Measure::of(runs, bytes));
