@@ -194,6 +194,19 @@ impl SafetensorsFile {
         self.stamp.len
     }
 
+    /// The file's first `8 + header_len` bytes as they are: the length prefix and the header
+    /// JSON (what a recipe hashes), bounded by the validated header length.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when they cannot be read again.
+    pub fn raw_header(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 8 + self.header_len as usize];
+        self.file
+            .read_exact_at(&mut buf, 0)
+            .ctx(|| format!("cannot read the header of {}", self.path.display()))?;
+        Ok(buf)
+    }
+
     /// Fills `buf` with the bytes at data-section offset `at`.
     ///
     /// # Errors

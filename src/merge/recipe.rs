@@ -2,7 +2,6 @@
 //! `sd_merge_recipe` and sd-mecha's `mecha_recipe` do: the inputs by name, size and a hash of
 //! their headers, the operation, its ratios, the LoRAs and their strengths.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -10,8 +9,9 @@ use sha2::{Digest, Sha256};
 
 use super::{MergeReport, Operation, Recipe};
 use crate::cast;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::model::{Arch, Dtype, InputTensor};
+use crate::read::SafetensorsFile;
 
 /// Bytes of data hashed at each end of a file for [`InputRecord::sample_sha256`].
 const SAMPLE: u64 = 1 << 20;
@@ -41,7 +41,7 @@ impl InputRecord {
     /// The record of an input named `name` made of `files`.
     ///
     /// # Errors
-    /// Read errors of the headers.
+    /// The reader's errors for a file that is not a valid safetensors file; read errors.
     pub fn of_files(name: &str, files: &[&Path]) -> Result<InputRecord> {
         let mut files = files.to_vec();
         files.sort();
@@ -49,26 +49,17 @@ impl InputRecord {
         let (mut header_hash, mut sample_hash) = (Sha256::new(), Sha256::new());
         let mut bytes = 0;
         for path in files {
-            let ctx = || format!("cannot read {}", path.display());
-            let mut f = std::fs::File::open(path).ctx(ctx)?;
-            let len = f.metadata().ctx(ctx)?.len();
-            bytes += len;
-            let mut prefix = [0u8; 8];
-            f.read_exact(&mut prefix).ctx(ctx)?;
-            // The reader validated this length when the input was opened.
-            let n = u64::from_le_bytes(prefix);
-            let mut header = vec![0u8; usize::try_from(n).unwrap_or(0)];
-            f.read_exact(&mut header).ctx(ctx)?;
-            for h in [&mut header_hash, &mut sample_hash] {
-                h.update(prefix);
-                h.update(&header);
-            }
-            let data = 8 + n;
-            let sample = len.saturating_sub(data).min(SAMPLE);
-            for at in [data, len.saturating_sub(sample)] {
-                let mut buf = vec![0u8; sample as usize];
-                f.seek(SeekFrom::Start(at)).ctx(ctx)?;
-                f.read_exact(&mut buf).ctx(ctx)?;
+            // Through the one reader, so every length below is one it validated.
+            let st = SafetensorsFile::open(path)?;
+            bytes += st.file_len();
+            let header = st.raw_header()?;
+            header_hash.update(&header);
+            sample_hash.update(&header);
+            let data = st.data_len();
+            let sample = data.min(SAMPLE);
+            let mut buf = vec![0u8; sample as usize];
+            for at in [0, data - sample] {
+                st.read_at(&mut buf, at)?;
                 sample_hash.update(&buf);
             }
         }
