@@ -157,8 +157,8 @@ pub(super) fn scalar(t: &InputTensor, name: &str) -> Result<f64> {
             info.dtype, info.shape
         )));
     }
-    let bytes = crate::offload::whole_bytes(t)?;
+    let bytes = crate::offload::host_bytes(t)?;
     let mut out = [0u8; 8];
-    cast::convert(name, &bytes, info.dtype, &mut out, Dtype::F64)?;
+    cast::convert(name, &bytes, t.host_dtype(), &mut out, Dtype::F64)?;
     Ok(f64::from_le_bytes(out))
 }

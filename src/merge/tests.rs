@@ -23,7 +23,7 @@ fn values(t: &InputTensor) -> Vec<f32> {
             .unwrap()
             .to_vec1()
             .unwrap(),
-        other => crate::offload::whole_bytes(other)
+        other => crate::offload::host_bytes(other)
             .unwrap()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

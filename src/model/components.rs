@@ -114,6 +114,15 @@ impl InputTensor {
         }
     }
 
+    /// The dtype of the tensor's bytes in host memory: a merged tensor's values are computed in
+    /// f32; every other tensor's bytes are in its own dtype.
+    pub(crate) fn host_dtype(&self) -> Dtype {
+        match self {
+            InputTensor::Merged(_) => Dtype::F32,
+            t => t.info().dtype,
+        }
+    }
+
     /// Element ranges of `parts`, concatenated and read as `shape` (same element count).
     ///
     /// # Errors

@@ -74,11 +74,7 @@ impl Scratch {
                 )));
             };
             let bytes = host_bytes(t)?;
-            // A merged tensor's host bytes are its f32 values.
-            let w = match t {
-                InputTensor::Merged(_) => 4,
-                _ => unit_width(info.dtype),
-            };
+            let w = unit_width(t.host_dtype());
             let mut out = vec![0u8; bytes.len()];
             for r in 0..rows {
                 for c in 0..cols {
@@ -95,17 +91,9 @@ impl Scratch {
     }
 }
 
-/// Every byte of a small tensor (row-major; its own dtype, f32 for a merged one) in host memory.
-///
-/// # Errors
-/// Read and device errors.
-pub(crate) fn whole_bytes(t: &InputTensor) -> Result<Vec<u8>> {
-    host_bytes(t)
-}
-
-/// Every byte of a tensor (row-major, its own dtype) in host memory: for the small tensors a
-/// conversion needs whole (a transposed projection).
-fn host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
+/// Every byte of a tensor (row-major, in [`InputTensor::host_dtype`]) in host memory: for the
+/// small tensors a conversion needs whole (a transposed projection, a LoRA's alpha).
+pub(crate) fn host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
     match t {
         InputTensor::Candle(c) => {
             let c = to_host(&c.contiguous()?, file_dtype(c.dtype()))?;

@@ -448,11 +448,8 @@ fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
         }
         InputTensor::Transposed(inner) => {
             refuse_packed(key, inner, "transposed")?;
-            // A merged tensor is transposed from its f32 values.
-            let dtype = match &**inner {
-                InputTensor::Merged(_) => Dtype::F32,
-                _ => info.dtype,
-            };
+            // Transposed from its host bytes (a merged tensor's are f32).
+            let dtype = inner.host_dtype();
             let source = PieceSource::Transposed {
                 tensor: (**inner).clone(),
                 offset: 0,
@@ -464,7 +461,7 @@ fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
                 merged: Arc::clone(m),
                 offset: 0,
             };
-            vec![(source, Dtype::F32, units)]
+            vec![(source, t.host_dtype(), units)]
         }
         InputTensor::Joined(j) => {
             let mut out = Vec::new();
