@@ -21,7 +21,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::dtype::{self, Dtype};
-use crate::plan::MAX_HEADER_LEN;
+
+/// Largest header readers accept (safetensors' `MAX_HEADER_SIZE`): the reader refuses a longer
+/// one, and the plan never writes one.
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// One tensor of a safetensors file, as its header describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,11 +167,11 @@ impl SafetensorsFile {
     }
 
     /// Every tensor's shape and dtype, by name: what layouts and architectures are told from.
-    pub fn infos(&self) -> BTreeMap<String, crate::model::TensorInfo> {
+    pub fn infos(&self) -> BTreeMap<String, crate::model::dtype::TensorInfo> {
         self.tensors
             .iter()
             .map(|t| {
-                let info = crate::model::TensorInfo::new(t.shape.clone(), t.dtype);
+                let info = crate::model::dtype::TensorInfo::new(t.shape.clone(), t.dtype);
                 (t.name.clone(), info)
             })
             .collect()

@@ -198,7 +198,7 @@ pub(super) fn header_checksum(path: &Path) -> Result<String> {
     f.read_exact(&mut len)
         .map_err(|e| invalid(format!("cannot read the header length: {e}")))?;
     let n = u64::from_le_bytes(len);
-    if n > crate::plan::MAX_HEADER_LEN {
+    if n > crate::read::MAX_HEADER_LEN {
         return Err(invalid(format!("header length {n} exceeds the limit")));
     }
     let mut buf = len.to_vec();

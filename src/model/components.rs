@@ -6,16 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::ops::Range;
-use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use crate::error::{Error, Result};
-use crate::model::dtype::{file_dtype, Dtype};
-use crate::model::merged::Merged;
-use crate::read::{SafetensorsFile, TensorEntry};
+use crate::model::dtype::TensorInfo;
+use crate::model::tensor::InputTensor;
 
 /// Named candle tensors of one component, sorted by name so every walk over them is deterministic.
 pub type TensorMap = BTreeMap<String, Tensor>;
@@ -63,237 +58,6 @@ impl ComponentKind {
 impl fmt::Display for ComponentKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// One tensor of a component, read only when the checkpoint is written.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum InputTensor {
-    /// A candle tensor on any device (CPU, CUDA, Metal), in any layout.
-    Candle(Tensor),
-    /// A tensor stored in an input file, read where it lies when the checkpoint is written.
-    File(FileTensor),
-    /// Element ranges of other tensors, concatenated and read as one shape: q/k/v fused or split,
-    /// halves swapped, a reshape. Nothing is copied until the checkpoint is written.
-    Joined(Arc<Joined>),
-    /// A 2-D tensor, transposed (an OpenCLIP projection read back into HF naming).
-    Transposed(Arc<InputTensor>),
-    /// A tensor computed from others when written: a merge, a LoRA bake ([`Merged`]).
-    Merged(Arc<Merged>),
-}
-
-/// Element ranges of other tensors, concatenated along dim 0 (row-major: their bytes, in order),
-/// read as `shape`. See [`InputTensor::joined`].
-#[derive(Debug, Clone)]
-pub struct Joined {
-    parts: Vec<(InputTensor, Range<usize>)>,
-    info: TensorInfo,
-}
-
-impl Joined {
-    /// The parts: each a tensor and the element range taken from it, in order.
-    pub fn parts(&self) -> &[(InputTensor, Range<usize>)] {
-        &self.parts
-    }
-}
-
-impl InputTensor {
-    /// Shape and file dtype.
-    pub fn info(&self) -> TensorInfo {
-        match self {
-            InputTensor::Candle(t) => TensorInfo::new(t.dims().to_vec(), file_dtype(t.dtype())),
-            InputTensor::File(f) => TensorInfo::new(f.shape.clone(), f.dtype()),
-            InputTensor::Joined(j) => j.info.clone(),
-            InputTensor::Transposed(t) => {
-                let mut info = t.info();
-                info.shape.reverse();
-                info
-            }
-            InputTensor::Merged(m) => m.info().clone(),
-        }
-    }
-
-    /// The dtype of the tensor's bytes in host memory: a merged tensor's values are computed in
-    /// f32; every other tensor's bytes are in its own dtype.
-    pub(crate) fn host_dtype(&self) -> Dtype {
-        match self {
-            InputTensor::Merged(_) => Dtype::F32,
-            t => t.info().dtype,
-        }
-    }
-
-    /// Element ranges of `parts`, concatenated and read as `shape` (same element count).
-    ///
-    /// # Errors
-    /// [`Error::Conversion`] when the parts' dtypes differ, a range lies outside its tensor, a
-    /// packed (sub-byte) tensor would be cut, or the element counts do not add up to `shape`.
-    pub fn joined(
-        key: &str,
-        parts: Vec<(InputTensor, Range<usize>)>,
-        shape: Vec<usize>,
-    ) -> Result<InputTensor> {
-        let bad = |reason: String| Error::Conversion {
-            key: key.to_string(),
-            reason,
-        };
-        let Some(first) = parts.first() else {
-            return Err(bad("no parts to join".into()));
-        };
-        let dtype = first.0.info().dtype;
-        let mut total = 0usize;
-        for (t, r) in &parts {
-            let info = t.info();
-            if info.dtype != dtype {
-                return Err(bad(format!(
-                    "parts of {} and {} cannot be joined",
-                    dtype, info.dtype
-                )));
-            }
-            if r.start > r.end || r.end > info.numel() {
-                return Err(bad(format!(
-                    "elements {r:?} lie outside a part of shape {:?}",
-                    info.shape
-                )));
-            }
-            if crate::model::dtype::is_packed(dtype) && r.len() != info.numel() {
-                return Err(bad(format!(
-                    "a packed {dtype} tensor can only be taken whole"
-                )));
-            }
-            total += r.len();
-        }
-        let info = TensorInfo::new(shape, dtype);
-        if total != info.numel() {
-            return Err(bad(format!(
-                "{total} elements cannot be read as shape {:?}",
-                info.shape
-            )));
-        }
-        // One whole tensor, as it is or read as another shape: the tensor itself, or a view.
-        if let [(t, r)] = parts.as_slice() {
-            if r.start == 0 && r.len() == t.info().numel() {
-                if t.info().shape == info.shape {
-                    return Ok(t.clone());
-                }
-                if let InputTensor::File(f) = t {
-                    return Ok(InputTensor::File(f.reshaped(info.shape)));
-                }
-            }
-        }
-        Ok(InputTensor::Joined(Arc::new(Joined { parts, info })))
-    }
-
-    /// This 2-D tensor transposed (a transpose of a transpose is the tensor itself).
-    pub fn transposed(self) -> InputTensor {
-        match self {
-            InputTensor::Transposed(t) => (*t).clone(),
-            other => InputTensor::Transposed(Arc::new(other)),
-        }
-    }
-
-    /// The candle tensor, for tensors held as one.
-    pub fn as_candle(&self) -> Option<&Tensor> {
-        match self {
-            InputTensor::Candle(t) => Some(t),
-            _ => None,
-        }
-    }
-
-    /// Whether the bytes live on a device other than the CPU.
-    pub fn on_device(&self) -> bool {
-        match self {
-            InputTensor::Candle(t) => !t.device().is_cpu(),
-            InputTensor::File(_) => false,
-            InputTensor::Joined(j) => j.parts.iter().any(|(t, _)| t.on_device()),
-            InputTensor::Transposed(t) => t.on_device(),
-            InputTensor::Merged(m) => m.operands().iter().any(|t| t.on_device()),
-        }
-    }
-
-    /// Calls `f` with every input file the tensor's bytes lie in.
-    pub(crate) fn input_files(&self, f: &mut impl FnMut(&Arc<SafetensorsFile>)) {
-        match self {
-            InputTensor::Candle(_) => {}
-            InputTensor::File(t) => f(t.file()),
-            InputTensor::Joined(j) => j.parts.iter().for_each(|(t, _)| t.input_files(f)),
-            InputTensor::Transposed(t) => t.input_files(f),
-            InputTensor::Merged(m) => m.operands().iter().for_each(|t| t.input_files(f)),
-        }
-    }
-
-    /// Bytes of the tensor as held.
-    pub fn byte_len(&self) -> u64 {
-        let info = self.info();
-        crate::model::dtype::byte_len(info.dtype, info.numel()).unwrap_or(0) as u64
-    }
-}
-
-/// A tensor of an input `.safetensors` file: where it lies and how it is read (its own shape, or
-/// a reshape of it).
-#[derive(Clone)]
-pub struct FileTensor {
-    file: Arc<SafetensorsFile>,
-    index: usize,
-    shape: Vec<usize>,
-}
-
-impl FileTensor {
-    /// Tensor `index` (in data-section order) of an open file.
-    pub(crate) fn new(file: Arc<SafetensorsFile>, index: usize) -> Self {
-        let shape = file.tensors()[index].shape.clone();
-        FileTensor { file, index, shape }
-    }
-
-    /// The same bytes read as `shape` (the caller checked the element count).
-    fn reshaped(&self, shape: Vec<usize>) -> Self {
-        FileTensor {
-            shape,
-            ..self.clone()
-        }
-    }
-
-    /// The file it lies in.
-    pub(crate) fn file(&self) -> &Arc<SafetensorsFile> {
-        &self.file
-    }
-
-    /// Its entry in the file's header.
-    pub(crate) fn entry(&self) -> &TensorEntry {
-        &self.file.tensors()[self.index]
-    }
-
-    /// Its dtype in the file.
-    pub fn dtype(&self) -> Dtype {
-        self.entry().dtype
-    }
-
-    /// Its name in the file.
-    pub fn name(&self) -> &str {
-        &self.entry().name
-    }
-
-    /// The path of the file.
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-}
-
-impl fmt::Debug for FileTensor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "FileTensor({}: `{}` {:?})",
-            self.path().display(),
-            self.name(),
-            self.shape
-        )
-    }
-}
-
-impl From<Tensor> for InputTensor {
-    fn from(t: Tensor) -> Self {
-        InputTensor::Candle(t)
     }
 }
 
@@ -409,27 +173,6 @@ impl From<&Components> for Components {
     }
 }
 
-/// Shape and dtype of one tensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorInfo {
-    /// Dimensions, outermost first; empty for a 0-dim scalar.
-    pub shape: Vec<usize>,
-    /// Dtype as held.
-    pub dtype: Dtype,
-}
-
-impl TensorInfo {
-    /// A new description.
-    pub fn new(shape: Vec<usize>, dtype: Dtype) -> Self {
-        Self { shape, dtype }
-    }
-
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
 /// Names, shapes and dtypes of every component: the input of the (pure) layout stage.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ComponentShapes {
@@ -509,6 +252,7 @@ impl IntoTensorMap for &candle_nn::VarMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::dtype::Dtype;
     use candle_core::{DType, Device};
 
     #[test]

@@ -158,6 +158,27 @@ pub fn is_packed(dtype: Dtype) -> bool {
     !dtype.bitsize().is_multiple_of(8)
 }
 
+/// Shape and dtype of one tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Dimensions, outermost first; empty for a 0-dim scalar.
+    pub shape: Vec<usize>,
+    /// Dtype as held.
+    pub dtype: Dtype,
+}
+
+impl TensorInfo {
+    /// A new description.
+    pub fn new(shape: Vec<usize>, dtype: Dtype) -> Self {
+        Self { shape, dtype }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,13 @@
 pub mod arch;
 pub mod components;
 pub mod dtype;
-pub mod merged;
+pub mod tensor;
 
 pub use arch::{Arch, Prediction};
 pub use components::{
-    ComponentKind, ComponentShapes, Components, FileTensor, InputMap, InputTensor, IntoTensorMap,
-    Joined, TensorInfo, TensorMap,
+    ComponentKind, ComponentShapes, Components, InputMap, IntoTensorMap, TensorMap,
 };
-pub use dtype::{Dtype, TargetDtype};
+pub use dtype::{Dtype, TargetDtype, TensorInfo};
 pub use merged::{LoraFactors, Merged, Patch, PatchValue};
+pub use tensor::merged;
+pub use tensor::{FileTensor, InputTensor, Joined};

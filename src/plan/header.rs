@@ -8,9 +8,7 @@ use serde::Serialize;
 use super::PlannedTensor;
 use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
-
-/// Largest header readers accept (safetensors' `MAX_HEADER_SIZE`).
-pub const MAX_HEADER_LEN: u64 = 100_000_000;
+use crate::read::MAX_HEADER_LEN;
 
 #[derive(Serialize)]
 struct HeaderEntry<'a> {

@@ -19,7 +19,6 @@ use crate::layout::{Entry, Layout, Source};
 use crate::model::dtype::{self, Dtype, TargetDtype};
 use crate::model::{ComponentKind, Components, InputTensor, Merged};
 use crate::read::SafetensorsFile;
-pub use header::MAX_HEADER_LEN;
 
 /// The dtype each component is saved in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -3,6 +3,7 @@ use candle_core::{DType, Device};
 use super::*;
 use crate::layout::{layout, LayoutKind};
 use crate::model::Arch;
+use crate::read::MAX_HEADER_LEN;
 use crate::synthetic::{self, SyntheticOptions};
 use crate::testutil::{self, FIXTURES};
 

@@ -26,9 +26,9 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 
+use super::InputTensor;
 use crate::error::{Error, Result};
-use crate::model::components::{InputTensor, TensorInfo};
-use crate::model::dtype::can_decode;
+use crate::model::dtype::{can_decode, TensorInfo};
 use crate::plan::Piece;
 
 /// A tensor made by patching a base tensor (see the [module docs](self)).
