@@ -82,7 +82,7 @@ pub use offload::pinned_copy_ceiling;
 pub use plan::metadata::MetadataOptions;
 pub use plan::ComponentDtypes;
 pub use publish::{clean_stale_temps, reserve_at, Reservation};
-pub use save::{lay_out, save, save_to_path, LayoutChoice, SaveOptions, Saved};
+pub use save::{lay_out, save, save_tensors, save_to_path, LayoutChoice, SaveOptions, Saved};
 pub use split::{split, Split, SplitTarget};
 pub use sys::ignore_file_size_signal;
 pub use write::{Backend, EngineOptions};

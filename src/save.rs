@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, detect, GenericPrefixes, Layout, LayoutKind};
-use crate::model::{Arch, ComponentKind, Components, InputTensor, Prediction};
+use crate::model::{Arch, ComponentKind, Components, InputTensor, IntoTensorMap, Prediction};
 use crate::naming::SaveTarget;
 use crate::plan::metadata::{self, MetadataOptions};
 use crate::plan::{ComponentDtypes, Plan, PlanOptions};
@@ -25,6 +25,19 @@ pub enum LayoutChoice {
     Arch(Arch),
     /// Prefix each component's keys; no conversion.
     Generic(GenericPrefixes),
+}
+
+impl LayoutChoice {
+    /// Every tensor under its own name: the generic layout with empty prefixes (what candle's
+    /// `safetensors::save` and `VarMap::save` write).
+    pub fn plain() -> LayoutChoice {
+        LayoutChoice::Generic(GenericPrefixes {
+            model: String::new(),
+            clip: String::new(),
+            vae: String::new(),
+            clip_vision: String::new(),
+        })
+    }
 }
 
 /// Everything a save can be told.
@@ -66,6 +79,21 @@ impl Default for SaveOptions {
             cancel: None,
             writer: EngineOptions::default(),
         }
+    }
+}
+
+impl SaveOptions {
+    /// Options that write tensors under their own names and nothing else: the [plain
+    /// layout](LayoutChoice::plain), no `prompt` or provenance metadata, dtypes as held; the
+    /// writer's defaults. What [`save_tensors`] uses; change a field to cast or tune the writer.
+    pub fn plain() -> SaveOptions {
+        let mut opts = SaveOptions {
+            layout: LayoutChoice::plain(),
+            ..SaveOptions::default()
+        };
+        opts.metadata.disable = true;
+        opts.metadata.provenance = false;
+        opts
     }
 }
 
@@ -124,6 +152,47 @@ pub fn save_to_path(components: &Components, path: &Path, opts: &SaveOptions) ->
         _ => Path::new("."),
     };
     save_with(components, opts, &stem, folder, || reserve_at(path))
+}
+
+/// Writes named tensors to exactly `path` under their own names: the counterpart of candle's
+/// `safetensors::save(&map, path)` and `VarMap::save(path)`, with this crate's engine (casts
+/// fused, parallel writes, bounded staging memory, tensors on any device) and its publish
+/// guarantees (a temporary file in the same folder, fsync, then a rename that never replaces
+/// an existing file; nothing left behind on error). Takes a `HashMap`/`BTreeMap` of tensors, a
+/// `&VarMap`, or pairs. No architecture is detected and no key is renamed; for dtypes or writer
+/// settings use [`save_to_path`] with [`SaveOptions::plain`].
+///
+/// ```
+/// use std::collections::HashMap;
+/// use candle_core::{DType, Device, Tensor};
+///
+/// # fn main() -> checkpoint_save::Result<()> {
+/// let mut weights = HashMap::new();
+/// weights.insert("layer.weight".to_string(), Tensor::ones((4, 8), DType::F32, &Device::Cpu)?);
+/// weights.insert("layer.bias".to_string(), Tensor::zeros(4, DType::F32, &Device::Cpu)?);
+/// let path = std::env::temp_dir().join(format!("weights-{}.safetensors", std::process::id()));
+///
+/// let saved = checkpoint_save::save_tensors(&weights, &path)?;
+/// assert_eq!(saved.tensors, 2);
+/// // candle reads it back as it wrote it.
+/// let back = candle_core::safetensors::load(&path, &Device::Cpu)?;
+/// assert_eq!(back["layer.weight"].dims(), &[4, 8]);
+/// // The file is never replaced: a second save to the same path is refused.
+/// assert!(checkpoint_save::save_tensors(&weights, &path).is_err());
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// As [`save_to_path`]: an I/O error of kind `AlreadyExists` when `path` exists, planning and
+/// write errors; on error no file is left under any name.
+pub fn save_tensors(tensors: impl IntoTensorMap, path: impl AsRef<Path>) -> Result<Saved> {
+    save_to_path(
+        &Components::new(tensors),
+        path.as_ref(),
+        &SaveOptions::plain(),
+    )
 }
 
 /// [`Error::InvalidInput`] when `path` is one of the files the components are read from.

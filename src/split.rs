@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
 use crate::layout::diffusers::{configs, from_comfy};
-use crate::layout::GenericPrefixes;
 use crate::model::{ComponentKind, Components, InputMap, InputTensor, Prediction};
 use crate::save::{save_to_path, LayoutChoice, SaveOptions};
 
@@ -87,12 +86,7 @@ pub fn split(input: &Input, out_dir: &Path, to: SplitTarget, opts: &SaveOptions)
 /// Save options that write `map` under its own names, with only the writer's settings of `opts`.
 fn plain(opts: &SaveOptions, extra: &[(&str, &str)]) -> SaveOptions {
     let mut o = SaveOptions {
-        layout: LayoutChoice::Generic(GenericPrefixes {
-            model: String::new(),
-            clip: String::new(),
-            vae: String::new(),
-            clip_vision: String::new(),
-        }),
+        layout: LayoutChoice::plain(),
         prediction: Some(Prediction::Flow),
         ..opts.clone()
     };
