@@ -89,8 +89,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// The input is not a readable safetensors file.
-    #[error("{path} is not a valid safetensors file: {reason}")]
+    /// The input is not a readable model file (safetensors, or a PyTorch checkpoint).
+    #[error("{path} cannot be read: {reason}")]
     InvalidCheckpoint {
         /// The file.
         path: PathBuf,

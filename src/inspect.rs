@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::layout::invert::{detect_arch, read_prediction};
 use crate::load::read_f32_scalar;
 use crate::model::{Arch, Prediction};
-use crate::read::SafetensorsFile;
+use crate::read::{FileFormat, SafetensorsFile};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PartSummary {
@@ -30,6 +30,8 @@ pub struct PartSummary {
 pub struct Inspection {
     /// The file.
     pub path: PathBuf,
+    /// What kind of file it is (`safetensors` or `pytorch`).
+    pub format: FileFormat,
     /// The architecture the denoiser's keys detect as; `None` when unknown.
     #[serde(serialize_with = "serialize_arch")]
     pub arch: Option<Arch>,
@@ -44,8 +46,11 @@ pub struct Inspection {
     pub metadata: BTreeMap<String, String>,
     /// Bytes of tensor data.
     pub data_bytes: u64,
-    /// Length of the JSON header (without the 8-byte length prefix).
+    /// Length of what describes the tensors: a safetensors file's JSON header (without the 8-byte
+    /// length prefix), a PyTorch file's pickle.
     pub header_bytes: u64,
+    /// Entries of a PyTorch checkpoint that are not tensors of its state dict (read past).
+    pub left_out: Vec<String>,
     /// File size.
     pub file_bytes: u64,
 }
@@ -130,6 +135,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     parts.retain(|p| p.tensors > 0);
     Ok(Inspection {
         path: path.to_path_buf(),
+        format: st.format(),
         arch,
         prediction,
         parts,
@@ -137,6 +143,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         metadata: st.metadata().clone(),
         data_bytes: st.data_len(),
         header_bytes: st.header_len(),
+        left_out: st.left_out().to_vec(),
         file_bytes: st.file_len(),
     })
 }
@@ -160,6 +167,7 @@ fn human_bytes(b: u64) -> String {
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.path.display())?;
+        writeln!(f, "  format:       {}", self.format)?;
         let arch = self.arch.map_or("unknown", Arch::name);
         writeln!(f, "  architecture: {arch}")?;
         writeln!(f, "  prediction:   {}", self.prediction)?;
@@ -180,6 +188,13 @@ impl fmt::Display for Inspection {
                 p.tensors,
                 human_bytes(p.bytes),
                 dtypes.join(", ")
+            )?;
+        }
+        if !self.left_out.is_empty() {
+            writeln!(
+                f,
+                "  not tensors:  {} (read past)",
+                self.left_out.join(", ")
             )?;
         }
         if !self.metadata.is_empty() {

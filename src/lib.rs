@@ -82,6 +82,7 @@ pub use offload::pinned_copy_ceiling;
 pub use plan::metadata::MetadataOptions;
 pub use plan::ComponentDtypes;
 pub use publish::{clean_stale_temps, reserve_at, Reservation};
+pub use read::FileFormat;
 pub use save::{lay_out, save, save_tensors, save_to_path, LayoutChoice, SaveOptions, Saved};
 pub use split::{split, Split, SplitTarget};
 pub use sys::ignore_file_size_signal;
@@ -93,4 +94,13 @@ pub mod internal {
     pub use crate::offload::Scratch;
     pub use crate::plan::{Plan, PlanOptions};
     pub use crate::write::fill_range;
+
+    /// Reads `data` as the `data.pkl` of a PyTorch checkpoint whose archive holds no storage
+    /// (what the pickle fuzz target drives): `Ok` with the tensor count, or the reader's error.
+    ///
+    /// # Errors
+    /// The reader's message.
+    pub fn read_torch_pickle(data: &[u8]) -> std::result::Result<usize, String> {
+        crate::read::torch_state_dict(data).map(|(t, _)| t.len())
+    }
 }

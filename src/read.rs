@@ -1,4 +1,7 @@
-//! The crate's one safetensors reader: checkpoints and component files downloaded from anywhere.
+//! The crate's one reader of model files downloaded from anywhere: safetensors files, and
+//! PyTorch checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`, read by [`torch`] without running their
+//! pickle), told apart by their first bytes. Both become the same list of tensors, each a byte
+//! range of the file read where it lies.
 //!
 //! [`SafetensorsFile::open`] reads and validates the header before anything else: the 8-byte
 //! length against the file's real size and the 100,000,000-byte limit (so a file cannot make us
@@ -68,17 +71,61 @@ impl Stamp {
     }
 }
 
-/// An open, validated safetensors file.
+/// What kind of file an input is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// A `.safetensors` file.
+    Safetensors,
+    /// A PyTorch zip checkpoint (`torch.save`: `.ckpt`, `.pt`, `.pth`, `.bin`), read without
+    /// running its pickle.
+    PyTorch,
+}
+
+impl FileFormat {
+    /// A short name, for scripts (`inspect --json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileFormat::Safetensors => "safetensors",
+            FileFormat::PyTorch => "pytorch",
+        }
+    }
+}
+
+impl fmt::Display for FileFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileFormat::Safetensors => "safetensors",
+            FileFormat::PyTorch => "PyTorch checkpoint (zip + pickle, read without running it)",
+        })
+    }
+}
+
+impl serde::Serialize for FileFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// An open, validated input file: a safetensors file or a PyTorch checkpoint (see the module
+/// docs). Tensor offsets count from its data section (a safetensors file's bytes after the
+/// header; a PyTorch file's first byte).
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
     file: File,
     stamp: Stamp,
-    header_len: u64,
+    format: FileFormat,
+    /// Where the bytes that describe the file lie: the length prefix and JSON header of a
+    /// safetensors file, the pickle of a PyTorch one.
+    description: (u64, u64),
+    /// Where the data section starts.
+    data_start: u64,
     metadata: BTreeMap<String, String>,
     /// In data-section order.
     tensors: Vec<TensorEntry>,
     index: HashMap<String, usize>,
+    /// Entries of a PyTorch checkpoint that are not tensors of its state dict.
+    left_out: Vec<String>,
 }
 
 impl SafetensorsFile {
@@ -107,6 +154,16 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             reason,
         };
+        let mut head = [0u8; 16];
+        let head_len = file_len.min(16) as usize;
+        file.read_exact_at(&mut head[..head_len], 0)
+            .ctx(|| format!("cannot read {}", path.display()))?;
+        if let Some(why) = foreign_format(&file, &head[..head_len], file_len) {
+            return Err(bad(why));
+        }
+        if zip::is_zip(&head[..head_len]) {
+            return Self::open_torch(path, file, &meta);
+        }
         let mut prefix = [0u8; 8];
         if file_len < 8 {
             return Err(bad(format!(
@@ -144,11 +201,58 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             file,
             stamp: Stamp::of(&meta),
-            header_len,
+            format: FileFormat::Safetensors,
+            description: (0, 8 + header_len),
+            data_start: 8 + header_len,
             metadata: parsed.metadata,
             tensors,
             index,
+            left_out: Vec::new(),
         })
+    }
+
+    /// Opens a PyTorch zip checkpoint: its tensors, in file order, as ranges of the file.
+    fn open_torch(path: &Path, file: File, meta: &std::fs::Metadata) -> Result<Self> {
+        let read = torch::read(&file, meta.len()).map_err(|reason| Error::InvalidCheckpoint {
+            path: path.to_path_buf(),
+            reason: format!("it is a PyTorch checkpoint (a zip archive) and {reason}"),
+        })?;
+        let mut tensors = read.tensors;
+        tensors.sort_by_key(|t| (t.offsets, t.name.clone()));
+        let mut left_out = read.left_out;
+        left_out.sort();
+        let mut index = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if index.insert(t.name.clone(), i).is_some() {
+                return Err(Error::InvalidCheckpoint {
+                    path: path.to_path_buf(),
+                    reason: format!("`{}` appears twice in its state dict", t.name),
+                });
+            }
+        }
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            stamp: Stamp::of(meta),
+            format: FileFormat::PyTorch,
+            description: read.pickle,
+            data_start: 0,
+            metadata: BTreeMap::new(),
+            tensors,
+            index,
+            left_out,
+        })
+    }
+
+    /// What kind of file it is.
+    pub fn format(&self) -> FileFormat {
+        self.format
+    }
+
+    /// Entries of a PyTorch checkpoint that are not tensors of its state dict (an epoch, a
+    /// global step, optimizer states...): read past, not carried.
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
     }
 
     /// The file's path.
@@ -182,14 +286,22 @@ impl SafetensorsFile {
         self.index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// Length of the JSON header, without the 8-byte length prefix.
+    /// Length of what describes the file: a safetensors file's JSON header (without the
+    /// 8-byte length prefix), a PyTorch file's pickle.
     pub fn header_len(&self) -> u64 {
-        self.header_len
+        let (begin, end) = self.description;
+        match self.format {
+            FileFormat::Safetensors => end - begin - 8,
+            FileFormat::PyTorch => end - begin,
+        }
     }
 
-    /// Length of the data section.
+    /// Bytes of tensor data: a safetensors file's data section, a PyTorch file's tensors.
     pub fn data_len(&self) -> u64 {
-        self.stamp.len - 8 - self.header_len
+        match self.format {
+            FileFormat::Safetensors => self.stamp.len - self.data_start,
+            FileFormat::PyTorch => self.tensors.iter().map(TensorEntry::byte_len).sum(),
+        }
     }
 
     /// Length of the file when it was opened.
@@ -197,15 +309,17 @@ impl SafetensorsFile {
         self.stamp.len
     }
 
-    /// The file's first `8 + header_len` bytes as they are: the length prefix and the header
-    /// JSON (what a recipe hashes), bounded by the validated header length.
+    /// The bytes that describe the file as they are (what a recipe hashes): a safetensors
+    /// file's length prefix and header JSON, a PyTorch file's pickle; bounded by their
+    /// validated length.
     ///
     /// # Errors
     /// [`Error::Io`] when they cannot be read again.
     pub fn raw_header(&self) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; 8 + self.header_len as usize];
+        let (begin, end) = self.description;
+        let mut buf = vec![0u8; (end - begin) as usize];
         self.file
-            .read_exact_at(&mut buf, 0)
+            .read_exact_at(&mut buf, begin)
             .ctx(|| format!("cannot read the header of {}", self.path.display()))?;
         Ok(buf)
     }
@@ -216,7 +330,7 @@ impl SafetensorsFile {
     /// [`Error::InvalidCheckpoint`] when the file ends early (truncated while being read);
     /// [`Error::Io`] for other read errors.
     pub fn read_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        let pos = 8 + self.header_len + at;
+        let pos = self.data_start + at;
         match self.file.read_exact_at(buf, pos) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -271,6 +385,35 @@ impl SafetensorsFile {
         }
         Ok(())
     }
+}
+
+/// Why a file of another format than those read cannot be opened, if it is one: a GGUF file,
+/// or PyTorch's legacy (pre-1.6) pickle and tar formats.
+fn foreign_format(file: &File, head: &[u8], file_len: u64) -> Option<String> {
+    // Legacy `torch.save`: a protocol-2 pickle of the magic number 0x1950a86a20f9469cfc6c.
+    const LEGACY_TORCH: [u8; 14] = [
+        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    ];
+    if head.starts_with(b"GGUF") {
+        return Some(
+            "a GGUF file, which this tool does not read yet; convert it with ComfyUI-GGUF's              tools first"
+                .into(),
+        );
+    }
+    if head.starts_with(&LEGACY_TORCH) {
+        return Some(
+            "a PyTorch checkpoint in the legacy (pre-1.6) pickle format, which is not read:              load and re-save it with a current torch.save"
+                .into(),
+        );
+    }
+    let mut magic = [0u8; 5];
+    if file_len > 262 && file.read_exact_at(&mut magic, 257).is_ok() && &magic == b"ustar" {
+        return Some(
+            "a tar archive (PyTorch's legacy tar format, or not a model file), which is not              read: load and re-save it with a current torch.save"
+                .into(),
+        );
+    }
+    None
 }
 
 /// The parsed header, before the offsets are checked.
@@ -402,6 +545,18 @@ fn validate(
             "the file holds {data_len} bytes of tensor data but the header describes only {at}: extra bytes at the end; the file is corrupt"
         )),
     }
+}
+
+mod pickle;
+mod torch;
+mod zip;
+
+/// The tensors a PyTorch `data.pkl` names, located in an archive with no storages: every tensor
+/// is an error, so this exercises the pickle parser and the state-dict rules alone.
+pub(crate) fn torch_state_dict(
+    data: &[u8],
+) -> std::result::Result<(Vec<TensorEntry>, Vec<String>), String> {
+    torch::state_dict(data, "archive/", &HashMap::new())
 }
 
 #[cfg(test)]

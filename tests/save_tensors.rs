@@ -43,7 +43,8 @@ fn a_varmap_is_written_under_its_own_names_and_candle_reads_it_back() {
         assert_eq!(back[name].dtype(), DType::F32);
     }
     // Only the tensors: no prompt, no provenance, nothing else in the folder.
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&std::fs::read(&path).unwrap()).unwrap();
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&std::fs::read(&path).unwrap()).unwrap();
     assert!(
         meta.metadata().as_ref().is_none_or(|m| m.is_empty()),
         "{:?}",

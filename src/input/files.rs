@@ -1,7 +1,9 @@
-//! Opening the files an input is made of: one `.safetensors` file, or the shards an index lists
-//! (`*.safetensors.index.json`, `weight_map`: tensor name → shard file), or the weights of a
-//! diffusers/transformers model folder (`model.safetensors`, `diffusion_pytorch_model.safetensors`
-//! or their index). Every tensor becomes a [`FileTensor`] — nothing is read but headers.
+//! Opening the files an input is made of: one model file (`.safetensors`, or a PyTorch
+//! checkpoint read without running it: `.ckpt`, `.pt`, `.pth`, `.bin`), or the shards an index
+//! lists (`*.index.json`, `weight_map`: tensor name → shard file), or the weights of a
+//! diffusers/transformers model folder (`model.safetensors`, `diffusion_pytorch_model.safetensors`,
+//! their `.bin` forms, or their index). Every tensor becomes a [`FileTensor`] — nothing is read
+//! but headers (and a PyTorch file's pickle).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ pub(crate) struct TensorSet {
     pub metadata: BTreeMap<String, String>,
     /// Bytes of tensor data.
     pub bytes: u64,
+    /// Entries of PyTorch checkpoints that are not tensors of their state dicts.
+    pub left_out: Vec<String>,
 }
 
 impl TensorSet {
@@ -47,12 +51,17 @@ struct Index {
     weight_map: BTreeMap<String, String>,
 }
 
-/// Weight files a diffusers or transformers folder may hold, preferred first.
-const WEIGHTS: [&str; 4] = [
+/// Weight files a diffusers or transformers folder may hold, preferred first: safetensors, then
+/// the PyTorch `.bin` files older pipelines ship (read without running their pickle).
+const WEIGHTS: [&str; 8] = [
     "diffusion_pytorch_model.safetensors.index.json",
     "diffusion_pytorch_model.safetensors",
     "model.safetensors.index.json",
     "model.safetensors",
+    "diffusion_pytorch_model.bin.index.json",
+    "diffusion_pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
 ];
 
 /// Opens a `.safetensors` file, a `*.safetensors.index.json` with its shards, or a model folder
@@ -80,6 +89,7 @@ pub(crate) fn open_set(path: &Path) -> Result<TensorSet> {
         tensors: BTreeMap::new(),
         metadata: file.metadata().clone(),
         bytes: file.data_len(),
+        left_out: file.left_out().to_vec(),
     };
     add(&mut set, &file)?;
     Ok(set)
@@ -89,22 +99,8 @@ fn open_folder(dir: &Path) -> Result<TensorSet> {
     if let Some(w) = WEIGHTS.iter().map(|w| dir.join(w)).find(|p| p.is_file()) {
         return open_set(&w);
     }
-    let entries: Vec<String> = std::fs::read_dir(dir)
-        .ctx(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
-    let other = entries
-        .iter()
-        .find(|n| n.ends_with(".bin") || n.ends_with(".ckpt") || n.ends_with(".pt"));
-    let hint = match other {
-        Some(n) => format!(
-            "; it holds `{n}`, a pickle file this tool does not read (pickles can run code): \
-             convert it to safetensors first"
-        ),
-        None => String::new(),
-    };
     Err(Error::InvalidInput(format!(
-        "{} holds no safetensors weights: expected one of {}{hint}",
+        "{} holds no model weights: expected one of {}",
         dir.display(),
         WEIGHTS.join(", ")
     )))
@@ -125,6 +121,7 @@ fn open_index(path: &Path) -> Result<TensorSet> {
         tensors: BTreeMap::new(),
         metadata: BTreeMap::new(),
         bytes: 0,
+        left_out: Vec::new(),
     };
     for shard in shards {
         if shard.contains('/') || shard.contains("..") {
@@ -149,6 +146,7 @@ fn open_index(path: &Path) -> Result<TensorSet> {
             set.metadata = file.metadata().clone();
         }
         set.bytes += file.data_len();
+        set.left_out.extend(file.left_out().iter().cloned());
         add(&mut set, &file)?;
     }
     for (name, shard) in &index.weight_map {

@@ -34,6 +34,7 @@ pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
     let (arch, inv) = invert_file(&set.path, &infos, &set.metadata, arch, sigma)?;
     let mut maps: BTreeMap<ComponentKind, InputMap> = BTreeMap::new();
     let mut left_out = inv.leftover.clone();
+    left_out.extend(set.left_out.iter().cloned());
     for (file_key, kind, mv) in inv.moves {
         let t = set.get(&file_key).ok_or_else(|| Error::InvalidCheckpoint {
             path: set.path.clone(),

@@ -1,0 +1,208 @@
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::model::dtype::Dtype;
+use crate::read::{FileFormat, SafetensorsFile};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/torch")
+        .join(name)
+}
+
+/// Values of `bytes` of `dtype`, as f64.
+fn values(bytes: &[u8], dtype: Dtype) -> Vec<f64> {
+    let w = dtype.bitsize() / 8;
+    bytes
+        .chunks_exact(w.max(1))
+        .map(|c| match dtype {
+            Dtype::F32 => f32::from_le_bytes(c.try_into().unwrap()) as f64,
+            Dtype::F64 => f64::from_le_bytes(c.try_into().unwrap()),
+            Dtype::F16 => half::f16::from_le_bytes(c.try_into().unwrap()).to_f64(),
+            Dtype::BF16 => half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64(),
+            Dtype::F8_E4M3 => float8::F8E4M3::from_bits(c[0]).to_f64(),
+            Dtype::I64 => i64::from_le_bytes(c.try_into().unwrap()) as f64,
+            Dtype::I32 => i32::from_le_bytes(c.try_into().unwrap()) as f64,
+            Dtype::U8 | Dtype::BOOL => c[0] as f64,
+            other => panic!("no decoder for {other}"),
+        })
+        .collect()
+}
+
+fn dtype_of(torch: &str) -> Dtype {
+    match torch {
+        "float32" => Dtype::F32,
+        "float64" => Dtype::F64,
+        "float16" => Dtype::F16,
+        "bfloat16" => Dtype::BF16,
+        "float8_e4m3fn" => Dtype::F8_E4M3,
+        "int64" => Dtype::I64,
+        "int32" => Dtype::I32,
+        "uint8" => Dtype::U8,
+        "bool" => Dtype::BOOL,
+        other => panic!("unexpected dtype {other}"),
+    }
+}
+
+#[test]
+fn every_kind_of_tensor_reads_as_torch_wrote_it() {
+    let f = SafetensorsFile::open(&fixture("kinds.pt")).unwrap();
+    assert_eq!(f.format(), FileFormat::PyTorch);
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("kinds.json")).unwrap()).unwrap();
+    let expected = expected.as_object().unwrap();
+    assert_eq!(f.tensors().len(), expected.len());
+    for (name, want) in expected {
+        let t = f.tensor(name).unwrap_or_else(|| panic!("`{name}` missing"));
+        let dtype = dtype_of(want["dtype"].as_str().unwrap());
+        assert_eq!(t.dtype, dtype, "{name}");
+        let shape: Vec<usize> = want["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(t.shape, shape, "{name}");
+        let got = values(&f.read_tensor(t).unwrap(), dtype);
+        let want: Vec<f64> = want["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        // JSON's decimal floats come back within an f64 ulp: compare f64 tensors that closely,
+        // the others exactly at their own precision.
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(&want) {
+            match dtype {
+                Dtype::F64 => assert!((g - w).abs() <= w.abs() * 4.0 * f64::EPSILON, "{name}"),
+                _ => assert_eq!(*g as f32, *w as f32, "{name}"),
+            }
+        }
+    }
+    // The view lies inside its base's storage, 8 elements in.
+    let (view, big) = (f.tensor("view").unwrap(), f.tensor("big").unwrap());
+    assert_eq!(view.offsets.0, big.offsets.0 + 8 * 4);
+    let mut left = f.left_out().to_vec();
+    left.sort();
+    assert_eq!(left, ["blob", "lr", "optimizer_name", "step", "tags"]);
+}
+
+#[test]
+fn a_lightning_checkpoint_yields_its_state_dict() {
+    let f = SafetensorsFile::open(&fixture("sd15.ckpt")).unwrap();
+    let st = SafetensorsFile::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/diffusers/sd15/checkpoint.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(f.tensors().len(), st.tensors().len());
+    for t in st.tensors() {
+        let c = f
+            .tensor(&t.name)
+            .unwrap_or_else(|| panic!("`{}` missing", t.name));
+        assert_eq!((c.dtype, &c.shape), (t.dtype, &t.shape), "{}", t.name);
+        assert_eq!(
+            f.read_tensor(c).unwrap(),
+            st.read_tensor(t).unwrap(),
+            "{}",
+            t.name
+        );
+    }
+    let mut left = f.left_out().to_vec();
+    left.sort();
+    assert_eq!(left, ["epoch", "global_step"]);
+    assert!(f.header_len() > 0 && f.raw_header().unwrap().len() as u64 == f.header_len());
+}
+
+fn open_err(path: &Path) -> String {
+    match SafetensorsFile::open(path) {
+        Ok(_) => panic!("{} opened", path.display()),
+        Err(e) => {
+            assert!(matches!(e, Error::InvalidCheckpoint { .. }), "{e:?}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn hostile_pickles_are_refused_by_name_and_nothing_runs() {
+    let cwd = std::env::current_dir().unwrap();
+    for (file, global) in [
+        ("hostile_system.ckpt", "posix.system"),
+        ("hostile_exec.ckpt", "builtins.exec"),
+        ("hostile_popen.ckpt", "subprocess.Popen"),
+        ("hostile_class.ckpt", "__main__.Unknown"),
+    ] {
+        let err = open_err(&fixture(file));
+        assert!(err.contains(&format!("refused global `{global}`")), "{err}");
+        assert!(err.contains("nothing was run"), "{err}");
+    }
+    assert!(!cwd.join("pwned").exists());
+}
+
+#[test]
+fn unread_forms_are_named() {
+    let err = open_err(&fixture("strided.pt"));
+    assert!(err.contains("strided view") && err.contains("`w`"), "{err}");
+    let err = open_err(&fixture("legacy.pt"));
+    assert!(err.contains("legacy (pre-1.6)"), "{err}");
+}
+
+fn copy_with(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(fixture("kinds.pt")).unwrap();
+    edit(&mut bytes);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn replace_all(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+        }
+        i += 1;
+    }
+}
+
+#[test]
+fn damaged_archives_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = std::fs::metadata(fixture("kinds.pt")).unwrap().len() as usize;
+    // Cut anywhere: the end record, the directory, or data the directory points at is missing.
+    for cut in [10, 100, len / 2, len - 30, len - 1] {
+        let p = copy_with(dir.path(), "cut.pt", |b| b.truncate(cut));
+        let err = open_err(&p);
+        assert!(
+            err.contains("truncated") || err.contains("corrupt"),
+            "{cut}: {err}"
+        );
+    }
+    // A storage renamed away from what the pickle refers to.
+    let p = copy_with(dir.path(), "renamed.pt", |b| {
+        replace_all(b, b"kinds/data/12", b"kinds/data/zz")
+    });
+    let err = open_err(&p);
+    assert!(err.contains("`kinds/data/12` is missing"), "{err}");
+    // A storage whose data is compressed (method 8), which PyTorch never writes.
+    let p = copy_with(dir.path(), "deflated.pt", |b| {
+        let mut i = 0;
+        while i + 4 <= b.len() {
+            if &b[i..i + 4] == b"PK\x01\x02" {
+                b[i + 10] = 8;
+            }
+            i += 1;
+        }
+    });
+    let err = open_err(&p);
+    assert!(err.contains("compressed"), "{err}");
+    // A directory claiming more entries than it can hold.
+    let p = copy_with(dir.path(), "liar.pt", |b| {
+        let at = b.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+        b[at + 10..at + 12].copy_from_slice(&0xfff0u16.to_le_bytes());
+    });
+    let err = open_err(&p);
+    assert!(err.contains("claims"), "{err}");
+}
