@@ -23,8 +23,8 @@
 //!    same host name that has rebooted since (no writer from before a reboot can be running).
 //!    Temporary files of other machines sharing the folder are left to those machines: a lock
 //!    taken over a network file system may be local to one client.
-//! 2. Its writer's pid is not a live process, where that pid means something here (same kernel,
-//!    same pid namespace).
+//! 2. Its writer's pid is not a live process, when the name records our pid namespace (or, where
+//!    the platform has no pid namespaces, always): a live one may be the writer.
 //! 3. Its lock can be taken: no process anywhere holds it. It is removed holding that lock.
 //!
 //! Everything else stays. In particular names of earlier versions (`{final name}.{pid}.partial`,
@@ -212,7 +212,8 @@ fn garbage(path: &Path, owner: TempOwner, is_dir: bool) -> Option<File> {
     if !(same_kernel || same_host) {
         return None;
     }
-    if same_kernel && w.pid_ns != 0 && w.pid_ns == me.pid_ns && sys::process_alive(w.pid) {
+    // Its pid may be the writer: it ran in our pid namespace (or neither has one known).
+    if w.pid_ns == me.pid_ns && sys::process_alive(w.pid) {
         return None;
     }
     let lock_path = if is_dir {
@@ -385,12 +386,10 @@ mod tests {
         touch(&dir.path().join(&theirs));
         assert!(survives(dir.path(), &theirs));
 
-        // Our own pid namespace and a live pid (this process): kept without looking further.
+        // Our own pid namespace and a live pid (this process): kept even unlocked.
         let ours = written_by("ours.safetensors".as_ref(), &me);
         touch(&dir.path().join(&ours));
-        if me.boot != 0 {
-            assert!(survives(dir.path(), &ours));
-        }
+        assert!(survives(dir.path(), &ours));
     }
 
     #[test]
