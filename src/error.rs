@@ -157,6 +157,17 @@ pub enum Error {
         mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
 
+    /// Another checkpointer run of the same stem holds the folder (one run per stem and folder).
+    #[error("{folder} is in use by another checkpointer run of stem `{stem}` ({holder}); one run per stem and folder: let it finish, or give this run its own folder or stem")]
+    FolderInUse {
+        /// The checkpoint folder.
+        folder: PathBuf,
+        /// The stem both runs use.
+        stem: String,
+        /// Who holds it: pid, host and since when.
+        holder: String,
+    },
+
     /// Tensors hold NaN or Inf values and the caller asked to refuse them.
     #[error("{count} tensor(s) hold NaN/Inf values (first: `{first}`, {first_count} non-finite); nothing was written. Fix the model or save without --check-finite")]
     NonFinite {

@@ -3,7 +3,9 @@
 //! pipeline folder (what diffusers and candle-transformers load).
 //!
 //! The parts are written into a temporary folder next to the output folder, which is renamed into
-//! place once every file is complete: a failed split leaves no partial output folder behind.
+//! place once every file is complete: a failed split leaves no partial output folder behind, and
+//! the staging folder a killed one leaves is removed by the next save or split into the parent
+//! folder (the rule of temporary files, `publish::temp`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
 use crate::layout::diffusers::{configs, from_comfy};
 use crate::model::{ComponentKind, Components, InputMap, InputTensor, Prediction};
+use crate::publish::{create_folder, remove_stale_temps, temp, FolderLock};
 use crate::save::{save_to_path, LayoutChoice, SaveOptions};
 
 /// What a split writes.
@@ -187,19 +190,22 @@ fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Spl
 }
 
 /// A folder beside the output folder that holds the parts until they are all written; removed
-/// (with what it holds) unless published.
+/// (with what it holds) unless published. Its name and lock are those of a temporary file
+/// (`.{name}.{pid}-{machine}.partial`, see `publish::temp`), so when a split is killed the next
+/// save or split into the parent folder removes what it left, by the same rule.
 struct TempDir {
     path: PathBuf,
+    parent: PathBuf,
+    /// The staging lock, held while the folder is ours.
+    _lock: std::fs::File,
     published: bool,
 }
 
 impl TempDir {
     fn new(out_dir: &Path) -> Result<Self> {
-        let name = out_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.is_empty() || name == ".." || name == "." {
+        let name = out_dir.file_name().unwrap_or_default();
+        // `file_name` is empty for `..`, `.` and roots.
+        if name.is_empty() {
             return Err(Error::InvalidInput(format!(
                 "{} names no folder; give a folder such as `parts`",
                 out_dir.display()
@@ -209,17 +215,32 @@ impl TempDir {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&parent).ctx(|| format!("cannot create {}", parent.display()))?;
-        let path = parent.join(format!(".{name}.{}.partial", std::process::id()));
-        std::fs::create_dir(&path).ctx(|| format!("cannot create {}", path.display()))?;
+        create_folder(&parent)?;
+        let _lock = FolderLock::acquire(&parent)?;
+        remove_stale_temps(&parent)?;
+        let (lock, path) = temp::create_staging(&parent, name).ctx(|| {
+            format!(
+                "cannot create the staging folder for {} in {}",
+                out_dir.display(),
+                parent.display()
+            )
+        })?;
         Ok(TempDir {
             path,
+            parent,
+            _lock: lock,
             published: false,
         })
     }
 
     /// Renames the folder into place; an empty `out_dir` is replaced, anything else refused.
     fn publish(mut self, out_dir: &Path) -> Result<()> {
+        // Under the parent's lock, so no cleanup sees the folder between its lock file going and
+        // the rename.
+        let _lock = FolderLock::acquire(&self.parent)?;
+        let lock_file = self.path.join(temp::STAGING_LOCK);
+        std::fs::remove_file(&lock_file)
+            .ctx(|| format!("cannot remove {}", lock_file.display()))?;
         if out_dir.is_dir() {
             std::fs::remove_dir(out_dir).ctx(|| {
                 format!(
@@ -230,11 +251,7 @@ impl TempDir {
         }
         crate::publish::rename_no_replace(&self.path, out_dir)?;
         self.published = true;
-        let parent = match out_dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        crate::publish::sync_folder(parent)
+        crate::publish::sync_folder(&self.parent)
     }
 }
 

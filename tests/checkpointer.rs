@@ -2,7 +2,7 @@
 //! safety and the in-flight policy.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -173,36 +173,51 @@ fn resume_into_varmap_and_mismatch_loads_nothing() {
     assert!(values(&other).iter().all(|&v| v == -1.0));
 }
 
-#[test]
-fn background_error_surfaces_on_next_call_and_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("ckpt");
-    let vm = model(1, 8, 8, 0.0);
-    let mut ck = Checkpointer::builder(&out).build().unwrap();
-    // Replace the folder by a file: the background save cannot create its file.
-    std::fs::remove_dir_all(&out).unwrap();
-    std::fs::write(&out, b"not a folder").unwrap();
-    assert!(matches!(
-        ck.save(&vm, 1, None).unwrap(),
-        SaveOutcome::Started { .. }
-    ));
-    let err = ck.save(&vm, 2, None).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }), "{err}");
-    // The failed call took no snapshot; the next one starts, and its error reaches wait().
-    ck.save(&vm, 3, None).unwrap();
-    assert!(ck.wait().is_err());
-    assert!(ck.wait().unwrap().is_none());
-    // And finish() reports it too.
-    ck.save(&vm, 4, None).unwrap();
-    assert!(ck.finish().is_err());
-}
-
 /// Holds the folder's lock, so a background save stays in flight (it waits to reserve its file
 /// name, after its snapshot is taken) until the guard is dropped.
 fn hold_folder(dir: &Path) -> std::fs::File {
     let f = std::fs::File::open(dir).unwrap();
     f.lock().unwrap();
     f
+}
+
+/// Starts a save of `step` whose background write will fail: a file appears under its name
+/// while the write waits for the folder (the publish never replaces it).
+fn start_doomed_save(ck: &mut Checkpointer, vm: &VarMap, dir: &Path, step: u64) -> PathBuf {
+    let held = hold_folder(dir);
+    let SaveOutcome::Started { path, .. } = ck.save(vm, step, None).unwrap() else {
+        panic!("the save must start");
+    };
+    std::fs::write(&path, b"someone else's file").unwrap();
+    drop(held);
+    path
+}
+
+#[test]
+fn background_error_surfaces_on_next_call_and_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = model(1, 8, 8, 0.0);
+    let mut ck = Checkpointer::builder(dir.path()).build().unwrap();
+    let taken = start_doomed_save(&mut ck, &vm, dir.path(), 1);
+    let err = ck.save(&vm, 2, None).unwrap_err();
+    match &err {
+        Error::Io { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists, "{err}")
+        }
+        other => panic!("expected the publish's refusal, got {other}"),
+    }
+    assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's file");
+    // The failed call took no snapshot; the next one starts, and its error reaches wait().
+    start_doomed_save(&mut ck, &vm, dir.path(), 3);
+    assert!(ck.wait().is_err());
+    assert!(ck.wait().unwrap().is_none());
+    // And finish() reports it too.
+    start_doomed_save(&mut ck, &vm, dir.path(), 4);
+    assert!(ck.finish().is_err());
+    assert!(
+        read_manifest(dir.path()).unwrap().is_none(),
+        "nothing was listed"
+    );
 }
 
 #[test]

@@ -1,20 +1,27 @@
 //! A training loop killed in the middle of a checkpoint: the manifest lists only complete files,
-//! resume finds the newest complete step, and the next run cleans up what the crash left.
+//! resume finds the newest complete step, and the next run cleans up what the crash left. And a
+//! run in another process holds its folder: a second run of its stem is refused until it ends,
+//! however it ends.
 //!
 //! The crash is exact: the child process (this test binary, re-run with `CHILD_DIR` set) saves
 //! in a loop with `CHECKPOINT_SAVE_FAULT_KILL_AFTER` set, so the writer kills it with SIGKILL
 //! once a chosen number of data bytes is written. This file has its own `main` (no libtest
-//! harness) so that the child mode is not a test of its own.
+//! harness) so that the child modes are not tests of their own.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use checkpoint_save::checkpointer::{load_latest, read_manifest, Checkpointer};
+use checkpoint_save::Error;
 use libtest_mimic::{Arguments, Trial};
 
 const CHILD_DIR: &str = "CHECKPOINT_SAVE_TEST_CHILD_DIR";
+/// The holding child: builds a checkpointer in this folder, says `ready`, and keeps it until
+/// its stdin closes.
+const HOLD_DIR: &str = "CHECKPOINT_SAVE_TEST_HOLD_DIR";
 const LAYERS: usize = 8;
 const ROWS: usize = 256;
 const COLS: usize = 1024;
@@ -112,17 +119,64 @@ fn killed_mid_save_leaves_the_previous_checkpoint() {
     check(dir.path(), &[1, 2]);
 }
 
+fn hold(dir: &Path) {
+    let ck = Checkpointer::builder(dir).build().unwrap();
+    println!("ready");
+    let mut rest = Vec::new();
+    std::io::stdin().read_to_end(&mut rest).unwrap();
+    drop(ck);
+}
+
+fn a_run_in_another_process_holds_its_stem_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(HOLD_DIR, dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    match Checkpointer::builder(dir.path()).build() {
+        Err(Error::FolderInUse { holder, .. }) => {
+            assert!(
+                holder.starts_with(&format!("pid {} on ", child.id())),
+                "{holder}"
+            );
+            assert!(!holder.contains("this process"), "{holder}");
+        }
+        other => panic!("expected FolderInUse, got {other:?}"),
+    }
+    // Killed (no destructor runs): the operating system releases its lock.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    Checkpointer::builder(dir.path()).build().unwrap();
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os(CHILD_DIR) {
         child(Path::new(&dir));
     }
+    if let Some(dir) = std::env::var_os(HOLD_DIR) {
+        hold(Path::new(&dir));
+        return;
+    }
     let args = Arguments::from_args();
-    let trials = vec![Trial::test(
-        "killed_mid_save_leaves_the_previous_checkpoint",
-        || {
+    let trials = vec![
+        Trial::test("killed_mid_save_leaves_the_previous_checkpoint", || {
             killed_mid_save_leaves_the_previous_checkpoint();
             Ok(())
-        },
-    )];
+        }),
+        Trial::test(
+            "a_run_in_another_process_holds_its_stem_until_it_ends",
+            || {
+                a_run_in_another_process_holds_its_stem_until_it_ends();
+                Ok(())
+            },
+        ),
+    ];
     libtest_mimic::run(&args, trials).exit();
 }

@@ -4,7 +4,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::files::check_stem;
 use super::manifest::{read_manifest, MetricOrder, Retention};
+use super::run_lock::RunLock;
 use super::{Checkpointer, Config, InFlight, SnapshotStrategy};
 use crate::error::{Error, IoContext, Result};
 use crate::layout::GenericPrefixes;
@@ -54,7 +56,8 @@ impl CheckpointerBuilder {
         }
     }
 
-    /// The file-name stem (default `checkpoint`): files are `<stem>-step<step:08>.safetensors`.
+    /// The file-name stem (default `checkpoint`): files are `<stem>-step<step:08>.safetensors`
+    /// (`-v<n>` before the extension when that name is taken). One run per stem and folder.
     pub fn stem(mut self, stem: impl Into<String>) -> Self {
         self.stem = stem.into();
         self
@@ -97,7 +100,8 @@ impl CheckpointerBuilder {
         self
     }
 
-    /// Keep the newest `n` checkpoints (at least 1; default 3).
+    /// Keep the `n` most recently saved checkpoints (at least 1; default 3). Retention is by save
+    /// order, so after a rollback the new saves are kept whatever their steps.
     pub fn keep_last(mut self, n: usize) -> Self {
         self.retention.keep_last = n;
         self
@@ -148,18 +152,16 @@ impl CheckpointerBuilder {
         self
     }
 
-    /// Creates the folder, removes temporary files of dead processes and checks the manifest.
+    /// Creates the folder, takes the run lock of the stem (held until the checkpointer is
+    /// dropped), removes temporary files of finished writers and checks the manifest.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an empty stem or one holding `/` or NUL, `keep_last` of 0, or
-    /// an unreadable manifest; [`Error::Io`] when the folder cannot be created or cleaned.
+    /// [`Error::InvalidInput`] for an empty stem or one holding `/` or NUL or starting with `.`,
+    /// `keep_last` of 0, or an unreadable manifest; [`Error::FolderInUse`] when another run of
+    /// this stem (in this process or another) uses the folder; [`Error::Io`] when the folder
+    /// cannot be created, locked or cleaned.
     pub fn build(self) -> Result<Checkpointer> {
-        if self.stem.is_empty() || self.stem.contains(['/', '\0']) || self.stem.starts_with('.') {
-            return Err(Error::InvalidInput(format!(
-                "invalid checkpoint stem `{}`: give a plain file-name part such as `model`",
-                self.stem
-            )));
-        }
+        check_stem(&self.stem)?;
         if self.retention.keep_last == 0 {
             return Err(Error::InvalidInput(
                 "keep_last must be at least 1: the newest checkpoint is what a resume reads".into(),
@@ -167,6 +169,7 @@ impl CheckpointerBuilder {
         }
         fs::create_dir_all(&self.dir)
             .ctx(|| format!("cannot create the checkpoint folder {}", self.dir.display()))?;
+        let run = RunLock::acquire(&self.dir, &self.stem)?;
         clean_stale_temps(&self.dir)?;
         read_manifest(&self.dir)?;
         let model_prefix = match &self.layout {
@@ -181,6 +184,7 @@ impl CheckpointerBuilder {
             }),
             in_flight: None,
             last: None,
+            _run: run,
         })
     }
 }

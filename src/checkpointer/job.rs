@@ -1,31 +1,41 @@
 //! The background half of a checkpoint: write the snapshot, publish it, update the manifest,
 //! apply retention — in that order, so a crash at any moment leaves a manifest that points only
-//! at complete files.
+//! at complete files — and delete only the dropped files that pass [`files::verify`].
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::files::{self, Untrusted};
 use super::manifest::{
-    apply_retention, header_checksum, read_manifest, write_manifest, ManifestEntry,
+    apply_retention, header_checksum, read_manifest, write_manifest, Manifest, ManifestEntry,
 };
 use super::snapshot::Snapshot;
 use super::{Completed, Config};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::publish::{sync_folder, FolderLock};
 
-/// One background save: its snapshot and what the manifest will say of it.
+/// One background save: its snapshot, its file name and what the manifest will say of it.
 pub(super) struct Job {
     pub(super) cfg: Arc<Config>,
     pub(super) snapshot: Snapshot,
+    /// The free name chosen when the save was asked for.
+    pub(super) file: String,
     pub(super) step: u64,
     pub(super) metric: Option<f64>,
     pub(super) extra_prefixes: Vec<String>,
     pub(super) cancel: Arc<AtomicBool>,
     pub(super) started: Instant,
+}
+
+/// What retention did with the files of the entries it dropped.
+#[derive(Default)]
+struct Pruned {
+    removed: Vec<PathBuf>,
+    refused: Vec<(String, String)>,
 }
 
 impl Job {
@@ -36,10 +46,10 @@ impl Job {
             crate::sys::lower_thread_priority();
         }
         let dir = &b.dir;
-        let file = self.cfg.file_name(self.step);
-        let path = dir.join(&file);
-        self.clear_orphan(&path)?;
-        let saved = self.snapshot.write(&self.cfg, &path, &self.cancel)?;
+        // `reserve_at` refuses an existing file and the publish never replaces one.
+        let saved = self
+            .snapshot
+            .write(&self.cfg, &dir.join(&self.file), &self.cancel)?;
         let header_checksum = header_checksum(&saved.path)?;
         let entry = ManifestEntry {
             stem: b.stem.clone(),
@@ -48,78 +58,79 @@ impl Job {
             unix_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            file,
+            file: self.file,
             bytes: saved.bytes,
             header_checksum,
             model_prefix: self.cfg.model_prefix.clone(),
             extra_prefixes: self.extra_prefixes,
         };
-        let removed = {
+        let pruned = {
             let _lock = FolderLock::acquire(dir)?;
             let mut manifest = read_manifest(dir)?.unwrap_or_default();
+            // A listing of this name is stale: nothing had the name when the save took it.
             manifest
                 .entries
-                .retain(|e| !(e.stem == entry.stem && e.step == entry.step));
+                .retain(|e| !(e.stem == entry.stem && e.file == entry.file));
             manifest.entries.push(entry.clone());
-            let dropped = apply_retention(&mut manifest, &b.stem, &b.retention);
+            let mut dropped = take_foreign(&mut manifest, &b.stem);
+            dropped.extend(apply_retention(&mut manifest, &b.stem, &b.retention));
             write_manifest(dir, &manifest)?;
             // Only now, with the new manifest durable, may the old files go.
-            let mut removed = Vec::new();
-            for e in dropped {
-                let p = dir.join(&e.file);
-                match fs::remove_file(&p) {
-                    Ok(()) => removed.push(p),
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => {
-                        return Err(Error::io(
-                            format!("cannot remove the old checkpoint {}", p.display()),
-                            err,
-                        ))
-                    }
-                }
-            }
-            if !removed.is_empty() {
-                sync_folder(dir)?;
-            }
-            removed
+            prune(dir, &dropped)?
         };
+        for (file, why) in &pruned.refused {
+            eprintln!(
+                "checkpoint-save: the manifest of {} listed `{file}`, which the checkpointer \
+                 left in place and stopped listing: {why}",
+                dir.display()
+            );
+        }
         Ok(Completed {
             entry,
             path: saved.path,
             elapsed: self.started.elapsed(),
-            removed,
+            removed: pruned.removed,
+            refused: pruned.refused,
         })
     }
+}
 
-    /// A file of this name the manifest does not list was left by an interrupted run (or by a
-    /// run resumed from an earlier step): it is superseded. One the manifest lists is refused.
-    fn clear_orphan(&self, path: &Path) -> Result<()> {
-        if fs::symlink_metadata(path).is_err() {
-            return Ok(());
+/// Takes out of the manifest the entries of `stem` whose file name is not one this checkpointer
+/// gives (they were not written by it); [`prune`] then refuses their files.
+fn take_foreign(manifest: &mut Manifest, stem: &str) -> Vec<ManifestEntry> {
+    let (foreign, kept): (Vec<_>, Vec<_>) = manifest
+        .entries
+        .drain(..)
+        .partition(|e| e.stem == stem && !files::is_own_name(&e.stem, e.step, &e.file));
+    manifest.entries = kept;
+    foreign
+}
+
+/// Deletes the files of `dropped` that this checkpointer wrote; reports the others.
+fn prune(dir: &Path, dropped: &[ManifestEntry]) -> Result<Pruned> {
+    let mut pruned = Pruned::default();
+    for e in dropped {
+        let path = match files::verify(dir, e) {
+            Ok(path) => path,
+            Err(Untrusted::Missing) => continue,
+            Err(Untrusted::Refused(why)) => {
+                pruned.refused.push((e.file.clone(), why));
+                continue;
+            }
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => pruned.removed.push(path),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(Error::io(
+                    format!("cannot remove the old checkpoint {}", path.display()),
+                    err,
+                ))
+            }
         }
-        let dir = &self.cfg.builder.dir;
-        let _lock = FolderLock::acquire(dir)?;
-        let listed = read_manifest(dir)?.is_some_and(|m| {
-            m.entries
-                .iter()
-                .any(|e| e.stem == self.cfg.builder.stem && e.step == self.step)
-        });
-        if listed {
-            return Err(Error::io(
-                format!(
-                    "step {} is already checkpointed as {}; use another stem or folder",
-                    self.step,
-                    path.display()
-                ),
-                io::Error::from(io::ErrorKind::AlreadyExists),
-            ));
-        }
-        fs::remove_file(path).ctx(|| {
-            format!(
-                "cannot remove {}, a checkpoint the manifest does not list (left by an \
-                 interrupted run)",
-                path.display()
-            )
-        })
     }
+    if !pruned.removed.is_empty() {
+        sync_folder(dir)?;
+    }
+    Ok(pruned)
 }

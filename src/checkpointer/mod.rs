@@ -36,18 +36,54 @@
 //!
 //! # Files, manifest and retention
 //!
-//! Each checkpoint is `<stem>-step<step:08>.safetensors` in the output folder. After each
-//! completed save, `manifest.json` in that folder is rewritten atomically (temporary file, fsync,
-//! rename, fsync of the folder) with one entry per checkpoint (step, metric, unix time, file name,
-//! size, FNV-1a 64 checksum of the 8-byte length and JSON header). Files that fall out of
-//! [`Retention`] are removed only after the new manifest is durable, so a crash at any moment
-//! leaves a manifest that points only at complete files. [`load_latest`] reads it back, verifies
-//! the newest entry and falls back to older ones.
+//! Each checkpoint is `<stem>-step<step:08>.safetensors` in the output folder; when that name is
+//! taken (the step is saved again after a rollback, or a file the checkpointer did not write has
+//! the name) the save takes the next free one of `-v1`, `-v2`… before the extension, as
+//! PyTorch Lightning's `ModelCheckpoint` versions a taken name. [`SaveOutcome::Started`] and
+//! [`Completed`] give the name used. After each completed save, `manifest.json` in that folder
+//! is rewritten atomically (temporary file, fsync, rename, fsync of the folder) with one entry per
+//! checkpoint, in save order (step, metric, unix time, file name, size, FNV-1a 64 checksum of the
+//! 8-byte length and JSON header). Files that fall out of [`Retention`] are removed only after
+//! the new manifest is durable, so a crash at any moment leaves a manifest that points only at
+//! complete files. [`load_latest`] reads it back, verifies the most recently saved entry and
+//! falls back to earlier ones.
+//!
+//! # The contract: what it deletes, replaces and shares
+//!
+//! * **It deletes only files it wrote.** Retention deletes a file only when its manifest entry
+//!   names it by this checkpointer's own pattern (`<stem>-step<step:08>[-v<n>].safetensors`, its
+//!   own stem and the entry's step) directly inside its folder, and the file is a regular file
+//!   (not a symlink) of the size and header checksum recorded when it was written. Anything else
+//!   a manifest lists — `../x`, an absolute path, a subfolder, a symlink, another name, a file
+//!   changed since — is dropped from the manifest but never deleted: it is reported in
+//!   [`Completed::refused`] and in one line on stderr. A run folder downloaded from anywhere is
+//!   input like any other. Resume applies the same checks and never follows such an entry
+//!   ([`Resumed::rejected`] says why). Besides checkpoints it creates `manifest.json` and
+//!   `.<stem>.lock`, and removes only temporary files (`*.partial`) of writers that provably no
+//!   longer run (the rule of [`crate::clean_stale_temps`]). A file the manifest does not list is
+//!   never touched — including a complete checkpoint a crash published before its manifest entry
+//!   was written (remove it by hand).
+//! * **Retention is by save order.** `keep_last(n)` keeps the `n` most recent saves, whatever
+//!   their steps, plus the best `k` by metric. Step numbers repeat or go back after a rollback
+//!   (training resumed from an earlier checkpoint); the order of saves does not, and the newest
+//!   save is the current state of training. So after steps 10, 20, 30 and a rollback to 10, a
+//!   save of step 15 is the newest and kept, and the abandoned branch's files age out like any
+//!   older save (unless among the best). [`load_latest`] likewise returns the last save.
+//! * **Nothing under a final name is ever replaced.** A save never overwrites a file or takes
+//!   over its name: a taken name gets the next `-v<n>`, and the publish fails rather than replace
+//!   a file that appears meanwhile. Files go only through retention, under the first rule.
+//! * **One run per stem and folder.** [`CheckpointerBuilder::build`] takes an exclusive OS lock
+//!   on `.<stem>.lock`, held until the checkpointer is dropped; a second run of that stem in the
+//!   folder — in this process or another — gets [`crate::Error::FolderInUse`] naming the holder.
+//!   A crashed run's lock is released by the operating system. Runs of different stems share a
+//!   folder safely: each owns only its stem's names and manifest entries.
 
 mod builder;
+mod files;
 mod job;
 mod manifest;
 mod resume;
+mod run_lock;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +102,7 @@ pub use manifest::{
     read_manifest, Manifest, ManifestEntry, MetricOrder, Retention, MANIFEST_FILE_NAME,
 };
 pub use resume::{load_into, load_latest, Resumed};
+use run_lock::RunLock;
 
 /// What [`Checkpointer::save`] does when the previous save is still being written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,12 +149,6 @@ struct Config {
     spare_image: std::sync::Mutex<Option<AlignedBuf>>,
 }
 
-impl Config {
-    fn file_name(&self, step: u64) -> String {
-        format!("{}-step{step:08}.safetensors", self.builder.stem)
-    }
-}
-
 /// What [`Checkpointer::save`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SaveOutcome {
@@ -125,7 +156,8 @@ pub enum SaveOutcome {
     Started {
         /// The step saved.
         step: u64,
-        /// Where the file will be published.
+        /// Where the file will be published (`-v<n>` before the extension when the plain name
+        /// of the step was taken).
         path: PathBuf,
         /// How long the caller was held for the snapshot (the stall), waiting excluded.
         snapshot: Duration,
@@ -156,6 +188,10 @@ pub struct Completed {
     pub elapsed: Duration,
     /// Checkpoint files removed by retention.
     pub removed: Vec<PathBuf>,
+    /// Manifest entries of this stem that retention dropped (or that name no file of this
+    /// checkpointer) whose file it refused to delete: (the file as listed, why). See the
+    /// [module docs](self).
+    pub refused: Vec<(String, String)>,
 }
 
 struct Running {
@@ -169,6 +205,8 @@ pub struct Checkpointer {
     cfg: Arc<Config>,
     in_flight: Option<Running>,
     last: Option<Completed>,
+    /// Held until the checkpointer is dropped, after the save in flight.
+    _run: RunLock,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -198,9 +236,14 @@ impl Checkpointer {
         &self.cfg.builder.stem
     }
 
-    /// Where the checkpoint of `step` is published.
+    /// The plain name of `step`'s checkpoint, `<dir>/<stem>-step<step:08>.safetensors`. A save
+    /// whose plain name is taken publishes under the next free `-v<n>` instead;
+    /// [`SaveOutcome::Started`] gives the path used.
     pub fn path_for(&self, step: u64) -> PathBuf {
-        self.cfg.builder.dir.join(self.cfg.file_name(step))
+        self.cfg
+            .builder
+            .dir
+            .join(files::file_name(&self.cfg.builder.stem, step, 0))
     }
 
     /// The step being written in the background, if any.
@@ -225,8 +268,8 @@ impl Checkpointer {
     ///
     /// # Errors
     /// The error of the previous background save (then no snapshot is taken; call again to save),
-    /// layout/plan errors found before the snapshot (bad names, impossible casts) and snapshot
-    /// copy errors.
+    /// layout/plan errors found before the snapshot (bad names, impossible casts), [`Error::Io`]
+    /// when the folder cannot be inspected for a free name, and snapshot copy errors.
     pub fn save(
         &mut self,
         tensors: impl Into<Components>,
@@ -270,23 +313,26 @@ impl Checkpointer {
         let components = self.merge_extra(tensors.into(), &extra)?;
         // Check names, layout and casts now, so a bad request fails here rather than later.
         save::lay_out(&components, &self.cfg.builder.layout, None)?;
+        // No save is in flight now, so the names on disk are final: the first free one is ours
+        // (this run holds the stem's lock; the publish still refuses a file that appears).
+        let file = files::free_name(&self.cfg.builder.dir, &self.cfg.builder.stem, step)?;
         let start = Instant::now();
         let cancel = Arc::new(AtomicBool::new(false));
-        let file = self.cfg.file_name(step);
         let title = file.strip_suffix(".safetensors").unwrap_or(&file);
         let (snapshot, strategy, bytes) = snapshot::take(&components, &self.cfg, title, &cancel)?;
         let snapshot_time = start.elapsed();
         drop(components);
+        let path = self.cfg.builder.dir.join(&file);
         let job = Job {
             cfg: Arc::clone(&self.cfg),
             snapshot,
+            file,
             step,
             metric: metric.filter(|m| m.is_finite()),
             extra_prefixes: extra.into_iter().map(|(p, _)| p).collect(),
             cancel: Arc::clone(&cancel),
             started: start,
         };
-        let path = self.path_for(step);
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-step{step}"))
             .spawn(move || job.run())

@@ -3,12 +3,12 @@
 //! into a `VarMap` only when every name and shape fits.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::manifest::{header_checksum, read_manifest, ManifestEntry, MANIFEST_FILE_NAME};
+use super::files;
+use super::manifest::{read_manifest, ManifestEntry, MANIFEST_FILE_NAME};
 use crate::error::{Error, Result};
 use crate::load::candle_tensor;
 use crate::model::TensorMap;
@@ -25,12 +25,16 @@ pub struct Resumed {
     pub path: PathBuf,
     /// Its manifest entry.
     pub entry: ManifestEntry,
-    /// Newer entries passed over, with the reason (missing file, wrong size or checksum).
+    /// Later entries passed over, with the reason (missing file, wrong size or checksum, a name
+    /// that is not the checkpointer's or a file outside its folder, a symlink).
     pub rejected: Vec<(String, String)>,
 }
 
-/// Finds the newest complete checkpoint in `dir` (of `stem`, or of any stem), verifying that its
-/// file exists, has the listed size and header checksum; falls back to older entries.
+/// Finds the most recently saved complete checkpoint in `dir` (of `stem`, or of any stem) and
+/// falls back to earlier saves. An entry counts only for a file the checkpointer wrote: named
+/// `<stem>-step<step:08>[-v<n>].safetensors` for its stem and step, directly in `dir`, a regular
+/// file (never followed through a symlink) of the listed size and header checksum. The last
+/// save is what training last reached, also after a rollback to an earlier step.
 /// `Ok(None)` when there is no manifest or it lists no checkpoint (of that stem).
 ///
 /// # Errors
@@ -41,20 +45,20 @@ pub fn load_latest(dir: &Path, stem: Option<&str>) -> Result<Option<Resumed>> {
     let Some(manifest) = read_manifest(dir)? else {
         return Ok(None);
     };
-    let mut entries: Vec<&ManifestEntry> = manifest
+    // Newest save first.
+    let entries: Vec<&ManifestEntry> = manifest
         .entries
         .iter()
+        .rev()
         .filter(|e| stem.is_none_or(|s| e.stem == s))
         .collect();
     if entries.is_empty() {
         return Ok(None);
     }
-    entries.sort_by(|a, b| b.step.cmp(&a.step).then(b.unix_time.cmp(&a.unix_time)));
     let mut rejected = Vec::new();
     for e in entries {
-        let path = dir.join(&e.file);
-        match verify(&path, e) {
-            Ok(()) => {
+        match files::verify(dir, e) {
+            Ok(path) => {
                 return Ok(Some(Resumed {
                     step: e.step,
                     metric: e.metric,
@@ -63,7 +67,7 @@ pub fn load_latest(dir: &Path, stem: Option<&str>) -> Result<Option<Resumed>> {
                     rejected,
                 }))
             }
-            Err(reason) => rejected.push((e.file.clone(), reason)),
+            Err(why) => rejected.push((e.file.clone(), why.reason())),
         }
     }
     Err(Error::InvalidCheckpoint {
@@ -77,23 +81,6 @@ pub fn load_latest(dir: &Path, stem: Option<&str>) -> Result<Option<Resumed>> {
                 .join("; ")
         ),
     })
-}
-
-fn verify(path: &Path, e: &ManifestEntry) -> std::result::Result<(), String> {
-    let len = fs::metadata(path)
-        .map_err(|err| format!("cannot inspect: {err}"))?
-        .len();
-    if len != e.bytes {
-        return Err(format!("{len} bytes, the manifest says {}", e.bytes));
-    }
-    let sum = header_checksum(path).map_err(|err| err.to_string())?;
-    if sum != e.header_checksum {
-        return Err(format!(
-            "header checksum {sum}, the manifest says {}",
-            e.header_checksum
-        ));
-    }
-    Ok(())
 }
 
 impl Resumed {

@@ -21,8 +21,8 @@
 //!   the earlier. Here [`SaveTarget::reserve`] locks the target folder itself (an OS lock, so it
 //!   works between threads and between processes, and leaves no file behind), and under the lock
 //!   removes stale temporary files, scans, skips any counter whose final name already exists, and
-//!   creates the temporary file `{filename}_{counter:05}_.safetensors.{pid}.partial` with
-//!   `create_new`. That name starts with `{filename}_` and carries the counter, so both this scan and
+//!   creates the temporary file `{filename}_{counter:05}_.safetensors.{pid}-{machine}.partial`
+//!   with `create_new`. That name starts with `{filename}_` and carries the counter, so both this scan and
 //!   ComfyUI's own count it as taken while the data is being written. [`Reservation::commit`]
 //!   publishes without ever replacing an existing file (see [`crate::publish`]).
 //! * **Prefixes that name no file are refused** ([`Error::InvalidInput`]): an empty prefix, or one
@@ -314,7 +314,8 @@ impl SaveTarget {
     /// Reserves the next free name atomically: creates the folder if needed, then, holding the
     /// folder's lock, removes stale temporary files ([`crate::publish::clean_stale_temps`]), scans for the counter
     /// ([`SaveTarget::next_counter`]'s rules), skips counters whose final name exists, and creates
-    /// the temporary file `{filename}_{counter:05}_.safetensors.{pid}.partial` with `create_new`.
+    /// the temporary file `{filename}_{counter:05}_.safetensors.{pid}-{machine}.partial` with
+    /// `create_new`.
     ///
     /// Concurrent reservations with the same prefix, from threads or processes, get distinct
     /// counters; the returned [`Reservation`] is published with [`Reservation::commit`].

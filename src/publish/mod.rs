@@ -1,7 +1,8 @@
 //! Publish: a checkpoint appears under its final name complete or not at all.
 //!
 //! Data is written into a temporary file in the destination folder, named
-//! `{final name}.{pid}.partial` and created with `create_new`; [`Reservation::commit`] fsyncs it,
+//! `{final name}.{pid}-{machine}.partial`, created with `create_new` and locked by its writer
+//! (see [`temp`] for the name, the lock and when a leftover one is garbage); [`Reservation::commit`] fsyncs it,
 //! publishes it with a hard link (which fails rather than replace an existing file; a no-replace
 //! rename where links are missing), removes the temporary name and fsyncs the folder. Dropping a
 //! reservation without committing — an error, a cancellation — removes the temporary file; a
@@ -9,17 +10,18 @@
 //! Nothing else is ever created in the folder.
 
 mod folder;
+pub(crate) mod temp;
 #[cfg(test)]
 mod tests;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
-use folder::temp_name;
-pub(crate) use folder::{create_folder, exists, remove_stale_temps, sync_folder, FolderLock};
+pub(crate) use folder::{create_folder, exists, sync_folder, FolderLock};
+pub(crate) use temp::remove_stale_temps;
 
 /// A name reserved for one checkpoint: the open temporary file, and where it will be published.
 ///
@@ -38,8 +40,8 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Creates the temporary file for `final_path` in `folder` (the caller holds the folder's
-    /// lock and has checked that `final_path` is free). `title` is the `modelspec.title`.
+    /// Creates the locked temporary file for `final_path` in `folder` (the caller holds the
+    /// folder's lock and has checked that `final_path` is free). `title` is the `modelspec.title`.
     ///
     /// # Errors
     /// The I/O error of `create_new` (kind `AlreadyExists` when this process already writes it).
@@ -50,12 +52,7 @@ impl Reservation {
         counter: Option<u64>,
     ) -> io::Result<Reservation> {
         let name = final_path.file_name().unwrap_or_default();
-        let temp_path = folder.join(temp_name(name));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)?;
+        let (file, temp_path) = temp::create_temp(folder, name)?;
         Ok(Reservation {
             file,
             final_path,
@@ -178,7 +175,8 @@ impl Drop for Reservation {
 /// Reserves an explicit final path (training-loop checkpoints, split files and other callers
 /// that choose the name themselves): creates the parent folder if needed and, holding its lock,
 /// removes stale temporary files, checks that `path` does not exist and creates
-/// `{file_name}.{pid}.partial` next to it. The commit never replaces an existing file either.
+/// `{file_name}.{pid}-{machine}.partial` next to it. The commit never replaces an existing file
+/// either.
 ///
 /// # Errors
 ///
@@ -222,12 +220,17 @@ pub fn reserve_at(path: &Path) -> Result<Reservation> {
     })
 }
 
-/// Removes the temporary files in `folder` left by saves whose process no longer exists, holding
-/// the folder's lock (the same cleanup every reservation does). Returns how many were removed.
+/// Removes the temporary files (and `split` staging folders) in `folder` left by saves that no
+/// longer run, holding the folder's lock (the same cleanup every reservation does). Returns how
+/// many were removed.
 ///
-/// A temporary file is a regular file named `{name}.{pid}.partial`; it is removed only if no
-/// process with that id exists. Temp files of live processes (this one included) and every other
-/// entry are left alone. A missing folder has nothing to clean.
+/// A temporary file is `{name}.{pid}-{machine}.partial`, locked (`flock`) by its writer while it
+/// writes. One is removed only when it was written on this machine (the running kernel, or this
+/// host name before a reboot), its writer is not a live process here and no process holds its
+/// lock. Those of live writers (this process included, or in another pid namespace or
+/// container), of other machines sharing the folder, names of earlier versions
+/// (`{name}.{pid}.partial`, which carry no machine and no lock), entries on file systems without
+/// `flock` and every other entry are left alone. A missing folder has nothing to clean.
 ///
 /// # Errors
 ///

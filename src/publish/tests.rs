@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 
-use super::folder::temp_pid;
+use super::temp::{temp_name, written_by, Writer};
 use super::*;
 use crate::naming::reserve;
 use crate::naming::tests::{names, target, touch};
@@ -17,10 +17,7 @@ fn reservation_commit_publishes_and_titles() {
     let folder = out.path().join("checkpoints");
     assert_eq!(
         r.temp_path(),
-        folder.join(format!(
-            "ComfyUI_00001_.safetensors.{}.partial",
-            std::process::id()
-        ))
+        folder.join(temp_name("ComfyUI_00001_.safetensors".as_ref()))
     );
     r.file().write_all(b"payload").expect("write");
     let temp = r.temp_path().to_path_buf();
@@ -66,51 +63,54 @@ fn commit_refuses_to_replace_an_existing_file() {
 }
 
 #[test]
-fn stale_temps_of_dead_processes_are_removed() {
+fn stale_temps_of_finished_writers_are_removed_and_nothing_else() {
     let out = tempfile::tempdir().expect("tempdir");
     let dead = i32::MAX as u32;
     assert!(!crate::sys::process_alive(dead));
-    let own = std::process::id();
-    let dead_temp = format!("ComfyUI_00009_.safetensors.{dead}.partial");
-    let live_temp = format!("ComfyUI_00003_.safetensors.{own}.partial");
-    for name in [
+    let gone = Writer {
+        pid: dead,
+        ..Writer::this()
+    };
+    let name = |base: &str, w: &Writer| written_by(base.as_ref(), w).into_string().expect("utf-8");
+    let dead_temp = name("ComfyUI_00009_.safetensors", &gone);
+    let live_temp = name("ComfyUI_00003_.safetensors", &Writer::this());
+    // Earlier versions' names carry no machine and no lock: left alone even for a dead pid.
+    let old_temp = format!("ComfyUI_00007_.safetensors.{dead}.partial");
+    for n in [
         &dead_temp,
         &live_temp,
+        &old_temp,
         "notes.123.txt",
         "x.0.partial",
         ".99.partial",
     ] {
-        touch(&out.path().join(name));
+        touch(&out.path().join(n));
     }
-    fs::create_dir(out.path().join(format!("dir.{dead}.partial"))).expect("mkdir");
+    // A symlink under a temporary name is not a writer's file.
+    let link = name("link.safetensors", &gone);
+    std::os::unix::fs::symlink(out.path().join(&live_temp), out.path().join(&link))
+        .expect("symlink");
+    // A folder under a temporary name without the staging lock inside is not a staging folder.
+    let plain_dir = name("dir", &gone);
+    fs::create_dir(out.path().join(&plain_dir)).expect("mkdir");
 
     assert_eq!(clean_stale_temps(out.path()).expect("clean"), 1);
     let left = names(out.path());
     assert!(!left.contains(&dead_temp));
-    assert!(left.contains(&live_temp));
+    for kept in [&live_temp, &old_temp, &link, &plain_dir] {
+        assert!(left.contains(kept), "{kept} was removed");
+    }
     assert!(left.contains("notes.123.txt") && left.contains("x.0.partial"));
-    assert!(left.contains(&format!("dir.{dead}.partial")));
 
     // A reservation cleans too, before scanning: the dead temp no longer holds counter 9.
     touch(&out.path().join(&dead_temp));
     let r = target("ComfyUI", out.path()).reserve().expect("reserve");
-    assert_eq!(r.counter(), Some(4));
+    assert_eq!(r.counter(), Some(8));
     assert!(!out.path().join(&dead_temp).exists());
     assert_eq!(
         clean_stale_temps(&out.path().join("missing")).expect("clean"),
         0
     );
-}
-
-#[test]
-fn temp_pid_parses_only_temp_names() {
-    assert_eq!(temp_pid("a.safetensors.42.partial"), Some(42));
-    assert_eq!(temp_pid("a.42.partial"), Some(42));
-    assert_eq!(temp_pid(".42.partial"), None);
-    assert_eq!(temp_pid("a.0.partial"), None);
-    assert_eq!(temp_pid("a.+42.partial"), None);
-    assert_eq!(temp_pid("a.4294967295.partial"), None);
-    assert_eq!(temp_pid("a.42.partia"), None);
 }
 
 #[test]
@@ -120,10 +120,9 @@ fn reserve_at_uses_the_explicit_path_and_never_replaces() {
     let r = reserve_at(&path).expect("reserve");
     assert_eq!(
         r.temp_path(),
-        out.path().join(format!(
-            "runs/step_1000.safetensors.{}.partial",
-            std::process::id()
-        ))
+        out.path()
+            .join("runs")
+            .join(temp_name("step_1000.safetensors".as_ref()))
     );
     assert_eq!((r.counter(), r.title()), (None, "step_1000"));
     // The same path cannot be reserved twice at once.
@@ -143,4 +142,27 @@ fn reserve_at_uses_the_explicit_path_and_never_replaces() {
         reserve_at(Path::new("/")).expect_err("no file"),
         Error::InvalidInput(_)
     ));
+}
+
+/// Regression: a writer in another PID namespace (or on another host) has a pid that means
+/// nothing here and looks dead; its temporary file used to be deleted mid-write.
+#[test]
+fn a_temp_whose_writer_is_alive_is_kept_whatever_its_pid_says() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let r = reserve_at(&out.path().join("a.safetensors")).expect("reserve");
+    let name = r.temp_path().file_name().unwrap().to_str().unwrap();
+    let middle = name
+        .strip_prefix("a.safetensors.")
+        .and_then(|n| n.strip_suffix(".partial"))
+        .expect("temp name");
+    let rest = middle.trim_start_matches(|c: char| c.is_ascii_digit());
+    let dead = i32::MAX as u32;
+    assert!(!crate::sys::process_alive(dead));
+    // The same open file under the name a writer whose pid is `dead` here would give it.
+    let alias = out
+        .path()
+        .join(format!("a.safetensors.{dead}{rest}.partial"));
+    fs::rename(r.temp_path(), &alias).expect("rename");
+    assert_eq!(clean_stale_temps(out.path()).expect("clean"), 0);
+    assert!(alias.is_file());
 }

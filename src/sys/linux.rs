@@ -1,11 +1,12 @@
-//! Linux: direct I/O, block reservation, tmpfs detection, populate, thread priority, no-replace rename.
+//! Linux: direct I/O, block reservation, tmpfs detection, populate, thread priority, no-replace rename,
+//! the boot id and the pid namespace.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 pub(super) const HAS_DIRECT_IO: bool = true;
@@ -93,4 +94,15 @@ pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
         }
         _ => Err(e),
     }
+}
+
+pub(super) fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+pub(super) fn pid_namespace() -> Option<u64> {
+    // The namespace's inode number: equal exactly for processes in the same pid namespace.
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
 }

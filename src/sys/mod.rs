@@ -86,6 +86,32 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// This machine's host name, if it has one.
+pub(crate) fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+/// An id of the running kernel since its last boot (Linux `boot_id`): two processes see the same
+/// one exactly when they run on the same kernel, whatever their namespaces. `None` where the
+/// platform has none.
+pub(crate) fn boot_id() -> Option<String> {
+    imp::boot_id()
+}
+
+/// An id of this process's pid namespace: process ids mean the same thing to two processes
+/// exactly when these are equal. `None` where the platform has none.
+pub(crate) fn pid_namespace() -> Option<u64> {
+    imp::pid_namespace()
+}
+
 /// User + system CPU time of the whole process, in seconds (0 where unavailable).
 pub(crate) fn cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes into the zeroed struct we pass.
@@ -134,6 +160,18 @@ pub(crate) fn kill_self() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_ids_are_stable_and_present_where_the_platform_has_them() {
+        assert!(hostname().is_some_and(|h| !h.is_empty()));
+        assert_eq!(boot_id(), boot_id());
+        assert_eq!(pid_namespace(), pid_namespace());
+        if HAS_DIRECT_IO {
+            // The Linux implementation: both ids come from procfs.
+            assert!(boot_id().is_some_and(|b| b.len() >= 32), "{:?}", boot_id());
+            assert!(pid_namespace().is_some());
+        }
+    }
 
     #[test]
     fn this_process_is_alive_and_a_huge_pid_is_not() {

@@ -27,3 +27,11 @@ pub(super) fn release_free_heap() {}
 pub(super) fn rename_noreplace(_from: &Path, _to: &Path) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+pub(super) fn boot_id() -> Option<String> {
+    None
+}
+
+pub(super) fn pid_namespace() -> Option<u64> {
+    None
+}
