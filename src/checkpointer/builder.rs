@@ -9,7 +9,6 @@ use super::manifest::{read_manifest, MetricOrder, Retention};
 use super::run_lock::RunLock;
 use super::{Checkpointer, Config, InFlight, SnapshotStrategy};
 use crate::error::{Error, IoContext, Result};
-use crate::layout::GenericPrefixes;
 use crate::model::TargetDtype;
 use crate::plan::ComponentDtypes;
 use crate::publish::clean_stale_temps;
@@ -39,7 +38,7 @@ impl CheckpointerBuilder {
         CheckpointerBuilder {
             dir,
             stem: "checkpoint".into(),
-            layout: plain_layout(),
+            layout: LayoutChoice::plain(),
             dtypes: ComponentDtypes::default(),
             engine: EngineOptions {
                 threads: 2,
@@ -72,7 +71,7 @@ impl CheckpointerBuilder {
     /// The plain layout (the default): every tensor under its own name, e.g. the `VarMap` names
     /// (the generic layout with empty prefixes). Resume needs a layout that does not rename keys.
     pub fn plain(mut self) -> Self {
-        self.layout = plain_layout();
+        self.layout = LayoutChoice::plain();
         self
     }
 
@@ -187,14 +186,4 @@ impl CheckpointerBuilder {
             _run: run,
         })
     }
-}
-
-/// Every tensor under its own name: the generic layout with empty prefixes.
-fn plain_layout() -> LayoutChoice {
-    LayoutChoice::Generic(GenericPrefixes {
-        model: String::new(),
-        clip: String::new(),
-        vae: String::new(),
-        clip_vision: String::new(),
-    })
 }
