@@ -152,6 +152,75 @@ fn a_weighted_sum_of_two_files_is_the_formula_rounded_once() {
 }
 
 #[test]
+fn block_ratios_are_model_merge_blocks_unmatched_keys_take_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (tiny(dir.path(), "sd15", "1"), tiny(dir.path(), "sd15", "2"));
+    let o = dir.path().join("out");
+    let (a, b, o) = (a.to_str().unwrap(), b.to_str().unwrap(), o.to_str().unwrap());
+    let out = ok_path(
+        dir.path(),
+        &[
+            "merge",
+            a,
+            b,
+            "--block-ratios",
+            "input=0.25,middle=0.5,out=0.75",
+            "--output-dir",
+            o,
+        ],
+    );
+    let (va, vb, vo) = (read(Path::new(a)), read(Path::new(b)), read(&out));
+    let sum = |key: &str, r: f64| -> Vec<f32> {
+        let (rf, sf) = (r as f32, (1.0 - r) as f32);
+        va[key]
+            .1
+            .iter()
+            .zip(&vb[key].1)
+            .map(|(x, y)| x * rf + sf * y)
+            .collect()
+    };
+    let m = "model.diffusion_model.";
+    for (key, r) in [
+        ("input_blocks.0.0.weight", 0.25),
+        ("middle_block.1.proj_in.weight", 0.5),
+        ("output_blocks.2.0.in_layers.2.weight", 0.75),
+        ("out.2.weight", 0.75),
+        // No block names these: ModelMergeBlocks gives them its first argument, `input`.
+        ("time_embed.0.weight", 0.25),
+        ("time_embed.2.bias", 0.25),
+    ] {
+        let key = format!("{m}{key}");
+        assert_eq!(vo[&key].1, sum(&key, r), "{key} at {r}");
+    }
+    let recipe: serde_json::Value =
+        serde_json::from_str(&metadata(&out)["checkpoint_save.recipe"]).unwrap();
+    assert_eq!(recipe["block_default"], 0.25);
+    // --ratio beside --block-ratios would not be used: refused, saying why.
+    let empty = dir.path().join("empty");
+    let r = run(
+        dir.path(),
+        &[
+            "merge",
+            a,
+            b,
+            "--ratio",
+            "0.4",
+            "--block-ratios",
+            "input=0.25",
+            "--output-dir",
+            empty.to_str().unwrap(),
+        ],
+    );
+    assert_refused(&r, "first block's", &empty);
+    let help = run(dir.path(), &["merge", "--help"]);
+    assert!(
+        help.stdout.contains("ModelMergeBlocks") && help.stdout.contains("FIRST entry's"),
+        "{}",
+        help.stdout
+    );
+}
+
+#[test]
 fn a_diffusers_folder_merges_with_a_single_file_of_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/sdxl");

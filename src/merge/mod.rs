@@ -106,8 +106,10 @@ pub struct LoraBake {
 pub struct Recipe {
     /// The operation on the denoiser.
     pub operation: Operation,
-    /// Per-block ratios of the denoiser (their value replaces the operation's where a prefix
-    /// matches).
+    /// Per-block ratios of the denoiser, as ModelMergeBlocks: when there are entries, every
+    /// denoiser key takes a block's value in place of the operation's (the longest matching
+    /// prefix's, or the first entry's where none matches), so the operation's own ratio or
+    /// multiplier is not used for the denoiser.
     pub blocks: BlockRatios,
     /// The text encoders: merged with the operation and this value (as CLIPMergeSimple,
     /// `position_ids` and `logit_scale` stay A's), or `None` to take A's.
@@ -183,6 +185,13 @@ pub fn merge(
         return Err(Error::InvalidInput(
             "nothing to do: give a second input and an operation, or a LoRA to bake".into(),
         ));
+    }
+    if !recipe.blocks.is_empty() && op.value().is_none() {
+        return Err(Error::InvalidInput(format!(
+            "block ratios need an operation with a ratio or multiplier (weighted sum, add \
+             difference, subtract), not {}",
+            op.name()
+        )));
     }
     if recipe.vae_from >= inputs.len() {
         return Err(Error::InvalidInput(format!(

@@ -197,7 +197,23 @@ fn block_ratios_pick_the_longest_prefix() {
     };
     check(Q, 0.9);
     check("input_blocks.0.0.weight", 0.2);
-    check("time_embed.0.weight", 0.5);
+    // ModelMergeBlocks gives keys no block names its first argument's ratio, not --ratio's.
+    check("time_embed.0.weight", 0.2);
+    check("out.2.weight", 0.2);
+    check("middle_block.1.proj_in.weight", 0.2);
+    let report = merge(&[&a, &b], &[], &rec).unwrap().1;
+    assert!(
+        report.recipe.contains("\"block_default\":0.2") && !report.recipe.contains("\"ratio\""),
+        "{}",
+        report.recipe
+    );
+    // Block ratios replace a ratio or multiplier; ModelAdd has none to replace.
+    let add = Recipe {
+        blocks: BlockRatios::parse("input=0.2").unwrap(),
+        ..recipe(Operation::Add)
+    };
+    let e = merge(&[&a, &b], &[], &add).unwrap_err().to_string();
+    assert!(e.contains("block ratios need an operation"), "{e}");
 }
 
 #[test]
