@@ -585,3 +585,36 @@ fn candles_ops_on_a_device_give_the_host_evaluators_bits() {
         }
     }
 }
+
+#[test]
+fn a_rank_zero_module_is_refused_not_a_panic() {
+    let a = tiny(Arch::Sd15, 1);
+    let conv = get(&a, ComponentKind::Model, CONV).info();
+    let stem = "diffusion_model.input_blocks.1.0.in_layers.2";
+    let zeros = |s: &[usize]| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
+    // A LoCon whose rank is 0, with its Tucker `mid`: the old evaluator divided by the rank.
+    let l = lora(
+        "rank0.safetensors",
+        vec![
+            (
+                format!("{stem}.lora_up.weight"),
+                zeros(&[conv.shape[0], 0, 1, 1]),
+            ),
+            (
+                format!("{stem}.lora_down.weight"),
+                zeros(&[0, conv.shape[1], 1, 1]),
+            ),
+            (format!("{stem}.lora_mid.weight"), zeros(&[0, 0, 3, 3])),
+        ],
+    );
+    let rec = Recipe {
+        loras: vec![LoraBake {
+            lora: l,
+            strength_model: 1.0,
+            strength_clip: 1.0,
+        }],
+        ..Recipe::default()
+    };
+    let e = merge(&[&a], &[], &rec).unwrap_err().to_string();
+    assert!(e.contains("rank 0") && e.contains(stem), "{e}");
+}

@@ -292,6 +292,15 @@ fn check_lora(l: &LoraFactors, target: &TensorInfo) -> std::result::Result<(), S
         }
     }
     let rank = down.shape[0];
+    if rank == 0 {
+        // ComfyUI divides alpha by the rank (a ZeroDivisionError) or multiplies empty factors;
+        // either way nothing meaningful: a broken file, refused before anything is written.
+        return Err(format!(
+            "LoRA `{name}` has rank 0 (down {:?}, up {:?}): its factors are empty, so the module \
+             has nothing to add; the file is damaged or was saved without its weights",
+            down.shape, up.shape
+        ));
+    }
     let up_cols: usize = up.shape.iter().skip(1).product();
     if up_cols != rank {
         return Err(format!(
