@@ -209,13 +209,12 @@ fn merge_line(r: &MergeReport) -> String {
             r.missing.len()
         ));
     }
-    for (name, matched, unmatched) in &r.loras {
-        line.push_str(&format!("; LoRA {name}: {matched} module(s) baked"));
-        if !unmatched.is_empty() {
+    for l in &r.loras {
+        line.push_str(&format!("; LoRA {}: {} module(s) baked", l.name, l.matched));
+        if let Some(first) = l.not_applied.first() {
             line.push_str(&format!(
-                ", {} key(s) matched nothing (first: `{}`)",
-                unmatched.len(),
-                unmatched[0]
+                ", {} key(s) not applied (first: {first}; --strict refuses them)",
+                l.not_applied.len()
             ));
         }
     }

@@ -136,13 +136,14 @@ pub(super) fn describe(
             .loras
             .iter()
             .zip(&report.loras)
-            .map(|(b, (_, matched, _))| {
+            .map(|(b, r)| {
                 json!({
                     "name": b.lora.name,
                     "strength_model": b.strength_model,
                     "strength_clip": b.strength_clip,
                     "modules": b.lora.len(),
-                    "matched": matched,
+                    "matched": r.matched,
+                    "not_applied": r.not_applied.len(),
                 })
             })
             .collect::<Vec<_>>()

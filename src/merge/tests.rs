@@ -352,8 +352,11 @@ fn loras_in_kohya_peft_and_comfyui_names_bake_with_their_strengths() {
         ..Recipe::default()
     };
     let (out, report) = merge(&[&a], &[], &rec).unwrap();
-    assert_eq!(report.loras[0].1, 3);
-    assert_eq!((report.loras[1].1, report.loras[1].2.len()), (1, 1));
+    assert_eq!(report.loras[0].matched, 3);
+    assert_eq!(
+        (report.loras[1].matched, report.loras[1].not_applied.len()),
+        (1, 1)
+    );
     let m = |l: &Lora, stem: &str| l.modules[stem].clone();
     let cv = |t: &Option<InputTensor>| values(t.as_ref().unwrap());
 
