@@ -156,7 +156,11 @@ fn block_ratios_are_model_merge_blocks_unmatched_keys_take_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (tiny(dir.path(), "sd15", "1"), tiny(dir.path(), "sd15", "2"));
     let o = dir.path().join("out");
-    let (a, b, o) = (a.to_str().unwrap(), b.to_str().unwrap(), o.to_str().unwrap());
+    let (a, b, o) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        o.to_str().unwrap(),
+    );
     let out = ok_path(
         dir.path(),
         &[

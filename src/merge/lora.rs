@@ -236,7 +236,11 @@ impl Lora {
             }
             // ComfyUI reads `.b_norm` only beside a `.w_norm`.
             let w_norm = m.diff.as_ref().is_some_and(|(k, _)| k.ends_with(".w_norm"));
-            if m.diff_b.as_ref().is_some_and(|(k, _)| k.ends_with(".b_norm")) && !w_norm {
+            if m.diff_b
+                .as_ref()
+                .is_some_and(|(k, _)| k.ends_with(".b_norm"))
+                && !w_norm
+            {
                 if let Some((k, _)) = m.diff_b.take() {
                     m.keys.retain(|x| *x != k);
                     idle.push(k);
@@ -294,7 +298,10 @@ fn refuse_other_adapters(name: &str, key: &str, t: &InputTensor) -> Result<()> {
             4 => "BOFT",
             _ => "OFT",
         }),
-        k => REFUSED.iter().find(|(s, _)| k.ends_with(s)).map(|(_, f)| *f),
+        k => REFUSED
+            .iter()
+            .find(|(s, _)| k.ends_with(s))
+            .map(|(_, f)| *f),
     };
     match form {
         Some(form) => Err(Error::InvalidInput(format!(
@@ -375,7 +382,10 @@ fn convert(tensors: InputMap) -> Result<(InputMap, Reshape)> {
                     ))
                 })
         };
-        let shape = vec![dim("img_in.lora_B.weight", 0)?, dim("img_in.lora_A.weight", 1)?];
+        let shape = vec![
+            dim("img_in.lora_B.weight", 0)?,
+            dim("img_in.lora_A.weight", 1)?,
+        ];
         let renamed = tensors
             .into_iter()
             .map(|(k, t)| {

@@ -252,7 +252,10 @@ pub fn merge(
                 continue;
             }
             report.merged += 1;
-            merged.insert(key.clone(), build(key, t.clone(), steps, recipe.device.as_ref())?);
+            merged.insert(
+                key.clone(),
+                build(key, t.clone(), steps, recipe.device.as_ref())?,
+            );
         }
         out.set_inputs(kind, merged);
     }
@@ -381,7 +384,12 @@ enum Step {
 }
 
 /// `base` through `steps`, in order: one [`Merged`] per padding, each over the last.
-fn build(key: &str, base: InputTensor, steps: Vec<Step>, device: Option<&Device>) -> Result<InputTensor> {
+fn build(
+    key: &str,
+    base: InputTensor,
+    steps: Vec<Step>,
+    device: Option<&Device>,
+) -> Result<InputTensor> {
     let on = |m: Merged| {
         let m = match device {
             Some(d) => m.on(d.clone()),
@@ -395,7 +403,12 @@ fn build(key: &str, base: InputTensor, steps: Vec<Step>, device: Option<&Device>
             Step::Patch(p) => patches.push(p),
             Step::Pad(shape) => {
                 current = match pad.take() {
-                    Some(s) => on(Merged::padded(key, current, s, std::mem::take(&mut patches))?),
+                    Some(s) => on(Merged::padded(
+                        key,
+                        current,
+                        s,
+                        std::mem::take(&mut patches),
+                    )?),
                     None if patches.is_empty() => current,
                     None => on(Merged::new(key, current, std::mem::take(&mut patches))?),
                 };
@@ -450,7 +463,10 @@ fn lora_patches(
                 let rows = t.rows.iter().map(|(r, at)| *at..at + r.len());
                 let mine = taken.entry((t.kind, t.key.clone())).or_default();
                 for r in rows {
-                    if let Some((other, _)) = mine.iter().find(|(_, o)| o.start < r.end && r.start < o.end) {
+                    if let Some((other, _)) = mine
+                        .iter()
+                        .find(|(_, o)| o.start < r.end && r.start < o.end)
+                    {
                         return Err(Error::InvalidInput(format!(
                             "LoRA {}: modules `{other}` and `{stem}` both patch `{}`; ComfyUI \
                              would apply only one of them, so the file is ambiguous",
@@ -486,7 +502,10 @@ fn lora_patches(
             if let (Some(b), Some((key, value))) = (bias, &m.diff_b) {
                 if strength != 0.0 {
                     let rows = b.rows.clone();
-                    steps.entry((b.kind, b.key)).or_default().push(diff(key, value, rows, strength));
+                    steps
+                        .entry((b.kind, b.key))
+                        .or_default()
+                        .push(diff(key, value, rows, strength));
                 }
             }
         }
@@ -609,3 +628,5 @@ fn module_steps(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_forms;

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use super::*;
 use crate::synthetic::{self, SyntheticOptions};
 
-fn tiny(arch: Arch, seed: u64) -> Components {
+pub(super) fn tiny(arch: Arch, seed: u64) -> Components {
     let o = SyntheticOptions::new(arch)
         .tiny()
         .with_seed(seed)
@@ -14,7 +14,7 @@ fn tiny(arch: Arch, seed: u64) -> Components {
 }
 
 /// A tensor's values in f32 (a merged one evaluated by the host evaluator, or its device's).
-fn values(t: &InputTensor) -> Vec<f32> {
+pub(super) fn values(t: &InputTensor) -> Vec<f32> {
     match t {
         InputTensor::Candle(c) => c
             .flatten_all()
@@ -31,12 +31,12 @@ fn values(t: &InputTensor) -> Vec<f32> {
     }
 }
 
-fn get<'a>(c: &'a Components, kind: ComponentKind, key: &str) -> &'a InputTensor {
+pub(super) fn get<'a>(c: &'a Components, kind: ComponentKind, key: &str) -> &'a InputTensor {
     c.tensor(kind, key)
         .unwrap_or_else(|| panic!("{kind}:{key}"))
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
+pub(super) fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
@@ -253,7 +253,7 @@ fn bad_merges_say_what_is_wrong() {
 }
 
 /// `(up @ down)` in f64 over flattened factors: `up [rows, r]`, `down [r, cols]`.
-fn product(up: &[f32], down: &[f32], r: usize) -> Vec<f64> {
+pub(super) fn product(up: &[f32], down: &[f32], r: usize) -> Vec<f64> {
     let rows = up.len() / r;
     let cols = down.len() / r;
     let mut out = vec![0f64; rows * cols];
@@ -267,7 +267,7 @@ fn product(up: &[f32], down: &[f32], r: usize) -> Vec<f64> {
     out
 }
 
-fn seeded(shape: &[usize], seed: u64) -> Tensor {
+pub(super) fn seeded(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let v: Vec<f32> = (0..n)
@@ -281,7 +281,7 @@ fn seeded(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-fn lora(name: &str, tensors: Vec<(String, Tensor)>) -> Lora {
+pub(super) fn lora(name: &str, tensors: Vec<(String, Tensor)>) -> Lora {
     let map = tensors
         .into_iter()
         .map(|(k, t)| (k, InputTensor::Candle(t)))
@@ -289,7 +289,7 @@ fn lora(name: &str, tensors: Vec<(String, Tensor)>) -> Lora {
     Lora::from_tensors(name, map).unwrap()
 }
 
-fn close(got: &[f32], want: &[f64], what: &str) {
+pub(super) fn close(got: &[f32], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(

@@ -190,7 +190,12 @@ impl Merged {
         Ok(m)
     }
 
-    fn build(key: &str, base: InputTensor, info: TensorInfo, patches: Vec<Patch>) -> Result<Merged> {
+    fn build(
+        key: &str,
+        base: InputTensor,
+        info: TensorInfo,
+        patches: Vec<Patch>,
+    ) -> Result<Merged> {
         let not_float = |what: &str, t: &InputTensor| {
             let d = t.info().dtype;
             (!can_decode(d)).then(|| Error::Conversion {
@@ -465,7 +470,9 @@ fn check_rows(r: &RowValue, target: &TensorInfo) -> std::result::Result<(), Stri
     let rows = target.shape.first().copied().unwrap_or(1);
     let covered: usize = r.rows.iter().map(|(v, _)| v.len()).sum();
     let expected: Vec<usize> = match target.shape.split_first() {
-        Some((_, rest)) => std::iter::once(covered).chain(rest.iter().copied()).collect(),
+        Some((_, rest)) => std::iter::once(covered)
+            .chain(rest.iter().copied())
+            .collect(),
         None => Vec::new(),
     };
     let shape = r.value.info().shape;
@@ -530,7 +537,10 @@ mod tests {
                 let mut got = vec![None; n];
                 let mut last = units.start;
                 for (r, at) in m.base_runs(units.clone()) {
-                    assert!(r.start >= last && r.end <= units.end, "{from:?}->{to:?} {r:?}");
+                    assert!(
+                        r.start >= last && r.end <= units.end,
+                        "{from:?}->{to:?} {r:?}"
+                    );
                     last = r.end;
                     for (k, e) in r.enumerate() {
                         got[e] = Some(at + k);
@@ -545,11 +555,17 @@ mod tests {
 
     #[test]
     fn padding_to_fewer_dimensions_or_a_smaller_size_is_refused() {
-        let base = candle_core::Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let base =
+            candle_core::Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
         for to in [vec![3, 3], vec![3, 4, 1], vec![12]] {
-            let e = Merged::padded("w", InputTensor::Candle(base.clone()), to.clone(), Vec::new())
-                .unwrap_err()
-                .to_string();
+            let e = Merged::padded(
+                "w",
+                InputTensor::Candle(base.clone()),
+                to.clone(),
+                Vec::new(),
+            )
+            .unwrap_err()
+            .to_string();
             assert!(e.contains("reshape_weight"), "{to:?}: {e}");
         }
         let m = padded(&[3, 4], &[5, 4]);
