@@ -403,7 +403,8 @@ pub(crate) struct MergeArgs {
     #[arg(long, help_heading = "Merge")]
     pub(crate) allow_missing: bool,
 
-    /// Refuse a LoRA any of whose keys match no tensor.
+    /// Refuse a LoRA any of whose keys is not applied (a name that matches no tensor of the
+    /// model, or a form ComfyUI leaves out there); without it they are listed in the summary.
     #[arg(long, help_heading = "Merge")]
     pub(crate) strict: bool,
 
