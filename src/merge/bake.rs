@@ -200,6 +200,8 @@ fn why_not_read(key: &str) -> &'static str {
         "a `.b_norm` without its `.w_norm`, which ComfyUI does not read"
     } else if key.ends_with(".alpha") {
         "an alpha with no factors to scale"
+    } else if key.ends_with(".bias") {
+        "a LoRA bias, which ComfyUI reads only in BFL's Flux control LoRAs (as `.diff_b`)"
     } else {
         "no LoRA form has this name"
     }

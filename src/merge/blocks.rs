@@ -26,7 +26,7 @@ pub struct BlockRatios {
 }
 
 impl BlockRatios {
-    /// Parses a spec (see the [module docs](self)).
+    /// Parses a spec: `NAME=RATIO` entries or a bare list of 25 or 19 ratios, in the order given.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an entry without `=`, a ratio that is not a finite number, a

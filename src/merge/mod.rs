@@ -123,7 +123,8 @@ pub struct Recipe {
     pub loras: Vec<LoraBake>,
     /// Keys B or C lack are taken from A instead of refusing the merge.
     pub allow_missing: bool,
-    /// Refuse a LoRA any of whose modules match no tensor.
+    /// Refuse a LoRA any of whose keys is not applied ([`LoraReport::not_applied`]: a name that
+    /// matches no tensor, or a form ComfyUI leaves out there) instead of reporting them.
     pub strict: bool,
     /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
     pub device: Option<Device>,
@@ -166,9 +167,11 @@ pub struct MergeReport {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for the wrong number of inputs, inputs of different architectures
-/// (naming both), keys B or C lack (listed; see [`Recipe::allow_missing`]), a LoRA that matches
-/// nothing (or not everything, with [`Recipe::strict`]); [`Error::BadShape`] for a key whose
-/// shapes differ (naming both) or LoRA factors that do not fit their tensor;
+/// (naming both), keys B or C lack (listed; see [`Recipe::allow_missing`]), block ratios with
+/// an operation that has no ratio, a LoRA that matches nothing (or leaves keys out, with
+/// [`Recipe::strict`]), two modules of one LoRA on one weight; [`Error::BadShape`] for a key
+/// whose shapes differ (naming both), LoRA factors or differences that do not fit their tensor
+/// (rank 0 included), or a `reshape_weight` that would shrink it;
 /// [`Error::UnknownArchitecture`] when A's architecture cannot be told.
 pub fn merge(
     inputs: &[&Components],
