@@ -386,9 +386,11 @@ pub(crate) struct MergeArgs {
     )]
     pub(crate) vae: VaeFrom,
 
-    /// Per-block ratios of the denoiser: `input=R,middle=R,out=R` (ModelMergeBlocks),
-    /// `IN00=R,…,M00=R,OUT11=R`, key prefixes (`joint_blocks.3.=R`), or a list of 25 (SD1/SD2)
-    /// or 19 (SDXL) ratios. The longest matching prefix wins; others take the operation's.
+    /// ComfyUI's ModelMergeBlocks: `input=R,middle=R,out=R`, `IN00=R,…,M00=R,OUT11=R`, key
+    /// prefixes (`time_embed.=R,joint_blocks.3.=R`), or a list of 25 (SD1/SD2) or 19 (SDXL)
+    /// ratios. A key takes the longest matching prefix's ratio, and keys no entry matches
+    /// (`time_embed.`, `label_emb.`…) the FIRST entry's, as the node does. Replaces --ratio:
+    /// two inputs make the weighted sum, three the add difference (values as multipliers).
     #[arg(long, value_name = "SPEC", help_heading = "Merge")]
     pub(crate) block_ratios: Option<String>,
 
@@ -401,7 +403,8 @@ pub(crate) struct MergeArgs {
     #[arg(long, help_heading = "Merge")]
     pub(crate) allow_missing: bool,
 
-    /// Refuse a LoRA any of whose keys match no tensor.
+    /// Refuse a LoRA any of whose keys is not applied (a name that matches no tensor of the
+    /// model, or a form ComfyUI leaves out there); without it they are listed in the summary.
     #[arg(long, help_heading = "Merge")]
     pub(crate) strict: bool,
 

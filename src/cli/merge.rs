@@ -21,13 +21,14 @@ use checkpoint_save::{open_input, Input, LayoutChoice};
 pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     let start = Instant::now();
     let mut opts = save_options(&args.out, cancel)?;
-    let operation = operation(args)?;
+    let blocks = match &args.block_ratios {
+        Some(spec) => BlockRatios::parse(spec)?,
+        None => BlockRatios::default(),
+    };
+    let operation = operation(args, &blocks)?;
     let recipe_base = Recipe {
         operation,
-        blocks: match &args.block_ratios {
-            Some(spec) => BlockRatios::parse(spec)?,
-            None => BlockRatios::default(),
-        },
+        blocks,
         clip: args
             .clip_ratio
             .map(|r| finite(r, "--clip-ratio"))
@@ -92,9 +93,28 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// The operation the flags and the number of inputs ask for.
-fn operation(args: &MergeArgs) -> Result<Operation> {
+/// The operation the flags and the number of inputs ask for; with `--block-ratios` and no
+/// operation flag, ModelMergeBlocks' weighted sum (two inputs) or an add difference (three),
+/// each key at its block's value.
+fn operation(args: &MergeArgs, blocks: &BlockRatios) -> Result<Operation> {
     let n = args.inputs.len();
+    let flag = [
+        args.ratio.map(|_| "--ratio"),
+        args.add_difference.map(|_| "--add-difference"),
+        args.subtract.map(|_| "--subtract"),
+        args.add.then_some("--add"),
+    ]
+    .into_iter()
+    .flatten()
+    .next();
+    if let (Some(default), Some(flag)) = (blocks.default_ratio(), flag) {
+        bail!(
+            "{flag} and --block-ratios: with block ratios every denoiser key takes a block's \
+             value (keys no block names take the first block's, {default}, as ModelMergeBlocks \
+             does), so {flag}'s would not be used; leave {flag} out (two inputs make the \
+             weighted sum, three the add difference) or give the keys it was meant for a block"
+        );
+    }
     let op = match (args.ratio, args.add_difference, args.subtract, args.add) {
         (Some(r), ..) => Operation::WeightedSum {
             ratio: finite(r, "--ratio")?,
@@ -106,11 +126,16 @@ fn operation(args: &MergeArgs) -> Result<Operation> {
             multiplier: finite(m, "--subtract")?,
         },
         (.., true) => Operation::Add,
-        _ if n == 1 => Operation::None,
-        _ => bail!(
-            "{n} inputs need an operation: --ratio R (A·R + B·(1−R)), --subtract M, --add, or \
-             with three inputs --add-difference M"
-        ),
+        _ => match (n, blocks.default_ratio()) {
+            (1, Some(_)) => bail!("--block-ratios needs a second input to merge with"),
+            (1, None) => Operation::None,
+            (2, Some(r)) => Operation::WeightedSum { ratio: r },
+            (3, Some(m)) => Operation::AddDifference { multiplier: m },
+            _ => bail!(
+                "{n} inputs need an operation: --ratio R (A·R + B·(1−R)), --subtract M, --add, \
+                 --block-ratios SPEC, or with three inputs --add-difference M"
+            ),
+        },
     };
     if op.inputs() != n {
         bail!(
@@ -184,13 +209,12 @@ fn merge_line(r: &MergeReport) -> String {
             r.missing.len()
         ));
     }
-    for (name, matched, unmatched) in &r.loras {
-        line.push_str(&format!("; LoRA {name}: {matched} module(s) baked"));
-        if !unmatched.is_empty() {
+    for l in &r.loras {
+        line.push_str(&format!("; LoRA {}: {} module(s) baked", l.name, l.matched));
+        if let Some(first) = l.not_applied.first() {
             line.push_str(&format!(
-                ", {} key(s) matched nothing (first: `{}`)",
-                unmatched.len(),
-                unmatched[0]
+                ", {} key(s) not applied (first: {first}; --strict refuses them)",
+                l.not_applied.len()
             ));
         }
     }

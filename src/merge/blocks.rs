@@ -9,19 +9,24 @@
 //! - any other name is taken as a key prefix as it is (`joint_blocks.3.`, `double_blocks.`);
 //!
 //! or a bare list of numbers: 25 for SD1/SD2 (`IN00`…`IN11`, `M00`, `OUT00`…`OUT11`) or 19 for
-//! SDXL (`IN00`…`IN08`, `M00`, `OUT00`…`OUT08`). Keys no entry matches take the default ratio.
-//! Every ratio is in ComfyUI's convention (1 keeps A).
+//! SDXL (`IN00`…`IN08`, `M00`, `OUT00`…`OUT08`), in that order.
+//!
+//! As ModelMergeBlocks (`comfy_extras/nodes_model_merging.py`) and its model-specific variants
+//! compute it, a key takes the ratio of the longest entry that is a prefix of it, and a key no
+//! entry matches (`time_embed.`, `label_emb.` under `input=,middle=,out=`) the ratio of the
+//! **first** entry (the node's `default_ratio = next(iter(kwargs.values()))`); for a list that is
+//! `IN00`'s. Every ratio is in ComfyUI's convention (1 keeps A).
 
 use crate::error::{Error, Result};
 
-/// Ratios by key prefix, longest prefix first.
+/// Ratios by key prefix, in the order given (the first is the ratio of keys no prefix matches).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BlockRatios {
     entries: Vec<(String, f64)>,
 }
 
 impl BlockRatios {
-    /// Parses a spec (see the [module docs](self)).
+    /// Parses a spec: `NAME=RATIO` entries or a bare list of 25 or 19 ratios, in the order given.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an entry without `=`, a ratio that is not a finite number, a
@@ -73,19 +78,34 @@ impl BlockRatios {
                 entries.push((prefix, ratio(value.trim(), item)?));
             }
         }
-        entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Ok(BlockRatios { entries })
     }
 
-    /// The ratio of `key` (ComfyUI's denoiser name): that of the longest matching prefix.
+    /// The ratio of `key` (ComfyUI's denoiser name) as ModelMergeBlocks gives it: that of the
+    /// longest matching prefix, or the first entry's where none matches; `None` only when there
+    /// are no entries.
     pub fn ratio(&self, key: &str) -> Option<f64> {
-        self.entries
-            .iter()
-            .find(|(p, _)| key.starts_with(p.as_str()))
-            .map(|(_, r)| *r)
+        let mut best: Option<&(String, f64)> = None;
+        for e in &self.entries {
+            // Strictly longer, as the node compares: among equal lengths the first given wins.
+            if key.starts_with(e.0.as_str()) && best.is_none_or(|b| b.0.len() < e.0.len()) {
+                best = Some(e);
+            }
+        }
+        best.or(self.entries.first()).map(|(_, r)| *r)
     }
 
-    /// The entries, longest prefix first, for the recipe.
+    /// The ratio of keys no prefix matches: the first entry's.
+    pub fn default_ratio(&self) -> Option<f64> {
+        self.entries.first().map(|(_, r)| *r)
+    }
+
+    /// Whether there are no entries (every key takes the operation's own ratio).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries (key prefix, ratio), in the order given.
     pub fn entries(&self) -> &[(String, f64)] {
         &self.entries
     }
@@ -128,15 +148,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_longest_matching_prefix_wins_and_others_take_none() {
+    fn the_longest_matching_prefix_wins_and_others_take_the_first_entrys() {
         let b = BlockRatios::parse("input=0.1, out=0.9, IN04=0.4, output_blocks.1.1.=0.7").unwrap();
         assert_eq!(b.ratio("input_blocks.4.1.proj_in.weight"), Some(0.4));
         assert_eq!(b.ratio("input_blocks.5.0.skip.weight"), Some(0.1));
         assert_eq!(b.ratio("output_blocks.1.1.norm.weight"), Some(0.7));
         assert_eq!(b.ratio("output_blocks.1.0.norm.weight"), Some(0.9));
         assert_eq!(b.ratio("out.2.weight"), Some(0.9));
-        assert_eq!(b.ratio("time_embed.0.weight"), None);
-        assert_eq!(b.ratio("middle_block.1.norm.weight"), None);
+        // ModelMergeBlocks: `default_ratio = next(iter(kwargs.values()))`, the first argument.
+        assert_eq!(b.ratio("time_embed.0.weight"), Some(0.1));
+        assert_eq!(b.ratio("middle_block.1.norm.weight"), Some(0.1));
+        assert_eq!(b.default_ratio(), Some(0.1));
+        // The first given, whatever its length or name.
+        let b = BlockRatios::parse("out=0.75,input=0.25").unwrap();
+        assert_eq!(b.ratio("label_emb.0.0.weight"), Some(0.75));
+        assert_eq!(b.entries()[0], ("out".to_string(), 0.75));
+        assert_eq!(BlockRatios::default().ratio("time_embed.0.weight"), None);
     }
 
     #[test]
@@ -150,6 +177,8 @@ mod tests {
         assert_eq!(b.ratio("output_blocks.11.0.x"), Some(0.24));
         // input_blocks.1. must not take input_blocks.11.'s ratio, nor the reverse.
         assert_eq!(b.ratio("input_blocks.1.0.x"), Some(0.01));
+        // Keys outside every block take IN00's, the list's first.
+        assert_eq!(b.ratio("time_embed.0.weight"), Some(0.0));
         let sdxl = vec!["0.5"; 19].join(",");
         assert_eq!(BlockRatios::parse(&sdxl).unwrap().entries().len(), 19);
     }

@@ -7,19 +7,22 @@
 //! [`Recipe`] says what to compute; [`merge`] turns inputs (A, B, C in ComfyUI's names, from
 //! [`crate::open_input`] or candle tensors) and LoRAs into components plus a [`MergeReport`].
 
+mod bake;
 mod blocks;
 mod lora;
+mod lora_keys;
 mod recipe;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::layout::detect::detect_model;
-use crate::model::merged::{LoraFactors, Merged, Patch, PatchValue};
+use crate::model::merged::{Merged, Patch, PatchValue};
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor};
+pub use bake::LoraReport;
+use bake::{build, lora_patches, Step};
 pub use blocks::BlockRatios;
 pub use lora::Lora;
 pub use recipe::{InputRecord, RECIPE_KEY};
@@ -106,8 +109,10 @@ pub struct LoraBake {
 pub struct Recipe {
     /// The operation on the denoiser.
     pub operation: Operation,
-    /// Per-block ratios of the denoiser (their value replaces the operation's where a prefix
-    /// matches).
+    /// Per-block ratios of the denoiser, as ModelMergeBlocks: when there are entries, every
+    /// denoiser key takes a block's value in place of the operation's (the longest matching
+    /// prefix's, or the first entry's where none matches), so the operation's own ratio or
+    /// multiplier is not used for the denoiser.
     pub blocks: BlockRatios,
     /// The text encoders: merged with the operation and this value (as CLIPMergeSimple,
     /// `position_ids` and `logit_scale` stay A's), or `None` to take A's.
@@ -118,7 +123,8 @@ pub struct Recipe {
     pub loras: Vec<LoraBake>,
     /// Keys B or C lack are taken from A instead of refusing the merge.
     pub allow_missing: bool,
-    /// Refuse a LoRA any of whose modules match no tensor.
+    /// Refuse a LoRA any of whose keys is not applied ([`LoraReport::not_applied`]: a name that
+    /// matches no tensor, or a form ComfyUI leaves out there) instead of reporting them.
     pub strict: bool,
     /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
     pub device: Option<Device>,
@@ -150,8 +156,8 @@ pub struct MergeReport {
     pub copied: usize,
     /// Keys B or C lacked that were taken from A (`allow_missing`).
     pub missing: Vec<String>,
-    /// Per LoRA, in order: modules matched, and the names of those that matched nothing.
-    pub loras: Vec<(String, usize, Vec<String>)>,
+    /// Per LoRA, in order: what was applied, and what was not.
+    pub loras: Vec<LoraReport>,
     /// The recipe, as written into the checkpoint's metadata under [`RECIPE_KEY`].
     pub recipe: String,
 }
@@ -161,9 +167,11 @@ pub struct MergeReport {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for the wrong number of inputs, inputs of different architectures
-/// (naming both), keys B or C lack (listed; see [`Recipe::allow_missing`]), a LoRA that matches
-/// nothing (or not everything, with [`Recipe::strict`]); [`Error::BadShape`] for a key whose
-/// shapes differ (naming both) or LoRA factors that do not fit their tensor;
+/// (naming both), keys B or C lack (listed; see [`Recipe::allow_missing`]), block ratios with
+/// an operation that has no ratio, a LoRA that matches nothing (or leaves keys out, with
+/// [`Recipe::strict`]), two modules of one LoRA on one weight; [`Error::BadShape`] for a key
+/// whose shapes differ (naming both), LoRA factors or differences that do not fit their tensor
+/// (rank 0 included), or a `reshape_weight` that would shrink it;
 /// [`Error::UnknownArchitecture`] when A's architecture cannot be told.
 pub fn merge(
     inputs: &[&Components],
@@ -183,6 +191,13 @@ pub fn merge(
         return Err(Error::InvalidInput(
             "nothing to do: give a second input and an operation, or a LoRA to bake".into(),
         ));
+    }
+    if !recipe.blocks.is_empty() && op.value().is_none() {
+        return Err(Error::InvalidInput(format!(
+            "block ratios need an operation with a ratio or multiplier (weighted sum, add \
+             difference, subtract), not {}",
+            op.name()
+        )));
     }
     if recipe.vae_from >= inputs.len() {
         return Err(Error::InvalidInput(format!(
@@ -208,7 +223,7 @@ pub fn merge(
         };
         let mut merged = InputMap::new();
         for (key, t) in source {
-            let mut patches = match (kind, op) {
+            let patches = match (kind, op) {
                 (ComponentKind::Model, _) => {
                     let op = recipe.blocks.ratio(key).map_or(op, |v| op.with(v));
                     patches_of(op, kind, key, t, inputs, made_up, &mut missing)?
@@ -219,20 +234,20 @@ pub fn merge(
                 },
                 _ => Vec::new(),
             };
+            let mut steps: Vec<Step> = patches.into_iter().map(Step::Patch).collect();
             if kind != ComponentKind::Vae {
-                patches.extend(loras.remove(&(kind, key.clone())).unwrap_or_default());
+                steps.extend(loras.remove(&(kind, key.clone())).unwrap_or_default());
             }
-            if patches.is_empty() {
+            if steps.is_empty() {
                 report.copied += 1;
                 merged.insert(key.clone(), t.clone());
                 continue;
             }
-            let mut m = Merged::new(key, t.clone(), patches)?;
-            if let Some(d) = &recipe.device {
-                m = m.on(d.clone());
-            }
             report.merged += 1;
-            merged.insert(key.clone(), InputTensor::Merged(Arc::new(m)));
+            merged.insert(
+                key.clone(),
+                build(key, t.clone(), steps, recipe.device.as_ref())?,
+            );
         }
         out.set_inputs(kind, merged);
     }
@@ -353,80 +368,9 @@ fn patches_of(
     })
 }
 
-type LoraPatches = BTreeMap<(ComponentKind, String), Vec<Patch>>;
-
-/// Every LoRA module matched to A's tensors, as patches by target, in LoRA order.
-fn lora_patches(
-    arch: Arch,
-    a: &Components,
-    recipe: &Recipe,
-    report: &mut MergeReport,
-) -> Result<LoraPatches> {
-    let mut out = LoraPatches::new();
-    if recipe.loras.is_empty() {
-        return Ok(out);
-    }
-    let targets = lora::targets(arch, &a.shapes())?;
-    for bake in &recipe.loras {
-        let l = &bake.lora;
-        let mut matched = 0;
-        let mut unmatched = l.other_keys.clone();
-        for (stem, m) in &l.modules {
-            let Some(t) = targets.get(stem) else {
-                unmatched.push(stem.clone());
-                continue;
-            };
-            matched += 1;
-            let strength = match t.kind {
-                ComponentKind::Model => bake.strength_model,
-                _ => bake.strength_clip,
-            };
-            if strength == 0.0 {
-                continue;
-            }
-            let (Some(up), Some(down)) = (&m.up, &m.down) else {
-                continue;
-            };
-            let factors = LoraFactors {
-                name: format!("{}: {stem}", l.name),
-                up: up.clone(),
-                down: down.clone(),
-                mid: m.mid.clone(),
-                rows: t.rows.clone(),
-            };
-            let rank = factors.rank().max(1) as f64;
-            let alpha = match &m.alpha {
-                Some(t) => recipe::scalar(t, &factors.name)? / rank,
-                None => 1.0,
-            };
-            out.entry((t.kind, t.key.clone())).or_default().push(Patch {
-                strength: (strength * alpha) as f32,
-                strength_model: 1.0,
-                value: PatchValue::Lora(Arc::new(factors)),
-            });
-        }
-        if matched == 0 {
-            return Err(Error::InvalidInput(format!(
-                "LoRA {} matches no tensor of this {arch} model ({} module(s), first: `{}`); is \
-                 it for another architecture?",
-                l.name,
-                l.len(),
-                l.modules.keys().next().map_or("", String::as_str)
-            )));
-        }
-        if recipe.strict && !unmatched.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "LoRA {}: {} of its keys match no tensor (first: `{}`); without --strict they \
-                 are skipped",
-                l.name,
-                unmatched.len(),
-                unmatched[0]
-            )));
-        }
-        report.loras.push((l.name.clone(), matched, unmatched));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_forms;
+#[cfg(test)]
+mod tests_refused;

@@ -111,7 +111,8 @@ pub(super) fn describe(
         "vae": vae,
         "clip": recipe.clip.map_or(Value::String("A".into()), |v| json!(v)),
     });
-    if let Some(value) = op.value() {
+    // With block ratios the operation's own value is not used (each key takes a block's).
+    if let Some(value) = op.value().filter(|_| recipe.blocks.is_empty()) {
         let name = if matches!(op, Operation::WeightedSum { .. }) {
             "ratio"
         } else {
@@ -127,19 +128,22 @@ pub(super) fn describe(
             .map(|(p, r)| (p.clone(), json!(r)))
             .collect::<serde_json::Map<_, _>>()
             .into();
+        // ModelMergeBlocks' ratio of keys no block names: the first entry's.
+        v["block_default"] = json!(recipe.blocks.default_ratio());
     }
     if !recipe.loras.is_empty() {
         v["loras"] = recipe
             .loras
             .iter()
             .zip(&report.loras)
-            .map(|(b, (_, matched, _))| {
+            .map(|(b, r)| {
                 json!({
                     "name": b.lora.name,
                     "strength_model": b.strength_model,
                     "strength_clip": b.strength_clip,
                     "modules": b.lora.len(),
-                    "matched": matched,
+                    "matched": r.matched,
+                    "not_applied": r.not_applied.len(),
                 })
             })
             .collect::<Vec<_>>()

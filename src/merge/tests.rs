@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use super::*;
 use crate::synthetic::{self, SyntheticOptions};
 
-fn tiny(arch: Arch, seed: u64) -> Components {
+pub(super) fn tiny(arch: Arch, seed: u64) -> Components {
     let o = SyntheticOptions::new(arch)
         .tiny()
         .with_seed(seed)
@@ -14,7 +14,7 @@ fn tiny(arch: Arch, seed: u64) -> Components {
 }
 
 /// A tensor's values in f32 (a merged one evaluated by the host evaluator, or its device's).
-fn values(t: &InputTensor) -> Vec<f32> {
+pub(super) fn values(t: &InputTensor) -> Vec<f32> {
     match t {
         InputTensor::Candle(c) => c
             .flatten_all()
@@ -31,12 +31,12 @@ fn values(t: &InputTensor) -> Vec<f32> {
     }
 }
 
-fn get<'a>(c: &'a Components, kind: ComponentKind, key: &str) -> &'a InputTensor {
+pub(super) fn get<'a>(c: &'a Components, kind: ComponentKind, key: &str) -> &'a InputTensor {
     c.tensor(kind, key)
         .unwrap_or_else(|| panic!("{kind}:{key}"))
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
+pub(super) fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
@@ -197,7 +197,23 @@ fn block_ratios_pick_the_longest_prefix() {
     };
     check(Q, 0.9);
     check("input_blocks.0.0.weight", 0.2);
-    check("time_embed.0.weight", 0.5);
+    // ModelMergeBlocks gives keys no block names its first argument's ratio, not --ratio's.
+    check("time_embed.0.weight", 0.2);
+    check("out.2.weight", 0.2);
+    check("middle_block.1.proj_in.weight", 0.2);
+    let report = merge(&[&a, &b], &[], &rec).unwrap().1;
+    assert!(
+        report.recipe.contains("\"block_default\":0.2") && !report.recipe.contains("\"ratio\""),
+        "{}",
+        report.recipe
+    );
+    // Block ratios replace a ratio or multiplier; ModelAdd has none to replace.
+    let add = Recipe {
+        blocks: BlockRatios::parse("input=0.2").unwrap(),
+        ..recipe(Operation::Add)
+    };
+    let e = merge(&[&a, &b], &[], &add).unwrap_err().to_string();
+    assert!(e.contains("block ratios need an operation"), "{e}");
 }
 
 #[test]
@@ -237,7 +253,7 @@ fn bad_merges_say_what_is_wrong() {
 }
 
 /// `(up @ down)` in f64 over flattened factors: `up [rows, r]`, `down [r, cols]`.
-fn product(up: &[f32], down: &[f32], r: usize) -> Vec<f64> {
+pub(super) fn product(up: &[f32], down: &[f32], r: usize) -> Vec<f64> {
     let rows = up.len() / r;
     let cols = down.len() / r;
     let mut out = vec![0f64; rows * cols];
@@ -251,7 +267,7 @@ fn product(up: &[f32], down: &[f32], r: usize) -> Vec<f64> {
     out
 }
 
-fn seeded(shape: &[usize], seed: u64) -> Tensor {
+pub(super) fn seeded(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let v: Vec<f32> = (0..n)
@@ -265,7 +281,7 @@ fn seeded(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-fn lora(name: &str, tensors: Vec<(String, Tensor)>) -> Lora {
+pub(super) fn lora(name: &str, tensors: Vec<(String, Tensor)>) -> Lora {
     let map = tensors
         .into_iter()
         .map(|(k, t)| (k, InputTensor::Candle(t)))
@@ -273,7 +289,7 @@ fn lora(name: &str, tensors: Vec<(String, Tensor)>) -> Lora {
     Lora::from_tensors(name, map).unwrap()
 }
 
-fn close(got: &[f32], want: &[f64], what: &str) {
+pub(super) fn close(got: &[f32], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
@@ -336,8 +352,11 @@ fn loras_in_kohya_peft_and_comfyui_names_bake_with_their_strengths() {
         ..Recipe::default()
     };
     let (out, report) = merge(&[&a], &[], &rec).unwrap();
-    assert_eq!(report.loras[0].1, 3);
-    assert_eq!((report.loras[1].1, report.loras[1].2.len()), (1, 1));
+    assert_eq!(report.loras[0].matched, 3);
+    assert_eq!(
+        (report.loras[1].matched, report.loras[1].not_applied.len()),
+        (1, 1)
+    );
     let m = |l: &Lora, stem: &str| l.modules[stem].clone();
     let cv = |t: &Option<InputTensor>| values(t.as_ref().unwrap());
 
@@ -568,4 +587,37 @@ fn candles_ops_on_a_device_give_the_host_evaluators_bits() {
             }
         }
     }
+}
+
+#[test]
+fn a_rank_zero_module_is_refused_not_a_panic() {
+    let a = tiny(Arch::Sd15, 1);
+    let conv = get(&a, ComponentKind::Model, CONV).info();
+    let stem = "diffusion_model.input_blocks.1.0.in_layers.2";
+    let zeros = |s: &[usize]| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
+    // A LoCon whose rank is 0, with its Tucker `mid`: the old evaluator divided by the rank.
+    let l = lora(
+        "rank0.safetensors",
+        vec![
+            (
+                format!("{stem}.lora_up.weight"),
+                zeros(&[conv.shape[0], 0, 1, 1]),
+            ),
+            (
+                format!("{stem}.lora_down.weight"),
+                zeros(&[0, conv.shape[1], 1, 1]),
+            ),
+            (format!("{stem}.lora_mid.weight"), zeros(&[0, 0, 3, 3])),
+        ],
+    );
+    let rec = Recipe {
+        loras: vec![LoraBake {
+            lora: l,
+            strength_model: 1.0,
+            strength_clip: 1.0,
+        }],
+        ..Recipe::default()
+    };
+    let e = merge(&[&a], &[], &rec).unwrap_err().to_string();
+    assert!(e.contains("rank 0") && e.contains(stem), "{e}");
 }

@@ -102,7 +102,8 @@ fn merged_f32(m: &Merged, scratch: &mut Scratch) -> Result<Vec<f32>> {
 
 /// Units `units` of `m`, in f32, on the host.
 fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch) -> Result<()> {
-    read_f32(m, 0, units.clone(), out, scratch)?;
+    read_base(m, units.clone(), out, scratch)?;
+    let cols = row_len(m);
     let mut value = Vec::new();
     for (i, p) in m.patches().iter().enumerate() {
         let sm = p.strength_model;
@@ -127,15 +128,48 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
             }
             PatchValue::Tensor(_) => {}
             PatchValue::Lora(l) => {
-                let cols = row_len(m);
                 let h = scratch.lora(l)?;
-                for (target, row) in lora_runs(l, &units, cols) {
-                    let first = row * cols + target.start % cols;
+                for (target, first) in row_runs(&l.rows, &units, cols) {
                     let dst = &mut out[target.start - units.start..target.end - units.start];
                     lowrank::add_product(dst, first, &h.up, &h.down, p.strength);
                 }
             }
+            PatchValue::Diff(r) if p.strength != 0.0 => {
+                let s = p.strength;
+                for (target, at) in row_runs(&r.rows, &units, cols) {
+                    value.resize(target.len(), 0f32);
+                    let v = &mut value[..target.len()];
+                    read_f32(m, i + 1, at..at + target.len(), v, scratch)?;
+                    let dst = &mut out[target.start - units.start..target.end - units.start];
+                    dst.iter_mut().zip(v.iter()).for_each(|(w, v)| *w += s * v);
+                }
+            }
+            PatchValue::Diff(_) => {}
+            PatchValue::Set(r) => {
+                for (target, at) in row_runs(&r.rows, &units, cols) {
+                    let dst = &mut out[target.start - units.start..target.end - units.start];
+                    read_f32(m, i + 1, at..at + target.len(), dst, scratch)?;
+                }
+            }
         }
+    }
+    Ok(())
+}
+
+/// Units `units` of `m`'s base, zero-padded where `m` pads it, into `out`.
+fn read_base(
+    m: &Merged,
+    units: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<()> {
+    if m.padded_from().is_none() {
+        return read_f32(m, 0, units, out, scratch);
+    }
+    out.fill(0.0);
+    for (r, at) in m.base_runs(units.clone()) {
+        let dst = &mut out[r.start - units.start..r.end - units.start];
+        read_f32(m, 0, at..at + r.len(), dst, scratch)?;
     }
     Ok(())
 }
@@ -289,52 +323,93 @@ fn eval_on(
     scratch: &mut Scratch,
 ) -> Result<Tensor> {
     let scalar = |v: f32| Tensor::new(v, device);
-    let mut w = operand_on(device, m, 0, units.clone(), scratch)?;
+    let mut w = match m.padded_from() {
+        None => operand_on(device, m, 0, units.clone(), scratch)?,
+        // The padding is laid out on the host (a LoRA's reshape: one small tensor).
+        Some(_) => {
+            let mut vals = vec![0f32; units.len()];
+            read_base(m, units.clone(), &mut vals, scratch)?;
+            Tensor::from_vec(vals, units.len(), device)?
+        }
+    };
+    let cols = row_len(m);
     for (i, p) in m.patches().iter().enumerate() {
         if p.strength_model != 1.0 {
             w = w.broadcast_mul(&scalar(p.strength_model)?)?;
         }
         match &p.value {
-            PatchValue::Tensor(_) if p.strength == 0.0 => {}
+            PatchValue::Tensor(_) | PatchValue::Diff(_) if p.strength == 0.0 => {}
             PatchValue::Tensor(_) => {
                 let v = operand_on(device, m, i + 1, units.clone(), scratch)?;
                 w = (w + v.broadcast_mul(&scalar(p.strength)?)?)?;
             }
             PatchValue::Lora(l) => {
                 let mats = lora_matrices(l, device, scratch)?;
-                let cols = row_len(m);
-                // Untouched elements stay as they are (adding zeros would turn −0 into +0).
-                let mut parts = Vec::new();
-                let mut at = units.start;
-                for (target, row) in lora_runs(l, &units, cols) {
-                    if target.start > at {
-                        parts.push(w.narrow(0, at - units.start, target.start - at)?);
-                    }
-                    let block = lora_block_on(&mats, row, &target, cols)?;
-                    let cur = w.narrow(0, target.start - units.start, target.len())?;
-                    parts.push((cur + block.broadcast_mul(&scalar(p.strength)?)?)?);
-                    at = target.end;
-                }
-                if at < units.end {
-                    parts.push(w.narrow(0, at - units.start, units.end - at)?);
-                }
-                w = Tensor::cat(&parts, 0)?;
+                let runs = row_runs(&l.rows, &units, cols);
+                w = splice(&w, &units, runs, |cur, target, first| {
+                    let block = lora_block_on(&mats, first / cols, target, cols)?;
+                    Ok((cur + block.broadcast_mul(&scalar(p.strength)?)?)?)
+                })?;
+            }
+            PatchValue::Diff(r) => {
+                let runs = row_runs(&r.rows, &units, cols);
+                w = splice(&w, &units, runs, |cur, target, at| {
+                    let v = operand_on(device, m, i + 1, at..at + target.len(), scratch)?;
+                    Ok((cur + v.broadcast_mul(&scalar(p.strength)?)?)?)
+                })?;
+            }
+            PatchValue::Set(r) => {
+                let runs = row_runs(&r.rows, &units, cols);
+                w = splice(&w, &units, runs, |_, target, at| {
+                    operand_on(device, m, i + 1, at..at + target.len(), scratch)
+                })?;
             }
         }
     }
     Ok(w)
 }
 
-/// The runs of target elements `l` patches inside `units`, in order, each with the row of the
-/// product its first element lies in.
-fn lora_runs(l: &LoraFactors, units: &Range<usize>, cols: usize) -> Vec<(Range<usize>, usize)> {
-    let mut runs: Vec<(Range<usize>, usize)> = l
-        .rows
+/// `w` (units `units`) with each run's elements replaced by what `f` makes of them (given the
+/// current values, the run and its value offset); elements outside the runs stay as they are
+/// (adding zeros there would turn −0 into +0).
+fn splice(
+    w: &Tensor,
+    units: &Range<usize>,
+    runs: Vec<(Range<usize>, usize)>,
+    mut f: impl FnMut(Tensor, &Range<usize>, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if runs.is_empty() {
+        return Ok(w.clone());
+    }
+    let mut parts = Vec::new();
+    let mut at = units.start;
+    for (target, first) in runs {
+        if target.start > at {
+            parts.push(w.narrow(0, at - units.start, target.start - at)?);
+        }
+        let cur = w.narrow(0, target.start - units.start, target.len())?;
+        parts.push(f(cur, &target, first)?);
+        at = target.end;
+    }
+    if at < units.end {
+        parts.push(w.narrow(0, at - units.start, units.end - at)?);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The runs of target elements a row-mapped value (`(value rows, first target row)` runs)
+/// patches inside `units`, in order, each with the value's element its first one takes.
+fn row_runs(
+    rows: &[(Range<usize>, usize)],
+    units: &Range<usize>,
+    cols: usize,
+) -> Vec<(Range<usize>, usize)> {
+    let mut runs: Vec<(Range<usize>, usize)> = rows
         .iter()
-        .filter_map(|(prod, at)| {
+        .filter_map(|(value, at)| {
             let e0 = (at * cols).max(units.start);
-            let e1 = ((at + prod.len()) * cols).min(units.end);
-            (e0 < e1).then(|| (e0..e1, prod.start + (e0 / cols - at)))
+            let e1 = ((at + value.len()) * cols).min(units.end);
+            (e0 < e1).then(|| (e0..e1, (value.start + e0 / cols - at) * cols + e0 % cols))
         })
         .collect();
     runs.sort_by_key(|(r, _)| r.start);

@@ -16,6 +16,9 @@
 //! | ModelAdd | `A` patched by `(1, 1, B)`: `A + B` |
 //! | add difference (m) | `A` patched by `(1, 1, B patched by (−m, m, C))`: `A + (B·m + (−m)·C)` |
 //! | LoraLoader(s) | `W` patched by `(s·α/rank, 1, up @ down)` |
+//! | LoraLoader(s), `.diff`/`.diff_b`/`.w_norm`/`.b_norm` | `W` patched by `(s, 1, diff)` on the rows it names |
+//! | LoraLoader, `.set_weight` | the rows it names replaced by the value (the strength is not used) |
+//! | LoraLoader, `.reshape_weight` | `W` zero-padded to the shape first ([`Merged::padded`]) |
 //!
 //! Coefficients are computed in f64 as Python computes them (`1.0 - ratio`, `strength * alpha /
 //! rank`) and used as f32, as PyTorch does when it multiplies an f32 tensor by a Python float.
@@ -38,6 +41,8 @@ pub struct Merged {
     patches: Vec<Patch>,
     info: TensorInfo,
     device: Option<Device>,
+    /// The base's shape when it is zero-padded to `info`'s (ComfyUI's `reshape_weight`).
+    padded_from: Option<Vec<usize>>,
     /// How each operand (0: the base, `i`: patch `i − 1`'s tensor) is read, planned once.
     pieces: OnceLock<Vec<Option<Vec<Piece>>>>,
 }
@@ -71,6 +76,24 @@ pub enum PatchValue {
     Tensor(InputTensor),
     /// A LoRA's low-rank product.
     Lora(Arc<LoraFactors>),
+    /// ComfyUI's `diff` patch of a LoRA file (`.diff`, `.diff_b`, `.w_norm`, `.b_norm`): the
+    /// value added to the rows it names, `w[rows] += strength · value`.
+    Diff(RowValue),
+    /// ComfyUI's `set` patch (`.set_weight`): the rows it names replaced by the value. The
+    /// strength is not used, as ComfyUI's `weight.copy_(value)` does not use it.
+    Set(RowValue),
+}
+
+/// A tensor laid on rows of the weight (all of them, or the part of a fused weight a LoRA
+/// names apart): its row `i` lands on the target row `rows` maps it to.
+#[derive(Debug, Clone)]
+pub struct RowValue {
+    /// The LoRA key, for messages.
+    pub name: String,
+    /// The value, of the shape of the rows it covers.
+    pub value: InputTensor,
+    /// Runs of value rows and where they land: `(value rows, first target row)`.
+    pub rows: Vec<(Range<usize>, usize)>,
 }
 
 /// A LoRA module's factors, and which rows of the target its product lands on.
@@ -134,6 +157,45 @@ impl Merged {
     /// base or value that is not floating point.
     pub fn new(key: &str, base: InputTensor, patches: Vec<Patch>) -> Result<Merged> {
         let info = base.info();
+        Merged::build(key, base, info, patches)
+    }
+
+    /// `base` zero-padded to `shape`, then patched by `patches`: ComfyUI's `reshape_weight`
+    /// (`pad_tensor_to_shape`: each base element keeps its index, new ones are 0), which grows
+    /// Flux's `img_in` for BFL's control LoRAs.
+    ///
+    /// # Errors
+    /// As [`Merged::new`]; [`Error::BadShape`] for a shape of another rank than the base's, or
+    /// smaller in a dimension.
+    pub fn padded(
+        key: &str,
+        base: InputTensor,
+        shape: Vec<usize>,
+        patches: Vec<Patch>,
+    ) -> Result<Merged> {
+        let from = base.info();
+        if from.shape.len() != shape.len() || from.shape.iter().zip(&shape).any(|(a, b)| a > b) {
+            return Err(Error::BadShape {
+                key: key.to_string(),
+                shape: from.shape,
+                reason: format!(
+                    "cannot be zero-padded to {shape:?} (`reshape_weight`): the new shape needs \
+                     the same number of dimensions, none smaller"
+                ),
+            });
+        }
+        let padded = (from.shape != shape).then(|| from.shape.clone());
+        let mut m = Merged::build(key, base, TensorInfo::new(shape, from.dtype), patches)?;
+        m.padded_from = padded;
+        Ok(m)
+    }
+
+    fn build(
+        key: &str,
+        base: InputTensor,
+        info: TensorInfo,
+        patches: Vec<Patch>,
+    ) -> Result<Merged> {
         let not_float = |what: &str, t: &InputTensor| {
             let d = t.info().dtype;
             (!can_decode(d)).then(|| Error::Conversion {
@@ -165,6 +227,12 @@ impl Merged {
                     }
                 }
                 PatchValue::Lora(l) => check_lora(l, &info).map_err(bad)?,
+                PatchValue::Diff(r) | PatchValue::Set(r) => {
+                    if let Some(e) = not_float(&format!("`{}`", r.name), &r.value) {
+                        return Err(e);
+                    }
+                    check_rows(r, &info).map_err(bad)?;
+                }
             }
         }
         Ok(Merged {
@@ -173,8 +241,52 @@ impl Merged {
             patches,
             info,
             device: None,
+            padded_from: None,
             pieces: OnceLock::new(),
         })
+    }
+
+    /// The base's shape when it is zero-padded to this tensor's ([`Merged::padded`]).
+    pub fn padded_from(&self) -> Option<&[usize]> {
+        self.padded_from.as_deref()
+    }
+
+    /// Where elements `units` of the (padded) base come from: runs of `(result elements, first
+    /// base element)`, in order; elements no run covers are the padding's zeros. Without
+    /// padding, one run: `units` itself.
+    pub(crate) fn base_runs(&self, units: Range<usize>) -> Vec<(Range<usize>, usize)> {
+        let Some(from) = &self.padded_from else {
+            return vec![(units.clone(), units.start)];
+        };
+        let to = &self.info.shape;
+        let (Some(&last), Some(&from_last)) = (to.last(), from.last()) else {
+            return vec![(units.clone(), units.start)];
+        };
+        let mut runs = Vec::new();
+        if last == 0 || from_last == 0 || units.is_empty() {
+            return runs;
+        }
+        let lead = to.len() - 1;
+        for row in units.start / last..units.end.div_ceil(last) {
+            // The row's index in the leading dimensions, and the base row it is, if inside.
+            let (mut rest, mut base_row, mut inside) = (row, 0usize, true);
+            let mut stride = 1usize;
+            for d in (0..lead).rev() {
+                let i = rest % to[d];
+                rest /= to[d];
+                inside &= i < from[d];
+                base_row += i * stride;
+                stride *= from[d];
+            }
+            let (s, e) = (
+                units.start.max(row * last),
+                units.end.min(row * last + from_last),
+            );
+            if inside && s < e {
+                runs.push((s..e, base_row * from_last + (s - row * last)));
+            }
+        }
+        runs
     }
 
     /// The same tensor computed on `device` with candle's ops (operands are uploaded range by
@@ -234,16 +346,18 @@ impl Merged {
             })
     }
 
-    /// Tensor operand `i` (0: the base, `i`: patch `i − 1`'s tensor); `None` for a LoRA patch or
-    /// past the end.
+    /// Tensor operand `i` (0: the base, `i`: patch `i − 1`'s tensor or row value); `None` for a
+    /// LoRA patch or past the end.
     pub(crate) fn tensor_operand(&self, i: usize) -> Option<&InputTensor> {
         self.tensor_operands().nth(i).flatten()
     }
 
-    /// The tensor operands by index: 0 the base, `i` patch `i − 1`'s tensor (`None` for a LoRA).
+    /// The tensor operands by index: 0 the base, `i` patch `i − 1`'s tensor or row value (`None`
+    /// for a LoRA).
     fn tensor_operands(&self) -> impl Iterator<Item = Option<&InputTensor>> {
         std::iter::once(Some(&self.base)).chain(self.patches.iter().map(|p| match &p.value {
             PatchValue::Tensor(t) => Some(t),
+            PatchValue::Diff(r) | PatchValue::Set(r) => Some(&r.value),
             PatchValue::Lora(_) => None,
         }))
     }
@@ -269,6 +383,7 @@ impl Merged {
         for p in &self.patches {
             match &p.value {
                 PatchValue::Tensor(t) => out.push(t),
+                PatchValue::Diff(r) | PatchValue::Set(r) => out.push(&r.value),
                 PatchValue::Lora(l) => {
                     out.extend([&l.up, &l.down]);
                     out.extend(l.mid.as_ref());
@@ -292,6 +407,15 @@ fn check_lora(l: &LoraFactors, target: &TensorInfo) -> std::result::Result<(), S
         }
     }
     let rank = down.shape[0];
+    if rank == 0 {
+        // ComfyUI divides alpha by the rank (a ZeroDivisionError) or multiplies empty factors;
+        // either way nothing meaningful: a broken file, refused before anything is written.
+        return Err(format!(
+            "LoRA `{name}` has rank 0 (down {:?}, up {:?}): its factors are empty, so the module \
+             has nothing to add; the file is damaged or was saved without its weights",
+            down.shape, up.shape
+        ));
+    }
     let up_cols: usize = up.shape.iter().skip(1).product();
     if up_cols != rank {
         return Err(format!(
@@ -337,4 +461,115 @@ fn check_lora(l: &LoraFactors, target: &TensorInfo) -> std::result::Result<(), S
         ));
     }
     Ok(())
+}
+
+/// Why a row value does not fit a target of `target`'s shape, if it does not: it must have the
+/// shape of the rows it covers (ComfyUI skips a `diff` of another shape with "WEIGHT NOT
+/// MERGED"; this tool refuses it).
+fn check_rows(r: &RowValue, target: &TensorInfo) -> std::result::Result<(), String> {
+    let rows = target.shape.first().copied().unwrap_or(1);
+    let covered: usize = r.rows.iter().map(|(v, _)| v.len()).sum();
+    let expected: Vec<usize> = match target.shape.split_first() {
+        Some((_, rest)) => std::iter::once(covered)
+            .chain(rest.iter().copied())
+            .collect(),
+        None => Vec::new(),
+    };
+    let shape = r.value.info().shape;
+    if shape != expected {
+        return Err(format!(
+            "`{}` has shape {shape:?}, the weight's rows it patches {expected:?}: ComfyUI skips \
+             such a patch (\"WEIGHT NOT MERGED\"); this tool refuses it",
+            r.name
+        ));
+    }
+    for (v, at) in &r.rows {
+        if v.end > covered.max(1) || at + v.len() > rows {
+            return Err(format!(
+                "`{}`: rows {v:?} do not land inside the weight's {rows} rows at {at}",
+                r.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Dtype;
+
+    fn padded(from: &[usize], to: &[usize]) -> Merged {
+        let base = candle_core::Tensor::zeros(from, candle_core::DType::F32, &Device::Cpu).unwrap();
+        Merged::padded("w", InputTensor::Candle(base), to.to_vec(), Vec::new()).unwrap()
+    }
+
+    /// Every element of the padded tensor, by its index, against the base's.
+    fn expected(from: &[usize], to: &[usize]) -> Vec<Option<usize>> {
+        let n: usize = to.iter().product();
+        (0..n)
+            .map(|mut e| {
+                let mut idx = vec![0; to.len()];
+                for d in (0..to.len()).rev() {
+                    idx[d] = e % to[d];
+                    e /= to[d];
+                }
+                if idx.iter().zip(from).any(|(i, f)| i >= f) {
+                    return None;
+                }
+                Some(idx.iter().zip(from).fold(0, |acc, (i, f)| acc * f + i))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_padded_base_keeps_each_element_at_its_index() {
+        for (from, to) in [
+            (vec![3, 2], vec![3, 5]),
+            (vec![2, 3, 2], vec![4, 3, 3]),
+            (vec![4], vec![7]),
+            (vec![2, 2], vec![2, 2]),
+        ] {
+            let m = padded(&from, &to);
+            let n: usize = to.iter().product();
+            let want = expected(&from, &to);
+            for units in [0..n, 1..n - 1, 3..4, n / 2..n] {
+                let mut got = vec![None; n];
+                let mut last = units.start;
+                for (r, at) in m.base_runs(units.clone()) {
+                    assert!(
+                        r.start >= last && r.end <= units.end,
+                        "{from:?}->{to:?} {r:?}"
+                    );
+                    last = r.end;
+                    for (k, e) in r.enumerate() {
+                        got[e] = Some(at + k);
+                    }
+                }
+                for e in units.clone() {
+                    assert_eq!(got[e], want[e], "{from:?}->{to:?} element {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn padding_to_fewer_dimensions_or_a_smaller_size_is_refused() {
+        let base =
+            candle_core::Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for to in [vec![3, 3], vec![3, 4, 1], vec![12]] {
+            let e = Merged::padded(
+                "w",
+                InputTensor::Candle(base.clone()),
+                to.clone(),
+                Vec::new(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("reshape_weight"), "{to:?}: {e}");
+        }
+        let m = padded(&[3, 4], &[5, 4]);
+        assert_eq!(m.info(), &TensorInfo::new(vec![5, 4], Dtype::F32));
+        assert_eq!(m.padded_from(), Some(&[3, 4][..]));
+    }
 }
