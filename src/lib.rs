@@ -45,6 +45,7 @@ pub mod bench;
 pub mod cast;
 pub mod checkpointer;
 mod error;
+pub mod family;
 pub mod input;
 mod inspect;
 pub mod layout;
