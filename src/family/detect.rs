@@ -275,7 +275,7 @@ fn describe(t: &Tell, model: &BTreeMap<String, TensorInfo>) -> String {
 /// keys.
 fn no_family(model: &BTreeMap<String, TensorInfo>) -> String {
     if model.is_empty() {
-        return "the model component is empty".into();
+        return format!("the model component is empty; {}", telling_keys());
     }
     // Families whose first tell holds but not every tell: group them by the first failure.
     let mut misses: Vec<(String, Vec<&str>)> = Vec::new();
@@ -311,11 +311,31 @@ fn no_family(model: &BTreeMap<String, TensorInfo>) -> String {
     }
     let first: Vec<&str> = model.keys().take(4).map(String::as_str).collect();
     format!(
-        "no family's telling keys are present (Wan: `head.modulation`, Qwen-Image: \
-         `txt_norm.weight`, Flux: `double_blocks.0.img_attn.norm.key_norm.scale`, …; the \
-         README lists them all); the denoiser's first keys: `{}`",
-        first.join("`, `")
+        "the denoiser's first keys are `{}`; {}",
+        first.join("`, `"),
+        telling_keys()
     )
+}
+
+/// Each family's first tell, families sharing one grouped: what detection looks for.
+fn telling_keys() -> String {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for f in Family::all() {
+        let key = match f.tells.first() {
+            Some(Tell::Key(k)) => format!("`{k}`"),
+            Some(Tell::Either(ks)) => format!("`{}`", ks.first().copied().unwrap_or_default()),
+            _ => continue,
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, names)) => names.push(f.name),
+            None => groups.push((key, vec![f.name])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(k, names)| format!("{k} ({})", names.join(", ")))
+        .collect();
+    format!("no family's telling key is present: {}", parts.join(", "))
 }
 
 #[cfg(test)]

@@ -265,7 +265,11 @@ pub(super) static FAMILIES: [Family; 13] = [
             ),
             variant("sd35-large", "SD3.5 Large (and Large Turbo)", &m::SD35_LARGE, &m::SD35_LARGE_TINY),
         ],
-        prefixes: TE_VAE,
+        // SD3 overrides only the text-encoder prefix; its VAE keeps `first_stage_model.`.
+        prefixes: Prefixes {
+            clip: "text_encoders.",
+            ..LDM
+        },
         clip_layout: ClipLayout::Prefix,
         optional_encoders: &["t5xxl"],
         vae: VaeKind::Flux,

@@ -163,15 +163,17 @@ pub fn synthetic_shapes(opts: &SyntheticOptions) -> Result<ComponentShapes> {
     }
 }
 
-/// The (denoiser key, axis) pairs `arch`'s detection reads.
+/// The (denoiser key, axis) pairs `arch`'s detection reads: its tells', and its params' where
+/// detection places the model in a variant by them.
 fn detection_dims(arch: Arch) -> Vec<(&'static str, usize)> {
     let family = arch.family();
     let tells = family.tells.iter().filter_map(|t| match *t {
         Tell::Dim(k, axis, _) | Tell::NotDim(k, axis, _) => Some((k, axis)),
         _ => None,
     });
+    let placed = !family.placed.is_empty();
     let params = family.params.iter().filter_map(|p| match p.from {
-        Derive::Dim { key, axis, .. } => Some((key, axis)),
+        Derive::Dim { key, axis, .. } if placed => Some((key, axis)),
         _ => None,
     });
     tells.chain(params).collect()

@@ -24,6 +24,7 @@ pub(crate) const CLIP_H: ClipTextConfig = ClipTextConfig {
     hidden_size: 1024,
     intermediate_size: 4096,
     num_hidden_layers: 24,
+    projection_dim: 1024,
     ..CLIP_L
 };
 
@@ -242,21 +243,23 @@ pub(crate) const VAE_WAN22: WanVaeConfig = WanVaeConfig {
     ..VAE_WAN21
 };
 
+// Three levels keep every kind of block: a 2-D and a 3-D resample each way, and a shortcut
+// in the decoder where the width halved by upsampling grows again.
 const TINY_VAE_WAN21: WanVaeConfig = WanVaeConfig {
     dim: 4,
     dec_dim: 4,
-    dim_mult: &[1, 2],
+    dim_mult: &[1, 2, 2],
     num_res_blocks: 1,
-    temporal_downsample: &[true],
+    temporal_downsample: &[false, true],
     ..VAE_WAN21
 };
 
 const TINY_VAE_WAN22: WanVaeConfig = WanVaeConfig {
     dim: 4,
     dec_dim: 8,
-    dim_mult: &[1, 2],
+    dim_mult: &[1, 2, 2],
     num_res_blocks: 1,
-    temporal_downsample: &[true],
+    temporal_downsample: &[false, true],
     ..VAE_WAN22
 };
 
@@ -786,7 +789,7 @@ pub(crate) const LUMINA2_TINY: Spec = Spec {
         n_layers: 2,
         n_refiner_layers: 1,
         n_heads: 4,
-        n_kv_heads: 2,
+        n_kv_heads: 4,
         ffn_dim: 64,
         in_channels: 16,
         patch_size: 2,

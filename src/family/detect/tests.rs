@@ -24,13 +24,16 @@ fn every_variant_is_detected_from_its_synthetic_header() {
                 assert!(std::ptr::eq(same, spec), "{} placed as {}", v.name, placed.name);
                 assert_eq!(d.test_size, tiny, "{}", v.name);
             }
-            // Capped models keep what detection reads, so they place like full-size ones.
+            // Capped models keep what detection reads, so they place like full-size ones
+            // (where detection places by values: the classic families are not placed).
             let mut opts = SyntheticOptions::named(v.name).unwrap();
             opts.max_dim = Some(3);
             let capped = synthetic_shapes(&opts).unwrap();
             let d = detect(capped.get(ComponentKind::Model).unwrap()).unwrap();
             assert_eq!(d.arch, f.arch, "{} capped", v.name);
-            assert!(std::ptr::eq(d.variant.unwrap().full, v.full), "{} capped", v.name);
+            if !f.placed.is_empty() {
+                assert!(std::ptr::eq(d.variant.unwrap().full, v.full), "{} capped", v.name);
+            }
         }
     }
 }
