@@ -61,11 +61,20 @@ const OTHERS: &[(&str, &str)] = &[
     ("Cosmos", "blocks.block0.blocks.0.block.attn.to_q.0.weight"),
     ("Cosmos Predict2 / Anima", "blocks.0.mlp.layer1.weight"),
     ("ACE-Step", "genre_embedder.weight"),
-    ("OmniGen2", "time_caption_embed.timestep_embedder.linear_1.bias"),
+    (
+        "OmniGen2",
+        "time_caption_embed.timestep_embedder.linear_1.bias",
+    ),
     ("Hunyuan3D", "latent_in.weight"),
-    ("Kandinsky 5", "visual_transformer_blocks.0.cross_attention.key_norm.weight"),
+    (
+        "Kandinsky 5",
+        "visual_transformer_blocks.0.cross_attention.key_norm.weight",
+    ),
     ("Chroma Radiance", "nerf_blocks.0.norm.scale"),
-    ("an SVD-style video UNet", "input_blocks.1.1.time_stack.0.attn1.to_q.weight"),
+    (
+        "an SVD-style video UNet",
+        "input_blocks.1.1.time_stack.0.attn1.to_q.weight",
+    ),
 ];
 
 /// Detects the family of a denoiser from its keys (no prefix) and shapes.
@@ -115,6 +124,14 @@ pub fn detect(model: &BTreeMap<String, TensorInfo>) -> Result<Detection> {
     })
 }
 
+/// Whether some family's first tell holds: the keys are a denoiser in ComfyUI's names, whether
+/// or not every tell holds.
+pub fn looks_like_a_family(model: &BTreeMap<String, TensorInfo>) -> bool {
+    Family::all()
+        .iter()
+        .any(|f| f.tells.first().is_some_and(|t| holds(t, model)))
+}
+
 /// The values of `family`'s params in `model` (params whose key is missing are left out).
 pub(crate) fn derive(
     family: &Family,
@@ -125,9 +142,7 @@ pub(crate) fn derive(
         .iter()
         .filter_map(|p| {
             let v = match p.from {
-                Derive::Dim { key, axis, div } => {
-                    *model.get(key)?.shape.get(axis)? / div.max(1)
-                }
+                Derive::Dim { key, axis, div } => *model.get(key)?.shape.get(axis)? / div.max(1),
                 Derive::Blocks(prefix) => count_blocks(model, prefix),
                 Derive::Present(key) => usize::from(model.contains_key(key)),
             };
@@ -252,10 +267,7 @@ fn describe(t: &Tell, model: &BTreeMap<String, TensorInfo>) -> String {
         Tell::NoContains(s) if ok => format!("no key with `{s}`"),
         Tell::NoContains(s) => format!("keys contain `{s}`"),
         Tell::Blocks(p, n) if ok => format!("{n} `{p}N.` blocks"),
-        Tell::Blocks(p, n) => format!(
-            "{} `{p}N.` blocks, not {n}",
-            count_blocks(model, p)
-        ),
+        Tell::Blocks(p, n) => format!("{} `{p}N.` blocks, not {n}", count_blocks(model, p)),
         Tell::Rank(k, r) if ok => format!("`{k}` is {r}-D"),
         Tell::Rank(k, r) => match shape(k) {
             Some(s) => format!("`{k}` is {}-D, not {r}-D", s.len()),

@@ -36,7 +36,11 @@ fn synthetic_models_are_the_reference_components() {
         assert_eq!(a, arch, "{variant}");
         let want = testutil::component_shapes(name);
         let got = expand(v.full);
-        for kind in [ComponentKind::Model, ComponentKind::Clip, ComponentKind::Vae] {
+        for kind in [
+            ComponentKind::Model,
+            ComponentKind::Clip,
+            ComponentKind::Vae,
+        ] {
             let d = diff(
                 got.get(kind).unwrap_or(&BTreeMap::new()),
                 want.get(kind).unwrap(),
@@ -58,13 +62,21 @@ fn table_is_in_arch_order_and_names_are_unique() {
         assert_eq!(f.arch.family().name, f.name);
         let all = std::iter::once(f.name)
             .chain(f.aliases.iter().copied())
-            .chain(f.variants.iter().flat_map(|v| std::iter::once(v.name).chain(v.aliases.iter().copied())));
+            .chain(
+                f.variants
+                    .iter()
+                    .flat_map(|v| std::iter::once(v.name).chain(v.aliases.iter().copied())),
+            );
         // A family may share its name with one of its variants (sd15); nothing else repeats.
         let mut own = std::collections::BTreeSet::new();
         for n in all {
             let key = normalise(n);
             let shared = normalise(f.name) == key && own.contains(&key);
-            assert!(own.insert(key.clone()) || shared, "`{n}` is used twice in {}", f.name);
+            assert!(
+                own.insert(key.clone()) || shared,
+                "`{n}` is used twice in {}",
+                f.name
+            );
         }
         for key in own {
             assert!(names.insert(key.clone()), "`{key}` names two families");
@@ -76,7 +88,11 @@ fn table_is_in_arch_order_and_names_are_unique() {
             f.name
         );
         for p in f.placed {
-            assert!(f.params.iter().any(|q| q.name == *p), "{}: placed {p} is no param", f.name);
+            assert!(
+                f.params.iter().any(|q| q.name == *p),
+                "{}: placed {p} is no param",
+                f.name
+            );
         }
     }
 }
@@ -91,5 +107,8 @@ fn names_find_families_and_variants() {
     let (arch, v) = variant_named("wan22").unwrap();
     assert_eq!((arch, v.name), (Arch::Wan22, "wan22-5b"));
     let err = variant_named("wan23").unwrap_err().to_string();
-    assert!(err.contains("`wan23` is not a model name") && err.contains("wan21-1.3b"), "{err}");
+    assert!(
+        err.contains("`wan23` is not a model name") && err.contains("wan21-1.3b"),
+        "{err}"
+    );
 }

@@ -114,6 +114,19 @@ pub(crate) fn read_prediction(
     Ok((prediction, Vec::new()))
 }
 
+/// Whether a file states its prediction type (a marker or `modelspec.predict_key`) rather than
+/// leaving it to the architecture's default.
+pub(crate) fn states_prediction(
+    infos: &BTreeMap<String, TensorInfo>,
+    metadata: &BTreeMap<String, String>,
+) -> bool {
+    [V_PRED, SIGMA_MAX].iter().any(|k| infos.contains_key(*k))
+        || matches!(
+            metadata.get(PREDICT_KEY).map(String::as_str),
+            Some("epsilon" | "v")
+        )
+}
+
 /// What happens to one checkpoint tensor on load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Move {
@@ -169,19 +182,21 @@ pub(crate) fn claim(kind: &LayoutKind, key: &str) -> Option<(ComponentKind, Move
             if let Some(rest) = key.strip_prefix(prefixes.vae) {
                 return Some((ComponentKind::Vae, Move::Copy(rest.to_string())));
             }
-            clip_rules(*arch).into_iter().find_map(|(file, m, openclip)| {
-                let rest = key.strip_prefix(file)?;
-                let mv = if !openclip {
-                    Move::Copy(format!("{m}{rest}"))
-                } else {
-                    match openclip::openclip_to_hf(rest) {
-                        Unconverted::Renamed(k) => Move::Copy(format!("{m}{k}")),
-                        Unconverted::Transposed(k) => Move::Transpose(format!("{m}{k}")),
-                        Unconverted::Split(ks) => Move::Split(ks.map(|k| format!("{m}{k}"))),
-                    }
-                };
-                Some((ComponentKind::Clip, mv))
-            })
+            clip_rules(*arch)
+                .into_iter()
+                .find_map(|(file, m, openclip)| {
+                    let rest = key.strip_prefix(file)?;
+                    let mv = if !openclip {
+                        Move::Copy(format!("{m}{rest}"))
+                    } else {
+                        match openclip::openclip_to_hf(rest) {
+                            Unconverted::Renamed(k) => Move::Copy(format!("{m}{k}")),
+                            Unconverted::Transposed(k) => Move::Transpose(format!("{m}{k}")),
+                            Unconverted::Split(ks) => Move::Split(ks.map(|k| format!("{m}{k}"))),
+                        }
+                    };
+                    Some((ComponentKind::Clip, mv))
+                })
         }
     }
 }

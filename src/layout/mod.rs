@@ -212,7 +212,6 @@ fn required(
     })
 }
 
-
 /// The marker tensors of §4 for a prediction type.
 fn markers(b: &mut Builder, prediction: Prediction) -> Result<()> {
     let empty = |key: &str| Entry {

@@ -53,8 +53,18 @@ pub(super) fn wan(cfg: &WanConfig, d: &mut Dict) {
 pub(super) fn qwen_image(cfg: &QwenImageConfig, d: &mut Dict) {
     let inner = cfg.num_heads * cfg.head_dim;
     let ff = 4 * inner;
-    d.linear("time_text_embed.timestep_embedder.linear_1", 256, inner, true);
-    d.linear("time_text_embed.timestep_embedder.linear_2", inner, inner, true);
+    d.linear(
+        "time_text_embed.timestep_embedder.linear_1",
+        256,
+        inner,
+        true,
+    );
+    d.linear(
+        "time_text_embed.timestep_embedder.linear_2",
+        inner,
+        inner,
+        true,
+    );
     d.add("txt_norm.weight", &[cfg.joint_attention_dim]);
     d.linear("img_in", cfg.in_channels, inner, true);
     d.linear("txt_in", cfg.joint_attention_dim, inner, true);
@@ -162,15 +172,30 @@ pub(super) fn lumina(cfg: &LuminaConfig, d: &mut Dict) {
     let block = |d: &mut Dict, p: &str, modulated: bool| {
         let qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * head_dim;
         d.linear(&format!("{p}.attention.qkv"), dim, qkv, false);
-        d.linear(&format!("{p}.attention.out"), cfg.n_heads * head_dim, dim, false);
+        d.linear(
+            &format!("{p}.attention.out"),
+            cfg.n_heads * head_dim,
+            dim,
+            false,
+        );
         d.add(format!("{p}.attention.q_norm.weight"), &[head_dim]);
         d.add(format!("{p}.attention.k_norm.weight"), &[head_dim]);
         swiglu(d, &format!("{p}.feed_forward"), dim, cfg.ffn_dim);
-        for n in ["attention_norm1", "ffn_norm1", "attention_norm2", "ffn_norm2"] {
+        for n in [
+            "attention_norm1",
+            "ffn_norm1",
+            "attention_norm2",
+            "ffn_norm2",
+        ] {
             d.add(format!("{p}.{n}.weight"), &[dim]);
         }
         if modulated {
-            d.linear(&format!("{p}.adaLN_modulation.1"), cfg.adaln_dim, 4 * dim, true);
+            d.linear(
+                &format!("{p}.adaLN_modulation.1"),
+                cfg.adaln_dim,
+                4 * dim,
+                true,
+            );
         }
     };
     for i in 0..cfg.n_refiner_layers {

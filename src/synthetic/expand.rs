@@ -226,7 +226,10 @@ fn flux_layout(cfg: &FluxConfig, d: &mut Dict) {
             let p = format!("distilled_guidance_layer.layers.{l}");
             d.linear(&format!("{p}.in_layer"), width, width, true);
             d.linear(&format!("{p}.out_layer"), width, width, true);
-            d.add(format!("distilled_guidance_layer.norms.{l}.scale"), &[width]);
+            d.add(
+                format!("distilled_guidance_layer.norms.{l}.scale"),
+                &[width],
+            );
         }
         d.linear("distilled_guidance_layer.out_proj", width, h, true);
     } else {

@@ -19,10 +19,10 @@ pub(crate) mod expand;
 pub mod lora;
 pub(crate) mod models;
 pub(crate) mod spec;
-mod text;
-mod video_vae;
 #[cfg(test)]
 mod tests;
+mod text;
+mod video_vae;
 
 use std::collections::BTreeMap;
 
@@ -34,8 +34,8 @@ use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::dtype::{candle_dtype, file_dtype};
 use crate::family::{Derive, Tell, Variant};
+use crate::model::dtype::{candle_dtype, file_dtype};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Components, TensorInfo, TensorMap};
 pub use expand::{shapes, shrink, tiny_shapes};
 
@@ -153,7 +153,11 @@ pub fn build(opts: &SyntheticOptions, device: &Device) -> Result<Components> {
 /// As [`build`], before any tensor is made.
 pub fn synthetic_shapes(opts: &SyntheticOptions) -> Result<ComponentShapes> {
     let variant = opts.variant()?;
-    let full = expand::expand(if opts.tiny { variant.tiny } else { variant.full });
+    let full = expand::expand(if opts.tiny {
+        variant.tiny
+    } else {
+        variant.full
+    });
     match opts.max_dim {
         Some(0) => Err(Error::InvalidInput(
             "synthetic max_dim must be at least 1".into(),

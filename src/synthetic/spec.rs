@@ -241,7 +241,10 @@ pub(crate) enum Encoder {
     T5(T5Config),
     Llm(LlmConfig),
     /// A SentencePiece model as U8 bytes under this top-level key (`spiece_model`).
-    Tokenizer { key: &'static str, bytes: usize },
+    Tokenizer {
+        key: &'static str,
+        bytes: usize,
+    },
 }
 
 /// The autoencoder of a model.

@@ -25,9 +25,19 @@ pub(super) fn llm(cfg: &LlmConfig, d: &mut Dict) {
             d.add(format!("{l}.self_attn.q_norm.weight"), &[cfg.head_dim]);
             d.add(format!("{l}.self_attn.k_norm.weight"), &[cfg.head_dim]);
         }
-        d.linear(&format!("{l}.mlp.gate_proj"), h, cfg.intermediate_size, false);
+        d.linear(
+            &format!("{l}.mlp.gate_proj"),
+            h,
+            cfg.intermediate_size,
+            false,
+        );
         d.linear(&format!("{l}.mlp.up_proj"), h, cfg.intermediate_size, false);
-        d.linear(&format!("{l}.mlp.down_proj"), cfg.intermediate_size, h, false);
+        d.linear(
+            &format!("{l}.mlp.down_proj"),
+            cfg.intermediate_size,
+            h,
+            false,
+        );
         d.add(format!("{l}.input_layernorm.weight"), &[h]);
         d.add(format!("{l}.post_attention_layernorm.weight"), &[h]);
         if cfg.sandwich_norms {
@@ -47,7 +57,13 @@ fn qwen_vision(cfg: &QwenVisionConfig, p: &str, d: &mut Dict) {
     let h = cfg.hidden_size;
     d.add(
         format!("{p}.patch_embed.proj.weight"),
-        &[h, 3, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size],
+        &[
+            h,
+            3,
+            cfg.temporal_patch_size,
+            cfg.patch_size,
+            cfg.patch_size,
+        ],
     );
     for i in 0..cfg.depth {
         let b = format!("{p}.blocks.{i}");
@@ -55,12 +71,27 @@ fn qwen_vision(cfg: &QwenVisionConfig, p: &str, d: &mut Dict) {
         d.add(format!("{b}.norm2.weight"), &[h]);
         d.linear(&format!("{b}.attn.qkv"), h, 3 * h, true);
         d.linear(&format!("{b}.attn.proj"), h, h, true);
-        d.linear(&format!("{b}.mlp.gate_proj"), h, cfg.intermediate_size, true);
+        d.linear(
+            &format!("{b}.mlp.gate_proj"),
+            h,
+            cfg.intermediate_size,
+            true,
+        );
         d.linear(&format!("{b}.mlp.up_proj"), h, cfg.intermediate_size, true);
-        d.linear(&format!("{b}.mlp.down_proj"), cfg.intermediate_size, h, true);
+        d.linear(
+            &format!("{b}.mlp.down_proj"),
+            cfg.intermediate_size,
+            h,
+            true,
+        );
     }
     let merged = h * cfg.spatial_merge_size * cfg.spatial_merge_size;
     d.add(format!("{p}.merger.ln_q.weight"), &[h]);
     d.linear(&format!("{p}.merger.mlp.0"), merged, merged, true);
-    d.linear(&format!("{p}.merger.mlp.2"), merged, cfg.out_hidden_size, true);
+    d.linear(
+        &format!("{p}.merger.mlp.2"),
+        merged,
+        cfg.out_hidden_size,
+        true,
+    );
 }

@@ -18,10 +18,17 @@ fn every_variant_is_detected_from_its_synthetic_header() {
             for (spec, tiny) in [(v.full, false), (v.tiny, true)] {
                 let d = detect(&model_of(spec)).unwrap_or_else(|e| panic!("{}: {e}", v.name));
                 assert_eq!(d.arch, f.arch, "{}", v.name);
-                let placed = d.variant.unwrap_or_else(|| panic!("{}: not placed", v.name));
+                let placed = d
+                    .variant
+                    .unwrap_or_else(|| panic!("{}: not placed", v.name));
                 // Variants with the same keys and shapes (Kontext, Qwen-Image-Edit) place as the first.
                 let same = if tiny { placed.tiny } else { placed.full };
-                assert!(std::ptr::eq(same, spec), "{} placed as {}", v.name, placed.name);
+                assert!(
+                    std::ptr::eq(same, spec),
+                    "{} placed as {}",
+                    v.name,
+                    placed.name
+                );
                 assert_eq!(d.test_size, tiny, "{}", v.name);
             }
             // Capped models keep what detection reads, so they place like full-size ones
@@ -32,7 +39,11 @@ fn every_variant_is_detected_from_its_synthetic_header() {
             let d = detect(capped.get(ComponentKind::Model).unwrap()).unwrap();
             assert_eq!(d.arch, f.arch, "{} capped", v.name);
             if !f.placed.is_empty() {
-                assert!(std::ptr::eq(d.variant.unwrap().full, v.full), "{} capped", v.name);
+                assert!(
+                    std::ptr::eq(d.variant.unwrap().full, v.full),
+                    "{} capped",
+                    v.name
+                );
             }
         }
     }
@@ -66,10 +77,18 @@ fn wan_sizes_and_image_to_video_are_told_apart() {
     let d = detect(&model_of(&crate::synthetic::models::WAN21_I2V_14B)).unwrap();
     assert_eq!(d.variant.unwrap().name, "wan21-i2v-14b");
     assert!(d.params.contains(&("img_emb", 1)) && d.params.contains(&("in_dim", 36)));
-    assert!(d.summary().contains("image-to-video 14B"), "{}", d.summary());
+    assert!(
+        d.summary().contains("image-to-video 14B"),
+        "{}",
+        d.summary()
+    );
     let d = detect(&model_of(&crate::synthetic::models::WAN22_I2V_14B)).unwrap();
     assert_eq!(d.variant.unwrap().name, "wan22-i2v-14b");
-    assert!(d.evidence.iter().any(|e| e.contains("head.modulation")), "{:?}", d.evidence);
+    assert!(
+        d.evidence.iter().any(|e| e.contains("head.modulation")),
+        "{:?}",
+        d.evidence
+    );
 }
 
 fn info(shape: &[usize]) -> TensorInfo {
@@ -85,7 +104,10 @@ fn an_unknown_layer_count_is_refused_naming_the_value() {
     let e = detect(&m).unwrap_err();
     assert!(matches!(e, Error::UnknownArchitecture { .. }), "{e}");
     let e = e.to_string();
-    assert!(e.contains("num_layers 35") && e.contains("--arch wan21"), "{e}");
+    assert!(
+        e.contains("num_layers 35") && e.contains("--arch wan21"),
+        "{e}"
+    );
     assert!(e.contains("wan21-1.3b (dim 1536, num_layers 30)"), "{e}");
     // A missing block reads as a shorter model: refused too, with the count up to the gap.
     let mut m = model_of(&crate::synthetic::models::WAN21_1_3B);
@@ -118,7 +140,10 @@ fn an_unknown_family_names_the_evidence() {
     .map(|(k, i)| (k.to_string(), i))
     .collect();
     let e = detect(&m).unwrap_err().to_string();
-    assert!(e.contains("`foo.blocks.0.attn.weight`") && e.contains("--arch generic"), "{e}");
+    assert!(
+        e.contains("`foo.blocks.0.attn.weight`") && e.contains("--arch generic"),
+        "{e}"
+    );
     // A family ComfyUI knows but this tool does not lay out is named.
     let mochi: BTreeMap<String, TensorInfo> =
         [("t5_yproj.weight".to_string(), info(&[4, 4]))].into();
@@ -130,7 +155,10 @@ fn an_unknown_family_names_the_evidence() {
     let e = detect(&unet).unwrap_err().to_string();
     assert!(e.contains("11 `input_blocks.N.` blocks, not 12"), "{e}");
     let mut svd = model_of(&crate::synthetic::models::SD15_TINY);
-    svd.insert("input_blocks.1.1.time_stack.0.attn1.to_q.weight".into(), info(&[4, 4]));
+    svd.insert(
+        "input_blocks.1.1.time_stack.0.attn1.to_q.weight".into(),
+        info(&[4, 4]),
+    );
     let e = detect(&svd).unwrap_err().to_string();
     assert!(e.contains("keys contain `.time_stack.`"), "{e}");
 }
