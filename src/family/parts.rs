@@ -21,6 +21,14 @@ pub enum VaeKind {
     Wan21,
     /// Wan 2.2's 48-channel VAE: Wan 2.1's tell plus nested `decoder.upsamples.N.upsamples.`.
     Wan22,
+    /// Flux 2's autoencoder: 32 latent channels, quant convs and a latent batch norm (`bn.`).
+    Flux2,
+    /// HunyuanVideo's causal 3-D `AutoencoderKL` (`decoder.conv_in.conv.weight`).
+    HunyuanVideo,
+    /// HunyuanVideo 1.5's VAE: causal 3-D convolutions with RMS norms (`decoder.norm_out.gamma`).
+    HunyuanVideo15,
+    /// LTX-Video's causal video autoencoder (`decoder.up_blocks.0.res_blocks.0.conv1.conv.weight`).
+    Ltx,
 }
 
 impl VaeKind {
@@ -31,6 +39,10 @@ impl VaeKind {
             VaeKind::Flux => "the SD3/Flux autoencoder (16 latent channels)",
             VaeKind::Wan21 => "the Wan 2.1 video VAE",
             VaeKind::Wan22 => "the Wan 2.2 video VAE (48 latent channels)",
+            VaeKind::Flux2 => "the Flux 2 autoencoder (32 latent channels)",
+            VaeKind::HunyuanVideo => "the HunyuanVideo video VAE",
+            VaeKind::HunyuanVideo15 => "the HunyuanVideo 1.5 video VAE",
+            VaeKind::Ltx => "the LTX-Video video VAE",
         }
     }
 
@@ -41,6 +53,10 @@ impl VaeKind {
             VaeKind::Flux => "decoder.conv_in.weight",
             VaeKind::Wan21 => "decoder.middle.0.residual.0.gamma",
             VaeKind::Wan22 => "decoder.upsamples.0.upsamples.0.residual.2.weight",
+            VaeKind::Flux2 => "bn.running_mean",
+            VaeKind::HunyuanVideo => "decoder.conv_in.conv.weight",
+            VaeKind::HunyuanVideo15 => "decoder.norm_out.gamma",
+            VaeKind::Ltx => "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight",
         }
     }
 }
@@ -57,7 +73,20 @@ pub fn vae_kind(vae: &BTreeMap<String, TensorInfo>) -> Option<VaeKind> {
             },
         );
     }
+    if has("decoder.up_blocks.0.res_blocks.0.conv1.conv.weight") {
+        return Some(VaeKind::Ltx);
+    }
+    if has("decoder.conv_in.conv.weight") {
+        return Some(if has("decoder.norm_out.gamma") {
+            VaeKind::HunyuanVideo15
+        } else {
+            VaeKind::HunyuanVideo
+        });
+    }
     if has("decoder.conv_in.weight") {
+        if has("bn.running_mean") {
+            return Some(VaeKind::Flux2);
+        }
         if has("post_quant_conv.weight") || has("decoder.post_quant_conv.weight") {
             return Some(VaeKind::Sd);
         }

@@ -26,6 +26,21 @@ const TE_VAE: Prefixes = Prefixes {
     vae: "vae.",
 };
 
+/// HunyuanVideo's save path prefixes the denoiser with `model.model.`
+/// (`process_unet_state_dict_for_saving`).
+const HUNYUAN: Prefixes = Prefixes {
+    model: "model.model.",
+    ..TE_VAE
+};
+
+const HUNYUAN_PARAMS: &[Param] = &[
+    dim("hidden_size", "img_in.proj.weight", 0, 1),
+    dim("in_channels", "img_in.proj.weight", 1, 1),
+    blocks("depth", "double_blocks."),
+    blocks("depth_single_blocks", "single_blocks."),
+    present("guidance_embed", "guidance_in.in_layer.weight"),
+];
+
 const NO_VIDEO: [Tell; 2] = [NoContains(".time_stack."), NoContains("time_mix_blocks")];
 
 const fn variant(
@@ -127,7 +142,7 @@ const WAN_PARAMS: &[Param] = &[
     present("img_emb", "img_emb.proj.0.bias"),
 ];
 
-pub(super) static FAMILIES: [Family; 13] = [
+pub(super) static FAMILIES: [Family; 18] = [
     Family {
         arch: Arch::Sd15,
         name: "sd15",
@@ -495,7 +510,7 @@ pub(super) static FAMILIES: [Family; 13] = [
         &[
             Key("cap_embedder.1.weight"),
             Key("noise_refiner.0.attention.k_norm.weight"),
-            NotDim("cap_embedder.1.weight", 0, 3840),
+            NoKey("cap_pad_token"),
         ],
         &[
             dim("dim", "cap_embedder.1.weight", 0, 1),
@@ -505,5 +520,139 @@ pub(super) static FAMILIES: [Family; 13] = [
         &["n_layers"],
         &[variant("lumina2", "Lumina Image 2.0 (2.6B)", &m::LUMINA2, &m::LUMINA2_TINY)],
         VaeKind::Flux,
+    ),
+    dit(
+        Arch::Flux2,
+        "flux2",
+        &["flux.2"],
+        "Flux 2 (dev and Klein)",
+        "Flux2",
+        &[
+            FLUX_KEY_NORM,
+            Key("img_in.weight"),
+            Key("double_stream_modulation_img.lin.weight"),
+        ],
+        &[
+            dim("hidden_size", "img_in.weight", 0, 1),
+            dim("in_channels", "img_in.weight", 1, 1),
+            dim("context_in_dim", "txt_in.weight", 1, 1),
+            blocks("depth", "double_blocks."),
+            blocks("depth_single_blocks", "single_blocks."),
+            present("guidance_embed", "guidance_in.in_layer.weight"),
+        ],
+        &["depth", "depth_single_blocks"],
+        &[
+            variant("flux2-dev", "Flux 2 dev (32B; Mistral Small 3 24B)", &m::FLUX2_DEV, &m::FLUX2_DEV_TINY),
+            variant(
+                "flux2-klein-4b",
+                "Flux 2 Klein 4B (Qwen3 4B)",
+                &m::FLUX2_KLEIN_4B,
+                &m::FLUX2_KLEIN_4B_TINY,
+            ),
+            variant(
+                "flux2-klein-9b",
+                "Flux 2 Klein 9B (Qwen3 8B)",
+                &m::FLUX2_KLEIN_9B,
+                &m::FLUX2_KLEIN_9B_TINY,
+            ),
+        ],
+        VaeKind::Flux2,
+    ),
+    dit(
+        Arch::ZImage,
+        "z-image",
+        &["zimage", "z-image-turbo"],
+        "Z-Image (Lumina 2's NextDiT at 3840 wide; Qwen3 4B)",
+        "ZImage",
+        &[
+            Key("cap_embedder.1.weight"),
+            Key("noise_refiner.0.attention.k_norm.weight"),
+            Key("cap_pad_token"),
+            NoKey("dec_net.cond_embed.weight"),
+        ],
+        &[
+            dim("dim", "cap_embedder.1.weight", 0, 1),
+            dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
+            blocks("n_layers", "layers."),
+        ],
+        &["n_layers"],
+        &[variant("z-image-6b", "Z-Image 6B (Turbo and Base)", &m::Z_IMAGE, &m::Z_IMAGE_TINY)],
+        VaeKind::Flux,
+    ),
+    Family {
+        prefixes: HUNYUAN,
+        ..dit(
+            Arch::HunyuanVideo,
+            "hunyuan-video",
+            &["hunyuanvideo", "hunyuan"],
+            "HunyuanVideo (text- and image-to-video)",
+            "HunyuanVideo, HunyuanVideoI2V",
+            &[
+                Key("txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+                Key("vector_in.in_layer.weight"),
+                NoKey("vision_in.proj.0.weight"),
+            ],
+            HUNYUAN_PARAMS,
+            &["depth", "depth_single_blocks"],
+            &[
+                variant("hunyuan-video", "HunyuanVideo text-to-video 13B", &m::HUNYUAN_VIDEO, &m::HUNYUAN_VIDEO_TINY),
+                variant(
+                    "hunyuan-video-i2v",
+                    "HunyuanVideo image-to-video (33 input channels)",
+                    &m::HUNYUAN_VIDEO_I2V,
+                    &m::HUNYUAN_VIDEO_I2V_TINY,
+                ),
+            ],
+            VaeKind::HunyuanVideo,
+        )
+    },
+    Family {
+        prefixes: HUNYUAN,
+        ..dit(
+            Arch::HunyuanVideo15,
+            "hunyuan-video-1.5",
+            &["hunyuanvideo1.5", "hv15"],
+            "HunyuanVideo 1.5 (Qwen2.5-VL 7B and ByT5)",
+            "HunyuanVideo15",
+            &[
+                Key("txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+                Key("vision_in.proj.0.weight"),
+            ],
+            HUNYUAN_PARAMS,
+            &["depth", "depth_single_blocks"],
+            &[Variant {
+                aliases: &["hunyuan-video-1.5-8b"],
+                ..variant(
+                    "hunyuan-video-1.5",
+                    "HunyuanVideo 1.5 8.3B",
+                    &m::HUNYUAN_VIDEO_15,
+                    &m::HUNYUAN_VIDEO_15_TINY,
+                )
+            }],
+            VaeKind::HunyuanVideo15,
+        )
+    },
+    dit(
+        Arch::Ltxv,
+        "ltxv",
+        &["ltx-video", "ltx"],
+        "LTX-Video",
+        "LTXV",
+        &[
+            Key("adaln_single.emb.timestep_embedder.linear_1.bias"),
+            NoKey("pos_embed.proj.bias"),
+            NoKey("audio_adaln_single.linear.weight"),
+        ],
+        &[
+            blocks("num_layers", "transformer_blocks."),
+            dim("attention_head_dim", "transformer_blocks.0.attn2.to_k.weight", 0, 32),
+            dim("cross_attention_dim", "transformer_blocks.0.attn2.to_k.weight", 1, 1),
+        ],
+        &["num_layers"],
+        &[
+            variant("ltxv-2b", "LTX-Video 2B (0.9.x)", &m::LTXV_2B, &m::LTXV_2B_TINY),
+            variant("ltxv-13b", "LTX-Video 13B (0.9.7 and later)", &m::LTXV_13B, &m::LTXV_13B_TINY),
+        ],
+        VaeKind::Ltx,
     ),
 ];

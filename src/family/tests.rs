@@ -112,3 +112,123 @@ fn names_find_families_and_variants() {
         "{err}"
     );
 }
+
+/// The layout of each later family's reference components is the reference's saved file: every
+/// key, shape and dtype, each tensor renamed from its component tensor, the same count, the same
+/// metadata; and no marker (these families predict flow).
+#[test]
+fn later_families_lay_out_as_the_reference_saves() {
+    use crate::layout::{layout, LayoutKind, Source};
+    use crate::model::Prediction;
+    use crate::plan::metadata::{build, MetadataOptions};
+    for (name, arch, _) in FAMILY_FIXTURES {
+        let shapes = testutil::component_shapes(name);
+        let want = testutil::expected(name);
+        let got = layout(&LayoutKind::Arch(arch), &shapes, arch.default_prediction()).unwrap();
+        let tensors = want["tensors"].as_array().unwrap();
+        assert_eq!(got.entries.len(), tensors.len(), "{name}");
+        assert!(got.dropped.is_empty(), "{name}: {:?}", got.dropped);
+        for t in tensors {
+            let (key, info) = testutil::info(t);
+            let e = got.get(&key).unwrap_or_else(|| panic!("{name}: no {key}"));
+            assert_eq!(
+                (&e.shape, e.dtype),
+                (&info.shape, info.dtype),
+                "{name}: {key}"
+            );
+            let origin = &t["origin"];
+            match &e.source {
+                Source::Copy {
+                    component,
+                    key: src,
+                } => {
+                    assert_eq!(
+                        *component,
+                        testutil::component(origin["component"].as_str().unwrap()),
+                        "{key}"
+                    );
+                    assert_eq!(src, origin["key"].as_str().unwrap(), "{key}");
+                }
+                other => panic!("{name}: {key} from {other:?}"),
+            }
+        }
+        // The prefixes the reference reports.
+        let p = &want["prefixes"];
+        let f = arch.family();
+        assert_eq!(f.prefixes.model, p["unet"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            f.prefixes.clip,
+            p["text_encoder"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(f.prefixes.vae, p["vae"].as_str().unwrap(), "{name}");
+        let opts = MetadataOptions {
+            provenance: false,
+            ..Default::default()
+        };
+        let meta = build(Some(arch), Prediction::Flow, "ComfyUI 1", &opts);
+        let want_meta: BTreeMap<String, String> =
+            serde_json::from_value(want["metadata"].clone()).unwrap();
+        assert_eq!(meta, want_meta, "{name}");
+        assert_eq!(arch.default_prediction(), Prediction::Flow, "{name}");
+    }
+}
+
+/// The VAE of each reference model is told as the autoencoder its family uses, and its text
+/// encoders are the family's.
+#[test]
+fn reference_vaes_and_encoders_are_the_families_own() {
+    use crate::family::parts::{check_clip, check_vae, vae_kind};
+    for (name, arch, _) in FAMILY_FIXTURES {
+        let shapes = testutil::component_shapes(name);
+        let vae = shapes.get(ComponentKind::Vae).unwrap();
+        assert_eq!(vae_kind(vae), Some(arch.family().vae), "{name}");
+        check_vae(arch.family(), vae).unwrap();
+        check_clip(arch.family(), shapes.get(ComponentKind::Clip).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn every_family_checks_its_synthetic_components() {
+    use crate::family::parts::{check_clip, check_vae, vae_kind};
+    for f in Family::all() {
+        for v in f.variants {
+            for spec in [v.full, v.tiny] {
+                let shapes = expand(spec);
+                let vae = shapes.get(ComponentKind::Vae).unwrap();
+                assert_eq!(vae_kind(vae), Some(f.vae), "{}", v.name);
+                check_vae(f, vae).unwrap();
+                check_clip(f, shapes.get(ComponentKind::Clip).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: {e}", v.name));
+            }
+        }
+    }
+}
+
+/// A component of another family is refused naming both.
+#[test]
+fn components_of_another_family_are_refused() {
+    use crate::family::parts::{check_clip, check_vae};
+    let wan = expand(&crate::synthetic::models::WAN21_TINY);
+    let flux = expand(&crate::synthetic::models::FLUX_TINY_SPEC);
+    let e = check_vae(Arch::Wan21.family(), flux.get(ComponentKind::Vae).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("SD3/Flux autoencoder") && e.contains("wan21 uses the Wan 2.1 video VAE"),
+        "{e}"
+    );
+    let mut clip = wan.get(ComponentKind::Clip).unwrap().clone();
+    clip.extend(flux.get(ComponentKind::Clip).unwrap().clone());
+    let e = check_clip(Arch::Wan21.family(), &clip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`clip_l.…`") && e.contains("wan21 does not use"),
+        "{e}"
+    );
+    let e = check_clip(Arch::Wan21.family(), flux.get(ComponentKind::Clip).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs text encoder `umt5xxl`"), "{e}");
+}

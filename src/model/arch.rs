@@ -36,11 +36,21 @@ pub enum Arch {
     Chroma,
     /// Lumina Image 2.0; Gemma 2 2B.
     Lumina2,
+    /// Flux 2 dev (Mistral Small 3 24B) and Klein 4B/9B (Qwen3); its own 32-channel VAE.
+    Flux2,
+    /// Z-Image (Lumina 2's architecture at 3840 wide; Qwen3 4B).
+    ZImage,
+    /// HunyuanVideo (CLIP-L and LLaVA-LLaMA-3; `model.model.` prefix).
+    HunyuanVideo,
+    /// HunyuanVideo 1.5 (Qwen2.5-VL 7B and ByT5; `model.model.` prefix).
+    HunyuanVideo15,
+    /// LTX-Video 2B and 13B (T5-XXL; its causal video VAE).
+    Ltxv,
 }
 
 impl Arch {
     /// Every architecture, in the family table's order.
-    pub const ALL: [Arch; 13] = [
+    pub const ALL: [Arch; 18] = [
         Arch::Sd15,
         Arch::Sd2,
         Arch::Sdxl,
@@ -54,6 +64,11 @@ impl Arch {
         Arch::HiDream,
         Arch::Chroma,
         Arch::Lumina2,
+        Arch::Flux2,
+        Arch::ZImage,
+        Arch::HunyuanVideo,
+        Arch::HunyuanVideo15,
+        Arch::Ltxv,
     ];
 
     /// Its entry in the family table.

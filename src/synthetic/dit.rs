@@ -3,7 +3,9 @@
 //! shape from a handful of hyper-parameters.
 
 use super::expand::Dict;
-use super::spec::{HiDreamConfig, LuminaConfig, QwenImageConfig, WanConfig};
+use super::spec::{
+    HiDreamConfig, HunyuanVideoConfig, LtxvConfig, LuminaConfig, QwenImageConfig, WanConfig,
+};
 
 /// ComfyUI `wan.model.WanModel` (Wan 2.1 and 2.2): patch embedding (1×2×2), text and time
 /// embedders, `num_layers` blocks of self-attention, cross-attention and feed-forward with a
@@ -161,9 +163,10 @@ fn swiglu(d: &mut Dict, p: &str, dim: usize, hidden: usize) {
     d.linear(&format!("{p}.w3"), dim, hidden, false);
 }
 
-/// ComfyUI `lumina.model.NextDiT` (Lumina Image 2.0): refiner blocks for the noise (modulated)
-/// and the caption (not), then the main blocks; fused qkv with grouped keys/values, sandwich
-/// RMS norms, SwiGLU feed-forwards.
+/// ComfyUI `lumina.model.NextDiT` (Lumina Image 2.0, Z-Image): refiner blocks for the noise
+/// (modulated) and the caption (not), then the main blocks; fused qkv with grouped keys/values,
+/// sandwich RMS norms, SwiGLU feed-forwards. Z-Image's adaLN has no SiLU before its linear
+/// (`adaLN_modulation.0`) and it learns pad tokens.
 pub(super) fn lumina(cfg: &LuminaConfig, d: &mut Dict) {
     let dim = cfg.dim;
     let head_dim = dim / cfg.n_heads;
@@ -202,8 +205,14 @@ pub(super) fn lumina(cfg: &LuminaConfig, d: &mut Dict) {
         block(d, &format!("noise_refiner.{i}"), true);
         block(d, &format!("context_refiner.{i}"), false);
     }
-    d.linear("t_embedder.mlp.0", 256, cfg.adaln_dim, true);
-    d.linear("t_embedder.mlp.2", cfg.adaln_dim, cfg.adaln_dim, true);
+    // The timestep MLP is at most 1024 wide and ends at the adaLN width.
+    let t_mid = dim.min(1024);
+    d.linear("t_embedder.mlp.0", 256, t_mid, true);
+    d.linear("t_embedder.mlp.2", t_mid, cfg.adaln_dim, true);
+    if cfg.z_image {
+        d.add("x_pad_token", &[1, dim]);
+        d.add("cap_pad_token", &[1, dim]);
+    }
     d.add("cap_embedder.0.weight", &[cfg.cap_feat_dim]);
     d.linear("cap_embedder.1", cfg.cap_feat_dim, dim, true);
     for i in 0..cfg.n_layers {
@@ -212,4 +221,117 @@ pub(super) fn lumina(cfg: &LuminaConfig, d: &mut Dict) {
     d.add("norm_final.weight", &[dim]);
     d.linear("final_layer.linear", dim, pp * cfg.in_channels, true);
     d.linear("final_layer.adaLN_modulation.1", cfg.adaln_dim, dim, true);
+}
+
+/// ComfyUI `hunyuan_video.model.HunyuanVideo`: a 3-D patch embedding, the text token refiner
+/// (two blocks), Flux-style double and single blocks with biased qkv, and for 1.5 the SigLIP
+/// image projection, the condition-type embedding and the ByT5 glyph mapper.
+pub(super) fn hunyuan_video(cfg: &HunyuanVideoConfig, d: &mut Dict) {
+    let h = cfg.hidden_size;
+    let head_dim = h / cfg.num_heads;
+    let mlp = 4 * h;
+    let [pt, ph, pw] = cfg.patch_size;
+    d.add("img_in.proj.weight", &[h, cfg.in_channels, pt, ph, pw]);
+    d.add("img_in.proj.bias", &[h]);
+    let embedder = |d: &mut Dict, p: &str, inp: usize| {
+        d.linear(&format!("{p}.in_layer"), inp, h, true);
+        d.linear(&format!("{p}.out_layer"), h, h, true);
+    };
+    embedder(d, "time_in", 256);
+    if let Some(v) = cfg.vec_in_dim {
+        embedder(d, "vector_in", v);
+    }
+    if cfg.guidance_embed {
+        embedder(d, "guidance_in", 256);
+    }
+    d.linear("txt_in.input_embedder", cfg.context_in_dim, h, true);
+    embedder(d, "txt_in.t_embedder", 256);
+    embedder(d, "txt_in.c_embedder", cfg.context_in_dim);
+    for i in 0..2 {
+        let b = format!("txt_in.individual_token_refiner.blocks.{i}");
+        d.norm(&format!("{b}.norm1"), h);
+        d.linear(&format!("{b}.self_attn.qkv"), h, 3 * h, true);
+        d.linear(&format!("{b}.self_attn.proj"), h, h, true);
+        d.norm(&format!("{b}.norm2"), h);
+        d.linear(&format!("{b}.mlp.0"), h, mlp, true);
+        d.linear(&format!("{b}.mlp.2"), mlp, h, true);
+        d.linear(&format!("{b}.adaLN_modulation.1"), h, 2 * h, true);
+    }
+    for i in 0..cfg.depth {
+        for s in ["img", "txt"] {
+            let b = format!("double_blocks.{i}.{s}");
+            d.linear(&format!("{b}_mod.lin"), h, 6 * h, true);
+            d.linear(&format!("{b}_attn.qkv"), h, 3 * h, true);
+            d.add(format!("{b}_attn.norm.query_norm.scale"), &[head_dim]);
+            d.add(format!("{b}_attn.norm.key_norm.scale"), &[head_dim]);
+            d.linear(&format!("{b}_attn.proj"), h, h, true);
+            d.linear(&format!("{b}_mlp.0"), h, mlp, true);
+            d.linear(&format!("{b}_mlp.2"), mlp, h, true);
+        }
+    }
+    for i in 0..cfg.depth_single_blocks {
+        let b = format!("single_blocks.{i}");
+        d.linear(&format!("{b}.linear1"), h, 3 * h + mlp, true);
+        d.linear(&format!("{b}.linear2"), h + mlp, h, true);
+        d.add(format!("{b}.norm.query_norm.scale"), &[head_dim]);
+        d.add(format!("{b}.norm.key_norm.scale"), &[head_dim]);
+        d.linear(&format!("{b}.modulation.lin"), h, 3 * h, true);
+    }
+    d.linear("final_layer.linear", h, ph * pw * cfg.out_channels, true);
+    d.linear("final_layer.adaLN_modulation.1", h, 2 * h, true);
+    if let Some((vision, byt5, mapper)) = cfg.v15 {
+        d.norm("vision_in.proj.0", vision);
+        d.linear("vision_in.proj.1", vision, vision, true);
+        d.linear("vision_in.proj.3", vision, h, true);
+        d.norm("vision_in.proj.4", h);
+        d.add("cond_type_embedding.weight", &[3, h]);
+        d.norm("byt5_in.layernorm", byt5);
+        d.linear("byt5_in.fc1", byt5, mapper, true);
+        d.linear("byt5_in.fc2", mapper, mapper, true);
+        d.linear("byt5_in.fc3", mapper, h, true);
+    }
+}
+
+/// ComfyUI `lightricks.model.LTXVModel`: patch projection, the single adaLN of the timestep, the
+/// caption projection, blocks of self-attention, cross-attention and a GELU feed-forward with a
+/// per-block scale/shift table, and the output.
+pub(super) fn ltxv(cfg: &LtxvConfig, d: &mut Dict) {
+    let inner = cfg.num_heads * cfg.head_dim;
+    d.linear("patchify_proj", cfg.in_channels, inner, true);
+    d.linear(
+        "adaln_single.emb.timestep_embedder.linear_1",
+        256,
+        inner,
+        true,
+    );
+    d.linear(
+        "adaln_single.emb.timestep_embedder.linear_2",
+        inner,
+        inner,
+        true,
+    );
+    d.linear("adaln_single.linear", inner, 6 * inner, true);
+    d.linear(
+        "caption_projection.linear_1",
+        cfg.caption_channels,
+        inner,
+        true,
+    );
+    d.linear("caption_projection.linear_2", inner, inner, true);
+    for i in 0..cfg.num_layers {
+        let b = format!("transformer_blocks.{i}");
+        for (attn, ctx) in [("attn1", inner), ("attn2", cfg.cross_attention_dim)] {
+            d.add(format!("{b}.{attn}.q_norm.weight"), &[inner]);
+            d.add(format!("{b}.{attn}.k_norm.weight"), &[inner]);
+            d.linear(&format!("{b}.{attn}.to_q"), inner, inner, true);
+            d.linear(&format!("{b}.{attn}.to_k"), ctx, inner, true);
+            d.linear(&format!("{b}.{attn}.to_v"), ctx, inner, true);
+            d.linear(&format!("{b}.{attn}.to_out.0"), inner, inner, true);
+        }
+        d.linear(&format!("{b}.ff.net.0.proj"), inner, 4 * inner, true);
+        d.linear(&format!("{b}.ff.net.2"), 4 * inner, inner, true);
+        d.add(format!("{b}.scale_shift_table"), &[6, inner]);
+    }
+    d.add("scale_shift_table", &[2, inner]);
+    d.linear("proj_out", inner, cfg.in_channels, true);
 }

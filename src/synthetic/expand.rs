@@ -7,7 +7,7 @@ use super::spec::{
     ClipTextConfig, Denoiser, Encoder, FluxConfig, MmditConfig, Spec, T5Config, UnetConfig, Vae,
     VaeConfig,
 };
-use super::{dit, text, video_vae};
+use super::{dit, ltx_vae, text, video_vae};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, TensorInfo};
 
 /// A state dict under construction: key -> shape/dtype, with helpers for common module types.
@@ -211,14 +211,18 @@ fn mmdit_layout(cfg: &MmditConfig, d: &mut Dict) {
 
 /// ComfyUI `flux.model.Flux`: double-stream then single-stream blocks with RMS q/k norms. Chroma
 /// (`distilled_guidance`) takes its modulation from one approximator instead of per-block layers
-/// and has no time, vector or guidance embedders.
+/// and has no time, vector or guidance embedders; Flux 2 shares one modulation per stream kind
+/// across the blocks, gates its feed-forwards and has no biases.
 fn flux_layout(cfg: &FluxConfig, d: &mut Dict) {
     let h = cfg.hidden_size;
     let head_dim = h / cfg.num_heads;
     let mlp = h * cfg.mlp_ratio;
+    // Flux 2's gated SiLU feed-forward projects to twice the hidden width.
+    let mlp_in = if cfg.flux2 { 2 * mlp } else { mlp };
     let pp = cfg.patch_size * cfg.patch_size;
-    let modulated = cfg.distilled_guidance.is_none();
-    d.linear("img_in", cfg.in_channels * pp, h, true);
+    let per_block_mod = cfg.distilled_guidance.is_none() && !cfg.flux2;
+    let bias = !cfg.flux2;
+    d.linear("img_in", cfg.in_channels * pp, h, bias);
     if let Some(width) = cfg.distilled_guidance {
         // Approximator input: 16 timestep + 16 guidance + 32 modulation-index frequencies.
         d.linear("distilled_guidance_layer.in_proj", 64, width, true);
@@ -233,45 +237,50 @@ fn flux_layout(cfg: &FluxConfig, d: &mut Dict) {
         }
         d.linear("distilled_guidance_layer.out_proj", width, h, true);
     } else {
-        d.linear("time_in.in_layer", 256, h, true);
-        d.linear("time_in.out_layer", h, h, true);
+        d.linear("time_in.in_layer", 256, h, bias);
+        d.linear("time_in.out_layer", h, h, bias);
     }
     if let Some(vec_in) = cfg.vec_in_dim {
         d.linear("vector_in.in_layer", vec_in, h, true);
         d.linear("vector_in.out_layer", h, h, true);
     }
     if cfg.guidance_embed {
-        d.linear("guidance_in.in_layer", 256, h, true);
-        d.linear("guidance_in.out_layer", h, h, true);
+        d.linear("guidance_in.in_layer", 256, h, bias);
+        d.linear("guidance_in.out_layer", h, h, bias);
     }
-    d.linear("txt_in", cfg.context_in_dim, h, true);
+    d.linear("txt_in", cfg.context_in_dim, h, bias);
     for i in 0..cfg.depth {
         for s in ["img", "txt"] {
             let b = format!("double_blocks.{i}.{s}");
-            if modulated {
+            if per_block_mod {
                 d.linear(&format!("{b}_mod.lin"), h, 6 * h, true);
             }
-            d.linear(&format!("{b}_attn.qkv"), h, 3 * h, true);
+            d.linear(&format!("{b}_attn.qkv"), h, 3 * h, bias);
             d.add(format!("{b}_attn.norm.query_norm.scale"), &[head_dim]);
             d.add(format!("{b}_attn.norm.key_norm.scale"), &[head_dim]);
-            d.linear(&format!("{b}_attn.proj"), h, h, true);
-            d.linear(&format!("{b}_mlp.0"), h, mlp, true);
-            d.linear(&format!("{b}_mlp.2"), mlp, h, true);
+            d.linear(&format!("{b}_attn.proj"), h, h, bias);
+            d.linear(&format!("{b}_mlp.0"), h, mlp_in, bias);
+            d.linear(&format!("{b}_mlp.2"), mlp, h, bias);
         }
     }
     for i in 0..cfg.depth_single_blocks {
         let b = format!("single_blocks.{i}");
-        d.linear(&format!("{b}.linear1"), h, 3 * h + mlp, true);
-        d.linear(&format!("{b}.linear2"), h + mlp, h, true);
+        d.linear(&format!("{b}.linear1"), h, 3 * h + mlp_in, bias);
+        d.linear(&format!("{b}.linear2"), h + mlp, h, bias);
         d.add(format!("{b}.norm.query_norm.scale"), &[head_dim]);
         d.add(format!("{b}.norm.key_norm.scale"), &[head_dim]);
-        if modulated {
+        if per_block_mod {
             d.linear(&format!("{b}.modulation.lin"), h, 3 * h, true);
         }
     }
-    d.linear("final_layer.linear", h, pp * cfg.out_channels, true);
-    if modulated {
-        d.linear("final_layer.adaLN_modulation.1", h, 2 * h, true);
+    d.linear("final_layer.linear", h, pp * cfg.out_channels, bias);
+    if cfg.distilled_guidance.is_none() {
+        d.linear("final_layer.adaLN_modulation.1", h, 2 * h, bias);
+    }
+    if cfg.flux2 {
+        d.linear("double_stream_modulation_img.lin", h, 6 * h, false);
+        d.linear("double_stream_modulation_txt.lin", h, 6 * h, false);
+        d.linear("single_stream_modulation.lin", h, 3 * h, false);
     }
 }
 
@@ -342,83 +351,100 @@ fn t5_layout(cfg: &T5Config, d: &mut Dict) {
     );
 }
 
+/// A convolution of the autoencoder: 2-D, or HunyuanVideo's causal 3-D one (`VideoConv3d`, which
+/// wraps the convolution: `….conv.weight`).
+fn vae_conv(d: &mut Dict, cfg: &VaeConfig, p: &str, inp: usize, out: usize, k: usize) {
+    if cfg.conv3d {
+        d.add(format!("{p}.conv.weight"), &[out, inp, k, k, k]);
+        d.add(format!("{p}.conv.bias"), &[out]);
+    } else {
+        d.conv(p, inp, out, k);
+    }
+}
+
+/// A 1×1 convolution that stays unwrapped (attention, quant convs): 2-D or 3-D.
+fn vae_pointwise(d: &mut Dict, cfg: &VaeConfig, p: &str, inp: usize, out: usize) {
+    if cfg.conv3d {
+        d.add(format!("{p}.weight"), &[out, inp, 1, 1, 1]);
+        d.add(format!("{p}.bias"), &[out]);
+    } else {
+        d.conv(p, inp, out, 1);
+    }
+}
+
 /// ldm `ResnetBlock` of the autoencoder.
-fn vae_resblock(d: &mut Dict, p: &str, inp: usize, out: usize) {
+fn vae_resblock(d: &mut Dict, cfg: &VaeConfig, p: &str, inp: usize, out: usize) {
     d.norm(&format!("{p}.norm1"), inp);
-    d.conv(&format!("{p}.conv1"), inp, out, 3);
+    vae_conv(d, cfg, &format!("{p}.conv1"), inp, out, 3);
     d.norm(&format!("{p}.norm2"), out);
-    d.conv(&format!("{p}.conv2"), out, out, 3);
+    vae_conv(d, cfg, &format!("{p}.conv2"), out, out, 3);
     if inp != out {
-        d.conv(&format!("{p}.nin_shortcut"), inp, out, 1);
+        vae_conv(d, cfg, &format!("{p}.nin_shortcut"), inp, out, 1);
     }
 }
 
 /// ldm `Encoder`/`Decoder` middle: ResnetBlock, single-head 1x1-conv attention, ResnetBlock.
-fn vae_mid(d: &mut Dict, p: &str, ch: usize) {
-    vae_resblock(d, &format!("{p}.mid.block_1"), ch, ch);
+fn vae_mid(d: &mut Dict, cfg: &VaeConfig, p: &str, ch: usize) {
+    vae_resblock(d, cfg, &format!("{p}.mid.block_1"), ch, ch);
     d.norm(&format!("{p}.mid.attn_1.norm"), ch);
     for c in ["q", "k", "v", "proj_out"] {
-        d.conv(&format!("{p}.mid.attn_1.{c}"), ch, ch, 1);
+        vae_pointwise(d, cfg, &format!("{p}.mid.attn_1.{c}"), ch, ch);
     }
-    vae_resblock(d, &format!("{p}.mid.block_2"), ch, ch);
+    vae_resblock(d, cfg, &format!("{p}.mid.block_2"), ch, ch);
 }
 
-/// ldm `AutoencoderKL`: encoder, decoder and (SD/SDXL only) the quant convs.
+/// ldm `AutoencoderKL`: encoder, decoder, the quant convs (SD/SDXL, HunyuanVideo, Flux 2) and
+/// Flux 2's latent batch norm.
 fn vae_layout(cfg: &VaeConfig, d: &mut Dict) {
     let levels = cfg.ch_mult.len();
     // Encoder.
-    d.conv("encoder.conv_in", cfg.in_channels, cfg.ch, 3);
+    vae_conv(d, cfg, "encoder.conv_in", cfg.in_channels, cfg.ch, 3);
     let mut block_in = cfg.ch;
     for (i, &mult) in cfg.ch_mult.iter().enumerate() {
         let block_out = cfg.ch * mult;
         for b in 0..cfg.num_res_blocks {
-            vae_resblock(
-                d,
-                &format!("encoder.down.{i}.block.{b}"),
-                block_in,
-                block_out,
-            );
+            let p = format!("encoder.down.{i}.block.{b}");
+            vae_resblock(d, cfg, &p, block_in, block_out);
             block_in = block_out;
         }
         if i + 1 != levels {
-            d.conv(
-                &format!("encoder.down.{i}.downsample.conv"),
-                block_in,
-                block_in,
-                3,
-            );
+            let p = format!("encoder.down.{i}.downsample.conv");
+            vae_conv(d, cfg, &p, block_in, block_in, 3);
         }
     }
-    vae_mid(d, "encoder", block_in);
+    vae_mid(d, cfg, "encoder", block_in);
     d.norm("encoder.norm_out", block_in);
     let z_out = if cfg.double_z { 2 } else { 1 } * cfg.z_channels;
-    d.conv("encoder.conv_out", block_in, z_out, 3);
+    vae_conv(d, cfg, "encoder.conv_out", block_in, z_out, 3);
 
     // Decoder.
     let mut block_in = cfg.ch * cfg.ch_mult.last().copied().unwrap_or(1);
-    d.conv("decoder.conv_in", cfg.z_channels, block_in, 3);
-    vae_mid(d, "decoder", block_in);
+    vae_conv(d, cfg, "decoder.conv_in", cfg.z_channels, block_in, 3);
+    vae_mid(d, cfg, "decoder", block_in);
     for (i, &mult) in cfg.ch_mult.iter().enumerate().rev() {
         let block_out = cfg.ch * mult;
         for b in 0..=cfg.num_res_blocks {
-            vae_resblock(d, &format!("decoder.up.{i}.block.{b}"), block_in, block_out);
+            let p = format!("decoder.up.{i}.block.{b}");
+            vae_resblock(d, cfg, &p, block_in, block_out);
             block_in = block_out;
         }
         if i != 0 {
-            d.conv(
-                &format!("decoder.up.{i}.upsample.conv"),
-                block_in,
-                block_in,
-                3,
-            );
+            let p = format!("decoder.up.{i}.upsample.conv");
+            vae_conv(d, cfg, &p, block_in, block_in, 3);
         }
     }
     d.norm("decoder.norm_out", block_in);
-    d.conv("decoder.conv_out", block_in, cfg.out_ch, 3);
+    vae_conv(d, cfg, "decoder.conv_out", block_in, cfg.out_ch, 3);
 
     if cfg.use_quant_conv {
-        d.conv("quant_conv", z_out, z_out, 1);
-        d.conv("post_quant_conv", cfg.z_channels, cfg.z_channels, 1);
+        vae_pointwise(d, cfg, "quant_conv", z_out, z_out);
+        vae_pointwise(d, cfg, "post_quant_conv", cfg.z_channels, cfg.z_channels);
+    }
+    if cfg.batch_norm_latent {
+        // Over the 2×2-packed latent: 4 × z channels, statistics only.
+        d.add("bn.running_mean", &[4 * cfg.z_channels]);
+        d.add("bn.running_var", &[4 * cfg.z_channels]);
+        d.add_typed("bn.num_batches_tracked", &[], Dtype::I64);
     }
 }
 
@@ -450,6 +476,8 @@ pub(crate) fn expand(spec: &Spec) -> ComponentShapes {
         Denoiser::QwenImage(q) => dit::qwen_image(q, &mut model),
         Denoiser::HiDream(h) => dit::hidream(h, &mut model),
         Denoiser::Lumina(l) => dit::lumina(l, &mut model),
+        Denoiser::HunyuanVideo(h) => dit::hunyuan_video(h, &mut model),
+        Denoiser::Ltxv(l) => dit::ltxv(l, &mut model),
     }
     let mut clip = Dict::new(Dtype::F16);
     for e in spec.encoders {
@@ -464,6 +492,8 @@ pub(crate) fn expand(spec: &Spec) -> ComponentShapes {
     match &spec.vae {
         Vae::Ldm(v) => vae_layout(v, &mut vae),
         Vae::Wan(w) => video_vae::wan(w, &mut vae),
+        Vae::Hunyuan15(h) => video_vae::hunyuan15(h, &mut vae),
+        Vae::Ltx(l) => ltx_vae::ltx(l, &mut vae),
     }
 
     let mut s = ComponentShapes::default();

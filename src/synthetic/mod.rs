@@ -17,6 +17,7 @@
 mod dit;
 pub(crate) mod expand;
 pub mod lora;
+mod ltx_vae;
 pub(crate) mod models;
 pub(crate) mod spec;
 #[cfg(test)]

@@ -70,6 +70,7 @@ pub(crate) const QWEN25_7B: LlmConfig = LlmConfig {
     qkv_bias: true,
     qk_norm: false,
     sandwich_norms: false,
+    lm_head: false,
     vision: Some(QwenVisionConfig {
         hidden_size: 1280,
         intermediate_size: 3420,
@@ -94,6 +95,7 @@ pub(crate) const LLAMA_8B: LlmConfig = LlmConfig {
     qkv_bias: false,
     qk_norm: false,
     sandwich_norms: false,
+    lm_head: false,
     vision: None,
 };
 
@@ -199,6 +201,8 @@ pub(crate) const VAE_SD: VaeConfig = VaeConfig {
     z_channels: 4,
     double_z: true,
     use_quant_conv: true,
+    conv3d: false,
+    batch_norm_latent: false,
 };
 
 /// The SD3/Flux autoencoder (16 latent channels, no quant convs).
@@ -218,6 +222,8 @@ const fn tiny_vae(z_channels: usize, use_quant_conv: bool) -> VaeConfig {
         z_channels,
         double_z: true,
         use_quant_conv,
+        conv3d: false,
+        batch_norm_latent: false,
     }
 }
 
@@ -483,6 +489,7 @@ const FLUX_DEV: FluxConfig = FluxConfig {
     depth_single_blocks: 38,
     guidance_embed: true,
     distilled_guidance: None,
+    flux2: false,
 };
 
 const FLUX_TINY: FluxConfig = FluxConfig {
@@ -778,6 +785,7 @@ pub(crate) const LUMINA2: Spec = Spec {
         patch_size: 2,
         cap_feat_dim: 2304,
         adaln_dim: 1024,
+        z_image: false,
     }),
     encoders: &[Encoder::Llm(GEMMA2_2B), SPIECE],
     vae: Vae::Ldm(VAE_16CH),
@@ -795,7 +803,413 @@ pub(crate) const LUMINA2_TINY: Spec = Spec {
         patch_size: 2,
         cap_feat_dim: 32,
         adaln_dim: 16,
+        z_image: false,
     }),
     encoders: &[Encoder::Llm(tiny_llm("gemma2_2b", GEMMA2_2B)), TINY_SPIECE],
     vae: Vae::Ldm(tiny_vae(16, false)),
+};
+
+// ---- the later language models used as text encoders ------------------------------------------
+
+/// Mistral Small 3 24B (Flux 2 dev), text only.
+pub(crate) const MISTRAL3_24B: LlmConfig = LlmConfig {
+    name: "mistral3_24b",
+    vocab_size: 131_072,
+    hidden_size: 5120,
+    intermediate_size: 32768,
+    num_layers: 40,
+    num_heads: 32,
+    num_kv_heads: 8,
+    ..LLAMA_8B
+};
+
+/// Qwen3 4B (Z-Image, Flux 2 Klein 4B).
+pub(crate) const QWEN3_4B: LlmConfig = LlmConfig {
+    name: "qwen3_4b",
+    vocab_size: 151_936,
+    hidden_size: 2560,
+    intermediate_size: 9728,
+    num_layers: 36,
+    num_heads: 32,
+    num_kv_heads: 8,
+    qk_norm: true,
+    ..LLAMA_8B
+};
+
+/// Qwen3 8B (Flux 2 Klein 9B), which keeps its output head.
+pub(crate) const QWEN3_8B: LlmConfig = LlmConfig {
+    name: "qwen3_8b",
+    hidden_size: 4096,
+    intermediate_size: 12288,
+    lm_head: true,
+    ..QWEN3_4B
+};
+
+/// LLaVA-LLaMA-3 8B as HunyuanVideo's ComfyUI text encoder holds it (128,320 tokens).
+pub(crate) const LLAMA_HUNYUAN: LlmConfig = LlmConfig {
+    vocab_size: 128_320,
+    ..LLAMA_8B
+};
+
+/// ByT5-small (HunyuanVideo 1.5's glyph encoder).
+pub(crate) const BYT5_SMALL: T5Config = T5Config {
+    name: "byt5_small",
+    d_model: 1472,
+    d_ff: 3584,
+    d_kv: 64,
+    num_heads: 6,
+    num_layers: 12,
+    vocab_size: 384,
+    relative_attention_num_buckets: 32,
+    bias_every_layer: false,
+};
+
+const TINY_BYT5: T5Config = T5Config {
+    name: "byt5_small",
+    ..TINY_T5
+};
+
+// ---- Flux 2 ------------------------------------------------------------------------------------
+
+/// Flux 2's autoencoder: 32 latent channels, quant convs, a batch norm over the packed latent.
+pub(crate) const VAE_FLUX2: VaeConfig = VaeConfig {
+    z_channels: 32,
+    use_quant_conv: true,
+    batch_norm_latent: true,
+    ..VAE_SD
+};
+
+const TINY_VAE_FLUX2: VaeConfig = VaeConfig {
+    batch_norm_latent: true,
+    ..tiny_vae(32, true)
+};
+
+const FLUX2_DEV_DIT: FluxConfig = FluxConfig {
+    in_channels: 128,
+    out_channels: 128,
+    patch_size: 1,
+    vec_in_dim: None,
+    context_in_dim: 15360,
+    hidden_size: 6144,
+    mlp_ratio: 3,
+    num_heads: 48,
+    depth: 8,
+    depth_single_blocks: 48,
+    guidance_embed: true,
+    distilled_guidance: None,
+    flux2: true,
+};
+
+const FLUX2_TINY_DIT: FluxConfig = FluxConfig {
+    context_in_dim: 3 * 32,
+    hidden_size: 32,
+    num_heads: 2,
+    depth: 2,
+    depth_single_blocks: 2,
+    ..FLUX2_DEV_DIT
+};
+
+/// Flux 2 dev (32B; Mistral Small 3 24B).
+pub(crate) const FLUX2_DEV: Spec = Spec {
+    model: Denoiser::Flux(FLUX2_DEV_DIT),
+    encoders: &[Encoder::Llm(MISTRAL3_24B)],
+    vae: Vae::Ldm(VAE_FLUX2),
+};
+
+pub(crate) const FLUX2_DEV_TINY: Spec = Spec {
+    model: Denoiser::Flux(FLUX2_TINY_DIT),
+    encoders: &[Encoder::Llm(tiny_llm("mistral3_24b", MISTRAL3_24B))],
+    vae: Vae::Ldm(TINY_VAE_FLUX2),
+};
+
+/// Flux 2 Klein 4B (step-distilled, no guidance embedder; Qwen3 4B).
+pub(crate) const FLUX2_KLEIN_4B: Spec = Spec {
+    model: Denoiser::Flux(FluxConfig {
+        context_in_dim: 3 * 2560,
+        hidden_size: 3072,
+        num_heads: 24,
+        depth: 5,
+        depth_single_blocks: 20,
+        guidance_embed: false,
+        ..FLUX2_DEV_DIT
+    }),
+    encoders: &[Encoder::Llm(QWEN3_4B)],
+    vae: Vae::Ldm(VAE_FLUX2),
+};
+
+pub(crate) const FLUX2_KLEIN_4B_TINY: Spec = Spec {
+    model: Denoiser::Flux(FluxConfig {
+        depth: 1,
+        depth_single_blocks: 3,
+        guidance_embed: false,
+        ..FLUX2_TINY_DIT
+    }),
+    encoders: &[Encoder::Llm(tiny_llm("qwen3_4b", QWEN3_4B))],
+    vae: Vae::Ldm(TINY_VAE_FLUX2),
+};
+
+/// Flux 2 Klein 9B (Qwen3 8B).
+pub(crate) const FLUX2_KLEIN_9B: Spec = Spec {
+    model: Denoiser::Flux(FluxConfig {
+        context_in_dim: 3 * 4096,
+        hidden_size: 4096,
+        num_heads: 32,
+        depth: 8,
+        depth_single_blocks: 24,
+        guidance_embed: false,
+        ..FLUX2_DEV_DIT
+    }),
+    encoders: &[Encoder::Llm(QWEN3_8B)],
+    vae: Vae::Ldm(VAE_FLUX2),
+};
+
+pub(crate) const FLUX2_KLEIN_9B_TINY: Spec = Spec {
+    model: Denoiser::Flux(FluxConfig {
+        depth: 2,
+        depth_single_blocks: 3,
+        guidance_embed: false,
+        ..FLUX2_TINY_DIT
+    }),
+    encoders: &[Encoder::Llm(tiny_llm("qwen3_8b", QWEN3_8B))],
+    vae: Vae::Ldm(TINY_VAE_FLUX2),
+};
+
+// ---- Z-Image ----------------------------------------------------------------------------------
+
+/// Z-Image (6B; Qwen3 4B, the Flux autoencoder).
+pub(crate) const Z_IMAGE: Spec = Spec {
+    model: Denoiser::Lumina(LuminaConfig {
+        dim: 3840,
+        n_layers: 30,
+        n_refiner_layers: 2,
+        n_heads: 30,
+        n_kv_heads: 30,
+        ffn_dim: 10240,
+        in_channels: 16,
+        patch_size: 2,
+        cap_feat_dim: 2560,
+        adaln_dim: 256,
+        z_image: true,
+    }),
+    encoders: &[Encoder::Llm(QWEN3_4B)],
+    vae: Vae::Ldm(VAE_16CH),
+};
+
+pub(crate) const Z_IMAGE_TINY: Spec = Spec {
+    model: Denoiser::Lumina(LuminaConfig {
+        dim: 32,
+        n_layers: 2,
+        n_refiner_layers: 1,
+        n_heads: 4,
+        n_kv_heads: 4,
+        ffn_dim: 64,
+        in_channels: 16,
+        patch_size: 2,
+        cap_feat_dim: 32,
+        adaln_dim: 16,
+        z_image: true,
+    }),
+    encoders: &[Encoder::Llm(tiny_llm("qwen3_4b", QWEN3_4B))],
+    vae: Vae::Ldm(tiny_vae(16, false)),
+};
+
+// ---- HunyuanVideo -------------------------------------------------------------------------------
+
+/// HunyuanVideo's causal 3-D autoencoder (16 latent channels, 4× in time).
+pub(crate) const VAE_HUNYUAN: VaeConfig = VaeConfig {
+    z_channels: 16,
+    conv3d: true,
+    ..VAE_SD
+};
+
+const TINY_VAE_HUNYUAN: VaeConfig = VaeConfig {
+    conv3d: true,
+    ..tiny_vae(16, true)
+};
+
+const HUNYUAN_DIT: HunyuanVideoConfig = HunyuanVideoConfig {
+    hidden_size: 3072,
+    num_heads: 24,
+    depth: 20,
+    depth_single_blocks: 40,
+    in_channels: 16,
+    out_channels: 16,
+    patch_size: [1, 2, 2],
+    vec_in_dim: Some(768),
+    context_in_dim: 4096,
+    guidance_embed: true,
+    v15: None,
+};
+
+const HUNYUAN_TINY_DIT: HunyuanVideoConfig = HunyuanVideoConfig {
+    hidden_size: 32,
+    num_heads: 2,
+    depth: 2,
+    depth_single_blocks: 2,
+    vec_in_dim: Some(TINY_CLIP_L.hidden_size),
+    context_in_dim: 32,
+    ..HUNYUAN_DIT
+};
+
+const HUNYUAN_ENCODERS: &[Encoder] = &[Encoder::Clip(CLIP_L), Encoder::Llm(LLAMA_HUNYUAN)];
+const HUNYUAN_TINY_ENCODERS: &[Encoder] = &[
+    Encoder::Clip(TINY_CLIP_L),
+    Encoder::Llm(tiny_llm("llama", LLAMA_HUNYUAN)),
+];
+
+/// HunyuanVideo text-to-video (13B).
+pub(crate) const HUNYUAN_VIDEO: Spec = Spec {
+    model: Denoiser::HunyuanVideo(HUNYUAN_DIT),
+    encoders: HUNYUAN_ENCODERS,
+    vae: Vae::Ldm(VAE_HUNYUAN),
+};
+
+pub(crate) const HUNYUAN_VIDEO_TINY: Spec = Spec {
+    model: Denoiser::HunyuanVideo(HUNYUAN_TINY_DIT),
+    encoders: HUNYUAN_TINY_ENCODERS,
+    vae: Vae::Ldm(TINY_VAE_HUNYUAN),
+};
+
+/// HunyuanVideo image-to-video: 33 input channels (noise, image latent, mask).
+pub(crate) const HUNYUAN_VIDEO_I2V: Spec = Spec {
+    model: Denoiser::HunyuanVideo(HunyuanVideoConfig {
+        in_channels: 33,
+        ..HUNYUAN_DIT
+    }),
+    ..HUNYUAN_VIDEO
+};
+
+pub(crate) const HUNYUAN_VIDEO_I2V_TINY: Spec = Spec {
+    model: Denoiser::HunyuanVideo(HunyuanVideoConfig {
+        in_channels: 33,
+        depth: 3,
+        ..HUNYUAN_TINY_DIT
+    }),
+    ..HUNYUAN_VIDEO_TINY
+};
+
+/// HunyuanVideo 1.5's VAE: 32 latent channels, 16× in space and 4× in time.
+const VAE_HUNYUAN15: Hunyuan15VaeConfig = Hunyuan15VaeConfig {
+    block_out_channels: &[128, 256, 512, 1024, 1024],
+    num_res_blocks: 2,
+    z_channels: 32,
+    resample_levels: 4,
+    temporal_levels: 2,
+};
+
+/// HunyuanVideo 1.5 (8.3B; Qwen2.5-VL 7B and ByT5-small).
+pub(crate) const HUNYUAN_VIDEO_15: Spec = Spec {
+    model: Denoiser::HunyuanVideo(HunyuanVideoConfig {
+        hidden_size: 2048,
+        num_heads: 16,
+        depth: 54,
+        depth_single_blocks: 0,
+        in_channels: 65,
+        out_channels: 32,
+        patch_size: [1, 1, 1],
+        vec_in_dim: None,
+        context_in_dim: 3584,
+        guidance_embed: false,
+        v15: Some((1152, 1472, 2048)),
+    }),
+    encoders: &[Encoder::Llm(QWEN25_7B), Encoder::T5(BYT5_SMALL)],
+    vae: Vae::Hunyuan15(VAE_HUNYUAN15),
+};
+
+pub(crate) const HUNYUAN_VIDEO_15_TINY: Spec = Spec {
+    model: Denoiser::HunyuanVideo(HunyuanVideoConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        depth: 2,
+        depth_single_blocks: 0,
+        in_channels: 65,
+        out_channels: 32,
+        patch_size: [1, 1, 1],
+        vec_in_dim: None,
+        context_in_dim: 32,
+        guidance_embed: false,
+        v15: Some((16, 24, 16)),
+    }),
+    encoders: &[
+        Encoder::Llm(tiny_llm("qwen25_7b", QWEN25_7B)),
+        Encoder::T5(TINY_BYT5),
+    ],
+    vae: Vae::Hunyuan15(Hunyuan15VaeConfig {
+        block_out_channels: &[4, 8, 8],
+        num_res_blocks: 1,
+        z_channels: 32,
+        resample_levels: 2,
+        temporal_levels: 1,
+    }),
+};
+
+// ---- LTX-Video ---------------------------------------------------------------------------------
+
+/// LTX-Video's VAE (0.9.5 and later).
+const VAE_LTX: LtxVaeConfig = LtxVaeConfig {
+    base_channels: 128,
+    latent_channels: 128,
+    patch_size: 4,
+    encoder_layers: &[4, 6, 6, 2, 2],
+    decoder_layers: &[5, 5, 5, 5],
+};
+
+const TINY_VAE_LTX: LtxVaeConfig = LtxVaeConfig {
+    base_channels: 2,
+    latent_channels: 8,
+    patch_size: 4,
+    encoder_layers: &[1, 1, 1, 1, 1],
+    decoder_layers: &[1, 1, 1, 1],
+};
+
+const LTXV_2B_DIT: LtxvConfig = LtxvConfig {
+    num_layers: 28,
+    num_heads: 32,
+    head_dim: 64,
+    in_channels: 128,
+    caption_channels: 4096,
+    cross_attention_dim: 2048,
+};
+
+/// LTX-Video 2B (0.9.x).
+pub(crate) const LTXV_2B: Spec = Spec {
+    model: Denoiser::Ltxv(LTXV_2B_DIT),
+    encoders: &[Encoder::T5(T5_XXL)],
+    vae: Vae::Ltx(VAE_LTX),
+};
+
+pub(crate) const LTXV_2B_TINY: Spec = Spec {
+    model: Denoiser::Ltxv(LtxvConfig {
+        num_layers: 2,
+        num_heads: 32,
+        head_dim: 1,
+        in_channels: 8,
+        caption_channels: TINY_T5.d_model,
+        cross_attention_dim: 32,
+    }),
+    encoders: &[Encoder::T5(TINY_T5)],
+    vae: Vae::Ltx(TINY_VAE_LTX),
+};
+
+/// LTX-Video 13B (0.9.7 and later).
+pub(crate) const LTXV_13B: Spec = Spec {
+    model: Denoiser::Ltxv(LtxvConfig {
+        num_layers: 48,
+        head_dim: 128,
+        cross_attention_dim: 4096,
+        ..LTXV_2B_DIT
+    }),
+    ..LTXV_2B
+};
+
+pub(crate) const LTXV_13B_TINY: Spec = Spec {
+    model: Denoiser::Ltxv(LtxvConfig {
+        num_layers: 3,
+        num_heads: 32,
+        head_dim: 1,
+        in_channels: 8,
+        caption_channels: TINY_T5.d_model,
+        cross_attention_dim: 32,
+    }),
+    ..LTXV_2B_TINY
 };

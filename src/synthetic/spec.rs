@@ -72,6 +72,8 @@ pub(crate) struct LlmConfig {
     pub(crate) qk_norm: bool,
     /// Gemma's extra norms around the feed-forward (`pre_`/`post_feedforward_layernorm`).
     pub(crate) sandwich_norms: bool,
+    /// An output head (`<name>.transformer.model.lm_head`; Qwen3 8B keeps one).
+    pub(crate) lm_head: bool,
     /// Qwen2.5-VL's vision tower under `<name>.transformer.visual.`.
     pub(crate) vision: Option<QwenVisionConfig>,
 }
@@ -101,6 +103,37 @@ pub(crate) struct VaeConfig {
     pub(crate) z_channels: usize,
     pub(crate) double_z: bool,
     pub(crate) use_quant_conv: bool,
+    /// 3-D causal convolutions (HunyuanVideo): every convolution but the attention's and the
+    /// quant convs is wrapped (`….conv.weight`, `[out, in, k, k, k]`).
+    pub(crate) conv3d: bool,
+    /// Flux 2: a batch norm over the 2×2-packed latent (`bn.*`).
+    pub(crate) batch_norm_latent: bool,
+}
+
+/// HunyuanVideo 1.5's video VAE (`hunyuan_video.vae_refiner`): causal 3-D convolutions, RMS
+/// norms, space-to-depth resampling.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hunyuan15VaeConfig {
+    pub(crate) block_out_channels: &'static [usize],
+    pub(crate) num_res_blocks: usize,
+    pub(crate) z_channels: usize,
+    /// Levels that resample (spatially; the first `temporal` of them in time too).
+    pub(crate) resample_levels: usize,
+    pub(crate) temporal_levels: usize,
+}
+
+/// LTX-Video's causal video autoencoder (`lightricks.vae.causal_video_autoencoder`, the 0.9.5+
+/// configuration): pixel norms, residual space-to-depth downsampling, a timestep-conditioned
+/// decoder and per-channel latent statistics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LtxVaeConfig {
+    pub(crate) base_channels: usize,
+    pub(crate) latent_channels: usize,
+    pub(crate) patch_size: usize,
+    /// Residual layers of each encoder stage; stages are joined by 2× downsamplers.
+    pub(crate) encoder_layers: &'static [usize],
+    /// Residual layers of each decoder stage, deepest first.
+    pub(crate) decoder_layers: &'static [usize],
 }
 
 /// Wan's causal 3-D autoencoder: the 2.1 layout (flat `downsamples`/`upsamples` lists, used by
@@ -158,6 +191,40 @@ pub(crate) struct FluxConfig {
     /// Chroma: modulation comes from `distilled_guidance_layer` (this wide, 5 layers) instead of
     /// per-block `*_mod` layers and a time embedder.
     pub(crate) distilled_guidance: Option<usize>,
+    /// Flux 2: modulation shared by all blocks (`double_stream_modulation_*`,
+    /// `single_stream_modulation`), gated SiLU feed-forwards, no biases.
+    pub(crate) flux2: bool,
+}
+
+/// HunyuanVideo (and 1.5) DiT (ComfyUI `hunyuan_video.model.HunyuanVideo`): Flux-like blocks, a
+/// token refiner on the text, a 3-D patch embedding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HunyuanVideoConfig {
+    pub(crate) hidden_size: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) depth: usize,
+    pub(crate) depth_single_blocks: usize,
+    pub(crate) in_channels: usize,
+    pub(crate) out_channels: usize,
+    /// `[t, h, w]`.
+    pub(crate) patch_size: [usize; 3],
+    pub(crate) vec_in_dim: Option<usize>,
+    pub(crate) context_in_dim: usize,
+    pub(crate) guidance_embed: bool,
+    /// 1.5: the SigLIP image projection (from this width), the condition-type embedding and the
+    /// ByT5 glyph mapper (from this width, through this hidden width).
+    pub(crate) v15: Option<(usize, usize, usize)>,
+}
+
+/// LTX-Video DiT (ComfyUI `lightricks.model.LTXVModel`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LtxvConfig {
+    pub(crate) num_layers: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) in_channels: usize,
+    pub(crate) caption_channels: usize,
+    pub(crate) cross_attention_dim: usize,
 }
 
 /// Wan 2.x DiT (ComfyUI `wan.model.WanModel`).
@@ -220,6 +287,8 @@ pub(crate) struct LuminaConfig {
     pub(crate) cap_feat_dim: usize,
     /// Width of the timestep embedding the adaLN layers read.
     pub(crate) adaln_dim: usize,
+    /// Z-Image: adaLN without the SiLU (`adaLN_modulation.0`) and learned pad tokens.
+    pub(crate) z_image: bool,
 }
 
 /// The denoiser of a model.
@@ -232,6 +301,8 @@ pub(crate) enum Denoiser {
     QwenImage(QwenImageConfig),
     HiDream(HiDreamConfig),
     Lumina(LuminaConfig),
+    HunyuanVideo(HunyuanVideoConfig),
+    Ltxv(LtxvConfig),
 }
 
 /// One text encoder of the clip component, or a tokenizer blob ComfyUI saves beside them.
@@ -252,6 +323,8 @@ pub(crate) enum Encoder {
 pub(crate) enum Vae {
     Ldm(VaeConfig),
     Wan(WanVaeConfig),
+    Hunyuan15(Hunyuan15VaeConfig),
+    Ltx(LtxVaeConfig),
 }
 
 /// Everything needed to lay out one model: denoiser, text encoders, autoencoder.

@@ -46,6 +46,9 @@ pub(super) fn llm(cfg: &LlmConfig, d: &mut Dict) {
         }
     }
     d.add(format!("{m}.norm.weight"), &[h]);
+    if cfg.lm_head {
+        d.linear(&format!("{m}.lm_head"), h, cfg.vocab_size, false);
+    }
     if let Some(v) = &cfg.vision {
         qwen_vision(v, &format!("{n}.transformer.visual"), d);
     }

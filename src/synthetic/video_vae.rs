@@ -1,9 +1,9 @@
 //! Video autoencoders as ComfyUI builds them: Wan's causal 3-D VAE in its 2.1 layout (flat
 //! block lists; also Qwen-Image's VAE) and its 2.2 layout (nested residual groups, a patchified
-//! 12-channel input, 48 latent channels).
+//! 12-channel input, 48 latent channels), and HunyuanVideo 1.5's.
 
 use super::expand::Dict;
-use super::spec::WanVaeConfig;
+use super::spec::{Hunyuan15VaeConfig, WanVaeConfig};
 
 /// `CausalConv3d(inp, out, kernel)` with bias.
 fn conv3d(d: &mut Dict, p: &str, inp: usize, out: usize, k: [usize; 3]) {
@@ -147,4 +147,79 @@ pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
         }
     }
     head(d, "decoder", dec[levels], cfg.image_channels);
+}
+
+/// `VideoConv3d(inp, out, k)`: the convolution is wrapped (`….conv.weight`).
+fn video_conv(d: &mut Dict, p: &str, inp: usize, out: usize, k: usize) {
+    conv3d(d, &format!("{p}.conv"), inp, out, [k, k, k]);
+}
+
+/// ldm `ResnetBlock` without a time embedding, with RMS norms and causal 3-D convolutions.
+fn hunyuan_resblock(d: &mut Dict, p: &str, inp: usize, out: usize) {
+    rms(d, &format!("{p}.norm1"), inp);
+    video_conv(d, &format!("{p}.conv1"), inp, out, 3);
+    rms(d, &format!("{p}.norm2"), out);
+    video_conv(d, &format!("{p}.conv2"), out, out, 3);
+    if inp != out {
+        video_conv(d, &format!("{p}.nin_shortcut"), inp, out, 1);
+    }
+}
+
+/// The middle: residual, a 1×1×1-convolution attention with an RMS norm, residual.
+fn hunyuan_mid(d: &mut Dict, p: &str, ch: usize) {
+    hunyuan_resblock(d, &format!("{p}.mid.block_1"), ch, ch);
+    rms(d, &format!("{p}.mid.attn_1.norm"), ch);
+    for c in ["q", "k", "v", "proj_out"] {
+        conv3d(d, &format!("{p}.mid.attn_1.{c}"), ch, ch, [1, 1, 1]);
+    }
+    hunyuan_resblock(d, &format!("{p}.mid.block_2"), ch, ch);
+}
+
+/// ComfyUI `hunyuan_video.vae_refiner.Encoder`/`Decoder` as HunyuanVideo 1.5's VAE uses them:
+/// space-to-depth downsampling (`downsample.conv`, output divided by the packing factor) and
+/// depth-to-space upsampling (multiplied), 2×2×2 in the temporal levels and 1×2×2 elsewhere.
+pub(super) fn hunyuan15(cfg: &Hunyuan15VaeConfig, d: &mut Dict) {
+    let chans = cfg.block_out_channels;
+    let factor = |temporal: bool| if temporal { 8 } else { 4 };
+    video_conv(d, "encoder.conv_in", 3, chans[0], 3);
+    let mut ch = chans[0];
+    for (i, &tgt) in chans.iter().enumerate() {
+        for j in 0..cfg.num_res_blocks {
+            let inp = if j == 0 { ch } else { tgt };
+            hunyuan_resblock(d, &format!("encoder.down.{i}.block.{j}"), inp, tgt);
+        }
+        ch = tgt;
+        if i < cfg.resample_levels {
+            let next = chans.get(i + 1).copied().unwrap_or(ch);
+            // The last `temporal_levels` resampling levels also halve time.
+            let temporal = i >= cfg.resample_levels - cfg.temporal_levels;
+            let p = format!("encoder.down.{i}.downsample.conv");
+            video_conv(d, &p, ch, next / factor(temporal), 3);
+            ch = next;
+        }
+    }
+    hunyuan_mid(d, "encoder", ch);
+    rms(d, "encoder.norm_out", ch);
+    video_conv(d, "encoder.conv_out", ch, 2 * cfg.z_channels, 3);
+
+    let rev: Vec<usize> = chans.iter().rev().copied().collect();
+    let mut ch = rev[0];
+    video_conv(d, "decoder.conv_in", cfg.z_channels, ch, 3);
+    hunyuan_mid(d, "decoder", ch);
+    for (i, &tgt) in rev.iter().enumerate() {
+        for j in 0..=cfg.num_res_blocks {
+            let inp = if j == 0 { ch } else { tgt };
+            hunyuan_resblock(d, &format!("decoder.up.{i}.block.{j}"), inp, tgt);
+        }
+        ch = tgt;
+        if i < cfg.resample_levels {
+            let next = rev.get(i + 1).copied().unwrap_or(ch);
+            let temporal = i < cfg.temporal_levels;
+            let p = format!("decoder.up.{i}.upsample.conv");
+            video_conv(d, &p, ch, next * factor(temporal), 3);
+            ch = next;
+        }
+    }
+    rms(d, "decoder.norm_out", ch);
+    video_conv(d, "decoder.conv_out", ch, 3, 3);
 }
