@@ -52,6 +52,8 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
     };
     let input = open_input(&args.input, arch)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
+    require_family(&input, args.out.arch)
+        .with_context(|| format!("cannot convert {}", args.input.display()))?;
     if let (LayoutChoice::Auto, Some(a)) = (&opts.layout, input.arch) {
         opts.layout = LayoutChoice::Arch(a);
     }
@@ -71,6 +73,27 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         report(&saved, &job, start.elapsed());
     }
     Ok(())
+}
+
+/// With `--arch auto`, an input whose keys only fit the generic prefixes is refused with what
+/// detection found: converting it silently as prefixes would hide that its family is unknown.
+pub(crate) fn require_family(input: &Input, arch: ArchArg) -> Result<()> {
+    if arch != ArchArg::Auto || input.arch.is_some() {
+        return Ok(());
+    }
+    let shapes = input.components.shapes();
+    let model = shapes
+        .get(ComponentKind::Model)
+        .cloned()
+        .unwrap_or_default();
+    match checkpoint_save::family::detect(&model) {
+        Err(e) => Err(e.into()),
+        Ok(d) => anyhow::bail!(
+            "its denoiser detects as {} but its keys do not form that family's layout; give \
+             --arch generic to keep them under their prefixes",
+            d.arch
+        ),
+    }
 }
 
 /// The prediction an input gives a save: what it states or its family's default, but for the

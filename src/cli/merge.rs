@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::args::{ArchArg, MergeArgs, VaeFrom};
-use crate::commands::{input_prediction, parse_device, print_dry_run, save_options};
+use crate::commands::{
+    input_prediction, parse_device, print_dry_run, require_family, save_options,
+};
 use crate::print_stdout;
 use crate::report::{report, Job};
 use checkpoint_save::merge::{
@@ -60,7 +62,13 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     let inputs: Vec<Input> = args
         .inputs
         .iter()
-        .map(|p| open_input(p, arch).with_context(|| format!("cannot read {}", p.display())))
+        .map(|p| {
+            let input =
+                open_input(p, arch).with_context(|| format!("cannot read {}", p.display()))?;
+            require_family(&input, args.out.arch)
+                .with_context(|| format!("cannot merge {}", p.display()))?;
+            Ok(input)
+        })
         .collect::<Result<_>>()?;
     let records = args
         .inputs

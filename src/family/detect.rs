@@ -159,7 +159,9 @@ fn place(
     params: &[(&'static str, usize)],
 ) -> Result<(Option<&'static Variant>, bool)> {
     let value = |ps: &[(&str, usize)], name: &str| ps.iter().find(|(k, _)| *k == name).map(|p| p.1);
-    let mut fits = Vec::new();
+    // Among the variants the placed values fit, the one most values match (all, for a real
+    // file of a known variant; fewer for a capped model of a family not placed by values).
+    let mut best: Option<(&'static Variant, bool, usize)> = None;
     for v in family.variants {
         for (spec, tiny) in [(v.full, false), (v.tiny, true)] {
             let shapes = expand(spec);
@@ -172,13 +174,17 @@ fn place(
                 .placed
                 .iter()
                 .all(|name| value(params, name) == value(&known, name));
-            if placed {
-                fits.push((v, tiny, known == params));
+            if !placed {
+                continue;
+            }
+            let score = params.iter().filter(|p| known.contains(p)).count();
+            if best.is_none_or(|(_, _, s)| score > s) {
+                best = Some((v, tiny, score));
             }
         }
     }
-    if let Some((v, tiny, _)) = fits.iter().find(|f| f.2).or(fits.first()) {
-        return Ok((Some(*v), *tiny));
+    if let Some((v, tiny, _)) = best {
+        return Ok((Some(v), tiny));
     }
     if family.placed.is_empty() {
         return Ok((None, false));

@@ -195,6 +195,12 @@ impl Family {
 }
 
 impl Variant {
+    /// Whether two variants are the same model for this tool (Flux.1 Kontext has Flux.1 dev's
+    /// keys and shapes): detection places both as the first.
+    pub fn same_model_as(&self, other: &Variant) -> bool {
+        std::ptr::eq(self.full, other.full)
+    }
+
     /// The text encoders (clip component prefixes) of this variant.
     pub fn encoder_names(&self) -> Vec<&'static str> {
         use crate::synthetic::spec::Encoder;

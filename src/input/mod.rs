@@ -201,16 +201,31 @@ fn is_comfy_names(kind: ComponentKind, set: &TensorSet) -> bool {
                     .any(|f| f.encoders().contains(&first) || f.tokenizer_keys().contains(&first))
             })
         }
-        ComponentKind::Vae => [
-            "encoder.down.",
-            "decoder.up.",
-            "encoder.mid.",
-            "decoder.mid.",
-            "encoder.downsamples.",
-            "decoder.upsamples.",
-        ]
-        .iter()
-        .any(|p| has(p)),
+        // The LDM names (diffusers' AutoencoderKL has `encoder.down_blocks.` instead), or a
+        // video autoencoder whose names diffusers does not share.
+        ComponentKind::Vae => {
+            use crate::family::VaeKind;
+            let ldm = [
+                "encoder.down.",
+                "decoder.up.",
+                "encoder.mid.",
+                "decoder.mid.",
+            ]
+            .iter()
+            .any(|p| has(p))
+                && !has("encoder.down_blocks.");
+            let video = matches!(
+                crate::family::parts::vae_kind(&set.infos()),
+                Some(
+                    VaeKind::Wan21
+                        | VaeKind::Wan22
+                        | VaeKind::Ltx
+                        | VaeKind::HunyuanVideo
+                        | VaeKind::HunyuanVideo15
+                )
+            );
+            ldm || video
+        }
         ComponentKind::ClipVision => false,
     }
 }
@@ -266,7 +281,7 @@ fn component_of(
             .collect();
         return Ok((map, Vec::new(), Vec::new()));
     }
-    if is_comfy_names(kind, set) && !has("encoder.down_blocks.") {
+    if is_comfy_names(kind, set) {
         return Ok(all(""));
     }
     let wrong = |holds: String| {
