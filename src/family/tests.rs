@@ -232,3 +232,103 @@ fn components_of_another_family_are_refused() {
         .to_string();
     assert!(e.contains("needs text encoder `umt5xxl`"), "{e}");
 }
+
+/// The families without reference fixtures, against what ComfyUI's code says: the checkpoint
+/// prefixes (`supported_models.py`: `text_encoder_key_prefix`, `vae_key_prefix`,
+/// `process_unet_state_dict_for_saving`), the text encoders' names in the clip component
+/// (`text_encoders/`: the attribute each TE model holds its encoder under) and the autoencoder
+/// (`sd.py`).
+#[test]
+fn later_families_without_fixtures_follow_the_reference_code() {
+    use crate::family::VaeKind;
+    let facts: [(Arch, [&str; 3], &[&str], VaeKind); 5] = [
+        (
+            Arch::Flux2,
+            ["model.diffusion_model.", "text_encoders.", "vae."],
+            &["mistral3_24b", "qwen3_4b", "qwen3_8b"],
+            VaeKind::Flux2,
+        ),
+        (
+            Arch::ZImage,
+            ["model.diffusion_model.", "text_encoders.", "vae."],
+            &["qwen3_4b"],
+            VaeKind::Flux,
+        ),
+        (
+            Arch::HunyuanVideo,
+            ["model.model.", "text_encoders.", "vae."],
+            &["clip_l", "llama"],
+            VaeKind::HunyuanVideo,
+        ),
+        (
+            Arch::HunyuanVideo15,
+            ["model.model.", "text_encoders.", "vae."],
+            &["qwen25_7b", "byt5_small"],
+            VaeKind::HunyuanVideo15,
+        ),
+        (
+            Arch::Ltxv,
+            ["model.diffusion_model.", "text_encoders.", "vae."],
+            &["t5xxl"],
+            VaeKind::Ltx,
+        ),
+    ];
+    for (arch, [model, clip, vae], encoders, kind) in facts {
+        let f = arch.family();
+        assert_eq!(
+            [f.prefixes.model, f.prefixes.clip, f.prefixes.vae],
+            [model, clip, vae],
+            "{arch}"
+        );
+        assert_eq!(f.encoders(), encoders, "{arch}");
+        assert_eq!(f.vae, kind, "{arch}");
+        assert_eq!(
+            f.modelspec, None,
+            "{arch}: ComfyUI writes modelspec for SDXL and SD3 only"
+        );
+        assert!(!f.diffusers, "{arch}");
+    }
+    // Detection's derived values for the released configurations (model_detection.py).
+    let values = |name: &str| {
+        let (arch, v) = variant_named(name).unwrap();
+        let shapes = expand(v.full);
+        crate::family::detect::derive(arch.family(), shapes.get(ComponentKind::Model).unwrap())
+    };
+    let flux2 = values("flux2-dev");
+    for p in [
+        ("hidden_size", 6144),
+        ("in_channels", 128),
+        ("context_in_dim", 15360),
+        ("depth", 8),
+        ("depth_single_blocks", 48),
+        ("guidance_embed", 1),
+    ] {
+        assert!(flux2.contains(&p), "flux2-dev {p:?}: {flux2:?}");
+    }
+    let klein = values("flux2-klein-4b");
+    assert!(klein.contains(&("hidden_size", 3072)) && klein.contains(&("context_in_dim", 7680)));
+    let hv = values("hunyuan-video");
+    assert!(
+        hv.contains(&("depth", 20))
+            && hv.contains(&("depth_single_blocks", 40))
+            && hv.contains(&("in_channels", 16))
+    );
+    let hv15 = values("hunyuan-video-1.5");
+    assert!(
+        hv15.contains(&("hidden_size", 2048))
+            && hv15.contains(&("depth", 54))
+            && hv15.contains(&("in_channels", 65))
+    );
+    let ltx = values("ltxv-2b");
+    assert!(
+        ltx.contains(&("num_layers", 28))
+            && ltx.contains(&("attention_head_dim", 64))
+            && ltx.contains(&("cross_attention_dim", 2048))
+    );
+    let z = values("z-image-6b");
+    assert!(
+        z.contains(&("dim", 3840))
+            && z.contains(&("cap_feat_dim", 2560))
+            && z.contains(&("n_layers", 30))
+    );
+}
