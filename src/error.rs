@@ -116,6 +116,14 @@ pub enum Error {
         known: String,
     },
 
+    /// Parts of one job belong to different model families: the keys of two families in one
+    /// denoiser, or a text encoder or autoencoder of another family than the denoiser's.
+    #[error("{reason}")]
+    FamilyMismatch {
+        /// What belongs to which family, and what to do.
+        reason: String,
+    },
+
     /// The requested output path would leave the output folder.
     #[error("**** ERROR: Saving image outside the output folder is not allowed.\n full_output_folder: {full_output_folder}\n         output_dir: {output_dir}\n         commonpath: {common}\nuse a relative prefix without `..` segments")]
     OutsideOutputFolder {

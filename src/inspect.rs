@@ -113,7 +113,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let st = SafetensorsFile::open(path)?;
     let infos = st.infos();
     let arch = detect_arch(&infos).ok();
-    let default = arch.map_or(Prediction::Flow, Arch::default_prediction);
+    let default = arch.map_or(Prediction::Unknown, Arch::default_prediction);
     let (prediction, _) = read_prediction(path, &infos, st.metadata(), default, |key| {
         read_f32_scalar(&st, key)
     })?;

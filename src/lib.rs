@@ -44,7 +44,10 @@
 pub mod bench;
 pub mod cast;
 pub mod checkpointer;
+pub mod component_files;
+mod dry_run;
 mod error;
+pub mod family;
 pub mod input;
 mod inspect;
 pub mod layout;
@@ -65,6 +68,7 @@ mod sys;
 mod testutil;
 mod write;
 
+pub use dry_run::{dry_run, DryRun, FamilyReport, PlannedTensor};
 pub use error::{Error, Result};
 pub use input::{
     from_diffusers, open as open_input, open_component, ComponentInput, Input, InputLayout,

@@ -246,7 +246,7 @@ pub fn lay_out(
         LayoutChoice::Generic(p) => (LayoutKind::Generic(p.clone()), None),
     };
     let prediction =
-        prediction.unwrap_or_else(|| arch.map_or(Prediction::Flow, Arch::default_prediction));
+        prediction.unwrap_or_else(|| arch.map_or(Prediction::Unknown, Arch::default_prediction));
     let layout = layout::layout(&kind, &shapes, prediction)?;
     Ok((arch, prediction, layout))
 }

@@ -9,10 +9,15 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use crate::component_files::clipsave_files;
 use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
 use crate::layout::diffusers::{configs, from_comfy};
+use crate::layout::{GenericPrefixes, UNET_PREFIX};
 use crate::model::{ComponentKind, Components, InputMap, InputTensor, Prediction};
+use crate::plan::metadata::{self, MetadataOptions};
 use crate::publish::{create_folder, remove_stale_temps, temp, FolderLock};
 use crate::save::{save_to_path, LayoutChoice, SaveOptions};
 
@@ -25,6 +30,10 @@ pub enum SplitTarget {
     /// A diffusers pipeline folder: `model_index.json`, the scheduler's config, and one folder per
     /// model with its `config.json` and weights.
     Diffusers,
+    /// The files ComfyUI's separate save nodes write and its separate loaders read:
+    /// `diffusion_models/ComfyUI_00001_.safetensors` (ModelSave), `clip/ComfyUI_<encoder>_00001_…`
+    /// (CLIPSave, one per text encoder) and `vae/ComfyUI_vae_00001_.safetensors` (VAESave).
+    Nodes,
 }
 
 impl std::str::FromStr for SplitTarget {
@@ -33,8 +42,9 @@ impl std::str::FromStr for SplitTarget {
         match s {
             "comfyui" | "comfy" => Ok(SplitTarget::Comfyui),
             "diffusers" => Ok(SplitTarget::Diffusers),
+            "nodes" | "comfyui-nodes" => Ok(SplitTarget::Nodes),
             _ => Err(Error::InvalidInput(format!(
-                "unknown split target `{s}`; choose comfyui or diffusers"
+                "unknown split target `{s}`; choose comfyui, nodes or diffusers"
             ))),
         }
     }
@@ -76,6 +86,7 @@ pub fn split(input: &Input, out_dir: &Path, to: SplitTarget, opts: &SaveOptions)
     let mut split = match to {
         SplitTarget::Comfyui => comfyui_files(input, &staging.path, opts)?,
         SplitTarget::Diffusers => diffusers_folder(input, &staging.path, opts)?,
+        SplitTarget::Nodes => node_files(input, &staging.path, opts)?,
     };
     for f in &mut split.files {
         if let Ok(rel) = f.strip_prefix(&staging.path) {
@@ -119,6 +130,74 @@ fn comfyui_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split>
         let saved = save_to_path(&as_model(map.clone()), &path, &plain(opts, &[]))?;
         split.bytes += saved.bytes;
         split.files.push(saved.path);
+    }
+    Ok(split)
+}
+
+/// What ComfyUI's ModelSave, CLIPSave and VAESave write from the components (see
+/// [`crate::component_files`]), each as a first save into an empty output folder.
+fn node_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
+    let mut split = Split {
+        files: Vec::new(),
+        dropped: Vec::new(),
+        bytes: 0,
+    };
+    let arch = input.arch;
+    let prediction = input
+        .prediction
+        .unwrap_or_else(|| arch.map_or(Prediction::Unknown, |a| a.default_prediction()));
+    let node = |prefix: &str, prediction: Prediction, extra: BTreeMap<String, String>| {
+        let mut o = SaveOptions {
+            layout: LayoutChoice::Generic(GenericPrefixes {
+                model: prefix.to_string(),
+                clip: String::new(),
+                vae: String::new(),
+                clip_vision: String::new(),
+            }),
+            prediction: Some(prediction),
+            ..opts.clone()
+        };
+        o.metadata.disable = false;
+        o.metadata.extra = extra;
+        o
+    };
+    let mut write = |map: &InputMap, file: &str, o: &SaveOptions| -> Result<()> {
+        let saved = save_to_path(&as_model(map.clone()), &dir.join(file), o)?;
+        split.bytes += saved.bytes;
+        split.files.push(saved.path);
+        Ok(())
+    };
+    if let Some(model) = input.components.get(ComponentKind::Model) {
+        // ModelSave is Save Checkpoint without text encoders and VAE: same prefix, markers and
+        // modelspec (its title is that of the first file, `ComfyUI 1`).
+        let prefix = arch.map_or(UNET_PREFIX, |a| a.family().prefixes.model);
+        let modelspec = metadata::build(
+            arch,
+            prediction,
+            "ComfyUI 1",
+            &MetadataOptions {
+                disable: true,
+                provenance: false,
+                ..MetadataOptions::default()
+            },
+        );
+        let o = node(prefix, prediction, modelspec);
+        write(model, "diffusion_models/ComfyUI_00001_.safetensors", &o)?;
+    }
+    if let Some(clip) = input.components.get(ComponentKind::Clip) {
+        let format = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let o = node("", Prediction::Unknown, format);
+        for (enc, file) in clipsave_files(clip) {
+            let name = match enc {
+                Some(e) => format!("clip/ComfyUI_{e}_00001_.safetensors"),
+                None => "clip/ComfyUI_00001_.safetensors".to_string(),
+            };
+            write(&file, &name, &o)?;
+        }
+    }
+    if let Some(vae) = input.components.get(ComponentKind::Vae) {
+        let o = node("", Prediction::Unknown, BTreeMap::new());
+        write(vae, "vae/ComfyUI_vae_00001_.safetensors", &o)?;
     }
     Ok(split)
 }

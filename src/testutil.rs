@@ -18,6 +18,16 @@ pub const FIXTURES: [(&str, Arch, Prediction); 6] = [
     ("flux_dev", Arch::Flux, Prediction::Flow),
 ];
 
+/// The later families' fixtures: name, architecture, the variant the reference model is.
+pub const FAMILY_FIXTURES: [(&str, Arch, &str); 6] = [
+    ("wan21_t2v_1_3b", Arch::Wan21, "wan21-1.3b"),
+    ("wan22_ti2v_5b", Arch::Wan22, "wan22-5b"),
+    ("qwen_image", Arch::QwenImage, "qwen-image"),
+    ("hidream_i1_full", Arch::HiDream, "hidream-i1"),
+    ("chroma", Arch::Chroma, "chroma"),
+    ("lumina2", Arch::Lumina2, "lumina2"),
+];
+
 fn read(name: &str) -> Value {
     let path = format!(
         "{}/tests/fixtures/layouts/{name}.json",

@@ -81,7 +81,7 @@ pub(crate) struct BenchArgs {
     #[arg(value_name = "JOB", default_value = "save")]
     pub(crate) job: BenchJob,
 
-    /// Architecture of the synthetic model.
+    /// Architecture of the synthetic model (a family's name: its default model).
     #[arg(long, value_name = "ARCH")]
     pub(crate) synthetic: Arch,
 
@@ -199,7 +199,9 @@ pub(crate) struct SplitArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) output_dir: PathBuf,
 
-    /// What to write: comfyui (component files) or diffusers (a pipeline folder).
+    /// What to write: comfyui (model, clip and vae files in ComfyUI's in-memory names), nodes
+    /// (the files of ComfyUI's ModelSave, CLIPSave and VAESave nodes) or diffusers (a pipeline
+    /// folder).
     #[arg(long, value_name = "TARGET", default_value = "comfyui")]
     pub(crate) to: SplitTarget,
 
@@ -245,6 +247,19 @@ pub(crate) fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
     }
 }
 
+/// A family's or a known model's name, as `--synthetic` takes it.
+pub(crate) fn parse_model_name(s: &str) -> std::result::Result<String, String> {
+    checkpoint_save::family::variant_named(s)
+        .map(|(_, v)| v.name.to_string())
+        .map_err(|_| {
+            format!(
+                "choose a family ({}) or one of its models ({})",
+                Arch::known_names(),
+                checkpoint_save::family::variant_names()
+            )
+        })
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct SaveArgs {
     /// The denoiser (UNet/DiT): a .safetensors file (or diffusers model folder, or shard index)
@@ -280,10 +295,10 @@ pub(crate) struct SaveArgs {
     )]
     pub(crate) vae: Option<PathBuf>,
 
-    /// Build a synthetic model of this architecture in memory instead of reading files
-    /// (sd15, sd2, sdxl, sdxl-refiner, sd3, flux, flux-schnell).
-    #[arg(long, value_name = "ARCH", help_heading = "Inputs")]
-    pub(crate) synthetic: Option<Arch>,
+    /// Build a synthetic model in memory instead of reading files: a family (its default
+    /// model) or a known model of one (`wan21-14b`, `flux-fill`, `sd35-large`, …; see the README).
+    #[arg(long, value_name = "MODEL", value_parser = parse_model_name, help_heading = "Inputs")]
+    pub(crate) synthetic: Option<String>,
 
     /// Seed of the synthetic model's values.
     #[arg(
@@ -458,7 +473,8 @@ pub(crate) struct SaveFlags {
     #[arg(long, value_name = "P", help_heading = "Layout")]
     pub(crate) vae_prefix: Option<String>,
 
-    /// Prediction type (eps, v, v-zsnr, edm-v, flow); default: the architecture's own.
+    /// Prediction type (eps, v, v-zsnr, edm-v, flow, unknown); default: the architecture's own
+    /// (generic layout: what the input states, else unknown).
     #[arg(long, value_name = "TYPE", help_heading = "Layout")]
     pub(crate) prediction: Option<Prediction>,
 
@@ -529,6 +545,16 @@ pub(crate) struct SaveFlags {
     /// Print only the written path: no progress bar, no summary, no warnings.
     #[arg(long, short, help_heading = "Output")]
     pub(crate) quiet: bool,
+
+    /// Plan the job and print what it would write — every key, shape and dtype, the metadata,
+    /// the family with its evidence, the file name and the bytes to read and write — and write
+    /// nothing (not even the output folder).
+    #[arg(long, help_heading = "Output")]
+    pub(crate) dry_run: bool,
+
+    /// With --dry-run: print the plan as one JSON object.
+    #[arg(long, requires = "dry_run", help_heading = "Output")]
+    pub(crate) json: bool,
 
     #[command(flatten)]
     pub(crate) engine: EngineArgs,

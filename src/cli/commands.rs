@@ -19,7 +19,7 @@ use checkpoint_save::bench::{self, BenchOptions};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
 use checkpoint_save::{
     open_component, open_input, Arch, ComponentDtypes, ComponentKind, Components, GenericPrefixes,
-    LayoutChoice, MetadataOptions, Prediction, SaveOptions, TargetDtype,
+    Input, LayoutChoice, MetadataOptions, Prediction, SaveOptions, TargetDtype,
 };
 
 /// `save`: components from files or a synthetic model, saved under ComfyUI's naming.
@@ -29,6 +29,9 @@ pub(crate) fn save(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     let (components, job) = components(args, &opts)?;
     if let (LayoutChoice::Auto, Some(arch)) = (&opts.layout, job.arch) {
         opts.layout = LayoutChoice::Arch(arch);
+    }
+    if args.out.dry_run {
+        return print_dry_run(&components, &opts, args.out.json);
     }
     let saved = checkpoint_save::save(&components, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
@@ -49,10 +52,15 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
     };
     let input = open_input(&args.input, arch)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
+    require_family(&input, args.out.arch)
+        .with_context(|| format!("cannot convert {}", args.input.display()))?;
     if let (LayoutChoice::Auto, Some(a)) = (&opts.layout, input.arch) {
         opts.layout = LayoutChoice::Arch(a);
     }
-    opts.prediction = opts.prediction.or(input.prediction);
+    opts.prediction = opts.prediction.or(input_prediction(&input, args.out.arch));
+    if args.out.dry_run {
+        return print_dry_run(&input.components, &opts, args.out.json);
+    }
     let saved = checkpoint_save::save(&input.components, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
@@ -65,6 +73,93 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         report(&saved, &job, start.elapsed());
     }
     Ok(())
+}
+
+/// With `--arch auto`, an input whose keys only fit the generic prefixes is refused with what
+/// detection found: converting it silently as prefixes would hide that its family is unknown.
+pub(crate) fn require_family(input: &Input, arch: ArchArg) -> Result<()> {
+    if arch != ArchArg::Auto || input.arch.is_some() {
+        return Ok(());
+    }
+    let shapes = input.components.shapes();
+    let model = shapes
+        .get(ComponentKind::Model)
+        .cloned()
+        .unwrap_or_default();
+    match checkpoint_save::family::detect(&model) {
+        Err(e) => Err(e.into()),
+        Ok(d) => anyhow::bail!(
+            "its denoiser detects as {} but its keys do not form that family's layout; give \
+             --arch generic to keep them under their prefixes",
+            d.arch
+        ),
+    }
+}
+
+/// The prediction an input gives a save: what it states or its family's default, but for the
+/// generic layout only what it states (no prediction is invented for prefixes alone).
+pub(crate) fn input_prediction(input: &Input, arch: ArchArg) -> Option<Prediction> {
+    match arch {
+        ArchArg::Generic => input.prediction.filter(|_| input.prediction_stated),
+        ArchArg::Auto | ArchArg::Arch(_) => input.prediction,
+    }
+}
+
+/// `--dry-run`: the plan on stdout, as text or JSON; nothing is written.
+pub(crate) fn print_dry_run(components: &Components, opts: &SaveOptions, json: bool) -> Result<()> {
+    let plan = checkpoint_save::dry_run(components, opts)?;
+    if json {
+        let text = serde_json::to_string_pretty(&plan).context("cannot encode the plan as JSON")?;
+        return print_stdout(&text);
+    }
+    let mut out = format!(
+        "would write {} ({} bytes, header {} bytes; {} bytes read from inputs)\nlayout: {}, prediction: {}\n",
+        plan.path.display(),
+        plan.bytes_to_write,
+        plan.header_bytes,
+        plan.bytes_to_read,
+        plan.layout,
+        plan.prediction
+    );
+    match &plan.family {
+        Some(f) => {
+            let variant = match (&f.variant_title, f.test_size) {
+                (Some(t), true) => format!(": {t} (test-sized synthetic model)"),
+                (Some(t), false) => format!(": {t}"),
+                (None, _) => String::new(),
+            };
+            let config: Vec<String> = f.config.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out.push_str(&format!(
+                "family: {}{variant}\n  evidence: {}\n  config: {}\n",
+                f.name,
+                f.evidence.join(", "),
+                config.join(", ")
+            ));
+        }
+        None => out.push_str("family: not detected\n"),
+    }
+    if !plan.dropped.is_empty() {
+        out.push_str(&format!(
+            "dropped as the reference does: {}\n",
+            plan.dropped.join(", ")
+        ));
+    }
+    out.push_str("metadata:\n");
+    for (k, v) in &plan.metadata {
+        let shown: String = v.chars().take(72).collect();
+        out.push_str(&format!("  {k}: {shown}\n"));
+    }
+    out.push_str(&format!("tensors ({}):\n", plan.tensors.len()));
+    for t in &plan.tensors {
+        out.push_str(&format!(
+            "  {:<8} {:<22} {}  <- {}\n",
+            t.dtype,
+            format!("{:?}", t.shape),
+            t.key,
+            t.source
+        ));
+    }
+    print_stdout(out.trim_end())
 }
 
 /// Everything but the components, validated before any input is read.
@@ -154,8 +249,8 @@ fn read_json(path: &Path, what: &str) -> Result<Value> {
 
 /// The components of `save`: a synthetic model, or the component files in whatever naming.
 fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> {
-    if let Some(arch) = args.synthetic {
-        let mut syn = SyntheticOptions::new(arch).with_seed(args.seed);
+    if let Some(name) = &args.synthetic {
+        let mut syn = SyntheticOptions::named(name)?.with_seed(args.seed);
         if let Some(m) = args.max_dim {
             syn = syn.with_max_dim(m);
         }
@@ -163,7 +258,7 @@ fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> 
             syn = syn.tiny();
         }
         let c = synthetic::build(&syn, &Device::Cpu)
-            .with_context(|| format!("cannot build the synthetic {arch} model"))?;
+            .with_context(|| format!("cannot build the synthetic {name} model"))?;
         return Ok((c, Job::default()));
     }
     let given = match opts.layout {
@@ -221,7 +316,7 @@ pub(crate) fn split(args: &SplitArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     }
     if !args.quiet {
         let arch = input.arch.map_or("generic".to_string(), |a| a.to_string());
-        let prediction = input.prediction.unwrap_or(Prediction::Flow);
+        let prediction = input.prediction.unwrap_or(Prediction::Unknown);
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
             "split {arch} ({prediction}) into {} file(s), {} bytes in {secs:.2} s ({:.2} GB/s); \

@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::args::{ArchArg, MergeArgs, VaeFrom};
-use crate::commands::{parse_device, save_options};
+use crate::commands::{
+    input_prediction, parse_device, print_dry_run, require_family, save_options,
+};
 use crate::print_stdout;
 use crate::report::{report, Job};
 use checkpoint_save::merge::{
@@ -61,7 +63,13 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     let inputs: Vec<Input> = args
         .inputs
         .iter()
-        .map(|p| open_input(p, arch).with_context(|| format!("cannot read {}", p.display())))
+        .map(|p| {
+            let input =
+                open_input(p, arch).with_context(|| format!("cannot read {}", p.display()))?;
+            require_family(&input, args.out.arch)
+                .with_context(|| format!("cannot merge {}", p.display()))?;
+            Ok(input)
+        })
         .collect::<Result<_>>()?;
     let records = args
         .inputs
@@ -74,10 +82,15 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if let (LayoutChoice::Auto, Some(a)) = (&opts.layout, summary.arch) {
         opts.layout = LayoutChoice::Arch(a);
     }
-    opts.prediction = opts.prediction.or(inputs[0].prediction);
+    opts.prediction = opts
+        .prediction
+        .or(input_prediction(&inputs[0], args.out.arch));
     opts.metadata
         .extra
         .insert(RECIPE_KEY.to_string(), summary.recipe.clone());
+    if args.out.dry_run {
+        return print_dry_run(&merged, &opts, args.out.json);
+    }
     let saved = checkpoint_save::save(&merged, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {

@@ -277,6 +277,7 @@ pub(super) fn open_pipeline(dir: &Path, arch: Option<Arch>) -> Result<Input> {
         components,
         arch: Some(arch),
         prediction,
+        prediction_stated: prediction.is_some(),
         layout: InputLayout::Diffusers,
         metadata: BTreeMap::new(),
         left_out,

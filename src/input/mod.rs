@@ -14,6 +14,7 @@ mod single_file;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::component_files::{clipsave_encoder, from_clipsave_name, is_clipsave_file};
 use crate::error::{Error, Result};
 use crate::layout::diffusers::{encoder_folders, ModelClass};
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, Prediction};
@@ -41,6 +42,10 @@ pub struct Input {
     /// The prediction type the input says (markers, `modelspec.predict_key`, a diffusers
     /// scheduler), when it says one.
     pub prediction: Option<Prediction>,
+    /// Whether the input states its prediction (markers, `modelspec.predict_key`, a scheduler
+    /// config), rather than `prediction` being its family's default. A generic-layout save uses
+    /// only a stated prediction.
+    pub prediction_stated: bool,
     /// How the input was laid out.
     pub layout: InputLayout,
     /// A single file's `__metadata__`.
@@ -169,33 +174,76 @@ pub fn open_component(
     Ok(out)
 }
 
-/// The in-memory names a component file in ComfyUI naming starts with.
-fn comfy_prefixes(kind: ComponentKind) -> &'static [&'static str] {
+/// Whether a component file's names are ComfyUI's in-memory names of `kind`: a denoiser a
+/// family's first tell recognises (or the classic blocks), text encoders under a known
+/// encoder's name or the tokenizer keys saved beside them, an autoencoder's LDM or Wan names.
+fn is_comfy_names(kind: ComponentKind, set: &TensorSet) -> bool {
+    let has = |p: &str| set.tensors.keys().any(|k| k.starts_with(p));
     match kind {
         // Not `x_embedder.`: diffusers' Flux transformer has one too.
-        ComponentKind::Model => &[
-            "input_blocks.",
-            "joint_blocks.",
-            "double_blocks.",
-            "img_in.",
-        ],
-        ComponentKind::Clip => &["clip_l.", "clip_g.", "clip_h.", "t5xxl."],
-        ComponentKind::Vae => &[
-            "encoder.down.",
-            "decoder.up.",
-            "encoder.mid.",
-            "decoder.mid.",
-        ],
-        ComponentKind::ClipVision => &[],
+        ComponentKind::Model => {
+            [
+                "input_blocks.",
+                "joint_blocks.",
+                "double_blocks.",
+                "img_in.",
+            ]
+            .iter()
+            .any(|p| has(p))
+                || crate::family::detect::looks_like_a_family(&set.infos())
+        }
+        ComponentKind::Clip => {
+            let families = crate::family::Family::all();
+            set.tensors.keys().any(|k| {
+                let first = k.split_once('.').map_or(k.as_str(), |(f, _)| f);
+                families
+                    .iter()
+                    .any(|f| f.encoders().contains(&first) || f.tokenizer_keys().contains(&first))
+            })
+        }
+        // The LDM names (diffusers' AutoencoderKL has `encoder.down_blocks.` instead), or a
+        // video autoencoder whose names diffusers does not share.
+        ComponentKind::Vae => {
+            use crate::family::VaeKind;
+            let ldm = [
+                "encoder.down.",
+                "decoder.up.",
+                "encoder.mid.",
+                "decoder.mid.",
+            ]
+            .iter()
+            .any(|p| has(p))
+                && !has("encoder.down_blocks.");
+            let video = matches!(
+                crate::family::parts::vae_kind(&set.infos()),
+                Some(
+                    VaeKind::Wan21
+                        | VaeKind::Wan22
+                        | VaeKind::Ltx
+                        | VaeKind::HunyuanVideo
+                        | VaeKind::HunyuanVideo15
+                )
+            );
+            ldm || video
+        }
+        ComponentKind::ClipVision => false,
     }
 }
 
-/// Prefixes of `kind`'s keys in single files.
-fn single_file_prefixes(kind: ComponentKind) -> &'static [&'static str] {
+/// Prefixes of `kind`'s keys in single files (and in ModelSave's files).
+fn single_file_prefixes(kind: ComponentKind) -> Vec<&'static str> {
     match kind {
-        ComponentKind::Model => &["model.diffusion_model."],
-        ComponentKind::Vae => &["first_stage_model.", "vae."],
-        ComponentKind::Clip | ComponentKind::ClipVision => &[],
+        ComponentKind::Model => {
+            let mut v: Vec<&'static str> = Vec::new();
+            for f in crate::family::Family::all() {
+                if !v.contains(&f.prefixes.model) {
+                    v.push(f.prefixes.model);
+                }
+            }
+            v
+        }
+        ComponentKind::Vae => vec!["first_stage_model.", "vae."],
+        ComponentKind::Clip | ComponentKind::ClipVision => Vec::new(),
     }
 }
 
@@ -221,10 +269,19 @@ fn component_of(
         }
         (map, left, Vec::new())
     };
-    if let Some(p) = single_file_prefixes(kind).iter().find(|p| has(p)) {
+    if let Some(p) = single_file_prefixes(kind).into_iter().find(|p| has(p)) {
         return Ok(all(p));
     }
-    if comfy_prefixes(kind).iter().any(|p| has(p)) && !has("encoder.down_blocks.") {
+    if kind == ComponentKind::Clip && is_clipsave_file(&set.infos()) {
+        let enc = clipsave_encoder(&set.infos(), arch, position)?;
+        let map = set
+            .tensors
+            .iter()
+            .map(|(k, t)| (from_clipsave_name(enc, k), InputTensor::File(t.clone())))
+            .collect();
+        return Ok((map, Vec::new(), Vec::new()));
+    }
+    if is_comfy_names(kind, set) {
         return Ok(all(""));
     }
     let wrong = |holds: String| {
@@ -295,10 +352,7 @@ fn describe(set: &TensorSet) -> String {
         ComponentKind::Clip,
         ComponentKind::Vae,
     ] {
-        if comfy_prefixes(kind)
-            .iter()
-            .any(|p| set.tensors.keys().any(|k| k.starts_with(p)))
-        {
+        if is_comfy_names(kind, set) {
             return format!("a {kind} component in ComfyUI's names");
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::files::TensorSet;
 use super::{Input, InputLayout};
 use crate::error::{Error, Result};
-use crate::layout::invert::{invert_file, Move};
+use crate::layout::invert::{invert_file, states_prediction, Move};
 use crate::model::{Arch, ComponentKind, Components, Dtype, InputMap, InputTensor};
 
 /// The in-memory key of CLIP's position buffer, which ComfyUI does not hold (SDXL's is created
@@ -32,6 +32,7 @@ pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
         Ok(f32::from_le_bytes(b))
     };
     let (arch, inv) = invert_file(&set.path, &infos, &set.metadata, arch, sigma)?;
+    let prediction_stated = states_prediction(&infos, &set.metadata);
     let mut maps: BTreeMap<ComponentKind, InputMap> = BTreeMap::new();
     let mut left_out = inv.leftover.clone();
     left_out.extend(set.left_out.iter().cloned());
@@ -76,6 +77,7 @@ pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
         components,
         arch,
         prediction: Some(inv.prediction),
+        prediction_stated,
         layout: InputLayout::SingleFile,
         metadata: set.metadata,
         left_out,

@@ -1,42 +1,15 @@
-//! The text encoders' part of each architecture's layout (checkpoint-format.md §8.2–§8.6):
-//! prefixes, the keys the reference drops, SDXL's created `position_ids`, and the OpenCLIP
-//! conversion (q/k/v fused into `in_proj_*`, the projection transposed).
+//! The text encoders' part of each architecture's layout (checkpoint-format.md §8.2–§8.6): the
+//! classic layouts' prefixes, the keys the reference drops, SDXL's created `position_ids`, and
+//! the OpenCLIP conversion (q/k/v fused into `in_proj_*`, the projection transposed); every
+//! later family only prefixes its keys ([`ClipLayout::Prefix`]).
 
 use std::collections::BTreeMap;
 
 use super::openclip::{self, Converted};
 use super::{Builder, Entry, Source, CLIP_CONTEXT};
 use crate::error::{Error, Result};
+use crate::family::ClipLayout;
 use crate::model::{Arch, ComponentKind, Dtype, TensorInfo};
-
-/// The text encoders each architecture's clip component must hold, by key prefix.
-fn expected_encoders(arch: Arch) -> &'static [&'static str] {
-    match arch {
-        Arch::Sd15 => &["clip_l"],
-        Arch::Sd2 => &["clip_h"],
-        Arch::Sdxl => &["clip_l", "clip_g"],
-        Arch::SdxlRefiner => &["clip_g"],
-        Arch::Sd3 => &["clip_l", "clip_g"],
-        Arch::Flux | Arch::FluxSchnell => &["clip_l", "t5xxl"],
-    }
-}
-
-pub(super) fn check_encoders(arch: Arch, clip: &BTreeMap<String, TensorInfo>) -> Result<()> {
-    let found: std::collections::BTreeSet<&str> =
-        clip.keys().filter_map(|k| k.split('.').next()).collect();
-    for enc in expected_encoders(arch) {
-        if !found.contains(enc) {
-            return Err(Error::MissingComponent {
-                component: "clip",
-                hint: format!(
-                    "{arch} needs text encoder `{enc}` (keys `{enc}.…`) in the clip component; found: {}",
-                    if found.is_empty() { "nothing".to_string() } else { found.into_iter().collect::<Vec<_>>().join(", ") }
-                ),
-            });
-        }
-    }
-    Ok(())
-}
 
 pub(super) fn clip_layout(
     b: &mut Builder,
@@ -44,8 +17,8 @@ pub(super) fn clip_layout(
     clip: &BTreeMap<String, TensorInfo>,
 ) -> Result<()> {
     let c = ComponentKind::Clip;
-    match arch {
-        Arch::Sd15 => {
+    match arch.family().clip_layout {
+        ClipLayout::Sd15 => {
             for (k, info) in clip {
                 if k == "clip_l.transformer.text_projection.weight" || k == "clip_l.logit_scale" {
                     b.dropped.push((c, k.clone()));
@@ -58,7 +31,7 @@ pub(super) fn clip_layout(
                 b.copy(c, k, info, key)?;
             }
         }
-        Arch::Sd2 => {
+        ClipLayout::Sd2 => {
             let renamed = clip.iter().map(|(k, i)| {
                 (
                     replace_prefix(k, "clip_h", "cond_stage_model.model"),
@@ -67,7 +40,7 @@ pub(super) fn clip_layout(
             });
             openclip_convert(b, renamed)?;
         }
-        Arch::Sdxl => {
+        ClipLayout::Sdxl => {
             let g = clip
                 .iter()
                 .filter(|(k, _)| k.starts_with("clip_g"))
@@ -105,7 +78,7 @@ pub(super) fn clip_layout(
                 dtype: Dtype::I64,
             })?;
         }
-        Arch::SdxlRefiner => {
+        ClipLayout::SdxlRefiner => {
             for (k, _) in clip.iter().filter(|(k, _)| !k.starts_with("clip_g")) {
                 b.dropped.push((c, k.clone()));
             }
@@ -120,8 +93,8 @@ pub(super) fn clip_layout(
                 replace_prefix(k, "clip_g", "conditioner.embedders.0.model")
             })?;
         }
-        Arch::Sd3 | Arch::Flux | Arch::FluxSchnell => {
-            b.prefix_all(c, clip, "text_encoders.")?;
+        ClipLayout::Prefix => {
+            b.prefix_all(c, clip, arch.family().prefixes.clip)?;
         }
     }
     Ok(())

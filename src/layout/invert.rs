@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::openclip::{self, Unconverted};
-use super::{detect, layout, vae_prefix, GenericPrefixes, LayoutKind, Source, UNET_PREFIX};
+use super::{layout, GenericPrefixes, LayoutKind, Source, UNET_PREFIX};
 use crate::error::{Error, Result};
+use crate::family::{self, ClipLayout, Detection, Family};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, Prediction, TensorInfo};
 
 /// The `v_pred` marker (§4).
@@ -31,13 +32,34 @@ pub(crate) const DEFAULT_SIGMA_MIN: f64 = 0.002;
 /// Header metadata key holding the prediction type.
 pub(crate) const PREDICT_KEY: &str = "modelspec.predict_key";
 
-/// The denoiser's keys (prefix stripped) and the architecture they detect as.
-pub(crate) fn detect_arch(infos: &BTreeMap<String, TensorInfo>) -> Result<Arch> {
+/// The denoiser prefix of a checkpoint's keys: of the families' model prefixes
+/// (`model.diffusion_model.`, HunyuanVideo's `model.model.`), the one most keys have, as
+/// ComfyUI's loader picks it.
+pub(crate) fn model_prefix(infos: &BTreeMap<String, TensorInfo>) -> &'static str {
+    let mut best = (UNET_PREFIX, 0);
+    for f in Family::all() {
+        let p = f.prefixes.model;
+        let n = infos.keys().filter(|k| k.starts_with(p)).count();
+        if n > best.1 {
+            best = (p, n);
+        }
+    }
+    best.0
+}
+
+/// The denoiser's keys (prefix stripped) and what they detect as.
+pub(crate) fn detect_file(infos: &BTreeMap<String, TensorInfo>) -> Result<Detection> {
+    let prefix = model_prefix(infos);
     let model: BTreeMap<String, TensorInfo> = infos
         .iter()
-        .filter_map(|(k, i)| Some((k.strip_prefix(UNET_PREFIX)?.to_string(), i.clone())))
+        .filter_map(|(k, i)| Some((k.strip_prefix(prefix)?.to_string(), i.clone())))
         .collect();
-    detect::detect_model(&model)
+    family::detect(&model)
+}
+
+/// The architecture the denoiser's keys (prefix stripped) detect as.
+pub(crate) fn detect_arch(infos: &BTreeMap<String, TensorInfo>) -> Result<Arch> {
+    detect_file(infos).map(|d| d.arch)
 }
 
 /// The prediction type from the markers (§4, §10.2), then `modelspec.predict_key`, then `default`.
@@ -92,6 +114,19 @@ pub(crate) fn read_prediction(
     Ok((prediction, Vec::new()))
 }
 
+/// Whether a file states its prediction type (a marker or `modelspec.predict_key`) rather than
+/// leaving it to the architecture's default.
+pub(crate) fn states_prediction(
+    infos: &BTreeMap<String, TensorInfo>,
+    metadata: &BTreeMap<String, String>,
+) -> bool {
+    [V_PRED, SIGMA_MAX].iter().any(|k| infos.contains_key(*k))
+        || matches!(
+            metadata.get(PREDICT_KEY).map(String::as_str),
+            Some("epsilon" | "v")
+        )
+}
+
 /// What happens to one checkpoint tensor on load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Move {
@@ -118,16 +153,17 @@ pub(crate) struct Inversion {
 type ClipRule = (&'static str, &'static str, bool);
 
 /// The text-encoder prefixes of §8.2–§8.6 (the layout's `clip_layout`, backwards).
-fn clip_rules(arch: Arch) -> &'static [ClipRule] {
-    match arch {
-        Arch::Sd15 => &[("cond_stage_model.", "clip_l.", false)],
-        Arch::Sd2 => &[("cond_stage_model.model.", "clip_h.", true)],
-        Arch::Sdxl => &[
+fn clip_rules(arch: Arch) -> Vec<ClipRule> {
+    let family = arch.family();
+    match family.clip_layout {
+        ClipLayout::Sd15 => vec![("cond_stage_model.", "clip_l.", false)],
+        ClipLayout::Sd2 => vec![("cond_stage_model.model.", "clip_h.", true)],
+        ClipLayout::Sdxl => vec![
             ("conditioner.embedders.1.model.", "clip_g.", true),
             ("conditioner.embedders.0.", "clip_l.", false),
         ],
-        Arch::SdxlRefiner => &[("conditioner.embedders.0.model.", "clip_g.", true)],
-        Arch::Sd3 | Arch::Flux | Arch::FluxSchnell => &[("text_encoders.", "", false)],
+        ClipLayout::SdxlRefiner => vec![("conditioner.embedders.0.model.", "clip_g.", true)],
+        ClipLayout::Prefix => vec![(family.prefixes.clip, "", false)],
     }
 }
 
@@ -139,25 +175,28 @@ pub(crate) fn claim(kind: &LayoutKind, key: &str) -> Option<(ComponentKind, Move
             Some((c, Move::Copy(rest.to_string())))
         }),
         LayoutKind::Arch(arch) => {
-            if let Some(rest) = key.strip_prefix(UNET_PREFIX) {
+            let prefixes = arch.family().prefixes;
+            if let Some(rest) = key.strip_prefix(prefixes.model) {
                 return Some((ComponentKind::Model, Move::Copy(rest.to_string())));
             }
-            if let Some(rest) = key.strip_prefix(vae_prefix(*arch)) {
+            if let Some(rest) = key.strip_prefix(prefixes.vae) {
                 return Some((ComponentKind::Vae, Move::Copy(rest.to_string())));
             }
-            clip_rules(*arch).iter().find_map(|&(file, m, openclip)| {
-                let rest = key.strip_prefix(file)?;
-                let mv = if !openclip {
-                    Move::Copy(format!("{m}{rest}"))
-                } else {
-                    match openclip::openclip_to_hf(rest) {
-                        Unconverted::Renamed(k) => Move::Copy(format!("{m}{k}")),
-                        Unconverted::Transposed(k) => Move::Transpose(format!("{m}{k}")),
-                        Unconverted::Split(ks) => Move::Split(ks.map(|k| format!("{m}{k}"))),
-                    }
-                };
-                Some((ComponentKind::Clip, mv))
-            })
+            clip_rules(*arch)
+                .into_iter()
+                .find_map(|(file, m, openclip)| {
+                    let rest = key.strip_prefix(file)?;
+                    let mv = if !openclip {
+                        Move::Copy(format!("{m}{rest}"))
+                    } else {
+                        match openclip::openclip_to_hf(rest) {
+                            Unconverted::Renamed(k) => Move::Copy(format!("{m}{k}")),
+                            Unconverted::Transposed(k) => Move::Transpose(format!("{m}{k}")),
+                            Unconverted::Split(ks) => Move::Split(ks.map(|k| format!("{m}{k}"))),
+                        }
+                    };
+                    Some((ComponentKind::Clip, mv))
+                })
         }
     }
 }
@@ -310,7 +349,7 @@ pub(crate) fn invert_file(
     let mut attempt = |kind: &LayoutKind| -> Result<Inversion> {
         let default = match kind {
             LayoutKind::Arch(a) => a.default_prediction(),
-            LayoutKind::Generic(_) => Prediction::Flow,
+            LayoutKind::Generic(_) => Prediction::Unknown,
         };
         let (prediction, markers) = read_prediction(path, infos, metadata, default, &mut sigma)?;
         invert(path, kind, infos, prediction, &markers)

@@ -14,8 +14,9 @@ pub mod openclip;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Error, Result};
+use crate::family::parts::{check_clip, check_vae};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, Prediction, TensorInfo};
-use clip::{check_encoders, clip_layout};
+use clip::clip_layout;
 
 /// Prefix of every denoiser key in the classic LDM/SGM layouts.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
@@ -160,6 +161,7 @@ impl Layout {
 /// # Errors
 /// - [`Error::MissingComponent`] when the denoiser is absent, or an architecture layout lacks the
 ///   text encoders or autoencoder it needs;
+/// - [`Error::FamilyMismatch`] when the text encoders or the autoencoder are another family's;
 /// - [`Error::Conversion`] when q/k/v of a fusion are missing or mismatched, or a projection is not 2-D;
 /// - [`Error::DuplicateKey`] when two sources map to one checkpoint key.
 pub fn layout(
@@ -183,12 +185,14 @@ pub fn layout(
             }
         }
         LayoutKind::Arch(arch) => {
-            b.prefix_all(ComponentKind::Model, model, UNET_PREFIX)?;
+            let family = arch.family();
+            b.prefix_all(ComponentKind::Model, model, family.prefixes.model)?;
             let clip = required(shapes, ComponentKind::Clip, *arch)?;
             let vae = required(shapes, ComponentKind::Vae, *arch)?;
-            check_encoders(*arch, clip)?;
+            check_clip(family, clip)?;
+            check_vae(family, vae)?;
             clip_layout(&mut b, *arch, clip)?;
-            b.prefix_all(ComponentKind::Vae, vae, vae_prefix(*arch))?;
+            b.prefix_all(ComponentKind::Vae, vae, family.prefixes.vae)?;
         }
     }
     markers(&mut b, prediction)?;
@@ -206,14 +210,6 @@ fn required(
             "a {arch} checkpoint holds model, clip and vae; pass the {kind} component, or use the generic layout (--arch generic) to save a partial checkpoint"
         ),
     })
-}
-
-/// The prefix of the autoencoder's keys in an architecture's layout (§8.1).
-pub(crate) fn vae_prefix(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Flux | Arch::FluxSchnell => "vae.",
-        _ => "first_stage_model.",
-    }
 }
 
 /// The marker tensors of §4 for a prediction type.
@@ -246,7 +242,7 @@ fn markers(b: &mut Builder, prediction: Prediction) -> Result<()> {
                 })?;
             }
         }
-        Prediction::Eps | Prediction::Flow => {}
+        Prediction::Eps | Prediction::Flow | Prediction::Unknown => {}
     }
     Ok(())
 }

@@ -4,9 +4,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::family::Family;
 
-/// A model family with its own checkpoint layout (checkpoint-format.md §8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A model family with its own checkpoint layout: one entry of the family table
+/// ([`crate::family`]), which holds everything else about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Arch {
     /// Stable Diffusion 1.x (CLIP-L, `cond_stage_model.` in HF layout).
     Sd15,
@@ -18,15 +20,37 @@ pub enum Arch {
     SdxlRefiner,
     /// Stable Diffusion 3 / 3.5 (MMDiT; CLIP-L, CLIP-G, T5-XXL under `text_encoders.`).
     Sd3,
-    /// Flux.1 dev (guidance-distilled).
+    /// Flux.1 dev (guidance-distilled; also Kontext and Fill).
     Flux,
     /// Flux.1 schnell (no guidance embedder).
     FluxSchnell,
+    /// Wan 2.1 (1.3B, 14B, image-to-video 14B) and Wan 2.2 A14B (the same keys); umT5-XXL.
+    Wan21,
+    /// Wan 2.2 TI2V 5B with its 48-channel VAE.
+    Wan22,
+    /// Qwen-Image and Qwen-Image-Edit; Qwen2.5-VL 7B, the Wan 2.1 VAE.
+    QwenImage,
+    /// HiDream-I1; CLIP-L, CLIP-G, T5-XXL and Llama 3.1 8B.
+    HiDream,
+    /// Chroma (a Flux derivative; T5-XXL under `cond_stage_model.`).
+    Chroma,
+    /// Lumina Image 2.0; Gemma 2 2B.
+    Lumina2,
+    /// Flux 2 dev (Mistral Small 3 24B) and Klein 4B/9B (Qwen3); its own 32-channel VAE.
+    Flux2,
+    /// Z-Image (Lumina 2's architecture at 3840 wide; Qwen3 4B).
+    ZImage,
+    /// HunyuanVideo (CLIP-L and LLaVA-LLaMA-3; `model.model.` prefix).
+    HunyuanVideo,
+    /// HunyuanVideo 1.5 (Qwen2.5-VL 7B and ByT5; `model.model.` prefix).
+    HunyuanVideo15,
+    /// LTX-Video 2B and 13B (T5-XXL; its causal video VAE).
+    Ltxv,
 }
 
 impl Arch {
-    /// Every architecture, in detection order.
-    pub const ALL: [Arch; 7] = [
+    /// Every architecture, in the family table's order.
+    pub const ALL: [Arch; 18] = [
         Arch::Sd15,
         Arch::Sd2,
         Arch::Sdxl,
@@ -34,19 +58,27 @@ impl Arch {
         Arch::Sd3,
         Arch::Flux,
         Arch::FluxSchnell,
+        Arch::Wan21,
+        Arch::Wan22,
+        Arch::QwenImage,
+        Arch::HiDream,
+        Arch::Chroma,
+        Arch::Lumina2,
+        Arch::Flux2,
+        Arch::ZImage,
+        Arch::HunyuanVideo,
+        Arch::HunyuanVideo15,
+        Arch::Ltxv,
     ];
+
+    /// Its entry in the family table.
+    pub fn family(self) -> &'static Family {
+        &Family::all()[self as usize]
+    }
 
     /// The command-line name.
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::Sd15 => "sd15",
-            Arch::Sd2 => "sd2",
-            Arch::Sdxl => "sdxl",
-            Arch::SdxlRefiner => "sdxl-refiner",
-            Arch::Sd3 => "sd3",
-            Arch::Flux => "flux",
-            Arch::FluxSchnell => "flux-schnell",
-        }
+        self.family().name
     }
 
     /// Comma-separated names of all architectures, for messages.
@@ -56,20 +88,12 @@ impl Arch {
 
     /// The prediction type a model of this family has unless the user says otherwise.
     pub fn default_prediction(self) -> Prediction {
-        match self {
-            Arch::Sd15 | Arch::Sd2 | Arch::Sdxl | Arch::SdxlRefiner => Prediction::Eps,
-            Arch::Sd3 | Arch::Flux | Arch::FluxSchnell => Prediction::Flow,
-        }
+        self.family().prediction
     }
 
     /// `modelspec.architecture`, for the families the reference writes it for.
     pub fn modelspec_architecture(self) -> Option<&'static str> {
-        match self {
-            Arch::Sdxl => Some("stable-diffusion-xl-v1-base"),
-            Arch::SdxlRefiner => Some("stable-diffusion-xl-v1-refiner"),
-            Arch::Sd3 => Some("stable-diffusion-v3-medium"),
-            Arch::Sd15 | Arch::Sd2 | Arch::Flux | Arch::FluxSchnell => None,
-        }
+        self.family().modelspec
     }
 }
 
@@ -81,23 +105,9 @@ impl fmt::Display for Arch {
 
 impl FromStr for Arch {
     type Err = Error;
+    /// A family's name or alias, or a variant's name (its family).
     fn from_str(s: &str) -> Result<Self> {
-        let norm = s.to_ascii_lowercase().replace('_', "-");
-        Ok(match norm.as_str() {
-            "sd15" | "sd1" | "sd1.5" | "sd1x" => Arch::Sd15,
-            "sd2" | "sd20" | "sd21" | "sd2.1" | "sd21-768v" => Arch::Sd2,
-            "sdxl" | "sdxl-base" => Arch::Sdxl,
-            "sdxl-refiner" | "refiner" => Arch::SdxlRefiner,
-            "sd3" | "sd3-medium" | "sd35" | "sd3.5" => Arch::Sd3,
-            "flux" | "flux-dev" => Arch::Flux,
-            "flux-schnell" | "schnell" => Arch::FluxSchnell,
-            _ => {
-                return Err(Error::UnknownArchitecture {
-                    reason: format!("`{s}` is not an architecture name"),
-                    known: Self::known_names(),
-                })
-            }
-        })
+        crate::family::family_named(s).map(|f| f.arch)
     }
 }
 
@@ -117,8 +127,11 @@ pub enum Prediction {
         /// Smallest sigma of the schedule.
         sigma_min: f64,
     },
-    /// Rectified flow (SD3, Flux): nothing written.
+    /// Rectified flow (SD3, Flux and the families after them): nothing written.
     Flow,
+    /// Not known: a generic-layout save of a model whose prediction nothing states. Nothing is
+    /// written (no marker, no `modelspec.predict_key`).
+    Unknown,
 }
 
 impl Prediction {
@@ -129,14 +142,14 @@ impl Prediction {
     };
 
     /// Accepted spellings, for help texts.
-    pub const NAMES: &'static str = "eps, v, v-zsnr, edm-v, flow";
+    pub const NAMES: &'static str = "eps, v, v-zsnr, edm-v, flow, unknown";
 
     /// The `modelspec.predict_key` value, if the reference writes one.
     pub fn predict_key(self) -> Option<&'static str> {
         match self {
             Prediction::Eps => Some("epsilon"),
             Prediction::V | Prediction::VZsnr => Some("v"),
-            Prediction::EdmV { .. } | Prediction::Flow => None,
+            Prediction::EdmV { .. } | Prediction::Flow | Prediction::Unknown => None,
         }
     }
 }
@@ -152,6 +165,7 @@ impl fmt::Display for Prediction {
                 sigma_min,
             } => write!(f, "edm-v (sigma_max {sigma_max}, sigma_min {sigma_min})"),
             Prediction::Flow => f.write_str("flow"),
+            Prediction::Unknown => f.write_str("unknown"),
         }
     }
 }
@@ -165,6 +179,7 @@ impl FromStr for Prediction {
             "v-zsnr" | "vpred-zsnr" | "v-ztsnr" => Prediction::VZsnr,
             "edm-v" | "edm" | "edm-vpred" => Prediction::EDM_DEFAULT,
             "flow" | "flux" | "rectified-flow" => Prediction::Flow,
+            "unknown" => Prediction::Unknown,
             _ => {
                 return Err(Error::InvalidInput(format!(
                     "unknown prediction type `{s}`; choose one of {}",

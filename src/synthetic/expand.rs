@@ -3,37 +3,38 @@
 
 use std::collections::BTreeMap;
 
-use super::configs::{
-    arch_config, tiny_arch_config, ArchConfig, ClipTextConfig, Denoiser, FluxConfig, MmditConfig,
-    T5Config, UnetConfig, VaeConfig,
+use super::spec::{
+    ClipTextConfig, Denoiser, Encoder, FluxConfig, MmditConfig, Spec, T5Config, UnetConfig, Vae,
+    VaeConfig,
 };
+use super::{dit, ltx_vae, text, video_vae};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, TensorInfo};
 
 /// A state dict under construction: key -> shape/dtype, with helpers for common module types.
-struct Dict {
+pub(super) struct Dict {
     dtype: Dtype,
-    map: BTreeMap<String, TensorInfo>,
+    pub(super) map: BTreeMap<String, TensorInfo>,
 }
 
 impl Dict {
-    fn new(dtype: Dtype) -> Self {
+    pub(super) fn new(dtype: Dtype) -> Self {
         Self {
             dtype,
             map: BTreeMap::new(),
         }
     }
 
-    fn add(&mut self, key: impl Into<String>, shape: &[usize]) {
+    pub(super) fn add(&mut self, key: impl Into<String>, shape: &[usize]) {
         self.add_typed(key, shape, self.dtype);
     }
 
-    fn add_typed(&mut self, key: impl Into<String>, shape: &[usize], dtype: Dtype) {
+    pub(super) fn add_typed(&mut self, key: impl Into<String>, shape: &[usize], dtype: Dtype) {
         self.map
             .insert(key.into(), TensorInfo::new(shape.to_vec(), dtype));
     }
 
     /// `nn.Linear(inp, out)`.
-    fn linear(&mut self, p: &str, inp: usize, out: usize, bias: bool) {
+    pub(super) fn linear(&mut self, p: &str, inp: usize, out: usize, bias: bool) {
         self.add(format!("{p}.weight"), &[out, inp]);
         if bias {
             self.add(format!("{p}.bias"), &[out]);
@@ -41,13 +42,13 @@ impl Dict {
     }
 
     /// `nn.Conv2d(inp, out, k)` with bias.
-    fn conv(&mut self, p: &str, inp: usize, out: usize, k: usize) {
+    pub(super) fn conv(&mut self, p: &str, inp: usize, out: usize, k: usize) {
         self.add(format!("{p}.weight"), &[out, inp, k, k]);
         self.add(format!("{p}.bias"), &[out]);
     }
 
     /// A LayerNorm/GroupNorm with affine weight and bias.
-    fn norm(&mut self, p: &str, dim: usize) {
+    pub(super) fn norm(&mut self, p: &str, dim: usize) {
         self.add(format!("{p}.weight"), &[dim]);
         self.add(format!("{p}.bias"), &[dim]);
     }
@@ -176,18 +177,31 @@ fn mmdit_layout(cfg: &MmditConfig, d: &mut Dict) {
     d.linear("y_embedder.mlp.2", h, h, true);
     d.linear("context_embedder", cfg.context_dim, h, true);
     let mlp = h * cfg.mlp_ratio;
+    // One head per block of depth: head_dim = hidden / depth (64 in every release).
+    let head_dim = h / cfg.depth.max(1);
     for i in 0..cfg.depth {
         for side in ["context_block", "x_block"] {
             let b = format!("joint_blocks.{i}.{side}");
             let pre_only = side == "context_block" && i + 1 == cfg.depth;
-            d.linear(&format!("{b}.attn.qkv"), h, 3 * h, true);
+            let attn2 = side == "x_block" && i < cfg.x_self_attn_layers;
+            let attns: &[&str] = if attn2 { &["attn", "attn2"] } else { &["attn"] };
+            for a in attns {
+                d.linear(&format!("{b}.{a}.qkv"), h, 3 * h, true);
+                if cfg.qk_norm {
+                    d.add(format!("{b}.{a}.ln_q.weight"), &[head_dim]);
+                    d.add(format!("{b}.{a}.ln_k.weight"), &[head_dim]);
+                }
+            }
             if pre_only {
                 d.linear(&format!("{b}.adaLN_modulation.1"), h, 2 * h, true);
             } else {
-                d.linear(&format!("{b}.attn.proj"), h, h, true);
+                for a in attns {
+                    d.linear(&format!("{b}.{a}.proj"), h, h, true);
+                }
                 d.linear(&format!("{b}.mlp.fc1"), h, mlp, true);
                 d.linear(&format!("{b}.mlp.fc2"), mlp, h, true);
-                d.linear(&format!("{b}.adaLN_modulation.1"), h, 6 * h, true);
+                let mods = if attn2 { 9 } else { 6 };
+                d.linear(&format!("{b}.adaLN_modulation.1"), h, mods * h, true);
             }
         }
     }
@@ -195,44 +209,79 @@ fn mmdit_layout(cfg: &MmditConfig, d: &mut Dict) {
     d.linear("final_layer.adaLN_modulation.1", h, 2 * h, true);
 }
 
-/// ComfyUI `flux.model.Flux`: double-stream then single-stream blocks with RMS q/k norms.
+/// ComfyUI `flux.model.Flux`: double-stream then single-stream blocks with RMS q/k norms. Chroma
+/// (`distilled_guidance`) takes its modulation from one approximator instead of per-block layers
+/// and has no time, vector or guidance embedders; Flux 2 shares one modulation per stream kind
+/// across the blocks, gates its feed-forwards and has no biases.
 fn flux_layout(cfg: &FluxConfig, d: &mut Dict) {
     let h = cfg.hidden_size;
     let head_dim = h / cfg.num_heads;
     let mlp = h * cfg.mlp_ratio;
+    // Flux 2's gated SiLU feed-forward projects to twice the hidden width.
+    let mlp_in = if cfg.flux2 { 2 * mlp } else { mlp };
     let pp = cfg.patch_size * cfg.patch_size;
-    d.linear("img_in", cfg.in_channels * pp, h, true);
-    d.linear("time_in.in_layer", 256, h, true);
-    d.linear("time_in.out_layer", h, h, true);
-    d.linear("vector_in.in_layer", cfg.vec_in_dim, h, true);
-    d.linear("vector_in.out_layer", h, h, true);
-    if cfg.guidance_embed {
-        d.linear("guidance_in.in_layer", 256, h, true);
-        d.linear("guidance_in.out_layer", h, h, true);
+    let per_block_mod = cfg.distilled_guidance.is_none() && !cfg.flux2;
+    let bias = !cfg.flux2;
+    d.linear("img_in", cfg.in_channels * pp, h, bias);
+    if let Some(width) = cfg.distilled_guidance {
+        // Approximator input: 16 timestep + 16 guidance + 32 modulation-index frequencies.
+        d.linear("distilled_guidance_layer.in_proj", 64, width, true);
+        for l in 0..5 {
+            let p = format!("distilled_guidance_layer.layers.{l}");
+            d.linear(&format!("{p}.in_layer"), width, width, true);
+            d.linear(&format!("{p}.out_layer"), width, width, true);
+            d.add(
+                format!("distilled_guidance_layer.norms.{l}.scale"),
+                &[width],
+            );
+        }
+        d.linear("distilled_guidance_layer.out_proj", width, h, true);
+    } else {
+        d.linear("time_in.in_layer", 256, h, bias);
+        d.linear("time_in.out_layer", h, h, bias);
     }
-    d.linear("txt_in", cfg.context_in_dim, h, true);
+    if let Some(vec_in) = cfg.vec_in_dim {
+        d.linear("vector_in.in_layer", vec_in, h, true);
+        d.linear("vector_in.out_layer", h, h, true);
+    }
+    if cfg.guidance_embed {
+        d.linear("guidance_in.in_layer", 256, h, bias);
+        d.linear("guidance_in.out_layer", h, h, bias);
+    }
+    d.linear("txt_in", cfg.context_in_dim, h, bias);
     for i in 0..cfg.depth {
         for s in ["img", "txt"] {
             let b = format!("double_blocks.{i}.{s}");
-            d.linear(&format!("{b}_mod.lin"), h, 6 * h, true);
-            d.linear(&format!("{b}_attn.qkv"), h, 3 * h, true);
+            if per_block_mod {
+                d.linear(&format!("{b}_mod.lin"), h, 6 * h, true);
+            }
+            d.linear(&format!("{b}_attn.qkv"), h, 3 * h, bias);
             d.add(format!("{b}_attn.norm.query_norm.scale"), &[head_dim]);
             d.add(format!("{b}_attn.norm.key_norm.scale"), &[head_dim]);
-            d.linear(&format!("{b}_attn.proj"), h, h, true);
-            d.linear(&format!("{b}_mlp.0"), h, mlp, true);
-            d.linear(&format!("{b}_mlp.2"), mlp, h, true);
+            d.linear(&format!("{b}_attn.proj"), h, h, bias);
+            d.linear(&format!("{b}_mlp.0"), h, mlp_in, bias);
+            d.linear(&format!("{b}_mlp.2"), mlp, h, bias);
         }
     }
     for i in 0..cfg.depth_single_blocks {
         let b = format!("single_blocks.{i}");
-        d.linear(&format!("{b}.linear1"), h, 3 * h + mlp, true);
-        d.linear(&format!("{b}.linear2"), h + mlp, h, true);
+        d.linear(&format!("{b}.linear1"), h, 3 * h + mlp_in, bias);
+        d.linear(&format!("{b}.linear2"), h + mlp, h, bias);
         d.add(format!("{b}.norm.query_norm.scale"), &[head_dim]);
         d.add(format!("{b}.norm.key_norm.scale"), &[head_dim]);
-        d.linear(&format!("{b}.modulation.lin"), h, 3 * h, true);
+        if per_block_mod {
+            d.linear(&format!("{b}.modulation.lin"), h, 3 * h, true);
+        }
     }
-    d.linear("final_layer.linear", h, pp * cfg.out_channels, true);
-    d.linear("final_layer.adaLN_modulation.1", h, 2 * h, true);
+    d.linear("final_layer.linear", h, pp * cfg.out_channels, bias);
+    if cfg.distilled_guidance.is_none() {
+        d.linear("final_layer.adaLN_modulation.1", h, 2 * h, bias);
+    }
+    if cfg.flux2 {
+        d.linear("double_stream_modulation_img.lin", h, 6 * h, false);
+        d.linear("double_stream_modulation_txt.lin", h, 6 * h, false);
+        d.linear("single_stream_modulation.lin", h, 3 * h, false);
+    }
 }
 
 /// HF CLIP text model under `<name>.transformer.`, plus the `logit_scale` ComfyUI keeps (F32).
@@ -284,7 +333,7 @@ fn t5_layout(cfg: &T5Config, d: &mut Dict) {
             d.linear(&format!("{b}.0.SelfAttention.{w}"), dm, inner, false);
         }
         d.linear(&format!("{b}.0.SelfAttention.o"), inner, dm, false);
-        if i == 0 {
+        if i == 0 || cfg.bias_every_layer {
             d.add(
                 format!("{b}.0.SelfAttention.relative_attention_bias.weight"),
                 &[cfg.relative_attention_num_buckets, cfg.num_heads],
@@ -302,118 +351,150 @@ fn t5_layout(cfg: &T5Config, d: &mut Dict) {
     );
 }
 
+/// A convolution of the autoencoder: 2-D, or HunyuanVideo's causal 3-D one (`VideoConv3d`, which
+/// wraps the convolution: `….conv.weight`).
+fn vae_conv(d: &mut Dict, cfg: &VaeConfig, p: &str, inp: usize, out: usize, k: usize) {
+    if cfg.conv3d {
+        d.add(format!("{p}.conv.weight"), &[out, inp, k, k, k]);
+        d.add(format!("{p}.conv.bias"), &[out]);
+    } else {
+        d.conv(p, inp, out, k);
+    }
+}
+
+/// A 1×1 convolution that stays unwrapped (attention, quant convs): 2-D or 3-D.
+fn vae_pointwise(d: &mut Dict, cfg: &VaeConfig, p: &str, inp: usize, out: usize) {
+    if cfg.conv3d {
+        d.add(format!("{p}.weight"), &[out, inp, 1, 1, 1]);
+        d.add(format!("{p}.bias"), &[out]);
+    } else {
+        d.conv(p, inp, out, 1);
+    }
+}
+
 /// ldm `ResnetBlock` of the autoencoder.
-fn vae_resblock(d: &mut Dict, p: &str, inp: usize, out: usize) {
+fn vae_resblock(d: &mut Dict, cfg: &VaeConfig, p: &str, inp: usize, out: usize) {
     d.norm(&format!("{p}.norm1"), inp);
-    d.conv(&format!("{p}.conv1"), inp, out, 3);
+    vae_conv(d, cfg, &format!("{p}.conv1"), inp, out, 3);
     d.norm(&format!("{p}.norm2"), out);
-    d.conv(&format!("{p}.conv2"), out, out, 3);
+    vae_conv(d, cfg, &format!("{p}.conv2"), out, out, 3);
     if inp != out {
-        d.conv(&format!("{p}.nin_shortcut"), inp, out, 1);
+        vae_conv(d, cfg, &format!("{p}.nin_shortcut"), inp, out, 1);
     }
 }
 
 /// ldm `Encoder`/`Decoder` middle: ResnetBlock, single-head 1x1-conv attention, ResnetBlock.
-fn vae_mid(d: &mut Dict, p: &str, ch: usize) {
-    vae_resblock(d, &format!("{p}.mid.block_1"), ch, ch);
+fn vae_mid(d: &mut Dict, cfg: &VaeConfig, p: &str, ch: usize) {
+    vae_resblock(d, cfg, &format!("{p}.mid.block_1"), ch, ch);
     d.norm(&format!("{p}.mid.attn_1.norm"), ch);
     for c in ["q", "k", "v", "proj_out"] {
-        d.conv(&format!("{p}.mid.attn_1.{c}"), ch, ch, 1);
+        vae_pointwise(d, cfg, &format!("{p}.mid.attn_1.{c}"), ch, ch);
     }
-    vae_resblock(d, &format!("{p}.mid.block_2"), ch, ch);
+    vae_resblock(d, cfg, &format!("{p}.mid.block_2"), ch, ch);
 }
 
-/// ldm `AutoencoderKL`: encoder, decoder and (SD/SDXL only) the quant convs.
+/// ldm `AutoencoderKL`: encoder, decoder, the quant convs (SD/SDXL, HunyuanVideo, Flux 2) and
+/// Flux 2's latent batch norm.
 fn vae_layout(cfg: &VaeConfig, d: &mut Dict) {
     let levels = cfg.ch_mult.len();
     // Encoder.
-    d.conv("encoder.conv_in", cfg.in_channels, cfg.ch, 3);
+    vae_conv(d, cfg, "encoder.conv_in", cfg.in_channels, cfg.ch, 3);
     let mut block_in = cfg.ch;
     for (i, &mult) in cfg.ch_mult.iter().enumerate() {
         let block_out = cfg.ch * mult;
         for b in 0..cfg.num_res_blocks {
-            vae_resblock(
-                d,
-                &format!("encoder.down.{i}.block.{b}"),
-                block_in,
-                block_out,
-            );
+            let p = format!("encoder.down.{i}.block.{b}");
+            vae_resblock(d, cfg, &p, block_in, block_out);
             block_in = block_out;
         }
         if i + 1 != levels {
-            d.conv(
-                &format!("encoder.down.{i}.downsample.conv"),
-                block_in,
-                block_in,
-                3,
-            );
+            let p = format!("encoder.down.{i}.downsample.conv");
+            vae_conv(d, cfg, &p, block_in, block_in, 3);
         }
     }
-    vae_mid(d, "encoder", block_in);
+    vae_mid(d, cfg, "encoder", block_in);
     d.norm("encoder.norm_out", block_in);
     let z_out = if cfg.double_z { 2 } else { 1 } * cfg.z_channels;
-    d.conv("encoder.conv_out", block_in, z_out, 3);
+    vae_conv(d, cfg, "encoder.conv_out", block_in, z_out, 3);
 
     // Decoder.
     let mut block_in = cfg.ch * cfg.ch_mult.last().copied().unwrap_or(1);
-    d.conv("decoder.conv_in", cfg.z_channels, block_in, 3);
-    vae_mid(d, "decoder", block_in);
+    vae_conv(d, cfg, "decoder.conv_in", cfg.z_channels, block_in, 3);
+    vae_mid(d, cfg, "decoder", block_in);
     for (i, &mult) in cfg.ch_mult.iter().enumerate().rev() {
         let block_out = cfg.ch * mult;
         for b in 0..=cfg.num_res_blocks {
-            vae_resblock(d, &format!("decoder.up.{i}.block.{b}"), block_in, block_out);
+            let p = format!("decoder.up.{i}.block.{b}");
+            vae_resblock(d, cfg, &p, block_in, block_out);
             block_in = block_out;
         }
         if i != 0 {
-            d.conv(
-                &format!("decoder.up.{i}.upsample.conv"),
-                block_in,
-                block_in,
-                3,
-            );
+            let p = format!("decoder.up.{i}.upsample.conv");
+            vae_conv(d, cfg, &p, block_in, block_in, 3);
         }
     }
     d.norm("decoder.norm_out", block_in);
-    d.conv("decoder.conv_out", block_in, cfg.out_ch, 3);
+    vae_conv(d, cfg, "decoder.conv_out", block_in, cfg.out_ch, 3);
 
     if cfg.use_quant_conv {
-        d.conv("quant_conv", z_out, z_out, 1);
-        d.conv("post_quant_conv", cfg.z_channels, cfg.z_channels, 1);
+        vae_pointwise(d, cfg, "quant_conv", z_out, z_out);
+        vae_pointwise(d, cfg, "post_quant_conv", cfg.z_channels, cfg.z_channels);
+    }
+    if cfg.batch_norm_latent {
+        // Over the 2×2-packed latent: 4 × z channels, statistics only.
+        d.add("bn.running_mean", &[4 * cfg.z_channels]);
+        d.add("bn.running_var", &[4 * cfg.z_channels]);
+        d.add_typed("bn.num_batches_tracked", &[], Dtype::I64);
     }
 }
 
-/// Every key, shape and dtype of the model, text encoders and VAE of `arch`, exactly as ComfyUI
-/// holds them in memory.
+/// Every key, shape and dtype of the model, text encoders and VAE of `arch`'s default variant,
+/// exactly as ComfyUI holds them in memory.
 ///
 /// Dtypes are the reference's CPU defaults: denoiser F32, text encoders F16 (except each
-/// `*.logit_scale`, F32), VAE F32. [`Arch::FluxSchnell`] is [`Arch::Flux`] without the
-/// `guidance_in.*` keys.
+/// `*.logit_scale`, F32, and tokenizer blobs, U8), VAE F32. [`Arch::FluxSchnell`] is
+/// [`Arch::Flux`] without the `guidance_in.*` keys.
 pub fn shapes(arch: Arch) -> ComponentShapes {
-    expand(&arch_config(arch))
+    expand(arch.family().default_variant().full)
 }
 
-/// Every key, shape and dtype of the test-sized model of `arch` (see [`SyntheticOptions::tiny`]):
-/// the real model's kinds of keys at a few hundred kilobytes, with consistent shapes.
+/// Every key, shape and dtype of the test-sized model of `arch`'s default variant (see
+/// [`super::SyntheticOptions::tiny`]): the real model's kinds of keys at a few hundred kilobytes,
+/// with consistent shapes.
 pub fn tiny_shapes(arch: Arch) -> ComponentShapes {
-    expand(&tiny_arch_config(arch))
+    expand(arch.family().default_variant().tiny)
 }
 
-fn expand(cfg: &ArchConfig) -> ComponentShapes {
+/// Every key, shape and dtype of one model description.
+pub(crate) fn expand(spec: &Spec) -> ComponentShapes {
     let mut model = Dict::new(Dtype::F32);
-    match &cfg.model {
+    match &spec.model {
         Denoiser::Unet(u) => unet_layout(u, &mut model),
         Denoiser::Mmdit(m) => mmdit_layout(m, &mut model),
         Denoiser::Flux(f) => flux_layout(f, &mut model),
+        Denoiser::Wan(w) => dit::wan(w, &mut model),
+        Denoiser::QwenImage(q) => dit::qwen_image(q, &mut model),
+        Denoiser::HiDream(h) => dit::hidream(h, &mut model),
+        Denoiser::Lumina(l) => dit::lumina(l, &mut model),
+        Denoiser::HunyuanVideo(h) => dit::hunyuan_video(h, &mut model),
+        Denoiser::Ltxv(l) => dit::ltxv(l, &mut model),
     }
     let mut clip = Dict::new(Dtype::F16);
-    for c in &cfg.clips {
-        clip_layout(c, &mut clip);
-    }
-    if let Some(t5) = &cfg.t5 {
-        t5_layout(t5, &mut clip);
+    for e in spec.encoders {
+        match e {
+            Encoder::Clip(c) => clip_layout(c, &mut clip),
+            Encoder::T5(t) => t5_layout(t, &mut clip),
+            Encoder::Llm(l) => text::llm(l, &mut clip),
+            Encoder::Tokenizer { key, bytes } => clip.add_typed(*key, &[*bytes], Dtype::U8),
+        }
     }
     let mut vae = Dict::new(Dtype::F32);
-    vae_layout(&cfg.vae, &mut vae);
+    match &spec.vae {
+        Vae::Ldm(v) => vae_layout(v, &mut vae),
+        Vae::Wan(w) => video_vae::wan(w, &mut vae),
+        Vae::Hunyuan15(h) => video_vae::hunyuan15(h, &mut vae),
+        Vae::Ltx(l) => ltx_vae::ltx(l, &mut vae),
+    }
 
     let mut s = ComponentShapes::default();
     s.set(ComponentKind::Model, model.map);

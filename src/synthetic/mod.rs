@@ -14,11 +14,16 @@
 //! tensor) has its own generator seeded from the model seed, the component and the key, so results
 //! do not depend on thread scheduling.
 
-mod configs;
-mod expand;
+mod dit;
+pub(crate) mod expand;
 pub mod lora;
+mod ltx_vae;
+pub(crate) mod models;
+pub(crate) mod spec;
 #[cfg(test)]
 mod tests;
+mod text;
+mod video_vae;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +35,7 @@ use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::family::{Derive, Tell, Variant};
 use crate::model::dtype::{candle_dtype, file_dtype};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Components, TensorInfo, TensorMap};
 pub use expand::{shapes, shrink, tiny_shapes};
@@ -45,6 +51,9 @@ const CHUNK: usize = 1 << 16;
 pub struct SyntheticOptions {
     /// The architecture whose key names and shapes are generated.
     pub arch: Arch,
+    /// Which of the family's known configurations (a [`Variant`] name such as `wan21-14b`);
+    /// `None` takes the family's default.
+    pub variant: Option<&'static str>,
     /// Seed of all values; the same seed gives bit-identical tensors.
     pub seed: u64,
     /// Cap every dimension at this size (see [`shrink`]); `None` builds the full-size model.
@@ -61,10 +70,42 @@ impl SyntheticOptions {
     pub fn new(arch: Arch) -> Self {
         Self {
             arch,
+            variant: None,
             seed: 0,
             max_dim: None,
             tiny: false,
             dtype: None,
+        }
+    }
+
+    /// Full-size model of the variant (or family) `name` names (`wan21-14b`, `qwen-image`).
+    ///
+    /// # Errors
+    /// [`Error::UnknownArchitecture`] listing the known names.
+    pub fn named(name: &str) -> Result<Self> {
+        let (arch, v) = crate::family::variant_named(name)?;
+        Ok(Self {
+            variant: Some(v.name),
+            ..Self::new(arch)
+        })
+    }
+
+    /// The variant these options build.
+    ///
+    /// # Errors
+    /// [`Error::UnknownArchitecture`] when `variant` names none of the family's.
+    pub fn variant(&self) -> Result<&'static Variant> {
+        let family = self.arch.family();
+        match self.variant {
+            None => Ok(family.default_variant()),
+            Some(name) => family
+                .variants
+                .iter()
+                .find(|v| v.name == name)
+                .ok_or_else(|| Error::UnknownArchitecture {
+                    reason: format!("{} has no variant `{name}`", self.arch),
+                    known: crate::family::variant_names(),
+                }),
         }
     }
 
@@ -98,24 +139,73 @@ impl SyntheticOptions {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for `max_dim == Some(0)` or a non-float `dtype` override;
+/// [`Error::UnknownArchitecture`] for a variant the family does not have;
 /// [`Error::UnsupportedDtype`] for a dtype candle cannot hold; [`Error::Candle`] when a tensor
 /// cannot be created on the device (out of memory, say).
 pub fn build(opts: &SyntheticOptions, device: &Device) -> Result<Components> {
-    let full = if opts.tiny {
-        tiny_shapes(opts.arch)
+    build_from_shapes(&synthetic_shapes(opts)?, opts.seed, opts.dtype, device)
+}
+
+/// The keys, shapes and dtypes [`build`] fills. With `max_dim`, every dimension is capped except
+/// the ones the family's detection reads (a Wan 2.2's 48 output channels, say), so a capped model
+/// is detected and placed like the full-size one.
+///
+/// # Errors
+/// As [`build`], before any tensor is made.
+pub fn synthetic_shapes(opts: &SyntheticOptions) -> Result<ComponentShapes> {
+    let variant = opts.variant()?;
+    let full = expand::expand(if opts.tiny {
+        variant.tiny
     } else {
-        shapes(opts.arch)
+        variant.full
+    });
+    match opts.max_dim {
+        Some(0) => Err(Error::InvalidInput(
+            "synthetic max_dim must be at least 1".into(),
+        )),
+        Some(m) => Ok(shrink_keeping(&full, m, &detection_dims(opts.arch))),
+        None => Ok(full),
+    }
+}
+
+/// The (denoiser key, axis) pairs `arch`'s detection reads: its tells', and its params' where
+/// detection places the model in a variant by them.
+fn detection_dims(arch: Arch) -> Vec<(&'static str, usize)> {
+    let family = arch.family();
+    let tells = family.tells.iter().filter_map(|t| match *t {
+        Tell::Dim(k, axis, _) | Tell::NotDim(k, axis, _) => Some((k, axis)),
+        _ => None,
+    });
+    let placed = !family.placed.is_empty();
+    let params = family.params.iter().filter_map(|p| match p.from {
+        Derive::Dim { key, axis, .. } if placed => Some((key, axis)),
+        _ => None,
+    });
+    tells.chain(params).collect()
+}
+
+/// [`shrink`], keeping the denoiser dimensions listed in `keep` at their size.
+fn shrink_keeping(
+    shapes: &ComponentShapes,
+    max_dim: usize,
+    keep: &[(&str, usize)],
+) -> ComponentShapes {
+    let mut out = shrink(shapes, max_dim);
+    let (Some(full), Some(mut model)) = (
+        shapes.get(ComponentKind::Model),
+        out.get(ComponentKind::Model).cloned(),
+    ) else {
+        return out;
     };
-    let shapes = match opts.max_dim {
-        Some(0) => {
-            return Err(Error::InvalidInput(
-                "synthetic max_dim must be at least 1".into(),
-            ))
+    for &(key, axis) in keep {
+        if let (Some(f), Some(t)) = (full.get(key), model.get_mut(key)) {
+            if let (Some(&d), Some(slot)) = (f.shape.get(axis), t.shape.get_mut(axis)) {
+                *slot = d;
+            }
         }
-        Some(m) => shrink(&full, m),
-        None => full,
-    };
-    build_from_shapes(&shapes, opts.seed, opts.dtype, device)
+    }
+    out.set(ComponentKind::Model, model);
+    out
 }
 
 /// Builds tensors for any given layout (see [`build`] for the values and errors).

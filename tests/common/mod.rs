@@ -102,6 +102,7 @@ pub fn bytes_of(t: &Tensor) -> Vec<u8> {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect(),
+        DType::U8 => t.to_vec1::<u8>().unwrap(),
         d => panic!("unexpected {d:?}"),
     }
 }

@@ -125,6 +125,8 @@ fn pipeline_components(arch: Arch) -> &'static [&'static str] {
             "image_encoder",
             "feature_extractor",
         ],
+        // `configs` refuses the families without diffusers names before this is asked.
+        _ => &[],
     }
 }
 
@@ -135,6 +137,8 @@ fn pipeline(arch: Arch) -> &'static str {
         Arch::SdxlRefiner => "StableDiffusionXLImg2ImgPipeline",
         Arch::Sd3 => "StableDiffusion3Pipeline",
         Arch::Flux | Arch::FluxSchnell => "FluxPipeline",
+        // `configs` refuses the families without diffusers names before this is asked.
+        _ => "DiffusionPipeline",
     }
 }
 

@@ -252,7 +252,25 @@ pub fn encoder_folders(arch: Arch) -> &'static [(Folder, &'static str)] {
             (TextEncoder3, "t5xxl"),
         ],
         Arch::Flux | Arch::FluxSchnell => &[(TextEncoder, "clip_l"), (TextEncoder2, "t5xxl")],
+        // No diffusers names are mapped for the later families (see `require_diffusers`).
+        _ => &[],
     }
+}
+
+/// [`Error::InvalidInput`] for a family whose diffusers names this crate does not map yet.
+///
+/// # Errors
+/// As said.
+pub fn require_diffusers(arch: Arch) -> Result<()> {
+    if arch.family().diffusers {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "diffusers names are not mapped for {} ({}) yet; use ComfyUI's names (component files \
+         from `split --to comfyui` or `--to nodes`, or a single-file checkpoint)",
+        arch,
+        arch.family().title
+    )))
 }
 
 /// The model class of a text-encoder folder of `arch`, `None` for a folder the pipeline lacks.
@@ -393,10 +411,12 @@ pub struct FolderPlan {
 /// (diffusers keeps 23 of OpenCLIP-H's 24 layers: it drops the last whatever the count).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for a clip key of no encoder of `arch` or a missing encoder;
+/// [`Error::InvalidInput`] for a family without diffusers names ([`require_diffusers`]), a clip
+/// key of no encoder of `arch` or a missing encoder;
 /// [`Error::Conversion`] for a key no rule maps; [`Error::BadShape`] for a fused tensor that does
 /// not split.
 pub fn from_comfy(arch: Arch, shapes: &ComponentShapes) -> Result<Vec<FolderPlan>> {
+    require_diffusers(arch)?;
     let mut plans = Vec::new();
     if let Some(model) = shapes.get(ComponentKind::Model) {
         let (folder, class) = denoiser(arch);

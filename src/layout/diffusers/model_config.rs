@@ -233,6 +233,8 @@ pub(super) fn vae(arch: Arch, keys: &Keys) -> Result<Value> {
         Arch::Sdxl | Arch::SdxlRefiner => (0.13025, None),
         Arch::Sd3 => (1.5305, Some(0.0609)),
         Arch::Flux | Arch::FluxSchnell => (0.3611, Some(0.1159)),
+        // `configs` refuses the families without diffusers names before this is asked.
+        _ => (1.0, None),
     };
     Ok(json!({
         "_class_name": "AutoencoderKL",

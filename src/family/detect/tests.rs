@@ -1,0 +1,164 @@
+//! Detection from a header alone, for every family and variant, and its refusals.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::model::{ComponentKind, Dtype};
+use crate::synthetic::{synthetic_shapes, SyntheticOptions};
+use crate::testutil::{self, FAMILY_FIXTURES, FIXTURES};
+
+fn model_of(spec: &crate::synthetic::spec::Spec) -> BTreeMap<String, TensorInfo> {
+    expand(spec).get(ComponentKind::Model).unwrap().clone()
+}
+
+#[test]
+fn every_variant_is_detected_from_its_synthetic_header() {
+    for f in Family::all() {
+        for v in f.variants {
+            for (spec, tiny) in [(v.full, false), (v.tiny, true)] {
+                let d = detect(&model_of(spec)).unwrap_or_else(|e| panic!("{}: {e}", v.name));
+                assert_eq!(d.arch, f.arch, "{}", v.name);
+                let placed = d
+                    .variant
+                    .unwrap_or_else(|| panic!("{}: not placed", v.name));
+                // Variants with the same keys and shapes (Kontext, Qwen-Image-Edit) place as the first.
+                let same = if tiny { placed.tiny } else { placed.full };
+                assert!(
+                    std::ptr::eq(same, spec),
+                    "{} placed as {}",
+                    v.name,
+                    placed.name
+                );
+                assert_eq!(d.test_size, tiny, "{}", v.name);
+            }
+            // Capped models keep what detection reads, so they place like full-size ones
+            // (where detection places by values: the classic families are not placed).
+            let mut opts = SyntheticOptions::named(v.name).unwrap();
+            opts.max_dim = Some(3);
+            let capped = synthetic_shapes(&opts).unwrap();
+            let d = detect(capped.get(ComponentKind::Model).unwrap()).unwrap();
+            assert_eq!(d.arch, f.arch, "{} capped", v.name);
+            if !f.placed.is_empty() {
+                assert!(
+                    std::ptr::eq(d.variant.unwrap().full, v.full),
+                    "{} capped",
+                    v.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_fixture_is_detected_from_its_keys_and_shapes() {
+    for (name, arch, _) in FIXTURES {
+        let shapes = testutil::component_shapes(name);
+        let d = detect(shapes.get(ComponentKind::Model).unwrap()).unwrap();
+        assert_eq!(d.arch, arch, "{name}");
+    }
+    for (name, arch, variant) in FAMILY_FIXTURES {
+        let shapes = testutil::component_shapes(name);
+        let d = detect(shapes.get(ComponentKind::Model).unwrap()).unwrap();
+        assert_eq!(d.arch, arch, "{name}");
+        assert_eq!(d.variant.map(|v| v.name), Some(variant), "{name}");
+        assert!(!d.test_size);
+        // The values ComfyUI's detection derived for the reference model.
+        let cfg = &testutil::expected(name)["comfyui_info"]["unet_config"];
+        for (k, v) in &d.params {
+            if let Some(want) = cfg[*k].as_u64() {
+                assert_eq!(*v as u64, want, "{name}: {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn wan_sizes_and_image_to_video_are_told_apart() {
+    let d = detect(&model_of(&crate::synthetic::models::WAN21_I2V_14B)).unwrap();
+    assert_eq!(d.variant.unwrap().name, "wan21-i2v-14b");
+    assert!(d.params.contains(&("img_emb", 1)) && d.params.contains(&("in_dim", 36)));
+    assert!(
+        d.summary().contains("image-to-video 14B"),
+        "{}",
+        d.summary()
+    );
+    let d = detect(&model_of(&crate::synthetic::models::WAN22_I2V_14B)).unwrap();
+    assert_eq!(d.variant.unwrap().name, "wan22-i2v-14b");
+    assert!(
+        d.evidence.iter().any(|e| e.contains("head.modulation")),
+        "{:?}",
+        d.evidence
+    );
+}
+
+fn info(shape: &[usize]) -> TensorInfo {
+    TensorInfo::new(shape.to_vec(), Dtype::F32)
+}
+
+#[test]
+fn an_unknown_layer_count_is_refused_naming_the_value() {
+    let mut m = model_of(&crate::synthetic::models::WAN21_1_3B);
+    for i in 30..35 {
+        m.insert(format!("blocks.{i}.modulation"), info(&[1, 6, 1536]));
+    }
+    let e = detect(&m).unwrap_err();
+    assert!(matches!(e, Error::UnknownArchitecture { .. }), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("num_layers 35") && e.contains("--arch wan21"),
+        "{e}"
+    );
+    assert!(e.contains("wan21-1.3b (dim 1536, num_layers 30)"), "{e}");
+    // A missing block reads as a shorter model: refused too, with the count up to the gap.
+    let mut m = model_of(&crate::synthetic::models::WAN21_1_3B);
+    m.retain(|k, _| !k.starts_with("blocks.17."));
+    let e = detect(&m).unwrap_err().to_string();
+    assert!(e.contains("num_layers 17"), "{e}");
+}
+
+#[test]
+fn keys_of_two_families_are_refused_naming_both() {
+    let mut m = model_of(&crate::synthetic::models::WAN21_TINY);
+    m.extend(model_of(&crate::synthetic::models::QWEN_IMAGE_TINY));
+    let e = detect(&m).unwrap_err();
+    assert!(matches!(e, Error::FamilyMismatch { .. }), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("wan21 (`head.modulation`)") && e.contains("qwen-image (`txt_norm.weight`)"),
+        "{e}"
+    );
+    assert!(e.contains("--arch generic"), "{e}");
+}
+
+#[test]
+fn an_unknown_family_names_the_evidence() {
+    let m: BTreeMap<String, TensorInfo> = [
+        ("foo.blocks.0.attn.weight", info(&[4, 4])),
+        ("foo.embed.weight", info(&[4, 4])),
+    ]
+    .into_iter()
+    .map(|(k, i)| (k.to_string(), i))
+    .collect();
+    let e = detect(&m).unwrap_err().to_string();
+    assert!(
+        e.contains("`foo.blocks.0.attn.weight`") && e.contains("--arch generic"),
+        "{e}"
+    );
+    // A family ComfyUI knows but this tool does not lay out is named.
+    let mochi: BTreeMap<String, TensorInfo> =
+        [("t5_yproj.weight".to_string(), info(&[4, 4]))].into();
+    let e = detect(&mochi).unwrap_err().to_string();
+    assert!(e.contains("Mochi"), "{e}");
+    // Near misses say which tell failed.
+    let mut unet = model_of(&crate::synthetic::models::SD15_TINY);
+    unet.retain(|k, _| !k.starts_with("input_blocks.11."));
+    let e = detect(&unet).unwrap_err().to_string();
+    assert!(e.contains("11 `input_blocks.N.` blocks, not 12"), "{e}");
+    let mut svd = model_of(&crate::synthetic::models::SD15_TINY);
+    svd.insert(
+        "input_blocks.1.1.time_stack.0.attn1.to_q.weight".into(),
+        info(&[4, 4]),
+    );
+    let e = detect(&svd).unwrap_err().to_string();
+    assert!(e.contains("keys contain `.time_stack.`"), "{e}");
+}
