@@ -53,7 +53,7 @@ use super::device::{pipeline_source, Code};
 use crate::error::{Error, Result};
 use crate::model::dtype::file_dtype;
 use crate::model::InputTensor;
-use crate::plan::{Piece, PieceSource, Plan};
+use crate::plan::{PieceSource, Plan};
 use pinned::PinnedBuffer;
 pub use pinned::{pinned_copy_ceiling, release_pinned_buffers};
 
