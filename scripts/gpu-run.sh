@@ -6,10 +6,19 @@
 # Then, on the GPU machine, from the repository root:
 #   CHECKPOINT_SAVE_REQUIRE_GPU=1 .gpu/on-device.sh .gpu/tests.xz --test-threads=1
 #   .gpu/on-device.sh .gpu/checkpoint-save.xz bench --synthetic sdxl --device cuda:0 --dtype f16
-# `.gpu/` is git-ignored. Set CARGO_TARGET_DIR to reuse a target folder kept elsewhere.
+# `.gpu/` is git-ignored. Set CARGO_TARGET_DIR to reuse a target folder kept elsewhere, and
+# SHARED_DIR where `shared/gpu/` is not beside the clone (or beside its main worktree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shared=${SHARED_DIR:-../shared}
+shared=${SHARED_DIR:-}
+if [ -z "$shared" ]; then
+  # Beside this checkout, or beside the main worktree when this is a linked one.
+  main=$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")
+  for candidate in ../shared "$main/../shared"; do
+    if [ -d "$candidate/gpu" ]; then shared=$candidate; break; fi
+  done
+fi
+[ -n "$shared" ] || { echo "gpu-run: shared/gpu not found; set SHARED_DIR" >&2; exit 1; }
 # shellcheck source=/dev/null
 source "$shared/gpu/cuda-toolchain.sh"
 cargo build --release --features cuda --bin checkpoint-save

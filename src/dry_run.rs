@@ -15,8 +15,8 @@ use crate::family;
 use crate::layout::Source;
 use crate::model::{ComponentKind, Components, InputTensor};
 use crate::naming::SaveTarget;
-use crate::plan::{metadata, Plan};
-use crate::save::{lay_out, plan_options, SaveOptions};
+use crate::plan::metadata;
+use crate::save::{lay_out, plan_for_write, SaveOptions};
 
 /// What a save would write.
 #[derive(Debug, Clone, Serialize)]
@@ -93,8 +93,7 @@ pub fn dry_run(components: &Components, opts: &SaveOptions) -> Result<DryRun> {
     };
     let title = format!("{} {counter}", target.filename);
     let meta = metadata::build(arch, prediction, &title, &opts.metadata);
-    let (_, plan_opts) = plan_options(components, opts, &target.folder);
-    let plan = Plan::new(&layout, components, &meta, &plan_opts)?;
+    let (plan, _) = plan_for_write(&layout, components, &meta, opts, &target.folder)?;
     let sources: BTreeMap<&str, &Source> = layout
         .entries
         .iter()

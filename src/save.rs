@@ -1,5 +1,6 @@
 //! The save pipeline: layout → plan → write → publish, with every check before the file exists.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -7,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, detect, GenericPrefixes, Layout, LayoutKind};
-use crate::model::{Arch, ComponentKind, Components, InputTensor, IntoTensorMap, Prediction};
+use crate::model::{Arch, ComponentKind, Components, IntoTensorMap, Prediction};
 use crate::naming::SaveTarget;
+use crate::offload;
 use crate::plan::metadata::{self, MetadataOptions};
 use crate::plan::{ComponentDtypes, Plan, PlanOptions};
 use crate::progress::Progress;
@@ -251,30 +253,47 @@ pub fn lay_out(
     Ok((arch, prediction, layout))
 }
 
-/// Whether some tensors will go through a CUDA device pipeline (which writes at arbitrary
-/// offsets, so the save must not pad the header for direct I/O).
-fn device_pipelines(components: &Components) -> bool {
-    cfg!(feature = "cuda")
-        && components
-            .tensors()
-            .any(|t| matches!(t, InputTensor::Candle(t) if t.device().is_cuda()))
+/// The write method of a save of `plan` into `folder`. Whether a device pipeline fills some of
+/// its pieces is asked of the planned pieces, with the same predicate the writer groups them by
+/// ([`offload::device::pipeline_source`]): pipelines write at arbitrary offsets, so such a plan is
+/// never written with direct I/O (whose units would cover, and write, those pieces again).
+pub(crate) fn write_method(plan: &Plan, opts: &SaveOptions, folder: &Path) -> Method {
+    opts.writer
+        .backend
+        .resolve(folder, offload::device::any_pipeline(plan))
 }
 
-/// The write method and plan options of a save into `folder`.
-pub(crate) fn plan_options(
+/// Plans `components` for a save into `folder` and chooses its write method: a plan with the
+/// reference's 8-byte alignment says which pieces a device pipeline fills, and the file is
+/// planned again with the method's alignment when that differs.
+///
+/// # Errors
+/// Planning errors.
+pub(crate) fn plan_for_write(
+    layout: &Layout,
     components: &Components,
+    metadata: &BTreeMap<String, String>,
     opts: &SaveOptions,
     folder: &Path,
-) -> (Method, PlanOptions) {
-    let method = opts
-        .writer
-        .backend
-        .resolve(folder, device_pipelines(components));
-    let plan = PlanOptions {
-        dtypes: opts.dtypes,
+) -> Result<(Plan, Method)> {
+    let plan = Plan::new(layout, components, metadata, &reference_plan(opts))?;
+    let method = write_method(&plan, opts, folder);
+    if method.data_alignment() == reference_plan(opts).data_alignment {
+        return Ok((plan, method));
+    }
+    let aligned = PlanOptions {
         data_alignment: method.data_alignment(),
+        ..reference_plan(opts)
     };
-    (method, plan)
+    Ok((Plan::new(layout, components, metadata, &aligned)?, method))
+}
+
+/// The plan options of `opts` with the reference layout's data alignment.
+fn reference_plan(opts: &SaveOptions) -> PlanOptions {
+    PlanOptions {
+        dtypes: opts.dtypes,
+        ..PlanOptions::default()
+    }
 }
 
 fn save_with(
@@ -286,10 +305,21 @@ fn save_with(
 ) -> Result<Saved> {
     let start = Instant::now();
     let (arch, prediction, layout) = lay_out(components, &opts.layout, opts.prediction)?;
-    let (method, plan_opts) = plan_options(components, opts, folder);
     let meta = |title: &str| metadata::build(arch, prediction, title, &opts.metadata);
-    // Validate everything before a file exists; the title only changes the header's length.
-    Plan::new(&layout, components, &meta(provisional_title), &plan_opts)?;
+    // Validate everything before a file exists, and choose the method from the planned pieces;
+    // the title only changes the header's length.
+    let probe = Plan::new(
+        &layout,
+        components,
+        &meta(provisional_title),
+        &reference_plan(opts),
+    )?;
+    let method = write_method(&probe, opts, folder);
+    drop(probe);
+    let plan_opts = PlanOptions {
+        data_alignment: method.data_alignment(),
+        ..reference_plan(opts)
+    };
     let reservation = reserve()?;
     let plan = Plan::new(&layout, components, &meta(reservation.title()), &plan_opts)?;
     let (path, non_finite) = write_reserved(&plan, reservation, method, opts)?;

@@ -12,15 +12,19 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use checkpoint_save::cast;
+use checkpoint_save::checkpointer::{Checkpointer, SnapshotStrategy};
 use checkpoint_save::layout::Source;
 use checkpoint_save::merge::{merge, Lora, LoraBake, Operation, Recipe};
+use checkpoint_save::model::{Merged, Patch, PatchValue};
 use checkpoint_save::synthetic::{self, SyntheticOptions};
 use checkpoint_save::{
-    lay_out, pinned_copy_ceiling, save_to_path, Arch, ComponentDtypes, ComponentKind, Components,
-    Dtype, EngineOptions, GenericPrefixes, LayoutChoice, SaveOptions, Saved, TargetDtype,
+    lay_out, pinned_copy_ceiling, save_to_path, Arch, Backend, ComponentDtypes, ComponentKind,
+    Components, Dtype, EngineOptions, GenericPrefixes, InputTensor, LayoutChoice, SaveOptions,
+    Saved, TargetDtype,
 };
 use common::bytes_of;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -369,8 +373,196 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Pairs `(a, b)` whose sums `a + b` cover every non-finite case: NaN and Inf in an input, NaN
+/// and Inf made by the f32 arithmetic (counted), and finite sums that overflow or saturate only
+/// in the rounding into the file dtype (not counted).
+const PLANTED: [(f32, f32); 8] = [
+    (f32::NAN, 1.0),
+    (f32::INFINITY, 1.0),
+    (f32::INFINITY, f32::NEG_INFINITY),
+    (3e38, 3e38),
+    (60000.0, 60000.0),
+    (400.0, 100.0),
+    (f32::MAX, 0.0),
+    (-1e5, 0.5),
+];
+
+/// Regression (issue 20): a merge evaluated on the device was rounded there first and its NaN/Inf
+/// counted after the rounding, so f16 overflows were counted and fp8-saturated Infs were not; the
+/// host evaluator counts the f32 results. Both must now report the same counts and bytes.
+fn device_merges_count_before_the_rounding(devices: &[Device]) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let n = 4096;
+    let side = |pick: fn(&(f32, f32)) -> f32, seed: f32| -> Vec<f32> {
+        let mut v: Vec<f32> = (0..n).map(|i| (i as f32 * seed).sin()).collect();
+        for (x, p) in v.iter_mut().zip(&PLANTED) {
+            *x = pick(p);
+        }
+        v
+    };
+    let (va, vb) = (side(|p| p.0, 0.37), side(|p| p.1, 0.71));
+    let want = va
+        .iter()
+        .zip(&vb)
+        .filter(|(x, y)| !(**x + **y).is_finite())
+        .count() as u64;
+    let on = |d: &Device| {
+        let t = |v: &Vec<f32>| Tensor::from_vec(v.clone(), n, d).unwrap();
+        let patch = Patch {
+            strength: 1.0,
+            strength_model: 1.0,
+            value: PatchValue::Tensor(InputTensor::Candle(t(&vb))),
+        };
+        let m = Merged::new("w", InputTensor::Candle(t(&va)), vec![patch]).unwrap();
+        let mut model = BTreeMap::new();
+        model.insert("w".to_string(), InputTensor::Merged(Arc::new(m)));
+        let mut c = Components::default();
+        c.set_inputs(ComponentKind::Model, model);
+        c
+    };
+    // Operands on the device: evaluated there; on the CPU: the host's fused evaluator.
+    let (held, host) = (on(&devices[0]), on(&Device::Cpu));
+    for dst in TARGETS {
+        let opts = options(LayoutChoice::Generic(GenericPrefixes::default()), dst);
+        let (hs, hb) = save_in(dir.path(), &format!("host-{dst}"), &host, &opts);
+        let (ds, db) = save_in(dir.path(), &format!("device-{dst}"), &held, &opts);
+        let key = "model.diffusion_model.w".to_string();
+        assert_eq!(hs.non_finite, vec![(key.clone(), want)], "host {dst}");
+        assert_eq!(ds.non_finite, vec![(key, want)], "device {dst}");
+        // Equal bytes, but for NaN payloads (the device's cast may make its own NaN).
+        let ((h, to), (d, _)) = (tensor_data(&hb), tensor_data(&db));
+        for (i, (x, y)) in h
+            .chunks(to.bitsize() / 8)
+            .zip(d.chunks(to.bitsize() / 8))
+            .enumerate()
+        {
+            let nan = is_nan(x, to) && is_nan(y, to);
+            assert!(x == y || nan, "{dst}: element {i} differs: {x:?} vs {y:?}");
+        }
+    }
+    Ok(())
+}
+
+/// The one tensor's bytes and dtype of a single-tensor file.
+fn tensor_data(file: &[u8]) -> (Vec<u8>, Dtype) {
+    let st = safetensors::SafeTensors::deserialize(file).unwrap();
+    let (_, view) = st.tensors().into_iter().next().unwrap();
+    (view.data().to_vec(), view.dtype())
+}
+
+/// Whether one little-endian element of `dtype` is a NaN.
+fn is_nan(b: &[u8], dtype: Dtype) -> bool {
+    match dtype {
+        Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_nan(),
+        Dtype::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).is_nan(),
+        Dtype::BF16 => half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).is_nan(),
+        Dtype::F8_E4M3 => b[0] & 0x7f == 0x7f,
+        Dtype::F8_E5M2 => b[0] & 0x7c == 0x7c && b[0] & 0x03 != 0,
+        _ => false,
+    }
+}
+
+/// Regression (issue 20): the save chose direct I/O when no *held* tensor was a device tensor,
+/// while the writer gave the pieces of nested ones (a `Joined`, a `Transposed`) to a device
+/// pipeline: direct I/O's units wrote them a second time and counted their NaNs twice.
+fn nested_device_tensors_are_written_once(devices: &[Device]) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = &devices[0];
+    let mut v: Vec<f32> = (0..8192).map(|i| (i as f32 * 0.3).cos()).collect();
+    v[5] = f32::NAN;
+    v[6000] = f32::INFINITY;
+    let whole = Tensor::from_vec(v.clone(), 8192, d)?;
+    let square = Tensor::from_vec(v[..4096].to_vec(), (64, 64), d)?;
+    let joined = InputTensor::joined(
+        "qkv",
+        vec![
+            (InputTensor::Candle(whole.clone()), 4096..8192),
+            (InputTensor::Candle(whole.clone()), 0..4096),
+        ],
+        vec![2, 4096],
+    )?;
+    let mut model = BTreeMap::new();
+    model.insert("joined".to_string(), joined);
+    model.insert(
+        "proj".to_string(),
+        InputTensor::Candle(square.clone()).transposed(),
+    );
+    model.insert(
+        "on_host".to_string(),
+        InputTensor::Candle(Tensor::ones(4096, DType::F32, &Device::Cpu)?),
+    );
+    let mut c = Components::default();
+    c.set_inputs(ComponentKind::Model, model);
+    for dst in [TargetDtype::Keep, TargetDtype::F16] {
+        let mut opts = options(LayoutChoice::Generic(GenericPrefixes::default()), dst);
+        opts.writer.backend = Backend::Direct;
+        let (saved, file) = save_in(dir.path(), &format!("{dst}"), &c, &opts);
+        let name = |k: &str| format!("model.diffusion_model.{k}");
+        let mut got = saved.non_finite.clone();
+        got.sort();
+        let want = vec![(name("joined"), 2), (name("proj"), 1)];
+        assert_eq!(got, want, "{dst}");
+        let st = safetensors::SafeTensors::deserialize(&file)?;
+        let to = match dst {
+            TargetDtype::Keep => Dtype::F32,
+            _ => Dtype::F16,
+        };
+        let rotated: Vec<f32> = v[4096..].iter().chain(&v[..4096]).copied().collect();
+        let transposed: Vec<f32> = (0..4096).map(|i| v[(i % 64) * 64 + i / 64]).collect();
+        for (key, values) in [("joined", rotated), ("proj", transposed)] {
+            let src: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut want = vec![0u8; values.len() * to.bitsize() / 8];
+            cast::convert(key, &src, Dtype::F32, &mut want, to)?;
+            assert!(st.tensor(&name(key))?.data() == want, "{dst}: {key}");
+        }
+    }
+    Ok(())
+}
+
+/// Regression (issue 20): the checkpointer's device snapshot queued its copies and returned;
+/// the background write, on its own thread and stream, could read them before they finished.
+/// The tensors here come out of a long chain of kernels queued just before the save.
+fn checkpointer_snapshot_copies_finish_before_the_write(devices: &[Device]) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = &devices[0];
+    let n = if d.is_cpu() { 64 } else { 4096 };
+    let mut x = Tensor::rand(-1f32, 1f32, (n, n), d)?;
+    let y = (Tensor::rand(-1f32, 1f32, (n, n), d)? / n as f64)?;
+    for _ in 0..16 {
+        x = x.matmul(&y)?.tanh()?;
+    }
+    let mut ck = Checkpointer::builder(dir.path())
+        .snapshot(SnapshotStrategy::DeviceCopy)
+        .build()?;
+    let mut model = BTreeMap::new();
+    model.insert("x".to_string(), x.clone());
+    ck.save(Components::new(model), 1, None)?;
+    let path = ck.path_for(1);
+    ck.finish()?;
+    let want: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let back = checkpoint_save::load_tensors(&path, &Device::Cpu)?;
+    let got: Vec<f32> = back["x"].flatten_all()?.to_vec1()?;
+    assert!(
+        got == want,
+        "the file holds values the copy had not finished writing"
+    );
+    Ok(())
+}
+
 /// The bodies that run on one device, by name.
-const ONE_DEVICE: [(&str, Body); 6] = [
+const ONE_DEVICE: [(&str, Body); 9] = [
+    (
+        "device_merges_count_before_the_rounding",
+        device_merges_count_before_the_rounding,
+    ),
+    (
+        "nested_device_tensors_are_written_once",
+        nested_device_tensors_are_written_once,
+    ),
+    (
+        "checkpointer_snapshot_copies_finish_before_the_write",
+        checkpointer_snapshot_copies_finish_before_the_write,
+    ),
     (
         "merges_on_the_device_match_the_host",
         merges_on_the_device_match_the_host,

@@ -5,6 +5,10 @@
 //! a buffer reused from the previous save); the background thread then only hands it to the disk.
 //! Device tensors are copied on their device when there is room (shortest stall, nothing crosses
 //! the bus), else to the host; the background thread saves the copies through the usual pipeline.
+//!
+//! Copies on a device are only queued when [`take`] returns (on the training thread's stream,
+//! after the work that produced the weights): a [`Fence`] recorded right after them is waited for
+//! by the background thread before its write reads a byte (see [`crate::offload::order`]).
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -16,6 +20,7 @@ use rayon::prelude::*;
 use super::{lock, Config, SnapshotKind, SnapshotStrategy};
 use crate::error::Result;
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, Prediction};
+use crate::offload::order::{self, Fence};
 use crate::plan::metadata::{self, MetadataOptions};
 use crate::plan::Plan;
 use crate::publish::reserve_at;
@@ -26,8 +31,9 @@ use crate::write::{self, AlignedBuf, Method};
 pub(super) enum Snapshot {
     /// The staged data section of host tensors, and the plan that writes it.
     Staged(Staged),
-    /// Copies of the tensors (device tensors: copied on the device or to the host).
-    Tensors(Components),
+    /// Copies of the tensors (device tensors: copied on the device or to the host), and the
+    /// fence after the copies, which the write waits for.
+    Tensors(Components, Fence),
 }
 
 /// A checkpoint staged in host memory: the plan, whose one piece is `image`.
@@ -55,14 +61,14 @@ pub(super) fn take(
     let b = &cfg.builder;
     if components.tensors().any(InputTensor::on_device) {
         let (copy, kind) = copy_device(components, b.snapshot, b.device_memory_limit)?;
+        let fence = fence_after(&copy)?;
         let bytes = copy.byte_len();
-        return Ok((Snapshot::Tensors(copy), kind, bytes));
+        return Ok((Snapshot::Tensors(copy, fence), kind, bytes));
     }
     let opts = save_options(cfg, cancel);
     let (arch, prediction, layout) = save::lay_out(components, &opts.layout, opts.prediction)?;
-    let (method, plan_opts) = save::plan_options(components, &opts, &b.dir);
     let meta = metadata::build(arch, prediction, title, &opts.metadata);
-    let plan = Plan::new(&layout, components, &meta, &plan_opts)?;
+    let (plan, method) = save::plan_for_write(&layout, components, &meta, &opts, &b.dir)?;
     let reuse = lock(&cfg.spare_image).take();
     let (image, counts) = write::stage(&plan, reuse)?;
     let non_finite = save::non_finite_list(&plan, &counts);
@@ -97,7 +103,7 @@ impl Snapshot {
     ) -> Result<Saved> {
         let opts = save_options(cfg, cancel);
         let staged = match self {
-            Snapshot::Tensors(c) => return save::save_to_path(&c, path, &opts),
+            Snapshot::Tensors(c, fence) => return save_copies(&c, &fence, path, &opts),
             Snapshot::Staged(staged) => staged,
         };
         let start = std::time::Instant::now();
@@ -120,6 +126,25 @@ impl Snapshot {
         }
         Ok(saved)
     }
+}
+
+/// Saves the snapshot's copies to `path` once the copies, queued on the training thread, have
+/// finished.
+fn save_copies(
+    copies: &Components,
+    fence: &Fence,
+    path: &Path,
+    opts: &SaveOptions,
+) -> Result<Saved> {
+    fence.wait()?;
+    save::save_to_path(copies, path, opts)
+}
+
+/// The fence after the copies queued for `copy` on the calling thread (its device tensors).
+fn fence_after(copy: &Components) -> Result<Fence> {
+    let mut held = Vec::new();
+    copy.tensors().for_each(|t| order::held(t, &mut held));
+    Fence::after(held)
 }
 
 /// Copies every device tensor (on its device, or to the host) and every host tensor, so later
@@ -199,5 +224,51 @@ pub(super) fn save_options(cfg: &Config, cancel: &Arc<AtomicBool>) -> SaveOption
         progress: false,
         cancel: Some(Arc::clone(cancel)),
         writer: b.engine,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use candle_core::Tensor;
+
+    use super::*;
+    use crate::offload::order::seam::{self, Event};
+
+    /// Regression (issue 20): the device snapshot queued its copies and returned, and the
+    /// background write read them with nothing ordering the read after the copies. The copies
+    /// are fenced where they are queued, and the write waits for the fence before its first read.
+    #[test]
+    fn the_background_write_waits_for_the_snapshot_copies() {
+        let mut model = BTreeMap::new();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let t = Tensor::arange(0f32, 64., &Device::Cpu).unwrap();
+            model.insert(name.to_string(), (t * (i as f64 + 1.)).unwrap());
+        }
+        let live = Components::new(model);
+        let copies = copy_components(&live, SnapshotKind::DeviceCopy).unwrap();
+        let ids: Vec<_> = copies
+            .tensors()
+            .map(|t| t.as_candle().unwrap().id())
+            .collect();
+        seam::watch(ids.iter().copied());
+        let fence = fence_after(&copies).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SaveOptions {
+            layout: crate::save::LayoutChoice::Generic(crate::layout::GenericPrefixes::default()),
+            ..SaveOptions::default()
+        };
+        let path = dir.path().join("s.safetensors");
+        save_copies(&copies, &fence, &path, &opts).unwrap();
+        let events = seam::events(&ids);
+        for id in ids {
+            let mine: Vec<Event> = events.iter().copied().filter(|e| e.id() == id).collect();
+            let at = |want: fn(Event) -> bool| mine.iter().position(|e| want(*e));
+            let fenced = at(|e| matches!(e, Event::Fenced(_))).expect("fenced");
+            let waited = at(|e| matches!(e, Event::FenceWaited(_))).expect("fence waited");
+            let read = at(|e| matches!(e, Event::Read(_))).expect("read");
+            assert!(fenced < waited && waited < read, "{mine:?}");
+        }
     }
 }

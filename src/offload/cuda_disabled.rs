@@ -1,8 +1,13 @@
 //! Stand-in for the CUDA fast path when the `cuda` feature is off.
 //!
-//! Same names and signatures as `cuda.rs`, so the writer and the bench need no `#[cfg]`: there
-//! are never any device groups (candle has no CUDA devices in such a build), and the functions
-//! that only make sense with a GPU return [`Error::FeatureDisabled`].
+//! Same names and signatures as `cuda/mod.rs`, so the writer and the bench need no `#[cfg]`:
+//! there are never any device groups, and the functions that only make sense with the fast path
+//! return [`Error::FeatureDisabled`].
+//!
+//! candle may still hold CUDA tensors in such a build: its own `cuda` feature can be on through
+//! another crate of the program (Cargo unifies features). Those take the generic device path,
+//! ordered with candle's `Device::synchronize` (see [`super::order`]), which needs nothing of
+//! this crate's feature.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -35,6 +40,44 @@ fn disabled(what: &str) -> Error {
     Error::FeatureDisabled {
         what: what.into(),
         feature: "cuda",
+    }
+}
+
+/// Whether pieces on `device` can go through a device pipeline: never without the `cuda`
+/// feature (CUDA tensors take the generic device path).
+pub(crate) fn has_pipeline(_device: &Device) -> bool {
+    false
+}
+
+/// Waits for `device`'s work as candle can without this crate's `cuda` feature: the calling
+/// thread's stream on CUDA (candle's `Device::synchronize`), the command queue on Metal.
+///
+/// # Errors
+/// Device errors.
+pub(crate) fn synchronize_context(device: &Device) -> Result<()> {
+    Ok(device.synchronize()?)
+}
+
+/// Work queued so far on the calling thread's candle stream of a CUDA device: without the
+/// `cuda` feature there are no events to record, so recording it waits for it.
+pub(crate) struct Produced;
+
+impl Produced {
+    /// Synchronizes `device` on the calling thread (candle's `Device::synchronize`).
+    ///
+    /// # Errors
+    /// Device errors.
+    pub(crate) fn record(device: &Device) -> Result<Produced> {
+        device.synchronize()?;
+        Ok(Produced)
+    }
+
+    /// Nothing left to wait for: [`Produced::record`] already waited.
+    ///
+    /// # Errors
+    /// Never.
+    pub(crate) fn wait(&self) -> Result<()> {
+        Ok(())
     }
 }
 

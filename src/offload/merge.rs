@@ -7,8 +7,13 @@
 //!   tensor, or a device tensor's range), combined in place, then cast into the staging buffer;
 //! - on a device, with candle's ops: operands already on that device are combined there (no host
 //!   round trip), others are uploaded range by range; only the result crosses the bus, cast to
-//!   f16/bf16 on the device when that is the output dtype. The CPU device runs this same code,
-//!   which is how its arithmetic is tested against the host evaluator, bit for bit.
+//!   f16/bf16 on the device when that is the output dtype and the device rounds as the host does
+//!   ([`super::device::device_cast`]). The CPU device runs this same code, which is how its
+//!   arithmetic is tested against the host evaluator, bit for bit.
+//!
+//! Both count the NaN/±Inf values of the f32 result *before* it is rounded into the output dtype
+//! (the device on the device, before its cast), so the count does not depend on the evaluator: a
+//! finite result that overflows the output dtype is not counted, an Inf that fp8 saturates is.
 //!
 //! A LoRA's product is made for the target rows a range touches only, so no full-size difference
 //! is ever held (`lowrank` on the host, a matmul of those rows on a device).
@@ -44,9 +49,7 @@ pub(super) fn fill_merged(
 ) -> Result<u64> {
     if let Some(device) = m.evaluation_device() {
         let r = eval_on(&device, m, units.clone(), scratch)?;
-        return super::from_device(&r, 0..units.len(), dst, |src, from| {
-            cast::convert(name, src, from, out, dst)
-        });
+        return super::device::from_device(&r, 0..units.len(), name, out, dst);
     }
     // A cache-sized block at a time: the operands' values are read, combined and cast while
     // they are in cache.
@@ -265,7 +268,9 @@ fn lora_matrices(l: &LoraFactors, device: &Device, scratch: &mut Scratch) -> Res
     let mut load = |t: &InputTensor| -> Result<Tensor> {
         let info = t.info();
         let t = match t {
-            InputTensor::Candle(c) if c.device().same_device(device) => c.to_dtype(DType::F32)?,
+            InputTensor::Candle(c) if c.device().same_device(device) => {
+                super::order::read(c).to_dtype(DType::F32)?
+            }
             InputTensor::Merged(m) => {
                 Tensor::from_vec(merged_f32(m, scratch)?, info.shape.clone(), device)?
             }
@@ -442,7 +447,7 @@ fn operand_on(
     scratch: &mut Scratch,
 ) -> Result<Tensor> {
     match operand(m, i)? {
-        InputTensor::Candle(c) if c.device().same_device(device) => Ok(c
+        InputTensor::Candle(c) if c.device().same_device(device) => Ok(super::order::read(c)
             .flatten_all()?
             .narrow(0, units.start, units.len())?
             .to_dtype(DType::F32)?),

@@ -2,8 +2,10 @@
 //!
 //! CPU tensors are read straight from their storage: no copy when the tensor is contiguous, and
 //! the cast (if any) is fused with the copy into the writer's staging buffer. Tensors on another
-//! device (CUDA, Metal) take the generic device path: they are cast on the device first, so only
-//! the target dtype's bytes cross the bus, then copied to host memory range by range.
+//! device (CUDA, Metal) take the generic device path ([`device`]): copied to host memory range by
+//! range, cast on the device first where that shrinks what crosses the bus and the device rounds
+//! as the host does, their NaN/Inf counted before that rounding. No device tensor is read before
+//! the work that produced it has finished ([`order`]).
 //!
 //! With the `cuda` feature, pieces on CUDA devices take the fast path in [`cuda`] instead: a fused
 //! cast-and-pack kernel, pinned reused host buffers and copies overlapped with writes; it hands
@@ -18,16 +20,18 @@ pub(crate) mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_disabled.rs"]
 pub(crate) mod cuda;
+pub(crate) mod device;
 mod lowrank;
 mod merge;
+pub(crate) mod order;
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{CpuStorage, Storage, Tensor};
 
 use crate::cast;
 use crate::error::{Error, Result};
-use crate::model::dtype::{candle_dtype, file_dtype, Dtype};
+use crate::model::dtype::file_dtype;
 use crate::model::InputTensor;
 use crate::plan::{unit_width, Piece, PieceSource};
 
@@ -92,11 +96,25 @@ impl Scratch {
 }
 
 /// Every byte of a tensor (row-major, in [`InputTensor::host_dtype`]) in host memory: for the
-/// small tensors a conversion needs whole (a transposed projection, a LoRA's alpha).
+/// small tensors a conversion needs whole (a transposed projection, a LoRA's alpha). Waits first
+/// for the work that produced the device tensors it is made of ([`order`]).
+///
+/// # Errors
+/// Device, read and cast errors; [`Error::InvalidInput`] for a transpose nested in a conversion.
 pub(crate) fn host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
+    let mut held = Vec::new();
+    order::held(t, &mut held);
+    order::wait_for_producers(held)?;
+    ordered_host_bytes(t)
+}
+
+/// [`host_bytes`], once the producers of its device tensors have finished.
+fn ordered_host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
     match t {
         InputTensor::Candle(c) => {
-            let c = to_host(&c.contiguous()?, file_dtype(c.dtype()))?;
+            let c = order::read(c)
+                .contiguous()?
+                .to_device(&candle_core::Device::Cpu)?;
             let w = unit_width(file_dtype(c.dtype()));
             with_cpu_bytes(&c, 0..c.elem_count(), w, |b| Ok(b.to_vec()))
         }
@@ -105,7 +123,7 @@ pub(crate) fn host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
             let w = unit_width(t.info().dtype);
             let mut out = Vec::with_capacity(t.byte_len() as usize);
             for (part, range) in j.parts() {
-                let b = host_bytes(part)?;
+                let b = ordered_host_bytes(part)?;
                 out.extend_from_slice(&b[range.start * w..range.end * w]);
             }
             Ok(out)
@@ -158,7 +176,7 @@ pub(crate) fn with_bytes_in_place<R>(
         }
         PieceSource::Candle { tensor, offset } => {
             let shifted = offset + units.start..offset + units.end;
-            with_cpu_bytes(tensor, shifted, w, f)
+            with_cpu_bytes(order::read(tensor), shifted, w, f)
         }
         PieceSource::File { .. } | PieceSource::Transposed { .. } | PieceSource::Merged { .. } => {
             Err(Error::InvalidInput(
@@ -190,22 +208,27 @@ pub(crate) fn fill(
         )));
     }
     let dst = piece.dst_dtype;
-    let mut convert = |src: &[u8], from: Dtype| cast::convert(name, src, from, out, dst);
+    let from = piece.src_dtype;
     match &piece.source {
         PieceSource::Host { .. } => {
-            with_bytes_in_place(piece, units, |src| convert(src, piece.src_dtype))
+            with_bytes_in_place(piece, units, |src| cast::convert(name, src, from, out, dst))
         }
         PieceSource::Candle { tensor, offset } => {
             let shifted = offset + units.start..offset + units.end;
+            let tensor = order::read(tensor);
             if !tensor.device().is_cpu() {
-                return from_device(tensor, shifted, dst, convert);
+                return device::from_device(tensor, shifted, name, out, dst);
             }
             let w = unit_width(piece.src_dtype);
             if tensor.is_contiguous() {
-                return with_cpu_bytes(tensor, shifted, w, |src| convert(src, piece.src_dtype));
+                return with_cpu_bytes(tensor, shifted, w, |src| {
+                    cast::convert(name, src, from, out, dst)
+                });
             }
             let c = scratch.contiguous(piece, tensor, false)?;
-            with_cpu_bytes(&c, shifted, w, |src| convert(src, piece.src_dtype))
+            with_cpu_bytes(&c, shifted, w, |src| {
+                cast::convert(name, src, from, out, dst)
+            })
         }
         PieceSource::File {
             file,
@@ -242,12 +265,12 @@ pub(crate) fn fill(
             offset,
         } => {
             let shifted = offset + units.start..offset + units.end;
-            let c = scratch.contiguous(piece, tensor, true)?;
+            let c = scratch.contiguous(piece, order::read(tensor), true)?;
             if !c.device().is_cpu() {
-                return from_device(&c, shifted, dst, convert);
+                return device::from_device(&c, shifted, name, out, dst);
             }
             with_cpu_bytes(&c, shifted, unit_width(piece.src_dtype), |src| {
-                convert(src, piece.src_dtype)
+                cast::convert(name, src, from, out, dst)
             })
         }
         PieceSource::Merged { merged, offset } => {
@@ -277,41 +300,6 @@ fn check_range(piece: &Piece, units: &Range<usize>) -> Result<()> {
 
 fn outside(what: &str) -> Error {
     Error::InvalidInput(format!("a planned range lies outside its {what}"))
-}
-
-/// Copies elements `range` of a device tensor to the host (cast on the device first when the
-/// target dtype is one candle has and the cast shrinks what crosses the bus) and hands the bytes
-/// and their dtype to `f`.
-fn from_device<R>(
-    t: &Tensor,
-    range: Range<usize>,
-    dst: Dtype,
-    f: impl FnOnce(&[u8], Dtype) -> Result<R>,
-) -> Result<R> {
-    // A cheap view of the flattened tensor, so only the requested elements are copied.
-    let part = t.flatten_all()?.narrow(0, range.start, range.len())?;
-    let host = to_host(&part, dst)?;
-    let dtype = file_dtype(host.dtype());
-    with_cpu_bytes(&host, 0..range.len(), unit_width(dtype), |src| {
-        f(src, dtype)
-    })
-}
-
-/// Copies a device tensor to host memory, casting on the device first when the target dtype is
-/// one candle has and the cast changes only the float format.
-pub(crate) fn to_host(t: &Tensor, dst: Dtype) -> Result<Tensor> {
-    let t = match candle_dtype(dst) {
-        Some(d) if d != t.dtype() && is_float(t.dtype()) && is_float(d) => t.to_dtype(d)?,
-        _ => t.clone(),
-    };
-    Ok(t.to_device(&Device::Cpu)?)
-}
-
-fn is_float(d: DType) -> bool {
-    matches!(
-        d,
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64 | DType::F8E4M3
-    )
 }
 
 /// Calls `f` with the bytes of units `units` (of `width` bytes) of a contiguous CPU tensor.
@@ -366,6 +354,8 @@ fn cpu_bytes(s: &CpuStorage) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::dtype::Dtype;
+    use candle_core::{DType, Device};
     use std::sync::Arc;
 
     fn piece(source: PieceSource, src: Dtype, dst: Dtype, units: usize) -> Piece {

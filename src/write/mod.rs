@@ -4,9 +4,11 @@
 //! The data section is cut into [units](units) that worker threads take in file order; each unit
 //! is filled (cast fused, [`crate::offload`]) and written in steps at its offset into the
 //! preallocated temporary file, through a [`sink::Sink`]: positional writes, a memory map, or
-//! direct I/O. Pieces whose tensors sit on a CUDA device (with the `cuda` feature) are left out of
-//! the units and filled by one device pipeline per GPU, which hands its pinned buffers back to the
-//! same sink. Host memory in flight is bounded by the staging budget.
+//! direct I/O. Pieces that a device pipeline fills ([`offload::device::pipeline_source`]: tensors
+//! on a CUDA device, with the `cuda` feature) are left out of the units and filled by one
+//! pipeline per GPU, which hands its pinned buffers back to the same sink. Host memory in flight
+//! is bounded by the staging budget. Before any worker starts, the calling thread waits for the
+//! work that produced the device tensors the plan reads ([`offload::order`]).
 
 pub(crate) mod sink;
 mod staging;
@@ -162,13 +164,18 @@ pub(crate) fn write(
     progress: &Progress,
     cancel: &AtomicBool,
 ) -> Result<WriteReport> {
+    // Before the first read of a device tensor, by any worker: on this thread, whose stream
+    // candle queued the caller's work on.
+    offload::order::wait_for_producers(offload::order::plan_tensors(plan))?;
     preallocate(file, plan.file_len())?;
     let sink = Sink::new(file, method, plan.data_offset());
     sink.write_header(plan.header())?;
     progress.inc(plan.header().len() as u64);
 
     let (workers, chunk_size) = opts.effective();
-    let gpu = DevicePipelines::new(plan, chunk_size);
+    // Direct I/O's units cover the whole data section, so with it the workers fill every piece
+    // (the save never chooses it when a pipeline would run: `save::write_method`).
+    let gpu = DevicePipelines::new(plan, chunk_size, !sink.is_direct());
     let units = if sink.is_direct() {
         units::aligned(plan, chunk_size)
     } else {
@@ -247,8 +254,12 @@ struct DevicePipelines {
 }
 
 impl DevicePipelines {
-    fn new(plan: &Plan, chunk: u64) -> Self {
-        let groups = cuda::device_groups(plan);
+    /// The pipelines of `plan`'s device pieces, or none when `enabled` is false.
+    fn new(plan: &Plan, chunk: u64, enabled: bool) -> Self {
+        let groups = match enabled {
+            true => cuda::device_groups(plan),
+            false => Vec::new(),
+        };
         let mut owned = vec![false; plan.pieces().len()];
         for &i in groups.iter().flat_map(|g| &g.pieces) {
             owned[i] = true;
@@ -360,6 +371,8 @@ fn write_unit(
 
 /// Fills `out` with the bytes of data-section range `range`, casting on the way: what a staged
 /// unit holds before it is written. Reports each piece's non-finite count to `count(tensor, n)`.
+/// Device tensors are read as they are: the caller has waited for the work that produced them
+/// (as [`write`] does, see [`offload::order`]).
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when `out` does not have the range's length or the range cuts an

@@ -101,6 +101,8 @@ pub(crate) fn stage(plan: &Plan, reuse: Option<AlignedBuf>) -> Result<(AlignedBu
     let len = usize::try_from(plan.data_len()).map_err(|_| {
         Error::InvalidInput("the checkpoint does not fit in this machine's address space".into())
     })?;
+    // The fills run on the pool's threads: the producers' work must be done before.
+    crate::offload::order::wait_for_producers(crate::offload::order::plan_tensors(plan))?;
     let mut image = AlignedBuf::reuse(reuse, len)?;
     let counts: Vec<AtomicU64> = plan.tensors().iter().map(|_| AtomicU64::new(0)).collect();
     // Steps aligned to STEP from the start of the data section: element-aligned.

@@ -1,6 +1,6 @@
 //! The CUDA fast path: cast on the device, pack, copy into pinned host memory, overlap with writes.
 //!
-//! The generic device path (`with_host_range`) works on any device but pays for it: one candle
+//! The generic device path ([`super::device`]) works on any device but pays for it: one candle
 //! cast and one pageable copy per tensor range, issued and waited for one after another, with the
 //! write only starting when the copy is done. Into ordinary (pageable) memory a device→host copy
 //! runs several times slower than into page-locked memory, and thousands of small tensors are
@@ -25,12 +25,13 @@
 //!
 //! # Ordering with the caller's work
 //! candle 0.11 creates CUDA devices on the per-thread default stream, so work the caller launched
-//! from its own thread is not ordered before anything issued from our pipeline thread or stream.
-//! Each pipeline therefore starts with `cuCtxSynchronize` on the device's context, which waits for
-//! every stream of every thread: all kernels that produced the tensors have finished before the
-//! first copy reads them. Temporary contiguous copies (transposed projections, strided views) are
-//! made by candle on the pipeline thread; our stream waits on an event recorded on that thread's
-//! stream before reading them.
+//! from its own thread is not ordered before anything issued from our pipeline thread or stream
+//! (see [`super::order`]). The save has already synchronized the context before its workers
+//! start; each pipeline synchronizes it again (`cuCtxSynchronize`, every stream of every thread)
+//! before its first read, so it is ordered on its own. Temporary contiguous copies (transposed
+//! projections, strided views) are made by candle on the pipeline thread; our stream waits on an
+//! event recorded on that thread's stream before reading them. cudarc's read guard of each source
+//! is held until the kernel that reads it is queued, so its read event marks that kernel.
 //!
 //! While a save runs the caller may keep launching work on the device (training can go on), but
 //! must not write into the tensors being saved (in-place updates such as an optimizer step on the
@@ -45,13 +46,14 @@ use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{Device, Storage, Tensor};
 use cudarc::driver::{
     result, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
-    PushKernelArg,
+    PushKernelArg, SyncOnDrop,
 };
 
+use super::device::{pipeline_source, Code};
 use crate::error::{Error, Result};
-use crate::model::dtype::{file_dtype, Dtype};
+use crate::model::dtype::file_dtype;
 use crate::model::InputTensor;
-use crate::plan::{Piece, PieceSource, Plan};
+use crate::plan::{PieceSource, Plan};
 use pinned::PinnedBuffer;
 pub use pinned::{pinned_copy_ceiling, release_pinned_buffers};
 
@@ -89,85 +91,62 @@ pub(crate) struct PipelineOptions {
 /// Where a pipeline hands each filled buffer: the writer's `write(bytes, data-section offset)`.
 pub(crate) type Sink<'a> = &'a (dyn Fn(&[u8], u64) -> Result<()> + Sync);
 
-/// Dtype codes of the kernel (`C_*` in `kernels/cast_pack.cu`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-enum Code {
-    F32 = 0,
-    F16 = 1,
-    Bf16 = 2,
-    F64 = 3,
-    F8E4M3 = 4,
-    F8E5M2 = 5,
-    Raw1 = 6,
-    Raw2 = 7,
-    Raw4 = 8,
-    Raw8 = 9,
-}
-
-impl Code {
-    /// The kernel code of a source or kept dtype; `None` when the kernel cannot read it.
-    fn of(d: Dtype) -> Option<Code> {
-        Some(match d {
-            Dtype::F32 => Code::F32,
-            Dtype::F16 => Code::F16,
-            Dtype::BF16 => Code::Bf16,
-            Dtype::F64 => Code::F64,
-            Dtype::F8_E4M3 => Code::F8E4M3,
-            Dtype::F8_E5M2 => Code::F8E5M2,
-            Dtype::U8 | Dtype::I8 | Dtype::BOOL => Code::Raw1,
-            Dtype::I16 | Dtype::U16 => Code::Raw2,
-            Dtype::I32 | Dtype::U32 => Code::Raw4,
-            Dtype::I64 | Dtype::U64 => Code::Raw8,
-            _ => return None,
-        })
-    }
-
-    /// Whether the kernel can encode into this code (the cast targets).
-    fn is_target(self) -> bool {
-        matches!(
-            self,
-            Code::F32 | Code::F16 | Code::Bf16 | Code::F8E4M3 | Code::F8E5M2
-        )
-    }
-
-    fn is_float(self) -> bool {
-        self.is_target() || self == Code::F64
-    }
-}
-
 pub(super) fn driver(e: DriverError) -> Error {
     Error::Candle(candle_core::Error::wrap(e))
 }
 
-/// The source tensor of a piece when the fast path can handle it: on a CUDA device, and either
-/// kept in a byte-sized dtype or cast between floats the kernel knows.
-fn fast_source(piece: &Piece) -> Option<&Tensor> {
-    let t = match &piece.source {
-        PieceSource::Candle { tensor, .. }
-        | PieceSource::Transposed {
-            tensor: InputTensor::Candle(tensor),
-            ..
-        } => tensor,
-        _ => return None,
-    };
-    if !t.device().is_cuda() || file_dtype(t.dtype()) != piece.src_dtype {
-        return None;
+/// Whether pieces on `device` can go through a device pipeline: any CUDA device.
+pub(crate) fn has_pipeline(device: &Device) -> bool {
+    device.is_cuda()
+}
+
+/// Waits until every stream of `device`'s context, whichever thread queued the work, is idle
+/// (`cuCtxSynchronize`); other devices synchronize as candle does.
+///
+/// # Errors
+/// Device errors (a fault of an earlier kernel is reported here).
+pub(crate) fn synchronize_context(device: &Device) -> Result<()> {
+    match device {
+        Device::Cuda(dev) => dev.cuda_stream().context().synchronize().map_err(driver),
+        other => Ok(other.synchronize()?),
     }
-    let (src, dst) = (Code::of(piece.src_dtype)?, Code::of(piece.dst_dtype)?);
-    let ok = if piece.src_dtype == piece.dst_dtype {
-        src == dst
-    } else {
-        src.is_float() && dst.is_target()
-    };
-    ok.then_some(t)
+}
+
+/// Work queued so far on the calling thread's candle stream of a CUDA device, as an event that
+/// another thread can wait for.
+pub(crate) struct Produced(CudaEvent);
+
+impl Produced {
+    /// Records an event on `device`'s candle stream, which for candle's per-thread stream is the
+    /// calling thread's own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a device that is not CUDA; device errors.
+    pub(crate) fn record(device: &Device) -> Result<Produced> {
+        let Device::Cuda(dev) = device else {
+            return Err(Error::InvalidInput(format!(
+                "a CUDA event was asked for on {device:?}"
+            )));
+        };
+        let stream = dev.cuda_stream();
+        stream.context().bind_to_thread().map_err(driver)?;
+        Ok(Produced(stream.record_event(None).map_err(driver)?))
+    }
+
+    /// Blocks until the recorded work has finished.
+    ///
+    /// # Errors
+    /// Device errors.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.0.synchronize().map_err(driver)
+    }
 }
 
 /// Groups the pieces the fast path handles by device (one group per candle device).
 pub(crate) fn device_groups(plan: &Plan) -> Vec<DeviceGroup> {
     let mut groups: Vec<DeviceGroup> = Vec::new();
     for (i, piece) in plan.pieces().iter().enumerate() {
-        let Some(t) = fast_source(piece) else {
+        let Some(t) = pipeline_source(piece) else {
             continue;
         };
         match groups.iter_mut().find(|g| g.device.same_device(t.device())) {
@@ -345,9 +324,9 @@ pub(crate) fn run_group(
 }
 
 impl Pipeline<'_> {
-    /// The device address and kernel code of elements `elems` of a piece's source, making a
-    /// contiguous copy first when the source is transposed or strided.
-    fn source(&mut self, item: &Item, slot: usize, made: &mut bool) -> Result<(u64, Code)> {
+    /// The contiguous tensor that holds `item`'s elements and the index of its first element
+    /// there, making a contiguous copy first when the source is transposed or strided.
+    fn source(&mut self, item: &Item, slot: usize, made: &mut bool) -> Result<(Tensor, usize)> {
         let piece = &self.plan.pieces()[item.piece];
         let (t, offset) = match &piece.source {
             PieceSource::Candle { tensor, offset } if tensor.is_contiguous() => {
@@ -359,8 +338,8 @@ impl Pipeline<'_> {
                 offset,
             } => {
                 let offset = *offset;
-                match &self.temp {
-                    Some((p, c)) if *p == item.piece => (c.clone(), offset),
+                let c = match &self.temp {
+                    Some((p, c)) if *p == item.piece => c.clone(),
                     _ => {
                         let c = match &piece.source {
                             PieceSource::Transposed { .. } => t.t()?.contiguous()?,
@@ -368,9 +347,12 @@ impl Pipeline<'_> {
                         };
                         *made = true;
                         self.temp = Some((item.piece, c.clone()));
-                        (c, offset)
+                        c
                     }
-                }
+                };
+                // Dropped only once the slot's batch has completed.
+                self.slots[slot].keep.push(c.clone());
+                (c, offset)
             }
             _ => {
                 return Err(Error::InvalidInput(
@@ -378,70 +360,63 @@ impl Pipeline<'_> {
                 ))
             }
         };
-        let code = Code::of(file_dtype(t.dtype())).ok_or_else(|| Error::UnsupportedDtype {
-            dtype: format!("{:?}", t.dtype()),
-            hint: "the CUDA fast path cannot read it".into(),
-        })?;
-        let (storage, layout) = t.storage_and_layout();
-        let Storage::Cuda(s) = &*storage else {
-            return Err(Error::InvalidInput(
-                "a CUDA tensor without CUDA storage".into(),
-            ));
-        };
-        let (start, _) = layout.contiguous_offsets().ok_or_else(|| {
-            Error::InvalidInput("contiguous tensor without contiguous offsets".into())
-        })?;
-        fn addr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
-            // The guard records a read on our stream; ordering is handled by the pipeline.
-            let (ptr, _read) = s.device_ptr(stream);
-            ptr
-        }
-        let st = &self.stream;
-        let base = match &s.slice {
-            CudaStorageSlice::U8(v) => addr(v, st),
-            CudaStorageSlice::U32(v) => addr(v, st),
-            CudaStorageSlice::I16(v) => addr(v, st),
-            CudaStorageSlice::I32(v) => addr(v, st),
-            CudaStorageSlice::I64(v) => addr(v, st),
-            CudaStorageSlice::BF16(v) => addr(v, st),
-            CudaStorageSlice::F16(v) => addr(v, st),
-            CudaStorageSlice::F32(v) => addr(v, st),
-            CudaStorageSlice::F64(v) => addr(v, st),
-            CudaStorageSlice::F8E4M3(v) => addr(v, st),
-            CudaStorageSlice::F6E2M3(_)
-            | CudaStorageSlice::F6E3M2(_)
-            | CudaStorageSlice::F4(_)
-            | CudaStorageSlice::F8E8M0(_) => {
-                return Err(Error::UnsupportedDtype {
-                    dtype: format!("{:?}", t.dtype()),
-                    hint: "packed formats are saved through the generic device path".into(),
-                })
-            }
-        };
-        drop(storage);
-        if !matches!(piece.source, PieceSource::Candle { ref tensor, .. } if tensor.is_contiguous())
-        {
-            self.slots[slot].keep.push(t.clone());
-        }
-        let size = t.dtype().size_in_bytes() as u64;
-        Ok((
-            base + (start + offset + item.elems.start) as u64 * size,
-            code,
-        ))
+        Ok((t, offset + item.elems.start))
     }
 
     /// Queues batch `batch` in slot `k`: table upload, kernel, copies back, completion event.
     fn issue(&mut self, k: usize, batch: Batch) -> Result<()> {
-        let mut table = Vec::with_capacity(batch.items.len() * ENTRY_BYTES);
         let mut made = false;
-        let mut longest = 0usize;
+        let mut sources = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
-            let (src, code) = self.source(item, k, &mut made)?;
+            sources.push(self.source(item, k, &mut made)?);
+        }
+        if made {
+            // The contiguous copies ran on candle's stream of this thread.
+            self.stream.join(&self.candle_stream).map_err(driver)?;
+        }
+        let stream = self.stream.clone();
+        // Each distinct tensor's storage is read-locked once, and its device address taken with
+        // cudarc's read guard, which is kept until the kernel that reads it is queued (below).
+        // Two views of one storage lock it twice; only a writer waiting on that storage could
+        // come between, and the saved tensors are not written while they are saved.
+        let mut distinct: Vec<&Tensor> = Vec::new();
+        let which: Vec<usize> = sources
+            .iter()
+            .map(
+                |(t, _)| match distinct.iter().position(|d| d.id() == t.id()) {
+                    Some(i) => i,
+                    None => {
+                        distinct.push(t);
+                        distinct.len() - 1
+                    }
+                },
+            )
+            .collect();
+        let locked: Vec<_> = distinct.iter().map(|t| t.storage_and_layout()).collect();
+        let mut reads = Vec::with_capacity(locked.len());
+        let mut bases = Vec::with_capacity(locked.len());
+        for (storage, layout) in &locked {
+            let (start, _) = layout.contiguous_offsets().ok_or_else(|| {
+                Error::InvalidInput("contiguous tensor without contiguous offsets".into())
+            })?;
+            let (base, read) = device_address(storage, &stream)?;
+            bases.push((base, start));
+            reads.push(read);
+        }
+        let mut table = Vec::with_capacity(batch.items.len() * ENTRY_BYTES);
+        let mut longest = 0usize;
+        for ((item, (t, first)), &d) in batch.items.iter().zip(&sources).zip(&which) {
+            let code = Code::of(file_dtype(t.dtype())).ok_or_else(|| Error::UnsupportedDtype {
+                dtype: format!("{:?}", t.dtype()),
+                hint: "the CUDA fast path cannot read it".into(),
+            })?;
             let p = &self.plan.pieces()[item.piece];
             let dst = Code::of(p.dst_dtype).ok_or_else(|| Error::UnsupportedDtype {
                 dtype: p.dst_dtype.to_string(),
                 hint: "the CUDA fast path cannot write it".into(),
             })?;
+            let (base, start) = bases[d];
+            let src = base + (start + first) as u64 * t.dtype().size_in_bytes() as u64;
             longest = longest.max(item.elems.len());
             table.extend_from_slice(&src.to_le_bytes());
             table.extend_from_slice(&(item.elems.len() as u64).to_le_bytes());
@@ -449,12 +424,7 @@ impl Pipeline<'_> {
             table.extend_from_slice(&(code as u32).to_le_bytes());
             table.extend_from_slice(&(dst as u32).to_le_bytes());
         }
-        if made {
-            // The contiguous copies ran on candle's stream of this thread.
-            self.stream.join(&self.candle_stream).map_err(driver)?;
-        }
         let (cap, n) = (self.cap, batch.items.len());
-        let stream = self.stream.clone();
         let slot = &mut self.slots[k];
         let host = slot
             .host
@@ -489,6 +459,11 @@ impl Pipeline<'_> {
         }
         slot.done.record(&stream).map_err(driver)?;
         slot.batch = Some(batch);
+        // The kernel that reads the sources is queued: now the guards record their read events
+        // on our stream (cudarc's contract: drop them after the read is scheduled), so a later
+        // write or free of a source, in any stream, waits for this kernel.
+        drop(reads);
+        drop(locked);
         Ok(())
     }
 
@@ -517,22 +492,43 @@ impl Pipeline<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_cover_the_cast_targets() {
-        for d in [
-            Dtype::F32,
-            Dtype::F16,
-            Dtype::BF16,
-            Dtype::F8_E4M3,
-            Dtype::F8_E5M2,
-        ] {
-            assert!(Code::of(d).is_some_and(Code::is_target));
-        }
-        assert!(Code::of(Dtype::F4).is_none());
-        assert!(!Code::F64.is_target());
+/// The device address of a CUDA storage's first element and cudarc's read guard for `stream`:
+/// the stream waits for the storage's last recorded write, and the guard, when dropped, records
+/// the read. Drop it only after the work that reads the address is queued.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a storage that is not on CUDA; [`Error::UnsupportedDtype`] for the
+/// packed formats, which the generic device path saves.
+fn device_address<'a>(
+    storage: &'a Storage,
+    stream: &'a CudaStream,
+) -> Result<(u64, SyncOnDrop<'a>)> {
+    let Storage::Cuda(s) = storage else {
+        return Err(Error::InvalidInput(
+            "a CUDA tensor without CUDA storage".into(),
+        ));
+    };
+    fn ptr<'a, T>(s: &'a CudaSlice<T>, stream: &'a CudaStream) -> (u64, SyncOnDrop<'a>) {
+        s.device_ptr(stream)
     }
+    let packed = |dtype: &str| Error::UnsupportedDtype {
+        dtype: dtype.into(),
+        hint: "packed formats are saved through the generic device path".into(),
+    };
+    Ok(match &s.slice {
+        CudaStorageSlice::U8(v) => ptr(v, stream),
+        CudaStorageSlice::U32(v) => ptr(v, stream),
+        CudaStorageSlice::I16(v) => ptr(v, stream),
+        CudaStorageSlice::I32(v) => ptr(v, stream),
+        CudaStorageSlice::I64(v) => ptr(v, stream),
+        CudaStorageSlice::BF16(v) => ptr(v, stream),
+        CudaStorageSlice::F16(v) => ptr(v, stream),
+        CudaStorageSlice::F32(v) => ptr(v, stream),
+        CudaStorageSlice::F64(v) => ptr(v, stream),
+        CudaStorageSlice::F8E4M3(v) => ptr(v, stream),
+        CudaStorageSlice::F6E2M3(_) => return Err(packed("F6_E2M3")),
+        CudaStorageSlice::F6E3M2(_) => return Err(packed("F6_E3M2")),
+        CudaStorageSlice::F4(_) => return Err(packed("F4")),
+        CudaStorageSlice::F8E8M0(_) => return Err(packed("F8_E8M0")),
+    })
 }
