@@ -187,13 +187,7 @@ fn encode_mxfp8(x: &[f32], out: &mut [u8]) -> u8 {
     let scale = e8m0_to_f32(exponent);
     for (o, &v) in out.iter_mut().zip(x) {
         let d = v / scale;
-        *o = e4m3_from_clamped(if d > 448.0 {
-            448.0
-        } else if d < -448.0 {
-            -448.0
-        } else {
-            d
-        });
+        *o = e4m3_from_clamped(d.clamp(-448.0, 448.0));
     }
     exponent
 }
@@ -212,13 +206,7 @@ fn encode_nvfp4(x: &[f32], tensor: f32, out: &mut [u8]) -> u8 {
     }
     let q = |v: f32| {
         let d = v / total;
-        e2m1_from_f32(if d > 6.0 {
-            6.0
-        } else if d < -6.0 {
-            -6.0
-        } else {
-            d
-        })
+        e2m1_from_f32(d.clamp(-6.0, 6.0))
     };
     for (o, pair) in out.iter_mut().zip(x.chunks_exact(2)) {
         *o = (q(pair[0]) << 4) | q(pair[1]);

@@ -80,15 +80,8 @@ pub(super) fn encode_fp8(
 ) {
     let inv = 1.0 / scale;
     let max = fp8.max();
-    let clamp = |t: f32| {
-        if t > max {
-            max
-        } else if t < -max {
-            -max
-        } else {
-            t
-        }
-    };
+    // f32::clamp keeps NaN, as torch.clamp does.
+    let clamp = |t: f32| t.clamp(-max, max);
     match precision {
         Precision::F32 => {
             for (c, &x) in codes.iter_mut().zip(values) {
