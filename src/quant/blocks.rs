@@ -58,10 +58,14 @@ pub(super) fn decode(
                     Precision::F32 => tensor * bs,
                     p => p.round(tensor_p * bs),
                 };
-                for (i, o) in out.iter_mut().enumerate() {
-                    let byte = codes[code_at + i / 2];
-                    let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
-                    *o = precision.round(E2M1[nibble as usize] * total);
+                let value = |nibble: u8| precision.round(E2M1[nibble as usize] * total);
+                let bytes = &codes[code_at..code_at + n.div_ceil(2)];
+                for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+                    pair[0] = value(byte >> 4);
+                    pair[1] = value(byte & 0x0F);
+                }
+                if n % 2 == 1 {
+                    out[n - 1] = value(bytes[n / 2] >> 4);
                 }
                 if let Some(factors) = &scales.pre_quant {
                     let first = col as usize;
@@ -184,12 +188,28 @@ fn encode_mxfp8(x: &[f32], out: &mut [u8]) -> u8 {
         return 0;
     }
     let exponent = mxfp8_exponent(amax);
-    let scale = e8m0_to_f32(exponent);
+    if exponent == 0 {
+        // Scale byte 0 stands for 0: kitchen divides by zero (±Inf, or NaN for zeros).
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = e4m3_from_clamped((v / 0.0).clamp(-448.0, 448.0));
+        }
+        return 0;
+    }
+    // Dividing by 2^k and multiplying by 2^-k (exact: k is in -126..=127) round the same real
+    // number, so they give the same f32; the product vectorises.
+    let inverse = power_of_two_inverse(exponent);
     for (o, &v) in out.iter_mut().zip(x) {
-        let d = v / scale;
-        *o = e4m3_from_clamped(d.clamp(-448.0, 448.0));
+        *o = e4m3_from_clamped((v * inverse).clamp(-448.0, 448.0));
     }
     exponent
+}
+
+/// `1 / e8m0_to_f32(exponent)` for exponent bytes 1..=254: `2^(127 - e)`, subnormal for 254.
+fn power_of_two_inverse(exponent: u8) -> f32 {
+    match exponent {
+        254 => f32::from_bits(0x0040_0000), // 2^-127
+        e => f32::from_bits(u32::from(254 - e) << 23),
+    }
 }
 
 /// kitchen's `quantize_nvfp4` for one block of 16: the e4m3 block scale `amax / 6 / tensor`
@@ -212,4 +232,21 @@ fn encode_nvfp4(x: &[f32], tensor: f32, out: &mut [u8]) -> u8 {
         *o = (q(pair[0]) << 4) | q(pair[1]);
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplying_by_the_inverse_power_of_two_equals_dividing() {
+        let xs = [1.0f32, -3.5, 447.9, 1e-38, -2.7e-45, 3.4e38, 0.1, -0.0];
+        for e in 1..=254u8 {
+            let (scale, inverse) = (e8m0_to_f32(e), power_of_two_inverse(e));
+            assert_eq!(inverse, 1.0 / scale, "exponent {e}");
+            for x in xs {
+                assert_eq!((x * inverse).to_bits(), (x / scale).to_bits(), "{x} at {e}");
+            }
+        }
+    }
 }

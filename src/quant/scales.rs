@@ -234,6 +234,11 @@ impl QuantLayout {
     ///   then widened to f32;
     /// - mxfp8: no tensor scale.
     ///
+    /// For fp8 this is ComfyUI's own layout (`comfy/quant_ops.py`), which ComfyUI registers in
+    /// place of comfy-kitchen's: kitchen's `TensorCoreFP8Layout.quantize` divides `amax / max`
+    /// in the tensor's dtype, so for a bf16 tensor its scale is rounded to bf16. Any scale can be
+    /// given instead ([`Scales::tensor`]); the codes then follow kitchen's quantizer exactly.
+    ///
     /// # Errors
     /// [`crate::Error::Quantized`] when a needed fact is missing, or the scale comes out zero
     /// (an all-zero tensor: keep it unquantized), negative or not finite (NaN or Inf values).

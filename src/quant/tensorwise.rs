@@ -120,7 +120,12 @@ fn int8_divisor(scale: f32, precision: Precision) -> f32 {
 /// rounded half to even and clamped to -128..=127; NaN becomes 0 as torch's cast gives it.
 #[inline(always)]
 fn int8_code(x: f32, divisor: f32, precision: Precision) -> u8 {
-    let q = precision.round(x / divisor).round_ties_even();
+    /// 1.5 · 2^23: adding and subtracting it rounds |q| ≤ 2^22 to an integer, ties to even,
+    /// inline (`round_ties_even` can be a library call per value).
+    const ROUND: f32 = 12_582_912.0;
+    // Clamping to ±256 first changes no result of the final clamp to -128..=127.
+    let q = precision.round(x / divisor).clamp(-256.0, 256.0);
+    let q = (q + ROUND) - ROUND;
     // `as` saturates and maps NaN to 0, like torch's float-to-int8 conversion after the clamp.
     (q.clamp(-128.0, 127.0) as i8) as u8
 }
