@@ -112,6 +112,7 @@ pub(crate) fn quant_error(layer: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// `x` rounded up to a multiple; for sizes already bounded by a checked product.
 fn round_up(x: usize, multiple: usize) -> usize {
     x.div_ceil(multiple) * multiple
 }
@@ -147,10 +148,13 @@ impl QuantLayout {
                         ),
                     ));
                 };
-                let (stored_rows, stored_cols) = (round_up(*rows, pad), round_up(*cols, pad));
+                let overflow = || quant_error(layer, format!("shape {shape:?} overflows"));
+                let stored_rows = rows.checked_next_multiple_of(pad).ok_or_else(overflow)?;
+                let stored_cols = cols.checked_next_multiple_of(pad).ok_or_else(overflow)?;
                 stored_rows
                     .checked_mul(stored_cols)
-                    .ok_or_else(|| quant_error(layer, format!("shape {shape:?} overflows")))?;
+                    .and_then(|n| n.checked_next_multiple_of(BAND_ROWS * 4))
+                    .ok_or_else(overflow)?;
                 (*rows, *cols, stored_rows, stored_cols)
             }
             None => {
@@ -542,7 +546,7 @@ fn stored_logical(layer: &str, format: Format, codes: &[usize]) -> Result<Vec<us
             format!("{format} codes `{layer}.weight` must be 2-D, not of shape {codes:?}"),
         ));
     };
-    let cols = code_cols * values_per_byte;
+    let cols = code_cols.saturating_mul(values_per_byte);
     if *rows == 0 || cols == 0 || !cols.is_multiple_of(pad) {
         return Err(quant_error(
             layer,
@@ -562,8 +566,9 @@ fn check_logical(layer: &str, format: Format, logical: &[usize], stored: &[usize
         None => logical == stored,
         Some(pad) => {
             logical.len() == 2
-                && (stored[0] == logical[0] || stored[0] == round_up(logical[0], pad))
-                && stored[1] == round_up(logical[1], pad)
+                && (stored[0] == logical[0]
+                    || Some(stored[0]) == logical[0].checked_next_multiple_of(pad))
+                && Some(stored[1]) == logical[1].checked_next_multiple_of(pad)
         }
     };
     if fits {

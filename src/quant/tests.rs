@@ -283,6 +283,11 @@ fn nvfp4_columns_that_are_not_whole_blocks_are_refused() {
     let members = [member("weight", Dtype::U8, &[32])];
     let text = message(QuantLayout::from_stored("l", Format::Nvfp4, &members, None));
     assert!(text.contains("2-D"), "{text}");
+    // A hostile header: sizes that overflow are refused, not wrapped.
+    let text = message(nvfp4_members(usize::MAX, usize::MAX / 2 + 1, &[128, 4]).read(None));
+    assert!(text.contains("cannot hold"), "{text}");
+    let text = message(nvfp4_members(usize::MAX, 8, &[128, 4]).read(None));
+    assert!(text.contains("overflows"), "{text}");
 }
 
 #[test]
