@@ -58,14 +58,15 @@ pub(super) fn decode(
                     Precision::F32 => tensor * bs,
                     p => p.round(tensor_p * bs),
                 };
-                let value = |nibble: u8| precision.round(E2M1[nibble as usize] * total);
+                // A value is a function of its nibble alone within the block: look it up.
+                let table: [f32; 16] = std::array::from_fn(|i| precision.round(E2M1[i] * total));
                 let bytes = &codes[code_at..code_at + n.div_ceil(2)];
                 for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
-                    pair[0] = value(byte >> 4);
-                    pair[1] = value(byte & 0x0F);
+                    pair[0] = table[usize::from(byte >> 4)];
+                    pair[1] = table[usize::from(byte & 0x0F)];
                 }
                 if n % 2 == 1 {
-                    out[n - 1] = value(bytes[n / 2] >> 4);
+                    out[n - 1] = table[usize::from(bytes[n / 2] >> 4)];
                 }
                 if let Some(factors) = &scales.pre_quant {
                     let first = col as usize;
