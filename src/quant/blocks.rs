@@ -8,7 +8,7 @@ use crate::error::Result;
 use super::format::{Format, Precision};
 use super::layout::{quant_error, QuantLayout, Span, BAND_ROWS};
 use super::numeric::{
-    abs_max, e2m1_from_f32, e4m3_from_clamped, e8m0_to_f32, mxfp8_exponent, E2M1,
+    abs_max, e2m1_from_f32, e4m3_from_clamped, e8m0_to_f32, mxfp8_exponent, swizzled, E2M1,
 };
 use super::scales::Scales;
 
@@ -25,19 +25,23 @@ pub(super) fn decode(
     block_scales: &[u8],
     out: &mut [f32],
 ) -> Result<()> {
-    let (cols, block) = (layout.cols as u64, layout.format.block_len() as u64);
+    let (cols, block) = (layout.cols, layout.format.block_len());
+    let (row_bytes, block_bytes) = (layout.row_bytes() as usize, layout.block_bytes() as usize);
+    let (scale_cols, band_start) = (layout.scale_cols(), span.block_scales.start as usize);
     let tensor = scales.tensor.unwrap_or(1.0);
     // kitchen's nvfp4 dequantize rounds the tensor scale to the output dtype first.
     let tensor_p = precision.round(tensor);
-    let mut e = span.elements.start;
+    // Walk block by block with counters: no division per block.
+    let (mut row, mut col) = (
+        (span.elements.start / cols as u64) as usize,
+        (span.elements.start % cols as u64) as usize,
+    );
     let mut done = 0;
-    while e < span.elements.end {
-        let (row, col) = ((e / cols) as usize, e % cols);
-        let b = (col / block) as usize;
-        let n = (cols - col).min(block) as usize;
-        let code_at = (row as u64 * layout.row_bytes() + b as u64 * layout.block_bytes()
-            - span.codes.start) as usize;
-        let scale_byte = block_scales[layout.scale_offset(span, row, b)];
+    while done < out.len() {
+        let b = col / block;
+        let n = (cols - col).min(block);
+        let code_at = row * row_bytes + b * block_bytes - span.codes.start as usize;
+        let scale_byte = block_scales[swizzled(row, b, scale_cols) - band_start];
         let out = &mut out[done..done + n];
         match layout.format {
             Format::Mxfp8 => {
@@ -69,15 +73,17 @@ pub(super) fn decode(
                     out[n - 1] = table[usize::from(bytes[n / 2] >> 4)];
                 }
                 if let Some(factors) = &scales.pre_quant {
-                    let first = col as usize;
-                    for (o, &f) in out.iter_mut().zip(&factors[first..first + n]) {
+                    for (o, &f) in out.iter_mut().zip(&factors[col..col + n]) {
                         *o = precision.round(*o * f);
                     }
                 }
             }
         }
-        e += n as u64;
         done += n;
+        col += n;
+        if col == cols {
+            (row, col) = (row + 1, 0);
+        }
     }
     Ok(())
 }
