@@ -46,6 +46,7 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
             d => Some(d),
         },
         loras: Vec::new(),
+        requantize: args.requantize,
     };
     let loras = args
         .lora

@@ -9,6 +9,7 @@
 
 mod diffusers;
 mod files;
+mod group;
 mod single_file;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::component_files::{clipsave_encoder, from_clipsave_name, is_clipsave_file};
 use crate::error::{Error, Result};
 use crate::layout::diffusers::{encoder_folders, ModelClass};
-use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, Prediction};
+use crate::model::{Arch, ComponentKind, Components, InputMap, Prediction};
 pub use diffusers::from_diffusers;
 use files::{open_set, TensorSet};
 
@@ -121,11 +122,7 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
 /// Read errors; invalid files.
 pub(crate) fn open_tensors(path: &Path) -> Result<InputMap> {
     let set = open_set(path)?;
-    Ok(set
-        .tensors
-        .into_iter()
-        .map(|(k, t)| (k, InputTensor::File(t)))
-        .collect())
+    Ok(set.tensors)
 }
 
 /// One component read from files, with what its conversion made up or left out.
@@ -262,7 +259,7 @@ fn component_of(
         for (k, t) in &set.tensors {
             match k.strip_prefix(prefix) {
                 Some(rest) => {
-                    map.insert(rest.to_string(), InputTensor::File(t.clone()));
+                    map.insert(rest.to_string(), t.clone());
                 }
                 None => left.push(k.clone()),
             }
@@ -277,7 +274,7 @@ fn component_of(
         let map = set
             .tensors
             .iter()
-            .map(|(k, t)| (from_clipsave_name(enc, k), InputTensor::File(t.clone())))
+            .map(|(k, t)| (from_clipsave_name(enc, k), t.clone()))
             .collect();
         return Ok((map, Vec::new(), Vec::new()));
     }

@@ -128,6 +128,10 @@ pub struct Recipe {
     pub strict: bool,
     /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
     pub device: Option<Device>,
+    /// How a merged or baked tensor whose A is quantized is written back in A's format when the
+    /// save keeps it (`--dtype keep`): with A's scales (the default, as ComfyUI requantizes a
+    /// patched weight) or fresh ones. What the save quantizes anew is [`crate::SaveOptions`]'s.
+    pub requantize: crate::quant::Requantize,
 }
 
 impl Default for Recipe {
@@ -141,6 +145,7 @@ impl Default for Recipe {
             allow_missing: false,
             strict: false,
             device: None,
+            requantize: crate::quant::Requantize::default(),
         }
     }
 }
@@ -246,7 +251,13 @@ pub fn merge(
             report.merged += 1;
             merged.insert(
                 key.clone(),
-                build(key, t.clone(), steps, recipe.device.as_ref())?,
+                build(
+                    key,
+                    t.clone(),
+                    steps,
+                    recipe.device.as_ref(),
+                    recipe.requantize,
+                )?,
             );
         }
         out.set_inputs(kind, merged);

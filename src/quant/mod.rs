@@ -94,6 +94,7 @@ mod format;
 mod layout;
 mod numeric;
 mod scales;
+mod select;
 mod tensorwise;
 mod validate;
 
@@ -106,3 +107,7 @@ pub use describe::{
 pub use format::{Format, Fp8, Precision, Reduction};
 pub use layout::{Member, QuantLayout, Role, Span, StoredMember, BAND_ROWS, COMPANIONS};
 pub use scales::{Facts, MemberData, Reducer, Scales};
+pub use select::{high_precision, LayerPattern, Quantize, Requantize};
+
+/// The absolute maximum every quantizer takes (NaN if a value is NaN), for the reduction stage.
+pub(crate) use numeric::abs_max;
