@@ -51,6 +51,9 @@ pub struct Inspection {
     pub header_bytes: u64,
     /// Entries of a PyTorch checkpoint that are not tensors of its state dict (read past).
     pub left_out: Vec<String>,
+    /// Quantized layers (codes with their scales, counted once each) per format: `nvfp4`,
+    /// `float8_e4m3fn`, `scaled fp8 (float8_e4m3fn)`, …
+    pub quantized: BTreeMap<String, usize>,
     /// File size.
     pub file_bytes: u64,
 }
@@ -104,11 +107,13 @@ fn part_of(key: &str) -> &'static str {
     }
 }
 
-/// Reads a checkpoint's header (and at most the two 4-byte EDM sigma scalars), not its tensor data.
+/// Reads a checkpoint's header (and at most the two 4-byte EDM sigma scalars, and the small
+/// scales and descriptions of quantized layers), not its tensor data.
 ///
 /// # Errors
 /// Every error of opening and validating the file ([`crate::Error::Io`],
-/// [`crate::Error::HeaderTooLarge`], [`crate::Error::InvalidCheckpoint`], truncation included).
+/// [`crate::Error::HeaderTooLarge`], [`crate::Error::InvalidCheckpoint`], truncation included);
+/// [`crate::Error::Quantized`] for a malformed quantized layer.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let st = SafetensorsFile::open(path)?;
     let infos = st.infos();
@@ -144,6 +149,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         data_bytes: st.data_len(),
         header_bytes: st.header_len(),
         left_out: st.left_out().to_vec(),
+        quantized: crate::input::quantized_layers(path)?,
         file_bytes: st.file_len(),
     })
 }
@@ -189,6 +195,14 @@ impl fmt::Display for Inspection {
                 human_bytes(p.bytes),
                 dtypes.join(", ")
             )?;
+        }
+        if !self.quantized.is_empty() {
+            let formats: Vec<String> = self
+                .quantized
+                .iter()
+                .map(|(f, n)| format!("{f}×{n}"))
+                .collect();
+            writeln!(f, "  quantized:    {} layer(s): {}", self.quantized.values().sum::<usize>(), formats.join(", "))?;
         }
         if !self.left_out.is_empty() {
             writeln!(

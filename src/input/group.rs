@@ -31,8 +31,7 @@ use crate::quant::{
 /// Largest `comfy_quant` description read (ComfyUI's are a few dozen bytes).
 const MAX_DESCRIPTION: u64 = 64 << 10;
 
-/// The metadata key of the layer descriptions.
-const METADATA_KEY: &str = "_quantization_metadata";
+use crate::plan::quant::{METADATA_KEY, SHAPES_KEY};
 
 /// Groups `set`'s quantized layers (see the [module docs](self)).
 ///
@@ -85,6 +84,7 @@ pub(crate) fn group(set: &mut TensorSet) -> Result<()> {
         }
     }
     refuse_undescribed(set, &described, &legacy)?;
+    let shapes = recorded_shapes(set)?;
     let layers: BTreeSet<String> = described.keys().chain(legacy.keys()).cloned().collect();
     for layer in layers {
         let mut members = Vec::new();
@@ -102,8 +102,12 @@ pub(crate) fn group(set: &mut TensorSet) -> Result<()> {
             },
             (None, None) => continue,
         };
-        check_padding(set, &layer, description.format, &members)?;
-        let mut q = QuantTensor::new(&layer, description, members.clone(), None)?;
+        let logical = shapes.get(&layer);
+        if logical.is_none() {
+            check_padding(set, &layer, description.format, &members)?;
+        }
+        let logical = logical.map(Vec::as_slice);
+        let mut q = QuantTensor::new(&layer, description, members.clone(), logical)?;
         if let Some(l) = l {
             q = q.with_legacy(l.clone());
         }
@@ -116,6 +120,35 @@ pub(crate) fn group(set: &mut TensorSet) -> Result<()> {
         set.tensors.remove(&key);
     }
     Ok(())
+}
+
+/// The logical shapes of padded layers this tool recorded in the header metadata.
+fn recorded_shapes(set: &TensorSet) -> Result<BTreeMap<String, Vec<usize>>> {
+    let Some(text) = set.metadata.get(SHAPES_KEY) else {
+        return Ok(BTreeMap::new());
+    };
+    serde_json::from_str(text).map_err(|e| {
+        Error::InvalidInput(format!(
+            "the header metadata `{SHAPES_KEY}` is not a JSON object of layer shapes ({e}); the \
+             file is damaged: remove that entry"
+        ))
+    })
+}
+
+/// What says that a file holds quantized layers, if anything does: for the readers that load
+/// stored tensors as they are, which must not hand codes out as weights.
+pub(crate) fn quantization_evidence<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    metadata: &BTreeMap<String, String>,
+) -> Option<String> {
+    if metadata.contains_key(METADATA_KEY) {
+        return Some(format!("its header metadata has `{METADATA_KEY}`"));
+    }
+    names.into_iter().find_map(|k| {
+        let marker = k == "scaled_fp8" || k.ends_with(".scaled_fp8");
+        (marker || k.ends_with(".comfy_quant") || k.ends_with(".scale_weight"))
+            .then(|| format!("it has `{k}`"))
+    })
 }
 
 /// The bytes of a `comfy_quant` tensor, refused past [`MAX_DESCRIPTION`].

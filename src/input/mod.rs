@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use crate::component_files::{clipsave_encoder, from_clipsave_name, is_clipsave_file};
 use crate::error::{Error, Result};
 use crate::layout::diffusers::{encoder_folders, ModelClass};
-use crate::model::{Arch, ComponentKind, Components, InputMap, Prediction};
+use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, Prediction};
 pub use diffusers::from_diffusers;
+pub(crate) use group::quantization_evidence;
 use files::{open_set, TensorSet};
 
 /// How an input was laid out.
@@ -123,6 +124,22 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
 pub(crate) fn open_tensors(path: &Path) -> Result<InputMap> {
     let set = open_set(path)?;
     Ok(set.tensors)
+}
+
+/// The quantized layers of a file (or shard index), counted per format's name, as reading it
+/// groups them.
+///
+/// # Errors
+/// As [`open`]'s reading of the file, and the grouping's errors of malformed layers.
+pub(crate) fn quantized_layers(path: &Path) -> Result<BTreeMap<String, usize>> {
+    let set = open_set(path)?;
+    let mut out = BTreeMap::new();
+    for t in set.tensors.values() {
+        if let InputTensor::Quantized(q) = t {
+            *out.entry(q.format().to_string()).or_default() += 1;
+        }
+    }
+    Ok(out)
 }
 
 /// One component read from files, with what its conversion made up or left out.

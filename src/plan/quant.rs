@@ -30,6 +30,11 @@ use crate::quant::{
 /// The metadata key ComfyUI reads layer descriptions from.
 pub(crate) const METADATA_KEY: &str = "_quantization_metadata";
 
+/// The metadata key of this tool's record of the logical shapes of padded block-format layers
+/// (`{layer: [rows, columns]}`), which a file alone cannot tell; ComfyUI takes them from its
+/// model and ignores the entry.
+pub(crate) const SHAPES_KEY: &str = "checkpoint_save.quantized_shapes";
+
 /// One planned tensor before its place in the file is known.
 pub(super) struct Planned {
     pub key: String,
@@ -63,6 +68,8 @@ pub(super) struct Collector<'a> {
     legacy: Vec<LegacyLayer>,
     described: Vec<(String, QuantDescription)>,
     targets: Vec<Arc<QuantTarget>>,
+    /// Padded layers' logical shapes, by output layer.
+    shapes: BTreeMap<String, Vec<usize>>,
 }
 
 /// How one layout entry is written.
@@ -94,6 +101,7 @@ impl<'a> Collector<'a> {
             legacy: Vec::new(),
             described: Vec::new(),
             targets: Vec::new(),
+            shapes: BTreeMap::new(),
         }
     }
 
@@ -196,6 +204,10 @@ impl<'a> Collector<'a> {
 
     /// A quantized input's members under the output layer's names.
     fn keep(&mut self, layer: &str, key: &str, q: &QuantTensor) -> Result<Vec<Planned>> {
+        if q.layout().is_padded() {
+            self.shapes
+                .insert(layer.to_string(), q.layout().shape().to_vec());
+        }
         let mut members = Vec::new();
         for (name, t) in q.members() {
             let info = t.info();
@@ -232,6 +244,9 @@ impl<'a> Collector<'a> {
 
     /// The members of an encoded output, reserved now and encoded when written.
     fn encode(&mut self, layer: &str, key: &str, e: Encode) -> Result<Vec<Planned>> {
+        if e.layout.is_padded() {
+            self.shapes.insert(layer.to_string(), e.layout.shape().to_vec());
+        }
         let given = e.given.clone();
         let target = Arc::new(QuantTarget::new(
             key,
@@ -388,6 +403,12 @@ impl<'a> Collector<'a> {
         } else if metadata.contains_key(METADATA_KEY) {
             // A stale description (from metadata the caller passed) would mislead ComfyUI.
             metadata.remove(METADATA_KEY);
+        }
+        metadata.remove(SHAPES_KEY);
+        if !self.shapes.is_empty() {
+            let shapes = serde_json::to_string(&self.shapes)
+                .map_err(|e| Error::InvalidInput(format!("cannot record the shapes: {e}")))?;
+            metadata.insert(SHAPES_KEY.to_string(), shapes);
         }
         Ok((out, self.targets, metadata))
     }
