@@ -202,7 +202,12 @@ impl fmt::Display for Inspection {
                 .iter()
                 .map(|(f, n)| format!("{f}×{n}"))
                 .collect();
-            writeln!(f, "  quantized:    {} layer(s): {}", self.quantized.values().sum::<usize>(), formats.join(", "))?;
+            writeln!(
+                f,
+                "  quantized:    {} layer(s): {}",
+                self.quantized.values().sum::<usize>(),
+                formats.join(", ")
+            )?;
         }
         if !self.left_out.is_empty() {
             writeln!(

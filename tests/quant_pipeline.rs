@@ -27,8 +27,7 @@ const FORMATS: [(&str, &str); 5] = [
 /// A fixture's cases that a fresh quantization of a 2-D weight reproduces: `(case, input,
 /// precision)`.
 fn fresh_cases(meta: &BTreeMap<String, String>) -> Vec<(String, String, String)> {
-    let cases: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(&meta["cases"]).unwrap();
+    let cases: BTreeMap<String, serde_json::Value> = serde_json::from_str(&meta["cases"]).unwrap();
     cases
         .into_iter()
         .filter(|(_, c)| c["scale"] == "fresh" && !c["per_row"].as_bool().unwrap_or(false))
@@ -98,7 +97,11 @@ fn each_format_through_the_tool_equals_kitchens_quantize_and_dequantize() {
             for m in members {
                 let key = format!("{P}{name}{}", &m[case.len()..]);
                 let (theirs, got) = (&fixture[m], ours.get(&key));
-                assert_eq!(got, Some(theirs), "{file}: `{key}` differs from kitchen's `{m}`");
+                assert_eq!(
+                    got,
+                    Some(theirs),
+                    "{file}: `{key}` differs from kitchen's `{m}`"
+                );
             }
             assert_eq!(
                 described["layers"][format!("{P}{name}")]["format"],
@@ -127,7 +130,9 @@ fn each_format_through_the_tool_equals_kitchens_quantize_and_dequantize() {
             );
             let (values, back_meta) = st::read(&back);
             assert!(!back_meta.contains_key("_quantization_metadata"));
-            assert!(values.keys().all(|k| !k.ends_with("_scale") && !k.ends_with("comfy_quant")));
+            assert!(values
+                .keys()
+                .all(|k| !k.ends_with("_scale") && !k.ends_with("comfy_quant")));
             for (case, name, _) in &cases {
                 let (d, shape, bytes) = &values[&format!("{P}{name}.weight")];
                 let theirs = &fixture[&format!("{case}.dequant_{suffix}")];
@@ -282,7 +287,10 @@ fn kept_layers_are_copied_byte_for_byte_under_the_outputs_names() {
             ],
         );
         let (back, back_meta) = st::read(&again);
-        assert_eq!(back, whole, "{format}: the same tensors after split and save");
+        assert_eq!(
+            back, whole,
+            "{format}: the same tensors after split and save"
+        );
         assert_eq!(
             back_meta.get("_quantization_metadata"),
             whole_meta.get("_quantization_metadata")

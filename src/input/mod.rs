@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::layout::diffusers::{encoder_folders, ModelClass};
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, Prediction};
 pub use diffusers::from_diffusers;
-pub(crate) use group::quantization_evidence;
 use files::{open_set, TensorSet};
+pub(crate) use group::quantization_evidence;
 
 /// How an input was laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -203,6 +203,7 @@ pub(crate) fn is_in_place(piece: &Piece) -> bool {
         | PieceSource::Transposed { .. }
         | PieceSource::Merged { .. }
         | PieceSource::Dequant { .. }
+        | PieceSource::BlockScales { .. }
         | PieceSource::Encoded { .. } => false,
     }
 }
@@ -237,6 +238,7 @@ pub(crate) fn with_bytes_in_place<R>(
         | PieceSource::Transposed { .. }
         | PieceSource::Merged { .. }
         | PieceSource::Dequant { .. }
+        | PieceSource::BlockScales { .. }
         | PieceSource::Encoded { .. } => Err(Error::InvalidInput(
             "a file, transposed, merged or quantized piece is never in place".into(),
         )),
@@ -337,6 +339,11 @@ pub(crate) fn fill(
         PieceSource::Dequant { tensor, offset } => {
             let shifted = offset + units.start..offset + units.end;
             quant::fill_dequant(tensor, name, shifted, out, dst, scratch)
+        }
+        PieceSource::BlockScales { tensor, offset } => {
+            let bytes = (offset + units.start) as u64..(offset + units.end) as u64;
+            quant::copy_block_scales(tensor, bytes, out)?;
+            Ok(0)
         }
         PieceSource::Encoded {
             target,

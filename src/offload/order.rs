@@ -71,7 +71,7 @@ pub(crate) fn plan_tensors(plan: &Plan) -> Vec<&Tensor> {
                     .into_iter()
                     .for_each(|o| held(o, &mut out));
             }
-            PieceSource::Dequant { tensor, .. } => {
+            PieceSource::Dequant { tensor, .. } | PieceSource::BlockScales { tensor, .. } => {
                 tensor.members().iter().for_each(|(_, t)| held(t, &mut out));
             }
             PieceSource::Encoded { target, .. } => held(target.source(), &mut out),

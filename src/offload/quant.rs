@@ -88,6 +88,14 @@ pub(super) fn fill_dequant(
     Ok(count)
 }
 
+/// Copies bytes `bytes` of `q`'s block-scale member into `out`, refusing a NaN or negative
+/// scale: a kept layer is copied as it is, but not a damaged one.
+pub(super) fn copy_block_scales(q: &QuantTensor, bytes: Range<u64>, out: &mut [u8]) -> Result<()> {
+    let [_, pieces] = q.raw_pieces()?;
+    read_raw(pieces, bytes, out)?;
+    q.layout().check_block_scales(out)
+}
+
 /// Fills `out` with units `units` of member `role` of `target` (its bytes as the file holds
 /// them); returns the NaN/Inf count of the values the codes encode (0 for the other members).
 pub(super) fn fill_encoded(

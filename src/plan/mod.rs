@@ -86,6 +86,12 @@ pub enum PieceSource {
         tensor: Arc<QuantTensor>,
         offset: usize,
     },
+    /// Bytes `offset..` of a quantized tensor's block-scale member, copied as stored and checked
+    /// (no NaN, no negative scale) on the way.
+    BlockScales {
+        tensor: Arc<QuantTensor>,
+        offset: usize,
+    },
     /// Units `offset..` of one member of a quantized output, encoded when filled.
     Encoded {
         target: Arc<QuantTarget>,
@@ -105,6 +111,7 @@ impl PieceSource {
             | PieceSource::Host { offset, .. }
             | PieceSource::Merged { offset, .. }
             | PieceSource::Dequant { offset, .. }
+            | PieceSource::BlockScales { offset, .. }
             | PieceSource::Encoded { offset, .. } => *offset += by,
         }
         s
@@ -137,6 +144,9 @@ impl std::fmt::Debug for PieceSource {
             }
             PieceSource::Dequant { tensor, offset } => {
                 write!(f, "Dequant({} from {offset})", tensor.layout().layer())
+            }
+            PieceSource::BlockScales { tensor, offset } => {
+                write!(f, "BlockScales({} from {offset})", tensor.layout().layer())
             }
             PieceSource::Encoded {
                 target,

@@ -203,21 +203,34 @@ impl<'a> Collector<'a> {
     }
 
     /// A quantized input's members under the output layer's names.
-    fn keep(&mut self, layer: &str, key: &str, q: &QuantTensor) -> Result<Vec<Planned>> {
+    fn keep(&mut self, layer: &str, key: &str, q: &Arc<QuantTensor>) -> Result<Vec<Planned>> {
         if q.layout().is_padded() {
             self.shapes
                 .insert(layer.to_string(), q.layout().shape().to_vec());
         }
         let mut members = Vec::new();
+        let block_scales = q.member_of(Role::BlockScales);
         for (name, t) in q.members() {
             let info = t.info();
+            let sources = match block_scales {
+                // Checked on the way: a negative or NaN block scale is a damaged file.
+                Some(b) if std::ptr::eq(b, t) => {
+                    let bytes = t.byte_len() as usize;
+                    let source = PieceSource::BlockScales {
+                        tensor: Arc::clone(q),
+                        offset: 0,
+                    };
+                    vec![(source, info.dtype, bytes)]
+                }
+                _ => runs(key, t)?,
+            };
             members.push(Member {
                 name: name.clone(),
                 planned: Planned {
                     key: format!("{layer}.{name}"),
                     dtype: info.dtype,
                     shape: info.shape,
-                    sources: runs(key, t)?,
+                    sources,
                 },
             });
         }
@@ -245,7 +258,8 @@ impl<'a> Collector<'a> {
     /// The members of an encoded output, reserved now and encoded when written.
     fn encode(&mut self, layer: &str, key: &str, e: Encode) -> Result<Vec<Planned>> {
         if e.layout.is_padded() {
-            self.shapes.insert(layer.to_string(), e.layout.shape().to_vec());
+            self.shapes
+                .insert(layer.to_string(), e.layout.shape().to_vec());
         }
         let given = e.given.clone();
         let target = Arc::new(QuantTarget::new(

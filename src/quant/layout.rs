@@ -221,7 +221,8 @@ impl QuantLayout {
     /// Whether the stored codes hold padding (a block format whose shape is not a whole number
     /// of blocks): then a file alone cannot tell the logical shape.
     pub fn is_padded(&self) -> bool {
-        self.format.has_block_scales() && (self.stored_rows, self.stored_cols) != (self.rows, self.cols)
+        self.format.has_block_scales()
+            && (self.stored_rows, self.stored_cols) != (self.rows, self.cols)
     }
 
     /// The layer name (the codes' key without `.weight`).
