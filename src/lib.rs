@@ -51,6 +51,7 @@ pub mod family;
 pub mod input;
 mod inspect;
 pub mod layout;
+pub mod linalg;
 mod load;
 pub mod merge;
 pub mod model;

@@ -64,6 +64,17 @@ pub(crate) enum Command {
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
 
+    /// Extract a LoRA from a fine-tuned model and its base (ComfyUI's ModelMergeSubtract into
+    /// "Extract and Save Lora"), with a truncated SVD per weight.
+    ///
+    /// Each weight's difference TUNED − BASE becomes `lora_up`/`lora_down` factors of the given
+    /// rank (U·S and Vᵀ, clamped at the 0.99 quantile of their entries, as ComfyUI does), in f16,
+    /// under ComfyUI's names (`diffusion_model.…`, `text_encoders.…`) or kohya's. Writes
+    /// `loras/ComfyUI_extracted_lora_00001_.safetensors` under --output-dir (ComfyUI's naming)
+    /// and prints its path; `merge BASE --lora FILE` bakes it back.
+    #[command(name = "extract-lora", after_help = EXIT_CODES)]
+    ExtractLora(ExtractArgs),
+
     /// Measure save throughput against candle's path and the storage ceiling, in one run.
     ///
     /// Builds a synthetic model in memory, then times (after a warm-up, `--runs` times each,
@@ -215,6 +226,59 @@ pub(crate) struct SplitArgs {
 
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExtractArgs {
+    /// The fine-tuned model: a single-file checkpoint or a diffusers folder.
+    #[arg(value_name = "TUNED")]
+    pub(crate) tuned: PathBuf,
+
+    /// The model it was tuned from.
+    #[arg(value_name = "BASE")]
+    pub(crate) base: PathBuf,
+
+    /// Rank of the factors (1 to 4096; capped by each weight's smaller dimension).
+    #[arg(long, value_name = "R", default_value_t = 8)]
+    pub(crate) rank: usize,
+
+    /// Also the text encoders (LoraSave's `text_encoder_diff`, fed by CLIPMergeSubtract).
+    #[arg(long)]
+    pub(crate) clip: bool,
+
+    /// Write 1-D weight differences (`.diff`) and bias differences (`.diff_b`) too (LoraSave's
+    /// `bias_diff`, which ComfyUI turns on by default).
+    #[arg(long)]
+    pub(crate) bias_diff: bool,
+
+    /// `standard`: low-rank factors; `full_diff`: every weight's whole difference (`.diff`).
+    #[arg(long, value_name = "TYPE", default_value = "standard", value_parser = ["standard", "full_diff"])]
+    pub(crate) lora_type: String,
+
+    /// Key names: `comfy` (`diffusion_model.…`) or `kohya` (`lora_unet_…`, `lora_te_…`, with
+    /// `alpha` = rank).
+    #[arg(long, value_name = "NAMES", default_value = "comfy", value_parser = ["comfy", "kohya"])]
+    pub(crate) format: String,
+
+    /// Where the SVD's products run: cpu, cuda:N, metal:N.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+
+    /// Output root; the file goes to `<DIR>/<prefix>_<counter>_.safetensors`.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub(crate) output_dir: PathBuf,
+
+    /// File-name prefix (LoraSave's `filename_prefix`).
+    #[arg(long, value_name = "P", default_value = "loras/ComfyUI_extracted_lora")]
+    pub(crate) prefix: String,
+
+    /// Architecture of both inputs (`auto` detects it).
+    #[arg(long, value_name = "ARCH", default_value = "auto", value_parser = parse_arch_arg)]
+    pub(crate) arch: ArchArg,
+
+    /// Only the path: no summary.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@
 
 mod args;
 mod commands;
+mod extract;
 mod merge;
 mod report;
 
@@ -108,6 +109,7 @@ fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
         Command::Merge(args) => merge::merge(&args, cancel),
         Command::Split(args) => commands::split(&args, cancel),
         Command::Inspect(args) => commands::inspect(&args),
+        Command::ExtractLora(args) => extract::extract(&args, cancel),
         Command::Bench(args) => commands::bench(&args),
     }
 }
