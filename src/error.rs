@@ -168,6 +168,16 @@ pub enum Error {
         holder: String,
     },
 
+    /// A quantized layer (codes with their scales and description) is malformed, or cannot be
+    /// decoded or encoded as asked; nothing was written.
+    #[error("quantized layer `{layer}`: {reason}")]
+    Quantized {
+        /// The layer: the codes' key without `.weight`.
+        layer: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
     /// Tensors hold NaN or Inf values and the caller asked to refuse them.
     #[error("{count} tensor(s) hold NaN/Inf values (first: `{first}`, {first_count} non-finite); nothing was written. Fix the model or save without --check-finite")]
     NonFinite {

@@ -56,6 +56,7 @@ mod offload;
 mod plan;
 mod progress;
 mod publish;
+pub mod quant;
 mod read;
 mod save;
 mod split;
