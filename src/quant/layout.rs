@@ -121,9 +121,14 @@ impl QuantLayout {
     /// whole blocks in both dimensions, a per-tensor scale (int8: see
     /// [`QuantLayout::with_row_scales`]), no input scale, no pre-quant scale.
     ///
+    /// A ggml format takes the shape its blocks run along: rows of the last dimension, which
+    /// must be a whole number of blocks (GGUF's first dimension; a tensor stored reshaped keeps
+    /// its values in the same order, so its logical shape is a free view of this one).
+    ///
     /// # Errors
     /// [`Error::Quantized`] when the tensor has no elements, when a block format (mxfp8, nvfp4)
-    /// gets a tensor that is not 2-D, or when the sizes overflow.
+    /// gets a tensor that is not 2-D, when a ggml format gets rows that are not whole blocks, or
+    /// when the sizes overflow.
     pub fn new(layer: &str, format: Format, shape: &[usize]) -> Result<Self> {
         let numel = shape
             .iter()
@@ -134,6 +139,21 @@ impl QuantLayout {
                 layer,
                 format!("shape {shape:?} has no elements: there is nothing to quantize"),
             ));
+        }
+        if let Format::Ggml(t) = format {
+            let row = shape.last().copied().unwrap_or(1);
+            if !row.is_multiple_of(t.block_len()) {
+                return Err(quant_error(
+                    layer,
+                    format!(
+                        "ggml's {t} stores rows of whole blocks of {} values, and this tensor's \
+                         rows (its last dimension, of shape {shape:?}) hold {row}: reshape it to \
+                         rows of a multiple of {} or store it as F16",
+                        t.block_len(),
+                        t.block_len()
+                    ),
+                ));
+            }
         }
         let (rows, cols, stored_rows, stored_cols) = match format.padding() {
             Some(pad) => {
@@ -252,6 +272,7 @@ impl QuantLayout {
     pub(crate) fn row_bytes(&self) -> u64 {
         match self.format {
             Format::Nvfp4 => self.stored_cols as u64 / 2,
+            Format::Ggml(t) => (self.stored_cols / t.block_len()) as u64 * t.block_bytes() as u64,
             _ => self.stored_cols as u64,
         }
     }
@@ -260,6 +281,7 @@ impl QuantLayout {
     pub(crate) fn block_bytes(&self) -> u64 {
         match self.format {
             Format::Nvfp4 => 8,
+            Format::Ggml(t) => t.block_bytes() as u64,
             other => other.block_len() as u64,
         }
     }
@@ -286,6 +308,14 @@ impl QuantLayout {
         let codes_shape = match self.format {
             Format::Nvfp4 => vec![self.stored_rows, self.stored_cols / 2],
             Format::Mxfp8 => vec![self.stored_rows, self.stored_cols],
+            // gguf-py's byte shape: the last dimension in bytes of whole blocks.
+            Format::Ggml(t) if t.is_quantized() => {
+                let mut shape = self.shape.clone();
+                if let Some(last) = shape.last_mut() {
+                    *last = *last / t.block_len() * t.block_bytes();
+                }
+                shape
+            }
             _ => self.shape.clone(),
         };
         let mut out = vec![member(
@@ -338,6 +368,7 @@ impl QuantLayout {
                     vec![],
                 ));
             }
+            Format::Ggml(_) => {}
         }
         if self.input_scale {
             let name = match self.format {
@@ -385,6 +416,21 @@ impl QuantLayout {
     /// [`Error::Quantized`] when the range is reversed or ends past the tensor.
     pub fn read_span(&self, elements: Range<u64>) -> Result<Span> {
         self.check_range(&elements)?;
+        if let Format::Ggml(t) = self.format {
+            // Blocks run along rows of whole blocks, so element `e` is in block `e / block`.
+            let (block, bytes) = (t.block_len() as u64, t.block_bytes() as u64);
+            let first = elements.start / block;
+            let end = if elements.is_empty() {
+                first
+            } else {
+                elements.end.div_ceil(block)
+            };
+            return Ok(Span {
+                elements: first * block..end * block,
+                codes: first * bytes..end * bytes,
+                block_scales: 0..0,
+            });
+        }
         if !self.format.has_block_scales() || elements.is_empty() {
             return Ok(Span {
                 codes: elements.clone(),
@@ -408,12 +454,12 @@ impl QuantLayout {
     }
 
     /// Elements a write span must start and end on: 1 for per-tensor formats, a whole logical
-    /// row for block formats.
+    /// row for block formats with block scales, a block for ggml formats.
     pub fn write_unit(&self) -> u64 {
-        if self.format.has_block_scales() {
-            self.cols as u64
-        } else {
-            1
+        match self.format {
+            Format::Ggml(t) => t.block_len() as u64,
+            f if f.has_block_scales() => self.cols as u64,
+            _ => 1,
         }
     }
 
@@ -430,6 +476,19 @@ impl QuantLayout {
     /// [`Error::Quantized`] when the range is outside the tensor or not on whole rows.
     pub fn write_span(&self, elements: Range<u64>) -> Result<Span> {
         self.check_range(&elements)?;
+        let unit = self.write_unit();
+        if let Format::Ggml(t) = self.format {
+            if !elements.start.is_multiple_of(unit) || !elements.end.is_multiple_of(unit) {
+                return Err(quant_error(
+                    &self.layer,
+                    format!(
+                        "ggml's {t} encodes whole blocks of {unit} values; element range \
+                         {elements:?} is not on block boundaries"
+                    ),
+                ));
+            }
+            return self.read_span(elements);
+        }
         if !self.format.has_block_scales() || elements.is_empty() {
             return self.read_span(elements);
         }
@@ -532,6 +591,27 @@ impl QuantLayout {
 
 /// The shape of values the stored codes hold (the padded logical shape for block formats).
 fn stored_logical(layer: &str, format: Format, codes: &[usize]) -> Result<Vec<usize>> {
+    if let Format::Ggml(t) = format {
+        if !t.is_quantized() {
+            return Ok(codes.to_vec());
+        }
+        let bytes = codes.last().copied().unwrap_or(0);
+        if bytes == 0 || !bytes.is_multiple_of(t.block_bytes()) {
+            return Err(quant_error(
+                layer,
+                format!(
+                    "ggml {t} codes `{layer}.weight` of shape {codes:?} hold rows of {bytes} \
+                     bytes, which is not a whole, non-zero number of {}-byte blocks",
+                    t.block_bytes()
+                ),
+            ));
+        }
+        let mut shape = codes.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = bytes / t.block_bytes() * t.block_len();
+        }
+        return Ok(shape);
+    }
     let Some(pad) = format.padding() else {
         return Ok(codes.to_vec());
     };

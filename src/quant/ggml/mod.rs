@@ -1,0 +1,395 @@
+//! ggml's block formats (the tensor types of GGUF files) as bit-exact codecs.
+//!
+//! A ggml tensor's values are cut, in row-major order, into blocks of a fixed number of values;
+//! each block is stored as a fixed number of bytes that carry its own scales, so a block decodes
+//! and encodes from its own bytes alone. These are [`super::Format::Ggml`] formats of the same
+//! interface as ComfyUI's layouts: one member (`weight`) holding the blocks, no block-scale
+//! member, no reductions (nothing is computed over the whole tensor first).
+//!
+//! | type | values per block | bytes per block | block layout (in file order) |
+//! |------|-----:|----:|------|
+//! | F32  | 1 | 4 | little-endian f32 |
+//! | F16  | 1 | 2 | IEEE half |
+//! | BF16 | 1 | 2 | bfloat16 |
+//! | Q4_0 | 32 | 18 | `d` f16, 16 bytes of 4-bit codes |
+//! | Q4_1 | 32 | 20 | `d` f16, `m` f16, 16 bytes of 4-bit codes |
+//! | Q5_0 | 32 | 22 | `d` f16, 4 bytes of fifth bits, 16 bytes of low nibbles |
+//! | Q5_1 | 32 | 24 | `d` f16, `m` f16, 4 bytes of fifth bits, 16 bytes of low nibbles |
+//! | Q8_0 | 32 | 34 | `d` f16, 32 int8 codes |
+//! | Q2_K | 256 | 84 | 16 bytes of 4-bit scale and min pairs, 64 bytes of 2-bit codes, `d`, `dmin` |
+//! | Q3_K | 256 | 110 | 32 bytes of high bits, 64 bytes of 2-bit codes, 12 bytes of 6-bit scales, `d` |
+//! | Q4_K | 256 | 144 | `d`, `dmin`, 12 bytes of 6-bit scales and mins, 128 bytes of 4-bit codes |
+//! | Q5_K | 256 | 176 | `d`, `dmin`, 12 bytes of scales and mins, 32 bytes of fifth bits, 128 bytes of nibbles |
+//! | Q6_K | 256 | 210 | 128 bytes of low nibbles, 64 bytes of high pairs, 16 int8 scales, `d` |
+//!
+//! The K-quants' super-blocks of 256 hold 16 (Q2_K, Q3_K, Q6_K) or 8 (Q4_K, Q5_K) sub-blocks,
+//! each with its own scale (and min) quantized against the super-block's f16 `d` (and `dmin`).
+//!
+//! # Values
+//! Decoding computes exactly what gguf-py's `gguf.quants.dequantize` (0.19) and ggml's
+//! `dequantize_row_*` compute, in f32 and in their operation order (`(d·scale)·q` for Q6_K,
+//! `(d·sc)·q − dmin·m` for Q2_K/Q4_K/Q5_K, …): the same bits. A dequantizer that computes in
+//! f16 (ComfyUI-GGUF's default `dequant_dtype`) rounds intermediate products and gives other
+//! values; with `dequant_dtype=float32` it gives these.
+//!
+//! # Codes
+//! Encoding gives the bytes ggml's reference quantizers (`quantize_row_*_ref` in
+//! `ggml-quants.c`, which llama-quantize runs when no importance matrix is given) write, bit for
+//! bit, from f32 values (ggml quantizes f32; an f16 or bf16 source converts to f32 exactly
+//! first). gguf-py's quantizers for F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 give the same bytes.
+//! Note that candle's Q2_K, Q4_K and Q5_K quantizers use ggml's older `make_qkx1_quants` search;
+//! ggml's current reference, and this module, use the weighted `make_qkx2_quants`.
+//!
+//! The reference is C compiled for x86-64 without contracting `a·b + c` into fused
+//! multiply-adds (ggml's CPU-independent code as llama.cpp builds it there); a build that fuses
+//! (clang's default on arm64) can round a search step differently and pick other codes for a
+//! rare block. NaN values give codes that depend on the order of comparisons, as in ggml; they
+//! are not meaningful in any of these formats.
+//!
+//! # What the K-quants' search costs
+//! The legacy types and Q8_0 find a block's scale in one pass (its absolute maximum or range)
+//! and code it in a second: a few operations per value. The K-quants search per sub-block:
+//! - Q4_K (`make_qkx2_quants`, 21 candidate scales over 32 values, weighted error) and Q5_K (16
+//!   candidates): each candidate rounds every value and accumulates five sums, so about
+//!   21 · 32 · ~12 ≈ 8,000 operations per sub-block of Q4_K, ~250 per value, then a final
+//!   re-quantization against the stored 6-bit scales;
+//! - Q2_K: 16 candidates over 16 values per sub-block (~200 operations per value);
+//! - Q3_K (`make_q3_quants`): an rmse-weighted rounding refined by up to 5 passes of
+//!   per-value moves, each pass O(16) per sub-block (~60 per value);
+//! - Q6_K (`make_qx_quants`, rmse type 1): 19 candidate scales over 16 values (~100 per value).
+//!
+//! The cost is fixed per block: no whole-tensor reduction, no buffer beyond one super-block. The
+//! `ggml` benchmark (`cargo bench --bench ggml`) measures each type's single-core throughput;
+//! `benches/RESULTS.md` records it.
+
+mod kquants;
+mod legacy;
+mod search;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::model::dtype::Dtype;
+
+/// Values per K-quant super-block (`QK_K`).
+pub(crate) const QK_K: usize = 256;
+
+/// A ggml tensor type this crate decodes and encodes.
+///
+/// The discriminants are ggml's type numbers (`enum ggml_type`), as GGUF files store them.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum GgmlType {
+    /// 32-bit float.
+    F32 = 0,
+    /// IEEE half.
+    F16 = 1,
+    /// 4-bit codes times an f16 scale, blocks of 32.
+    Q4_0 = 2,
+    /// 4-bit codes times an f16 scale plus an f16 minimum, blocks of 32.
+    Q4_1 = 3,
+    /// 5-bit codes times an f16 scale, blocks of 32.
+    Q5_0 = 6,
+    /// 5-bit codes times an f16 scale plus an f16 minimum, blocks of 32.
+    Q5_1 = 7,
+    /// 8-bit codes times an f16 scale, blocks of 32.
+    Q8_0 = 8,
+    /// 2-bit codes, 4-bit sub-block scales and mins, super-blocks of 256.
+    Q2_K = 10,
+    /// 3-bit codes, 6-bit signed sub-block scales, super-blocks of 256.
+    Q3_K = 11,
+    /// 4-bit codes, 6-bit sub-block scales and mins, super-blocks of 256.
+    Q4_K = 12,
+    /// 5-bit codes, 6-bit sub-block scales and mins, super-blocks of 256.
+    Q5_K = 13,
+    /// 6-bit codes, 8-bit signed sub-block scales, super-blocks of 256.
+    Q6_K = 14,
+    /// bfloat16.
+    BF16 = 30,
+}
+
+/// ggml's names of its type numbers, for the types this crate does not decode too (so that a
+/// refusal can name what a file holds).
+const GGML_NAMES: [(u32, &str); 39] = [
+    (0, "F32"),
+    (1, "F16"),
+    (2, "Q4_0"),
+    (3, "Q4_1"),
+    (4, "Q4_2 (removed from ggml)"),
+    (5, "Q4_3 (removed from ggml)"),
+    (6, "Q5_0"),
+    (7, "Q5_1"),
+    (8, "Q8_0"),
+    (9, "Q8_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K"),
+    (12, "Q4_K"),
+    (13, "Q5_K"),
+    (14, "Q6_K"),
+    (15, "Q8_K"),
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (20, "IQ4_NL"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (23, "IQ4_XS"),
+    (24, "I8"),
+    (25, "I16"),
+    (26, "I32"),
+    (27, "I64"),
+    (28, "F64"),
+    (29, "IQ1_M"),
+    (30, "BF16"),
+    (31, "Q4_0_4_4 (removed from GGUF)"),
+    (32, "Q4_0_4_8 (removed from GGUF)"),
+    (33, "Q4_0_8_8 (removed from GGUF)"),
+    (34, "TQ1_0"),
+    (35, "TQ2_0"),
+    (39, "MXFP4"),
+    (40, "NVFP4"),
+    (41, "Q1_0"),
+];
+
+impl GgmlType {
+    /// Every type, in ggml's numbering order.
+    pub const ALL: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::BF16,
+    ];
+
+    /// The names this crate accepts, for help texts.
+    pub const NAMES: &'static str =
+        "F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0, Q3_K, Q2_K";
+
+    /// ggml's type number (what a GGUF tensor info stores).
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// The type of ggml type number `id`, if this crate decodes it.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        GgmlType::ALL.into_iter().find(|t| t.id() == id)
+    }
+
+    /// ggml's name of any type number (`IQ4_XS` for 23), whether this crate decodes it or not;
+    /// `None` for a number ggml does not define.
+    pub fn name_of_id(id: u32) -> Option<&'static str> {
+        GGML_NAMES.iter().find(|(i, _)| *i == id).map(|(_, n)| *n)
+    }
+
+    /// ggml's name (`Q4_K`, `BF16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q2_K => "Q2_K",
+            GgmlType::Q3_K => "Q3_K",
+            GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
+            GgmlType::BF16 => "BF16",
+        }
+    }
+
+    /// Values per block (`ggml_blck_size`).
+    pub fn block_len(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                32
+            }
+            _ => QK_K,
+        }
+    }
+
+    /// Bytes per block (`ggml_type_size`).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q2_K => 84,
+            GgmlType::Q3_K => 110,
+            GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
+            GgmlType::Q6_K => 210,
+        }
+    }
+
+    /// Whether the type is quantized (blocks with scales), as opposed to a plain float.
+    pub fn is_quantized(self) -> bool {
+        self.block_len() > 1
+    }
+
+    /// The file dtype of a plain float type (F32, F16, BF16); `None` for quantized types, whose
+    /// blocks are bytes.
+    pub fn plain_dtype(self) -> Option<Dtype> {
+        match self {
+            GgmlType::F32 => Some(Dtype::F32),
+            GgmlType::F16 => Some(Dtype::F16),
+            GgmlType::BF16 => Some(Dtype::BF16),
+            _ => None,
+        }
+    }
+
+    /// Bytes of `numel` values, `None` when `numel` is not a whole number of blocks or the size
+    /// overflows.
+    pub fn byte_len(self, numel: u64) -> Option<u64> {
+        let block = self.block_len() as u64;
+        if !numel.is_multiple_of(block) {
+            return None;
+        }
+        (numel / block).checked_mul(self.block_bytes() as u64)
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for GgmlType {
+    type Err = Error;
+
+    /// ggml's names, in any case (`q4_k`, `Q8_0`, `bf16`).
+    fn from_str(s: &str) -> Result<Self> {
+        let upper = s.to_ascii_uppercase();
+        GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name() == upper)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown ggml type `{s}`: choose one of {}",
+                    GgmlType::NAMES
+                ))
+            })
+    }
+}
+
+/// Decodes whole blocks: `codes` holds `out.len() / block_len` blocks of `t`, and `out` gets
+/// their values in f32 (see the module docs for the exact arithmetic).
+///
+/// The caller checks the lengths ([`super::QuantLayout::decode`] does).
+pub(crate) fn decode(t: GgmlType, codes: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(
+        codes.len() / t.block_bytes(),
+        out.len() / t.block_len(),
+        "{t}"
+    );
+    match t {
+        GgmlType::F32 => legacy::decode_f32(codes, out),
+        GgmlType::F16 => legacy::decode_f16(codes, out),
+        GgmlType::BF16 => legacy::decode_bf16(codes, out),
+        GgmlType::Q4_0 => blocks(codes, out, legacy::decode_q4_0),
+        GgmlType::Q4_1 => blocks(codes, out, legacy::decode_q4_1),
+        GgmlType::Q5_0 => blocks(codes, out, legacy::decode_q5_0),
+        GgmlType::Q5_1 => blocks(codes, out, legacy::decode_q5_1),
+        GgmlType::Q8_0 => blocks(codes, out, legacy::decode_q8_0),
+        GgmlType::Q2_K => blocks(codes, out, kquants::decode_q2_k),
+        GgmlType::Q3_K => blocks(codes, out, kquants::decode_q3_k),
+        GgmlType::Q4_K => blocks(codes, out, kquants::decode_q4_k),
+        GgmlType::Q5_K => blocks(codes, out, kquants::decode_q5_k),
+        GgmlType::Q6_K => blocks(codes, out, kquants::decode_q6_k),
+    }
+}
+
+/// Encodes whole blocks: `values` holds `codes.len() / block_bytes` blocks of `t`'s values, and
+/// `codes` gets the bytes ggml's reference quantizer writes for them.
+///
+/// The caller checks the lengths ([`super::QuantLayout::encode`] does).
+pub(crate) fn encode(t: GgmlType, values: &[f32], codes: &mut [u8]) {
+    debug_assert_eq!(
+        codes.len() / t.block_bytes(),
+        values.len() / t.block_len(),
+        "{t}"
+    );
+    match t {
+        GgmlType::F32 => legacy::encode_f32(values, codes),
+        GgmlType::F16 => legacy::encode_f16(values, codes),
+        GgmlType::BF16 => legacy::encode_bf16(values, codes),
+        GgmlType::Q4_0 => blocks_mut(values, codes, legacy::encode_q4_0),
+        GgmlType::Q4_1 => blocks_mut(values, codes, legacy::encode_q4_1),
+        GgmlType::Q5_0 => blocks_mut(values, codes, legacy::encode_q5_0),
+        GgmlType::Q5_1 => blocks_mut(values, codes, legacy::encode_q5_1),
+        GgmlType::Q8_0 => blocks_mut(values, codes, legacy::encode_q8_0),
+        GgmlType::Q2_K => blocks_mut(values, codes, kquants::encode_q2_k),
+        GgmlType::Q3_K => blocks_mut(values, codes, kquants::encode_q3_k),
+        GgmlType::Q4_K => blocks_mut(values, codes, kquants::encode_q4_k),
+        GgmlType::Q5_K => blocks_mut(values, codes, kquants::encode_q5_k),
+        GgmlType::Q6_K => blocks_mut(values, codes, kquants::encode_q6_k),
+    }
+}
+
+/// Runs a fixed-size block decoder over every block.
+#[inline(always)]
+fn blocks<const B: usize, const N: usize>(
+    codes: &[u8],
+    out: &mut [f32],
+    f: impl Fn(&[u8; B], &mut [f32; N]),
+) {
+    for (block, values) in codes
+        .as_chunks::<B>()
+        .0
+        .iter()
+        .zip(out.as_chunks_mut::<N>().0)
+    {
+        f(block, values);
+    }
+}
+
+/// Runs a fixed-size block encoder over every block.
+#[inline(always)]
+fn blocks_mut<const B: usize, const N: usize>(
+    values: &[f32],
+    codes: &mut [u8],
+    f: impl Fn(&[f32; N], &mut [u8; B]),
+) {
+    for (values, block) in values
+        .as_chunks::<N>()
+        .0
+        .iter()
+        .zip(codes.as_chunks_mut::<B>().0)
+    {
+        f(values, block);
+    }
+}
+
+/// The f16 at `bytes[at..at + 2]` as f32 (`GGML_FP16_TO_FP32`, exact).
+#[inline(always)]
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// `GGML_FP32_TO_FP16` (round to nearest even, overflow to infinity) as little-endian bytes.
+#[inline(always)]
+pub(crate) fn f16_bytes(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
+}
