@@ -113,48 +113,49 @@ pub enum GgmlType {
     BF16 = 30,
 }
 
-/// ggml's names of its type numbers, for the types this crate does not decode too (so that a
-/// refusal can name what a file holds).
-const GGML_NAMES: [(u32, &str); 39] = [
-    (0, "F32"),
-    (1, "F16"),
-    (2, "Q4_0"),
-    (3, "Q4_1"),
-    (4, "Q4_2 (removed from ggml)"),
-    (5, "Q4_3 (removed from ggml)"),
-    (6, "Q5_0"),
-    (7, "Q5_1"),
-    (8, "Q8_0"),
-    (9, "Q8_1"),
-    (10, "Q2_K"),
-    (11, "Q3_K"),
-    (12, "Q4_K"),
-    (13, "Q5_K"),
-    (14, "Q6_K"),
-    (15, "Q8_K"),
-    (16, "IQ2_XXS"),
-    (17, "IQ2_XS"),
-    (18, "IQ3_XXS"),
-    (19, "IQ1_S"),
-    (20, "IQ4_NL"),
-    (21, "IQ3_S"),
-    (22, "IQ2_S"),
-    (23, "IQ4_XS"),
-    (24, "I8"),
-    (25, "I16"),
-    (26, "I32"),
-    (27, "I64"),
-    (28, "F64"),
-    (29, "IQ1_M"),
-    (30, "BF16"),
-    (31, "Q4_0_4_4 (removed from GGUF)"),
-    (32, "Q4_0_4_8 (removed from GGUF)"),
-    (33, "Q4_0_8_8 (removed from GGUF)"),
-    (34, "TQ1_0"),
-    (35, "TQ2_0"),
-    (39, "MXFP4"),
-    (40, "NVFP4"),
-    (41, "Q1_0"),
+/// Every type number ggml defines (or once defined): its name, and its values and bytes per
+/// block (gguf-py's `GGML_QUANT_SIZES`; 0 for the removed types, whose sizes GGUF readers no
+/// longer know), so that a file can be sized and checked, and a refusal can name what it holds.
+const GGML_TYPES: [(u32, &str, usize, usize); 39] = [
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 18),
+    (3, "Q4_1", 32, 20),
+    (4, "Q4_2 (removed from ggml)", 0, 0),
+    (5, "Q4_3 (removed from ggml)", 0, 0),
+    (6, "Q5_0", 32, 22),
+    (7, "Q5_1", 32, 24),
+    (8, "Q8_0", 32, 34),
+    (9, "Q8_1", 32, 36),
+    (10, "Q2_K", 256, 84),
+    (11, "Q3_K", 256, 110),
+    (12, "Q4_K", 256, 144),
+    (13, "Q5_K", 256, 176),
+    (14, "Q6_K", 256, 210),
+    (15, "Q8_K", 256, 292),
+    (16, "IQ2_XXS", 256, 66),
+    (17, "IQ2_XS", 256, 74),
+    (18, "IQ3_XXS", 256, 98),
+    (19, "IQ1_S", 256, 50),
+    (20, "IQ4_NL", 32, 18),
+    (21, "IQ3_S", 256, 110),
+    (22, "IQ2_S", 256, 82),
+    (23, "IQ4_XS", 256, 136),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", 256, 56),
+    (30, "BF16", 1, 2),
+    (31, "Q4_0_4_4 (removed from GGUF)", 0, 0),
+    (32, "Q4_0_4_8 (removed from GGUF)", 0, 0),
+    (33, "Q4_0_8_8 (removed from GGUF)", 0, 0),
+    (34, "TQ1_0", 256, 54),
+    (35, "TQ2_0", 256, 66),
+    (39, "MXFP4", 32, 17),
+    (40, "NVFP4", 64, 36),
+    (41, "Q1_0", 128, 18),
 ];
 
 impl GgmlType {
@@ -192,7 +193,16 @@ impl GgmlType {
     /// ggml's name of any type number (`IQ4_XS` for 23), whether this crate decodes it or not;
     /// `None` for a number ggml does not define.
     pub fn name_of_id(id: u32) -> Option<&'static str> {
-        GGML_NAMES.iter().find(|(i, _)| *i == id).map(|(_, n)| *n)
+        GGML_TYPES.iter().find(|t| t.0 == id).map(|t| t.1)
+    }
+
+    /// Values and bytes per block of any type number whose size ggml defines (also the types
+    /// this crate does not decode, so that their tensors can be sized and checked).
+    pub fn block_of_id(id: u32) -> Option<(usize, usize)> {
+        GGML_TYPES
+            .iter()
+            .find(|t| t.0 == id && t.2 > 0)
+            .map(|t| (t.2, t.3))
     }
 
     /// ggml's name (`Q4_K`, `BF16`).

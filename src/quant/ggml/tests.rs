@@ -9,6 +9,10 @@ fn ids_names_and_sizes_are_ggmls() {
     for t in GgmlType::ALL {
         assert_eq!(GgmlType::from_id(t.id()), Some(t));
         assert_eq!(GgmlType::name_of_id(t.id()), Some(t.name()));
+        assert_eq!(
+            GgmlType::block_of_id(t.id()),
+            Some((t.block_len(), t.block_bytes()))
+        );
         assert_eq!(t.name().to_lowercase().parse::<GgmlType>().unwrap(), t);
     }
     assert_eq!(GgmlType::Q4_K.id(), 12);
@@ -16,6 +20,8 @@ fn ids_names_and_sizes_are_ggmls() {
     assert_eq!(GgmlType::from_id(23), None);
     assert_eq!(GgmlType::name_of_id(23), Some("IQ4_XS"));
     assert_eq!(GgmlType::name_of_id(36), None);
+    assert_eq!(GgmlType::block_of_id(23), Some((256, 136)));
+    assert_eq!(GgmlType::block_of_id(4), None);
     assert_eq!(GgmlType::Q6_K.byte_len(512), Some(420));
     assert_eq!(GgmlType::Q8_0.byte_len(33), None);
     assert_eq!(GgmlType::F32.byte_len(u64::MAX / 2), None);
