@@ -3,15 +3,16 @@
 //! super-block's f16 `d` (and `dmin`).
 //!
 //! Encoders are `quantize_row_q*_K_ref` of `ggml-quants.c`: a scale search per sub-block
-//! ([`super::search`]), the sub-block scales quantized against their maximum, then every value
+//! ([`super::search`], run on all sub-blocks at once by [`super::lanes`]), the sub-block scales quantized against their maximum, then every value
 //! re-coded against the scale it will be decoded with. Decoders are `dequantize_row_q*_K`.
 
-use super::search::GROUP_MAX_EPS;
-use super::search::{make_q3_quants, make_qkx2_quants, make_qx_quants, nearest_int, Qkx2};
+use super::lanes::{transpose, Searches};
+use super::search::{nearest_int, Qkx2, GROUP_MAX_EPS};
 use super::{f16_at, f16_bytes, QK_K};
 
 /// Packs 2-bit codes as Q2_K and Q3_K store them: byte `l` of each 32-byte group holds values
 /// `l`, `l + 32`, `l + 64`, `l + 96` of its 128 (low bits first).
+#[inline(always)]
 fn pack_2bit(codes: &[u8; QK_K], qs: &mut [u8]) {
     for (half, qs) in qs.chunks_exact_mut(32).enumerate() {
         let c = &codes[half * 128..];
@@ -30,6 +31,7 @@ fn code_2bit(qs: &[u8], e: usize) -> u8 {
 
 // ---- Q2_K: scales[16], qs[64], d, dmin ----
 
+#[inline(always)]
 pub(super) fn decode_q2_k(b: &[u8; 84], out: &mut [f32; QK_K]) {
     let (scales, qs) = (&b[0..16], &b[16..80]);
     let (d, min) = (f16_at(b, 80), f16_at(b, 82));
@@ -43,7 +45,10 @@ pub(super) fn decode_q2_k(b: &[u8; 84], out: &mut [f32; QK_K]) {
     }
 }
 
-pub(super) fn encode_q2_k(x: &[f32; QK_K], b: &mut [u8; 84]) {
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84]) {
     const Q4SCALE: f32 = 15.0;
     let p = Qkx2 {
         nmax: 3,
@@ -53,13 +58,15 @@ pub(super) fn encode_q2_k(x: &[f32; QK_K], b: &mut [u8; 84]) {
         use_mad: true,
     };
     let mut codes = [0u8; QK_K];
-    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| {
+        let weights = xt.map(|row| row.map(f32::abs));
+        // SAFETY: the caller guarantees `S`'s features.
+        unsafe { pairs(qkx2::<S, 16>(p, xt, &weights, lanes)) }
+    });
     let (mut max_scale, mut max_min) = (0f32, 0f32);
+    let (scales, mins) = (found.map(|f| f.0), found.map(|f| f.1));
     for j in 0..16 {
-        let xs: &[f32; 16] = sub(x, j);
-        let weights = xs.map(f32::abs);
-        let (scale, min) = make_qkx2_quants(p, xs, &weights, sub_mut(&mut codes, j));
-        (scales[j], mins[j]) = (scale, min);
+        let (scale, min) = (scales[j], mins[j]);
         if scale > max_scale {
             max_scale = scale;
         }
@@ -107,6 +114,62 @@ pub(super) fn encode_q2_k(x: &[f32; QK_K], b: &mut [u8; 84]) {
     b[82..84].copy_from_slice(&dmin);
 }
 
+/// Runs `search` on the `G` sub-blocks of `N` values of `x`, eight at a time (lane `j` is a
+/// sub-block): their codes, in value order, into `codes`, and their results.
+#[inline(always)]
+fn by_eights<const N: usize, const G: usize, T: Copy + Default>(
+    x: &[f32; QK_K],
+    codes: &mut [T; QK_K],
+    mut search: impl FnMut(&[[f32; 8]; N], &mut [[T; 8]; N]) -> [(f32, f32); 8],
+) -> [(f32, f32); G] {
+    let mut found = [(0f32, 0f32); G];
+    for g in 0..G / 8 {
+        let base = 8 * N * g;
+        let mut lanes = [[T::default(); 8]; N];
+        let r = search(&transpose::<N, 8>(&x[base..]), &mut lanes);
+        for (i, row) in lanes.iter().enumerate() {
+            for (j, &c) in row.iter().enumerate() {
+                codes[base + N * j + i] = c;
+            }
+        }
+        found[8 * g..8 * g + 8].copy_from_slice(&r);
+    }
+    found
+}
+
+/// `S`'s `qkx2` search with `p.use_mad` as the const parameter it is.
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn qkx2<S: Searches, const N: usize>(
+    p: Qkx2,
+    x: &[[f32; 8]; N],
+    w: &[[f32; 8]; N],
+    out: &mut [[u8; 8]; N],
+) -> ([f32; 8], [f32; 8]) {
+    // SAFETY: the caller guarantees `S`'s features.
+    unsafe {
+        if p.use_mad {
+            S::qkx2::<N, true>(p, x, w, out)
+        } else {
+            S::qkx2::<N, false>(p, x, w, out)
+        }
+    }
+}
+
+/// `(scales, mins)` of eight lanes as eight pairs.
+#[inline(always)]
+fn pairs((a, b): ([f32; 8], [f32; 8])) -> [(f32, f32); 8] {
+    std::array::from_fn(|j| (a[j], b[j]))
+}
+
+/// A search's scales as pairs with an unused second element.
+#[inline(always)]
+fn single(a: [f32; 8]) -> [(f32, f32); 8] {
+    a.map(|s| (s, 0.0))
+}
+
 /// Sub-block `j` of `N` values.
 #[inline(always)]
 fn sub<const N: usize>(x: &[f32; QK_K], j: usize) -> &[f32; N] {
@@ -130,29 +193,38 @@ fn q3_scale(sb: &[u8], j: usize) -> i32 {
     (low | (high << 4)) as i32 - 32
 }
 
+#[inline(always)]
 pub(super) fn decode_q3_k(b: &[u8; 110], out: &mut [f32; QK_K]) {
     let (hmask, qs, sb) = (&b[0..32], &b[32..96], &b[96..108]);
     let d = f16_at(b, 108);
-    for (s, out) in out.chunks_exact_mut(16).enumerate() {
-        let dl = d * q3_scale(sb, s) as f32;
-        for (i, o) in out.iter_mut().enumerate() {
-            let e = 16 * s + i;
-            let high = if hmask[e % 32] & (1 << (e / 32)) != 0 {
-                0
-            } else {
-                4
-            };
-            *o = dl * (code_2bit(qs, e) as i32 - high) as f32;
+    // Runs of 32 values share a 2-bit field of `qs` and a bit of `hmask`; each run has two
+    // 16-value scales.
+    for (run, out) in out.chunks_exact_mut(32).enumerate() {
+        let (qs, shift) = (&qs[32 * (run / 4)..][..32], 2 * (run % 4));
+        let bit = 1u8 << run;
+        for (k, out) in out.chunks_exact_mut(16).enumerate() {
+            let dl = d * q3_scale(sb, 2 * run + k) as f32;
+            for (l, o) in out.iter_mut().enumerate() {
+                let l = 16 * k + l;
+                let high = if hmask[l] & bit != 0 { 0 } else { 4 };
+                *o = dl * (((qs[l] >> shift) & 3) as i32 - high) as f32;
+            }
         }
     }
 }
 
-pub(super) fn encode_q3_k(x: &[f32; QK_K], b: &mut [u8; 110]) {
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]) {
     let mut codes = [0i8; QK_K];
-    let mut scales = [0f32; 16];
+    // SAFETY: the caller guarantees `S`'s features.
+    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+        single(S::q3(4, xt, lanes))
+    });
+    let scales = found.map(|f| f.0);
     let (mut max_scale, mut amax) = (0f32, 0f32);
     for j in 0..16 {
-        scales[j] = make_q3_quants(4, sub(x, j), sub_mut(&mut codes, j));
         let scale = scales[j].abs();
         if scale > amax {
             amax = scale;
@@ -222,6 +294,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+#[inline(always)]
 pub(super) fn decode_q4_k(b: &[u8; 144], out: &mut [f32; QK_K]) {
     let (d, min, sb, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..16], &b[16..144]);
     for (s, out) in out.chunks_exact_mut(32).enumerate() {
@@ -234,6 +307,7 @@ pub(super) fn decode_q4_k(b: &[u8; 144], out: &mut [f32; QK_K]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn decode_q5_k(b: &[u8; 176], out: &mut [f32; QK_K]) {
     let (d, min, sb) = (f16_at(b, 0), f16_at(b, 2), &b[4..16]);
     let (qh, qs) = (&b[16..48], &b[48..176]);
@@ -251,19 +325,32 @@ pub(super) fn decode_q5_k(b: &[u8; 176], out: &mut [f32; QK_K]) {
 /// The search and the 6-bit scales shared by Q4_K (`nmax` 15) and Q5_K (31): fills `codes`
 /// (each in `0..=nmax`), `sb` (the 12 packed scale bytes) and returns `d` and `dmin` as f16
 /// bytes.
-fn encode_k4(x: &[f32; QK_K], p: Qkx2, codes: &mut [u8; QK_K], sb: &mut [u8; 12]) -> [u8; 4] {
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+///
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+unsafe fn encode_k4<S: Searches>(
+    x: &[f32; QK_K],
+    p: Qkx2,
+    codes: &mut [u8; QK_K],
+    sb: &mut [u8; 12],
+) -> [u8; 4] {
+    let found = by_eights::<32, 8, _>(x, codes, |xt, lanes| {
+        let mut sum_x2 = [0f32; 8];
+        for row in xt {
+            for j in 0..8 {
+                sum_x2[j] += row[j] * row[j];
+            }
+        }
+        let av_x = sum_x2.map(|s| (s / 32.0).sqrt());
+        let weights = xt.map(|row| std::array::from_fn(|j| av_x[j] + row[j].abs()));
+        // SAFETY: the caller guarantees `S`'s features.
+        unsafe { pairs(qkx2::<S, 32>(p, xt, &weights, lanes)) }
+    });
+    let (scales, mins) = (found.map(|f| f.0), found.map(|f| f.1));
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..8 {
-        let xs: &[f32; 32] = sub(x, j);
-        let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        let weights = xs.map(|v| av_x + v.abs());
-        let (scale, min) = make_qkx2_quants(p, xs, &weights, sub_mut(codes, j));
-        (scales[j], mins[j]) = (scale, min);
+        let (scale, min) = (scales[j], mins[j]);
         if scale > max_scale {
             max_scale = scale;
         }
@@ -306,7 +393,10 @@ fn encode_k4(x: &[f32; QK_K], p: Qkx2, codes: &mut [u8; QK_K], sb: &mut [u8; 12]
     [d[0], d[1], dmin[0], dmin[1]]
 }
 
-pub(super) fn encode_q4_k(x: &[f32; QK_K], b: &mut [u8; 144]) {
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q4_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 144]) {
     let p = Qkx2 {
         nmax: 15,
         rmin: -1.0,
@@ -316,7 +406,8 @@ pub(super) fn encode_q4_k(x: &[f32; QK_K], b: &mut [u8; 144]) {
     };
     let mut codes = [0u8; QK_K];
     let mut sb = [0u8; 12];
-    let d = encode_k4(x, p, &mut codes, &mut sb);
+    // SAFETY: the caller guarantees `S`'s features.
+    let d = unsafe { encode_k4::<S>(x, p, &mut codes, &mut sb) };
     b[0..4].copy_from_slice(&d);
     b[4..16].copy_from_slice(&sb);
     for (q, chunk) in b[16..144].chunks_exact_mut(32).zip(codes.chunks_exact(64)) {
@@ -326,7 +417,10 @@ pub(super) fn encode_q4_k(x: &[f32; QK_K], b: &mut [u8; 144]) {
     }
 }
 
-pub(super) fn encode_q5_k(x: &[f32; QK_K], b: &mut [u8; 176]) {
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q5_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 176]) {
     let p = Qkx2 {
         nmax: 31,
         rmin: -0.5,
@@ -336,7 +430,8 @@ pub(super) fn encode_q5_k(x: &[f32; QK_K], b: &mut [u8; 176]) {
     };
     let mut codes = [0u8; QK_K];
     let mut sb = [0u8; 12];
-    let d = encode_k4(x, p, &mut codes, &mut sb);
+    // SAFETY: the caller guarantees `S`'s features.
+    let d = unsafe { encode_k4::<S>(x, p, &mut codes, &mut sb) };
     b[0..4].copy_from_slice(&d);
     b[4..16].copy_from_slice(&sb);
     let (qh, ql) = b[16..176].split_at_mut(32);
@@ -364,26 +459,42 @@ pub(super) fn encode_q5_k(x: &[f32; QK_K], b: &mut [u8; 176]) {
 
 // ---- Q6_K: ql[128], qh[64], scales[16] (int8), d ----
 
+#[inline(always)]
 pub(super) fn decode_q6_k(b: &[u8; 210], out: &mut [f32; QK_K]) {
     let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = f16_at(b, 208);
-    for (e, o) in out.iter_mut().enumerate() {
-        let (half, r) = (e / 128, e % 128);
-        let (which, l) = (r / 32, r % 32);
-        let low = ql[64 * half + l + 32 * (which % 2)] >> (4 * (which / 2)) & 0xF;
-        let high = (qh[32 * half + l] >> (2 * which)) & 3;
-        let q = (low | (high << 4)) as i32 - 32;
-        *o = d * (sc[e / 16] as i8) as f32 * q as f32;
+    // Runs of 32 values: `which` picks the low or high nibbles of the first or second 32
+    // bytes of `ql`, and a 2-bit field of `qh`; each run has two 16-value scales.
+    for (run, out) in out.chunks_exact_mut(32).enumerate() {
+        let (half, which) = (run / 4, run % 4);
+        let ql = &ql[64 * half + 32 * (which % 2)..][..32];
+        let qh = &qh[32 * half..][..32];
+        let (shift, hshift) = (4 * (which / 2), 2 * which);
+        for (k, out) in out.chunks_exact_mut(16).enumerate() {
+            let scale = d * (sc[2 * run + k] as i8) as f32;
+            for (l, o) in out.iter_mut().enumerate() {
+                let l = 16 * k + l;
+                let low = (ql[l] >> shift) & 0xF;
+                let high = (qh[l] >> hshift) & 3;
+                *o = scale * ((low | (high << 4)) as i32 - 32) as f32;
+            }
+        }
     }
 }
 
-pub(super) fn encode_q6_k(x: &[f32; QK_K], b: &mut [u8; 210]) {
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]) {
     let mut codes = [0i8; QK_K];
-    let mut scales = [0f32; 16];
+    // SAFETY: the caller guarantees `S`'s features.
+    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+        single(S::qx(32, xt, lanes))
+    });
+    let scales = found.map(|f| f.0);
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for j in 0..16 {
-        let scale = make_qx_quants(32, sub(x, j), sub_mut(&mut codes, j));
-        scales[j] = scale;
+        let scale = scales[j];
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
             max_scale = scale;

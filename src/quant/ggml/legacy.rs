@@ -8,18 +8,21 @@
 
 use super::{f16_at, f16_bytes};
 
+#[inline(always)]
 pub(super) fn decode_f32(codes: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(codes.chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }
 
+#[inline(always)]
 pub(super) fn encode_f32(values: &[f32], codes: &mut [u8]) {
     for (v, b) in values.iter().zip(codes.chunks_exact_mut(4)) {
         b.copy_from_slice(&v.to_le_bytes());
     }
 }
 
+#[inline(always)]
 pub(super) fn decode_f16(codes: &[u8], out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         *o = f16_at(codes, 2 * i);
@@ -28,12 +31,14 @@ pub(super) fn decode_f16(codes: &[u8], out: &mut [f32]) {
 
 /// numpy's `astype(np.float16)` (what gguf-py writes): round to nearest even, overflow to
 /// infinity, subnormals exact; NaN stays a quiet NaN with its sign.
+#[inline(always)]
 pub(super) fn encode_f16(values: &[f32], codes: &mut [u8]) {
     for (v, b) in values.iter().zip(codes.chunks_exact_mut(2)) {
         b.copy_from_slice(&f16_bytes(*v));
     }
 }
 
+#[inline(always)]
 pub(super) fn decode_bf16(codes: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(codes.chunks_exact(2)) {
         *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
@@ -51,6 +56,7 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
     ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
 }
 
+#[inline(always)]
 pub(super) fn encode_bf16(values: &[f32], codes: &mut [u8]) {
     for (v, b) in values.iter().zip(codes.chunks_exact_mut(2)) {
         b.copy_from_slice(&bf16_bits(*v).to_le_bytes());
@@ -108,6 +114,7 @@ fn reciprocal(d: f32) -> f32 {
     }
 }
 
+#[inline(always)]
 pub(super) fn decode_q4_0(b: &[u8; 18], out: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     for j in 0..16 {
@@ -117,6 +124,7 @@ pub(super) fn decode_q4_0(b: &[u8; 18], out: &mut [f32; 32]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn encode_q4_0(x: &[f32; 32], b: &mut [u8; 18]) {
     let d = signed_abs_max(x) / -8.0;
     let id = reciprocal(d);
@@ -128,6 +136,7 @@ pub(super) fn encode_q4_0(x: &[f32; 32], b: &mut [u8; 18]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn decode_q4_1(b: &[u8; 20], out: &mut [f32; 32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     for j in 0..16 {
@@ -137,6 +146,7 @@ pub(super) fn decode_q4_1(b: &[u8; 20], out: &mut [f32; 32]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn encode_q4_1(x: &[f32; 32], b: &mut [u8; 20]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
@@ -171,6 +181,7 @@ fn pack_q5(q: &[u8; 32], qh: &mut [u8], qs: &mut [u8]) {
     qh.copy_from_slice(&bits.to_le_bytes());
 }
 
+#[inline(always)]
 pub(super) fn decode_q5_0(b: &[u8; 22], out: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     for j in 0..16 {
@@ -180,6 +191,7 @@ pub(super) fn decode_q5_0(b: &[u8; 22], out: &mut [f32; 32]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn encode_q5_0(x: &[f32; 32], b: &mut [u8; 22]) {
     let d = signed_abs_max(x) / -16.0;
     let id = reciprocal(d);
@@ -192,6 +204,7 @@ pub(super) fn encode_q5_0(x: &[f32; 32], b: &mut [u8; 22]) {
     pack_q5(&q, qh, qs);
 }
 
+#[inline(always)]
 pub(super) fn decode_q5_1(b: &[u8; 24], out: &mut [f32; 32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     for j in 0..16 {
@@ -201,6 +214,7 @@ pub(super) fn decode_q5_1(b: &[u8; 24], out: &mut [f32; 32]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn encode_q5_1(x: &[f32; 32], b: &mut [u8; 24]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
@@ -216,6 +230,7 @@ pub(super) fn encode_q5_1(x: &[f32; 32], b: &mut [u8; 24]) {
     pack_q5(&q, qh, qs);
 }
 
+#[inline(always)]
 pub(super) fn decode_q8_0(b: &[u8; 34], out: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     for (o, &q) in out.iter_mut().zip(&b[2..]) {
@@ -223,6 +238,7 @@ pub(super) fn decode_q8_0(b: &[u8; 34], out: &mut [f32; 32]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn encode_q8_0(x: &[f32; 32], b: &mut [u8; 34]) {
     let mut amax = 0f32;
     for &v in x {

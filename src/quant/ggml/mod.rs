@@ -47,22 +47,34 @@
 //! are not meaningful in any of these formats.
 //!
 //! # What the K-quants' search costs
-//! The legacy types and Q8_0 find a block's scale in one pass (its absolute maximum or range)
-//! and code it in a second: a few operations per value. The K-quants search per sub-block:
-//! - Q4_K (`make_qkx2_quants`, 21 candidate scales over 32 values, weighted error) and Q5_K (16
-//!   candidates): each candidate rounds every value and accumulates five sums, so about
-//!   21 · 32 · ~12 ≈ 8,000 operations per sub-block of Q4_K, ~250 per value, then a final
-//!   re-quantization against the stored 6-bit scales;
-//! - Q2_K: 16 candidates over 16 values per sub-block (~200 operations per value);
-//! - Q3_K (`make_q3_quants`): an rmse-weighted rounding refined by up to 5 passes of
-//!   per-value moves, each pass O(16) per sub-block (~60 per value);
-//! - Q6_K (`make_qx_quants`, rmse type 1): 19 candidate scales over 16 values (~100 per value).
+//! The legacy types and Q8_0 find a block's scale in one pass (its absolute maximum, or its
+//! range) and code it in a second: a few operations per value. The K-quants search a scale per
+//! sub-block, trying candidates that each round every value of the sub-block again:
+//! - Q4_K and Q5_K (`make_qkx2_quants`, sub-blocks of 32): 21 (Q4_K) or 16 (Q5_K) candidate
+//!   scales, each a pass that rounds the 32 values and accumulates three weighted sums, then a
+//!   least-squares fit of scale and offset and a second pass for its weighted error: about 20
+//!   operations per value per candidate, some 400 (Q4_K) per value in all;
+//! - Q2_K (the same search, 16 candidates over sub-blocks of 16, absolute error): ~300 per value;
+//! - Q6_K (`make_qx_quants`: 19 candidate scales over sub-blocks of 16, x²-weighted): ~150;
+//! - Q3_K (`make_q3_quants`: one x²-weighted rounding, then up to five passes that move one code
+//!   at a time while the fit improves): ~100;
+//! then, for all of them, the sub-block scales quantized against their maximum and every value
+//! re-coded against the scale it will be decoded with (a division per value).
 //!
-//! The cost is fixed per block: no whole-tensor reduction, no buffer beyond one super-block. The
-//! `ggml` benchmark (`cargo bench --bench ggml`) measures each type's single-core throughput;
-//! `benches/RESULTS.md` records it.
+//! The cost is fixed per block: no whole-tensor pass, no buffer beyond one super-block (a few KB
+//! on the stack). Each search's sums are chains of dependent additions whose order is fixed by
+//! ggml's bits, so a sub-block cannot be split across vector lanes; instead the eight (or
+//! sixteen) sub-blocks of a super-block are searched together, one per lane (`lanes.rs`, and
+//! `avx2.rs` where the CPU has AVX2), each lane doing exactly the scalar search. Measured on one
+//! core of the shared 2-vCPU build machine (AMD EPYC, AVX2; `cargo bench --bench ggml`, f32
+//! values in), about 4 to 5 µs per super-block for Q4_K and Q5_K (~200 MiB/s), 3 µs for Q2_K and
+//! Q6_K (~300 MiB/s), 4.5 µs for Q3_K, against 80 ns per 32-value block for Q8_0 (~1.5 GiB/s);
+//! the one-sub-block-at-a-time form ran Q4_K at ~45 MiB/s. `benches/RESULTS.md` has the table.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod kquants;
+mod lanes;
 mod legacy;
 mod search;
 
@@ -304,6 +316,30 @@ impl FromStr for GgmlType {
     }
 }
 
+/// Runs a block decoder (`fn(&[u8; B], &mut [f32; N])`) over every block, called directly so
+/// that it inlines into its caller (and into the AVX2 build of it).
+macro_rules! blocks {
+    ($codes:expr, $out:expr, $f:path) => {
+        for (block, values) in $codes.as_chunks().0.iter().zip($out.as_chunks_mut().0) {
+            $f(block, values)
+        }
+    };
+}
+
+/// Runs a block encoder (`fn(&[f32; N], &mut [u8; B])`) over every block, called directly.
+macro_rules! blocks_mut {
+    ($values:expr, $codes:expr, $f:path) => {
+        for (values, block) in $values.as_chunks().0.iter().zip($codes.as_chunks_mut().0) {
+            // SAFETY: K-quant encoders need `S`'s features, which `encode_any`'s caller
+            // guarantees; the others need none.
+            #[allow(unused_unsafe)]
+            unsafe {
+                $f(values, block)
+            }
+        }
+    };
+}
+
 /// Decodes whole blocks: `codes` holds `out.len() / block_len` blocks of `t`, and `out` gets
 /// their values in f32 (see the module docs for the exact arithmetic).
 ///
@@ -318,16 +354,16 @@ pub(crate) fn decode(t: GgmlType, codes: &[u8], out: &mut [f32]) {
         GgmlType::F32 => legacy::decode_f32(codes, out),
         GgmlType::F16 => legacy::decode_f16(codes, out),
         GgmlType::BF16 => legacy::decode_bf16(codes, out),
-        GgmlType::Q4_0 => blocks(codes, out, legacy::decode_q4_0),
-        GgmlType::Q4_1 => blocks(codes, out, legacy::decode_q4_1),
-        GgmlType::Q5_0 => blocks(codes, out, legacy::decode_q5_0),
-        GgmlType::Q5_1 => blocks(codes, out, legacy::decode_q5_1),
-        GgmlType::Q8_0 => blocks(codes, out, legacy::decode_q8_0),
-        GgmlType::Q2_K => blocks(codes, out, kquants::decode_q2_k),
-        GgmlType::Q3_K => blocks(codes, out, kquants::decode_q3_k),
-        GgmlType::Q4_K => blocks(codes, out, kquants::decode_q4_k),
-        GgmlType::Q5_K => blocks(codes, out, kquants::decode_q5_k),
-        GgmlType::Q6_K => blocks(codes, out, kquants::decode_q6_k),
+        GgmlType::Q4_0 => blocks!(codes, out, legacy::decode_q4_0),
+        GgmlType::Q4_1 => blocks!(codes, out, legacy::decode_q4_1),
+        GgmlType::Q5_0 => blocks!(codes, out, legacy::decode_q5_0),
+        GgmlType::Q5_1 => blocks!(codes, out, legacy::decode_q5_1),
+        GgmlType::Q8_0 => blocks!(codes, out, legacy::decode_q8_0),
+        GgmlType::Q2_K => blocks!(codes, out, kquants::decode_q2_k),
+        GgmlType::Q3_K => blocks!(codes, out, kquants::decode_q3_k),
+        GgmlType::Q4_K => blocks!(codes, out, kquants::decode_q4_k),
+        GgmlType::Q5_K => blocks!(codes, out, kquants::decode_q5_k),
+        GgmlType::Q6_K => blocks!(codes, out, kquants::decode_q6_k),
     }
 }
 
@@ -341,54 +377,47 @@ pub(crate) fn encode(t: GgmlType, values: &[f32], codes: &mut [u8]) {
         values.len() / t.block_len(),
         "{t}"
     );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only feature `encode_avx2` is compiled with.
+        unsafe { encode_avx2(t, values, codes) };
+        return;
+    }
+    // SAFETY: the portable searches need no CPU feature.
+    unsafe { encode_any::<lanes::Portable>(t, values, codes) };
+}
+
+/// [`encode`] compiled for AVX2, with the K-quants' searches in AVX2 intrinsics
+/// ([`avx2`]): the same operations in the same order, never fused into multiply-adds, so the
+/// same bits.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_avx2(t: GgmlType, values: &[f32], codes: &mut [u8]) {
+    // SAFETY: the caller guarantees AVX2.
+    unsafe { encode_any::<avx2::Avx2>(t, values, codes) };
+}
+
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn encode_any<S: lanes::Searches>(t: GgmlType, values: &[f32], codes: &mut [u8]) {
     match t {
         GgmlType::F32 => legacy::encode_f32(values, codes),
         GgmlType::F16 => legacy::encode_f16(values, codes),
         GgmlType::BF16 => legacy::encode_bf16(values, codes),
-        GgmlType::Q4_0 => blocks_mut(values, codes, legacy::encode_q4_0),
-        GgmlType::Q4_1 => blocks_mut(values, codes, legacy::encode_q4_1),
-        GgmlType::Q5_0 => blocks_mut(values, codes, legacy::encode_q5_0),
-        GgmlType::Q5_1 => blocks_mut(values, codes, legacy::encode_q5_1),
-        GgmlType::Q8_0 => blocks_mut(values, codes, legacy::encode_q8_0),
-        GgmlType::Q2_K => blocks_mut(values, codes, kquants::encode_q2_k),
-        GgmlType::Q3_K => blocks_mut(values, codes, kquants::encode_q3_k),
-        GgmlType::Q4_K => blocks_mut(values, codes, kquants::encode_q4_k),
-        GgmlType::Q5_K => blocks_mut(values, codes, kquants::encode_q5_k),
-        GgmlType::Q6_K => blocks_mut(values, codes, kquants::encode_q6_k),
-    }
-}
-
-/// Runs a fixed-size block decoder over every block.
-#[inline(always)]
-fn blocks<const B: usize, const N: usize>(
-    codes: &[u8],
-    out: &mut [f32],
-    f: impl Fn(&[u8; B], &mut [f32; N]),
-) {
-    for (block, values) in codes
-        .as_chunks::<B>()
-        .0
-        .iter()
-        .zip(out.as_chunks_mut::<N>().0)
-    {
-        f(block, values);
-    }
-}
-
-/// Runs a fixed-size block encoder over every block.
-#[inline(always)]
-fn blocks_mut<const B: usize, const N: usize>(
-    values: &[f32],
-    codes: &mut [u8],
-    f: impl Fn(&[f32; N], &mut [u8; B]),
-) {
-    for (values, block) in values
-        .as_chunks::<N>()
-        .0
-        .iter()
-        .zip(codes.as_chunks_mut::<B>().0)
-    {
-        f(values, block);
+        GgmlType::Q4_0 => blocks_mut!(values, codes, legacy::encode_q4_0),
+        GgmlType::Q4_1 => blocks_mut!(values, codes, legacy::encode_q4_1),
+        GgmlType::Q5_0 => blocks_mut!(values, codes, legacy::encode_q5_0),
+        GgmlType::Q5_1 => blocks_mut!(values, codes, legacy::encode_q5_1),
+        GgmlType::Q8_0 => blocks_mut!(values, codes, legacy::encode_q8_0),
+        GgmlType::Q2_K => blocks_mut!(values, codes, kquants::encode_q2_k::<S>),
+        GgmlType::Q3_K => blocks_mut!(values, codes, kquants::encode_q3_k::<S>),
+        GgmlType::Q4_K => blocks_mut!(values, codes, kquants::encode_q4_k::<S>),
+        GgmlType::Q5_K => blocks_mut!(values, codes, kquants::encode_q5_k::<S>),
+        GgmlType::Q6_K => blocks_mut!(values, codes, kquants::encode_q6_k::<S>),
     }
 }
 

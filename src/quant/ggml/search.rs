@@ -2,6 +2,9 @@
 //! operation: every sum accumulates in the same order, every product associates as C's left to
 //! right evaluation does (`w*x[i]*l` is `(w·x)·l`), and integers convert to f32 where C converts
 //! them, so each search picks the codes and scale ggml picks.
+//!
+//! The encoders run these searches on all sub-blocks of a super-block at once
+//! ([`super::lanes`]); the one-group transcriptions here are what those are tested against.
 
 /// ggml's threshold below which a group counts as all zeros.
 pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
@@ -19,6 +22,7 @@ pub(super) fn nearest_int(fval: f32) -> i32 {
 /// The value of largest magnitude (the first on ties) and that magnitude: ggml's
 /// `if (ax > amax) { amax = ax; max = x[i]; }`.
 #[inline(always)]
+#[cfg(test)]
 fn signed_max(x: &[f32]) -> (f32, f32) {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -33,6 +37,7 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
 
 /// `make_qx_quants(16, nmax, x, L, 1, NULL)` (rmse type 1: weights `x²`, no importance
 /// weights), what Q6_K's reference calls: codes `L` in `0..2·nmax` and the scale.
+#[cfg(test)]
 pub(super) fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
@@ -77,6 +82,7 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f3
 /// `make_q3_quants(16, nmax, x, L, true)`, what Q3_K's reference calls: an x²-weighted rounding
 /// refined by up to five passes that move one code at a time while the weighted fit improves.
 /// Codes `L` in `0..2·nmax`; returns the scale.
+#[cfg(test)]
 pub(super) fn make_q3_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
@@ -146,6 +152,7 @@ pub(super) struct Qkx2 {
 /// `scale·L − min` minimising the weighted error over `nstep + 1` candidate scales, each refined
 /// by a weighted least-squares fit of scale and (non-positive) offset. Returns `(scale, min)`
 /// as ggml returns `scale` and stores `*the_min`.
+#[cfg(test)]
 pub(super) fn make_qkx2_quants<const N: usize>(
     p: Qkx2,
     x: &[f32; N],

@@ -216,3 +216,32 @@ fn decode_and_encode_check_their_buffers() {
     )
     .unwrap();
 }
+
+#[test]
+fn the_portable_and_dispatched_encoders_write_the_same_bytes() {
+    use rand::{Rng, SeedableRng};
+    // The integration tests pin `encode` (AVX2 where the CPU has it) to ggml's bytes; this pins
+    // the portable path, which CPUs without AVX2 run, to `encode`.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let values: Vec<f32> = (0..64 * QK_K)
+        .map(|i| {
+            let block = i / QK_K;
+            let v: f32 = rng.random_range(-1.0..1.0);
+            match block % 4 {
+                0 => v * 0.02,
+                1 => v * v * v * 3.0,
+                2 if i % 7 == 0 => v,
+                2 => 0.0,
+                _ => v.abs() * 1e-3 + 0.1,
+            }
+        })
+        .collect();
+    for t in GgmlType::ALL {
+        let n = values.len() / t.block_len() * t.block_bytes();
+        let (mut a, mut b) = (vec![0u8; n], vec![1u8; n]);
+        encode(t, &values, &mut a);
+        // SAFETY: the portable searches need no CPU feature.
+        unsafe { encode_any::<lanes::Portable>(t, &values, &mut b) };
+        assert!(a == b, "{t}");
+    }
+}
