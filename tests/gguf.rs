@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 use checkpoint_save::gguf::{
     gguf_header, GgufFile, GgufTensor, GgufTensorInfo, MetaArray, MetaValue,
 };
@@ -429,4 +431,83 @@ fn jobs_refuse_gguf_inputs_by_name() {
         .unwrap()
         .to_string();
     assert!(err.contains("GGUF") && err.contains("inspect"), "{err}");
+}
+
+#[test]
+fn the_binary_inspects_a_gguf_file_and_refuses_to_convert_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!("{DIR}/flux.gguf");
+    let r = common::cli::run(dir.path(), &["inspect", &path]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("format:       GGUF") && r.stdout.contains("Q4_K×1"),
+        "{}",
+        r.stdout
+    );
+    let r = common::cli::run(dir.path(), &["inspect", "--json", &path]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["format"], "gguf");
+    assert_eq!(v["parts"][0]["dtypes"]["Q8_0"], 1);
+    let r = common::cli::run(dir.path(), &["convert", &path, "--output-dir", "out"]);
+    common::cli::assert_refused(&r, "GGUF", &dir.path().join("out"));
+}
+
+#[test]
+fn the_binary_names_a_truncated_gguf_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(format!("{DIR}/flux.gguf")).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let r = common::cli::run(dir.path(), &["inspect", cut.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("GGUF") && r.stderr.contains("past the end"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A GGUF holding a tiny synthetic denoiser of `arch` (F32, zero data) under its ComfyUI names,
+/// each prefixed with `prefix` (stable-diffusion.cpp writes `model.diffusion_model.`).
+fn synthetic_gguf(arch: checkpoint_save::Arch, prefix: &str, path: &Path) {
+    use checkpoint_save::synthetic::{build, SyntheticOptions};
+    let components = build(
+        &SyntheticOptions::new(arch).tiny(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let shapes = components.shapes();
+    let model = shapes.get(checkpoint_save::ComponentKind::Model).unwrap();
+    let tensors: Vec<GgufTensorInfo> = model
+        .iter()
+        .map(|(name, info)| GgufTensorInfo {
+            name: format!("{prefix}{name}"),
+            shape: info.shape.clone(),
+            ggml_type: GgmlType::F32,
+        })
+        .collect();
+    let meta = vec![(
+        "general.architecture".to_string(),
+        MetaValue::String(arch.name().to_string()),
+    )];
+    let header = gguf_header(&meta, &tensors).unwrap();
+    let mut bytes = header.bytes;
+    bytes.resize(bytes.len() + header.data_len as usize, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn inspect_detects_the_architecture_of_a_gguf_denoiser() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, prefix) in [
+        (checkpoint_save::Arch::Flux, ""),
+        (checkpoint_save::Arch::Sdxl, "model.diffusion_model."),
+    ] {
+        let path = dir.path().join("m.gguf");
+        synthetic_gguf(arch, prefix, &path);
+        let i = checkpoint_save::inspect(&path).unwrap();
+        assert_eq!(i.arch, Some(arch), "{prefix}");
+        assert_eq!(i.parts[0].name, "model");
+    }
 }

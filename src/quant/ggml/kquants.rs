@@ -95,12 +95,12 @@ pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84])
     };
     let (d, dmin) = (f16_bytes(d), f16_bytes(dmin));
     let (dq, mq) = (f16_at(&d, 0), f16_at(&dmin, 0));
-    for j in 0..16 {
-        let dl = dq * (sc[j] & 0xF) as f32;
+    for (j, &sc) in sc.iter().enumerate() {
+        let dl = dq * (sc & 0xF) as f32;
         if dl == 0.0 {
             continue;
         }
-        let dm = mq * (sc[j] >> 4) as f32;
+        let dm = mq * (sc >> 4) as f32;
         for (c, &v) in sub_mut::<16, u8>(&mut codes, j)
             .iter_mut()
             .zip(sub::<16>(x, j))
@@ -224,11 +224,10 @@ pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]
     });
     let scales = found.map(|f| f.0);
     let (mut max_scale, mut amax) = (0f32, 0f32);
-    for j in 0..16 {
-        let scale = scales[j].abs();
-        if scale > amax {
-            amax = scale;
-            max_scale = scales[j];
+    for &s in &scales {
+        if s.abs() > amax {
+            amax = s.abs();
+            max_scale = s;
         }
     }
     let mut sb = [0u8; 12];
@@ -493,8 +492,7 @@ pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]
     });
     let scales = found.map(|f| f.0);
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-    for j in 0..16 {
-        let scale = scales[j];
+    for &scale in &scales {
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
             max_scale = scale;
@@ -506,13 +504,10 @@ pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]
     }
     let iscale = -128.0 / max_scale;
     let d = f16_bytes(1.0 / iscale);
-    let mut sc = [0i8; 16];
-    for j in 0..16 {
-        sc[j] = nearest_int(iscale * scales[j]).min(127) as i8;
-    }
+    let sc = scales.map(|s| nearest_int(iscale * s).min(127) as i8);
     let dq = f16_at(&d, 0);
-    for j in 0..16 {
-        let dl = dq * sc[j] as f32;
+    for (j, &sc) in sc.iter().enumerate() {
+        let dl = dq * sc as f32;
         if dl == 0.0 {
             continue;
         }

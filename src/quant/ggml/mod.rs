@@ -58,8 +58,9 @@
 //! - Q6_K (`make_qx_quants`: 19 candidate scales over sub-blocks of 16, x²-weighted): ~150;
 //! - Q3_K (`make_q3_quants`: one x²-weighted rounding, then up to five passes that move one code
 //!   at a time while the fit improves): ~100;
-//! then, for all of them, the sub-block scales quantized against their maximum and every value
-//! re-coded against the scale it will be decoded with (a division per value).
+//!
+//! Then, for all of them, the sub-block scales are quantized against their maximum and every
+//! value re-coded against the scale it will be decoded with (a division per value).
 //!
 //! The cost is fixed per block: no whole-tensor pass, no buffer beyond one super-block (a few KB
 //! on the stack). Each search's sums are chains of dependent additions whose order is fixed by
