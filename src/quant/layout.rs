@@ -8,6 +8,7 @@ use crate::model::dtype::Dtype;
 
 use super::describe::QuantDescription;
 use super::format::{Format, Fp8};
+use super::ggml::shapes as ggml_shapes;
 use super::numeric::swizzled;
 
 /// Rows that share one contiguous run of block scales in the swizzled layout.
@@ -141,19 +142,7 @@ impl QuantLayout {
             ));
         }
         if let Format::Ggml(t) = format {
-            let row = shape.last().copied().unwrap_or(1);
-            if !row.is_multiple_of(t.block_len()) {
-                return Err(quant_error(
-                    layer,
-                    format!(
-                        "ggml's {t} stores rows of whole blocks of {} values, and this tensor's \
-                         rows (its last dimension, of shape {shape:?}) hold {row}: reshape it to \
-                         rows of a multiple of {} or store it as F16",
-                        t.block_len(),
-                        t.block_len()
-                    ),
-                ));
-            }
+            ggml_shapes::check_rows(layer, t, shape)?;
         }
         let (rows, cols, stored_rows, stored_cols) = match format.padding() {
             Some(pad) => {
@@ -308,14 +297,7 @@ impl QuantLayout {
         let codes_shape = match self.format {
             Format::Nvfp4 => vec![self.stored_rows, self.stored_cols / 2],
             Format::Mxfp8 => vec![self.stored_rows, self.stored_cols],
-            // gguf-py's byte shape: the last dimension in bytes of whole blocks.
-            Format::Ggml(t) if t.is_quantized() => {
-                let mut shape = self.shape.clone();
-                if let Some(last) = shape.last_mut() {
-                    *last = *last / t.block_len() * t.block_bytes();
-                }
-                shape
-            }
+            Format::Ggml(t) => ggml_shapes::codes_shape(t, &self.shape),
             _ => self.shape.clone(),
         };
         let mut out = vec![member(
@@ -417,19 +399,7 @@ impl QuantLayout {
     pub fn read_span(&self, elements: Range<u64>) -> Result<Span> {
         self.check_range(&elements)?;
         if let Format::Ggml(t) = self.format {
-            // Blocks run along rows of whole blocks, so element `e` is in block `e / block`.
-            let (block, bytes) = (t.block_len() as u64, t.block_bytes() as u64);
-            let first = elements.start / block;
-            let end = if elements.is_empty() {
-                first
-            } else {
-                elements.end.div_ceil(block)
-            };
-            return Ok(Span {
-                elements: first * block..end * block,
-                codes: first * bytes..end * bytes,
-                block_scales: 0..0,
-            });
+            return Ok(ggml_shapes::span(t, &elements));
         }
         if !self.format.has_block_scales() || elements.is_empty() {
             return Ok(Span {
@@ -476,18 +446,9 @@ impl QuantLayout {
     /// [`Error::Quantized`] when the range is outside the tensor or not on whole rows.
     pub fn write_span(&self, elements: Range<u64>) -> Result<Span> {
         self.check_range(&elements)?;
-        let unit = self.write_unit();
         if let Format::Ggml(t) = self.format {
-            if !elements.start.is_multiple_of(unit) || !elements.end.is_multiple_of(unit) {
-                return Err(quant_error(
-                    &self.layer,
-                    format!(
-                        "ggml's {t} encodes whole blocks of {unit} values; element range \
-                         {elements:?} is not on block boundaries"
-                    ),
-                ));
-            }
-            return self.read_span(elements);
+            ggml_shapes::check_write(&self.layer, t, &elements)?;
+            return Ok(ggml_shapes::span(t, &elements));
         }
         if !self.format.has_block_scales() || elements.is_empty() {
             return self.read_span(elements);
@@ -592,25 +553,7 @@ impl QuantLayout {
 /// The shape of values the stored codes hold (the padded logical shape for block formats).
 fn stored_logical(layer: &str, format: Format, codes: &[usize]) -> Result<Vec<usize>> {
     if let Format::Ggml(t) = format {
-        if !t.is_quantized() {
-            return Ok(codes.to_vec());
-        }
-        let bytes = codes.last().copied().unwrap_or(0);
-        if bytes == 0 || !bytes.is_multiple_of(t.block_bytes()) {
-            return Err(quant_error(
-                layer,
-                format!(
-                    "ggml {t} codes `{layer}.weight` of shape {codes:?} hold rows of {bytes} \
-                     bytes, which is not a whole, non-zero number of {}-byte blocks",
-                    t.block_bytes()
-                ),
-            ));
-        }
-        let mut shape = codes.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = bytes / t.block_bytes() * t.block_len();
-        }
-        return Ok(shape);
+        return ggml_shapes::values_shape(layer, t, codes);
     }
     let Some(pad) = format.padding() else {
         return Ok(codes.to_vec());

@@ -78,6 +78,7 @@ mod kquants;
 mod lanes;
 mod legacy;
 mod search;
+pub(crate) mod shapes;
 
 #[cfg(test)]
 mod tests;
