@@ -38,7 +38,7 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -212,13 +212,13 @@ fn read_metadata(
     c: &mut Cursor<'_>,
     n: u64,
 ) -> std::result::Result<Vec<(String, MetaValue)>, String> {
-    let mut seen = HashMap::new();
+    let mut seen = HashSet::new();
     let mut out = Vec::new();
     for i in 0..n {
         let key = c.string(&format!("metadata entry {i}"))?;
         let kind = c.u32()?;
         let value = value::read_value(c, kind, &format!("metadata key `{key}`"))?;
-        if seen.insert(key.clone(), ()).is_some() {
+        if !seen.insert(key.clone()) {
             return Err(format!("the metadata key `{key}` appears twice"));
         }
         out.push((key, value));
@@ -281,11 +281,16 @@ fn place(
     data_start: u64,
     len: u64,
 ) -> std::result::Result<Vec<GgufTensor>, String> {
-    let mut names = HashMap::with_capacity(infos.len());
+    let mut names = HashSet::with_capacity(infos.len());
     let mut tensors = Vec::with_capacity(infos.len());
+    // Looked up once per tensor: an index, so that a header of many keys and tensors stays linear.
+    let orig_shapes: HashMap<&str, &MetaValue> = metadata
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(ORIG_SHAPE_PREFIX)?, v)))
+        .collect();
     for info in infos {
         let name = info.name;
-        if names.insert(name.clone(), ()).is_some() {
+        if !names.insert(name.clone()) {
             return Err(format!("tensor `{name}` appears twice"));
         }
         let type_name = GgmlType::name_of_id(info.type_id);
@@ -341,7 +346,10 @@ fn place(
         if end > len {
             return Err(past_end(&name, bytes, info.offset, len));
         }
-        let shape = orig_shape(metadata, &name, numel)?.unwrap_or_else(|| stored_shape.clone());
+        let shape = match orig_shapes.get(name.as_str()) {
+            Some(value) => orig_shape(value, &name, numel)?,
+            None => stored_shape.clone(),
+        };
         tensors.push(GgufTensor {
             name,
             shape,
@@ -377,17 +385,14 @@ fn past_end(name: &str, bytes: u64, offset: u64, len: u64) -> String {
     )
 }
 
-/// The shape ComfyUI-GGUF's loader gives `name` from `comfy.gguf.orig_shape.<name>`, if the
-/// file has that key; checked to hold the tensor's `numel` elements.
+/// The shape ComfyUI-GGUF's loader gives `name` from its `comfy.gguf.orig_shape.<name>` value,
+/// checked to hold the tensor's `numel` elements.
 fn orig_shape(
-    metadata: &[(String, MetaValue)],
+    value: &MetaValue,
     name: &str,
     numel: u64,
-) -> std::result::Result<Option<Vec<usize>>, String> {
+) -> std::result::Result<Vec<usize>, String> {
     let key = format!("{ORIG_SHAPE_PREFIX}{name}");
-    let Some((_, value)) = metadata.iter().find(|(k, _)| *k == key) else {
-        return Ok(None);
-    };
     let bad = |why: String| format!("its metadata `{key}` {why}");
     let dims = match value {
         MetaValue::Array(MetaArray::I32(dims)) if !dims.is_empty() => dims,
@@ -420,7 +425,7 @@ fn orig_shape(
             "is {dims:?}, which does not hold the tensor's {numel} elements"
         )));
     }
-    Ok(Some(shape))
+    Ok(shape)
 }
 
 /// An open, validated GGUF file (see the module docs): its metadata and tensors, whose bytes are
