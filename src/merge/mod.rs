@@ -9,6 +9,7 @@
 
 mod bake;
 mod blocks;
+pub mod graph;
 mod lora;
 mod lora_keys;
 mod recipe;
