@@ -63,6 +63,7 @@ pub mod synthetic;
 mod sys;
 #[cfg(test)]
 mod testutil;
+pub mod workflow;
 mod write;
 
 pub use error::{Error, Result};

@@ -60,6 +60,16 @@ pub(crate) enum Command {
     #[command(after_help = EXIT_CODES)]
     Merge(Box<MergeArgs>),
 
+    /// Run a ComfyUI workflow's merges and saves (API or UI format, or a ComfyUI output that
+    /// embeds one) in one streamed pass.
+    ///
+    /// Loaders, LoRA loaders, the model and CLIP merge nodes (ModelMergeSimple, ModelMergeBlocks
+    /// and the model-specific block nodes, subtract, add) and CheckpointSave, ModelSave,
+    /// CLIPSave and VAESave are run; other nodes are skipped and listed. Prints each written
+    /// path; with --dry-run, the plan.
+    #[command(after_help = EXIT_CODES)]
+    Run(Box<crate::run::RunArgs>),
+
     /// Show a checkpoint's architecture, prediction, tensors per part, dtypes and metadata.
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),

@@ -11,6 +11,7 @@ mod args;
 mod commands;
 mod merge;
 mod report;
+mod run;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -106,6 +107,7 @@ fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
         Command::Save(args) => commands::save(&args, cancel),
         Command::Convert(args) => commands::convert(&args, cancel),
         Command::Merge(args) => merge::merge(&args, cancel),
+        Command::Run(args) => run::run(&args, cancel),
         Command::Split(args) => commands::split(&args, cancel),
         Command::Inspect(args) => commands::inspect(&args),
         Command::Bench(args) => commands::bench(&args),
