@@ -216,8 +216,10 @@ impl Compiler<'_> {
             } => {
                 let mut m = self.model(*model)?;
                 let mut c = clip.map(|s| self.clip(s)).transpose()?;
+                let opened = open_lora(lora)?;
+                self.lora_summary(&gn, &opened);
                 let bake = LoraBake {
-                    lora: open_lora(lora)?,
+                    lora: opened,
                     strength_model: *strength_model,
                     strength_clip: if c.is_some() { *strength_clip } else { 0.0 },
                 };
@@ -457,6 +459,36 @@ impl Compiler<'_> {
             node: gn.id.clone(),
             class: gn.class().to_string(),
             name: source.name(),
+            files,
+            bytes,
+            arch: None,
+        });
+    }
+
+    /// A LoRA's files and bytes, for the dry run and the recipe.
+    fn lora_summary(&mut self, gn: &GraphNode, lora: &crate::merge::Lora) {
+        let (mut files, mut bytes) = (Vec::new(), 0);
+        for m in lora.modules.values() {
+            let tensors = [&m.up, &m.down, &m.mid, &m.alpha]
+                .into_iter()
+                .flatten()
+                .chain(
+                    [&m.diff, &m.diff_b, &m.set]
+                        .into_iter()
+                        .flatten()
+                        .map(|(_, t)| t),
+                );
+            for t in tensors {
+                bytes += t.byte_len();
+                t.input_files(&mut |f| files.push(f.path().to_path_buf()));
+            }
+        }
+        files.sort();
+        files.dedup();
+        self.out.inputs.push(InputSummary {
+            node: gn.id.clone(),
+            class: gn.class().to_string(),
+            name: lora.name.clone(),
             files,
             bytes,
             arch: None,
