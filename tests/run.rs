@@ -317,3 +317,95 @@ fn bad_workflows_are_refused_with_nothing_written() {
     assert_refused(&r, "model1 is sd15", &out);
     assert!(r.stderr.contains("model2 is sdxl") && r.stderr.contains("x.safetensors"));
 }
+
+#[test]
+fn merge_with_weights_is_the_normalized_comfyui_chain_over_any_number_of_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, inputs) = models(dir.path());
+    let ck = |n: &str| m.join(format!("checkpoints/{n}.safetensors"));
+    let (a, b, c) = (ck("a"), ck("b"), ck("c"));
+    let r = run(
+        dir.path(),
+        &[
+            "merge",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            c.to_str().unwrap(),
+            a.to_str().unwrap(),
+            "--weights",
+            "4,3,2,1",
+            "--clip-weights",
+            "1,1,0,0",
+            "--output-dir",
+            "out",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("weights (normalized) 0.4000,0.3000,0.2000,0.1000"),
+        "{}",
+        r.stderr
+    );
+    let (file, meta) = read(&dir.path().join(r.stdout.trim()));
+    let kind = checkpoint_save::ComponentKind::Model;
+    let key = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let v: Vec<Vec<f32>> = [0, 1, 2, 0]
+        .iter()
+        .map(|&i| vals(&inputs[i], kind, key))
+        .collect();
+    // ModelMergeSimple chain: ratios 4/7, 7/9, 9/10 (each keeps the sum so far).
+    let ratios = [4.0 / 7.0, 7.0 / 9.0, 9.0 / 10.0f64];
+    let mut want = v[0].clone();
+    for (x, r) in v[1..].iter().zip(ratios) {
+        for (w, y) in want.iter_mut().zip(x) {
+            *w = *w * r as f32 + (1.0 - r) as f32 * y;
+        }
+    }
+    assert_eq!(file[&format!("model.diffusion_model.{key}")], want);
+    let clip = checkpoint_save::ComponentKind::Clip;
+    let tk = "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight";
+    let (ca, cb) = (vals(&inputs[0], clip, tk), vals(&inputs[1], clip, tk));
+    let want: Vec<f32> = ca
+        .iter()
+        .zip(&cb)
+        .map(|(x, y)| x * 0.5f32 + 0.5f32 * y)
+        .collect();
+    // Weight 0 for C and A again: ratio 1, a patch that changes nothing.
+    let te = "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight";
+    assert_eq!(file[te], want);
+    let recipe: serde_json::Value = serde_json::from_str(&meta["checkpoint_save.recipe"]).unwrap();
+    assert_eq!(recipe["nodes"]["7"]["class_type"], "ModelMergeSimple");
+    let bad = run(
+        dir.path(),
+        &[
+            "merge",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--weights",
+            "1,-1",
+            "--output-dir",
+            "out2",
+        ],
+    );
+    assert_refused(&bad, "not a finite number ≥ 0", &dir.path().join("out2"));
+    let four = run(
+        dir.path(),
+        &[
+            "merge",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            c.to_str().unwrap(),
+            a.to_str().unwrap(),
+            "--ratio",
+            "0.5",
+            "--output-dir",
+            "out2",
+        ],
+    );
+    assert_refused(
+        &four,
+        "this operation takes 2 input(s)",
+        &dir.path().join("out2"),
+    );
+}

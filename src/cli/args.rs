@@ -339,9 +339,33 @@ pub(crate) enum VaeFrom {
 /// `merge`'s inputs, operation and LoRAs, and the save flags.
 #[derive(Debug, Args)]
 pub(crate) struct MergeArgs {
-    /// A, then B (and C for --add-difference): single-file checkpoints or diffusers folders.
-    #[arg(value_name = "INPUT", required = true, num_args = 1..=3)]
+    /// A, then B (and C for --add-difference, or any number with --weights): single-file
+    /// checkpoints or diffusers folders.
+    #[arg(value_name = "INPUT", required = true, num_args = 1..)]
     pub(crate) inputs: Vec<PathBuf>,
+
+    /// A weighted sum of all inputs, one weight each: normalized (divided by their sum, so
+    /// 4,3,2,1 is 0.4,0.3,0.2,0.1), computed as the chain of ModelMergeSimple nodes ComfyUI
+    /// would run for it, in one pass.
+    #[arg(
+        long,
+        value_name = "W,W,…",
+        group = "operation",
+        value_delimiter = ',',
+        help_heading = "Merge"
+    )]
+    pub(crate) weights: Option<Vec<f64>>,
+
+    /// With --weights: the text encoders merged too, with these weights (CLIPMergeSimple's
+    /// chain; `position_ids` and `logit_scale` stay A's).
+    #[arg(
+        long,
+        value_name = "W,W,…",
+        requires = "weights",
+        value_delimiter = ',',
+        help_heading = "Merge"
+    )]
+    pub(crate) clip_weights: Option<Vec<f64>>,
 
     /// Weighted sum, ComfyUI's convention: A·R + B·(1 − R) (1 keeps A; A1111's M is 1 − R).
     #[arg(

@@ -12,6 +12,7 @@ mod commands;
 mod merge;
 mod report;
 mod run;
+mod weights;
 
 use std::io::Write as _;
 use std::process::ExitCode;
