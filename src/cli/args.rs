@@ -135,6 +135,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "R")]
     pub(crate) lora_rank: Option<usize>,
 
+    /// With `run`: how many checkpoints the chain merges.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub(crate) chain: usize,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -150,6 +154,8 @@ pub(crate) enum BenchJob {
     Save,
     /// A weighted-sum merge of two checkpoints on disk.
     Merge,
+    /// A merge graph: a chain of ModelMergeSimple nodes over --chain checkpoints (f16).
+    Run,
 }
 
 /// Settings of the parallel writer.
