@@ -126,6 +126,7 @@ pub(super) fn compile_with(graph: &Graph, opts: &CompileOptions) -> Result<Compi
     let mut c = Compiler {
         graph,
         opts,
+        opened: BTreeMap::new(),
         values: BTreeMap::new(),
         out: Compiled {
             saves: Vec::new(),
@@ -146,6 +147,9 @@ pub(super) fn compile_with(graph: &Graph, opts: &CompileOptions) -> Result<Compi
 struct Compiler<'a> {
     graph: &'a Graph,
     opts: &'a CompileOptions,
+    /// Checkpoints opened so far, by canonical path: two loaders of one file share its
+    /// tensors, so an expression reading both reads each range once.
+    opened: BTreeMap<PathBuf, crate::input::Input>,
     /// Outputs of evaluated nodes, by node index.
     values: BTreeMap<usize, Vec<Value>>,
     out: Compiled,
@@ -499,7 +503,15 @@ impl Compiler<'_> {
         let origin = format!("{} {}", gn.describe(), source.name());
         let (components, prediction, files, bytes) = match source {
             Source::Path(p) => {
-                let input = open_input(p, None).map_err(|e| in_node(&gn.describe(), e))?;
+                let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                let input = match self.opened.get(&key) {
+                    Some(i) => i.clone(),
+                    None => {
+                        let i = open_input(p, None).map_err(|e| in_node(&gn.describe(), e))?;
+                        self.opened.insert(key, i.clone());
+                        i
+                    }
+                };
                 let files = input.files();
                 (input.components, input.prediction, files, input.bytes)
             }

@@ -298,3 +298,58 @@ fn keep_writes_a_merged_tensor_in_model1s_dtype() {
         "A is f16, B f32"
     );
 }
+
+#[test]
+fn an_input_used_twice_is_one_source_read_once_per_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    let mut models = Vec::new();
+    for seed in [1, 2] {
+        let c = tiny(Arch::Sd15, seed);
+        let p = dir.path().join(format!("m{seed}.safetensors"));
+        let opts = crate::SaveOptions {
+            layout: crate::LayoutChoice::Arch(Arch::Sd15),
+            ..crate::SaveOptions::default()
+        };
+        crate::save_to_path(&c, &p, &opts).unwrap();
+        paths.push(p);
+        models.push(c);
+    }
+    let mut g = Graph::new();
+    // Two loaders of one file, as a workflow may have them.
+    let a1 = g.checkpoint(Source::Path(paths[0].clone())).unwrap();
+    let a2 = g.checkpoint(Source::Path(paths[0].clone())).unwrap();
+    let b = g.checkpoint(Source::Path(paths[1].clone())).unwrap();
+    let ab = g.model_merge_simple(a2.model, b.model, 0.3).unwrap();
+    let m = g.model_merge_simple(a1.model, ab, 0.6).unwrap();
+    g.save_model(m, Target::Prefix("m".into())).unwrap();
+    let c = compile(&g).unwrap();
+    let out = &c.saves[0].files[0].components;
+    let InputTensor::Merged(merged) = get(out, ComponentKind::Model, Q) else {
+        panic!("merged")
+    };
+    // A is the base and the nested list's base: one source, kept while a block is computed.
+    assert_eq!(merged.shared_sources().len(), 1);
+    let (va, vb) = (
+        values(get(&models[0], ComponentKind::Model, Q)),
+        values(get(&models[1], ComponentKind::Model, Q)),
+    );
+    let want: Vec<f32> = va
+        .iter()
+        .zip(&vb)
+        .map(|(a, b)| {
+            let inner = a * 0.3f32 + (1.0f64 - 0.3) as f32 * b;
+            a * 0.6f32 + (1.0f64 - 0.6) as f32 * inner
+        })
+        .collect();
+    assert_eq!(
+        bits(&values(get(out, ComponentKind::Model, Q))),
+        bits(&want)
+    );
+    let r = run(&g, &RunOptions::new(dir.path().join("out"))).unwrap();
+    let (file, _) = read(&r.written[0].path);
+    assert_eq!(
+        bits(&tensor(&file, &format!("model.diffusion_model.{Q}"))),
+        bits(&want)
+    );
+}
