@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::args::EngineArgs;
@@ -84,8 +84,8 @@ pub(crate) struct RunArgs {
 
 /// `run`: the workflow's saves, written in one run.
 pub(crate) fn run(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
-    let workflow = Workflow::open(&args.workflow)
-        .with_context(|| format!("cannot read the workflow {}", args.workflow.display()))?;
+    // The library's errors name the file already.
+    let workflow = Workflow::open(&args.workflow)?;
     let mut models = ModelFolders::new(&args.models_dir);
     for f in &args.extra_model_paths_config {
         models.add_extra_config(f)?;
