@@ -137,11 +137,38 @@ pub(super) fn compile_with(graph: &Graph, opts: &CompileOptions) -> Result<Compi
             merged: 0,
         },
     };
-    // Links only point backwards, so graph order is an evaluation order.
+    // Links only point backwards, so graph order is an evaluation order. A node's outputs are
+    // dropped after their last reader ran: a long chain holds one patch list per key, not one
+    // per node.
+    let mut readers: BTreeMap<usize, usize> = BTreeMap::new();
+    for &i in &used {
+        for (_, s, _) in nodes[i].node.links() {
+            *readers.entry(s.node).or_default() += 1;
+        }
+    }
     for &i in &used {
         c.evaluate(i)?;
+        for (_, s, _) in nodes[i].node.links() {
+            if let Some(n) = readers.get_mut(&s.node) {
+                *n -= 1;
+                if *n == 0 {
+                    c.values.remove(&s.node);
+                }
+            }
+        }
     }
     Ok(c.out)
+}
+
+/// A checkpoint as opened: its components, shared by every loader of the file.
+struct Opened {
+    model: Arc<InputMap>,
+    clip: Arc<InputMap>,
+    vae: Arc<InputMap>,
+    arch: Arch,
+    prediction: Option<Prediction>,
+    files: Vec<PathBuf>,
+    bytes: u64,
 }
 
 struct Compiler<'a> {
@@ -149,7 +176,7 @@ struct Compiler<'a> {
     opts: &'a CompileOptions,
     /// Checkpoints opened so far, by canonical path: two loaders of one file share its
     /// tensors, so an expression reading both reads each range once.
-    opened: BTreeMap<PathBuf, crate::input::Input>,
+    opened: BTreeMap<PathBuf, Arc<Opened>>,
     /// Outputs of evaluated nodes, by node index.
     values: BTreeMap<usize, Vec<Value>>,
     out: Compiled,
@@ -501,47 +528,65 @@ impl Compiler<'_> {
 
     fn load_checkpoint(&mut self, gn: &GraphNode, source: &Source) -> Result<Vec<Value>> {
         let origin = format!("{} {}", gn.describe(), source.name());
-        let (components, prediction, files, bytes) = match source {
+        let missing =
+            |kind: ComponentKind| Error::InvalidInput(format!("{origin} has no {kind} component"));
+        let opened = match source {
             Source::Path(p) => {
                 let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-                let input = match self.opened.get(&key) {
-                    Some(i) => i.clone(),
+                match self.opened.get(&key) {
+                    Some(o) => Arc::clone(o),
                     None => {
-                        let i = open_input(p, None).map_err(|e| in_node(&gn.describe(), e))?;
-                        self.opened.insert(key, i.clone());
-                        i
+                        let mut input =
+                            open_input(p, None).map_err(|e| in_node(&gn.describe(), e))?;
+                        let arch = model_arch(&origin, &input.components)?;
+                        let files = input.files();
+                        let mut take =
+                            |kind| input.components.take(kind).ok_or_else(|| missing(kind));
+                        let o = Arc::new(Opened {
+                            model: Arc::new(take(ComponentKind::Model)?),
+                            clip: Arc::new(take(ComponentKind::Clip)?),
+                            vae: Arc::new(take(ComponentKind::Vae)?),
+                            arch,
+                            prediction: input.prediction,
+                            files,
+                            bytes: input.bytes,
+                        });
+                        self.opened.insert(key, Arc::clone(&o));
+                        o
                     }
-                };
-                let files = input.files();
-                (input.components, input.prediction, files, input.bytes)
+                }
             }
-            Source::Memory { components, .. } => (components.clone(), None, Vec::new(), 0),
+            Source::Memory { components, .. } => {
+                let part = |kind| components.get(kind).cloned().ok_or_else(|| missing(kind));
+                Arc::new(Opened {
+                    model: Arc::new(part(ComponentKind::Model)?),
+                    clip: Arc::new(part(ComponentKind::Clip)?),
+                    vae: Arc::new(part(ComponentKind::Vae)?),
+                    arch: model_arch(&origin, components)?,
+                    prediction: None,
+                    files: Vec::new(),
+                    bytes: 0,
+                })
+            }
         };
-        let arch = model_arch(&origin, &components)?;
-        self.summary(gn, source, files, bytes);
+        self.summary(gn, source, opened.files.clone(), opened.bytes);
         if let Some(s) = self.out.inputs.last_mut() {
-            s.arch = Some(arch);
+            s.arch = Some(opened.arch);
         }
-        let part = |kind: ComponentKind| -> Result<InputMap> {
-            components
-                .get(kind)
-                .cloned()
-                .ok_or_else(|| Error::InvalidInput(format!("{origin} has no {kind} component")))
-        };
         Ok(vec![
             Value::Model(ModelValue {
-                chains: Chains::new(part(ComponentKind::Model)?),
-                arch,
-                prediction,
+                chains: Chains::shared(Arc::clone(&opened.model)),
+                arch: opened.arch,
+                prediction: opened.prediction,
                 origin: origin.clone(),
             }),
             Value::Clip(ClipValue {
-                chains: Chains::new(part(ComponentKind::Clip)?),
-                arch: Some(arch),
-                origin: origin.clone(),
+                chains: Chains::shared(Arc::clone(&opened.clip)),
+                arch: Some(opened.arch),
+                origin,
             }),
             Value::Vae(VaeValue {
-                tensors: Arc::new(part(ComponentKind::Vae)?),
+                tensors: Arc::clone(&opened.vae),
             }),
         ])
     }

@@ -28,6 +28,14 @@ impl Chains {
         }
     }
 
+    /// Chains over base tensors shared with other values (two loaders of one file).
+    pub(super) fn shared(base: Arc<InputMap>) -> Chains {
+        Chains {
+            base,
+            steps: BTreeMap::new(),
+        }
+    }
+
     /// The base tensors (what `get_key_patches` calls the weight).
     pub(super) fn base(&self) -> &InputMap {
         &self.base
