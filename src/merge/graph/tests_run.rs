@@ -20,13 +20,11 @@ fn mem(name: &str, c: &Components) -> Source {
     }
 }
 
+/// A file's tensors: name, values as f32, dtype.
+type FileTensors = Vec<(String, Vec<f32>, String)>;
+
 /// A file's tensors (as f32) and metadata, read with the safetensors crate.
-fn read(
-    path: &Path,
-) -> (
-    Vec<(String, Vec<f32>, String)>,
-    std::collections::HashMap<String, String>,
-) {
+fn read(path: &Path) -> (FileTensors, std::collections::HashMap<String, String>) {
     let bytes = std::fs::read(path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
