@@ -229,3 +229,52 @@ fn loader_options_this_tool_cannot_honour_are_refused() {
         .to_string();
     assert!(e.contains("is not one of stable_diffusion"), "{e}");
 }
+
+#[test]
+fn subgraphs_expand_into_the_ids_the_frontend_gives_them() {
+    // Two loaders, then an instance (20) of a subgraph holding a ModelMergeSimple whose ratio is
+    // a widget of the instance, then a ModelSave of the instance's output.
+    let ui = json!({
+        "nodes": [
+            {"id": 1, "type": "CheckpointLoaderSimple", "mode": 0, "inputs": [], "widgets_values": ["a.safetensors"]},
+            {"id": 2, "type": "CheckpointLoaderSimple", "mode": 0, "inputs": [], "widgets_values": ["b.safetensors"]},
+            {"id": 20, "type": "5a0d-sub", "mode": 0,
+             "inputs": [{"name": "model1", "type": "MODEL", "link": 1},
+                        {"name": "model2", "type": "MODEL", "link": 2},
+                        {"name": "ratio", "type": "FLOAT", "link": null, "widget": {"name": "ratio"}}],
+             "widgets_values": [0.3]},
+            {"id": 8, "type": "ModelSave", "mode": 0,
+             "inputs": [{"name": "model", "type": "MODEL", "link": 3}], "widgets_values": ["merged"]}
+        ],
+        "links": [[1, 1, 0, 20, 0, "MODEL"], [2, 2, 0, 20, 1, "MODEL"], [3, 20, 0, 8, 0, "MODEL"]],
+        "definitions": {"subgraphs": [{
+            "id": "5a0d-sub", "name": "merge",
+            "inputNode": {"id": -10}, "outputNode": {"id": -20},
+            "inputs": [{"name": "model1", "type": "MODEL", "linkIds": [1]},
+                       {"name": "model2", "type": "MODEL", "linkIds": [2]},
+                       {"name": "ratio", "type": "FLOAT", "linkIds": [3]}],
+            "outputs": [{"name": "MODEL", "type": "MODEL", "linkIds": [4]}],
+            "widgets": [],
+            "nodes": [{"id": 4, "type": "ModelMergeSimple", "mode": 0,
+                       "inputs": [{"name": "model1", "type": "MODEL", "link": 1},
+                                  {"name": "model2", "type": "MODEL", "link": 2},
+                                  {"name": "ratio", "type": "FLOAT", "link": 3, "widget": {"name": "ratio"}}],
+                       "widgets_values": [1.0]}],
+            "links": [
+                {"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 4, "target_slot": 0, "type": "MODEL"},
+                {"id": 2, "origin_id": -10, "origin_slot": 1, "target_id": 4, "target_slot": 1, "type": "MODEL"},
+                {"id": 3, "origin_id": -10, "origin_slot": 2, "target_id": 4, "target_slot": 2, "type": "FLOAT"},
+                {"id": 4, "origin_id": 4, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "MODEL"}
+            ]
+        }]}
+    });
+    let w = Workflow::from_value(ui).unwrap();
+    assert_eq!(w.prompt["20:4"]["class_type"], "ModelMergeSimple");
+    assert_eq!(w.prompt["20:4"]["inputs"]["ratio"], json!(0.3));
+    assert_eq!(w.prompt["20:4"]["inputs"]["model1"], json!(["1", 0]));
+    assert_eq!(w.prompt["20:4"]["inputs"]["model2"], json!(["2", 0]));
+    assert_eq!(w.prompt["8"]["inputs"]["model"], json!(["20:4", 0]));
+    assert!(!w.prompt.contains_key("20"));
+    let t = translate(Value::Object(w.prompt)).unwrap();
+    assert_eq!(t.graph.nodes().len(), 4);
+}

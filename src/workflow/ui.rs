@@ -2,7 +2,7 @@
 //! format, as the frontend's `graphToPrompt` does: muted nodes (mode 2) left out, bypassed
 //! ones (mode 4) passing the input of the linked type through, `Reroute` nodes followed,
 //! `PrimitiveNode` values put into the widgets they feed, and every other node's widget values
-//! named positionally in its `INPUT_TYPES` order.
+//! named positionally in its `INPUT_TYPES` order. Subgraphs are expanded first ([`super::subgraph`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -59,21 +59,13 @@ fn id_text(v: &Value) -> Option<String> {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a file whose nodes or links are not in the UI format, a link to
-/// a node or output slot that is not there, a subgraph (not expanded here).
+/// a node or output slot that is not there, a subgraph whose links do not add up.
 pub(crate) fn to_api(ui: &Value) -> Result<Map<String, Value>> {
+    let ui = &super::subgraph::flatten(ui)?;
     let nodes = ui
         .get("nodes")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("no `nodes` list".into()))?;
-    let subgraphs: Vec<String> = ui
-        .pointer("/definitions/subgraphs")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.get("id").and_then(id_text))
-                .collect()
-        })
-        .unwrap_or_default();
     let mut by_id: BTreeMap<String, UiNode> = BTreeMap::new();
     let mut order = Vec::new();
     for n in nodes {
@@ -86,13 +78,6 @@ pub(crate) fn to_api(ui: &Value) -> Result<Map<String, Value>> {
             .and_then(Value::as_str)
             .ok_or_else(|| bad(format!("node {id} has no `type`")))?
             .to_string();
-        if subgraphs.contains(&class) {
-            return Err(Error::InvalidInput(format!(
-                "node {id} is a subgraph; this tool does not expand subgraphs yet: convert it \
-                 back to nodes in ComfyUI (right-click, \"Unpack Subgraph\") or export the \
-                 workflow in the API format"
-            )));
-        }
         let mut inputs = Vec::new();
         for i in n
             .get("inputs")
