@@ -174,7 +174,12 @@ mod tests {
         for (s, w) in share.iter().zip(w) {
             assert!((s - w).abs() < 1e-12, "{share:?}");
         }
-        assert_eq!(chain_ratios(&[4.0, 3.0, 2.0, 1.0], 4, "w").unwrap(), r);
+        // The same ratios as the merge uses them (f32), whatever the weights' scale.
+        let as_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        assert_eq!(
+            as_f32(chain_ratios(&[4.0, 3.0, 2.0, 1.0], 4, "w").unwrap()),
+            as_f32(r)
+        );
         assert_eq!(chain_ratios(&[0.0, 0.0, 1.0], 3, "w").unwrap(), [1.0, 0.0]);
         for (w, n) in [(vec![1.0, -1.0], 2), (vec![0.0, 0.0], 2), (vec![1.0], 2)] {
             assert!(chain_ratios(&w, n, "w").is_err());
