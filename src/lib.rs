@@ -68,6 +68,7 @@ pub mod synthetic;
 mod sys;
 #[cfg(test)]
 mod testutil;
+pub mod workflow;
 mod write;
 
 pub use dry_run::{dry_run, DryRun, FamilyReport, PlannedTensor};

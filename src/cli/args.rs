@@ -60,6 +60,16 @@ pub(crate) enum Command {
     #[command(after_help = EXIT_CODES)]
     Merge(Box<MergeArgs>),
 
+    /// Run a ComfyUI workflow's merges and saves (API or UI format, or a ComfyUI output that
+    /// embeds one) in one streamed pass.
+    ///
+    /// Loaders, LoRA loaders, the model and CLIP merge nodes (ModelMergeSimple, ModelMergeBlocks
+    /// and the model-specific block nodes, subtract, add) and CheckpointSave, ModelSave,
+    /// CLIPSave and VAESave are run; other nodes are skipped and listed. Prints each written
+    /// path; with --dry-run, the plan.
+    #[command(after_help = EXIT_CODES)]
+    Run(Box<crate::run::RunArgs>),
+
     /// Show a checkpoint's architecture, prediction, tensors per part, dtypes and metadata.
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
@@ -136,6 +146,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "R")]
     pub(crate) lora_rank: Option<usize>,
 
+    /// With `run`: how many checkpoints the chain merges.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub(crate) chain: usize,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -151,6 +165,8 @@ pub(crate) enum BenchJob {
     Save,
     /// A weighted-sum merge of two checkpoints on disk.
     Merge,
+    /// A merge graph: a chain of ModelMergeSimple nodes over --chain checkpoints (f16).
+    Run,
 }
 
 /// Settings of the parallel writer.
@@ -408,9 +424,33 @@ pub(crate) enum VaeFrom {
 /// `merge`'s inputs, operation and LoRAs, and the save flags.
 #[derive(Debug, Args)]
 pub(crate) struct MergeArgs {
-    /// A, then B (and C for --add-difference): single-file checkpoints or diffusers folders.
-    #[arg(value_name = "INPUT", required = true, num_args = 1..=3)]
+    /// A, then B (and C for --add-difference, or any number with --weights): single-file
+    /// checkpoints or diffusers folders.
+    #[arg(value_name = "INPUT", required = true, num_args = 1..)]
     pub(crate) inputs: Vec<PathBuf>,
+
+    /// A weighted sum of all inputs, one weight each: normalized (divided by their sum, so
+    /// 4,3,2,1 is 0.4,0.3,0.2,0.1), computed as the chain of ModelMergeSimple nodes ComfyUI
+    /// would run for it, in one pass.
+    #[arg(
+        long,
+        value_name = "W,W,…",
+        group = "operation",
+        value_delimiter = ',',
+        help_heading = "Merge"
+    )]
+    pub(crate) weights: Option<Vec<f64>>,
+
+    /// With --weights: the text encoders merged too, with these weights (CLIPMergeSimple's
+    /// chain; `position_ids` and `logit_scale` stay A's).
+    #[arg(
+        long,
+        value_name = "W,W,…",
+        requires = "weights",
+        value_delimiter = ',',
+        help_heading = "Merge"
+    )]
+    pub(crate) clip_weights: Option<Vec<f64>>,
 
     /// Weighted sum, ComfyUI's convention: A·R + B·(1 − R) (1 keeps A; A1111's M is 1 − R).
     #[arg(

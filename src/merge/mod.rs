@@ -10,6 +10,7 @@
 mod bake;
 mod blocks;
 mod extract;
+pub mod graph;
 mod lora;
 mod lora_keys;
 mod recipe;
