@@ -48,6 +48,9 @@ pub struct Scratch {
     read: Vec<u8>,
     lora: Option<(usize, std::sync::Arc<merge::HostLora>)>,
     quant: quant::QuantScratch,
+    /// Ranges of file tensors a merged expression reads more than once, kept for the block
+    /// being computed (see `merge`).
+    operands: merge::OperandCache,
 }
 
 impl Scratch {
