@@ -296,7 +296,10 @@ mod tests {
             .placed(Some(Arch::HiDream.family()))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("ComfyUI has no ModelMerge node for hidream"), "{e}");
+        assert!(
+            e.contains("ComfyUI has no ModelMerge node for hidream"),
+            "{e}"
+        );
         let e = list.placed(None).unwrap_err().to_string();
         assert!(e.contains("PREFIX=RATIO"), "{e}");
         let named = BlockRatios::parse("double_stream_blocks.1.=0.25").unwrap();

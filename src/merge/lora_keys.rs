@@ -146,7 +146,10 @@ fn clip_targets(shapes: &ComponentShapes, map: &mut HashMap<String, Target>) {
     let Some(clip) = shapes.get(ComponentKind::Clip) else {
         return;
     };
-    let has = |e: &str| clip.keys().any(|k| k.starts_with(&format!("{e}.transformer.")));
+    let has = |e: &str| {
+        clip.keys()
+            .any(|k| k.starts_with(&format!("{e}.transformer.")))
+    };
     let (has_l, has_g) = (has("clip_l"), has("clip_g"));
     // ComfyUI's numbering of T5 after the CLIPs (OneTrainer): SD3 3, Flux 2 and 3.
     let t5 = 1 + usize::from(has_g) + usize::from(has_l);

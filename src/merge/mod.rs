@@ -417,6 +417,8 @@ fn patches_of(
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_families;
+#[cfg(test)]
 mod tests_forms;
 #[cfg(test)]
 mod tests_refused;
