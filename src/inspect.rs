@@ -1,5 +1,6 @@
 //! Looking inside a checkpoint without loading it: architecture, prediction, tensors and bytes
-//! per part, dtypes and metadata, from the header (and at most two 4-byte sigma scalars).
+//! per part, dtypes and metadata, from the header (and at most two 4-byte sigma scalars). A GGUF
+//! file shows its tensors per ggml type and its metadata.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,10 +9,13 @@ use std::path::{Path, PathBuf};
 use serde::{Serialize, Serializer};
 
 use crate::error::Result;
+use crate::layout::detect::detect_model;
 use crate::layout::invert::{detect_arch, read_prediction};
 use crate::load::read_f32_scalar;
 use crate::model::{Arch, Prediction};
-use crate::read::{FileFormat, SafetensorsFile};
+use crate::model::{Dtype, TensorInfo};
+use crate::read::gguf::GgufFile;
+use crate::read::{is_gguf, FileFormat, SafetensorsFile};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PartSummary {
@@ -21,7 +25,7 @@ pub struct PartSummary {
     pub tensors: usize,
     /// Bytes of tensor data.
     pub bytes: u64,
-    /// Number of tensors per dtype (`F16`, `F32`, …).
+    /// Number of tensors per dtype (`F16`, `F32`, …; a GGUF file's ggml types: `Q4_K`, …).
     pub dtypes: BTreeMap<String, usize>,
 }
 
@@ -30,7 +34,7 @@ pub struct PartSummary {
 pub struct Inspection {
     /// The file.
     pub path: PathBuf,
-    /// What kind of file it is (`safetensors` or `pytorch`).
+    /// What kind of file it is (`safetensors`, `pytorch` or `gguf`).
     pub format: FileFormat,
     /// The architecture the denoiser's keys detect as; `None` when unknown.
     #[serde(serialize_with = "serialize_arch")]
@@ -42,12 +46,12 @@ pub struct Inspection {
     pub parts: Vec<PartSummary>,
     /// Number of tensors.
     pub tensors: usize,
-    /// The header's `__metadata__`.
+    /// The header's `__metadata__` (a GGUF file's metadata, each value as text).
     pub metadata: BTreeMap<String, String>,
     /// Bytes of tensor data.
     pub data_bytes: u64,
     /// Length of what describes the tensors: a safetensors file's JSON header (without the 8-byte
-    /// length prefix), a PyTorch file's pickle.
+    /// length prefix), a PyTorch file's pickle, a GGUF file's header with its padding.
     pub header_bytes: u64,
     /// Entries of a PyTorch checkpoint that are not tensors of its state dict (read past).
     pub left_out: Vec<String>,
@@ -110,6 +114,9 @@ fn part_of(key: &str) -> &'static str {
 /// Every error of opening and validating the file ([`crate::Error::Io`],
 /// [`crate::Error::HeaderTooLarge`], [`crate::Error::InvalidCheckpoint`], truncation included).
 pub fn inspect(path: &Path) -> Result<Inspection> {
+    if is_gguf(path)? {
+        return inspect_gguf(path);
+    }
     let st = SafetensorsFile::open(path)?;
     let infos = st.infos();
     let arch = detect_arch(&infos).ok();
@@ -145,6 +152,67 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         header_bytes: st.header_len(),
         left_out: st.left_out().to_vec(),
         file_bytes: st.file_len(),
+    })
+}
+
+/// `general.architecture` values of ComfyUI-GGUF's text encoders (its loader's `TXT_ARCH_LIST`).
+const GGUF_TEXT_ARCHS: [&str; 6] = ["t5", "t5encoder", "llama", "qwen2vl", "qwen3", "qwen3vl"];
+
+/// A GGUF file's header: its tensors are one component (a denoiser, or a text encoder by its
+/// `general.architecture`), counted per ggml type; the architecture is detected from its tensors
+/// as ComfyUI-GGUF's loader names them (without a `model.diffusion_model.` prefix).
+fn inspect_gguf(path: &Path) -> Result<Inspection> {
+    let g = GgufFile::open(path)?;
+    let text = g
+        .architecture()
+        .is_some_and(|a| GGUF_TEXT_ARCHS.contains(&a));
+    let prefix = "model.diffusion_model.";
+    let prefixed = g.tensors().iter().any(|t| t.name.starts_with(prefix));
+    let model: BTreeMap<String, TensorInfo> = g
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            let key = if prefixed {
+                t.name.strip_prefix(prefix)?
+            } else {
+                &t.name
+            };
+            Some((
+                key.to_string(),
+                TensorInfo::new(t.shape.clone(), Dtype::F32),
+            ))
+        })
+        .collect();
+    let arch = if text {
+        None
+    } else {
+        detect_model(&model).ok()
+    };
+    let mut part = PartSummary {
+        name: if text { "clip" } else { "model" },
+        ..Default::default()
+    };
+    for t in g.tensors() {
+        part.tensors += 1;
+        part.bytes += t.byte_len();
+        *part.dtypes.entry(t.type_name().to_string()).or_default() += 1;
+    }
+    Ok(Inspection {
+        path: path.to_path_buf(),
+        format: FileFormat::Gguf,
+        arch,
+        prediction: arch.map_or(Prediction::Flow, Arch::default_prediction),
+        parts: if part.tensors > 0 { vec![part] } else { vec![] },
+        tensors: g.tensors().len(),
+        metadata: g
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        data_bytes: g.data_len(),
+        header_bytes: g.data_start(),
+        left_out: Vec::new(),
+        file_bytes: g.file_len(),
     })
 }
 

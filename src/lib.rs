@@ -51,6 +51,7 @@ pub mod family;
 pub mod input;
 mod inspect;
 pub mod layout;
+pub mod linalg;
 mod load;
 pub mod merge;
 pub mod model;
@@ -67,10 +68,22 @@ pub mod synthetic;
 mod sys;
 #[cfg(test)]
 mod testutil;
+pub mod workflow;
 mod write;
 
 pub use dry_run::{dry_run, DryRun, FamilyReport, PlannedTensor};
 pub use error::{Error, Result};
+
+/// GGUF files (llama.cpp's container, in which ComfyUI-GGUF shares models): the reader, with its
+/// metadata values, and the header a GGUF target is planned with. Their tensors' ggml types are
+/// [`quant::GgmlType`] formats of the quantized-tensor interface.
+pub mod gguf {
+    pub use crate::plan::gguf::{gguf_header, GgufHeader, GgufTensorInfo};
+    pub use crate::read::gguf::{
+        GgufFile, GgufTensor, MetaArray, MetaValue, ValueKind, DEFAULT_ALIGNMENT, MAX_DIMS,
+        MAX_GGUF_HEADER, ORIG_SHAPE_PREFIX,
+    };
+}
 pub use input::{
     from_diffusers, open as open_input, open_component, ComponentInput, Input, InputLayout,
 };
@@ -107,5 +120,14 @@ pub mod internal {
     /// The reader's message.
     pub fn read_torch_pickle(data: &[u8]) -> std::result::Result<usize, String> {
         crate::read::torch_state_dict(data).map(|(t, _)| t.len())
+    }
+
+    /// Reads `data` as a whole GGUF file (what the GGUF fuzz target drives): `Ok` with the
+    /// tensor count, or the reader's error.
+    ///
+    /// # Errors
+    /// The reader's message.
+    pub fn read_gguf(data: &[u8]) -> std::result::Result<usize, String> {
+        crate::read::gguf_header(data)
     }
 }

@@ -69,6 +69,24 @@ impl Stamp {
             ctime: (meta.ctime(), meta.ctime_nsec()),
         }
     }
+
+    /// Whether `file`, opened as `path`, is still the file this stamp was taken of.
+    fn check(&self, file: &File, path: &Path) -> Result<()> {
+        let open = file
+            .metadata()
+            .ctx(|| format!("cannot inspect {}", path.display()))?;
+        let named = std::fs::metadata(path)
+            .ctx(|| format!("{} disappeared during the job", path.display()))?;
+        if Stamp::of(&open) != *self || Stamp::of(&named) != *self {
+            return Err(Error::InvalidCheckpoint {
+                path: path.to_path_buf(),
+                reason: "it was modified or replaced while the job read it; nothing was written \
+                         from it: run the job again once the file is complete"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What kind of file an input is.
@@ -79,6 +97,8 @@ pub enum FileFormat {
     /// A PyTorch zip checkpoint (`torch.save`: `.ckpt`, `.pt`, `.pth`, `.bin`), read without
     /// running its pickle.
     PyTorch,
+    /// A GGUF file (llama.cpp's container; ComfyUI-GGUF's models), read by [`gguf::GgufFile`].
+    Gguf,
 }
 
 impl FileFormat {
@@ -87,6 +107,7 @@ impl FileFormat {
         match self {
             FileFormat::Safetensors => "safetensors",
             FileFormat::PyTorch => "pytorch",
+            FileFormat::Gguf => "gguf",
         }
     }
 }
@@ -96,6 +117,7 @@ impl fmt::Display for FileFormat {
         f.write_str(match self {
             FileFormat::Safetensors => "safetensors",
             FileFormat::PyTorch => "PyTorch checkpoint (zip + pickle, read without running it)",
+            FileFormat::Gguf => "GGUF",
         })
     }
 }
@@ -292,7 +314,8 @@ impl SafetensorsFile {
         let (begin, end) = self.description;
         match self.format {
             FileFormat::Safetensors => end - begin - 8,
-            FileFormat::PyTorch => end - begin,
+            // A GGUF file is opened by `gguf::GgufFile`, never as this type.
+            FileFormat::PyTorch | FileFormat::Gguf => end - begin,
         }
     }
 
@@ -300,7 +323,9 @@ impl SafetensorsFile {
     pub fn data_len(&self) -> u64 {
         match self.format {
             FileFormat::Safetensors => self.stamp.len - self.data_start,
-            FileFormat::PyTorch => self.tensors.iter().map(TensorEntry::byte_len).sum(),
+            FileFormat::PyTorch | FileFormat::Gguf => {
+                self.tensors.iter().map(TensorEntry::byte_len).sum()
+            }
         }
     }
 
@@ -369,21 +394,7 @@ impl SafetensorsFile {
     /// [`Error::InvalidCheckpoint`] when it was modified, truncated, extended or replaced since
     /// it was opened (its bytes may have changed under the job); [`Error::Io`] when it is gone.
     pub fn check_unchanged(&self) -> Result<()> {
-        let open = self
-            .file
-            .metadata()
-            .ctx(|| format!("cannot inspect {}", self.path.display()))?;
-        let named = std::fs::metadata(&self.path)
-            .ctx(|| format!("{} disappeared during the job", self.path.display()))?;
-        if Stamp::of(&open) != self.stamp || Stamp::of(&named) != self.stamp {
-            return Err(Error::InvalidCheckpoint {
-                path: self.path.clone(),
-                reason: "it was modified or replaced while the job read it; nothing was written \
-                         from it: run the job again once the file is complete"
-                    .into(),
-            });
-        }
-        Ok(())
+        self.stamp.check(&self.file, &self.path)
     }
 }
 
@@ -396,7 +407,8 @@ fn foreign_format(file: &File, head: &[u8], file_len: u64) -> Option<String> {
     ];
     if head.starts_with(b"GGUF") {
         return Some(
-            "a GGUF file, which this tool does not read yet; convert it with ComfyUI-GGUF's              tools first"
+            "a GGUF file: `inspect` reads it, but converting, merging or loading GGUF files is \
+             not supported yet; dequantize it with ComfyUI-GGUF or gguf-py first"
                 .into(),
         );
     }
@@ -547,9 +559,35 @@ fn validate(
     }
 }
 
+pub(crate) mod gguf;
 mod pickle;
 mod torch;
 mod zip;
+
+/// Whether `path` starts with GGUF's magic (what `inspect` reads through [`gguf::GgufFile`]).
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be opened or read.
+pub(crate) fn is_gguf(path: &Path) -> Result<bool> {
+    let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 4];
+    match file.read_exact_at(&mut magic, 0) {
+        Ok(()) => Ok(&magic == b"GGUF"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+}
+
+/// Parses `data` as a whole GGUF file (what the GGUF fuzz target drives): the tensor count, or
+/// the reader's error.
+pub(crate) fn gguf_header(data: &[u8]) -> std::result::Result<usize, String> {
+    let parsed = gguf::parse_bytes(data)?;
+    for t in &parsed.tensors {
+        // What a job would ask next: the format and layout of each tensor.
+        let _ = t.layout();
+    }
+    Ok(parsed.tensors.len())
+}
 
 /// The tensors a PyTorch `data.pkl` names, located in an archive with no storages: every tensor
 /// is an error, so this exercises the pickle parser and the state-dict rules alone.

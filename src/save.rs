@@ -198,7 +198,7 @@ pub fn save_tensors(tensors: impl IntoTensorMap, path: impl AsRef<Path>) -> Resu
 }
 
 /// [`Error::InvalidInput`] when `path` is one of the files the components are read from.
-fn refuse_input_as_output(components: &Components, path: &Path) -> Result<()> {
+pub(crate) fn refuse_input_as_output(components: &Components, path: &Path) -> Result<()> {
     let Ok(out) = std::fs::canonicalize(path) else {
         return Ok(());
     };
@@ -347,6 +347,23 @@ pub(crate) fn write_reserved(
     method: Method,
     opts: &SaveOptions,
 ) -> Result<(PathBuf, Vec<(String, u64)>)> {
+    let non_finite = write_unpublished(plan, &reservation, method, opts)?;
+    Ok((reservation.commit()?, non_finite))
+}
+
+/// Writes `plan` into the reserved temporary file and runs every check that comes before the
+/// publish (NaN/Inf with `opts.check_finite`, cancellation, inputs unchanged), without
+/// publishing: what a job writing several files does for each before it commits any.
+///
+/// # Errors
+/// As [`write_reserved`], before its commit; the caller drops the reservation on error, which
+/// removes the temporary file.
+pub(crate) fn write_unpublished(
+    plan: &Plan,
+    reservation: &Reservation,
+    method: Method,
+    opts: &SaveOptions,
+) -> Result<Vec<(String, u64)>> {
     let progress = Progress::new(plan.file_len(), opts.progress);
     let never = AtomicBool::new(false);
     let cancel = opts.cancel.as_deref().unwrap_or(&never);
@@ -369,7 +386,7 @@ pub(crate) fn write_reserved(
     }
     // Bytes read from a file that changed meanwhile may be half old, half new: publish nothing.
     plan.check_inputs_unchanged()?;
-    Ok((reservation.commit()?, non_finite))
+    Ok(non_finite)
 }
 
 /// [`Error::NonFinite`] when any tensor holds NaN/Inf values.

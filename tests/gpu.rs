@@ -363,6 +363,7 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
         input_dir: None,
         merge: true,
         lora_rank: Some(2),
+        chain: None,
     };
     let r = checkpoint_save::bench::run(&opts)?;
     eprintln!("{r}");

@@ -33,6 +33,8 @@ pub(super) enum Subject {
         /// Floating-point operations of the LoRA's products (`2 · rows · cols · rank` each).
         lora_flop: f64,
     },
+    /// Checkpoints merged by a chain of ModelMergeSimple nodes (a merge graph), into one.
+    Chain(Vec<PathBuf>),
 }
 
 /// The benchmark's input files, removed however the run ends.
@@ -69,6 +71,20 @@ impl Subject {
             inputs.0.push(p.clone());
             Ok((p.clone(), save_to_path(c, &p, &keep)?.bytes))
         };
+        if let Some(n) = opts.chain {
+            let mut paths = Vec::with_capacity(n);
+            let mut bytes = 0;
+            for i in 0..n {
+                let mut syn = SyntheticOptions::new(opts.arch).with_seed(i as u64 + 1);
+                syn.max_dim = opts.max_dim;
+                syn.dtype = Some(opts.model_dtype.unwrap_or(DType::F16));
+                let c = synthetic::build(&syn, &Device::Cpu)?;
+                let (p, b) = write(&format!("chain{i}"), &c, inputs)?;
+                paths.push(p);
+                bytes += b;
+            }
+            return Ok((Subject::Chain(paths), bytes));
+        }
         match (opts.merge, opts.from_file) {
             (false, false) => Ok((Subject::Memory(build(1, false)?), 0)),
             (false, true) => {
@@ -141,6 +157,7 @@ impl Subject {
                 let (c, _) = merge(&[&a, &b], &[], &recipe)?;
                 save_to_path(&c, out, save_opts)
             }
+            Subject::Chain(paths) => chain(opts, save_opts, paths, out),
         }
     }
 
@@ -150,6 +167,9 @@ impl Subject {
             Subject::Memory(c) => candle_save(c, opts.dtype, out),
             Subject::File(p) => candle_file_to_file(p, opts.dtype, out),
             Subject::Merge { a, b, .. } => candle_merge(a, b, opts.dtype, &opts.device, out),
+            Subject::Chain(_) => Err(crate::error::Error::InvalidInput(
+                "no candle program is timed for a chain".into(),
+            )),
         }
     }
 
@@ -162,7 +182,17 @@ impl Subject {
             Subject::File(_) => 2 * input_bytes,
             // Both inputs loaded, and each merged tensor in f32 before its cast.
             Subject::Merge { .. } => input_bytes + input_bytes / 2,
+            Subject::Chain(_) => input_bytes,
         }
+    }
+
+    /// Why candle's program is not timed for this job, if it is not.
+    pub(super) fn no_candle(&self) -> Option<String> {
+        matches!(self, Subject::Chain(_)).then(|| {
+            "a chain is timed against the storage ceiling only (candle's program would load \
+             every input at once)"
+                .to_string()
+        })
     }
 
     /// The LoRA bake of A and the plain convert of A, timed beside the merge.
@@ -225,6 +255,7 @@ impl Subject {
             Subject::Memory(_) => Vec::new(),
             Subject::File(p) => vec![p],
             Subject::Merge { a, b, .. } => vec![a, b],
+            Subject::Chain(paths) => paths.iter().map(PathBuf::as_path).collect(),
         }
     }
 
@@ -234,8 +265,59 @@ impl Subject {
             Subject::Memory(_) => "save",
             Subject::File(_) => "file-to-file",
             Subject::Merge { .. } => "merge",
+            Subject::Chain(_) => "run",
         }
     }
+}
+
+/// The ratio of each ModelMergeSimple of the benchmark's chain.
+pub(super) const CHAIN_RATIO: f64 = 0.5;
+
+/// Our chain: a merge graph of ModelMergeSimple nodes (model1 the chain so far), saved with the
+/// first input's text encoders and VAE to `out`.
+fn chain(
+    opts: &BenchOptions,
+    save_opts: &SaveOptions,
+    paths: &[PathBuf],
+    out: &Path,
+) -> Result<Saved> {
+    use crate::merge::graph::{run, Graph, RunOptions, Source, Target};
+    let mut g = Graph::new();
+    let loaded = paths
+        .iter()
+        .map(|p| g.checkpoint(Source::Path(p.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    let mut model = loaded[0].model;
+    for l in &loaded[1..] {
+        model = g.model_merge_simple(model, l.model, CHAIN_RATIO)?;
+    }
+    g.save_checkpoint(
+        model,
+        loaded[0].clip,
+        loaded[0].vae,
+        Target::File(out.to_path_buf()),
+    )?;
+    let mut o = RunOptions::new(out.parent().unwrap_or(Path::new(".")));
+    o.dtypes = save_opts.dtypes;
+    o.metadata = save_opts.metadata.clone();
+    o.recipe = false;
+    o.writer = save_opts.writer;
+    o.device = merge_device(opts);
+    let r = run(&g, &o)?;
+    let w = r
+        .written
+        .first()
+        .ok_or_else(|| crate::error::Error::InvalidInput("the chain wrote no file".into()))?;
+    Ok(Saved {
+        path: w.path.clone(),
+        arch: w.arch,
+        prediction: w.prediction,
+        tensors: w.tensors,
+        bytes: w.bytes,
+        non_finite: w.non_finite.clone(),
+        dropped: Vec::new(),
+        elapsed: r.elapsed,
+    })
 }
 
 /// Where the merge's arithmetic runs: the benchmark's device, or the host's fused fill on CPU.

@@ -66,6 +66,9 @@ pub struct BenchOptions {
     /// With `merge`, also time a bake of a rank-`r` LoRA (every attention and convolution) into
     /// A, beside a plain convert of A.
     pub lora_rank: Option<usize>,
+    /// Time a merge graph instead: a chain of ModelMergeSimple nodes over this many
+    /// checkpoints (built in `model_dtype`, f16 by default), into one checkpoint.
+    pub chain: Option<usize>,
 }
 
 /// Memory left free beside candle's program, so a benchmark never pushes the machine into the
@@ -136,7 +139,9 @@ fn measure(
         s?
     };
     let bytes = saved.bytes;
-    let candle_skipped = candle_fits(subject.candle_holds(input_bytes) + bytes);
+    let candle_skipped = subject
+        .no_candle()
+        .or_else(|| candle_fits(subject.candle_holds(input_bytes) + bytes));
     let block = random_block(8 << 20)?;
     let block = block.as_slice();
     let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
@@ -286,6 +291,7 @@ mod tests {
             input_dir: None,
             merge: false,
             lora_rank: None,
+            chain: None,
         }
     }
 
@@ -399,6 +405,31 @@ mod tests {
         assert!(r.lora_gflop.unwrap() > 0.0);
         let text = r.to_string();
         assert!(text.contains("LoRA bake / plain convert") && text.contains("a*r+b*(1-r)"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_run_bench_times_a_merge_graph_against_the_ceiling_and_removes_its_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(dir.path(), false);
+        o.chain = Some(3);
+        let _turn = memory::TESTS_TAKE_TURNS.lock();
+        let r = run(&o).unwrap();
+        // The chain writes what a save of its first input does, f16.
+        assert_eq!(
+            (r.bytes, r.tensors),
+            same_save(dir.path(), Some(DType::F16))
+        );
+        // Three f16 inputs, each about the output's size.
+        let input = r.input_bytes.unwrap();
+        assert!(input > 2 * r.bytes && input < 4 * r.bytes, "{input}");
+        assert_eq!(r.job, "run");
+        assert!(r.candle.is_none() && r.candle_skipped.is_some());
+        assert!(r.ratio_job_ceiling.is_some());
+        assert_eq!(r.ours.runs_s.len(), 3);
+        assert!(r
+            .to_string()
+            .contains("a chain is timed against the storage ceiling only"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -168,6 +168,7 @@ impl std::fmt::Display for BenchReport {
         let candle = match self.job.as_str() {
             "file-to-file" => "(b) candle load + to_dtype + save",
             "merge" => "(b) candle load both + a*r+b*(1-r)",
+            "run" => "(b) candle (not timed)",
             _ => "(b) candle to_dtype + save",
         };
         let rows = [

@@ -60,9 +60,30 @@ pub(crate) enum Command {
     #[command(after_help = EXIT_CODES)]
     Merge(Box<MergeArgs>),
 
+    /// Run a ComfyUI workflow's merges and saves (API or UI format, or a ComfyUI output that
+    /// embeds one) in one streamed pass.
+    ///
+    /// Loaders, LoRA loaders, the model and CLIP merge nodes (ModelMergeSimple, ModelMergeBlocks
+    /// and the model-specific block nodes, subtract, add) and CheckpointSave, ModelSave,
+    /// CLIPSave and VAESave are run; other nodes are skipped and listed. Prints each written
+    /// path; with --dry-run, the plan.
+    #[command(after_help = EXIT_CODES)]
+    Run(Box<crate::run::RunArgs>),
+
     /// Show a checkpoint's architecture, prediction, tensors per part, dtypes and metadata.
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
+
+    /// Extract a LoRA from a fine-tuned model and its base (ComfyUI's ModelMergeSubtract into
+    /// "Extract and Save Lora"), with a truncated SVD per weight.
+    ///
+    /// Each weight's difference TUNED − BASE becomes `lora_up`/`lora_down` factors of the given
+    /// rank (U·S and Vᵀ, clamped at the 0.99 quantile of their entries, as ComfyUI does), in f16,
+    /// under ComfyUI's names (`diffusion_model.…`, `text_encoders.…`) or kohya's. Writes
+    /// `loras/ComfyUI_extracted_lora_00001_.safetensors` under --output-dir (ComfyUI's naming)
+    /// and prints its path; `merge BASE --lora FILE` bakes it back.
+    #[command(name = "extract-lora", after_help = EXIT_CODES)]
+    ExtractLora(ExtractArgs),
 
     /// Measure save throughput against candle's path and the storage ceiling, in one run.
     ///
@@ -125,6 +146,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "R")]
     pub(crate) lora_rank: Option<usize>,
 
+    /// With `run`: how many checkpoints the chain merges.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub(crate) chain: usize,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -140,6 +165,8 @@ pub(crate) enum BenchJob {
     Save,
     /// A weighted-sum merge of two checkpoints on disk.
     Merge,
+    /// A merge graph: a chain of ModelMergeSimple nodes over --chain checkpoints (f16).
+    Run,
 }
 
 /// Settings of the parallel writer.
@@ -215,6 +242,59 @@ pub(crate) struct SplitArgs {
 
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExtractArgs {
+    /// The fine-tuned model: a single-file checkpoint or a diffusers folder.
+    #[arg(value_name = "TUNED")]
+    pub(crate) tuned: PathBuf,
+
+    /// The model it was tuned from.
+    #[arg(value_name = "BASE")]
+    pub(crate) base: PathBuf,
+
+    /// Rank of the factors (1 to 4096; capped by each weight's smaller dimension).
+    #[arg(long, value_name = "R", default_value_t = 8)]
+    pub(crate) rank: usize,
+
+    /// Also the text encoders (LoraSave's `text_encoder_diff`, fed by CLIPMergeSubtract).
+    #[arg(long)]
+    pub(crate) clip: bool,
+
+    /// Write 1-D weight differences (`.diff`) and bias differences (`.diff_b`) too (LoraSave's
+    /// `bias_diff`, which ComfyUI turns on by default).
+    #[arg(long)]
+    pub(crate) bias_diff: bool,
+
+    /// `standard`: low-rank factors; `full_diff`: every weight's whole difference (`.diff`).
+    #[arg(long, value_name = "TYPE", default_value = "standard", value_parser = ["standard", "full_diff"])]
+    pub(crate) lora_type: String,
+
+    /// Key names: `comfy` (`diffusion_model.…`) or `kohya` (`lora_unet_…`, `lora_te_…`, with
+    /// `alpha` = rank).
+    #[arg(long, value_name = "NAMES", default_value = "comfy", value_parser = ["comfy", "kohya"])]
+    pub(crate) format: String,
+
+    /// Where the SVD's products run: cpu, cuda:N, metal:N.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+
+    /// Output root; the file goes to `<DIR>/<prefix>_<counter>_.safetensors`.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub(crate) output_dir: PathBuf,
+
+    /// File-name prefix (LoraSave's `filename_prefix`).
+    #[arg(long, value_name = "P", default_value = "loras/ComfyUI_extracted_lora")]
+    pub(crate) prefix: String,
+
+    /// Architecture of both inputs (`auto` detects it).
+    #[arg(long, value_name = "ARCH", default_value = "auto", value_parser = parse_arch_arg)]
+    pub(crate) arch: ArchArg,
+
+    /// Only the path: no summary.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -344,9 +424,33 @@ pub(crate) enum VaeFrom {
 /// `merge`'s inputs, operation and LoRAs, and the save flags.
 #[derive(Debug, Args)]
 pub(crate) struct MergeArgs {
-    /// A, then B (and C for --add-difference): single-file checkpoints or diffusers folders.
-    #[arg(value_name = "INPUT", required = true, num_args = 1..=3)]
+    /// A, then B (and C for --add-difference, or any number with --weights): single-file
+    /// checkpoints or diffusers folders.
+    #[arg(value_name = "INPUT", required = true, num_args = 1..)]
     pub(crate) inputs: Vec<PathBuf>,
+
+    /// A weighted sum of all inputs, one weight each: normalized (divided by their sum, so
+    /// 4,3,2,1 is 0.4,0.3,0.2,0.1), computed as the chain of ModelMergeSimple nodes ComfyUI
+    /// would run for it, in one pass.
+    #[arg(
+        long,
+        value_name = "W,W,…",
+        group = "operation",
+        value_delimiter = ',',
+        help_heading = "Merge"
+    )]
+    pub(crate) weights: Option<Vec<f64>>,
+
+    /// With --weights: the text encoders merged too, with these weights (CLIPMergeSimple's
+    /// chain; `position_ids` and `logit_scale` stay A's).
+    #[arg(
+        long,
+        value_name = "W,W,…",
+        requires = "weights",
+        value_delimiter = ',',
+        help_heading = "Merge"
+    )]
+    pub(crate) clip_weights: Option<Vec<f64>>,
 
     /// Weighted sum, ComfyUI's convention: A·R + B·(1 − R) (1 keeps A; A1111's M is 1 − R).
     #[arg(

@@ -410,6 +410,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         input_dir: args.input_dir.clone(),
         merge: args.job == BenchJob::Merge,
         lora_rank: args.lora_rank,
+        chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),
     };
     if args.lora_rank.is_some() && !opts.merge {
         usage_error("--lora-rank times a LoRA bake beside a merge: give `bench merge`");

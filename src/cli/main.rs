@@ -9,8 +9,11 @@
 
 mod args;
 mod commands;
+mod extract;
 mod merge;
 mod report;
+mod run;
+mod weights;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -106,8 +109,10 @@ fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
         Command::Save(args) => commands::save(&args, cancel),
         Command::Convert(args) => commands::convert(&args, cancel),
         Command::Merge(args) => merge::merge(&args, cancel),
+        Command::Run(args) => run::run(&args, cancel),
         Command::Split(args) => commands::split(&args, cancel),
         Command::Inspect(args) => commands::inspect(&args),
+        Command::ExtractLora(args) => extract::extract(&args, cancel),
         Command::Bench(args) => commands::bench(&args),
     }
 }

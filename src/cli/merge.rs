@@ -21,6 +21,9 @@ use checkpoint_save::{open_input, Input, LayoutChoice};
 
 /// `merge`: a merge or LoRA bake of files into one checkpoint.
 pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
+    if let Some(weights) = &args.weights {
+        return crate::weights::merge_weighted(args, weights, cancel);
+    }
     let start = Instant::now();
     let mut opts = save_options(&args.out, cancel)?;
     let blocks = match &args.block_ratios {
@@ -150,8 +153,9 @@ fn operation(args: &MergeArgs, blocks: &BlockRatios) -> Result<Operation> {
             (2, Some(r)) => Operation::WeightedSum { ratio: r },
             (3, Some(m)) => Operation::AddDifference { multiplier: m },
             _ => bail!(
-                "{n} inputs need an operation: --ratio R (A·R + B·(1−R)), --subtract M, --add, \
-                 --block-ratios SPEC, or with three inputs --add-difference M"
+                "{n} inputs need an operation: --weights W,W,… (any number of inputs), --ratio R \
+                 (A·R + B·(1−R)), --subtract M, --add, --block-ratios SPEC, or with three inputs \
+                 --add-difference M"
             ),
         },
     };
@@ -176,7 +180,7 @@ fn finite(v: f64, flag: &str) -> Result<f64> {
 }
 
 /// `FILE[:MODEL[:CLIP]]`; strengths are split off the end, so a path may hold `:` itself.
-fn lora_arg(s: &str) -> Result<LoraBake> {
+pub(crate) fn lora_arg(s: &str) -> Result<LoraBake> {
     let mut path = s;
     let mut strengths = Vec::new();
     while strengths.len() < 2 {

@@ -121,6 +121,12 @@ impl BlockRatios {
         })
     }
 
+    /// Ratios by raw key prefix, in the order given (a ModelMergeBlocks node's inputs: their
+    /// names are the prefixes, the first is the default).
+    pub fn from_entries(entries: Vec<(String, f64)>) -> BlockRatios {
+        BlockRatios { entries }
+    }
+
     /// The ratio of `key` (ComfyUI's denoiser name) as ModelMergeBlocks gives it: that of the
     /// longest matching prefix, or the first entry's where none matches; `None` only when there
     /// are no entries.

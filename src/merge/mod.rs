@@ -9,6 +9,8 @@
 
 mod bake;
 mod blocks;
+mod extract;
+pub mod graph;
 mod lora;
 mod lora_keys;
 mod recipe;
@@ -24,6 +26,9 @@ use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor};
 pub use bake::LoraReport;
 use bake::{build, lora_patches, Step};
 pub use blocks::BlockRatios;
+pub use extract::{
+    extract_lora, ExtractOptions, ExtractReport, KeyFormat, LoraType, CLAMP_QUANTILE,
+};
 pub use lora::Lora;
 pub use recipe::{InputRecord, RECIPE_KEY};
 

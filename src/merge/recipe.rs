@@ -1,6 +1,8 @@
 //! The recipe a merge records in the checkpoint's metadata (`checkpoint_save.recipe`), as A1111's
 //! `sd_merge_recipe` and sd-mecha's `mecha_recipe` do: the inputs by name, size and a hash of
-//! their headers, the operation, its ratios, the LoRAs and their strengths.
+//! their headers, the operation, its ratios, the LoRAs and their strengths. A merge graph
+//! records the graph itself under the same key (`"format": "graph"`, see
+//! `merge::graph`), its inputs hashed by [`InputRecord`] in the same way.
 
 use std::path::Path;
 

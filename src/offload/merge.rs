@@ -70,6 +70,7 @@ pub(super) fn fill_merged(
         // Blocks end on multiples of `block` in the tensor, whatever range the writer asks for.
         let n = (units.end - at).min(block - at % block);
         let vals = &mut vals[..n];
+        scratch.operands.begin(m.shared_sources());
         eval(m, at..at + n, vals, scratch)?;
         let o = (at - units.start) * dw;
         non_finite += cast::convert(
@@ -99,8 +100,34 @@ fn merged_f32(m: &Merged, scratch: &mut Scratch) -> Result<Vec<f32>> {
         return Ok(eval_on(&device, m, 0..n, scratch)?.to_vec1()?);
     }
     let mut vals = vec![0f32; n];
+    scratch.operands.begin(m.shared_sources());
     eval(m, 0..n, &mut vals, scratch)?;
     Ok(vals)
+}
+
+/// Ranges of the file tensors an expression reads more than once (the same input used by
+/// several nodes of a graph), kept while one block of the result is computed, so each input
+/// range is read once per output range.
+#[derive(Default)]
+pub(super) struct OperandCache {
+    shared: Vec<usize>,
+    kept: Vec<(usize, Range<usize>, Vec<f32>)>,
+}
+
+impl OperandCache {
+    /// Starts a block of an expression whose repeated sources are `shared`.
+    fn begin(&mut self, shared: &[usize]) {
+        self.shared.clear();
+        self.shared.extend_from_slice(shared);
+        self.kept.clear();
+    }
+
+    fn get(&self, key: usize, units: &Range<usize>) -> Option<&[f32]> {
+        self.kept
+            .iter()
+            .find(|(k, r, _)| *k == key && r == units)
+            .map(|(_, _, v)| v.as_slice())
+    }
 }
 
 /// Units `units` of `m`, in f32, on the host.
@@ -195,8 +222,20 @@ fn read_f32(
     if let InputTensor::Merged(inner) = t {
         return eval(inner, units, out, scratch);
     }
+    let shared =
+        crate::model::merged::source_key(t).filter(|k| scratch.operands.shared.contains(k));
+    if let Some(key) = shared {
+        if let Some(v) = scratch.operands.get(key, &units) {
+            out.copy_from_slice(v);
+            return Ok(());
+        }
+    }
     let pieces = m.operand_pieces(i)?;
-    read_pieces(pieces, units, out, scratch)
+    read_pieces(pieces, units.clone(), out, scratch)?;
+    if let Some(key) = shared {
+        scratch.operands.kept.push((key, units, out.to_vec()));
+    }
+    Ok(())
 }
 
 /// Units `units` of a tensor planned as `pieces` (f32 destination, consecutive), into `out`.

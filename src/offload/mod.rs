@@ -46,6 +46,9 @@ pub struct Scratch {
     transposed: Option<(usize, Vec<u8>)>,
     read: Vec<u8>,
     lora: Option<(usize, std::sync::Arc<merge::HostLora>)>,
+    /// Ranges of file tensors a merged expression reads more than once, kept for the block
+    /// being computed (see `merge`).
+    operands: merge::OperandCache,
 }
 
 impl Scratch {

@@ -6,6 +6,7 @@
 //! checked here — impossible casts, packed sizes, header size, shapes against the held tensors —
 //! so bad input never creates a file.
 
+pub(crate) mod gguf;
 mod header;
 pub mod metadata;
 

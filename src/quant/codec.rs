@@ -5,6 +5,7 @@ use crate::error::Result;
 
 use super::blocks;
 use super::format::{Format, Precision};
+use super::ggml;
 use super::layout::{quant_error, QuantLayout, Span};
 use super::scales::Scales;
 use super::tensorwise;
@@ -38,7 +39,7 @@ impl QuantLayout {
 
     fn check_scales(&self, scales: &Scales) -> Result<()> {
         let missing = match self.format {
-            Format::Mxfp8 => None,
+            Format::Mxfp8 | Format::Ggml(_) => None,
             Format::Int8Tensorwise if self.row_scales => match &scales.rows {
                 Some(rows) if rows.len() == self.rows => None,
                 _ => Some(format!("{} row scales", self.rows)),
@@ -69,6 +70,9 @@ impl QuantLayout {
     ///
     /// `codes` are the bytes of `span.codes` of the `weight` member, `block_scales` those of
     /// `span.block_scales` of the block-scale member (empty for per-tensor formats).
+    ///
+    /// ggml formats decode to gguf-py's f32 values, then round them to `precision` (what a cast
+    /// of gguf-py's output to bf16 or f16 gives); they need no scales ([`Scales::none`]).
     ///
     /// # Errors
     /// [`crate::Error::Quantized`] when the buffers do not fit the span, the span is not this
@@ -104,6 +108,14 @@ impl QuantLayout {
             Format::Mxfp8 | Format::Nvfp4 => {
                 return blocks::decode(self, scales, precision, span, codes, block_scales, out)
             }
+            Format::Ggml(t) => {
+                ggml::decode(t, codes, out);
+                if precision != Precision::F32 {
+                    for o in out.iter_mut() {
+                        *o = precision.round(*o);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -116,6 +128,9 @@ impl QuantLayout {
     /// them; `precision` is the source's dtype ([`Precision::of_source`]), in which kitchen does
     /// the fp8 and int8 arithmetic. Padding (columns to whole blocks, and rows when the span ends
     /// at the last row) is encoded as zeros, as kitchen pads.
+    ///
+    /// ggml formats encode as ggml's reference quantizers do from f32 values (`precision` plays
+    /// no part: an f16 or bf16 source is exact in f32) and need no scales ([`Scales::none`]).
     ///
     /// # Errors
     /// [`crate::Error::Quantized`] when the buffers do not fit the span, the span is not this
@@ -160,6 +175,7 @@ impl QuantLayout {
             Format::Mxfp8 | Format::Nvfp4 => {
                 return blocks::encode(self, scales, span, values, codes, block_scales)
             }
+            Format::Ggml(t) => ggml::encode(t, values, codes),
         }
         Ok(())
     }

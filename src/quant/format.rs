@@ -6,6 +6,7 @@ use std::str::FromStr;
 use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
 
+use super::ggml::GgmlType;
 use super::numeric::{e4m3_from_clamped, e5m2_from_clamped, round_bf16, round_f16};
 
 /// One of the two 8-bit float code types.
@@ -89,6 +90,9 @@ pub enum Format {
     /// comfy_quant `nvfp4`: e2m1 codes two per byte, one e4m3 scale per 16 values in the
     /// swizzled layout, and an f32 tensor scale `weight_scale_2`.
     Nvfp4,
+    /// A ggml tensor type (what a GGUF file stores): blocks of values that carry their own
+    /// scales, one member and no reductions ([`GgmlType`], [`super::ggml`]).
+    Ggml(GgmlType),
 }
 
 /// ComfyUI formats this crate recognises but cannot decode, with the reason given to the user.
@@ -105,7 +109,7 @@ pub(crate) const UNSUPPORTED: [(&str, &str); 3] = [
 ];
 
 impl Format {
-    /// Every format, for help texts and tests.
+    /// Every ComfyUI format, for help texts and tests (the ggml types are [`GgmlType::ALL`]).
     pub const ALL: [Format; 7] = [
         Format::ScaledFp8(Fp8::E4M3),
         Format::ScaledFp8(Fp8::E5M2),
@@ -120,10 +124,11 @@ impl Format {
     pub const COMFY_NAMES: &'static str =
         "float8_e4m3fn, float8_e5m2, int8_tensorwise, mxfp8, nvfp4";
 
-    /// The format's name in a `comfy_quant` description; `None` for the legacy layout.
+    /// The format's name in a `comfy_quant` description; `None` for the legacy layout and the
+    /// ggml types.
     pub fn comfy_name(self) -> Option<&'static str> {
         match self {
-            Format::ScaledFp8(_) => None,
+            Format::ScaledFp8(_) | Format::Ggml(_) => None,
             Format::Float8(fp8) => Some(fp8.comfy_name()),
             Format::Int8Tensorwise => Some("int8_tensorwise"),
             Format::Mxfp8 => Some("mxfp8"),
@@ -143,28 +148,33 @@ impl Format {
         })
     }
 
-    /// The dtype of the codes member (`weight`).
+    /// The dtype of the codes member (`weight`): for ggml's quantized types, the bytes of their
+    /// blocks (`U8`); F32, F16 and BF16 are stored as themselves.
     pub fn code_dtype(self) -> Dtype {
         match self {
             Format::ScaledFp8(fp8) | Format::Float8(fp8) => fp8.dtype(),
             Format::Int8Tensorwise => Dtype::I8,
             Format::Mxfp8 => Dtype::F8_E4M3,
             Format::Nvfp4 => Dtype::U8,
+            Format::Ggml(t) => t.plain_dtype().unwrap_or(Dtype::U8),
         }
     }
 
-    /// Values per block: the unit that shares a block scale (1 for per-tensor formats).
+    /// Values per block: the unit that shares a block scale (1 for per-tensor formats; ggml's
+    /// block length, whose scales are inside the block).
     pub fn block_len(self) -> usize {
         match self {
             Format::Mxfp8 => 32,
             Format::Nvfp4 => 16,
+            Format::Ggml(t) => t.block_len(),
             _ => 1,
         }
     }
 
-    /// Whether the format has block scales (and so stores 2-D tensors padded to whole blocks).
+    /// Whether the format has a member of block scales (and so stores 2-D tensors padded to
+    /// whole blocks): mxfp8 and nvfp4. ggml's blocks carry their scales inside the codes.
     pub fn has_block_scales(self) -> bool {
-        self.block_len() > 1
+        matches!(self, Format::Mxfp8 | Format::Nvfp4)
     }
 
     /// The multiple rows and columns are padded to (`None` when the format stores the logical
@@ -182,6 +192,7 @@ impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Format::ScaledFp8(fp8) => write!(f, "scaled fp8 ({})", fp8.comfy_name()),
+            Format::Ggml(t) => write!(f, "ggml {t}"),
             other => f.write_str(other.comfy_name().unwrap_or("?")),
         }
     }
@@ -345,5 +356,11 @@ mod tests {
             Format::ScaledFp8(Fp8::E4M3).to_string(),
             "scaled fp8 (float8_e4m3fn)"
         );
+        assert_eq!(Format::Ggml(GgmlType::Q4_K).code_dtype(), Dtype::U8);
+        assert_eq!(Format::Ggml(GgmlType::BF16).code_dtype(), Dtype::BF16);
+        assert_eq!(Format::Ggml(GgmlType::Q4_K).to_string(), "ggml Q4_K");
+        assert_eq!(Format::Ggml(GgmlType::Q8_0).block_len(), 32);
+        assert!(!Format::Ggml(GgmlType::Q6_K).has_block_scales());
+        assert_eq!(Format::Ggml(GgmlType::Q6_K).comfy_name(), None);
     }
 }

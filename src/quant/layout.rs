@@ -8,6 +8,7 @@ use crate::model::dtype::Dtype;
 
 use super::describe::QuantDescription;
 use super::format::{Format, Fp8};
+use super::ggml::shapes as ggml_shapes;
 use super::numeric::swizzled;
 
 /// Rows that share one contiguous run of block scales in the swizzled layout.
@@ -122,9 +123,14 @@ impl QuantLayout {
     /// whole blocks in both dimensions, a per-tensor scale (int8: see
     /// [`QuantLayout::with_row_scales`]), no input scale, no pre-quant scale.
     ///
+    /// A ggml format takes the shape its blocks run along: rows of the last dimension, which
+    /// must be a whole number of blocks (GGUF's first dimension; a tensor stored reshaped keeps
+    /// its values in the same order, so its logical shape is a free view of this one).
+    ///
     /// # Errors
     /// [`Error::Quantized`] when the tensor has no elements, when a block format (mxfp8, nvfp4)
-    /// gets a tensor that is not 2-D, or when the sizes overflow.
+    /// gets a tensor that is not 2-D, when a ggml format gets rows that are not whole blocks, or
+    /// when the sizes overflow.
     pub fn new(layer: &str, format: Format, shape: &[usize]) -> Result<Self> {
         let numel = shape
             .iter()
@@ -135,6 +141,9 @@ impl QuantLayout {
                 layer,
                 format!("shape {shape:?} has no elements: there is nothing to quantize"),
             ));
+        }
+        if let Format::Ggml(t) = format {
+            ggml_shapes::check_rows(layer, t, shape)?;
         }
         let (rows, cols, stored_rows, stored_cols) = match format.padding() {
             Some(pad) => {
@@ -256,6 +265,7 @@ impl QuantLayout {
     pub(crate) fn row_bytes(&self) -> u64 {
         match self.format {
             Format::Nvfp4 => self.stored_cols as u64 / 2,
+            Format::Ggml(t) => (self.stored_cols / t.block_len()) as u64 * t.block_bytes() as u64,
             _ => self.stored_cols as u64,
         }
     }
@@ -264,6 +274,7 @@ impl QuantLayout {
     pub(crate) fn block_bytes(&self) -> u64 {
         match self.format {
             Format::Nvfp4 => 8,
+            Format::Ggml(t) => t.block_bytes() as u64,
             other => other.block_len() as u64,
         }
     }
@@ -290,6 +301,7 @@ impl QuantLayout {
         let codes_shape = match self.format {
             Format::Nvfp4 => vec![self.stored_rows, self.stored_cols / 2],
             Format::Mxfp8 => vec![self.stored_rows, self.stored_cols],
+            Format::Ggml(t) => ggml_shapes::codes_shape(t, &self.shape),
             _ => self.shape.clone(),
         };
         let mut out = vec![member(
@@ -342,6 +354,7 @@ impl QuantLayout {
                     vec![],
                 ));
             }
+            Format::Ggml(_) => {}
         }
         if self.input_scale {
             let name = match self.format {
@@ -389,6 +402,9 @@ impl QuantLayout {
     /// [`Error::Quantized`] when the range is reversed or ends past the tensor.
     pub fn read_span(&self, elements: Range<u64>) -> Result<Span> {
         self.check_range(&elements)?;
+        if let Format::Ggml(t) = self.format {
+            return Ok(ggml_shapes::span(t, &elements));
+        }
         if !self.format.has_block_scales() || elements.is_empty() {
             return Ok(Span {
                 codes: elements.clone(),
@@ -412,12 +428,12 @@ impl QuantLayout {
     }
 
     /// Elements a write span must start and end on: 1 for per-tensor formats, a whole logical
-    /// row for block formats.
+    /// row for block formats with block scales, a block for ggml formats.
     pub fn write_unit(&self) -> u64 {
-        if self.format.has_block_scales() {
-            self.cols as u64
-        } else {
-            1
+        match self.format {
+            Format::Ggml(t) => t.block_len() as u64,
+            f if f.has_block_scales() => self.cols as u64,
+            _ => 1,
         }
     }
 
@@ -434,6 +450,10 @@ impl QuantLayout {
     /// [`Error::Quantized`] when the range is outside the tensor or not on whole rows.
     pub fn write_span(&self, elements: Range<u64>) -> Result<Span> {
         self.check_range(&elements)?;
+        if let Format::Ggml(t) = self.format {
+            ggml_shapes::check_write(&self.layer, t, &elements)?;
+            return Ok(ggml_shapes::span(t, &elements));
+        }
         if !self.format.has_block_scales() || elements.is_empty() {
             return self.read_span(elements);
         }
@@ -536,6 +556,9 @@ impl QuantLayout {
 
 /// The shape of values the stored codes hold (the padded logical shape for block formats).
 fn stored_logical(layer: &str, format: Format, codes: &[usize]) -> Result<Vec<usize>> {
+    if let Format::Ggml(t) = format {
+        return ggml_shapes::values_shape(layer, t, codes);
+    }
     let Some(pad) = format.padding() else {
         return Ok(codes.to_vec());
     };

@@ -83,14 +83,21 @@
 //! A span ([`Span`]) is a range of logical elements with the byte ranges of codes and block scales
 //! that hold it, rounded out to whole blocks (reading) or whole rows (writing block formats, whose
 //! last span also writes the padding rows). Decoders and encoders work on caller-provided buffers
-//! and allocate nothing; their loops are per block, simple enough to vectorise. A format whose
-//! blocks carry their own scales inside the codes (ggml's Q8_0, Q4_K, …) is one more [`Format`]
-//! with an empty block-scale range and no reductions.
+//! and allocate nothing; their loops are per block, simple enough to vectorise.
+//!
+//! # ggml's block formats
+//! The tensor types of GGUF files (F32, F16, BF16, Q4_0 … Q8_0, Q2_K … Q6_K) are
+//! [`Format::Ggml`] formats of this same interface ([`ggml`] documents their blocks and
+//! arithmetic): one member, `weight`, holding the blocks (their bytes, or the plain floats),
+//! spans rounded out to whole blocks with an empty block-scale range, no scales to read and no
+//! reductions, since each block carries its own scales. Their values are gguf-py's and ggml's
+//! dequantization; their codes are ggml's reference quantizers'.
 
 mod blocks;
 mod codec;
 mod describe;
 mod format;
+pub mod ggml;
 mod layout;
 mod numeric;
 mod scales;
@@ -104,5 +111,6 @@ pub use describe::{
     parse_quantization_metadata, quantization_metadata, QuantDescription, ScaledFp8Marker,
 };
 pub use format::{Format, Fp8, Precision, Reduction};
+pub use ggml::GgmlType;
 pub use layout::{Member, QuantLayout, Role, Span, StoredMember, BAND_ROWS, COMPANIONS};
 pub use scales::{Facts, MemberData, Reducer, Scales};

@@ -209,7 +209,7 @@ impl QuantLayout {
     /// mxfp8 (each block carries its own scale).
     pub fn reductions(&self) -> &'static [Reduction] {
         match self.format {
-            Format::Mxfp8 => &[],
+            Format::Mxfp8 | Format::Ggml(_) => &[],
             Format::Int8Tensorwise if self.row_scales => &[Reduction::RowAbsMax],
             _ => &[Reduction::AbsMax],
         }
@@ -250,7 +250,7 @@ impl QuantLayout {
                 format!("the {reduction:?} of the tensor is needed to compute its scale"),
             )
         };
-        if self.format == Format::Mxfp8 {
+        if matches!(self.format, Format::Mxfp8 | Format::Ggml(_)) {
             return Ok(Scales::none());
         }
         if self.row_scales {

@@ -31,6 +31,7 @@ fn companions(format: Format) -> &'static [(&'static str, Role, bool)] {
             ("input_scale", Role::InputScale, false),
             ("comfy_quant", Role::Description, false),
         ],
+        Format::Ggml(_) => &[],
         Format::Nvfp4 => &[
             ("weight_scale", Role::BlockScales, true),
             ("weight_scale_2", Role::TensorScale, true),

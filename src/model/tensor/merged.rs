@@ -45,6 +45,9 @@ pub struct Merged {
     padded_from: Option<Vec<usize>>,
     /// How each operand (0: the base, `i`: patch `i − 1`'s tensor) is read, planned once.
     pieces: OnceLock<Vec<Option<Vec<Piece>>>>,
+    /// File tensors the expression reads more than once (nested merges included), by
+    /// [`source_key`]: their ranges are kept while a range of the result is computed.
+    shared: OnceLock<Vec<usize>>,
 }
 
 impl fmt::Debug for Merged {
@@ -243,6 +246,7 @@ impl Merged {
             device: None,
             padded_from: None,
             pieces: OnceLock::new(),
+            shared: OnceLock::new(),
         })
     }
 
@@ -362,6 +366,31 @@ impl Merged {
         }))
     }
 
+    /// The file tensors this expression reads more than once, counting nested expressions (a
+    /// graph that uses one input twice): computed once.
+    pub(crate) fn shared_sources(&self) -> &[usize] {
+        self.shared.get_or_init(|| {
+            let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+            fn walk(m: &Merged, seen: &mut std::collections::BTreeMap<usize, usize>) {
+                for t in m.tensor_operands().flatten() {
+                    match t {
+                        InputTensor::Merged(inner) => walk(inner, seen),
+                        other => {
+                            if let Some(k) = source_key(other) {
+                                *seen.entry(k).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            walk(self, &mut seen);
+            seen.into_iter()
+                .filter(|(_, n)| *n > 1)
+                .map(|(k, _)| k)
+                .collect()
+        })
+    }
+
     /// Shape and dtype.
     pub fn info(&self) -> &TensorInfo {
         &self.info
@@ -391,6 +420,15 @@ impl Merged {
             }
         }
         out
+    }
+}
+
+/// The identity of a tensor stored in a file (its header entry, whatever shape it is read as),
+/// for tensors read by ranges; `None` for anything else.
+pub(crate) fn source_key(t: &InputTensor) -> Option<usize> {
+    match t {
+        InputTensor::File(f) => Some(f.entry() as *const _ as usize),
+        _ => None,
     }
 }
 

@@ -1,0 +1,214 @@
+//! `run`: a ComfyUI workflow (API or UI format, or a ComfyUI output that embeds one) executed as
+//! one merge graph: every save of it written in one streamed pass, published all or none.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::args::EngineArgs;
+use crate::commands::parse_device;
+use crate::print_stdout;
+use checkpoint_save::merge::graph::{plan, run as run_graph, GraphPlan, RunOptions};
+use checkpoint_save::workflow::{ModelFolders, Workflow, WorkflowFormat};
+use checkpoint_save::{ComponentDtypes, TargetDtype};
+
+/// `run`'s workflow, model folders and output settings.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The workflow: a `.json` file in the API format ("Export (API)") or the UI format
+    /// ("Save"), or a ComfyUI output (`.png`, `.safetensors`) whose metadata holds one.
+    #[arg(value_name = "WORKFLOW")]
+    pub(crate) workflow: PathBuf,
+
+    /// ComfyUI's models folder: names are looked up in its checkpoints/, loras/, vae/,
+    /// text_encoders/ and clip/, diffusion_models/ and unet/ folders.
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    pub(crate) models_dir: PathBuf,
+
+    /// An extra_model_paths.yaml adding model folders, as ComfyUI's option of the same name.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) extra_model_paths_config: Vec<PathBuf>,
+
+    /// Output root (ComfyUI's output folder); every save's prefix is resolved under it.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub(crate) output_dir: PathBuf,
+
+    /// Print the plan (inputs and bytes to read, the files and their sizes, the nodes not run)
+    /// and write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// Dtype of every saved tensor (keep, f32, f16, bf16, f8_e4m3, f8_e5m2); `keep` writes a
+    /// merged tensor in its model1's dtype, as ComfyUI does.
+    #[arg(long, value_name = "DTYPE", default_value = "keep")]
+    pub(crate) dtype: TargetDtype,
+
+    /// Dtype of denoisers, overriding --dtype.
+    #[arg(long, value_name = "DTYPE")]
+    pub(crate) model_dtype: Option<TargetDtype>,
+
+    /// Dtype of text encoders, overriding --dtype.
+    #[arg(long, value_name = "DTYPE")]
+    pub(crate) clip_dtype: Option<TargetDtype>,
+
+    /// Dtype of VAEs, overriding --dtype.
+    #[arg(long, value_name = "DTYPE")]
+    pub(crate) vae_dtype: Option<TargetDtype>,
+
+    /// Leave out `prompt` and `workflow` (like ComfyUI's --disable-metadata).
+    #[arg(long)]
+    pub(crate) disable_metadata: bool,
+
+    /// Refuse to write anything when a file would hold NaN/Inf values.
+    #[arg(long)]
+    pub(crate) check_finite: bool,
+
+    /// Refuse a LoRA any of whose keys is not applied (ComfyUI leaves them with a warning).
+    #[arg(long)]
+    pub(crate) strict: bool,
+
+    /// Where merged tensors are computed: cpu (fused into the write), cuda:N or metal:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub(crate) device: String,
+
+    /// Print only the written paths.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+/// `run`: the workflow's saves, written in one run.
+pub(crate) fn run(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
+    // The library's errors name the file already.
+    let workflow = Workflow::open(&args.workflow)?;
+    let mut models = ModelFolders::new(&args.models_dir);
+    for f in &args.extra_model_paths_config {
+        models.add_extra_config(f)?;
+    }
+    let translated = workflow.to_graph(&models)?;
+    let mut opts = RunOptions::new(&args.output_dir);
+    opts.dtypes = ComponentDtypes {
+        model: args.model_dtype.unwrap_or(args.dtype),
+        clip: args.clip_dtype.unwrap_or(args.dtype),
+        vae: args.vae_dtype.unwrap_or(args.dtype),
+        clip_vision: args.dtype,
+    };
+    opts.metadata = workflow.metadata();
+    opts.metadata.disable = args.disable_metadata;
+    opts.check_finite = args.check_finite;
+    opts.progress = !args.quiet;
+    opts.cancel = Some(Arc::clone(cancel));
+    opts.writer = args.engine.options();
+    opts.strict = args.strict;
+    opts.device = match parse_device(&args.device)? {
+        d if d.is_cpu() => None,
+        d => Some(d),
+    };
+    let format = match workflow.format {
+        WorkflowFormat::Api => "API",
+        WorkflowFormat::Ui => "UI",
+    };
+    if args.dry_run {
+        let p = plan(&translated.graph, &opts)?;
+        print_stdout(&describe(&p, &translated.skipped, format))?;
+        return Ok(());
+    }
+    let report = run_graph(&translated.graph, &opts)?;
+    for w in &report.written {
+        print_stdout(&w.path.display().to_string())?;
+    }
+    if !args.quiet {
+        let secs = report.elapsed.as_secs_f64().max(1e-9);
+        let bytes: u64 = report.written.iter().map(|w| w.bytes).sum();
+        eprintln!(
+            "ran a {format}-format workflow: {} file(s), {bytes} bytes in {secs:.2} s ({:.2} GB/s); \
+             read {} bytes of {} input(s); {} tensor(s) merged",
+            report.written.len(),
+            bytes as f64 / secs / 1e9,
+            report.plan.read_bytes(),
+            report.plan.inputs.len(),
+            report.plan.merged,
+        );
+        notes(&report.plan, &translated.skipped);
+        for w in &report.written {
+            for (name, count) in &w.non_finite {
+                eprintln!(
+                    "warning: tensor `{name}` of {} holds {count} NaN/Inf value(s)",
+                    w.path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The notes of a run on stderr: nodes not run, merge notes, LoRA keys not applied.
+fn notes(p: &GraphPlan, skipped: &[String]) {
+    if !skipped.is_empty() {
+        eprintln!(
+            "skipped {} node(s) no save reads: {}",
+            skipped.len(),
+            skipped.join(", ")
+        );
+    }
+    for n in &p.notes {
+        eprintln!("note: {n}");
+    }
+    for (node, l) in &p.loras {
+        let mut line = format!(
+            "node {node}: LoRA {}: {} module(s) applied",
+            l.name, l.matched
+        );
+        if let Some(first) = l.not_applied.first() {
+            line.push_str(&format!(
+                ", {} key(s) not applied (first: {first}; --strict refuses them)",
+                l.not_applied.len()
+            ));
+        }
+        eprintln!("{line}");
+    }
+}
+
+/// The dry run's plan, for stdout.
+fn describe(p: &GraphPlan, skipped: &[String], format: &str) -> String {
+    let mut out = vec![format!("workflow: {format} format")];
+    out.push(format!(
+        "inputs: {} ({} bytes to read)",
+        p.inputs.len(),
+        p.read_bytes()
+    ));
+    for i in &p.inputs {
+        let arch = i.arch.map(|a| format!(", {a}")).unwrap_or_default();
+        out.push(format!(
+            "  node {} ({}): {} ({} bytes{arch})",
+            i.node, i.class, i.name, i.bytes
+        ));
+    }
+    out.push(format!("outputs: {}", p.files.len()));
+    for f in &p.files {
+        out.push(format!(
+            "  node {} ({}): {} ({} bytes, {} tensors)",
+            f.node,
+            f.class,
+            f.path.display(),
+            f.bytes,
+            f.tensors
+        ));
+    }
+    out.push(format!("merged tensors: {}", p.merged));
+    if !skipped.is_empty() {
+        out.push(format!(
+            "skipped (no save reads them): {}",
+            skipped.join(", ")
+        ));
+    }
+    for n in &p.notes {
+        out.push(format!("note: {n}"));
+    }
+    out.join("\n")
+}

@@ -1,0 +1,188 @@
+//! `merge A B C … --weights W,W,…`: a weighted sum of any number of checkpoints, as the merge
+//! graph ComfyUI would run for it (a chain of ModelMergeSimple nodes, CLIPMergeSimple for the
+//! text encoders, LoraLoader nodes after), written in one pass.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::args::{ArchArg, MergeArgs, VaeFrom};
+use crate::commands::{parse_device, save_options};
+use crate::merge::lora_arg;
+use crate::print_stdout;
+use checkpoint_save::merge::graph::{
+    run, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target,
+};
+
+/// The ModelMergeSimple ratios of a chain computing `Σ wᵢ·Mᵢ / Σ wᵢ`: step k merges the sum so
+/// far (weight `S_k`) with input k+1 at ratio `S_k / S_{k+1}` (ComfyUI's ratio keeps model1).
+///
+/// # Errors
+/// For a weight that is negative or not finite, a count that is not the inputs', or weights
+/// that add up to 0.
+pub(crate) fn chain_ratios(weights: &[f64], inputs: usize, flag: &str) -> Result<Vec<f64>> {
+    if weights.len() != inputs {
+        bail!(
+            "{flag} has {} weight(s) for {inputs} inputs; give one weight per input, in order",
+            weights.len()
+        );
+    }
+    if let Some(w) = weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
+        bail!(
+            "{flag}: the weight {w} is not a finite number ≥ 0 (the weights are normalized by \
+             their sum; for differences use --add-difference or `run` with ModelMergeSubtract)"
+        );
+    }
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        bail!("{flag}: the weights add up to 0; give at least one positive weight");
+    }
+    let mut sum = weights[0];
+    let mut ratios = Vec::with_capacity(inputs.saturating_sub(1));
+    for w in &weights[1..] {
+        let next = sum + w;
+        ratios.push(if next > 0.0 { sum / next } else { 1.0 });
+        sum = next;
+    }
+    Ok(ratios)
+}
+
+/// `merge … --weights`: the graph built, run, its one checkpoint's path printed.
+pub(crate) fn merge_weighted(
+    args: &MergeArgs,
+    weights: &[f64],
+    cancel: &Arc<AtomicBool>,
+) -> Result<()> {
+    let start = Instant::now();
+    let n = args.inputs.len();
+    if n < 2 {
+        bail!("--weights merges two inputs or more; {n} given");
+    }
+    if args.out.arch != ArchArg::Auto {
+        bail!(
+            "--weights detects the inputs' architecture (they must all be one); leave --arch out"
+        );
+    }
+    if args.block_ratios.is_some() || args.clip_ratio.is_some() {
+        bail!("--weights sets every ratio of the chain; --block-ratios and --clip-ratio cannot be added to it");
+    }
+    let ratios = chain_ratios(weights, n, "--weights")?;
+    let clip_ratios = args
+        .clip_weights
+        .as_deref()
+        .map(|w| chain_ratios(w, n, "--clip-weights"))
+        .transpose()?;
+    let opts = save_options(&args.out, cancel)?;
+    let mut g = Graph::new();
+    let loaded = args
+        .inputs
+        .iter()
+        .map(|p| g.checkpoint(Source::Path(p.clone())))
+        .collect::<checkpoint_save::Result<Vec<_>>>()?;
+    let mut model: ModelOut = loaded[0].model;
+    for (l, r) in loaded[1..].iter().zip(&ratios) {
+        model = g.model_merge_simple(model, l.model, *r)?;
+    }
+    let mut clip: ClipOut = loaded[0].clip;
+    if let Some(rs) = &clip_ratios {
+        for (l, r) in loaded[1..].iter().zip(rs) {
+            clip = g.clip_merge_simple(clip, l.clip, *r)?;
+        }
+    }
+    for spec in &args.lora {
+        let bake = lora_arg(spec)?;
+        let (m, c) = g.lora(
+            model,
+            Some(clip),
+            LoraSource::Memory(bake.lora),
+            bake.strength_model,
+            bake.strength_clip,
+        )?;
+        model = m;
+        clip = c.unwrap_or(clip);
+    }
+    let vae = match args.vae {
+        VaeFrom::A => loaded[0].vae,
+        VaeFrom::B => loaded[1].vae,
+    };
+    g.save_checkpoint(model, clip, vae, Target::Prefix(opts.prefix.clone()))?;
+    let mut run_opts = RunOptions::new(&opts.output_dir);
+    run_opts.dtypes = opts.dtypes;
+    run_opts.metadata = opts.metadata.clone();
+    run_opts.check_finite = opts.check_finite;
+    run_opts.progress = opts.progress;
+    run_opts.cancel = opts.cancel.clone();
+    run_opts.writer = opts.writer;
+    run_opts.strict = args.strict;
+    run_opts.device = match parse_device(&args.device)? {
+        d if d.is_cpu() => None,
+        d => Some(d),
+    };
+    let report = run(&g, &run_opts)?;
+    let Some(w) = report.written.first() else {
+        bail!("the merge wrote no file");
+    };
+    print_stdout(&w.path.display().to_string())?;
+    if !args.out.quiet {
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let normalized: Vec<String> = {
+            let total: f64 = weights.iter().sum();
+            weights
+                .iter()
+                .map(|w| format!("{:.4}", w / total))
+                .collect()
+        };
+        eprintln!(
+            "saved {} checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s); read {} bytes \
+             of {n} inputs; weights (normalized) {}; {} tensor(s) merged",
+            w.arch.map_or("generic".to_string(), |a| a.to_string()),
+            w.tensors,
+            w.bytes,
+            w.bytes as f64 / secs / 1e9,
+            report.plan.read_bytes(),
+            normalized.join(","),
+            report.plan.merged
+        );
+        for note in &report.plan.notes {
+            eprintln!("note: {note}");
+        }
+        for (name, count) in &w.non_finite {
+            eprintln!("warning: tensor `{name}` holds {count} NaN/Inf value(s)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_ratios;
+
+    #[test]
+    fn chain_ratios_give_each_input_its_normalized_weight() {
+        let w = [0.4, 0.3, 0.2, 0.1];
+        let r = chain_ratios(&w, 4, "--weights").unwrap();
+        // The weight of input i in the chain's result: its (1 − ratio) times every later ratio.
+        let mut share = vec![1.0f64; 4];
+        for (k, ratio) in r.iter().enumerate() {
+            for s in share.iter_mut().take(k + 1) {
+                *s *= ratio;
+            }
+            share[k + 1] *= 1.0 - ratio;
+        }
+        for (s, w) in share.iter().zip(w) {
+            assert!((s - w).abs() < 1e-12, "{share:?}");
+        }
+        // The same ratios as the merge uses them (f32), whatever the weights' scale.
+        let as_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        assert_eq!(
+            as_f32(chain_ratios(&[4.0, 3.0, 2.0, 1.0], 4, "w").unwrap()),
+            as_f32(r)
+        );
+        assert_eq!(chain_ratios(&[0.0, 0.0, 1.0], 3, "w").unwrap(), [1.0, 0.0]);
+        for (w, n) in [(vec![1.0, -1.0], 2), (vec![0.0, 0.0], 2), (vec![1.0], 2)] {
+            assert!(chain_ratios(&w, n, "w").is_err());
+        }
+    }
+}

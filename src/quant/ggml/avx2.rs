@@ -1,0 +1,393 @@
+//! The lane searches of [`super::lanes`] written with AVX2 intrinsics: eight sub-blocks in the
+//! eight f32 lanes of a register. The compiler keeps the portable version's per-lane running
+//! sums in scalar registers (it splits the arrays, then cannot put the sums back into vectors),
+//! so the vector form is spelled out here.
+//!
+//! Every operation is the lane-wise IEEE operation of the portable code, in the same order: adds,
+//! multiplies and divisions are never fused or reassociated, comparisons are ordered (false on
+//! NaN) where Rust's `<`, `>`, `==` are and unordered where `!=` is, selects are blends, and
+//! `nearest_int` is the same add-and-mask on the bits. The results are the portable (and so
+//! ggml's) bits; the tests compare them on every kind of group.
+
+use std::arch::x86_64::*;
+
+use super::lanes::Searches;
+use super::search::{Qkx2, GROUP_MAX_EPS};
+
+/// The searches with AVX2 intrinsics; only ever used when the CPU has AVX2.
+pub(super) struct Avx2;
+
+impl Searches for Avx2 {
+    #[inline(always)]
+    unsafe fn qkx2<const N: usize, const MAD: bool>(
+        p: Qkx2,
+        x: &[[f32; 8]; N],
+        w: &[[f32; 8]; N],
+        out: &mut [[u8; 8]; N],
+    ) -> ([f32; 8], [f32; 8]) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { qkx2::<N, MAD>(p, x, w, out) }
+    }
+
+    #[inline(always)]
+    unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { qx(nmax, x, out) }
+    }
+
+    #[inline(always)]
+    unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { q3(nmax, x, out) }
+    }
+}
+
+type V = __m256;
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn splat(v: f32) -> V {
+    _mm256_set1_ps(v)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load(a: &[f32; 8]) -> V {
+    // SAFETY: `a` holds 8 f32; the load is unaligned.
+    unsafe { _mm256_loadu_ps(a.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store(v: V) -> [f32; 8] {
+    let mut a = [0f32; 8];
+    // SAFETY: `a` holds 8 f32; the store is unaligned.
+    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+    a
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn add(a: V, b: V) -> V {
+    _mm256_add_ps(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sub(a: V, b: V) -> V {
+    _mm256_sub_ps(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mul(a: V, b: V) -> V {
+    _mm256_mul_ps(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn div(a: V, b: V) -> V {
+    _mm256_div_ps(a, b)
+}
+
+/// `|a|`: the sign bit cleared, as `f32::abs`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn abs(a: V) -> V {
+    _mm256_castsi256_ps(_mm256_and_si256(
+        _mm256_castps_si256(a),
+        _mm256_set1_epi32(0x7fff_ffff),
+    ))
+}
+
+/// `-a`: the sign bit flipped, as Rust's `-`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn neg(a: V) -> V {
+    _mm256_castsi256_ps(_mm256_xor_si256(
+        _mm256_castps_si256(a),
+        _mm256_set1_epi32(i32::MIN),
+    ))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lt(a: V, b: V) -> V {
+    _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn gt(a: V, b: V) -> V {
+    _mm256_cmp_ps::<_CMP_GT_OQ>(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn eq(a: V, b: V) -> V {
+    _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b)
+}
+
+/// `a != b` as Rust computes it: true when either is NaN.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn ne(a: V, b: V) -> V {
+    _mm256_cmp_ps::<_CMP_NEQ_UQ>(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn and(a: V, b: V) -> V {
+    _mm256_and_ps(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn or(a: V, b: V) -> V {
+    _mm256_or_ps(a, b)
+}
+
+/// `if m { a } else { b }` per lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sel(m: V, a: V, b: V) -> V {
+    _mm256_blendv_ps(b, a, m)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn any(m: V) -> bool {
+    _mm256_movemask_ps(m) != 0
+}
+
+/// `nearest_int(v)` clamped to `[lo, hi]`, as an f32 (exact: a small integer).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn round_clamp(v: V, lo: i32, hi: i32) -> V {
+    let bits = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
+    let i = _mm256_sub_epi32(
+        _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+        _mm256_set1_epi32(0x0040_0000),
+    );
+    let i = _mm256_min_epi32(
+        _mm256_max_epi32(i, _mm256_set1_epi32(lo)),
+        _mm256_set1_epi32(hi),
+    );
+    _mm256_cvtepi32_ps(i)
+}
+
+/// The lanes' small integer values as integers (exact).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn ints(v: V) -> [i32; 8] {
+    let mut a = [0i32; 8];
+    // SAFETY: `a` holds 8 i32; the store is unaligned.
+    unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), _mm256_cvttps_epi32(v)) };
+    a
+}
+
+/// [`super::lanes::qkx2`] for eight groups.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
+    p: Qkx2,
+    x: &[[f32; 8]; N],
+    w: &[[f32; 8]; N],
+    out: &mut [[u8; 8]; N],
+) -> ([f32; 8], [f32; 8]) {
+    let error = |d: V| if MAD { abs(d) } else { mul(d, d) };
+    let zero = _mm256_setzero_ps();
+    let x0 = load(&x[0]);
+    let (mut min, mut max, mut sum_w) = (x0, x0, load(&w[0]));
+    let mut sum_x = mul(sum_w, x0);
+    for i in 1..N {
+        let (v, wi) = (load(&x[i]), load(&w[i]));
+        min = sel(lt(v, min), v, min);
+        max = sel(gt(v, max), v, max);
+        sum_w = add(sum_w, wi);
+        sum_x = add(sum_x, mul(wi, v));
+    }
+    min = sel(gt(min, zero), zero, min);
+    let (flat, flat_min) = (eq(max, min), min);
+    let nmax = splat(p.nmax as f32);
+    let iscale = div(nmax, sub(max, min));
+    let mut scale = div(splat(1.0), iscale);
+    let mut best = zero;
+    let mut codes = [zero; N];
+    for i in 0..N {
+        let v = load(&x[i]);
+        let l = round_clamp(mul(iscale, sub(v, min)), 0, p.nmax);
+        codes[i] = l;
+        best = add(
+            best,
+            mul(load(&w[i]), error(sub(add(mul(scale, l), min), v))),
+        );
+    }
+    let mut aux = [zero; N];
+    for is in 0..=p.nstep {
+        let top = p.rmin + p.rdelta * is as f32 + p.nmax as f32;
+        let iscale = div(splat(top), sub(max, min));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+        for i in 0..N {
+            let v = load(&x[i]);
+            let l = round_clamp(mul(iscale, sub(v, min)), 0, p.nmax);
+            aux[i] = l;
+            let wl = mul(load(&w[i]), l);
+            sum_l = add(sum_l, wl);
+            sum_l2 = add(sum_l2, mul(wl, l));
+            sum_xl = add(sum_xl, mul(wl, v));
+        }
+        let d = sub(mul(sum_w, sum_l2), mul(sum_l, sum_l));
+        let s = div(sub(mul(sum_w, sum_xl), mul(sum_x, sum_l)), d);
+        let m = div(sub(mul(sum_l2, sum_x), mul(sum_l, sum_xl)), d);
+        let clip = gt(m, zero);
+        let this_min = sel(clip, zero, m);
+        let this_scale = sel(clip, div(sum_xl, sum_l2), s);
+        let mut cur = zero;
+        for i in 0..N {
+            let diff = sub(add(mul(this_scale, aux[i]), this_min), load(&x[i]));
+            cur = add(cur, mul(load(&w[i]), error(diff)));
+        }
+        let take = and(gt(d, zero), lt(cur, best));
+        if any(take) {
+            best = sel(take, cur, best);
+            scale = sel(take, this_scale, scale);
+            min = sel(take, this_min, min);
+            for i in 0..N {
+                codes[i] = sel(take, aux[i], codes[i]);
+            }
+        }
+    }
+    for i in 0..N {
+        out[i] = ints(sel(flat, zero, codes[i])).map(|c| c as u8);
+    }
+    (
+        store(sel(flat, zero, scale)),
+        store(neg(sel(flat, flat_min, min))),
+    )
+}
+
+/// The value of largest magnitude per lane (the first on ties) and that magnitude.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn signed_max(x: &[[f32; 8]; 16]) -> (V, V) {
+    let (mut max, mut amax) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for row in x {
+        let v = load(row);
+        let ax = abs(v);
+        let take = gt(ax, amax);
+        amax = sel(take, ax, amax);
+        max = sel(take, v, max);
+    }
+    (max, amax)
+}
+
+/// Codes and scale of groups below ggml's all-zero threshold set to 0; codes out as `i8`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn finish(amax: V, scale: V, codes: &[V; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+    let zero = _mm256_setzero_ps();
+    let small = lt(amax, splat(GROUP_MAX_EPS));
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = ints(sel(small, zero, c)).map(|c| c as i8);
+    }
+    store(sel(small, zero, scale))
+}
+
+/// [`super::lanes::qx`] for eight groups.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+    let zero = _mm256_setzero_ps();
+    let (max, amax) = signed_max(x);
+    let nmax_f = splat(nmax as f32);
+    let pass = |iscale: V, codes: &mut [V; 16]| {
+        let (mut sumlx, mut suml2) = (zero, zero);
+        for i in 0..16 {
+            let v = load(&x[i]);
+            let l = round_clamp(mul(iscale, v), -nmax, nmax - 1);
+            codes[i] = add(l, nmax_f);
+            let w = mul(v, v);
+            sumlx = add(sumlx, mul(mul(w, v), l));
+            suml2 = add(suml2, mul(mul(w, l), l));
+        }
+        (sumlx, suml2)
+    };
+    let mut codes = [zero; 16];
+    let mut aux = [zero; 16];
+    let (sumlx, suml2) = pass(div(splat(-(nmax as f32)), max), &mut codes);
+    let mut scale = sel(ne(suml2, zero), div(sumlx, suml2), zero);
+    let mut best = mul(scale, sumlx);
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale = div(splat(-(nmax as f32 + 0.1 * is as f32)), max);
+        let (sumlx, suml2) = pass(iscale, &mut aux);
+        let take = and(gt(suml2, zero), gt(mul(sumlx, sumlx), mul(best, suml2)));
+        if any(take) {
+            scale = sel(take, div(sumlx, suml2), scale);
+            best = sel(take, mul(scale, sumlx), best);
+            for i in 0..16 {
+                codes[i] = sel(take, aux[i], codes[i]);
+            }
+        }
+    }
+    finish(amax, scale, &codes, out)
+}
+
+/// [`super::lanes::q3`] for eight groups.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+    let zero = _mm256_setzero_ps();
+    let (max, amax) = signed_max(x);
+    let iscale = div(splat(-(nmax as f32)), max);
+    let (mut sumlx, mut suml2) = (zero, zero);
+    let mut codes = [zero; 16];
+    for i in 0..16 {
+        let v = load(&x[i]);
+        let l = round_clamp(mul(iscale, v), -nmax, nmax - 1);
+        codes[i] = l;
+        let w = mul(v, v);
+        sumlx = add(sumlx, mul(mul(w, v), l));
+        suml2 = add(suml2, mul(mul(w, l), l));
+    }
+    for _ in 0..5 {
+        let mut changed = zero;
+        for i in 0..16 {
+            let v = load(&x[i]);
+            let (w, l) = (mul(v, v), codes[i]);
+            let wx = mul(w, v);
+            let slx = sub(sumlx, mul(wx, l));
+            let sl2 = sub(suml2, mul(mul(w, l), l));
+            let new_l = round_clamp(div(mul(v, sl2), slx), -nmax, nmax - 1);
+            let slx2 = add(slx, mul(wx, new_l));
+            let sl22 = add(sl2, mul(mul(w, new_l), new_l));
+            let better = gt(mul(mul(slx2, slx2), suml2), mul(mul(sumlx, sumlx), sl22));
+            let take = and(
+                and(gt(slx, zero), ne(new_l, l)),
+                and(gt(sl22, zero), better),
+            );
+            codes[i] = sel(take, new_l, l);
+            sumlx = sel(take, slx2, sumlx);
+            suml2 = sel(take, sl22, suml2);
+            changed = or(changed, take);
+        }
+        if !any(changed) {
+            break;
+        }
+    }
+    let scale = sel(gt(suml2, zero), div(sumlx, suml2), zero);
+    let nmax_f = splat(nmax as f32);
+    for c in codes.iter_mut() {
+        *c = add(*c, nmax_f);
+    }
+    finish(amax, scale, &codes, out)
+}

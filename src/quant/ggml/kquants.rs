@@ -1,0 +1,537 @@
+//! ggml's K-quants: super-blocks of 256 values cut into sub-blocks of 16 (Q2_K, Q3_K, Q6_K) or
+//! 32 (Q4_K, Q5_K), each with a scale (and a min) quantized to a few bits against the
+//! super-block's f16 `d` (and `dmin`).
+//!
+//! Encoders are `quantize_row_q*_K_ref` of `ggml-quants.c`: a scale search per sub-block
+//! ([`super::search`], run on all sub-blocks at once by [`super::lanes`]), the sub-block scales quantized against their maximum, then every value
+//! re-coded against the scale it will be decoded with. Decoders are `dequantize_row_q*_K`.
+
+use super::lanes::{transpose, Searches};
+use super::search::{nearest_int, Qkx2, GROUP_MAX_EPS};
+use super::{f16_at, f16_bytes, QK_K};
+
+/// Packs 2-bit codes as Q2_K and Q3_K store them: byte `l` of each 32-byte group holds values
+/// `l`, `l + 32`, `l + 64`, `l + 96` of its 128 (low bits first).
+#[inline(always)]
+fn pack_2bit(codes: &[u8; QK_K], qs: &mut [u8]) {
+    for (half, qs) in qs.chunks_exact_mut(32).enumerate() {
+        let c = &codes[half * 128..];
+        for l in 0..32 {
+            qs[l] = c[l] | (c[l + 32] << 2) | (c[l + 64] << 4) | (c[l + 96] << 6);
+        }
+    }
+}
+
+/// The 2-bit code of value `e` (in `0..256`) from `qs` packed by [`pack_2bit`].
+#[inline(always)]
+fn code_2bit(qs: &[u8], e: usize) -> u8 {
+    let (half, r) = (e / 128, e % 128);
+    (qs[half * 32 + r % 32] >> (2 * (r / 32))) & 3
+}
+
+// ---- Q2_K: scales[16], qs[64], d, dmin ----
+
+#[inline(always)]
+pub(super) fn decode_q2_k(b: &[u8; 84], out: &mut [f32; QK_K]) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let (d, min) = (f16_at(b, 80), f16_at(b, 82));
+    for (s, out) in out.chunks_exact_mut(16).enumerate() {
+        let sc = scales[s];
+        let dl = d * (sc & 0xF) as f32;
+        let ml = min * (sc >> 4) as f32;
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dl * code_2bit(qs, 16 * s + i) as f32 - ml;
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84]) {
+    const Q4SCALE: f32 = 15.0;
+    let p = Qkx2 {
+        nmax: 3,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: true,
+    };
+    let mut codes = [0u8; QK_K];
+    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| {
+        let weights = xt.map(|row| row.map(f32::abs));
+        // SAFETY: the caller guarantees `S`'s features.
+        unsafe { pairs(qkx2::<S, 16>(p, xt, &weights, lanes)) }
+    });
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    let (scales, mins) = (found.map(|f| f.0), found.map(|f| f.1));
+    for j in 0..16 {
+        let (scale, min) = (scales[j], mins[j]);
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let mut sc = [0u8; 16];
+    let d = if max_scale > 0.0 {
+        let iscale = Q4SCALE / max_scale;
+        for j in 0..16 {
+            sc[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        max_scale / Q4SCALE
+    } else {
+        0.0
+    };
+    let dmin = if max_min > 0.0 {
+        let iscale = Q4SCALE / max_min;
+        for j in 0..16 {
+            sc[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+        }
+        max_min / Q4SCALE
+    } else {
+        0.0
+    };
+    let (d, dmin) = (f16_bytes(d), f16_bytes(dmin));
+    let (dq, mq) = (f16_at(&d, 0), f16_at(&dmin, 0));
+    for (j, &sc) in sc.iter().enumerate() {
+        let dl = dq * (sc & 0xF) as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        let dm = mq * (sc >> 4) as f32;
+        for (c, &v) in sub_mut::<16, u8>(&mut codes, j)
+            .iter_mut()
+            .zip(sub::<16>(x, j))
+        {
+            *c = nearest_int((v + dm) / dl).clamp(0, 3) as u8;
+        }
+    }
+    b[0..16].copy_from_slice(&sc);
+    pack_2bit(&codes, &mut b[16..80]);
+    b[80..82].copy_from_slice(&d);
+    b[82..84].copy_from_slice(&dmin);
+}
+
+/// Runs `search` on the `G` sub-blocks of `N` values of `x`, eight at a time (lane `j` is a
+/// sub-block): their codes, in value order, into `codes`, and their results.
+#[inline(always)]
+fn by_eights<const N: usize, const G: usize, T: Copy + Default>(
+    x: &[f32; QK_K],
+    codes: &mut [T; QK_K],
+    mut search: impl FnMut(&[[f32; 8]; N], &mut [[T; 8]; N]) -> [(f32, f32); 8],
+) -> [(f32, f32); G] {
+    let mut found = [(0f32, 0f32); G];
+    for g in 0..G / 8 {
+        let base = 8 * N * g;
+        let mut lanes = [[T::default(); 8]; N];
+        let r = search(&transpose::<N, 8>(&x[base..]), &mut lanes);
+        for (i, row) in lanes.iter().enumerate() {
+            for (j, &c) in row.iter().enumerate() {
+                codes[base + N * j + i] = c;
+            }
+        }
+        found[8 * g..8 * g + 8].copy_from_slice(&r);
+    }
+    found
+}
+
+/// `S`'s `qkx2` search with `p.use_mad` as the const parameter it is.
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn qkx2<S: Searches, const N: usize>(
+    p: Qkx2,
+    x: &[[f32; 8]; N],
+    w: &[[f32; 8]; N],
+    out: &mut [[u8; 8]; N],
+) -> ([f32; 8], [f32; 8]) {
+    // SAFETY: the caller guarantees `S`'s features.
+    unsafe {
+        if p.use_mad {
+            S::qkx2::<N, true>(p, x, w, out)
+        } else {
+            S::qkx2::<N, false>(p, x, w, out)
+        }
+    }
+}
+
+/// `(scales, mins)` of eight lanes as eight pairs.
+#[inline(always)]
+fn pairs((a, b): ([f32; 8], [f32; 8])) -> [(f32, f32); 8] {
+    std::array::from_fn(|j| (a[j], b[j]))
+}
+
+/// A search's scales as pairs with an unused second element.
+#[inline(always)]
+fn single(a: [f32; 8]) -> [(f32, f32); 8] {
+    a.map(|s| (s, 0.0))
+}
+
+/// Sub-block `j` of `N` values.
+#[inline(always)]
+fn sub<const N: usize>(x: &[f32; QK_K], j: usize) -> &[f32; N] {
+    &x.as_chunks::<N>().0[j]
+}
+
+/// Sub-block `j` of `N` codes.
+#[inline(always)]
+fn sub_mut<const N: usize, T>(codes: &mut [T; QK_K], j: usize) -> &mut [T; N] {
+    &mut codes.as_chunks_mut::<N>().0[j]
+}
+
+// ---- Q3_K: hmask[32], qs[64], scales[12], d ----
+
+/// The 16 signed 6-bit scales of a Q3_K block: low nibbles in bytes 0..8 (sub-blocks 8..16 in
+/// the high halves), top two bits in bytes 8..12 (`j % 4`, shifted by `2 · (j / 4)`).
+#[inline(always)]
+fn q3_scale(sb: &[u8], j: usize) -> i32 {
+    let low = if j < 8 { sb[j] & 0xF } else { sb[j - 8] >> 4 };
+    let high = (sb[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (low | (high << 4)) as i32 - 32
+}
+
+#[inline(always)]
+pub(super) fn decode_q3_k(b: &[u8; 110], out: &mut [f32; QK_K]) {
+    let (hmask, qs, sb) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = f16_at(b, 108);
+    // Runs of 32 values share a 2-bit field of `qs` and a bit of `hmask`; each run has two
+    // 16-value scales.
+    for (run, out) in out.chunks_exact_mut(32).enumerate() {
+        let (qs, shift) = (&qs[32 * (run / 4)..][..32], 2 * (run % 4));
+        let bit = 1u8 << run;
+        for (k, out) in out.chunks_exact_mut(16).enumerate() {
+            let dl = d * q3_scale(sb, 2 * run + k) as f32;
+            for (l, o) in out.iter_mut().enumerate() {
+                let l = 16 * k + l;
+                let high = if hmask[l] & bit != 0 { 0 } else { 4 };
+                *o = dl * (((qs[l] >> shift) & 3) as i32 - high) as f32;
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]) {
+    let mut codes = [0i8; QK_K];
+    // SAFETY: the caller guarantees `S`'s features.
+    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+        single(S::q3(4, xt, lanes))
+    });
+    let scales = found.map(|f| f.0);
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for &s in &scales {
+        if s.abs() > amax {
+            amax = s.abs();
+            max_scale = s;
+        }
+    }
+    let mut sb = [0u8; 12];
+    // C's `if (max_scale)`: true for NaN too.
+    let d = if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for j in 0..16 {
+            // `int8_t l = nearest_int(..)` truncates, then clamps in int.
+            let l = ((nearest_int(iscale * scales[j]) as i8) as i32).clamp(-32, 31) + 32;
+            if j < 8 {
+                sb[j] = (l & 0xF) as u8;
+            } else {
+                sb[j - 8] |= ((l & 0xF) << 4) as u8;
+            }
+            sb[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+        }
+        1.0 / iscale
+    } else {
+        0.0
+    };
+    let d = f16_bytes(d);
+    let dq = f16_at(&d, 0);
+    for j in 0..16 {
+        let dl = dq * q3_scale(&sb, j) as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        for (c, &v) in sub_mut::<16, i8>(&mut codes, j)
+            .iter_mut()
+            .zip(sub::<16>(x, j))
+        {
+            *c = (nearest_int(v / dl).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    let (hmask, rest) = b.split_at_mut(32);
+    hmask.fill(0);
+    let mut low = [0u8; QK_K];
+    for (e, (&c, low)) in codes.iter().zip(low.iter_mut()).enumerate() {
+        let mut c = c as u8;
+        if c > 3 {
+            hmask[e % 32] |= 1 << (e / 32);
+            c -= 4;
+        }
+        *low = c;
+    }
+    pack_2bit(&low, &mut rest[0..64]);
+    rest[64..76].copy_from_slice(&sb);
+    rest[76..78].copy_from_slice(&d);
+}
+
+// ---- Q4_K and Q5_K: d, dmin, scales[12], (Q5_K: qh[32]), qs[128] ----
+
+/// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (of 8).
+#[inline(always)]
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+#[inline(always)]
+pub(super) fn decode_q4_k(b: &[u8; 144], out: &mut [f32; QK_K]) {
+    let (d, min, sb, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..16], &b[16..144]);
+    for (s, out) in out.chunks_exact_mut(32).enumerate() {
+        let (sc, m) = scale_min_k4(s, sb);
+        let (d1, m1) = (d * sc as f32, min * m as f32);
+        let (q, shift) = (&qs[32 * (s / 2)..], 4 * (s % 2));
+        for (o, &q) in out.iter_mut().zip(q) {
+            *o = d1 * ((q >> shift) & 0xF) as f32 - m1;
+        }
+    }
+}
+
+#[inline(always)]
+pub(super) fn decode_q5_k(b: &[u8; 176], out: &mut [f32; QK_K]) {
+    let (d, min, sb) = (f16_at(b, 0), f16_at(b, 2), &b[4..16]);
+    let (qh, qs) = (&b[16..48], &b[48..176]);
+    for (s, out) in out.chunks_exact_mut(32).enumerate() {
+        let (sc, m) = scale_min_k4(s, sb);
+        let (d1, m1) = (d * sc as f32, min * m as f32);
+        let (q, shift) = (&qs[32 * (s / 2)..], 4 * (s % 2));
+        for (l, o) in out.iter_mut().enumerate() {
+            let high = if qh[l] & (1 << s) != 0 { 16 } else { 0 };
+            *o = d1 * (((q[l] >> shift) & 0xF) + high) as f32 - m1;
+        }
+    }
+}
+
+/// The search and the 6-bit scales shared by Q4_K (`nmax` 15) and Q5_K (31): fills `codes`
+/// (each in `0..=nmax`), `sb` (the 12 packed scale bytes) and returns `d` and `dmin` as f16
+/// bytes.
+///
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+unsafe fn encode_k4<S: Searches>(
+    x: &[f32; QK_K],
+    p: Qkx2,
+    codes: &mut [u8; QK_K],
+    sb: &mut [u8; 12],
+) -> [u8; 4] {
+    let found = by_eights::<32, 8, _>(x, codes, |xt, lanes| {
+        let mut sum_x2 = [0f32; 8];
+        for row in xt {
+            for j in 0..8 {
+                sum_x2[j] += row[j] * row[j];
+            }
+        }
+        let av_x = sum_x2.map(|s| (s / 32.0).sqrt());
+        let weights = xt.map(|row| std::array::from_fn(|j| av_x[j] + row[j].abs()));
+        // SAFETY: the caller guarantees `S`'s features.
+        unsafe { pairs(qkx2::<S, 32>(p, xt, &weights, lanes)) }
+    });
+    let (scales, mins) = (found.map(|f| f.0), found.map(|f| f.1));
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let (scale, min) = (scales[j], mins[j]);
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    for j in 0..8 {
+        // `uint8_t ls = nearest_int(..)` truncates to a byte before the MIN.
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            sb[j] = ls;
+            sb[j + 4] = lm;
+        } else {
+            sb[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            sb[j - 4] |= (ls >> 4) << 6;
+            sb[j] |= (lm >> 4) << 6;
+        }
+    }
+    let (d, dmin) = (f16_bytes(max_scale / 63.0), f16_bytes(max_min / 63.0));
+    let (dq, mq) = (f16_at(&d, 0), f16_at(&dmin, 0));
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, sb);
+        let dl = dq * sc as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        let dm = mq * m as f32;
+        for (c, &v) in sub_mut::<32, u8>(codes, j).iter_mut().zip(sub::<32>(x, j)) {
+            *c = nearest_int((v + dm) / dl).clamp(0, p.nmax) as u8;
+        }
+    }
+    [d[0], d[1], dmin[0], dmin[1]]
+}
+
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q4_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 144]) {
+    let p = Qkx2 {
+        nmax: 15,
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+        use_mad: false,
+    };
+    let mut codes = [0u8; QK_K];
+    let mut sb = [0u8; 12];
+    // SAFETY: the caller guarantees `S`'s features.
+    let d = unsafe { encode_k4::<S>(x, p, &mut codes, &mut sb) };
+    b[0..4].copy_from_slice(&d);
+    b[4..16].copy_from_slice(&sb);
+    for (q, chunk) in b[16..144].chunks_exact_mut(32).zip(codes.chunks_exact(64)) {
+        for l in 0..32 {
+            q[l] = chunk[l] | (chunk[l + 32] << 4);
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q5_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 176]) {
+    let p = Qkx2 {
+        nmax: 31,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: false,
+    };
+    let mut codes = [0u8; QK_K];
+    let mut sb = [0u8; 12];
+    // SAFETY: the caller guarantees `S`'s features.
+    let d = unsafe { encode_k4::<S>(x, p, &mut codes, &mut sb) };
+    b[0..4].copy_from_slice(&d);
+    b[4..16].copy_from_slice(&sb);
+    let (qh, ql) = b[16..176].split_at_mut(32);
+    qh.fill(0);
+    for (n, (q, chunk)) in ql
+        .chunks_exact_mut(32)
+        .zip(codes.chunks_exact(64))
+        .enumerate()
+    {
+        let (m1, m2) = (1u8 << (2 * n), 2u8 << (2 * n));
+        for j in 0..32 {
+            let (mut l1, mut l2) = (chunk[j], chunk[j + 32]);
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            q[j] = l1 | (l2 << 4);
+        }
+    }
+}
+
+// ---- Q6_K: ql[128], qh[64], scales[16] (int8), d ----
+
+#[inline(always)]
+pub(super) fn decode_q6_k(b: &[u8; 210], out: &mut [f32; QK_K]) {
+    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = f16_at(b, 208);
+    // Runs of 32 values: `which` picks the low or high nibbles of the first or second 32
+    // bytes of `ql`, and a 2-bit field of `qh`; each run has two 16-value scales.
+    for (run, out) in out.chunks_exact_mut(32).enumerate() {
+        let (half, which) = (run / 4, run % 4);
+        let ql = &ql[64 * half + 32 * (which % 2)..][..32];
+        let qh = &qh[32 * half..][..32];
+        let (shift, hshift) = (4 * (which / 2), 2 * which);
+        for (k, out) in out.chunks_exact_mut(16).enumerate() {
+            let scale = d * (sc[2 * run + k] as i8) as f32;
+            for (l, o) in out.iter_mut().enumerate() {
+                let l = 16 * k + l;
+                let low = (ql[l] >> shift) & 0xF;
+                let high = (qh[l] >> hshift) & 3;
+                *o = scale * ((low | (high << 4)) as i32 - 32) as f32;
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]) {
+    let mut codes = [0i8; QK_K];
+    // SAFETY: the caller guarantees `S`'s features.
+    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+        single(S::qx(32, xt, lanes))
+    });
+    let scales = found.map(|f| f.0);
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for &scale in &scales {
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        b.fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = f16_bytes(1.0 / iscale);
+    let sc = scales.map(|s| nearest_int(iscale * s).min(127) as i8);
+    let dq = f16_at(&d, 0);
+    for (j, &sc) in sc.iter().enumerate() {
+        let dl = dq * sc as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        for (c, &v) in sub_mut::<16, i8>(&mut codes, j)
+            .iter_mut()
+            .zip(sub::<16>(x, j))
+        {
+            *c = (nearest_int(v / dl).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let (ql, rest) = b.split_at_mut(128);
+    let (qh, rest) = rest.split_at_mut(64);
+    for half in 0..2 {
+        let c = &codes[half * 128..];
+        let (ql, qh) = (&mut ql[64 * half..], &mut qh[32 * half..]);
+        for l in 0..32 {
+            let q = |k: usize| c[l + 32 * k] as u8;
+            ql[l] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+            ql[l + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+            qh[l] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+        }
+    }
+    for (o, &s) in rest[0..16].iter_mut().zip(&sc) {
+        *o = s as u8;
+    }
+    rest[16..18].copy_from_slice(&d);
+}
