@@ -72,6 +72,15 @@ impl MergeNode {
     }
 }
 
+/// The `ModelMerge<Arch>` node of the family table called `name` (its class name or an alias),
+/// for workflows that name the node.
+pub fn node_named(name: &str) -> Option<&'static MergeNode> {
+    crate::family::Family::all()
+        .iter()
+        .flat_map(|f| f.block_prefixes.iter())
+        .find(|n| n.is_named(name))
+}
+
 const fn p(prefix: &'static str) -> BlockInput {
     BlockInput::Prefix(prefix)
 }

@@ -124,7 +124,10 @@ impl BlockRatios {
     /// Ratios by raw key prefix, in the order given (a ModelMergeBlocks node's inputs: their
     /// names are the prefixes, the first is the default).
     pub fn from_entries(entries: Vec<(String, f64)>) -> BlockRatios {
-        BlockRatios { entries }
+        BlockRatios {
+            entries,
+            list: None,
+        }
     }
 
     /// The ratio of `key` (ComfyUI's denoiser name) as ModelMergeBlocks gives it: that of the
