@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::error::Result;
-use crate::layout::diffusers::{from_comfy, Assembly, Folder};
+use crate::layout::diffusers::{from_comfy, mapped_shapes, Assembly, Folder};
 use crate::model::{Arch, ComponentKind, ComponentShapes, TensorInfo};
 /// Where a module lands: a tensor of a component, and which of its rows (`(value rows, first
 /// target row)` runs).
@@ -217,7 +217,9 @@ fn diffusers_targets(
     map: &mut HashMap<String, Target>,
 ) -> Result<()> {
     let names = arch.family().lora;
-    for plan in from_comfy(arch, shapes)? {
+    // Parts without diffusers names here (Wan 2.2's VAE, language-model encoders) have no
+    // diffusers LoRA names either.
+    for plan in from_comfy(arch, &mapped_shapes(arch, shapes))? {
         let kind = plan.class.kind();
         let (prefixes, flat): (&[&str], &[&str]) = match (plan.folder, arch) {
             (Folder::Unet | Folder::Transformer, _) => (names.diffusers, names.diffusers_flat),

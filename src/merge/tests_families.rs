@@ -242,7 +242,8 @@ fn every_family_takes_the_lora_names_comfyui_maps_for_it() {
             KOHYA,
             Model,
             "layers.0.attention.qkv.weight",
-            0..96,
+            // Grouped-query attention: q 32 rows, k and v 16 each.
+            0..64,
         ),
         (
             Arch::ZImage,

@@ -282,7 +282,11 @@ fn static_title(class: &str) -> &'static str {
         return k;
     }
     node_named(class)
-        .and_then(|n| std::iter::once(&n.node).chain(n.aliases).find(|k| **k == class))
+        .and_then(|n| {
+            std::iter::once(&n.node)
+                .chain(n.aliases)
+                .find(|k| **k == class)
+        })
         .copied()
         .unwrap_or("")
 }

@@ -7,6 +7,7 @@ use crate::family::merge_nodes as nodes;
 use crate::synthetic::models as m;
 
 pub(super) const WAN21: Family = Family {
+    diffusers: true,
     block_prefixes: &[nodes::WAN2_1],
     ..dit(
         Arch::Wan21,
@@ -52,6 +53,7 @@ pub(super) const WAN21: Family = Family {
 };
 
 pub(super) const WAN22: Family = Family {
+    diffusers: true,
     block_prefixes: &[nodes::WAN2_1],
     ..dit(
         Arch::Wan22,
@@ -77,6 +79,7 @@ pub(super) const WAN22: Family = Family {
 };
 
 pub(super) const QWEN_IMAGE: Family = Family {
+    diffusers: true,
     block_prefixes: &[nodes::QWEN_IMAGE],
     ..dit(
         Arch::QwenImage,
@@ -114,33 +117,37 @@ pub(super) const QWEN_IMAGE: Family = Family {
     )
 };
 
-pub(super) const HIDREAM: Family = dit(
-    Arch::HiDream,
-    "hidream",
-    &[],
-    "HiDream-I1 (full, dev and fast: the same keys)",
-    "HiDream",
-    &[Key("caption_projection.0.linear.weight")],
-    &[
-        blocks("num_layers", "double_stream_blocks."),
-        blocks("num_single_layers", "single_stream_blocks."),
-        blocks(
-            "num_routed_experts",
-            "double_stream_blocks.0.block.ff_i.experts.",
-        ),
-    ],
-    &["num_layers", "num_single_layers"],
-    &[variant(
-        "hidream-i1",
-        "HiDream-I1 17B",
-        &m::HIDREAM_I1,
-        &m::HIDREAM_I1_TINY,
-    )],
-    VaeKind::Flux,
-    lora::HIDREAM,
-);
+pub(super) const HIDREAM: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::HiDream,
+        "hidream",
+        &[],
+        "HiDream-I1 (full, dev and fast: the same keys)",
+        "HiDream",
+        &[Key("caption_projection.0.linear.weight")],
+        &[
+            blocks("num_layers", "double_stream_blocks."),
+            blocks("num_single_layers", "single_stream_blocks."),
+            blocks(
+                "num_routed_experts",
+                "double_stream_blocks.0.block.ff_i.experts.",
+            ),
+        ],
+        &["num_layers", "num_single_layers"],
+        &[variant(
+            "hidream-i1",
+            "HiDream-I1 17B",
+            &m::HIDREAM_I1,
+            &m::HIDREAM_I1_TINY,
+        )],
+        VaeKind::Flux,
+        lora::HIDREAM,
+    )
+};
 
 pub(super) const CHROMA: Family = Family {
+    diffusers: true,
     prefixes: LDM,
     ..dit(
         Arch::Chroma,
@@ -173,106 +180,116 @@ pub(super) const CHROMA: Family = Family {
     )
 };
 
-pub(super) const LUMINA2: Family = dit(
-    Arch::Lumina2,
-    "lumina2",
-    &["lumina", "lumina-image-2"],
-    "Lumina Image 2.0",
-    "Lumina2",
-    &[
-        Key("cap_embedder.1.weight"),
-        Key("noise_refiner.0.attention.k_norm.weight"),
-        NoKey("cap_pad_token"),
-    ],
-    &[
-        dim("dim", "cap_embedder.1.weight", 0, 1),
-        dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
-        blocks("n_layers", "layers."),
-    ],
-    &["n_layers"],
-    &[variant(
+pub(super) const LUMINA2: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::Lumina2,
         "lumina2",
-        "Lumina Image 2.0 (2.6B)",
-        &m::LUMINA2,
-        &m::LUMINA2_TINY,
-    )],
-    VaeKind::Flux,
-    lora::LUMINA,
-);
+        &["lumina", "lumina-image-2"],
+        "Lumina Image 2.0",
+        "Lumina2",
+        &[
+            Key("cap_embedder.1.weight"),
+            Key("noise_refiner.0.attention.k_norm.weight"),
+            NoKey("cap_pad_token"),
+        ],
+        &[
+            dim("dim", "cap_embedder.1.weight", 0, 1),
+            dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
+            blocks("n_layers", "layers."),
+        ],
+        &["n_layers"],
+        &[variant(
+            "lumina2",
+            "Lumina Image 2.0 (2.6B)",
+            &m::LUMINA2,
+            &m::LUMINA2_TINY,
+        )],
+        VaeKind::Flux,
+        lora::LUMINA,
+    )
+};
 
-pub(super) const FLUX2: Family = dit(
-    Arch::Flux2,
-    "flux2",
-    &["flux.2"],
-    "Flux 2 (dev and Klein)",
-    "Flux2",
-    &[
-        FLUX_KEY_NORM,
-        Key("img_in.weight"),
-        Key("double_stream_modulation_img.lin.weight"),
-    ],
-    &[
-        dim("hidden_size", "img_in.weight", 0, 1),
-        dim("in_channels", "img_in.weight", 1, 1),
-        dim("context_in_dim", "txt_in.weight", 1, 1),
-        blocks("depth", "double_blocks."),
-        blocks("depth_single_blocks", "single_blocks."),
-        present("guidance_embed", "guidance_in.in_layer.weight"),
-    ],
-    &["depth", "depth_single_blocks"],
-    &[
-        variant(
-            "flux2-dev",
-            "Flux 2 dev (32B; Mistral Small 3 24B)",
-            &m::FLUX2_DEV,
-            &m::FLUX2_DEV_TINY,
-        ),
-        variant(
-            "flux2-klein-4b",
-            "Flux 2 Klein 4B (Qwen3 4B)",
-            &m::FLUX2_KLEIN_4B,
-            &m::FLUX2_KLEIN_4B_TINY,
-        ),
-        variant(
-            "flux2-klein-9b",
-            "Flux 2 Klein 9B (Qwen3 8B)",
-            &m::FLUX2_KLEIN_9B,
-            &m::FLUX2_KLEIN_9B_TINY,
-        ),
-    ],
-    VaeKind::Flux2,
-    lora::FLUX,
-);
+pub(super) const FLUX2: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::Flux2,
+        "flux2",
+        &["flux.2"],
+        "Flux 2 (dev and Klein)",
+        "Flux2",
+        &[
+            FLUX_KEY_NORM,
+            Key("img_in.weight"),
+            Key("double_stream_modulation_img.lin.weight"),
+        ],
+        &[
+            dim("hidden_size", "img_in.weight", 0, 1),
+            dim("in_channels", "img_in.weight", 1, 1),
+            dim("context_in_dim", "txt_in.weight", 1, 1),
+            blocks("depth", "double_blocks."),
+            blocks("depth_single_blocks", "single_blocks."),
+            present("guidance_embed", "guidance_in.in_layer.weight"),
+        ],
+        &["depth", "depth_single_blocks"],
+        &[
+            variant(
+                "flux2-dev",
+                "Flux 2 dev (32B; Mistral Small 3 24B)",
+                &m::FLUX2_DEV,
+                &m::FLUX2_DEV_TINY,
+            ),
+            variant(
+                "flux2-klein-4b",
+                "Flux 2 Klein 4B (Qwen3 4B)",
+                &m::FLUX2_KLEIN_4B,
+                &m::FLUX2_KLEIN_4B_TINY,
+            ),
+            variant(
+                "flux2-klein-9b",
+                "Flux 2 Klein 9B (Qwen3 8B)",
+                &m::FLUX2_KLEIN_9B,
+                &m::FLUX2_KLEIN_9B_TINY,
+            ),
+        ],
+        VaeKind::Flux2,
+        lora::FLUX,
+    )
+};
 
-pub(super) const Z_IMAGE: Family = dit(
-    Arch::ZImage,
-    "z-image",
-    &["zimage", "z-image-turbo"],
-    "Z-Image (Lumina 2's NextDiT at 3840 wide; Qwen3 4B)",
-    "ZImage",
-    &[
-        Key("cap_embedder.1.weight"),
-        Key("noise_refiner.0.attention.k_norm.weight"),
-        Key("cap_pad_token"),
-        NoKey("dec_net.cond_embed.weight"),
-    ],
-    &[
-        dim("dim", "cap_embedder.1.weight", 0, 1),
-        dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
-        blocks("n_layers", "layers."),
-    ],
-    &["n_layers"],
-    &[variant(
-        "z-image-6b",
-        "Z-Image 6B (Turbo and Base)",
-        &m::Z_IMAGE,
-        &m::Z_IMAGE_TINY,
-    )],
-    VaeKind::Flux,
-    lora::LUMINA,
-);
+pub(super) const Z_IMAGE: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::ZImage,
+        "z-image",
+        &["zimage", "z-image-turbo"],
+        "Z-Image (Lumina 2's NextDiT at 3840 wide; Qwen3 4B)",
+        "ZImage",
+        &[
+            Key("cap_embedder.1.weight"),
+            Key("noise_refiner.0.attention.k_norm.weight"),
+            Key("cap_pad_token"),
+            NoKey("dec_net.cond_embed.weight"),
+        ],
+        &[
+            dim("dim", "cap_embedder.1.weight", 0, 1),
+            dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
+            blocks("n_layers", "layers."),
+        ],
+        &["n_layers"],
+        &[variant(
+            "z-image-6b",
+            "Z-Image 6B (Turbo and Base)",
+            &m::Z_IMAGE,
+            &m::Z_IMAGE_TINY,
+        )],
+        VaeKind::Flux,
+        lora::LUMINA,
+    )
+};
 
 pub(super) const HUNYUAN_VIDEO: Family = Family {
+    diffusers: true,
     prefixes: HUNYUAN,
     ..dit(
         Arch::HunyuanVideo,
@@ -335,6 +352,7 @@ pub(super) const HUNYUAN_VIDEO_15: Family = Family {
 };
 
 pub(super) const LTXV: Family = Family {
+    diffusers: true,
     block_prefixes: &[nodes::LTXV],
     ..dit(
         Arch::Ltxv,
