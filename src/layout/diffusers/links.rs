@@ -332,10 +332,11 @@ fn from_comfy(l: &Link, source: &BTreeMap<String, TensorInfo>) -> Result<Vec<Ass
                     r.insert(0, f);
                     r
                 }
-                _ => return Err(Error::BadShape {
-                    key: l.c.clone(),
-                    shape: info.shape.clone(),
-                    reason: format!(
+                _ => {
+                    return Err(Error::BadShape {
+                        key: l.c.clone(),
+                        shape: info.shape.clone(),
+                        reason: format!(
                         "splits along dim 0 into {n} parts ({}), which that size does not allow",
                         match l.op {
                             Op::Fused { head_rows: Some(h) } =>
@@ -345,7 +346,8 @@ fn from_comfy(l: &Link, source: &BTreeMap<String, TensorInfo>) -> Result<Vec<Ass
                             _ => "equal".to_string(),
                         }
                     ),
-                }),
+                    })
+                }
             };
             let row_len = info.numel() / total;
             let mut start = 0;
