@@ -39,6 +39,9 @@ pub use report::{BenchReport, Measure};
 pub struct BenchOptions {
     /// Synthetic architecture to build.
     pub arch: Arch,
+    /// Which of the family's configurations (a variant name such as `wan21-14b`); `None`: the
+    /// family's default.
+    pub variant: Option<&'static str>,
     /// Dtype the checkpoint is saved in.
     pub dtype: TargetDtype,
     /// Dtype the synthetic model is built in (`None`: the reference's defaults, F32 denoiser;
@@ -213,7 +216,9 @@ fn measure(
     };
     Ok(BenchReport {
         job: subject.name().into(),
-        arch: opts.arch.to_string(),
+        arch: opts
+            .variant
+            .map_or_else(|| opts.arch.to_string(), str::to_string),
         dtype: opts.dtype.to_string(),
         device: format!("{:?}", opts.device.location()),
         output_dir: opts.output_dir.display().to_string(),
@@ -280,6 +285,7 @@ mod tests {
     fn options(dir: &Path, from_file: bool) -> BenchOptions {
         BenchOptions {
             arch: Arch::Sd15,
+            variant: None,
             dtype: TargetDtype::F16,
             model_dtype: None,
             output_dir: dir.to_path_buf(),

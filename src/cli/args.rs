@@ -102,9 +102,9 @@ pub(crate) struct BenchArgs {
     #[arg(value_name = "JOB", default_value = "save")]
     pub(crate) job: BenchJob,
 
-    /// Architecture of the synthetic model (a family's name: its default model).
-    #[arg(long, value_name = "ARCH")]
-    pub(crate) synthetic: Arch,
+    /// The synthetic model: a family's name (its default model) or a variant's (`wan21-14b`).
+    #[arg(long, value_name = "MODEL")]
+    pub(crate) synthetic: String,
 
     /// Dtype the checkpoint is saved in (keep, f32, f16, bf16, f8_e4m3, f8_e5m2).
     #[arg(long, value_name = "DTYPE", default_value = "keep")]

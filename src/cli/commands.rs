@@ -394,8 +394,10 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
                 .with_context(|| format!("a synthetic model cannot be built in {d}"))?,
         ),
     };
+    let (arch, variant) = checkpoint_save::family::variant_named(&args.synthetic)?;
     let opts = BenchOptions {
-        arch: args.synthetic,
+        arch,
+        variant: Some(variant.name),
         dtype: args.dtype,
         model_dtype,
         output_dir: args

@@ -14,8 +14,8 @@ use crate::commands::{
 use crate::print_stdout;
 use crate::report::{report, Job};
 use checkpoint_save::merge::{
-    merge as merge_inputs, BlockRatios, InputRecord, Lora, LoraBake, MergeReport, Operation,
-    Recipe, RECIPE_KEY,
+    merge as merge_inputs, BlockRatios, InputRecord, Lora, LoraBake, MergeArch, MergeReport,
+    Operation, Recipe, RECIPE_KEY,
 };
 use checkpoint_save::{open_input, Input, LayoutChoice};
 
@@ -49,6 +49,11 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
             d => Some(d),
         },
         loras: Vec::new(),
+        arch: match args.out.arch {
+            ArchArg::Auto => MergeArch::Detect,
+            ArchArg::Arch(a) => MergeArch::Family(a),
+            ArchArg::Generic => MergeArch::Generic,
+        },
     };
     let loras = args
         .lora

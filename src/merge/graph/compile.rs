@@ -264,7 +264,7 @@ impl Compiler<'_> {
                     ..Recipe::default()
                 };
                 let mut report = MergeReport::default();
-                let steps = lora_patches(m.arch, &target, &recipe, &mut report)
+                let steps = lora_patches(Some(m.arch), &target, &recipe, &mut report)
                     .map_err(|e| in_node(&me, e))?;
                 for ((kind, key), s) in steps {
                     match (kind, &mut c) {
