@@ -66,7 +66,8 @@ pub(crate) enum Command {
     ///
     /// Loaders, LoRA loaders, the model and CLIP merge nodes (ModelMergeSimple, ModelMergeBlocks
     /// and the model-specific block nodes, subtract, add) and CheckpointSave, ModelSave,
-    /// CLIPSave and VAESave are run; other nodes are skipped and listed. Prints each written
+    /// CLIPSave and VAESave are run; other nodes are skipped and listed. An sd-mecha recipe
+    /// (`.mecha`) is run as sd-mecha's `merge(recipe, output=…)` runs it. Prints each written
     /// path; with --dry-run, the plan.
     #[command(after_help = EXIT_CODES)]
     Run(Box<crate::run::RunArgs>),
