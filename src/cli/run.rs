@@ -106,7 +106,9 @@ pub(crate) fn run(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     let models_dir = match args.models_dir.as_slice() {
         [] => PathBuf::from("models"),
         [one] => one.clone(),
-        _ => bail!("a workflow takes one --models-dir (add folders with --extra-model-paths-config)"),
+        _ => {
+            bail!("a workflow takes one --models-dir (add folders with --extra-model-paths-config)")
+        }
     };
     let mut models = ModelFolders::new(&models_dir);
     for f in &args.extra_model_paths_config {
@@ -124,7 +126,15 @@ pub(crate) fn run(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         header: format!("workflow: {format} format"),
         noun: format!("a {format}-format workflow"),
     };
-    execute(&translated.graph, &opts, &translated.skipped, &[], &what, args.quiet, args.dry_run)
+    execute(
+        &translated.graph,
+        &opts,
+        &translated.skipped,
+        &[],
+        &what,
+        args.quiet,
+        args.dry_run,
+    )
 }
 
 /// An sd-mecha recipe: translated into a graph of one checkpoint save, written where sd-mecha's
@@ -156,7 +166,10 @@ fn run_recipe(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         &[],
         &translated.notes,
         &Kind {
-            header: format!("recipe: sd-mecha, format {}", checkpoint_save::mecha::FORMAT_VERSION),
+            header: format!(
+                "recipe: sd-mecha, format {}",
+                checkpoint_save::mecha::FORMAT_VERSION
+            ),
             noun: "an sd-mecha recipe".into(),
         },
         args.quiet,

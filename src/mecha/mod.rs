@@ -94,6 +94,20 @@ pub enum Value {
     Ref(usize),
 }
 
+impl std::fmt::Display for Value {
+    /// The value as a recipe writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(x) => write!(f, "{x}"),
+            Value::Float(x) => write!(f, "{x:?}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Ref(r) => write!(f, "&{r}"),
+        }
+    }
+}
+
 impl Instruction {
     /// The positional arguments' values.
     pub fn positional(&self) -> impl Iterator<Item = &Value> {

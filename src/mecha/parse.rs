@@ -77,7 +77,8 @@ fn instruction(line: &str, n: usize, index: usize) -> std::result::Result<Instru
     };
     let mut args = Vec::new();
     for (i, t) in rest.iter().enumerate() {
-        let value = value(t, index).map_err(|e| format!("argument {} (`{}`): {e}", i + 1, t.raw))?;
+        let value =
+            value(t, index).map_err(|e| format!("argument {} (`{}`): {e}", i + 1, t.raw))?;
         args.push(Arg {
             key: t.key.clone(),
             value,

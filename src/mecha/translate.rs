@@ -92,10 +92,7 @@ struct Call<'a> {
 
 impl Call<'_> {
     fn err(&self, what: String) -> Error {
-        Error::InvalidInput(format!(
-            "line {}: `{}`: {what}",
-            self.ins.line, self.method
-        ))
+        Error::InvalidInput(format!("line {}: `{}`: {what}", self.ins.line, self.method))
     }
 
     fn all(&self, name: &str) -> &[Val] {
@@ -208,7 +205,7 @@ impl Ctx<'_> {
             Some(Value::Str(c)) if c == "singleton-mecha" => {}
             Some(c) => {
                 return Err(Error::InvalidInput(format!(
-                    "line {}: a literal for model config {c:?}: per-key (per-block) values \
+                    "line {}: a literal for model config {c}: per-key (per-block) values \
                      are not supported; this build takes one number for every key \
                      (model_config=\"singleton-mecha\")",
                     ins.line
@@ -247,7 +244,7 @@ impl Ctx<'_> {
             Some(Value::Str(s)) if s == "weight" => {}
             Some(s) => {
                 return Err(Error::InvalidInput(format!(
-                    "line {}: model `{path}` in merge space {s:?}: this build reads models \
+                    "line {}: model `{path}` in merge space {s}: this build reads models \
                      in the `weight` space (checkpoints), not differences or LoRAs",
                     ins.line
                 )))
@@ -279,9 +276,8 @@ impl Ctx<'_> {
             )));
         };
         let positional: Vec<Value> = positional.cloned().collect();
-        let bad = |what: String| {
-            Error::InvalidInput(format!("line {}: `{method}`: {what}", ins.line))
-        };
+        let bad =
+            |what: String| Error::InvalidInput(format!("line {}: `{method}`: {what}", ins.line));
         let mut bound: Vec<(String, Vec<Val>)> = Vec::new();
         let mut next = 0;
         for p in *params {
@@ -300,7 +296,9 @@ impl Ctx<'_> {
             };
             let given = match (positional.get(next), ins.keyword(name)) {
                 (Some(_), Some(_)) => {
-                    return Err(bad(format!("`{name}` is given twice (by position and name)")))
+                    return Err(bad(format!(
+                        "`{name}` is given twice (by position and name)"
+                    )))
                 }
                 (Some(v), None) => {
                     next += 1;
@@ -336,11 +334,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        let call = Call {
-            ins,
-            method,
-            bound,
-        };
+        let call = Call { ins, method, bound };
         f(self, &call)
     }
 
@@ -369,7 +363,11 @@ impl Ctx<'_> {
 }
 
 fn weighted_sum(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
-    let (a, b, alpha) = (call.weights("a")?, call.weights("b")?, call.number("alpha")?);
+    let (a, b, alpha) = (
+        call.weights("a")?,
+        call.weights("b")?,
+        call.number("alpha")?,
+    );
     Ok(Val::Weights(ctx.mix(a, b, 1.0 - alpha)?))
 }
 
