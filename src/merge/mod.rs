@@ -27,7 +27,8 @@ pub use bake::LoraReport;
 use bake::{build, lora_patches, Step};
 pub use blocks::BlockRatios;
 pub use extract::{
-    extract_lora, ExtractOptions, ExtractReport, KeyFormat, LoraType, CLAMP_QUANTILE,
+    extract_lora, extract_lora_from_difference, ExtractOptions, ExtractReport, KeyFormat, LoraType,
+    CLAMP_QUANTILE,
 };
 pub use lora::Lora;
 pub use recipe::{InputRecord, RECIPE_KEY};
