@@ -130,7 +130,7 @@ pub fn extract_lora_from_difference(
     opts: &ExtractOptions,
 ) -> Result<(TensorMap, ExtractReport)> {
     let has = |k| diff.get(k).is_some_and(|m| !m.is_empty());
-    if !has(ComponentKind::Model) && !(opts.clip && has(ComponentKind::Clip)) {
+    if !(has(ComponentKind::Model) || (opts.clip && has(ComponentKind::Clip))) {
         return Err(Error::InvalidInput(
             "nothing to extract a LoRA from: the difference has no denoiser and no text \
              encoders"
