@@ -231,6 +231,11 @@ fn model_paths_resolve_as_sd_mecha_resolves_them() {
     let r = run(dir.path(), &["run", "r.mecha", "-o", "m.safetensors", "-q"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(dir.path().join("m.safetensors").is_file());
+    // A recipe name with dots keeps them in the default output name.
+    std::fs::write(dir.path().join("v1.2.mecha"), text).unwrap();
+    let r = run(dir.path(), &["run", "v1.2.mecha", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.path().join("output/v1.2.safetensors").is_file());
 
     let missing = "version 0.1.0\nmodel \"nowhere\"\n";
     std::fs::write(dir.path().join("bad.mecha"), missing).unwrap();

@@ -2,7 +2,7 @@
 //! sd-mecha recipe (`.mecha`) executed as one merge graph: every save of it written in one
 //! streamed pass, published all or none.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -140,13 +140,19 @@ pub(crate) fn run(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
 /// An sd-mecha recipe: translated into a graph of one checkpoint save, written where sd-mecha's
 /// `merge(…, output=…)` would write it, with its `mecha_recipe` metadata.
 fn run_recipe(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
+    if !args.extra_model_paths_config.is_empty() {
+        bail!(
+            "--extra-model-paths-config is for workflows; give a recipe's folders as --models-dir"
+        );
+    }
     let recipe = Recipe::open(&args.workflow)?;
     let output = match &args.output {
         Some(o) => o.clone(),
         None => {
+            // `with_extension` would cut a stem with dots (`a.b.mecha` → `a.safetensors`).
             let stem = args.workflow.file_stem().unwrap_or_default();
             args.output_dir
-                .join(Path::new(stem).with_extension("safetensors"))
+                .join(format!("{}.safetensors", stem.to_string_lossy()))
         }
     };
     let translated = recipe.to_graph(&TranslateOptions {
