@@ -93,7 +93,7 @@ pub fn dry_run(components: &Components, opts: &SaveOptions) -> Result<DryRun> {
     };
     let title = format!("{} {counter}", target.filename);
     let meta = metadata::build(arch, prediction, &title, &opts.metadata);
-    let (plan, _) = plan_for_write(&layout, components, &meta, opts, &target.folder)?;
+    let (plan, _) = plan_for_write(&layout, arch, components, &meta, opts, &target.folder)?;
     let sources: BTreeMap<&str, &Source> = layout
         .entries
         .iter()
@@ -122,7 +122,7 @@ pub fn dry_run(components: &Components, opts: &SaveOptions) -> Result<DryRun> {
         family: family_report(components),
         prediction: prediction.to_string(),
         tensors,
-        metadata: meta,
+        metadata: plan.metadata().clone(),
         header_bytes: plan.data_offset() - 8,
         bytes_to_write: plan.file_len(),
         bytes_to_read,
@@ -196,6 +196,7 @@ fn read_bytes(t: &InputTensor) -> u64 {
             .sum(),
         InputTensor::Transposed(inner) => read_bytes(inner),
         InputTensor::Merged(m) => m.operands().into_iter().map(read_bytes).sum(),
+        InputTensor::Quantized(q) => q.members().iter().map(|(_, t)| read_bytes(t)).sum(),
         _ => 0,
     }
 }

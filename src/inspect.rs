@@ -55,6 +55,9 @@ pub struct Inspection {
     pub header_bytes: u64,
     /// Entries of a PyTorch checkpoint that are not tensors of its state dict (read past).
     pub left_out: Vec<String>,
+    /// Quantized layers (codes with their scales, counted once each) per format: `nvfp4`,
+    /// `float8_e4m3fn`, `scaled fp8 (float8_e4m3fn)`, …
+    pub quantized: BTreeMap<String, usize>,
     /// File size.
     pub file_bytes: u64,
 }
@@ -108,11 +111,13 @@ fn part_of(key: &str) -> &'static str {
     }
 }
 
-/// Reads a checkpoint's header (and at most the two 4-byte EDM sigma scalars), not its tensor data.
+/// Reads a checkpoint's header (and at most the two 4-byte EDM sigma scalars, and the small
+/// scales and descriptions of quantized layers), not its tensor data.
 ///
 /// # Errors
 /// Every error of opening and validating the file ([`crate::Error::Io`],
-/// [`crate::Error::HeaderTooLarge`], [`crate::Error::InvalidCheckpoint`], truncation included).
+/// [`crate::Error::HeaderTooLarge`], [`crate::Error::InvalidCheckpoint`], truncation included);
+/// [`crate::Error::Quantized`] for a malformed quantized layer.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     if is_gguf(path)? {
         return inspect_gguf(path);
@@ -151,6 +156,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         data_bytes: st.data_len(),
         header_bytes: st.header_len(),
         left_out: st.left_out().to_vec(),
+        quantized: crate::input::quantized_layers(path)?,
         file_bytes: st.file_len(),
     })
 }
@@ -212,6 +218,8 @@ fn inspect_gguf(path: &Path) -> Result<Inspection> {
         data_bytes: g.data_len(),
         header_bytes: g.data_start(),
         left_out: Vec::new(),
+        // GGUF's block types are listed per dtype; `quantized` counts ComfyUI's layouts.
+        quantized: BTreeMap::new(),
         file_bytes: g.file_len(),
     })
 }
@@ -256,6 +264,19 @@ impl fmt::Display for Inspection {
                 p.tensors,
                 human_bytes(p.bytes),
                 dtypes.join(", ")
+            )?;
+        }
+        if !self.quantized.is_empty() {
+            let formats: Vec<String> = self
+                .quantized
+                .iter()
+                .map(|(f, n)| format!("{f}×{n}"))
+                .collect();
+            writeln!(
+                f,
+                "  quantized:    {} layer(s): {}",
+                self.quantized.values().sum::<usize>(),
+                formats.join(", ")
             )?;
         }
         if !self.left_out.is_empty() {

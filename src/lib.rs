@@ -53,6 +53,7 @@ mod inspect;
 pub mod layout;
 pub mod linalg;
 mod load;
+pub mod mecha;
 pub mod merge;
 pub mod model;
 pub mod naming;
@@ -62,6 +63,7 @@ mod progress;
 mod publish;
 pub mod quant;
 mod read;
+pub mod reduce;
 mod save;
 mod split;
 pub mod synthetic;
@@ -93,7 +95,7 @@ pub use layout::GenericPrefixes;
 pub use load::{load_checkpoint, load_tensors, Loaded};
 pub use model::{
     Arch, ComponentKind, ComponentShapes, Components, Dtype, FileTensor, InputMap, InputTensor,
-    IntoTensorMap, Joined, Prediction, TargetDtype, TensorInfo, TensorMap,
+    IntoTensorMap, Joined, Prediction, QuantTensor, TargetDtype, TensorInfo, TensorMap,
 };
 pub use offload::cuda::release_pinned_buffers;
 pub use offload::pinned_copy_ceiling;

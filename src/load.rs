@@ -49,9 +49,19 @@ pub struct Loaded {
 /// - [`Error::InvalidCheckpoint`] when the keys do not form the layout of the (given or detected)
 ///   architecture, or a marker is malformed;
 /// - [`Error::UnsupportedDtype`] naming the key for a dtype candle cannot hold;
-/// - [`Error::Candle`] when a tensor cannot be created on `device`.
+/// - [`Error::Candle`] when a tensor cannot be created on `device`;
+/// - [`Error::InvalidInput`] for a file with quantized layers (codes are not weights).
 pub fn load_checkpoint(path: &Path, device: &Device, arch: Option<Arch>) -> Result<Loaded> {
     let st = SafetensorsFile::open(path)?;
+    let names = st.tensors().iter().map(|t| t.name.as_str());
+    if let Some(evidence) = crate::input::quantization_evidence(names, st.metadata()) {
+        return Err(Error::InvalidInput(format!(
+            "{} holds quantized layers ({evidence}): their stored codes are not the weights, so \
+             they are not loaded as tensors. Convert it to a float dtype first (`checkpoint-save \
+             convert FILE --dtype bf16`), or open it with `open_input`, which reads their values",
+            path.display()
+        )));
+    }
     let infos = st.infos();
     let sigma = |key: &str| read_f32_scalar(&st, key);
     let (arch, inv) = invert_file(path, &infos, st.metadata(), arch, sigma)?;

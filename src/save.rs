@@ -15,6 +15,7 @@ use crate::plan::metadata::{self, MetadataOptions};
 use crate::plan::{ComponentDtypes, Plan, PlanOptions};
 use crate::progress::Progress;
 use crate::publish::{reserve_at, Reservation};
+use crate::quant::Quantize;
 use crate::write::{self, EngineOptions, Method};
 
 /// How the checkpoint's keys are laid out.
@@ -65,6 +66,10 @@ pub struct SaveOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// How the writer puts the bytes into the file.
     pub writer: EngineOptions,
+    /// Layers written in a quantized format (`--quantize`): the denoiser's linear weights by
+    /// default; `None` quantizes nothing (quantized inputs are kept with `--dtype keep`, and
+    /// dequantized into any other dtype).
+    pub quantize: Option<Quantize>,
 }
 
 impl Default for SaveOptions {
@@ -80,6 +85,7 @@ impl Default for SaveOptions {
             progress: false,
             cancel: None,
             writer: EngineOptions::default(),
+            quantize: None,
         }
     }
 }
@@ -271,27 +277,31 @@ pub(crate) fn write_method(plan: &Plan, opts: &SaveOptions, folder: &Path) -> Me
 /// Planning errors.
 pub(crate) fn plan_for_write(
     layout: &Layout,
+    arch: Option<Arch>,
     components: &Components,
     metadata: &BTreeMap<String, String>,
     opts: &SaveOptions,
     folder: &Path,
 ) -> Result<(Plan, Method)> {
-    let plan = Plan::new(layout, components, metadata, &reference_plan(opts))?;
+    let plan = Plan::new(layout, components, metadata, &reference_plan(opts, arch))?;
     let method = write_method(&plan, opts, folder);
-    if method.data_alignment() == reference_plan(opts).data_alignment {
+    if method.data_alignment() == reference_plan(opts, arch).data_alignment {
         return Ok((plan, method));
     }
     let aligned = PlanOptions {
         data_alignment: method.data_alignment(),
-        ..reference_plan(opts)
+        ..reference_plan(opts, arch)
     };
     Ok((Plan::new(layout, components, metadata, &aligned)?, method))
 }
 
-/// The plan options of `opts` with the reference layout's data alignment.
-fn reference_plan(opts: &SaveOptions) -> PlanOptions {
+/// The plan options of `opts` (for a layout of `arch`) with the reference layout's data
+/// alignment.
+fn reference_plan(opts: &SaveOptions, arch: Option<Arch>) -> PlanOptions {
     PlanOptions {
         dtypes: opts.dtypes,
+        quantize: opts.quantize.clone().map(Arc::new),
+        arch,
         ..PlanOptions::default()
     }
 }
@@ -312,13 +322,13 @@ fn save_with(
         &layout,
         components,
         &meta(provisional_title),
-        &reference_plan(opts),
+        &reference_plan(opts, arch),
     )?;
     let method = write_method(&probe, opts, folder);
     drop(probe);
     let plan_opts = PlanOptions {
         data_alignment: method.data_alignment(),
-        ..reference_plan(opts)
+        ..reference_plan(opts, arch)
     };
     let reservation = reserve()?;
     let plan = Plan::new(&layout, components, &meta(reservation.title()), &plan_opts)?;

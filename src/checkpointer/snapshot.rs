@@ -68,7 +68,7 @@ pub(super) fn take(
     let opts = save_options(cfg, cancel);
     let (arch, prediction, layout) = save::lay_out(components, &opts.layout, opts.prediction)?;
     let meta = metadata::build(arch, prediction, title, &opts.metadata);
-    let (plan, method) = save::plan_for_write(&layout, components, &meta, &opts, &b.dir)?;
+    let (plan, method) = save::plan_for_write(&layout, arch, components, &meta, &opts, &b.dir)?;
     let reuse = lock(&cfg.spare_image).take();
     let (image, counts) = write::stage(&plan, reuse)?;
     let non_finite = save::non_finite_list(&plan, &counts);
@@ -224,6 +224,7 @@ pub(super) fn save_options(cfg: &Config, cancel: &Arc<AtomicBool>) -> SaveOption
         progress: false,
         cancel: Some(Arc::clone(cancel)),
         writer: b.engine,
+        quantize: None,
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use checkpoint_save::quant::{Format, Requantize};
 use checkpoint_save::{Arch, Backend, EngineOptions, Prediction, SplitTarget, TargetDtype};
 
 /// Exit codes, as the help texts list them.
@@ -65,7 +66,8 @@ pub(crate) enum Command {
     ///
     /// Loaders, LoRA loaders, the model and CLIP merge nodes (ModelMergeSimple, ModelMergeBlocks
     /// and the model-specific block nodes, subtract, add) and CheckpointSave, ModelSave,
-    /// CLIPSave and VAESave are run; other nodes are skipped and listed. Prints each written
+    /// CLIPSave and VAESave are run; other nodes are skipped and listed. An sd-mecha recipe
+    /// (`.mecha`) is run as sd-mecha's `merge(recipe, output=…)` runs it. Prints each written
     /// path; with --dry-run, the plan.
     #[command(after_help = EXIT_CODES)]
     Run(Box<crate::run::RunArgs>),
@@ -527,6 +529,17 @@ pub(crate) struct MergeArgs {
     #[arg(long, help_heading = "Merge")]
     pub(crate) strict: bool,
 
+    /// How a merged or baked tensor of a quantized A is written back in A's format (with
+    /// --dtype keep): existing (A's scales, values rounded to the format's grid) or fresh (new
+    /// scales from the new values).
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "existing",
+        help_heading = "Merge"
+    )]
+    pub(crate) requantize: Requantize,
+
     /// Where merged tensors are computed: cpu (fused into the write), cuda:N or metal:N.
     #[arg(
         long,
@@ -610,6 +623,34 @@ pub(crate) struct SaveFlags {
     /// Dtype of the VAE, overriding --dtype.
     #[arg(long, value_name = "DTYPE", help_heading = "Dtypes")]
     pub(crate) vae_dtype: Option<TargetDtype>,
+
+    /// Quantize the denoiser's linear weights into FORMAT: scaled-fp8 (ComfyUI's legacy
+    /// layout), fp8, fp8-e5m2, int8, mxfp8 or nvfp4 (comfy_quant). The layers each architecture
+    /// keeps in high precision (embeddings, input/output projections, modulation) follow
+    /// --dtype, as does everything else; see the README.
+    #[arg(long, value_name = "FORMAT", help_heading = "Quantization")]
+    pub(crate) quantize: Option<Format>,
+
+    /// Also quantize the layers this pattern names: `[model:|clip:|vae:]REGEX`, matched anywhere
+    /// in the component's in-memory keys (`clip:t5xxl\.` quantizes T5's linear weights).
+    /// Repeatable.
+    #[arg(
+        long,
+        value_name = "[COMPONENT:]REGEX",
+        requires = "quantize",
+        help_heading = "Quantization"
+    )]
+    pub(crate) quantize_include: Vec<String>,
+
+    /// Keep the layers this pattern names in high precision (wins over --quantize-include).
+    /// Repeatable.
+    #[arg(
+        long,
+        value_name = "[COMPONENT:]REGEX",
+        requires = "quantize",
+        help_heading = "Quantization"
+    )]
+    pub(crate) quantize_exclude: Vec<String>,
 
     /// Output root; the checkpoint never leaves it (ComfyUI's output folder).
     #[arg(

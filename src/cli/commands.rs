@@ -16,6 +16,7 @@ use crate::args::{
 use crate::print_stdout;
 use crate::report::{report, Job};
 use checkpoint_save::bench::{self, BenchOptions};
+use checkpoint_save::quant::Quantize;
 use checkpoint_save::synthetic::{self, SyntheticOptions};
 use checkpoint_save::{
     open_component, open_input, Arch, ComponentDtypes, ComponentKind, Components, GenericPrefixes,
@@ -219,6 +220,19 @@ pub(crate) fn save_options(args: &SaveFlags, cancel: &Arc<AtomicBool>) -> Result
         disable: args.disable_metadata,
         ..MetadataOptions::default()
     };
+    let quantize = match args.quantize {
+        None => None,
+        Some(format) => {
+            let mut q = Quantize::new(format);
+            for p in &args.quantize_include {
+                q = q.including(p)?;
+            }
+            for p in &args.quantize_exclude {
+                q = q.excluding(p)?;
+            }
+            Some(q)
+        }
+    };
     Ok(SaveOptions {
         layout,
         prediction,
@@ -230,6 +244,7 @@ pub(crate) fn save_options(args: &SaveFlags, cancel: &Arc<AtomicBool>) -> Result
         progress: !args.quiet,
         cancel: Some(Arc::clone(cancel)),
         writer: args.engine.options(),
+        quantize,
     })
 }
 

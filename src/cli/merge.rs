@@ -54,6 +54,7 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
             ArchArg::Arch(a) => MergeArch::Family(a),
             ArchArg::Generic => MergeArch::Generic,
         },
+        requantize: args.requantize,
     };
     let loras = args
         .lora

@@ -98,12 +98,7 @@ pub(super) fn convert_set(
     class: ModelClass,
     encoder: Option<&str>,
 ) -> Result<Converted> {
-    let sources: BTreeMap<String, InputTensor> = with_text_model_prefix(
-        &set.tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), InputTensor::File(t.clone())))
-            .collect(),
-    );
+    let sources: BTreeMap<String, InputTensor> = with_text_model_prefix(&set.tensors);
     let infos: BTreeMap<String, TensorInfo> =
         sources.iter().map(|(k, t)| (k.clone(), t.info())).collect();
     let tc = to_comfy(class, encoder, &infos).map_err(|e| within(&set.path, e))?;

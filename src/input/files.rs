@@ -3,7 +3,8 @@
 //! lists (`*.index.json`, `weight_map`: tensor name → shard file), or the weights of a
 //! diffusers/transformers model folder (`model.safetensors`, `diffusion_pytorch_model.safetensors`,
 //! their `.bin` forms, or their index). Every tensor becomes a [`FileTensor`] — nothing is read
-//! but headers (and a PyTorch file's pickle).
+//! but headers (and a PyTorch file's pickle) — and the members of each quantized layer become
+//! one quantized tensor ([`super::group`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,9 @@ use crate::read::SafetensorsFile;
 pub(crate) struct TensorSet {
     /// What was opened (a file, an index, a folder), for messages.
     pub path: PathBuf,
-    /// Every tensor by name.
-    pub tensors: BTreeMap<String, FileTensor>,
+    /// Every tensor by name: a tensor of a file, or a quantized layer's members grouped as one
+    /// tensor under the codes' name.
+    pub tensors: BTreeMap<String, InputTensor>,
     /// The `__metadata__` of the first file.
     pub metadata: BTreeMap<String, String>,
     /// Bytes of tensor data.
@@ -31,17 +33,17 @@ pub(crate) struct TensorSet {
 }
 
 impl TensorSet {
-    /// Names, shapes and dtypes.
+    /// Names, shapes and dtypes (a quantized tensor's logical shape).
     pub fn infos(&self) -> BTreeMap<String, TensorInfo> {
         self.tensors
             .iter()
-            .map(|(k, t)| (k.clone(), InputTensor::File(t.clone()).info()))
+            .map(|(k, t)| (k.clone(), t.info()))
             .collect()
     }
 
-    /// The tensor called `name`, as an input tensor.
+    /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<InputTensor> {
-        self.tensors.get(name).cloned().map(InputTensor::File)
+        self.tensors.get(name).cloned()
     }
 }
 
@@ -92,6 +94,7 @@ pub(crate) fn open_set(path: &Path) -> Result<TensorSet> {
         left_out: file.left_out().to_vec(),
     };
     add(&mut set, &file)?;
+    super::group::group(&mut set)?;
     Ok(set)
 }
 
@@ -150,7 +153,7 @@ fn open_index(path: &Path) -> Result<TensorSet> {
         add(&mut set, &file)?;
     }
     for (name, shard) in &index.weight_map {
-        let Some(t) = set.tensors.get(name) else {
+        let Some(InputTensor::File(t)) = set.tensors.get(name) else {
             return Err(Error::InvalidCheckpoint {
                 path: path.to_path_buf(),
                 reason: format!("`{name}` is listed in shard {shard}, which does not hold it"),
@@ -172,12 +175,13 @@ fn open_index(path: &Path) -> Result<TensorSet> {
             reason: "the shards hold tensors the index does not list".into(),
         });
     }
+    super::group::group(&mut set)?;
     Ok(set)
 }
 
 fn add(set: &mut TensorSet, file: &Arc<SafetensorsFile>) -> Result<()> {
     for (i, t) in file.tensors().iter().enumerate() {
-        let tensor = FileTensor::new(Arc::clone(file), i);
+        let tensor = InputTensor::File(FileTensor::new(Arc::clone(file), i));
         if set.tensors.insert(t.name.clone(), tensor).is_some() {
             return Err(Error::InvalidInput(format!(
                 "`{}` appears in two files of {}",

@@ -9,6 +9,7 @@
 
 mod diffusers;
 mod files;
+mod group;
 mod single_file;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use crate::layout::diffusers::{encoder_folders, ModelClass};
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, Prediction};
 pub use diffusers::from_diffusers;
 use files::{open_set, TensorSet};
+pub(crate) use group::quantization_evidence;
 
 /// How an input was laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +123,23 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
 /// Read errors; invalid files.
 pub(crate) fn open_tensors(path: &Path) -> Result<InputMap> {
     let set = open_set(path)?;
-    Ok(set
-        .tensors
-        .into_iter()
-        .map(|(k, t)| (k, InputTensor::File(t)))
-        .collect())
+    Ok(set.tensors)
+}
+
+/// The quantized layers of a file (or shard index), counted per format's name, as reading it
+/// groups them.
+///
+/// # Errors
+/// As [`open`]'s reading of the file, and the grouping's errors of malformed layers.
+pub(crate) fn quantized_layers(path: &Path) -> Result<BTreeMap<String, usize>> {
+    let set = open_set(path)?;
+    let mut out = BTreeMap::new();
+    for t in set.tensors.values() {
+        if let InputTensor::Quantized(q) = t {
+            *out.entry(q.format().to_string()).or_default() += 1;
+        }
+    }
+    Ok(out)
 }
 
 /// One component read from files, with what its conversion made up or left out.
@@ -265,7 +279,7 @@ fn component_of(
         for (k, t) in &set.tensors {
             match k.strip_prefix(prefix) {
                 Some(rest) => {
-                    map.insert(rest.to_string(), InputTensor::File(t.clone()));
+                    map.insert(rest.to_string(), t.clone());
                 }
                 None => left.push(k.clone()),
             }
@@ -280,7 +294,7 @@ fn component_of(
         let map = set
             .tensors
             .iter()
-            .map(|(k, t)| (from_clipsave_name(enc, k), InputTensor::File(t.clone())))
+            .map(|(k, t)| (from_clipsave_name(enc, k), t.clone()))
             .collect();
         return Ok((map, Vec::new(), Vec::new()));
     }

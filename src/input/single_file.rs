@@ -21,7 +21,7 @@ const POSITION_IDS: &str = ".transformer.text_model.embeddings.position_ids";
 pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
     let infos = set.infos();
     let sigma = |key: &str| -> Result<f32> {
-        let Some(t) = set.tensors.get(key) else {
+        let Some(InputTensor::File(t)) = set.tensors.get(key) else {
             return Ok(0.0);
         };
         if t.dtype() != Dtype::F32 || t.entry().byte_len() < 4 {

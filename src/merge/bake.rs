@@ -42,12 +42,14 @@ pub(super) fn build(
     base: InputTensor,
     steps: Vec<Step>,
     device: Option<&Device>,
+    requantize: crate::quant::Requantize,
 ) -> Result<InputTensor> {
     let on = |m: Merged| {
         let m = match device {
             Some(d) => m.on(d.clone()),
             None => m,
-        };
+        }
+        .with_requantize(requantize);
         InputTensor::Merged(Arc::new(m))
     };
     let (mut current, mut patches, mut pad) = (base, Vec::new(), None::<Vec<usize>>);

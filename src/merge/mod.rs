@@ -27,7 +27,8 @@ pub use bake::LoraReport;
 use bake::{build, lora_patches, Step};
 pub use blocks::BlockRatios;
 pub use extract::{
-    extract_lora, ExtractOptions, ExtractReport, KeyFormat, LoraType, CLAMP_QUANTILE,
+    extract_lora, extract_lora_from_difference, ExtractOptions, ExtractReport, KeyFormat, LoraType,
+    CLAMP_QUANTILE,
 };
 pub use lora::Lora;
 pub use recipe::{InputRecord, RECIPE_KEY};
@@ -148,6 +149,10 @@ pub struct Recipe {
     pub device: Option<Device>,
     /// Which family the inputs are merged as.
     pub arch: MergeArch,
+    /// How a merged or baked tensor whose A is quantized is written back in A's format when the
+    /// save keeps it (`--dtype keep`): with A's scales (the default, as ComfyUI requantizes a
+    /// patched weight) or fresh ones. What the save quantizes anew is [`crate::SaveOptions`]'s.
+    pub requantize: crate::quant::Requantize,
 }
 
 impl Default for Recipe {
@@ -162,6 +167,7 @@ impl Default for Recipe {
             strict: false,
             device: None,
             arch: MergeArch::Detect,
+            requantize: crate::quant::Requantize::default(),
         }
     }
 }
@@ -274,7 +280,13 @@ pub fn merge(
             report.merged += 1;
             merged.insert(
                 key.clone(),
-                build(key, t.clone(), steps, recipe.device.as_ref())?,
+                build(
+                    key,
+                    t.clone(),
+                    steps,
+                    recipe.device.as_ref(),
+                    recipe.requantize,
+                )?,
             );
         }
         out.set_inputs(kind, merged);

@@ -161,16 +161,33 @@ pub fn is_packed(dtype: Dtype) -> bool {
 /// Shape and dtype of one tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
-    /// Dimensions, outermost first; empty for a 0-dim scalar.
+    /// Dimensions, outermost first; empty for a 0-dim scalar. For a quantized tensor, its
+    /// logical shape (the values the codes stand for, without padding).
     pub shape: Vec<usize>,
-    /// Dtype as held.
+    /// Dtype as held; a quantized tensor's values are read as `F32`.
     pub dtype: Dtype,
+    /// The quantized format when the tensor is stored as codes with scales
+    /// ([`crate::quant`]), `None` for a plain tensor.
+    pub quant: Option<crate::quant::Format>,
 }
 
 impl TensorInfo {
-    /// A new description.
+    /// A new description of a plain tensor.
     pub fn new(shape: Vec<usize>, dtype: Dtype) -> Self {
-        Self { shape, dtype }
+        Self {
+            shape,
+            dtype,
+            quant: None,
+        }
+    }
+
+    /// A quantized tensor of logical shape `shape`: its values are read as `F32`.
+    pub fn quantized(shape: Vec<usize>, format: crate::quant::Format) -> Self {
+        Self {
+            shape,
+            dtype: Dtype::F32,
+            quant: Some(format),
+        }
     }
 
     /// Number of elements.

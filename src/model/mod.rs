@@ -17,4 +17,5 @@ pub use components::{
 pub use dtype::{Dtype, TargetDtype, TensorInfo};
 pub use merged::{LoraFactors, Merged, Patch, PatchValue};
 pub use tensor::merged;
+pub use tensor::quantized::{Legacy, QuantTensor};
 pub use tensor::{FileTensor, InputTensor, Joined};

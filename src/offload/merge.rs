@@ -23,13 +23,12 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{fill, host_bytes, lowrank, Scratch};
+use super::{host_bytes, lowrank, Scratch};
 use crate::cast;
 use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
 use crate::model::merged::{LoraFactors, Merged, PatchValue};
 use crate::model::InputTensor;
-use crate::plan::{Piece, PieceSource};
 
 /// A LoRA's factors as f32 matrices on a device: `up [rows, rank]` and `down [rank, columns]`
 /// (with `mid` already folded into `down`).
@@ -231,40 +230,9 @@ fn read_f32(
         }
     }
     let pieces = m.operand_pieces(i)?;
-    read_pieces(pieces, units.clone(), out, scratch)?;
+    super::read_f32(pieces, units.clone(), out, scratch)?;
     if let Some(key) = shared {
         scratch.operands.kept.push((key, units, out.to_vec()));
-    }
-    Ok(())
-}
-
-/// Units `units` of a tensor planned as `pieces` (f32 destination, consecutive), into `out`.
-fn read_pieces(
-    pieces: &[Piece],
-    units: Range<usize>,
-    out: &mut [f32],
-    scratch: &mut Scratch,
-) -> Result<()> {
-    let mut at = 0usize;
-    for p in pieces {
-        let (s, e) = (units.start.max(at), units.end.min(at + p.units));
-        if s < e {
-            let dst = as_bytes_mut(&mut out[s - units.start..e - units.start]);
-            match &p.source {
-                // f32 in the file: read straight into place (the result is counted, not this).
-                PieceSource::File {
-                    file,
-                    start,
-                    offset,
-                } if p.src_dtype == Dtype::F32 => {
-                    file.read_at(dst, start + ((offset + s - at) * 4) as u64)?;
-                }
-                _ => {
-                    fill(p, "merge operand", s - at..e - at, dst, scratch)?;
-                }
-            }
-        }
-        at += p.units;
     }
     Ok(())
 }
@@ -500,12 +468,12 @@ fn operand_on(
     }
 }
 
-fn as_bytes(v: &[f32]) -> &[u8] {
+pub(crate) fn as_bytes(v: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any initialised memory may be read as bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
-fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+pub(crate) fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
     // SAFETY: every bit pattern is a valid f32, so any bytes written through the view are too;
     // the view covers exactly the slice's memory and u8 has alignment 1.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }

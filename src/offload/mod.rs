@@ -24,6 +24,7 @@ pub(crate) mod device;
 mod lowrank;
 mod merge;
 pub(crate) mod order;
+mod quant;
 
 use std::ops::Range;
 
@@ -46,6 +47,7 @@ pub struct Scratch {
     transposed: Option<(usize, Vec<u8>)>,
     read: Vec<u8>,
     lora: Option<(usize, std::sync::Arc<merge::HostLora>)>,
+    quant: quant::QuantScratch,
     /// Ranges of file tensors a merged expression reads more than once, kept for the block
     /// being computed (see `merge`).
     operands: merge::OperandCache,
@@ -135,7 +137,58 @@ fn ordered_host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
             "a transposed tensor inside a conversion is not supported".into(),
         )),
         InputTensor::Merged(m) => merge::merged_bytes(m, &mut Scratch::default()),
+        InputTensor::Quantized(q) => {
+            let n = q.layout().numel() as usize;
+            let mut out = vec![0u8; n * 4];
+            let all = 0..n;
+            let dst = crate::model::dtype::Dtype::F32;
+            quant::fill_dequant(
+                q,
+                "quantized tensor",
+                all,
+                &mut out,
+                dst,
+                &mut Scratch::default(),
+            )?;
+            Ok(out)
+        }
     }
+}
+
+/// Units `units` of a tensor planned as `pieces` (f32 destination, consecutive from unit 0, as
+/// [`crate::plan::operand_pieces`] makes them), into `out`: how merges, reductions and
+/// quantizers read a tensor's values.
+///
+/// # Errors
+/// Read, decode and cast errors of the pieces.
+pub(crate) fn read_f32(
+    pieces: &[Piece],
+    units: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let mut at = 0usize;
+    for p in pieces {
+        let (s, e) = (units.start.max(at), units.end.min(at + p.units));
+        if s < e {
+            let dst = merge::as_bytes_mut(&mut out[s - units.start..e - units.start]);
+            match &p.source {
+                // f32 in the file: read straight into place (the result is counted, not this).
+                PieceSource::File {
+                    file,
+                    start,
+                    offset,
+                } if p.src_dtype == crate::model::dtype::Dtype::F32 => {
+                    file.read_at(dst, start + ((offset + s - at) * 4) as u64)?;
+                }
+                _ => {
+                    fill(p, "operand", s - at..e - at, dst, scratch)?;
+                }
+            }
+        }
+        at += p.units;
+    }
+    Ok(())
 }
 
 /// Bytes of a file read at once before they are cast: well inside a core's L2 cache.
@@ -149,9 +202,12 @@ pub(crate) fn is_in_place(piece: &Piece) -> bool {
             tensor.device().is_cpu() && tensor.is_contiguous() && piece.src_dtype == piece.dst_dtype
         }
         PieceSource::Host { .. } => piece.src_dtype == piece.dst_dtype,
-        PieceSource::File { .. } | PieceSource::Transposed { .. } | PieceSource::Merged { .. } => {
-            false
-        }
+        PieceSource::File { .. }
+        | PieceSource::Transposed { .. }
+        | PieceSource::Merged { .. }
+        | PieceSource::Dequant { .. }
+        | PieceSource::BlockScales { .. }
+        | PieceSource::Encoded { .. } => false,
     }
 }
 
@@ -181,11 +237,14 @@ pub(crate) fn with_bytes_in_place<R>(
             let shifted = offset + units.start..offset + units.end;
             with_cpu_bytes(order::read(tensor), shifted, w, f)
         }
-        PieceSource::File { .. } | PieceSource::Transposed { .. } | PieceSource::Merged { .. } => {
-            Err(Error::InvalidInput(
-                "a file, transposed or merged piece is never in place".into(),
-            ))
-        }
+        PieceSource::File { .. }
+        | PieceSource::Transposed { .. }
+        | PieceSource::Merged { .. }
+        | PieceSource::Dequant { .. }
+        | PieceSource::BlockScales { .. }
+        | PieceSource::Encoded { .. } => Err(Error::InvalidInput(
+            "a file, transposed, merged or quantized piece is never in place".into(),
+        )),
     }
 }
 
@@ -279,6 +338,23 @@ pub(crate) fn fill(
         PieceSource::Merged { merged, offset } => {
             let shifted = offset + units.start..offset + units.end;
             merge::fill_merged(merged, name, shifted, out, dst, scratch)
+        }
+        PieceSource::Dequant { tensor, offset } => {
+            let shifted = offset + units.start..offset + units.end;
+            quant::fill_dequant(tensor, name, shifted, out, dst, scratch)
+        }
+        PieceSource::BlockScales { tensor, offset } => {
+            let bytes = (offset + units.start) as u64..(offset + units.end) as u64;
+            quant::copy_block_scales(tensor, bytes, out)?;
+            Ok(0)
+        }
+        PieceSource::Encoded {
+            target,
+            role,
+            offset,
+        } => {
+            let shifted = offset + units.start..offset + units.end;
+            quant::fill_encoded(target, *role, shifted, out, scratch)
         }
         PieceSource::Transposed { tensor, offset } => {
             let w = unit_width(piece.src_dtype);

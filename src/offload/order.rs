@@ -54,6 +54,7 @@ pub(crate) fn held<'a>(t: &'a InputTensor, out: &mut Vec<&'a Tensor>) {
         InputTensor::Joined(j) => j.parts().iter().for_each(|(p, _)| held(p, out)),
         InputTensor::Transposed(inner) => held(inner, out),
         InputTensor::Merged(m) => m.operands().into_iter().for_each(|o| held(o, out)),
+        InputTensor::Quantized(q) => q.members().iter().for_each(|(_, t)| held(t, out)),
     }
 }
 
@@ -70,6 +71,10 @@ pub(crate) fn plan_tensors(plan: &Plan) -> Vec<&Tensor> {
                     .into_iter()
                     .for_each(|o| held(o, &mut out));
             }
+            PieceSource::Dequant { tensor, .. } | PieceSource::BlockScales { tensor, .. } => {
+                tensor.members().iter().for_each(|(_, t)| held(t, &mut out));
+            }
+            PieceSource::Encoded { target, .. } => held(target.source(), &mut out),
             PieceSource::File { .. } | PieceSource::Host { .. } => {}
         }
     }

@@ -9,6 +9,8 @@
 pub(crate) mod gguf;
 mod header;
 pub mod metadata;
+pub(crate) mod quant;
+pub(crate) mod target;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::layout::{Entry, Layout, Source};
 use crate::model::dtype::{self, Dtype, TargetDtype};
-use crate::model::{ComponentKind, Components, InputTensor, Merged};
+use crate::model::{Arch, ComponentKind, Components, InputTensor, Merged, QuantTensor};
+use crate::quant::{Quantize, Role};
 use crate::read::SafetensorsFile;
+pub(crate) use target::QuantTarget;
 
 /// The dtype each component is saved in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,6 +82,23 @@ pub enum PieceSource {
     Host { bytes: HostBytes, offset: usize },
     /// Units `offset..` of a merged tensor, computed (in f32) when filled.
     Merged { merged: Arc<Merged>, offset: usize },
+    /// Elements `offset..` of a quantized tensor's values, decoded (as f32) when filled.
+    Dequant {
+        tensor: Arc<QuantTensor>,
+        offset: usize,
+    },
+    /// Bytes `offset..` of a quantized tensor's block-scale member, copied as stored and checked
+    /// (no NaN, no negative scale) on the way.
+    BlockScales {
+        tensor: Arc<QuantTensor>,
+        offset: usize,
+    },
+    /// Units `offset..` of one member of a quantized output, encoded when filled.
+    Encoded {
+        target: Arc<QuantTarget>,
+        role: Role,
+        offset: usize,
+    },
 }
 
 impl PieceSource {
@@ -89,7 +110,10 @@ impl PieceSource {
             | PieceSource::File { offset, .. }
             | PieceSource::Transposed { offset, .. }
             | PieceSource::Host { offset, .. }
-            | PieceSource::Merged { offset, .. } => *offset += by,
+            | PieceSource::Merged { offset, .. }
+            | PieceSource::Dequant { offset, .. }
+            | PieceSource::BlockScales { offset, .. }
+            | PieceSource::Encoded { offset, .. } => *offset += by,
         }
         s
     }
@@ -119,6 +143,17 @@ impl std::fmt::Debug for PieceSource {
             PieceSource::Merged { merged, offset } => {
                 write!(f, "Merged({:?} from {offset})", merged.info().shape)
             }
+            PieceSource::Dequant { tensor, offset } => {
+                write!(f, "Dequant({} from {offset})", tensor.layout().layer())
+            }
+            PieceSource::BlockScales { tensor, offset } => {
+                write!(f, "BlockScales({} from {offset})", tensor.layout().layer())
+            }
+            PieceSource::Encoded {
+                target,
+                role,
+                offset,
+            } => write!(f, "Encoded({target:?} {role:?} from {offset})"),
         }
     }
 }
@@ -187,13 +222,18 @@ pub struct PlannedTensor {
 }
 
 /// Options of the plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PlanOptions {
     /// Dtype per component.
     pub dtypes: ComponentDtypes,
     /// The data section starts at a multiple of this (8 = the reference layout; 4096 lets the
     /// writer use direct I/O). Must be a multiple of 8.
     pub data_alignment: u64,
+    /// Layers written in a quantized format (`None`: quantized inputs are kept or dequantized,
+    /// nothing else is quantized).
+    pub quantize: Option<Arc<Quantize>>,
+    /// The architecture laid out, for the quantization's per-architecture rule.
+    pub arch: Option<Arch>,
 }
 
 impl Default for PlanOptions {
@@ -201,6 +241,8 @@ impl Default for PlanOptions {
         Self {
             dtypes: ComponentDtypes::default(),
             data_alignment: 8,
+            quantize: None,
+            arch: None,
         }
     }
 }
@@ -214,10 +256,15 @@ pub struct Plan {
     data_len: u64,
     /// The input files the pieces read, each once.
     inputs: Vec<Arc<SafetensorsFile>>,
+    /// The header's `__metadata__` (the caller's, with `_quantization_metadata` when the file
+    /// has described quantized layers).
+    metadata: BTreeMap<String, String>,
+    /// The quantized outputs, in the order their layers were planned.
+    targets: Vec<Arc<QuantTarget>>,
 }
 
 /// A piece before its place in the file is known: source, source dtype, units.
-type Pending = (PieceSource, Dtype, usize);
+pub(crate) type Pending = (PieceSource, Dtype, usize);
 
 impl Plan {
     /// Plans a checkpoint from a layout and the tensors it refers to.
@@ -240,38 +287,61 @@ impl Plan {
                 opts.data_alignment
             )));
         }
-        let mut pending = Vec::with_capacity(layout.entries.len());
+        let mut planned = Vec::with_capacity(layout.entries.len());
+        let mut quantized = quant::Collector::new(opts);
         for entry in &layout.entries {
+            if let Some(members) = quantized.plan(entry, components)? {
+                planned.extend(members);
+                continue;
+            }
             let dst = match entry.source.component() {
                 Some(kind) => opts.dtypes.get(kind).resolve(&entry.key, entry.dtype)?,
                 None => entry.dtype,
             };
-            let numel: usize = entry.shape.iter().product();
-            if dtype::byte_len(dst, numel).is_none() {
+            planned.push(quant::Planned {
+                key: entry.key.clone(),
+                dtype: dst,
+                shape: entry.shape.clone(),
+                sources: resolve_sources(entry, components)?,
+            });
+        }
+        let (legacy, targets, metadata) = quantized.finish(metadata)?;
+        planned.extend(legacy);
+        for p in &planned {
+            let numel: usize = p.shape.iter().product();
+            if dtype::byte_len(p.dtype, numel).is_none() {
                 return Err(Error::BadShape {
-                    key: entry.key.clone(),
-                    shape: entry.shape.clone(),
+                    key: p.key.clone(),
+                    shape: p.shape.clone(),
                     reason: format!(
-                        "{numel} elements of {dst} are not a whole number of bytes, which \
-                         safetensors readers refuse; pad the tensor to an even element count"
+                        "{numel} elements of {} are not a whole number of bytes, which \
+                         safetensors readers refuse; pad the tensor to an even element count",
+                        p.dtype
                     ),
                 });
             }
-            pending.push((entry, dst, resolve_sources(entry, components)?));
         }
         // File order: dtype descending, then name (what safetensors' serialize does).
-        pending.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.key.cmp(&b.0.key)));
+        planned.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.key.cmp(&b.key)));
+        let mut seen = std::collections::HashSet::with_capacity(planned.len());
+        if let Some(p) = planned.iter().find(|p| !seen.insert(p.key.as_str())) {
+            return Err(Error::DuplicateKey {
+                key: p.key.clone(),
+                first: "a tensor of the model".into(),
+                second: "a member of a quantized layer of the same name".into(),
+            });
+        }
 
-        let mut tensors = Vec::with_capacity(pending.len());
-        let mut pieces = Vec::with_capacity(pending.len());
+        let mut tensors = Vec::with_capacity(planned.len());
+        let mut pieces = Vec::with_capacity(planned.len());
         let mut offset = 0u64;
-        for (i, (entry, dst, sources)) in pending.into_iter().enumerate() {
+        for (i, p) in planned.into_iter().enumerate() {
             let begin = offset;
-            for (source, src_dtype, units) in sources {
+            for (source, src_dtype, units) in p.sources {
                 let piece = Piece {
                     source,
                     src_dtype,
-                    dst_dtype: dst,
+                    dst_dtype: p.dtype,
                     start: offset,
                     units,
                     tensor: i,
@@ -280,13 +350,13 @@ impl Plan {
                 pieces.push(piece);
             }
             tensors.push(PlannedTensor {
-                name: entry.key.clone(),
-                dtype: dst,
-                shape: entry.shape.clone(),
+                name: p.key,
+                dtype: p.dtype,
+                shape: p.shape,
                 offsets: (begin, offset),
             });
         }
-        let header = header::header_bytes(metadata, &tensors, opts.data_alignment)?;
+        let header = header::header_bytes(&metadata, &tensors, opts.data_alignment)?;
         let mut inputs: Vec<Arc<SafetensorsFile>> = Vec::new();
         for t in components.tensors() {
             t.input_files(&mut |f| {
@@ -301,6 +371,8 @@ impl Plan {
             pieces,
             data_len: offset,
             inputs,
+            metadata,
+            targets,
         })
     }
 
@@ -338,6 +410,8 @@ impl Plan {
             },
             data_len: self.data_len,
             inputs: Vec::new(),
+            metadata: self.metadata.clone(),
+            targets: Vec::new(),
         })
     }
 
@@ -359,6 +433,16 @@ impl Plan {
     /// Length of the whole file.
     pub fn file_len(&self) -> u64 {
         self.data_offset() + self.data_len
+    }
+
+    /// The header's `__metadata__`, as written.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The quantized outputs the plan encodes when written.
+    pub(crate) fn targets(&self) -> &[Arc<QuantTarget>] {
+        &self.targets
     }
 
     /// Tensors in file order.
@@ -404,7 +488,7 @@ fn check_shape(key: &str, t: &InputTensor, want: &[usize]) -> Result<()> {
 
 /// The pieces of one source tensor, in units (see [`Piece`]): one per contiguous run of bytes
 /// it is made of.
-fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
+pub(crate) fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
     let info = t.info();
     let packed = dtype::is_packed(info.dtype);
     let units = if packed {
@@ -470,6 +554,13 @@ fn runs(key: &str, t: &InputTensor) -> Result<Vec<Pending>> {
             }
             out
         }
+        InputTensor::Quantized(q) => {
+            let source = PieceSource::Dequant {
+                tensor: Arc::clone(q),
+                offset: 0,
+            };
+            vec![(source, Dtype::F32, units)]
+        }
     })
 }
 
@@ -486,6 +577,30 @@ pub(crate) fn operand_pieces(key: &str, t: &InputTensor) -> Result<Vec<Piece>> {
                 source,
                 src_dtype,
                 dst_dtype: Dtype::F32,
+                start,
+                units,
+                tensor: 0,
+            };
+            start = p.end();
+            p
+        })
+        .collect())
+}
+
+/// How a tensor's bytes are read as they are stored (its own dtype, no cast): the members of a
+/// quantized tensor.
+///
+/// # Errors
+/// Unplannable tensors (see [`Plan::new`]).
+pub(crate) fn raw_pieces(key: &str, t: &InputTensor) -> Result<Vec<Piece>> {
+    let mut start = 0u64;
+    Ok(runs(key, t)?
+        .into_iter()
+        .map(|(source, src_dtype, units)| {
+            let p = Piece {
+                source,
+                src_dtype,
+                dst_dtype: src_dtype,
                 start,
                 units,
                 tensor: 0,

@@ -132,13 +132,14 @@ pub(super) fn check_block_scales(layout: &QuantLayout, bytes: &[u8]) -> Result<(
 }
 
 /// Encodes a write span (see [`QuantLayout::write_span`]): whole logical rows, plus the padding
-/// rows when the span ends at the last row.
+/// rows when the span ends at the last row. With `codes` `None` only the block scales are
+/// computed (the same bytes: each block's scale is a function of its maximum alone).
 pub(super) fn encode(
     layout: &QuantLayout,
     scales: &Scales,
     span: &Span,
     values: &[f32],
-    codes: &mut [u8],
+    mut codes: Option<&mut [u8]>,
     block_scales: &mut [u8],
 ) -> Result<()> {
     let (cols, block) = (layout.cols, layout.format.block_len());
@@ -151,9 +152,13 @@ pub(super) fn encode(
     let tensor = scales.tensor.unwrap_or(1.0);
     let mut buf = [0f32; MAX_BLOCK];
     for row in first_row..end_row {
-        let codes_row = &mut codes[(row - first_row) * row_bytes..][..row_bytes];
+        let mut codes_row = codes
+            .as_deref_mut()
+            .map(|c| &mut c[(row - first_row) * row_bytes..][..row_bytes]);
         if row >= layout.rows {
-            codes_row.fill(0);
+            if let Some(c) = codes_row.as_deref_mut() {
+                c.fill(0);
+            }
         }
         for b in 0..scale_cols {
             let at = layout.scale_offset(span, row, b);
@@ -166,11 +171,16 @@ pub(super) fn encode(
             let src = &values[(row - first_row) * cols + start..][..n];
             buf[..n].copy_from_slice(src);
             buf[n..block].fill(0.0);
-            let out = &mut codes_row[b * block_bytes..][..block_bytes];
-            block_scales[at] = match layout.format {
-                Format::Mxfp8 => encode_mxfp8(&buf[..block], out),
-                _ => encode_nvfp4(&buf[..block], tensor, out),
-            };
+            let x = &buf[..block];
+            let scale = block_scale(layout.format, abs_max(x), tensor);
+            block_scales[at] = scale;
+            if let Some(c) = codes_row.as_deref_mut() {
+                let out = &mut c[b * block_bytes..][..block_bytes];
+                match layout.format {
+                    Format::Mxfp8 => encode_mxfp8(x, scale, out),
+                    _ => encode_nvfp4(x, tensor, scale, out),
+                }
+            }
         }
     }
     if end_row == layout.stored_rows {
@@ -185,22 +195,33 @@ pub(super) fn encode(
     Ok(())
 }
 
-/// kitchen's `quantize_mxfp8` for one block of 32: the power-of-two scale from the block's
-/// maximum, values divided by it, clamped to ±448, converted by torch's e4m3 conversion. An
-/// all-zero block gets scale byte 0 and +0 codes.
-fn encode_mxfp8(x: &[f32], out: &mut [u8]) -> u8 {
-    let amax = abs_max(x);
-    if amax == 0.0 {
-        out.fill(0);
-        return 0;
+/// The scale byte of a block whose absolute maximum is `amax`: mxfp8's e8m0 exponent (0 for an
+/// all-zero block), nvfp4's e4m3 `amax / 6 / tensor` clamped to 448.
+fn block_scale(format: Format, amax: f32, tensor: f32) -> u8 {
+    match format {
+        Format::Mxfp8 if amax == 0.0 => 0,
+        Format::Mxfp8 => mxfp8_exponent(amax),
+        _ => {
+            let block = amax / 6.0 / tensor;
+            e4m3_from_clamped(if block > 448.0 { 448.0 } else { block })
+        }
     }
-    let exponent = mxfp8_exponent(amax);
+}
+
+/// kitchen's `quantize_mxfp8` for one block of 32 whose scale byte is `exponent`: the values
+/// divided by the power of two, clamped to ±448, converted by torch's e4m3 conversion. An
+/// all-zero block (scale byte 0) gets +0 codes.
+fn encode_mxfp8(x: &[f32], exponent: u8, out: &mut [u8]) {
     if exponent == 0 {
+        if abs_max(x) == 0.0 {
+            out.fill(0);
+            return;
+        }
         // Scale byte 0 stands for 0: kitchen divides by zero (±Inf, or NaN for zeros).
         for (o, &v) in out.iter_mut().zip(x) {
             *o = e4m3_from_clamped((v / 0.0).clamp(-448.0, 448.0));
         }
-        return 0;
+        return;
     }
     // Dividing by 2^k and multiplying by 2^-k (exact: k is in -126..=127) round the same real
     // number, so they give the same f32; the product vectorises.
@@ -208,7 +229,6 @@ fn encode_mxfp8(x: &[f32], out: &mut [u8]) -> u8 {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = e4m3_from_clamped((v * inverse).clamp(-448.0, 448.0));
     }
-    exponent
 }
 
 /// `1 / e8m0_to_f32(exponent)` for exponent bytes 1..=254: `2^(127 - e)`, subnormal for 254.
@@ -219,17 +239,15 @@ fn power_of_two_inverse(exponent: u8) -> f32 {
     }
 }
 
-/// kitchen's `quantize_nvfp4` for one block of 16: the e4m3 block scale `amax / 6 / tensor`
-/// (clamped to 448), values divided by `tensor · block scale`, clamped to ±6, rounded to e2m1 and
-/// packed two per byte, the even element in the high nibble. A block whose total scale rounds to
-/// 0 gets all-zero codes.
-fn encode_nvfp4(x: &[f32], tensor: f32, out: &mut [u8]) -> u8 {
-    let block = abs_max(x) / 6.0 / tensor;
-    let code = e4m3_from_clamped(if block > 448.0 { 448.0 } else { block });
+/// kitchen's `quantize_nvfp4` for one block of 16 whose e4m3 scale byte is `code`: values
+/// divided by `tensor · block scale`, clamped to ±6, rounded to e2m1 and packed two per byte,
+/// the even element in the high nibble. A block whose total scale rounds to 0 gets all-zero
+/// codes.
+fn encode_nvfp4(x: &[f32], tensor: f32, code: u8, out: &mut [u8]) {
     let total = tensor * f8e4m3_to_f32(code);
     if total == 0.0 {
         out.fill(0);
-        return code;
+        return;
     }
     let q = |v: f32| {
         let d = v / total;
@@ -238,7 +256,6 @@ fn encode_nvfp4(x: &[f32], tensor: f32, out: &mut [u8]) -> u8 {
     for (o, pair) in out.iter_mut().zip(x.chunks_exact(2)) {
         *o = (q(pair[0]) << 4) | q(pair[1]);
     }
-    code
 }
 
 #[cfg(test)]

@@ -173,11 +173,40 @@ impl QuantLayout {
                 _ => tensorwise::encode_int8(tensor, precision, values, codes),
             },
             Format::Mxfp8 | Format::Nvfp4 => {
-                return blocks::encode(self, scales, span, values, codes, block_scales)
+                return blocks::encode(self, scales, span, values, Some(codes), block_scales)
             }
             Format::Ggml(t) => ggml::encode(t, values, codes),
         }
         Ok(())
+    }
+
+    /// The block scales [`QuantLayout::encode`] writes for the span `span`, without the codes:
+    /// what a writer needs to produce the block-scale member apart from the codes (each block's
+    /// scale is a function of its maximum and the tensor scale alone). Per-tensor formats have
+    /// no block scales (`block_scales` must be empty).
+    ///
+    /// # Errors
+    /// As [`QuantLayout::encode`] (the codes' buffer is not asked for).
+    pub fn encode_block_scales(
+        &self,
+        scales: &Scales,
+        span: &Span,
+        values: &[f32],
+        block_scales: &mut [u8],
+    ) -> Result<()> {
+        let codes = len(&span.codes);
+        self.check_buffers(span, codes, block_scales.len(), values.len())?;
+        if *span != self.write_span(span.elements.clone())? {
+            return Err(quant_error(
+                &self.layer,
+                format!("span {span:?} is not a write span of this tensor"),
+            ));
+        }
+        self.check_scales(scales)?;
+        if !self.format.has_block_scales() {
+            return Ok(());
+        }
+        blocks::encode(self, scales, span, values, None, block_scales)
     }
 
     /// Checks all of a tensor's block scales (the whole block-scale member) before anything is

@@ -212,6 +212,28 @@ impl QuantLayout {
         self
     }
 
+    /// The layout a requantized copy of this tensor is written in: the same format, logical
+    /// shape and members (row scales, input and pre-quant scales, the description's flag),
+    /// padded as a fresh tensor of that shape is.
+    ///
+    /// # Errors
+    /// As [`QuantLayout::new`].
+    pub fn requantized(&self) -> Result<QuantLayout> {
+        let mut l = QuantLayout::new(&self.layer, self.format, &self.shape)?;
+        l.row_scales = self.row_scales;
+        l.input_scale = self.input_scale;
+        l.pre_quant_scale = self.pre_quant_scale;
+        l.full_precision_mm = self.full_precision_mm;
+        Ok(l)
+    }
+
+    /// Whether the stored codes hold padding (a block format whose shape is not a whole number
+    /// of blocks): then a file alone cannot tell the logical shape.
+    pub fn is_padded(&self) -> bool {
+        self.format.has_block_scales()
+            && (self.stored_rows, self.stored_cols) != (self.rows, self.cols)
+    }
+
     /// The layer name (the codes' key without `.weight`).
     pub fn layer(&self) -> &str {
         &self.layer

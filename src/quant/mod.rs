@@ -101,6 +101,7 @@ pub mod ggml;
 mod layout;
 mod numeric;
 mod scales;
+mod select;
 mod tensorwise;
 mod validate;
 
@@ -114,3 +115,7 @@ pub use format::{Format, Fp8, Precision, Reduction};
 pub use ggml::GgmlType;
 pub use layout::{Member, QuantLayout, Role, Span, StoredMember, BAND_ROWS, COMPANIONS};
 pub use scales::{Facts, MemberData, Reducer, Scales};
+pub use select::{high_precision, LayerPattern, Quantize, Requantize};
+
+/// The absolute maximum every quantizer takes (NaN if a value is NaN), for the reduction stage.
+pub(crate) use numeric::abs_max;

@@ -17,8 +17,10 @@ pub(crate) enum Input {
     Choice(&'static [&'static str]),
     /// A STRING widget with its default.
     Text(&'static str),
-    /// An INT widget (the primitives).
+    /// An INT widget (the primitives; LoraSave's rank, whose range the extraction checks).
     Int,
+    /// A BOOLEAN widget.
+    Bool,
 }
 
 /// One input: its name, what it takes, and whether ComfyUI requires it.
@@ -251,6 +253,21 @@ pub(crate) fn spec_of(class: &str) -> Option<Spec> {
             &[],
             "VAESave",
         ),
+        "LoraSave" => spec(
+            vec![
+                req(
+                    "filename_prefix",
+                    Input::Text("loras/ComfyUI_extracted_lora"),
+                ),
+                req("rank", Input::Int),
+                req("lora_type", Input::Choice(&["standard", "full_diff"])),
+                req("bias_diff", Input::Bool),
+                opt("model_diff", link("MODEL")),
+                opt("text_encoder_diff", link("CLIP")),
+            ],
+            &[],
+            "Extract and Save Lora",
+        ),
         "PrimitiveFloat" => spec(
             vec![req(
                 "value",
@@ -295,7 +312,7 @@ fn static_title(class: &str) -> &'static str {
 pub(crate) fn is_save(class: &str) -> bool {
     matches!(
         class,
-        "CheckpointSave" | "ModelSave" | "CLIPSave" | "VAESave"
+        "CheckpointSave" | "ModelSave" | "CLIPSave" | "VAESave" | "LoraSave"
     )
 }
 

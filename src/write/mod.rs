@@ -22,8 +22,9 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::offload::{self, cuda, Scratch};
-use crate::plan::Plan;
+use crate::plan::{PieceSource, Plan, QuantTarget};
 use crate::progress::Progress;
+use crate::reduce::Frontier;
 use sink::preallocate;
 pub(crate) use sink::Method;
 pub(crate) use sink::Sink;
@@ -195,8 +196,12 @@ pub(crate) fn write(
         progress.inc(n);
         fault::wrote(n);
     };
+    // The reductions of quantized outputs, computed ahead of the workers (see `prefetch`).
+    let ahead = reductions_ahead(plan);
+    let frontier = Frontier::default();
+    let live = AtomicUsize::new(workers);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers + gpu.groups.len())
+        .num_threads(workers + gpu.groups.len() + usize::from(!ahead.is_empty()))
         .thread_name(|i| format!("checkpoint-save-writer-{i}"))
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start writer threads: {e}")))?;
@@ -215,15 +220,20 @@ pub(crate) fn write(
                 }
             });
         }
+        if !ahead.is_empty() {
+            let (frontier, failed, ahead) = (&frontier, &failed, &ahead);
+            s.spawn(move |_| prefetch(ahead, frontier, failed, cancel));
+        }
         for _ in 0..workers {
             s.spawn(|_| {
                 let mut staging = Staging::default();
                 loop {
                     if failed.load(Ordering::Relaxed) {
-                        return;
+                        break;
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(unit) = units.get(i) else { return };
+                    let Some(unit) = units.get(i) else { break };
+                    frontier.reached(unit.span(plan).start);
                     let result = if cancel.load(Ordering::Acquire) {
                         Err(Error::Cancelled)
                     } else {
@@ -231,8 +241,15 @@ pub(crate) fn write(
                     };
                     match result {
                         Ok(n) => done(n),
-                        Err(e) => return record(e),
+                        Err(e) => {
+                            record(e);
+                            break;
+                        }
                     }
+                }
+                // The last worker out releases the prefetcher.
+                if live.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    frontier.close();
                 }
             });
         }
@@ -243,6 +260,52 @@ pub(crate) fn write(
     Ok(WriteReport {
         non_finite: counts.into_iter().map(AtomicU64::into_inner).collect(),
     })
+}
+
+/// The quantized outputs whose scales need a reduction pass, in the order the file reaches them,
+/// each with the data-section offset of its first byte.
+fn reductions_ahead(plan: &Plan) -> Vec<(u64, &QuantTarget)> {
+    let mut out: Vec<(u64, &QuantTarget)> = Vec::new();
+    for t in plan.targets().iter().filter(|t| t.needs_reduction()) {
+        let first = plan.pieces().iter().find_map(|p| match &p.source {
+            PieceSource::Encoded { target, .. } if std::sync::Arc::ptr_eq(target, t) => {
+                Some(p.start)
+            }
+            _ => None,
+        });
+        if let Some(at) = first {
+            out.push((at, t));
+        }
+    }
+    out.sort_by_key(|(at, _)| *at);
+    out
+}
+
+/// Computes the reductions of the tensors ahead of the workers: tensor n+1's while tensor n is
+/// written (it waits until a worker has reached tensor n), so the second read of a source
+/// overlaps writes instead of stalling a worker. A worker that reaches a tensor first computes
+/// its reduction itself (the other waits for it: [`crate::reduce::Computed`]); an error is left
+/// for that worker to report.
+fn prefetch(
+    ahead: &[(u64, &QuantTarget)],
+    frontier: &Frontier,
+    failed: &AtomicBool,
+    cancel: &AtomicBool,
+) {
+    let mut scratch = Scratch::default();
+    let mut previous = 0u64;
+    for (at, target) in ahead {
+        if !frontier.wait_for(previous)
+            || failed.load(Ordering::Relaxed)
+            || cancel.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        if target.scales(&mut scratch).is_err() {
+            return;
+        }
+        previous = *at;
+    }
 }
 
 /// The device pipelines of a write (the CUDA fast path; none without the `cuda` feature or

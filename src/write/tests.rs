@@ -25,6 +25,7 @@ fn sdxl_plan(dtype: TargetDtype, align: u64) -> Plan {
     let opts = PlanOptions {
         dtypes: ComponentDtypes::all(dtype),
         data_alignment: align,
+        ..PlanOptions::default()
     };
     Plan::new(&l, &c, &BTreeMap::new(), &opts).unwrap()
 }

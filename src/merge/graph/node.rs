@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::merge::Lora;
+use crate::merge::{Lora, LoraType};
 use crate::model::{Arch, Components};
 
 /// The type of a value flowing along a link, as ComfyUI names it.
@@ -222,6 +222,23 @@ pub enum Node {
         /// Where.
         target: Target,
     },
+    /// LoraSave ("Extract and Save Lora"): the LoRA of a model difference (a
+    /// ModelMergeSubtract output) and/or a text-encoder difference (CLIPMergeSubtract), each
+    /// weight factored at `rank` (see [`crate::merge::extract_lora_from_difference`]).
+    SaveLora {
+        /// The denoiser difference (LoraSave's `model_diff`), if any.
+        model: Option<Slot>,
+        /// The text-encoder difference (`text_encoder_diff`), if any.
+        clip: Option<Slot>,
+        /// The rank (1 to 4096).
+        rank: usize,
+        /// `standard` or `full_diff`.
+        lora_type: LoraType,
+        /// Also 1-D weight (`.diff`) and bias (`.diff_b`) differences.
+        bias_diff: bool,
+        /// Where (ComfyUI's default prefix: `loras/ComfyUI_extracted_lora`).
+        target: Target,
+    },
 }
 
 impl Node {
@@ -249,6 +266,7 @@ impl Node {
             Node::SaveModel { .. } => "ModelSave",
             Node::SaveClip { .. } => "CLIPSave",
             Node::SaveVae { .. } => "VAESave",
+            Node::SaveLora { .. } => "LoraSave",
         }
     }
 
@@ -272,7 +290,8 @@ impl Node {
             Node::SaveCheckpoint { .. }
             | Node::SaveModel { .. }
             | Node::SaveClip { .. }
-            | Node::SaveVae { .. } => &[],
+            | Node::SaveVae { .. }
+            | Node::SaveLora { .. } => &[],
         }
     }
 
@@ -308,6 +327,11 @@ impl Node {
             Node::SaveModel { model, .. } => vec![("model", *model, Model)],
             Node::SaveClip { clip, .. } => vec![("clip", *clip, Clip)],
             Node::SaveVae { vae, .. } => vec![("vae", *vae, Vae)],
+            Node::SaveLora { model, clip, .. } => {
+                let mut v: Vec<_> = model.iter().map(|m| ("model_diff", *m, Model)).collect();
+                v.extend(clip.map(|c| ("text_encoder_diff", c, Clip)));
+                v
+            }
         }
     }
 

@@ -198,6 +198,8 @@ fn prepare(graph: &Graph, opts: &RunOptions) -> Result<(Compiled, Vec<Job>)> {
                 progress: opts.progress,
                 cancel: opts.cancel.clone(),
                 writer: opts.writer,
+                // ComfyUI's save nodes write what the graph computed; nothing is quantized anew.
+                quantize: None,
             };
             jobs.push(Job {
                 node: save.node,
@@ -262,7 +264,7 @@ fn plan_file(
     let (arch, prediction, layout) = lay_out(c, &job.opts.layout, job.opts.prediction)?;
     let arch = arch.or(job.file.modelspec);
     let meta = metadata::build(arch, prediction, title, &job.opts.metadata);
-    let (plan, method) = plan_for_write(&layout, c, &meta, &job.opts, folder)?;
+    let (plan, method) = plan_for_write(&layout, arch, c, &meta, &job.opts, folder)?;
     Ok((plan, method, arch, prediction))
 }
 

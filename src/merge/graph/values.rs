@@ -68,7 +68,16 @@ impl Chains {
         };
         match self.steps.get(key) {
             Some(steps) if !steps.is_empty() => {
-                Ok(Some(build(key, base.clone(), steps.clone(), device)?))
+                // A quantized base is written back with its own scales, as ComfyUI requantizes
+                // a patched weight.
+                let requantize = crate::quant::Requantize::default();
+                Ok(Some(build(
+                    key,
+                    base.clone(),
+                    steps.clone(),
+                    device,
+                    requantize,
+                )?))
             }
             _ => Ok(Some(base.clone())),
         }

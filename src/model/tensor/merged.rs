@@ -41,6 +41,8 @@ pub struct Merged {
     patches: Vec<Patch>,
     info: TensorInfo,
     device: Option<Device>,
+    /// How the result is written back when its base is quantized and kept in its format.
+    requantize: crate::quant::Requantize,
     /// The base's shape when it is zero-padded to `info`'s (ComfyUI's `reshape_weight`).
     padded_from: Option<Vec<usize>>,
     /// How each operand (0: the base, `i`: patch `i − 1`'s tensor) is read, planned once.
@@ -244,6 +246,7 @@ impl Merged {
             patches,
             info,
             device: None,
+            requantize: crate::quant::Requantize::default(),
             padded_from: None,
             pieces: OnceLock::new(),
             shared: OnceLock::new(),
@@ -300,6 +303,28 @@ impl Merged {
     pub fn on(mut self, device: Device) -> Merged {
         self.device = Some(device);
         self
+    }
+
+    /// The same tensor, written back into its base's quantized format (when its base is
+    /// quantized and the save keeps it so) with `requantize`'s scales.
+    pub fn with_requantize(mut self, requantize: crate::quant::Requantize) -> Merged {
+        self.requantize = requantize;
+        self
+    }
+
+    /// How the result is requantized when its base is quantized (see [`Merged::with_requantize`]).
+    pub fn requantize(&self) -> crate::quant::Requantize {
+        self.requantize
+    }
+
+    /// The quantized tensor at the bottom of the base chain (a merge of a padded merge of …),
+    /// when there is one.
+    pub fn quantized_base(&self) -> Option<&Arc<super::quantized::QuantTensor>> {
+        match &self.base {
+            InputTensor::Quantized(q) => Some(q),
+            InputTensor::Merged(m) => m.quantized_base(),
+            _ => None,
+        }
     }
 
     /// The device this tensor is computed on, `None` for the host's fused evaluator.

@@ -7,6 +7,7 @@
 //! [`crate::model::dtype`], so the reader and the layout need neither.
 
 pub mod merged;
+pub mod quantized;
 
 use std::fmt;
 use std::ops::Range;
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::model::dtype::{file_dtype, Dtype, TensorInfo};
 use crate::read::{SafetensorsFile, TensorEntry};
 use merged::Merged;
+use quantized::QuantTensor;
 
 /// One tensor of a component, read only when the checkpoint is written.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub enum InputTensor {
     Transposed(Arc<InputTensor>),
     /// A tensor computed from others when written: a merge, a LoRA bake ([`Merged`]).
     Merged(Arc<Merged>),
+    /// A quantized tensor: codes with their scales, one logical tensor ([`QuantTensor`]).
+    Quantized(Arc<QuantTensor>),
 }
 
 /// Element ranges of other tensors, concatenated along dim 0 (row-major: their bytes, in order),
@@ -65,15 +69,25 @@ impl InputTensor {
                 info
             }
             InputTensor::Merged(m) => m.info().clone(),
+            InputTensor::Quantized(q) => q.info(),
         }
     }
 
     /// The dtype of the tensor's bytes in host memory: a merged tensor's values are computed in
-    /// f32; every other tensor's bytes are in its own dtype.
+    /// f32 and a quantized tensor's are decoded into f32; every other tensor's bytes are in its
+    /// own dtype.
     pub(crate) fn host_dtype(&self) -> Dtype {
         match self {
-            InputTensor::Merged(_) => Dtype::F32,
+            InputTensor::Merged(_) | InputTensor::Quantized(_) => Dtype::F32,
             t => t.info().dtype,
+        }
+    }
+
+    /// The quantized tensor, for tensors stored as one.
+    pub fn as_quantized(&self) -> Option<&Arc<QuantTensor>> {
+        match self {
+            InputTensor::Quantized(q) => Some(q),
+            _ => None,
         }
     }
 
@@ -162,6 +176,7 @@ impl InputTensor {
             InputTensor::Joined(j) => j.parts.iter().any(|(t, _)| t.on_device()),
             InputTensor::Transposed(t) => t.on_device(),
             InputTensor::Merged(m) => m.operands().iter().any(|t| t.on_device()),
+            InputTensor::Quantized(q) => q.members().iter().any(|(_, t)| t.on_device()),
         }
     }
 
@@ -173,11 +188,15 @@ impl InputTensor {
             InputTensor::Joined(j) => j.parts.iter().for_each(|(t, _)| t.input_files(f)),
             InputTensor::Transposed(t) => t.input_files(f),
             InputTensor::Merged(m) => m.operands().iter().for_each(|t| t.input_files(f)),
+            InputTensor::Quantized(q) => q.members().iter().for_each(|(_, t)| t.input_files(f)),
         }
     }
 
-    /// Bytes of the tensor as held.
+    /// Bytes of the tensor as held (a quantized tensor's: every member's).
     pub fn byte_len(&self) -> u64 {
+        if let InputTensor::Quantized(q) = self {
+            return q.members().iter().map(|(_, t)| t.byte_len()).sum();
+        }
         let info = self.info();
         crate::model::dtype::byte_len(info.dtype, info.numel()).unwrap_or(0) as u64
     }

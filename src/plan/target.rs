@@ -1,0 +1,205 @@
+//! A quantized output: one planned tensor written as codes and scales, encoded from its source's
+//! values when the writer reaches its bytes.
+//!
+//! Its scales come first: given (a merged tensor requantized with the scales it had), or fresh,
+//! from whole-tensor reductions of the same values ([`crate::reduce`]), computed once by the
+//! first worker that needs them. Block scales (mxfp8, nvfp4) are a function of each block's
+//! values and the tensor scale, so the block-scale member is encoded from its rows' values when
+//! written, like the codes; nothing the size of the tensor is held.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::model::InputTensor;
+use crate::offload::Scratch;
+use crate::plan::{operand_pieces, Piece};
+use crate::quant::{Facts, Format, Precision, QuantLayout, Reduction as Needed, Scales};
+use crate::reduce::{reduce, Computed, Reduction, Values};
+
+/// A quantized output tensor (see the [module docs](self)).
+pub struct QuantTarget {
+    /// The output key of the codes, for messages.
+    key: String,
+    layout: QuantLayout,
+    source: InputTensor,
+    /// How the source's values are read (f32).
+    values: Vec<Piece>,
+    /// The dtype the quantizer computes in: the source's ([`Precision::of_source`]).
+    precision: Precision,
+    /// A merged source is stored in its base's dtype before it is quantized: its f32 result is
+    /// rounded to it first (as saving it and quantizing the file would).
+    round: bool,
+    /// The scales to encode with; `None`: fresh ones from the reductions.
+    given: Option<Scales>,
+    /// The activation scale carried into the output (the layer had one).
+    input_scale: Option<f32>,
+    scales: Computed<Scales>,
+}
+
+impl std::fmt::Debug for QuantTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuantTarget({} as {})", self.key, self.layout.format())
+    }
+}
+
+impl QuantTarget {
+    /// `source` written in `layout` under the codes key `key`, with `given` scales (requantizing
+    /// with the existing ones) or fresh ones; `input_scale` is carried when the layout has one.
+    ///
+    /// # Errors
+    /// [`Error::Quantized`] for a source that is not floating point, a layout that cannot be
+    /// requantized (smoothed nvfp4 weights), given scales the format cannot use, or a shape
+    /// that is not the layout's; planning errors of the source.
+    pub(crate) fn new(
+        key: &str,
+        layout: QuantLayout,
+        source: InputTensor,
+        given: Option<Scales>,
+        input_scale: Option<f32>,
+    ) -> Result<QuantTarget> {
+        let info = source.info();
+        let bad = |reason: String| Error::Quantized {
+            layer: layout.layer().to_string(),
+            reason,
+        };
+        let precision = Precision::of_source(layout.layer(), info.dtype)?;
+        if info.shape != layout.shape() {
+            return Err(bad(format!(
+                "the values have shape {:?}, the layout {:?}",
+                info.shape,
+                layout.shape()
+            )));
+        }
+        if layout.has_pre_quant_scale() {
+            return Err(bad(
+                "weights smoothed by a pre_quant_scale (ModelOpt AWQ) cannot be requantized: \
+                 write this layer unquantized (--dtype bf16, or exclude it)"
+                    .into(),
+            ));
+        }
+        if layout.has_input_scale() && input_scale.is_none() {
+            return Err(bad("its input scale is not known".into()));
+        }
+        if let Some(g) = &given {
+            let fits = match layout.format() {
+                Format::Mxfp8 => true,
+                _ if layout.has_row_scales() => g.row_scales().is_some(),
+                _ => g.tensor_scale().is_some(),
+            };
+            if !fits {
+                return Err(bad(format!(
+                    "its existing scales do not fit {}; requantize it with fresh scales",
+                    layout.format()
+                )));
+            }
+        }
+        let values = operand_pieces(key, &source)?;
+        let round = matches!(source, InputTensor::Merged(_)) && precision != Precision::F32;
+        Ok(QuantTarget {
+            key: key.to_string(),
+            layout,
+            source,
+            values,
+            precision,
+            round,
+            given,
+            input_scale,
+            scales: Computed::default(),
+        })
+    }
+
+    /// The output layout.
+    pub(crate) fn layout(&self) -> &QuantLayout {
+        &self.layout
+    }
+
+    /// The source of the values.
+    pub(crate) fn source(&self) -> &InputTensor {
+        &self.source
+    }
+
+    /// The precision the quantizer computes in.
+    pub(crate) fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The activation scale carried into the output.
+    pub(crate) fn input_scale(&self) -> Option<f32> {
+        self.input_scale
+    }
+
+    /// Whether the scales are computed from the values (a reduction pass) rather than given.
+    pub(crate) fn needs_reduction(&self) -> bool {
+        self.given.is_none() && !self.layout.reductions().is_empty()
+    }
+
+    /// The scales to encode with: given, or computed once from the values' reductions by the
+    /// first caller (the others wait for it).
+    ///
+    /// # Errors
+    /// Read errors of the values; [`Error::Quantized`] when the fresh scale cannot be computed
+    /// (an all-zero tensor, NaN or Inf values).
+    pub(crate) fn scales(&self, scratch: &mut Scratch) -> Result<Arc<Scales>> {
+        self.scales.get_or_compute(|| {
+            let scales = match &self.given {
+                Some(g) => g.clone(),
+                None => self.fresh(scratch)?,
+            };
+            match self.input_scale.filter(|_| self.layout.has_input_scale()) {
+                Some(s) => scales.with_input_scale(self.layout.layer(), s),
+                None => Ok(scales),
+            }
+        })
+    }
+
+    /// How many times the scales were computed (once, whatever the number of askers).
+    #[cfg(test)]
+    pub(crate) fn scale_runs(&self) -> usize {
+        self.scales.runs()
+    }
+
+    fn fresh(&self, scratch: &mut Scratch) -> Result<Scales> {
+        let wants: Vec<Reduction> = self
+            .layout
+            .reductions()
+            .iter()
+            .map(|r| match r {
+                Needed::AbsMax => Reduction::AbsMax,
+                Needed::RowAbsMax => Reduction::RowAbsMax,
+            })
+            .collect();
+        let facts = if wants.is_empty() {
+            Facts::default()
+        } else {
+            let r = reduce(self, &[], &wants, scratch)?;
+            Facts {
+                abs_max: r.abs_max,
+                row_abs_max: r.row_abs_max,
+            }
+        };
+        self.layout.fresh_scales(&facts, self.precision)
+    }
+}
+
+impl Values for QuantTarget {
+    fn len(&self) -> usize {
+        self.layout.numel() as usize
+    }
+
+    fn cols(&self) -> usize {
+        let rows = self.layout.shape().first().copied().unwrap_or(1).max(1);
+        self.len() / rows
+    }
+
+    /// The values the quantizer sees: the source's, rounded to its stored dtype when it is
+    /// computed in f32 (a merge).
+    fn read(&self, range: Range<usize>, out: &mut [f32], scratch: &mut Scratch) -> Result<()> {
+        crate::offload::read_f32(&self.values, range, out, scratch)?;
+        if self.round {
+            let p = self.precision;
+            out.iter_mut().for_each(|v| *v = p.round(*v));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Running a tensor's reductions once, and ahead of the writer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::error::Result;
+
+/// A whole-tensor result computed once, by the first thread that asks for it; threads that ask
+/// meanwhile wait for it instead of computing it again. A computation that fails is not kept:
+/// the caller gets its error, and the next caller tries again.
+pub(crate) struct Computed<T> {
+    value: Mutex<Option<Arc<T>>>,
+    runs: AtomicUsize,
+}
+
+impl<T> Default for Computed<T> {
+    fn default() -> Self {
+        Computed {
+            value: Mutex::new(None),
+            runs: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<T> Computed<T> {
+    /// The value, computed by `f` if no thread has yet.
+    ///
+    /// # Errors
+    /// `f`'s error, when this call ran it and it failed.
+    pub(crate) fn get_or_compute(&self, f: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        // Held while computing: the other askers wait on the lock.
+        let mut slot = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = &*slot {
+            return Ok(Arc::clone(v));
+        }
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let v = Arc::new(f()?);
+        *slot = Some(Arc::clone(&v));
+        Ok(v)
+    }
+
+    /// The value if it has been computed.
+    #[cfg(test)]
+    pub(crate) fn get(&self) -> Option<Arc<T>> {
+        self.value.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many times the computation ran (1 once it succeeded, whatever the askers).
+    #[cfg(test)]
+    pub(crate) fn runs(&self) -> usize {
+        self.runs.load(Ordering::Relaxed)
+    }
+}
+
+/// How far the writer's workers have got through the data section, for a thread that computes
+/// the reductions of the tensors ahead of them: it waits until the workers reach the tensor
+/// before the one it computes next, so it overlaps their writes without running ahead.
+#[derive(Default)]
+pub(crate) struct Frontier {
+    state: Mutex<(u64, bool)>,
+    moved: Condvar,
+}
+
+impl Frontier {
+    /// A worker has started the unit that begins at data-section offset `at`.
+    pub(crate) fn reached(&self, at: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if at > s.0 {
+            s.0 = at;
+            self.moved.notify_all();
+        }
+    }
+
+    /// The write is over (done, failed or cancelled): nobody waits any more.
+    pub(crate) fn close(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.1 = true;
+        self.moved.notify_all();
+    }
+
+    /// Waits until a worker has reached offset `at`; `false` when the write is over first.
+    pub(crate) fn wait_for(&self, at: u64) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while s.0 < at && !s.1 {
+            s = self.moved.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        !s.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn concurrent_askers_share_one_computation() {
+        let c: Computed<u64> = Computed::default();
+        let started = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let v = c
+                        .get_or_compute(|| {
+                            started.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            Ok(42)
+                        })
+                        .unwrap();
+                    assert_eq!(*v, 42);
+                });
+            }
+        });
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        assert_eq!(c.runs(), 1);
+        assert_eq!(c.get().as_deref(), Some(&42));
+    }
+
+    #[test]
+    fn a_failed_computation_is_reported_and_tried_again() {
+        let c: Computed<u8> = Computed::default();
+        let e = c
+            .get_or_compute(|| Err(Error::InvalidInput("no".into())))
+            .unwrap_err();
+        assert!(e.to_string().contains("no"));
+        assert!(c.get().is_none());
+        assert_eq!(*c.get_or_compute(|| Ok(7)).unwrap(), 7);
+        assert_eq!(c.runs(), 2);
+    }
+
+    #[test]
+    fn the_frontier_releases_a_waiter_when_reached_or_closed() {
+        let f = Frontier::default();
+        std::thread::scope(|s| {
+            let h = s.spawn(|| f.wait_for(100));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            f.reached(50);
+            f.reached(100);
+            assert!(h.join().unwrap());
+            let h = s.spawn(|| f.wait_for(1000));
+            f.close();
+            assert!(!h.join().unwrap());
+        });
+    }
+}
