@@ -11,6 +11,7 @@ mod bake;
 mod blocks;
 mod extract;
 pub mod graph;
+pub mod methods;
 mod lora;
 mod lora_keys;
 mod recipe;

@@ -150,6 +150,15 @@ impl Graph {
                 return Err(bad(format!("{what} {v} is not a finite number")));
             }
         }
+        if let Node::Method {
+            name,
+            models,
+            params,
+        } = &this.node
+        {
+            crate::merge::methods::method(name, models.len(), params)
+                .map_err(|e| bad(e.to_string()))?;
+        }
         if let Node::ModelMergeBlocks { ratios, .. } = &this.node {
             if ratios.is_empty() {
                 return Err(bad("a block merge needs at least one ratio".into()));

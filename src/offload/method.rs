@@ -1,0 +1,212 @@
+//! Whole-tensor merge methods, evaluated: their facts computed once per tensor, then output
+//! ranges produced elementwise from the operands' ranges (see
+//! [`crate::model::tensor::method`]).
+//!
+//! Memory: the facts take one read of the operands for the Gram matrix and two more per k-th
+//! magnitude, [`CHUNK`] values per operand and vector at a time, plus two 65,536-entry
+//! histograms; the values take one block of each operand. Nothing holds a whole tensor.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::merge::read_f32;
+use super::Scratch;
+use crate::error::{Error, Result};
+use crate::model::merged::MethodNode;
+use crate::model::tensor::method::{Facts, Needs, Vector};
+use crate::model::{InputTensor, Merged};
+use crate::reduce::{reduce, Reduction, Values, CHUNK};
+
+/// Units `units` of the method node `node` of `m`, in f32, into `out`.
+pub(super) fn eval(
+    m: &Merged,
+    node: &MethodNode,
+    units: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let shape = &m.info().shape;
+    let needs = node.op.needs(shape);
+    let scalars = scalars(m, node, &needs, scratch)?;
+    let n = m.info().numel();
+    let align = needs.align.max(1);
+    // Whole runs of `align` elements around the range asked for.
+    let start = units.start / align * align;
+    let end = units.end.div_ceil(align).saturating_mul(align).min(n);
+    let operands = 1 + node.inputs.len();
+    let mut bufs = vec![vec![0f32; end - start]; operands];
+    scratch.operands.begin(m.shared_sources());
+    for (i, b) in bufs.iter_mut().enumerate() {
+        read_f32(m, i, start..end, b, scratch)?;
+    }
+    let views: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
+    if start == units.start && end == units.end {
+        node.op.apply(&scalars, start, &views, out);
+    } else {
+        let mut all = vec![0f32; end - start];
+        node.op.apply(&scalars, start, &views, &mut all);
+        out.copy_from_slice(&all[units.start - start..units.end - start]);
+    }
+    Ok(())
+}
+
+/// The method's scalars for this tensor, computed once (the first asker computes, the others
+/// wait).
+fn scalars(
+    m: &Merged,
+    node: &MethodNode,
+    needs: &Needs,
+    scratch: &mut Scratch,
+) -> Result<Arc<Vec<f64>>> {
+    node.scalars.get_or_compute(|| {
+        let facts = facts(m, needs, scratch)?;
+        node.op.prepare(&facts).map_err(|e| match e {
+            Error::InvalidInput(r) => Error::InvalidInput(format!("`{}`: {r}", m.key())),
+            e => e,
+        })
+    })
+}
+
+/// Computes the facts of every method node in `m` (nested ones included) that reads ahead: what
+/// the prefetcher runs for the tensors ahead of the writer.
+///
+/// # Errors
+/// Read errors of the operands; a method's refusal of a tensor.
+pub(crate) fn prepare_ahead(m: &Merged, scratch: &mut Scratch) -> Result<()> {
+    for t in m.operands() {
+        if let InputTensor::Merged(inner) = t {
+            prepare_ahead(inner, scratch)?;
+        }
+    }
+    if let Some(node) = m.method_node() {
+        let needs = node.op.needs(&m.info().shape);
+        if needs.reads_ahead() {
+            scalars(m, node, &needs, scratch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `m` (or an expression inside it) has a method that reads its operands ahead.
+pub(crate) fn reads_ahead(m: &Merged) -> bool {
+    let own = m
+        .method_node()
+        .is_some_and(|n| n.op.needs(&m.info().shape).reads_ahead());
+    own || m.operands().into_iter().any(|t| match t {
+        InputTensor::Merged(inner) => reads_ahead(inner),
+        _ => false,
+    })
+}
+
+/// The facts `needs` asks for, over the operands of `m`.
+fn facts(m: &Merged, needs: &Needs, scratch: &mut Scratch) -> Result<Facts> {
+    let n = m.info().numel();
+    let k = needs.vectors.len();
+    let mut out = Facts {
+        vectors: k,
+        ..Facts::default()
+    };
+    if needs.gram && n > 0 {
+        out.gram = gram(m, &needs.vectors, n, scratch)?;
+    } else if needs.gram {
+        out.gram = vec![0.0; k * k];
+    }
+    for &(v, kth) in &needs.kth {
+        let vector = needs.vectors.get(v).ok_or_else(|| {
+            Error::InvalidInput(format!("a k-th magnitude of vector {v} of {k}"))
+        })?;
+        let values = VectorValues {
+            m,
+            vector,
+            len: n,
+        };
+        let r = reduce(&values, &[], &[Reduction::KthMagnitude(kth)], scratch)?;
+        out.kth.push(r.kth_magnitude.unwrap_or(0.0));
+    }
+    Ok(out)
+}
+
+/// The Gram matrix of `vectors` in one read of the operands they use.
+fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Result<Vec<f64>> {
+    let k = vectors.len();
+    let used = used_operands(vectors);
+    let chunk = CHUNK.min(n);
+    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
+    let mut vals = vec![vec![0f32; chunk]; k];
+    let mut g = vec![0f64; k * k];
+    let mut at = 0;
+    while at < n {
+        let end = (at + chunk).min(n);
+        let len = end - at;
+        scratch.operands.begin(m.shared_sources());
+        for &i in &used {
+            ops[i].resize(len, 0f32);
+            read_f32(m, i, at..end, &mut ops[i], scratch)?;
+        }
+        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+        for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
+            for (j, x) in buf[..len].iter_mut().enumerate() {
+                *x = v.at(&views, j, at + j);
+            }
+        }
+        for a in 0..k {
+            for b in a..k {
+                let d: f64 = vals[a][..len]
+                    .iter()
+                    .zip(&vals[b][..len])
+                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                    .sum();
+                g[a * k + b] += d;
+            }
+        }
+        at = end;
+    }
+    for a in 0..k {
+        for b in 0..a {
+            g[a * k + b] = g[b * k + a];
+        }
+    }
+    Ok(g)
+}
+
+/// The operand indices `vectors` read, ascending.
+fn used_operands(vectors: &[Vector]) -> Vec<usize> {
+    let mut used: Vec<usize> = vectors
+        .iter()
+        .flat_map(|v| v.terms.iter().map(|(i, _)| *i))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    used
+}
+
+/// A vector's values read range by range, for the k-th magnitude's passes.
+struct VectorValues<'a> {
+    m: &'a Merged,
+    vector: &'a Vector,
+    len: usize,
+}
+
+impl Values for VectorValues<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn cols(&self) -> usize {
+        // The k-th magnitude does not care about rows.
+        self.len.clamp(1, CHUNK)
+    }
+    fn read(&self, range: Range<usize>, out: &mut [f32], scratch: &mut Scratch) -> Result<()> {
+        let used = used_operands(std::slice::from_ref(self.vector));
+        let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
+        scratch.operands.begin(self.m.shared_sources());
+        for &i in &used {
+            ops[i].resize(range.len(), 0f32);
+            read_f32(self.m, i, range.clone(), &mut ops[i], scratch)?;
+        }
+        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+        for (j, x) in out.iter_mut().enumerate() {
+            *x = self.vector.at(&views, j, range.start + j);
+        }
+        Ok(())
+    }
+}
