@@ -38,7 +38,13 @@ fn models(dir: &Path, seeds: &[u64], max_dim: Option<usize>) -> Vec<(PathBuf, Co
 }
 
 fn vals(c: &Components, kind: ComponentKind, key: &str) -> Vec<f64> {
-    let v: Vec<f32> = c.candle(kind, key).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let v: Vec<f32> = c
+        .candle(kind, key)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     v.into_iter().map(f64::from).collect()
 }
 
@@ -56,7 +62,14 @@ fn read(path: &Path) -> (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>) {
             (k, t.flatten_all().unwrap().to_vec1().unwrap())
         })
         .collect();
-    (tensors, meta.metadata().clone().unwrap_or_default().into_iter().collect())
+    (
+        tensors,
+        meta.metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    )
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -66,7 +79,10 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 fn close(got: &[f32], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(want) {
-        assert!((f64::from(*g) - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what}: {g} vs {w}");
+        assert!(
+            (f64::from(*g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "{what}: {g} vs {w}"
+        );
     }
 }
 
@@ -81,14 +97,28 @@ fn merge_method_slerp_and_ties_write_the_formulas_values() {
     let r = run(
         dir.path(),
         &[
-            "merge", &p(0), &p(1), "--method", "slerp", "--param", "alpha=0.3", "--output-dir",
+            "merge",
+            &p(0),
+            &p(1),
+            "--method",
+            "slerp",
+            "--param",
+            "alpha=0.3",
+            "--output-dir",
             "out",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("method slerp (alpha=0.3)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("method slerp (alpha=0.3)"),
+        "{}",
+        r.stderr
+    );
     let (file, meta) = read(&dir.path().join(r.stdout.trim()));
-    let (a, b) = (vals(&m[0].1, ComponentKind::Model, KEY), vals(&m[1].1, ComponentKind::Model, KEY));
+    let (a, b) = (
+        vals(&m[0].1, ComponentKind::Model, KEY),
+        vals(&m[1].1, ComponentKind::Model, KEY),
+    );
     let (na, nb) = (dot(&a, &a).sqrt(), dot(&b, &b).sqrt());
     let theta = (dot(&a, &b) / (na * nb)).acos();
     let scale = 0.7 * na + 0.3 * nb;
@@ -99,9 +129,17 @@ fn merge_method_slerp_and_ties_write_the_formulas_values() {
             ((0.7 * theta).sin() * x / na + (0.3 * theta).sin() * y / nb) / theta.sin() * scale
         })
         .collect();
-    close(&file[&format!("model.diffusion_model.{KEY}")], &want, "slerp");
+    close(
+        &file[&format!("model.diffusion_model.{KEY}")],
+        &want,
+        "slerp",
+    );
     // The text encoders are A's.
-    let te: Vec<f64> = vals(&m[0].1, ComponentKind::Clip, "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight");
+    let te: Vec<f64> = vals(
+        &m[0].1,
+        ComponentKind::Clip,
+        "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
+    );
     close(&file[TE], &te, "clip");
     let recipe: serde_json::Value = serde_json::from_str(&meta["checkpoint_save.recipe"]).unwrap();
     let node = recipe["nodes"]
@@ -116,8 +154,16 @@ fn merge_method_slerp_and_ties_write_the_formulas_values() {
     let r = run(
         dir.path(),
         &[
-            "merge", &p(0), &p(1), &p(2), "--method", "add_difference_ties", "--param", "k=0.5",
-            "--output-dir", "out",
+            "merge",
+            &p(0),
+            &p(1),
+            &p(2),
+            "--method",
+            "add_difference_ties",
+            "--param",
+            "k=0.5",
+            "--output-dir",
+            "out",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -126,7 +172,12 @@ fn merge_method_slerp_and_ties_write_the_formulas_values() {
     let n = a.len();
     let deltas: Vec<Vec<f64>> = [&b, &c]
         .iter()
-        .map(|x| x.iter().zip(&a).map(|(x, a)| f64::from(*x as f32 - *a as f32)).collect())
+        .map(|x| {
+            x.iter()
+                .zip(&a)
+                .map(|(x, a)| f64::from(*x as f32 - *a as f32))
+                .collect()
+        })
         .collect();
     let kept: Vec<Vec<f64>> = deltas
         .iter()
@@ -134,10 +185,20 @@ fn merge_method_slerp_and_ties_write_the_formulas_values() {
             let mut mags: Vec<f64> = d.iter().map(|v| v.abs()).collect();
             mags.sort_by(|x, y| x.partial_cmp(y).unwrap());
             let t = mags[((0.5 * n as f64) as usize).max(1) - 1];
-            d.iter().map(|&v| if v.abs() >= t { v } else { 0.0 }).collect()
+            d.iter()
+                .map(|&v| if v.abs() >= t { v } else { 0.0 })
+                .collect()
         })
         .collect();
-    let sgn = |v: f64| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 };
+    let sgn = |v: f64| {
+        if v > 0.0 {
+            1.0
+        } else if v < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
     let want: Vec<f64> = (0..n)
         .map(|j| {
             let s = sgn(sgn(kept[0][j]) + sgn(kept[1][j]));
@@ -146,7 +207,11 @@ fn merge_method_slerp_and_ties_write_the_formulas_values() {
             a[j] + if r.is_finite() { r } else { 0.0 }
         })
         .collect();
-    close(&file[&format!("model.diffusion_model.{KEY}")], &want, "add_difference_ties");
+    close(
+        &file[&format!("model.diffusion_model.{KEY}")],
+        &want,
+        "add_difference_ties",
+    );
 }
 
 #[test]
@@ -163,11 +228,26 @@ fn bad_methods_parameters_and_inputs_are_refused_with_nothing_written() {
         all.extend_from_slice(&["--output-dir", o]);
         assert_refused(&run(dir.path(), &all), needle, &out);
     };
-    refused(&[a, b, "--method", "lerp"], "unknown merge method `lerp`; the known methods are weighted_sum");
-    refused(&[a, b, "--method", "slerp", "--param", "beta=1"], "its parameters are alpha (default 0.5)");
-    refused(&[a, b, "--method", "ties_sum", "--param", "k=0"], "outside (0, 1]");
-    refused(&[a, b, "--method", "ties_sum", "--param", "k=1.5"], "outside (0, 1]");
-    refused(&[a, b, "--method", "slerp", "--param", "alpha"], "NAME=VALUE");
+    refused(
+        &[a, b, "--method", "lerp"],
+        "unknown merge method `lerp`; the known methods are weighted_sum",
+    );
+    refused(
+        &[a, b, "--method", "slerp", "--param", "beta=1"],
+        "its parameters are alpha (default 0.5)",
+    );
+    refused(
+        &[a, b, "--method", "ties_sum", "--param", "k=0"],
+        "outside (0, 1]",
+    );
+    refused(
+        &[a, b, "--method", "ties_sum", "--param", "k=1.5"],
+        "outside (0, 1]",
+    );
+    refused(
+        &[a, b, "--method", "slerp", "--param", "alpha"],
+        "NAME=VALUE",
+    );
     refused(&[a, "--method", "slerp"], "takes 2 models; 1 given");
     let c = other[0].0.to_str().unwrap();
     refused(&[a, c, "--method", "slerp"], "shape");

@@ -69,6 +69,18 @@ pub struct BenchOptions {
     /// Time a merge graph instead: a chain of ModelMergeSimple nodes over this many
     /// checkpoints (built in `model_dtype`, f16 by default), into one checkpoint.
     pub chain: Option<usize>,
+    /// With `chain`: a merge method node over the chain's checkpoints instead of
+    /// ModelMergeSimple nodes (sd-mecha's name and parameters, [`crate::merge::methods`]).
+    pub method: Option<BenchMethod>,
+}
+
+/// A merge method the benchmark times over its inputs.
+#[derive(Debug, Clone)]
+pub struct BenchMethod {
+    /// sd-mecha's name.
+    pub name: String,
+    /// Its parameters (the others take their defaults).
+    pub params: std::collections::BTreeMap<String, crate::merge::methods::Param>,
 }
 
 /// Memory left free beside candle's program, so a benchmark never pushes the machine into the
@@ -212,7 +224,10 @@ fn measure(
         _ => None,
     };
     Ok(BenchReport {
-        job: subject.name().into(),
+        job: match &opts.method {
+            Some(m) => format!("merge --method {}", m.name),
+            None => subject.name().into(),
+        },
         arch: opts.arch.to_string(),
         dtype: opts.dtype.to_string(),
         device: format!("{:?}", opts.device.location()),
@@ -292,6 +307,7 @@ mod tests {
             merge: false,
             lora_rank: None,
             chain: None,
+            method: None,
         }
     }
 

@@ -151,6 +151,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) chain: usize,
 
+    /// With `merge`: time this merge method (sd-mecha's name: slerp, ties_sum, …) over two
+    /// checkpoints (three for methods that take more) instead of a weighted sum, against the
+    /// storage ceiling.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) method: Option<String>,
+
+    /// A parameter of --method, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", requires = "method")]
+    pub(crate) params: Vec<String>,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

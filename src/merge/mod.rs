@@ -11,9 +11,9 @@ mod bake;
 mod blocks;
 mod extract;
 pub mod graph;
-pub mod methods;
 mod lora;
 mod lora_keys;
+pub mod methods;
 mod recipe;
 
 use std::sync::Arc;

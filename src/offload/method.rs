@@ -112,14 +112,11 @@ fn facts(m: &Merged, needs: &Needs, scratch: &mut Scratch) -> Result<Facts> {
         out.gram = vec![0.0; k * k];
     }
     for &(v, kth) in &needs.kth {
-        let vector = needs.vectors.get(v).ok_or_else(|| {
-            Error::InvalidInput(format!("a k-th magnitude of vector {v} of {k}"))
-        })?;
-        let values = VectorValues {
-            m,
-            vector,
-            len: n,
-        };
+        let vector = needs
+            .vectors
+            .get(v)
+            .ok_or_else(|| Error::InvalidInput(format!("a k-th magnitude of vector {v} of {k}")))?;
+        let values = VectorValues { m, vector, len: n };
         let r = reduce(&values, &[], &[Reduction::KthMagnitude(kth)], scratch)?;
         out.kth.push(r.kth_magnitude.unwrap_or(0.0));
     }

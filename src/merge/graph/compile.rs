@@ -16,7 +16,6 @@ use crate::layout::detect::detect_model;
 use crate::layout::GenericPrefixes;
 use crate::merge::bake::lora_patches;
 use crate::merge::{BlockRatios, InputRecord, LoraBake, LoraReport, MergeReport, Recipe};
-use crate::model::dtype::is_float;
 use crate::model::{Arch, ComponentKind, Components, InputMap, Prediction};
 use crate::save::LayoutChoice;
 
@@ -450,8 +449,7 @@ impl Compiler<'_> {
         Ok(Value::Model(ModelValue { chains, ..a }))
     }
 
-    /// A method node: every denoiser tensor of the first model that all the others have
-    /// (floating point, of one shape) becomes the method's expression over them.
+    /// A method node (see [`super::method::method_value`]).
     fn method(
         &mut self,
         me: &str,
@@ -459,64 +457,16 @@ impl Compiler<'_> {
         models: &[Slot],
         params: &BTreeMap<String, crate::merge::methods::Param>,
     ) -> Result<Value> {
-        let method = crate::merge::methods::method(name, models.len(), params)
-            .map_err(|e| in_node(me, e))?;
         let values = models
             .iter()
             .map(|s| self.model(*s))
             .collect::<Result<Vec<_>>>()?;
-        let first = &values[0];
-        for v in &values[1..] {
-            if !mergeable(first.arch, v.arch) {
-                return Err(Error::InvalidInput(format!(
-                    "{me}: {} is {} and {} is {}; models of different architectures cannot be \
-                     merged",
-                    first.origin, first.arch, v.origin, v.arch
-                )));
-            }
-        }
         let device = self.opts.device.as_ref();
-        let mut out = crate::model::InputMap::new();
-        let mut missing = Vec::new();
-        for key in first.chains.base().keys() {
-            let Some(t0) = first.chains.expr(key, device)? else {
-                continue;
-            };
-            let mut inputs = vec![t0.clone()];
-            for v in &values[1..] {
-                match v.chains.expr(key, device)? {
-                    Some(t) => inputs.push(t),
-                    None => break,
-                }
-            }
-            let floats = inputs.iter().all(|t| is_float(t.info().dtype));
-            if inputs.len() < values.len() {
-                missing.push(key.clone());
-                out.insert(key.clone(), t0);
-            } else if !floats {
-                out.insert(key.clone(), t0);
-            } else {
-                let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.info().shape).collect();
-                if let Some((i, s)) = shapes.iter().enumerate().find(|(_, s)| **s != shapes[0]) {
-                    return Err(Error::BadShape {
-                        key: key.clone(),
-                        shape: shapes[0].clone(),
-                        reason: format!(
-                            "{me}: it has this shape in {} and {s:?} in {}; merge models of one \
-                             architecture and size",
-                            first.origin, values[i].origin
-                        ),
-                    });
-                }
-                out.insert(key.clone(), method.tensor(key, inputs)?);
-            }
-        }
-        self.out.merged += out.len() - missing.len();
+        let (value, merged, missing) =
+            super::method::method_value(me, name, &values, params, device)?;
+        self.out.merged += merged;
         self.note(me, "the first model", "every other model", &missing);
-        Ok(Value::Model(ModelValue {
-            chains: Chains::new(out),
-            ..first.clone()
-        }))
+        Ok(value)
     }
 
     fn merge_clips(
@@ -777,7 +727,7 @@ fn model_arch(origin: &str, c: &Components) -> Result<Arch> {
 }
 
 /// `e`, said to be about `node`.
-fn in_node(node: &str, e: Error) -> Error {
+pub(super) fn in_node(node: &str, e: Error) -> Error {
     match e {
         Error::InvalidInput(m) => Error::InvalidInput(format!("{node}: {m}")),
         other => other,

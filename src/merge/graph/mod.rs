@@ -36,6 +36,7 @@
 
 mod build;
 mod compile;
+mod method;
 mod node;
 mod outputs;
 mod recipe;

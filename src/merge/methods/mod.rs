@@ -82,8 +82,20 @@ pub const KNOWN: &[MethodInfo] = &[
         &[("alpha", Float(1.0)), ("clamp_to_ab", Bool(false))],
     ),
     info("slerp", 2, Some(2), "a, b", &[("alpha", Float(0.5))]),
-    info("add_perpendicular", 3, Some(3), "a, b, c", &[("alpha", Float(1.0))]),
-    info("train_difference", 3, Some(3), "a, b, c", &[("alpha", Float(1.0))]),
+    info(
+        "add_perpendicular",
+        3,
+        Some(3),
+        "a, b, c",
+        &[("alpha", Float(1.0))],
+    ),
+    info(
+        "train_difference",
+        3,
+        Some(3),
+        "a, b, c",
+        &[("alpha", Float(1.0))],
+    ),
     info(
         "ties_sum",
         1,
@@ -100,7 +112,13 @@ pub const KNOWN: &[MethodInfo] = &[
     ),
     info("add_ties_with_dare", 2, None, "base, *models", DARE),
     info("dare", 2, None, "base, *models", DARE),
-    info("model_stock", 2, None, "*deltas", &[("cos_eps", Float(1e-6))]),
+    info(
+        "model_stock",
+        2,
+        None,
+        "*deltas",
+        &[("cos_eps", Float(1e-6))],
+    ),
     info(
         "n_model_stock",
         3,
@@ -288,7 +306,9 @@ impl Method {
         let shape = inputs.first().map(|t| t.info().shape).unwrap_or_default();
         let op: Arc<dyn TensorMethod> =
             Arc::new(ops::Op::new(self.kind.clone(), key, self.inputs, &shape));
-        Ok(InputTensor::Merged(Arc::new(Merged::method(key, inputs, op)?)))
+        Ok(InputTensor::Merged(Arc::new(Merged::method(
+            key, inputs, op,
+        )?)))
     }
 }
 

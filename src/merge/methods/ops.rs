@@ -296,10 +296,10 @@ impl TensorMethod for Op {
                     vec![0.0, 0.0]
                 }
             }
-            Kind::GeometricMedian { eps, maxiter, ftol } => {
-                weiszfeld(facts, *eps, *maxiter, *ftol)
+            Kind::GeometricMedian { eps, maxiter, ftol } => weiszfeld(facts, *eps, *maxiter, *ftol),
+            Kind::Ties { .. } | Kind::Dare { .. } => {
+                facts.kth.iter().map(|&t| f64::from(t)).collect()
             }
-            Kind::Ties { .. } | Kind::Dare { .. } => facts.kth.iter().map(|&t| f64::from(t)).collect(),
             _ => Vec::new(),
         })
     }
@@ -323,7 +323,9 @@ impl TensorMethod for Op {
                 out.copy_from_slice(&x[0][..len]);
                 for (i, xi) in x.iter().enumerate().skip(1) {
                     let w = (1.0 / (i + 1) as f64) as f32;
-                    out.iter_mut().zip(*xi).for_each(|(o, &v)| *o = lerp(*o, v, w));
+                    out.iter_mut()
+                        .zip(*xi)
+                        .for_each(|(o, &v)| *o = lerp(*o, v, w));
                 }
             }
             Kind::AddDifference { alpha, clamp_to_ab } => {
@@ -334,7 +336,11 @@ impl TensorMethod for Op {
                         *o = a;
                         continue;
                     }
-                    let d = if x.len() == 3 { x[1][j] - x[2][j] } else { x[1][j] };
+                    let d = if x.len() == 3 {
+                        x[1][j] - x[2][j]
+                    } else {
+                        x[1][j]
+                    };
                     let mut r = a + d * w;
                     if *clamp_to_ab {
                         let b = x[1][j];
@@ -478,10 +484,18 @@ impl Op {
             }
             return;
         }
-        let rescalar = if *rescale { (1.0 - probability) as f32 } else { 1.0 };
+        let rescalar = if *rescale {
+            (1.0 - probability) as f32
+        } else {
+            1.0
+        };
         let vectors = self.deltas(true, Some((*seed, 1.0 - probability)));
         let m = vectors.len();
-        let row = if *apply_stock { self.last } else { out.len().max(1) };
+        let row = if *apply_stock {
+            self.last
+        } else {
+            out.len().max(1)
+        };
         let mut filtered: Vec<Vec<f32>> = vec![vec![0f32; row]; m];
         let mut counts = vec![0f32; row];
         let mut d = vec![0f32; m];
@@ -556,7 +570,11 @@ fn elect(d: &mut [f32], thresholds: &[f64], vote_sgn: bool) -> (f32, f32) {
     for (i, v) in d.iter_mut().enumerate() {
         if let Some(&t) = thresholds.get(i) {
             // `a * (|a| >= kth)`: a dropped value becomes 0·a (−0 for a negative one).
-            if !(v.abs() >= t as f32) {
+            let kept = matches!(
+                v.abs().partial_cmp(&(t as f32)),
+                Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+            );
+            if !kept {
                 *v *= 0.0;
             }
         }
@@ -581,10 +599,19 @@ fn elect(d: &mut [f32], thresholds: &[f64], vote_sgn: bool) -> (f32, f32) {
 /// consecutive deltas (`CosineSimilarity(dim=-1, eps)`), then `n·cos / (1 + (n − 1)·cos)`.
 fn stock_t(rows: &[&[f32]], eps: f64) -> f64 {
     let n = rows.len();
-    let norm = |r: &[f32]| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+    let norm = |r: &[f32]| {
+        r.iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt()
+    };
     let mut cos = 0f64;
     for w in rows.windows(2) {
-        let dot: f64 = w[0].iter().zip(w[1]).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+        let dot: f64 = w[0]
+            .iter()
+            .zip(w[1])
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum();
         cos += dot / (norm(w[0]).max(eps) * norm(w[1]).max(eps));
     }
     let cos = cos / (n - 1).max(1) as f64;
@@ -631,7 +658,11 @@ fn clamp(stiffness: f64, x: &[&[f32]], out: &mut [f32]) {
 /// `[0, 0, 0]` where sd-mecha falls back to `lerp(a, b, alpha)` (a zero or non-finite norm,
 /// parallel tensors: the result would be NaN).
 fn slerp_scalars(facts: &Facts, alpha: f64) -> Vec<f64> {
-    let (na, nb, dot) = (facts.dot(0, 0).sqrt(), facts.dot(1, 1).sqrt(), facts.dot(0, 1));
+    let (na, nb, dot) = (
+        facts.dot(0, 0).sqrt(),
+        facts.dot(1, 1).sqrt(),
+        facts.dot(0, 1),
+    );
     // The cosine as torch has it: an f32, clamped to [−1, 1].
     let d = f64::from(((dot / (na * nb)) as f32).clamp(-1.0, 1.0));
     let omega = d.acos();

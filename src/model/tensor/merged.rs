@@ -29,12 +29,12 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 
+use super::method::TensorMethod;
 use super::InputTensor;
 use crate::error::{Error, Result};
 use crate::model::dtype::{can_decode, TensorInfo};
 use crate::plan::Piece;
 use crate::reduce::Computed;
-use super::method::TensorMethod;
 
 /// A tensor made by patching a base tensor (see the [module docs](self)).
 pub struct Merged {
@@ -272,7 +272,11 @@ impl Merged {
     /// # Errors
     /// [`Error::InvalidInput`] without inputs; [`Error::BadShape`] for an input whose shape is
     /// not the first's; [`Error::Conversion`] for one that is not floating point.
-    pub fn method(key: &str, inputs: Vec<InputTensor>, op: Arc<dyn TensorMethod>) -> Result<Merged> {
+    pub fn method(
+        key: &str,
+        inputs: Vec<InputTensor>,
+        op: Arc<dyn TensorMethod>,
+    ) -> Result<Merged> {
         let mut inputs = inputs.into_iter();
         let Some(base) = inputs.next() else {
             return Err(Error::InvalidInput(format!(
