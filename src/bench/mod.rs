@@ -450,6 +450,36 @@ mod tests {
     }
 
     #[test]
+    fn a_method_bench_times_slerp_and_ties_against_the_ceiling_and_removes_its_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let _turn = memory::TESTS_TAKE_TURNS.lock();
+        for (name, n, k) in [("slerp", 2, None), ("ties_sum", 3, Some("0.2"))] {
+            let mut o = options(dir.path(), false);
+            o.chain = Some(n);
+            o.runs = 1;
+            let params = k
+                .map(|k| [("k".to_string(), crate::merge::methods::Param::Str(k.into()))])
+                .into_iter()
+                .flatten()
+                .collect();
+            o.method = Some(BenchMethod {
+                name: name.into(),
+                params,
+            });
+            let r = run(&o).unwrap();
+            assert_eq!(
+                (r.bytes, r.tensors),
+                same_save(dir.path(), Some(DType::F16))
+            );
+            let input = r.input_bytes.unwrap();
+            assert!(input > (n as u64 - 1) * r.bytes, "{input}");
+            assert_eq!(r.job, format!("merge --method {name}"));
+            assert!(r.candle.is_none() && r.ratio_job_ceiling.is_some());
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
     fn a_file_to_file_bench_on_a_gpu_is_refused_before_writing_anything() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = options(&dir.path().join("never"), true);

@@ -142,9 +142,7 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
         }
         let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
         for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
-            for (j, x) in buf[..len].iter_mut().enumerate() {
-                *x = v.at(&views, j, at + j);
-            }
+            v.fill(&views, at, &mut buf[..len]);
         }
         for a in 0..k {
             for b in a..k {
@@ -201,9 +199,7 @@ impl Values for VectorValues<'_> {
             read_f32(self.m, i, range.clone(), &mut ops[i], scratch)?;
         }
         let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
-        for (j, x) in out.iter_mut().enumerate() {
-            *x = self.vector.at(&views, j, range.start + j);
-        }
+        self.vector.fill(&views, range.start, out);
         Ok(())
     }
 }

@@ -41,6 +41,30 @@ impl Vector {
         }
     }
 
+    /// The values of elements `first..first + out.len()` from the operands' values over the
+    /// same elements: [`Vector::at`] for each, computed a term at a time over the whole range.
+    pub fn fill(&self, operands: &[&[f32]], first: usize, out: &mut [f32]) {
+        for (n, &(i, c)) in self.terms.iter().enumerate() {
+            let x = &operands[i][..out.len()];
+            match (n, c == 1.0) {
+                (0, true) => out.copy_from_slice(x),
+                (0, false) => out.iter_mut().zip(x).for_each(|(o, &v)| *o = c * v),
+                (_, true) => out.iter_mut().zip(x).for_each(|(o, &v)| *o += v),
+                (_, false) => out.iter_mut().zip(x).for_each(|(o, &v)| *o += c * v),
+            }
+        }
+        if self.terms.is_empty() {
+            out.fill(0.0);
+        }
+        if let Some(d) = &self.dropout {
+            for (j, o) in out.iter_mut().enumerate() {
+                if !d.keeps(first + j) {
+                    *o = 0.0;
+                }
+            }
+        }
+    }
+
     /// Element `j`'s value from the operands' values at `j`.
     pub fn at(&self, operands: &[&[f32]], j: usize, element: usize) -> f32 {
         if let Some(d) = &self.dropout {
@@ -156,4 +180,47 @@ pub trait TensorMethod: Send + Sync + fmt::Debug {
     /// elements (`operands[i]` for operand `i`); `first` and `out.len()` are multiples of
     /// [`Needs::align`] (or `out` ends the tensor).
     fn apply(&self, scalars: &[f64], first: usize, operands: &[&[f32]], out: &mut [f32]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vector_filled_over_a_range_is_its_elements_one_by_one() {
+        let x: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..100).map(|i| (i as f32 * 0.11).cos()).collect();
+        let ops = [x.as_slice(), y.as_slice()];
+        let mut v = Vector::difference(1, 0);
+        v.terms.push((0, 0.25));
+        v.dropout = Some(Dropout {
+            seed: 3,
+            stream: 9,
+            keep: 0.5,
+        });
+        let mut out = vec![0f32; 60];
+        let views: Vec<&[f32]> = ops.iter().map(|o| &o[40..]).collect();
+        v.fill(&views, 40, &mut out);
+        for (j, o) in out.iter().enumerate() {
+            assert_eq!(o.to_bits(), v.at(&views, j, 40 + j).to_bits());
+        }
+        let kept = out.iter().filter(|o| **o != 0.0).count();
+        assert!((15..=45).contains(&kept), "{kept}");
+    }
+
+    #[test]
+    fn a_dropout_mask_depends_on_seed_stream_and_element_only() {
+        let d = |seed, stream| Dropout {
+            seed,
+            stream,
+            keep: 0.3,
+        };
+        let mask = |d: Dropout| (0..10_000).map(|e| d.keeps(e)).collect::<Vec<_>>();
+        assert_eq!(mask(d(1, 2)), mask(d(1, 2)));
+        assert_ne!(mask(d(1, 2)), mask(d(2, 2)));
+        assert_ne!(mask(d(1, 2)), mask(d(1, 3)));
+        let kept = mask(d(1, 2)).iter().filter(|k| **k).count();
+        // Binomial(10000, 0.3): σ ≈ 46.
+        assert!((2_800..=3_200).contains(&kept), "{kept}");
+    }
 }
