@@ -2,9 +2,10 @@
 //! ranges produced elementwise from the operands' ranges (see
 //! [`crate::model::tensor::method`]).
 //!
-//! Memory: the facts take one read of the operands for the Gram matrix and two more per k-th
-//! magnitude, [`CHUNK`] values per operand and vector at a time, plus two 65,536-entry
-//! histograms; the values take one block of each operand. Nothing holds a whole tensor.
+//! Memory: the facts take one read of the operands for the Gram matrix and two more for all the
+//! k-th magnitudes together, [`CHUNK`] values per operand and vector at a time, plus two
+//! 65,536-entry histograms per vector; the values take one block of each operand. Nothing holds
+//! a whole tensor.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::merged::MethodNode;
 use crate::model::tensor::method::{Facts, Needs, Vector};
 use crate::model::{InputTensor, Merged};
-use crate::reduce::{reduce, Reduction, Values, CHUNK};
+use crate::reduce::CHUNK;
 
 /// Units `units` of the method node `node` of `m`, in f32, into `out`.
 pub(super) fn eval(
@@ -111,14 +112,8 @@ fn facts(m: &Merged, needs: &Needs, scratch: &mut Scratch) -> Result<Facts> {
     } else if needs.gram {
         out.gram = vec![0.0; k * k];
     }
-    for &(v, kth) in &needs.kth {
-        let vector = needs
-            .vectors
-            .get(v)
-            .ok_or_else(|| Error::InvalidInput(format!("a k-th magnitude of vector {v} of {k}")))?;
-        let values = VectorValues { m, vector, len: n };
-        let r = reduce(&values, &[], &[Reduction::KthMagnitude(kth)], scratch)?;
-        out.kth.push(r.kth_magnitude.unwrap_or(0.0));
+    if !needs.kth.is_empty() {
+        out.kth = kth_magnitudes(m, &needs.vectors, &needs.kth, n, scratch)?;
     }
     Ok(out)
 }
@@ -175,31 +170,92 @@ fn used_operands(vectors: &[Vector]) -> Vec<usize> {
     used
 }
 
-/// A vector's values read range by range, for the k-th magnitude's passes.
-struct VectorValues<'a> {
-    m: &'a Merged,
-    vector: &'a Vector,
-    len: usize,
+/// The k-th largest magnitude of each `(vector, k)`, exact, all in the same two passes of
+/// radix counting over the magnitudes' bit patterns (which order as the magnitudes do; NaN
+/// patterns above Inf), as `reduce`'s k-th magnitude makes them for one tensor: the top 16 bits
+/// first, then the low 16 bits of the values in the bucket that holds it. Each operand is read
+/// twice whatever the number of vectors; two 65,536-entry histograms per vector.
+fn kth_magnitudes(
+    m: &Merged,
+    vectors: &[Vector],
+    wants: &[(usize, u64)],
+    n: usize,
+    scratch: &mut Scratch,
+) -> Result<Vec<f32>> {
+    let mut picked = Vec::with_capacity(wants.len());
+    for &(v, k) in wants {
+        let vector = vectors.get(v).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "a k-th magnitude of vector {v} of {}",
+                vectors.len()
+            ))
+        })?;
+        if k == 0 || k > n as u64 {
+            return Err(Error::InvalidInput(format!(
+                "the {k}-th largest magnitude of {n} values does not exist"
+            )));
+        }
+        picked.push(vector.clone());
+    }
+    let used = used_operands(&picked);
+    let magnitude = |v: f32| v.to_bits() & 0x7FFF_FFFF;
+    let chunk = CHUNK.min(n).max(1);
+    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
+    let mut buf = vec![0f32; chunk];
+    // One pass: `count(vector index, magnitude bits)` for every value of every picked vector.
+    let mut pass = |count: &mut dyn FnMut(usize, u32)| -> Result<()> {
+        let mut at = 0;
+        while at < n {
+            let end = (at + chunk).min(n);
+            let len = end - at;
+            scratch.operands.begin(m.shared_sources());
+            for &i in &used {
+                ops[i].resize(len, 0f32);
+                read_f32(m, i, at..end, &mut ops[i], scratch)?;
+            }
+            let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+            for (w, v) in picked.iter().enumerate() {
+                v.fill(&views, at, &mut buf[..len]);
+                for &x in &buf[..len] {
+                    count(w, magnitude(x));
+                }
+            }
+            at = end;
+        }
+        Ok(())
+    };
+    let mut high = vec![vec![0u64; 1 << 16]; picked.len()];
+    pass(&mut |w, bits| high[w][(bits >> 16) as usize] += 1)?;
+    let buckets: Vec<(usize, u64)> = high
+        .iter()
+        .zip(wants)
+        .map(|(h, &(_, k))| select(h, k))
+        .collect();
+    drop(high);
+    let mut low = vec![vec![0u64; 1 << 16]; picked.len()];
+    pass(&mut |w, bits| {
+        if (bits >> 16) as usize == buckets[w].0 {
+            low[w][(bits & 0xFFFF) as usize] += 1;
+        }
+    })?;
+    Ok(low
+        .iter()
+        .zip(&buckets)
+        .map(|(l, &(bucket, rank))| {
+            let (bits, _) = select(l, rank);
+            f32::from_bits(((bucket as u32) << 16) | bits as u32)
+        })
+        .collect())
 }
 
-impl Values for VectorValues<'_> {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn cols(&self) -> usize {
-        // The k-th magnitude does not care about rows.
-        self.len.clamp(1, CHUNK)
-    }
-    fn read(&self, range: Range<usize>, out: &mut [f32], scratch: &mut Scratch) -> Result<()> {
-        let used = used_operands(std::slice::from_ref(self.vector));
-        let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
-        scratch.operands.begin(self.m.shared_sources());
-        for &i in &used {
-            ops[i].resize(range.len(), 0f32);
-            read_f32(self.m, i, range.clone(), &mut ops[i], scratch)?;
+/// The bucket that holds the `k`-th largest of the counted values, and its rank inside it.
+fn select(counts: &[u64], k: u64) -> (usize, u64) {
+    let mut above = 0u64;
+    for (i, &c) in counts.iter().enumerate().rev() {
+        if above + c >= k {
+            return (i, k - above);
         }
-        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
-        self.vector.fill(&views, range.start, out);
-        Ok(())
+        above += c;
     }
+    (0, k)
 }
