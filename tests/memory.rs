@@ -188,10 +188,26 @@ fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
         "merge",
         &[&merge[..], &["-q", "--output-dir", &out], &engine].concat(),
     );
+    // Whole-tensor methods read their inputs once more per tensor (norms and dots; two k-th
+    // magnitude passes for TIES), range by range: the same bound.
+    for method in [
+        &["--method", "slerp", "--param", "alpha=0.3"][..],
+        &["--method", "ties_sum", "--param", "k=0.5"],
+    ] {
+        check(
+            method[1],
+            &[
+                &["merge", i, b, "--dtype", "f16", "-q", "--output-dir", &out][..],
+                method,
+                &engine,
+            ]
+            .concat(),
+        );
+    }
     let written = std::fs::read_dir(dir.path().join("out/checkpoints"))
         .unwrap()
         .count();
-    assert_eq!(written, 3);
+    assert_eq!(written, 5);
 }
 
 /// The keys and shapes of a safetensors file, from its header alone.

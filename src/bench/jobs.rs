@@ -290,8 +290,16 @@ fn chain(
         .map(|p| g.checkpoint(Source::Path(p.clone())))
         .collect::<Result<Vec<_>>>()?;
     let mut model = loaded[0].model;
-    for l in &loaded[1..] {
-        model = g.model_merge_simple(model, l.model, CHAIN_RATIO)?;
+    match &opts.method {
+        Some(m) => {
+            let models: Vec<_> = loaded.iter().map(|l| l.model).collect();
+            model = g.method(&m.name, &models, &m.params)?;
+        }
+        None => {
+            for l in &loaded[1..] {
+                model = g.model_merge_simple(model, l.model, CHAIN_RATIO)?;
+            }
+        }
     }
     g.save_checkpoint(
         model,

@@ -72,6 +72,18 @@ pub struct BenchOptions {
     /// Time a merge graph instead: a chain of ModelMergeSimple nodes over this many
     /// checkpoints (built in `model_dtype`, f16 by default), into one checkpoint.
     pub chain: Option<usize>,
+    /// With `chain`: a merge method node over the chain's checkpoints instead of
+    /// ModelMergeSimple nodes (sd-mecha's name and parameters, [`crate::merge::methods`]).
+    pub method: Option<BenchMethod>,
+}
+
+/// A merge method the benchmark times over its inputs.
+#[derive(Debug, Clone)]
+pub struct BenchMethod {
+    /// sd-mecha's name.
+    pub name: String,
+    /// Its parameters (the others take their defaults).
+    pub params: std::collections::BTreeMap<String, crate::merge::methods::Param>,
 }
 
 /// Memory left free beside candle's program, so a benchmark never pushes the machine into the
@@ -215,7 +227,10 @@ fn measure(
         _ => None,
     };
     Ok(BenchReport {
-        job: subject.name().into(),
+        job: match &opts.method {
+            Some(m) => format!("merge --method {}", m.name),
+            None => subject.name().into(),
+        },
         arch: opts
             .variant
             .map_or_else(|| opts.arch.to_string(), str::to_string),
@@ -298,6 +313,7 @@ mod tests {
             merge: false,
             lora_rank: None,
             chain: None,
+            method: None,
         }
     }
 
@@ -437,6 +453,36 @@ mod tests {
             .to_string()
             .contains("a chain is timed against the storage ceiling only"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_method_bench_times_slerp_and_ties_against_the_ceiling_and_removes_its_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let _turn = memory::TESTS_TAKE_TURNS.lock();
+        for (name, n, k) in [("slerp", 2, None), ("ties_sum", 3, Some("0.2"))] {
+            let mut o = options(dir.path(), false);
+            o.chain = Some(n);
+            o.runs = 1;
+            let params = k
+                .map(|k| [("k".to_string(), crate::merge::methods::Param::Str(k.into()))])
+                .into_iter()
+                .flatten()
+                .collect();
+            o.method = Some(BenchMethod {
+                name: name.into(),
+                params,
+            });
+            let r = run(&o).unwrap();
+            assert_eq!(
+                (r.bytes, r.tensors),
+                same_save(dir.path(), Some(DType::F16))
+            );
+            let input = r.input_bytes.unwrap();
+            assert!(input > (n as u64 - 1) * r.bytes, "{input}");
+            assert_eq!(r.job, format!("merge --method {name}"));
+            assert!(r.candle.is_none() && r.ratio_job_ceiling.is_some());
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
     }
 
     #[test]

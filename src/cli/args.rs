@@ -152,6 +152,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) chain: usize,
 
+    /// With `merge`: time this merge method (sd-mecha's name: slerp, ties_sum, …) over two
+    /// checkpoints (three for methods that take more) instead of a weighted sum, against the
+    /// storage ceiling.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) method: Option<String>,
+
+    /// A parameter of --method, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", requires = "method")]
+    pub(crate) params: Vec<String>,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -442,6 +452,23 @@ pub(crate) struct MergeArgs {
         help_heading = "Merge"
     )]
     pub(crate) weights: Option<Vec<f64>>,
+
+    /// A merge method of sd-mecha's over the inputs, in its order (`slerp A B`,
+    /// `add_difference_ties BASE M1 M2 …`): weighted_sum, n_average, add_difference, slerp,
+    /// add_perpendicular, train_difference, ties_sum, add_difference_ties, add_ties_with_dare
+    /// (dare), model_stock, n_model_stock, geometric_median, clamp. It merges the denoiser; the
+    /// text encoders are A's.
+    #[arg(long, value_name = "NAME", group = "operation", help_heading = "Merge")]
+    pub(crate) method: Option<String>,
+
+    /// A parameter of --method, NAME=VALUE (repeatable): `--param alpha=0.3 --param k=0.2`.
+    #[arg(
+        long = "param",
+        value_name = "NAME=VALUE",
+        requires = "method",
+        help_heading = "Merge"
+    )]
+    pub(crate) params: Vec<String>,
 
     /// With --weights: the text encoders merged too, with these weights (CLIPMergeSimple's
     /// chain; `position_ids` and `logit_scale` stay A's).

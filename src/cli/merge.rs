@@ -24,6 +24,9 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if let Some(weights) = &args.weights {
         return crate::weights::merge_weighted(args, weights, cancel);
     }
+    if let Some(name) = &args.method {
+        return crate::method::merge_method(args, name, cancel);
+    }
     let start = Instant::now();
     let mut opts = save_options(&args.out, cancel)?;
     let blocks = match &args.block_ratios {

@@ -13,6 +13,7 @@ mod extract;
 pub mod graph;
 mod lora;
 mod lora_keys;
+pub mod methods;
 mod recipe;
 
 use std::sync::Arc;

@@ -73,6 +73,7 @@ pub(super) struct Collector<'a> {
 }
 
 /// How one layout entry is written.
+#[allow(clippy::large_enum_variant)]
 enum Form {
     /// The plain path: bytes or values in the component's dtype.
     Plain,
@@ -347,6 +348,7 @@ impl<'a> Collector<'a> {
 
     /// The legacy layers and their markers (or their comfy_quant form), the targets, and the
     /// header metadata with `_quantization_metadata` when a layer is described.
+    #[allow(clippy::type_complexity)]
     pub(super) fn finish(
         mut self,
         metadata: &BTreeMap<String, String>,

@@ -155,6 +155,7 @@ impl QuantTarget {
 
     /// How many times the scales were computed (once, whatever the number of askers).
     #[cfg(test)]
+    #[allow(dead_code)]
     pub(crate) fn scale_runs(&self) -> usize {
         self.scales.runs()
     }

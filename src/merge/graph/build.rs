@@ -165,6 +165,27 @@ impl Graph {
         Ok(ModelOut(out(n, 0)))
     }
 
+    /// A merge method of sd-mecha's over `models` (in the method's order) with named
+    /// `params` ([`crate::merge::methods::KNOWN`] lists them with their defaults).
+    ///
+    /// # Errors
+    /// As [`Graph::add`]; [`crate::Error::InvalidInput`] for an unknown method, a number of
+    /// models it does not take, an unknown parameter or a value out of range (see
+    /// [`crate::merge::methods::method`]).
+    pub fn method(
+        &mut self,
+        name: &str,
+        models: &[ModelOut],
+        params: &std::collections::BTreeMap<String, crate::merge::methods::Param>,
+    ) -> Result<ModelOut> {
+        let n = self.add(Node::Method {
+            name: name.to_string(),
+            models: models.iter().map(|m| m.0).collect(),
+            params: params.clone(),
+        })?;
+        Ok(ModelOut(out(n, 0)))
+    }
+
     /// CLIPMergeSimple.
     ///
     /// # Errors

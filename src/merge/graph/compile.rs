@@ -314,6 +314,11 @@ impl Compiler<'_> {
             Node::ModelAdd { model1, model2 } => {
                 vec![self.merge_models(&me, *model1, *model2, &|_| (1.0, 1.0), device)?]
             }
+            Node::Method {
+                name,
+                models,
+                params,
+            } => vec![self.method(&me, name, models, params)?],
             Node::ClipMergeSimple {
                 clip1,
                 clip2,
@@ -501,6 +506,26 @@ impl Compiler<'_> {
         let (chains, notes) = merge_chains(&a.chains, &a.origin, &b.chains, &b.origin, &step)?;
         self.note(me, "model1", "model2", &notes.not_in_second);
         Ok(Value::Model(ModelValue { chains, ..a }))
+    }
+
+    /// A method node (see [`super::method::method_value`]).
+    fn method(
+        &mut self,
+        me: &str,
+        name: &str,
+        models: &[Slot],
+        params: &BTreeMap<String, crate::merge::methods::Param>,
+    ) -> Result<Value> {
+        let values = models
+            .iter()
+            .map(|s| self.model(*s))
+            .collect::<Result<Vec<_>>>()?;
+        let device = self.opts.device.as_ref();
+        let (value, merged, missing) =
+            super::method::method_value(me, name, &values, params, device)?;
+        self.out.merged += merged;
+        self.note(me, "the first model", "every other model", &missing);
+        Ok(value)
     }
 
     fn merge_clips(
@@ -761,7 +786,7 @@ fn model_arch(origin: &str, c: &Components) -> Result<Arch> {
 }
 
 /// `e`, said to be about `node`.
-fn in_node(node: &str, e: Error) -> Error {
+pub(super) fn in_node(node: &str, e: Error) -> Error {
     match e {
         Error::InvalidInput(m) => Error::InvalidInput(format!("{node}: {m}")),
         other => other,

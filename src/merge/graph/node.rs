@@ -190,6 +190,17 @@ pub enum Node {
         /// Added.
         clip2: Slot,
     },
+    /// A merge method of sd-mecha's over any number of models ([`crate::merge::methods`]):
+    /// each denoiser tensor the first model has and every other model has too is the method's
+    /// result over them; the others stay the first model's.
+    Method {
+        /// sd-mecha's name of the method.
+        name: String,
+        /// The models, in the method's order.
+        models: Vec<Slot>,
+        /// Named parameters; those not given take the method's defaults.
+        params: std::collections::BTreeMap<String, crate::merge::methods::Param>,
+    },
     /// CheckpointSave: model, text encoders and autoencoder in one checkpoint.
     SaveCheckpoint {
         /// The denoiser.
@@ -262,6 +273,7 @@ impl Node {
             Node::ClipMergeSimple { .. } => "CLIPMergeSimple",
             Node::ClipSubtract { .. } => "CLIPMergeSubtract",
             Node::ClipAdd { .. } => "CLIPMergeAdd",
+            Node::Method { .. } => "MergeMethod",
             Node::SaveCheckpoint { .. } => "CheckpointSave",
             Node::SaveModel { .. } => "ModelSave",
             Node::SaveClip { .. } => "CLIPSave",
@@ -279,7 +291,8 @@ impl Node {
             | Node::ModelMergeSimple { .. }
             | Node::ModelMergeBlocks { .. }
             | Node::ModelSubtract { .. }
-            | Node::ModelAdd { .. } => &[Model],
+            | Node::ModelAdd { .. }
+            | Node::Method { .. } => &[Model],
             Node::TextEncoders { .. }
             | Node::ClipMergeSimple { .. }
             | Node::ClipSubtract { .. }
@@ -324,6 +337,7 @@ impl Node {
                 ("clip", *clip, Clip),
                 ("vae", *vae, Vae),
             ],
+            Node::Method { models, .. } => models.iter().map(|m| ("models", *m, Model)).collect(),
             Node::SaveModel { model, .. } => vec![("model", *model, Model)],
             Node::SaveClip { clip, .. } => vec![("clip", *clip, Clip)],
             Node::SaveVae { vae, .. } => vec![("vae", *vae, Vae)],

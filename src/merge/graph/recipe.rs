@@ -32,6 +32,10 @@ pub(super) fn describe(
         for (name, slot, _) in gn.node.links() {
             v.insert(name.into(), link(slot));
         }
+        if let Node::Method { models, .. } = &gn.node {
+            let all: Vec<Value> = models.iter().map(|s| link(*s)).collect();
+            v.insert("models".into(), Value::Array(all));
+        }
         params(&gn.node, &mut v);
         out.insert(
             gn.id.clone(),
@@ -130,6 +134,18 @@ fn params(node: &Node, v: &mut Map<String, Value>) {
             v.insert("lora_type".into(), json!(t));
             v.insert("bias_diff".into(), json!(bias_diff));
             target_param(target, v);
+        }
+        Node::Method { name, params, .. } => {
+            v.insert("method".into(), json!(name));
+            for (p, value) in params {
+                let j = match value {
+                    crate::merge::methods::Param::Float(x) => json!(x),
+                    crate::merge::methods::Param::Int(x) => json!(x),
+                    crate::merge::methods::Param::Bool(x) => json!(x),
+                    crate::merge::methods::Param::Str(x) => json!(x),
+                };
+                v.insert(p.clone(), j);
+            }
         }
         Node::SaveCheckpoint { target, .. }
         | Node::SaveModel { target, .. }
