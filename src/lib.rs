@@ -53,6 +53,7 @@ mod inspect;
 pub mod layout;
 pub mod linalg;
 mod load;
+pub mod mecha;
 pub mod merge;
 pub mod model;
 pub mod naming;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::component_files::clipsave_files;
 use crate::error::{Error, IoContext, Result};
 use crate::input::Input;
-use crate::layout::diffusers::{configs, from_comfy};
+use crate::layout::diffusers::{configs, from_comfy, is_mapped};
 use crate::layout::{GenericPrefixes, UNET_PREFIX};
 use crate::model::{ComponentKind, Components, InputMap, InputTensor, Prediction};
 use crate::plan::metadata::{self, MetadataOptions};
@@ -202,6 +202,10 @@ fn node_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
     Ok(split)
 }
 
+/// A diffusers pipeline folder of the components' diffusers names; what has none here (a
+/// family's language-model text encoders, tokenizer blobs, an autoencoder diffusers' converters
+/// do not read) is written beside it as ComfyUI's separate save nodes write it, under
+/// `comfyui/` (see [`node_files`]), so the folder holds every tensor and `convert` reads it back.
 fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
     let arch = input.arch.ok_or_else(|| {
         Error::InvalidInput(
@@ -213,12 +217,19 @@ fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Spl
     let prediction = input
         .prediction
         .unwrap_or_else(|| arch.default_prediction());
-    let shapes = input.components.shapes();
+    let (mapped, rest) = partition(input, |kind, key| is_mapped(arch, kind, key));
+    let shapes = mapped.components.shapes();
     let mut split = Split {
         files: Vec::new(),
         dropped: Vec::new(),
         bytes: 0,
     };
+    if rest.components.iter().next().is_some() {
+        let unmapped = node_files(&rest, &dir.join(UNMAPPED), opts)?;
+        split.bytes += unmapped.bytes;
+        split.files.extend(unmapped.files);
+    }
+    let input = &mapped;
     for plan in from_comfy(arch, &shapes)? {
         let component = input.components.get(plan.class.kind()).ok_or_else(|| {
             Error::InvalidInput(format!(
@@ -266,6 +277,31 @@ fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Spl
         split.files.push(path);
     }
     Ok(split)
+}
+
+/// The sub-folder of a diffusers split that holds, as ComfyUI's save nodes write them, the
+/// tensors that have no diffusers names here.
+pub const UNMAPPED: &str = "comfyui";
+
+/// `input` as two inputs: the tensors `keep` takes, and the others.
+fn partition(input: &Input, keep: impl Fn(ComponentKind, &str) -> bool) -> (Input, Input) {
+    let (mut yes, mut no) = (Components::default(), Components::default());
+    for (kind, map) in input.components.iter() {
+        let (a, b): (InputMap, InputMap) = map
+            .iter()
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .partition(|(k, _)| keep(kind, k));
+        for (c, m) in [(&mut yes, a), (&mut no, b)] {
+            if !m.is_empty() {
+                c.set_inputs(kind, m);
+            }
+        }
+    }
+    let with = |components| Input {
+        components,
+        ..input.clone()
+    };
+    (with(yes), with(no))
 }
 
 /// A folder beside the output folder that holds the parts until they are all written; removed

@@ -364,6 +364,44 @@ fn inspect_json_reports_the_architecture() {
     assert!(text.stdout.contains("sdxl"), "{}", text.stdout);
 }
 
+/// `bench --synthetic` takes a variant's name: the figures are about that variant's file (Wan
+/// 2.1 14B has 40 blocks, the 1.3B 30), as `save --synthetic` writes it.
+#[test]
+fn bench_takes_variant_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let o = out.to_str().unwrap();
+    let mut tensors = Vec::new();
+    for variant in ["wan21-14b", "wan21-1.3b"] {
+        let common = ["--synthetic", variant, "--dtype", "f16", "--max-dim", "8"];
+        let bench = ["bench", "--runs", "1", "--json", "--output-dir", o];
+        let r = run(dir.path(), &[&bench[..], &common].concat());
+        assert_eq!(r.code, 0, "{variant}: {}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        assert_eq!(v["arch"], variant);
+        let save = [
+            "save",
+            "--seed",
+            "1",
+            "--disable-metadata",
+            "-q",
+            "--output-dir",
+            o,
+        ];
+        let saved = run(dir.path(), &[&save[..], &common].concat());
+        assert_eq!(saved.code, 0, "{variant}: {}", saved.stderr);
+        let path = std::path::PathBuf::from(saved.stdout.trim());
+        assert_eq!(
+            v["bytes"].as_u64(),
+            Some(std::fs::metadata(&path).unwrap().len()),
+            "{variant}"
+        );
+        tensors.push(v["tensors"].as_u64().unwrap());
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert!(tensors[0] > tensors[1], "40 blocks against 30: {tensors:?}");
+}
+
 #[test]
 fn bench_json_is_one_object_with_the_documented_figures() {
     let dir = tempfile::tempdir().unwrap();

@@ -355,6 +355,57 @@ fn every_family_goes_through_every_job() {
             assert_eq!(vm[i], va[i] * 0.25 + vb[i] * 0.75, "{arch}: {key}[{i}]");
         }
 
+        // A rank-4 LoRA on every attention and MLP weight, in kohya's `lora_unet_` names.
+        let lora = out("lora.safetensors");
+        let tensors = synthetic::lora::lora(arch, &tiny(arch.name()), 4, 7).unwrap();
+        checkpoint_save::save_tensors(&tensors, &lora).unwrap();
+        let r = run(
+            d,
+            &[
+                "merge",
+                s(&a),
+                "--lora",
+                &format!("{}:0.5", s(&lora)),
+                "--output-dir",
+                s(&out("l")),
+            ],
+        );
+        assert_eq!(r.code, 0, "{arch}: {}", r.stderr);
+        let modules = tensors.keys().filter(|k| k.ends_with(".alpha")).count();
+        assert!(
+            r.stderr.contains(&format!("{modules} module(s) baked")) && modules > 4,
+            "{arch}: {}",
+            r.stderr
+        );
+        // A block merge over ComfyUI's node for the family (a bare list, one ratio per
+        // input), or over two prefixes where ComfyUI has no node.
+        let spec = match arch.family().block_prefixes.first() {
+            Some(node) => vec!["0.5"; node.len()].join(","),
+            None => "none.=0.5".to_string(),
+        };
+        let r = run(
+            d,
+            &[
+                "merge",
+                s(&a),
+                s(&b),
+                "--block-ratios",
+                &spec,
+                "--output-dir",
+                s(&out("bm")),
+            ],
+        );
+        assert_eq!(r.code, 0, "{arch}: {}", r.stderr);
+        let bm = d.join(r.stdout.trim());
+        let vm = floats(&bm, &key);
+        for i in 0..va.len() {
+            assert_eq!(
+                vm[i],
+                va[i] * 0.5 + vb[i] * 0.5,
+                "{arch}: {key}[{i}] by blocks"
+            );
+        }
+
         for to in ["comfyui", "nodes"] {
             let parts = out(&format!("parts-{to}"));
             let r = run(
@@ -519,6 +570,58 @@ fn a_family_this_tool_does_not_know_is_refused_with_the_evidence() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("saved generic (unknown)"), "{}", r.stderr);
+    // So is a merge: keys and shapes matched, no detection, and a LoRA in ComfyUI's generic
+    // names bakes into it.
+    let lora = dir.path().join("generic_lora.safetensors");
+    let t = |shape: &[usize]| {
+        candle_core::Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap()
+    };
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = [
+        (
+            "diffusion_model.foo.blocks.0.self_attn.q.lora_down.weight",
+            t(&[2, 32]),
+        ),
+        (
+            "diffusion_model.foo.blocks.0.self_attn.q.lora_up.weight",
+            t(&[32, 2]),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    candle_core::safetensors::save(&tensors, &lora).unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "merge",
+            s(&f),
+            s(&f),
+            "--ratio",
+            "0.5",
+            "--lora",
+            s(&lora),
+            "--arch",
+            "generic",
+            "--output-dir",
+            s(&out),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("saved generic (unknown)"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 module(s) baked"), "{}", r.stderr);
+    let merged = d_path(dir.path(), &r.stdout);
+    let recipe = inspect_json(dir.path(), &merged)["metadata"]["checkpoint_save.recipe"].clone();
+    assert!(
+        recipe
+            .as_str()
+            .unwrap()
+            .contains("\"architecture\":\"generic\""),
+        "{recipe}"
+    );
+}
+
+fn d_path(dir: &Path, stdout: &str) -> PathBuf {
+    dir.join(stdout.trim())
 }
 
 #[test]

@@ -352,6 +352,7 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let opts = checkpoint_save::bench::BenchOptions {
         arch: Arch::Sd15,
+        variant: None,
         dtype: TargetDtype::F16,
         model_dtype: None,
         output_dir: dir.path().to_path_buf(),
@@ -365,6 +366,7 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
         lora_rank: Some(2),
         chain: None,
         quantize: None,
+        method: None,
     };
     let r = checkpoint_save::bench::run(&opts)?;
     eprintln!("{r}");

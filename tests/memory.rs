@@ -1,6 +1,7 @@
 //! File-to-file jobs run in bounded memory: `convert`, `split`, `save` and `merge` of checkpoints
 //! many times larger than the staging budget stay under staging + the largest tensor + 64 MiB, measured on the real
-//! process (its kernel-kept peak resident set, and its anonymous memory sampled while it runs).
+//! process (its kernel-kept peak resident set, and its anonymous memory sampled while it runs);
+//! a later family (Wan 2.1 14B, shrunk) through convert, merge and a LoRA bake likewise.
 
 mod common;
 
@@ -187,6 +188,190 @@ fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
         "merge",
         &[&merge[..], &["-q", "--output-dir", &out], &engine].concat(),
     );
+    // Whole-tensor methods read their inputs once more per tensor (norms and dots; two k-th
+    // magnitude passes for TIES), range by range: the same bound.
+    for method in [
+        &["--method", "slerp", "--param", "alpha=0.3"][..],
+        &["--method", "ties_sum", "--param", "k=0.5"],
+    ] {
+        check(
+            method[1],
+            &[
+                &["merge", i, b, "--dtype", "f16", "-q", "--output-dir", &out][..],
+                method,
+                &engine,
+            ]
+            .concat(),
+        );
+    }
+    let written = std::fs::read_dir(dir.path().join("out/checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(written, 5);
+}
+
+/// The keys and shapes of a safetensors file, from its header alone.
+fn header_shapes(path: &Path) -> Vec<(String, Vec<usize>)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).unwrap();
+    let mut header = vec![0u8; u64::from_le_bytes(n) as usize];
+    f.read_exact(&mut header).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::from_value(v["shape"].clone()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A lightx2v-style LoRA for `checkpoint`'s Wan denoiser: rank-4 `lora_down`/`lora_up` on every
+/// attention projection and feed-forward weight, `diff` on the norms, `diff_b` on the biases,
+/// in `diffusion_model.` names (small: a few MB whatever the model's size).
+fn wan_lora(checkpoint: &Path, out: &Path) {
+    let rank = 4;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let f32s = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| (((i * 31 + seed * 17) % 97) as f32 / 970.0 - 0.05).to_le_bytes())
+            .collect()
+    };
+    for (k, shape) in header_shapes(checkpoint) {
+        let Some(name) = k.strip_prefix("model.diffusion_model.") else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".weight") else {
+            if let Some(stem) = name.strip_suffix(".bias") {
+                let n = shape.iter().product();
+                tensors.push((format!("diffusion_model.{stem}.diff_b"), shape, f32s(n, 3)));
+            }
+            continue;
+        };
+        let i = tensors.len();
+        let matrix = shape.len() == 2
+            && (stem.contains("_attn.") || stem.contains(".ffn."))
+            && !stem.contains("norm");
+        if matrix {
+            let (rows, cols) = (shape[0], shape[1]);
+            let p = format!("diffusion_model.{stem}");
+            tensors.push((
+                format!("{p}.lora_down.weight"),
+                vec![rank, cols],
+                f32s(rank * cols, i),
+            ));
+            tensors.push((
+                format!("{p}.lora_up.weight"),
+                vec![rows, rank],
+                f32s(rows * rank, i + 1),
+            ));
+            tensors.push((
+                format!("{p}.alpha"),
+                vec![],
+                (rank as f32).to_le_bytes().to_vec(),
+            ));
+        } else if stem.contains("norm") && shape.len() == 1 {
+            let n = shape[0];
+            tensors.push((format!("diffusion_model.{stem}.diff"), shape, f32s(n, 5)));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (k.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, out).unwrap();
+}
+
+/// A later family at the scale, shrunk: Wan 2.1 14B's every key (dimensions capped at
+/// 256, f32: 400 MB, its largest tensor 13.5 MB) through `convert` (f32 → bf16), a two-model
+/// `merge` and a LoRA bake (lightx2v's forms) with an 8 MiB staging budget, each under staging +
+/// the largest tensor + 64 MiB.
+#[test]
+fn a_wan_checkpoint_larger_than_the_staging_budget_converts_merges_and_bakes_in_bounded_memory() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let wan = |seed: &str| {
+        let out = dir.path().join(format!("in{seed}"));
+        let args = [
+            "save",
+            "-q",
+            "--synthetic",
+            "wan21-14b",
+            "--max-dim",
+            "256",
+            "--dtype",
+            "f32",
+            "--seed",
+            seed,
+            "--output-dir",
+            out.to_str().unwrap(),
+        ];
+        ok_path(dir.path(), &args)
+    };
+    let a = wan("1");
+    let largest = largest_tensor(&a);
+    let staging = 8 * MIB;
+    let bound = staging + largest + 64 * MIB;
+    let input_len = std::fs::metadata(&a).unwrap().len();
+    assert!(
+        input_len > 3 * bound,
+        "the model is far larger than the bound"
+    );
+    let lora = dir.path().join("wan_lightx2v_style.safetensors");
+    wan_lora(&a, &lora);
+    let tmpfs = is_tmpfs(dir.path());
+    let engine = ["--staging-mib", "8", "--chunk-mib", "2"];
+    let out = format!("{d}/out");
+    let a = a.to_str().unwrap();
+    let b = wan("2");
+    let lora_arg = format!("{}:0.8", lora.to_str().unwrap());
+    let jobs: [(&str, Vec<&str>); 3] = [
+        ("convert", vec!["convert", a, "--dtype", "bf16"]),
+        (
+            "merge",
+            vec![
+                "merge",
+                a,
+                b.to_str().unwrap(),
+                "--ratio",
+                "0.3",
+                "--dtype",
+                "bf16",
+            ],
+        ),
+        (
+            "LoRA bake",
+            vec!["merge", a, "--lora", &lora_arg, "--dtype", "bf16"],
+        ),
+    ];
+    for (what, args) in jobs {
+        let args = [&args[..], &["-q", "--output-dir", &out], &engine].concat();
+        let (code, anon, max_rss) = run_measured(dir.path(), &args);
+        assert_eq!(code, 0, "{what}");
+        assert!(anon > 0, "the sampler saw the process");
+        let (an, bn, r) = (anon / MIB, bound / MIB, max_rss / MIB);
+        assert!(
+            anon <= bound,
+            "{what}: peak anonymous memory {an} MiB > bound {bn} MiB"
+        );
+        if !tmpfs {
+            assert!(
+                max_rss <= bound,
+                "{what}: peak RSS {r} MiB > bound {bn} MiB"
+            );
+        }
+    }
     let written = std::fs::read_dir(dir.path().join("out/checkpoints"))
         .unwrap()
         .count();

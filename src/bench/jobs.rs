@@ -58,6 +58,7 @@ impl Subject {
     ) -> Result<(Subject, u64)> {
         let build = |seed: u64, from_file: bool| {
             let mut syn = SyntheticOptions::new(opts.arch).with_seed(seed);
+            syn.variant = opts.variant;
             syn.max_dim = opts.max_dim;
             syn.dtype = opts.model_dtype.or(from_file.then_some(DType::F32));
             synthetic::build(&syn, &opts.device)
@@ -78,6 +79,7 @@ impl Subject {
             let mut bytes = 0;
             for i in 0..n {
                 let mut syn = SyntheticOptions::new(opts.arch).with_seed(i as u64 + 1);
+                syn.variant = opts.variant;
                 syn.max_dim = opts.max_dim;
                 syn.dtype = Some(opts.model_dtype.unwrap_or(DType::F16));
                 let c = synthetic::build(&syn, &Device::Cpu)?;
@@ -290,8 +292,16 @@ fn chain(
         .map(|p| g.checkpoint(Source::Path(p.clone())))
         .collect::<Result<Vec<_>>>()?;
     let mut model = loaded[0].model;
-    for l in &loaded[1..] {
-        model = g.model_merge_simple(model, l.model, CHAIN_RATIO)?;
+    match &opts.method {
+        Some(m) => {
+            let models: Vec<_> = loaded.iter().map(|l| l.model).collect();
+            model = g.method(&m.name, &models, &m.params)?;
+        }
+        None => {
+            for l in &loaded[1..] {
+                model = g.model_merge_simple(model, l.model, CHAIN_RATIO)?;
+            }
+        }
     }
     g.save_checkpoint(
         model,

@@ -40,6 +40,9 @@ pub use report::{BenchReport, Measure};
 pub struct BenchOptions {
     /// Synthetic architecture to build.
     pub arch: Arch,
+    /// Which of the family's configurations (a variant name such as `wan21-14b`); `None`: the
+    /// family's default.
+    pub variant: Option<&'static str>,
     /// Dtype the checkpoint is saved in.
     pub dtype: TargetDtype,
     /// Dtype the synthetic model is built in (`None`: the reference's defaults, F32 denoiser;
@@ -73,6 +76,18 @@ pub struct BenchOptions {
     /// Quantize the denoiser's linear weights into this format (the save's default rule), and
     /// time the Python program a user writes for it (comfy-kitchen) instead of candle's.
     pub quantize: Option<crate::quant::Format>,
+    /// With `chain`: a merge method node over the chain's checkpoints instead of
+    /// ModelMergeSimple nodes (sd-mecha's name and parameters, [`crate::merge::methods`]).
+    pub method: Option<BenchMethod>,
+}
+
+/// A merge method the benchmark times over its inputs.
+#[derive(Debug, Clone)]
+pub struct BenchMethod {
+    /// sd-mecha's name.
+    pub name: String,
+    /// Its parameters (the others take their defaults).
+    pub params: std::collections::BTreeMap<String, crate::merge::methods::Param>,
 }
 
 /// Memory left free beside candle's program, so a benchmark never pushes the machine into the
@@ -268,8 +283,13 @@ fn measure(
         python: python_measure,
         ratio_python,
         python_peak_rss_bytes,
-        job: subject.name().into(),
-        arch: opts.arch.to_string(),
+        job: match &opts.method {
+            Some(m) => format!("merge --method {}", m.name),
+            None => subject.name().into(),
+        },
+        arch: opts
+            .variant
+            .map_or_else(|| opts.arch.to_string(), str::to_string),
         dtype: opts.dtype.to_string(),
         device: format!("{:?}", opts.device.location()),
         output_dir: opts.output_dir.display().to_string(),
@@ -355,6 +375,7 @@ mod tests {
     fn options(dir: &Path, from_file: bool) -> BenchOptions {
         BenchOptions {
             arch: Arch::Sd15,
+            variant: None,
             dtype: TargetDtype::F16,
             model_dtype: None,
             output_dir: dir.to_path_buf(),
@@ -368,6 +389,7 @@ mod tests {
             lora_rank: None,
             chain: None,
             quantize: None,
+            method: None,
         }
     }
 
@@ -507,6 +529,36 @@ mod tests {
             .to_string()
             .contains("a chain is timed against the storage ceiling only"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_method_bench_times_slerp_and_ties_against_the_ceiling_and_removes_its_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let _turn = memory::TESTS_TAKE_TURNS.lock();
+        for (name, n, k) in [("slerp", 2, None), ("ties_sum", 3, Some("0.2"))] {
+            let mut o = options(dir.path(), false);
+            o.chain = Some(n);
+            o.runs = 1;
+            let params = k
+                .map(|k| [("k".to_string(), crate::merge::methods::Param::Str(k.into()))])
+                .into_iter()
+                .flatten()
+                .collect();
+            o.method = Some(BenchMethod {
+                name: name.into(),
+                params,
+            });
+            let r = run(&o).unwrap();
+            assert_eq!(
+                (r.bytes, r.tensors),
+                same_save(dir.path(), Some(DType::F16))
+            );
+            let input = r.input_bytes.unwrap();
+            assert!(input > (n as u64 - 1) * r.bytes, "{input}");
+            assert_eq!(r.job, format!("merge --method {name}"));
+            assert!(r.candle.is_none() && r.ratio_job_ceiling.is_some());
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
     }
 
     #[test]

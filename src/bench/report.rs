@@ -185,6 +185,7 @@ impl std::fmt::Display for BenchReport {
             "file-to-file" => "(b) candle load + to_dtype + save",
             "merge" => "(b) candle load both + a*r+b*(1-r)",
             "run" => "(b) candle (not timed)",
+            j if j.starts_with("merge --method") => "(b) candle (not timed)",
             _ => "(b) candle to_dtype + save",
         };
         let rows = [

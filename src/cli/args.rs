@@ -66,7 +66,8 @@ pub(crate) enum Command {
     ///
     /// Loaders, LoRA loaders, the model and CLIP merge nodes (ModelMergeSimple, ModelMergeBlocks
     /// and the model-specific block nodes, subtract, add) and CheckpointSave, ModelSave,
-    /// CLIPSave and VAESave are run; other nodes are skipped and listed. Prints each written
+    /// CLIPSave and VAESave are run; other nodes are skipped and listed. An sd-mecha recipe
+    /// (`.mecha`) is run as sd-mecha's `merge(recipe, output=…)` runs it. Prints each written
     /// path; with --dry-run, the plan.
     #[command(after_help = EXIT_CODES)]
     Run(Box<crate::run::RunArgs>),
@@ -103,9 +104,9 @@ pub(crate) struct BenchArgs {
     #[arg(value_name = "JOB", default_value = "save")]
     pub(crate) job: BenchJob,
 
-    /// Architecture of the synthetic model (a family's name: its default model).
-    #[arg(long, value_name = "ARCH")]
-    pub(crate) synthetic: Arch,
+    /// The synthetic model: a family's name (its default model) or a variant's (`wan21-14b`).
+    #[arg(long, value_name = "MODEL")]
+    pub(crate) synthetic: String,
 
     /// Dtype the checkpoint is saved in (keep, f32, f16, bf16, f8_e4m3, f8_e5m2).
     #[arg(long, value_name = "DTYPE", default_value = "keep")]
@@ -156,6 +157,16 @@ pub(crate) struct BenchArgs {
     /// comfy-kitchen, with CHECKPOINT_SAVE_PYTHON or python3) beside ours.
     #[arg(long, value_name = "FORMAT")]
     pub(crate) quantize: Option<Format>,
+
+    /// With `merge`: time this merge method (sd-mecha's name: slerp, ties_sum, …) over two
+    /// checkpoints (three for methods that take more) instead of a weighted sum, against the
+    /// storage ceiling.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) method: Option<String>,
+
+    /// A parameter of --method, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", requires = "method")]
+    pub(crate) params: Vec<String>,
 
     /// Print one JSON object instead of the table.
     #[arg(long)]
@@ -447,6 +458,23 @@ pub(crate) struct MergeArgs {
         help_heading = "Merge"
     )]
     pub(crate) weights: Option<Vec<f64>>,
+
+    /// A merge method of sd-mecha's over the inputs, in its order (`slerp A B`,
+    /// `add_difference_ties BASE M1 M2 …`): weighted_sum, n_average, add_difference, slerp,
+    /// add_perpendicular, train_difference, ties_sum, add_difference_ties, add_ties_with_dare
+    /// (dare), model_stock, n_model_stock, geometric_median, clamp. It merges the denoiser; the
+    /// text encoders are A's.
+    #[arg(long, value_name = "NAME", group = "operation", help_heading = "Merge")]
+    pub(crate) method: Option<String>,
+
+    /// A parameter of --method, NAME=VALUE (repeatable): `--param alpha=0.3 --param k=0.2`.
+    #[arg(
+        long = "param",
+        value_name = "NAME=VALUE",
+        requires = "method",
+        help_heading = "Merge"
+    )]
+    pub(crate) params: Vec<String>,
 
     /// With --weights: the text encoders merged too, with these weights (CLIPMergeSimple's
     /// chain; `position_ids` and `logit_scale` stay A's).

@@ -409,8 +409,10 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
                 .with_context(|| format!("a synthetic model cannot be built in {d}"))?,
         ),
     };
+    let (arch, variant) = checkpoint_save::family::variant_named(&args.synthetic)?;
     let opts = BenchOptions {
-        arch: args.synthetic,
+        arch,
+        variant: Some(variant.name),
         dtype: args.dtype,
         model_dtype,
         output_dir: args
@@ -427,11 +429,48 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         lora_rank: args.lora_rank,
         chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),
         quantize: args.quantize,
+        method: None,
+    };
+    let opts = match &args.method {
+        None => opts,
+        Some(name) => {
+            if args.job != BenchJob::Merge {
+                usage_error("--method times a merge method: give `bench merge --method NAME`");
+            }
+            if args.lora_rank.is_some() {
+                usage_error(
+                    "--lora-rank times a LoRA bake beside a weighted sum; drop it with --method",
+                );
+            }
+            let params = crate::method::parse_params(&args.params)?;
+            let info = checkpoint_save::merge::methods::KNOWN
+                .iter()
+                .find(|m| m.name == name.as_str());
+            // Two inputs where the method takes two, else three (a base and two models).
+            let inputs = info.map_or(2, |m| {
+                if m.max_inputs == Some(2) {
+                    2
+                } else {
+                    m.min_inputs.max(3)
+                }
+            });
+            checkpoint_save::merge::methods::method(name, inputs, &params)?;
+            BenchOptions {
+                merge: false,
+                from_file: true,
+                chain: Some(inputs),
+                method: Some(checkpoint_save::bench::BenchMethod {
+                    name: name.clone(),
+                    params,
+                }),
+                ..opts
+            }
+        }
     };
     if args.lora_rank.is_some() && !opts.merge {
         usage_error("--lora-rank times a LoRA bake beside a merge: give `bench merge`");
     }
-    if args.from_file && opts.merge {
+    if args.from_file && opts.merge && opts.method.is_none() {
         usage_error("`bench merge` always starts from files; drop --from-file");
     }
     let report = bench::run(&opts)?;

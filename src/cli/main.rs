@@ -11,6 +11,7 @@ mod args;
 mod commands;
 mod extract;
 mod merge;
+mod method;
 mod report;
 mod run;
 mod weights;

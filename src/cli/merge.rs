@@ -14,8 +14,8 @@ use crate::commands::{
 use crate::print_stdout;
 use crate::report::{report, Job};
 use checkpoint_save::merge::{
-    merge as merge_inputs, BlockRatios, InputRecord, Lora, LoraBake, MergeReport, Operation,
-    Recipe, RECIPE_KEY,
+    merge as merge_inputs, BlockRatios, InputRecord, Lora, LoraBake, MergeArch, MergeReport,
+    Operation, Recipe, RECIPE_KEY,
 };
 use checkpoint_save::{open_input, Input, LayoutChoice};
 
@@ -23,6 +23,9 @@ use checkpoint_save::{open_input, Input, LayoutChoice};
 pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if let Some(weights) = &args.weights {
         return crate::weights::merge_weighted(args, weights, cancel);
+    }
+    if let Some(name) = &args.method {
+        return crate::method::merge_method(args, name, cancel);
     }
     let start = Instant::now();
     let mut opts = save_options(&args.out, cancel)?;
@@ -49,6 +52,11 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
             d => Some(d),
         },
         loras: Vec::new(),
+        arch: match args.out.arch {
+            ArchArg::Auto => MergeArch::Detect,
+            ArchArg::Arch(a) => MergeArch::Family(a),
+            ArchArg::Generic => MergeArch::Generic,
+        },
         requantize: args.requantize,
     };
     let loras = args

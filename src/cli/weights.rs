@@ -13,7 +13,7 @@ use crate::commands::{parse_device, save_options};
 use crate::merge::lora_arg;
 use crate::print_stdout;
 use checkpoint_save::merge::graph::{
-    run, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target,
+    run, Checkpoint, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target,
 };
 
 /// The ModelMergeSimple ratios of a chain computing `Σ wᵢ·Mᵢ / Σ wᵢ`: step k merges the sum so
@@ -91,6 +91,31 @@ pub(crate) fn merge_weighted(
             clip = g.clip_merge_simple(clip, l.clip, *r)?;
         }
     }
+    let what = {
+        let total: f64 = weights.iter().sum();
+        let normalized: Vec<String> = weights
+            .iter()
+            .map(|w| format!("{:.4}", w / total))
+            .collect();
+        format!("weights (normalized) {}", normalized.join(","))
+    };
+    save_graph(args, &opts, g, &loaded, model, clip, start, &what)
+}
+
+/// The rest of a graph-built merge: `--lora` bakes after the merge, the VAE `--vae` names, the
+/// save; runs it and prints the checkpoint's path (and a summary naming `what` was merged).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn save_graph(
+    args: &MergeArgs,
+    opts: &checkpoint_save::SaveOptions,
+    mut g: Graph,
+    loaded: &[Checkpoint],
+    mut model: ModelOut,
+    mut clip: ClipOut,
+    start: Instant,
+    what: &str,
+) -> Result<()> {
+    let n = args.inputs.len();
     for spec in &args.lora {
         let bake = lora_arg(spec)?;
         let (m, c) = g.lora(
@@ -127,22 +152,14 @@ pub(crate) fn merge_weighted(
     print_stdout(&w.path.display().to_string())?;
     if !args.out.quiet {
         let secs = start.elapsed().as_secs_f64().max(1e-9);
-        let normalized: Vec<String> = {
-            let total: f64 = weights.iter().sum();
-            weights
-                .iter()
-                .map(|w| format!("{:.4}", w / total))
-                .collect()
-        };
         eprintln!(
             "saved {} checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s); read {} bytes \
-             of {n} inputs; weights (normalized) {}; {} tensor(s) merged",
+             of {n} inputs; {what}; {} tensor(s) merged",
             w.arch.map_or("generic".to_string(), |a| a.to_string()),
             w.tensors,
             w.bytes,
             w.bytes as f64 / secs / 1e9,
             report.plan.read_bytes(),
-            normalized.join(","),
             report.plan.merged
         );
         for note in &report.plan.notes {

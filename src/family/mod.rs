@@ -2,8 +2,8 @@
 //! denoiser's keys and shapes ([`Tell`]s) and the configuration values it derives from them
 //! ([`Param`]s), the checkpoint prefix of each component, how the text encoders are laid out,
 //! which text encoders and autoencoder it uses, its prediction type and metadata, its known
-//! configurations ([`Variant`]s, each with the shape description of its synthetic model), and
-//! the seams later work fills (block-merge and LoRA prefixes, diffusers names).
+//! configurations ([`Variant`]s, each with the shape description of its synthetic model), its
+//! diffusers names, ComfyUI's block-merge nodes for it and the LoRA names ComfyUI maps onto it.
 //!
 //! A new family is a table entry in [`table`] and its tests, not a new module of logic: layout,
 //! loading, detection, component files and synthetic models all read the entry. The facts come
@@ -11,6 +11,8 @@
 //! `comfy/text_encoders/`); the README lists each family's detection keys.
 
 pub mod detect;
+pub mod lora_names;
+pub mod merge_nodes;
 pub(crate) mod parts;
 mod table;
 
@@ -18,6 +20,8 @@ use crate::error::{Error, Result};
 use crate::model::{Arch, Prediction};
 use crate::synthetic::spec::Spec;
 pub use detect::{detect, Detection};
+pub use lora_names::LoraNames;
+pub use merge_nodes::{BlockInput, MergeNode};
 pub use parts::VaeKind;
 
 /// One family: everything the tool knows about a model class ComfyUI saves one way.
@@ -56,12 +60,12 @@ pub struct Family {
     /// Whether diffusers/transformers names are mapped for this family (`split --to
     /// diffusers`, diffusers inputs, LoRA names in diffusers form).
     pub diffusers: bool,
-    /// Key prefixes of ComfyUI's per-block merge node for this family (`ModelMerge<Arch>`);
-    /// empty where not yet built.
-    pub block_prefixes: &'static [&'static str],
-    /// LoRA key prefixes ComfyUI maps onto this family's denoiser (`comfy/lora.py`); empty where
-    /// not yet built.
-    pub lora_prefixes: &'static [&'static str],
+    /// ComfyUI's per-block merge nodes for this family (`ModelMerge<Arch>`, their key
+    /// prefixes in order); empty where ComfyUI has none.
+    pub block_prefixes: &'static [MergeNode],
+    /// The LoRA names ComfyUI maps onto this family's denoiser beyond the generic ones
+    /// (`comfy/lora.py`).
+    pub lora: LoraNames,
 }
 
 /// One known configuration of a family, with its synthetic model.

@@ -14,8 +14,8 @@ use super::{Input, InputLayout};
 use crate::error::{Error, IoContext, Result};
 use crate::layout::detect;
 use crate::layout::diffusers::{
-    denoiser, encoder_folders, identify, prediction_from_scheduler, to_comfy, Assembly, Created,
-    Folder, ModelClass,
+    denoiser, encoder_folders, identify, prediction_from_scheduler, to_comfy, vae_class, Assembly,
+    Created, Folder, ModelClass,
 };
 use crate::model::dtype::candle_dtype;
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, TensorInfo, TensorMap};
@@ -239,11 +239,47 @@ pub(super) fn open_pipeline(dir: &Path, arch: Option<Arch>) -> Result<Input> {
         .collect();
     let mut components = Components::default();
     components.set_inputs(ComponentKind::Model, model.tensors);
-    let vae_set = open(Folder::Vae)?;
-    let vae = convert_set(&vae_set, ModelClass::Vae, None)?;
-    bytes += vae_set.bytes;
-    components.set_inputs(ComponentKind::Vae, vae.tensors);
+    refuse_unmapped(dir, arch, &listed)?;
+    // What a split wrote in ComfyUI's names beside the diffusers models (`split::UNMAPPED`).
+    let unmapped = |what: &str| -> Result<Vec<std::path::PathBuf>> {
+        let sub = dir.join(crate::split::UNMAPPED).join(what);
+        if !sub.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut files: Vec<_> = std::fs::read_dir(&sub)
+            .ctx(|| format!("cannot list {}", sub.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        Ok(files)
+    };
+    let comfy_vae = unmapped("vae")?;
+    if !dir.join("vae").is_dir() && !comfy_vae.is_empty() {
+        let c = super::open_component(ComponentKind::Vae, &comfy_vae, Some(arch))?;
+        bytes += c.bytes;
+        components.set_inputs(ComponentKind::Vae, c.tensors);
+    } else {
+        let vae_set = open(Folder::Vae)?;
+        let vae_class = class_of(&vae_set)?;
+        if vae_class.kind() != ComponentKind::Vae {
+            return Err(Error::InvalidInput(format!(
+                "{}/vae holds a {}, not an autoencoder",
+                dir.display(),
+                vae_class.name()
+            )));
+        }
+        let vae = convert_set(&vae_set, vae_class, None)?;
+        bytes += vae_set.bytes;
+        components.set_inputs(ComponentKind::Vae, vae.tensors);
+    }
     let mut clip = InputMap::new();
+    let comfy_clip = unmapped("clip")?;
+    if !comfy_clip.is_empty() {
+        let c = super::open_component(ComponentKind::Clip, &comfy_clip, Some(arch))?;
+        bytes += c.bytes;
+        clip.extend(c.tensors);
+    }
     for &(folder, enc) in encoder_folders(arch) {
         // SD3 runs without its T5; so may a pipeline saved without it.
         if arch == Arch::Sd3 && enc == "t5xxl" && !dir.join(folder.name()).is_dir() {
@@ -279,6 +315,36 @@ pub(super) fn open_pipeline(dir: &Path, arch: Option<Arch>) -> Result<Input> {
         created,
         bytes,
     })
+}
+
+/// Refuses a pipeline folder holding a model whose names are not mapped for `arch` (a language
+/// model text encoder, an autoencoder diffusers' converters do not read): converting without
+/// it would drop it unsaid.
+fn refuse_unmapped(dir: &Path, arch: Arch, listed: &BTreeMap<String, String>) -> Result<()> {
+    let mapped = encoder_folders(arch);
+    let mut folders: Vec<String> = [
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+        "text_encoder_4",
+    ]
+    .into_iter()
+    .filter(|f| dir.join(f).is_dir() && !mapped.iter().any(|(m, _)| m.name() == *f))
+    .map(str::to_string)
+    .collect();
+    if vae_class(arch).is_none() && dir.join("vae").is_dir() {
+        folders.push("vae".into());
+    }
+    let Some(first) = folders.first() else {
+        return Ok(());
+    };
+    let class = listed.get(first).map_or("its model", String::as_str);
+    Err(Error::InvalidInput(format!(
+        "{}/{first} holds {class}, whose names this tool does not map for {arch}; convert the \
+         parts it maps with `save --model {0}/transformer --vae FILE --clip FILE …`, giving the \
+         other components as ComfyUI files (`split --to nodes` writes them)",
+        dir.display()
+    )))
 }
 
 /// The models a candle-transformers program holds in diffusers names (the `unet`, `vae` and

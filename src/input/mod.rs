@@ -194,17 +194,20 @@ pub fn open_component(
 fn is_comfy_names(kind: ComponentKind, set: &TensorSet) -> bool {
     let has = |p: &str| set.tensors.keys().any(|k| k.starts_with(p));
     match kind {
-        // Not `x_embedder.`: diffusers' Flux transformer has one too.
+        // Not `x_embedder.`: diffusers' Flux transformer has one too. Nor a Z-Image transformer
+        // in diffusers' names, which keeps `cap_embedder.` (the family's first tell) but names
+        // its patch embedder `all_x_embedder.`.
         ComponentKind::Model => {
-            [
+            let classic = [
                 "input_blocks.",
                 "joint_blocks.",
                 "double_blocks.",
                 "img_in.",
             ]
             .iter()
-            .any(|p| has(p))
-                || crate::family::detect::looks_like_a_family(&set.infos())
+            .any(|p| has(p));
+            !has("all_x_embedder.")
+                && (classic || crate::family::detect::looks_like_a_family(&set.infos()))
         }
         ComponentKind::Clip => {
             let families = crate::family::Family::all();

@@ -84,7 +84,7 @@ pub(super) type LoraSteps = BTreeMap<(ComponentKind, String), Vec<Step>>;
 
 /// Every LoRA module matched to A's tensors, as steps by target, in LoRA order.
 pub(super) fn lora_patches(
-    arch: Arch,
+    arch: Option<Arch>,
     a: &Components,
     recipe: &Recipe,
     report: &mut MergeReport,
@@ -95,6 +95,7 @@ pub(super) fn lora_patches(
     }
     let shapes = a.shapes();
     let targets = lora_keys::targets(arch, &shapes)?;
+    let this = arch.map_or("generic".to_string(), |a| a.to_string());
     for bake in &recipe.loras {
         let l = &bake.lora;
         let mut matched = 0;
@@ -108,7 +109,7 @@ pub(super) fn lora_patches(
         let mut taken = Claims::new();
         for (stem, m) in &l.modules {
             let Some(t) = targets.get(stem) else {
-                not_applied.push(format!("`{stem}`: matches no tensor of this {arch} model"));
+                not_applied.push(format!("`{stem}`: matches no tensor of this {this} model"));
                 continue;
             };
             matched += 1;
@@ -167,13 +168,7 @@ pub(super) fn lora_patches(
             }
         }
         if matched == 0 {
-            return Err(Error::InvalidInput(format!(
-                "LoRA {} matches no tensor of this {arch} model ({} module(s), first: `{}`); is \
-                 it for another architecture?",
-                l.name,
-                l.len(),
-                l.modules.keys().next().map_or("", String::as_str)
-            )));
+            return Err(no_match(l, &this));
         }
         if recipe.strict && !not_applied.is_empty() {
             return Err(Error::InvalidInput(format!(
@@ -194,6 +189,30 @@ pub(super) fn lora_patches(
         });
     }
     Ok(out)
+}
+
+/// The error for a LoRA none of whose modules names a tensor of the model: the families its
+/// names fit, where some do.
+fn no_match(l: &Lora, this: &str) -> Error {
+    let stems: Vec<&str> = l.modules.keys().map(String::as_str).collect();
+    let first = stems.first().copied().unwrap_or("");
+    let fits = lora_keys::fitting_families(&stems);
+    let hint = match fits.as_slice() {
+        [] => "is it for another architecture?".to_string(),
+        [(_, n), ..] => format!(
+            "its names fit {} ({n} of {} module(s)): bake it into a model of that family",
+            fits.iter()
+                .map(|(a, _)| format!("{a} ({})", a.family().title))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            stems.len()
+        ),
+    };
+    Error::InvalidInput(format!(
+        "LoRA {} matches no tensor of this {this} model ({} module(s), first: `{first}`); {hint}",
+        l.name,
+        stems.len()
+    ))
 }
 
 /// Why a LoRA key was read by no form.

@@ -8,8 +8,11 @@
 //!   `middle_block.`, `output_blocks.N.`);
 //! - any other name is taken as a key prefix as it is (`joint_blocks.3.`, `double_blocks.`);
 //!
-//! or a bare list of numbers: 25 for SD1/SD2 (`IN00`…`IN11`, `M00`, `OUT00`…`OUT11`) or 19 for
-//! SDXL (`IN00`…`IN08`, `M00`, `OUT00`…`OUT08`), in that order.
+//! or a bare list of numbers, placed once the family is known ([`BlockRatios::placed`]): one per
+//! input of a ComfyUI `ModelMerge<Arch>` node of the family, in the node's order (the family
+//! table's `block_prefixes`: 46 for ModelMergeWAN2_1, 66 for ModelMergeQwenImage, 30 for
+//! ModelMergeSD1 …), or A1111's lists, 25 for SD1/SD2 (`IN00`…`IN11`, `M00`, `OUT00`…`OUT11`)
+//! or 19 for SDXL (`IN00`…`IN08`, `M00`, `OUT00`…`OUT08`).
 //!
 //! As ModelMergeBlocks (`comfy_extras/nodes_model_merging.py`) and its model-specific variants
 //! compute it, a key takes the ratio of the longest entry that is a prefix of it, and a key no
@@ -18,19 +21,24 @@
 //! `IN00`'s. Every ratio is in ComfyUI's convention (1 keeps A).
 
 use crate::error::{Error, Result};
+use crate::family::Family;
+use crate::model::Arch;
 
 /// Ratios by key prefix, in the order given (the first is the ratio of keys no prefix matches).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BlockRatios {
     entries: Vec<(String, f64)>,
+    /// A bare list not yet placed on a family's blocks.
+    list: Option<Vec<f64>>,
 }
 
 impl BlockRatios {
-    /// Parses a spec: `NAME=RATIO` entries or a bare list of 25 or 19 ratios, in the order given.
+    /// Parses a spec: `NAME=RATIO` entries, or a bare list of ratios that
+    /// [`BlockRatios::placed`] puts on the family's blocks.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an entry without `=`, a ratio that is not a finite number, a
-    /// list of the wrong length, or a name given twice.
+    /// [`Error::InvalidInput`] for an entry without `=`, a ratio that is not a finite number, or
+    /// a name given twice.
     pub fn parse(spec: &str) -> Result<BlockRatios> {
         let items: Vec<&str> = spec
             .split(',')
@@ -43,25 +51,10 @@ impl BlockRatios {
                 .iter()
                 .map(|s| ratio(s, s))
                 .collect::<Result<Vec<f64>>>()?;
-            let per_side = match values.len() {
-                25 => 12,
-                19 => 9,
-                n => {
-                    return Err(Error::InvalidInput(format!(
-                        "a block-ratio list has 25 values (SD1/SD2: IN00-IN11, M00, OUT00-OUT11) \
-                         or 19 (SDXL: IN00-IN08, M00, OUT00-OUT08), not {n}; or give NAME=RATIO \
-                         entries"
-                    )))
-                }
-            };
-            for (i, v) in values.into_iter().enumerate() {
-                let prefix = match i {
-                    i if i < per_side => format!("input_blocks.{i}."),
-                    i if i == per_side => "middle_block.".to_string(),
-                    i => format!("output_blocks.{}.", i - per_side - 1),
-                };
-                entries.push((prefix, v));
-            }
+            return Ok(BlockRatios {
+                entries,
+                list: Some(values),
+            });
         } else {
             for item in items {
                 let (name, value) = item.split_once('=').ok_or_else(|| {
@@ -78,13 +71,63 @@ impl BlockRatios {
                 entries.push((prefix, ratio(value.trim(), item)?));
             }
         }
-        Ok(BlockRatios { entries })
+        Ok(BlockRatios {
+            entries,
+            list: None,
+        })
+    }
+
+    /// The ratios with a bare list placed on `family`'s blocks (`None`: the generic layout,
+    /// which has none): one ratio per input of one of the family's `ModelMerge<Arch>` nodes,
+    /// or A1111's 25 (SD1, SD2, the SDXL refiner) or 19 (SDXL) UNet blocks. Named entries are
+    /// returned as they are.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a list whose length fits no node of the family (naming the
+    /// lengths that do), or a list without a family.
+    pub fn placed(&self, family: Option<&Family>) -> Result<BlockRatios> {
+        let Some(values) = &self.list else {
+            return Ok(self.clone());
+        };
+        let unet = family.map(|f| f.arch);
+        let a1111 = match (unet, values.len()) {
+            (Some(Arch::Sd15 | Arch::Sd2 | Arch::SdxlRefiner), 25) => Some(12),
+            (Some(Arch::Sdxl), 19) => Some(9),
+            _ => None,
+        };
+        let prefixes: Vec<String> = match (a1111, family) {
+            (Some(per_side), _) => (0..values.len())
+                .map(|i| match i {
+                    i if i < per_side => format!("input_blocks.{i}."),
+                    i if i == per_side => "middle_block.".to_string(),
+                    i => format!("output_blocks.{}.", i - per_side - 1),
+                })
+                .collect(),
+            (None, Some(f)) => match f.block_prefixes.iter().find(|n| n.len() == values.len()) {
+                Some(node) => node.prefixes(),
+                None => return Err(list_fits_nothing(values.len(), f)),
+            },
+            (None, None) => {
+                return Err(Error::InvalidInput(format!(
+                    "a bare list of {} block ratios needs a family to place them on; with \
+                     --arch generic give PREFIX=RATIO entries (e.g. blocks.0.=0.3)",
+                    values.len()
+                )))
+            }
+        };
+        Ok(BlockRatios {
+            entries: prefixes.into_iter().zip(values.iter().copied()).collect(),
+            list: None,
+        })
     }
 
     /// Ratios by raw key prefix, in the order given (a ModelMergeBlocks node's inputs: their
     /// names are the prefixes, the first is the default).
     pub fn from_entries(entries: Vec<(String, f64)>) -> BlockRatios {
-        BlockRatios { entries }
+        BlockRatios {
+            entries,
+            list: None,
+        }
     }
 
     /// The ratio of `key` (ComfyUI's denoiser name) as ModelMergeBlocks gives it: that of the
@@ -101,20 +144,50 @@ impl BlockRatios {
         best.or(self.entries.first()).map(|(_, r)| *r)
     }
 
-    /// The ratio of keys no prefix matches: the first entry's.
+    /// The ratio of keys no prefix matches: the first entry's (a list's first value).
     pub fn default_ratio(&self) -> Option<f64> {
-        self.entries.first().map(|(_, r)| *r)
+        match &self.list {
+            Some(values) => values.first().copied(),
+            None => self.entries.first().map(|(_, r)| *r),
+        }
     }
 
     /// Whether there are no entries (every key takes the operation's own ratio).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.list.as_ref().is_none_or(Vec::is_empty)
     }
 
     /// The entries (key prefix, ratio), in the order given.
     pub fn entries(&self) -> &[(String, f64)] {
         &self.entries
     }
+}
+
+/// Why a bare list fits none of `family`'s blocks.
+fn list_fits_nothing(len: usize, family: &Family) -> Error {
+    let mut fits: Vec<String> = family
+        .block_prefixes
+        .iter()
+        .map(|n| format!("{} for {}", n.len(), n.node))
+        .collect();
+    match family.arch {
+        Arch::Sd15 | Arch::Sd2 | Arch::SdxlRefiner => {
+            fits.push("25 for A1111's IN00-IN11, M00, OUT00-OUT11".into())
+        }
+        Arch::Sdxl => fits.push("19 for A1111's IN00-IN08, M00, OUT00-OUT08".into()),
+        _ => {}
+    }
+    let hint = match fits.is_empty() {
+        true => format!(
+            "ComfyUI has no ModelMerge node for {} ({})",
+            family.name, family.title
+        ),
+        false => format!("a list for {} has {}", family.name, fits.join(", or ")),
+    };
+    Error::InvalidInput(format!(
+        "a bare list of {len} block ratios fits no block list of this model: {hint}; or give \
+         PREFIX=RATIO entries (any key prefix, e.g. blocks.3.=0.5)"
+    ))
 }
 
 /// The key prefix a block name stands for.
@@ -175,7 +248,10 @@ mod tests {
     #[test]
     fn lists_name_every_unet_block() {
         let sd1: Vec<String> = (0..25).map(|i| format!("{}", i as f64 / 100.0)).collect();
-        let b = BlockRatios::parse(&sd1.join(",")).unwrap();
+        let b = BlockRatios::parse(&sd1.join(","))
+            .unwrap()
+            .placed(Some(Arch::Sd15.family()))
+            .unwrap();
         assert_eq!(b.ratio("input_blocks.0.0.weight"), Some(0.0));
         assert_eq!(b.ratio("input_blocks.11.0.weight"), Some(0.11));
         assert_eq!(b.ratio("middle_block.0.x"), Some(0.12));
@@ -185,14 +261,70 @@ mod tests {
         assert_eq!(b.ratio("input_blocks.1.0.x"), Some(0.01));
         // Keys outside every block take IN00's, the list's first.
         assert_eq!(b.ratio("time_embed.0.weight"), Some(0.0));
-        let sdxl = vec!["0.5"; 19].join(",");
-        assert_eq!(BlockRatios::parse(&sdxl).unwrap().entries().len(), 19);
+        let sdxl = BlockRatios::parse(&vec!["0.5"; 19].join(",")).unwrap();
+        assert_eq!(sdxl.default_ratio(), Some(0.5));
+        let placed = sdxl.placed(Some(Arch::Sdxl.family())).unwrap();
+        assert_eq!(placed.entries().len(), 19);
+        assert_eq!(placed.entries()[9].0, "middle_block.");
+        // A1111's SDXL list is not SD1's.
+        assert!(sdxl.placed(Some(Arch::Sd15.family())).is_err());
+    }
+
+    #[test]
+    fn lists_take_the_inputs_of_the_familys_merge_node() {
+        // ModelMergeWAN2_1: 5 embedders, 40 blocks, the head.
+        let values: Vec<String> = (0..46).map(|i| format!("{}", i as f64 / 64.0)).collect();
+        let b = BlockRatios::parse(&values.join(","))
+            .unwrap()
+            .placed(Some(Arch::Wan21.family()))
+            .unwrap();
+        assert_eq!(b.ratio("patch_embedding.weight"), Some(0.0));
+        assert_eq!(b.ratio("img_emb.proj.0.bias"), Some(4.0 / 64.0));
+        assert_eq!(b.ratio("blocks.0.self_attn.q.weight"), Some(5.0 / 64.0));
+        assert_eq!(b.ratio("blocks.1.ffn.0.weight"), Some(6.0 / 64.0));
+        assert_eq!(b.ratio("blocks.10.ffn.0.weight"), Some(15.0 / 64.0));
+        assert_eq!(b.ratio("head.head.weight"), Some(45.0 / 64.0));
+        // Keys of no input take the first input's, as ModelMergeBlocks does.
+        assert_eq!(b.ratio("unknown.weight"), Some(0.0));
+        // SD3: the node whose input count is the list's.
+        let sd3 = |n: usize| {
+            BlockRatios::parse(&vec!["0.5"; n].join(","))
+                .unwrap()
+                .placed(Some(Arch::Sd3.family()))
+        };
+        assert_eq!(sd3(30).unwrap().entries()[29].0, "final_layer.");
+        assert_eq!(sd3(44).unwrap().entries()[42].0, "joint_blocks.37.");
+        let e = sd3(31).unwrap_err().to_string();
+        assert!(
+            e.contains("30 for ModelMergeSD3_2B, or 44 for ModelMergeSD35_Large"),
+            "{e}"
+        );
+        // A family ComfyUI has no node for, and the generic layout, take named entries.
+        let list = BlockRatios::parse("0.1,0.2").unwrap();
+        let e = list
+            .placed(Some(Arch::HiDream.family()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ComfyUI has no ModelMerge node for hidream"),
+            "{e}"
+        );
+        let e = list.placed(None).unwrap_err().to_string();
+        assert!(e.contains("PREFIX=RATIO"), "{e}");
+        let named = BlockRatios::parse("double_stream_blocks.1.=0.25").unwrap();
+        assert_eq!(named.placed(None).unwrap(), named);
     }
 
     #[test]
     fn bad_specs_say_what_is_wrong() {
+        let e = BlockRatios::parse("0.1,0.2")
+            .unwrap()
+            .placed(Some(Arch::Sd15.family()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("30 for ModelMergeSD1, or 25 for A1111's"), "{e}");
         for (spec, needle) in [
-            ("0.1,0.2", "25 values"),
+            ("0.1,nan", "not a finite number"),
             ("input=nan", "not a finite number"),
             ("input=0.1,input=0.2", "given twice"),
             ("input=0.1,foo", "NAME=RATIO"),

@@ -114,6 +114,38 @@ pub fn extract_lora(
     base: &Components,
     opts: &ExtractOptions,
 ) -> Result<(TensorMap, ExtractReport)> {
+    extract(tuned, Some(base), opts)
+}
+
+/// The LoRA of a model difference already formed — ComfyUI's LoraSave fed by a
+/// ModelMergeSubtract / CLIPMergeSubtract output: each tensor of `diff` (its denoiser, and its
+/// text encoders when it has them and `opts.clip` is set) is evaluated in f32 and rounded to its
+/// dtype, as ComfyUI's patched weight is, and factored as [`extract_lora`] factors `tuned − base`.
+///
+/// # Errors
+/// As [`extract_lora`]; [`Error::InvalidInput`] when `diff` has neither a denoiser nor (with
+/// `opts.clip`) text encoders.
+pub fn extract_lora_from_difference(
+    diff: &Components,
+    opts: &ExtractOptions,
+) -> Result<(TensorMap, ExtractReport)> {
+    let has = |k| diff.get(k).is_some_and(|m| !m.is_empty());
+    if !(has(ComponentKind::Model) || (opts.clip && has(ComponentKind::Clip))) {
+        return Err(Error::InvalidInput(
+            "nothing to extract a LoRA from: the difference has no denoiser and no text \
+             encoders"
+                .into(),
+        ));
+    }
+    extract(diff, None, opts)
+}
+
+/// `tuned − base` (or `tuned` itself, a difference, without `base`) as a LoRA.
+fn extract(
+    tuned: &Components,
+    base: Option<&Components>,
+    opts: &ExtractOptions,
+) -> Result<(TensorMap, ExtractReport)> {
     if !(1..=4096).contains(&opts.rank) {
         return Err(Error::InvalidInput(format!(
             "rank {} is outside 1..=4096 (LoraSave's range)",
@@ -127,14 +159,18 @@ pub fn extract_lora(
         false => &[ComponentKind::Model],
     };
     for &kind in kinds {
-        let (Some(t), Some(b)) = (tuned.get(kind), base.get(kind)) else {
-            if kind == ComponentKind::Model {
+        let b = base.map(|b| b.get(kind));
+        let t = match (tuned.get(kind), b) {
+            (Some(t), None | Some(Some(_))) => t,
+            (None, None) => continue,
+            _ if kind == ComponentKind::Model => {
                 return Err(Error::InvalidInput(
                     "both models need a denoiser to extract a LoRA from".into(),
-                ));
+                ))
             }
-            continue;
+            _ => continue,
         };
+        let b = b.flatten();
         for (key, tt) in t {
             let (stem, whole) = if let Some(stem) = key.strip_suffix(".weight") {
                 let whole = match (opts.lora_type, tt.info().shape.len()) {
@@ -158,6 +194,10 @@ pub fn extract_lora(
             if !crate::model::dtype::can_decode(tt.info().dtype) {
                 continue;
             }
+            let Some(b) = b else {
+                jobs.push((job, tt.clone(), None));
+                continue;
+            };
             let bt = b.get(key).ok_or_else(|| {
                 Error::InvalidInput(format!(
                     "the base model has no {kind} tensor `{key}`; extract from two models of one \
@@ -174,12 +214,12 @@ pub fn extract_lora(
                     ),
                 });
             }
-            jobs.push((job, tt.clone(), bt.clone()));
+            jobs.push((job, tt.clone(), Some(bt.clone())));
         }
     }
     let results: Vec<Result<Extracted>> = jobs
         .into_par_iter()
-        .map(|(job, t, b)| job.run(&t, &b, opts, &names))
+        .map(|(job, t, b)| job.run(&t, b.as_ref(), opts, &names))
         .collect();
     let mut out = TensorMap::new();
     let mut report = ExtractReport::default();
@@ -217,7 +257,7 @@ impl Job {
     fn run(
         &self,
         tuned: &InputTensor,
-        base: &InputTensor,
+        base: Option<&InputTensor>,
         opts: &ExtractOptions,
         names: &Names,
     ) -> Result<Extracted> {
@@ -276,24 +316,47 @@ impl Job {
     }
 }
 
-/// `tuned − base` as ModelMergeSubtract computes it, rounded to the weight's dtype, in f32.
-fn difference(key: &str, tuned: &InputTensor, base: &InputTensor) -> Result<Vec<f32>> {
-    let patch = Patch {
-        strength: -1.0,
-        strength_model: 1.0,
-        value: PatchValue::Tensor(base.clone()),
+/// `tuned − base` as ModelMergeSubtract computes it (or `tuned`, already a difference),
+/// rounded to the weight's dtype, in f32.
+fn difference(key: &str, tuned: &InputTensor, base: Option<&InputTensor>) -> Result<Vec<f32>> {
+    let m = match base {
+        Some(base) => {
+            let patch = Patch {
+                strength: -1.0,
+                strength_model: 1.0,
+                value: PatchValue::Tensor(base.clone()),
+            };
+            InputTensor::Merged(Arc::new(Merged::new(key, tuned.clone(), vec![patch])?))
+        }
+        None => tuned.clone(),
     };
-    let m = InputTensor::Merged(Arc::new(Merged::new(key, tuned.clone(), vec![patch])?));
     let bytes = crate::offload::host_bytes(&m)?;
-    let round: fn(f32) -> f32 = match tuned.info().dtype {
+    let info = tuned.info();
+    let round: fn(f32) -> f32 = match info.dtype {
         Dtype::F16 => |v| half::f16::from_f32(v).to_f32(),
         Dtype::BF16 => |v| half::bf16::from_f32(v).to_f32(),
         _ => |v| v,
     };
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| round(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-        .collect())
+    // A merged tensor is evaluated in f32; a tensor read as it lies (a difference given
+    // whole) comes in its own dtype.
+    let n = info.numel();
+    match (bytes.len() == n * 4, info.dtype) {
+        (true, _) => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| round(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect()),
+        (false, Dtype::F16) => Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        (false, Dtype::BF16) => Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        (false, d) => Err(Error::InvalidInput(format!(
+            "`{key}`: a {d:?} difference cannot be factored; give it in f32, f16 or bf16"
+        ))),
+    }
 }
 
 /// Clamps both factors to `[−h, h]`, `h` the [`CLAMP_QUANTILE`] quantile of their entries

@@ -15,8 +15,8 @@
 //! Refused by name, naming the key: LoHa, LoKr, GLoRA, OFT and BOFT (ComfyUI's other weight
 //! adapters), and DoRA (`.dora_scale`, which needs each weight's norm: not applied yet). Two
 //! forms on one weight (ComfyUI would keep only the last one read) are refused too. Keys no form
-//! reads are kept in [`Lora::other_keys`] and reported. BFL's Flux control LoRAs and USO's Flux
-//! LoRAs are renamed first, as `comfy/lora_convert.py` does. Which weight a stem names is
+//! reads are kept in [`Lora::other_keys`] and reported. BFL's Flux control LoRAs, Wan-Fun's
+//! LoRAs and USO's Flux LoRAs are renamed first, as `comfy/lora_convert.py` does. Which weight a stem names is
 //! [`super::lora_keys`]'s.
 
 use std::collections::BTreeMap;
@@ -365,8 +365,8 @@ fn le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
 type Reshape = Option<(String, Vec<usize>)>;
 
 /// The renames of `comfy/lora_convert.py` for this tool's architectures: BFL's Flux control
-/// LoRAs (`img_in.lora_A.weight` beside `single_blocks.0.norm.key_norm.scale`) and USO's Flux
-/// LoRAs; other files unchanged.
+/// LoRAs (`img_in.lora_A.weight` beside `single_blocks.0.norm.key_norm.scale`), Wan-Fun's
+/// LoRAs (`lora_unet__…` for `lora_unet_…`) and USO's Flux LoRAs; other files unchanged.
 fn convert(tensors: InputMap) -> Result<(InputMap, Reshape)> {
     let has = |k: &str| tensors.contains_key(k);
     if has("img_in.lora_A.weight") && has("single_blocks.0.norm.key_norm.scale") {
@@ -396,6 +396,16 @@ fn convert(tensors: InputMap) -> Result<(InputMap, Reshape)> {
             })
             .collect();
         return Ok((renamed, Some(("diffusion_model.img_in".into(), shape))));
+    }
+    if has("lora_unet__blocks_0_cross_attn_k.lora_down.weight") {
+        let renamed = tensors
+            .into_iter()
+            .map(|(k, t)| match k.strip_prefix("lora_unet__") {
+                Some(rest) => (format!("lora_unet_{rest}"), t),
+                None => (k, t),
+            })
+            .collect();
+        return Ok((renamed, None));
     }
     if has("single_blocks.37.processor.qkv_lora.up.weight")
         && has("double_blocks.18.processor.qkv_lora2.up.weight")

@@ -1,30 +1,31 @@
 //! Which weight a LoRA module's stem names: ComfyUI's key map (`comfy/lora.py`
-//! `model_lora_keys_unet`, `model_lora_keys_clip`) for this tool's architectures, over the
-//! model's own (ComfyUI) names and the diffusers/transformers names of `layout::diffusers`.
+//! `model_lora_keys_unet`, `model_lora_keys_clip`), built from the family table's LoRA name
+//! forms ([`crate::family::LoraNames`]) over the model's own (ComfyUI) names and the
+//! diffusers/transformers names of `layout::diffusers`.
 //!
 //! | part | stems |
 //! | --- | --- |
-//! | denoiser | `lora_unet_<name with _>` and `diffusion_model.<name>` of every weight; `diffusion_model.<key>` of every other tensor (biases, norm scales) |
-//! | UNet (SD1/SD2/SDXL/refiner), diffusers names | `lora_unet_<_>`, `lycoris_<_>`, `unet.<name>` and `<name>`, also with `.processor.to_…` |
-//! | SD3 / Flux transformer, diffusers names | `transformer.<name>`, `<name>`, `lora_transformer_<_>`, `lycoris_<_>`; SD3 also `base_model.model.<name>` |
-//! | Flux | `diffusion_model.single_blocks.N.linear1_qkv`: the q/k/v rows of `linear1` |
+//! | denoiser, every family and `generic` | `lora_unet_<name with _>` and `diffusion_model.<name>` of every weight; `diffusion_model.<key>` of every other tensor (biases, norm scales, modulations) |
+//! | denoiser, by family | the own names bare or under `transformer.`, `lycoris_…` (Qwen-Image, HiDream, LTX-Video); the diffusers names under `unet.`/`transformer.`/`base_model.model.`/bare and flattened under `lora_unet_`/`lora_transformer_`/`lycoris_` (see the table); diffusion-pipe's HunyuanVideo renames; Flux's `linear1_qkv` rows |
 //! | CLIP-L, OpenCLIP-H | `lora_te_…`, `lora_te1_…`, `text_encoder.…` |
-//! | OpenCLIP-G beside CLIP-L (SDXL, SD3) | `lora_te2_…`, `text_encoder_2.…` |
+//! | OpenCLIP-G beside CLIP-L (SDXL, SD3, HiDream) | `lora_te2_…`, `text_encoder_2.…` |
 //! | OpenCLIP-G alone (SDXL refiner) | `lora_te_…`, `lora_prior_te_…`, `text_encoder.…` and `text_encoder_2.…` |
-//! | T5-XXL | SD3 `lora_te3_…`; Flux `lora_te2_…` and `lora_te3_…` |
-//! | every text encoder | `text_encoders.<name>` and the bare `<name>` (ComfyUI's names) |
+//! | T5-XXL | numbered after the CLIPs: `lora_te1_` alone (LTX-Video, Chroma), `lora_te2_` and `lora_te3_` after CLIP-L (Flux), `lora_te3_` after both (SD3, HiDream) |
+//! | a single language-model encoder (Qwen2.5-VL, Qwen3, Gemma 2, umT5 …) | `lora_te_<name after <encoder>.transformer.model.>` |
+//! | every text encoder | `text_encoders.<name>`, the bare `<name>`, and (except CLIPs) `text_encoders.transformer.<name after <encoder>.transformer.>` |
 //!
-//! A diffusers name of a tensor ComfyUI fuses (Flux's and SD3's `to_q`/`to_k`/`to_v`) lands on
-//! its rows of the fused weight. The kohya text-encoder names cover every weight of an encoder
-//! (ComfyUI lists the attention and MLP projections, the only ones kohya trains).
+//! A diffusers name of a tensor ComfyUI fuses (Flux's and SD3's `to_q`/`to_k`/`to_v`, Lumina's
+//! and HunyuanVideo's `qkv`) lands on its rows of the fused weight. The kohya text-encoder names
+//! cover every weight of an encoder (ComfyUI lists the attention and MLP projections, the only
+//! ones kohya trains). Where two forms give one name, ComfyUI's own forms win over the diffusers
+//! names.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::error::Result;
-use crate::layout::diffusers::{encoder_folders, from_comfy, Assembly, Folder};
+use crate::layout::diffusers::{from_comfy, mapped_shapes, Assembly, Folder};
 use crate::model::{Arch, ComponentKind, ComponentShapes, TensorInfo};
-
 /// Where a module lands: a tensor of a component, and which of its rows (`(value rows, first
 /// target row)` runs).
 #[derive(Debug, Clone, PartialEq)]
@@ -77,55 +78,79 @@ fn rows_of(info: &TensorInfo) -> usize {
     info.shape.first().copied().unwrap_or(1)
 }
 
-/// Every module name the loaders accept for `arch`'s tensors in `shapes` (ComfyUI's names).
+/// Every module name the loaders accept for the tensors in `shapes` (ComfyUI's names), as
+/// `arch`'s family names them (`None`: the generic layout, ComfyUI's generic names only).
 ///
 /// # Errors
 /// Errors of the diffusers mapping of the model (a model that does not fit `arch`).
-pub(crate) fn targets(arch: Arch, shapes: &ComponentShapes) -> Result<HashMap<String, Target>> {
+pub(crate) fn targets(
+    arch: Option<Arch>,
+    shapes: &ComponentShapes,
+) -> Result<HashMap<String, Target>> {
     let mut map = HashMap::new();
+    let names = arch.map(|a| a.family().lora);
     if let Some(model) = shapes.get(ComponentKind::Model) {
         for (k, info) in model {
             let t = Target::whole(ComponentKind::Model, k, info);
-            match k.strip_suffix(".weight") {
-                Some(stem) => {
-                    map.insert(format!("lora_unet_{}", stem.replace('.', "_")), t.clone());
-                    map.insert(format!("diffusion_model.{stem}"), t);
-                }
+            let Some(stem) = k.strip_suffix(".weight") else {
                 // ComfyUI's generic form for tensors that are not weights: the whole key.
-                None => {
-                    map.insert(format!("diffusion_model.{k}"), t);
+                map.insert(format!("diffusion_model.{k}"), t);
+                continue;
+            };
+            let flat = stem.replace('.', "_");
+            map.insert(format!("lora_unet_{flat}"), t.clone());
+            map.insert(format!("diffusion_model.{stem}"), t.clone());
+            let Some(n) = names else { continue };
+            for p in n.own {
+                map.insert(format!("{p}{stem}"), t.clone());
+            }
+            for p in n.own_flat {
+                map.insert(format!("{p}{flat}"), t.clone());
+            }
+            if !n.renamed.is_empty() {
+                let mut renamed = k.clone();
+                for (from, to) in n.renamed {
+                    renamed = renamed.replace(from, to);
+                }
+                let renamed = renamed.strip_suffix(".weight").unwrap_or(&renamed);
+                for p in n.renamed_prefixes {
+                    map.insert(format!("{p}{renamed}"), t.clone());
                 }
             }
-            // Flux's single blocks fuse q, k, v and the MLP's input in `linear1`; ComfyUI
-            // names the first 3 · hidden rows `linear1_qkv`.
-            if let (Some(block), true) = (
-                k.strip_suffix(".linear1.weight"),
-                matches!(arch, Arch::Flux | Arch::FluxSchnell),
-            ) {
-                let qkv = 3 * info.shape.get(1).copied().unwrap_or(0);
-                if qkv > 0 && qkv <= rows_of(info) {
+            for (suffix, name, mult) in n.leading_rows {
+                let Some(head) = k.strip_suffix(suffix) else {
+                    continue;
+                };
+                let rows = mult * info.shape.get(1).copied().unwrap_or(0);
+                if rows > 0 && rows <= rows_of(info) {
                     let t = Target {
                         kind: ComponentKind::Model,
                         key: k.clone(),
-                        rows: vec![(0..qkv, 0)],
+                        rows: vec![(0..rows, 0)],
                     };
-                    map.insert(format!("diffusion_model.{block}.linear1_qkv"), t);
+                    map.insert(format!("diffusion_model.{head}{name}"), t);
                 }
             }
         }
     }
-    clip_targets(arch, shapes, &mut map);
-    diffusers_targets(arch, shapes, &mut map)?;
+    clip_targets(shapes, &mut map);
+    if let Some(a) = arch.filter(|a| a.family().diffusers) {
+        diffusers_targets(a, shapes, &mut map)?;
+    }
     Ok(map)
 }
 
-/// The text encoders' names in ComfyUI's forms (`model_lora_keys_clip`).
-fn clip_targets(arch: Arch, shapes: &ComponentShapes, map: &mut HashMap<String, Target>) {
+/// The text encoders' names in ComfyUI's forms (`model_lora_keys_clip`), told by the encoders
+/// the clip component holds.
+fn clip_targets(shapes: &ComponentShapes, map: &mut HashMap<String, Target>) {
     let Some(clip) = shapes.get(ComponentKind::Clip) else {
         return;
     };
-    let encoders: Vec<&str> = encoder_folders(arch).iter().map(|(_, e)| *e).collect();
-    let (has_l, has_g) = (encoders.contains(&"clip_l"), encoders.contains(&"clip_g"));
+    let has = |e: &str| {
+        clip.keys()
+            .any(|k| k.starts_with(&format!("{e}.transformer.")))
+    };
+    let (has_l, has_g) = (has("clip_l"), has("clip_g"));
     // ComfyUI's numbering of T5 after the CLIPs (OneTrainer): SD3 3, Flux 2 and 3.
     let t5 = 1 + usize::from(has_g) + usize::from(has_l);
     let kohya = |enc: &str| -> Vec<String> {
@@ -138,17 +163,34 @@ fn clip_targets(arch: Arch, shapes: &ComponentShapes, map: &mut HashMap<String, 
             _ => Vec::new(),
         }
     };
+    // One encoder (a language model, say): kohya's `lora_te_` over its `transformer.model.`.
+    let mut encoders: Vec<&str> = clip
+        .keys()
+        .filter(|k| k.ends_with(".weight"))
+        .filter_map(|k| k.split('.').next())
+        .collect();
+    encoders.dedup();
+    let single = match encoders.as_slice() {
+        [one] => Some(format!("{one}.transformer.model.")),
+        _ => None,
+    };
     for (k, info) in clip {
         let Some(stem) = k.strip_suffix(".weight") else {
             continue;
         };
+        let t = Target::whole(ComponentKind::Clip, k, info);
+        map.insert(stem.to_string(), t.clone());
+        map.insert(format!("text_encoders.{stem}"), t.clone());
+        if let Some(inner) = single.as_ref().and_then(|p| stem.strip_prefix(p.as_str())) {
+            map.insert(format!("lora_te_{}", inner.replace('.', "_")), t.clone());
+        }
         let Some((enc, inner)) = stem.split_once(".transformer.") else {
             continue;
         };
-        if !encoders.contains(&enc) {
-            continue;
+        if !enc.starts_with("clip_") {
+            // Without the encoder's name, as ComfyUI maps composite text-encoder models.
+            map.insert(format!("text_encoders.transformer.{inner}"), t.clone());
         }
-        let t = Target::whole(ComponentKind::Clip, k, info);
         let flat = inner.replace('.', "_");
         for p in kohya(enc) {
             map.insert(format!("{p}_{flat}"), t.clone());
@@ -164,32 +206,29 @@ fn clip_targets(arch: Arch, shapes: &ComponentShapes, map: &mut HashMap<String, 
                 map.insert((*e).to_string(), t.clone());
             }
         }
-        map.insert(stem.to_string(), t.clone());
-        map.insert(format!("text_encoders.{stem}"), t);
     }
 }
 
-/// diffusers / transformers names, through the same mapping `split --to diffusers` uses.
+/// diffusers / transformers names, through the same mapping `split --to diffusers` uses, in
+/// the forms of the family table.
 fn diffusers_targets(
     arch: Arch,
     shapes: &ComponentShapes,
     map: &mut HashMap<String, Target>,
 ) -> Result<()> {
-    for plan in from_comfy(arch, shapes)? {
+    let names = arch.family().lora;
+    // Parts without diffusers names here (Wan 2.2's VAE, language-model encoders) have no
+    // diffusers LoRA names either.
+    for plan in from_comfy(arch, &mapped_shapes(arch, shapes))? {
         let kind = plan.class.kind();
-        let prefixes: &[&str] = match (plan.folder, arch) {
-            (Folder::Unet, _) => &["unet.", ""],
-            (Folder::Transformer, Arch::Sd3) => &["transformer.", "", "base_model.model."],
-            (Folder::Transformer, _) => &["transformer.", ""],
+        let (prefixes, flat): (&[&str], &[&str]) = match (plan.folder, arch) {
+            (Folder::Unet | Folder::Transformer, _) => (names.diffusers, names.diffusers_flat),
             (Folder::Vae, _) => continue,
             // The refiner's only encoder, OpenCLIP-G, is ComfyUI's `text_encoder.`.
-            (Folder::TextEncoder2, Arch::SdxlRefiner) => &["text_encoder_2", "text_encoder"],
-            (f, _) => &[f.name()],
-        };
-        let kohya: &[&str] = match plan.folder {
-            Folder::Unet => &["lora_unet", "lycoris"],
-            Folder::Transformer => &["lora_transformer", "lycoris"],
-            _ => &[],
+            (Folder::TextEncoder2, Arch::SdxlRefiner) => {
+                (&["text_encoder_2.", "text_encoder."], &[])
+            }
+            (f, _) => (text_prefix(f), &[]),
         };
         for a in &plan.tensors {
             let Some(stem) = a.key.strip_suffix(".weight") else {
@@ -204,26 +243,52 @@ fn diffusers_targets(
                 rows,
             };
             for p in prefixes {
-                let dotted = match *p {
-                    "" => stem.to_string(),
-                    p if p.ends_with('.') => format!("{p}{stem}"),
-                    p => format!("{p}.{stem}"),
-                };
+                let dotted = format!("{p}{stem}");
                 map.entry(dotted.clone()).or_insert_with(|| t.clone());
-                // The attention-processor names of older diffusers LoRAs.
-                let processor = dotted.replace(".to_", ".processor.to_");
-                let processor = processor
-                    .strip_suffix(".to_out.0")
-                    .map_or(processor.clone(), |p| format!("{p}.to_out"));
-                map.entry(processor).or_insert_with(|| t.clone());
+                if names.processor {
+                    // The attention-processor names of older diffusers LoRAs.
+                    let processor = dotted.replace(".to_", ".processor.to_");
+                    let processor = processor
+                        .strip_suffix(".to_out.0")
+                        .map_or(processor.clone(), |p| format!("{p}.to_out"));
+                    map.entry(processor).or_insert_with(|| t.clone());
+                }
             }
-            for k in kohya {
-                map.entry(format!("{k}_{}", stem.replace('.', "_")))
+            for p in flat {
+                map.entry(format!("{p}{}", stem.replace('.', "_")))
                     .or_insert_with(|| t.clone());
             }
         }
     }
     Ok(())
+}
+
+/// `text_encoder.`, `text_encoder_2.`, … for a text-encoder folder.
+fn text_prefix(folder: Folder) -> &'static [&'static str] {
+    match folder {
+        Folder::TextEncoder => &["text_encoder."],
+        Folder::TextEncoder2 => &["text_encoder_2."],
+        Folder::TextEncoder3 => &["text_encoder_3."],
+        _ => &[],
+    }
+}
+
+/// The families whose names fit the most of `stems` (module names of a LoRA), with how many
+/// fit, best first: what a LoRA that fits nothing of the model it is baked into was made for.
+/// Each family's default model (full size) is read by its names and shapes only.
+pub(crate) fn fitting_families(stems: &[&str]) -> Vec<(Arch, usize)> {
+    let mut fits: Vec<(Arch, usize)> = Arch::ALL
+        .iter()
+        .filter_map(|&arch| {
+            let shapes = crate::synthetic::shapes(arch);
+            let map = targets(Some(arch), &shapes).ok()?;
+            let n = stems.iter().filter(|s| map.contains_key(**s)).count();
+            (n > 0).then_some((arch, n))
+        })
+        .collect();
+    let best = fits.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    fits.retain(|(_, n)| *n == best);
+    fits
 }
 
 /// The value rows → target rows runs of a diffusers tensor made of row ranges of one

@@ -13,6 +13,7 @@ mod extract;
 pub mod graph;
 mod lora;
 mod lora_keys;
+pub mod methods;
 mod recipe;
 
 use std::sync::Arc;
@@ -27,7 +28,8 @@ pub use bake::LoraReport;
 use bake::{build, lora_patches, Step};
 pub use blocks::BlockRatios;
 pub use extract::{
-    extract_lora, ExtractOptions, ExtractReport, KeyFormat, LoraType, CLAMP_QUANTILE,
+    extract_lora, extract_lora_from_difference, ExtractOptions, ExtractReport, KeyFormat, LoraType,
+    CLAMP_QUANTILE,
 };
 pub use lora::Lora;
 pub use recipe::{InputRecord, RECIPE_KEY};
@@ -98,6 +100,19 @@ impl Operation {
     }
 }
 
+/// Which family the inputs are merged as (`--arch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MergeArch {
+    /// Detected from each input's denoiser; inputs of two families are refused.
+    #[default]
+    Detect,
+    /// This family, as the caller says (an input that detects as another is refused).
+    Family(Arch),
+    /// No family (one this tool does not know): keys and shapes are matched, LoRAs take
+    /// ComfyUI's generic names, block ratios are key prefixes.
+    Generic,
+}
+
 /// A LoRA to bake, with ComfyUI's LoraLoader strengths.
 #[derive(Debug, Clone)]
 pub struct LoraBake {
@@ -133,6 +148,8 @@ pub struct Recipe {
     pub strict: bool,
     /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
     pub device: Option<Device>,
+    /// Which family the inputs are merged as.
+    pub arch: MergeArch,
     /// How a merged or baked tensor whose A is quantized is written back in A's format when the
     /// save keeps it (`--dtype keep`): with A's scales (the default, as ComfyUI requantizes a
     /// patched weight) or fresh ones. What the save quantizes anew is [`crate::SaveOptions`]'s.
@@ -150,6 +167,7 @@ impl Default for Recipe {
             allow_missing: false,
             strict: false,
             device: None,
+            arch: MergeArch::Detect,
             requantize: crate::quant::Requantize::default(),
         }
     }
@@ -158,7 +176,7 @@ impl Default for Recipe {
 /// What a merge did, for the summary and the recipe.
 #[derive(Debug, Clone, Default)]
 pub struct MergeReport {
-    /// The architecture of the inputs.
+    /// The family of the inputs (`None`: merged as [`MergeArch::Generic`]).
     pub arch: Option<Arch>,
     /// Tensors computed (merged, patched or both).
     pub merged: usize,
@@ -182,7 +200,9 @@ pub struct MergeReport {
 /// [`Recipe::strict`]), two modules of one LoRA on one weight; [`Error::BadShape`] for a key
 /// whose shapes differ (naming both), LoRA factors or differences that do not fit their tensor
 /// (rank 0 included), or a `reshape_weight` that would shrink it;
-/// [`Error::UnknownArchitecture`] when A's architecture cannot be told.
+/// [`Error::UnknownArchitecture`] when A's architecture cannot be told (and
+/// [`Recipe::arch`] does not say it); [`Error::InvalidInput`] for a bare list of block ratios
+/// that fits none of the family's merge nodes.
 pub fn merge(
     inputs: &[&Components],
     records: &[InputRecord],
@@ -216,10 +236,15 @@ pub fn merge(
             inputs.len()
         )));
     }
-    let arch = same_arch(inputs)?;
+    let arch = match recipe.arch {
+        MergeArch::Detect => Some(same_arch(inputs, None)?),
+        MergeArch::Family(a) => Some(same_arch(inputs, Some(a))?),
+        MergeArch::Generic => None,
+    };
+    let blocks = recipe.blocks.placed(arch.map(Arch::family))?;
     let a = inputs[0];
     let mut report = MergeReport {
-        arch: Some(arch),
+        arch,
         ..Default::default()
     };
     let mut loras = lora_patches(arch, a, recipe, &mut report)?;
@@ -235,7 +260,7 @@ pub fn merge(
         for (key, t) in source {
             let patches = match (kind, op) {
                 (ComponentKind::Model, _) => {
-                    let op = recipe.blocks.ratio(key).map_or(op, |v| op.with(v));
+                    let op = blocks.ratio(key).map_or(op, |v| op.with(v));
                     patches_of(op, kind, key, t, inputs, made_up, &mut missing)?
                 }
                 (ComponentKind::Clip, _) if !keeps_clip_key(key) => match recipe.clip {
@@ -283,7 +308,7 @@ pub fn merge(
         )));
     }
     report.missing = missing;
-    report.recipe = recipe::describe(recipe, arch, records, &report);
+    report.recipe = recipe::describe(recipe, &blocks, arch, records, &report);
     Ok((out, report))
 }
 
@@ -292,26 +317,49 @@ fn keeps_clip_key(key: &str) -> bool {
     key.ends_with("position_ids") || key.ends_with("logit_scale")
 }
 
-/// The architecture every input's denoiser detects as.
-fn same_arch(inputs: &[&Components]) -> Result<Arch> {
-    let detect = |c: &Components, i: usize| -> Result<Arch> {
+/// The architecture every input's denoiser detects as; with `given` (the caller's `--arch`),
+/// that one, refusing an input detected as another (one detection cannot place is taken as
+/// `given`).
+fn same_arch(inputs: &[&Components], given: Option<Arch>) -> Result<Arch> {
+    let detect = |c: &Components, i: usize| -> Result<Option<Arch>> {
         let shapes = c.shapes();
         let model = shapes.get(ComponentKind::Model).ok_or_else(|| {
             Error::InvalidInput(format!("input {} has no denoiser to merge", role(i)))
         })?;
-        detect_model(model)
+        match (detect_model(model), given) {
+            (Ok(a), _) => Ok(Some(a)),
+            (Err(_), Some(_)) => Ok(None),
+            (Err(e), None) => Err(e),
+        }
     };
-    let a = detect(inputs[0], 0)?;
-    for (i, c) in inputs.iter().enumerate().skip(1) {
-        let other = detect(c, i)?;
-        if other != a {
-            return Err(Error::InvalidInput(format!(
-                "A is {a} and {} is {other}: models of different architectures cannot be merged",
-                role(i)
-            )));
+    let mut first: Option<(Arch, usize)> = given.map(|g| (g, usize::MAX));
+    for (i, c) in inputs.iter().enumerate() {
+        let Some(other) = detect(c, i)? else {
+            continue;
+        };
+        match first {
+            None => first = Some((other, i)),
+            Some((a, _)) if a == other => {}
+            Some((a, usize::MAX)) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is {other}, not {a} as --arch says: models of different architectures \
+                     cannot be merged",
+                    role(i)
+                )))
+            }
+            Some((a, j)) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is {a} and {} is {other}: models of different architectures cannot be \
+                     merged",
+                    role(j),
+                    role(i)
+                )))
+            }
         }
     }
-    Ok(a)
+    first.map(|(a, _)| a).ok_or_else(|| {
+        Error::InvalidInput("no input has a denoiser whose family can be told".into())
+    })
 }
 
 fn role(i: usize) -> &'static str {
@@ -386,6 +434,8 @@ fn patches_of(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_families;
 #[cfg(test)]
 mod tests_forms;
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{MergeReport, Operation, Recipe};
+use super::{BlockRatios, MergeReport, Operation, Recipe};
 use crate::cast;
 use crate::error::{Error, Result};
 use crate::model::{Arch, Dtype, InputTensor};
@@ -90,7 +90,8 @@ impl InputRecord {
 /// The recipe as JSON.
 pub(super) fn describe(
     recipe: &Recipe,
-    arch: Arch,
+    blocks: &BlockRatios,
+    arch: Option<Arch>,
     inputs: &[InputRecord],
     report: &MergeReport,
 ) -> String {
@@ -106,7 +107,7 @@ pub(super) fn describe(
     let vae = ["A", "B", "C"].get(recipe.vae_from).copied().unwrap_or("A");
     let mut v = json!({
         "tool": format!("checkpoint-save {}", env!("CARGO_PKG_VERSION")),
-        "architecture": arch.to_string(),
+        "architecture": arch.map_or("generic".to_string(), |a| a.to_string()),
         "operation": op.name(),
         "convention": "ComfyUI: weighted_sum is A*ratio + B*(1-ratio); add_difference is A + (B-C)*multiplier",
         "inputs": inputs.iter().map(record).collect::<Vec<_>>(),
@@ -114,7 +115,7 @@ pub(super) fn describe(
         "clip": recipe.clip.map_or(Value::String("A".into()), |v| json!(v)),
     });
     // With block ratios the operation's own value is not used (each key takes a block's).
-    if let Some(value) = op.value().filter(|_| recipe.blocks.is_empty()) {
+    if let Some(value) = op.value().filter(|_| blocks.is_empty()) {
         let name = if matches!(op, Operation::WeightedSum { .. }) {
             "ratio"
         } else {
@@ -122,16 +123,15 @@ pub(super) fn describe(
         };
         v[name] = json!(value);
     }
-    if !recipe.blocks.entries().is_empty() {
-        v["block_ratios"] = recipe
-            .blocks
+    if !blocks.entries().is_empty() {
+        v["block_ratios"] = blocks
             .entries()
             .iter()
             .map(|(p, r)| (p.clone(), json!(r)))
             .collect::<serde_json::Map<_, _>>()
             .into();
         // ModelMergeBlocks' ratio of keys no block names: the first entry's.
-        v["block_default"] = json!(recipe.blocks.default_ratio());
+        v["block_default"] = json!(blocks.default_ratio());
     }
     if !recipe.loras.is_empty() {
         v["loras"] = recipe

@@ -26,7 +26,7 @@ pub(super) fn scalar(v: f32) -> Tensor {
 
 /// A rank-2 module `stem` (alpha 1, so a scale of 1/2) on rows `rows` of `key`, baked at 0.75:
 /// those rows are `W + f32(0.75 · 0.5) · (up @ down)`, everything else of the model is A's.
-fn lands_on(
+pub(super) fn lands_on(
     arch: Arch,
     stem: &str,
     (up_suffix, down_suffix): (&str, &str),
@@ -75,8 +75,8 @@ type Case<'a> = (
     Range<usize>,
 );
 
-const KOHYA: (&str, &str) = (".lora_up.weight", ".lora_down.weight");
-const PEFT: (&str, &str) = (".lora_B.weight", ".lora_A.weight");
+pub(super) const KOHYA: (&str, &str) = (".lora_up.weight", ".lora_down.weight");
+pub(super) const PEFT: (&str, &str) = (".lora_B.weight", ".lora_A.weight");
 
 #[test]
 fn every_name_form_lands_where_comfyui_puts_it() {

@@ -115,7 +115,7 @@ pub(super) struct OperandCache {
 
 impl OperandCache {
     /// Starts a block of an expression whose repeated sources are `shared`.
-    fn begin(&mut self, shared: &[usize]) {
+    pub(super) fn begin(&mut self, shared: &[usize]) {
         self.shared.clear();
         self.shared.extend_from_slice(shared);
         self.kept.clear();
@@ -131,6 +131,9 @@ impl OperandCache {
 
 /// Units `units` of `m`, in f32, on the host.
 fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch) -> Result<()> {
+    if let Some(node) = m.method_node() {
+        return super::method::eval(m, node, units, out, scratch);
+    }
     read_base(m, units.clone(), out, scratch)?;
     let cols = row_len(m);
     let mut value = Vec::new();
@@ -210,7 +213,7 @@ fn operand(m: &Merged, i: usize) -> Result<&InputTensor> {
 }
 
 /// Operand `i` of `m` (see [`operand`]), units `units`, as f32.
-fn read_f32(
+pub(super) fn read_f32(
     m: &Merged,
     i: usize,
     units: Range<usize>,
@@ -335,6 +338,12 @@ fn eval_on(
     scratch: &mut Scratch,
 ) -> Result<Tensor> {
     let scalar = |v: f32| Tensor::new(v, device);
+    if m.method_node().is_some() {
+        // A method's facts and values are computed by the host; the result is uploaded.
+        let mut vals = vec![0f32; units.len()];
+        eval(m, units.clone(), &mut vals, scratch)?;
+        return Ok(Tensor::from_vec(vals, units.len(), device)?);
+    }
     let mut w = match m.padded_from() {
         None => operand_on(device, m, 0, units.clone(), scratch)?,
         // The padding is laid out on the host (a LoRA's reshape: one small tensor).

@@ -23,6 +23,7 @@ pub(crate) mod cuda;
 pub(crate) mod device;
 mod lowrank;
 mod merge;
+pub(crate) mod method;
 pub(crate) mod order;
 mod quant;
 

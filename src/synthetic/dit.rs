@@ -193,8 +193,11 @@ pub(super) fn lumina(cfg: &LuminaConfig, d: &mut Dict) {
             d.add(format!("{p}.{n}.weight"), &[dim]);
         }
         if modulated {
+            // Lumina 2's modulation is SiLU then Linear (`.1`); Z-Image's the Linear alone
+            // (`.0`, as ComfyUI's `z_image_to_diffusers` names it).
+            let index = if cfg.z_image { 0 } else { 1 };
             d.linear(
-                &format!("{p}.adaLN_modulation.1"),
+                &format!("{p}.adaLN_modulation.{index}"),
                 cfg.adaln_dim,
                 4 * dim,
                 true,

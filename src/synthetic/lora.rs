@@ -18,9 +18,20 @@ fn targeted(kind: ComponentKind, key: &str, info: &TensorInfo) -> bool {
     match kind {
         ComponentKind::Model => {
             info.shape.len() == 4
-                || ["attn", "proj_in", "proj_out", ".ff.", "mlp", "linear"]
-                    .iter()
-                    .any(|p| key.contains(p))
+                || [
+                    "attn",
+                    "attention",
+                    "proj_in",
+                    "proj_out",
+                    ".ff.",
+                    ".ff_",
+                    "ffn",
+                    "feed_forward",
+                    "mlp",
+                    "linear",
+                ]
+                .iter()
+                .any(|p| key.contains(p))
         }
         ComponentKind::Clip => key.contains("self_attn") || key.contains(".mlp."),
         _ => false,

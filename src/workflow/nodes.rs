@@ -2,6 +2,8 @@
 //! order (links, and widgets with their defaults and ComfyUI's own limits), and output types.
 //! Widget values of the UI format are positional in this order.
 
+use crate::family::merge_nodes::node_named;
+
 /// What an input takes.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Input {
@@ -15,8 +17,10 @@ pub(crate) enum Input {
     Choice(&'static [&'static str]),
     /// A STRING widget with its default.
     Text(&'static str),
-    /// An INT widget (the primitives).
+    /// An INT widget (the primitives; LoraSave's rank, whose range the extraction checks).
     Int,
+    /// A BOOLEAN widget.
+    Bool,
 }
 
 /// One input: its name, what it takes, and whether ComfyUI requires it.
@@ -112,58 +116,14 @@ fn spec(inputs: Vec<InputSpec>, outputs: &'static [&'static str], title: &'stati
     }
 }
 
-/// The key prefixes of a model-specific block merge node, in its `INPUT_TYPES` order
+/// The key prefixes of ModelMergeBlocks or of a model-specific block merge node, in its
+/// `INPUT_TYPES` order: the nodes of the family table
 /// (`comfy_extras/nodes_model_merging_model_specific.py`).
 pub(crate) fn block_prefixes(class: &str) -> Option<Vec<String>> {
-    let numbered = |fmt: &dyn Fn(usize) -> String, n: usize| (0..n).map(fmt).collect::<Vec<_>>();
-    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let parts: Vec<Vec<String>> = match class {
-        "ModelMergeBlocks" => vec![names(&["input", "middle", "out"])],
-        "ModelMergeSD1" | "ModelMergeSD2" => vec![
-            names(&["time_embed.", "label_emb."]),
-            numbered(&|i| format!("input_blocks.{i}."), 12),
-            numbered(&|i| format!("middle_block.{i}."), 3),
-            numbered(&|i| format!("output_blocks.{i}."), 12),
-            names(&["out."]),
-        ],
-        // SDXL's names have no trailing dot in ComfyUI (`input_blocks.1` also matches
-        // `input_blocks.1x`, which SDXL does not have).
-        "ModelMergeSDXL" => vec![
-            names(&["time_embed.", "label_emb."]),
-            numbered(&|i| format!("input_blocks.{i}"), 9),
-            numbered(&|i| format!("middle_block.{i}"), 3),
-            numbered(&|i| format!("output_blocks.{i}"), 9),
-            names(&["out."]),
-        ],
-        "ModelMergeSD3_2B" | "ModelMergeSD35_Large" => vec![
-            names(&[
-                "pos_embed.",
-                "x_embedder.",
-                "context_embedder.",
-                "y_embedder.",
-                "t_embedder.",
-            ]),
-            numbered(
-                &|i| format!("joint_blocks.{i}."),
-                if class == "ModelMergeSD3_2B" { 24 } else { 38 },
-            ),
-            names(&["final_layer."]),
-        ],
-        "ModelMergeFlux1" => vec![
-            names(&[
-                "img_in.",
-                "time_in.",
-                "guidance_in",
-                "vector_in.",
-                "txt_in.",
-            ]),
-            numbered(&|i| format!("double_blocks.{i}."), 19),
-            numbered(&|i| format!("single_blocks.{i}."), 38),
-            names(&["final_layer."]),
-        ],
-        _ => return None,
-    };
-    Some(parts.concat())
+    if class == "ModelMergeBlocks" {
+        return Some(vec!["input".into(), "middle".into(), "out".into()]);
+    }
+    node_named(class).map(|n| n.prefixes())
 }
 
 /// The spec of a class this tool runs, or of a value node (`PrimitiveFloat`…).
@@ -293,6 +253,21 @@ pub(crate) fn spec_of(class: &str) -> Option<Spec> {
             &[],
             "VAESave",
         ),
+        "LoraSave" => spec(
+            vec![
+                req(
+                    "filename_prefix",
+                    Input::Text("loras/ComfyUI_extracted_lora"),
+                ),
+                req("rank", Input::Int),
+                req("lora_type", Input::Choice(&["standard", "full_diff"])),
+                req("bias_diff", Input::Bool),
+                opt("model_diff", link("MODEL")),
+                opt("text_encoder_diff", link("CLIP")),
+            ],
+            &[],
+            "Extract and Save Lora",
+        ),
         "PrimitiveFloat" => spec(
             vec![req(
                 "value",
@@ -313,12 +288,6 @@ pub(crate) fn spec_of(class: &str) -> Option<Spec> {
 fn static_title(class: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "ModelMergeBlocks",
-        "ModelMergeSD1",
-        "ModelMergeSD2",
-        "ModelMergeSDXL",
-        "ModelMergeSD3_2B",
-        "ModelMergeSD35_Large",
-        "ModelMergeFlux1",
         "ModelMergeSimple",
         "CLIPMergeSimple",
         "ModelMergeSubtract",
@@ -326,14 +295,24 @@ fn static_title(class: &str) -> &'static str {
         "ModelMergeAdd",
         "CLIPMergeAdd",
     ];
-    KNOWN.iter().find(|k| **k == class).copied().unwrap_or("")
+    if let Some(k) = KNOWN.iter().find(|k| **k == class) {
+        return k;
+    }
+    node_named(class)
+        .and_then(|n| {
+            std::iter::once(&n.node)
+                .chain(n.aliases)
+                .find(|k| **k == class)
+        })
+        .copied()
+        .unwrap_or("")
 }
 
 /// Whether a class saves files.
 pub(crate) fn is_save(class: &str) -> bool {
     matches!(
         class,
-        "CheckpointSave" | "ModelSave" | "CLIPSave" | "VAESave"
+        "CheckpointSave" | "ModelSave" | "CLIPSave" | "VAESave" | "LoraSave"
     )
 }
 
@@ -363,7 +342,11 @@ mod tests {
         assert_eq!(sd1.inputs[0].name, "model1");
         assert_eq!(sd1.widgets().next().unwrap().name, "time_embed.");
         assert_eq!(sd1.title, "ModelMergeSD1");
-        assert!(block_prefixes("ModelMergeWAN2_1").is_none());
+        // The later families' nodes, from the family table.
+        assert_eq!(count("ModelMergeWAN2_1"), 5 + 40 + 1);
+        assert_eq!(count("ModelMergeQwenImage"), 5 + 60 + 1);
+        assert_eq!(spec_of("ModelMergeSD2").unwrap().title, "ModelMergeSD2");
+        assert!(block_prefixes("ModelMergeCosmos7B").is_none());
     }
 
     #[test]

@@ -110,6 +110,38 @@ fn block_ratios_follow_the_prompts_order_and_primitives_supply_values() {
 }
 
 #[test]
+fn the_later_families_merge_nodes_come_from_the_family_table() {
+    // ModelMergeWAN2_1: 5 embedders, 40 blocks, the head, each a widget named by its prefix.
+    let prefixes = crate::family::merge_nodes::WAN2_1.prefixes();
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("model1".into(), json!(["1", 0]));
+    inputs.insert("model2".into(), json!(["1", 0]));
+    for (i, p) in prefixes.iter().enumerate() {
+        inputs.insert(p.clone(), json!(i as f64 / 64.0));
+    }
+    let prompt = |inputs: &serde_json::Map<String, Value>| {
+        json!({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+            "2": {"class_type": "ModelMergeWAN2_1", "inputs": inputs},
+            "3": {"class_type": "ModelSave", "inputs": {"model": ["2", 0], "filename_prefix": "x"}},
+        })
+    };
+    let t = translate(prompt(&inputs)).unwrap();
+    let n = t.graph.nodes().iter().find(|n| n.id == "2").unwrap();
+    let Node::ModelMergeBlocks { ratios, .. } = &n.node else {
+        panic!("{:?}", n.node)
+    };
+    assert_eq!(ratios.len(), 46);
+    assert_eq!(ratios[0], ("patch_embedding.".to_string(), 0.0));
+    assert_eq!(ratios[5], ("blocks.0.".to_string(), 5.0 / 64.0));
+    assert_eq!(ratios[45], ("head.".to_string(), 45.0 / 64.0));
+    // A block's ratio left out is an error naming it, as for the classic nodes.
+    inputs.remove("blocks.39.");
+    let e = translate(prompt(&inputs)).unwrap_err().to_string();
+    assert!(e.contains("blocks.39."), "{e}");
+}
+
+#[test]
 fn bad_workflows_say_what_is_wrong() {
     let base = fixture("merge_api.json");
     let with = |f: &dyn Fn(&mut Value)| {

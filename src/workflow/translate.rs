@@ -11,6 +11,7 @@ use super::nodes::{block_prefixes, is_save, is_value, spec_of, Input, Spec, CLIP
 use super::Translated;
 use crate::error::{Error, Result};
 use crate::merge::graph::{Graph, LoraSource, Node, Slot, Source, Target};
+use crate::merge::LoraType;
 use crate::model::Arch;
 
 /// One node of the prompt.
@@ -67,7 +68,7 @@ pub(super) fn translate(prompt: &Map<String, Value>, models: &ModelFolders) -> R
         let classes: BTreeSet<&str> = nodes.values().map(|n| n.class).collect();
         return Err(err(format!(
             "the workflow has no save node this tool runs (CheckpointSave, ModelSave, CLIPSave, \
-             VAESave); it has {}",
+             VAESave, LoraSave); it has {}",
             classes.into_iter().collect::<Vec<_>>().join(", ")
         )));
     }
@@ -184,6 +185,7 @@ impl Translator<'_, '_> {
                 Some(Input::Link(t)) => *t,
                 Some(Input::Float(..)) => "FLOAT",
                 Some(Input::Int) => "INT",
+                Some(Input::Bool) => "BOOLEAN",
                 Some(Input::Text(_) | Input::Model(_) | Input::Choice(_)) => "STRING",
                 None => {
                     return Err(err(format!(
@@ -277,6 +279,11 @@ impl Translator<'_, '_> {
             Input::Int => {
                 if !v.is_i64() && !v.is_u64() {
                     return Err(err(format!("{}: `{v}` is not an integer", at())));
+                }
+            }
+            Input::Bool => {
+                if !v.is_boolean() {
+                    return Err(err(format!("{}: `{v}` is not true or false", at())));
                 }
             }
             Input::Link(_) => {}
@@ -475,6 +482,31 @@ impl Translator<'_, '_> {
                 vae: link("vae")?,
                 target: prefix()?,
             },
+            "LoraSave" => {
+                let optional = |name: &str| match self.nodes[id].inputs.contains_key(name) {
+                    true => link(name).map(Some),
+                    false => Ok(None),
+                };
+                let rank = self
+                    .widget(id, "rank")?
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(0);
+                Node::SaveLora {
+                    model: optional("model_diff")?,
+                    clip: optional("text_encoder_diff")?,
+                    // Out of range (ComfyUI: 1 to 4096) is refused by the extraction, naming it.
+                    rank: usize::try_from(rank).unwrap_or(0),
+                    lora_type: match self.text(id, "lora_type")?.as_str() {
+                        "full_diff" => LoraType::FullDiff,
+                        _ => LoraType::Standard,
+                    },
+                    bias_diff: self
+                        .widget(id, "bias_diff")?
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(true),
+                    target: prefix()?,
+                }
+            }
             other => {
                 return Err(err(format!(
                     "node {id} ({other}) is not a node this tool runs, and a save needs it"

@@ -262,10 +262,19 @@ pub(crate) fn write(
     })
 }
 
-/// The quantized outputs whose scales need a reduction pass, in the order the file reaches them,
-/// each with the data-section offset of its first byte.
-fn reductions_ahead(plan: &Plan) -> Vec<(u64, &QuantTarget)> {
-    let mut out: Vec<(u64, &QuantTarget)> = Vec::new();
+/// A tensor whose whole-tensor facts are computed before its first byte.
+enum Ahead<'a> {
+    /// A quantized output's scales.
+    Scales(&'a QuantTarget),
+    /// A merge method's facts (norms, dots, k-th magnitudes).
+    Method(&'a crate::model::Merged),
+}
+
+/// The quantized outputs whose scales need a reduction pass and the merges whose methods read
+/// their operands ahead, in the order the file reaches them, each with the data-section offset
+/// of its first byte.
+fn reductions_ahead(plan: &Plan) -> Vec<(u64, Ahead<'_>)> {
+    let mut out: Vec<(u64, Ahead<'_>)> = Vec::new();
     for t in plan.targets().iter().filter(|t| t.needs_reduction()) {
         let first = plan.pieces().iter().find_map(|p| match &p.source {
             PieceSource::Encoded { target, .. } if std::sync::Arc::ptr_eq(target, t) => {
@@ -274,7 +283,16 @@ fn reductions_ahead(plan: &Plan) -> Vec<(u64, &QuantTarget)> {
             _ => None,
         });
         if let Some(at) = first {
-            out.push((at, t));
+            out.push((at, Ahead::Scales(t)));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in plan.pieces() {
+        if let PieceSource::Merged { merged, .. } = &p.source {
+            let id = std::sync::Arc::as_ptr(merged) as usize;
+            if seen.insert(id) && crate::offload::method::reads_ahead(merged) {
+                out.push((p.start, Ahead::Method(merged)));
+            }
         }
     }
     out.sort_by_key(|(at, _)| *at);
@@ -287,21 +305,25 @@ fn reductions_ahead(plan: &Plan) -> Vec<(u64, &QuantTarget)> {
 /// its reduction itself (the other waits for it: [`crate::reduce::Computed`]); an error is left
 /// for that worker to report.
 fn prefetch(
-    ahead: &[(u64, &QuantTarget)],
+    ahead: &[(u64, Ahead<'_>)],
     frontier: &Frontier,
     failed: &AtomicBool,
     cancel: &AtomicBool,
 ) {
     let mut scratch = Scratch::default();
     let mut previous = 0u64;
-    for (at, target) in ahead {
+    for (at, item) in ahead {
         if !frontier.wait_for(previous)
             || failed.load(Ordering::Relaxed)
             || cancel.load(Ordering::Relaxed)
         {
             return;
         }
-        if target.scales(&mut scratch).is_err() {
+        let r = match item {
+            Ahead::Scales(target) => target.scales(&mut scratch).map(|_| ()),
+            Ahead::Method(m) => crate::offload::method::prepare_ahead(m, &mut scratch),
+        };
+        if r.is_err() {
             return;
         }
         previous = *at;

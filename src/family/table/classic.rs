@@ -2,6 +2,8 @@
 //! schnell (their text-encoder conversions live in `layout::clip`).
 
 use super::*;
+use crate::family::lora_names as lora;
+use crate::family::merge_nodes as nodes;
 use crate::synthetic::models as m;
 
 pub(super) const SD15: Family = Family {
@@ -33,8 +35,8 @@ pub(super) const SD15: Family = Family {
     prediction: Prediction::Eps,
     modelspec: None,
     diffusers: true,
-    block_prefixes: &[],
-    lora_prefixes: &[],
+    block_prefixes: &[nodes::SD1],
+    lora: lora::UNET,
 };
 
 pub(super) const SD2: Family = Family {
@@ -66,8 +68,8 @@ pub(super) const SD2: Family = Family {
     prediction: Prediction::Eps,
     modelspec: None,
     diffusers: true,
-    block_prefixes: &[],
-    lora_prefixes: &[],
+    block_prefixes: &[nodes::SD1],
+    lora: lora::UNET,
 };
 
 pub(super) const SDXL: Family = Family {
@@ -93,8 +95,8 @@ pub(super) const SDXL: Family = Family {
     prediction: Prediction::Eps,
     modelspec: Some("stable-diffusion-xl-v1-base"),
     diffusers: true,
-    block_prefixes: &[],
-    lora_prefixes: &[],
+    block_prefixes: &[nodes::SDXL],
+    lora: lora::UNET,
 };
 
 pub(super) const SDXL_REFINER: Family = Family {
@@ -127,7 +129,7 @@ pub(super) const SDXL_REFINER: Family = Family {
     modelspec: Some("stable-diffusion-xl-v1-refiner"),
     diffusers: true,
     block_prefixes: &[],
-    lora_prefixes: &[],
+    lora: lora::UNET,
 };
 
 pub(super) const SD3: Family = Family {
@@ -174,8 +176,8 @@ pub(super) const SD3: Family = Family {
     prediction: Prediction::Flow,
     modelspec: Some("stable-diffusion-v3-medium"),
     diffusers: true,
-    block_prefixes: &[],
-    lora_prefixes: &[],
+    block_prefixes: &[nodes::SD3_2B, nodes::SD35_LARGE],
+    lora: lora::SD3,
 };
 
 pub(super) const FLUX: Family = Family {
@@ -221,8 +223,8 @@ pub(super) const FLUX: Family = Family {
     prediction: Prediction::Flow,
     modelspec: None,
     diffusers: true,
-    block_prefixes: &[],
-    lora_prefixes: &[],
+    block_prefixes: &[nodes::FLUX1],
+    lora: lora::FLUX1,
 };
 
 pub(super) const FLUX_SCHNELL: Family = Family {
@@ -253,6 +255,6 @@ pub(super) const FLUX_SCHNELL: Family = Family {
     prediction: Prediction::Flow,
     modelspec: None,
     diffusers: true,
-    block_prefixes: &[],
-    lora_prefixes: &[],
+    block_prefixes: &[nodes::FLUX1],
+    lora: lora::FLUX1,
 };

@@ -2,130 +2,152 @@
 //! Z-Image, HunyuanVideo (and 1.5) and LTX-Video. Everything here is laid out by prefix.
 
 use super::*;
+use crate::family::lora_names as lora;
+use crate::family::merge_nodes as nodes;
 use crate::synthetic::models as m;
 
-pub(super) const WAN21: Family = dit(
-    Arch::Wan21,
-    "wan21",
-    &["wan", "wan22-a14b"],
-    "Wan 2.1 (and Wan 2.2 A14B: the same keys)",
-    "WAN21_T2V, WAN21_I2V",
-    &[Key("head.modulation"), NotDim("head.head.weight", 0, 192)],
-    WAN_PARAMS,
-    &["dim", "num_layers"],
-    &[
-        variant(
-            "wan21-1.3b",
-            "Wan 2.1 text-to-video 1.3B",
-            &m::WAN21_1_3B,
-            &m::WAN21_TINY,
-        ),
-        Variant {
-            aliases: &["wan22-14b", "wan22-t2v-14b"],
+pub(super) const WAN21: Family = Family {
+    diffusers: true,
+    block_prefixes: &[nodes::WAN2_1],
+    ..dit(
+        Arch::Wan21,
+        "wan21",
+        &["wan", "wan22-a14b"],
+        "Wan 2.1 (and Wan 2.2 A14B: the same keys)",
+        "WAN21_T2V, WAN21_I2V",
+        &[Key("head.modulation"), NotDim("head.head.weight", 0, 192)],
+        WAN_PARAMS,
+        &["dim", "num_layers"],
+        &[
+            variant(
+                "wan21-1.3b",
+                "Wan 2.1 text-to-video 1.3B",
+                &m::WAN21_1_3B,
+                &m::WAN21_TINY,
+            ),
+            Variant {
+                aliases: &["wan22-14b", "wan22-t2v-14b"],
+                ..variant(
+                    "wan21-14b",
+                    "Wan 2.1 text-to-video 14B (also either expert of Wan 2.2 T2V A14B)",
+                    &m::WAN21_14B,
+                    &m::WAN21_14B_TINY,
+                )
+            },
+            variant(
+                "wan21-i2v-14b",
+                "Wan 2.1 image-to-video 14B (CLIP-vision image embedding)",
+                &m::WAN21_I2V_14B,
+                &m::WAN21_I2V_TINY,
+            ),
+            variant(
+                "wan22-i2v-14b",
+                "Wan 2.2 image-to-video A14B, high- or low-noise expert (36 input channels, no image embedding)",
+                &m::WAN22_I2V_14B,
+                &m::WAN22_I2V_TINY,
+            ),
+        ],
+        VaeKind::Wan21,
+        lora::WAN,
+    )
+};
+
+pub(super) const WAN22: Family = Family {
+    diffusers: true,
+    block_prefixes: &[nodes::WAN2_1],
+    ..dit(
+        Arch::Wan22,
+        "wan22",
+        &["wan22-ti2v"],
+        "Wan 2.2 TI2V 5B (48-channel latents)",
+        "WAN22_T2V",
+        &[Key("head.modulation"), Dim("head.head.weight", 0, 192)],
+        WAN_PARAMS,
+        &["dim", "num_layers"],
+        &[Variant {
+            aliases: &["wan22-ti2v-5b"],
             ..variant(
-                "wan21-14b",
-                "Wan 2.1 text-to-video 14B (also either expert of Wan 2.2 T2V A14B)",
-                &m::WAN21_14B,
-                &m::WAN21_14B_TINY,
+                "wan22-5b",
+                "Wan 2.2 text/image-to-video 5B",
+                &m::WAN22_5B,
+                &m::WAN22_5B_TINY,
             )
-        },
-        variant(
-            "wan21-i2v-14b",
-            "Wan 2.1 image-to-video 14B (CLIP-vision image embedding)",
-            &m::WAN21_I2V_14B,
-            &m::WAN21_I2V_TINY,
-        ),
-        variant(
-            "wan22-i2v-14b",
-            "Wan 2.2 image-to-video A14B, high- or low-noise expert (36 input channels, no image embedding)",
-            &m::WAN22_I2V_14B,
-            &m::WAN22_I2V_TINY,
-        ),
-    ],
-    VaeKind::Wan21,
-);
+        }],
+        VaeKind::Wan22,
+        lora::WAN,
+    )
+};
 
-pub(super) const WAN22: Family = dit(
-    Arch::Wan22,
-    "wan22",
-    &["wan22-ti2v"],
-    "Wan 2.2 TI2V 5B (48-channel latents)",
-    "WAN22_T2V",
-    &[Key("head.modulation"), Dim("head.head.weight", 0, 192)],
-    WAN_PARAMS,
-    &["dim", "num_layers"],
-    &[Variant {
-        aliases: &["wan22-ti2v-5b"],
-        ..variant(
-            "wan22-5b",
-            "Wan 2.2 text/image-to-video 5B",
-            &m::WAN22_5B,
-            &m::WAN22_5B_TINY,
-        )
-    }],
-    VaeKind::Wan22,
-);
+pub(super) const QWEN_IMAGE: Family = Family {
+    diffusers: true,
+    block_prefixes: &[nodes::QWEN_IMAGE],
+    ..dit(
+        Arch::QwenImage,
+        "qwen-image",
+        &["qwen"],
+        "Qwen-Image (and Qwen-Image-Edit: the same keys)",
+        "QwenImage",
+        &[
+            Key("txt_norm.weight"),
+            Key("transformer_blocks.0.img_mlp.net.0.proj.weight"),
+            NoKey("txt_in.text_norm.weight"),
+        ],
+        &[
+            blocks("num_layers", "transformer_blocks."),
+            dim("in_channels", "img_in.weight", 1, 1),
+            dim("joint_attention_dim", "txt_norm.weight", 0, 1),
+        ],
+        &["num_layers"],
+        &[
+            variant(
+                "qwen-image",
+                "Qwen-Image 20B",
+                &m::QWEN_IMAGE,
+                &m::QWEN_IMAGE_TINY,
+            ),
+            variant(
+                "qwen-image-edit",
+                "Qwen-Image-Edit (the keys and shapes of Qwen-Image)",
+                &m::QWEN_IMAGE,
+                &m::QWEN_IMAGE_TINY,
+            ),
+        ],
+        VaeKind::Wan21,
+        lora::QWEN_IMAGE,
+    )
+};
 
-pub(super) const QWEN_IMAGE: Family = dit(
-    Arch::QwenImage,
-    "qwen-image",
-    &["qwen"],
-    "Qwen-Image (and Qwen-Image-Edit: the same keys)",
-    "QwenImage",
-    &[
-        Key("txt_norm.weight"),
-        Key("transformer_blocks.0.img_mlp.net.0.proj.weight"),
-        NoKey("txt_in.text_norm.weight"),
-    ],
-    &[
-        blocks("num_layers", "transformer_blocks."),
-        dim("in_channels", "img_in.weight", 1, 1),
-        dim("joint_attention_dim", "txt_norm.weight", 0, 1),
-    ],
-    &["num_layers"],
-    &[
-        variant(
-            "qwen-image",
-            "Qwen-Image 20B",
-            &m::QWEN_IMAGE,
-            &m::QWEN_IMAGE_TINY,
-        ),
-        variant(
-            "qwen-image-edit",
-            "Qwen-Image-Edit (the keys and shapes of Qwen-Image)",
-            &m::QWEN_IMAGE,
-            &m::QWEN_IMAGE_TINY,
-        ),
-    ],
-    VaeKind::Wan21,
-);
-
-pub(super) const HIDREAM: Family = dit(
-    Arch::HiDream,
-    "hidream",
-    &[],
-    "HiDream-I1 (full, dev and fast: the same keys)",
-    "HiDream",
-    &[Key("caption_projection.0.linear.weight")],
-    &[
-        blocks("num_layers", "double_stream_blocks."),
-        blocks("num_single_layers", "single_stream_blocks."),
-        blocks(
-            "num_routed_experts",
-            "double_stream_blocks.0.block.ff_i.experts.",
-        ),
-    ],
-    &["num_layers", "num_single_layers"],
-    &[variant(
-        "hidream-i1",
-        "HiDream-I1 17B",
-        &m::HIDREAM_I1,
-        &m::HIDREAM_I1_TINY,
-    )],
-    VaeKind::Flux,
-);
+pub(super) const HIDREAM: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::HiDream,
+        "hidream",
+        &[],
+        "HiDream-I1 (full, dev and fast: the same keys)",
+        "HiDream",
+        &[Key("caption_projection.0.linear.weight")],
+        &[
+            blocks("num_layers", "double_stream_blocks."),
+            blocks("num_single_layers", "single_stream_blocks."),
+            blocks(
+                "num_routed_experts",
+                "double_stream_blocks.0.block.ff_i.experts.",
+            ),
+        ],
+        &["num_layers", "num_single_layers"],
+        &[variant(
+            "hidream-i1",
+            "HiDream-I1 17B",
+            &m::HIDREAM_I1,
+            &m::HIDREAM_I1_TINY,
+        )],
+        VaeKind::Flux,
+        lora::HIDREAM,
+    )
+};
 
 pub(super) const CHROMA: Family = Family {
+    diffusers: true,
     prefixes: LDM,
     ..dit(
         Arch::Chroma,
@@ -154,106 +176,120 @@ pub(super) const CHROMA: Family = Family {
             &m::CHROMA_TINY,
         )],
         VaeKind::Flux,
+        lora::FLUX,
     )
 };
 
-pub(super) const LUMINA2: Family = dit(
-    Arch::Lumina2,
-    "lumina2",
-    &["lumina", "lumina-image-2"],
-    "Lumina Image 2.0",
-    "Lumina2",
-    &[
-        Key("cap_embedder.1.weight"),
-        Key("noise_refiner.0.attention.k_norm.weight"),
-        NoKey("cap_pad_token"),
-    ],
-    &[
-        dim("dim", "cap_embedder.1.weight", 0, 1),
-        dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
-        blocks("n_layers", "layers."),
-    ],
-    &["n_layers"],
-    &[variant(
+pub(super) const LUMINA2: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::Lumina2,
         "lumina2",
-        "Lumina Image 2.0 (2.6B)",
-        &m::LUMINA2,
-        &m::LUMINA2_TINY,
-    )],
-    VaeKind::Flux,
-);
+        &["lumina", "lumina-image-2"],
+        "Lumina Image 2.0",
+        "Lumina2",
+        &[
+            Key("cap_embedder.1.weight"),
+            Key("noise_refiner.0.attention.k_norm.weight"),
+            NoKey("cap_pad_token"),
+        ],
+        &[
+            dim("dim", "cap_embedder.1.weight", 0, 1),
+            dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
+            blocks("n_layers", "layers."),
+        ],
+        &["n_layers"],
+        &[variant(
+            "lumina2",
+            "Lumina Image 2.0 (2.6B)",
+            &m::LUMINA2,
+            &m::LUMINA2_TINY,
+        )],
+        VaeKind::Flux,
+        lora::LUMINA,
+    )
+};
 
-pub(super) const FLUX2: Family = dit(
-    Arch::Flux2,
-    "flux2",
-    &["flux.2"],
-    "Flux 2 (dev and Klein)",
-    "Flux2",
-    &[
-        FLUX_KEY_NORM,
-        Key("img_in.weight"),
-        Key("double_stream_modulation_img.lin.weight"),
-    ],
-    &[
-        dim("hidden_size", "img_in.weight", 0, 1),
-        dim("in_channels", "img_in.weight", 1, 1),
-        dim("context_in_dim", "txt_in.weight", 1, 1),
-        blocks("depth", "double_blocks."),
-        blocks("depth_single_blocks", "single_blocks."),
-        present("guidance_embed", "guidance_in.in_layer.weight"),
-    ],
-    &["depth", "depth_single_blocks"],
-    &[
-        variant(
-            "flux2-dev",
-            "Flux 2 dev (32B; Mistral Small 3 24B)",
-            &m::FLUX2_DEV,
-            &m::FLUX2_DEV_TINY,
-        ),
-        variant(
-            "flux2-klein-4b",
-            "Flux 2 Klein 4B (Qwen3 4B)",
-            &m::FLUX2_KLEIN_4B,
-            &m::FLUX2_KLEIN_4B_TINY,
-        ),
-        variant(
-            "flux2-klein-9b",
-            "Flux 2 Klein 9B (Qwen3 8B)",
-            &m::FLUX2_KLEIN_9B,
-            &m::FLUX2_KLEIN_9B_TINY,
-        ),
-    ],
-    VaeKind::Flux2,
-);
+pub(super) const FLUX2: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::Flux2,
+        "flux2",
+        &["flux.2"],
+        "Flux 2 (dev and Klein)",
+        "Flux2",
+        &[
+            FLUX_KEY_NORM,
+            Key("img_in.weight"),
+            Key("double_stream_modulation_img.lin.weight"),
+        ],
+        &[
+            dim("hidden_size", "img_in.weight", 0, 1),
+            dim("in_channels", "img_in.weight", 1, 1),
+            dim("context_in_dim", "txt_in.weight", 1, 1),
+            blocks("depth", "double_blocks."),
+            blocks("depth_single_blocks", "single_blocks."),
+            present("guidance_embed", "guidance_in.in_layer.weight"),
+        ],
+        &["depth", "depth_single_blocks"],
+        &[
+            variant(
+                "flux2-dev",
+                "Flux 2 dev (32B; Mistral Small 3 24B)",
+                &m::FLUX2_DEV,
+                &m::FLUX2_DEV_TINY,
+            ),
+            variant(
+                "flux2-klein-4b",
+                "Flux 2 Klein 4B (Qwen3 4B)",
+                &m::FLUX2_KLEIN_4B,
+                &m::FLUX2_KLEIN_4B_TINY,
+            ),
+            variant(
+                "flux2-klein-9b",
+                "Flux 2 Klein 9B (Qwen3 8B)",
+                &m::FLUX2_KLEIN_9B,
+                &m::FLUX2_KLEIN_9B_TINY,
+            ),
+        ],
+        VaeKind::Flux2,
+        lora::FLUX,
+    )
+};
 
-pub(super) const Z_IMAGE: Family = dit(
-    Arch::ZImage,
-    "z-image",
-    &["zimage", "z-image-turbo"],
-    "Z-Image (Lumina 2's NextDiT at 3840 wide; Qwen3 4B)",
-    "ZImage",
-    &[
-        Key("cap_embedder.1.weight"),
-        Key("noise_refiner.0.attention.k_norm.weight"),
-        Key("cap_pad_token"),
-        NoKey("dec_net.cond_embed.weight"),
-    ],
-    &[
-        dim("dim", "cap_embedder.1.weight", 0, 1),
-        dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
-        blocks("n_layers", "layers."),
-    ],
-    &["n_layers"],
-    &[variant(
-        "z-image-6b",
-        "Z-Image 6B (Turbo and Base)",
-        &m::Z_IMAGE,
-        &m::Z_IMAGE_TINY,
-    )],
-    VaeKind::Flux,
-);
+pub(super) const Z_IMAGE: Family = Family {
+    diffusers: true,
+    ..dit(
+        Arch::ZImage,
+        "z-image",
+        &["zimage", "z-image-turbo"],
+        "Z-Image (Lumina 2's NextDiT at 3840 wide; Qwen3 4B)",
+        "ZImage",
+        &[
+            Key("cap_embedder.1.weight"),
+            Key("noise_refiner.0.attention.k_norm.weight"),
+            Key("cap_pad_token"),
+            NoKey("dec_net.cond_embed.weight"),
+        ],
+        &[
+            dim("dim", "cap_embedder.1.weight", 0, 1),
+            dim("cap_feat_dim", "cap_embedder.1.weight", 1, 1),
+            blocks("n_layers", "layers."),
+        ],
+        &["n_layers"],
+        &[variant(
+            "z-image-6b",
+            "Z-Image 6B (Turbo and Base)",
+            &m::Z_IMAGE,
+            &m::Z_IMAGE_TINY,
+        )],
+        VaeKind::Flux,
+        lora::LUMINA,
+    )
+};
 
 pub(super) const HUNYUAN_VIDEO: Family = Family {
+    diffusers: true,
     prefixes: HUNYUAN,
     ..dit(
         Arch::HunyuanVideo,
@@ -283,6 +319,7 @@ pub(super) const HUNYUAN_VIDEO: Family = Family {
             ),
         ],
         VaeKind::HunyuanVideo,
+        lora::HUNYUAN_VIDEO,
     )
 };
 
@@ -310,49 +347,55 @@ pub(super) const HUNYUAN_VIDEO_15: Family = Family {
             )
         }],
         VaeKind::HunyuanVideo15,
+        lora::HUNYUAN_VIDEO,
     )
 };
 
-pub(super) const LTXV: Family = dit(
-    Arch::Ltxv,
-    "ltxv",
-    &["ltx-video", "ltx"],
-    "LTX-Video",
-    "LTXV",
-    &[
-        Key("adaln_single.emb.timestep_embedder.linear_1.bias"),
-        NoKey("pos_embed.proj.bias"),
-        NoKey("audio_adaln_single.linear.weight"),
-    ],
-    &[
-        blocks("num_layers", "transformer_blocks."),
-        dim(
-            "attention_head_dim",
-            "transformer_blocks.0.attn2.to_k.weight",
-            0,
-            32,
-        ),
-        dim(
-            "cross_attention_dim",
-            "transformer_blocks.0.attn2.to_k.weight",
-            1,
-            1,
-        ),
-    ],
-    &["num_layers"],
-    &[
-        variant(
-            "ltxv-2b",
-            "LTX-Video 2B (0.9.x)",
-            &m::LTXV_2B,
-            &m::LTXV_2B_TINY,
-        ),
-        variant(
-            "ltxv-13b",
-            "LTX-Video 13B (0.9.7 and later)",
-            &m::LTXV_13B,
-            &m::LTXV_13B_TINY,
-        ),
-    ],
-    VaeKind::Ltx,
-);
+pub(super) const LTXV: Family = Family {
+    diffusers: true,
+    block_prefixes: &[nodes::LTXV],
+    ..dit(
+        Arch::Ltxv,
+        "ltxv",
+        &["ltx-video", "ltx"],
+        "LTX-Video",
+        "LTXV",
+        &[
+            Key("adaln_single.emb.timestep_embedder.linear_1.bias"),
+            NoKey("pos_embed.proj.bias"),
+            NoKey("audio_adaln_single.linear.weight"),
+        ],
+        &[
+            blocks("num_layers", "transformer_blocks."),
+            dim(
+                "attention_head_dim",
+                "transformer_blocks.0.attn2.to_k.weight",
+                0,
+                32,
+            ),
+            dim(
+                "cross_attention_dim",
+                "transformer_blocks.0.attn2.to_k.weight",
+                1,
+                1,
+            ),
+        ],
+        &["num_layers"],
+        &[
+            variant(
+                "ltxv-2b",
+                "LTX-Video 2B (0.9.x)",
+                &m::LTXV_2B,
+                &m::LTXV_2B_TINY,
+            ),
+            variant(
+                "ltxv-13b",
+                "LTX-Video 13B (0.9.7 and later)",
+                &m::LTXV_13B,
+                &m::LTXV_13B_TINY,
+            ),
+        ],
+        VaeKind::Ltx,
+        lora::LTXV,
+    )
+};

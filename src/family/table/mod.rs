@@ -14,7 +14,7 @@ mod later;
 
 use super::parts::VaeKind;
 use super::Tell::*;
-use super::{ClipLayout, Derive, Family, Param, Prefixes, Tell, Variant};
+use super::{ClipLayout, Derive, Family, LoraNames, Param, Prefixes, Tell, Variant};
 use crate::model::{Arch, Prediction};
 
 const LDM: Prefixes = Prefixes {
@@ -96,6 +96,7 @@ const fn dit(
     placed: &'static [&'static str],
     variants: &'static [Variant],
     vae: VaeKind,
+    lora: LoraNames,
 ) -> Family {
     Family {
         arch,
@@ -115,7 +116,7 @@ const fn dit(
         modelspec: None,
         diffusers: false,
         block_prefixes: &[],
-        lora_prefixes: &[],
+        lora,
     }
 }
 

@@ -6,6 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::later_config;
 use super::model_config::{self, Keys, DIFFUSERS_VERSION};
 use super::{from_comfy, ModelClass};
 use crate::error::{Error, Result};
@@ -47,8 +48,10 @@ pub fn configs(
                 model_config::clip(arch, plan, &keys)?
             }
             ModelClass::T5Encoder => model_config::t5(&keys)?,
+            ModelClass::Umt5Encoder => umt5(model_config::t5(&keys)?),
             ModelClass::Sd3Transformer => model_config::sd3(&keys)?,
             ModelClass::FluxTransformer => model_config::flux(&keys)?,
+            c => later_config::config(c, &keys)?,
         };
         index.insert(
             plan.folder.name().into(),
@@ -125,9 +128,55 @@ fn pipeline_components(arch: Arch) -> &'static [&'static str] {
             "image_encoder",
             "feature_extractor",
         ],
+        Arch::Wan21 | Arch::Wan22 => &[
+            "tokenizer",
+            "text_encoder",
+            "vae",
+            "transformer",
+            "transformer_2",
+        ],
+        Arch::HiDream => &[
+            "vae",
+            "text_encoder",
+            "tokenizer",
+            "text_encoder_2",
+            "tokenizer_2",
+            "text_encoder_3",
+            "tokenizer_3",
+            "text_encoder_4",
+            "tokenizer_4",
+            "transformer",
+        ],
+        Arch::HunyuanVideo => &[
+            "text_encoder",
+            "tokenizer",
+            "transformer",
+            "vae",
+            "text_encoder_2",
+            "tokenizer_2",
+        ],
+        Arch::Chroma => &[
+            "vae",
+            "text_encoder",
+            "tokenizer",
+            "transformer",
+            "image_encoder",
+            "feature_extractor",
+        ],
+        Arch::QwenImage | Arch::Lumina2 | Arch::Flux2 | Arch::ZImage | Arch::Ltxv => {
+            &["vae", "text_encoder", "tokenizer", "transformer"]
+        }
         // `configs` refuses the families without diffusers names before this is asked.
         _ => &[],
     }
+}
+
+/// transformers' `UMT5EncoderModel` config: T5's, with umT5's class and type.
+fn umt5(mut t5: Value) -> Value {
+    t5["architectures"] = json!(["UMT5EncoderModel"]);
+    t5["model_type"] = json!("umt5");
+    t5["scalable_attention"] = json!(true);
+    t5
 }
 
 fn pipeline(arch: Arch) -> &'static str {
@@ -137,6 +186,15 @@ fn pipeline(arch: Arch) -> &'static str {
         Arch::SdxlRefiner => "StableDiffusionXLImg2ImgPipeline",
         Arch::Sd3 => "StableDiffusion3Pipeline",
         Arch::Flux | Arch::FluxSchnell => "FluxPipeline",
+        Arch::Wan21 | Arch::Wan22 => "WanPipeline",
+        Arch::QwenImage => "QwenImagePipeline",
+        Arch::HiDream => "HiDreamImagePipeline",
+        Arch::Chroma => "ChromaPipeline",
+        Arch::Lumina2 => "Lumina2Pipeline",
+        Arch::Flux2 => "Flux2Pipeline",
+        Arch::ZImage => "ZImagePipeline",
+        Arch::HunyuanVideo => "HunyuanVideoPipeline",
+        Arch::Ltxv => "LTXPipeline",
         // `configs` refuses the families without diffusers names before this is asked.
         _ => "DiffusionPipeline",
     }
@@ -167,8 +225,23 @@ pub fn prediction_from_scheduler(json: &Value) -> Option<Prediction> {
     }
 }
 
+/// The flow-matching shift of the later families' released schedulers (ComfyUI's
+/// `sampling_settings` where diffusers' configs use dynamic shifting).
+fn shift(arch: Arch) -> f64 {
+    match arch {
+        Arch::HiDream | Arch::ZImage => 3.0,
+        Arch::Lumina2 => 6.0,
+        Arch::HunyuanVideo => 7.0,
+        Arch::Wan21 | Arch::Wan22 => 3.0,
+        _ => 1.0,
+    }
+}
+
 fn scheduler(arch: Arch, prediction: Prediction) -> Result<Value> {
-    let flow_arch = matches!(arch, Arch::Sd3 | Arch::Flux | Arch::FluxSchnell);
+    let flow_arch = !matches!(
+        arch,
+        Arch::Sd15 | Arch::Sd2 | Arch::Sdxl | Arch::SdxlRefiner
+    );
     let mismatch = || {
         Error::InvalidInput(format!(
             "{arch} is sampled with {}; a diffusers scheduler for it cannot express {prediction} prediction",
@@ -191,6 +264,16 @@ fn scheduler(arch: Arch, prediction: Prediction) -> Result<Value> {
         (Prediction::Flow, Arch::FluxSchnell) => json!({
             "_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0,
             "use_dynamic_shifting": false,
+        }),
+        // Wan's pipelines sample with UniPC over flow sigmas.
+        (Prediction::Flow, Arch::Wan21 | Arch::Wan22) => json!({
+            "_class_name": "UniPCMultistepScheduler", "num_train_timesteps": 1000,
+            "prediction_type": "flow_prediction", "use_flow_sigmas": true, "flow_shift": shift(arch),
+            "solver_order": 2, "predict_x0": true, "solver_type": "bh2", "lower_order_final": true,
+        }),
+        (Prediction::Flow, _) if flow_arch => json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
+            "shift": shift(arch),
         }),
         (_, _) if flow_arch => return Err(mismatch()),
         (Prediction::Flow, _) => return Err(mismatch()),

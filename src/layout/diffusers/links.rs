@@ -26,6 +26,12 @@ pub(super) enum Op {
         /// Rows of each part but the last when the parts differ (Flux's `linear1`).
         head_rows: Option<usize>,
     },
+    /// As [`Op::Fused`] with a first part of its own size and the others equal: grouped-query
+    /// attention's `qkv` (Lumina 2: q has the width's rows, k and v fewer).
+    FusedFirst {
+        /// Rows of the first part.
+        first_rows: usize,
+    },
     /// The two halves along dim 0 swap places (AdaLayerNormContinuous stores `[scale; shift]`
     /// where the original stores `[shift; scale]`); its own inverse.
     Swapped,
@@ -94,6 +100,11 @@ impl Links {
             self.0
                 .push(Link::new(d, format!("{c}.{leaf}"), Op::Fused { head_rows }));
         }
+    }
+
+    /// One fused tensor (`parts` and `c` are whole keys) split as `op` says.
+    pub fn split(&mut self, parts: Vec<String>, c: impl Into<String>, op: Op) {
+        self.0.push(Link::new(parts, c.into(), op));
     }
 
     /// An old diffusers name for `c`, read but never written.
@@ -236,17 +247,23 @@ fn to_comfy<'a>(l: &'a Link, source: &'a BTreeMap<String, TensorInfo>) -> Result
                 _ => assembly(info, info.shape.clone(), vec![whole(k, info)]),
             })
         }
-        Op::Fused { head_rows } => {
+        Op::Fused { .. } | Op::FusedFirst { .. } => {
             let mut got = Vec::with_capacity(l.d.len());
             for k in &l.d {
                 got.push(get(k).ok_or_else(|| missing(l, source))?);
             }
             let (k0, first) = got[0];
-            // q, k and v (all parts, or all but Flux's MLP part) must be interchangeable.
-            let equal = if head_rows.is_some() {
-                got.len() - 1
+            // The parts that must be interchangeable: q, k and v (all parts; all but Flux's
+            // MLP part; all but grouped-query attention's q).
+            let equal = |i: usize| match l.op {
+                Op::Fused { head_rows: None } => true,
+                Op::Fused { .. } => i + 1 < got.len(),
+                _ => i > 0,
+            };
+            let reference = if matches!(l.op, Op::FusedFirst { .. }) && got.len() > 1 {
+                got[1].1
             } else {
-                got.len()
+                first
             };
             let mut rows = 0;
             for (i, (k, info)) in got.iter().enumerate() {
@@ -255,7 +272,7 @@ fn to_comfy<'a>(l: &'a Link, source: &'a BTreeMap<String, TensorInfo>) -> Result
                 let ok = !info.shape.is_empty()
                     && info.dtype == first.dtype
                     && same_tail
-                    && (i >= equal || info.shape == first.shape);
+                    && (!equal(i) || info.shape == reference.shape);
                 if !ok {
                     return Err(Error::Conversion {
                         key: l.c.clone(),
@@ -298,14 +315,21 @@ fn from_comfy(l: &Link, source: &BTreeMap<String, TensorInfo>) -> Result<Vec<Ass
             };
             Ok(one(shape, vec![whole(&l.c, info)]))
         }
-        Op::Fused { head_rows } => {
+        Op::Fused { .. } | Op::FusedFirst { .. } => {
             let n = l.d.len();
             let total = info.shape.first().copied().unwrap_or(0);
-            let rows: Vec<usize> = match head_rows {
-                None if total % n == 0 && total > 0 => vec![total / n; n],
-                Some(h) if h > 0 && total > h * (n - 1) => {
+            let rows: Vec<usize> = match l.op {
+                Op::Fused { head_rows: None } if total % n == 0 && total > 0 => vec![total / n; n],
+                Op::Fused { head_rows: Some(h) } if h > 0 && total > h * (n - 1) => {
                     let mut r = vec![h; n - 1];
                     r.push(total - h * (n - 1));
+                    r
+                }
+                Op::FusedFirst { first_rows: f }
+                    if n > 1 && f > 0 && total > f && (total - f) % (n - 1) == 0 =>
+                {
+                    let mut r = vec![(total - f) / (n - 1); n - 1];
+                    r.insert(0, f);
                     r
                 }
                 _ => {
@@ -314,9 +338,12 @@ fn from_comfy(l: &Link, source: &BTreeMap<String, TensorInfo>) -> Result<Vec<Ass
                         shape: info.shape.clone(),
                         reason: format!(
                         "splits along dim 0 into {n} parts ({}), which that size does not allow",
-                        match head_rows {
-                            None => "equal".to_string(),
-                            Some(h) => format!("{h} rows each, the last the rest"),
+                        match l.op {
+                            Op::Fused { head_rows: Some(h) } =>
+                                format!("{h} rows each, the last the rest"),
+                            Op::FusedFirst { first_rows } =>
+                                format!("{first_rows} rows, the others equal"),
+                            _ => "equal".to_string(),
                         }
                     ),
                     })

@@ -3,21 +3,27 @@
 //! A diffusers pipeline folder holds one model per sub-folder (`unet/`, `vae/`, `text_encoder/`…)
 //! in diffusers or transformers naming; ComfyUI holds the same weights as three components (model,
 //! clip, vae) in LDM/SGM naming. This module maps names and shapes only, for SD1.5, SD2, SDXL,
-//! the SDXL refiner, SD3 and Flux: which elements of which source tensors make each target tensor
+//! the SDXL refiner, SD3 and Flux, and for the transformers of the later families diffusers has
+//! (Wan, Qwen-Image, HiDream, LTX-Video, HunyuanVideo, Lumina 2, Chroma, Flux 2, Z-Image) with
+//! Wan's and Qwen-Image's VAE and umT5: which elements of which source tensors make each target tensor
 //! ([`Assembly`]), which tensors one side needs and the other lacks ([`Created`], `dropped`), and
 //! the JSON configs a folder needs ([`configs`]). Reading and writing bytes is the caller's job.
 //!
 //! Every conversion is a concatenation of row-major element ranges along dim 0 (q/k/v fusion,
 //! half swaps), or a reshape (the autoencoder's 1×1 convolutions), so no transpose is needed.
 
+mod class;
 mod config;
 mod flux;
+mod later;
+mod later_config;
 mod links;
 mod mmdit;
 mod model_config;
 mod text;
 mod unet;
 mod vae;
+mod wan_vae;
 
 #[cfg(test)]
 mod tests;
@@ -35,6 +41,7 @@ use crate::model::Dtype;
 use crate::model::{ComponentKind, ComponentShapes, TensorInfo};
 use links::{Dir, Links};
 
+pub use class::{identify, ModelClass};
 pub use config::{configs, prediction_from_scheduler};
 
 /// Elements `elements` (row-major order) of source tensor `key`.
@@ -78,69 +85,6 @@ pub struct Created {
     pub bytes: Vec<u8>,
 }
 
-/// The diffusers/transformers model classes, recognised from keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ModelClass {
-    /// diffusers `UNet2DConditionModel` (SD1, SD2, SDXL).
-    Unet,
-    /// diffusers `AutoencoderKL`.
-    Vae,
-    /// transformers `CLIPTextModel`.
-    ClipText,
-    /// transformers `CLIPTextModelWithProjection`.
-    ClipTextWithProjection,
-    /// transformers `T5EncoderModel`.
-    T5Encoder,
-    /// diffusers `SD3Transformer2DModel`.
-    Sd3Transformer,
-    /// diffusers `FluxTransformer2DModel`.
-    FluxTransformer,
-}
-
-impl ModelClass {
-    /// The Python class name (`_class_name` / `architectures` in its config).
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelClass::Unet => "UNet2DConditionModel",
-            ModelClass::Vae => "AutoencoderKL",
-            ModelClass::ClipText => "CLIPTextModel",
-            ModelClass::ClipTextWithProjection => "CLIPTextModelWithProjection",
-            ModelClass::T5Encoder => "T5EncoderModel",
-            ModelClass::Sd3Transformer => "SD3Transformer2DModel",
-            ModelClass::FluxTransformer => "FluxTransformer2DModel",
-        }
-    }
-
-    /// The Python library that defines it, as `model_index.json` names it.
-    pub fn library(self) -> &'static str {
-        match self {
-            ModelClass::ClipText | ModelClass::ClipTextWithProjection | ModelClass::T5Encoder => {
-                "transformers"
-            }
-            _ => "diffusers",
-        }
-    }
-
-    /// The ComfyUI component its tensors belong to.
-    pub fn kind(self) -> ComponentKind {
-        match self {
-            ModelClass::Unet | ModelClass::Sd3Transformer | ModelClass::FluxTransformer => {
-                ComponentKind::Model
-            }
-            ModelClass::Vae => ComponentKind::Vae,
-            _ => ComponentKind::Clip,
-        }
-    }
-
-    /// The weights file `save_pretrained` writes in its folder (unsharded).
-    pub fn weights_file(self) -> &'static str {
-        match self.library() {
-            "transformers" => "model.safetensors",
-            _ => "diffusion_pytorch_model.safetensors",
-        }
-    }
-}
-
 /// Sub-folders of a pipeline folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Folder {
@@ -172,73 +116,9 @@ impl Folder {
     }
 }
 
-/// Recognises the model class of one model's diffusers keys.
-///
-/// # Errors
-/// [`Error::InvalidInput`] when the keys fit no class, saying what was found and what each class
-/// is recognised by (with a hint when they are single-file or ComfyUI names instead).
-pub fn identify(keys: &BTreeMap<String, TensorInfo>) -> Result<ModelClass> {
-    let has = |k: &str| keys.contains_key(k);
-    let any = |p: &str| keys.keys().any(|k| k.starts_with(p));
-    let class = if has("x_embedder.weight") && any("transformer_blocks.") {
-        Some(ModelClass::FluxTransformer)
-    } else if has("pos_embed.proj.weight") && any("transformer_blocks.") {
-        Some(ModelClass::Sd3Transformer)
-    } else if has("conv_in.weight") && any("down_blocks.") {
-        Some(ModelClass::Unet)
-    } else if has("encoder.conv_in.weight") || has("decoder.conv_in.weight") {
-        Some(ModelClass::Vae)
-    } else if has("text_model.embeddings.token_embedding.weight") {
-        Some(match has(text::PROJECTION) {
-            true => ModelClass::ClipTextWithProjection,
-            false => ModelClass::ClipText,
-        })
-    } else if has("shared.weight") || any("encoder.block.") {
-        Some(ModelClass::T5Encoder)
-    } else {
-        None
-    };
-    if let Some(c) = class {
-        return Ok(c);
-    }
-    let first: Vec<&str> = keys.keys().take(3).map(String::as_str).collect();
-    let hint = if [
-        "model.diffusion_model.",
-        "first_stage_model.",
-        "cond_stage_model.",
-        "conditioner.",
-        "text_encoders.",
-    ]
-    .iter()
-    .any(|p| any(p))
-    {
-        " These are single-file checkpoint names; split the file into components first."
-    } else if [
-        "input_blocks.",
-        "joint_blocks.",
-        "double_blocks.",
-        "encoder.down.",
-        "clip_l.",
-        "clip_g.",
-        "clip_h.",
-        "t5xxl.",
-    ]
-    .iter()
-    .any(|p| any(p))
-    {
-        " These are ComfyUI names; use from_comfy for them."
-    } else {
-        ""
-    };
-    Err(Error::InvalidInput(format!(
-        "cannot tell which diffusers/transformers model {} tensor(s) belong to (first: {}); expected UNet2DConditionModel (`conv_in.weight`, `down_blocks.…`), AutoencoderKL (`encoder.conv_in.weight`), CLIPTextModel[WithProjection] (`text_model.embeddings.token_embedding.weight`), T5EncoderModel (`shared.weight`, `encoder.block.…`), SD3Transformer2DModel (`pos_embed.proj.weight`, `transformer_blocks.…`) or FluxTransformer2DModel (`x_embedder.weight`, `transformer_blocks.…`).{hint}",
-        keys.len(),
-        if first.is_empty() { "none".to_string() } else { format!("`{}`", first.join("`, `")) },
-    )))
-}
-
-/// Which in-memory encoder name (`clip_l`, `clip_h`, `clip_g`, `t5xxl`) each text-encoder folder
-/// of `arch` holds.
+/// Which in-memory encoder name (`clip_l`, `clip_h`, `clip_g`, `t5xxl`, `umt5xxl`) each
+/// text-encoder folder of `arch` holds, for the encoders whose transformers names are mapped
+/// (a family's language-model encoders are not: see [`unmapped_encoders`]).
 pub fn encoder_folders(arch: Arch) -> &'static [(Folder, &'static str)] {
     use Folder::*;
     match arch {
@@ -246,15 +126,64 @@ pub fn encoder_folders(arch: Arch) -> &'static [(Folder, &'static str)] {
         Arch::Sd2 => &[(TextEncoder, "clip_h")],
         Arch::Sdxl => &[(TextEncoder, "clip_l"), (TextEncoder2, "clip_g")],
         Arch::SdxlRefiner => &[(TextEncoder2, "clip_g")],
-        Arch::Sd3 => &[
+        Arch::Sd3 | Arch::HiDream => &[
             (TextEncoder, "clip_l"),
             (TextEncoder2, "clip_g"),
             (TextEncoder3, "t5xxl"),
         ],
         Arch::Flux | Arch::FluxSchnell => &[(TextEncoder, "clip_l"), (TextEncoder2, "t5xxl")],
-        // No diffusers names are mapped for the later families (see `require_diffusers`).
+        Arch::Wan21 | Arch::Wan22 => &[(TextEncoder, "umt5xxl")],
+        Arch::Chroma | Arch::Ltxv => &[(TextEncoder, "t5xxl")],
+        // HunyuanVideo's `text_encoder` is LLaVA-LLaMA-3 (not mapped), CLIP-L the second.
+        Arch::HunyuanVideo => &[(TextEncoder2, "clip_l")],
         _ => &[],
     }
+}
+
+/// The text encoders of `arch` a checkpoint may hold whose transformers names this crate does
+/// not map (the language models: Qwen2.5-VL, Qwen3, Gemma 2, Llama, Mistral, LLaVA, ByT5).
+pub fn unmapped_encoders(arch: Arch) -> Vec<&'static str> {
+    let mapped: Vec<&str> = encoder_folders(arch).iter().map(|(_, e)| *e).collect();
+    arch.family()
+        .encoders()
+        .into_iter()
+        .filter(|e| !mapped.contains(e))
+        .collect()
+}
+
+/// Whether component tensor `key` of `arch` has a diffusers/transformers name here: every
+/// denoiser tensor, the autoencoder's where [`vae_class`] has one, the text encoders'
+/// of [`encoder_folders`] (not the language models, nor tokenizer blobs such as umT5's
+/// `spiece_model`, which pipelines keep as tokenizer files).
+pub fn is_mapped(arch: Arch, kind: ComponentKind, key: &str) -> bool {
+    match kind {
+        ComponentKind::Model => true,
+        ComponentKind::Vae => vae_class(arch).is_some(),
+        ComponentKind::Clip => encoder_folders(arch)
+            .iter()
+            .any(|(_, e)| key.starts_with(&format!("{e}."))),
+        ComponentKind::ClipVision => false,
+    }
+}
+
+/// The tensors of `shapes` that have diffusers names here ([`is_mapped`]): what
+/// [`from_comfy`] can plan.
+pub fn mapped_shapes(arch: Arch, shapes: &ComponentShapes) -> ComponentShapes {
+    let mut out = ComponentShapes::default();
+    for kind in ComponentKind::ALL {
+        let Some(map) = shapes.get(kind) else {
+            continue;
+        };
+        let kept: BTreeMap<String, TensorInfo> = map
+            .iter()
+            .filter(|(k, _)| is_mapped(arch, kind, k))
+            .map(|(k, i)| (k.clone(), i.clone()))
+            .collect();
+        if !kept.is_empty() {
+            out.set(kind, kept);
+        }
+    }
+    out
 }
 
 /// [`Error::InvalidInput`] for a family whose diffusers names this crate does not map yet.
@@ -278,20 +207,45 @@ pub fn encoder_class(arch: Arch, folder: Folder) -> Option<ModelClass> {
     let (_, enc) = encoder_folders(arch).iter().find(|(f, _)| *f == folder)?;
     Some(match (*enc, arch, folder) {
         ("t5xxl", _, _) => ModelClass::T5Encoder,
-        // SDXL's OpenCLIP-G and both of SD3's CLIPs feed their pooled projection to the denoiser.
-        (_, Arch::Sdxl | Arch::SdxlRefiner, Folder::TextEncoder2) | (_, Arch::Sd3, _) => {
-            ModelClass::ClipTextWithProjection
-        }
+        ("umt5xxl", _, _) => ModelClass::Umt5Encoder,
+        // SDXL's OpenCLIP-G and the CLIPs of SD3 and HiDream feed their pooled projection to
+        // the denoiser.
+        (_, Arch::Sdxl | Arch::SdxlRefiner, Folder::TextEncoder2)
+        | (_, Arch::Sd3 | Arch::HiDream, _) => ModelClass::ClipTextWithProjection,
         _ => ModelClass::ClipText,
     })
 }
 
 /// The denoiser's folder and class in a pipeline of `arch`.
 pub fn denoiser(arch: Arch) -> (Folder, ModelClass) {
+    use ModelClass::*;
+    let class = match arch {
+        Arch::Sd15 | Arch::Sd2 | Arch::Sdxl | Arch::SdxlRefiner => return (Folder::Unet, Unet),
+        Arch::Sd3 => Sd3Transformer,
+        Arch::Flux | Arch::FluxSchnell => FluxTransformer,
+        Arch::Wan21 | Arch::Wan22 => WanTransformer,
+        Arch::QwenImage => QwenImageTransformer,
+        Arch::HiDream => HiDreamTransformer,
+        Arch::Chroma => ChromaTransformer,
+        Arch::Lumina2 => Lumina2Transformer,
+        Arch::Flux2 => Flux2Transformer,
+        Arch::ZImage => ZImageTransformer,
+        Arch::HunyuanVideo | Arch::HunyuanVideo15 => HunyuanVideoTransformer,
+        Arch::Ltxv => LtxTransformer,
+    };
+    (Folder::Transformer, class)
+}
+
+/// The autoencoder's class in a pipeline of `arch`, `None` where its diffusers names are not
+/// mapped (Wan 2.2's 48-channel VAE, which diffusers' converter does not read; LTX-Video's,
+/// whose converter drops three of ComfyUI's per-channel statistics; Flux 2's and
+/// HunyuanVideo's, which diffusers has no converter for).
+pub fn vae_class(arch: Arch) -> Option<ModelClass> {
     match arch {
-        Arch::Sd3 => (Folder::Transformer, ModelClass::Sd3Transformer),
-        Arch::Flux | Arch::FluxSchnell => (Folder::Transformer, ModelClass::FluxTransformer),
-        _ => (Folder::Unet, ModelClass::Unet),
+        Arch::Wan21 => Some(ModelClass::WanVae),
+        Arch::QwenImage => Some(ModelClass::QwenImageVae),
+        Arch::Wan22 | Arch::Ltxv | Arch::Flux2 | Arch::HunyuanVideo | Arch::HunyuanVideo15 => None,
+        _ => Some(ModelClass::Vae),
     }
 }
 
@@ -349,13 +303,18 @@ pub fn to_comfy(
                 Some(text::POSITION_IDS),
             )
         }
-        ModelClass::T5Encoder => {
+        ModelClass::T5Encoder | ModelClass::Umt5Encoder => {
             let enc = encoder_name(class, encoder, &text::T5_NAMES)?;
             created.push(text::logit_scale(enc));
             (
                 text::t5_links(enc, text::t5_blocks(keys, None)),
                 Some(text::T5_TIED),
             )
+        }
+        c => {
+            created.extend(later::created(c, keys));
+            let width = later::width(c, keys, false)?;
+            (later::links(c, std::iter::empty(), width), None)
         }
     };
     let (tensors, dropped) = links::apply(
@@ -423,23 +382,47 @@ pub fn from_comfy(arch: Arch, shapes: &ComponentShapes) -> Result<Vec<FolderPlan
         let links = match class {
             ModelClass::Sd3Transformer => mmdit::links(mmdit::depth_comfy(model)?),
             ModelClass::FluxTransformer => flux::Structure::from_comfy(model)?.links(),
-            _ => unet::Structure::from_comfy(model)?.links(),
+            ModelClass::Unet => unet::Structure::from_comfy(model)?.links(),
+            c => later::links(c, model.keys(), later::width(c, model, true)?),
         };
-        plans.push(plan(folder, class, links, model, &|_| false)?);
+        plans.push(plan(folder, class, links, model, &|k| {
+            later::dropped(class, k)
+        })?);
     }
     if let Some(vae) = shapes.get(ComponentKind::Vae) {
-        let links = vae::Structure::from_comfy(vae)?.links();
-        plans.push(plan(Folder::Vae, ModelClass::Vae, links, vae, &|_| false)?);
+        let (class, links) = match vae_class(arch) {
+            Some(ModelClass::Vae) => (ModelClass::Vae, vae::Structure::from_comfy(vae)?.links()),
+            Some(c) => (c, later::links(c, vae.keys(), 0)),
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "the diffusers names of {arch}'s autoencoder ({}) are not mapped; split \
+                     a checkpoint without it (the denoiser alone: `split --to nodes` writes \
+                     it), or keep ComfyUI's names",
+                    arch.family().vae.title()
+                )))
+            }
+        };
+        plans.push(plan(Folder::Vae, class, links, vae, &|_| false)?);
     }
     let Some(clip) = shapes.get(ComponentKind::Clip) else {
         return Ok(plans);
     };
     let encoders = encoder_folders(arch);
+    let tokenizers = arch.family().tokenizer_keys();
+    let unmapped = unmapped_encoders(arch);
     if let Some(k) = clip.keys().find(|k| {
-        !encoders
-            .iter()
-            .any(|(_, e)| k.starts_with(&format!("{e}.")))
+        !tokenizers.contains(&k.as_str())
+            && !encoders
+                .iter()
+                .any(|(_, e)| k.starts_with(&format!("{e}.")))
     }) {
+        if let Some(e) = unmapped.iter().find(|e| k.starts_with(&format!("{e}."))) {
+            return Err(Error::InvalidInput(format!(
+                "{arch}'s text encoder `{e}` (`{k}`…) has no transformers names in this tool; \
+                 split a checkpoint without it (`split --to nodes` writes the denoiser, the \
+                 VAE and each text encoder as files of their own), or keep ComfyUI's names"
+            )));
+        }
         return Err(Error::InvalidInput(format!(
             "clip tensor `{k}` belongs to no text encoder of {arch} (expected keys starting with {})",
             encoders.iter().map(|(_, e)| format!("`{e}.`")).collect::<Vec<_>>().join(", ")
@@ -464,7 +447,7 @@ pub fn from_comfy(arch: Arch, shapes: &ComponentShapes) -> Result<Vec<FolderPlan
             continue;
         };
         let logit = format!("{enc}.logit_scale");
-        if class == ModelClass::T5Encoder {
+        if matches!(class, ModelClass::T5Encoder | ModelClass::Umt5Encoder) {
             let links = text::t5_links(enc, text::t5_blocks(&keys, Some(enc)));
             plans.push(plan(folder, class, links, &keys, &|k| k == logit)?);
             continue;

@@ -26,7 +26,7 @@ const TRANSFORMERS_VERSION: &str = "4.46.0";
 pub(super) type Keys = BTreeMap<String, TensorInfo>;
 
 /// Dimension `i` of tensor `key`, which a config value is read from.
-fn dim(keys: &Keys, key: &str, i: usize) -> Result<usize> {
+pub(super) fn dim(keys: &Keys, key: &str, i: usize) -> Result<usize> {
     keys.get(key)
         .and_then(|t| t.shape.get(i).copied())
         .ok_or_else(|| {

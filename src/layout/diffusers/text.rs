@@ -17,8 +17,8 @@ use crate::synthetic::LOGIT_SCALE;
 
 /// CLIP encoder names ComfyUI uses.
 pub(super) const CLIP_NAMES: [&str; 3] = ["clip_l", "clip_h", "clip_g"];
-/// T5 encoder names ComfyUI uses.
-pub(super) const T5_NAMES: [&str; 1] = ["t5xxl"];
+/// T5 encoder names ComfyUI uses (Wan's umT5-XXL has T5's names).
+pub(super) const T5_NAMES: [&str; 2] = ["t5xxl", "umt5xxl"];
 
 /// The buffer older transformers files carry (`persistent=False` since 4.31).
 pub(super) const POSITION_IDS: &str = "text_model.embeddings.position_ids";

@@ -3,6 +3,7 @@
 
 use super::{Graph, LoraSource, Node, Slot, Source, Target};
 use crate::error::Result;
+use crate::merge::LoraType;
 use crate::model::Arch;
 
 /// A `MODEL` output of a node.
@@ -164,6 +165,27 @@ impl Graph {
         Ok(ModelOut(out(n, 0)))
     }
 
+    /// A merge method of sd-mecha's over `models` (in the method's order) with named
+    /// `params` ([`crate::merge::methods::KNOWN`] lists them with their defaults).
+    ///
+    /// # Errors
+    /// As [`Graph::add`]; [`crate::Error::InvalidInput`] for an unknown method, a number of
+    /// models it does not take, an unknown parameter or a value out of range (see
+    /// [`crate::merge::methods::method`]).
+    pub fn method(
+        &mut self,
+        name: &str,
+        models: &[ModelOut],
+        params: &std::collections::BTreeMap<String, crate::merge::methods::Param>,
+    ) -> Result<ModelOut> {
+        let n = self.add(Node::Method {
+            name: name.to_string(),
+            models: models.iter().map(|m| m.0).collect(),
+            params: params.clone(),
+        })?;
+        Ok(ModelOut(out(n, 0)))
+    }
+
     /// CLIPMergeSimple.
     ///
     /// # Errors
@@ -259,5 +281,31 @@ impl Graph {
     /// As [`Graph::add`].
     pub fn save_vae(&mut self, vae: VaeOut, target: Target) -> Result<usize> {
         self.add(Node::SaveVae { vae: vae.0, target })
+    }
+
+    /// LoraSave ("Extract and Save Lora"): the LoRA of a model difference (`model_diff`, a
+    /// ModelMergeSubtract output) and/or a text-encoder difference (`text_encoder_diff`,
+    /// CLIPMergeSubtract), factored at `rank`; returns the node's index.
+    ///
+    /// # Errors
+    /// As [`Graph::add`]; when run: neither difference given, a rank outside 1..=4096, and the
+    /// extraction's errors.
+    pub fn save_lora(
+        &mut self,
+        model_diff: Option<ModelOut>,
+        text_encoder_diff: Option<ClipOut>,
+        rank: usize,
+        lora_type: LoraType,
+        bias_diff: bool,
+        target: Target,
+    ) -> Result<usize> {
+        self.add(Node::SaveLora {
+            model: model_diff.map(|m| m.0),
+            clip: text_encoder_diff.map(|c| c.0),
+            rank,
+            lora_type,
+            bias_diff,
+            target,
+        })
     }
 }

@@ -15,7 +15,10 @@ use crate::input::{open as open_input, open_component};
 use crate::layout::detect::detect_model;
 use crate::layout::GenericPrefixes;
 use crate::merge::bake::lora_patches;
-use crate::merge::{BlockRatios, InputRecord, LoraBake, LoraReport, MergeReport, Recipe};
+use crate::merge::{
+    extract_lora_from_difference, BlockRatios, ExtractOptions, InputRecord, KeyFormat, LoraBake,
+    LoraReport, LoraType, MergeReport, Recipe,
+};
 use crate::model::{Arch, ComponentKind, Components, InputMap, Prediction};
 use crate::save::LayoutChoice;
 
@@ -110,7 +113,7 @@ pub(super) fn compile_with(graph: &Graph, opts: &CompileOptions) -> Result<Compi
         .collect();
     if saves.is_empty() {
         return Err(Error::InvalidInput(
-            "the graph has no save node (CheckpointSave, ModelSave, CLIPSave or VAESave): \
+            "the graph has no save node (CheckpointSave, ModelSave, CLIPSave, VAESave or LoraSave): \
              nothing would be written"
                 .into(),
         ));
@@ -264,7 +267,7 @@ impl Compiler<'_> {
                     ..Recipe::default()
                 };
                 let mut report = MergeReport::default();
-                let steps = lora_patches(m.arch, &target, &recipe, &mut report)
+                let steps = lora_patches(Some(m.arch), &target, &recipe, &mut report)
                     .map_err(|e| in_node(&me, e))?;
                 for ((kind, key), s) in steps {
                     match (kind, &mut c) {
@@ -311,6 +314,11 @@ impl Compiler<'_> {
             Node::ModelAdd { model1, model2 } => {
                 vec![self.merge_models(&me, *model1, *model2, &|_| (1.0, 1.0), device)?]
             }
+            Node::Method {
+                name,
+                models,
+                params,
+            } => vec![self.method(&me, name, models, params)?],
             Node::ClipMergeSimple {
                 clip1,
                 clip2,
@@ -389,6 +397,29 @@ impl Compiler<'_> {
                 self.out.saves.push(PlannedSave { node: i, files });
                 Vec::new()
             }
+            Node::SaveLora {
+                model,
+                clip,
+                rank,
+                lora_type,
+                bias_diff,
+                target,
+            } => {
+                let files = self.save_lora(&me, *model, *clip, *rank, *lora_type, *bias_diff)?;
+                self.out.saves.push(PlannedSave {
+                    node: i,
+                    files: vec![SaveFile {
+                        components: files,
+                        layout: LayoutChoice::plain(),
+                        prediction: None,
+                        target: target.clone(),
+                        extra_metadata: Vec::new(),
+                        modelspec: None,
+                        dtype_of: ComponentKind::Model,
+                    }],
+                });
+                Vec::new()
+            }
             Node::SaveVae { vae, target } => {
                 let v = self.vae(*vae)?;
                 let components = parts(vec![(ComponentKind::Model, (*v.tensors).clone())]);
@@ -409,6 +440,39 @@ impl Compiler<'_> {
         };
         self.values.insert(i, values);
         Ok(())
+    }
+
+    /// LoraSave: the differences it is fed, factored now (an SVD needs each whole tensor, so
+    /// the LoRA is computed when the graph is compiled, and held until it is written).
+    fn save_lora(
+        &mut self,
+        me: &str,
+        model: Option<Slot>,
+        clip: Option<Slot>,
+        rank: usize,
+        lora_type: LoraType,
+        bias_diff: bool,
+    ) -> Result<Components> {
+        let mut diff = Vec::new();
+        if let Some(m) = model {
+            let m = self.model(m)?;
+            diff.push((ComponentKind::Model, self.materialize(&m.chains)?));
+        }
+        if let Some(c) = clip {
+            let c = self.clip(c)?;
+            diff.push((ComponentKind::Clip, self.materialize(&c.chains)?));
+        }
+        let opts = ExtractOptions {
+            rank,
+            clip: clip.is_some(),
+            bias_diff,
+            lora_type,
+            format: KeyFormat::Comfy,
+            device: self.opts.device.clone(),
+        };
+        let (lora, _) =
+            extract_lora_from_difference(&parts(diff), &opts).map_err(|e| in_node(me, e))?;
+        Ok(Components::new(lora))
     }
 
     /// Every tensor of `chains` as written, counting the merged ones.
@@ -442,6 +506,26 @@ impl Compiler<'_> {
         let (chains, notes) = merge_chains(&a.chains, &a.origin, &b.chains, &b.origin, &step)?;
         self.note(me, "model1", "model2", &notes.not_in_second);
         Ok(Value::Model(ModelValue { chains, ..a }))
+    }
+
+    /// A method node (see [`super::method::method_value`]).
+    fn method(
+        &mut self,
+        me: &str,
+        name: &str,
+        models: &[Slot],
+        params: &BTreeMap<String, crate::merge::methods::Param>,
+    ) -> Result<Value> {
+        let values = models
+            .iter()
+            .map(|s| self.model(*s))
+            .collect::<Result<Vec<_>>>()?;
+        let device = self.opts.device.as_ref();
+        let (value, merged, missing) =
+            super::method::method_value(me, name, &values, params, device)?;
+        self.out.merged += merged;
+        self.note(me, "the first model", "every other model", &missing);
+        Ok(value)
     }
 
     fn merge_clips(
@@ -702,7 +786,7 @@ fn model_arch(origin: &str, c: &Components) -> Result<Arch> {
 }
 
 /// `e`, said to be about `node`.
-fn in_node(node: &str, e: Error) -> Error {
+pub(super) fn in_node(node: &str, e: Error) -> Error {
     match e {
         Error::InvalidInput(m) => Error::InvalidInput(format!("{node}: {m}")),
         other => other,

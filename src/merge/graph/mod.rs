@@ -36,6 +36,7 @@
 
 mod build;
 mod compile;
+mod method;
 mod node;
 mod outputs;
 mod recipe;
@@ -149,6 +150,15 @@ impl Graph {
             if !v.is_finite() {
                 return Err(bad(format!("{what} {v} is not a finite number")));
             }
+        }
+        if let Node::Method {
+            name,
+            models,
+            params,
+        } = &this.node
+        {
+            crate::merge::methods::method(name, models.len(), params)
+                .map_err(|e| bad(e.to_string()))?;
         }
         if let Node::ModelMergeBlocks { ratios, .. } = &this.node {
             if ratios.is_empty() {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::merge::Lora;
+use crate::merge::{Lora, LoraType};
 use crate::model::{Arch, Components};
 
 /// The type of a value flowing along a link, as ComfyUI names it.
@@ -190,6 +190,17 @@ pub enum Node {
         /// Added.
         clip2: Slot,
     },
+    /// A merge method of sd-mecha's over any number of models ([`crate::merge::methods`]):
+    /// each denoiser tensor the first model has and every other model has too is the method's
+    /// result over them; the others stay the first model's.
+    Method {
+        /// sd-mecha's name of the method.
+        name: String,
+        /// The models, in the method's order.
+        models: Vec<Slot>,
+        /// Named parameters; those not given take the method's defaults.
+        params: std::collections::BTreeMap<String, crate::merge::methods::Param>,
+    },
     /// CheckpointSave: model, text encoders and autoencoder in one checkpoint.
     SaveCheckpoint {
         /// The denoiser.
@@ -222,6 +233,23 @@ pub enum Node {
         /// Where.
         target: Target,
     },
+    /// LoraSave ("Extract and Save Lora"): the LoRA of a model difference (a
+    /// ModelMergeSubtract output) and/or a text-encoder difference (CLIPMergeSubtract), each
+    /// weight factored at `rank` (see [`crate::merge::extract_lora_from_difference`]).
+    SaveLora {
+        /// The denoiser difference (LoraSave's `model_diff`), if any.
+        model: Option<Slot>,
+        /// The text-encoder difference (`text_encoder_diff`), if any.
+        clip: Option<Slot>,
+        /// The rank (1 to 4096).
+        rank: usize,
+        /// `standard` or `full_diff`.
+        lora_type: LoraType,
+        /// Also 1-D weight (`.diff`) and bias (`.diff_b`) differences.
+        bias_diff: bool,
+        /// Where (ComfyUI's default prefix: `loras/ComfyUI_extracted_lora`).
+        target: Target,
+    },
 }
 
 impl Node {
@@ -245,10 +273,12 @@ impl Node {
             Node::ClipMergeSimple { .. } => "CLIPMergeSimple",
             Node::ClipSubtract { .. } => "CLIPMergeSubtract",
             Node::ClipAdd { .. } => "CLIPMergeAdd",
+            Node::Method { .. } => "MergeMethod",
             Node::SaveCheckpoint { .. } => "CheckpointSave",
             Node::SaveModel { .. } => "ModelSave",
             Node::SaveClip { .. } => "CLIPSave",
             Node::SaveVae { .. } => "VAESave",
+            Node::SaveLora { .. } => "LoraSave",
         }
     }
 
@@ -261,7 +291,8 @@ impl Node {
             | Node::ModelMergeSimple { .. }
             | Node::ModelMergeBlocks { .. }
             | Node::ModelSubtract { .. }
-            | Node::ModelAdd { .. } => &[Model],
+            | Node::ModelAdd { .. }
+            | Node::Method { .. } => &[Model],
             Node::TextEncoders { .. }
             | Node::ClipMergeSimple { .. }
             | Node::ClipSubtract { .. }
@@ -272,7 +303,8 @@ impl Node {
             Node::SaveCheckpoint { .. }
             | Node::SaveModel { .. }
             | Node::SaveClip { .. }
-            | Node::SaveVae { .. } => &[],
+            | Node::SaveVae { .. }
+            | Node::SaveLora { .. } => &[],
         }
     }
 
@@ -305,9 +337,15 @@ impl Node {
                 ("clip", *clip, Clip),
                 ("vae", *vae, Vae),
             ],
+            Node::Method { models, .. } => models.iter().map(|m| ("models", *m, Model)).collect(),
             Node::SaveModel { model, .. } => vec![("model", *model, Model)],
             Node::SaveClip { clip, .. } => vec![("clip", *clip, Clip)],
             Node::SaveVae { vae, .. } => vec![("vae", *vae, Vae)],
+            Node::SaveLora { model, clip, .. } => {
+                let mut v: Vec<_> = model.iter().map(|m| ("model_diff", *m, Model)).collect();
+                v.extend(clip.map(|c| ("text_encoder_diff", c, Clip)));
+                v
+            }
         }
     }
 

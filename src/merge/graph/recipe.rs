@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 
 use super::{Graph, LoraSource, Node, Slot, Source, Target};
-use crate::merge::InputRecord;
+use crate::merge::{InputRecord, LoraType};
 
 /// The recipe of the file(s) save node `save` writes, as JSON.
 pub(super) fn describe(
@@ -31,6 +31,10 @@ pub(super) fn describe(
         let mut v = Map::new();
         for (name, slot, _) in gn.node.links() {
             v.insert(name.into(), link(slot));
+        }
+        if let Node::Method { models, .. } = &gn.node {
+            let all: Vec<Value> = models.iter().map(|s| link(*s)).collect();
+            v.insert("models".into(), Value::Array(all));
         }
         params(&gn.node, &mut v);
         out.insert(
@@ -115,16 +119,49 @@ fn params(node: &Node, v: &mut Map<String, Value>) {
             }
         }
         Node::ModelAdd { .. } | Node::ClipAdd { .. } => {}
+        Node::SaveLora {
+            rank,
+            lora_type,
+            bias_diff,
+            target,
+            ..
+        } => {
+            v.insert("rank".into(), json!(rank));
+            let t = match lora_type {
+                LoraType::Standard => "standard",
+                LoraType::FullDiff => "full_diff",
+            };
+            v.insert("lora_type".into(), json!(t));
+            v.insert("bias_diff".into(), json!(bias_diff));
+            target_param(target, v);
+        }
+        Node::Method { name, params, .. } => {
+            v.insert("method".into(), json!(name));
+            for (p, value) in params {
+                let j = match value {
+                    crate::merge::methods::Param::Float(x) => json!(x),
+                    crate::merge::methods::Param::Int(x) => json!(x),
+                    crate::merge::methods::Param::Bool(x) => json!(x),
+                    crate::merge::methods::Param::Str(x) => json!(x),
+                };
+                v.insert(p.clone(), j);
+            }
+        }
         Node::SaveCheckpoint { target, .. }
         | Node::SaveModel { target, .. }
         | Node::SaveClip { target, .. }
-        | Node::SaveVae { target, .. } => match target {
-            Target::Prefix(p) => {
-                v.insert("filename_prefix".into(), json!(p));
-            }
-            Target::File(p) => {
-                v.insert("file".into(), json!(Source::Path(p.clone()).name()));
-            }
-        },
+        | Node::SaveVae { target, .. } => target_param(target, v),
+    }
+}
+
+/// A save's target, as its `filename_prefix` (or the exact file's name).
+fn target_param(target: &Target, v: &mut Map<String, Value>) {
+    match target {
+        Target::Prefix(p) => {
+            v.insert("filename_prefix".into(), json!(p));
+        }
+        Target::File(p) => {
+            v.insert("file".into(), json!(Source::Path(p.clone()).name()));
+        }
     }
 }

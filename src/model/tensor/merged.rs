@@ -29,10 +29,12 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 
+use super::method::TensorMethod;
 use super::InputTensor;
 use crate::error::{Error, Result};
 use crate::model::dtype::{can_decode, TensorInfo};
 use crate::plan::Piece;
+use crate::reduce::Computed;
 
 /// A tensor made by patching a base tensor (see the [module docs](self)).
 pub struct Merged {
@@ -50,6 +52,16 @@ pub struct Merged {
     /// File tensors the expression reads more than once (nested merges included), by
     /// [`source_key`]: their ranges are kept while a range of the result is computed.
     shared: OnceLock<Vec<usize>>,
+    /// A whole-tensor method computing this tensor from its base and more operands.
+    method: Option<MethodNode>,
+}
+
+/// A whole-tensor method node: the method, its operands after the base, and its scalars,
+/// computed once per tensor by whichever worker (or the prefetcher) first needs them.
+pub(crate) struct MethodNode {
+    pub(crate) op: Arc<dyn TensorMethod>,
+    pub(crate) inputs: Vec<InputTensor>,
+    pub(crate) scalars: Computed<Vec<f64>>,
 }
 
 impl fmt::Debug for Merged {
@@ -250,7 +262,74 @@ impl Merged {
             padded_from: None,
             pieces: OnceLock::new(),
             shared: OnceLock::new(),
+            method: None,
         })
+    }
+
+    /// `op` over `inputs` (at least one, all of one shape, floating point): a whole-tensor
+    /// merge method ([`super::method`]). The result has the first input's shape and dtype.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] without inputs; [`Error::BadShape`] for an input whose shape is
+    /// not the first's; [`Error::Conversion`] for one that is not floating point.
+    pub fn method(
+        key: &str,
+        inputs: Vec<InputTensor>,
+        op: Arc<dyn TensorMethod>,
+    ) -> Result<Merged> {
+        let mut inputs = inputs.into_iter();
+        let Some(base) = inputs.next() else {
+            return Err(Error::InvalidInput(format!(
+                "`{key}`: the method {} was given no tensor to merge",
+                op.name()
+            )));
+        };
+        let rest: Vec<InputTensor> = inputs.collect();
+        let info = base.info();
+        let mut m = Merged::build(key, base, info, Vec::new())?;
+        for (i, t) in rest.iter().enumerate() {
+            let info = t.info();
+            if !can_decode(info.dtype) {
+                return Err(Error::Conversion {
+                    key: key.to_string(),
+                    reason: format!(
+                        "input {} of {} is {}: only F64, F32, F16, BF16 and F8 tensors are merged",
+                        i + 2,
+                        op.name(),
+                        info.dtype
+                    ),
+                });
+            }
+            if info.shape != m.info.shape {
+                return Err(Error::BadShape {
+                    key: key.to_string(),
+                    shape: m.info.shape.clone(),
+                    reason: format!(
+                        "it has this shape in the first input of {} and {:?} in input {}; merge \
+                         models of one architecture and size",
+                        op.name(),
+                        info.shape,
+                        i + 2
+                    ),
+                });
+            }
+        }
+        m.method = Some(MethodNode {
+            op,
+            inputs: rest,
+            scalars: Computed::default(),
+        });
+        Ok(m)
+    }
+
+    /// The tensor's key, for messages.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The whole-tensor method computing this tensor, when it is one ([`Merged::method`]).
+    pub(crate) fn method_node(&self) -> Option<&MethodNode> {
+        self.method.as_ref()
     }
 
     /// The base's shape when it is zero-padded to this tensor's ([`Merged::padded`]).
@@ -332,6 +411,10 @@ impl Merged {
         if let Some(d) = &self.device {
             return Some(d.clone());
         }
+        // A method's whole-tensor facts and values are computed by the host.
+        if self.method.is_some() {
+            return None;
+        }
         // LoRA factors are small: they follow the weights wherever those are.
         let mut device: Option<Device> = None;
         for t in self.tensor_operands().flatten() {
@@ -384,11 +467,14 @@ impl Merged {
     /// The tensor operands by index: 0 the base, `i` patch `i − 1`'s tensor or row value (`None`
     /// for a LoRA).
     fn tensor_operands(&self) -> impl Iterator<Item = Option<&InputTensor>> {
-        std::iter::once(Some(&self.base)).chain(self.patches.iter().map(|p| match &p.value {
-            PatchValue::Tensor(t) => Some(t),
-            PatchValue::Diff(r) | PatchValue::Set(r) => Some(&r.value),
-            PatchValue::Lora(_) => None,
-        }))
+        let method = self.method.iter().flat_map(|m| m.inputs.iter().map(Some));
+        std::iter::once(Some(&self.base))
+            .chain(self.patches.iter().map(|p| match &p.value {
+                PatchValue::Tensor(t) => Some(t),
+                PatchValue::Diff(r) | PatchValue::Set(r) => Some(&r.value),
+                PatchValue::Lora(_) => None,
+            }))
+            .chain(method)
     }
 
     /// The file tensors this expression reads more than once, counting nested expressions (a
@@ -443,6 +529,9 @@ impl Merged {
                     out.extend(l.mid.as_ref());
                 }
             }
+        }
+        if let Some(m) = &self.method {
+            out.extend(m.inputs.iter());
         }
         out
     }

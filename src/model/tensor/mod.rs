@@ -7,6 +7,7 @@
 //! [`crate::model::dtype`], so the reader and the layout need neither.
 
 pub mod merged;
+pub mod method;
 pub mod quantized;
 
 use std::fmt;

@@ -222,18 +222,20 @@ pub(crate) const LUMINA2: Spec = Spec {
     vae: Vae::Ldm(VAE_16CH),
 };
 
+// Grouped-query attention as released (2 k/v heads for 4 q heads); the modulation input is
+// min(dim, 1024), as the released models and diffusers' class have it.
 pub(crate) const LUMINA2_TINY: Spec = Spec {
     model: Denoiser::Lumina(LuminaConfig {
         dim: 32,
         n_layers: 2,
         n_refiner_layers: 1,
         n_heads: 4,
-        n_kv_heads: 4,
+        n_kv_heads: 2,
         ffn_dim: 64,
         in_channels: 16,
         patch_size: 2,
         cap_feat_dim: 32,
-        adaln_dim: 16,
+        adaln_dim: 32,
         z_image: false,
     }),
     encoders: &[Encoder::Llm(tiny_llm("gemma2_2b", GEMMA2_2B)), TINY_SPIECE],
@@ -366,6 +368,8 @@ pub(crate) const Z_IMAGE: Spec = Spec {
     vae: Vae::Ldm(VAE_16CH),
 };
 
+// The feed-forward width is int(dim / 3 · 8) and the modulation input min(dim, 256), as the
+// released 6B model (3840 → 10240, 256) and diffusers' class have them.
 pub(crate) const Z_IMAGE_TINY: Spec = Spec {
     model: Denoiser::Lumina(LuminaConfig {
         dim: 32,
@@ -373,11 +377,11 @@ pub(crate) const Z_IMAGE_TINY: Spec = Spec {
         n_refiner_layers: 1,
         n_heads: 4,
         n_kv_heads: 4,
-        ffn_dim: 64,
+        ffn_dim: 85,
         in_channels: 16,
         patch_size: 2,
         cap_feat_dim: 32,
-        adaln_dim: 16,
+        adaln_dim: 32,
         z_image: true,
     }),
     encoders: &[Encoder::Llm(tiny_llm("qwen3_4b", QWEN3_4B))],

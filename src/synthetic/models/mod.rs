@@ -316,14 +316,13 @@ pub(crate) const VAE_WAN22: WanVaeConfig = WanVaeConfig {
     ..VAE_WAN21
 };
 
-// Three levels keep every kind of block: a 2-D and a 3-D resample each way, and a shortcut
-// in the decoder where the width halved by upsampling grows again.
+// The released layout (four levels, two residual blocks each, both kinds of resample, the
+// decoder's shortcut) at 4 channels, 8 latent channels: diffusers' Wan VAE converter numbers
+// the decoder's blocks for exactly that layout.
 pub(super) const TINY_VAE_WAN21: WanVaeConfig = WanVaeConfig {
     dim: 4,
     dec_dim: 4,
-    dim_mult: &[1, 2, 2],
-    num_res_blocks: 1,
-    temporal_downsample: &[false, true],
+    z_dim: 8,
     ..VAE_WAN21
 };
 

@@ -1,0 +1,297 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::merge::graph::Node;
+
+fn parse_err(text: &str) -> String {
+    match Recipe::parse(text) {
+        Err(Error::InvalidInput(m)) => m,
+        other => panic!("expected an error for {text:?}, got {other:?}"),
+    }
+}
+
+fn arg(key: Option<&str>, value: Value) -> Arg {
+    Arg {
+        key: key.map(str::to_string),
+        value,
+    }
+}
+
+/// Every line kind, as sd-mecha's serializer writes them, with comments and a trailing newline.
+#[test]
+fn every_line_kind_parses() {
+    let text = "version 0.1.0\n\
+                # a comment\n\
+                model \"C:\\\\models\\\\a \\\"b\\\".safetensors\" model_config=\"sd1-ldm\" merge_space=\"weight\"\n\
+                dict key=0.3 other=-2 e=1e-5 flag=true none=null name=\"x y\"\n\
+                literal &1 model_config=\"singleton-mecha\" merge_space=null\n\
+                merge \"weighted_sum\" &0 &0 alpha=&2\n";
+    let r = Recipe::parse(text).unwrap();
+    let ins = r.instructions();
+    assert_eq!(ins.len(), 4);
+    assert_eq!(ins[0].line, 3);
+    assert_eq!(ins[0].command, Command::Model);
+    assert_eq!(
+        ins[0].args,
+        vec![
+            arg(None, Value::Str("C:\\models\\a \"b\".safetensors".into())),
+            arg(Some("model_config"), Value::Str("sd1-ldm".into())),
+            arg(Some("merge_space"), Value::Str("weight".into())),
+        ]
+    );
+    assert_eq!(ins[1].command, Command::Dict);
+    assert_eq!(
+        ins[1].args,
+        vec![
+            arg(Some("key"), Value::Float(0.3)),
+            arg(Some("other"), Value::Int(-2)),
+            arg(Some("e"), Value::Float(1e-5)),
+            arg(Some("flag"), Value::Bool(true)),
+            arg(Some("none"), Value::Null),
+            arg(Some("name"), Value::Str("x y".into())),
+        ]
+    );
+    assert_eq!(ins[2].command, Command::Literal);
+    assert_eq!(
+        ins[2].positional().collect::<Vec<_>>(),
+        vec![&Value::Ref(1)]
+    );
+    assert_eq!(ins[2].keyword("merge_space"), Some(&Value::Null));
+    assert_eq!(ins[3].command, Command::Merge);
+    assert_eq!(ins[3].line, 6);
+    assert_eq!(
+        ins[3].args,
+        vec![
+            arg(None, Value::Str("weighted_sum".into())),
+            arg(None, Value::Ref(0)),
+            arg(None, Value::Ref(0)),
+            arg(Some("alpha"), Value::Ref(2)),
+        ]
+    );
+    assert_eq!(r.text(), text);
+}
+
+#[test]
+fn every_parse_error_names_its_line() {
+    for (text, needle) in [
+        ("", "line 1: expected the header `version 0.1.0`"),
+        ("model \"a\"\n", "line 1: expected the header `version 0.1.0` of an sd-mecha recipe, found `model \"a\"`"),
+        ("version 0.0.3\n", "line 1: recipe format version `0.0.3`: this build reads version 0.1.0"),
+        ("version 0.1.0\n# only a comment\n", "the recipe has no instruction"),
+        ("version 0.1.0\nmodel \"a\nx\n", "line 2: a quote is not closed"),
+        ("version 0.1.0\nmodel \"a\" \\", "line 2: the line ends with a `\\`"),
+        ("version 0.1.0\nmodell \"a\"", "line 2: unknown command `modell`"),
+        ("version 0.1.0\nmodel \"a\"\nmerge \"x\" &1", "line 3: argument 2 (`&1`): the reference &1 is not an earlier instruction (instructions count from &0; 1 come before this line)"),
+        ("version 0.1.0\nmodel \"a\"\n\nmerge \"x\" &7", "line 4: argument 2 (`&7`): the reference &7"),
+        ("version 0.1.0\nmodel \"a\"\nmerge \"x\" &a", "line 3: argument 2 (`&a`): a reference is `&` and an instruction's index"),
+        ("version 0.1.0\ndict key=1.2.3", "line 2: argument 1 (`key=1.2.3`): not a number"),
+        ("version 0.1.0\ndict key=abc", "line 2: argument 1 (`key=abc`): not a number, reference, quoted string, null, true or false"),
+        ("version 0.1.0\ndict key=", "line 2: argument 1 (`key=`): a keyword without a value"),
+        ("version 0.1.0\ndict 3", "line 2: `dict` takes only `key=value` entries"),
+        ("version 0.1.0\ndict a=1 a=2", "line 2: the keyword `a` is given twice"),
+        ("version 0.1.0\nmodel 3", "line 2: `model` takes the model's path, in quotes, first"),
+        ("version 0.1.0\nmodel \"a\" \"b\"", "line 2: `model` takes one path"),
+        ("version 0.1.0\nmerge &0", "line 2: argument 1 (`&0`): the reference &0"),
+        ("version 0.1.0\nmerge 1.5", "line 2: `merge` takes the method's name, in quotes, first"),
+        ("version 0.1.0\nliteral", "line 2: `literal` takes one value"),
+        ("version 0.1.0\n\"model\" \"a\"", "line 2: `\"model\"` is not a command"),
+    ] {
+        let m = parse_err(text);
+        assert!(m.contains(needle), "{text:?}: `{needle}` in `{m}`");
+    }
+}
+
+#[test]
+fn windows_line_ends_and_indentation_are_read() {
+    let r = Recipe::parse("version 0.1.0\r\n  model \"a\"\r\n").unwrap();
+    assert_eq!(
+        r.instructions()[0].args,
+        vec![arg(None, Value::Str("a".into()))]
+    );
+}
+
+fn opts(dirs: Vec<PathBuf>) -> TranslateOptions {
+    TranslateOptions {
+        models_dirs: dirs,
+        target: Target::File("out.safetensors".into()),
+    }
+}
+
+/// A folder with two (empty: translation reads no tensor) model files.
+fn models() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for n in ["a.safetensors", "b.safetensors"] {
+        std::fs::write(d.path().join(n), b"").unwrap();
+    }
+    d
+}
+
+fn translate_err(body: &str) -> String {
+    let d = models();
+    let text = format!("version 0.1.0\nmodel \"a.safetensors\"\nmodel \"b.safetensors\"\n{body}");
+    let r = Recipe::parse(&text).unwrap();
+    match r.to_graph(&opts(vec![d.path().to_path_buf()])) {
+        Err(Error::InvalidInput(m)) => m,
+        other => panic!("expected an error for {body:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn translation_errors_name_the_line_and_what_is_taken() {
+    let runs = methods().join(", ");
+    for (body, needle) in [
+        ("merge \"slerp\" &0 &1".to_string(), format!("line 4: merge method `slerp` is not run by this build; it runs: {runs}")),
+        ("merge \"weighted_sum\" &0 &1 beta=0.5".into(), "line 4: `weighted_sum`: unknown parameter `beta` (it takes: a, b, alpha)".into()),
+        ("merge \"weighted_sum\" &0".into(), "line 4: `weighted_sum`: argument `b` missing".into()),
+        ("merge \"weighted_sum\" &0 &1 0.5 1".into(), "line 4: `weighted_sum`: 4 positional argument(s), and it takes 3".into()),
+        ("merge \"weighted_sum\" &0 &1 0.5 alpha=0.2".into(), "`alpha` is given twice (by position and name)".into()),
+        ("merge \"weighted_sum\" &0 &1 alpha=\"x\"".into(), "line 4: the string \"x\" is not a value this build takes there".into()),
+        ("merge \"weighted_sum\" &0 &1 alpha=&0".into(), "line 4: `weighted_sum`: `alpha` is a model, and this build takes a number there".into()),
+        ("merge \"add_difference\" &0 &1".into(), "line 4: `add_difference`: `b` is a model, and a difference is taken".into()),
+        ("merge \"subtract\" &0 &1\nmerge \"weighted_sum\" &2 &1".into(), "line 5: `weighted_sum`: `a` is a difference (sd-mecha's delta space), and a model is taken".into()),
+        ("merge \"subtract\" &0 &1".into(), "line 4: the recipe's result is a difference (sd-mecha's delta space), and a model is what is written".into()),
+        ("merge \"scale\" &0".into(), "line 4: `scale`: `a` is a model; this build scales differences".into()),
+        ("dict key=0.5 other=1\nliteral &2 model_config=\"singleton-mecha\"\nmerge \"weighted_sum\" &0 &1 alpha=&3".into(), "line 5: a literal of a dict other than one number under `key`".into()),
+        ("dict key=0.5\nliteral &2 model_config=\"sd1-supermerger_blocks\"".into(), "line 5: a literal for model config \"sd1-supermerger_blocks\": per-key (per-block) values are not supported".into()),
+        ("model \"c\"".into(), "line 4: model `c` not found".into()),
+        ("model \"a.safetensors\" merge_space=\"delta\"".into(), "line 4: model `a.safetensors` in merge space \"delta\"".into()),
+        ("merge \"n_average\"".into(), "line 4: `n_average`: no model to average".into()),
+    ] {
+        let m = translate_err(&body);
+        assert!(m.contains(&needle), "{body:?}: `{needle}` in `{m}`");
+    }
+}
+
+/// The graph a recipe becomes: sd-mecha's alpha as ComfyUI's ratio `1 − alpha`, one loader per
+/// model line, the difference as subtract (multiplier scale·alpha) then add, one save.
+#[test]
+fn translation_builds_comfyui_nodes() {
+    let d = models();
+    let text = "version 0.1.0\nmodel \"a.safetensors\"\nmodel \"b\"\n\
+                dict key=0.25\nliteral &2 model_config=\"singleton-mecha\"\n\
+                merge \"convert_singleton\" &3\nmerge \"weighted_sum\" &0 &1 &4\n\
+                merge \"subtract\" &1 &0\nmerge \"scale\" &6 alpha=-2\n\
+                merge \"add_difference\" &5 &7 alpha=0.5\nmerge \"fallback\" &8 &0\n";
+    let r = Recipe::parse(text).unwrap();
+    let t = r.to_graph(&opts(vec![d.path().to_path_buf()])).unwrap();
+    let nodes: Vec<&Node> = t.graph.nodes().iter().map(|n| &n.node).collect();
+    let classes: Vec<&str> = nodes.iter().map(|n| n.class()).collect();
+    assert_eq!(
+        classes,
+        [
+            "CheckpointLoaderSimple",
+            "CheckpointLoaderSimple",
+            "ModelMergeSimple",
+            "CLIPMergeSimple",
+            "ModelMergeSubtract",
+            "CLIPMergeSubtract",
+            "ModelMergeAdd",
+            "CLIPMergeAdd",
+            "CheckpointSave",
+        ]
+    );
+    match nodes[2] {
+        Node::ModelMergeSimple {
+            ratio,
+            model1,
+            model2,
+        } => {
+            assert_eq!(*ratio, 0.75);
+            assert_eq!((model1.node, model2.node), (0, 1));
+        }
+        n => panic!("{n:?}"),
+    }
+    match nodes[4] {
+        Node::ModelSubtract {
+            multiplier,
+            model1,
+            model2,
+        } => {
+            assert_eq!(*multiplier, -1.0);
+            assert_eq!((model1.node, model2.node), (1, 0));
+        }
+        n => panic!("{n:?}"),
+    }
+    match nodes[6] {
+        Node::ModelAdd { model1, model2 } => assert_eq!((model1.node, model2.node), (2, 4)),
+        n => panic!("{n:?}"),
+    }
+    match nodes[8] {
+        Node::SaveCheckpoint {
+            model,
+            clip,
+            vae,
+            target,
+        } => {
+            assert_eq!((model.node, clip.node, vae.node), (6, 7, 0));
+            assert_eq!(target, &Target::File("out.safetensors".into()));
+        }
+        n => panic!("{n:?}"),
+    }
+    assert_eq!(t.notes.len(), 1);
+    assert!(t.notes[0].contains("`a.safetensors`"), "{:?}", t.notes);
+}
+
+#[test]
+fn n_average_is_a_chain_of_running_means() {
+    let d = models();
+    let text =
+        "version 0.1.0\nmodel \"a\"\nmodel \"b\"\nmodel \"a\"\nmerge \"n_average\" &0 &1 &2\n";
+    let t = Recipe::parse(text)
+        .unwrap()
+        .to_graph(&opts(vec![d.path().to_path_buf()]))
+        .unwrap();
+    let ratios: Vec<f64> = t
+        .graph
+        .nodes()
+        .iter()
+        .filter_map(|n| match &n.node {
+            Node::ModelMergeSimple { ratio, .. } => Some(*ratio),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ratios, [0.5, 1.0 - 1.0 / 3.0]);
+}
+
+#[test]
+fn model_paths_resolve_in_the_dirs_in_order_then_as_given() {
+    let first = models();
+    let second = tempfile::tempdir().unwrap();
+    std::fs::write(second.path().join("c.safetensors"), b"").unwrap();
+    std::fs::write(second.path().join("a.safetensors"), b"").unwrap();
+    let dirs = vec![first.path().to_path_buf(), second.path().to_path_buf()];
+    assert_eq!(
+        resolve_model("a.safetensors", &dirs).unwrap(),
+        first.path().join("a.safetensors")
+    );
+    assert_eq!(
+        resolve_model("c", &dirs).unwrap(),
+        second.path().join("c.safetensors")
+    );
+    let abs = second.path().join("c.safetensors");
+    assert_eq!(resolve_model(abs.to_str().unwrap(), &[]).unwrap(), abs);
+    let Err(Error::InvalidInput(m)) = resolve_model("zz", &dirs) else {
+        panic!("found a missing model");
+    };
+    assert!(m.contains("model `zz` not found"), "{m}");
+    assert!(
+        m.contains(&first.path().join("zz.safetensors").display().to_string()),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_recipe_is_told_by_its_extension_or_its_first_line() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        d.path().join("x.mecha"),
+        d.path().join("y.txt"),
+        d.path().join("z.json"),
+    );
+    std::fs::write(&a, "{}").unwrap();
+    std::fs::write(&b, "version 0.1.0\n").unwrap();
+    std::fs::write(&c, "{\"1\": {}}").unwrap();
+    assert!(is_recipe(&a));
+    assert!(is_recipe(&b));
+    assert!(!is_recipe(&c));
+}

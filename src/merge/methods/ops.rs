@@ -1,0 +1,724 @@
+//! The methods' arithmetic: what each needs of a tensor, the scalars it makes of that, and its
+//! values element by element, in f32 as sd-mecha's torch code computes them.
+
+use super::ParamDefault;
+use crate::error::{Error, Result};
+use crate::model::tensor::method::{mix, Dropout, Facts, Needs, TensorMethod, Vector};
+
+/// A method with its parameters resolved.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// `lerp(a, b, alpha)`.
+    WeightedSum { alpha: f64 },
+    /// The running mean `lerp(mean, xᵢ, 1/i)`.
+    NAverage,
+    /// `a + alpha·(b − c)` (or `a + alpha·b` with two inputs), clamped between `a` and `b`.
+    AddDifference { alpha: f64, clamp_to_ab: bool },
+    /// Spherical interpolation of the whole tensors.
+    Slerp { alpha: f64 },
+    /// `a + alpha·((b − c) − proj_{a − c}(b − c))`.
+    AddPerpendicular { alpha: f64 },
+    /// `a + (b − c)·alpha·1.8·|b − a| / (|b − a| + |b − c|)`.
+    TrainDifference { alpha: f64 },
+    /// TIES over the inputs taken as deltas; with `base`, over `xᵢ − base`, added to it.
+    Ties {
+        base: bool,
+        alpha: f64,
+        k: f64,
+        vote_sgn: bool,
+    },
+    /// DARE: deltas dropped with `probability`, TIES-combined, rescaled, added to the base.
+    Dare {
+        probability: f64,
+        rescale: bool,
+        alpha: f64,
+        seed: i64,
+        k: f64,
+        vote_sgn: bool,
+        apply_stock: bool,
+        cos_eps: f64,
+    },
+    /// Model stock over deltas (with `base`: over `xᵢ − base`, added to it).
+    ModelStock { base: bool, cos_eps: f64 },
+    /// Weiszfeld's geometric median.
+    GeometricMedian { eps: f64, maxiter: i64, ftol: f64 },
+    /// `a` clamped between the bounds' minimum and maximum (softened by `stiffness`).
+    Clamp { stiffness: f64 },
+}
+
+/// The kind of method `name` over `inputs` models, with parameters from `get`.
+pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault) -> Result<Kind> {
+    let f = |p: &str| match get(p) {
+        ParamDefault::Float(v) => v,
+        ParamDefault::Int(v) => v as f64,
+        ParamDefault::Bool(v) => f64::from(u8::from(v)),
+    };
+    let b = |p: &str| matches!(get(p), ParamDefault::Bool(true));
+    let i = |p: &str| match get(p) {
+        ParamDefault::Int(v) => v,
+        _ => 0,
+    };
+    let k = || -> Result<f64> {
+        let k = f("k");
+        if !(k > 0.0 && k <= 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "{name}: k = {k} is outside (0, 1]: k is the fraction of each delta's largest \
+                 magnitudes kept (1 keeps all)"
+            )));
+        }
+        Ok(k)
+    };
+    Ok(match name {
+        "weighted_sum" => Kind::WeightedSum { alpha: f("alpha") },
+        "n_average" => Kind::NAverage,
+        "add_difference" => {
+            let clamp_to_ab = b("clamp_to_ab");
+            if clamp_to_ab && inputs == 2 {
+                return Err(Error::InvalidInput(
+                    "add_difference: clamp_to_ab clamps between a and b, which needs b to be a \
+                     model (give a, b and c); with two inputs b is a difference"
+                        .into(),
+                ));
+            }
+            Kind::AddDifference {
+                alpha: f("alpha"),
+                clamp_to_ab,
+            }
+        }
+        "slerp" => Kind::Slerp { alpha: f("alpha") },
+        "add_perpendicular" => Kind::AddPerpendicular { alpha: f("alpha") },
+        "train_difference" => Kind::TrainDifference { alpha: f("alpha") },
+        "ties_sum" => Kind::Ties {
+            base: false,
+            alpha: 1.0,
+            k: k()?,
+            vote_sgn: b("vote_sgn"),
+        },
+        "add_difference_ties" => Kind::Ties {
+            base: true,
+            alpha: f("alpha"),
+            k: k()?,
+            vote_sgn: false,
+        },
+        "add_ties_with_dare" | "dare" => {
+            let probability = f("probability");
+            if !(0.0..=1.0).contains(&probability) {
+                return Err(Error::InvalidInput(format!(
+                    "{name}: probability = {probability} is outside [0, 1]: it is the fraction \
+                     of each delta's elements dropped"
+                )));
+            }
+            Kind::Dare {
+                probability,
+                rescale: b("rescale"),
+                alpha: f("alpha"),
+                seed: i("seed"),
+                k: k()?,
+                vote_sgn: b("vote_sgn"),
+                apply_stock: b("apply_stock"),
+                cos_eps: f("cos_eps"),
+            }
+        }
+        "model_stock" | "n_model_stock" => Kind::ModelStock {
+            base: name == "n_model_stock",
+            cos_eps: f("cos_eps"),
+        },
+        "geometric_median" => {
+            let (eps, maxiter, ftol) = (f("eps"), i("maxiter"), f("ftol"));
+            if maxiter < 0 || eps < 0.0 || ftol < 0.0 {
+                return Err(Error::InvalidInput(format!(
+                    "geometric_median: eps, maxiter and ftol are ≥ 0; {eps}, {maxiter} and \
+                     {ftol} given"
+                )));
+            }
+            Kind::GeometricMedian { eps, maxiter, ftol }
+        }
+        "clamp" => Kind::Clamp {
+            stiffness: f("stiffness"),
+        },
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "unknown merge method `{other}`; the known methods are {}",
+                super::known_names()
+            )))
+        }
+    })
+}
+
+/// A method applied to one tensor (the key seeds DARE's masks).
+#[derive(Debug)]
+pub(super) struct Op {
+    kind: Kind,
+    stream: u64,
+    /// Operands (models) it reads.
+    inputs: usize,
+    /// Elements per run along the last dimension (model stock's cosines).
+    last: usize,
+}
+
+impl Op {
+    pub(super) fn new(kind: Kind, key: &str, inputs: usize, shape: &[usize]) -> Op {
+        // FNV-1a of the key: a stable stream id per tensor.
+        let stream = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let last = shape.last().copied().unwrap_or(1).max(1);
+        Op {
+            kind,
+            stream,
+            inputs,
+            last,
+        }
+    }
+}
+
+/// `torch.lerp` in f32.
+pub(crate) fn lerp(a: f32, b: f32, w: f32) -> f32 {
+    let d = b - a;
+    if w.abs() < 0.5 {
+        a + w * d
+    } else {
+        b - d * (1.0 - w)
+    }
+}
+
+/// `torch.maximum` / `torch.minimum`: NaN wins.
+fn max_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn min_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+/// `torch.sign`.
+fn sign(x: f32) -> f32 {
+    f32::from(u8::from(x > 0.0)) - f32::from(u8::from(x < 0.0))
+}
+
+/// `math.isclose(x, y)` with its default tolerance.
+fn isclose(x: f64, y: f64) -> bool {
+    x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs())
+}
+
+/// The rank (1 = largest) of the magnitude `filter_top_k` keeps from: sd-mecha takes the
+/// `max(int((1 − k)·n), 1)`-th smallest; `None` when that is the smallest (everything is kept).
+fn kth_largest(k: f64, n: usize) -> Option<u64> {
+    let smallest = (((1.0 - k) * n as f64) as u64).max(1);
+    (smallest > 1 && n > 0).then(|| n as u64 - smallest + 1)
+}
+
+impl TensorMethod for Op {
+    fn name(&self) -> &str {
+        match &self.kind {
+            Kind::WeightedSum { .. } => "weighted_sum",
+            Kind::NAverage => "n_average",
+            Kind::AddDifference { .. } => "add_difference",
+            Kind::Slerp { .. } => "slerp",
+            Kind::AddPerpendicular { .. } => "add_perpendicular",
+            Kind::TrainDifference { .. } => "train_difference",
+            Kind::Ties { base: false, .. } => "ties_sum",
+            Kind::Ties { base: true, .. } => "add_difference_ties",
+            Kind::Dare { .. } => "add_ties_with_dare",
+            Kind::ModelStock { base: false, .. } => "model_stock",
+            Kind::ModelStock { base: true, .. } => "n_model_stock",
+            Kind::GeometricMedian { .. } => "geometric_median",
+            Kind::Clamp { .. } => "clamp",
+        }
+    }
+
+    fn needs(&self, shape: &[usize]) -> Needs {
+        let n: usize = shape.iter().product();
+        let last = shape.last().copied().unwrap_or(1).max(1);
+        let mut needs = Needs::elementwise();
+        match &self.kind {
+            Kind::Slerp { .. } => {
+                needs.vectors = vec![Vector::operand(0), Vector::operand(1)];
+                needs.gram = true;
+            }
+            Kind::AddPerpendicular { .. } => {
+                needs.vectors = vec![Vector::difference(0, 2), Vector::difference(1, 2)];
+                needs.gram = true;
+            }
+            Kind::GeometricMedian { .. } => {
+                // Offsets from the first model: the median is invariant to the shift, and the
+                // distances computed from their Gram matrix lose far less to cancellation.
+                needs.vectors = (1..self.inputs).map(|i| Vector::difference(i, 0)).collect();
+                needs.gram = !needs.vectors.is_empty();
+            }
+            Kind::Ties { base, k, .. } => {
+                if let Some(kth) = kth_largest(*k, n) {
+                    needs.vectors = self.deltas(*base, None);
+                    needs.kth = (0..needs.vectors.len()).map(|v| (v, kth)).collect();
+                }
+            }
+            Kind::Dare {
+                k,
+                probability,
+                seed,
+                apply_stock,
+                ..
+            } => {
+                if let Some(kth) = kth_largest(*k, n) {
+                    let drop = Some((*seed, 1.0 - probability));
+                    needs.vectors = self.deltas(true, drop);
+                    needs.kth = (0..needs.vectors.len()).map(|v| (v, kth)).collect();
+                }
+                if *apply_stock {
+                    needs.align = last;
+                }
+            }
+            Kind::ModelStock { .. } => needs.align = last,
+            _ => {}
+        }
+        needs
+    }
+
+    fn prepare(&self, facts: &Facts) -> Result<Vec<f64>> {
+        Ok(match &self.kind {
+            Kind::Slerp { alpha } => slerp_scalars(facts, *alpha),
+            Kind::AddPerpendicular { .. } => {
+                let (n2, g) = (facts.dot(0, 0), facts.dot(0, 1));
+                let r = g / n2;
+                if r.is_finite() {
+                    vec![1.0, r]
+                } else {
+                    // sd-mecha returns zeros when the projection is NaN (a zero difference).
+                    vec![0.0, 0.0]
+                }
+            }
+            Kind::GeometricMedian { eps, maxiter, ftol } => weiszfeld(facts, *eps, *maxiter, *ftol),
+            Kind::Ties { .. } | Kind::Dare { .. } => {
+                facts.kth.iter().map(|&t| f64::from(t)).collect()
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    fn apply(&self, scalars: &[f64], first: usize, x: &[&[f32]], out: &mut [f32]) {
+        let len = out.len();
+        match &self.kind {
+            Kind::WeightedSum { alpha } => {
+                let w = *alpha as f32;
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = if *alpha == 0.0 {
+                        x[0][j]
+                    } else if isclose(*alpha, 1.0) {
+                        x[1][j]
+                    } else {
+                        lerp(x[0][j], x[1][j], w)
+                    };
+                }
+            }
+            Kind::NAverage => {
+                out.copy_from_slice(&x[0][..len]);
+                for (i, xi) in x.iter().enumerate().skip(1) {
+                    let w = (1.0 / (i + 1) as f64) as f32;
+                    out.iter_mut()
+                        .zip(*xi)
+                        .for_each(|(o, &v)| *o = lerp(*o, v, w));
+                }
+            }
+            Kind::AddDifference { alpha, clamp_to_ab } => {
+                let w = *alpha as f32;
+                for (j, o) in out.iter_mut().enumerate() {
+                    let a = x[0][j];
+                    if *alpha == 0.0 {
+                        *o = a;
+                        continue;
+                    }
+                    let d = if x.len() == 3 {
+                        x[1][j] - x[2][j]
+                    } else {
+                        x[1][j]
+                    };
+                    let mut r = a + d * w;
+                    if *clamp_to_ab {
+                        let b = x[1][j];
+                        r = min_nan(max_nan(r, min_nan(a, b)), max_nan(a, b));
+                    }
+                    *o = r;
+                }
+            }
+            Kind::Slerp { alpha } => {
+                let (fallback, ca, cb) = (scalars[0] == 0.0, scalars[1] as f32, scalars[2] as f32);
+                let w = *alpha as f32;
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = if fallback {
+                        lerp(x[0][j], x[1][j], w)
+                    } else {
+                        x[0][j] * ca + x[1][j] * cb
+                    };
+                }
+            }
+            Kind::AddPerpendicular { alpha } => {
+                let (keep, r) = (scalars[0] != 0.0, scalars[1] as f32);
+                let w = *alpha as f32;
+                for (j, o) in out.iter_mut().enumerate() {
+                    let a = x[0][j];
+                    let perp = if keep {
+                        let (ad, bd) = (a - x[2][j], x[1][j] - x[2][j]);
+                        bd - ad * r
+                    } else {
+                        0.0
+                    };
+                    *o = if *alpha == 0.0 { a } else { a + perp * w };
+                }
+            }
+            Kind::TrainDifference { alpha } => {
+                let coef = (*alpha as f32) * 1.8f32;
+                for (j, o) in out.iter_mut().enumerate() {
+                    let (a, b, c) = (x[0][j], x[1][j], x[2][j]);
+                    let (ba, bc) = ((b - a).abs(), (b - c).abs());
+                    let m = ba / (ba + bc);
+                    let m = if m.is_nan() { 0.0 } else { m };
+                    *o = a + (b - c) * (coef * m);
+                }
+            }
+            Kind::Clamp { stiffness } => clamp(*stiffness, x, out),
+            Kind::Ties {
+                base,
+                alpha,
+                vote_sgn,
+                ..
+            } => {
+                let vectors = self.deltas(*base, None);
+                let mut d = vec![0f32; vectors.len()];
+                for (j, o) in out.iter_mut().enumerate() {
+                    for (v, dv) in vectors.iter().zip(d.iter_mut()) {
+                        *dv = v.at(x, j, first + j);
+                    }
+                    let r = ties(&mut d, scalars, *vote_sgn);
+                    *o = if *base { add(x[0][j], r, *alpha) } else { r };
+                }
+            }
+            Kind::Dare { .. } => self.dare(scalars, first, x, out),
+            Kind::ModelStock { base, cos_eps } => {
+                let vectors = self.deltas(*base, None);
+                let row = self.last;
+                let mut d: Vec<Vec<f32>> = vec![vec![0f32; row]; vectors.len()];
+                for start in (0..len).step_by(row) {
+                    let end = (start + row).min(len);
+                    for (v, dv) in vectors.iter().zip(d.iter_mut()) {
+                        for j in start..end {
+                            dv[j - start] = v.at(x, j, first + j);
+                        }
+                    }
+                    let rows: Vec<&[f32]> = d.iter().map(|r| &r[..end - start]).collect();
+                    let t = stock_t(&rows, *cos_eps) as f32;
+                    let nf = vectors.len() as f32;
+                    for j in start..end {
+                        let mut s = 0f32;
+                        for r in &rows {
+                            s += r[j - start];
+                        }
+                        let v = nan_to_num(t * (s / nf));
+                        out[j] = if *base { add(x[0][j], v, 1.0) } else { v };
+                    }
+                }
+            }
+            Kind::GeometricMedian { .. } => {
+                let n = x.len();
+                let sum: f32 = scalars.iter().map(|&w| w as f32).sum();
+                for (j, o) in out.iter_mut().enumerate() {
+                    let mut s = 0f32;
+                    for i in 0..n {
+                        s += x[i][j] * scalars[i] as f32;
+                    }
+                    *o = s / sum;
+                }
+            }
+        }
+    }
+}
+
+impl Op {
+    /// The deltas a method combines: its inputs, or with `base` each later input minus the
+    /// first; thinned by DARE's mask when `drop` is `(seed, keep probability)`.
+    fn deltas(&self, base: bool, drop: Option<(i64, f64)>) -> Vec<Vector> {
+        let from = usize::from(base);
+        (from..self.inputs)
+            .map(|i| {
+                let mut v = match base {
+                    true => Vector::difference(i, 0),
+                    false => Vector::operand(i),
+                };
+                v.dropout = drop.map(|(seed, keep)| Dropout {
+                    seed: seed as u64,
+                    stream: mix(self.stream ^ i as u64),
+                    keep: keep.clamp(0.0, 1.0),
+                });
+                v
+            })
+            .collect()
+    }
+
+    /// sd-mecha's `ties_sum_with_dropout` added to the base (`add_ties_with_dare`).
+    fn dare(&self, thresholds: &[f64], first: usize, x: &[&[f32]], out: &mut [f32]) {
+        let Kind::Dare {
+            probability,
+            rescale,
+            alpha,
+            seed,
+            vote_sgn,
+            apply_stock,
+            cos_eps,
+            ..
+        } = &self.kind
+        else {
+            return;
+        };
+        if isclose(*probability, 1.0) {
+            // Everything dropped: sd-mecha returns a delta of 0.
+            for (o, &a) in out.iter_mut().zip(x[0]) {
+                *o = add(a, 0.0, *alpha);
+            }
+            return;
+        }
+        let rescalar = if *rescale {
+            (1.0 - probability) as f32
+        } else {
+            1.0
+        };
+        let vectors = self.deltas(true, Some((*seed, 1.0 - probability)));
+        let m = vectors.len();
+        let row = if *apply_stock {
+            self.last
+        } else {
+            out.len().max(1)
+        };
+        let mut filtered: Vec<Vec<f32>> = vec![vec![0f32; row]; m];
+        let mut counts = vec![0f32; row];
+        let mut d = vec![0f32; m];
+        for start in (0..out.len()).step_by(row) {
+            let end = (start + row).min(out.len());
+            for j in start..end {
+                for (v, dv) in vectors.iter().zip(d.iter_mut()) {
+                    *dv = v.at(x, j, first + j);
+                }
+                let (count, _) = elect(&mut d, thresholds, *vote_sgn);
+                counts[j - start] = count;
+                for (f, dv) in filtered.iter_mut().zip(&d) {
+                    f[j - start] = *dv;
+                }
+            }
+            let t = if *apply_stock {
+                let rows: Vec<&[f32]> = filtered.iter().map(|r| &r[..end - start]).collect();
+                stock_t(&rows, *cos_eps) as f32
+            } else {
+                1.0
+            };
+            for j in start..end {
+                let mut s = 0f32;
+                for f in &filtered {
+                    s += f[j - start];
+                }
+                let r = zero_non_finite(s * t / counts[j - start]);
+                out[j] = add(x[0][j], r / rescalar, *alpha);
+            }
+        }
+    }
+}
+
+/// `a + r·alpha` as sd-mecha's `add_difference` (`a.addcmul(r, alpha)`); `a` when alpha is 0.
+fn add(a: f32, r: f32, alpha: f64) -> f32 {
+    if alpha == 0.0 {
+        a
+    } else {
+        a + r * alpha as f32
+    }
+}
+
+/// `torch.nan_to_num` with its defaults: NaN to 0, ±Inf to the largest finite values.
+fn nan_to_num(v: f32) -> f32 {
+    if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(f32::MIN, f32::MAX)
+    }
+}
+
+/// `torch.nan_to_num(nan=0, posinf=0, neginf=0)`.
+fn zero_non_finite(v: f32) -> f32 {
+    if v.is_finite() {
+        v
+    } else {
+        0.0
+    }
+}
+
+/// TIES on one element's deltas `d` (thresholds: each delta's k-th magnitude, none when all are
+/// kept): top-k filter, sign election, disjoint mean.
+fn ties(d: &mut [f32], thresholds: &[f64], vote_sgn: bool) -> f32 {
+    let (count, _) = elect(d, thresholds, vote_sgn);
+    let s: f32 = d.iter().sum();
+    zero_non_finite(s / count)
+}
+
+/// `filter_top_k` and `ties_sum_deltas` for one element: `d` becomes the filtered deltas;
+/// returns the number that agree with the elected sign, and that sign.
+fn elect(d: &mut [f32], thresholds: &[f64], vote_sgn: bool) -> (f32, f32) {
+    for (i, v) in d.iter_mut().enumerate() {
+        if let Some(&t) = thresholds.get(i) {
+            // `a * (|a| >= kth)`: a dropped value becomes 0·a (−0 for a negative one).
+            let kept = matches!(
+                v.abs().partial_cmp(&(t as f32)),
+                Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+            );
+            if !kept {
+                *v *= 0.0;
+            }
+        }
+    }
+    let mut vote = 0f32;
+    for &v in d.iter() {
+        vote += if vote_sgn { v } else { sign(v) };
+    }
+    let elected = sign(vote);
+    let mut count = 0f32;
+    for v in d.iter_mut() {
+        if sign(*v) == elected {
+            count += 1.0;
+        } else {
+            *v *= 0.0;
+        }
+    }
+    (count, elected)
+}
+
+/// sd-mecha's `get_model_stock_t` on one run of the last dimension: the mean cosine of
+/// consecutive deltas (`CosineSimilarity(dim=-1, eps)`), then `n·cos / (1 + (n − 1)·cos)`.
+fn stock_t(rows: &[&[f32]], eps: f64) -> f64 {
+    let n = rows.len();
+    let norm = |r: &[f32]| {
+        r.iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mut cos = 0f64;
+    for w in rows.windows(2) {
+        let dot: f64 = w[0]
+            .iter()
+            .zip(w[1])
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum();
+        cos += dot / (norm(w[0]).max(eps) * norm(w[1]).max(eps));
+    }
+    let cos = cos / (n - 1).max(1) as f64;
+    n as f64 * cos / (1.0 + (n as f64 - 1.0) * cos)
+}
+
+/// `clamp(a, *bounds, stiffness)`.
+fn clamp(stiffness: f64, x: &[&[f32]], out: &mut [f32]) {
+    let bounds = &x[1..];
+    let s = stiffness as f32;
+    let rest = (1.0 - stiffness) as f32;
+    let nb = bounds.len() as f32;
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut hi = bounds[0][j];
+        let mut lo = bounds[0][j];
+        for b in &bounds[1..] {
+            hi = max_nan(hi, b[j]);
+            lo = min_nan(lo, b[j]);
+        }
+        if stiffness != 0.0 {
+            let mut sum = 0f32;
+            for b in bounds {
+                sum += b[j];
+            }
+            let avg = sum / nb;
+            let (mut sp, mut ln) = (hi, lo);
+            for b in bounds {
+                let v = b[j];
+                if sp >= v && v >= avg {
+                    sp = v;
+                }
+                if ln <= v && v <= avg {
+                    ln = v;
+                }
+            }
+            hi = rest * hi + s * sp;
+            lo = rest * lo + s * ln;
+        }
+        *o = min_nan(max_nan(x[0][j], lo), hi);
+    }
+}
+
+/// SLERP's scalars from `|a|², |b|², a·b`: `[1, ca, cb]` with the result `a·ca + b·cb`, or
+/// `[0, 0, 0]` where sd-mecha falls back to `lerp(a, b, alpha)` (a zero or non-finite norm,
+/// parallel tensors: the result would be NaN).
+fn slerp_scalars(facts: &Facts, alpha: f64) -> Vec<f64> {
+    let (na, nb, dot) = (
+        facts.dot(0, 0).sqrt(),
+        facts.dot(1, 1).sqrt(),
+        facts.dot(0, 1),
+    );
+    // The cosine as torch has it: an f32, clamped to [−1, 1].
+    let d = f64::from(((dot / (na * nb)) as f32).clamp(-1.0, 1.0));
+    let omega = d.acos();
+    let s = omega.sin();
+    let scale = na + alpha * (nb - na);
+    let ca = ((1.0 - alpha) * omega).sin() / s / na * scale;
+    let cb = (alpha * omega).sin() / s / nb * scale;
+    if ca.is_finite() && cb.is_finite() && na > 0.0 && nb > 0.0 && s != 0.0 {
+        vec![1.0, ca, cb]
+    } else {
+        vec![0.0, 0.0, 0.0]
+    }
+}
+
+/// Weiszfeld's iterations as sd-mecha runs them (`geometric_median`), on the Gram matrix of the
+/// models' offsets from the first: returns each model's weight (they need not add up to 1).
+fn weiszfeld(facts: &Facts, eps: f64, maxiter: i64, ftol: f64) -> Vec<f64> {
+    let n = facts.vectors + 1;
+    if n == 1 {
+        return vec![1.0];
+    }
+    // Gram of the offsets y₀ = 0, yᵢ = xᵢ − x₀.
+    let g = |i: usize, j: usize| {
+        if i == 0 || j == 0 {
+            0.0
+        } else {
+            facts.dot(i - 1, j - 1)
+        }
+    };
+    let dist = |c: &[f64], i: usize| -> f64 {
+        let total: f64 = c.iter().sum();
+        let mut d2 = g(i, i);
+        for j in 0..n {
+            d2 -= 2.0 * c[j] / total * g(i, j);
+            for l in 0..n {
+                d2 += c[j] * c[l] / (total * total) * g(j, l);
+            }
+        }
+        d2.max(0.0).sqrt()
+    };
+    let objective = |c: &[f64]| (0..n).map(|i| dist(c, i)).sum::<f64>() / n as f64;
+    let mut weights = vec![1.0; n];
+    let mut median = weights.clone();
+    let mut obj = objective(&median);
+    for _ in 0..maxiter {
+        let prev = obj;
+        weights = (0..n).map(|i| 1.0 / dist(&median, i).max(eps)).collect();
+        median.clone_from(&weights);
+        obj = objective(&median);
+        if (prev - obj).abs() <= ftol * obj {
+            break;
+        }
+    }
+    if weights.iter().all(|w| w.is_finite()) {
+        weights
+    } else {
+        vec![1.0; n]
+    }
+}

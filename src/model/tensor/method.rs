@@ -1,0 +1,226 @@
+//! Whole-tensor merge methods as expression nodes: what a method needs of its operands before
+//! it produces values, and how it then produces them range by range.
+//!
+//! A method ([`TensorMethod`]) declares [`Needs`]: vectors (linear combinations of its
+//! operands, `x₁ − x₀` for a task vector, optionally thinned by a seeded [`Dropout`]), the Gram
+//! matrix of those vectors (norms, dot products, cosines), the k-th largest magnitude of some of
+//! them, and an alignment when a value depends on whole runs of elements (sd-mecha's model stock
+//! takes cosines along the last dimension). The engine computes the [`Facts`] once per output
+//! tensor (`offload::method`), in passes of bounded size over the operands, hands them to
+//! [`TensorMethod::prepare`], which turns them into a few scalars, and then evaluates output
+//! ranges elementwise with [`TensorMethod::apply`], fused with the cast as any merge is.
+
+use std::fmt;
+
+use crate::error::Result;
+
+/// A linear combination of a method's operands, `Σ cᵢ·xᵢ` computed in f32 term by term in order
+/// (`1·x₁ + (−1)·x₀` is `x₁ − x₀` exactly), each element then kept or dropped by `dropout`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vector {
+    /// `(operand index, coefficient)`, in order.
+    pub terms: Vec<(usize, f32)>,
+    /// Elements dropped at random (DARE), when set.
+    pub dropout: Option<Dropout>,
+}
+
+impl Vector {
+    /// Operand `i` itself.
+    pub fn operand(i: usize) -> Vector {
+        Vector {
+            terms: vec![(i, 1.0)],
+            dropout: None,
+        }
+    }
+
+    /// `x_i − x_base`.
+    pub fn difference(i: usize, base: usize) -> Vector {
+        Vector {
+            terms: vec![(i, 1.0), (base, -1.0)],
+            dropout: None,
+        }
+    }
+
+    /// The values of elements `first..first + out.len()` from the operands' values over the
+    /// same elements: [`Vector::at`] for each, computed a term at a time over the whole range.
+    pub fn fill(&self, operands: &[&[f32]], first: usize, out: &mut [f32]) {
+        for (n, &(i, c)) in self.terms.iter().enumerate() {
+            let x = &operands[i][..out.len()];
+            match (n, c == 1.0) {
+                (0, true) => out.copy_from_slice(x),
+                (0, false) => out.iter_mut().zip(x).for_each(|(o, &v)| *o = c * v),
+                (_, true) => out.iter_mut().zip(x).for_each(|(o, &v)| *o += v),
+                (_, false) => out.iter_mut().zip(x).for_each(|(o, &v)| *o += c * v),
+            }
+        }
+        if self.terms.is_empty() {
+            out.fill(0.0);
+        }
+        if let Some(d) = &self.dropout {
+            for (j, o) in out.iter_mut().enumerate() {
+                if !d.keeps(first + j) {
+                    *o = 0.0;
+                }
+            }
+        }
+    }
+
+    /// Element `j`'s value from the operands' values at `j`.
+    pub fn at(&self, operands: &[&[f32]], j: usize, element: usize) -> f32 {
+        if let Some(d) = &self.dropout {
+            if !d.keeps(element) {
+                return 0.0;
+            }
+        }
+        let mut v = 0f32;
+        for (n, &(i, c)) in self.terms.iter().enumerate() {
+            let x = operands[i][j];
+            let t = if c == 1.0 { x } else { c * x };
+            v = if n == 0 { t } else { v + t };
+        }
+        v
+    }
+}
+
+/// A counter-based dropout mask: element `e` is kept with probability `keep`, decided by a hash
+/// of `(seed, stream, e)` alone, so the mask does not depend on the ranges the writer asks for,
+/// the number of threads, or the order tensors are written in. It is not torch's generator: the
+/// same seed gives the same file with this tool, not the same mask as sd-mecha.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    /// The user's seed.
+    pub seed: u64,
+    /// What sets this mask apart from others of the same seed (the tensor's key and the model).
+    pub stream: u64,
+    /// The probability that an element is kept, in `[0, 1]`.
+    pub keep: f64,
+}
+
+impl Dropout {
+    /// Whether element `element` is kept.
+    pub fn keeps(&self, element: usize) -> bool {
+        let h = mix(mix(self.seed ^ mix(self.stream)) ^ element as u64);
+        // 53 random bits as a uniform number in [0, 1).
+        let u = (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        u < self.keep
+    }
+}
+
+/// SplitMix64's finalizer: a bijection of u64 whose outputs pass statistical tests of
+/// independence for consecutive inputs.
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What a method needs of its operands before the first output value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Needs {
+    /// The vectors the facts are about.
+    pub vectors: Vec<Vector>,
+    /// The Gram matrix of all of `vectors` (one read of the operands, accumulated in f64).
+    pub gram: bool,
+    /// `(vector, k)`: the k-th largest magnitude of that vector (two reads of its operands).
+    pub kth: Vec<(usize, u64)>,
+    /// Output elements are produced in whole runs of this many (1: elementwise).
+    pub align: usize,
+}
+
+impl Needs {
+    /// Nothing: an elementwise method.
+    pub fn elementwise() -> Needs {
+        Needs {
+            align: 1,
+            ..Needs::default()
+        }
+    }
+
+    /// Whether the operands are read before the values are (a whole-tensor method).
+    pub fn reads_ahead(&self) -> bool {
+        self.gram || !self.kth.is_empty()
+    }
+}
+
+/// What the engine computed of [`Needs`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// How many vectors the Gram matrix is of.
+    pub vectors: usize,
+    /// `gram[i · n + j]` = `vᵢ · vⱼ` over the `n` vectors (empty when not asked for); a NaN or
+    /// ±Inf value in a vector makes its entries non-finite.
+    pub gram: Vec<f64>,
+    /// The k-th magnitudes, in the order [`Needs::kth`] asks for them.
+    pub kth: Vec<f32>,
+}
+
+impl Facts {
+    /// `vᵢ · vⱼ`.
+    pub fn dot(&self, i: usize, j: usize) -> f64 {
+        self.gram[i * self.vectors + j]
+    }
+}
+
+/// A merge method over whole tensors (see the [module docs](self)).
+pub trait TensorMethod: Send + Sync + fmt::Debug {
+    /// The method's name, for messages.
+    fn name(&self) -> &str;
+
+    /// What it needs of the operands of a tensor of `shape`.
+    fn needs(&self, shape: &[usize]) -> Needs;
+
+    /// The scalars [`TensorMethod::apply`] takes, from the facts.
+    ///
+    /// # Errors
+    /// A method may refuse a tensor whose facts make it undefined.
+    fn prepare(&self, facts: &Facts) -> Result<Vec<f64>>;
+
+    /// Output elements `first..first + out.len()` from the operands' values over the same
+    /// elements (`operands[i]` for operand `i`); `first` and `out.len()` are multiples of
+    /// [`Needs::align`] (or `out` ends the tensor).
+    fn apply(&self, scalars: &[f64], first: usize, operands: &[&[f32]], out: &mut [f32]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vector_filled_over_a_range_is_its_elements_one_by_one() {
+        let x: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..100).map(|i| (i as f32 * 0.11).cos()).collect();
+        let ops = [x.as_slice(), y.as_slice()];
+        let mut v = Vector::difference(1, 0);
+        v.terms.push((0, 0.25));
+        v.dropout = Some(Dropout {
+            seed: 3,
+            stream: 9,
+            keep: 0.5,
+        });
+        let mut out = vec![0f32; 60];
+        let views: Vec<&[f32]> = ops.iter().map(|o| &o[40..]).collect();
+        v.fill(&views, 40, &mut out);
+        for (j, o) in out.iter().enumerate() {
+            assert_eq!(o.to_bits(), v.at(&views, j, 40 + j).to_bits());
+        }
+        let kept = out.iter().filter(|o| **o != 0.0).count();
+        assert!((15..=45).contains(&kept), "{kept}");
+    }
+
+    #[test]
+    fn a_dropout_mask_depends_on_seed_stream_and_element_only() {
+        let d = |seed, stream| Dropout {
+            seed,
+            stream,
+            keep: 0.3,
+        };
+        let mask = |d: Dropout| (0..10_000).map(|e| d.keeps(e)).collect::<Vec<_>>();
+        assert_eq!(mask(d(1, 2)), mask(d(1, 2)));
+        assert_ne!(mask(d(1, 2)), mask(d(2, 2)));
+        assert_ne!(mask(d(1, 2)), mask(d(1, 3)));
+        let kept = mask(d(1, 2)).iter().filter(|k| **k).count();
+        // Binomial(10000, 0.3): σ ≈ 46.
+        assert!((2_800..=3_200).contains(&kept), "{kept}");
+    }
+}

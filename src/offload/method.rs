@@ -1,0 +1,261 @@
+//! Whole-tensor merge methods, evaluated: their facts computed once per tensor, then output
+//! ranges produced elementwise from the operands' ranges (see
+//! [`crate::model::tensor::method`]).
+//!
+//! Memory: the facts take one read of the operands for the Gram matrix and two more for all the
+//! k-th magnitudes together, [`CHUNK`] values per operand and vector at a time, plus two
+//! 65,536-entry histograms per vector; the values take one block of each operand. Nothing holds
+//! a whole tensor.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::merge::read_f32;
+use super::Scratch;
+use crate::error::{Error, Result};
+use crate::model::merged::MethodNode;
+use crate::model::tensor::method::{Facts, Needs, Vector};
+use crate::model::{InputTensor, Merged};
+use crate::reduce::CHUNK;
+
+/// Units `units` of the method node `node` of `m`, in f32, into `out`.
+pub(super) fn eval(
+    m: &Merged,
+    node: &MethodNode,
+    units: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let shape = &m.info().shape;
+    let needs = node.op.needs(shape);
+    let scalars = scalars(m, node, &needs, scratch)?;
+    let n = m.info().numel();
+    let align = needs.align.max(1);
+    // Whole runs of `align` elements around the range asked for.
+    let start = units.start / align * align;
+    let end = units.end.div_ceil(align).saturating_mul(align).min(n);
+    let operands = 1 + node.inputs.len();
+    let mut bufs = vec![vec![0f32; end - start]; operands];
+    scratch.operands.begin(m.shared_sources());
+    for (i, b) in bufs.iter_mut().enumerate() {
+        read_f32(m, i, start..end, b, scratch)?;
+    }
+    let views: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
+    if start == units.start && end == units.end {
+        node.op.apply(&scalars, start, &views, out);
+    } else {
+        let mut all = vec![0f32; end - start];
+        node.op.apply(&scalars, start, &views, &mut all);
+        out.copy_from_slice(&all[units.start - start..units.end - start]);
+    }
+    Ok(())
+}
+
+/// The method's scalars for this tensor, computed once (the first asker computes, the others
+/// wait).
+fn scalars(
+    m: &Merged,
+    node: &MethodNode,
+    needs: &Needs,
+    scratch: &mut Scratch,
+) -> Result<Arc<Vec<f64>>> {
+    node.scalars.get_or_compute(|| {
+        let facts = facts(m, needs, scratch)?;
+        node.op.prepare(&facts).map_err(|e| match e {
+            Error::InvalidInput(r) => Error::InvalidInput(format!("`{}`: {r}", m.key())),
+            e => e,
+        })
+    })
+}
+
+/// Computes the facts of every method node in `m` (nested ones included) that reads ahead: what
+/// the prefetcher runs for the tensors ahead of the writer.
+///
+/// # Errors
+/// Read errors of the operands; a method's refusal of a tensor.
+pub(crate) fn prepare_ahead(m: &Merged, scratch: &mut Scratch) -> Result<()> {
+    for t in m.operands() {
+        if let InputTensor::Merged(inner) = t {
+            prepare_ahead(inner, scratch)?;
+        }
+    }
+    if let Some(node) = m.method_node() {
+        let needs = node.op.needs(&m.info().shape);
+        if needs.reads_ahead() {
+            scalars(m, node, &needs, scratch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `m` (or an expression inside it) has a method that reads its operands ahead.
+pub(crate) fn reads_ahead(m: &Merged) -> bool {
+    let own = m
+        .method_node()
+        .is_some_and(|n| n.op.needs(&m.info().shape).reads_ahead());
+    own || m.operands().into_iter().any(|t| match t {
+        InputTensor::Merged(inner) => reads_ahead(inner),
+        _ => false,
+    })
+}
+
+/// The facts `needs` asks for, over the operands of `m`.
+fn facts(m: &Merged, needs: &Needs, scratch: &mut Scratch) -> Result<Facts> {
+    let n = m.info().numel();
+    let k = needs.vectors.len();
+    let mut out = Facts {
+        vectors: k,
+        ..Facts::default()
+    };
+    if needs.gram && n > 0 {
+        out.gram = gram(m, &needs.vectors, n, scratch)?;
+    } else if needs.gram {
+        out.gram = vec![0.0; k * k];
+    }
+    if !needs.kth.is_empty() {
+        out.kth = kth_magnitudes(m, &needs.vectors, &needs.kth, n, scratch)?;
+    }
+    Ok(out)
+}
+
+/// The Gram matrix of `vectors` in one read of the operands they use.
+fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Result<Vec<f64>> {
+    let k = vectors.len();
+    let used = used_operands(vectors);
+    let chunk = CHUNK.min(n);
+    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
+    let mut vals = vec![vec![0f32; chunk]; k];
+    let mut g = vec![0f64; k * k];
+    let mut at = 0;
+    while at < n {
+        let end = (at + chunk).min(n);
+        let len = end - at;
+        scratch.operands.begin(m.shared_sources());
+        for &i in &used {
+            ops[i].resize(len, 0f32);
+            read_f32(m, i, at..end, &mut ops[i], scratch)?;
+        }
+        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+        for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
+            v.fill(&views, at, &mut buf[..len]);
+        }
+        for a in 0..k {
+            for b in a..k {
+                let d: f64 = vals[a][..len]
+                    .iter()
+                    .zip(&vals[b][..len])
+                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                    .sum();
+                g[a * k + b] += d;
+            }
+        }
+        at = end;
+    }
+    for a in 0..k {
+        for b in 0..a {
+            g[a * k + b] = g[b * k + a];
+        }
+    }
+    Ok(g)
+}
+
+/// The operand indices `vectors` read, ascending.
+fn used_operands(vectors: &[Vector]) -> Vec<usize> {
+    let mut used: Vec<usize> = vectors
+        .iter()
+        .flat_map(|v| v.terms.iter().map(|(i, _)| *i))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    used
+}
+
+/// The k-th largest magnitude of each `(vector, k)`, exact, all in the same two passes of
+/// radix counting over the magnitudes' bit patterns (which order as the magnitudes do; NaN
+/// patterns above Inf), as `reduce`'s k-th magnitude makes them for one tensor: the top 16 bits
+/// first, then the low 16 bits of the values in the bucket that holds it. Each operand is read
+/// twice whatever the number of vectors; two 65,536-entry histograms per vector.
+fn kth_magnitudes(
+    m: &Merged,
+    vectors: &[Vector],
+    wants: &[(usize, u64)],
+    n: usize,
+    scratch: &mut Scratch,
+) -> Result<Vec<f32>> {
+    let mut picked = Vec::with_capacity(wants.len());
+    for &(v, k) in wants {
+        let vector = vectors.get(v).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "a k-th magnitude of vector {v} of {}",
+                vectors.len()
+            ))
+        })?;
+        if k == 0 || k > n as u64 {
+            return Err(Error::InvalidInput(format!(
+                "the {k}-th largest magnitude of {n} values does not exist"
+            )));
+        }
+        picked.push(vector.clone());
+    }
+    let used = used_operands(&picked);
+    let magnitude = |v: f32| v.to_bits() & 0x7FFF_FFFF;
+    let chunk = CHUNK.min(n).max(1);
+    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
+    let mut buf = vec![0f32; chunk];
+    // One pass: `count(vector index, magnitude bits)` for every value of every picked vector.
+    let mut pass = |count: &mut dyn FnMut(usize, u32)| -> Result<()> {
+        let mut at = 0;
+        while at < n {
+            let end = (at + chunk).min(n);
+            let len = end - at;
+            scratch.operands.begin(m.shared_sources());
+            for &i in &used {
+                ops[i].resize(len, 0f32);
+                read_f32(m, i, at..end, &mut ops[i], scratch)?;
+            }
+            let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+            for (w, v) in picked.iter().enumerate() {
+                v.fill(&views, at, &mut buf[..len]);
+                for &x in &buf[..len] {
+                    count(w, magnitude(x));
+                }
+            }
+            at = end;
+        }
+        Ok(())
+    };
+    let mut high = vec![vec![0u64; 1 << 16]; picked.len()];
+    pass(&mut |w, bits| high[w][(bits >> 16) as usize] += 1)?;
+    let buckets: Vec<(usize, u64)> = high
+        .iter()
+        .zip(wants)
+        .map(|(h, &(_, k))| select(h, k))
+        .collect();
+    drop(high);
+    let mut low = vec![vec![0u64; 1 << 16]; picked.len()];
+    pass(&mut |w, bits| {
+        if (bits >> 16) as usize == buckets[w].0 {
+            low[w][(bits & 0xFFFF) as usize] += 1;
+        }
+    })?;
+    Ok(low
+        .iter()
+        .zip(&buckets)
+        .map(|(l, &(bucket, rank))| {
+            let (bits, _) = select(l, rank);
+            f32::from_bits(((bucket as u32) << 16) | bits as u32)
+        })
+        .collect())
+}
+
+/// The bucket that holds the `k`-th largest of the counted values, and its rank inside it.
+fn select(counts: &[u64], k: u64) -> (usize, u64) {
+    let mut above = 0u64;
+    for (i, &c) in counts.iter().enumerate().rev() {
+        if above + c >= k {
+            return (i, k - above);
+        }
+        above += c;
+    }
+    (0, k)
+}

@@ -1,0 +1,277 @@
+//! sd-mecha recipes (`tests/fixtures/mecha`, written by sd-mecha's own serializer with
+//! `make_fixtures.py`) run with the real binary: the outputs of the methods this build
+//! translates equal sd-mecha 1.1.8's within 1 f16 ulp on the denoiser and text encoders (the
+//! VAE is the first model's, and says so); the others are refused naming the method; the dry
+//! run writes nothing; the output is never replaced.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::cli::{assert_refused, files_under, run};
+use common::st::{floats, read};
+use safetensors::Dtype;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mecha")
+}
+
+fn recipe(name: &str) -> String {
+    fixtures()
+        .join(format!("recipes/{name}.mecha"))
+        .display()
+        .to_string()
+}
+
+fn models() -> String {
+    fixtures().join("models").display().to_string()
+}
+
+/// An f16 value's position on the line of f16 values, so that adjacent values differ by 1.
+fn ordered(bits: u16) -> i32 {
+    let v = i32::from(bits & 0x7fff);
+    if bits & 0x8000 != 0 {
+        -v
+    } else {
+        v
+    }
+}
+
+fn f16_bits(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// Runs `name`'s recipe and compares every key with sd-mecha's output.
+fn check_against_sd_mecha(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged.safetensors");
+    let r = run(
+        dir.path(),
+        &[
+            "run",
+            &recipe(name),
+            "--models-dir",
+            &models(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), out.display().to_string());
+    assert!(
+        r.stderr
+            .contains("the autoencoder (VAE) is `a.safetensors`'s"),
+        "{}",
+        r.stderr
+    );
+    let (ours, meta) = read(&out);
+    let (oracle, _) = read(&fixtures().join(format!("oracles/{name}.safetensors")));
+    let (a, _) = read(&fixtures().join("models/a.safetensors"));
+    let text = std::fs::read_to_string(recipe(name)).unwrap();
+    assert_eq!(
+        meta.get("mecha_recipe"),
+        Some(&text),
+        "the recipe as metadata"
+    );
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        oracle.keys().collect::<Vec<_>>(),
+        "the same keys as sd-mecha"
+    );
+    let mut merged = 0;
+    for (key, (dtype, shape, bytes)) in &oracle {
+        let (our_dtype, our_shape, our_bytes) = &ours[key];
+        assert_eq!((our_dtype, our_shape), (dtype, shape), "{key}");
+        assert_eq!(*dtype, Dtype::F16, "{key}: sd-mecha's output dtype");
+        if key.starts_with("first_stage_model.") {
+            assert_eq!(our_bytes, &a[key].2, "{key}: the VAE is a's");
+            continue;
+        }
+        for (i, (x, y)) in f16_bits(our_bytes)
+            .into_iter()
+            .zip(f16_bits(bytes))
+            .enumerate()
+        {
+            let ulps = (ordered(x) - ordered(y)).abs();
+            assert!(
+                ulps <= 1,
+                "{key}[{i}]: ours {} vs sd-mecha {} ({ulps} ulp)",
+                floats(Dtype::F16, &x.to_le_bytes())[0],
+                floats(Dtype::F16, &y.to_le_bytes())[0]
+            );
+        }
+        if bytes != &a[key].2 {
+            merged += 1;
+        }
+    }
+    assert!(merged > 800, "{name}: the merge changed {merged} tensors");
+}
+
+#[test]
+fn weighted_sum_equals_sd_mecha() {
+    check_against_sd_mecha("weighted_sum");
+}
+
+#[test]
+fn n_average_equals_sd_mecha() {
+    check_against_sd_mecha("n_average");
+}
+
+#[test]
+fn add_difference_equals_sd_mecha() {
+    check_against_sd_mecha("add_difference");
+}
+
+#[test]
+fn add_difference_of_a_scaled_difference_equals_sd_mecha() {
+    check_against_sd_mecha("add_difference_scaled");
+}
+
+/// The recipes of methods that need whole tensors are read and refused at their merge line,
+/// naming the method and the ones this build runs, with nothing written.
+#[test]
+fn methods_not_translated_are_refused_by_name() {
+    for (name, method) in [
+        ("slerp", "slerp"),
+        ("add_perpendicular", "perpendicular_component"),
+        ("train_difference", "train_difference_mask"),
+        ("ties_sum", "ties_sum"),
+        ("add_difference_ties", "ties_sum"),
+        ("model_stock", "model_stock"),
+        ("geometric_median", "geometric_median"),
+        ("clamp", "clamp"),
+        ("add_difference_clamped", "clamp"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(
+            dir.path(),
+            &["run", &recipe(name), "--models-dir", &models()],
+        );
+        assert_refused(
+            &r,
+            &format!("merge method `{method}` is not run by this build; it runs: weighted_sum"),
+            dir.path(),
+        );
+        assert!(r.stderr.contains("line "), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn dry_run_plans_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "run",
+            &recipe("add_difference"),
+            "--models-dir",
+            &models(),
+            "--dry-run",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("recipe: sd-mecha, format 0.1.0"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("inputs: 3"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!(
+            "{}",
+            Path::new("output")
+                .join("add_difference.safetensors")
+                .display()
+        )),
+        "the default output: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("note: the autoencoder"), "{}", r.stdout);
+    assert!(files_under(dir.path()).is_empty());
+}
+
+/// Default naming: `<output-dir>/<recipe name>.safetensors`; a second run does not replace it.
+#[test]
+fn default_output_is_named_after_the_recipe_and_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["run", &recipe("weighted_sum"), "--models-dir", &models()];
+    let r = run(dir.path(), &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = dir.path().join("output/weighted_sum.safetensors");
+    assert_eq!(dir.path().join(r.stdout.trim()), out);
+    let before = std::fs::read(&out).unwrap();
+    let again = run(dir.path(), &args);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(again.stderr.contains("exists"), "{}", again.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    assert_eq!(files_under(dir.path()), vec![out]);
+}
+
+/// Model paths relative to the working directory (sd-mecha's fallback), and `.safetensors`
+/// appended to a path written without it; a missing model names where it was looked for.
+#[test]
+fn model_paths_resolve_as_sd_mecha_resolves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("models/a.safetensors"),
+        dir.path().join("a.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join("models/b.safetensors"),
+        dir.path().join("b.safetensors"),
+    )
+    .unwrap();
+    let text = "version 0.1.0\nmodel \"a\" model_config=\"sd1-ldm\" merge_space=\"weight\"\n\
+                model \"b.safetensors\"\nmerge \"weighted_sum\" &0 &1 alpha=0.25\n";
+    std::fs::write(dir.path().join("r.mecha"), text).unwrap();
+    let r = run(dir.path(), &["run", "r.mecha", "-o", "m.safetensors", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.path().join("m.safetensors").is_file());
+    // A recipe name with dots keeps them in the default output name.
+    std::fs::write(dir.path().join("v1.2.mecha"), text).unwrap();
+    let r = run(dir.path(), &["run", "v1.2.mecha", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.path().join("output/v1.2.safetensors").is_file());
+
+    let missing = "version 0.1.0\nmodel \"nowhere\"\n";
+    std::fs::write(dir.path().join("bad.mecha"), missing).unwrap();
+    let out = dir.path().join("out");
+    let r = run(
+        dir.path(),
+        &["run", "bad.mecha", "--output-dir", out.to_str().unwrap()],
+    );
+    assert_refused(&r, "line 2: model `nowhere` not found", &out);
+    assert!(r.stderr.contains("nowhere.safetensors"), "{}", r.stderr);
+}
+
+/// A file without the `.mecha` extension is told by its first line; a bad line names itself.
+#[test]
+fn recipe_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for (text, needle) in [
+        (
+            "version 0.2.0\nmodel \"a\"\n",
+            "line 1: recipe format version `0.2.0`: this build reads version 0.1.0",
+        ),
+        (
+            "version 0.1.0\nmodel \"a\"\nmerge \"weighted_sum\" &0 &3\n",
+            "line 3: argument 3 (`&3`): the reference &3 is not an earlier instruction",
+        ),
+        (
+            "version 0.1.0\nmodel \"a\nunclosed\n",
+            "line 2: a quote is not closed",
+        ),
+    ] {
+        std::fs::write(dir.path().join("recipe.txt"), text).unwrap();
+        let r = run(
+            dir.path(),
+            &["run", "recipe.txt", "--output-dir", out.to_str().unwrap()],
+        );
+        assert_refused(&r, needle, &out);
+    }
+}

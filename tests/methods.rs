@@ -1,0 +1,254 @@
+//! `merge A B [C…] --method NAME --param k=v` with the real binary: values as the methods'
+//! formulas give them (written out here), the text encoders and VAE A's, the recipe recorded;
+//! bad methods, parameters and inputs refused with nothing written.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use checkpoint_save::synthetic::{self, SyntheticOptions};
+use checkpoint_save::{save_to_path, Arch, ComponentKind, Components, LayoutChoice, SaveOptions};
+use common::cli::{assert_refused, run};
+
+/// Tiny f32 SD1.5 checkpoints, one per seed (and the built components).
+fn models(dir: &Path, seeds: &[u64], max_dim: Option<usize>) -> Vec<(PathBuf, Components)> {
+    seeds
+        .iter()
+        .map(|&s| {
+            let o = SyntheticOptions::new(Arch::Sd15)
+                .with_seed(s)
+                .with_dtype(DType::F32);
+            // Tiny shapes, or every dimension capped at `max_dim`: another size of the model.
+            let o = match max_dim {
+                Some(d) => o.with_max_dim(d),
+                None => o.tiny(),
+            };
+            let c = synthetic::build(&o, &Device::Cpu).unwrap();
+            let opts = SaveOptions {
+                layout: LayoutChoice::Arch(Arch::Sd15),
+                ..SaveOptions::default()
+            };
+            let p = dir.join(format!("m{s}-{}.safetensors", max_dim.unwrap_or(0)));
+            save_to_path(&c, &p, &opts).unwrap();
+            (p, c)
+        })
+        .collect()
+}
+
+fn vals(c: &Components, kind: ComponentKind, key: &str) -> Vec<f64> {
+    let v: Vec<f32> = c
+        .candle(kind, key)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    v.into_iter().map(f64::from).collect()
+}
+
+/// Every tensor of a file as f32 values, and its metadata.
+fn read(path: &Path) -> (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
+        .map(|(k, v)| {
+            let t = Tensor::from_raw_buffer(v.data(), DType::F32, v.shape(), &Device::Cpu).unwrap();
+            (k, t.flatten_all().unwrap().to_vec1().unwrap())
+        })
+        .collect();
+    (
+        tensors,
+        meta.metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (f64::from(*g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "{what}: {g} vs {w}"
+        );
+    }
+}
+
+const KEY: &str = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+const TE: &str = "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight";
+
+#[test]
+fn merge_method_slerp_and_ties_write_the_formulas_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2, 3], None);
+    let p = |i: usize| m[i].0.to_str().unwrap().to_string();
+    let r = run(
+        dir.path(),
+        &[
+            "merge",
+            &p(0),
+            &p(1),
+            "--method",
+            "slerp",
+            "--param",
+            "alpha=0.3",
+            "--output-dir",
+            "out",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("method slerp (alpha=0.3)"),
+        "{}",
+        r.stderr
+    );
+    let (file, meta) = read(&dir.path().join(r.stdout.trim()));
+    let (a, b) = (
+        vals(&m[0].1, ComponentKind::Model, KEY),
+        vals(&m[1].1, ComponentKind::Model, KEY),
+    );
+    let (na, nb) = (dot(&a, &a).sqrt(), dot(&b, &b).sqrt());
+    let theta = (dot(&a, &b) / (na * nb)).acos();
+    let scale = 0.7 * na + 0.3 * nb;
+    let want: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            ((0.7 * theta).sin() * x / na + (0.3 * theta).sin() * y / nb) / theta.sin() * scale
+        })
+        .collect();
+    close(
+        &file[&format!("model.diffusion_model.{KEY}")],
+        &want,
+        "slerp",
+    );
+    // The text encoders are A's.
+    let te: Vec<f64> = vals(
+        &m[0].1,
+        ComponentKind::Clip,
+        "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
+    );
+    close(&file[TE], &te, "clip");
+    let recipe: serde_json::Value = serde_json::from_str(&meta["checkpoint_save.recipe"]).unwrap();
+    let node = recipe["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|n| n["class_type"] == "MergeMethod")
+        .expect("the method node in the recipe");
+    assert_eq!(node["inputs"]["method"], "slerp");
+
+    // TIES over B − A and C − A, k = 0.5, added to A.
+    let r = run(
+        dir.path(),
+        &[
+            "merge",
+            &p(0),
+            &p(1),
+            &p(2),
+            "--method",
+            "add_difference_ties",
+            "--param",
+            "k=0.5",
+            "--output-dir",
+            "out",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (file, _) = read(&dir.path().join(r.stdout.trim()));
+    let c = vals(&m[2].1, ComponentKind::Model, KEY);
+    let n = a.len();
+    let deltas: Vec<Vec<f64>> = [&b, &c]
+        .iter()
+        .map(|x| {
+            x.iter()
+                .zip(&a)
+                .map(|(x, a)| f64::from(*x as f32 - *a as f32))
+                .collect()
+        })
+        .collect();
+    let kept: Vec<Vec<f64>> = deltas
+        .iter()
+        .map(|d| {
+            let mut mags: Vec<f64> = d.iter().map(|v| v.abs()).collect();
+            mags.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let t = mags[((0.5 * n as f64) as usize).max(1) - 1];
+            d.iter()
+                .map(|&v| if v.abs() >= t { v } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let sgn = |v: f64| {
+        if v > 0.0 {
+            1.0
+        } else if v < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
+    let want: Vec<f64> = (0..n)
+        .map(|j| {
+            let s = sgn(sgn(kept[0][j]) + sgn(kept[1][j]));
+            let agree: Vec<f64> = kept.iter().map(|d| d[j]).filter(|v| sgn(*v) == s).collect();
+            let r = agree.iter().sum::<f64>() / agree.len() as f64;
+            a[j] + if r.is_finite() { r } else { 0.0 }
+        })
+        .collect();
+    close(
+        &file[&format!("model.diffusion_model.{KEY}")],
+        &want,
+        "add_difference_ties",
+    );
+}
+
+#[test]
+fn bad_methods_parameters_and_inputs_are_refused_with_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2], None);
+    let other = models(dir.path(), &[3], Some(32));
+    let (a, b) = (m[0].0.to_str().unwrap(), m[1].0.to_str().unwrap());
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let refused = |args: &[&str], needle: &str| {
+        let mut all = vec!["merge"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--output-dir", o]);
+        assert_refused(&run(dir.path(), &all), needle, &out);
+    };
+    refused(
+        &[a, b, "--method", "lerp"],
+        "unknown merge method `lerp`; the known methods are weighted_sum",
+    );
+    refused(
+        &[a, b, "--method", "slerp", "--param", "beta=1"],
+        "its parameters are alpha (default 0.5)",
+    );
+    refused(
+        &[a, b, "--method", "ties_sum", "--param", "k=0"],
+        "outside (0, 1]",
+    );
+    refused(
+        &[a, b, "--method", "ties_sum", "--param", "k=1.5"],
+        "outside (0, 1]",
+    );
+    refused(
+        &[a, b, "--method", "slerp", "--param", "alpha"],
+        "NAME=VALUE",
+    );
+    refused(&[a, "--method", "slerp"], "takes 2 models; 1 given");
+    let c = other[0].0.to_str().unwrap();
+    refused(&[a, c, "--method", "slerp"], "shape");
+}
