@@ -59,6 +59,7 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         opts.layout = LayoutChoice::Arch(a);
     }
     opts.prediction = opts.prediction.or(input_prediction(&input, args.out.arch));
+    denoiser_only(&input.components, input.arch, &args.out, &mut opts);
     if args.out.dry_run {
         return print_dry_run(&input.components, &opts, args.out.json);
     }
@@ -74,6 +75,36 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         report(&saved, &job, start.elapsed());
     }
     Ok(())
+}
+
+/// A job whose input is a denoiser alone (a GGUF file) writes what ComfyUI's ModelSave writes
+/// for it: the denoiser under its checkpoint prefix with the markers of its prediction, into
+/// `diffusion_models/` unless `--prefix` says otherwise (a checkpoint layout would need text
+/// encoders and an autoencoder). `--arch generic` keeps its own prefixes.
+pub(crate) fn denoiser_only(
+    components: &Components,
+    arch: Option<Arch>,
+    flags: &SaveFlags,
+    opts: &mut SaveOptions,
+) {
+    if matches!(opts.layout, LayoutChoice::Generic(_))
+        || components.get(ComponentKind::Model).is_none()
+        || components.get(ComponentKind::Clip).is_some()
+        || components.get(ComponentKind::Vae).is_some()
+    {
+        return;
+    }
+    let model = arch.map_or(GenericPrefixes::default().model, |a| {
+        a.family().prefixes.model.to_string()
+    });
+    opts.layout = LayoutChoice::Generic(GenericPrefixes {
+        model,
+        ..GenericPrefixes::default()
+    });
+    if flags.prefix == SaveOptions::default().prefix {
+        opts.prefix = "diffusion_models/ComfyUI".into();
+    }
+    opts.prediction = opts.prediction.or(arch.map(Arch::default_prediction));
 }
 
 /// With `--arch auto`, an input whose keys only fit the generic prefixes is refused with what

@@ -89,6 +89,7 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     opts.prediction = opts
         .prediction
         .or(input_prediction(&inputs[0], args.out.arch));
+    crate::commands::denoiser_only(&merged, summary.arch, &args.out, &mut opts);
     opts.metadata
         .extra
         .insert(RECIPE_KEY.to_string(), summary.recipe.clone());
