@@ -364,6 +364,7 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
         merge: true,
         lora_rank: Some(2),
         chain: None,
+        quantize: None,
     };
     let r = checkpoint_save::bench::run(&opts)?;
     eprintln!("{r}");

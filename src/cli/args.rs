@@ -151,6 +151,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) chain: usize,
 
+    /// Quantize the denoiser's linear weights into FORMAT (scaled-fp8, fp8, fp8-e5m2, int8,
+    /// mxfp8, nvfp4), and time the Python program a user writes for it (safetensors +
+    /// comfy-kitchen, with CHECKPOINT_SAVE_PYTHON or python3) beside ours.
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) quantize: Option<Format>,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

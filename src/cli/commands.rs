@@ -457,6 +457,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         merge: args.job == BenchJob::Merge,
         lora_rank: args.lora_rank,
         chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),
+        quantize: args.quantize,
     };
     if args.lora_rank.is_some() && !opts.merge {
         usage_error("--lora-rank times a LoRA bake beside a merge: give `bench merge`");
