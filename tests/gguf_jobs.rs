@@ -141,13 +141,13 @@ fn write_gguf(path: &Path, m: &Make<'_>) -> Expected {
         let n = values.len();
         let (ty, stored) = if shape.len() == 1 {
             (GgmlType::F32, shape.clone())
-        } else if last % 256 == 0 {
+        } else if last.is_multiple_of(256) {
             nk += 1;
             (k_types[nk % k_types.len()], shape.clone())
-        } else if !reshaped && n % 256 == 0 {
+        } else if !reshaped && n.is_multiple_of(256) {
             reshaped = true;
             (GgmlType::Q4_K, vec![n / 256, 256])
-        } else if last % 32 == 0 {
+        } else if last.is_multiple_of(32) {
             nb += 1;
             (b_types[nb % b_types.len()], shape.clone())
         } else {

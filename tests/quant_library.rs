@@ -17,9 +17,12 @@ const P: &str = "model.diffusion_model.";
 
 /// The 2-D inputs a fresh quantization of the fixture covers, as candle tensors keyed
 /// `<input>.weight`, and the fixture's case of each.
-fn candle_inputs(meta: &BTreeMap<String, String>) -> (HashMap<String, Tensor>, Vec<(String, String)>) {
-    let inputs = candle_core::safetensors::load(Path::new(DIR).join("inputs.safetensors"), &Device::Cpu)
-        .unwrap();
+fn candle_inputs(
+    meta: &BTreeMap<String, String>,
+) -> (HashMap<String, Tensor>, Vec<(String, String)>) {
+    let inputs =
+        candle_core::safetensors::load(Path::new(DIR).join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
     let cases: BTreeMap<String, serde_json::Value> = serde_json::from_str(&meta["cases"]).unwrap();
     let mut map = HashMap::new();
     let mut kept = Vec::new();
@@ -59,7 +62,12 @@ fn candle_tensors_saved_with_quantize_are_kitchens_codes_and_scales() {
         let (map, cases) = candle_inputs(&meta);
         assert!(cases.len() >= 4, "{file}: {cases:?}");
         let path = dir.path().join(format!("{file}.safetensors"));
-        save_to_path(&Components::new(map), &path, &options(Quantize::new(format))).unwrap();
+        save_to_path(
+            &Components::new(map),
+            &path,
+            &options(Quantize::new(format)),
+        )
+        .unwrap();
         let (ours, ours_meta) = st::read(&path);
         let described: serde_json::Value =
             serde_json::from_str(&ours_meta["_quantization_metadata"]).unwrap();
@@ -73,7 +81,11 @@ fn candle_tensors_saved_with_quantize_are_kitchens_codes_and_scales() {
             assert!(members.len() >= 3, "{file} {case}: {members:?}");
             for m in members {
                 let key = format!("{P}{input}{}", &m[case.len()..]);
-                assert_eq!(ours.get(&key), Some(&fixture[m]), "{file}: `{key}` vs kitchen's `{m}`");
+                assert_eq!(
+                    ours.get(&key),
+                    Some(&fixture[m]),
+                    "{file}: `{key}` vs kitchen's `{m}`"
+                );
             }
             assert_eq!(described["layers"][format!("{P}{input}")]["format"], file);
         }

@@ -72,6 +72,14 @@ pub(super) struct Collector<'a> {
     shapes: BTreeMap<String, Vec<usize>>,
 }
 
+/// What [`Collector::finish`] gives: the planned legacy layers, the encoded targets, and the
+/// header metadata.
+pub(super) type Finished = (
+    Vec<Planned>,
+    Vec<Arc<QuantTarget>>,
+    BTreeMap<String, String>,
+);
+
 /// How one layout entry is written.
 enum Form {
     /// The plain path: bytes or values in the component's dtype.
@@ -79,7 +87,7 @@ enum Form {
     /// A quantized input's members, byte for byte.
     Keep(Arc<QuantTensor>),
     /// Encoded when written.
-    Encode(Encode),
+    Encode(Box<Encode>),
 }
 
 /// An encoded output: layout, source, scales and what it carries over.
@@ -126,7 +134,7 @@ impl<'a> Collector<'a> {
         let out = match self.form(*component, key, t)? {
             Form::Plain => return Ok(None),
             Form::Keep(q) => self.keep(layer, &entry.key, &q)?,
-            Form::Encode(e) => self.encode(layer, &entry.key, e)?,
+            Form::Encode(e) => self.encode(layer, &entry.key, *e)?,
         };
         Ok(Some(out))
     }
@@ -140,7 +148,7 @@ impl<'a> Collector<'a> {
         };
         let keep = self.opts.dtypes.get(kind) == TargetDtype::Keep;
         let fresh = |format: Format| -> Result<Form> {
-            Ok(Form::Encode(Encode {
+            Ok(Form::Encode(Box::new(Encode {
                 layout: QuantLayout::new(
                     key.strip_suffix(".weight").unwrap_or(key),
                     format,
@@ -165,7 +173,7 @@ impl<'a> Collector<'a> {
                         key.to_string(),
                     )
                 }),
-            }))
+            })))
         };
         if let Some(Format::ScaledFp8(_)) = selected {
             if kind != ComponentKind::Model {
@@ -195,7 +203,8 @@ impl<'a> Collector<'a> {
                 match selected {
                     Some(f) if f != q.format() => fresh(f),
                     None if !keep => Ok(Form::Plain),
-                    _ => requantize(q, m.requantize(), t, &info.shape).map(Form::Encode),
+                    _ => requantize(q, m.requantize(), t, &info.shape)
+                        .map(|e| Form::Encode(Box::new(e))),
                 }
             }
             _ => match selected {
@@ -350,14 +359,7 @@ impl<'a> Collector<'a> {
 
     /// The legacy layers and their markers (or their comfy_quant form), the targets, and the
     /// header metadata with `_quantization_metadata` when a layer is described.
-    pub(super) fn finish(
-        mut self,
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<(
-        Vec<Planned>,
-        Vec<Arc<QuantTarget>>,
-        BTreeMap<String, String>,
-    )> {
+    pub(super) fn finish(mut self, metadata: &BTreeMap<String, String>) -> Result<Finished> {
         let mut out = Vec::new();
         let mut markers: BTreeMap<String, ScaledFp8Marker> = BTreeMap::new();
         let mut placeable = self.described.is_empty();
