@@ -589,3 +589,74 @@ fn bad_gguf_inputs_are_refused_with_nothing_written() {
     // The file the reader reads, unchanged: gguf-py-written `flux.gguf` opens.
     assert!(GgufFile::open(Path::new(&format!("{DIR}/flux.gguf"))).is_ok());
 }
+
+#[test]
+fn save_takes_a_gguf_denoiser_with_text_encoders_and_autoencoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gguf = d.join("flux.gguf");
+    let expected = write_gguf(&gguf, &Make::flux(10));
+    // Text encoders and autoencoder of the same family, as component files.
+    let ckpt = ok_path(
+        d,
+        &[
+            "save",
+            "--synthetic",
+            "flux",
+            "--tiny",
+            "--output-dir",
+            "s",
+            "-q",
+        ],
+    );
+    let r = run(
+        d,
+        &[
+            "split",
+            ckpt.to_str().unwrap(),
+            "--output-dir",
+            "parts",
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let part = |n: &str| d.join("parts").join(n).to_str().unwrap().to_string();
+    let out = ok_path(
+        d,
+        &[
+            "save",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--clip",
+            &part("clip.safetensors"),
+            "--vae",
+            &part("vae.safetensors"),
+            "--output-dir",
+            "out",
+            "-q",
+        ],
+    );
+    assert!(out.ends_with("out/checkpoints/ComfyUI_00001_.safetensors"));
+    check_output(&out, &expected, "model.diffusion_model.");
+    // A GGUF is not a text encoder file, and is not loaded as candle tensors.
+    let r = run(
+        d,
+        &[
+            "save",
+            "--model",
+            &part("model.safetensors"),
+            "--clip",
+            gguf.to_str().unwrap(),
+            "--vae",
+            &part("vae.safetensors"),
+            "--output-dir",
+            "out2",
+        ],
+    );
+    assert_refused(&r, "GGUF", &d.join("out2"));
+    let err = checkpoint_save::load_checkpoint(&gguf, &Device::Cpu, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("GGUF") && err.contains("open_input"), "{err}");
+}
