@@ -34,7 +34,7 @@ pub(crate) fn save(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if args.out.dry_run {
         return print_dry_run(&components, &opts, args.out.json);
     }
-    let saved = checkpoint_save::save(&components, &opts)?;
+    let saved = write_job(&components, job.arch, &args.out, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
         report(&saved, &job, start.elapsed());
@@ -63,7 +63,7 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
     if args.out.dry_run {
         return print_dry_run(&input.components, &opts, args.out.json);
     }
-    let saved = checkpoint_save::save(&input.components, &opts)?;
+    let saved = write_job(&input.components, input.arch, &args.out, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
         let job = Job {
@@ -75,6 +75,36 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         report(&saved, &job, start.elapsed());
     }
     Ok(())
+}
+
+/// Writes a job's components: the checkpoint, or with `--gguf` the denoiser as a GGUF file of
+/// `arch` (the architecture the job found, unless `--arch` names one), into
+/// `diffusion_models/` unless `--prefix` says otherwise.
+pub(crate) fn write_job(
+    components: &Components,
+    arch: Option<Arch>,
+    flags: &SaveFlags,
+    opts: &SaveOptions,
+) -> Result<checkpoint_save::Saved> {
+    let Some(ty) = flags.gguf else {
+        return Ok(checkpoint_save::save(components, opts)?);
+    };
+    if flags.dtype != TargetDtype::Keep || flags.model_dtype.is_some() {
+        usage_error(
+            "--gguf sets the types of the GGUF file (TYPE, and F32 where convert.py keeps it); \
+             leave out --dtype and --model-dtype",
+        );
+    }
+    let mut o = opts.clone();
+    o.layout = match (flags.arch, arch) {
+        (ArchArg::Generic, _) => LayoutChoice::Generic(GenericPrefixes::default()),
+        (ArchArg::Arch(a), _) | (ArchArg::Auto, Some(a)) => LayoutChoice::Arch(a),
+        (ArchArg::Auto, None) => LayoutChoice::Auto,
+    };
+    if flags.prefix == SaveOptions::default().prefix {
+        o.prefix = "diffusion_models/ComfyUI".into();
+    }
+    Ok(checkpoint_save::save_gguf(components, ty, &o)?)
 }
 
 /// A job whose input is a denoiser alone (a GGUF file) writes what ComfyUI's ModelSave writes

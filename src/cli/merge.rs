@@ -96,7 +96,7 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if args.out.dry_run {
         return print_dry_run(&merged, &opts, args.out.json);
     }
-    let saved = checkpoint_save::save(&merged, &opts)?;
+    let saved = crate::commands::write_job(&merged, summary.arch, &args.out, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
         let job = Job {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use super::files::TensorSet;
 use crate::error::{Error, Result};
 use crate::model::{Arch, FileTensor, InputTensor, QuantTensor};
+use crate::plan::gguf_target::gguf_arch;
 use crate::quant::{Format, QuantDescription};
 use crate::read::SafetensorsFile;
 
@@ -30,22 +31,6 @@ const SD_CPP_PREFIX: &str = "model.diffusion_model.";
 
 /// `general.architecture` values of the text encoders ComfyUI-GGUF's CLIP loader reads.
 const TEXT_ARCHS: [&str; 6] = ["t5", "t5encoder", "llama", "qwen2vl", "qwen3", "qwen3vl"];
-
-/// ComfyUI-GGUF's architecture string of each family this tool knows (convert.py's `arch`).
-fn gguf_arch(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Sd15 | Arch::Sd2 => "sd1",
-        Arch::Sdxl | Arch::SdxlRefiner => "sdxl",
-        Arch::Sd3 => "sd3",
-        Arch::Flux | Arch::FluxSchnell | Arch::Chroma | Arch::Flux2 => "flux",
-        Arch::Wan21 | Arch::Wan22 => "wan",
-        Arch::QwenImage => "qwen_image",
-        Arch::HiDream => "hidream",
-        Arch::Lumina2 | Arch::ZImage => "lumina2",
-        Arch::HunyuanVideo | Arch::HunyuanVideo15 => "hyvid",
-        Arch::Ltxv => "ltxv",
-    }
-}
 
 /// Every architecture string this tool reads, for messages.
 fn known_strings() -> String {
