@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::dtype::{self, Dtype};
+pub(crate) use gguf::{gguf_header, is_gguf};
 
 /// Largest header readers accept (safetensors' `MAX_HEADER_SIZE`): the reader refuses a longer
 /// one, and the plan never writes one.
@@ -568,31 +569,6 @@ pub(crate) mod gguf;
 mod pickle;
 mod torch;
 mod zip;
-
-/// Whether `path` starts with GGUF's magic (what `inspect` reads through [`gguf::GgufFile`]).
-///
-/// # Errors
-/// [`Error::Io`] when the file cannot be opened or read.
-pub(crate) fn is_gguf(path: &Path) -> Result<bool> {
-    let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    match file.read_exact_at(&mut magic, 0) {
-        Ok(()) => Ok(&magic == b"GGUF"),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
-    }
-}
-
-/// Parses `data` as a whole GGUF file (what the GGUF fuzz target drives): the tensor count, or
-/// the reader's error.
-pub(crate) fn gguf_header(data: &[u8]) -> std::result::Result<usize, String> {
-    let parsed = gguf::parse_bytes(data)?;
-    for t in &parsed.tensors {
-        // What a job would ask next: the format and layout of each tensor.
-        let _ = t.layout();
-    }
-    Ok(parsed.tensors.len())
-}
 
 /// The tensors a PyTorch `data.pkl` names, located in an archive with no storages: every tensor
 /// is an error, so this exercises the pickle parser and the state-dict rules alone.

@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 
 use cursor::Cursor;
 pub(crate) use cursor::Source;
-pub(crate) use entries::GgufSide;
+pub(crate) use entries::{gguf_header, is_gguf, GgufSide};
 pub(crate) use value::encode_str;
 pub use value::{MetaArray, MetaValue, ValueKind};
 

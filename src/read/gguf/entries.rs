@@ -2,14 +2,16 @@
 //! tensors byte ranges of the file, with what ComfyUI-GGUF's loader takes from the header
 //! besides ([`GgufSide`]): each tensor's ggml type and logical shape, and
 //! `general.architecture`. Grouping the quantized types into logical tensors is the input
-//! stage's (`crate::input`), as for every quantized file.
+//! stage's (`crate::input`), as for every quantized file. Also here: telling a GGUF file by its
+//! magic ([`is_gguf`]) and parsing one held in memory ([`gguf_header`], the fuzz target's).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{parse, MetaValue};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::model::dtype::Dtype;
 use crate::quant::{Format, GgmlType};
 use crate::read::{FileFormat, SafetensorsFile, Stamp, TensorEntry};
@@ -99,4 +101,29 @@ impl SafetensorsFile {
             })),
         })
     }
+}
+
+/// Whether `path` starts with GGUF's magic (what `inspect` reads through [`gguf::GgufFile`]).
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be opened or read.
+pub(crate) fn is_gguf(path: &Path) -> Result<bool> {
+    let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 4];
+    match file.read_exact_at(&mut magic, 0) {
+        Ok(()) => Ok(&magic == b"GGUF"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+}
+
+/// Parses `data` as a whole GGUF file (what the GGUF fuzz target drives): the tensor count, or
+/// the reader's error.
+pub(crate) fn gguf_header(data: &[u8]) -> std::result::Result<usize, String> {
+    let parsed = super::parse_bytes(data)?;
+    for t in &parsed.tensors {
+        // What a job would ask next: the format and layout of each tensor.
+        let _ = t.layout();
+    }
+    Ok(parsed.tensors.len())
 }
