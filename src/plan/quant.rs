@@ -190,13 +190,16 @@ impl<'a> Collector<'a> {
             InputTensor::Quantized(q) => match selected {
                 Some(f) if f == q.format() => Ok(Form::Keep(Arc::clone(q))),
                 Some(f) => fresh(f),
-                None if keep => Ok(Form::Keep(Arc::clone(q))),
+                None if keep && in_safetensors(q.format()) => Ok(Form::Keep(Arc::clone(q))),
                 None => Ok(Form::Plain),
             },
             InputTensor::Merged(m) if info.quant.is_some() => {
                 let Some(q) = m.quantized_base() else {
                     return Ok(Form::Plain);
                 };
+                if selected.is_none() && !in_safetensors(q.format()) {
+                    return Ok(Form::Plain);
+                }
                 match selected {
                     Some(f) if f != q.format() => fresh(f),
                     None if !keep => Ok(Form::Plain),
@@ -432,6 +435,13 @@ impl<'a> Collector<'a> {
 
 /// A merged tensor whose base `q` is quantized, written back in its format: the base's layout
 /// (members, flags), its scales or fresh ones, its input scale and legacy marker.
+/// Whether ComfyUI reads `format` from a safetensors file. ggml's block types it reads only
+/// from GGUF files (ComfyUI-GGUF), so a safetensors target writes their values: in f32 under
+/// `--dtype keep` (exactly the values), in the dtype asked otherwise.
+fn in_safetensors(format: Format) -> bool {
+    !matches!(format, Format::Ggml(_))
+}
+
 fn requantize(
     q: &QuantTensor,
     how: Requantize,
