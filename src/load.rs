@@ -50,9 +50,11 @@ pub struct Loaded {
 ///   architecture, or a marker is malformed;
 /// - [`Error::UnsupportedDtype`] naming the key for a dtype candle cannot hold;
 /// - [`Error::Candle`] when a tensor cannot be created on `device`;
-/// - [`Error::InvalidInput`] for a file with quantized layers (codes are not weights).
+/// - [`Error::InvalidInput`] for a file with quantized layers (codes are not weights), and for a
+///   GGUF file.
 pub fn load_checkpoint(path: &Path, device: &Device, arch: Option<Arch>) -> Result<Loaded> {
     let st = SafetensorsFile::open(path)?;
+    refuse_gguf(&st)?;
     let names = st.tensors().iter().map(|t| t.name.as_str());
     if let Some(evidence) = crate::input::quantization_evidence(names, st.metadata()) {
         return Err(Error::InvalidInput(format!(
@@ -133,11 +135,25 @@ pub(crate) fn read_f32_scalar(st: &SafetensorsFile, key: &str) -> Result<f32> {
 ///
 /// # Errors
 /// [`Error::UnsupportedDtype`] for a dtype candle cannot hold; read and candle errors.
+/// Refuses a GGUF file: its tensors' bytes are ggml blocks, not values of their dtype.
+fn refuse_gguf(st: &SafetensorsFile) -> Result<()> {
+    if st.gguf().is_none() {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "{} is a GGUF file, whose tensors are ggml blocks, not loaded as candle tensors; open \
+         it with `open_input` (or `checkpoint-save convert FILE --dtype bf16`), which reads \
+         their values",
+        st.path().display()
+    )))
+}
+
 pub(crate) fn candle_tensor(
     st: &SafetensorsFile,
     t: &TensorEntry,
     device: &Device,
 ) -> Result<Tensor> {
+    refuse_gguf(st)?;
     let bytes = st.read_tensor(t)?;
     if t.dtype == Dtype::F8_E5M2 {
         return Ok(Tensor::from_vec(

@@ -1,7 +1,8 @@
-//! The crate's one reader of model files downloaded from anywhere: safetensors files, and
+//! The crate's one reader of model files downloaded from anywhere: safetensors files,
 //! PyTorch checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`, read by [`torch`] without running their
-//! pickle), told apart by their first bytes. Both become the same list of tensors, each a byte
-//! range of the file read where it lies.
+//! pickle) and GGUF files ([`gguf`]: their blocks, each tensor's ggml type beside it), told
+//! apart by their first bytes. All become the same list of tensors, each a byte range of the
+//! file read where it lies.
 //!
 //! [`SafetensorsFile::open`] reads and validates the header before anything else: the 8-byte
 //! length against the file's real size and the 100,000,000-byte limit (so a file cannot make us
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::dtype::{self, Dtype};
+pub(crate) use gguf::{gguf_header, is_gguf};
 
 /// Largest header readers accept (safetensors' `MAX_HEADER_SIZE`): the reader refuses a longer
 /// one, and the plan never writes one.
@@ -148,6 +150,8 @@ pub struct SafetensorsFile {
     index: HashMap<String, usize>,
     /// Entries of a PyTorch checkpoint that are not tensors of its state dict.
     left_out: Vec<String>,
+    /// A GGUF file's tensor types, logical shapes and architecture.
+    gguf: Option<Box<gguf::GgufSide>>,
 }
 
 impl SafetensorsFile {
@@ -180,6 +184,9 @@ impl SafetensorsFile {
         let head_len = file_len.min(16) as usize;
         file.read_exact_at(&mut head[..head_len], 0)
             .ctx(|| format!("cannot read {}", path.display()))?;
+        if head[..head_len].starts_with(b"GGUF") {
+            return Self::open_gguf(path, file, &meta);
+        }
         if let Some(why) = foreign_format(&file, &head[..head_len], file_len) {
             return Err(bad(why));
         }
@@ -230,6 +237,7 @@ impl SafetensorsFile {
             tensors,
             index,
             left_out: Vec::new(),
+            gguf: None,
         })
     }
 
@@ -263,6 +271,7 @@ impl SafetensorsFile {
             tensors,
             index,
             left_out,
+            gguf: None,
         })
     }
 
@@ -280,6 +289,11 @@ impl SafetensorsFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What a GGUF input carries besides its tensors' bytes (`None` for other files).
+    pub(crate) fn gguf(&self) -> Option<&gguf::GgufSide> {
+        self.gguf.as_deref()
     }
 
     /// The header's `__metadata__`.
@@ -314,7 +328,6 @@ impl SafetensorsFile {
         let (begin, end) = self.description;
         match self.format {
             FileFormat::Safetensors => end - begin - 8,
-            // A GGUF file is opened by `gguf::GgufFile`, never as this type.
             FileFormat::PyTorch | FileFormat::Gguf => end - begin,
         }
     }
@@ -398,20 +411,13 @@ impl SafetensorsFile {
     }
 }
 
-/// Why a file of another format than those read cannot be opened, if it is one: a GGUF file,
-/// or PyTorch's legacy (pre-1.6) pickle and tar formats.
+/// Why a file of another format than those read cannot be opened, if it is one: PyTorch's
+/// legacy (pre-1.6) pickle and tar formats.
 fn foreign_format(file: &File, head: &[u8], file_len: u64) -> Option<String> {
     // Legacy `torch.save`: a protocol-2 pickle of the magic number 0x1950a86a20f9469cfc6c.
     const LEGACY_TORCH: [u8; 14] = [
         0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
     ];
-    if head.starts_with(b"GGUF") {
-        return Some(
-            "a GGUF file: `inspect` reads it, but converting, merging or loading GGUF files is \
-             not supported yet; dequantize it with ComfyUI-GGUF or gguf-py first"
-                .into(),
-        );
-    }
     if head.starts_with(&LEGACY_TORCH) {
         return Some(
             "a PyTorch checkpoint in the legacy (pre-1.6) pickle format, which is not read:              load and re-save it with a current torch.save"
@@ -563,31 +569,6 @@ pub(crate) mod gguf;
 mod pickle;
 mod torch;
 mod zip;
-
-/// Whether `path` starts with GGUF's magic (what `inspect` reads through [`gguf::GgufFile`]).
-///
-/// # Errors
-/// [`Error::Io`] when the file cannot be opened or read.
-pub(crate) fn is_gguf(path: &Path) -> Result<bool> {
-    let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    match file.read_exact_at(&mut magic, 0) {
-        Ok(()) => Ok(&magic == b"GGUF"),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
-    }
-}
-
-/// Parses `data` as a whole GGUF file (what the GGUF fuzz target drives): the tensor count, or
-/// the reader's error.
-pub(crate) fn gguf_header(data: &[u8]) -> std::result::Result<usize, String> {
-    let parsed = gguf::parse_bytes(data)?;
-    for t in &parsed.tensors {
-        // What a job would ask next: the format and layout of each tensor.
-        let _ = t.layout();
-    }
-    Ok(parsed.tensors.len())
-}
 
 /// The tensors a PyTorch `data.pkl` names, located in an archive with no storages: every tensor
 /// is an error, so this exercises the pickle parser and the state-dict rules alone.

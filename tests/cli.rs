@@ -483,3 +483,53 @@ fn bench_json_is_one_object_with_the_documented_figures() {
     let last = r.stdout.trim_end().lines().last().unwrap();
     assert!(last.starts_with("ratio to ceiling a/c = "), "{last}");
 }
+
+/// `bench --quantize`: ours timed against the Python program a user writes (comfy-kitchen), or
+/// the reason it was skipped; with the scratch venv of this machine, the program runs.
+#[test]
+fn bench_quantize_times_the_python_program_or_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let args = [
+        "bench",
+        "--synthetic",
+        "sd15",
+        "--model-dtype",
+        "bf16",
+        "--from-file",
+        "--quantize",
+        "fp8",
+        "--max-dim",
+        "16",
+        "--runs",
+        "1",
+        "--json",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ];
+    let bench = |python: &Path| {
+        let r = std::process::Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
+            .current_dir(dir.path())
+            .args(args)
+            .env("CHECKPOINT_SAVE_PYTHON", python)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(v["quantize"], "float8_e4m3fn", "{v}");
+        assert!(v["input_gbps"].as_f64().unwrap() > 0.0, "{v}");
+        // Nothing is left behind in the output folder.
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+        v
+    };
+    let missing = bench(&dir.path().join("no-such-python"));
+    let why = missing["python_skipped"].as_str().unwrap();
+    assert!(why.contains("no Python found"), "{why}");
+    assert!(missing["python"].is_null());
+    let venv = Path::new("/tmp/qc/venv/bin/python");
+    if venv.exists() {
+        let ran = bench(venv);
+        assert!(ran["python"]["median_s"].as_f64().unwrap() > 0.0, "{ran}");
+        assert!(ran["ratio_python"].as_f64().unwrap() > 0.0, "{ran}");
+    }
+}

@@ -425,16 +425,17 @@ fn inspect_shows_a_gguf_files_tensors_per_type() {
 }
 
 #[test]
-fn jobs_refuse_gguf_inputs_by_name() {
+fn a_gguf_whose_tensors_are_not_its_stated_family_is_refused_by_name() {
+    // flux.gguf says `flux` but holds one tensor of each type under assorted names.
     let err = checkpoint_save::open_input(Path::new(&format!("{DIR}/flux.gguf")), None)
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("GGUF") && err.contains("inspect"), "{err}");
+    assert!(err.contains("`flux`") && err.contains("--arch"), "{err}");
 }
 
 #[test]
-fn the_binary_inspects_a_gguf_file_and_refuses_to_convert_it() {
+fn the_binary_inspects_a_gguf_file_and_refuses_to_convert_one_of_no_family() {
     let dir = tempfile::tempdir().unwrap();
     let path = format!("{DIR}/flux.gguf");
     let r = common::cli::run(dir.path(), &["inspect", &path]);
@@ -450,7 +451,7 @@ fn the_binary_inspects_a_gguf_file_and_refuses_to_convert_it() {
     assert_eq!(v["format"], "gguf");
     assert_eq!(v["parts"][0]["dtypes"]["Q8_0"], 1);
     let r = common::cli::run(dir.path(), &["convert", &path, "--output-dir", "out"]);
-    common::cli::assert_refused(&r, "GGUF", &dir.path().join("out"));
+    common::cli::assert_refused(&r, "`flux` denoiser", &dir.path().join("out"));
 }
 
 #[test]

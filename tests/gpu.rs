@@ -365,6 +365,7 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
         merge: true,
         lora_rank: Some(2),
         chain: None,
+        quantize: None,
         method: None,
     };
     let r = checkpoint_save::bench::run(&opts)?;
@@ -553,7 +554,59 @@ fn checkpointer_snapshot_copies_finish_before_the_write(devices: &[Device]) -> R
 }
 
 /// The bodies that run on one device, by name.
-const ONE_DEVICE: [(&str, Body); 9] = [
+/// A quantized save (every format, per-tensor and block scales, padded nvfp4 rows) of tensors held
+/// on the device writes the same bytes as the same tensors saved from the host: the scales'
+/// reductions and the codes do not depend on where the values live.
+fn quantized_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<(), Failed> {
+    use checkpoint_save::quant::{Format, Fp8, Quantize};
+    let dir = tempfile::tempdir()?;
+    let values: Vec<f32> = (0..70 * 96)
+        .map(|i| ((i as f32 * 0.731).sin() * 3.0).powi(3))
+        .collect();
+    let x = Tensor::from_vec(values, (70, 96), &Device::Cpu)?;
+    for src in [DType::F32, DType::BF16] {
+        let mut host = BTreeMap::new();
+        host.insert("blocks.0.attn.qkv.weight".to_string(), x.to_dtype(src)?);
+        host.insert(
+            "blocks.0.attn.qkv.bias".to_string(),
+            x.get(0)?.to_dtype(src)?,
+        );
+        let host = Components::new(host);
+        let held = moved(&host, |_| devices[0].clone());
+        for format in [
+            Format::ScaledFp8(Fp8::E4M3),
+            Format::Float8(Fp8::E4M3),
+            Format::Float8(Fp8::E5M2),
+            Format::Int8Tensorwise,
+            Format::Mxfp8,
+            Format::Nvfp4,
+        ] {
+            let mut opts = options(
+                LayoutChoice::Generic(GenericPrefixes::default()),
+                TargetDtype::Keep,
+            );
+            opts.quantize = Some(Quantize::new(format));
+            let what = format!("{src:?} -> {format}");
+            let (_, h) = save_in(dir.path(), &format!("host-{src:?}-{format}"), &host, &opts);
+            let (_, d) = save_in(dir.path(), &format!("dev-{src:?}-{format}"), &held, &opts);
+            let st = safetensors::SafeTensors::deserialize(&h)?;
+            assert!(
+                st.names()
+                    .iter()
+                    .any(|n| n.ends_with("scale_weight") || n.ends_with("weight_scale")),
+                "{what}: nothing quantized"
+            );
+            assert!(h == d, "{what}: the device's file differs from the host's");
+        }
+    }
+    Ok(())
+}
+
+const ONE_DEVICE: [(&str, Body); 10] = [
+    (
+        "quantized_saves_from_the_device_match_the_host",
+        quantized_saves_from_the_device_match_the_host,
+    ),
     (
         "device_merges_count_before_the_rounding",
         device_merges_count_before_the_rounding,

@@ -63,8 +63,10 @@ impl Subject {
             syn.dtype = opts.model_dtype.or(from_file.then_some(DType::F32));
             synthetic::build(&syn, &opts.device)
         };
+        // The inputs are written as they are built: the job quantizes, not its input.
         let keep = SaveOptions {
             dtypes: ComponentDtypes::all(TargetDtype::Keep),
+            quantize: None,
             ..save_opts.clone()
         };
         let write = |name: &str, c: &Components, inputs: &mut Inputs| -> Result<(PathBuf, u64)> {

@@ -16,6 +16,7 @@
 
 mod jobs;
 mod memory;
+mod python;
 mod raw;
 mod report;
 
@@ -72,6 +73,9 @@ pub struct BenchOptions {
     /// Time a merge graph instead: a chain of ModelMergeSimple nodes over this many
     /// checkpoints (built in `model_dtype`, f16 by default), into one checkpoint.
     pub chain: Option<usize>,
+    /// Quantize the denoiser's linear weights into this format (the save's default rule), and
+    /// time the Python program a user writes for it (comfy-kitchen) instead of candle's.
+    pub quantize: Option<crate::quant::Format>,
     /// With `chain`: a merge method node over the chain's checkpoints instead of
     /// ModelMergeSimple nodes (sd-mecha's name and parameters, [`crate::merge::methods`]).
     pub method: Option<BenchMethod>,
@@ -119,6 +123,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             layout: LayoutChoice::Arch(opts.arch),
             dtypes: ComponentDtypes::all(opts.dtype),
             writer: opts.engine,
+            quantize: opts.quantize.map(crate::quant::Quantize::new),
             ..Default::default()
         };
         s.metadata.disable = true;
@@ -148,15 +153,41 @@ fn measure(
     let raw_path = path("raw");
 
     // Warm-up: page in the model, size the checkpoint, start thread pools.
-    let saved = {
+    let (saved, quantized) = {
         let s = subject.ours(opts, save_opts, &ours_path);
+        let keys = match &s {
+            Ok(_) if opts.quantize.is_some() => quantized_keys(&ours_path),
+            _ => Ok(Vec::new()),
+        };
         remove(&ours_path)?;
-        s?
+        (s?, keys?)
     };
     let bytes = saved.bytes;
-    let candle_skipped = subject
-        .no_candle()
-        .or_else(|| candle_fits(subject.candle_holds(input_bytes) + bytes));
+    // Quantizing, the program a user writes is Python's (candle has no ComfyUI quantizers).
+    let python = match (opts.quantize, subject.input_files().first()) {
+        (Some(_), Some(input)) => {
+            Some(
+                python::find().and_then(|p| match candle_fits(2 * input_bytes + bytes) {
+                    Some(why) => Err(format!("it loads the whole model: {why}")),
+                    None => Ok((p, input.to_path_buf())),
+                }),
+            )
+        }
+        (Some(_), None) => Some(Err(
+            "the Python program starts from a file: give --from-file".to_string(),
+        )),
+        (None, _) => None,
+    };
+    let candle_skipped = match opts.quantize {
+        Some(_) => Some(
+            "candle has no ComfyUI quantizers: the Python program (comfy-kitchen) is timed \
+             instead"
+                .to_string(),
+        ),
+        None => subject
+            .no_candle()
+            .or_else(|| candle_fits(subject.candle_holds(input_bytes) + bytes)),
+    };
     let block = random_block(8 << 20)?;
     let block = block.as_slice();
     let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
@@ -167,6 +198,13 @@ fn measure(
     let baking = subject.bake(opts, save_opts, &ours_path)?.is_some();
     remove(&ours_path)?;
 
+    let python_path = path("python");
+    if let Some(Ok((py, input))) = &python {
+        let format = opts.quantize.unwrap_or(crate::quant::Format::Nvfp4);
+        let job = || python::run(py, input, &python_path, format, &quantized);
+        timed(job, &python_path)?;
+    }
+    let mut py_runs = Vec::new();
     let (mut ours, mut candle, mut seq, mut par) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut direct, mut bake, mut plain, mut read) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -178,6 +216,11 @@ fn measure(
         if candle_skipped.is_none() {
             let job = || subject.candle(opts, &candle_path);
             candle.push(timed(job, &candle_path)?);
+        }
+        if let Some(Ok((py, input))) = &python {
+            let format = opts.quantize.unwrap_or(crate::quant::Format::Nvfp4);
+            let job = || python::run(py, input, &python_path, format, &quantized);
+            py_runs.push(timed(job, &python_path)?);
         }
         if baking {
             let job = || subject.bake(opts, save_opts, &ours_path).map(drop);
@@ -200,6 +243,8 @@ fn measure(
     }
     let of = |runs: &Vec<Sample>| (!runs.is_empty()).then(|| Measure::of(runs, bytes));
     let (ours, candle) = (Measure::of(&ours, bytes), of(&candle));
+    let python_measure = of(&py_runs);
+    let python_peak_rss_bytes = python_measure.as_ref().map(|_| python::children_peak_rss());
     let (seq, par) = (Measure::of(&seq, bytes), Measure::of(&par, bytes));
     let (lora_bake, plain_convert) = (of(&bake), of(&plain));
     let raw_direct = of(&direct);
@@ -226,7 +271,18 @@ fn measure(
         (Some(b), Some(p)) => Some(b.median_s / p.median_s),
         _ => None,
     };
+    let input_gbps = (input_bytes > 0).then(|| input_bytes as f64 / ours.median_s / 1e9);
+    let ratio_python = python_measure.as_ref().map(|p| p.median_s / ours.median_s);
     Ok(BenchReport {
+        quantize: opts.quantize.map(|f| f.to_string()),
+        input_gbps,
+        python_skipped: match &python {
+            Some(Err(why)) => Some(why.clone()),
+            _ => None,
+        },
+        python: python_measure,
+        ratio_python,
+        python_peak_rss_bytes,
         job: match &opts.method {
             Some(m) => format!("merge --method {}", m.name),
             None => subject.name().into(),
@@ -276,6 +332,25 @@ fn measure(
     })
 }
 
+/// The codes' keys of the layers a checkpoint holds quantized (those the Python program
+/// quantizes too).
+fn quantized_keys(path: &Path) -> Result<Vec<String>> {
+    let st = crate::read::SafetensorsFile::open(path)?;
+    let mut keys: Vec<String> = st
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            let layer = t
+                .name
+                .strip_suffix(".comfy_quant")
+                .or_else(|| t.name.strip_suffix(".scale_weight"))?;
+            Some(format!("{layer}.weight"))
+        })
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
 /// Why candle's program, which holds `bytes` in memory at once, cannot run here (`None`: it
 /// fits, or the available memory is unknown).
 fn candle_fits(bytes: u64) -> Option<String> {
@@ -313,6 +388,7 @@ mod tests {
             merge: false,
             lora_rank: None,
             chain: None,
+            quantize: None,
             method: None,
         }
     }

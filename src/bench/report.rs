@@ -123,6 +123,18 @@ pub struct BenchReport {
     pub ratio_bake_to_convert: Option<f64>,
     /// Arithmetic of the bake's LoRA products, GFLOP (what the bake adds to the convert).
     pub lora_gflop: Option<f64>,
+    /// The quantized format written, when the job quantizes.
+    pub quantize: Option<String>,
+    /// Our throughput in GB/s of input (jobs that read files).
+    pub input_gbps: Option<f64>,
+    /// The Python program a user writes for a quantization (comfy-kitchen), when it ran.
+    pub python: Option<Measure>,
+    /// Why the Python program was not run.
+    pub python_skipped: Option<String>,
+    /// Python's median time over ours.
+    pub ratio_python: Option<f64>,
+    /// The Python program's peak resident memory, whole process, in bytes.
+    pub python_peak_rss_bytes: Option<u64>,
     /// Our peak extra resident memory.
     pub peak_rss_bytes: u64,
     /// Our peak extra anonymous memory.
@@ -135,12 +147,16 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         let gb = |b: u64| b as f64 / 1e9;
+        let target = match &self.quantize {
+            Some(q) => format!("{} + {q}", self.dtype),
+            None => self.dtype.clone(),
+        };
         write!(
             f,
             "{} {} → {} on {}, {:.2} GB ({} tensors) into {}",
             self.job,
             self.arch,
-            self.dtype,
+            target,
             self.device,
             gb(self.bytes),
             self.tensors,
@@ -190,6 +206,7 @@ impl std::fmt::Display for BenchReport {
                 self.raw_direct.as_ref(),
             ),
             ("(g) raw read of inputs (GB/s in)", self.raw_read.as_ref()),
+            ("(h) Python load + kitchen + save", self.python.as_ref()),
         ];
         for (name, m) in rows.into_iter().filter_map(|(n, m)| Some((n, m?))) {
             writeln!(
@@ -205,6 +222,19 @@ impl std::fmt::Display for BenchReport {
         }
         if let Some(why) = &self.candle_skipped {
             writeln!(f, "(b) not run: {why}")?;
+        }
+        if let Some(why) = &self.python_skipped {
+            writeln!(f, "(h) not run: {why}")?;
+        }
+        if let (Some(g), Some(i)) = (self.input_gbps, self.input_bytes) {
+            writeln!(f, "(a) reads {:.2} GB of input at {g:.2} GB/s", gb(i))?;
+        }
+        if let (Some(r), Some(m)) = (self.ratio_python, self.python_peak_rss_bytes) {
+            writeln!(
+                f,
+                "(h) takes {r:.1}x as long as (a), with {:.0} MiB resident at its peak",
+                mib(m)
+            )?;
         }
         write!(f, "ratio to ceiling a/c = {:.2}", self.ratio_ceiling)?;
         if let Some(r) = self.ratio_job_ceiling {

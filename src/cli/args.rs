@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use checkpoint_save::quant::{Format, Requantize};
-use checkpoint_save::{Arch, Backend, EngineOptions, Prediction, SplitTarget, TargetDtype};
+use checkpoint_save::{
+    Arch, Backend, EngineOptions, GgufType, Prediction, SplitTarget, TargetDtype,
+};
 
 /// Exit codes, as the help texts list them.
 pub(crate) const EXIT_CODES: &str = "\
@@ -151,6 +153,12 @@ pub(crate) struct BenchArgs {
     /// With `run`: how many checkpoints the chain merges.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) chain: usize,
+
+    /// Quantize the denoiser's linear weights into FORMAT (scaled-fp8, fp8, fp8-e5m2, int8,
+    /// mxfp8, nvfp4), and time the Python program a user writes for it (safetensors +
+    /// comfy-kitchen, with CHECKPOINT_SAVE_PYTHON or python3) beside ours.
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) quantize: Option<Format>,
 
     /// With `merge`: time this merge method (sd-mecha's name: slerp, ties_sum, …) over two
     /// checkpoints (three for methods that take more) instead of a weighted sum, against the
@@ -657,6 +665,16 @@ pub(crate) struct SaveFlags {
     /// --dtype, as does everything else; see the README.
     #[arg(long, value_name = "FORMAT", help_heading = "Quantization")]
     pub(crate) quantize: Option<Format>,
+
+    /// Write the denoiser alone as a GGUF file of TYPE (F16 or BF16), as ComfyUI-GGUF's
+    /// convert.py writes it, into diffusion_models/ unless --prefix says otherwise.
+    #[arg(
+        long,
+        value_name = "TYPE",
+        conflicts_with_all = ["quantize", "dry_run"],
+        help_heading = "Output"
+    )]
+    pub(crate) gguf: Option<GgufType>,
 
     /// Also quantize the layers this pattern names: `[model:|clip:|vae:]REGEX`, matched anywhere
     /// in the component's in-memory keys (`clip:t5xxl\.` quantizes T5's linear weights).

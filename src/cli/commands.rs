@@ -34,7 +34,7 @@ pub(crate) fn save(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if args.out.dry_run {
         return print_dry_run(&components, &opts, args.out.json);
     }
-    let saved = checkpoint_save::save(&components, &opts)?;
+    let saved = write_job(&components, job.arch, &args.out, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
         report(&saved, &job, start.elapsed());
@@ -59,10 +59,11 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         opts.layout = LayoutChoice::Arch(a);
     }
     opts.prediction = opts.prediction.or(input_prediction(&input, args.out.arch));
+    denoiser_only(&input.components, input.arch, &args.out, &mut opts);
     if args.out.dry_run {
         return print_dry_run(&input.components, &opts, args.out.json);
     }
-    let saved = checkpoint_save::save(&input.components, &opts)?;
+    let saved = write_job(&input.components, input.arch, &args.out, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
         let job = Job {
@@ -74,6 +75,66 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         report(&saved, &job, start.elapsed());
     }
     Ok(())
+}
+
+/// Writes a job's components: the checkpoint, or with `--gguf` the denoiser as a GGUF file of
+/// `arch` (the architecture the job found, unless `--arch` names one), into
+/// `diffusion_models/` unless `--prefix` says otherwise.
+pub(crate) fn write_job(
+    components: &Components,
+    arch: Option<Arch>,
+    flags: &SaveFlags,
+    opts: &SaveOptions,
+) -> Result<checkpoint_save::Saved> {
+    let Some(ty) = flags.gguf else {
+        return Ok(checkpoint_save::save(components, opts)?);
+    };
+    if flags.dtype != TargetDtype::Keep || flags.model_dtype.is_some() {
+        usage_error(
+            "--gguf sets the types of the GGUF file (TYPE, and F32 where convert.py keeps it); \
+             leave out --dtype and --model-dtype",
+        );
+    }
+    let mut o = opts.clone();
+    o.layout = match (flags.arch, arch) {
+        (ArchArg::Generic, _) => LayoutChoice::Generic(GenericPrefixes::default()),
+        (ArchArg::Arch(a), _) | (ArchArg::Auto, Some(a)) => LayoutChoice::Arch(a),
+        (ArchArg::Auto, None) => LayoutChoice::Auto,
+    };
+    if flags.prefix == SaveOptions::default().prefix {
+        o.prefix = "diffusion_models/ComfyUI".into();
+    }
+    Ok(checkpoint_save::save_gguf(components, ty, &o)?)
+}
+
+/// A job whose input is a denoiser alone (a GGUF file) writes what ComfyUI's ModelSave writes
+/// for it: the denoiser under its checkpoint prefix with the markers of its prediction, into
+/// `diffusion_models/` unless `--prefix` says otherwise (a checkpoint layout would need text
+/// encoders and an autoencoder). `--arch generic` keeps its own prefixes.
+pub(crate) fn denoiser_only(
+    components: &Components,
+    arch: Option<Arch>,
+    flags: &SaveFlags,
+    opts: &mut SaveOptions,
+) {
+    if matches!(opts.layout, LayoutChoice::Generic(_))
+        || components.get(ComponentKind::Model).is_none()
+        || components.get(ComponentKind::Clip).is_some()
+        || components.get(ComponentKind::Vae).is_some()
+    {
+        return;
+    }
+    let model = arch.map_or(GenericPrefixes::default().model, |a| {
+        a.family().prefixes.model.to_string()
+    });
+    opts.layout = LayoutChoice::Generic(GenericPrefixes {
+        model,
+        ..GenericPrefixes::default()
+    });
+    if flags.prefix == SaveOptions::default().prefix {
+        opts.prefix = "diffusion_models/ComfyUI".into();
+    }
+    opts.prediction = opts.prediction.or(arch.map(Arch::default_prediction));
 }
 
 /// With `--arch auto`, an input whose keys only fit the generic prefixes is refused with what
@@ -428,6 +489,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         merge: args.job == BenchJob::Merge,
         lora_rank: args.lora_rank,
         chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),
+        quantize: args.quantize,
         method: None,
     };
     let opts = match &args.method {

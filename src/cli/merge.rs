@@ -97,13 +97,14 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     opts.prediction = opts
         .prediction
         .or(input_prediction(&inputs[0], args.out.arch));
+    crate::commands::denoiser_only(&merged, summary.arch, &args.out, &mut opts);
     opts.metadata
         .extra
         .insert(RECIPE_KEY.to_string(), summary.recipe.clone());
     if args.out.dry_run {
         return print_dry_run(&merged, &opts, args.out.json);
     }
-    let saved = checkpoint_save::save(&merged, &opts)?;
+    let saved = crate::commands::write_job(&merged, summary.arch, &args.out, &opts)?;
     print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
         let job = Job {

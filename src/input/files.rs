@@ -1,5 +1,6 @@
-//! Opening the files an input is made of: one model file (`.safetensors`, or a PyTorch
-//! checkpoint read without running it: `.ckpt`, `.pt`, `.pth`, `.bin`), or the shards an index
+//! Opening the files an input is made of: one model file (`.safetensors`, a PyTorch
+//! checkpoint read without running it: `.ckpt`, `.pt`, `.pth`, `.bin`, or a GGUF denoiser read
+//! as ComfyUI-GGUF reads it: [`super::gguf`]), or the shards an index
 //! lists (`*.index.json`, `weight_map`: tensor name → shard file), or the weights of a
 //! diffusers/transformers model folder (`model.safetensors`, `diffusion_pytorch_model.safetensors`,
 //! their `.bin` forms, or their index). Every tensor becomes a [`FileTensor`] — nothing is read
@@ -28,8 +29,11 @@ pub(crate) struct TensorSet {
     pub metadata: BTreeMap<String, String>,
     /// Bytes of tensor data.
     pub bytes: u64,
-    /// Entries of PyTorch checkpoints that are not tensors of their state dicts.
+    /// Entries of PyTorch checkpoints that are not tensors of their state dicts (and of a
+    /// GGUF file, the tensors outside its denoiser's prefix).
     pub left_out: Vec<String>,
+    /// For a GGUF file: its `general.architecture` (`None` inside when it has none).
+    pub gguf_architecture: Option<Option<String>>,
 }
 
 impl TensorSet {
@@ -92,9 +96,14 @@ pub(crate) fn open_set(path: &Path) -> Result<TensorSet> {
         metadata: file.metadata().clone(),
         bytes: file.data_len(),
         left_out: file.left_out().to_vec(),
+        gguf_architecture: None,
     };
     add(&mut set, &file)?;
-    super::group::group(&mut set)?;
+    if file.gguf().is_some() {
+        super::gguf::group(&mut set, &file)?;
+    } else {
+        super::group::group(&mut set)?;
+    }
     Ok(set)
 }
 
@@ -125,6 +134,7 @@ fn open_index(path: &Path) -> Result<TensorSet> {
         metadata: BTreeMap::new(),
         bytes: 0,
         left_out: Vec::new(),
+        gguf_architecture: None,
     };
     for shard in shards {
         if shard.contains('/') || shard.contains("..") {
@@ -145,6 +155,15 @@ fn open_index(path: &Path) -> Result<TensorSet> {
             ));
         }
         let file = Arc::new(SafetensorsFile::open(&shard_path)?);
+        if file.gguf().is_some() {
+            return Err(Error::InvalidCheckpoint {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "shard {shard} is a GGUF file; an index lists safetensors shards (open a \
+                     GGUF file by itself)"
+                ),
+            });
+        }
         if set.metadata.is_empty() {
             set.metadata = file.metadata().clone();
         }

@@ -1,7 +1,7 @@
 //! Inputs: files and folders as components whose tensors are read where they lie.
 //!
 //! [`open`] recognises what a path holds — a single-file checkpoint (ComfyUI, A1111/Forge,
-//! kohya), or a diffusers pipeline folder — and [`open_component`] what one component file
+//! kohya), a diffusers pipeline folder, or a GGUF denoiser (ComfyUI-GGUF's) — and [`open_component`] what one component file
 //! holds, in ComfyUI's in-memory names, diffusers/transformers names, or a single-file prefix.
 //! Nothing but headers is read: every tensor is an [`InputTensor::File`] (or a view joining parts
 //! of them), read by the writer when the checkpoint is written, cast on the way. No job loads a
@@ -9,6 +9,7 @@
 
 mod diffusers;
 mod files;
+mod gguf;
 mod group;
 mod single_file;
 
@@ -101,6 +102,9 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
         return diffusers::open_pipeline(path, arch);
     }
     let set = open_set(path)?;
+    if set.gguf_architecture.is_some() {
+        return open_gguf(set, arch);
+    }
     if set
         .tensors
         .keys()
@@ -114,6 +118,26 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
          pass component files to `save --model F --clip F --vae F`",
         path.display()
     )))
+}
+
+/// A GGUF denoiser as the input of a job: the denoiser alone ([`gguf`]).
+fn open_gguf(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
+    let arch = gguf::architecture(&set, arch)?;
+    let mut components = Components::default();
+    components.set_inputs(ComponentKind::Model, set.tensors);
+    let mut left_out = set.left_out;
+    left_out.sort();
+    Ok(Input {
+        components,
+        arch,
+        prediction: arch.map(Arch::default_prediction),
+        prediction_stated: false,
+        layout: InputLayout::Components,
+        metadata: BTreeMap::new(),
+        left_out,
+        created: Vec::new(),
+        bytes: set.bytes,
+    })
 }
 
 /// Every tensor of a `.safetensors` file (or shard index), read where it lies: what a LoRA is
@@ -173,7 +197,19 @@ pub fn open_component(
     for (i, path) in paths.iter().enumerate() {
         let set = open_set(path)?;
         out.bytes += set.bytes;
-        let (tensors, left_out, created) = component_of(kind, &set, arch, i)?;
+        let (tensors, left_out, created) = if set.gguf_architecture.is_some() {
+            if kind != ComponentKind::Model {
+                return Err(Error::InvalidInput(format!(
+                    "{} is a GGUF file: this tool reads GGUF denoisers (--model), not {kind} \
+                     components",
+                    path.display()
+                )));
+            }
+            gguf::architecture(&set, arch)?;
+            (set.tensors, set.left_out, Vec::new())
+        } else {
+            component_of(kind, &set, arch, i)?
+        };
         out.left_out.extend(left_out);
         out.created.extend(created);
         for (k, t) in tensors {

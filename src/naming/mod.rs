@@ -171,6 +171,8 @@ pub struct SaveTarget {
     /// token expansion, before normalisation). The counter scan looks at the `L + 1` first
     /// characters of each entry.
     pub prefix_len: usize,
+    /// The file extension, without its dot (`safetensors`; `gguf` for GGUF targets).
+    extension: &'static str,
 }
 
 impl SaveTarget {
@@ -245,12 +247,21 @@ impl SaveTarget {
             subfolder: subfolder.to_owned(),
             filename: filename.to_owned(),
             prefix_len,
+            extension: EXTENSION,
         })
     }
 
-    /// The final file name for `counter`: `{filename}_{counter:05}_.safetensors`.
+    /// The same target for files of another extension (`gguf`); the counter scan, which looks
+    /// at names only up to the counter, is shared with every other file of the prefix.
+    pub fn with_extension(mut self, extension: &'static str) -> Self {
+        self.extension = extension;
+        self
+    }
+
+    /// The final file name for `counter`: `{filename}_{counter:05}_.safetensors` (or the
+    /// extension set with [`SaveTarget::with_extension`]).
     pub fn file_name(&self, counter: u64) -> String {
-        format!("{}_{counter:05}_.{EXTENSION}", self.filename)
+        format!("{}_{counter:05}_.{}", self.filename, self.extension)
     }
 
     /// The reference's counter scan, without lock or reservation: highest counter among the

@@ -7,6 +7,7 @@
 //! so bad input never creates a file.
 
 pub(crate) mod gguf;
+pub(crate) mod gguf_target;
 mod header;
 pub mod metadata;
 pub(crate) mod quant;

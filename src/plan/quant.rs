@@ -72,15 +72,22 @@ pub(super) struct Collector<'a> {
     shapes: BTreeMap<String, Vec<usize>>,
 }
 
+/// What [`Collector::finish`] returns: the planned members, the encoded targets and the header
+/// metadata.
+pub(super) type Finished = (
+    Vec<Planned>,
+    Vec<Arc<QuantTarget>>,
+    BTreeMap<String, String>,
+);
+
 /// How one layout entry is written.
-#[allow(clippy::large_enum_variant)]
 enum Form {
     /// The plain path: bytes or values in the component's dtype.
     Plain,
     /// A quantized input's members, byte for byte.
     Keep(Arc<QuantTensor>),
-    /// Encoded when written.
-    Encode(Encode),
+    /// Encoded when written (boxed: far larger than the other forms).
+    Encode(Box<Encode>),
 }
 
 /// An encoded output: layout, source, scales and what it carries over.
@@ -127,7 +134,7 @@ impl<'a> Collector<'a> {
         let out = match self.form(*component, key, t)? {
             Form::Plain => return Ok(None),
             Form::Keep(q) => self.keep(layer, &entry.key, &q)?,
-            Form::Encode(e) => self.encode(layer, &entry.key, e)?,
+            Form::Encode(e) => self.encode(layer, &entry.key, *e)?,
         };
         Ok(Some(out))
     }
@@ -141,7 +148,7 @@ impl<'a> Collector<'a> {
         };
         let keep = self.opts.dtypes.get(kind) == TargetDtype::Keep;
         let fresh = |format: Format| -> Result<Form> {
-            Ok(Form::Encode(Encode {
+            Ok(Form::Encode(Box::new(Encode {
                 layout: QuantLayout::new(
                     key.strip_suffix(".weight").unwrap_or(key),
                     format,
@@ -166,7 +173,7 @@ impl<'a> Collector<'a> {
                         key.to_string(),
                     )
                 }),
-            }))
+            })))
         };
         if let Some(Format::ScaledFp8(_)) = selected {
             if kind != ComponentKind::Model {
@@ -183,17 +190,21 @@ impl<'a> Collector<'a> {
             InputTensor::Quantized(q) => match selected {
                 Some(f) if f == q.format() => Ok(Form::Keep(Arc::clone(q))),
                 Some(f) => fresh(f),
-                None if keep => Ok(Form::Keep(Arc::clone(q))),
+                None if keep && in_safetensors(q.format()) => Ok(Form::Keep(Arc::clone(q))),
                 None => Ok(Form::Plain),
             },
             InputTensor::Merged(m) if info.quant.is_some() => {
                 let Some(q) = m.quantized_base() else {
                     return Ok(Form::Plain);
                 };
+                if selected.is_none() && !in_safetensors(q.format()) {
+                    return Ok(Form::Plain);
+                }
                 match selected {
                     Some(f) if f != q.format() => fresh(f),
                     None if !keep => Ok(Form::Plain),
-                    _ => requantize(q, m.requantize(), t, &info.shape).map(Form::Encode),
+                    _ => requantize(q, m.requantize(), t, &info.shape)
+                        .map(|e| Form::Encode(Box::new(e))),
                 }
             }
             _ => match selected {
@@ -348,15 +359,7 @@ impl<'a> Collector<'a> {
 
     /// The legacy layers and their markers (or their comfy_quant form), the targets, and the
     /// header metadata with `_quantization_metadata` when a layer is described.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn finish(
-        mut self,
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<(
-        Vec<Planned>,
-        Vec<Arc<QuantTarget>>,
-        BTreeMap<String, String>,
-    )> {
+    pub(super) fn finish(mut self, metadata: &BTreeMap<String, String>) -> Result<Finished> {
         let mut out = Vec::new();
         let mut markers: BTreeMap<String, ScaledFp8Marker> = BTreeMap::new();
         let mut placeable = self.described.is_empty();
@@ -432,6 +435,13 @@ impl<'a> Collector<'a> {
 
 /// A merged tensor whose base `q` is quantized, written back in its format: the base's layout
 /// (members, flags), its scales or fresh ones, its input scale and legacy marker.
+/// Whether ComfyUI reads `format` from a safetensors file. ggml's block types it reads only
+/// from GGUF files (ComfyUI-GGUF), so a safetensors target writes their values: in f32 under
+/// `--dtype keep` (exactly the values), in the dtype asked otherwise.
+fn in_safetensors(format: Format) -> bool {
+    !matches!(format, Format::Ggml(_))
+}
+
 fn requantize(
     q: &QuantTensor,
     how: Requantize,

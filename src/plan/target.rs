@@ -155,7 +155,6 @@ impl QuantTarget {
 
     /// How many times the scales were computed (once, whatever the number of askers).
     #[cfg(test)]
-    #[allow(dead_code)]
     pub(crate) fn scale_runs(&self) -> usize {
         self.scales.runs()
     }
@@ -202,5 +201,50 @@ impl Values for QuantTarget {
             out.iter_mut().for_each(|v| *v = p.round(*v));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Several workers asking for a fresh per-tensor scale at once: computed once, equal to
+    /// `amax / 448` (f32, e4m3's largest finite value) from the whole tensor's values.
+    #[test]
+    fn fresh_scales_are_computed_once_for_all_askers() {
+        let values: Vec<f32> = (0..64 * 48)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 8.0)
+            .collect();
+        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let t = Tensor::from_vec(values, (64, 48), &Device::Cpu).unwrap();
+        let layout = QuantLayout::new(
+            "blocks.0.lin",
+            Format::Float8(crate::quant::Fp8::E4M3),
+            &[64, 48],
+        )
+        .unwrap();
+        let target = QuantTarget::new(
+            "blocks.0.lin.weight",
+            layout,
+            InputTensor::Candle(t),
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(target.needs_reduction());
+        let got: Vec<f32> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut scratch = Scratch::default();
+                        target.scales(&mut scratch).unwrap().tensor_scale().unwrap()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(target.scale_runs(), 1);
+        assert!(got.iter().all(|s| *s == amax / 448.0), "{got:?} vs {amax}");
     }
 }

@@ -33,6 +33,7 @@
 //! ([`GgufTensor::format`]).
 
 mod cursor;
+mod entries;
 mod value;
 
 #[cfg(test)]
@@ -45,6 +46,7 @@ use std::path::{Path, PathBuf};
 
 use cursor::Cursor;
 pub(crate) use cursor::Source;
+pub(crate) use entries::{gguf_header, is_gguf, GgufSide};
 pub(crate) use value::encode_str;
 pub use value::{MetaArray, MetaValue, ValueKind};
 

@@ -1,0 +1,155 @@
+//! GGUF denoisers as ComfyUI-GGUF's loader (`loader.py`, `gguf_sd_loader`) reads them: one
+//! component, the denoiser, in ComfyUI's in-memory names.
+//!
+//! - **Keys**: the tensors' names; when any starts with `model.diffusion_model.` (files written
+//!   by stable-diffusion.cpp), only those, without it (the others are left out).
+//! - **Shapes**: ggml's dimensions reversed, or `comfy.gguf.orig_shape.<name>` when the file
+//!   has it (a tensor convert.py reshaped to rows of 256): the values are the same, in the same
+//!   order, read as that shape.
+//! - **Values**: F32, F16 and BF16 tensors are plain tensors of the file; the block types
+//!   (Q4_0 … Q8_0, Q2_K … Q6_K) are quantized tensors of [`Format::Ggml`], decoded range by
+//!   range as gguf-py dequantizes them (exactly; ComfyUI-GGUF's own dequantizer agrees with
+//!   `dequant_dtype=float32`). Other types (the IQ formats, …) are refused when the file is
+//!   opened, naming type and tensor.
+//! - **Architecture**: `general.architecture` names the family (`flux`, `sdxl`, `wan`, …); the
+//!   variant (Flux dev or schnell, Wan 2.1 or 2.2, …) is detected from the tensors, and must be
+//!   of that family. A file without it (stable-diffusion.cpp) or with llama.cpp's placeholders
+//!   (`pig`, `cow`) is detected from its tensors alone, as the loader's compatibility mode does.
+//!   Another string is named and refused (`--arch` reads the file as that architecture).
+
+use std::sync::Arc;
+
+use super::files::TensorSet;
+use crate::error::{Error, Result};
+use crate::model::{Arch, FileTensor, InputTensor, QuantTensor};
+use crate::plan::gguf_target::gguf_arch;
+use crate::quant::{Format, QuantDescription};
+use crate::read::SafetensorsFile;
+
+/// The prefix stable-diffusion.cpp writes before the denoiser's names.
+const SD_CPP_PREFIX: &str = "model.diffusion_model.";
+
+/// `general.architecture` values of the text encoders ComfyUI-GGUF's CLIP loader reads.
+const TEXT_ARCHS: [&str; 6] = ["t5", "t5encoder", "llama", "qwen2vl", "qwen3", "qwen3vl"];
+
+/// Every architecture string this tool reads, for messages.
+fn known_strings() -> String {
+    let mut v: Vec<&str> = Arch::ALL.iter().map(|a| gguf_arch(*a)).collect();
+    v.dedup();
+    v.join(", ")
+}
+
+/// Replaces the tensors of `set`, opened from the GGUF `file`, with the denoiser the loader
+/// reads (see the [module docs](self)).
+///
+/// # Errors
+/// [`Error::InvalidCheckpoint`] for a `general.architecture` that is not a string;
+/// [`Error::Quantized`] for a tensor whose blocks do not form its type; conversion errors of a
+/// reshape.
+pub(super) fn group(set: &mut TensorSet, file: &Arc<SafetensorsFile>) -> Result<()> {
+    let Some(side) = file.gguf() else {
+        return Ok(());
+    };
+    let architecture = side
+        .architecture
+        .clone()
+        .map_err(|kind| Error::InvalidCheckpoint {
+            path: set.path.clone(),
+            reason: format!(
+                "its `general.architecture` is a {kind}, not a string (ComfyUI-GGUF refuses it \
+                 too); the file is damaged"
+            ),
+        })?;
+    let prefixed = file
+        .tensors()
+        .iter()
+        .any(|t| t.name.starts_with(SD_CPP_PREFIX));
+    set.tensors.clear();
+    for (i, (entry, (ty, logical))) in file.tensors().iter().zip(&side.tensors).enumerate() {
+        let key = match entry.name.strip_prefix(SD_CPP_PREFIX) {
+            Some(rest) if prefixed => rest.to_string(),
+            None if prefixed => {
+                set.left_out.push(entry.name.clone());
+                continue;
+            }
+            _ => entry.name.clone(),
+        };
+        let stored = InputTensor::File(FileTensor::new(Arc::clone(file), i));
+        let mut tensor = if ty.is_quantized() {
+            let layer = key.strip_suffix(".weight").unwrap_or(&key);
+            let description = QuantDescription {
+                format: Format::Ggml(*ty),
+                full_precision_matrix_mult: false,
+            };
+            QuantTensor::new(layer, description, vec![("weight".into(), stored)], None)?.into()
+        } else {
+            stored
+        };
+        let info = tensor.info();
+        if &info.shape != logical {
+            tensor = InputTensor::joined(&key, vec![(tensor, 0..info.numel())], logical.clone())?;
+        }
+        if set.tensors.insert(key.clone(), tensor).is_some() {
+            return Err(Error::InvalidCheckpoint {
+                path: set.path.clone(),
+                reason: format!(
+                    "`{key}` appears twice once the `{SD_CPP_PREFIX}` prefix is removed"
+                ),
+            });
+        }
+    }
+    set.gguf_architecture = Some(architecture);
+    Ok(())
+}
+
+/// The architecture of a GGUF denoiser (see the [module docs](self)): `given` when the caller
+/// names one, else its family from `general.architecture` and its variant from its tensors.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a text encoder's file, or an architecture string this tool does
+/// not read (named, with `--arch` suggested); [`Error::UnknownArchitecture`] when the tensors
+/// form no known denoiser; [`Error::FamilyMismatch`] when they form another family's than the
+/// string says.
+pub(super) fn architecture(set: &TensorSet, given: Option<Arch>) -> Result<Option<Arch>> {
+    let Some(stated) = &set.gguf_architecture else {
+        return Ok(given);
+    };
+    let path = set.path.display();
+    if let Some(s) = stated.as_deref().filter(|s| TEXT_ARCHS.contains(s)) {
+        return Err(Error::InvalidInput(format!(
+            "{path} is a GGUF text encoder (`general.architecture` is `{s}`); this tool reads \
+             GGUF denoisers: load the text encoder from its safetensors file"
+        )));
+    }
+    if given.is_some() {
+        return Ok(given);
+    }
+    let detected = crate::layout::detect::detect_model(&set.infos());
+    let Some(s) = stated.as_deref().filter(|s| !matches!(*s, "pig" | "cow")) else {
+        // No architecture string (or a placeholder): the loader's compatibility mode.
+        return detected.map(Some);
+    };
+    if !Arch::ALL.iter().any(|a| gguf_arch(*a) == s) {
+        return Err(Error::InvalidInput(format!(
+            "{path}: its `general.architecture` is `{s}`, which this tool does not read (it \
+             reads {}); if the denoiser is one of this tool's families, give --arch NAME (one \
+             of {})",
+            known_strings(),
+            Arch::known_names()
+        )));
+    }
+    match detected {
+        Ok(a) if gguf_arch(a) == s => Ok(Some(a)),
+        Ok(a) => Err(Error::FamilyMismatch {
+            reason: format!(
+                "{path} says it holds a `{s}` denoiser (`general.architecture`), but its tensors \
+                 form a {a} denoiser; give --arch {a} to read it as that, or --arch with the \
+                 right architecture"
+            ),
+        }),
+        Err(e) => Err(Error::InvalidInput(format!(
+            "{path} says it holds a `{s}` denoiser (`general.architecture`), but its tensors \
+             form no known variant of it ({e}); give --arch NAME to read it as one"
+        ))),
+    }
+}

@@ -1,0 +1,372 @@
+//! A GGUF target: a denoiser planned as the file ComfyUI-GGUF's `tools/convert.py` writes (and
+//! `fix_5d_tensors.py` completes), as one [`Plan`] whose header is [`gguf_header`]'s and whose
+//! pieces fill each tensor where the header places it, zero padding between them; the writer,
+//! staging and publish are every save's.
+//!
+//! What convert.py decides, per tensor of the denoiser (keys in ComfyUI's in-memory names,
+//! sorted, as `safetensors.load_file` gives them):
+//! - the type: the file's type ([`GgufType`]), except that a tensor whose source is f32 or bf16
+//!   is stored F32 when it is 1-D, has at most 1024 elements (`QUANTIZATION_THRESHOLD`), or
+//!   matches its architecture's high-precision list (`keys_hiprec`: Wan's `.modulation`, LTX-V's
+//!   `scale_shift_table`, HiDream's `.ff_i.gate.weight` and `img_emb.emb_pos`); an f16 (or fp8)
+//!   source keeps the file's type, as convert.py keeps it;
+//! - SD1 and SDXL tensors of more than one dimension, at least 512 elements, a multiple of 256
+//!   of them and rows that are not, stored as rows of 256 with their shape in
+//!   `comfy.gguf.orig_shape.<key>` (INT32 array);
+//! - tensors of more than 4 dimensions (Wan's and HunyuanVideo's patch embeddings), which
+//!   convert.py sets aside and `fix_5d_tensors.py` adds back as F32, in F32 at their place;
+//! - the metadata: `general.architecture`, `general.quantization_version` (2),
+//!   `general.file_type` (1 for F16, 32 for BF16), then the original shapes in tensor order.
+//!
+//! Values are cast once from the source (a quantized input's decoded values included), as
+//! gguf-py's `quantize` casts numpy's f32 (round to nearest even).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::gguf::{gguf_header, GgufTensorInfo};
+use super::{runs, HostBytes, Piece, PieceSource, Plan, PlannedTensor};
+use crate::error::{Error, Result};
+use crate::model::dtype::Dtype;
+use crate::model::{Arch, InputMap};
+use crate::quant::GgmlType;
+use crate::read::gguf::{MetaArray, MetaValue};
+use crate::read::SafetensorsFile;
+
+/// The type of a GGUF target's tensors (those convert.py does not keep in F32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufType {
+    /// IEEE half (convert.py's output for f16 and f32 models; `general.file_type` 1).
+    F16,
+    /// bfloat16 (convert.py's output for bf16 models; `general.file_type` 32).
+    BF16,
+}
+
+impl GgufType {
+    /// The ggml type.
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            GgufType::F16 => GgmlType::F16,
+            GgufType::BF16 => GgmlType::BF16,
+        }
+    }
+
+    /// llama.cpp's `LlamaFileType` number (`general.file_type`).
+    fn file_type(self) -> u32 {
+        match self {
+            GgufType::F16 => 1,
+            GgufType::BF16 => 32,
+        }
+    }
+}
+
+impl std::str::FromStr for GgufType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "F16" => Ok(GgufType::F16),
+            "BF16" => Ok(GgufType::BF16),
+            _ => Err(Error::InvalidInput(format!(
+                "GGUF type `{s}`: this tool writes GGUF files in F16 or BF16 (what ComfyUI-GGUF's \
+                 convert.py writes); quantize those with llama.cpp's llama-quantize patched by \
+                 ComfyUI-GGUF's lcpp.patch"
+            ))),
+        }
+    }
+}
+
+/// convert.py's `QUANTIZATION_THRESHOLD`: tensors with at most this many elements stay F32.
+const QUANTIZATION_THRESHOLD: usize = 1024;
+/// convert.py's `REARRANGE_THRESHOLD`: SD1/SDXL tensors from this many elements are reshaped.
+const REARRANGE_THRESHOLD: usize = 512;
+/// convert.py's `MAX_TENSOR_NAME_LENGTH` (ggml's `GGML_MAX_NAME` less its terminator).
+const MAX_NAME: usize = 127;
+/// convert.py's `MAX_TENSOR_DIMS`: more dimensions go through `fix_5d_tensors.py` (F32).
+const MAX_TENSOR_DIMS: usize = 4;
+
+/// ComfyUI-GGUF's architecture string (convert.py's `arch`) of `arch`.
+pub(crate) fn gguf_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Sd15 | Arch::Sd2 => "sd1",
+        Arch::Sdxl | Arch::SdxlRefiner => "sdxl",
+        Arch::Sd3 => "sd3",
+        Arch::Flux | Arch::FluxSchnell | Arch::Chroma | Arch::Flux2 => "flux",
+        Arch::Wan21 | Arch::Wan22 => "wan",
+        Arch::QwenImage => "qwen_image",
+        Arch::HiDream => "hidream",
+        Arch::Lumina2 | Arch::ZImage => "lumina2",
+        Arch::HunyuanVideo | Arch::HunyuanVideo15 => "hyvid",
+        Arch::Ltxv => "ltxv",
+    }
+}
+
+/// convert.py's `keys_hiprec` of `arch` (substrings of keys kept in F32).
+fn high_precision(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Wan21 | Arch::Wan22 => &[".modulation"],
+        Arch::Ltxv => &["scale_shift_table"],
+        Arch::HiDream => &[".ff_i.gate.weight", "img_emb.emb_pos"],
+        _ => &[],
+    }
+}
+
+/// One tensor of the target: its type, stored shape and logical shape.
+fn place(
+    arch: Arch,
+    ty: GgufType,
+    key: &str,
+    src: Dtype,
+    shape: &[usize],
+) -> (GgmlType, Vec<usize>) {
+    let n: usize = shape.iter().product();
+    if shape.len() > MAX_TENSOR_DIMS {
+        return (GgmlType::F32, shape.to_vec());
+    }
+    let wide = matches!(src, Dtype::F32 | Dtype::BF16);
+    let ggml = if wide
+        && (shape.len() <= 1
+            || n <= QUANTIZATION_THRESHOLD
+            || high_precision(arch).iter().any(|h| key.contains(h)))
+    {
+        GgmlType::F32
+    } else {
+        ty.ggml()
+    };
+    let shape_fix = matches!(
+        arch,
+        Arch::Sd15 | Arch::Sd2 | Arch::Sdxl | Arch::SdxlRefiner
+    );
+    let last = shape.last().copied().unwrap_or(1);
+    if shape_fix
+        && shape.len() > 1
+        && n >= REARRANGE_THRESHOLD
+        && n.is_multiple_of(256)
+        && !last.is_multiple_of(256)
+    {
+        return (ggml, vec![n / 256, 256]);
+    }
+    (ggml, shape.to_vec())
+}
+
+impl Plan {
+    /// Plans `model` (a denoiser of `arch` in ComfyUI's in-memory names) as the GGUF file
+    /// convert.py writes for it in `ty` (see the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty model, a key longer than 127 bytes, or a tensor that
+    /// is not floating point; planning errors of the sources and of the header.
+    pub(crate) fn gguf(model: &InputMap, arch: Arch, ty: GgufType) -> Result<Plan> {
+        if model.is_empty() {
+            return Err(Error::InvalidInput(
+                "a GGUF file holds a denoiser; this model has no tensors".into(),
+            ));
+        }
+        let mut metadata = vec![
+            (
+                "general.architecture".to_string(),
+                MetaValue::String(gguf_arch(arch).to_string()),
+            ),
+            (
+                "general.quantization_version".to_string(),
+                MetaValue::U32(2),
+            ),
+            (
+                "general.file_type".to_string(),
+                MetaValue::U32(ty.file_type()),
+            ),
+        ];
+        let mut infos = Vec::with_capacity(model.len());
+        for (key, t) in model {
+            if key.len() > MAX_NAME {
+                return Err(Error::InvalidInput(format!(
+                    "`{key}` is {} bytes long; GGUF tensor names hold at most {MAX_NAME}",
+                    key.len()
+                )));
+            }
+            let info = t.info();
+            if !crate::model::dtype::is_float(info.dtype) {
+                return Err(Error::InvalidInput(format!(
+                    "`{key}` is {}, not floating point: a GGUF denoiser holds float weights",
+                    info.dtype
+                )));
+            }
+            let (ggml, stored) = place(arch, ty, key, info.dtype, &info.shape);
+            if stored != info.shape {
+                let dims = info
+                    .shape
+                    .iter()
+                    .map(|&d| i32::try_from(d))
+                    .collect::<std::result::Result<Vec<i32>, _>>()
+                    .map_err(|_| {
+                        Error::InvalidInput(format!("`{key}` has a dimension beyond INT32"))
+                    })?;
+                metadata.push((
+                    format!("comfy.gguf.orig_shape.{key}"),
+                    MetaValue::Array(MetaArray::I32(dims)),
+                ));
+            }
+            infos.push(GgufTensorInfo {
+                name: key.clone(),
+                shape: stored,
+                ggml_type: ggml,
+            });
+        }
+        let header = gguf_header(&metadata, &infos)?;
+        let mut tensors = Vec::with_capacity(infos.len());
+        let mut pieces = Vec::new();
+        let zeros: HostBytes = Arc::new(vec![0u8; header.alignment as usize]);
+        for (i, ((info, (begin, end)), (key, t))) in
+            infos.iter().zip(&header.offsets).zip(model).enumerate()
+        {
+            let dst = info.ggml_type.plain_dtype().unwrap_or(Dtype::F32);
+            let mut at = *begin;
+            for (source, src_dtype, units) in runs(key, t)? {
+                let p = Piece {
+                    source,
+                    src_dtype,
+                    dst_dtype: dst,
+                    start: at,
+                    units,
+                    tensor: i,
+                };
+                at = p.end();
+                pieces.push(p);
+            }
+            if at != *end {
+                return Err(Error::InvalidInput(format!(
+                    "`{key}`: {} bytes planned for a {}-byte GGUF tensor",
+                    at - begin,
+                    end - begin
+                )));
+            }
+            let pad = end.next_multiple_of(header.alignment) - end;
+            // Zeros to the next tensor; after the last one too (gguf-py writes them).
+            if pad > 0 {
+                pieces.push(Piece {
+                    source: PieceSource::Host {
+                        bytes: Arc::clone(&zeros),
+                        offset: 0,
+                    },
+                    src_dtype: Dtype::U8,
+                    dst_dtype: Dtype::U8,
+                    start: *end,
+                    units: pad as usize,
+                    tensor: i,
+                });
+            }
+            tensors.push(PlannedTensor {
+                name: key.clone(),
+                dtype: dst,
+                shape: info.shape.clone(),
+                offsets: (*begin, *end),
+            });
+        }
+        let mut inputs: Vec<Arc<SafetensorsFile>> = Vec::new();
+        for t in model.values() {
+            t.input_files(&mut |f| {
+                if !inputs.iter().any(|g| Arc::ptr_eq(g, f)) {
+                    inputs.push(Arc::clone(f));
+                }
+            });
+        }
+        let text: BTreeMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        Ok(Plan {
+            header: header.bytes,
+            tensors,
+            pieces,
+            data_len: header.data_len,
+            inputs,
+            metadata: text,
+            targets: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convert_py_keeps_small_one_dimensional_and_listed_tensors_in_f32() {
+        let f = GgufType::F16;
+        assert_eq!(
+            place(Arch::Flux, f, "a.bias", Dtype::BF16, &[3072]).0,
+            GgmlType::F32
+        );
+        assert_eq!(
+            place(Arch::Flux, f, "a.w", Dtype::F32, &[32, 32]).0,
+            GgmlType::F32
+        );
+        assert_eq!(
+            place(Arch::Flux, f, "a.w", Dtype::F32, &[32, 33]).0,
+            GgmlType::F16
+        );
+        // An f16 source keeps F16, whatever its size (convert.py looks at f32/bf16 only).
+        assert_eq!(
+            place(Arch::Flux, f, "a.bias", Dtype::F16, &[8]).0,
+            GgmlType::F16
+        );
+        let w = place(
+            Arch::Wan21,
+            GgufType::BF16,
+            "blocks.0.modulation",
+            Dtype::BF16,
+            &[1, 6, 1536],
+        );
+        assert_eq!(w.0, GgmlType::F32);
+        let p = place(
+            Arch::Wan21,
+            GgufType::BF16,
+            "patch_embedding.weight",
+            Dtype::BF16,
+            &[1536, 16, 1, 2, 2],
+        );
+        assert_eq!(p, (GgmlType::F32, vec![1536, 16, 1, 2, 2]));
+        assert_eq!(
+            place(
+                Arch::Wan21,
+                GgufType::BF16,
+                "x.weight",
+                Dtype::BF16,
+                &[64, 64]
+            )
+            .0,
+            GgmlType::BF16
+        );
+    }
+
+    #[test]
+    fn sd1_and_sdxl_rows_are_rearranged_to_256() {
+        let f = GgufType::F16;
+        // A 3×3 convolution: 320·4·9 = 11520 = 45·256 elements, rows of 3.
+        let (_, s) = place(
+            Arch::Sd15,
+            f,
+            "input_blocks.0.0.weight",
+            Dtype::F16,
+            &[320, 4, 3, 3],
+        );
+        assert_eq!(s, vec![45, 256]);
+        // Rows already of 256, too few elements, or a count not a multiple of 256: kept.
+        assert_eq!(
+            place(Arch::Sdxl, f, "a", Dtype::F16, &[4, 512]).1,
+            vec![4, 512]
+        );
+        assert_eq!(
+            place(Arch::Sdxl, f, "a", Dtype::F16, &[2, 128]).1,
+            vec![2, 128]
+        );
+        assert_eq!(
+            place(Arch::Sdxl, f, "a", Dtype::F16, &[3, 100]).1,
+            vec![3, 100]
+        );
+        // Never for the transformers.
+        assert_eq!(
+            place(Arch::Flux, f, "a", Dtype::F16, &[320, 4, 3, 3]).1,
+            vec![320, 4, 3, 3]
+        );
+    }
+}

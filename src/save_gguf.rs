@@ -1,0 +1,121 @@
+//! Saving a denoiser as a GGUF file (ComfyUI-GGUF's format): the same plan → write → publish as
+//! every save, with the plan of [`crate::plan::gguf_target`] and the `.gguf` extension.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::layout::detect::detect_model;
+use crate::model::{Arch, ComponentKind, Components};
+use crate::naming::SaveTarget;
+use crate::plan::gguf_target::GgufType;
+use crate::plan::Plan;
+use crate::publish::{reserve_at, Reservation};
+use crate::save::{refuse_input_as_output, write_method, write_reserved, LayoutChoice};
+use crate::write::Method;
+use crate::{SaveOptions, Saved};
+
+/// Saves the denoiser of `components` as one GGUF file of `ty`, named as ComfyUI names saves
+/// (`opts.prefix` under `opts.output_dir`, with the `.gguf` extension; ComfyUI-GGUF reads it
+/// from `diffusion_models/` or `unet/`), exactly as ComfyUI-GGUF's `tools/convert.py` (and
+/// `fix_5d_tensors.py`) would write it from the same tensors: the architecture string, the key
+/// set, each tensor's type and shape, the metadata. Text encoders and the autoencoder are not
+/// written. The architecture is `opts.layout`'s, or detected from the denoiser.
+///
+/// ```
+/// use candle_core::Device;
+/// use checkpoint_save::synthetic::{build, SyntheticOptions};
+/// use checkpoint_save::{save_gguf, Arch, GgufType, SaveOptions};
+///
+/// # fn main() -> checkpoint_save::Result<()> {
+/// let components = build(&SyntheticOptions::new(Arch::Flux).tiny(), &Device::Cpu)?;
+/// let dir = std::env::temp_dir().join(format!("checkpoint-save-gguf-{}", std::process::id()));
+/// let opts = SaveOptions {
+///     output_dir: dir.clone(),
+///     prefix: "diffusion_models/ComfyUI".into(),
+///     ..SaveOptions::default()
+/// };
+/// let saved = save_gguf(&components, GgufType::BF16, &opts)?;
+/// assert!(saved.path.ends_with("diffusion_models/ComfyUI_00001_.gguf"));
+/// let file = checkpoint_save::gguf::GgufFile::open(&saved.path)?;
+/// assert_eq!(file.architecture(), Some("flux"));
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Error::MissingComponent`] without a denoiser; [`Error::InvalidInput`] for the generic
+/// layout (a GGUF file names its architecture), a name longer than GGUF allows, a tensor that
+/// is not floating point; detection, planning, write and publish errors as [`crate::save`]
+/// (nothing is left under a final name).
+pub fn save_gguf(components: &Components, ty: GgufType, opts: &SaveOptions) -> Result<Saved> {
+    let target = SaveTarget::resolve(&opts.prefix, &opts.output_dir)?.with_extension("gguf");
+    let folder = target.folder.clone();
+    save_with(components, ty, opts, &folder, || target.reserve())
+}
+
+/// [`save_gguf`] to exactly `path`, refusing to replace an existing file.
+///
+/// # Errors
+/// As [`save_gguf`], plus an I/O error of kind `AlreadyExists` when `path` exists.
+pub fn save_gguf_to_path(
+    components: &Components,
+    path: &Path,
+    ty: GgufType,
+    opts: &SaveOptions,
+) -> Result<Saved> {
+    refuse_input_as_output(components, path)?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    save_with(components, ty, opts, folder, || reserve_at(path))
+}
+
+fn save_with(
+    components: &Components,
+    ty: GgufType,
+    opts: &SaveOptions,
+    folder: &Path,
+    reserve: impl FnOnce() -> Result<Reservation>,
+) -> Result<Saved> {
+    let start = Instant::now();
+    let model = components
+        .get(ComponentKind::Model)
+        .ok_or_else(|| Error::MissingComponent {
+            component: "model",
+            hint: "a GGUF file holds the denoiser (UNet/DiT)".into(),
+        })?;
+    let arch: Arch =
+        match &opts.layout {
+            LayoutChoice::Arch(a) => *a,
+            LayoutChoice::Auto => {
+                let shapes = model.iter().map(|(k, t)| (k.clone(), t.info())).collect();
+                detect_model(&shapes)?
+            }
+            LayoutChoice::Generic(_) => return Err(Error::InvalidInput(
+                "a GGUF file names its architecture (`general.architecture`), which the generic \
+                 layout does not know; give the architecture (--arch NAME) or let it be detected"
+                    .into(),
+            )),
+        };
+    let plan = Plan::gguf(model, arch, ty)?;
+    // Direct I/O needs a data section aligned to pages; a GGUF's starts at its 32-byte padding.
+    let method = match write_method(&plan, opts, folder) {
+        Method::Direct => Method::Pwrite,
+        m => m,
+    };
+    let reservation = reserve()?;
+    let (path, non_finite) = write_reserved(&plan, reservation, method, opts)?;
+    Ok(Saved {
+        path,
+        arch: Some(arch),
+        prediction: arch.default_prediction(),
+        tensors: plan.tensors().len(),
+        bytes: plan.file_len(),
+        non_finite,
+        dropped: Vec::new(),
+        elapsed: start.elapsed(),
+    })
+}
