@@ -301,8 +301,7 @@ pub fn plan(graph: &Graph, opts: &RunOptions) -> Result<GraphPlan> {
     // Counters given so far per folder and name: saves sharing a prefix count on.
     let mut given: BTreeMap<(PathBuf, String), u64> = BTreeMap::new();
     for job in &jobs {
-        let (folder, title) = provisional(job)?;
-        let (plan, _, arch, _) = plan_file(job, &title, &folder).map_err(|e| at(graph, job, e))?;
+        let (folder, mut title) = provisional(job)?;
         let path = match &job.file.target {
             Target::File(p) => p.clone(),
             Target::Prefix(p) => {
@@ -316,9 +315,12 @@ pub fn plan(graph: &Graph, opts: &RunOptions) -> Result<GraphPlan> {
                     .entry((t.folder.clone(), t.filename.clone()))
                     .or_insert(0);
                 *slot = scanned.max(*slot + 1);
+                // The title the save will write (the header's length depends on it).
+                title = format!("{} {}", t.filename, *slot);
                 t.folder.join(t.file_name(*slot))
             }
         };
+        let (plan, _, arch, _) = plan_file(job, &title, &folder).map_err(|e| at(graph, job, e))?;
         files.push(PlannedFile {
             node: graph.nodes()[job.node].id.clone(),
             class: graph.nodes()[job.node].class().to_string(),
