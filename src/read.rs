@@ -368,21 +368,7 @@ impl SafetensorsFile {
     /// [`Error::InvalidCheckpoint`] when the file ends early (truncated while being read);
     /// [`Error::Io`] for other read errors.
     pub fn read_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        let pos = self.data_start + at;
-        match self.file.read_exact_at(buf, pos) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Err(Error::InvalidCheckpoint {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "it ended before byte {} while being read: it was truncated or replaced \
-                         during the job; nothing was written from it",
-                        pos + buf.len() as u64
-                    ),
-                })
-            }
-            Err(e) => Err(Error::io(format!("cannot read {}", self.path.display()), e)),
-        }
+        read_exact_at(&self.file, &self.path, buf, self.data_start + at)
     }
 
     /// The bytes of one tensor, in a new buffer of exactly its (validated) size.
@@ -390,13 +376,7 @@ impl SafetensorsFile {
     /// # Errors
     /// As [`SafetensorsFile::read_at`], plus an allocation failure as [`Error::InvalidInput`].
     pub fn read_tensor(&self, t: &TensorEntry) -> Result<Vec<u8>> {
-        let len = usize::try_from(t.byte_len())
-            .map_err(|_| Error::InvalidInput(format!("`{}` does not fit in memory", t.name)))?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len).map_err(|_| {
-            Error::InvalidInput(format!("out of memory reading `{}` ({len} bytes)", t.name))
-        })?;
-        buf.resize(len, 0);
+        let mut buf = tensor_buffer(&t.name, t.byte_len())?;
         self.read_at(&mut buf, t.offsets.0)?;
         Ok(buf)
     }
@@ -409,6 +389,36 @@ impl SafetensorsFile {
     pub fn check_unchanged(&self) -> Result<()> {
         self.stamp.check(&self.file, &self.path)
     }
+}
+
+/// Fills `buf` with the bytes of `file` (opened from `path`) at file offset `pos`: a file that
+/// ends early was truncated or replaced while the job read it.
+pub(crate) fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], pos: u64) -> Result<()> {
+    match file.read_exact_at(buf, pos) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::InvalidCheckpoint {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it ended before byte {} while being read: it was truncated or replaced during \
+                 the job; nothing was written from it",
+                pos + buf.len() as u64
+            ),
+        }),
+        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+}
+
+/// A zeroed buffer for the `len` bytes of tensor `name`, allocated fallibly (the length comes
+/// from a file).
+pub(crate) fn tensor_buffer(name: &str, len: u64) -> Result<Vec<u8>> {
+    let len = usize::try_from(len)
+        .map_err(|_| Error::InvalidInput(format!("`{name}` does not fit in memory")))?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| {
+        Error::InvalidInput(format!("out of memory reading `{name}` ({len} bytes)"))
+    })?;
+    buf.resize(len, 0);
+    Ok(buf)
 }
 
 /// Why a file of another format than those read cannot be opened, if it is one: PyTorch's

@@ -41,7 +41,6 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cursor::Cursor;
@@ -542,20 +541,7 @@ impl GgufFile {
     /// [`Error::InvalidCheckpoint`] when the file ends early (truncated while being read);
     /// [`Error::Io`] for other read errors.
     pub fn read_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        match self.file.read_exact_at(buf, at) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Err(Error::InvalidCheckpoint {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "it ended before byte {} while being read: it was truncated or replaced \
-                         during the job; nothing was written from it",
-                        at + buf.len() as u64
-                    ),
-                })
-            }
-            Err(e) => Err(Error::io(format!("cannot read {}", self.path.display()), e)),
-        }
+        super::read_exact_at(&self.file, &self.path, buf, at)
     }
 
     /// The bytes of one tensor, in a new buffer of exactly its (validated) size.
@@ -563,13 +549,7 @@ impl GgufFile {
     /// # Errors
     /// As [`GgufFile::read_at`], plus an allocation failure as [`Error::InvalidInput`].
     pub fn read_tensor(&self, t: &GgufTensor) -> Result<Vec<u8>> {
-        let len = usize::try_from(t.byte_len())
-            .map_err(|_| Error::InvalidInput(format!("`{}` does not fit in memory", t.name)))?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len).map_err(|_| {
-            Error::InvalidInput(format!("out of memory reading `{}` ({len} bytes)", t.name))
-        })?;
-        buf.resize(len, 0);
+        let mut buf = super::tensor_buffer(&t.name, t.byte_len())?;
         self.read_at(&mut buf, t.offsets.0)?;
         Ok(buf)
     }
