@@ -130,11 +130,7 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
     while at < n {
         let end = (at + chunk).min(n);
         let len = end - at;
-        scratch.operands.begin(m.shared_sources());
-        for &i in &used {
-            ops[i].resize(len, 0f32);
-            read_f32(m, i, at..end, &mut ops[i], scratch)?;
-        }
+        read_used(m, &used, at..end, &mut ops, scratch)?;
         let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
         for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
             v.fill(&views, at, &mut buf[..len]);
@@ -208,11 +204,7 @@ fn kth_magnitudes(
         while at < n {
             let end = (at + chunk).min(n);
             let len = end - at;
-            scratch.operands.begin(m.shared_sources());
-            for &i in &used {
-                ops[i].resize(len, 0f32);
-                read_f32(m, i, at..end, &mut ops[i], scratch)?;
-            }
+            read_used(m, &used, at..end, &mut ops, scratch)?;
             let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
             for (w, v) in picked.iter().enumerate() {
                 v.fill(&views, at, &mut buf[..len]);
@@ -258,4 +250,21 @@ fn select(counts: &[u64], k: u64) -> (usize, u64) {
         above += c;
     }
     (0, k)
+}
+
+/// Values `range` of the operands `used` of `m` into `ops[i]` (resized to the range), for one
+/// chunk of a whole-tensor pass.
+fn read_used(
+    m: &Merged,
+    used: &[usize],
+    range: Range<usize>,
+    ops: &mut [Vec<f32>],
+    scratch: &mut Scratch,
+) -> Result<()> {
+    scratch.operands.begin(m.shared_sources());
+    for &i in used {
+        ops[i].resize(range.len(), 0f32);
+        read_f32(m, i, range.clone(), &mut ops[i], scratch)?;
+    }
+    Ok(())
 }
