@@ -28,21 +28,35 @@ pub(super) fn is_denoiser_file(set: &TensorSet, other_parts: &[&str]) -> bool {
     if other_parts.iter().any(|p| has(p)) {
         return false;
     }
-    has(MODEL_PREFIX) || component_of(ComponentKind::Model, set, None, 0).is_ok()
+    is_prefixed(set) || component_of(ComponentKind::Model, set, None, 0).is_ok()
 }
 
-/// Reads a denoiser-only file (see the [module docs](self)); `arch` overrides detection.
+/// The family of a denoiser-only file's tensors: `arch` when given, else detected.
 ///
 /// # Errors
-/// [`Error::UnknownArchitecture`] (and the family errors of detection) when the tensors form no
-/// known denoiser and no `arch` is given; a malformed prediction marker; read errors.
-pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
-    let (tensors, mut left_out, created) = component_of(ComponentKind::Model, &set, arch, 0)?;
+/// [`crate::Error::UnknownArchitecture`] (and the family errors of detection) when the tensors
+/// form no known denoiser.
+pub(super) fn family(set: &TensorSet, arch: Option<Arch>) -> Result<Arch> {
+    if let Some(a) = arch {
+        return Ok(a);
+    }
+    let (tensors, _, _) = component_of(ComponentKind::Model, set, None, 0)?;
     let infos: BTreeMap<_, _> = tensors.iter().map(|(k, t)| (k.clone(), t.info())).collect();
-    let arch = match arch {
-        Some(a) => a,
-        None => crate::layout::detect::detect_model(&infos)?,
-    };
+    crate::layout::detect::detect_model(&infos)
+}
+
+/// Whether the denoiser's names carry the single-file prefix (ModelSave's form), which the
+/// generic layout reads when the family is unknown.
+pub(super) fn is_prefixed(set: &TensorSet) -> bool {
+    set.tensors.keys().any(|k| k.starts_with(MODEL_PREFIX))
+}
+
+/// Reads a denoiser-only file (see the [module docs](self)) of the family `arch`.
+///
+/// # Errors
+/// A malformed prediction marker; conversion errors of diffusers names; read errors.
+pub(super) fn open(set: TensorSet, arch: Arch) -> Result<Input> {
+    let (tensors, mut left_out, created) = component_of(ComponentKind::Model, &set, Some(arch), 0)?;
     // ModelSave writes the prediction's markers beside the denoiser; a shared denoiser file
     // has none and gets its family's default.
     let all = set.infos();

@@ -105,7 +105,8 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
         if !path.join("model_index.json").exists() {
             if let Ok(set) = open_set(path) {
                 if denoiser::is_denoiser_file(&set, &SINGLE_FILE_PREFIXES[1..]) {
-                    return denoiser::open(set, arch);
+                    let a = denoiser::family(&set, arch)?;
+                    return denoiser::open(set, a);
                 }
             }
         }
@@ -116,7 +117,12 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
         return open_gguf(set, arch);
     }
     if denoiser::is_denoiser_file(&set, &SINGLE_FILE_PREFIXES[1..]) {
-        return denoiser::open(set, arch);
+        match denoiser::family(&set, arch) {
+            Ok(a) => return denoiser::open(set, a),
+            // ModelSave's names of an unknown denoiser: the generic layout may still read it.
+            Err(_) if denoiser::is_prefixed(&set) => return single_file::open(set, arch),
+            Err(e) => return Err(e),
+        }
     }
     if set
         .tensors
