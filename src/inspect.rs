@@ -124,7 +124,14 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     }
     let st = SafetensorsFile::open(path)?;
     let infos = st.infos();
-    let arch = detect_arch(&infos).ok();
+    // A denoiser alone in ComfyUI's own names (a `diffusion_models/` file) has no prefixes.
+    let bare = !infos.keys().any(|k| part_of(k) != "other");
+    let arch = match detect_arch(&infos) {
+        Ok(a) => Some(a),
+        Err(_) if bare => detect_model(&infos).ok(),
+        Err(_) => None,
+    };
+    let bare = bare && arch.is_some();
     let default = arch.map_or(Prediction::Unknown, Arch::default_prediction);
     let (prediction, _) = read_prediction(path, &infos, st.metadata(), default, |key| {
         read_f32_scalar(&st, key)
@@ -137,7 +144,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         })
         .collect();
     for t in st.tensors() {
-        let name = part_of(&t.name);
+        let name = if bare { "model" } else { part_of(&t.name) };
         if let Some(p) = parts.iter_mut().find(|p| p.name == name) {
             p.tensors += 1;
             p.bytes += t.byte_len();

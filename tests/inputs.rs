@@ -239,12 +239,13 @@ fn a_component_file_in_the_wrong_slot_is_refused() {
         ],
     );
     assert_refused(&r, "not text encoders", &out);
-    // A single-file checkpoint is not a component, nor a component a checkpoint.
+    // A single-file checkpoint is not a component, nor a component a checkpoint (but for a
+    // denoiser alone, which a job reads as ModelSave's input: tests/denoiser_files.rs).
     let r = run(
         dir.path(),
         &[
             "convert",
-            &s("unet/diffusion_pytorch_model.safetensors"),
+            &s("vae/diffusion_pytorch_model.safetensors"),
             "--output-dir",
             out.to_str().unwrap(),
         ],

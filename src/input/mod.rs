@@ -7,6 +7,7 @@
 //! of them), read by the writer when the checkpoint is written, cast on the way. No job loads a
 //! model into memory.
 
+mod denoiser;
 mod diffusers;
 mod files;
 mod gguf;
@@ -86,7 +87,8 @@ const SINGLE_FILE_PREFIXES: [&str; 6] = [
     "vae.",
 ];
 
-/// Opens a single-file checkpoint or a diffusers pipeline folder.
+/// Opens a single-file checkpoint, a denoiser alone in one file (ComfyUI's ModelSave output,
+/// a `diffusion_models/` file: [`denoiser`]) or a diffusers pipeline folder.
 ///
 /// `arch` overrides detection (the layout must then fit it).
 ///
@@ -95,15 +97,32 @@ const SINGLE_FILE_PREFIXES: [&str; 6] = [
 /// - [`Error::InvalidCheckpoint`], [`Error::HeaderTooLarge`] for a file that is not a valid
 ///   safetensors file (truncated, corrupt);
 /// - [`Error::InvalidInput`] for a folder that is not a pipeline (saying what is missing), a file
-///   that holds one component rather than a checkpoint, or names of no known layout;
+///   that holds a text encoder or an autoencoder alone rather than a checkpoint, or names of no known layout;
 /// - [`Error::UnknownArchitecture`] when the architecture cannot be told.
 pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
     if path.is_dir() {
+        // A denoiser's own folder (`unet/`, `transformer/`: config and weights, no pipeline).
+        if !path.join("model_index.json").exists() {
+            if let Ok(set) = open_set(path) {
+                if denoiser::is_denoiser_file(&set, &SINGLE_FILE_PREFIXES[1..]) {
+                    let a = denoiser::family(&set, arch)?;
+                    return denoiser::open(set, a);
+                }
+            }
+        }
         return diffusers::open_pipeline(path, arch);
     }
     let set = open_set(path)?;
     if set.gguf_architecture.is_some() {
         return open_gguf(set, arch);
+    }
+    if denoiser::is_denoiser_file(&set, &SINGLE_FILE_PREFIXES[1..]) {
+        match denoiser::family(&set, arch) {
+            Ok(a) => return denoiser::open(set, a),
+            // ModelSave's names of an unknown denoiser: the generic layout may still read it.
+            Err(_) if denoiser::is_prefixed(&set) => return single_file::open(set, arch),
+            Err(e) => return Err(e),
+        }
     }
     if set
         .tensors

@@ -13,14 +13,9 @@ use crate::model::{Arch, ComponentKind, Components, Dtype, InputMap, InputTensor
 /// by the save; older SD1/SD2 files carry one, often as floats).
 const POSITION_IDS: &str = ".transformer.text_model.embeddings.position_ids";
 
-/// Reads a single-file checkpoint's layout: `arch` when given, else detected.
-///
-/// # Errors
-/// As [`invert_file`]: an unknown architecture, keys that do not form the layout, a malformed
-/// marker; and read errors of the sigma markers.
-pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
-    let infos = set.infos();
-    let sigma = |key: &str| -> Result<f32> {
+/// Reads the F32 value of a sigma marker (`edm_vpred.*`) of `set`: 0 where it is not one F32.
+pub(super) fn sigma_reader(set: &TensorSet) -> impl FnMut(&str) -> Result<f32> + '_ {
+    |key: &str| -> Result<f32> {
         let Some(InputTensor::File(t)) = set.tensors.get(key) else {
             return Ok(0.0);
         };
@@ -30,8 +25,17 @@ pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
         let mut b = [0u8; 4];
         t.file().read_at(&mut b, t.entry().offsets.0)?;
         Ok(f32::from_le_bytes(b))
-    };
-    let (arch, inv) = invert_file(&set.path, &infos, &set.metadata, arch, sigma)?;
+    }
+}
+
+/// Reads a single-file checkpoint's layout: `arch` when given, else detected.
+///
+/// # Errors
+/// As [`invert_file`]: an unknown architecture, keys that do not form the layout, a malformed
+/// marker; and read errors of the sigma markers.
+pub(super) fn open(set: TensorSet, arch: Option<Arch>) -> Result<Input> {
+    let infos = set.infos();
+    let (arch, inv) = invert_file(&set.path, &infos, &set.metadata, arch, sigma_reader(&set))?;
     let prediction_stated = states_prediction(&infos, &set.metadata);
     let mut maps: BTreeMap<ComponentKind, InputMap> = BTreeMap::new();
     let mut left_out = inv.leftover.clone();
