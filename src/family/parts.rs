@@ -156,11 +156,11 @@ pub(crate) fn check_clip(family: &Family, clip: &BTreeMap<String, TensorInfo>) -
         return Ok(());
     }
     let own = family.encoders();
-    let tokenizer = family.tokenizer_keys();
+    let top_level = family.clip_top_level();
     for name in found {
         let allowed = own.contains(&name)
             || family.optional_encoders.contains(&name)
-            || tokenizer.contains(&name);
+            || top_level.contains(&name);
         let users = users_of(name);
         if !allowed && !users.is_empty() {
             return Err(Error::FamilyMismatch {

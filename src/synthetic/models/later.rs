@@ -521,7 +521,7 @@ pub(crate) const HUNYUAN_VIDEO_15_TINY: Spec = Spec {
 // ---- LTX-Video ---------------------------------------------------------------------------------
 
 /// LTX-Video's VAE (0.9.5 and later).
-const VAE_LTX: LtxVaeConfig = LtxVaeConfig {
+pub(super) const VAE_LTX: LtxVaeConfig = LtxVaeConfig {
     base_channels: 128,
     latent_channels: 128,
     patch_size: 4,
@@ -529,7 +529,7 @@ const VAE_LTX: LtxVaeConfig = LtxVaeConfig {
     decoder_layers: &[5, 5, 5, 5],
 };
 
-const TINY_VAE_LTX: LtxVaeConfig = LtxVaeConfig {
+pub(super) const TINY_VAE_LTX: LtxVaeConfig = LtxVaeConfig {
     base_channels: 2,
     latent_channels: 8,
     patch_size: 4,
