@@ -376,7 +376,10 @@ fn ltx2_components_have_the_released_sizes() {
         12_187_325_040
     );
     let clip = shapes.get(ComponentKind::Clip).unwrap();
-    assert_eq!(clip["text_embedding_projection.weight"].shape, [3840, 188_160]);
+    assert_eq!(
+        clip["text_embedding_projection.weight"].shape,
+        [3840, 188_160]
+    );
     assert!(clip.contains_key("gemma3_12b.logit_scale") && clip.contains_key("spiece_model"));
     let dit = count(ComponentKind::Model, "");
     assert!((19_000_000_000..20_000_000_000).contains(&dit), "{dit}");

@@ -15,8 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::layout::detect;
 use crate::layout::diffusers::{
     denoiser, encoder_folders, identify, prediction_from_scheduler, require_diffusers, to_comfy,
-    vae_class, Assembly,
-    Created, Folder, ModelClass,
+    vae_class, Assembly, Created, Folder, ModelClass,
 };
 use crate::model::dtype::candle_dtype;
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, TensorInfo, TensorMap};

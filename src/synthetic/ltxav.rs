@@ -27,8 +27,18 @@ fn feed_forward(d: &mut Dict, p: &str, dim: usize) {
 
 /// `AdaLayerNormSingle(dim, coefficient)`: the timestep MLP and the modulation it feeds.
 fn adaln(d: &mut Dict, p: &str, dim: usize, coefficient: usize) {
-    d.linear(&format!("{p}.emb.timestep_embedder.linear_1"), 256, dim, true);
-    d.linear(&format!("{p}.emb.timestep_embedder.linear_2"), dim, dim, true);
+    d.linear(
+        &format!("{p}.emb.timestep_embedder.linear_1"),
+        256,
+        dim,
+        true,
+    );
+    d.linear(
+        &format!("{p}.emb.timestep_embedder.linear_2"),
+        dim,
+        dim,
+        true,
+    );
     d.linear(&format!("{p}.linear"), dim, coefficient * dim, true);
 }
 
@@ -75,7 +85,13 @@ pub(super) fn ltxav(cfg: &LtxavConfig, d: &mut Dict) {
         let b = format!("transformer_blocks.{i}");
         attention(d, &format!("{b}.attn1"), video, video, video);
         attention(d, &format!("{b}.audio_attn1"), audio, audio, audio);
-        attention(d, &format!("{b}.attn2"), video, v.cross_attention_dim, video);
+        attention(
+            d,
+            &format!("{b}.attn2"),
+            video,
+            v.cross_attention_dim,
+            video,
+        );
         attention(
             d,
             &format!("{b}.audio_attn2"),

@@ -57,7 +57,10 @@ pub(super) fn llm(cfg: &LlmConfig, d: &mut Dict) {
             // `Gemma3MultiModalProjector`: an RMS norm and a bare projection matrix stored
             // (vision width, LM width).
             let p = format!("{n}.transformer.multi_modal_projector");
-            d.add(format!("{p}.mm_input_projection_weight"), &[v.hidden_size, h]);
+            d.add(
+                format!("{p}.mm_input_projection_weight"),
+                &[v.hidden_size, h],
+            );
             d.add(format!("{p}.mm_soft_emb_norm.weight"), &[v.hidden_size]);
         }
         None => {}
@@ -74,7 +77,10 @@ fn siglip(cfg: &SiglipConfig, p: &str, d: &mut Dict) {
         &[h, 3, cfg.patch_size, cfg.patch_size],
     );
     d.add(format!("{p}.embeddings.patch_embedding.bias"), &[h]);
-    d.add(format!("{p}.embeddings.position_embedding.weight"), &[patches, h]);
+    d.add(
+        format!("{p}.embeddings.position_embedding.weight"),
+        &[patches, h],
+    );
     for i in 0..cfg.num_layers {
         let l = format!("{p}.encoder.layers.{i}");
         d.norm(&format!("{l}.layer_norm1"), h);
