@@ -394,4 +394,19 @@ fn ltx2_components_have_the_released_sizes() {
         [128, 3840]
     );
     assert_eq!(model["audio_proj_out.weight"].shape, [128, 2048]);
+    // The video VAE: ComfyUI's version 2 of `VideoVAE` (a 1024-wide first decoder stage, the
+    // residual downsamplers' biased convolutions), without a timestep-conditioned decoder
+    // (diffusers' LTX-2 converter: `timestep_conditioning` off).
+    let vae = shapes.get(ComponentKind::Vae).unwrap();
+    assert_eq!(
+        vae["decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"].shape,
+        [1024, 1024, 3, 3, 3]
+    );
+    assert!(vae.contains_key("encoder.down_blocks.1.conv.conv.bias"));
+    assert!(
+        !vae.keys().any(|k| k.contains("time_embedder")
+            || k.contains("scale_shift_table")
+            || k.contains("timestep_scale_multiplier")),
+        "no timestep conditioning"
+    );
 }

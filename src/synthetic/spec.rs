@@ -155,6 +155,9 @@ pub(crate) struct LtxVaeConfig {
     pub(crate) encoder_layers: &'static [usize],
     /// Residual layers of each decoder stage, deepest first.
     pub(crate) decoder_layers: &'static [usize],
+    /// A timestep-conditioned decoder (LTX-Video 0.9.5+; not LTX-2's): per-stage time
+    /// embedders and scale/shift tables, the last ones, the timestep scale.
+    pub(crate) timestep_conditioning: bool,
 }
 
 /// Wan's causal 3-D autoencoder: the 2.1 layout (flat `downsamples`/`upsamples` lists, used by

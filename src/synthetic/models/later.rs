@@ -527,6 +527,7 @@ pub(super) const VAE_LTX: LtxVaeConfig = LtxVaeConfig {
     patch_size: 4,
     encoder_layers: &[4, 6, 6, 2, 2],
     decoder_layers: &[5, 5, 5, 5],
+    timestep_conditioning: true,
 };
 
 pub(super) const TINY_VAE_LTX: LtxVaeConfig = LtxVaeConfig {
@@ -535,6 +536,7 @@ pub(super) const TINY_VAE_LTX: LtxVaeConfig = LtxVaeConfig {
     patch_size: 4,
     encoder_layers: &[1, 1, 1, 1, 1],
     decoder_layers: &[1, 1, 1, 1],
+    timestep_conditioning: true,
 };
 
 const LTXV_2B_DIT: LtxvConfig = LtxvConfig {

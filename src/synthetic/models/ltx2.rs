@@ -1,6 +1,8 @@
 //! LTX-2 (Lightricks' audio-video model, ComfyUI `LTXAV`): the 19B DiT with its text
 //! connectors, the Gemma 3 12B text encoder (with its SigLIP tower) and the text-embedding
-//! projection ComfyUI's `LTXAVTEModel` holds beside it, and LTX-Video's causal video VAE class.
+//! projection ComfyUI's `LTXAVTEModel` holds beside it, and LTX-Video's causal video VAE class
+//! in LTX-2's configuration (diffusers' `convert_ltx2_to_diffusers.py`, version 2.0: LTX-Video
+//! 0.9.5's stages and widths, no timestep conditioning).
 //! The audio VAE and vocoder are loaded by their own node and are not part of the checkpoint
 //! ComfyUI saves.
 
@@ -59,11 +61,17 @@ const LTX2_19B_DIT: LtxavConfig = LtxavConfig {
     connector_registers: 128,
 };
 
+/// LTX-2's video VAE: LTX-Video 0.9.5's without the timestep-conditioned decoder.
+const VAE_LTX2: LtxVaeConfig = LtxVaeConfig {
+    timestep_conditioning: false,
+    ..VAE_LTX
+};
+
 /// LTX-2 19B (dev and distilled: the same keys).
 pub(crate) const LTX2_19B: Spec = Spec {
     model: Denoiser::Ltxav(LTX2_19B_DIT),
     encoders: &[Encoder::Llm(GEMMA3_12B), TEXT_PROJECTION, SPIECE],
-    vae: Vae::Ltx(VAE_LTX),
+    vae: Vae::Ltx(VAE_LTX2),
 };
 
 const TINY_GEMMA3: LlmConfig = tiny_llm("gemma3_12b", GEMMA3_12B);
@@ -97,5 +105,8 @@ pub(crate) const LTX2_19B_TINY: Spec = Spec {
         },
         TINY_SPIECE,
     ],
-    vae: Vae::Ltx(TINY_VAE_LTX),
+    vae: Vae::Ltx(LtxVaeConfig {
+        timestep_conditioning: false,
+        ..TINY_VAE_LTX
+    }),
 };
