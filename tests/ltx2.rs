@@ -200,7 +200,7 @@ fn its_parts_go_through_comfyuis_node_files_and_back() {
 /// prefixes, and at the top level the audio VAE, the vocoder and the text projection (no
 /// Gemma). It is detected as LTX-2 from its header; ComfyUI's checkpoint save has no place for
 /// the audio parts and the file lacks the text encoder, so a conversion is refused, naming the
-/// missing component, and nothing is written.
+/// missing component and the keys it has no place for, and nothing is written.
 #[test]
 fn a_released_file_is_detected_and_its_conversion_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -241,4 +241,10 @@ fn a_released_file_is_detected_and_its_conversion_refused() {
     let out = d.join("c");
     let r = run(d, &["convert", s(&released), "--output-dir", s(&out)]);
     common::cli::assert_refused(&r, "missing component `clip`", &out);
+    assert!(
+        r.stderr
+            .contains("3 key(s) no component of this layout takes (first: `audio_vae."),
+        "the parts it has no place for are named: {}",
+        r.stderr
+    );
 }
