@@ -201,6 +201,15 @@ impl Family {
         })
     }
 
+    /// The top-level layers of the clip component every variant's text-encoder model holds
+    /// beside its encoders (LTX-2's `text_embedding_projection`).
+    pub fn projections(&self) -> Vec<&'static str> {
+        self.clip_extras(|e| match e {
+            crate::synthetic::spec::Encoder::Projection { key, .. } => Some(*key),
+            _ => None,
+        })
+    }
+
     fn clip_extras(
         &self,
         pick: impl Fn(&crate::synthetic::spec::Encoder) -> Option<&'static str>,

@@ -231,6 +231,18 @@ fn components_of_another_family_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs text encoder `umt5xxl`"), "{e}");
+    // LTX-2's Gemma without the text projection `LTXAVTEModel` holds beside it.
+    let ltx2 = expand(&crate::synthetic::models::LTX2_19B_TINY);
+    let mut gemma = ltx2.get(ComponentKind::Clip).unwrap().clone();
+    check_clip(Arch::Ltx2.family(), &gemma).unwrap();
+    gemma.remove("text_embedding_projection.weight");
+    let e = check_clip(Arch::Ltx2.family(), &gemma)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ltx2 needs `text_embedding_projection.weight`"),
+        "{e}"
+    );
 }
 
 /// The families without reference fixtures, against what ComfyUI's code says: the checkpoint
