@@ -184,13 +184,41 @@ impl Family {
 
     /// Top-level clip keys that are tokenizer data ComfyUI saves with the encoders.
     pub fn tokenizer_keys(&self) -> Vec<&'static str> {
+        self.clip_extras(|e| match e {
+            crate::synthetic::spec::Encoder::Tokenizer { key, .. } => Some(*key),
+            _ => None,
+        })
+    }
+
+    /// The first segments of the clip keys that belong to no text encoder: the tokenizer data
+    /// and the layers the text-encoder model holds beside its encoders (LTX-2's
+    /// `text_embedding_projection`).
+    pub fn clip_top_level(&self) -> Vec<&'static str> {
+        self.clip_extras(|e| match e {
+            crate::synthetic::spec::Encoder::Tokenizer { key, .. }
+            | crate::synthetic::spec::Encoder::Projection { key, .. } => Some(*key),
+            _ => None,
+        })
+    }
+
+    /// The top-level layers of the clip component every variant's text-encoder model holds
+    /// beside its encoders (LTX-2's `text_embedding_projection`).
+    pub fn projections(&self) -> Vec<&'static str> {
+        self.clip_extras(|e| match e {
+            crate::synthetic::spec::Encoder::Projection { key, .. } => Some(*key),
+            _ => None,
+        })
+    }
+
+    fn clip_extras(
+        &self,
+        pick: impl Fn(&crate::synthetic::spec::Encoder) -> Option<&'static str>,
+    ) -> Vec<&'static str> {
         let mut out = Vec::new();
         for v in self.variants {
-            for e in v.full.encoders {
-                if let crate::synthetic::spec::Encoder::Tokenizer { key, .. } = e {
-                    if !out.contains(key) {
-                        out.push(*key);
-                    }
+            for key in v.full.encoders.iter().filter_map(&pick) {
+                if !out.contains(&key) {
+                    out.push(key);
                 }
             }
         }
@@ -215,7 +243,7 @@ impl Variant {
                 Encoder::Clip(c) => Some(c.name),
                 Encoder::T5(t) => Some(t.name),
                 Encoder::Llm(l) => Some(l.name),
-                Encoder::Tokenizer { .. } => None,
+                Encoder::Tokenizer { .. } | Encoder::Projection { .. } => None,
             })
             .collect()
     }

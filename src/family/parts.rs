@@ -152,15 +152,30 @@ pub(crate) fn check_clip(family: &Family, clip: &BTreeMap<String, TensorInfo>) -
             ),
         });
     }
+    // The layers the text-encoder model holds beside its encoders (LTX-2's projection): ComfyUI's
+    // save always writes them, and the encoder is of no use without them.
+    for key in family.projections() {
+        if !found.contains(key) {
+            return Err(Error::MissingComponent {
+                component: "clip",
+                hint: format!(
+                    "{} needs `{key}.weight` beside its text encoder in the clip component \
+                     (ComfyUI's text-encoder model holds it; LTX-2 releases keep it in the \
+                     checkpoint): give the clip component ComfyUI's CLIPSave wrote",
+                    family.arch
+                ),
+            });
+        }
+    }
     if family.clip_layout != ClipLayout::Prefix {
         return Ok(());
     }
     let own = family.encoders();
-    let tokenizer = family.tokenizer_keys();
+    let top_level = family.clip_top_level();
     for name in found {
         let allowed = own.contains(&name)
             || family.optional_encoders.contains(&name)
-            || tokenizer.contains(&name);
+            || top_level.contains(&name);
         let users = users_of(name);
         if !allowed && !users.is_empty() {
             return Err(Error::FamilyMismatch {

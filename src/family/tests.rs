@@ -231,6 +231,18 @@ fn components_of_another_family_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs text encoder `umt5xxl`"), "{e}");
+    // LTX-2's Gemma without the text projection `LTXAVTEModel` holds beside it.
+    let ltx2 = expand(&crate::synthetic::models::LTX2_19B_TINY);
+    let mut gemma = ltx2.get(ComponentKind::Clip).unwrap().clone();
+    check_clip(Arch::Ltx2.family(), &gemma).unwrap();
+    gemma.remove("text_embedding_projection.weight");
+    let e = check_clip(Arch::Ltx2.family(), &gemma)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ltx2 needs `text_embedding_projection.weight`"),
+        "{e}"
+    );
 }
 
 /// The families without reference fixtures, against what ComfyUI's code says: the checkpoint
@@ -241,7 +253,7 @@ fn components_of_another_family_are_refused() {
 #[test]
 fn later_families_without_fixtures_follow_the_reference_code() {
     use crate::family::VaeKind;
-    let facts: [(Arch, [&str; 3], &[&str], VaeKind); 5] = [
+    let facts: [(Arch, [&str; 3], &[&str], VaeKind); 6] = [
         (
             Arch::Flux2,
             ["model.diffusion_model.", "text_encoders.", "vae."],
@@ -272,6 +284,13 @@ fn later_families_without_fixtures_follow_the_reference_code() {
             &["t5xxl"],
             VaeKind::Ltx,
         ),
+        // LTX-2: `LTXAV(LTXV)`, `LTXAVTEModel.gemma3_12b`, the same `VideoVAE` class.
+        (
+            Arch::Ltx2,
+            ["model.diffusion_model.", "text_encoders.", "vae."],
+            &["gemma3_12b"],
+            VaeKind::Ltx,
+        ),
     ];
     for (arch, [model, clip, vae], encoders, kind) in facts {
         let f = arch.family();
@@ -286,8 +305,13 @@ fn later_families_without_fixtures_follow_the_reference_code() {
             f.modelspec, None,
             "{arch}: ComfyUI writes modelspec for SDXL and SD3 only"
         );
-        // diffusers has a transformer class for each but HunyuanVideo 1.5's.
-        assert_eq!(f.diffusers, arch != Arch::HunyuanVideo15, "{arch}");
+        // diffusers has a transformer class for each but HunyuanVideo 1.5's; LTX-2's
+        // (`LTX2VideoTransformer3DModel`) is not mapped here.
+        assert_eq!(
+            f.diffusers,
+            !matches!(arch, Arch::HunyuanVideo15 | Arch::Ltx2),
+            "{arch}"
+        );
     }
     // Detection's derived values for the released configurations (model_detection.py).
     let values = |name: &str| {
@@ -326,10 +350,75 @@ fn later_families_without_fixtures_follow_the_reference_code() {
             && ltx.contains(&("attention_head_dim", 64))
             && ltx.contains(&("cross_attention_dim", 2048))
     );
+    let ltx2 = values("ltx2-19b");
+    assert!(
+        ltx2.contains(&("num_layers", 48))
+            && ltx2.contains(&("attention_head_dim", 128))
+            && ltx2.contains(&("cross_attention_dim", 4096)),
+        "{ltx2:?}"
+    );
     let z = values("z-image-6b");
     assert!(
         z.contains(&("dim", 3840))
             && z.contains(&("cap_feat_dim", 2560))
             && z.contains(&("n_layers", 30))
+    );
+}
+
+/// LTX-2's components at full size against published counts: Gemma 3 12B with its SigLIP
+/// tower and projector is 12,187,325,040 parameters (`google/gemma-3-12b-it`), the 19B DiT
+/// between 19 and 20 billion, and the text projection takes every Gemma hidden state (49 ×
+/// 3840) to 3840 as `LTXAVTEModel` builds it.
+#[test]
+fn ltx2_components_have_the_released_sizes() {
+    let (arch, v) = variant_named("ltx2-19b").unwrap();
+    assert_eq!(arch, Arch::Ltx2);
+    let shapes = expand(v.full);
+    let count = |kind: ComponentKind, prefix: &str| -> u64 {
+        shapes
+            .get(kind)
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, i)| i.shape.iter().product::<usize>() as u64)
+            .sum()
+    };
+    assert_eq!(
+        count(ComponentKind::Clip, "gemma3_12b.transformer."),
+        12_187_325_040
+    );
+    let clip = shapes.get(ComponentKind::Clip).unwrap();
+    assert_eq!(
+        clip["text_embedding_projection.weight"].shape,
+        [3840, 188_160]
+    );
+    assert!(clip.contains_key("gemma3_12b.logit_scale") && clip.contains_key("spiece_model"));
+    let dit = count(ComponentKind::Model, "");
+    assert!((19_000_000_000..20_000_000_000).contains(&dit), "{dit}");
+    let model = shapes.get(ComponentKind::Model).unwrap();
+    // Audio-to-video attention: video queries into the audio stream's 32 × 64 heads.
+    assert_eq!(
+        model["transformer_blocks.47.audio_to_video_attn.to_q.weight"].shape,
+        [2048, 4096]
+    );
+    assert_eq!(
+        model["video_embeddings_connector.learnable_registers"].shape,
+        [128, 3840]
+    );
+    assert_eq!(model["audio_proj_out.weight"].shape, [128, 2048]);
+    // The video VAE: ComfyUI's version 2 of `VideoVAE` (a 1024-wide first decoder stage, the
+    // residual downsamplers' biased convolutions), without a timestep-conditioned decoder
+    // (diffusers' LTX-2 converter: `timestep_conditioning` off).
+    let vae = shapes.get(ComponentKind::Vae).unwrap();
+    assert_eq!(
+        vae["decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"].shape,
+        [1024, 1024, 3, 3, 3]
+    );
+    assert!(vae.contains_key("encoder.down_blocks.1.conv.conv.bias"));
+    assert!(
+        !vae.keys().any(|k| k.contains("time_embedder")
+            || k.contains("scale_shift_table")
+            || k.contains("timestep_scale_multiplier")),
+        "no timestep conditioning"
     );
 }

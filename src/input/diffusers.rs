@@ -14,8 +14,8 @@ use super::{Input, InputLayout};
 use crate::error::{Error, IoContext, Result};
 use crate::layout::detect;
 use crate::layout::diffusers::{
-    denoiser, encoder_folders, identify, prediction_from_scheduler, to_comfy, vae_class, Assembly,
-    Created, Folder, ModelClass,
+    denoiser, encoder_folders, identify, prediction_from_scheduler, require_diffusers, to_comfy,
+    vae_class, Assembly, Created, Folder, ModelClass,
 };
 use crate::model::dtype::candle_dtype;
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, TensorInfo, TensorMap};
@@ -222,6 +222,7 @@ pub(super) fn open_pipeline(dir: &Path, arch: Option<Arch>) -> Result<Input> {
                 .collect(),
         )?,
     };
+    require_diffusers(arch)?;
     if denoiser(arch).1 != model_class {
         return Err(Error::InvalidInput(format!(
             "{}/{} holds a {}, which {arch} does not use",

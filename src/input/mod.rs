@@ -270,7 +270,7 @@ fn is_comfy_names(kind: ComponentKind, set: &TensorSet) -> bool {
                 let first = k.split_once('.').map_or(k.as_str(), |(f, _)| f);
                 families
                     .iter()
-                    .any(|f| f.encoders().contains(&first) || f.tokenizer_keys().contains(&first))
+                    .any(|f| f.encoders().contains(&first) || f.clip_top_level().contains(&first))
             })
         }
         // The LDM names (diffusers' AutoencoderKL has `encoder.down_blocks.` instead), or a

@@ -247,7 +247,17 @@ pub(crate) fn invert(
         s
     };
     // Tensors the save creates (SDXL's position_ids) are in the file but not in memory.
-    let first = layout(kind, &shapes(&recovered), prediction).map_err(|e| bad(e.to_string()))?;
+    // Keys no rule claims explain a layout that fails (a released LTX-2 file's audio VAE beside
+    // a missing text encoder): name them with the failure.
+    let unclaimed = |e: Error| match leftover.first() {
+        Some(first) => bad(format!(
+            "{e}; the file also holds {} key(s) no component of this layout takes (first: \
+             `{first}`)",
+            leftover.len()
+        )),
+        None => bad(e.to_string()),
+    };
+    let first = layout(kind, &shapes(&recovered), prediction).map_err(unclaimed)?;
     for e in &first.entries {
         if matches!(e.source, Source::PositionIds { .. }) {
             if let Some(i) = moves.iter().position(|(k, _, _)| *k == e.key) {

@@ -234,6 +234,49 @@ fn every_family_takes_the_lora_names_comfyui_maps_for_it() {
             "t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.o.weight",
             0..32,
         ),
+        // LTX-2: ComfyUI's generic names on the audio stream, the audio-video attention and
+        // the text connectors (LTX-2 trainers' `diffusion_model.` LoRAs).
+        (
+            Arch::Ltx2,
+            "diffusion_model.transformer_blocks.1.audio_to_video_attn.to_q",
+            PEFT,
+            Model,
+            "transformer_blocks.1.audio_to_video_attn.to_q.weight",
+            0..8,
+        ),
+        (
+            Arch::Ltx2,
+            "diffusion_model.transformer_blocks.0.attn2.to_k",
+            KOHYA,
+            Model,
+            "transformer_blocks.0.attn2.to_k.weight",
+            0..32,
+        ),
+        (
+            Arch::Ltx2,
+            "lora_unet_video_embeddings_connector_transformer_1d_blocks_0_ff_net_0_proj",
+            KOHYA,
+            Model,
+            "video_embeddings_connector.transformer_1d_blocks.0.ff.net.0.proj.weight",
+            0..128,
+        ),
+        // Gemma 3 under `text_encoders.`, with and without the encoder's name.
+        (
+            Arch::Ltx2,
+            "text_encoders.gemma3_12b.transformer.model.layers.0.self_attn.q_proj",
+            PEFT,
+            Clip,
+            "gemma3_12b.transformer.model.layers.0.self_attn.q_proj.weight",
+            0..32,
+        ),
+        (
+            Arch::Ltx2,
+            "text_encoders.transformer.model.layers.1.mlp.down_proj",
+            PEFT,
+            Clip,
+            "gemma3_12b.transformer.model.layers.1.mlp.down_proj.weight",
+            0..32,
+        ),
         // Lumina 2 and Z-Image: ComfyUI's generic names (the diffusers ones are tested with
         // their mapping).
         (

@@ -46,11 +46,13 @@ pub enum Arch {
     HunyuanVideo15,
     /// LTX-Video 2B and 13B (T5-XXL; its causal video VAE).
     Ltxv,
+    /// LTX-2, Lightricks' audio-video model (ComfyUI `LTXAV`; Gemma 3 12B; LTX-Video's VAE class).
+    Ltx2,
 }
 
 impl Arch {
     /// Every architecture, in the family table's order.
-    pub const ALL: [Arch; 18] = [
+    pub const ALL: [Arch; 19] = [
         Arch::Sd15,
         Arch::Sd2,
         Arch::Sdxl,
@@ -69,6 +71,7 @@ impl Arch {
         Arch::HunyuanVideo,
         Arch::HunyuanVideo15,
         Arch::Ltxv,
+        Arch::Ltx2,
     ];
 
     /// Its entry in the family table.

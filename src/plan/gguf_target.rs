@@ -96,7 +96,7 @@ pub(crate) fn gguf_arch(arch: Arch) -> &'static str {
         Arch::HiDream => "hidream",
         Arch::Lumina2 | Arch::ZImage => "lumina2",
         Arch::HunyuanVideo | Arch::HunyuanVideo15 => "hyvid",
-        Arch::Ltxv => "ltxv",
+        Arch::Ltxv | Arch::Ltx2 => "ltxv",
     }
 }
 
@@ -104,7 +104,7 @@ pub(crate) fn gguf_arch(arch: Arch) -> &'static str {
 fn high_precision(arch: Arch) -> &'static [&'static str] {
     match arch {
         Arch::Wan21 | Arch::Wan22 => &[".modulation"],
-        Arch::Ltxv => &["scale_shift_table"],
+        Arch::Ltxv | Arch::Ltx2 => &["scale_shift_table"],
         Arch::HiDream => &[".ff_i.gate.weight", "img_emb.emb_pos"],
         _ => &[],
     }

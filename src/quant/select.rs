@@ -248,7 +248,9 @@ pub fn high_precision(arch: Option<Arch>) -> &'static [&'static str] {
             "_mod.",
             ".modulation.",
         ],
-        Some(Arch::Ltxv) => &[
+        // LTX-2's audio and audio-video counterparts contain these fragments
+        // (`audio_patchify_proj.`, `av_ca_…_adaln_single.`, `audio_proj_out.`).
+        Some(Arch::Ltxv | Arch::Ltx2) => &[
             "patchify_proj.",
             "adaln_single.",
             "caption_projection.",

@@ -7,7 +7,7 @@ use super::spec::{
     ClipTextConfig, Denoiser, Encoder, FluxConfig, MmditConfig, Spec, T5Config, UnetConfig, Vae,
     VaeConfig,
 };
-use super::{dit, ltx_vae, text, video_vae};
+use super::{dit, ltx_vae, ltxav, text, video_vae};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, TensorInfo};
 
 /// A state dict under construction: key -> shape/dtype, with helpers for common module types.
@@ -478,6 +478,7 @@ pub(crate) fn expand(spec: &Spec) -> ComponentShapes {
         Denoiser::Lumina(l) => dit::lumina(l, &mut model),
         Denoiser::HunyuanVideo(h) => dit::hunyuan_video(h, &mut model),
         Denoiser::Ltxv(l) => dit::ltxv(l, &mut model),
+        Denoiser::Ltxav(l) => ltxav::ltxav(l, &mut model),
     }
     let mut clip = Dict::new(Dtype::F16);
     for e in spec.encoders {
@@ -486,6 +487,11 @@ pub(crate) fn expand(spec: &Spec) -> ComponentShapes {
             Encoder::T5(t) => t5_layout(t, &mut clip),
             Encoder::Llm(l) => text::llm(l, &mut clip),
             Encoder::Tokenizer { key, bytes } => clip.add_typed(*key, &[*bytes], Dtype::U8),
+            Encoder::Projection {
+                key,
+                in_features,
+                out_features,
+            } => clip.linear(key, *in_features, *out_features, false),
         }
     }
     let mut vae = Dict::new(Dtype::F32);

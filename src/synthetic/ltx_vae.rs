@@ -36,7 +36,8 @@ fn res_stage(d: &mut Dict, p: &str, ch: usize, layers: usize, timestep: bool) {
     }
 }
 
-/// ComfyUI `VideoVAE` with the 0.9.5+ configuration.
+/// ComfyUI `VideoVAE` with the 0.9.5+ configuration (LTX-2's: the same without the timestep
+/// conditioning).
 pub(super) fn ltx(cfg: &LtxVaeConfig, d: &mut Dict) {
     let pp = cfg.patch_size * cfg.patch_size;
     let mut ch = cfg.base_channels;
@@ -77,7 +78,13 @@ pub(super) fn ltx(cfg: &LtxVaeConfig, d: &mut Dict) {
     causal(d, "decoder.conv_in", cfg.latent_channels, ch, 3);
     let mut index = 0;
     for (s, &layers) in cfg.decoder_layers.iter().enumerate() {
-        res_stage(d, &format!("decoder.up_blocks.{index}"), ch, layers, true);
+        res_stage(
+            d,
+            &format!("decoder.up_blocks.{index}"),
+            ch,
+            layers,
+            cfg.timestep_conditioning,
+        );
         index += 1;
         if s + 1 < cfg.decoder_layers.len() {
             // Depth-to-space (2,2,2) with the width halved: 8·ch/2 channels before unpacking.
@@ -87,9 +94,11 @@ pub(super) fn ltx(cfg: &LtxVaeConfig, d: &mut Dict) {
         }
     }
     causal(d, "decoder.conv_out", ch, 3 * pp, 3);
-    d.add_typed("decoder.timestep_scale_multiplier", &[], Dtype::F32);
-    time_embedder(d, "decoder.last_time_embedder", 2 * ch);
-    d.add("decoder.last_scale_shift_table", &[2, ch]);
+    if cfg.timestep_conditioning {
+        d.add_typed("decoder.timestep_scale_multiplier", &[], Dtype::F32);
+        time_embedder(d, "decoder.last_time_embedder", 2 * ch);
+        d.add("decoder.last_scale_shift_table", &[2, ch]);
+    }
     for stat in [
         "std-of-means",
         "mean-of-means",

@@ -18,6 +18,7 @@ mod dit;
 pub(crate) mod expand;
 pub mod lora;
 mod ltx_vae;
+mod ltxav;
 pub(crate) mod models;
 pub(crate) mod spec;
 #[cfg(test)]

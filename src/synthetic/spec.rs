@@ -74,8 +74,29 @@ pub(crate) struct LlmConfig {
     pub(crate) sandwich_norms: bool,
     /// An output head (`<name>.transformer.model.lm_head`; Qwen3 8B keeps one).
     pub(crate) lm_head: bool,
-    /// Qwen2.5-VL's vision tower under `<name>.transformer.visual.`.
-    pub(crate) vision: Option<QwenVisionConfig>,
+    /// The vision tower beside the language model (Qwen2.5-VL's, Gemma 3's).
+    pub(crate) vision: Option<Vision>,
+}
+
+/// The vision tower of a multimodal language-model encoder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Vision {
+    /// Qwen2.5-VL's, under `<name>.transformer.visual.`.
+    Qwen(QwenVisionConfig),
+    /// Gemma 3's SigLIP tower under `<name>.transformer.vision_model.` and its projection into
+    /// the language model's width under `<name>.transformer.multi_modal_projector.`.
+    Siglip(SiglipConfig),
+}
+
+/// SigLIP's vision transformer as ComfyUI's `CLIPVision` builds it (`siglip_vision_model`: no
+/// class token, a biased patch embedding, no pre-norm).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SiglipConfig {
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) num_layers: usize,
+    pub(crate) patch_size: usize,
+    pub(crate) image_size: usize,
 }
 
 /// Qwen2.5-VL's vision transformer (windowed ViT with a patch merger into the LM's width).
@@ -134,6 +155,9 @@ pub(crate) struct LtxVaeConfig {
     pub(crate) encoder_layers: &'static [usize],
     /// Residual layers of each decoder stage, deepest first.
     pub(crate) decoder_layers: &'static [usize],
+    /// A timestep-conditioned decoder (LTX-Video 0.9.5+; not LTX-2's): per-stage time
+    /// embedders and scale/shift tables, the last ones, the timestep scale.
+    pub(crate) timestep_conditioning: bool,
 }
 
 /// Wan's causal 3-D autoencoder: the 2.1 layout (flat `downsamples`/`upsamples` lists, used by
@@ -227,6 +251,25 @@ pub(crate) struct LtxvConfig {
     pub(crate) cross_attention_dim: usize,
 }
 
+/// LTX-2's audio-video DiT (ComfyUI `lightricks.av_model.LTXAVModel`, the LTX-2 configuration:
+/// no gated attention, no cross-attention adaLN): a video stream and an audio stream of
+/// transformer blocks that attend to each other, and the two text connectors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LtxavConfig {
+    /// The video stream (`patchify_proj`, `transformer_blocks.N.attn1`, …).
+    pub(crate) video: LtxvConfig,
+    pub(crate) audio_num_heads: usize,
+    pub(crate) audio_head_dim: usize,
+    pub(crate) audio_in_channels: usize,
+    /// Width of the audio stream's text context (`audio_attn2.to_k` input).
+    pub(crate) audio_cross_attention_dim: usize,
+    /// The `Embeddings1DConnector`s' heads, head width, depth and learnable registers.
+    pub(crate) connector_heads: usize,
+    pub(crate) connector_head_dim: usize,
+    pub(crate) connector_layers: usize,
+    pub(crate) connector_registers: usize,
+}
+
 /// Wan 2.x DiT (ComfyUI `wan.model.WanModel`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WanConfig {
@@ -303,6 +346,7 @@ pub(crate) enum Denoiser {
     Lumina(LuminaConfig),
     HunyuanVideo(HunyuanVideoConfig),
     Ltxv(LtxvConfig),
+    Ltxav(LtxavConfig),
 }
 
 /// One text encoder of the clip component, or a tokenizer blob ComfyUI saves beside them.
@@ -315,6 +359,13 @@ pub(crate) enum Encoder {
     Tokenizer {
         key: &'static str,
         bytes: usize,
+    },
+    /// A bias-free linear layer the text-encoder model holds beside its language model, as
+    /// `<key>.weight` (LTX-2's `text_embedding_projection`).
+    Projection {
+        key: &'static str,
+        in_features: usize,
+        out_features: usize,
     },
 }
 

@@ -1,9 +1,10 @@
 //! Decoder-only language models used as text encoders (Llama, Qwen2.5/3, Gemma 2/3, Mistral),
 //! as ComfyUI holds them: `<name>.transformer.model.…` (and Qwen2.5-VL's vision tower under
-//! `<name>.transformer.visual.…`), with the `<name>.logit_scale` every ComfyUI encoder carries.
+//! `<name>.transformer.visual.…`, Gemma 3's under `<name>.transformer.vision_model.…` with its
+//! `multi_modal_projector`), with the `<name>.logit_scale` every ComfyUI encoder carries.
 
 use super::expand::Dict;
-use super::spec::{LlmConfig, QwenVisionConfig};
+use super::spec::{LlmConfig, QwenVisionConfig, SiglipConfig, Vision};
 use crate::model::Dtype;
 
 /// Every parameter of the language model (no `lm_head`: ComfyUI drops it).
@@ -49,9 +50,48 @@ pub(super) fn llm(cfg: &LlmConfig, d: &mut Dict) {
     if cfg.lm_head {
         d.linear(&format!("{m}.lm_head"), h, cfg.vocab_size, false);
     }
-    if let Some(v) = &cfg.vision {
-        qwen_vision(v, &format!("{n}.transformer.visual"), d);
+    match &cfg.vision {
+        Some(Vision::Qwen(v)) => qwen_vision(v, &format!("{n}.transformer.visual"), d),
+        Some(Vision::Siglip(v)) => {
+            siglip(v, &format!("{n}.transformer.vision_model"), d);
+            // `Gemma3MultiModalProjector`: an RMS norm and a bare projection matrix stored
+            // (vision width, LM width).
+            let p = format!("{n}.transformer.multi_modal_projector");
+            d.add(
+                format!("{p}.mm_input_projection_weight"),
+                &[v.hidden_size, h],
+            );
+            d.add(format!("{p}.mm_soft_emb_norm.weight"), &[v.hidden_size]);
+        }
+        None => {}
     }
+}
+
+/// ComfyUI's `CLIPVision` as a SigLIP tower: a biased patch convolution, one position per
+/// patch (no class token), pre-norm blocks with biased projections, a final layer norm.
+fn siglip(cfg: &SiglipConfig, p: &str, d: &mut Dict) {
+    let h = cfg.hidden_size;
+    let patches = (cfg.image_size / cfg.patch_size).pow(2);
+    d.add(
+        format!("{p}.embeddings.patch_embedding.weight"),
+        &[h, 3, cfg.patch_size, cfg.patch_size],
+    );
+    d.add(format!("{p}.embeddings.patch_embedding.bias"), &[h]);
+    d.add(
+        format!("{p}.embeddings.position_embedding.weight"),
+        &[patches, h],
+    );
+    for i in 0..cfg.num_layers {
+        let l = format!("{p}.encoder.layers.{i}");
+        d.norm(&format!("{l}.layer_norm1"), h);
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            d.linear(&format!("{l}.self_attn.{proj}"), h, h, true);
+        }
+        d.norm(&format!("{l}.layer_norm2"), h);
+        d.linear(&format!("{l}.mlp.fc1"), h, cfg.intermediate_size, true);
+        d.linear(&format!("{l}.mlp.fc2"), cfg.intermediate_size, h, true);
+    }
+    d.norm(&format!("{p}.post_layernorm"), h);
 }
 
 /// Qwen2.5-VL's vision tower: a 3-D patch embedding, RMS-normed blocks with fused qkv and a

@@ -91,6 +91,49 @@ fn wan_sizes_and_image_to_video_are_told_apart() {
     );
 }
 
+/// LTX-2 and LTX-Video share the LTX branch of `detect_unet_config`; the audio stream's adaLN
+/// (`image_model: ltxav`) tells them apart, and each is placed by its values.
+#[test]
+fn ltx2_is_told_from_ltx_video_by_its_audio_stream() {
+    use crate::synthetic::models::{LTX2_19B, LTXV_13B};
+    let d = detect(&model_of(&LTX2_19B)).unwrap();
+    assert_eq!(d.arch, Arch::Ltx2);
+    assert_eq!(d.variant.unwrap().name, "ltx2-19b");
+    assert_eq!(
+        d.params,
+        [
+            ("num_layers", 48),
+            ("attention_head_dim", 128),
+            ("cross_attention_dim", 4096)
+        ]
+    );
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.contains("audio_adaln_single.linear.weight")),
+        "{:?}",
+        d.evidence
+    );
+    // The same video stream without the audio one is LTX-Video (13B: 48 blocks of 4096).
+    let mut video = model_of(&LTX2_19B);
+    video.retain(|k, _| !k.contains("audio"));
+    let d = detect(&video).unwrap();
+    assert_eq!((d.arch, d.variant.unwrap().name), (Arch::Ltxv, "ltxv-13b"));
+    // LTX-Video with an audio adaLN is LTX-2, refused when its block count is no release's.
+    let mut m = model_of(&LTXV_13B);
+    m.insert(
+        "audio_adaln_single.linear.weight".into(),
+        info(&[12288, 2048]),
+    );
+    assert_eq!(detect(&m).unwrap().arch, Arch::Ltx2);
+    m.retain(|k, _| !k.starts_with("transformer_blocks.47."));
+    let e = detect(&m).unwrap_err().to_string();
+    assert!(
+        e.contains("num_layers 47") && e.contains("--arch ltx2"),
+        "{e}"
+    );
+}
+
 fn info(shape: &[usize]) -> TensorInfo {
     TensorInfo::new(shape.to_vec(), Dtype::F32)
 }

@@ -1,5 +1,5 @@
 //! The families after Flux.1: Wan 2.1 and 2.2, Qwen-Image, HiDream, Chroma, Lumina 2, Flux 2,
-//! Z-Image, HunyuanVideo (and 1.5) and LTX-Video. Everything here is laid out by prefix.
+//! Z-Image, HunyuanVideo (and 1.5), LTX-Video and LTX-2. Everything here is laid out by prefix.
 
 use super::*;
 use crate::family::lora_names as lora;
@@ -399,3 +399,45 @@ pub(super) const LTXV: Family = Family {
         lora::LTXV,
     )
 };
+
+/// LTX-2: ComfyUI's LTX branch of `detect_unet_config` with the audio stream's adaLN
+/// (`image_model: ltxav`); `supported_models.LTXAV` (an `LTXV` config: `text_encoders.`,
+/// `vae.`, no save-time conversions). The text encoder is `LTXAVTEModel` (`text_encoders/lt.py`:
+/// `gemma3_12b` and `text_embedding_projection`), the VAE LTX-Video's class. ComfyUI has no
+/// `ModelMergeLTXAV` node and no LoRA names for `LTXAV` beyond the generic ones.
+pub(super) const LTX2: Family = dit(
+    Arch::Ltx2,
+    "ltx2",
+    &["ltx-2", "ltxav"],
+    "LTX-2 (audio-video)",
+    "LTXAV",
+    &[
+        Key("adaln_single.emb.timestep_embedder.linear_1.bias"),
+        Key("audio_adaln_single.linear.weight"),
+        NoKey("pos_embed.proj.bias"),
+    ],
+    &[
+        blocks("num_layers", "transformer_blocks."),
+        dim(
+            "attention_head_dim",
+            "transformer_blocks.0.attn2.to_k.weight",
+            0,
+            32,
+        ),
+        dim(
+            "cross_attention_dim",
+            "transformer_blocks.0.attn2.to_k.weight",
+            1,
+            1,
+        ),
+    ],
+    &["num_layers"],
+    &[variant(
+        "ltx2-19b",
+        "LTX-2 19B (dev and distilled)",
+        &m::LTX2_19B,
+        &m::LTX2_19B_TINY,
+    )],
+    VaeKind::Ltx,
+    lora::GENERIC,
+);

@@ -231,7 +231,9 @@ pub fn denoiser(arch: Arch) -> (Folder, ModelClass) {
         Arch::Flux2 => Flux2Transformer,
         Arch::ZImage => ZImageTransformer,
         Arch::HunyuanVideo | Arch::HunyuanVideo15 => HunyuanVideoTransformer,
-        Arch::Ltxv => LtxTransformer,
+        // LTX-2 has no diffusers names here (`require_diffusers` refuses it); its video stream
+        // is LTX-Video's transformer.
+        Arch::Ltxv | Arch::Ltx2 => LtxTransformer,
     };
     (Folder::Transformer, class)
 }

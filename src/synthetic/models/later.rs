@@ -521,20 +521,22 @@ pub(crate) const HUNYUAN_VIDEO_15_TINY: Spec = Spec {
 // ---- LTX-Video ---------------------------------------------------------------------------------
 
 /// LTX-Video's VAE (0.9.5 and later).
-const VAE_LTX: LtxVaeConfig = LtxVaeConfig {
+pub(super) const VAE_LTX: LtxVaeConfig = LtxVaeConfig {
     base_channels: 128,
     latent_channels: 128,
     patch_size: 4,
     encoder_layers: &[4, 6, 6, 2, 2],
     decoder_layers: &[5, 5, 5, 5],
+    timestep_conditioning: true,
 };
 
-const TINY_VAE_LTX: LtxVaeConfig = LtxVaeConfig {
+pub(super) const TINY_VAE_LTX: LtxVaeConfig = LtxVaeConfig {
     base_channels: 2,
     latent_channels: 8,
     patch_size: 4,
     encoder_layers: &[1, 1, 1, 1, 1],
     decoder_layers: &[1, 1, 1, 1],
+    timestep_conditioning: true,
 };
 
 const LTXV_2B_DIT: LtxvConfig = LtxvConfig {

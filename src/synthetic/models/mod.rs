@@ -9,10 +9,12 @@
 
 mod classic;
 mod later;
+mod ltx2;
 
 use super::spec::*;
 pub(crate) use classic::*;
 pub(crate) use later::*;
+pub(crate) use ltx2::*;
 
 // ---- text encoders at full size -------------------------------------------------------------
 
@@ -78,7 +80,7 @@ pub(crate) const QWEN25_7B: LlmConfig = LlmConfig {
     qk_norm: false,
     sandwich_norms: false,
     lm_head: false,
-    vision: Some(QwenVisionConfig {
+    vision: Some(Vision::Qwen(QwenVisionConfig {
         hidden_size: 1280,
         intermediate_size: 3420,
         depth: 32,
@@ -86,7 +88,7 @@ pub(crate) const QWEN25_7B: LlmConfig = LlmConfig {
         temporal_patch_size: 2,
         spatial_merge_size: 2,
         out_hidden_size: 3584,
-    }),
+    })),
 };
 
 /// Llama 3.1 8B (HiDream).
@@ -176,7 +178,7 @@ pub(super) const fn tiny_llm(name: &'static str, full: LlmConfig) -> LlmConfig {
         num_kv_heads: 2,
         head_dim: 8,
         vision: match full.vision {
-            Some(_) => Some(QwenVisionConfig {
+            Some(Vision::Qwen(_)) => Some(Vision::Qwen(QwenVisionConfig {
                 hidden_size: 16,
                 intermediate_size: 24,
                 depth: 2,
@@ -184,7 +186,14 @@ pub(super) const fn tiny_llm(name: &'static str, full: LlmConfig) -> LlmConfig {
                 temporal_patch_size: 2,
                 spatial_merge_size: 2,
                 out_hidden_size: 32,
-            }),
+            })),
+            Some(Vision::Siglip(_)) => Some(Vision::Siglip(SiglipConfig {
+                hidden_size: 16,
+                intermediate_size: 24,
+                num_layers: 2,
+                patch_size: 2,
+                image_size: 8,
+            })),
             None => None,
         },
         ..full
