@@ -111,6 +111,57 @@ fn place(
     (ggml, shape.to_vec())
 }
 
+/// One tensor's place in a GGUF target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// The type convert.py writes it in (llama-quantize's input).
+    pub base: GgmlType,
+    /// The type written.
+    pub ggml: GgmlType,
+    /// The shape written (row-major).
+    pub shape: Vec<usize>,
+    /// Whether convert.py stored it reshaped to rows of 256 (`comfy.gguf.orig_shape`).
+    pub reshaped: bool,
+}
+
+/// Places tensor `key` (of `dtype` and `shape`) in a GGUF target of `ty`; `quantizer` is the
+/// file's, called in file order.
+pub(crate) fn decide(
+    arch: Arch,
+    ty: GgufType,
+    quantizer: &mut Quantizer,
+    key: &str,
+    dtype: Dtype,
+    shape: &[usize],
+) -> Placed {
+    // convert.py's file: the type asked, or for llama-quantize's input the one convert.py
+    // picks per tensor (BF16 from bf16, F16 from anything else).
+    let base_ty = match ty {
+        _ if !ty.is_quantized() => ty,
+        _ if dtype == Dtype::BF16 => GgufType::BF16,
+        _ => GgufType::F16,
+    };
+    let (base, stored) = place(arch, base_ty, key, dtype, shape);
+    let reshaped = stored != shape;
+    // llama-quantize never sees the tensors fix_5d_tensors.py adds back.
+    if ty.is_quantized() && stored.len() <= MAX_TENSOR_DIMS {
+        let ggml = quantizer.decide(key, base, &stored);
+        let shape = written_shape(arch, key, &stored);
+        return Placed {
+            base,
+            ggml,
+            shape,
+            reshaped,
+        };
+    }
+    Placed {
+        base,
+        ggml: base,
+        shape: stored,
+        reshaped,
+    }
+}
+
 impl Plan {
     /// Plans `model` (a denoiser of `arch` in ComfyUI's in-memory names) as the GGUF file
     /// convert.py writes for it in the target's type, quantized as llama-quantize would for a
@@ -156,15 +207,8 @@ impl Plan {
                     info.dtype
                 )));
             }
-            // convert.py's file: the type asked, or for llama-quantize's input the one
-            // convert.py picks per tensor (BF16 from bf16, F16 from anything else).
-            let base_ty = match ty {
-                _ if !ty.is_quantized() => ty,
-                _ if info.dtype == Dtype::BF16 => GgufType::BF16,
-                _ => GgufType::F16,
-            };
-            let (base, mut stored) = place(arch, base_ty, key, info.dtype, &info.shape);
-            if stored != info.shape {
+            let placed = decide(arch, ty, &mut quantizer, key, info.dtype, &info.shape);
+            if placed.reshaped {
                 let dims = info
                     .shape
                     .iter()
@@ -178,19 +222,13 @@ impl Plan {
                     MetaValue::Array(MetaArray::I32(dims)),
                 ));
             }
-            let mut ggml = base;
-            // llama-quantize never sees the tensors fix_5d_tensors.py adds back.
-            if ty.is_quantized() && stored.len() <= MAX_TENSOR_DIMS {
-                ggml = quantizer.decide(key, base, &stored);
-                stored = written_shape(arch, key, &stored);
-            }
             infos.push((
                 GgufTensorInfo {
                     name: key.clone(),
-                    shape: stored,
-                    ggml_type: ggml,
+                    shape: placed.shape,
+                    ggml_type: placed.ggml,
                 },
-                base,
+                placed.base,
             ));
         }
         let header = gguf_header(
