@@ -18,6 +18,11 @@
 //! - the metadata: `general.architecture`, `general.quantization_version` (2),
 //!   `general.file_type` (1 for F16, 32 for BF16), then the original shapes in tensor order.
 //!
+//! For a quantized [`GgufType`], that file is then quantized as llama-quantize (with
+//! ComfyUI-GGUF's `lcpp.patch`) quantizes it ([`super::gguf_quantize`]): each tensor it quantizes
+//! is planned as ggml blocks encoded when written ([`QuantTarget`]), the others keep convert.py's
+//! type.
+//!
 //! Values are cast once from the source (a quantized input's decoded values included), as
 //! gguf-py's `quantize` casts numpy's f32 (round to nearest even).
 
