@@ -319,3 +319,70 @@ fn bad_types_and_patterns_are_refused_with_nothing_written() {
     );
     refused(d, &with(&["--gguf-exclude", "x"]), "--gguf");
 }
+
+/// gguf-py's view of a quantized file: it reads every tensor and dequantizes it, and for the
+/// types it quantizes itself its blocks from convert.py's file's values are the file's.
+const GGUF_PY_CHECK: &str = r#"
+import sys
+import numpy as np
+import gguf
+
+base = {t.name: t for t in gguf.GGUFReader(sys.argv[1]).tensors}
+q = gguf.GGUFReader(sys.argv[2])
+own = {gguf.GGMLQuantizationType[n] for n in ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")}
+checked = 0
+for t in q.tensors:
+    b = base[t.name]
+    gguf.quants.dequantize(t.data, t.tensor_type)
+    if t.tensor_type in own:
+        x = gguf.quants.dequantize(b.data, b.tensor_type).astype(np.float32)
+        want = gguf.quants.quantize(x.reshape(-1, x.shape[-1]), t.tensor_type)
+        assert want.tobytes() == np.asarray(t.data).tobytes(), t.name
+        checked += 1
+print("OK", checked)
+"#;
+
+#[test]
+fn gguf_py_reads_every_type_and_quantizes_its_own_types_the_same() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but `python3 -c \"import gguf, numpy\"` fails; .ci/run installs them"
+        );
+        eprintln!("skipped: python3 with the gguf package (gguf-py) and numpy is not available");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = model();
+    let base = dir.path().join("base.gguf");
+    save_gguf_to_path(&c, &base, GgufType::BF16, &opts()).unwrap();
+    for ty in QUANTIZED {
+        let path = dir.path().join(format!("{ty}.gguf"));
+        save_gguf_to_path(&c, &path, ty, &opts()).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(GGUF_PY_CHECK)
+            .arg(&base)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{ty}: gguf-py disagrees:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let legacy = matches!(
+            ty,
+            GgufType::Q8_0 | GgufType::Q5_1 | GgufType::Q5_0 | GgufType::Q4_1 | GgufType::Q4_0
+        );
+        // Four of the tensors are quantized in every type (the fifth, rows of 96, too for these).
+        let want = if legacy { "OK 5" } else { "OK 0" };
+        assert_eq!(stdout.trim(), want, "{ty}");
+    }
+}
