@@ -160,6 +160,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "FORMAT")]
     pub(crate) quantize: Option<Format>,
 
+    /// Write the denoiser as a GGUF file of TYPE (as `--gguf` of a save) and time the Python
+    /// program a user writes for it (convert.py's rules with gguf-py's quantizer: F16, BF16,
+    /// Q8_0, Q5_1, Q5_0, Q4_1, Q4_0) beside ours.
+    #[arg(long, value_name = "TYPE", conflicts_with = "quantize")]
+    pub(crate) gguf: Option<GgufType>,
+
     /// With `merge`: time this merge method (sd-mecha's name: slerp, ties_sum, …) over two
     /// checkpoints (three for methods that take more) instead of a weighted sum, against the
     /// storage ceiling.

@@ -491,6 +491,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         lora_rank: args.lora_rank,
         chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),
         quantize: args.quantize,
+        gguf: args.gguf,
         method: None,
     };
     let opts = match &args.method {
