@@ -88,6 +88,32 @@ fn save_with(
     reserve: impl FnOnce() -> Result<Reservation>,
 ) -> Result<Saved> {
     let start = Instant::now();
+    let (plan, method, arch) = plan_gguf(components, ty, opts, folder)?;
+    let reservation = reserve()?;
+    let (path, non_finite) = write_reserved(&plan, reservation, method, opts)?;
+    Ok(Saved {
+        path,
+        arch: Some(arch),
+        prediction: arch.default_prediction(),
+        tensors: plan.tensors().len(),
+        bytes: plan.file_len(),
+        non_finite,
+        dropped: Vec::new(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The plan of [`save_gguf`] for a file in `folder`, its write method and the architecture;
+/// nothing is created.
+///
+/// # Errors
+/// As [`save_gguf`], up to the first byte written.
+pub(crate) fn plan_gguf(
+    components: &Components,
+    ty: &GgufTarget,
+    opts: &SaveOptions,
+    folder: &Path,
+) -> Result<(Plan, Method, Arch)> {
     let model = components
         .get(ComponentKind::Model)
         .ok_or_else(|| Error::MissingComponent {
@@ -113,16 +139,5 @@ fn save_with(
         Method::Direct => Method::Pwrite,
         m => m,
     };
-    let reservation = reserve()?;
-    let (path, non_finite) = write_reserved(&plan, reservation, method, opts)?;
-    Ok(Saved {
-        path,
-        arch: Some(arch),
-        prediction: arch.default_prediction(),
-        tensors: plan.tensors().len(),
-        bytes: plan.file_len(),
-        non_finite,
-        dropped: Vec::new(),
-        elapsed: start.elapsed(),
-    })
+    Ok((plan, method, arch))
 }
