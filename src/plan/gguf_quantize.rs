@@ -63,7 +63,8 @@ impl GgufTarget {
     /// [`Error::InvalidInput`] for a pattern that does not parse, or patterns given with F16 or
     /// BF16 (which quantize nothing).
     pub fn new(ty: GgufType, include: &[String], exclude: &[String]) -> Result<GgufTarget> {
-        if !ty.is_quantized() && !(include.is_empty() && exclude.is_empty()) {
+        let patterns = !(include.is_empty() && exclude.is_empty());
+        if !ty.is_quantized() && patterns {
             return Err(Error::InvalidInput(format!(
                 "--gguf-include/--gguf-exclude move tensors between a quantized type and high \
                  precision; a {ty} file quantizes nothing: choose a quantized type ({})",
