@@ -100,7 +100,7 @@ pub use model::{
 };
 pub use offload::cuda::release_pinned_buffers;
 pub use offload::pinned_copy_ceiling;
-pub use plan::gguf_target::GgufType;
+pub use plan::gguf_target::{GgufTarget, GgufType};
 pub use plan::metadata::MetadataOptions;
 pub use plan::ComponentDtypes;
 pub use publish::{clean_stale_temps, reserve_at, Reservation};

@@ -8,18 +8,21 @@ use crate::error::{Error, Result};
 use crate::layout::detect::detect_model;
 use crate::model::{Arch, ComponentKind, Components};
 use crate::naming::SaveTarget;
-use crate::plan::gguf_target::GgufType;
+use crate::plan::gguf_target::GgufTarget;
 use crate::plan::Plan;
 use crate::publish::{reserve_at, Reservation};
 use crate::save::{refuse_input_as_output, write_method, write_reserved, LayoutChoice};
 use crate::write::Method;
 use crate::{SaveOptions, Saved};
 
-/// Saves the denoiser of `components` as one GGUF file of `ty`, named as ComfyUI names saves
+/// Saves the denoiser of `components` as one GGUF file of `ty` (a [`crate::GgufType`], or a
+/// [`GgufTarget`] with include/exclude patterns), named as ComfyUI names saves
 /// (`opts.prefix` under `opts.output_dir`, with the `.gguf` extension; ComfyUI-GGUF reads it
 /// from `diffusion_models/` or `unet/`), exactly as ComfyUI-GGUF's `tools/convert.py` (and
-/// `fix_5d_tensors.py`) would write it from the same tensors: the architecture string, the key
-/// set, each tensor's type and shape, the metadata. Text encoders and the autoencoder are not
+/// `fix_5d_tensors.py`) would write it from the same tensors, quantized for a quantized type as
+/// llama-quantize patched by ComfyUI-GGUF's `lcpp.patch` would quantize that file: the
+/// architecture string, the key set, each tensor's type and shape, the metadata, the blocks
+/// (bit for bit ggml's reference quantizers'), encoded range by range as the file is written. Text encoders and the autoencoder are not
 /// written. The architecture is `opts.layout`'s, or detected from the denoiser.
 ///
 /// ```
@@ -49,10 +52,14 @@ use crate::{SaveOptions, Saved};
 /// layout (a GGUF file names its architecture), a name longer than GGUF allows, a tensor that
 /// is not floating point; detection, planning, write and publish errors as [`crate::save`]
 /// (nothing is left under a final name).
-pub fn save_gguf(components: &Components, ty: GgufType, opts: &SaveOptions) -> Result<Saved> {
+pub fn save_gguf(
+    components: &Components,
+    ty: impl Into<GgufTarget>,
+    opts: &SaveOptions,
+) -> Result<Saved> {
     let target = SaveTarget::resolve(&opts.prefix, &opts.output_dir)?.with_extension("gguf");
     let folder = target.folder.clone();
-    save_with(components, ty, opts, &folder, || target.reserve())
+    save_with(components, &ty.into(), opts, &folder, || target.reserve())
 }
 
 /// [`save_gguf`] to exactly `path`, refusing to replace an existing file.
@@ -62,7 +69,7 @@ pub fn save_gguf(components: &Components, ty: GgufType, opts: &SaveOptions) -> R
 pub fn save_gguf_to_path(
     components: &Components,
     path: &Path,
-    ty: GgufType,
+    ty: impl Into<GgufTarget>,
     opts: &SaveOptions,
 ) -> Result<Saved> {
     refuse_input_as_output(components, path)?;
@@ -70,17 +77,43 @@ pub fn save_gguf_to_path(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    save_with(components, ty, opts, folder, || reserve_at(path))
+    save_with(components, &ty.into(), opts, folder, || reserve_at(path))
 }
 
 fn save_with(
     components: &Components,
-    ty: GgufType,
+    ty: &GgufTarget,
     opts: &SaveOptions,
     folder: &Path,
     reserve: impl FnOnce() -> Result<Reservation>,
 ) -> Result<Saved> {
     let start = Instant::now();
+    let (plan, method, arch) = plan_gguf(components, ty, opts, folder)?;
+    let reservation = reserve()?;
+    let (path, non_finite) = write_reserved(&plan, reservation, method, opts)?;
+    Ok(Saved {
+        path,
+        arch: Some(arch),
+        prediction: arch.default_prediction(),
+        tensors: plan.tensors().len(),
+        bytes: plan.file_len(),
+        non_finite,
+        dropped: Vec::new(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The plan of [`save_gguf`] for a file in `folder`, its write method and the architecture;
+/// nothing is created.
+///
+/// # Errors
+/// As [`save_gguf`], up to the first byte written.
+pub(crate) fn plan_gguf(
+    components: &Components,
+    ty: &GgufTarget,
+    opts: &SaveOptions,
+    folder: &Path,
+) -> Result<(Plan, Method, Arch)> {
     let model = components
         .get(ComponentKind::Model)
         .ok_or_else(|| Error::MissingComponent {
@@ -106,16 +139,5 @@ fn save_with(
         Method::Direct => Method::Pwrite,
         m => m,
     };
-    let reservation = reserve()?;
-    let (path, non_finite) = write_reserved(&plan, reservation, method, opts)?;
-    Ok(Saved {
-        path,
-        arch: Some(arch),
-        prediction: arch.default_prediction(),
-        tensors: plan.tensors().len(),
-        bytes: plan.file_len(),
-        non_finite,
-        dropped: Vec::new(),
-        elapsed: start.elapsed(),
-    })
+    Ok((plan, method, arch))
 }

@@ -366,6 +366,7 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
         lora_rank: Some(2),
         chain: None,
         quantize: None,
+        gguf: None,
         method: None,
     };
     let r = checkpoint_save::bench::run(&opts)?;

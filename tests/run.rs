@@ -409,3 +409,53 @@ fn merge_with_weights_is_the_normalized_comfyui_chain_over_any_number_of_inputs(
         &dir.path().join("out2"),
     );
 }
+
+#[test]
+fn gguf_runs_write_each_denoiser_as_a_convert_of_the_plain_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (m, _) = models(d);
+    let wf = fixture("merge_api.json");
+    let plain = run_workflow(d, &m, &wf, "plain", &[]);
+    let gguf = run_workflow(d, &m, &wf, "gguf", &["--gguf", "Q8_0"]);
+    let rel: Vec<String> = gguf
+        .iter()
+        .map(|p| {
+            p.strip_prefix(d.join("gguf"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        rel,
+        [
+            "vae/ComfyUI_vae_00001_.safetensors",
+            "checkpoints/merged_00001_.gguf"
+        ]
+    );
+    // The VAE save is untouched; the checkpoint's denoiser is what convert --gguf makes of the
+    // plain run's checkpoint.
+    assert_eq!(
+        std::fs::read(&plain[0]).unwrap(),
+        std::fs::read(&gguf[0]).unwrap()
+    );
+    let r = run(
+        d,
+        &[
+            "convert",
+            plain[1].to_str().unwrap(),
+            "--gguf",
+            "Q8_0",
+            "--output-dir",
+            "conv",
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let converted = d.join(r.stdout.trim());
+    assert_eq!(
+        std::fs::read(&converted).unwrap(),
+        std::fs::read(&gguf[1]).unwrap()
+    );
+}

@@ -147,6 +147,21 @@ impl Subject {
         save_opts: &SaveOptions,
         out: &Path,
     ) -> Result<Saved> {
+        match (self, opts.gguf) {
+            (Subject::Memory(c), Some(ty)) => crate::save_gguf_to_path(c, out, ty, save_opts),
+            (Subject::File(p), Some(ty)) => {
+                crate::save_gguf_to_path(&open(opts, p)?, out, ty, save_opts)
+            }
+            _ => self.ours_checkpoint(opts, save_opts, out),
+        }
+    }
+
+    fn ours_checkpoint(
+        &self,
+        opts: &BenchOptions,
+        save_opts: &SaveOptions,
+        out: &Path,
+    ) -> Result<Saved> {
         match self {
             Subject::Memory(c) => save_to_path(c, out, save_opts),
             Subject::File(p) => convert(opts, save_opts, p, out),

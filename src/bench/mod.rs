@@ -76,6 +76,10 @@ pub struct BenchOptions {
     /// Quantize the denoiser's linear weights into this format (the save's default rule), and
     /// time the Python program a user writes for it (comfy-kitchen) instead of candle's.
     pub quantize: Option<crate::quant::Format>,
+    /// Write the denoiser alone as a GGUF file of this type ([`crate::save_gguf`]) instead, and
+    /// time the Python program a user writes for it (convert.py's rules with gguf-py's
+    /// quantizer, for the types gguf-py quantizes).
+    pub gguf: Option<crate::GgufType>,
     /// With `chain`: a merge method node over the chain's checkpoints instead of
     /// ModelMergeSimple nodes (sd-mecha's name and parameters, [`crate::merge::methods`]).
     pub method: Option<BenchMethod>,
@@ -101,6 +105,13 @@ const CANDLE_MARGIN: u64 = 2 << 30;
 /// [`Error::InvalidInput`] for `from_file` on a GPU (a convert reads and casts on the host; a
 /// merge on a GPU combines its input ranges there).
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.gguf.is_some() && (opts.merge || opts.chain.is_some() || opts.quantize.is_some()) {
+        return Err(Error::InvalidInput(
+            "--gguf times a save or a file-to-file convert into GGUF; drop merge/run and \
+             --quantize"
+                .into(),
+        ));
+    }
     if opts.from_file && !opts.merge && !opts.device.is_cpu() {
         return Err(Error::InvalidInput(
             "a file-to-file convert reads and casts on the host; drop --device (bench merge \
@@ -156,6 +167,7 @@ fn measure(
     let (saved, quantized) = {
         let s = subject.ours(opts, save_opts, &ours_path);
         let keys = match &s {
+            Ok(_) if opts.gguf.is_some() => python::gguf_types(&ours_path),
             Ok(_) if opts.quantize.is_some() => quantized_keys(&ours_path),
             _ => Ok(Vec::new()),
         };
@@ -164,21 +176,40 @@ fn measure(
     };
     let bytes = saved.bytes;
     // Quantizing, the program a user writes is Python's (candle has no ComfyUI quantizers).
-    let python = match (opts.quantize, subject.input_files().first()) {
-        (Some(_), Some(input)) => {
+    let python = match (
+        opts.quantize.is_some() || opts.gguf.is_some(),
+        subject.input_files().first(),
+    ) {
+        (true, Some(_)) if opts.gguf.is_some_and(|t| !python::gguf_py_quantizes(t)) => {
+            Some(Err(format!(
+                "gguf-py has no quantizer for {} (llama-quantize, C++, is the tool users run \
+                 for the K-quants)",
+                opts.gguf.map_or(String::new(), |t| t.to_string())
+            )))
+        }
+        (true, Some(input)) => {
+            let found = match opts.gguf {
+                Some(_) => python::find_gguf(),
+                None => python::find(),
+            };
             Some(
-                python::find().and_then(|p| match candle_fits(2 * input_bytes + bytes) {
+                found.and_then(|p| match candle_fits(2 * input_bytes + bytes) {
                     Some(why) => Err(format!("it loads the whole model: {why}")),
                     None => Ok((p, input.to_path_buf())),
                 }),
             )
         }
-        (Some(_), None) => Some(Err(
+        (true, None) => Some(Err(
             "the Python program starts from a file: give --from-file".to_string(),
         )),
-        (None, _) => None,
+        (false, _) => None,
     };
     let candle_skipped = match opts.quantize {
+        _ if opts.gguf.is_some() => Some(
+            "candle's GGUF writer holds every tensor whole and its Q2_K/Q4_K/Q5_K codes are not \
+             ggml's: the Python program (convert.py's rules, gguf-py) is timed instead"
+                .to_string(),
+        ),
         Some(_) => Some(
             "candle has no ComfyUI quantizers: the Python program (comfy-kitchen) is timed \
              instead"
@@ -200,8 +231,7 @@ fn measure(
 
     let python_path = path("python");
     if let Some(Ok((py, input))) = &python {
-        let format = opts.quantize.unwrap_or(crate::quant::Format::Nvfp4);
-        let job = || python::run(py, input, &python_path, format, &quantized);
+        let job = || python_job(opts, py, input, &python_path, &quantized);
         timed(job, &python_path)?;
     }
     let mut py_runs = Vec::new();
@@ -218,8 +248,7 @@ fn measure(
             candle.push(timed(job, &candle_path)?);
         }
         if let Some(Ok((py, input))) = &python {
-            let format = opts.quantize.unwrap_or(crate::quant::Format::Nvfp4);
-            let job = || python::run(py, input, &python_path, format, &quantized);
+            let job = || python_job(opts, py, input, &python_path, &quantized);
             py_runs.push(timed(job, &python_path)?);
         }
         if baking {
@@ -274,7 +303,10 @@ fn measure(
     let input_gbps = (input_bytes > 0).then(|| input_bytes as f64 / ours.median_s / 1e9);
     let ratio_python = python_measure.as_ref().map(|p| p.median_s / ours.median_s);
     Ok(BenchReport {
-        quantize: opts.quantize.map(|f| f.to_string()),
+        quantize: opts
+            .quantize
+            .map(|f| f.to_string())
+            .or(opts.gguf.map(|t| format!("GGUF {t}"))),
         input_gbps,
         python_skipped: match &python {
             Some(Err(why)) => Some(why.clone()),
@@ -330,6 +362,23 @@ fn measure(
         ratio_bake_to_convert,
         lora_gflop: subject.lora_flop().map(|f| f / 1e9),
     })
+}
+
+/// The Python program of the job (kitchen's quantizer, or convert.py's rules with gguf-py's).
+fn python_job(
+    opts: &BenchOptions,
+    py: &Path,
+    input: &Path,
+    out: &Path,
+    keys: &[String],
+) -> Result<()> {
+    match opts.gguf {
+        Some(_) => python::run_gguf(py, input, out, keys),
+        None => {
+            let format = opts.quantize.unwrap_or(crate::quant::Format::Nvfp4);
+            python::run(py, input, out, format, keys)
+        }
+    }
 }
 
 /// The codes' keys of the layers a checkpoint holds quantized (those the Python program
@@ -389,6 +438,7 @@ mod tests {
             lora_rank: None,
             chain: None,
             quantize: None,
+            gguf: None,
             method: None,
         }
     }

@@ -147,3 +147,142 @@ pub(super) fn children_peak_rss() -> u64 {
     }
     (usage.ru_maxrss.max(0) as u64) * 1024
 }
+
+/// The GGUF program: `python3 - IN OUT PLAN.json`. It does what ComfyUI-GGUF's `convert.py`
+/// does: the whole file read into memory (as `load_file` does; its tensors taken with numpy, so
+/// that torch is not needed: bf16 widened to f32 as `x.to(torch.float32)` does), its prefix
+/// stripped, each tensor quantized by gguf-py (`gguf.quants.quantize`) into the type and shape
+/// ours chose, then gguf-py's writer and fsync. It holds the whole model in memory.
+const GGUF_PROGRAM: &str = r#"
+import json, os, struct, sys
+import numpy as np
+import gguf
+
+src, out, plan = sys.argv[1:4]
+plan = json.load(open(plan))
+with open(src, "rb") as f:
+    data = f.read()
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+header.pop("__metadata__", None)
+base = 8 + n
+kinds = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
+def tensor(info):
+    a, b = info["data_offsets"]
+    x = np.frombuffer(data, dtype=kinds[info["dtype"]], count=(b - a) // np.dtype(kinds[info["dtype"]]).itemsize, offset=base + a)
+    if info["dtype"] == "BF16":
+        x = (x.astype(np.uint32) << 16).view(np.float32)
+    return x.reshape(info["shape"])
+pfx = "model.diffusion_model."
+if any(k.startswith(pfx) for k in header):
+    header = {k.replace(pfx, ""): v for k, v in header.items() if pfx in k}
+w = gguf.GGUFWriter(path=None, arch=plan["arch"])
+w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+w.add_file_type(plan["file_type"])
+for name, ty, dims in plan["tensors"]:
+    x = tensor(header[name])
+    qt = gguf.GGMLQuantizationType[ty]
+    w.add_tensor(name, gguf.quants.quantize(x.reshape(dims), qt), raw_dtype=qt)
+w.write_header_to_file(path=out)
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+fd = os.open(out, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+"#;
+
+/// Whether gguf-py quantizes every type of `ty`'s files (its quantizers: F16, BF16, Q8_0,
+/// Q5_1, Q5_0, Q4_1, Q4_0; not the K-quants).
+pub(super) fn gguf_py_quantizes(ty: crate::GgufType) -> bool {
+    use crate::GgufType as T;
+    matches!(
+        ty,
+        T::F16 | T::BF16 | T::Q8_0 | T::Q5_1 | T::Q5_0 | T::Q4_1 | T::Q4_0
+    )
+}
+
+/// A Python that can run [`GGUF_PROGRAM`], or why there is none.
+pub(super) fn find_gguf() -> std::result::Result<PathBuf, String> {
+    let python = std::env::var_os("CHECKPOINT_SAVE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    match Command::new(&python)
+        .args(["-c", "import gguf, numpy"])
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(python),
+        Ok(_) => Err(format!(
+            "{} cannot import gguf (gguf-py) and numpy; set CHECKPOINT_SAVE_PYTHON to an \
+             interpreter that can",
+            python.display()
+        )),
+        Err(e) => Err(format!(
+            "no Python found ({}: {e}); set CHECKPOINT_SAVE_PYTHON",
+            python.display()
+        )),
+    }
+}
+
+/// The plan of the GGUF file at `path` for [`run_gguf`]: one JSON document (architecture, file
+/// type, each tensor's name, type and stored shape).
+///
+/// # Errors
+/// Read errors of the file.
+pub(super) fn gguf_types(path: &Path) -> Result<Vec<String>> {
+    let file = crate::read::gguf::GgufFile::open(path)?;
+    let tensors: Vec<serde_json::Value> = file
+        .tensors()
+        .iter()
+        .map(|t| serde_json::json!([t.name, t.type_name(), t.stored_shape]))
+        .collect();
+    let file_type = match file.get("general.file_type") {
+        Some(crate::read::gguf::MetaValue::U32(n)) => *n,
+        _ => 1,
+    };
+    let plan = serde_json::json!({
+        "arch": file.architecture().unwrap_or_default(),
+        "file_type": file_type,
+        "tensors": tensors,
+    });
+    Ok(vec![plan.to_string()])
+}
+
+/// Runs [`GGUF_PROGRAM`] on `input` into `out` with the plan [`gguf_types`] made (`plan[0]`).
+///
+/// # Errors
+/// [`Error::InvalidInput`] when the program fails (its last line of stderr); I/O errors.
+pub(super) fn run_gguf(python: &Path, input: &Path, out: &Path, plan: &[String]) -> Result<()> {
+    let list = out.with_extension("plan.json");
+    std::fs::write(&list, plan.first().map_or("{}", String::as_str))
+        .ctx(|| format!("writing {}", list.display()))?;
+    let mut child = Command::new(python)
+        .arg("-")
+        .arg(input)
+        .arg(out)
+        .arg(&list)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ctx(|| format!("starting {}", python.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(GGUF_PROGRAM.as_bytes())
+            .ctx(|| "writing the Python program".to_string())?;
+    }
+    let output = child
+        .wait_with_output()
+        .ctx(|| format!("running {}", python.display()))?;
+    let _ = std::fs::remove_file(&list);
+    if !output.status.success() {
+        return Err(Error::InvalidInput(format!(
+            "the Python GGUF program failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("no message")
+        )));
+    }
+    Ok(())
+}

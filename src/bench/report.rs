@@ -127,7 +127,8 @@ pub struct BenchReport {
     pub quantize: Option<String>,
     /// Our throughput in GB/s of input (jobs that read files).
     pub input_gbps: Option<f64>,
-    /// The Python program a user writes for a quantization (comfy-kitchen), when it ran.
+    /// The Python program a user writes for a quantization (comfy-kitchen; for a GGUF target,
+    /// convert.py's rules with gguf-py's quantizer), when it ran.
     pub python: Option<Measure>,
     /// Why the Python program was not run.
     pub python_skipped: Option<String>,
@@ -206,7 +207,13 @@ impl std::fmt::Display for BenchReport {
                 self.raw_direct.as_ref(),
             ),
             ("(g) raw read of inputs (GB/s in)", self.raw_read.as_ref()),
-            ("(h) Python load + kitchen + save", self.python.as_ref()),
+            (
+                match self.quantize.as_deref() {
+                    Some(q) if q.starts_with("GGUF") => "(h) Python convert.py + gguf-py",
+                    _ => "(h) Python load + kitchen + save",
+                },
+                self.python.as_ref(),
+            ),
         ];
         for (name, m) in rows.into_iter().filter_map(|(n, m)| Some((n, m?))) {
             writeln!(

@@ -160,6 +160,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "FORMAT")]
     pub(crate) quantize: Option<Format>,
 
+    /// Write the denoiser as a GGUF file of TYPE (as `--gguf` of a save) and time the Python
+    /// program a user writes for it (convert.py's rules with gguf-py's quantizer: F16, BF16,
+    /// Q8_0, Q5_1, Q5_0, Q4_1, Q4_0) beside ours.
+    #[arg(long, value_name = "TYPE", conflicts_with = "quantize")]
+    pub(crate) gguf: Option<GgufType>,
+
     /// With `merge`: time this merge method (sd-mecha's name: slerp, ties_sum, …) over two
     /// checkpoints (three for methods that take more) instead of a weighted sum, against the
     /// storage ceiling.
@@ -666,8 +672,10 @@ pub(crate) struct SaveFlags {
     #[arg(long, value_name = "FORMAT", help_heading = "Quantization")]
     pub(crate) quantize: Option<Format>,
 
-    /// Write the denoiser alone as a GGUF file of TYPE (F16 or BF16), as ComfyUI-GGUF's
-    /// convert.py writes it, into diffusion_models/ unless --prefix says otherwise.
+    /// Write the denoiser alone as a GGUF file of TYPE, into diffusion_models/ unless --prefix
+    /// says otherwise: F16 or BF16 as ComfyUI-GGUF's convert.py writes it; Q8_0, Q6_K, Q5_K_M
+    /// (Q5_K), Q5_K_S, Q5_1, Q5_0, Q4_K_M (Q4_K), Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M (Q3_K),
+    /// Q3_K_S or Q2_K as llama-quantize (with ComfyUI-GGUF's lcpp.patch) quantizes that file.
     #[arg(
         long,
         value_name = "TYPE",
@@ -675,6 +683,16 @@ pub(crate) struct SaveFlags {
         help_heading = "Output"
     )]
     pub(crate) gguf: Option<GgufType>,
+
+    /// Quantize the GGUF tensors whose keys this regular expression matches, whatever the
+    /// rules say, where their rows are whole blocks. Repeatable.
+    #[arg(long, value_name = "REGEX", requires = "gguf", help_heading = "Output")]
+    pub(crate) gguf_include: Vec<String>,
+
+    /// Keep the GGUF tensors whose keys this regular expression matches in high precision
+    /// (convert.py's F32/F16/BF16; wins over --gguf-include). Repeatable.
+    #[arg(long, value_name = "REGEX", requires = "gguf", help_heading = "Output")]
+    pub(crate) gguf_exclude: Vec<String>,
 
     /// Also quantize the layers this pattern names: `[model:|clip:|vae:]REGEX`, matched anywhere
     /// in the component's in-memory keys (`clip:t5xxl\.` quantizes T5's linear weights).

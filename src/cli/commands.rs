@@ -104,7 +104,8 @@ pub(crate) fn write_job(
     if flags.prefix == SaveOptions::default().prefix {
         o.prefix = "diffusion_models/ComfyUI".into();
     }
-    Ok(checkpoint_save::save_gguf(components, ty, &o)?)
+    let target = checkpoint_save::GgufTarget::new(ty, &flags.gguf_include, &flags.gguf_exclude)?;
+    Ok(checkpoint_save::save_gguf(components, target, &o)?)
 }
 
 /// A job whose input is a denoiser alone (a GGUF file) writes what ComfyUI's ModelSave writes
@@ -490,6 +491,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         lora_rank: args.lora_rank,
         chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),
         quantize: args.quantize,
+        gguf: args.gguf,
         method: None,
     };
     let opts = match &args.method {

@@ -15,7 +15,7 @@ use crate::print_stdout;
 use checkpoint_save::mecha::{is_recipe, Recipe, TranslateOptions};
 use checkpoint_save::merge::graph::{plan, run as run_graph, Graph, GraphPlan, RunOptions, Target};
 use checkpoint_save::workflow::{ModelFolders, Workflow, WorkflowFormat};
-use checkpoint_save::{ComponentDtypes, TargetDtype};
+use checkpoint_save::{ComponentDtypes, GgufTarget, GgufType, TargetDtype};
 
 /// `run`'s workflow, model folders and output settings.
 #[derive(Debug, Args)]
@@ -85,6 +85,22 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub(crate) device: String,
 
+    /// Write each save's denoiser alone as a GGUF file of TYPE (`.gguf`, as `convert --gguf`;
+    /// text-encoder and VAE saves stay safetensors): F16, BF16, or a llama-quantize type
+    /// (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, …; see the README).
+    #[arg(long, value_name = "TYPE")]
+    pub(crate) gguf: Option<GgufType>,
+
+    /// With --gguf: quantize the tensors this regular expression matches, whatever the rules
+    /// say, where their rows are whole blocks. Repeatable.
+    #[arg(long, value_name = "REGEX", requires = "gguf")]
+    pub(crate) gguf_include: Vec<String>,
+
+    /// With --gguf: keep the tensors this regular expression matches in high precision.
+    /// Repeatable.
+    #[arg(long, value_name = "REGEX", requires = "gguf")]
+    pub(crate) gguf_exclude: Vec<String>,
+
     /// Print only the written paths.
     #[arg(long, short)]
     pub(crate) quiet: bool,
@@ -151,8 +167,13 @@ fn run_recipe(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         None => {
             // `with_extension` would cut a stem with dots (`a.b.mecha` → `a.safetensors`).
             let stem = args.workflow.file_stem().unwrap_or_default();
+            let ext = if args.gguf.is_some() {
+                "gguf"
+            } else {
+                "safetensors"
+            };
             args.output_dir
-                .join(format!("{}.safetensors", stem.to_string_lossy()))
+                .join(format!("{}.{ext}", stem.to_string_lossy()))
         }
     };
     let translated = recipe.to_graph(&TranslateOptions {
@@ -198,6 +219,12 @@ fn options(args: &RunArgs, dtype: TargetDtype, cancel: &Arc<AtomicBool>) -> Resu
     opts.cancel = Some(Arc::clone(cancel));
     opts.writer = args.engine.options();
     opts.strict = args.strict;
+    if let Some(ty) = args.gguf {
+        if args.dtype.is_some() || args.model_dtype.is_some() {
+            bail!("--gguf sets the types of the GGUF files; leave out --dtype and --model-dtype");
+        }
+        opts.gguf = Some(GgufTarget::new(ty, &args.gguf_include, &args.gguf_exclude)?);
+    }
     opts.device = match parse_device(&args.device)? {
         d if d.is_cpu() => None,
         d => Some(d),

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
 use crate::model::QuantTensor;
 use crate::plan::{Piece, PieceSource, QuantTarget};
-use crate::quant::{Precision, QuantLayout, Role, BAND_ROWS};
+use crate::quant::{Format, GgmlType, Precision, QuantLayout, Role, BAND_ROWS};
 use crate::reduce::{Values, CHUNK};
 
 /// Per-worker buffers of the quantized fills, and the block-scale bytes last read.
@@ -105,6 +105,9 @@ pub(super) fn fill_encoded(
     out: &mut [u8],
     scratch: &mut Scratch,
 ) -> Result<u64> {
+    if let (Format::Ggml(t), Role::Codes) = (target.layout().format(), role) {
+        return encode_ggml(target, t, units, out, scratch);
+    }
     let scales = target.scales(scratch)?;
     let layout = target.layout();
     match role {
@@ -217,6 +220,39 @@ fn encode_rows(
         }
         scratch.quant.values = values;
         row = if end == rows { last } else { end };
+    }
+    Ok(count)
+}
+
+/// Bytes `bytes` of a ggml tensor's blocks, encoded from their values a few blocks at a time
+/// (each block carries its own scales: nothing is computed over the tensor first). A block
+/// that straddles the range's ends is encoded whole and only its bytes inside are written.
+fn encode_ggml(
+    target: &QuantTarget,
+    t: GgmlType,
+    bytes: Range<usize>,
+    out: &mut [u8],
+    scratch: &mut Scratch,
+) -> Result<u64> {
+    let (values_per, bytes_per) = (t.block_len(), t.block_bytes());
+    let step = (CHUNK / values_per).max(1);
+    let (first, last) = (bytes.start / bytes_per, bytes.end.div_ceil(bytes_per));
+    let mut count = 0;
+    let mut block = first;
+    while block < last {
+        let end = (block + step).min(last);
+        let mut values = std::mem::take(&mut scratch.quant.values);
+        values.resize((end - block) * values_per, 0.0);
+        target.read(block * values_per..end * values_per, &mut values, scratch)?;
+        count += non_finite(&values);
+        let codes = &mut scratch.quant.codes;
+        codes.resize((end - block) * bytes_per, 0);
+        crate::quant::ggml::encode(t, &values, codes);
+        let o = block * bytes_per;
+        let (s, e) = (o.max(bytes.start), (end * bytes_per).min(bytes.end));
+        out[s - bytes.start..e - bytes.start].copy_from_slice(&codes[s - o..e - o]);
+        scratch.quant.values = values;
+        block = end;
     }
     Ok(count)
 }

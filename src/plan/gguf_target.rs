@@ -18,6 +18,11 @@
 //! - the metadata: `general.architecture`, `general.quantization_version` (2),
 //!   `general.file_type` (1 for F16, 32 for BF16), then the original shapes in tensor order.
 //!
+//! For a quantized [`GgufType`], that file is then quantized as llama-quantize (with
+//! ComfyUI-GGUF's `lcpp.patch`) quantizes it ([`super::gguf_quantize`]): each tensor it quantizes
+//! is planned as ggml blocks encoded when written ([`QuantTarget`]), the others keep convert.py's
+//! type.
+//!
 //! Values are cast once from the source (a quantized input's decoded values included), as
 //! gguf-py's `quantize` casts numpy's f32 (round to nearest even).
 
@@ -25,55 +30,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::gguf::{gguf_header, GgufTensorInfo};
+use super::gguf_quantize::{written_shape, Quantizer};
+use super::target::QuantTarget;
 use super::{runs, HostBytes, Piece, PieceSource, Plan, PlannedTensor};
 use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
-use crate::model::{Arch, InputMap};
-use crate::quant::GgmlType;
+use crate::model::{Arch, InputMap, InputTensor};
+use crate::quant::{Format, GgmlType, Precision, QuantLayout, Role};
 use crate::read::gguf::{MetaArray, MetaValue};
 use crate::read::SafetensorsFile;
 
-/// The type of a GGUF target's tensors (those convert.py does not keep in F32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GgufType {
-    /// IEEE half (convert.py's output for f16 and f32 models; `general.file_type` 1).
-    F16,
-    /// bfloat16 (convert.py's output for bf16 models; `general.file_type` 32).
-    BF16,
-}
-
-impl GgufType {
-    /// The ggml type.
-    pub fn ggml(self) -> GgmlType {
-        match self {
-            GgufType::F16 => GgmlType::F16,
-            GgufType::BF16 => GgmlType::BF16,
-        }
-    }
-
-    /// llama.cpp's `LlamaFileType` number (`general.file_type`).
-    fn file_type(self) -> u32 {
-        match self {
-            GgufType::F16 => 1,
-            GgufType::BF16 => 32,
-        }
-    }
-}
-
-impl std::str::FromStr for GgufType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_uppercase().as_str() {
-            "F16" => Ok(GgufType::F16),
-            "BF16" => Ok(GgufType::BF16),
-            _ => Err(Error::InvalidInput(format!(
-                "GGUF type `{s}`: this tool writes GGUF files in F16 or BF16 (what ComfyUI-GGUF's \
-                 convert.py writes); quantize those with llama.cpp's llama-quantize patched by \
-                 ComfyUI-GGUF's lcpp.patch"
-            ))),
-        }
-    }
-}
+pub use super::gguf_quantize::GgufTarget;
+pub use super::gguf_type::GgufType;
 
 /// convert.py's `QUANTIZATION_THRESHOLD`: tensors with at most this many elements stay F32.
 const QUANTIZATION_THRESHOLD: usize = 1024;
@@ -148,19 +116,72 @@ fn place(
     (ggml, shape.to_vec())
 }
 
+/// One tensor's place in a GGUF target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// The type convert.py writes it in (llama-quantize's input).
+    pub base: GgmlType,
+    /// The type written.
+    pub ggml: GgmlType,
+    /// The shape written (row-major).
+    pub shape: Vec<usize>,
+    /// Whether convert.py stored it reshaped to rows of 256 (`comfy.gguf.orig_shape`).
+    pub reshaped: bool,
+}
+
+/// Places tensor `key` (of `dtype` and `shape`) in a GGUF target of `ty`; `quantizer` is the
+/// file's, called in file order.
+pub(crate) fn decide(
+    arch: Arch,
+    ty: GgufType,
+    quantizer: &mut Quantizer,
+    key: &str,
+    dtype: Dtype,
+    shape: &[usize],
+) -> Placed {
+    // convert.py's file: the type asked, or for llama-quantize's input the one convert.py
+    // picks per tensor (BF16 from bf16, F16 from anything else).
+    let base_ty = match ty {
+        _ if !ty.is_quantized() => ty,
+        _ if dtype == Dtype::BF16 => GgufType::BF16,
+        _ => GgufType::F16,
+    };
+    let (base, stored) = place(arch, base_ty, key, dtype, shape);
+    let reshaped = stored != shape;
+    // llama-quantize never sees the tensors fix_5d_tensors.py adds back.
+    if ty.is_quantized() && stored.len() <= MAX_TENSOR_DIMS {
+        let ggml = quantizer.decide(key, base, &stored);
+        let shape = written_shape(arch, key, &stored);
+        return Placed {
+            base,
+            ggml,
+            shape,
+            reshaped,
+        };
+    }
+    Placed {
+        base,
+        ggml: base,
+        shape: stored,
+        reshaped,
+    }
+}
+
 impl Plan {
     /// Plans `model` (a denoiser of `arch` in ComfyUI's in-memory names) as the GGUF file
-    /// convert.py writes for it in `ty` (see the [module docs](self)).
+    /// convert.py writes for it in the target's type, quantized as llama-quantize would for a
+    /// quantized type (see the [module docs](self) and [`super::gguf_quantize`]).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an empty model, a key longer than 127 bytes, or a tensor that
     /// is not floating point; planning errors of the sources and of the header.
-    pub(crate) fn gguf(model: &InputMap, arch: Arch, ty: GgufType) -> Result<Plan> {
+    pub(crate) fn gguf(model: &InputMap, arch: Arch, target: &GgufTarget) -> Result<Plan> {
         if model.is_empty() {
             return Err(Error::InvalidInput(
                 "a GGUF file holds a denoiser; this model has no tensors".into(),
             ));
         }
+        let ty = target.ty;
         let mut metadata = vec![
             (
                 "general.architecture".to_string(),
@@ -175,6 +196,7 @@ impl Plan {
                 MetaValue::U32(ty.file_type()),
             ),
         ];
+        let mut quantizer = Quantizer::new(target, arch);
         let mut infos = Vec::with_capacity(model.len());
         for (key, t) in model {
             if key.len() > MAX_NAME {
@@ -190,8 +212,8 @@ impl Plan {
                     info.dtype
                 )));
             }
-            let (ggml, stored) = place(arch, ty, key, info.dtype, &info.shape);
-            if stored != info.shape {
+            let placed = decide(arch, ty, &mut quantizer, key, info.dtype, &info.shape);
+            if placed.reshaped {
                 let dims = info
                     .shape
                     .iter()
@@ -205,22 +227,33 @@ impl Plan {
                     MetaValue::Array(MetaArray::I32(dims)),
                 ));
             }
-            infos.push(GgufTensorInfo {
-                name: key.clone(),
-                shape: stored,
-                ggml_type: ggml,
-            });
+            infos.push((
+                GgufTensorInfo {
+                    name: key.clone(),
+                    shape: placed.shape,
+                    ggml_type: placed.ggml,
+                },
+                placed.base,
+            ));
         }
-        let header = gguf_header(&metadata, &infos)?;
+        let header = gguf_header(
+            &metadata,
+            &infos.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(),
+        )?;
         let mut tensors = Vec::with_capacity(infos.len());
         let mut pieces = Vec::new();
+        let mut targets = Vec::new();
         let zeros: HostBytes = Arc::new(vec![0u8; header.alignment as usize]);
-        for (i, ((info, (begin, end)), (key, t))) in
+        for (i, (((info, base), (begin, end)), (key, t))) in
             infos.iter().zip(&header.offsets).zip(model).enumerate()
         {
-            let dst = info.ggml_type.plain_dtype().unwrap_or(Dtype::F32);
+            let dst = info.ggml_type.plain_dtype().unwrap_or(Dtype::U8);
             let mut at = *begin;
-            for (source, src_dtype, units) in runs(key, t)? {
+            let sources = match info.ggml_type.plain_dtype() {
+                Some(_) => runs(key, t)?,
+                None => blocks(key, t, info, *base, &mut targets)?,
+            };
+            for (source, src_dtype, units) in sources {
                 let p = Piece {
                     source,
                     src_dtype,
@@ -280,9 +313,40 @@ impl Plan {
             data_len: header.data_len,
             inputs,
             metadata: text,
-            targets: Vec::new(),
+            targets,
         })
     }
+}
+
+/// The sources of a tensor stored in ggml's blocks of `info.ggml_type`: the input's own blocks
+/// when it holds that type already (`--dtype keep`: copied byte for byte, as llama-quantize
+/// copies a tensor already in the type it chose), else blocks encoded when written from the
+/// values as convert.py's file holds them (rounded to `base`).
+fn blocks(
+    key: &str,
+    t: &InputTensor,
+    info: &GgufTensorInfo,
+    base: GgmlType,
+    targets: &mut Vec<Arc<QuantTarget>>,
+) -> Result<Vec<super::Pending>> {
+    if let InputTensor::Quantized(q) = t {
+        if q.layout().format() == Format::Ggml(info.ggml_type) {
+            if let Some(codes) = q.member_of(Role::Codes) {
+                return runs(key, codes);
+            }
+        }
+    }
+    let layout = QuantLayout::new(key, Format::Ggml(info.ggml_type), &info.shape)?;
+    let units = layout.members()[0].shape.iter().product();
+    let base = Precision::of_output(base.plain_dtype().unwrap_or(Dtype::F32));
+    let target = Arc::new(QuantTarget::new(key, layout, t.clone(), None, None)?.through(base));
+    targets.push(Arc::clone(&target));
+    let source = PieceSource::Encoded {
+        target,
+        role: Role::Codes,
+        offset: 0,
+    };
+    Ok(vec![(source, Dtype::U8, units)])
 }
 
 #[cfg(test)]

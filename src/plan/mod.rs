@@ -7,7 +7,9 @@
 //! so bad input never creates a file.
 
 pub(crate) mod gguf;
+pub(crate) mod gguf_quantize;
 pub(crate) mod gguf_target;
+pub(crate) mod gguf_type;
 mod header;
 pub mod metadata;
 pub(crate) mod quant;

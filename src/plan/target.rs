@@ -30,6 +30,8 @@ pub struct QuantTarget {
     /// A merged source is stored in its base's dtype before it is quantized: its f32 result is
     /// rounded to it first (as saving it and quantizing the file would).
     round: bool,
+    /// The values are also rounded to this dtype (that of the file a ggml quantizer reads).
+    base: Option<Precision>,
     /// The scales to encode with; `None`: fresh ones from the reductions.
     given: Option<Scales>,
     /// The activation scale carried into the output (the layer had one).
@@ -64,7 +66,12 @@ impl QuantTarget {
             reason,
         };
         let precision = Precision::of_source(layout.layer(), info.dtype)?;
-        if info.shape != layout.shape() {
+        // ggml's blocks run along the row-major values: any shape of the same count holds them.
+        let same = match layout.format() {
+            Format::Ggml(_) => info.numel() as u64 == layout.numel(),
+            _ => info.shape == layout.shape(),
+        };
+        if !same {
             return Err(bad(format!(
                 "the values have shape {:?}, the layout {:?}",
                 info.shape,
@@ -103,10 +110,18 @@ impl QuantTarget {
             values,
             precision,
             round,
+            base: None,
             given,
             input_scale,
             scales: Computed::default(),
         })
+    }
+
+    /// The same target reading its values rounded to `base` first (after the rounding of a
+    /// merge to its own dtype), as a quantizer reading them from a file in `base` does.
+    pub(crate) fn through(mut self, base: Precision) -> Self {
+        self.base = (base != Precision::F32).then_some(base);
+        self
     }
 
     /// The output layout.
@@ -199,6 +214,9 @@ impl Values for QuantTarget {
         if self.round {
             let p = self.precision;
             out.iter_mut().for_each(|v| *v = p.round(*v));
+        }
+        if let Some(b) = self.base {
+            out.iter_mut().for_each(|v| *v = b.round(*v));
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::merge::{LoraReport, RECIPE_KEY};
 use crate::model::{Arch, ComponentKind, Components, InputMap, Prediction};
 use crate::naming::SaveTarget;
+use crate::plan::gguf_target::GgufTarget;
 use crate::plan::metadata::{self, MetadataOptions};
 use crate::plan::{ComponentDtypes, Plan};
 use crate::publish::{reserve_at, Reservation};
@@ -52,6 +53,9 @@ pub struct RunOptions {
     pub strict: bool,
     /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
     pub device: Option<Device>,
+    /// Write every save's denoiser alone as a GGUF file of this target (`.gguf`, as
+    /// [`crate::save_gguf`]); text-encoder and VAE saves stay safetensors.
+    pub gguf: Option<GgufTarget>,
 }
 
 impl RunOptions {
@@ -68,6 +72,7 @@ impl RunOptions {
             writer: EngineOptions::default(),
             strict: false,
             device: None,
+            gguf: None,
         }
     }
 }
@@ -150,6 +155,8 @@ struct Job {
     node: usize,
     file: SaveFile,
     opts: SaveOptions,
+    /// The GGUF target of a file holding a denoiser, under `--gguf`.
+    gguf: Option<GgufTarget>,
 }
 
 /// What [`run`] and [`plan`] share: the compiled graph and one job per file.
@@ -201,10 +208,13 @@ fn prepare(graph: &Graph, opts: &RunOptions) -> Result<(Compiled, Vec<Job>)> {
                 // ComfyUI's save nodes write what the graph computed; nothing is quantized anew.
                 quantize: None,
             };
+            let denoiser = file.dtype_of == ComponentKind::Model
+                && file.components.get(ComponentKind::Model).is_some();
             jobs.push(Job {
                 node: save.node,
                 file: file.clone(),
                 opts: save_opts,
+                gguf: opts.gguf.clone().filter(|_| denoiser),
             });
         }
     }
@@ -261,6 +271,11 @@ fn plan_file(
     folder: &Path,
 ) -> Result<(Plan, Method, Option<Arch>, Prediction)> {
     let c = &job.file.components;
+    if let Some(target) = &job.gguf {
+        let (plan, method, arch) = crate::save_gguf::plan_gguf(c, target, &job.opts, folder)?;
+        let prediction = job.opts.prediction.unwrap_or(arch.default_prediction());
+        return Ok((plan, method, Some(arch), prediction));
+    }
     let (arch, prediction, layout) = lay_out(c, &job.opts.layout, job.opts.prediction)?;
     let arch = arch.or(job.file.modelspec);
     let meta = metadata::build(arch, prediction, title, &job.opts.metadata);
@@ -268,11 +283,20 @@ fn plan_file(
     Ok((plan, method, arch, prediction))
 }
 
+/// Where a job's prefix names its file (`.gguf` for a GGUF target).
+fn resolve(job: &Job, prefix: &str) -> Result<SaveTarget> {
+    let t = SaveTarget::resolve(prefix, &job.opts.output_dir)?;
+    Ok(match job.gguf {
+        Some(_) => t.with_extension("gguf"),
+        None => t,
+    })
+}
+
 /// The folder a job writes into and the title its counter-less plan uses.
 fn provisional(job: &Job) -> Result<(PathBuf, String)> {
     match &job.file.target {
         Target::Prefix(p) => {
-            let t = SaveTarget::resolve(p, &job.opts.output_dir)?;
+            let t = resolve(job, p)?;
             Ok((t.folder, format!("{} {}", t.filename, u64::MAX)))
         }
         Target::File(p) => {
@@ -305,7 +329,7 @@ pub fn plan(graph: &Graph, opts: &RunOptions) -> Result<GraphPlan> {
         let path = match &job.file.target {
             Target::File(p) => p.clone(),
             Target::Prefix(p) => {
-                let t = SaveTarget::resolve(p, &job.opts.output_dir)?;
+                let t = resolve(job, p)?;
                 // Without creating the folder: a missing one starts at 1.
                 let scanned = match t.folder.is_dir() {
                     true => t.next_counter()?,
@@ -384,7 +408,7 @@ pub fn run(graph: &Graph, opts: &RunOptions) -> Result<RunReport> {
     let mut reserved: Vec<Reservation> = Vec::with_capacity(jobs.len());
     for job in &jobs {
         reserved.push(match &job.file.target {
-            Target::Prefix(p) => SaveTarget::resolve(p, &job.opts.output_dir)?.reserve()?,
+            Target::Prefix(p) => resolve(job, p)?.reserve()?,
             Target::File(p) => reserve_at(p)?,
         });
     }
