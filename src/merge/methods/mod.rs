@@ -108,7 +108,11 @@ pub const KNOWN: &[MethodInfo] = &[
         2,
         None,
         "base, *models",
-        &[("alpha", Float(1.0)), ("k", Float(1.0))],
+        &[
+            ("alpha", Float(1.0)),
+            ("k", Float(1.0)),
+            ("vote_sgn", Bool(false)),
+        ],
     ),
     info("add_ties_with_dare", 2, None, "base, *models", DARE),
     info("dare", 2, None, "base, *models", DARE),

@@ -99,7 +99,7 @@ pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault
             base: true,
             alpha: f("alpha"),
             k: k()?,
-            vote_sgn: false,
+            vote_sgn: b("vote_sgn"),
         },
         "add_ties_with_dare" | "dare" => {
             let probability = f("probability");
@@ -703,6 +703,9 @@ fn weiszfeld(facts: &Facts, eps: f64, maxiter: i64, ftol: f64) -> Vec<f64> {
         }
         d2.max(0.0).sqrt()
     };
+    // In f64: sd-mecha's f32 objective stops the iterations when two in a row round to the
+    // same f32, at an iteration that depends on its rounding; these go on to a median at least
+    // as close (tests/mecha.rs measures both against sd-mecha's objective).
     let objective = |c: &[f64]| (0..n).map(|i| dist(c, i)).sum::<f64>() / n as f64;
     let mut weights = vec![1.0; n];
     let mut median = weights.clone();
