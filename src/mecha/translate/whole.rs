@@ -254,7 +254,11 @@ pub(super) fn ties_sum_with_dropout(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<
     }
     let della = call.number("della_eps")?;
     if della != 0.0 {
-        params.insert("della_eps".into(), Param::Float(della));
+        return Err(call.err(format!(
+            "della_eps = {della}: sd-mecha's DELLA ranks every element of a whole tensor, which \
+             this build does not run in recipes; `merge --method della` runs mergekit's DELLA \
+             (ranks within rows), or set della_eps=0.0 for DARE"
+        )));
     }
     params.insert("seed".into(), Param::Int(seed));
     Ok(Val::Whole(Pending::Ties {

@@ -1,6 +1,7 @@
 //! The methods' arithmetic: what each needs of a tensor, the scalars it makes of that, and its
 //! values element by element, in f32 as sd-mecha's torch code computes them.
 
+use super::della::Della;
 use super::ParamDefault;
 use crate::error::{Error, Result};
 use crate::model::tensor::method::{mix, Dropout, Facts, Needs, TensorMethod, Vector};
@@ -38,6 +39,14 @@ pub enum Kind {
         vote_sgn: bool,
         apply_stock: bool,
         cos_eps: f64,
+    },
+    /// DELLA: deltas dropped by magnitude rank, rescaled, TIES-combined, added to the base.
+    Della {
+        density: f64,
+        epsilon: f64,
+        lambda: f64,
+        seed: i64,
+        rescale: bool,
     },
     /// Model stock over deltas (with `base`: over `xᵢ − base`, added to it).
     ModelStock { base: bool, cos_eps: f64 },
@@ -120,6 +129,31 @@ pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault
                 cos_eps: f("cos_eps"),
             }
         }
+        "della" => {
+            let (density, epsilon) = (f("density"), f("epsilon"));
+            if !(density > 0.0 && density <= 1.0) {
+                return Err(Error::InvalidInput(format!(
+                    "della: density = {density} is outside (0, 1]: it is the mean fraction of \
+                     each delta's elements kept"
+                )));
+            }
+            if density < 1.0
+                && !(epsilon >= 0.0 && density - epsilon > 0.0 && density + epsilon <= 1.0)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "della: epsilon = {epsilon} with density {density}: the keep probabilities \
+                     density ± epsilon must lie in (0, 1] (epsilon ≥ 0, below density and at \
+                     most 1 − density)"
+                )));
+            }
+            Kind::Della {
+                density,
+                epsilon,
+                lambda: f("lambda"),
+                seed: i("seed"),
+                rescale: b("rescale"),
+            }
+        }
         "model_stock" | "n_model_stock" => Kind::ModelStock {
             base: name == "n_model_stock",
             cos_eps: f("cos_eps"),
@@ -155,6 +189,8 @@ pub(super) struct Op {
     inputs: usize,
     /// Elements per run along the last dimension (model stock's cosines).
     last: usize,
+    /// Elements per row: the product of the dimensions after the first (DELLA's ranks).
+    row: usize,
 }
 
 impl Op {
@@ -164,11 +200,18 @@ impl Op {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         let last = shape.last().copied().unwrap_or(1).max(1);
+        let row = match shape {
+            [] => 1,
+            [n] => *n,
+            [_, rest @ ..] => rest.iter().product(),
+        }
+        .max(1);
         Op {
             kind,
             stream,
             inputs,
             last,
+            row,
         }
     }
 }
@@ -229,6 +272,7 @@ impl TensorMethod for Op {
             Kind::Ties { base: false, .. } => "ties_sum",
             Kind::Ties { base: true, .. } => "add_difference_ties",
             Kind::Dare { .. } => "add_ties_with_dare",
+            Kind::Della { .. } => "della",
             Kind::ModelStock { base: false, .. } => "model_stock",
             Kind::ModelStock { base: true, .. } => "n_model_stock",
             Kind::GeometricMedian { .. } => "geometric_median",
@@ -278,6 +322,7 @@ impl TensorMethod for Op {
                 }
             }
             Kind::ModelStock { .. } => needs.align = last,
+            Kind::Della { .. } => needs.align = self.row,
             _ => {}
         }
         needs
@@ -402,6 +447,27 @@ impl TensorMethod for Op {
                 }
             }
             Kind::Dare { .. } => self.dare(scalars, first, x, out),
+            Kind::Della {
+                density,
+                epsilon,
+                lambda,
+                seed,
+                rescale,
+            } => {
+                let d = Della {
+                    density: *density,
+                    epsilon: *epsilon,
+                    lambda: *lambda,
+                    seed: *seed,
+                    rescale: *rescale,
+                };
+                let masks = self.deltas(true, Some((d.seed, d.density)));
+                let deltas: Vec<_> = masks
+                    .into_iter()
+                    .filter_map(|mut v| v.dropout.take().map(|m| (v, m)))
+                    .collect();
+                d.apply(&deltas, self.row, first, x, out);
+            }
             Kind::ModelStock { base, cos_eps } => {
                 let vectors = self.deltas(*base, None);
                 let row = self.last;
