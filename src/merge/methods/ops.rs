@@ -397,12 +397,11 @@ impl TensorMethod for Op {
             Kind::Slerp { alpha } => {
                 let (fallback, ca, cb) = (scalars[0] == 0.0, scalars[1] as f32, scalars[2] as f32);
                 let w = *alpha as f32;
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = if fallback {
-                        lerp(x[0][j], x[1][j], w)
-                    } else {
-                        x[0][j] * ca + x[1][j] * cb
-                    };
+                let pairs = out.iter_mut().zip(x[0].iter().zip(x[1]));
+                if fallback {
+                    pairs.for_each(|(o, (&a, &b))| *o = lerp(a, b, w));
+                } else {
+                    pairs.for_each(|(o, (&a, &b))| *o = a * ca + b * cb);
                 }
             }
             Kind::AddPerpendicular { alpha } => {
@@ -437,13 +436,14 @@ impl TensorMethod for Op {
                 ..
             } => {
                 let vectors = self.deltas(*base, None);
-                let mut d = vec![0f32; vectors.len()];
-                for (j, o) in out.iter_mut().enumerate() {
-                    for (v, dv) in vectors.iter().zip(d.iter_mut()) {
-                        *dv = v.at(x, j, first + j);
+                let thresholds: Vec<Option<f32>> = (0..vectors.len())
+                    .map(|i| scalars.get(i).map(|&t| t as f32))
+                    .collect();
+                ties_block(&vectors, &thresholds, *vote_sgn, first, x, out);
+                if *base {
+                    for (o, &a) in out.iter_mut().zip(x[0]) {
+                        *o = add(a, *o, *alpha);
                     }
-                    let r = ties(&mut d, scalars, *vote_sgn);
-                    *o = if *base { add(x[0][j], r, *alpha) } else { r };
                 }
             }
             Kind::Dare { .. } => self.dare(scalars, first, x, out),
@@ -622,12 +622,57 @@ fn zero_non_finite(v: f32) -> f32 {
     }
 }
 
-/// TIES on one element's deltas `d` (thresholds: each delta's k-th magnitude, none when all are
-/// kept): top-k filter, sign election, disjoint mean.
-fn ties(d: &mut [f32], thresholds: &[f64], vote_sgn: bool) -> f32 {
-    let (count, _) = elect(d, thresholds, vote_sgn);
-    let s: f32 = d.iter().sum();
-    zero_non_finite(s / count)
+/// TIES over a block of elements (`ties_sum`): each delta's top-k filter (its threshold, none
+/// when all are kept), sign election, disjoint mean, into `out`. Computed a step at a time over
+/// the whole block, each a loop the compiler vectorizes, with the same f32 operations in the
+/// same order as [`elect`] per element.
+fn ties_block(
+    vectors: &[Vector],
+    thresholds: &[Option<f32>],
+    vote_sgn: bool,
+    first: usize,
+    x: &[&[f32]],
+    out: &mut [f32],
+) {
+    let len = out.len();
+    let mut d: Vec<Vec<f32>> = vec![vec![0f32; len]; vectors.len()];
+    let mut vote = vec![0f32; len];
+    for ((v, dv), t) in vectors.iter().zip(d.iter_mut()).zip(thresholds) {
+        v.fill(x, first, dv);
+        if let Some(t) = *t {
+            // `a * (|a| >= kth)`: a dropped value becomes 0·a (−0 for a negative one).
+            for e in dv.iter_mut() {
+                let keep = e.abs() >= t;
+                *e = if keep { *e } else { *e * 0.0 };
+            }
+        }
+        if vote_sgn {
+            vote.iter_mut().zip(dv.iter()).for_each(|(s, &e)| *s += e);
+        } else {
+            vote.iter_mut()
+                .zip(dv.iter())
+                .for_each(|(s, &e)| *s += sign(e));
+        }
+    }
+    let mut count = vec![0f32; len];
+    for v in vote.iter_mut() {
+        *v = sign(*v);
+    }
+    for dv in d.iter_mut() {
+        for ((e, &s), c) in dv.iter_mut().zip(&vote).zip(count.iter_mut()) {
+            let agree = sign(*e) == s;
+            *c += f32::from(u8::from(agree));
+            *e = if agree { *e } else { *e * 0.0 };
+        }
+    }
+    // The sum of the filtered deltas, as `d.iter().sum()` per element.
+    out.fill(-0.0);
+    for dv in &d {
+        out.iter_mut().zip(dv).for_each(|(o, &e)| *o += e);
+    }
+    for (o, &c) in out.iter_mut().zip(&count) {
+        *o = zero_non_finite(*o / c);
+    }
 }
 
 /// `filter_top_k` and `ties_sum_deltas` for one element: `d` becomes the filtered deltas;
