@@ -8,6 +8,7 @@
 //! name, inputs and parameters and returns what builds its expression for each tensor.
 
 mod della;
+mod math;
 mod ops;
 
 use std::collections::BTreeMap;
