@@ -346,6 +346,36 @@ fn whole_tensor_methods_become_method_nodes_over_model_and_clip() {
     }
 }
 
+/// `ties_sum_with_dropout` (sd-mecha's DARE) added to its base becomes `add_ties_with_dare`
+/// with sd-mecha's defaults (k 0.2, not the wrapper's 1) and `seed=null` as seed 0.
+#[test]
+fn ties_sum_with_dropout_becomes_add_ties_with_dare_with_sd_mechas_defaults() {
+    use crate::merge::methods::Param;
+    let d = models();
+    let text = "version 0.1.0\nmodel \"a\"\nmodel \"b\"\nmerge \"subtract\" &1 &0\n\
+                merge \"ties_sum_with_dropout\" &2 probability=0.3 seed=null\n\
+                merge \"add_difference\" &0 &3 alpha=0.7\n";
+    let t = Recipe::parse(text)
+        .unwrap()
+        .to_graph(&opts(vec![d.path().to_path_buf()]))
+        .unwrap();
+    let Node::Method { name, params, .. } = &t.graph.nodes()[2].node else {
+        panic!("{:?}", t.graph.nodes()[2].node);
+    };
+    assert_eq!(name, "add_ties_with_dare");
+    let want = BTreeMap::from([
+        ("alpha".to_string(), Param::Float(0.7)),
+        ("apply_stock".to_string(), Param::Bool(false)),
+        ("cos_eps".to_string(), Param::Float(1e-6)),
+        ("k".to_string(), Param::Float(0.2)),
+        ("probability".to_string(), Param::Float(0.3)),
+        ("rescale".to_string(), Param::Bool(true)),
+        ("seed".to_string(), Param::Int(0)),
+        ("vote_sgn".to_string(), Param::Bool(false)),
+    ]);
+    assert_eq!(params, &want);
+}
+
 #[test]
 fn model_paths_resolve_in_the_dirs_in_order_then_as_given() {
     let first = models();
