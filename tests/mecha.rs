@@ -1,8 +1,9 @@
 //! sd-mecha recipes (`tests/fixtures/mecha`, written by sd-mecha's own serializer with
-//! `make_fixtures.py`) run with the real binary: the outputs of the methods this build
-//! translates equal sd-mecha 1.1.8's within 1 f16 ulp on the denoiser and text encoders (the
-//! VAE is the first model's, and says so); the others are refused naming the method; the dry
-//! run writes nothing; the output is never replaced.
+//! `make_fixtures.py`) run with the real binary: the outputs of every deterministic method equal
+//! sd-mecha 1.1.8's within 1 f16 ulp on the denoiser and text encoders (the VAE is the first
+//! model's, and says so; the whole-tensor methods' oracles hold every 8th key); a method this
+//! build does not run is refused naming it; the dry run writes nothing; the output is never
+//! replaced.
 
 mod common;
 
@@ -76,18 +77,29 @@ fn check_against_sd_mecha(name: &str) {
         Some(&text),
         "the recipe as metadata"
     );
-    assert_eq!(
-        ours.keys().collect::<Vec<_>>(),
-        oracle.keys().collect::<Vec<_>>(),
-        "the same keys as sd-mecha"
-    );
+    if oracle.len() == ours.len() {
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            oracle.keys().collect::<Vec<_>>(),
+            "the same keys as sd-mecha"
+        );
+    } else {
+        // A sample: every 8th of sd-mecha's keys, sorted.
+        assert_eq!(
+            oracle.len(),
+            ours.len().div_ceil(8),
+            "{name}: the oracle's sample"
+        );
+        let sample: Vec<&String> = ours.keys().step_by(8).collect();
+        assert_eq!(oracle.keys().collect::<Vec<_>>(), sample, "{name}");
+    }
     let mut merged = 0;
     for (key, (dtype, shape, bytes)) in &oracle {
-        let (our_dtype, our_shape, our_bytes) = &ours[key];
+        let (our_dtype, our_shape, our_bytes) = &ours[key.as_str()];
         assert_eq!((our_dtype, our_shape), (dtype, shape), "{key}");
         assert_eq!(*dtype, Dtype::F16, "{key}: sd-mecha's output dtype");
         if key.starts_with("first_stage_model.") {
-            assert_eq!(our_bytes, &a[key].2, "{key}: the VAE is a's");
+            assert_eq!(our_bytes, &a[key.as_str()].2, "{key}: the VAE is a's");
             continue;
         }
         for (i, (x, y)) in f16_bits(our_bytes)
@@ -103,11 +115,16 @@ fn check_against_sd_mecha(name: &str) {
                 floats(Dtype::F16, &y.to_le_bytes())[0]
             );
         }
-        if bytes != &a[key].2 {
+        if bytes != &a[key.as_str()].2 {
             merged += 1;
         }
     }
-    assert!(merged > 800, "{name}: the merge changed {merged} tensors");
+    // Every tensor but the VAE's (a fifth of the keys) and the integer ones.
+    assert!(
+        merged * 10 > oracle.len() * 7,
+        "{name}: the merge changed {merged} of {} tensors",
+        oracle.len()
+    );
 }
 
 #[test]
@@ -130,33 +147,129 @@ fn add_difference_of_a_scaled_difference_equals_sd_mecha() {
     check_against_sd_mecha("add_difference_scaled");
 }
 
-/// The recipes of methods that need whole tensors are read and refused at their merge line,
-/// naming the method and the ones this build runs, with nothing written.
+#[test]
+fn slerp_equals_sd_mecha() {
+    check_against_sd_mecha("slerp");
+}
+
+#[test]
+fn add_perpendicular_equals_sd_mecha() {
+    check_against_sd_mecha("add_perpendicular");
+}
+
+#[test]
+fn train_difference_equals_sd_mecha() {
+    check_against_sd_mecha("train_difference");
+}
+
+#[test]
+fn ties_sum_with_vote_by_value_equals_sd_mecha() {
+    check_against_sd_mecha("ties_sum");
+}
+
+#[test]
+fn add_difference_ties_equals_sd_mecha() {
+    check_against_sd_mecha("add_difference_ties");
+}
+
+#[test]
+fn model_stock_equals_sd_mecha() {
+    check_against_sd_mecha("model_stock");
+}
+
+/// sd-mecha's Weiszfeld iterations run in f32 and stop when two objectives in a row round to
+/// the same f32 (with its `ftol` of 1e-20), at an iteration that depends on that rounding; the
+/// median still moves by up to 1e-3 then. So the check is the method's own: our median's sum of
+/// distances to the three models is no larger than sd-mecha's (both as written, in f16), and
+/// the two are within 0.2 % of each other.
+#[test]
+fn geometric_median_is_at_least_as_close_as_sd_mecha() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged.safetensors");
+    let args = [
+        "run",
+        &recipe("geometric_median"),
+        "--models-dir",
+        &models(),
+    ];
+    let r = run(
+        dir.path(),
+        &[&args[..], &["-o", out.to_str().unwrap()]].concat(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (ours, _) = read(&out);
+    let (oracle, _) = read(&fixtures().join("oracles/geometric_median.safetensors"));
+    let inputs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| read(&fixtures().join(format!("models/{n}.safetensors"))).0)
+        .collect();
+    let values = |raw: &(Dtype, Vec<usize>, Vec<u8>)| -> Vec<f64> {
+        floats(raw.0, &raw.2).into_iter().map(f64::from).collect()
+    };
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut checked = 0;
+    for (key, raw) in &oracle {
+        if key.starts_with("first_stage_model.") || raw.0 != Dtype::F16 {
+            continue;
+        }
+        let (s, m) = (values(raw), values(&ours[key.as_str()]));
+        let xs: Vec<Vec<f64>> = inputs.iter().map(|i| values(&i[key.as_str()])).collect();
+        let objective = |p: &[f64]| -> f64 {
+            let d = |x: &Vec<f64>| norm(&x.iter().zip(p).map(|(a, b)| a - b).collect::<Vec<_>>());
+            xs.iter().map(d).sum()
+        };
+        let diff: Vec<f64> = s.iter().zip(&m).map(|(a, b)| a - b).collect();
+        assert!(
+            norm(&diff) <= 2e-3 * norm(&s),
+            "{key}: {m:?} vs sd-mecha {s:?}"
+        );
+        assert!(
+            objective(&m) <= objective(&s) * (1.0 + 1e-6),
+            "{key}: sum of distances {} vs sd-mecha's {}",
+            objective(&m),
+            objective(&s)
+        );
+        checked += 1;
+    }
+    assert!(checked > 100, "{checked}");
+}
+
+#[test]
+fn clamp_equals_sd_mecha() {
+    check_against_sd_mecha("clamp");
+}
+
+#[test]
+fn add_difference_clamped_to_a_and_b_equals_sd_mecha() {
+    check_against_sd_mecha("add_difference_clamped");
+}
+
+/// A method this build does not run is refused at its merge line, naming it and the ones it
+/// runs, with nothing written.
 #[test]
 fn methods_not_translated_are_refused_by_name() {
-    for (name, method) in [
-        ("slerp", "slerp"),
-        ("add_perpendicular", "perpendicular_component"),
-        ("train_difference", "train_difference_mask"),
-        ("ties_sum", "ties_sum"),
-        ("add_difference_ties", "ties_sum"),
-        ("model_stock", "model_stock"),
-        ("geometric_median", "geometric_median"),
-        ("clamp", "clamp"),
-        ("add_difference_clamped", "clamp"),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let r = run(
-            dir.path(),
-            &["run", &recipe(name), "--models-dir", &models()],
-        );
-        assert_refused(
-            &r,
-            &format!("merge method `{method}` is not run by this build; it runs: weighted_sum"),
-            dir.path(),
-        );
-        assert!(r.stderr.contains("line "), "{}", r.stderr);
-    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = "version 0.1.0\nmodel \"a.safetensors\"\nmodel \"b.safetensors\"\n\
+                merge \"crossover\" &0 &1\n";
+    std::fs::write(dir.path().join("r.mecha"), text).unwrap();
+    let out = dir.path().join("out");
+    let r = run(
+        dir.path(),
+        &[
+            "run",
+            "r.mecha",
+            "--models-dir",
+            &models(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_refused(
+        &r,
+        "line 4: merge method `crossover` is not run by this build; it runs: weighted_sum",
+        &out,
+    );
+    assert!(r.stderr.contains("ties_sum_with_dropout"), "{}", r.stderr);
 }
 
 #[test]

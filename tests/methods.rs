@@ -248,7 +248,62 @@ fn bad_methods_parameters_and_inputs_are_refused_with_nothing_written() {
         &[a, b, "--method", "slerp", "--param", "alpha"],
         "NAME=VALUE",
     );
+    refused(
+        &[a, b, "--method", "della", "--param", "epsilon=0.7"],
+        "della: epsilon = 0.7 with density 0.5",
+    );
     refused(&[a, "--method", "slerp"], "takes 2 models; 1 given");
     let c = other[0].0.to_str().unwrap();
     refused(&[a, c, "--method", "slerp"], "shape");
+}
+
+/// `merge --method della`: the same seed writes the same tensors, another seed others; every
+/// merged value is the base or the base plus a rescaled delta (one model: no sign conflict).
+#[test]
+fn della_is_seeded_and_writes_base_or_rescaled_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2], None);
+    let (a, b) = (m[0].0.to_str().unwrap(), m[1].0.to_str().unwrap());
+    let merge = |seed: &str, out: &str| {
+        let seed = format!("seed={seed}");
+        let args = [
+            "merge",
+            a,
+            b,
+            "--method",
+            "della",
+            "--param",
+            "density=0.4",
+            "--param",
+            "epsilon=0.3",
+        ];
+        let r = run(
+            dir.path(),
+            &[&args[..], &["--param", &seed, "--output-dir", out]].concat(),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        read(&dir.path().join(r.stdout.trim())).0
+    };
+    let (one, again, other) = (merge("9", "o1"), merge("9", "o2"), merge("10", "o3"));
+    assert_eq!(one, again);
+    let key = format!("model.diffusion_model.{KEY}");
+    assert_ne!(one[&key], other[&key]);
+    let (base, model) = (
+        vals(&m[0].1, ComponentKind::Model, KEY),
+        vals(&m[1].1, ComponentKind::Model, KEY),
+    );
+    let mut kept = 0;
+    for ((g, x), y) in one[&key].iter().zip(&base).zip(&model) {
+        let (g, d) = (f64::from(*g), y - x);
+        // Kept: x + d/p with p in [0.1, 0.7], so d/p is d times 1/0.7 … 1/0.1.
+        if (g - x).abs() > 1e-3 * (1.0 + x.abs()) {
+            let ratio = (g - x) / d;
+            assert!(
+                (1.0 / 0.7 - 0.02..=10.0 + 0.1).contains(&ratio),
+                "{g} from {x} and {y}"
+            );
+            kept += 1;
+        }
+    }
+    assert!(kept > 0 && kept < base.len(), "{kept} of {}", base.len());
 }

@@ -470,7 +470,7 @@ pub(crate) struct MergeArgs {
     /// A merge method of sd-mecha's over the inputs, in its order (`slerp A B`,
     /// `add_difference_ties BASE M1 M2 …`): weighted_sum, n_average, add_difference, slerp,
     /// add_perpendicular, train_difference, ties_sum, add_difference_ties, add_ties_with_dare
-    /// (dare), model_stock, n_model_stock, geometric_median, clamp. It merges the denoiser; the
+    /// (dare), della, model_stock, n_model_stock, geometric_median, clamp. It merges the denoiser; the
     /// text encoders are A's.
     #[arg(long, value_name = "NAME", group = "operation", help_heading = "Merge")]
     pub(crate) method: Option<String>,

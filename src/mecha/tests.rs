@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::*;
@@ -140,7 +141,17 @@ fn translate_err(body: &str) -> String {
 fn translation_errors_name_the_line_and_what_is_taken() {
     let runs = methods().join(", ");
     for (body, needle) in [
-        ("merge \"slerp\" &0 &1".to_string(), format!("line 4: merge method `slerp` is not run by this build; it runs: {runs}")),
+        ("merge \"crossover\" &0 &1".to_string(), format!("line 4: merge method `crossover` is not run by this build; it runs: {runs}")),
+        ("merge \"subtract\" &1 &0\nmerge \"ties_sum\" &2 k=0.5\nmerge \"add_difference\" &1 &3".into(), "line 6: `add_difference`: this build runs ties_sum over differences subtract(model, base) of the model it is added to".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"scale\" &2 alpha=2\nmerge \"ties_sum\" &3\nmerge \"add_difference\" &0 &4".into(), "line 7: `add_difference`: this build runs ties_sum over differences subtract(model, base) of the model it is added to (add_difference(base, ties_sum(subtract(m1, base), …))), unscaled".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"ties_sum\" &2 k=1.5\nmerge \"add_difference\" &0 &3".into(), "k = 1.5 is outside (0, 1]".into()),
+        ("merge \"ties_sum\" &0 &1".into(), "line 4: `ties_sum`: argument 1 is a model; this build takes a difference of two models there".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"ties_sum\" &2 vote_sgn=0.5".into(), "line 5: `ties_sum`: `vote_sgn` is a number, and true or false is taken".into()),
+        ("merge \"subtract\" &0 &1\nmerge \"subtract\" &1 &0\nmerge \"perpendicular_component\" &2 &3\nmerge \"add_difference\" &0 &4".into(), "line 7: `add_difference`: this build runs perpendicular_component(subtract(a, c), subtract(b, c)) added to that same a".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"train_difference_mask\" &1 &0 &1\nmerge \"add_difference\" &0 &2 alpha=&3".into(), "line 6: `add_difference`: train_difference_mask(a, b, c) is run as the alpha of add_difference(a, subtract(b, c))".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"model_stock\" &2\nmerge \"add_difference\" &0 &3 alpha=0.5".into(), "line 6: `add_difference`: model_stock's result is added with alpha 1 by this build".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"ties_sum_with_dropout\" &2 apply_median=true".into(), "line 5: `ties_sum_with_dropout`: apply_median=true".into()),
+        ("merge \"geometric_median\" &0 &1 maxiter=1.5".into(), "line 4: `geometric_median`: `maxiter` is 1.5, and a whole number is taken".into()),
         ("merge \"weighted_sum\" &0 &1 beta=0.5".into(), "line 4: `weighted_sum`: unknown parameter `beta` (it takes: a, b, alpha)".into()),
         ("merge \"weighted_sum\" &0".into(), "line 4: `weighted_sum`: argument `b` missing".into()),
         ("merge \"weighted_sum\" &0 &1 0.5 1".into(), "line 4: `weighted_sum`: 4 positional argument(s), and it takes 3".into()),
@@ -251,6 +262,118 @@ fn n_average_is_a_chain_of_running_means() {
         })
         .collect();
     assert_eq!(ratios, [0.5, 1.0 - 1.0 / 3.0]);
+}
+
+/// sd-mecha's wrapper `add_difference_ties` (subtracts, `ties_sum`, `add_difference`) becomes
+/// one method node over the denoisers and one over the text encoders, with the parameters of
+/// both calls; `slerp` one of each with its alpha.
+#[test]
+fn whole_tensor_methods_become_method_nodes_over_model_and_clip() {
+    use crate::merge::methods::Param;
+    let d = models();
+    let text = "version 0.1.0\nmodel \"a\"\nmodel \"b\"\nmerge \"subtract\" &1 &0\n\
+                merge \"ties_sum\" &2 k=0.25 vote_sgn=true\n\
+                merge \"add_difference\" &0 &3 alpha=0.5\nmerge \"slerp\" &4 &1 alpha=0.3\n";
+    let t = Recipe::parse(text)
+        .unwrap()
+        .to_graph(&opts(vec![d.path().to_path_buf()]))
+        .unwrap();
+    let nodes: Vec<&Node> = t.graph.nodes().iter().map(|n| &n.node).collect();
+    let classes: Vec<&str> = nodes.iter().map(|n| n.class()).collect();
+    assert_eq!(
+        classes,
+        [
+            "CheckpointLoaderSimple",
+            "CheckpointLoaderSimple",
+            "MergeMethod",
+            "CLIPMergeMethod",
+            "MergeMethod",
+            "CLIPMergeMethod",
+            "CheckpointSave",
+        ]
+    );
+    let ties = BTreeMap::from([
+        ("alpha".to_string(), Param::Float(0.5)),
+        ("k".to_string(), Param::Float(0.25)),
+        ("vote_sgn".to_string(), Param::Bool(true)),
+    ]);
+    match (nodes[2], nodes[3]) {
+        (
+            Node::Method {
+                name,
+                models,
+                params,
+            },
+            Node::ClipMethod {
+                name: clip_name,
+                clips,
+                params: clip_params,
+            },
+        ) => {
+            assert_eq!(
+                (name.as_str(), clip_name.as_str()),
+                ("add_difference_ties", "add_difference_ties")
+            );
+            assert_eq!(
+                models
+                    .iter()
+                    .map(|s| (s.node, s.output))
+                    .collect::<Vec<_>>(),
+                [(0, 0), (1, 0)]
+            );
+            assert_eq!(
+                clips.iter().map(|s| (s.node, s.output)).collect::<Vec<_>>(),
+                [(0, 1), (1, 1)]
+            );
+            assert_eq!((params, clip_params), (&ties, &ties));
+        }
+        n => panic!("{n:?}"),
+    }
+    match nodes[4] {
+        Node::Method {
+            name,
+            models,
+            params,
+        } => {
+            assert_eq!(name, "slerp");
+            assert_eq!(models.iter().map(|s| s.node).collect::<Vec<_>>(), [2, 1]);
+            assert_eq!(
+                params,
+                &BTreeMap::from([("alpha".to_string(), Param::Float(0.3))])
+            );
+        }
+        n => panic!("{n:?}"),
+    }
+}
+
+/// `ties_sum_with_dropout` (sd-mecha's DARE) added to its base becomes `add_ties_with_dare`
+/// with sd-mecha's defaults (k 0.2, not the wrapper's 1) and `seed=null` as seed 0.
+#[test]
+fn ties_sum_with_dropout_becomes_add_ties_with_dare_with_sd_mechas_defaults() {
+    use crate::merge::methods::Param;
+    let d = models();
+    let text = "version 0.1.0\nmodel \"a\"\nmodel \"b\"\nmerge \"subtract\" &1 &0\n\
+                merge \"ties_sum_with_dropout\" &2 probability=0.3 seed=null\n\
+                merge \"add_difference\" &0 &3 alpha=0.7\n";
+    let t = Recipe::parse(text)
+        .unwrap()
+        .to_graph(&opts(vec![d.path().to_path_buf()]))
+        .unwrap();
+    let Node::Method { name, params, .. } = &t.graph.nodes()[2].node else {
+        panic!("{:?}", t.graph.nodes()[2].node);
+    };
+    assert_eq!(name, "add_ties_with_dare");
+    let want = BTreeMap::from([
+        ("alpha".to_string(), Param::Float(0.7)),
+        ("apply_stock".to_string(), Param::Bool(false)),
+        ("cos_eps".to_string(), Param::Float(1e-6)),
+        ("k".to_string(), Param::Float(0.2)),
+        ("probability".to_string(), Param::Float(0.3)),
+        ("rescale".to_string(), Param::Bool(true)),
+        ("seed".to_string(), Param::Int(0)),
+        ("vote_sgn".to_string(), Param::Bool(false)),
+    ]);
+    assert_eq!(params, &want);
 }
 
 #[test]

@@ -11,7 +11,13 @@
 //!   ModelMergeSubtract(b, c, multiplier) then ModelMergeAdd(a, ·) (and the CLIP nodes);
 //! - `fallback(a, b)` (keys missing from `a` taken from `b`) → `a`: a graph model has every
 //!   key of its architecture;
-//! - `convert_singleton(literal)` → the literal's number.
+//! - `convert_singleton(literal)` → the literal's number (or flag);
+//! - the methods that need whole tensors (`slerp`, `geometric_median`, `clamp`, and the delta
+//!   methods `perpendicular_component`, `train_difference_mask`, `ties_sum`, `model_stock`,
+//!   `ties_sum_with_dropout` as sd-mecha's wrappers combine them with `subtract` and
+//!   `add_difference`) → method nodes over the denoisers and the text encoders ([`whole`]).
+
+mod whole;
 
 use std::collections::HashMap;
 
@@ -32,6 +38,38 @@ const METHODS: &[(&str, &[&str], Translate)] = &[
     ("add_difference", &["a", "b", "alpha=1.0"], add_difference),
     ("fallback", &["a", "b"], fallback),
     ("convert_singleton", &["a"], convert_singleton),
+    ("slerp", &["a", "b", "alpha=0.5"], whole::slerp),
+    (
+        "geometric_median",
+        &["*models", "eps=1e-6", "maxiter=100", "ftol=1e-20"],
+        whole::geometric_median,
+    ),
+    ("clamp", &["a", "*bounds", "stiffness=0.0"], whole::clamp),
+    (
+        "perpendicular_component",
+        &["a", "b"],
+        whole::perpendicular_component,
+    ),
+    (
+        "train_difference_mask",
+        &["a", "b", "c", "alpha=1.0"],
+        whole::train_difference_mask,
+    ),
+    (
+        "ties_sum",
+        &["*models", "k=1.0", "vote_sgn=false"],
+        whole::ties_sum,
+    ),
+    (
+        "model_stock",
+        &["*deltas", "cos_eps=1e-6"],
+        whole::model_stock,
+    ),
+    (
+        "ties_sum_with_dropout",
+        whole::DROPOUT,
+        whole::ties_sum_with_dropout,
+    ),
 ];
 
 /// The sd-mecha methods `run RECIPE.mecha` translates, in the table's order.
@@ -61,6 +99,12 @@ enum Val {
     },
     /// A number (a literal, `convert_singleton` of one).
     Number(f64),
+    /// A flag.
+    Bool(bool),
+    /// `null` (a seed left to chance).
+    Null,
+    /// A delta method's result, kept symbolic until `add_difference` adds it to its base.
+    Whole(whole::Pending),
     /// A dict (a literal's values).
     Dict(Vec<(String, Value)>),
 }
@@ -71,6 +115,9 @@ impl Val {
             Val::Weights(_) => "a model",
             Val::Delta { .. } => "a difference (sd-mecha's delta space)",
             Val::Number(_) => "a number",
+            Val::Bool(_) => "true/false",
+            Val::Null => "null",
+            Val::Whole(p) => p.kind(),
             Val::Dict(_) => "a dict",
         }
     }
@@ -112,6 +159,16 @@ impl Call<'_> {
         match self.one(name)? {
             Val::Weights(w) => Ok(*w),
             v => Err(self.err(format!("`{name}` is {}, and a model is taken", v.kind()))),
+        }
+    }
+
+    fn flag(&self, name: &str) -> Result<bool> {
+        match self.one(name)? {
+            Val::Bool(b) => Ok(*b),
+            v => Err(self.err(format!(
+                "`{name}` is {}, and true or false is taken",
+                v.kind()
+            ))),
         }
     }
 
@@ -192,8 +249,8 @@ impl Ctx<'_> {
             Value::Ref(r) => self.eval(*r),
             Value::Int(x) => Ok(Val::Number(*x as f64)),
             Value::Float(x) => Ok(Val::Number(*x)),
-            Value::Bool(_) => Err(bad("true/false")),
-            Value::Null => Err(bad("null")),
+            Value::Bool(b) => Ok(Val::Bool(*b)),
+            Value::Null => Ok(Val::Null),
             Value::Str(s) => Err(bad(&format!("the string \"{s}\""))),
         }
     }
@@ -215,9 +272,11 @@ impl Ctx<'_> {
         let v = ins.positional().next().cloned().unwrap_or(Value::Null);
         match self.value(&v, ins)? {
             Val::Number(x) => Ok(Val::Number(x)),
+            Val::Bool(b) => Ok(Val::Bool(b)),
             Val::Dict(entries) => match entries.as_slice() {
                 [(k, Value::Int(x))] if k == "key" => Ok(Val::Number(*x as f64)),
                 [(k, Value::Float(x))] if k == "key" => Ok(Val::Number(*x)),
+                [(k, Value::Bool(b))] if k == "key" => Ok(Val::Bool(*b)),
                 _ => Err(Error::InvalidInput(format!(
                     "line {}: a literal of a dict other than one number under `key` (a \
                      singleton): per-key values are not supported",
@@ -308,6 +367,9 @@ impl Ctx<'_> {
             };
             let val = match (given, default) {
                 (Some(v), _) => self.value(&v, ins)?,
+                (None, Some("true")) => Val::Bool(true),
+                (None, Some("false")) => Val::Bool(false),
+                (None, Some("null")) => Val::Null,
                 (None, Some(d)) => Val::Number(d.parse().unwrap_or(0.0)),
                 (None, None) => return Err(bad(format!("argument `{name}` missing"))),
             };
@@ -412,6 +474,9 @@ fn scale(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
 
 fn add_difference(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
     let a = call.weights("a")?;
+    if let Some(v) = whole::add_difference(ctx, call, a)? {
+        return Ok(v);
+    }
     let alpha = call.number("alpha")?;
     let Val::Delta { plus, minus, scale } = call.one("b")? else {
         return Err(call.err(format!(
@@ -436,5 +501,8 @@ fn fallback(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
 }
 
 fn convert_singleton(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
-    Ok(Val::Number(call.number("a")?))
+    match call.one("a")? {
+        Val::Bool(b) => Ok(Val::Bool(*b)),
+        _ => Ok(Val::Number(call.number("a")?)),
+    }
 }

@@ -137,12 +137,7 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
         }
         for a in 0..k {
             for b in a..k {
-                let d: f64 = vals[a][..len]
-                    .iter()
-                    .zip(&vals[b][..len])
-                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
-                    .sum();
-                g[a * k + b] += d;
+                g[a * k + b] += dot(&vals[a][..len], &vals[b][..len]);
             }
         }
         at = end;
@@ -153,6 +148,25 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
         }
     }
     Ok(g)
+}
+
+/// `Σ xᵢ·yᵢ` in f64, in eight running sums (which the compiler vectorizes; one running sum
+/// is a chain of dependent additions) added at the end.
+fn dot(x: &[f32], y: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += f64::from(a[l]) * f64::from(b[l]);
+        }
+    }
+    let tail: f64 = xr
+        .iter()
+        .zip(yr)
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// The operand indices `vectors` read, ascending.
@@ -194,30 +208,22 @@ fn kth_magnitudes(
         picked.push(vector.clone());
     }
     let used = used_operands(&picked);
-    let magnitude = |v: f32| v.to_bits() & 0x7FFF_FFFF;
-    let chunk = CHUNK.min(n).max(1);
-    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
-    let mut buf = vec![0f32; chunk];
-    // One pass: `count(vector index, magnitude bits)` for every value of every picked vector.
-    let mut pass = |count: &mut dyn FnMut(usize, u32)| -> Result<()> {
-        let mut at = 0;
-        while at < n {
-            let end = (at + chunk).min(n);
-            let len = end - at;
-            read_used(m, &used, at..end, &mut ops, scratch)?;
-            let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
-            for (w, v) in picked.iter().enumerate() {
-                v.fill(&views, at, &mut buf[..len]);
-                for &x in &buf[..len] {
-                    count(w, magnitude(x));
-                }
-            }
-            at = end;
-        }
-        Ok(())
+    let magnitude = |v: &f32| v.to_bits() & 0x7FFF_FFFF;
+    let mut pass = Pass {
+        m,
+        used: &used,
+        picked: &picked,
+        n,
+        ops: vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)],
+        buf: vec![0f32; CHUNK.min(n).max(1)],
     };
     let mut high = vec![vec![0u64; 1 << 16]; picked.len()];
-    pass(&mut |w, bits| high[w][(bits >> 16) as usize] += 1)?;
+    pass.run(scratch, |w, values| {
+        let h = &mut high[w];
+        for bits in values.iter().map(magnitude) {
+            h[(bits >> 16) as usize] += 1;
+        }
+    })?;
     let buckets: Vec<(usize, u64)> = high
         .iter()
         .zip(wants)
@@ -225,9 +231,12 @@ fn kth_magnitudes(
         .collect();
     drop(high);
     let mut low = vec![vec![0u64; 1 << 16]; picked.len()];
-    pass(&mut |w, bits| {
-        if (bits >> 16) as usize == buckets[w].0 {
-            low[w][(bits & 0xFFFF) as usize] += 1;
+    pass.run(scratch, |w, values| {
+        let (l, bucket) = (&mut low[w], buckets[w].0 as u32);
+        for bits in values.iter().map(magnitude) {
+            if bits >> 16 == bucket {
+                l[(bits & 0xFFFF) as usize] += 1;
+            }
         }
     })?;
     Ok(low
@@ -238,6 +247,36 @@ fn kth_magnitudes(
             f32::from_bits(((bucket as u32) << 16) | bits as u32)
         })
         .collect())
+}
+
+/// One pass of the k-th magnitudes over the picked vectors' values, a chunk at a time.
+struct Pass<'a> {
+    m: &'a Merged,
+    used: &'a [usize],
+    picked: &'a [Vector],
+    n: usize,
+    ops: Vec<Vec<f32>>,
+    buf: Vec<f32>,
+}
+
+impl Pass<'_> {
+    /// Hands `count(vector index, values)` every chunk of every picked vector's values.
+    fn run(&mut self, scratch: &mut Scratch, mut count: impl FnMut(usize, &[f32])) -> Result<()> {
+        let chunk = self.buf.len();
+        let mut at = 0;
+        while at < self.n {
+            let end = (at + chunk).min(self.n);
+            let len = end - at;
+            read_used(self.m, self.used, at..end, &mut self.ops, scratch)?;
+            let views: Vec<&[f32]> = self.ops.iter().map(Vec::as_slice).collect();
+            for (w, v) in self.picked.iter().enumerate() {
+                v.fill(&views, at, &mut self.buf[..len]);
+                count(w, &self.buf[..len]);
+            }
+            at = end;
+        }
+        Ok(())
+    }
 }
 
 /// The bucket that holds the `k`-th largest of the counted values, and its rank inside it.

@@ -186,6 +186,25 @@ impl Graph {
         Ok(ModelOut(out(n, 0)))
     }
 
+    /// The merge method `name` over the text encoders `clips` (as [`Graph::method`] over
+    /// denoisers).
+    ///
+    /// # Errors
+    /// As [`Graph::method`].
+    pub fn clip_method(
+        &mut self,
+        name: &str,
+        clips: &[ClipOut],
+        params: &std::collections::BTreeMap<String, crate::merge::methods::Param>,
+    ) -> Result<ClipOut> {
+        let n = self.add(Node::ClipMethod {
+            name: name.to_string(),
+            clips: clips.iter().map(|c| c.0).collect(),
+            params: params.clone(),
+        })?;
+        Ok(ClipOut(out(n, 0)))
+    }
+
     /// CLIPMergeSimple.
     ///
     /// # Errors

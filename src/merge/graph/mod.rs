@@ -153,11 +153,16 @@ impl Graph {
         }
         if let Node::Method {
             name,
-            models,
+            models: inputs,
+            params,
+        }
+        | Node::ClipMethod {
+            name,
+            clips: inputs,
             params,
         } = &this.node
         {
-            crate::merge::methods::method(name, models.len(), params)
+            crate::merge::methods::method(name, inputs.len(), params)
                 .map_err(|e| bad(e.to_string()))?;
         }
         if let Node::ModelMergeBlocks { ratios, .. } = &this.node {

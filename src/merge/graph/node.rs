@@ -201,6 +201,16 @@ pub enum Node {
         /// Named parameters; those not given take the method's defaults.
         params: std::collections::BTreeMap<String, crate::merge::methods::Param>,
     },
+    /// The same merge method over the text encoders of any number of models: `position_ids`
+    /// and `logit_scale` stay the first's, as ComfyUI's CLIP merge nodes leave them.
+    ClipMethod {
+        /// sd-mecha's name of the method.
+        name: String,
+        /// The text encoders, in the method's order.
+        clips: Vec<Slot>,
+        /// Named parameters; those not given take the method's defaults.
+        params: std::collections::BTreeMap<String, crate::merge::methods::Param>,
+    },
     /// CheckpointSave: model, text encoders and autoencoder in one checkpoint.
     SaveCheckpoint {
         /// The denoiser.
@@ -274,6 +284,7 @@ impl Node {
             Node::ClipSubtract { .. } => "CLIPMergeSubtract",
             Node::ClipAdd { .. } => "CLIPMergeAdd",
             Node::Method { .. } => "MergeMethod",
+            Node::ClipMethod { .. } => "CLIPMergeMethod",
             Node::SaveCheckpoint { .. } => "CheckpointSave",
             Node::SaveModel { .. } => "ModelSave",
             Node::SaveClip { .. } => "CLIPSave",
@@ -296,7 +307,8 @@ impl Node {
             Node::TextEncoders { .. }
             | Node::ClipMergeSimple { .. }
             | Node::ClipSubtract { .. }
-            | Node::ClipAdd { .. } => &[Clip],
+            | Node::ClipAdd { .. }
+            | Node::ClipMethod { .. } => &[Clip],
             Node::Vae(_) => &[Vae],
             Node::Lora { clip: Some(_), .. } => &[Model, Clip],
             Node::Lora { clip: None, .. } => &[Model],
@@ -338,6 +350,7 @@ impl Node {
                 ("vae", *vae, Vae),
             ],
             Node::Method { models, .. } => models.iter().map(|m| ("models", *m, Model)).collect(),
+            Node::ClipMethod { clips, .. } => clips.iter().map(|c| ("clips", *c, Clip)).collect(),
             Node::SaveModel { model, .. } => vec![("model", *model, Model)],
             Node::SaveClip { clip, .. } => vec![("clip", *clip, Clip)],
             Node::SaveVae { vae, .. } => vec![("vae", *vae, Vae)],

@@ -32,9 +32,10 @@ pub(super) fn describe(
         for (name, slot, _) in gn.node.links() {
             v.insert(name.into(), link(slot));
         }
-        if let Node::Method { models, .. } = &gn.node {
-            let all: Vec<Value> = models.iter().map(|s| link(*s)).collect();
-            v.insert("models".into(), Value::Array(all));
+        if let Node::Method { models: all, .. } | Node::ClipMethod { clips: all, .. } = &gn.node {
+            let name = gn.node.links().first().map_or("models", |l| l.0);
+            let all: Vec<Value> = all.iter().map(|s| link(*s)).collect();
+            v.insert(name.into(), Value::Array(all));
         }
         params(&gn.node, &mut v);
         out.insert(
@@ -135,7 +136,7 @@ fn params(node: &Node, v: &mut Map<String, Value>) {
             v.insert("bias_diff".into(), json!(bias_diff));
             target_param(target, v);
         }
-        Node::Method { name, params, .. } => {
+        Node::Method { name, params, .. } | Node::ClipMethod { name, params, .. } => {
             v.insert("method".into(), json!(name));
             for (p, value) in params {
                 let j = match value {

@@ -7,6 +7,8 @@
 //! [`KNOWN`] lists every method with its inputs and parameters; [`method`] checks a method's
 //! name, inputs and parameters and returns what builds its expression for each tensor.
 
+mod della;
+mod math;
 mod ops;
 
 use std::collections::BTreeMap;
@@ -108,10 +110,27 @@ pub const KNOWN: &[MethodInfo] = &[
         2,
         None,
         "base, *models",
-        &[("alpha", Float(1.0)), ("k", Float(1.0))],
+        &[
+            ("alpha", Float(1.0)),
+            ("k", Float(1.0)),
+            ("vote_sgn", Bool(false)),
+        ],
     ),
     info("add_ties_with_dare", 2, None, "base, *models", DARE),
     info("dare", 2, None, "base, *models", DARE),
+    info(
+        "della",
+        2,
+        None,
+        "base, *models",
+        &[
+            ("density", Float(0.5)),
+            ("epsilon", Float(0.1)),
+            ("lambda", Float(1.0)),
+            ("seed", Int(0)),
+            ("rescale", Bool(true)),
+        ],
+    ),
     info(
         "model_stock",
         2,

@@ -1,6 +1,10 @@
 //! The methods' arithmetic: what each needs of a tensor, the scalars it makes of that, and its
 //! values element by element, in f32 as sd-mecha's torch code computes them.
 
+use super::della::Della;
+use super::math::{
+    add, clamp, elect, nan_to_num, slerp_scalars, stock_t, ties_block, weiszfeld, zero_non_finite,
+};
 use super::ParamDefault;
 use crate::error::{Error, Result};
 use crate::model::tensor::method::{mix, Dropout, Facts, Needs, TensorMethod, Vector};
@@ -38,6 +42,14 @@ pub enum Kind {
         vote_sgn: bool,
         apply_stock: bool,
         cos_eps: f64,
+    },
+    /// DELLA: deltas dropped by magnitude rank, rescaled, TIES-combined, added to the base.
+    Della {
+        density: f64,
+        epsilon: f64,
+        lambda: f64,
+        seed: i64,
+        rescale: bool,
     },
     /// Model stock over deltas (with `base`: over `xᵢ − base`, added to it).
     ModelStock { base: bool, cos_eps: f64 },
@@ -99,7 +111,7 @@ pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault
             base: true,
             alpha: f("alpha"),
             k: k()?,
-            vote_sgn: false,
+            vote_sgn: b("vote_sgn"),
         },
         "add_ties_with_dare" | "dare" => {
             let probability = f("probability");
@@ -118,6 +130,31 @@ pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault
                 vote_sgn: b("vote_sgn"),
                 apply_stock: b("apply_stock"),
                 cos_eps: f("cos_eps"),
+            }
+        }
+        "della" => {
+            let (density, epsilon) = (f("density"), f("epsilon"));
+            if !(density > 0.0 && density <= 1.0) {
+                return Err(Error::InvalidInput(format!(
+                    "della: density = {density} is outside (0, 1]: it is the mean fraction of \
+                     each delta's elements kept"
+                )));
+            }
+            if density < 1.0
+                && !(epsilon >= 0.0 && density - epsilon > 0.0 && density + epsilon <= 1.0)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "della: epsilon = {epsilon} with density {density}: the keep probabilities \
+                     density ± epsilon must lie in (0, 1] (epsilon ≥ 0, below density and at \
+                     most 1 − density)"
+                )));
+            }
+            Kind::Della {
+                density,
+                epsilon,
+                lambda: f("lambda"),
+                seed: i("seed"),
+                rescale: b("rescale"),
             }
         }
         "model_stock" | "n_model_stock" => Kind::ModelStock {
@@ -155,6 +192,8 @@ pub(super) struct Op {
     inputs: usize,
     /// Elements per run along the last dimension (model stock's cosines).
     last: usize,
+    /// Elements per row: the product of the dimensions after the first (DELLA's ranks).
+    row: usize,
 }
 
 impl Op {
@@ -164,11 +203,18 @@ impl Op {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         let last = shape.last().copied().unwrap_or(1).max(1);
+        let row = match shape {
+            [] => 1,
+            [n] => *n,
+            [_, rest @ ..] => rest.iter().product(),
+        }
+        .max(1);
         Op {
             kind,
             stream,
             inputs,
             last,
+            row,
         }
     }
 }
@@ -184,7 +230,7 @@ pub(crate) fn lerp(a: f32, b: f32, w: f32) -> f32 {
 }
 
 /// `torch.maximum` / `torch.minimum`: NaN wins.
-fn max_nan(a: f32, b: f32) -> f32 {
+pub(super) fn max_nan(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
@@ -192,7 +238,7 @@ fn max_nan(a: f32, b: f32) -> f32 {
     }
 }
 
-fn min_nan(a: f32, b: f32) -> f32 {
+pub(super) fn min_nan(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
@@ -201,7 +247,7 @@ fn min_nan(a: f32, b: f32) -> f32 {
 }
 
 /// `torch.sign`.
-fn sign(x: f32) -> f32 {
+pub(super) fn sign(x: f32) -> f32 {
     f32::from(u8::from(x > 0.0)) - f32::from(u8::from(x < 0.0))
 }
 
@@ -229,6 +275,7 @@ impl TensorMethod for Op {
             Kind::Ties { base: false, .. } => "ties_sum",
             Kind::Ties { base: true, .. } => "add_difference_ties",
             Kind::Dare { .. } => "add_ties_with_dare",
+            Kind::Della { .. } => "della",
             Kind::ModelStock { base: false, .. } => "model_stock",
             Kind::ModelStock { base: true, .. } => "n_model_stock",
             Kind::GeometricMedian { .. } => "geometric_median",
@@ -278,6 +325,7 @@ impl TensorMethod for Op {
                 }
             }
             Kind::ModelStock { .. } => needs.align = last,
+            Kind::Della { .. } => needs.align = self.row,
             _ => {}
         }
         needs
@@ -352,12 +400,11 @@ impl TensorMethod for Op {
             Kind::Slerp { alpha } => {
                 let (fallback, ca, cb) = (scalars[0] == 0.0, scalars[1] as f32, scalars[2] as f32);
                 let w = *alpha as f32;
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = if fallback {
-                        lerp(x[0][j], x[1][j], w)
-                    } else {
-                        x[0][j] * ca + x[1][j] * cb
-                    };
+                let pairs = out.iter_mut().zip(x[0].iter().zip(x[1]));
+                if fallback {
+                    pairs.for_each(|(o, (&a, &b))| *o = lerp(a, b, w));
+                } else {
+                    pairs.for_each(|(o, (&a, &b))| *o = a * ca + b * cb);
                 }
             }
             Kind::AddPerpendicular { alpha } => {
@@ -392,16 +439,38 @@ impl TensorMethod for Op {
                 ..
             } => {
                 let vectors = self.deltas(*base, None);
-                let mut d = vec![0f32; vectors.len()];
-                for (j, o) in out.iter_mut().enumerate() {
-                    for (v, dv) in vectors.iter().zip(d.iter_mut()) {
-                        *dv = v.at(x, j, first + j);
+                let thresholds: Vec<Option<f32>> = (0..vectors.len())
+                    .map(|i| scalars.get(i).map(|&t| t as f32))
+                    .collect();
+                ties_block(&vectors, &thresholds, *vote_sgn, first, x, out);
+                if *base {
+                    for (o, &a) in out.iter_mut().zip(x[0]) {
+                        *o = add(a, *o, *alpha);
                     }
-                    let r = ties(&mut d, scalars, *vote_sgn);
-                    *o = if *base { add(x[0][j], r, *alpha) } else { r };
                 }
             }
             Kind::Dare { .. } => self.dare(scalars, first, x, out),
+            Kind::Della {
+                density,
+                epsilon,
+                lambda,
+                seed,
+                rescale,
+            } => {
+                let d = Della {
+                    density: *density,
+                    epsilon: *epsilon,
+                    lambda: *lambda,
+                    seed: *seed,
+                    rescale: *rescale,
+                };
+                let masks = self.deltas(true, Some((d.seed, d.density)));
+                let deltas: Vec<_> = masks
+                    .into_iter()
+                    .filter_map(|mut v| v.dropout.take().map(|m| (v, m)))
+                    .collect();
+                d.apply(&deltas, self.row, first, x, out);
+            }
             Kind::ModelStock { base, cos_eps } => {
                 let vectors = self.deltas(*base, None);
                 let row = self.last;
@@ -526,199 +595,5 @@ impl Op {
                 out[j] = add(x[0][j], r / rescalar, *alpha);
             }
         }
-    }
-}
-
-/// `a + r·alpha` as sd-mecha's `add_difference` (`a.addcmul(r, alpha)`); `a` when alpha is 0.
-fn add(a: f32, r: f32, alpha: f64) -> f32 {
-    if alpha == 0.0 {
-        a
-    } else {
-        a + r * alpha as f32
-    }
-}
-
-/// `torch.nan_to_num` with its defaults: NaN to 0, ±Inf to the largest finite values.
-fn nan_to_num(v: f32) -> f32 {
-    if v.is_nan() {
-        0.0
-    } else {
-        v.clamp(f32::MIN, f32::MAX)
-    }
-}
-
-/// `torch.nan_to_num(nan=0, posinf=0, neginf=0)`.
-fn zero_non_finite(v: f32) -> f32 {
-    if v.is_finite() {
-        v
-    } else {
-        0.0
-    }
-}
-
-/// TIES on one element's deltas `d` (thresholds: each delta's k-th magnitude, none when all are
-/// kept): top-k filter, sign election, disjoint mean.
-fn ties(d: &mut [f32], thresholds: &[f64], vote_sgn: bool) -> f32 {
-    let (count, _) = elect(d, thresholds, vote_sgn);
-    let s: f32 = d.iter().sum();
-    zero_non_finite(s / count)
-}
-
-/// `filter_top_k` and `ties_sum_deltas` for one element: `d` becomes the filtered deltas;
-/// returns the number that agree with the elected sign, and that sign.
-fn elect(d: &mut [f32], thresholds: &[f64], vote_sgn: bool) -> (f32, f32) {
-    for (i, v) in d.iter_mut().enumerate() {
-        if let Some(&t) = thresholds.get(i) {
-            // `a * (|a| >= kth)`: a dropped value becomes 0·a (−0 for a negative one).
-            let kept = matches!(
-                v.abs().partial_cmp(&(t as f32)),
-                Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
-            );
-            if !kept {
-                *v *= 0.0;
-            }
-        }
-    }
-    let mut vote = 0f32;
-    for &v in d.iter() {
-        vote += if vote_sgn { v } else { sign(v) };
-    }
-    let elected = sign(vote);
-    let mut count = 0f32;
-    for v in d.iter_mut() {
-        if sign(*v) == elected {
-            count += 1.0;
-        } else {
-            *v *= 0.0;
-        }
-    }
-    (count, elected)
-}
-
-/// sd-mecha's `get_model_stock_t` on one run of the last dimension: the mean cosine of
-/// consecutive deltas (`CosineSimilarity(dim=-1, eps)`), then `n·cos / (1 + (n − 1)·cos)`.
-fn stock_t(rows: &[&[f32]], eps: f64) -> f64 {
-    let n = rows.len();
-    let norm = |r: &[f32]| {
-        r.iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt()
-    };
-    let mut cos = 0f64;
-    for w in rows.windows(2) {
-        let dot: f64 = w[0]
-            .iter()
-            .zip(w[1])
-            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-            .sum();
-        cos += dot / (norm(w[0]).max(eps) * norm(w[1]).max(eps));
-    }
-    let cos = cos / (n - 1).max(1) as f64;
-    n as f64 * cos / (1.0 + (n as f64 - 1.0) * cos)
-}
-
-/// `clamp(a, *bounds, stiffness)`.
-fn clamp(stiffness: f64, x: &[&[f32]], out: &mut [f32]) {
-    let bounds = &x[1..];
-    let s = stiffness as f32;
-    let rest = (1.0 - stiffness) as f32;
-    let nb = bounds.len() as f32;
-    for (j, o) in out.iter_mut().enumerate() {
-        let mut hi = bounds[0][j];
-        let mut lo = bounds[0][j];
-        for b in &bounds[1..] {
-            hi = max_nan(hi, b[j]);
-            lo = min_nan(lo, b[j]);
-        }
-        if stiffness != 0.0 {
-            let mut sum = 0f32;
-            for b in bounds {
-                sum += b[j];
-            }
-            let avg = sum / nb;
-            let (mut sp, mut ln) = (hi, lo);
-            for b in bounds {
-                let v = b[j];
-                if sp >= v && v >= avg {
-                    sp = v;
-                }
-                if ln <= v && v <= avg {
-                    ln = v;
-                }
-            }
-            hi = rest * hi + s * sp;
-            lo = rest * lo + s * ln;
-        }
-        *o = min_nan(max_nan(x[0][j], lo), hi);
-    }
-}
-
-/// SLERP's scalars from `|a|², |b|², a·b`: `[1, ca, cb]` with the result `a·ca + b·cb`, or
-/// `[0, 0, 0]` where sd-mecha falls back to `lerp(a, b, alpha)` (a zero or non-finite norm,
-/// parallel tensors: the result would be NaN).
-fn slerp_scalars(facts: &Facts, alpha: f64) -> Vec<f64> {
-    let (na, nb, dot) = (
-        facts.dot(0, 0).sqrt(),
-        facts.dot(1, 1).sqrt(),
-        facts.dot(0, 1),
-    );
-    // The cosine as torch has it: an f32, clamped to [−1, 1].
-    let d = f64::from(((dot / (na * nb)) as f32).clamp(-1.0, 1.0));
-    let omega = d.acos();
-    let s = omega.sin();
-    let scale = na + alpha * (nb - na);
-    let ca = ((1.0 - alpha) * omega).sin() / s / na * scale;
-    let cb = (alpha * omega).sin() / s / nb * scale;
-    if ca.is_finite() && cb.is_finite() && na > 0.0 && nb > 0.0 && s != 0.0 {
-        vec![1.0, ca, cb]
-    } else {
-        vec![0.0, 0.0, 0.0]
-    }
-}
-
-/// Weiszfeld's iterations as sd-mecha runs them (`geometric_median`), on the Gram matrix of the
-/// models' offsets from the first: returns each model's weight (they need not add up to 1).
-fn weiszfeld(facts: &Facts, eps: f64, maxiter: i64, ftol: f64) -> Vec<f64> {
-    let n = facts.vectors + 1;
-    if n == 1 {
-        return vec![1.0];
-    }
-    // Gram of the offsets y₀ = 0, yᵢ = xᵢ − x₀.
-    let g = |i: usize, j: usize| {
-        if i == 0 || j == 0 {
-            0.0
-        } else {
-            facts.dot(i - 1, j - 1)
-        }
-    };
-    let dist = |c: &[f64], i: usize| -> f64 {
-        let total: f64 = c.iter().sum();
-        let mut d2 = g(i, i);
-        for j in 0..n {
-            d2 -= 2.0 * c[j] / total * g(i, j);
-            for l in 0..n {
-                d2 += c[j] * c[l] / (total * total) * g(j, l);
-            }
-        }
-        d2.max(0.0).sqrt()
-    };
-    let objective = |c: &[f64]| (0..n).map(|i| dist(c, i)).sum::<f64>() / n as f64;
-    let mut weights = vec![1.0; n];
-    let mut median = weights.clone();
-    let mut obj = objective(&median);
-    for _ in 0..maxiter {
-        let prev = obj;
-        weights = (0..n).map(|i| 1.0 / dist(&median, i).max(eps)).collect();
-        median.clone_from(&weights);
-        obj = objective(&median);
-        if (prev - obj).abs() <= ftol * obj {
-            break;
-        }
-    }
-    if weights.iter().all(|w| w.is_finite()) {
-        weights
-    } else {
-        vec![1.0; n]
     }
 }

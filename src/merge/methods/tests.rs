@@ -621,6 +621,111 @@ fn dare_keeps_a_seeded_fraction_rescaled_so_the_mean_is_preserved() {
     );
 }
 
+/// DELLA over one model: element `j` of each row (whose magnitudes rise with `j`, so its rank
+/// is `j + 1`) is kept with probability `p_j = density − ε + 2ε·j/(n − 1)` and then is
+/// `d / p_j`; the kept fraction per band of ranks follows `p_j`, and the mean is preserved.
+#[test]
+fn della_keeps_by_magnitude_rank_within_rows_and_rescales() {
+    let (rows, n) = (400, 250);
+    let delta: Vec<f32> = (0..rows * n)
+        .map(|e| {
+            let (r, j) = (e / n, e % n);
+            let sign = if (r + j) % 3 == 0 { -1.0 } else { 1.0 };
+            sign * (1.0 + j as f32 / n as f32)
+        })
+        .collect();
+    let base = vec![0f32; rows * n];
+    let (density, eps) = (0.5, 0.2);
+    let p = [("density", "0.5"), ("epsilon", "0.2"), ("seed", "3")];
+    let got = run("della", &p, &[base.clone(), delta.clone()], &[rows, n]);
+    let keep = |j: usize| density - eps + 2.0 * eps * j as f64 / (n - 1) as f64;
+    for (e, (g, d)) in got.iter().zip(&delta).enumerate() {
+        let want = f64::from(*d) / keep(e % n);
+        assert!(
+            *g == 0.0 || (f64::from(*g) - want).abs() <= 1e-6 * want.abs(),
+            "element {e}: {g}, expected 0 or {want}"
+        );
+    }
+    // Five bands of ranks: kept fraction within 4σ of the mean probability (σ ≈ 0.0035).
+    let bands = 5;
+    for b in 0..bands {
+        let cols = b * n / bands..(b + 1) * n / bands;
+        let expected = cols.clone().map(keep).sum::<f64>() / cols.len() as f64;
+        let mut kept = 0usize;
+        for r in 0..rows {
+            kept += cols.clone().filter(|&j| got[r * n + j] != 0.0).count();
+        }
+        let frac = kept as f64 / (rows * cols.len()) as f64;
+        assert!(
+            (frac - expected).abs() < 0.015,
+            "band {b}: kept {frac}, expected {expected}"
+        );
+    }
+    // Unbiased: Σ d·got / Σ d² ≈ 1 (each kept value is d/p with probability p).
+    let num: f64 = got
+        .iter()
+        .zip(&delta)
+        .map(|(g, d)| f64::from(*g) * f64::from(*d))
+        .sum();
+    let den: f64 = delta.iter().map(|d| f64::from(*d).powi(2)).sum();
+    assert!((num / den - 1.0).abs() < 0.02, "{}", num / den);
+    // Seeded: the same seed, the same values; another, others. Without rescale: d itself.
+    assert_eq!(
+        run("della", &p, &[base.clone(), delta.clone()], &[rows, n]),
+        got
+    );
+    let other = [("density", "0.5"), ("epsilon", "0.2"), ("seed", "4")];
+    assert_ne!(
+        run("della", &other, &[base.clone(), delta.clone()], &[rows, n]),
+        got
+    );
+    let plain = [("density", "0.5"), ("rescale", "false")];
+    let unscaled = run("della", &plain, &[base.clone(), delta.clone()], &[rows, n]);
+    assert!(unscaled
+        .iter()
+        .zip(&delta)
+        .all(|(g, d)| *g == 0.0 || g == d));
+}
+
+/// With density 1 nothing is dropped: the sign of the sum of the deltas is elected, the deltas
+/// of that sign averaged (0 where the sum is 0), times lambda, added to the base.
+#[test]
+fn della_elects_signs_and_averages_agreeing_deltas() {
+    let base = vec![1.0, 0.0, -1.0, 0.5];
+    let m1: Vec<f32> = [1.0, -2.0, 3.0, 0.5]
+        .iter()
+        .zip(&base)
+        .map(|(d, b)| d + b)
+        .collect();
+    let m2: Vec<f32> = [2.0, 1.0, -1.0, -0.5]
+        .iter()
+        .zip(&base)
+        .map(|(d, b)| d + b)
+        .collect();
+    let got = run(
+        "della",
+        &[("density", "1"), ("lambda", "0.5")],
+        &[base.clone(), m1, m2],
+        &[4],
+    );
+    // Sums 3, −1, 2, 0: means 1.5, −2, 3, 0.
+    let want: Vec<f64> = [1.5, -2.0, 3.0, 0.0]
+        .iter()
+        .zip(&base)
+        .map(|(r, b)| f64::from(*b) + 0.5 * r)
+        .collect();
+    close(&got, &want, 1e-6, "della density 1");
+    for (p, needle) in [
+        (("density", "0"), "della: density = 0 is outside (0, 1]"),
+        (("epsilon", "0.6"), "della: epsilon = 0.6 with density 0.5"),
+    ] {
+        let Err(Error::InvalidInput(m)) = method("della", 2, &params(&[p])) else {
+            panic!("{p:?} accepted");
+        };
+        assert!(m.contains(needle), "{m}");
+    }
+}
+
 #[test]
 fn bad_methods_and_parameters_are_refused_naming_what_is_accepted() {
     let e = method("lerp", 2, &params(&[])).unwrap_err().to_string();

@@ -321,6 +321,11 @@ impl Compiler<'_> {
                 models,
                 params,
             } => vec![self.method(&me, name, models, params)?],
+            Node::ClipMethod {
+                name,
+                clips,
+                params,
+            } => vec![self.clip_method(&me, name, clips, params)?],
             Node::ClipMergeSimple {
                 clip1,
                 clip2,
@@ -527,6 +532,25 @@ impl Compiler<'_> {
             super::method::method_value(me, name, &values, params, device)?;
         self.out.merged += merged;
         self.note(me, "the first model", "every other model", &missing);
+        Ok(value)
+    }
+
+    fn clip_method(
+        &mut self,
+        me: &str,
+        name: &str,
+        clips: &[Slot],
+        params: &BTreeMap<String, crate::merge::methods::Param>,
+    ) -> Result<Value> {
+        let values = clips
+            .iter()
+            .map(|s| self.clip(*s))
+            .collect::<Result<Vec<_>>>()?;
+        let device = self.opts.device.as_ref();
+        let (value, merged, missing) =
+            super::method::clip_method_value(me, name, &values, params, device)?;
+        self.out.merged += merged;
+        self.note(me, "the first text encoders", "every other", &missing);
         Ok(value)
     }
 
