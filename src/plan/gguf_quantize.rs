@@ -253,7 +253,9 @@ fn never_quantized(arch: Arch) -> (&'static [&'static str], &'static [&'static s
             ],
             &["proj_out.weight", "pos_embed"],
         ),
-        Arch::Ltxv => (
+        // An LTX-2 file is `ltxv` to convert.py and the patch (its `audio_` layers match the
+        // same substrings).
+        Arch::Ltxv | Arch::Ltx2 => (
             &[
                 "adaln_single.",
                 "caption_projection.",
