@@ -26,6 +26,7 @@ mod merge;
 pub(crate) mod method;
 pub(crate) mod order;
 mod quant;
+pub(crate) mod quant_device;
 
 use std::ops::Range;
 

@@ -107,6 +107,9 @@ pub(super) fn fill_encoded(
 ) -> Result<u64> {
     let scales = target.scales(scratch)?;
     let layout = target.layout();
+    if matches!(role, Role::Codes | Role::BlockScales) && target.device_source().is_some() {
+        return target.fill_from_device(&scales, role, units, out);
+    }
     match role {
         Role::Codes if layout.format().has_block_scales() => {
             encode_rows(target, &scales, units, out, scratch)

@@ -108,7 +108,7 @@ fn encode_fp8_with(
     values: &[f32],
     codes: &mut [u8],
 ) {
-    let inv = 1.0 / scale;
+    let inv = fp8_factor(scale, precision);
     // f32::clamp keeps NaN, as torch.clamp does.
     let clamp = |t: f32| t.clamp(-max, max);
     match precision {
@@ -118,13 +118,11 @@ fn encode_fp8_with(
             }
         }
         Precision::Bf16 => {
-            let inv = round_bf16(inv);
             for (c, &x) in codes.iter_mut().zip(values) {
                 *c = encode(clamp(round_bf16(x * inv)));
             }
         }
         Precision::F16 => {
-            let inv = round_f16(inv);
             for (c, &x) in codes.iter_mut().zip(values) {
                 *c = encode(clamp(round_f16(x * inv)));
             }
@@ -132,9 +130,14 @@ fn encode_fp8_with(
     }
 }
 
+/// The factor kitchen's fp8 quantizer multiplies by: `(1 / scale).to(x.dtype)`.
+pub(crate) fn fp8_factor(scale: f32, precision: Precision) -> f32 {
+    precision.round(1.0 / scale)
+}
+
 /// The scale kitchen's `_int8_scale_for_math` divides by: the scale in the input's dtype, its
 /// smallest normal value where that is 0.
-fn int8_divisor(scale: f32, precision: Precision) -> f32 {
+pub(crate) fn int8_divisor(scale: f32, precision: Precision) -> f32 {
     let s = precision.round(scale);
     if s != 0.0 {
         s
