@@ -131,17 +131,16 @@ pub(super) fn check_block_scales(layout: &QuantLayout, bytes: &[u8]) -> Result<(
     }
 }
 
-/// Values a span must hold before its rows are encoded in parallel (rayon): below it the
-/// per-task overhead outweighs the work.
-const PARALLEL_MIN: usize = 1 << 17;
-
 /// Encodes a write span (see [`QuantLayout::write_span`]): whole logical rows, plus the padding
 /// rows when the span ends at the last row. With `codes` `None` only the block scales are
 /// computed (the same bytes: each block's scale is a function of its maximum alone).
 ///
 /// Rows are independent: each is encoded into its codes and its row of block scales (row-major
-/// first, in parallel across rows for large spans), then the scales are scattered into the
-/// swizzled layout.
+/// first), then the scales are scattered into the swizzled layout.
+///
+/// Serial on purpose: the writer's fill workers already keep every core busy, and they are
+/// long-running jobs of one rayon pool, where a nested parallel loop's waiting thread could pick
+/// up another long-running job (the reduction prefetcher, which waits for the workers) and stall.
 pub(super) fn encode(
     layout: &QuantLayout,
     scales: &Scales,
@@ -163,37 +162,19 @@ pub(super) fn encode(
         tensor: scales.tensor.unwrap_or(1.0),
     };
     let mut row_scales = vec![0u8; value_rows * blocks];
-    let parallel = values.len() >= PARALLEL_MIN && value_rows > 1;
     match codes {
         Some(codes) => {
             // Padding rows: zero codes.
             codes[value_rows * row_bytes..].fill(0);
-            if parallel {
-                use rayon::prelude::*;
-                codes[..value_rows * row_bytes]
-                    .par_chunks_mut(row_bytes)
-                    .zip(row_scales.par_chunks_mut(blocks))
-                    .zip(values.par_chunks(cols))
-                    .for_each(|((c, s), v)| encoder.row(v, Some(c), s));
-            } else {
-                codes[..value_rows * row_bytes]
-                    .chunks_mut(row_bytes)
-                    .zip(row_scales.chunks_mut(blocks))
-                    .zip(values.chunks(cols))
-                    .for_each(|((c, s), v)| encoder.row(v, Some(c), s));
-            }
+            codes[..value_rows * row_bytes]
+                .chunks_mut(row_bytes)
+                .zip(row_scales.chunks_mut(blocks))
+                .zip(values.chunks(cols))
+                .for_each(|((c, s), v)| encoder.row(v, Some(c), s));
         }
         None => {
-            if parallel {
-                use rayon::prelude::*;
-                row_scales
-                    .par_chunks_mut(blocks)
-                    .zip(values.par_chunks(cols))
-                    .for_each(|(s, v)| encoder.row(v, None, s));
-            } else {
-                for (s, v) in row_scales.chunks_mut(blocks).zip(values.chunks(cols)) {
-                    encoder.row(v, None, s);
-                }
+            for (s, v) in row_scales.chunks_mut(blocks).zip(values.chunks(cols)) {
+                encoder.row(v, None, s);
             }
         }
     }
