@@ -27,6 +27,7 @@ pub(crate) mod method;
 pub(crate) mod order;
 mod quant;
 pub(crate) mod quant_device;
+pub(crate) mod scale_cache;
 
 use std::ops::Range;
 

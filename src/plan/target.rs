@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::model::InputTensor;
 use crate::offload::quant_device::{DeviceOutput, DevicePlan};
+use crate::offload::scale_cache::BlockScaleCache;
 use crate::offload::{cuda, Scratch};
 use crate::plan::{operand_pieces, Piece};
 use crate::quant::{Facts, Format, Precision, QuantLayout, Reduction as Needed, Scales};
@@ -38,6 +39,8 @@ pub struct QuantTarget {
     scales: Computed<Scales>,
     /// The quantized bytes, when the device makes them ([`QuantTarget::device_source`]).
     device: DeviceOutput,
+    /// Block scales kept from the encoding of the codes, for the block-scale member.
+    block_scales: BlockScaleCache,
 }
 
 impl std::fmt::Debug for QuantTarget {
@@ -110,6 +113,7 @@ impl QuantTarget {
             input_scale,
             scales: Computed::default(),
             device: DeviceOutput::default(),
+            block_scales: BlockScaleCache::default(),
         })
     }
 
@@ -180,6 +184,11 @@ impl QuantTarget {
                 })?;
             cuda::device_quantize(t, &plan)
         })
+    }
+
+    /// The block scales kept from the encoding of the codes.
+    pub(crate) fn kept_block_scales(&self) -> &BlockScaleCache {
+        &self.block_scales
     }
 
     /// Whether the scales are computed from the values (a reduction pass) rather than given.
