@@ -204,7 +204,8 @@ __device__ __forceinline__ u32 e2m1(float x) {
     float a = __uint_as_float(n);
     u32 mag = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) +
               (a > 5.0f);
-    if (a != a) mag = ((n + (u32)((1 - 127) << 23) + ((1u << 21) - 1u) + ((n >> 22) & 1u)) >> 22) & 0xffu;
+    // (1 - 127) << 23 as a two's-complement u32: 0xC1000000.
+    if (a != a) mag = ((n + 0xC1000000u + ((1u << 21) - 1u) + ((n >> 22) & 1u)) >> 22) & 0xffu;
     return (mag | sign) & 0xffu;
 }
 
