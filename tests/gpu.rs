@@ -554,10 +554,13 @@ fn checkpointer_snapshot_copies_finish_before_the_write(devices: &[Device]) -> R
     Ok(())
 }
 
-/// The bodies that run on one device, by name.
 /// A quantized save (every format, per-tensor and block scales, padded nvfp4 rows) of tensors held
 /// on the device writes the same bytes as the same tensors saved from the host: the scales'
-/// reductions and the codes do not depend on where the values live.
+/// reductions and the codes do not depend on where the values live. On CUDA the device reduces
+/// and quantizes them (`kernels/quantize.cu`), so this compares the kernels' bytes with the CPU
+/// codec's, from f32, bf16 and f16 sources, with blocks that are all zeros, subnormal or huge,
+/// and, for mxfp8 (which has no tensor scale to refuse them), NaN and blocks whose scale byte is
+/// 0 (kitchen divides by zero there).
 fn quantized_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<(), Failed> {
     use checkpoint_save::quant::{Format, Fp8, Quantize};
     let dir = tempfile::tempdir()?;
@@ -565,15 +568,24 @@ fn quantized_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<
         .map(|i| ((i as f32 * 0.731).sin() * 3.0).powi(3))
         .collect();
     let x = Tensor::from_vec(values, (70, 96), &Device::Cpu)?;
-    for src in [DType::F32, DType::BF16] {
-        let mut host = BTreeMap::new();
-        host.insert("blocks.0.attn.qkv.weight".to_string(), x.to_dtype(src)?);
-        host.insert(
-            "blocks.0.attn.qkv.bias".to_string(),
-            x.get(0)?.to_dtype(src)?,
-        );
-        let host = Components::new(host);
-        let held = moved(&host, |_| devices[0].clone());
+    // 40 rows of 64: row 0 zeros, row 1 subnormal, row 2 up to 6e4, the rest spread over
+    // magnitudes 2^-20..2^12, so blocks and tensor scales meet every rounding regime.
+    let edge: Vec<f32> = (0..40 * 64)
+        .map(|i| match i / 64 {
+            0 => 0.0,
+            1 => (i % 7) as f32 * 1e-41,
+            2 => (i % 64) as f32 * 937.5 - 30000.0,
+            r => ((i as f32 * 1.37).cos()) * 2f32.powi(r % 33 - 20),
+        })
+        .collect();
+    let edge = Tensor::from_vec(edge, (40, 64), &Device::Cpu)?;
+    let mut odd: Vec<f32> = (0..32 * 64).map(|i| (i as f32 * 0.11).sin()).collect();
+    odd[5] = f32::NAN;
+    odd[70] = -f32::NAN;
+    odd[64 * 3..64 * 4].fill(1e-40); // scale byte 0: ±Inf codes
+    odd[64 * 4 + 1] = -1e-40;
+    let odd = Tensor::from_vec(odd, (32, 64), &Device::Cpu)?;
+    for src in [DType::F32, DType::BF16, DType::F16] {
         for format in [
             Format::ScaledFp8(Fp8::E4M3),
             Format::Float8(Fp8::E4M3),
@@ -582,6 +594,18 @@ fn quantized_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<
             Format::Mxfp8,
             Format::Nvfp4,
         ] {
+            let mut host = BTreeMap::new();
+            host.insert("blocks.0.attn.qkv.weight".to_string(), x.to_dtype(src)?);
+            host.insert(
+                "blocks.0.attn.qkv.bias".to_string(),
+                x.get(0)?.to_dtype(src)?,
+            );
+            host.insert("blocks.1.attn.qkv.weight".to_string(), edge.to_dtype(src)?);
+            if format == Format::Mxfp8 {
+                host.insert("blocks.2.attn.qkv.weight".to_string(), odd.to_dtype(src)?);
+            }
+            let host = Components::new(host);
+            let held = moved(&host, |_| devices[0].clone());
             let mut opts = options(
                 LayoutChoice::Generic(GenericPrefixes::default()),
                 TargetDtype::Keep,
@@ -591,18 +615,33 @@ fn quantized_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<
             let (_, h) = save_in(dir.path(), &format!("host-{src:?}-{format}"), &host, &opts);
             let (_, d) = save_in(dir.path(), &format!("dev-{src:?}-{format}"), &held, &opts);
             let st = safetensors::SafeTensors::deserialize(&h)?;
-            assert!(
-                st.names()
-                    .iter()
-                    .any(|n| n.ends_with("scale_weight") || n.ends_with("weight_scale")),
-                "{what}: nothing quantized"
-            );
-            assert!(h == d, "{what}: the device's file differs from the host's");
+            let quantized = st
+                .names()
+                .iter()
+                .filter(|n| n.ends_with("scale_weight") || n.ends_with("weight_scale"))
+                .count();
+            let expected = if format == Format::Mxfp8 { 3 } else { 2 };
+            assert_eq!(quantized, expected, "{what}: layers quantized");
+            if h != d {
+                let dst = safetensors::SafeTensors::deserialize(&d)?;
+                for name in st.names() {
+                    let (a, b) = (st.tensor(name)?, dst.tensor(name)?);
+                    let first = a.data().iter().zip(b.data()).position(|(x, y)| x != y);
+                    assert!(
+                        first.is_none(),
+                        "{what}: `{name}` differs first at byte {first:?} (host {:?}, device {:?})",
+                        first.map(|i| a.data()[i]),
+                        first.map(|i| b.data()[i])
+                    );
+                }
+                panic!("{what}: the device's file differs from the host's");
+            }
         }
     }
     Ok(())
 }
 
+/// The bodies that run on one device, by name.
 const ONE_DEVICE: [(&str, Body); 10] = [
     (
         "quantized_saves_from_the_device_match_the_host",

@@ -43,6 +43,31 @@ fn disabled(what: &str) -> Error {
     }
 }
 
+/// Whether the quantization kernels read `t` on its device: never without the `cuda` feature
+/// (the CPU quantizes values read from the device).
+pub(crate) fn quantizes_on_device(_t: &candle_core::Tensor) -> bool {
+    false
+}
+
+/// The device reduction of the CUDA build.
+///
+/// # Errors
+/// Always [`Error::FeatureDisabled`].
+pub(crate) fn device_abs_max(_t: &candle_core::Tensor) -> Result<f32> {
+    Err(disabled("quantizing on a CUDA device"))
+}
+
+/// The device quantizer of the CUDA build.
+///
+/// # Errors
+/// Always [`Error::FeatureDisabled`].
+pub(crate) fn device_quantize(
+    _t: &candle_core::Tensor,
+    _plan: &super::quant_device::DevicePlan,
+) -> Result<super::quant_device::DeviceBytes> {
+    Err(disabled("quantizing on a CUDA device"))
+}
+
 /// Whether pieces on `device` can go through a device pipeline: never without the `cuda`
 /// feature (CUDA tensors take the generic device path).
 pub(crate) fn has_pipeline(_device: &Device) -> bool {

@@ -26,6 +26,8 @@ mod merge;
 pub(crate) mod method;
 pub(crate) mod order;
 mod quant;
+pub(crate) mod quant_device;
+pub(crate) mod scale_cache;
 
 use std::ops::Range;
 

@@ -110,6 +110,9 @@ pub(super) fn fill_encoded(
     }
     let scales = target.scales(scratch)?;
     let layout = target.layout();
+    if matches!(role, Role::Codes | Role::BlockScales) && target.device_source().is_some() {
+        return target.fill_from_device(&scales, role, units, out);
+    }
     match role {
         Role::Codes if layout.format().has_block_scales() => {
             encode_rows(target, &scales, units, out, scratch)
@@ -212,6 +215,9 @@ fn encode_rows(
             &mut s.codes,
             &mut s.scales,
         )?;
+        target
+            .kept_block_scales()
+            .keep(layout, &span, row..end, &s.scales);
         // The span covers the padding rows too when it ends at the last row.
         let (cs, ce) = (span.codes.start as usize, span.codes.end as usize);
         let (s0, e0) = (cs.max(bytes.start), ce.min(bytes.end));
@@ -279,8 +285,12 @@ fn block_scales(
     let mut band = vec![0u8; band_bytes];
     for b in bytes.start / band_bytes..bytes.end.div_ceil(band_bytes) {
         let (r0, r1) = (b * BAND_ROWS, ((b + 1) * BAND_ROWS).min(rows));
-        band.fill(0);
-        let mut row = r0;
+        // Kept from the codes' encoding, unless some of the band's rows are not encoded yet.
+        let kept = target.kept_block_scales().band(layout, b, &mut band);
+        if !kept {
+            band.fill(0);
+        }
+        let mut row = if kept { r1 } else { r0 };
         while row < r1 {
             let end = (row + group).min(r1);
             let mut values = std::mem::take(&mut scratch.quant.values);
@@ -297,6 +307,7 @@ fn block_scales(
         let (s, e) = (o.max(bytes.start), (o + band_bytes).min(bytes.end));
         out[s - bytes.start..e - bytes.start].copy_from_slice(&band[s - o..e - o]);
     }
+    target.kept_block_scales().served(layout, bytes.len());
     Ok(())
 }
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::InputTensor;
-use crate::offload::Scratch;
+use crate::offload::quant_device::{DeviceOutput, DevicePlan};
+use crate::offload::scale_cache::BlockScaleCache;
+use crate::offload::{cuda, Scratch};
 use crate::plan::{operand_pieces, Piece};
 use crate::quant::{Facts, Format, Precision, QuantLayout, Reduction as Needed, Scales};
 use crate::reduce::{reduce, Computed, Reduction, Values};
@@ -37,6 +39,10 @@ pub struct QuantTarget {
     /// The activation scale carried into the output (the layer had one).
     input_scale: Option<f32>,
     scales: Computed<Scales>,
+    /// The quantized bytes, when the device makes them ([`QuantTarget::device_source`]).
+    device: DeviceOutput,
+    /// Block scales kept from the encoding of the codes, for the block-scale member.
+    block_scales: BlockScaleCache,
 }
 
 impl std::fmt::Debug for QuantTarget {
@@ -114,6 +120,8 @@ impl QuantTarget {
             given,
             input_scale,
             scales: Computed::default(),
+            device: DeviceOutput::default(),
+            block_scales: BlockScaleCache::default(),
         })
     }
 
@@ -142,6 +150,60 @@ impl QuantTarget {
     /// The activation scale carried into the output.
     pub(crate) fn input_scale(&self) -> Option<f32> {
         self.input_scale
+    }
+
+    /// The CUDA tensor whose device reduces and quantizes it (`kernels/quantize.cu`): a candle
+    /// source the kernels read, in a format they write; `None` where the CPU encodes.
+    pub(crate) fn device_source(&self) -> Option<&candle_core::Tensor> {
+        let InputTensor::Candle(t) = &self.source else {
+            return None;
+        };
+        let kernels = !self.round
+            && !self.layout.has_row_scales()
+            && !self.layout.has_pre_quant_scale()
+            && matches!(
+                self.layout.format(),
+                Format::ScaledFp8(_)
+                    | Format::Float8(_)
+                    | Format::Int8Tensorwise
+                    | Format::Mxfp8
+                    | Format::Nvfp4
+            );
+        (kernels && cuda::quantizes_on_device(t)).then_some(t)
+    }
+
+    /// Units `units` of member `role` (codes or block scales) as the device quantized them with
+    /// `scales`; returns the non-finite count of the values those bytes encode (the whole
+    /// tensor's with its first code byte).
+    ///
+    /// # Errors
+    /// Device errors; [`Error::InvalidInput`] when the source is not quantized on a device.
+    pub(crate) fn fill_from_device(
+        &self,
+        scales: &Scales,
+        role: crate::quant::Role,
+        units: Range<usize>,
+        out: &mut [u8],
+    ) -> Result<u64> {
+        let t = self.device_source().ok_or_else(|| {
+            Error::InvalidInput(format!("{} is not quantized on a device", self.key))
+        })?;
+        self.device.serve(role, units, out, || {
+            let dtype = crate::model::dtype::file_dtype(t.dtype());
+            let plan =
+                DevicePlan::new(&self.layout, dtype, self.precision, scales).ok_or_else(|| {
+                    Error::Quantized {
+                        layer: self.layout.layer().to_string(),
+                        reason: "the device quantizer cannot write this layout".into(),
+                    }
+                })?;
+            cuda::device_quantize(t, &plan)
+        })
+    }
+
+    /// The block scales kept from the encoding of the codes.
+    pub(crate) fn kept_block_scales(&self) -> &BlockScaleCache {
+        &self.block_scales
     }
 
     /// Whether the scales are computed from the values (a reduction pass) rather than given.
@@ -186,6 +248,12 @@ impl QuantTarget {
             .collect();
         let facts = if wants.is_empty() {
             Facts::default()
+        } else if let (Some(t), [Reduction::AbsMax]) = (self.device_source(), wants.as_slice()) {
+            // Reduced where the values are: nothing crosses to the host but the maximum.
+            Facts {
+                abs_max: Some(cuda::device_abs_max(t)?),
+                row_abs_max: None,
+            }
         } else {
             let r = reduce(self, &[], &wants, scratch)?;
             Facts {

@@ -134,65 +134,110 @@ pub(super) fn check_block_scales(layout: &QuantLayout, bytes: &[u8]) -> Result<(
 /// Encodes a write span (see [`QuantLayout::write_span`]): whole logical rows, plus the padding
 /// rows when the span ends at the last row. With `codes` `None` only the block scales are
 /// computed (the same bytes: each block's scale is a function of its maximum alone).
+///
+/// Rows are independent: each is encoded into its codes and its row of block scales (row-major
+/// first), then the scales are scattered into the swizzled layout.
+///
+/// Serial on purpose: the writer's fill workers already keep every core busy, and they are
+/// long-running jobs of one rayon pool, where a nested parallel loop's waiting thread could pick
+/// up another long-running job (the reduction prefetcher, which waits for the workers) and stall.
 pub(super) fn encode(
     layout: &QuantLayout,
     scales: &Scales,
     span: &Span,
     values: &[f32],
-    mut codes: Option<&mut [u8]>,
+    codes: Option<&mut [u8]>,
     block_scales: &mut [u8],
 ) -> Result<()> {
-    let (cols, block) = (layout.cols, layout.format.block_len());
-    let blocks = layout.stored_cols / block;
+    let cols = layout.cols;
+    let blocks = layout.stored_cols / layout.format.block_len();
     let scale_cols = layout.scale_cols();
     let row_bytes = layout.row_bytes() as usize;
-    let block_bytes = layout.block_bytes() as usize;
     let first_row = (span.elements.start / cols as u64) as usize;
     let end_row = first_row + (span.codes.end - span.codes.start) as usize / row_bytes;
-    let tensor = scales.tensor.unwrap_or(1.0);
-    let mut buf = [0f32; MAX_BLOCK];
-    for row in first_row..end_row {
-        let mut codes_row = codes
-            .as_deref_mut()
-            .map(|c| &mut c[(row - first_row) * row_bytes..][..row_bytes]);
-        if row >= layout.rows {
-            if let Some(c) = codes_row.as_deref_mut() {
-                c.fill(0);
+    let value_rows = end_row.min(layout.rows).saturating_sub(first_row);
+    let encoder = RowEncoder {
+        format: layout.format,
+        cols,
+        tensor: scales.tensor.unwrap_or(1.0),
+    };
+    let mut row_scales = vec![0u8; value_rows * blocks];
+    match codes {
+        Some(codes) => {
+            // Padding rows: zero codes.
+            codes[value_rows * row_bytes..].fill(0);
+            codes[..value_rows * row_bytes]
+                .chunks_mut(row_bytes)
+                .zip(row_scales.chunks_mut(blocks))
+                .zip(values.chunks(cols))
+                .for_each(|((c, s), v)| encoder.row(v, Some(c), s));
+        }
+        None => {
+            for (s, v) in row_scales.chunks_mut(blocks).zip(values.chunks(cols)) {
+                encoder.row(v, None, s);
             }
         }
+    }
+    // The last span also owns the band's rows past the stored ones: zero scales there.
+    let band_end = if end_row == layout.stored_rows {
+        end_row.div_ceil(BAND_ROWS) * BAND_ROWS
+    } else {
+        end_row
+    };
+    for row in first_row..band_end {
+        let here = row - first_row;
         for b in 0..scale_cols {
-            let at = layout.scale_offset(span, row, b);
-            if row >= layout.rows || b >= blocks {
-                block_scales[at] = 0;
-                continue;
-            }
+            block_scales[layout.scale_offset(span, row, b)] = if here < value_rows && b < blocks {
+                row_scales[here * blocks + b]
+            } else {
+                0
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Encodes one logical row of a block format.
+#[derive(Clone, Copy)]
+struct RowEncoder {
+    format: Format,
+    cols: usize,
+    tensor: f32,
+}
+
+impl RowEncoder {
+    /// Encodes `values` (one row, `cols` values) into its block scales `scales` (one byte per
+    /// stored block) and, if asked, its codes `codes` (the stored row's bytes). A partial last
+    /// block is padded with zeros, as kitchen pads.
+    #[inline]
+    fn row(&self, values: &[f32], mut codes: Option<&mut [u8]>, scales: &mut [u8]) {
+        let block = self.format.block_len();
+        let block_bytes = match self.format {
+            Format::Mxfp8 => block,
+            _ => block / 2,
+        };
+        let mut buf = [0f32; MAX_BLOCK];
+        for (b, scale_out) in scales.iter_mut().enumerate() {
             let start = b * block;
-            let n = cols.saturating_sub(start).min(block);
-            let src = &values[(row - first_row) * cols + start..][..n];
-            buf[..n].copy_from_slice(src);
-            buf[n..block].fill(0.0);
-            let x = &buf[..block];
-            let scale = block_scale(layout.format, abs_max(x), tensor);
-            block_scales[at] = scale;
-            if let Some(c) = codes_row.as_deref_mut() {
+            let n = self.cols.saturating_sub(start).min(block);
+            let x = if n == block {
+                &values[start..start + block]
+            } else {
+                buf[..n].copy_from_slice(&values[start..start + n]);
+                buf[n..block].fill(0.0);
+                &buf[..block]
+            };
+            let scale = block_scale(self.format, abs_max(x), self.tensor);
+            *scale_out = scale;
+            if let Some(c) = codes.as_deref_mut() {
                 let out = &mut c[b * block_bytes..][..block_bytes];
-                match layout.format {
+                match self.format {
                     Format::Mxfp8 => encode_mxfp8(x, scale, out),
-                    _ => encode_nvfp4(x, tensor, scale, out),
+                    _ => encode_nvfp4(x, self.tensor, scale, out),
                 }
             }
         }
     }
-    if end_row == layout.stored_rows {
-        // The last span also owns the band's rows past the stored ones.
-        let band_end = end_row.div_ceil(BAND_ROWS) * BAND_ROWS;
-        for row in end_row..band_end {
-            for b in 0..scale_cols {
-                block_scales[layout.scale_offset(span, row, b)] = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The scale byte of a block whose absolute maximum is `amax`: mxfp8's e8m0 exponent (0 for an
@@ -239,22 +284,28 @@ fn power_of_two_inverse(exponent: u8) -> f32 {
     }
 }
 
+/// Values per nvfp4 block.
+const NVFP4_BLOCK: usize = 16;
+
 /// kitchen's `quantize_nvfp4` for one block of 16 whose e4m3 scale byte is `code`: values
 /// divided by `tensor · block scale`, clamped to ±6, rounded to e2m1 and packed two per byte,
 /// the even element in the high nibble. A block whose total scale rounds to 0 gets all-zero
 /// codes.
+///
+/// The 16 lanes are rounded first and packed after, so the division and the compares of
+/// [`e2m1_from_f32`] run as vector operations; the clamp is left out because every |x| > 5
+/// rounds to 6 anyway (and a NaN passes a clamp unchanged).
 fn encode_nvfp4(x: &[f32], tensor: f32, code: u8, out: &mut [u8]) {
     let total = tensor * f8e4m3_to_f32(code);
     if total == 0.0 {
         out.fill(0);
         return;
     }
-    let q = |v: f32| {
-        let d = v / total;
-        e2m1_from_f32(d.clamp(-6.0, 6.0))
-    };
-    for (o, pair) in out.iter_mut().zip(x.chunks_exact(2)) {
-        *o = (q(pair[0]) << 4) | q(pair[1]);
+    // Fixed lengths (a block, its bytes) let the compiler drop the bounds checks and unroll.
+    let (x, out) = (&x[..NVFP4_BLOCK], &mut out[..NVFP4_BLOCK / 2]);
+    let q: [u8; NVFP4_BLOCK] = std::array::from_fn(|i| e2m1_from_f32(x[i] / total));
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (q[2 * i] << 4) | q[2 * i + 1];
     }
 }
 

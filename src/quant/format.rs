@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
 
 use super::ggml::GgmlType;
-use super::numeric::{e4m3_from_clamped, e5m2_from_clamped, round_bf16, round_f16};
+use super::numeric::{round_bf16, round_f16};
 
 /// One of the two 8-bit float code types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,15 +50,6 @@ impl Fp8 {
         match self {
             Fp8::E4M3 => crate::cast::f8e4m3_to_f32(code),
             Fp8::E5M2 => crate::cast::f8e5m2_to_f32(code),
-        }
-    }
-
-    /// torch's conversion of a value already clamped to ±[`Fp8::max`] (or NaN).
-    #[inline(always)]
-    pub(crate) fn encode_clamped(self, x: f32) -> u8 {
-        match self {
-            Fp8::E4M3 => e4m3_from_clamped(x),
-            Fp8::E5M2 => e5m2_from_clamped(x),
         }
     }
 

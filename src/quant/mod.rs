@@ -119,3 +119,8 @@ pub use select::{high_precision, LayerPattern, Quantize, Requantize};
 
 /// The absolute maximum every quantizer takes (NaN if a value is NaN), for the reduction stage.
 pub(crate) use numeric::abs_max;
+/// The block-scale swizzle, for the device quantizer's tests.
+#[cfg(test)]
+pub(crate) use numeric::swizzled as numeric_swizzled;
+/// The per-tensor quantizers' factors, which the device quantizer is given.
+pub(crate) use tensorwise::{fp8_factor, int8_divisor};

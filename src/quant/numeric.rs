@@ -46,32 +46,31 @@ pub(crate) const E2M1: [f32; 16] = [
 
 /// comfy-kitchen's `_f32_to_floatx_unpacked(x, 2, 1)`: f32 to e2m1 in the low nibble.
 ///
-/// |x| ≥ 6 saturates to 6; |x| < 1 goes through the subnormal path (an add that rounds to
-/// multiples of 0.5); otherwise the exponent is rebiased and the mantissa rounded to nearest even
-/// in integer arithmetic. The arithmetic wraps exactly as torch's int32 does, so a NaN (which no
-/// branch catches) gives the same byte as in kitchen; that byte can exceed a nibble.
+/// Kitchen saturates |x| ≥ 6 to 6, sends |x| < 1 through its subnormal path (an add that rounds
+/// to multiples of 0.5, ties to even) and rounds the rest to one mantissa bit, ties to even. For
+/// numbers that is the count of the midpoints between grid values that |x| passes, a tie going
+/// to the even neighbour (0.25 → 0, 0.75 → 1, 1.25 → 1, 1.75 → 2, 2.5 → 2, 3.5 → 4, 5 → 4):
+/// seven compares and no table, so a block loop vectorises. A NaN passes no branch in kitchen
+/// and goes through the normal path's integer arithmetic, which wraps as torch's int32 does; the
+/// same arithmetic gives its byte here (it can exceed a nibble).
 #[inline(always)]
 pub(crate) fn e2m1_from_f32(x: f32) -> u8 {
-    const DENORM_MASK: i32 = 149 << 23; // (127 - 1) + (23 - 1) + 1, as kitchen computes it
-    let bits = x.to_bits() as i32;
-    let sign = (x.to_bits() >> 28) as u8 & 0x8;
-    let a = f32::from_bits((bits & 0x7FFF_FFFF) as u32);
-    let denormal = (a + f32::from_bits(DENORM_MASK as u32)).to_bits() as i32;
-    let denormal = denormal.wrapping_sub(DENORM_MASK) as u8;
+    let bits = x.to_bits();
+    let sign = (bits >> 28) as u8 & 0x8;
+    let a = f32::from_bits(bits & 0x7FFF_FFFF);
+    let mag = u8::from(a > 0.25)
+        + u8::from(a >= 0.75)
+        + u8::from(a > 1.25)
+        + u8::from(a >= 1.75)
+        + u8::from(a > 2.5)
+        + u8::from(a >= 3.5)
+        + u8::from(a > 5.0);
     let n = a.to_bits() as i32;
-    let odd = (n >> 22) & 1;
-    let normal = (n
+    let nan = (n
         .wrapping_add(((1 - 127) << 23) + ((1 << 21) - 1))
-        .wrapping_add(odd)
+        .wrapping_add((n >> 22) & 1)
         >> 22) as u8;
-    let mag = if a >= 6.0 {
-        7
-    } else if a < 1.0 {
-        denormal
-    } else {
-        normal
-    };
-    mag | sign
+    (if a.is_nan() { nan } else { mag }) | sign
 }
 
 /// comfy-kitchen's `e8m0_to_f32`: `2^(b - 127)`, except that byte 0 decodes to 0 (not 2^-127).
@@ -103,18 +102,19 @@ pub(crate) fn mxfp8_exponent(amax: f32) -> u8 {
 }
 
 /// The absolute maximum of `values` as torch's `amax(abs(x))` gives it: NaN if any value is NaN.
+///
+/// Computed on the magnitudes' bits: for floats without their sign the integer order is the
+/// numeric order, and every NaN lies above +Inf, so one integer maximum (which vectorises, unlike
+/// a float maximum that must track NaN) gives both the maximum and whether a NaN was seen.
 #[inline]
 pub(crate) fn abs_max(values: &[f32]) -> f32 {
-    let mut max = 0.0f32;
-    let mut nan = false;
-    for &v in values {
-        max = max.max(v.abs());
-        nan |= v.is_nan();
-    }
-    if nan {
+    let max = values
+        .iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    if max > 0x7F80_0000 {
         f32::NAN
     } else {
-        max
+        f32::from_bits(max)
     }
 }
 
@@ -166,6 +166,64 @@ mod tests {
         }
     }
 
+    /// Kitchen's `_f32_to_floatx_unpacked(x, 2, 1)` restated branch by branch (saturation, the
+    /// subnormal add, the integer rounding of normals), as the reference for the compare form.
+    fn kitchen_e2m1(x: f32) -> u8 {
+        const DENORM_MASK: i32 = 149 << 23;
+        let bits = x.to_bits() as i32;
+        let sign = (x.to_bits() >> 28) as u8 & 0x8;
+        let a = f32::from_bits((bits & 0x7FFF_FFFF) as u32);
+        let denormal = (a + f32::from_bits(DENORM_MASK as u32)).to_bits() as i32;
+        let denormal = denormal.wrapping_sub(DENORM_MASK) as u8;
+        let n = a.to_bits() as i32;
+        let odd = (n >> 22) & 1;
+        let normal = (n
+            .wrapping_add(((1 - 127) << 23) + ((1 << 21) - 1))
+            .wrapping_add(odd)
+            >> 22) as u8;
+        let mag = if a >= 6.0 {
+            7
+        } else if a < 1.0 {
+            denormal
+        } else {
+            normal
+        };
+        mag | sign
+    }
+
+    #[test]
+    fn e2m1_compares_equal_kitchens_arithmetic() {
+        let check = |bits: u32| {
+            let x = f32::from_bits(bits);
+            assert_eq!(e2m1_from_f32(x), kitchen_e2m1(x), "{x:e} ({bits:#010x})");
+        };
+        // Every bit pattern near each rounding midpoint and grid value, both signs.
+        for m in [
+            0.25f32, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0,
+        ] {
+            for d in 0..=4096u32 {
+                for b in [m.to_bits() + d, m.to_bits() - d] {
+                    check(b);
+                    check(b | 0x8000_0000);
+                }
+            }
+        }
+        // A stride through all finite values, the infinities, and NaNs with payloads.
+        for bits in (0..=u32::MAX).step_by(4099) {
+            check(bits);
+        }
+        for bits in [
+            0x7F80_0000,
+            0xFF80_0000,
+            0x7FC0_0000,
+            0x7F80_0001,
+            0x7FFF_FFFF,
+        ] {
+            check(bits);
+            check(bits | 0x8000_0000);
+        }
+    }
+
     #[test]
     fn e2m1_of_nan_is_kitchens_wrapped_byte() {
         // 0x7FC00000 + (-126 << 23) + 2^21 - 1 + 1, >> 22, low byte: 0x03.
@@ -209,6 +267,12 @@ mod tests {
         assert!(abs_max(&[1.0, f32::NAN, 2.0]).is_nan());
         assert_eq!(abs_max(&[]), 0.0);
         assert_eq!(abs_max(&[-0.0]), 0.0);
+        assert_eq!(abs_max(&[f32::NEG_INFINITY, 1.0]), f32::INFINITY);
+        assert!(abs_max(&[-f32::NAN, f32::INFINITY]).is_nan());
+        assert_eq!(
+            abs_max(&[-f32::MIN_POSITIVE / 4.0]),
+            f32::MIN_POSITIVE / 4.0
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! function of the code alone), so the loop over codes is a table lookup.
 
 use super::format::{Fp8, Precision};
-use super::numeric::{round_bf16, round_f16};
+use super::numeric::{e4m3_from_clamped, e5m2_from_clamped, round_bf16, round_f16};
 
 /// kitchen's `dequantize_per_tensor_fp8(x, scale, out)`: `x.to(out) * scale.to(out)` in the
 /// output precision (ComfyUI's legacy scaled fp8 computes the same).
@@ -78,34 +78,66 @@ pub(super) fn encode_fp8(
     values: &[f32],
     codes: &mut [u8],
 ) {
-    let inv = 1.0 / scale;
-    let max = fp8.max();
+    // One loop per (fp8 type, precision): no per-value dispatch, so each loop vectorises.
+    match fp8 {
+        Fp8::E4M3 => encode_fp8_with(
+            e4m3_from_clamped,
+            fp8.max(),
+            scale,
+            precision,
+            values,
+            codes,
+        ),
+        Fp8::E5M2 => encode_fp8_with(
+            e5m2_from_clamped,
+            fp8.max(),
+            scale,
+            precision,
+            values,
+            codes,
+        ),
+    }
+}
+
+#[inline(always)]
+fn encode_fp8_with(
+    encode: impl Fn(f32) -> u8 + Copy,
+    max: f32,
+    scale: f32,
+    precision: Precision,
+    values: &[f32],
+    codes: &mut [u8],
+) {
+    let inv = fp8_factor(scale, precision);
     // f32::clamp keeps NaN, as torch.clamp does.
     let clamp = |t: f32| t.clamp(-max, max);
     match precision {
         Precision::F32 => {
             for (c, &x) in codes.iter_mut().zip(values) {
-                *c = fp8.encode_clamped(clamp(x * inv));
+                *c = encode(clamp(x * inv));
             }
         }
         Precision::Bf16 => {
-            let inv = round_bf16(inv);
             for (c, &x) in codes.iter_mut().zip(values) {
-                *c = fp8.encode_clamped(clamp(round_bf16(x * inv)));
+                *c = encode(clamp(round_bf16(x * inv)));
             }
         }
         Precision::F16 => {
-            let inv = round_f16(inv);
             for (c, &x) in codes.iter_mut().zip(values) {
-                *c = fp8.encode_clamped(clamp(round_f16(x * inv)));
+                *c = encode(clamp(round_f16(x * inv)));
             }
         }
     }
 }
 
+/// The factor kitchen's fp8 quantizer multiplies by: `(1 / scale).to(x.dtype)`.
+pub(crate) fn fp8_factor(scale: f32, precision: Precision) -> f32 {
+    precision.round(1.0 / scale)
+}
+
 /// The scale kitchen's `_int8_scale_for_math` divides by: the scale in the input's dtype, its
 /// smallest normal value where that is 0.
-fn int8_divisor(scale: f32, precision: Precision) -> f32 {
+pub(crate) fn int8_divisor(scale: f32, precision: Precision) -> f32 {
     let s = precision.round(scale);
     if s != 0.0 {
         s

@@ -56,8 +56,10 @@ use crate::model::InputTensor;
 use crate::plan::{PieceSource, Plan};
 use pinned::PinnedBuffer;
 pub use pinned::{pinned_copy_ceiling, release_pinned_buffers};
+pub(crate) use quantize::{device_abs_max, device_quantize, quantizes_on_device};
 
 mod pinned;
+mod quantize;
 
 /// PTX of `kernels/cast_pack.cu`, compiled by `build.rs`.
 const CAST_PACK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cast_pack.ptx"));
