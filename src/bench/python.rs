@@ -105,12 +105,26 @@ pub(super) fn run(
     let text = serde_json::to_string(keys)
         .map_err(|e| Error::InvalidInput(format!("cannot list the layers: {e}")))?;
     std::fs::write(&list, text).ctx(|| format!("writing {}", list.display()))?;
+    let result = run_program(
+        python,
+        PROGRAM,
+        &[
+            input.as_os_str(),
+            out.as_os_str(),
+            program_format(format).as_ref(),
+            list.as_os_str(),
+        ],
+        "quantizer",
+    );
+    let _ = std::fs::remove_file(&list);
+    result
+}
+
+/// Runs `program` (Python source, fed on stdin) with `args`; its last stderr line is the error.
+fn run_program(python: &Path, program: &str, args: &[&std::ffi::OsStr], what: &str) -> Result<()> {
     let mut child = Command::new(python)
         .arg("-")
-        .arg(input)
-        .arg(out)
-        .arg(program_format(format))
-        .arg(&list)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -118,16 +132,15 @@ pub(super) fn run(
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
         stdin
-            .write_all(PROGRAM.as_bytes())
+            .write_all(program.as_bytes())
             .ctx(|| "writing the Python program".to_string())?;
     }
     let output = child
         .wait_with_output()
         .ctx(|| format!("running {}", python.display()))?;
-    let _ = std::fs::remove_file(&list);
     if !output.status.success() {
         return Err(Error::InvalidInput(format!(
-            "the Python quantizer failed: {}",
+            "the Python {what} failed: {}",
             String::from_utf8_lossy(&output.stderr)
                 .lines()
                 .last()
@@ -256,33 +269,12 @@ pub(super) fn run_gguf(python: &Path, input: &Path, out: &Path, plan: &[String])
     let list = out.with_extension("plan.json");
     std::fs::write(&list, plan.first().map_or("{}", String::as_str))
         .ctx(|| format!("writing {}", list.display()))?;
-    let mut child = Command::new(python)
-        .arg("-")
-        .arg(input)
-        .arg(out)
-        .arg(&list)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .ctx(|| format!("starting {}", python.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(GGUF_PROGRAM.as_bytes())
-            .ctx(|| "writing the Python program".to_string())?;
-    }
-    let output = child
-        .wait_with_output()
-        .ctx(|| format!("running {}", python.display()))?;
+    let result = run_program(
+        python,
+        GGUF_PROGRAM,
+        &[input.as_os_str(), out.as_os_str(), list.as_os_str()],
+        "GGUF program",
+    );
     let _ = std::fs::remove_file(&list);
-    if !output.status.success() {
-        return Err(Error::InvalidInput(format!(
-            "the Python GGUF program failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("no message")
-        )));
-    }
-    Ok(())
+    result
 }
