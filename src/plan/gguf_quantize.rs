@@ -253,7 +253,7 @@ fn never_quantized(arch: Arch) -> (&'static [&'static str], &'static [&'static s
             ],
             &["proj_out.weight", "pos_embed"],
         ),
-        Arch::Ltxv => (
+        Arch::Ltxv | Arch::Ltx2 => (
             &[
                 "adaln_single.",
                 "caption_projection.",
@@ -297,7 +297,8 @@ fn never_quantized(arch: Arch) -> (&'static [&'static str], &'static [&'static s
             ],
             &[],
         ),
-        Arch::QwenImage => (&[], &[]),
+        // lcpp.patch has no Qwen-Image 2.1 architecture; Qwen-Image's lists are empty too.
+        Arch::QwenImage | Arch::QwenImage21 => (&[], &[]),
     }
 }
 

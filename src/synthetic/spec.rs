@@ -175,6 +175,9 @@ pub(crate) struct WanVaeConfig {
     /// Image channels at the encoder input and decoder output (12 = RGB patchified 2×2).
     pub(crate) image_channels: usize,
     pub(crate) wan22: bool,
+    /// Temporal extent of the 3×3 convolutions and the time convolutions (3; 1 in Qwen-Image
+    /// 2.1's image-only VAE, ComfyUI's `temporal_kernel`).
+    pub(crate) temporal_kernel: usize,
 }
 
 /// SD3 MMDiT configuration (ComfyUI `mmdit.MMDiT`).
@@ -297,6 +300,21 @@ pub(crate) struct QwenImageConfig {
     pub(crate) joint_attention_dim: usize,
 }
 
+/// Qwen-Image 2.1's single-stream DiT (ComfyUI `qwen_image21.model.QwenImage21Transformer2DModel`,
+/// the fused feed-forward ComfyUI saves).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QwenImage21Config {
+    pub(crate) num_layers: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) in_channels: usize,
+    pub(crate) out_channels: usize,
+    /// Width of the text features (`txt_in.text_norm`).
+    pub(crate) context_in_dim: usize,
+    /// Feed-forward width as a multiple of the model width.
+    pub(crate) mlp_ratio: usize,
+}
+
 /// HiDream-I1 (ComfyUI `hidream.model.HiDreamImageTransformer2DModel`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HiDreamConfig {
@@ -342,6 +360,7 @@ pub(crate) enum Denoiser {
     Flux(FluxConfig),
     Wan(WanConfig),
     QwenImage(QwenImageConfig),
+    QwenImage21(QwenImage21Config),
     HiDream(HiDreamConfig),
     Lumina(LuminaConfig),
     HunyuanVideo(HunyuanVideoConfig),

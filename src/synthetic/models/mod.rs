@@ -241,6 +241,14 @@ pub(crate) const QWEN3_8B: LlmConfig = LlmConfig {
     ..QWEN3_4B
 };
 
+/// Qwen3-VL 8B's language model (Qwen-Image 2.1; ComfyUI `qwen3vl_8b`): Qwen3 8B's shapes
+/// without the output head.
+pub(crate) const QWEN3VL_8B: LlmConfig = LlmConfig {
+    name: "qwen3vl_8b",
+    lm_head: false,
+    ..QWEN3_8B
+};
+
 /// LLaVA-LLaMA-3 8B as HunyuanVideo's ComfyUI text encoder holds it (128,320 tokens).
 pub(crate) const LLAMA_HUNYUAN: LlmConfig = LlmConfig {
     vocab_size: 128_320,
@@ -313,6 +321,7 @@ pub(crate) const VAE_WAN21: WanVaeConfig = WanVaeConfig {
     temporal_downsample: &[false, true, true],
     image_channels: 3,
     wan22: false,
+    temporal_kernel: 3,
 };
 
 /// Wan 2.2's VAE (48 latent channels, 2×2-patchified RGB).
