@@ -95,7 +95,9 @@ fn the_checkpoint_is_laid_out_as_comfyui_saves_qwen_image21() {
         assert!(set.contains(k), "the plan lacks {k}");
     }
     assert!(
-        !keys.iter().any(|k| k.ends_with(".bias") && k.starts_with("model.")),
+        !keys
+            .iter()
+            .any(|k| k.ends_with(".bias") && k.starts_with("model.")),
         "the DiT's linears have no biases"
     );
     let shape = |key: &str| -> Vec<u64> {
@@ -231,9 +233,17 @@ fn qwen_image_and_2_1_are_told_apart_and_not_mixed() {
         ],
     );
     let r = run(d, &["inspect", s(&new)]);
-    assert!(r.stdout.contains("architecture: qwen-image-21"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("architecture: qwen-image-21"),
+        "{}",
+        r.stdout
+    );
     let r = run(d, &["inspect", s(&old)]);
-    assert!(r.stdout.contains("architecture: qwen-image\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("architecture: qwen-image\n"),
+        "{}",
+        r.stdout
+    );
     let parts = d.join("parts");
     for (ckpt, sub) in [(&new, "n"), (&old, "o")] {
         let r = run(

@@ -317,10 +317,7 @@ fn later_families_without_fixtures_follow_the_reference_code() {
         // Qwen-Image 2.1.
         assert_eq!(
             f.diffusers,
-            !matches!(
-                arch,
-                Arch::HunyuanVideo15 | Arch::Ltx2 | Arch::QwenImage21
-            ),
+            !matches!(arch, Arch::HunyuanVideo15 | Arch::Ltx2 | Arch::QwenImage21),
             "{arch}"
         );
     }

@@ -175,10 +175,16 @@ fn qwen_image21_is_told_from_qwen_image_both_ways() {
     assert!(d.params.contains(&("fused_mlp", 0)), "{:?}", d.params);
     // Qwen-Image is not 2.1, and 2.1 without its shared modulation is not Qwen-Image.
     let d = detect(&model_of(&QWEN_IMAGE)).unwrap();
-    assert_eq!((d.arch, d.variant.unwrap().name), (Arch::QwenImage, "qwen-image"));
+    assert_eq!(
+        (d.arch, d.variant.unwrap().name),
+        (Arch::QwenImage, "qwen-image")
+    );
     let mut m = model_of(&QWEN_IMAGE21);
     m.remove("modulation.1.weight");
-    assert!(detect(&m).is_err(), "2.1 without `modulation.1` is no family");
+    assert!(
+        detect(&m).is_err(),
+        "2.1 without `modulation.1` is no family"
+    );
     // A 2.1 with a layer count no release has is refused naming the value.
     let mut m = model_of(&QWEN_IMAGE21);
     m.retain(|k, _| !k.starts_with("transformer_blocks.31."));
