@@ -278,3 +278,58 @@ fn qwen_image_and_2_1_are_told_apart_and_not_mixed() {
     );
     common::cli::assert_refused(&r, "Qwen-Image 2.1 VAE", &out);
 }
+
+/// `convert --gguf F16` writes the architecture string the released Qwen-Image 2.1 GGUF files
+/// carry (`qwen_image21`), and the file reads back as Qwen-Image 2.1's denoiser with the
+/// checkpoint's keys and shapes.
+#[test]
+fn its_gguf_carries_qwen_image21_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ckpt = ok_path(
+        d,
+        &[
+            "save",
+            "--synthetic",
+            "qwen-image-21",
+            "--tiny",
+            "-q",
+            "--output-dir",
+            s(&d.join("a")),
+        ],
+    );
+    let gguf = ok_path(
+        d,
+        &[
+            "convert",
+            s(&ckpt),
+            "--gguf",
+            "F16",
+            "--output-dir",
+            s(&d.join("g")),
+            "-q",
+        ],
+    );
+    let file = checkpoint_save::gguf::GgufFile::open(&gguf).unwrap();
+    assert_eq!(file.architecture(), Some("qwen_image21"));
+    let r = run(d, &["inspect", s(&gguf)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("architecture: qwen-image-21"),
+        "{}",
+        r.stdout
+    );
+    let back = ok_path(
+        d,
+        &["convert", s(&gguf), "--output-dir", s(&d.join("b")), "-q"],
+    );
+    let (orig, _) = st::read(&ckpt);
+    let (round, _) = st::read(&back);
+    let shapes = |t: &BTreeMap<String, st::Raw>| {
+        t.iter()
+            .filter(|(k, _)| k.starts_with("model.diffusion_model."))
+            .map(|(k, (_, shape, _))| (k.clone(), shape.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(shapes(&round), shapes(&orig));
+}
