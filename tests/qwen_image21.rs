@@ -25,10 +25,12 @@ fn s(p: &Path) -> &str {
 /// `modulation.1`, `norm_out.linear` and `proj_out` (9).
 const DIT_KEYS: usize = 32 * 8 + 9;
 
-/// Qwen3-VL 8B's language model as the clip component holds it: the embedding, 36 layers of 11
+/// Qwen3-VL 8B as the clip component holds it: the language model's embedding, 36 layers of 11
 /// (four projections, q/k norms, three MLP projections, two norms), the final norm, and
-/// `logit_scale`.
-const CLIP_KEYS: usize = 1 + 36 * 11 + 1 + 1;
+/// `logit_scale`; the vision tower's patch embedding (2), position table, 27 blocks of 12 (two
+/// LayerNorms, qkv, proj, two MLP layers, all with biases), the merger and three DeepStack
+/// mergers (6 each).
+const CLIP_KEYS: usize = (1 + 36 * 11 + 1 + 1) + (2 + 1 + 27 * 12 + 6 + 3 * 6);
 
 /// `WanVAE(dim 96, dec_dim 144, z_dim 64, dim_mult [1, 2, 4, 8, 8], temperal_downsample [F, T, T,
 /// T])` in Wan 2.2's layout: a residual block is 6 keys (8 with its shortcut), a resample 2 (4
@@ -89,6 +91,9 @@ fn the_checkpoint_is_laid_out_as_comfyui_saves_qwen_image21() {
         "model.diffusion_model.transformer_blocks.31.img_mlp.gate_up.weight",
         "model.diffusion_model.transformer_blocks.31.attn.to_out.0.weight",
         "text_encoders.qwen3vl_8b.transformer.model.layers.35.self_attn.q_norm.weight",
+        "text_encoders.qwen3vl_8b.transformer.visual.blocks.26.mlp.linear_fc2.bias",
+        "text_encoders.qwen3vl_8b.transformer.visual.deepstack_merger_list.2.norm.weight",
+        "text_encoders.qwen3vl_8b.transformer.visual.pos_embed.weight",
         "vae.decoder.upsamples.4.upsamples.2.residual.6.weight",
         "vae.encoder.downsamples.3.downsamples.2.time_conv.weight",
     ] {
@@ -163,6 +168,7 @@ fn its_parts_go_through_comfyuis_node_files_and_back() {
     assert_eq!(got, want);
     let (clip, _) = st::read(&parts.join("clip/ComfyUI_00001_.safetensors"));
     assert!(clip.contains_key("qwen3vl_8b.transformer.model.embed_tokens.weight"));
+    assert!(clip.contains_key("qwen3vl_8b.transformer.visual.merger.linear_fc2.weight"));
     let (vae, _) = st::read(&parts.join("vae/ComfyUI_vae_00001_.safetensors"));
     assert!(vae.contains_key("decoder.head.2.weight"));
     let (model, _) = st::read(&parts.join("diffusion_models/ComfyUI_00001_.safetensors"));

@@ -436,7 +436,8 @@ fn ltx2_components_have_the_released_sizes() {
 /// norms; besides the blocks the timestep MLP (256 × 4096 + 4096²), the text norm and
 /// projection (4096 + 2 × 4096²), `img_in` and `proj_out` (64 × 4096 each), the shared
 /// modulation (4 × 4096²) and `norm_out` (4096²) — 7,115,124,736 parameters. The VAE's shapes are
-/// `sd.py`'s (`decoder.head.0.gamma` 144 wide, `encoder.conv1` 96, 64 latent channels, RGBA).
+/// `sd.py`'s (`decoder.head.0.gamma` 144 wide, `encoder.conv1` 96, 64 latent channels, RGBA);
+/// the text encoder is Qwen3-VL 8B at its published size less the output head.
 #[test]
 fn qwen_image21_components_have_the_reference_sizes() {
     let (arch, v) = variant_named("qwen-image-21").unwrap();
@@ -480,10 +481,22 @@ fn qwen_image21_components_have_the_reference_sizes() {
         crate::family::parts::vae_kind(wan.get(ComponentKind::Vae).unwrap()),
         Some(crate::family::VaeKind::Wan22)
     );
+    // Qwen3-VL 8B: `Qwen/Qwen3-VL-8B-Instruct` is 8,767,123,696 parameters with its output head
+    // (151,936 × 4096 = 622,329,856), which ComfyUI's `Llama2_` does not hold.
     let clip = shapes.get(ComponentKind::Clip).unwrap();
+    let te: u64 = clip
+        .iter()
+        .filter(|(k, _)| k.starts_with("qwen3vl_8b.transformer."))
+        .map(|(_, i)| i.shape.iter().product::<usize>() as u64)
+        .sum();
+    assert_eq!(te, 8_767_123_696 - 622_329_856);
     assert_eq!(
-        clip["qwen3vl_8b.transformer.model.embed_tokens.weight"].shape,
-        [151_936, 4096]
+        clip["qwen3vl_8b.transformer.visual.deepstack_merger_list.0.linear_fc2.weight"].shape,
+        [4096, 4608]
+    );
+    assert_eq!(
+        clip["qwen3vl_8b.transformer.visual.patch_embed.proj.weight"].shape,
+        [1152, 3, 2, 16, 16]
     );
     assert!(!clip.keys().any(|k| k.contains("lm_head")));
 }

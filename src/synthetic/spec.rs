@@ -83,6 +83,8 @@ pub(crate) struct LlmConfig {
 pub(crate) enum Vision {
     /// Qwen2.5-VL's, under `<name>.transformer.visual.`.
     Qwen(QwenVisionConfig),
+    /// Qwen3-VL's (ComfyUI `qwen3vl.Qwen3VLVisionModel`), under `<name>.transformer.visual.`.
+    Qwen3(Qwen3VisionConfig),
     /// Gemma 3's SigLIP tower under `<name>.transformer.vision_model.` and its projection into
     /// the language model's width under `<name>.transformer.multi_modal_projector.`.
     Siglip(SiglipConfig),
@@ -110,6 +112,24 @@ pub(crate) struct QwenVisionConfig {
     /// Patches merged per output token, per side.
     pub(crate) spatial_merge_size: usize,
     /// The language model's width the merger projects into.
+    pub(crate) out_hidden_size: usize,
+}
+
+/// Qwen3-VL's vision transformer: Qwen3.5's (LayerNorms, a GELU MLP, learned positions) with
+/// the DeepStack mergers that feed chosen layers' features into the language model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Qwen3VisionConfig {
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) depth: usize,
+    pub(crate) patch_size: usize,
+    pub(crate) temporal_patch_size: usize,
+    pub(crate) spatial_merge_size: usize,
+    /// Rows of the learned position table (`pos_embed`).
+    pub(crate) num_position_embeddings: usize,
+    /// DeepStack mergers (one per `deepstack_visual_indexes` entry).
+    pub(crate) deepstack_mergers: usize,
+    /// The language model's width the mergers project into.
     pub(crate) out_hidden_size: usize,
 }
 

@@ -187,6 +187,17 @@ pub(super) const fn tiny_llm(name: &'static str, full: LlmConfig) -> LlmConfig {
                 spatial_merge_size: 2,
                 out_hidden_size: 32,
             })),
+            Some(Vision::Qwen3(_)) => Some(Vision::Qwen3(Qwen3VisionConfig {
+                hidden_size: 16,
+                intermediate_size: 24,
+                depth: 2,
+                patch_size: 2,
+                temporal_patch_size: 2,
+                spatial_merge_size: 2,
+                num_position_embeddings: 16,
+                deepstack_mergers: 1,
+                out_hidden_size: 32,
+            })),
             Some(Vision::Siglip(_)) => Some(Vision::Siglip(SiglipConfig {
                 hidden_size: 16,
                 intermediate_size: 24,
@@ -241,11 +252,22 @@ pub(crate) const QWEN3_8B: LlmConfig = LlmConfig {
     ..QWEN3_4B
 };
 
-/// Qwen3-VL 8B's language model (Qwen-Image 2.1; ComfyUI `qwen3vl_8b`): Qwen3 8B's shapes
-/// without the output head.
+/// Qwen3-VL 8B (Qwen-Image 2.1; ComfyUI `qwen3vl_8b`): Qwen3 8B's language model without the
+/// output head ComfyUI's `Llama2_` does not hold, and the vision tower of `QWEN3VL_VISION`.
 pub(crate) const QWEN3VL_8B: LlmConfig = LlmConfig {
     name: "qwen3vl_8b",
     lm_head: false,
+    vision: Some(Vision::Qwen3(Qwen3VisionConfig {
+        hidden_size: 1152,
+        intermediate_size: 4304,
+        depth: 27,
+        patch_size: 16,
+        temporal_patch_size: 2,
+        spatial_merge_size: 2,
+        num_position_embeddings: 2304,
+        deepstack_mergers: 3,
+        out_hidden_size: 4096,
+    })),
     ..QWEN3_8B
 };
 
