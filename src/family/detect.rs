@@ -71,7 +71,6 @@ const OTHERS: &[(&str, &str)] = &[
         "visual_transformer_blocks.0.cross_attention.key_norm.weight",
     ),
     ("Chroma Radiance", "nerf_blocks.0.norm.scale"),
-    ("Qwen-Image 2.1", "txt_in.text_norm.weight"),
     (
         "an SVD-style video UNet",
         "input_blocks.1.1.time_stack.0.attn1.to_q.weight",

@@ -29,6 +29,9 @@ pub enum VaeKind {
     HunyuanVideo15,
     /// LTX-Video's causal video autoencoder (`decoder.up_blocks.0.res_blocks.0.conv1.conv.weight`).
     Ltx,
+    /// Qwen-Image 2.1's image VAE: Wan 2.2's layout with a temporal kernel of 1
+    /// (`decoder.head.2.weight` 1 frame deep), RGBA, 64 latent channels.
+    QwenImage21,
 }
 
 impl VaeKind {
@@ -43,6 +46,7 @@ impl VaeKind {
             VaeKind::HunyuanVideo => "the HunyuanVideo video VAE",
             VaeKind::HunyuanVideo15 => "the HunyuanVideo 1.5 video VAE",
             VaeKind::Ltx => "the LTX-Video video VAE",
+            VaeKind::QwenImage21 => "the Qwen-Image 2.1 VAE (RGBA, 64 latent channels)",
         }
     }
 
@@ -57,6 +61,7 @@ impl VaeKind {
             VaeKind::HunyuanVideo => "decoder.conv_in.conv.weight",
             VaeKind::HunyuanVideo15 => "decoder.norm_out.gamma",
             VaeKind::Ltx => "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight",
+            VaeKind::QwenImage21 => "decoder.head.2.weight",
         }
     }
 }
@@ -65,13 +70,18 @@ impl VaeKind {
 pub fn vae_kind(vae: &BTreeMap<String, TensorInfo>) -> Option<VaeKind> {
     let has = |k: &str| vae.contains_key(k);
     if has("decoder.middle.0.residual.0.gamma") {
-        return Some(
-            if has("decoder.upsamples.0.upsamples.0.residual.2.weight") {
-                VaeKind::Wan22
-            } else {
-                VaeKind::Wan21
-            },
-        );
+        if !has("decoder.upsamples.0.upsamples.0.residual.2.weight") {
+            return Some(VaeKind::Wan21);
+        }
+        // `comfy/sd.py`: a 5-D head one frame deep is Qwen-Image 2.1's image VAE.
+        let one_frame = vae
+            .get("decoder.head.2.weight")
+            .is_some_and(|t| t.shape.len() == 5 && t.shape[2] == 1);
+        return Some(if one_frame {
+            VaeKind::QwenImage21
+        } else {
+            VaeKind::Wan22
+        });
     }
     if has("decoder.up_blocks.0.res_blocks.0.conv1.conv.weight") {
         return Some(VaeKind::Ltx);

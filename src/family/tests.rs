@@ -253,7 +253,7 @@ fn components_of_another_family_are_refused() {
 #[test]
 fn later_families_without_fixtures_follow_the_reference_code() {
     use crate::family::VaeKind;
-    let facts: [(Arch, [&str; 3], &[&str], VaeKind); 6] = [
+    let facts: [(Arch, [&str; 3], &[&str], VaeKind); 7] = [
         (
             Arch::Flux2,
             ["model.diffusion_model.", "text_encoders.", "vae."],
@@ -284,6 +284,13 @@ fn later_families_without_fixtures_follow_the_reference_code() {
             &["t5xxl"],
             VaeKind::Ltx,
         ),
+        // Qwen-Image 2.1: `QwenImage21`, `QwenImage21TEModel.qwen3vl_8b`, its own VAE.
+        (
+            Arch::QwenImage21,
+            ["model.diffusion_model.", "text_encoders.", "vae."],
+            &["qwen3vl_8b"],
+            VaeKind::QwenImage21,
+        ),
         // LTX-2: `LTXAV(LTXV)`, `LTXAVTEModel.gemma3_12b`, the same `VideoVAE` class.
         (
             Arch::Ltx2,
@@ -306,10 +313,11 @@ fn later_families_without_fixtures_follow_the_reference_code() {
             "{arch}: ComfyUI writes modelspec for SDXL and SD3 only"
         );
         // diffusers has a transformer class for each but HunyuanVideo 1.5's; LTX-2's
-        // (`LTX2VideoTransformer3DModel`) is not mapped here.
+        // (`LTX2VideoTransformer3DModel`) is not mapped here, and the mirrored diffusers has no
+        // Qwen-Image 2.1.
         assert_eq!(
             f.diffusers,
-            !matches!(arch, Arch::HunyuanVideo15 | Arch::Ltx2),
+            !matches!(arch, Arch::HunyuanVideo15 | Arch::Ltx2 | Arch::QwenImage21),
             "{arch}"
         );
     }
@@ -421,4 +429,74 @@ fn ltx2_components_have_the_released_sizes() {
             || k.contains("timestep_scale_multiplier")),
         "no timestep conditioning"
     );
+}
+
+/// Qwen-Image 2.1's DiT and VAE at full size against ComfyUI's modules, counted by hand:
+/// per block 13 × 4096² (q, k, v, out; `gate_up` 2 × 3 × 4096 rows; `out`) and two 128-wide
+/// norms; besides the blocks the timestep MLP (256 × 4096 + 4096²), the text norm and
+/// projection (4096 + 2 × 4096²), `img_in` and `proj_out` (64 × 4096 each), the shared
+/// modulation (4 × 4096²) and `norm_out` (4096²) — 7,115,124,736 parameters. The VAE's shapes are
+/// `sd.py`'s (`decoder.head.0.gamma` 144 wide, `encoder.conv1` 96, 64 latent channels, RGBA);
+/// the text encoder is Qwen3-VL 8B at its published size less the output head.
+#[test]
+fn qwen_image21_components_have_the_reference_sizes() {
+    let (arch, v) = variant_named("qwen-image-21").unwrap();
+    assert_eq!(arch, Arch::QwenImage21);
+    let shapes = expand(v.full);
+    let model = shapes.get(ComponentKind::Model).unwrap();
+    let params: u64 = model
+        .values()
+        .map(|i| i.shape.iter().product::<usize>() as u64)
+        .sum();
+    let d2: u64 = 4096 * 4096;
+    let blocks = 32 * (13 * d2 + 2 * 128);
+    let rest = 256 * 4096 + d2 + 4096 + 2 * d2 + 2 * 64 * 4096 + 4 * d2 + d2;
+    assert_eq!(blocks + rest, 7_115_124_736);
+    assert_eq!(params, blocks + rest);
+    assert_eq!(
+        model["transformer_blocks.0.img_mlp.gate_up.weight"].shape,
+        [24576, 4096]
+    );
+    assert_eq!(model["modulation.1.weight"].shape, [16384, 4096]);
+    assert_eq!(model["txt_in.text_norm.weight"].shape, [4096]);
+    let vae = shapes.get(ComponentKind::Vae).unwrap();
+    assert_eq!(vae["decoder.head.2.weight"].shape, [4, 144, 1, 3, 3]);
+    assert_eq!(vae["decoder.head.0.gamma"].shape, [144, 1, 1, 1]);
+    assert_eq!(vae["encoder.conv1.weight"].shape, [96, 4, 1, 3, 3]);
+    assert_eq!(vae["encoder.head.2.weight"].shape, [128, 768, 1, 3, 3]);
+    assert_eq!(vae["conv2.weight"].shape, [64, 64, 1, 1, 1]);
+    assert_eq!(vae["decoder.conv1.weight"].shape, [1152, 64, 1, 3, 3]);
+    assert_eq!(
+        vae["decoder.upsamples.0.upsamples.3.time_conv.weight"].shape,
+        [2304, 1152, 1, 1, 1]
+    );
+    assert_eq!(
+        crate::family::parts::vae_kind(vae),
+        Some(crate::family::VaeKind::QwenImage21)
+    );
+    // Wan 2.2's VAE has the same layout with 3-frame-deep convolutions: still Wan 2.2's.
+    let (_, wan22) = variant_named("wan22-5b").unwrap();
+    let wan = expand(wan22.full);
+    assert_eq!(
+        crate::family::parts::vae_kind(wan.get(ComponentKind::Vae).unwrap()),
+        Some(crate::family::VaeKind::Wan22)
+    );
+    // Qwen3-VL 8B: `Qwen/Qwen3-VL-8B-Instruct` is 8,767,123,696 parameters with its output head
+    // (151,936 × 4096 = 622,329,856), which ComfyUI's `Llama2_` does not hold.
+    let clip = shapes.get(ComponentKind::Clip).unwrap();
+    let te: u64 = clip
+        .iter()
+        .filter(|(k, _)| k.starts_with("qwen3vl_8b.transformer."))
+        .map(|(_, i)| i.shape.iter().product::<usize>() as u64)
+        .sum();
+    assert_eq!(te, 8_767_123_696 - 622_329_856);
+    assert_eq!(
+        clip["qwen3vl_8b.transformer.visual.deepstack_merger_list.0.linear_fc2.weight"].shape,
+        [4096, 4608]
+    );
+    assert_eq!(
+        clip["qwen3vl_8b.transformer.visual.patch_embed.proj.weight"].shape,
+        [1152, 3, 2, 16, 16]
+    );
+    assert!(!clip.keys().any(|k| k.contains("lm_head")));
 }

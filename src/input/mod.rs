@@ -294,6 +294,7 @@ fn is_comfy_names(kind: ComponentKind, set: &TensorSet) -> bool {
                         | VaeKind::Ltx
                         | VaeKind::HunyuanVideo
                         | VaeKind::HunyuanVideo15
+                        | VaeKind::QwenImage21
                 )
             );
             ldm || video

@@ -109,6 +109,57 @@ fn every_family_takes_the_lora_names_comfyui_maps_for_it() {
             "qwen25_7b.transformer.model.layers.0.self_attn.q_proj.weight",
             0..32,
         ),
+        // Qwen-Image 2.1: `model_base.QwenImage21` is a `QwenImage`, so `comfy/lora.py` gives it
+        // Qwen-Image's forms (bare, `transformer.`, `lycoris_`) over its own names, the fused
+        // feed-forward and the shared modulation included, besides the generic ones.
+        (
+            Arch::QwenImage21,
+            "transformer_blocks.0.attn.to_q",
+            PEFT,
+            Model,
+            "transformer_blocks.0.attn.to_q.weight",
+            0..32,
+        ),
+        (
+            Arch::QwenImage21,
+            "transformer.transformer_blocks.1.img_mlp.gate_up",
+            PEFT,
+            Model,
+            "transformer_blocks.1.img_mlp.gate_up.weight",
+            0..192,
+        ),
+        (
+            Arch::QwenImage21,
+            "lycoris_transformer_blocks_0_img_mlp_out",
+            KOHYA,
+            Model,
+            "transformer_blocks.0.img_mlp.out.weight",
+            0..32,
+        ),
+        (
+            Arch::QwenImage21,
+            "diffusion_model.modulation.1",
+            KOHYA,
+            Model,
+            "modulation.1.weight",
+            0..128,
+        ),
+        (
+            Arch::QwenImage21,
+            "lora_unet_txt_in_in_layer",
+            KOHYA,
+            Model,
+            "txt_in.in_layer.weight",
+            0..32,
+        ),
+        (
+            Arch::QwenImage21,
+            "lora_te_layers_0_self_attn_q_proj",
+            KOHYA,
+            Clip,
+            "qwen3vl_8b.transformer.model.layers.0.self_attn.q_proj.weight",
+            0..32,
+        ),
         // HiDream: SimpleTuner's `transformer.` and `lycoris_` over its own names; T5 after
         // both CLIPs is `lora_te3_`.
         (

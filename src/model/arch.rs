@@ -48,11 +48,13 @@ pub enum Arch {
     Ltxv,
     /// LTX-2, Lightricks' audio-video model (ComfyUI `LTXAV`; Gemma 3 12B; LTX-Video's VAE class).
     Ltx2,
+    /// Qwen-Image 2.1 (ComfyUI `QwenImage21`: single-stream; Qwen3-VL 8B, its 64-channel RGBA VAE).
+    QwenImage21,
 }
 
 impl Arch {
     /// Every architecture, in the family table's order.
-    pub const ALL: [Arch; 19] = [
+    pub const ALL: [Arch; 20] = [
         Arch::Sd15,
         Arch::Sd2,
         Arch::Sdxl,
@@ -72,6 +74,7 @@ impl Arch {
         Arch::HunyuanVideo15,
         Arch::Ltxv,
         Arch::Ltx2,
+        Arch::QwenImage21,
     ];
 
     /// Its entry in the family table.

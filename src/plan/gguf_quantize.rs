@@ -299,7 +299,8 @@ fn never_quantized(arch: Arch) -> (&'static [&'static str], &'static [&'static s
             ],
             &[],
         ),
-        Arch::QwenImage => (&[], &[]),
+        // lcpp.patch has no Qwen-Image 2.1 architecture; Qwen-Image's lists are empty too.
+        Arch::QwenImage | Arch::QwenImage21 => (&[], &[]),
     }
 }
 

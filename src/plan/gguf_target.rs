@@ -61,6 +61,9 @@ pub(crate) fn gguf_arch(arch: Arch) -> &'static str {
         Arch::Flux | Arch::FluxSchnell | Arch::Chroma | Arch::Flux2 => "flux",
         Arch::Wan21 | Arch::Wan22 => "wan",
         Arch::QwenImage => "qwen_image",
+        // Not in ComfyUI-GGUF's `IMG_ARCH_LIST` (2025-12): the string the released Qwen-Image 2.1
+        // GGUF files carry and users patch the loader to accept.
+        Arch::QwenImage21 => "qwen_image21",
         Arch::HiDream => "hidream",
         Arch::Lumina2 | Arch::ZImage => "lumina2",
         Arch::HunyuanVideo | Arch::HunyuanVideo15 => "hyvid",

@@ -4,7 +4,8 @@
 
 use super::expand::Dict;
 use super::spec::{
-    HiDreamConfig, HunyuanVideoConfig, LtxvConfig, LuminaConfig, QwenImageConfig, WanConfig,
+    HiDreamConfig, HunyuanVideoConfig, LtxvConfig, LuminaConfig, QwenImage21Config,
+    QwenImageConfig, WanConfig,
 };
 
 /// ComfyUI `wan.model.WanModel` (Wan 2.1 and 2.2): patch embedding (1×2×2), text and time
@@ -96,6 +97,44 @@ pub(super) fn qwen_image(cfg: &QwenImageConfig, d: &mut Dict) {
     d.linear("norm_out.linear", inner, 2 * inner, true);
     let pp = cfg.patch_size * cfg.patch_size;
     d.linear("proj_out", inner, pp * cfg.out_channels, true);
+}
+
+/// ComfyUI `qwen_image21.model.QwenImage21Transformer2DModel`: one stream of blocks over the
+/// joint text and image sequence, bias-free linears, one modulation shared by every block
+/// (`modulation.1`: scale and gate of each half), a zero-centred RMS norm before the two-layer
+/// text projection, and the fused SwiGLU (`img_mlp.gate_up`: gate rows, then up rows).
+pub(super) fn qwen_image21(cfg: &QwenImage21Config, d: &mut Dict) {
+    let inner = cfg.num_heads * cfg.head_dim;
+    let ff = cfg.mlp_ratio * inner;
+    d.linear(
+        "time_text_embed.timestep_embedder.linear_1",
+        256,
+        inner,
+        false,
+    );
+    d.linear(
+        "time_text_embed.timestep_embedder.linear_2",
+        inner,
+        inner,
+        false,
+    );
+    d.add("txt_in.text_norm.weight", &[cfg.context_in_dim]);
+    d.linear("txt_in.in_layer", cfg.context_in_dim, inner, false);
+    d.linear("txt_in.out_layer", inner, inner, false);
+    d.linear("img_in", cfg.in_channels, inner, false);
+    d.linear("modulation.1", inner, 4 * inner, false);
+    for i in 0..cfg.num_layers {
+        let b = format!("transformer_blocks.{i}");
+        for p in ["to_q", "to_k", "to_v", "to_out.0"] {
+            d.linear(&format!("{b}.attn.{p}"), inner, inner, false);
+        }
+        d.add(format!("{b}.attn.norm_q.weight"), &[cfg.head_dim]);
+        d.add(format!("{b}.attn.norm_k.weight"), &[cfg.head_dim]);
+        d.linear(&format!("{b}.img_mlp.gate_up"), inner, 2 * ff, false);
+        d.linear(&format!("{b}.img_mlp.out"), ff, inner, false);
+    }
+    d.linear("norm_out.linear", inner, inner, false);
+    d.linear("proj_out", inner, cfg.out_channels, false);
 }
 
 /// ComfyUI `hidream.model.HiDreamImageTransformer2DModel`: double-stream then single-stream

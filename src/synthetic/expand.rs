@@ -474,6 +474,7 @@ pub(crate) fn expand(spec: &Spec) -> ComponentShapes {
         Denoiser::Flux(f) => flux_layout(f, &mut model),
         Denoiser::Wan(w) => dit::wan(w, &mut model),
         Denoiser::QwenImage(q) => dit::qwen_image(q, &mut model),
+        Denoiser::QwenImage21(q) => dit::qwen_image21(q, &mut model),
         Denoiser::HiDream(h) => dit::hidream(h, &mut model),
         Denoiser::Lumina(l) => dit::lumina(l, &mut model),
         Denoiser::HunyuanVideo(h) => dit::hunyuan_video(h, &mut model),

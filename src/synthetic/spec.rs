@@ -83,6 +83,8 @@ pub(crate) struct LlmConfig {
 pub(crate) enum Vision {
     /// Qwen2.5-VL's, under `<name>.transformer.visual.`.
     Qwen(QwenVisionConfig),
+    /// Qwen3-VL's (ComfyUI `qwen3vl.Qwen3VLVisionModel`), under `<name>.transformer.visual.`.
+    Qwen3(Qwen3VisionConfig),
     /// Gemma 3's SigLIP tower under `<name>.transformer.vision_model.` and its projection into
     /// the language model's width under `<name>.transformer.multi_modal_projector.`.
     Siglip(SiglipConfig),
@@ -110,6 +112,24 @@ pub(crate) struct QwenVisionConfig {
     /// Patches merged per output token, per side.
     pub(crate) spatial_merge_size: usize,
     /// The language model's width the merger projects into.
+    pub(crate) out_hidden_size: usize,
+}
+
+/// Qwen3-VL's vision transformer: Qwen3.5's (LayerNorms, a GELU MLP, learned positions) with
+/// the DeepStack mergers that feed chosen layers' features into the language model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Qwen3VisionConfig {
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) depth: usize,
+    pub(crate) patch_size: usize,
+    pub(crate) temporal_patch_size: usize,
+    pub(crate) spatial_merge_size: usize,
+    /// Rows of the learned position table (`pos_embed`).
+    pub(crate) num_position_embeddings: usize,
+    /// DeepStack mergers (one per `deepstack_visual_indexes` entry).
+    pub(crate) deepstack_mergers: usize,
+    /// The language model's width the mergers project into.
     pub(crate) out_hidden_size: usize,
 }
 
@@ -175,6 +195,9 @@ pub(crate) struct WanVaeConfig {
     /// Image channels at the encoder input and decoder output (12 = RGB patchified 2×2).
     pub(crate) image_channels: usize,
     pub(crate) wan22: bool,
+    /// Temporal extent of the 3×3 convolutions and the time convolutions (3; 1 in Qwen-Image
+    /// 2.1's image-only VAE, ComfyUI's `temporal_kernel`).
+    pub(crate) temporal_kernel: usize,
 }
 
 /// SD3 MMDiT configuration (ComfyUI `mmdit.MMDiT`).
@@ -297,6 +320,21 @@ pub(crate) struct QwenImageConfig {
     pub(crate) joint_attention_dim: usize,
 }
 
+/// Qwen-Image 2.1's single-stream DiT (ComfyUI `qwen_image21.model.QwenImage21Transformer2DModel`,
+/// the fused feed-forward ComfyUI saves).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QwenImage21Config {
+    pub(crate) num_layers: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) in_channels: usize,
+    pub(crate) out_channels: usize,
+    /// Width of the text features (`txt_in.text_norm`).
+    pub(crate) context_in_dim: usize,
+    /// Feed-forward width as a multiple of the model width.
+    pub(crate) mlp_ratio: usize,
+}
+
 /// HiDream-I1 (ComfyUI `hidream.model.HiDreamImageTransformer2DModel`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HiDreamConfig {
@@ -342,6 +380,7 @@ pub(crate) enum Denoiser {
     Flux(FluxConfig),
     Wan(WanConfig),
     QwenImage(QwenImageConfig),
+    QwenImage21(QwenImage21Config),
     HiDream(HiDreamConfig),
     Lumina(LuminaConfig),
     HunyuanVideo(HunyuanVideoConfig),

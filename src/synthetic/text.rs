@@ -4,7 +4,7 @@
 //! `multi_modal_projector`), with the `<name>.logit_scale` every ComfyUI encoder carries.
 
 use super::expand::Dict;
-use super::spec::{LlmConfig, QwenVisionConfig, SiglipConfig, Vision};
+use super::spec::{LlmConfig, Qwen3VisionConfig, QwenVisionConfig, SiglipConfig, Vision};
 use crate::model::Dtype;
 
 /// Every parameter of the language model (no `lm_head`: ComfyUI drops it).
@@ -52,6 +52,7 @@ pub(super) fn llm(cfg: &LlmConfig, d: &mut Dict) {
     }
     match &cfg.vision {
         Some(Vision::Qwen(v)) => qwen_vision(v, &format!("{n}.transformer.visual"), d),
+        Some(Vision::Qwen3(v)) => qwen3_vision(v, &format!("{n}.transformer.visual"), d),
         Some(Vision::Siglip(v)) => {
             siglip(v, &format!("{n}.transformer.vision_model"), d);
             // `Gemma3MultiModalProjector`: an RMS norm and a bare projection matrix stored
@@ -137,4 +138,59 @@ fn qwen_vision(cfg: &QwenVisionConfig, p: &str, d: &mut Dict) {
         cfg.out_hidden_size,
         true,
     );
+}
+
+/// Qwen3-VL's vision tower as ComfyUI builds it (`qwen35.Qwen35VisionModel` and
+/// `qwen3vl.Qwen3VLDeepstackMerger`): a biased 3-D patch embedding, a learned position table,
+/// LayerNorm blocks with fused qkv and a two-layer MLP (all biased), the merger (a LayerNorm
+/// before the 2×2 merge) and the DeepStack mergers (their LayerNorm after it).
+fn qwen3_vision(cfg: &Qwen3VisionConfig, p: &str, d: &mut Dict) {
+    let h = cfg.hidden_size;
+    let pp = [
+        h,
+        3,
+        cfg.temporal_patch_size,
+        cfg.patch_size,
+        cfg.patch_size,
+    ];
+    d.add(format!("{p}.patch_embed.proj.weight"), &pp);
+    d.add(format!("{p}.patch_embed.proj.bias"), &[h]);
+    d.add(
+        format!("{p}.pos_embed.weight"),
+        &[cfg.num_position_embeddings, h],
+    );
+    for i in 0..cfg.depth {
+        let b = format!("{p}.blocks.{i}");
+        d.norm(&format!("{b}.norm1"), h);
+        d.norm(&format!("{b}.norm2"), h);
+        d.linear(&format!("{b}.attn.qkv"), h, 3 * h, true);
+        d.linear(&format!("{b}.attn.proj"), h, h, true);
+        d.linear(
+            &format!("{b}.mlp.linear_fc1"),
+            h,
+            cfg.intermediate_size,
+            true,
+        );
+        d.linear(
+            &format!("{b}.mlp.linear_fc2"),
+            cfg.intermediate_size,
+            h,
+            true,
+        );
+    }
+    let merged = h * cfg.spatial_merge_size * cfg.spatial_merge_size;
+    let merger = |d: &mut Dict, m: &str, norm: usize| {
+        d.norm(&format!("{m}.norm"), norm);
+        d.linear(&format!("{m}.linear_fc1"), merged, merged, true);
+        d.linear(
+            &format!("{m}.linear_fc2"),
+            merged,
+            cfg.out_hidden_size,
+            true,
+        );
+    };
+    merger(d, &format!("{p}.merger"), h);
+    for i in 0..cfg.deepstack_mergers {
+        merger(d, &format!("{p}.deepstack_merger_list.{i}"), merged);
+    }
 }

@@ -1,6 +1,7 @@
 //! Video autoencoders as ComfyUI builds them: Wan's causal 3-D VAE in its 2.1 layout (flat
 //! block lists; also Qwen-Image's VAE) and its 2.2 layout (nested residual groups, a patchified
-//! 12-channel input, 48 latent channels), and HunyuanVideo 1.5's.
+//! 12-channel input, 48 latent channels; also Qwen-Image 2.1's RGBA image VAE with temporal
+//! kernel 1), and HunyuanVideo 1.5's.
 
 use super::expand::Dict;
 use super::spec::{Hunyuan15VaeConfig, WanVaeConfig};
@@ -23,11 +24,11 @@ fn rms(d: &mut Dict, p: &str, dim: usize) {
 
 /// `ResidualBlock(inp, out)`: norm, conv, norm, conv (indices 0, 2, 3, 6) and a 1×1×1 shortcut
 /// when the width changes.
-fn residual(d: &mut Dict, p: &str, inp: usize, out: usize) {
+fn residual(d: &mut Dict, p: &str, inp: usize, out: usize, tk: usize) {
     rms(d, &format!("{p}.residual.0"), inp);
-    conv3d(d, &format!("{p}.residual.2"), inp, out, [3, 3, 3]);
+    conv3d(d, &format!("{p}.residual.2"), inp, out, [tk, 3, 3]);
     rms(d, &format!("{p}.residual.3"), out);
-    conv3d(d, &format!("{p}.residual.6"), out, out, [3, 3, 3]);
+    conv3d(d, &format!("{p}.residual.6"), out, out, [tk, 3, 3]);
     if inp != out {
         conv3d(d, &format!("{p}.shortcut"), inp, out, [1, 1, 1]);
     }
@@ -42,30 +43,32 @@ fn attention(d: &mut Dict, p: &str, dim: usize) {
 
 /// `Resample(dim, mode)`: a strided (down) or upsampling 2-D convolution, plus a temporal
 /// convolution in the 3-D modes. 2.1's upsampling halves the width; 2.2's keeps it.
-fn resample(d: &mut Dict, p: &str, dim: usize, up: bool, temporal: bool, wan22: bool) {
-    let out = if up && !wan22 { dim / 2 } else { dim };
+fn resample(d: &mut Dict, p: &str, dim: usize, up: bool, temporal: bool, cfg: &WanVaeConfig) {
+    let out = if up && !cfg.wan22 { dim / 2 } else { dim };
     conv2d(d, &format!("{p}.resample.1"), dim, out, 3);
     if temporal {
         let t_out = if up { 2 * dim } else { dim };
-        conv3d(d, &format!("{p}.time_conv"), dim, t_out, [3, 1, 1]);
+        let tk = cfg.temporal_kernel;
+        conv3d(d, &format!("{p}.time_conv"), dim, t_out, [tk, 1, 1]);
     }
 }
 
 /// The middle of encoder and decoder: residual, attention, residual.
-fn middle(d: &mut Dict, p: &str, dim: usize) {
-    residual(d, &format!("{p}.middle.0"), dim, dim);
+fn middle(d: &mut Dict, p: &str, dim: usize, tk: usize) {
+    residual(d, &format!("{p}.middle.0"), dim, dim, tk);
     attention(d, &format!("{p}.middle.1"), dim);
-    residual(d, &format!("{p}.middle.2"), dim, dim);
+    residual(d, &format!("{p}.middle.2"), dim, dim, tk);
 }
 
 /// `head`: norm, SiLU, convolution to `out` channels.
-fn head(d: &mut Dict, p: &str, dim: usize, out: usize) {
+fn head(d: &mut Dict, p: &str, dim: usize, out: usize, tk: usize) {
     rms(d, &format!("{p}.head.0"), dim);
-    conv3d(d, &format!("{p}.head.2"), dim, out, [3, 3, 3]);
+    conv3d(d, &format!("{p}.head.2"), dim, out, [tk, 3, 3]);
 }
 
 /// ComfyUI `wan.vae.WanVAE` / `wan.vae2_2.WanVAE`.
 pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
+    let tk = cfg.temporal_kernel;
     let levels = cfg.dim_mult.len();
     let temporal = |i: usize| cfg.temporal_downsample.get(i).copied().unwrap_or(false);
     // Encoder: widths dim·[1, mult…].
@@ -73,7 +76,7 @@ pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
         .chain(cfg.dim_mult.iter().copied())
         .map(|u| cfg.dim * u)
         .collect();
-    conv3d(d, "encoder.conv1", cfg.image_channels, dims[0], [3, 3, 3]);
+    conv3d(d, "encoder.conv1", cfg.image_channels, dims[0], [tk, 3, 3]);
     let mut flat = 0;
     for (i, pair) in dims.windows(2).enumerate() {
         let (mut inp, out) = (pair[0], pair[1]);
@@ -86,7 +89,7 @@ pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
                 flat += 1;
                 p
             };
-            residual(d, &p, inp, out);
+            residual(d, &p, inp, out, tk);
             inp = out;
         }
         if down {
@@ -97,12 +100,12 @@ pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
                 flat += 1;
                 p
             };
-            resample(d, &p, out, false, temporal(i), cfg.wan22);
+            resample(d, &p, out, false, temporal(i), cfg);
         }
     }
     let top = dims[levels];
-    middle(d, "encoder", top);
-    head(d, "encoder", top, 2 * cfg.z_dim);
+    middle(d, "encoder", top, tk);
+    head(d, "encoder", top, 2 * cfg.z_dim, tk);
     conv3d(d, "conv1", 2 * cfg.z_dim, 2 * cfg.z_dim, [1, 1, 1]);
     conv3d(d, "conv2", cfg.z_dim, cfg.z_dim, [1, 1, 1]);
 
@@ -114,8 +117,8 @@ pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
     // The decoder upsamples in time where the encoder downsampled, in reverse order.
     let n = cfg.temporal_downsample.len();
     let up_temporal = |i: usize| i < n && cfg.temporal_downsample[n - 1 - i];
-    conv3d(d, "decoder.conv1", cfg.z_dim, dec[0], [3, 3, 3]);
-    middle(d, "decoder", dec[0]);
+    conv3d(d, "decoder.conv1", cfg.z_dim, dec[0], [tk, 3, 3]);
+    middle(d, "decoder", dec[0], tk);
     let mut flat = 0;
     for (i, pair) in dec.windows(2).enumerate() {
         let (mut inp, out) = (pair[0], pair[1]);
@@ -132,7 +135,7 @@ pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
                 flat += 1;
                 p
             };
-            residual(d, &p, inp, out);
+            residual(d, &p, inp, out, tk);
             inp = out;
         }
         if up {
@@ -143,10 +146,10 @@ pub(super) fn wan(cfg: &WanVaeConfig, d: &mut Dict) {
                 flat += 1;
                 p
             };
-            resample(d, &p, out, true, up_temporal(i), cfg.wan22);
+            resample(d, &p, out, true, up_temporal(i), cfg);
         }
     }
-    head(d, "decoder", dec[levels], cfg.image_channels);
+    head(d, "decoder", dec[levels], cfg.image_channels, tk);
 }
 
 /// `VideoConv3d(inp, out, k)`: the convolution is wrapped (`….conv.weight`).

@@ -134,6 +134,67 @@ fn ltx2_is_told_from_ltx_video_by_its_audio_stream() {
     );
 }
 
+/// Qwen-Image 2.1 and Qwen-Image: ComfyUI tells 2.1 by all of `txt_in.text_norm`,
+/// `modulation.1`, `attn.norm_q`, `img_in`, `proj_out` and a fused or split feed-forward, and
+/// takes Qwen-Image by `txt_norm` after it; each is placed by its own values.
+#[test]
+fn qwen_image21_is_told_from_qwen_image_both_ways() {
+    use crate::synthetic::models::{QWEN_IMAGE, QWEN_IMAGE21};
+    let d = detect(&model_of(&QWEN_IMAGE21)).unwrap();
+    assert_eq!(d.arch, Arch::QwenImage21);
+    assert_eq!(d.variant.unwrap().name, "qwen-image-21");
+    assert_eq!(
+        d.params,
+        [
+            ("num_layers", 32),
+            ("attention_head_dim", 128),
+            ("in_channels", 64),
+            ("out_channels", 64),
+            ("context_in_dim", 4096),
+            ("fused_mlp", 1)
+        ]
+    );
+    for k in ["txt_in.text_norm.weight", "img_mlp.gate_up.weight"] {
+        assert!(d.evidence.iter().any(|e| e.contains(k)), "{:?}", d.evidence);
+    }
+    // The split feed-forward diffusers' layout keeps (`gate_layer`, `proj`) is 2.1 as well.
+    let mut split = model_of(&QWEN_IMAGE21);
+    let fused: Vec<String> = split
+        .keys()
+        .filter(|k| k.ends_with("img_mlp.gate_up.weight"))
+        .cloned()
+        .collect();
+    for k in fused {
+        split.remove(&k);
+        for part in ["gate_layer", "proj"] {
+            split.insert(k.replace("gate_up", part), info(&[12288, 4096]));
+        }
+    }
+    let d = detect(&split).unwrap();
+    assert_eq!(d.arch, Arch::QwenImage21);
+    assert!(d.params.contains(&("fused_mlp", 0)), "{:?}", d.params);
+    // Qwen-Image is not 2.1, and 2.1 without its shared modulation is not Qwen-Image.
+    let d = detect(&model_of(&QWEN_IMAGE)).unwrap();
+    assert_eq!(
+        (d.arch, d.variant.unwrap().name),
+        (Arch::QwenImage, "qwen-image")
+    );
+    let mut m = model_of(&QWEN_IMAGE21);
+    m.remove("modulation.1.weight");
+    assert!(
+        detect(&m).is_err(),
+        "2.1 without `modulation.1` is no family"
+    );
+    // A 2.1 with a layer count no release has is refused naming the value.
+    let mut m = model_of(&QWEN_IMAGE21);
+    m.retain(|k, _| !k.starts_with("transformer_blocks.31."));
+    let e = detect(&m).unwrap_err().to_string();
+    assert!(
+        e.contains("num_layers 31") && e.contains("--arch qwen-image-21"),
+        "{e}"
+    );
+}
+
 fn info(shape: &[usize]) -> TensorInfo {
     TensorInfo::new(shape.to_vec(), Dtype::F32)
 }

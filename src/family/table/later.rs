@@ -1,5 +1,5 @@
 //! The families after Flux.1: Wan 2.1 and 2.2, Qwen-Image, HiDream, Chroma, Lumina 2, Flux 2,
-//! Z-Image, HunyuanVideo (and 1.5), LTX-Video and LTX-2. Everything here is laid out by prefix.
+//! Z-Image, HunyuanVideo (and 1.5), LTX-Video, LTX-2 and Qwen-Image 2.1. Everything here is laid out by prefix.
 
 use super::*;
 use crate::family::lora_names as lora;
@@ -440,4 +440,52 @@ pub(super) const LTX2: Family = dit(
     )],
     VaeKind::Ltx,
     lora::GENERIC,
+);
+
+/// Qwen-Image 2.1: ComfyUI's `qwen_image21` branch of `detect_unet_config` (all of
+/// `txt_in.text_norm`, `modulation.1`, `attn.norm_q`, `img_in`, `proj_out`, and a feed-forward
+/// fused as `img_mlp.gate_up` or split as `img_mlp.proj`); `supported_models.QwenImage21`
+/// (`text_encoders.` holding `qwen3vl_8b`, `vae.`, no save-time conversions). The VAE is the one
+/// `comfy/sd.py` builds from Wan 2.2's layout with temporal kernel 1 (RGBA, 64 latent channels).
+/// `model_base.QwenImage21` subclasses `QwenImage`, so `comfy/lora.py` gives it Qwen-Image's
+/// LoRA names; ComfyUI has no `ModelMergeQwenImage21` node.
+pub(super) const QWEN_IMAGE21: Family = dit(
+    Arch::QwenImage21,
+    "qwen-image-21",
+    &["qwen-image-2.1", "qwen_image21"],
+    "Qwen-Image 2.1",
+    "QwenImage21",
+    &[
+        Key("txt_in.text_norm.weight"),
+        Key("modulation.1.weight"),
+        Key("transformer_blocks.0.attn.norm_q.weight"),
+        Key("img_in.weight"),
+        Key("proj_out.weight"),
+        Either(&[
+            "transformer_blocks.0.img_mlp.gate_up.weight",
+            "transformer_blocks.0.img_mlp.proj.weight",
+        ]),
+    ],
+    &[
+        blocks("num_layers", "transformer_blocks."),
+        dim(
+            "attention_head_dim",
+            "transformer_blocks.0.attn.norm_q.weight",
+            0,
+            1,
+        ),
+        dim("in_channels", "img_in.weight", 1, 1),
+        dim("out_channels", "proj_out.weight", 0, 1),
+        dim("context_in_dim", "txt_in.text_norm.weight", 0, 1),
+        present("fused_mlp", "transformer_blocks.0.img_mlp.gate_up.weight"),
+    ],
+    &["num_layers"],
+    &[variant(
+        "qwen-image-21",
+        "Qwen-Image 2.1",
+        &m::QWEN_IMAGE21,
+        &m::QWEN_IMAGE21_TINY,
+    )],
+    VaeKind::QwenImage21,
+    lora::QWEN_IMAGE,
 );

@@ -147,7 +147,7 @@ const WAN_PARAMS: &[Param] = &[
     present("img_emb", "img_emb.proj.0.bias"),
 ];
 /// Every family, in [`Arch::ALL`] order.
-pub(in crate::family) static FAMILIES: [Family; 19] = [
+pub(in crate::family) static FAMILIES: [Family; 20] = [
     classic::SD15,
     classic::SD2,
     classic::SDXL,
@@ -167,4 +167,5 @@ pub(in crate::family) static FAMILIES: [Family; 19] = [
     later::HUNYUAN_VIDEO_15,
     later::LTXV,
     later::LTX2,
+    later::QWEN_IMAGE21,
 ];

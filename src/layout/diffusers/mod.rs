@@ -224,7 +224,9 @@ pub fn denoiser(arch: Arch) -> (Folder, ModelClass) {
         Arch::Sd3 => Sd3Transformer,
         Arch::Flux | Arch::FluxSchnell => FluxTransformer,
         Arch::Wan21 | Arch::Wan22 => WanTransformer,
-        Arch::QwenImage => QwenImageTransformer,
+        // Qwen-Image 2.1 has no diffusers names here (the mirrored diffusers has no
+        // `QwenImage21Transformer2DModel`; `require_diffusers` refuses it).
+        Arch::QwenImage | Arch::QwenImage21 => QwenImageTransformer,
         Arch::HiDream => HiDreamTransformer,
         Arch::Chroma => ChromaTransformer,
         Arch::Lumina2 => Lumina2Transformer,

@@ -1,4 +1,4 @@
-//! Synthetic models of the families after Flux.1: Wan 2.1/2.2, Qwen-Image, HiDream, Lumina 2,
+//! Synthetic models of the families after Flux.1: Wan 2.1/2.2, Qwen-Image (and 2.1), HiDream, Lumina 2,
 //! Flux 2, Z-Image, HunyuanVideo (and 1.5) and LTX-Video.
 
 use super::*;
@@ -150,6 +150,62 @@ pub(crate) const QWEN_IMAGE_TINY: Spec = Spec {
     }),
     encoders: &[Encoder::Llm(tiny_llm("qwen25_7b", QWEN25_7B))],
     vae: Vae::Wan(TINY_VAE_WAN21),
+};
+
+// ---- Qwen-Image 2.1 ---------------------------------------------------------------------------
+
+/// Qwen-Image 2.1's VAE (`comfy/sd.py`: Wan 2.2's layout at dim 96, decoder 144, five levels,
+/// temporal kernel 1, no patchify, 4 image channels (RGBA), 64 latent channels).
+const VAE_QWEN_IMAGE21: WanVaeConfig = WanVaeConfig {
+    dim: 96,
+    dec_dim: 144,
+    z_dim: 64,
+    dim_mult: &[1, 2, 4, 8, 8],
+    num_res_blocks: 2,
+    temporal_downsample: &[false, true, true, true],
+    image_channels: 4,
+    wan22: true,
+    temporal_kernel: 1,
+};
+
+const TINY_VAE_QWEN_IMAGE21: WanVaeConfig = WanVaeConfig {
+    dim: 4,
+    dec_dim: 6,
+    z_dim: 8,
+    dim_mult: &[1, 2, 2],
+    num_res_blocks: 1,
+    temporal_downsample: &[false, true],
+    ..VAE_QWEN_IMAGE21
+};
+
+/// Qwen-Image 2.1 (ComfyUI's defaults of `QwenImage21Transformer2DModel`: 32 layers of 32 heads
+/// of 128, 64 latent channels, Qwen3-VL 8B's 4096-wide features, feed-forward 3× wide).
+pub(crate) const QWEN_IMAGE21: Spec = Spec {
+    model: Denoiser::QwenImage21(QwenImage21Config {
+        num_layers: 32,
+        num_heads: 32,
+        head_dim: 128,
+        in_channels: 64,
+        out_channels: 64,
+        context_in_dim: 4096,
+        mlp_ratio: 3,
+    }),
+    encoders: &[Encoder::Llm(QWEN3VL_8B)],
+    vae: Vae::Wan(VAE_QWEN_IMAGE21),
+};
+
+pub(crate) const QWEN_IMAGE21_TINY: Spec = Spec {
+    model: Denoiser::QwenImage21(QwenImage21Config {
+        num_layers: 2,
+        num_heads: 2,
+        head_dim: 16,
+        in_channels: 64,
+        out_channels: 64,
+        context_in_dim: 32,
+        mlp_ratio: 3,
+    }),
+    encoders: &[Encoder::Llm(tiny_llm("qwen3vl_8b", QWEN3VL_8B))],
+    vae: Vae::Wan(TINY_VAE_QWEN_IMAGE21),
 };
 
 // ---- HiDream ------------------------------------------------------------------------------------

@@ -187,6 +187,17 @@ pub(super) const fn tiny_llm(name: &'static str, full: LlmConfig) -> LlmConfig {
                 spatial_merge_size: 2,
                 out_hidden_size: 32,
             })),
+            Some(Vision::Qwen3(_)) => Some(Vision::Qwen3(Qwen3VisionConfig {
+                hidden_size: 16,
+                intermediate_size: 24,
+                depth: 2,
+                patch_size: 2,
+                temporal_patch_size: 2,
+                spatial_merge_size: 2,
+                num_position_embeddings: 16,
+                deepstack_mergers: 1,
+                out_hidden_size: 32,
+            })),
             Some(Vision::Siglip(_)) => Some(Vision::Siglip(SiglipConfig {
                 hidden_size: 16,
                 intermediate_size: 24,
@@ -239,6 +250,25 @@ pub(crate) const QWEN3_8B: LlmConfig = LlmConfig {
     intermediate_size: 12288,
     lm_head: true,
     ..QWEN3_4B
+};
+
+/// Qwen3-VL 8B (Qwen-Image 2.1; ComfyUI `qwen3vl_8b`): Qwen3 8B's language model without the
+/// output head ComfyUI's `Llama2_` does not hold, and the vision tower of `QWEN3VL_VISION`.
+pub(crate) const QWEN3VL_8B: LlmConfig = LlmConfig {
+    name: "qwen3vl_8b",
+    lm_head: false,
+    vision: Some(Vision::Qwen3(Qwen3VisionConfig {
+        hidden_size: 1152,
+        intermediate_size: 4304,
+        depth: 27,
+        patch_size: 16,
+        temporal_patch_size: 2,
+        spatial_merge_size: 2,
+        num_position_embeddings: 2304,
+        deepstack_mergers: 3,
+        out_hidden_size: 4096,
+    })),
+    ..QWEN3_8B
 };
 
 /// LLaVA-LLaMA-3 8B as HunyuanVideo's ComfyUI text encoder holds it (128,320 tokens).
@@ -313,6 +343,7 @@ pub(crate) const VAE_WAN21: WanVaeConfig = WanVaeConfig {
     temporal_downsample: &[false, true, true],
     image_channels: 3,
     wan22: false,
+    temporal_kernel: 3,
 };
 
 /// Wan 2.2's VAE (48 latent channels, 2×2-patchified RGB).
