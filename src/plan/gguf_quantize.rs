@@ -253,7 +253,9 @@ fn never_quantized(arch: Arch) -> (&'static [&'static str], &'static [&'static s
             ],
             &["proj_out.weight", "pos_embed"],
         ),
-        Arch::Ltxv => (
+        // LTX-2's video stream keeps LTX-Video's names; its audio stream's copies
+        // (`audio_adaln_single.`, `audio_proj_out.`...) contain them.
+        Arch::Ltxv | Arch::Ltx2 => (
             &[
                 "adaln_single.",
                 "caption_projection.",
