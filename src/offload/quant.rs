@@ -233,6 +233,10 @@ fn encode_rows(
 /// Bytes `bytes` of a ggml tensor's blocks, encoded from their values a few blocks at a time
 /// (each block carries its own scales: nothing is computed over the tensor first). A block
 /// that straddles the range's ends is encoded whole and only its bytes inside are written.
+///
+/// Serial on purpose: the writer's workers fill ranges on every core, and they are long-running
+/// jobs of one rayon pool, where a nested parallel loop's waiting thread could pick up another
+/// long-running job (the reduction prefetcher, which waits for the workers) and stall.
 fn encode_ggml(
     target: &QuantTarget,
     t: GgmlType,

@@ -176,6 +176,49 @@ fn round_clamp(v: V, lo: i32, hi: i32) -> V {
     _mm256_cvtepi32_ps(i)
 }
 
+/// Below this magnitude `nearest_int` is round-half-even ([`round_fast`] computes it); from
+/// `2^22 − 0.5` up (the sum reaches 2^24), and for NaN (whose payload it reads), ggml's bit
+/// trick wraps.
+const FAST_LIMIT: f32 = 4_194_303.0;
+
+/// `nearest_int(v)` clamped to `[0, hi]`, as an f32, for lanes with `|v| <` [`FAST_LIMIT`] only: there
+/// `(v + 1.5·2^23) − 1.5·2^23` is `v` rounded half to even, exactly what the bit trick of
+/// [`round_clamp`] reads, in four operations instead of six. The callers prove the bound for a
+/// whole pass first ([`within`]) and take [`round_clamp`] otherwise.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn round_fast(v: V, hi: V) -> V {
+    _mm256_min_ps(
+        _mm256_max_ps(sub(add(v, magic()), magic()), _mm256_setzero_ps()),
+        hi,
+    )
+}
+
+/// `1.5·2^23`, ggml's rounding constant.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn magic() -> V {
+    splat(12_582_912.0)
+}
+
+/// Whether every lane not in `skip` has `|lo|` and `|hi|` below [`FAST_LIMIT`] (false for NaN).
+/// A pass whose products `iscale·t` are monotone in `t` between two ends that pass this check
+/// stays below the limit for every value in between (IEEE rounding is monotone).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn within(lo: V, hi: V, skip: V) -> bool {
+    let limit = splat(FAST_LIMIT);
+    let ok = or(skip, and(lt(abs(lo), limit), lt(abs(hi), limit)));
+    _mm256_movemask_ps(ok) == 0xff
+}
+
+/// Lanes of `v` that are not NaN.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn ordered(v: V) -> V {
+    _mm256_cmp_ps::<_CMP_ORD_Q>(v, v)
+}
+
 /// The lanes' small integer values as integers (exact).
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -209,6 +252,10 @@ pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
         sum_w = add(sum_w, wi);
         sum_x = add(sum_x, mul(wi, v));
     }
+    // Every value but NaN lies in `[data_min, max]`. A lane with a NaN may round it differently
+    // on the fast path, but its candidates never win (their error is NaN), so its codes are
+    // the first pass's, which always takes the exact rounding.
+    let data_min = min;
     min = sel(gt(min, zero), zero, min);
     let (flat, flat_min) = (eq(max, min), min);
     let nmax = splat(p.nmax as f32);
@@ -226,18 +273,40 @@ pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
         );
     }
     let mut aux = [zero; N];
+    // `x − min`, recomputed when a lane's `min` changes.
+    let mut shifted = [zero; N];
+    for (s, row) in shifted.iter_mut().zip(x) {
+        *s = sub(load(row), min);
+    }
+    let hi = splat(p.nmax as f32);
     for is in 0..=p.nstep {
         let top = p.rmin + p.rdelta * is as f32 + p.nmax as f32;
         let iscale = div(splat(top), sub(max, min));
         let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
-        for i in 0..N {
-            let v = load(&x[i]);
-            let l = round_clamp(mul(iscale, sub(v, min)), 0, p.nmax);
-            aux[i] = l;
-            let wl = mul(load(&w[i]), l);
-            sum_l = add(sum_l, wl);
-            sum_l2 = add(sum_l2, mul(wl, l));
-            sum_xl = add(sum_xl, mul(wl, v));
+        // Flat lanes are overwritten at the end whatever their codes.
+        let fast = within(
+            mul(iscale, sub(data_min, min)),
+            mul(iscale, sub(max, min)),
+            flat,
+        );
+        if fast {
+            for i in 0..N {
+                let l = round_fast(mul(iscale, shifted[i]), hi);
+                aux[i] = l;
+                let wl = mul(load(&w[i]), l);
+                sum_l = add(sum_l, wl);
+                sum_l2 = add(sum_l2, mul(wl, l));
+                sum_xl = add(sum_xl, mul(wl, load(&x[i])));
+            }
+        } else {
+            for i in 0..N {
+                let l = round_clamp(mul(iscale, shifted[i]), 0, p.nmax);
+                aux[i] = l;
+                let wl = mul(load(&w[i]), l);
+                sum_l = add(sum_l, wl);
+                sum_l2 = add(sum_l2, mul(wl, l));
+                sum_xl = add(sum_xl, mul(wl, load(&x[i])));
+            }
         }
         let d = sub(mul(sum_w, sum_l2), mul(sum_l, sum_l));
         let s = div(sub(mul(sum_w, sum_xl), mul(sum_x, sum_l)), d);
@@ -257,6 +326,7 @@ pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
             min = sel(take, this_min, min);
             for i in 0..N {
                 codes[i] = sel(take, aux[i], codes[i]);
+                shifted[i] = sub(load(&x[i]), min);
             }
         }
     }
@@ -305,15 +375,39 @@ pub(super) unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) 
     let zero = _mm256_setzero_ps();
     let (max, amax) = signed_max(x);
     let nmax_f = splat(nmax as f32);
+    let mut no_nan = ordered(load(&x[0]));
+    for row in &x[1..] {
+        no_nan = and(no_nan, ordered(load(row)));
+    }
+    let has_nan = _mm256_movemask_ps(no_nan) != 0xff;
+    // Lanes below the all-zero threshold are overwritten by `finish` whatever their codes.
+    let small = lt(amax, splat(GROUP_MAX_EPS));
+    let (lo, hi) = (splat(-(nmax as f32)), splat((nmax - 1) as f32));
     let pass = |iscale: V, codes: &mut [V; 16]| {
         let (mut sumlx, mut suml2) = (zero, zero);
-        for i in 0..16 {
-            let v = load(&x[i]);
-            let l = round_clamp(mul(iscale, v), -nmax, nmax - 1);
-            codes[i] = add(l, nmax_f);
-            let w = mul(v, v);
-            sumlx = add(sumlx, mul(mul(w, v), l));
-            suml2 = add(suml2, mul(mul(w, l), l));
+        // Without NaN, `|iscale·v| ≤ |iscale|·amax`: one check for the pass.
+        let bound = mul(abs(iscale), amax);
+        if !has_nan && within(bound, bound, small) {
+            for i in 0..16 {
+                let v = load(&x[i]);
+                let l = _mm256_max_ps(
+                    _mm256_min_ps(sub(add(mul(iscale, v), magic()), magic()), hi),
+                    lo,
+                );
+                codes[i] = add(l, nmax_f);
+                let w = mul(v, v);
+                sumlx = add(sumlx, mul(mul(w, v), l));
+                suml2 = add(suml2, mul(mul(w, l), l));
+            }
+        } else {
+            for i in 0..16 {
+                let v = load(&x[i]);
+                let l = round_clamp(mul(iscale, v), -nmax, nmax - 1);
+                codes[i] = add(l, nmax_f);
+                let w = mul(v, v);
+                sumlx = add(sumlx, mul(mul(w, v), l));
+                suml2 = add(suml2, mul(mul(w, l), l));
+            }
         }
         (sumlx, suml2)
     };
@@ -390,4 +484,64 @@ pub(super) unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) 
         *c = add(*c, nmax_f);
     }
     finish(amax, scale, &codes, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::search::nearest_int;
+    use super::*;
+
+    /// The fast rounding is `nearest_int` clamped below 2^22, and [`within`] refuses what is not.
+    #[test]
+    fn fast_rounding_is_nearest_int_below_the_limit_only() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let mut vals: Vec<f32> = vec![
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -2.5,
+            14.5,
+            15.49,
+            15.5,
+            4_194_302.5,
+            -4_194_302.5,
+        ];
+        let mut bits = 0x1234_5678u32;
+        for _ in 0..4000 {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let v = f32::from_bits(bits);
+            if v.is_finite() && v.abs() < FAST_LIMIT {
+                vals.push(v);
+            }
+            vals.push((bits >> 8) as f32 / 65536.0 - 128.0);
+        }
+        for chunk in vals.chunks_exact(8) {
+            let a: [f32; 8] = std::array::from_fn(|j| chunk[j]);
+            // SAFETY: the CPU has AVX2 (checked above).
+            let (got, ok) = unsafe {
+                let v = load(&a);
+                (store(round_fast(v, splat(15.0))), within(v, v, splat(0.0)))
+            };
+            assert!(ok, "{a:?}");
+            for (g, v) in got.iter().zip(a) {
+                assert_eq!(*g, nearest_int(v).clamp(0, 15) as f32, "{v}");
+            }
+        }
+        // At the limit the bit trick wraps (ggml's codes differ from rounding), and NaN's
+        // payload is read: both must take the exact path.
+        assert_eq!(nearest_int(FAST_LIMIT + 0.5).clamp(0, 15), 0);
+        for bad in [FAST_LIMIT, -FAST_LIMIT, f32::NAN, f32::INFINITY] {
+            let a = [bad; 8];
+            // SAFETY: the CPU has AVX2 (checked above).
+            let ok = unsafe { within(load(&a), splat(0.0), splat(0.0)) };
+            assert!(!ok, "{bad}");
+            // SAFETY: as above; a skipped lane passes whatever its values.
+            let skipped = unsafe { within(load(&a), splat(0.0), eq(splat(0.0), splat(0.0))) };
+            assert!(skipped, "{bad}");
+        }
+    }
 }

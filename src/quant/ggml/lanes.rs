@@ -370,12 +370,13 @@ mod tests {
     use super::*;
 
     /// Groups of every kind the searches meet: normal, one-signed, constant, zero, tiny, huge,
-    /// ties, sparse, and NaN.
+    /// ties, sparse, NaN, a NaN with a payload (whose bits ggml's rounding trick reads), and
+    /// values straddling 2^22 times the scale, where that trick stops rounding.
     fn groups<const N: usize>(rng: &mut rand::rngs::StdRng, count: usize) -> Vec<[f32; N]> {
         (0..count)
             .map(|g| {
                 let scale = 10f32.powi(rng.random_range(-12..8));
-                std::array::from_fn(|i| match g % 9 {
+                std::array::from_fn(|i| match g % 11 {
                     0 => rng.random_range(-1.0f32..1.0) * scale,
                     1 => rng.random_range(0.1f32..1.0) * scale,
                     2 => -0.75,
@@ -385,6 +386,10 @@ mod tests {
                     6 if rng.random_bool(0.1) => rng.random_range(-4.0f32..4.0),
                     6 => 0.0,
                     7 if i == 3 => f32::NAN,
+                    9 if i == 5 => f32::from_bits(0x7fc0_0003 | (rng.random_range(0..2) << 31)),
+                    10 if i == 0 => 1e-3,
+                    10 if i == 1 => -1e-3,
+                    10 => rng.random_range(-1.0f32..1.0) * 1e-10,
                     _ => rng.random_range(-1.0f32..1.0) * scale * (i as f32),
                 })
             })
