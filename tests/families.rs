@@ -907,3 +907,57 @@ fn check_finite_refuses_a_family_model_with_nan() {
     );
     assert_refused(&r, &format!("model.model.{key}"), &out);
 }
+
+/// `save --synthetic … --dry-run` plans from placeholders (no model in memory): its plan is the
+/// file the real save writes — keys, shapes, dtypes, header and file size — quantized or not.
+#[test]
+fn a_synthetic_dry_run_plans_what_the_save_writes() {
+    for extra in [
+        &["sd15"][..],
+        &["sdxl", "--quantize", "fp8"],
+        &["ltx2", "--dtype", "bf16"],
+        &["qwen-image-21"],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut args = vec![
+            "save",
+            "-q",
+            "--tiny",
+            "--output-dir",
+            s(&out),
+            "--synthetic",
+        ];
+        args.extend_from_slice(extra);
+        let saved = ok_path(dir.path(), &args);
+        std::fs::remove_file(&saved).unwrap();
+        args.extend_from_slice(&["--dry-run", "--json"]);
+        let r = run(dir.path(), &args);
+        assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+        let plan: Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(PathBuf::from(plan["path"].as_str().unwrap()), saved);
+        // The real save again, to compare its header with the plan.
+        args.truncate(args.len() - 2);
+        let saved = ok_path(dir.path(), &args);
+        let bytes = std::fs::read(&saved).unwrap();
+        assert_eq!(plan["bytes_to_write"], bytes.len() as u64, "{extra:?}");
+        let (header, _) = common::header_and_data(&bytes);
+        let planned: BTreeMap<String, (Value, Value)> = plan["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let key = t["key"].as_str().unwrap().to_string();
+                (key, (t["shape"].clone(), t["dtype"].clone()))
+            })
+            .collect();
+        let written: BTreeMap<String, (Value, Value)> = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(k, v)| (k.clone(), (v["shape"].clone(), v["dtype"].clone())))
+            .collect();
+        assert_eq!(planned, written, "{extra:?}");
+    }
+}

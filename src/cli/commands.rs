@@ -334,8 +334,14 @@ fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> 
         if args.tiny {
             syn = syn.tiny();
         }
-        let c = synthetic::build(&syn, &Device::Cpu)
-            .with_context(|| format!("cannot build the synthetic {name} model"))?;
+        // A dry run plans from names and shapes: no need for the model's memory.
+        let c = if args.out.dry_run {
+            synthetic::synthetic_shapes(&syn)
+                .and_then(|shapes| synthetic::placeholders(&shapes, syn.dtype))
+        } else {
+            synthetic::build(&syn, &Device::Cpu)
+        }
+        .with_context(|| format!("cannot build the synthetic {name} model"))?;
         return Ok((c, Job::default()));
     }
     let given = match opts.layout {

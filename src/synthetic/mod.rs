@@ -252,6 +252,41 @@ pub fn build_from_shapes(
     Ok(c)
 }
 
+/// Tensors of `shapes` holding one zero each, broadcast to their shapes (stride 0): what a dry
+/// run of a synthetic model plans from — names, shapes, dtypes — without the model's memory (a
+/// full-size LTX-2 is tens of gigabytes). Their values are not the model's: never save them.
+///
+/// # Errors
+/// As [`build_from_shapes`]'s dtype checks.
+pub fn placeholders(shapes: &ComponentShapes, dtype: Option<DType>) -> Result<Components> {
+    if let Some(d) = dtype {
+        if !d.is_float() {
+            return Err(Error::InvalidInput(format!(
+                "synthetic dtype override must be a floating-point dtype, got {d:?}"
+            )));
+        }
+    }
+    let mut c = Components::default();
+    for kind in ComponentKind::ALL {
+        let Some(m) = shapes.get(kind) else { continue };
+        let mut map = TensorMap::new();
+        for (key, info) in m {
+            let held = candle_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+                dtype: info.dtype.to_string(),
+                hint: format!("candle cannot hold `{key}` in that dtype"),
+            })?;
+            let dt = match dtype {
+                Some(d) if held.is_float() => d,
+                _ => held,
+            };
+            let one = Tensor::zeros(vec![1; info.shape.len()], dt, &Device::Cpu)?;
+            map.insert(key.clone(), one.broadcast_as(info.shape.clone())?);
+        }
+        c.set(kind, map);
+    }
+    Ok(c)
+}
+
 /// What a tensor's values should look like.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Init {

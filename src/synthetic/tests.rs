@@ -362,3 +362,34 @@ fn full_sd15_build_time() {
     );
     assert_eq!(params, 859_520_964 + 123_650_305 + 83_653_863);
 }
+
+#[test]
+fn placeholders_have_the_shapes_and_dtypes_in_one_element_each() {
+    // A full-size model that would need gigabytes as values.
+    let opts = SyntheticOptions::named("ltx2").unwrap();
+    let shapes = synthetic_shapes(&opts).unwrap();
+    let c = placeholders(&shapes, Some(DType::BF16)).unwrap();
+    let mut n = 0;
+    for kind in ComponentKind::ALL {
+        let (Some(want), Some(got)) = (shapes.get(kind), c.get(kind)) else {
+            assert!(shapes.get(kind).is_none() && c.get(kind).is_none());
+            continue;
+        };
+        assert_eq!(want.len(), got.len(), "{kind}");
+        for (k, info) in want {
+            let crate::model::InputTensor::Candle(t) = &got[k] else {
+                panic!("{k} is a candle tensor")
+            };
+            assert_eq!(t.dims(), info.shape.as_slice(), "{k}");
+            let held = crate::model::dtype::candle_dtype(info.dtype).unwrap();
+            let dt = if held.is_float() { DType::BF16 } else { held };
+            assert_eq!(t.dtype(), dt, "{k}");
+            let (storage, layout) = t.storage_and_layout();
+            assert!(layout.stride().iter().all(|&s| s == 0), "{k} is broadcast");
+            drop(storage);
+            n += 1;
+        }
+    }
+    assert!(n > 1000, "{n} tensors");
+    assert!(placeholders(&shapes, Some(DType::U8)).is_err());
+}
