@@ -89,6 +89,64 @@ fn close(got: &[f32], want: &[f64], what: &str) {
 const KEY: &str = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
 const TE: &str = "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight";
 
+/// `--clip-method`: the text encoders are merged by the method too (sd-mecha's whole-model
+/// merge), with the same formula as the denoiser.
+#[test]
+fn clip_method_merges_the_text_encoders_with_the_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2], None);
+    let p = |i: usize| m[i].0.to_str().unwrap().to_string();
+    let r = run(
+        dir.path(),
+        &[
+            "merge",
+            &p(0),
+            &p(1),
+            "--method",
+            "slerp",
+            "--param",
+            "alpha=0.3",
+            "--clip-method",
+            "--output-dir",
+            "out",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (file, _) = read(&dir.path().join(r.stdout.trim()));
+    let te = "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight";
+    let (a, b) = (
+        vals(&m[0].1, ComponentKind::Clip, te),
+        vals(&m[1].1, ComponentKind::Clip, te),
+    );
+    let (na, nb) = (dot(&a, &a).sqrt(), dot(&b, &b).sqrt());
+    let theta = (dot(&a, &b) / (na * nb)).acos();
+    let scale = 0.7 * na + 0.3 * nb;
+    let want: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            ((0.7 * theta).sin() * x / na + (0.3 * theta).sin() * y / nb) / theta.sin() * scale
+        })
+        .collect();
+    close(&file[TE], &want, "clip slerp");
+    // Without --method it is refused, nothing written.
+    let out = dir.path().join("o2");
+    let r = run(
+        dir.path(),
+        &[
+            "merge",
+            &p(0),
+            &p(1),
+            "--ratio",
+            "0.5",
+            "--clip-method",
+            "--output-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_refused(&r, "give a method", &out);
+}
+
 #[test]
 fn merge_method_slerp_and_ties_write_the_formulas_values() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,9 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if let Some(weights) = &args.weights {
         return crate::weights::merge_weighted(args, weights, cancel);
     }
+    if args.clip_method && args.method.is_none() {
+        anyhow::bail!("--clip-method merges the text encoders with --method NAME; give a method");
+    }
     if let Some(name) = &args.method {
         return crate::method::merge_method(args, name, cancel);
     }

@@ -58,7 +58,12 @@ pub(crate) fn merge_method(args: &MergeArgs, name: &str, cancel: &Arc<AtomicBool
         .collect::<checkpoint_save::Result<Vec<_>>>()?;
     let models: Vec<ModelOut> = loaded.iter().map(|l| l.model).collect();
     let model = g.method(name, &models, &params)?;
-    let clip = loaded[0].clip;
+    let clip = if args.clip_method {
+        let clips: Vec<_> = loaded.iter().map(|l| l.clip).collect();
+        g.clip_method(name, &clips, &params)?
+    } else {
+        loaded[0].clip
+    };
     let shown: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let what = match shown.is_empty() {
         true => format!("method {name}"),

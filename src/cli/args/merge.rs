@@ -40,10 +40,15 @@ pub(crate) struct MergeArgs {
     /// A merge method of sd-mecha's over the inputs, in its order (`slerp A B`,
     /// `add_difference_ties BASE M1 M2 …`): weighted_sum, n_average, add_difference, slerp,
     /// add_perpendicular, train_difference, ties_sum, add_difference_ties, add_ties_with_dare
-    /// (dare), della, model_stock, n_model_stock, geometric_median, clamp. It merges the denoiser; the
-    /// text encoders are A's.
+    /// (dare), della, model_stock, n_model_stock, geometric_median, clamp. It merges the denoiser;
+    /// the text encoders are A's unless --clip-method.
     #[arg(long, value_name = "NAME", group = "operation", help_heading = "Merge")]
     pub(crate) method: Option<String>,
+
+    /// With --method: merge the text encoders with the method too, as sd-mecha merges every key
+    /// (default: A's text encoders, as ComfyUI's model merge nodes leave CLIP).
+    #[arg(long, help_heading = "Merge")]
+    pub(crate) clip_method: bool,
 
     /// A parameter of --method, NAME=VALUE (repeatable): `--param alpha=0.3 --param k=0.2`.
     #[arg(
