@@ -255,12 +255,18 @@ fn encode_ggml(
         values.resize((end - block) * values_per, 0.0);
         target.read(block * values_per..end * values_per, &mut values, scratch)?;
         count += non_finite(&values);
-        let codes = &mut scratch.quant.codes;
-        codes.resize((end - block) * bytes_per, 0);
-        crate::quant::ggml::encode(t, &values, codes);
-        let o = block * bytes_per;
-        let (s, e) = (o.max(bytes.start), (end * bytes_per).min(bytes.end));
-        out[s - bytes.start..e - bytes.start].copy_from_slice(&codes[s - o..e - o]);
+        let (o, oe) = (block * bytes_per, end * bytes_per);
+        let (s, e) = (o.max(bytes.start), oe.min(bytes.end));
+        if (s, e) == (o, oe) {
+            // Whole blocks of the range: encoded where they are written.
+            crate::quant::ggml::encode(t, &values, &mut out[s - bytes.start..e - bytes.start]);
+        } else {
+            // A block cut by the range's ends: encoded whole, its part in the range copied.
+            let codes = &mut scratch.quant.codes;
+            codes.resize(oe - o, 0);
+            crate::quant::ggml::encode(t, &values, codes);
+            out[s - bytes.start..e - bytes.start].copy_from_slice(&codes[s - o..e - o]);
+        }
         scratch.quant.values = values;
         block = end;
     }
