@@ -13,34 +13,35 @@
 use std::collections::BTreeMap;
 
 use super::files::TensorSet;
-use super::{component_of, single_file, Input, InputLayout};
+use super::{component_of, single_file, Component, Input, InputLayout};
 use crate::error::Result;
 use crate::layout::invert::{read_prediction, states_prediction};
-use crate::model::{Arch, ComponentKind, Components};
+use crate::model::{Arch, ComponentKind, Components, InputMap};
 
 /// The prefix of the denoiser's names in a single file.
 const MODEL_PREFIX: &str = "model.diffusion_model.";
 
-/// Whether `set` holds a denoiser and nothing of another component: under the single-file
-/// prefix with no other part's prefix, or in a denoiser file's own names.
-pub(super) fn is_denoiser_file(set: &TensorSet, other_parts: &[&str]) -> bool {
+/// The denoiser of `set` when it holds one and nothing of another component (under the
+/// single-file prefix with no other part's prefix, or in a denoiser file's own names): its
+/// tensors in ComfyUI's names, with the keys the conversion left out and made. `None` for any
+/// other file.
+pub(super) fn denoiser_of(set: &TensorSet, other_parts: &[&str]) -> Option<Component> {
     let has = |p: &str| set.tensors.keys().any(|k| k.starts_with(p));
     if other_parts.iter().any(|p| has(p)) {
-        return false;
+        return None;
     }
-    is_prefixed(set) || component_of(ComponentKind::Model, set, None, 0).is_ok()
+    component_of(ComponentKind::Model, set, None, 0).ok()
 }
 
-/// The family of a denoiser-only file's tensors: `arch` when given, else detected.
+/// The family of a denoiser's `tensors`: `arch` when given, else detected.
 ///
 /// # Errors
 /// [`crate::Error::UnknownArchitecture`] (and the family errors of detection) when the tensors
 /// form no known denoiser.
-pub(super) fn family(set: &TensorSet, arch: Option<Arch>) -> Result<Arch> {
+pub(super) fn family(tensors: &InputMap, arch: Option<Arch>) -> Result<Arch> {
     if let Some(a) = arch {
         return Ok(a);
     }
-    let (tensors, _, _) = component_of(ComponentKind::Model, set, None, 0)?;
     let infos: BTreeMap<_, _> = tensors.iter().map(|(k, t)| (k.clone(), t.info())).collect();
     crate::layout::detect::detect_model(&infos)
 }
@@ -51,12 +52,13 @@ pub(super) fn is_prefixed(set: &TensorSet) -> bool {
     set.tensors.keys().any(|k| k.starts_with(MODEL_PREFIX))
 }
 
-/// Reads a denoiser-only file (see the [module docs](self)) of the family `arch`.
+/// The input of a denoiser-only file `set` (see the [module docs](self)) whose denoiser
+/// [`denoiser_of`] gave, of the family `arch`.
 ///
 /// # Errors
-/// A malformed prediction marker; conversion errors of diffusers names; read errors.
-pub(super) fn open(set: TensorSet, arch: Arch) -> Result<Input> {
-    let (tensors, mut left_out, created) = component_of(ComponentKind::Model, &set, Some(arch), 0)?;
+/// A malformed prediction marker; read errors.
+pub(super) fn open(set: TensorSet, denoiser: Component, arch: Arch) -> Result<Input> {
+    let (tensors, mut left_out, created) = denoiser;
     // ModelSave writes the prediction's markers beside the denoiser; a shared denoiser file
     // has none and gets its family's default.
     let all = set.infos();

@@ -104,9 +104,9 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
         // A denoiser's own folder (`unet/`, `transformer/`: config and weights, no pipeline).
         if !path.join("model_index.json").exists() {
             if let Ok(set) = open_set(path) {
-                if denoiser::is_denoiser_file(&set, &SINGLE_FILE_PREFIXES[1..]) {
-                    let a = denoiser::family(&set, arch)?;
-                    return denoiser::open(set, a);
+                if let Some(model) = denoiser::denoiser_of(&set, &SINGLE_FILE_PREFIXES[1..]) {
+                    let a = denoiser::family(&model.0, arch)?;
+                    return denoiser::open(set, model, a);
                 }
             }
         }
@@ -116,9 +116,9 @@ pub fn open(path: &Path, arch: Option<Arch>) -> Result<Input> {
     if set.gguf_architecture.is_some() {
         return open_gguf(set, arch);
     }
-    if denoiser::is_denoiser_file(&set, &SINGLE_FILE_PREFIXES[1..]) {
-        match denoiser::family(&set, arch) {
-            Ok(a) => return denoiser::open(set, a),
+    if let Some(model) = denoiser::denoiser_of(&set, &SINGLE_FILE_PREFIXES[1..]) {
+        match denoiser::family(&model.0, arch) {
+            Ok(a) => return denoiser::open(set, model, a),
             // ModelSave's names of an unknown denoiser: the generic layout may still read it.
             Err(_) if denoiser::is_prefixed(&set) => return single_file::open(set, arch),
             Err(e) => return Err(e),
