@@ -219,13 +219,7 @@ pub fn build_from_shapes(
     dtype: Option<DType>,
     device: &Device,
 ) -> Result<Components> {
-    if let Some(d) = dtype {
-        if !d.is_float() {
-            return Err(Error::InvalidInput(format!(
-                "synthetic dtype override must be a floating-point dtype, got {d:?}"
-            )));
-        }
-    }
+    check_override(dtype)?;
     let jobs: Vec<(ComponentKind, &String, &TensorInfo)> = ComponentKind::ALL
         .into_iter()
         .filter_map(|kind| shapes.get(kind).map(|m| (kind, m)))
@@ -259,32 +253,43 @@ pub fn build_from_shapes(
 /// # Errors
 /// As [`build_from_shapes`]'s dtype checks.
 pub fn placeholders(shapes: &ComponentShapes, dtype: Option<DType>) -> Result<Components> {
-    if let Some(d) = dtype {
-        if !d.is_float() {
-            return Err(Error::InvalidInput(format!(
-                "synthetic dtype override must be a floating-point dtype, got {d:?}"
-            )));
-        }
-    }
+    check_override(dtype)?;
     let mut c = Components::default();
     for kind in ComponentKind::ALL {
         let Some(m) = shapes.get(kind) else { continue };
         let mut map = TensorMap::new();
         for (key, info) in m {
-            let held = candle_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
-                dtype: info.dtype.to_string(),
-                hint: format!("candle cannot hold `{key}` in that dtype"),
-            })?;
-            let dt = match dtype {
-                Some(d) if held.is_float() => d,
-                _ => held,
-            };
+            let dt = tensor_dtype(key, info, dtype)?;
             let one = Tensor::zeros(vec![1; info.shape.len()], dt, &Device::Cpu)?;
             map.insert(key.clone(), one.broadcast_as(info.shape.clone())?);
         }
         c.set(kind, map);
     }
     Ok(c)
+}
+
+/// Refuses a dtype override that is not floating point.
+fn check_override(dtype: Option<DType>) -> Result<()> {
+    match dtype {
+        Some(d) if !d.is_float() => Err(Error::InvalidInput(format!(
+            "synthetic dtype override must be a floating-point dtype, got {d:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The dtype a synthetic tensor is made in: the override for floating-point tensors, else its own.
+fn tensor_dtype(key: &str, info: &TensorInfo, dtype_override: Option<DType>) -> Result<DType> {
+    let held = candle_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+        dtype: info.dtype.to_string(),
+        hint: format!(
+            "candle cannot hold `{key}` in that dtype; synthetic tensors need one it can"
+        ),
+    })?;
+    Ok(match dtype_override {
+        Some(d) if held.is_float() => d,
+        _ => held,
+    })
 }
 
 /// What a tensor's values should look like.
@@ -426,16 +431,7 @@ fn make_tensor(
     dtype_override: Option<DType>,
     device: &Device,
 ) -> Result<Tensor> {
-    let held = candle_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
-        dtype: info.dtype.to_string(),
-        hint: format!(
-            "candle cannot hold `{key}` in that dtype; synthetic tensors need one it can"
-        ),
-    })?;
-    let dtype = match dtype_override {
-        Some(d) if held.is_float() => d,
-        _ => held,
-    };
+    let dtype = tensor_dtype(key, info, dtype_override)?;
     let tseed = tensor_seed(seed, kind, key);
     let init = init_for(key);
     let n = info.numel();
