@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::merged::MethodNode;
 use crate::model::tensor::method::{Facts, Needs, Vector};
 use crate::model::{InputTensor, Merged};
-use crate::reduce::CHUNK;
+use crate::reduce::{select, CHUNK};
 
 /// Units `units` of the method node `node` of `m`, in f32, into `out`.
 pub(super) fn eval(
@@ -277,18 +277,6 @@ impl Pass<'_> {
         }
         Ok(())
     }
-}
-
-/// The bucket that holds the `k`-th largest of the counted values, and its rank inside it.
-fn select(counts: &[u64], k: u64) -> (usize, u64) {
-    let mut above = 0u64;
-    for (i, &c) in counts.iter().enumerate().rev() {
-        if above + c >= k {
-            return (i, k - above);
-        }
-        above += c;
-    }
-    (0, k)
 }
 
 /// Values `range` of the operands `used` of `m` into `ops[i]` (resized to the range), for one

@@ -374,7 +374,7 @@ fn kth_magnitude(
 }
 
 /// The bucket that holds the `k`-th largest of the counted values, and its rank inside it.
-fn select(counts: &[u64], k: u64) -> (usize, u64) {
+pub(crate) fn select(counts: &[u64], k: u64) -> (usize, u64) {
     let mut above = 0u64;
     for (i, &c) in counts.iter().enumerate().rev() {
         if above + c >= k {
