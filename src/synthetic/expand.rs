@@ -52,6 +52,21 @@ impl Dict {
         self.add(format!("{p}.weight"), &[dim]);
         self.add(format!("{p}.bias"), &[dim]);
     }
+
+    /// `layers` pre-norm transformer blocks of HF CLIP's (and SigLIP's) encoder under
+    /// `<p>.encoder.layers.N`: biased q/k/v/out projections and a two-layer MLP.
+    pub(super) fn clip_layers(&mut self, p: &str, layers: usize, h: usize, inter: usize) {
+        for i in 0..layers {
+            let l = format!("{p}.encoder.layers.{i}");
+            self.norm(&format!("{l}.layer_norm1"), h);
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                self.linear(&format!("{l}.self_attn.{proj}"), h, h, true);
+            }
+            self.norm(&format!("{l}.layer_norm2"), h);
+            self.linear(&format!("{l}.mlp.fc1"), h, inter, true);
+            self.linear(&format!("{l}.mlp.fc2"), inter, h, true);
+        }
+    }
 }
 
 /// ldm `ResBlock` (no scale-shift norm): GroupNorm, conv, time embedding, GroupNorm, conv, skip.
@@ -298,16 +313,7 @@ fn clip_layout(cfg: &ClipTextConfig, d: &mut Dict) {
         format!("{t}.embeddings.position_embedding.weight"),
         &[cfg.max_position_embeddings, h],
     );
-    for i in 0..cfg.num_hidden_layers {
-        let l = format!("{t}.encoder.layers.{i}");
-        d.norm(&format!("{l}.layer_norm1"), h);
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            d.linear(&format!("{l}.self_attn.{proj}"), h, h, true);
-        }
-        d.norm(&format!("{l}.layer_norm2"), h);
-        d.linear(&format!("{l}.mlp.fc1"), h, cfg.intermediate_size, true);
-        d.linear(&format!("{l}.mlp.fc2"), cfg.intermediate_size, h, true);
-    }
+    d.clip_layers(&t, cfg.num_hidden_layers, h, cfg.intermediate_size);
     d.norm(&format!("{t}.final_layer_norm"), h);
     d.linear(
         &format!("{n}.transformer.text_projection"),

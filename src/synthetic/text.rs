@@ -82,16 +82,7 @@ fn siglip(cfg: &SiglipConfig, p: &str, d: &mut Dict) {
         format!("{p}.embeddings.position_embedding.weight"),
         &[patches, h],
     );
-    for i in 0..cfg.num_layers {
-        let l = format!("{p}.encoder.layers.{i}");
-        d.norm(&format!("{l}.layer_norm1"), h);
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            d.linear(&format!("{l}.self_attn.{proj}"), h, h, true);
-        }
-        d.norm(&format!("{l}.layer_norm2"), h);
-        d.linear(&format!("{l}.mlp.fc1"), h, cfg.intermediate_size, true);
-        d.linear(&format!("{l}.mlp.fc2"), cfg.intermediate_size, h, true);
-    }
+    d.clip_layers(p, cfg.num_layers, h, cfg.intermediate_size);
     d.norm(&format!("{p}.post_layernorm"), h);
 }
 
