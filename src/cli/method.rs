@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 
 use crate::args::{ArchArg, MergeArgs};
 use crate::commands::save_options;
-use checkpoint_save::merge::graph::{Graph, ModelOut, Source};
+use checkpoint_save::merge::graph::ModelOut;
 use checkpoint_save::merge::methods::{self, Param};
 
 /// `--param` values by name.
@@ -50,12 +50,7 @@ pub(crate) fn merge_method(args: &MergeArgs, name: &str, cancel: &Arc<AtomicBool
         bail!("--method merges every denoiser tensor with the method; --block-ratios and --clip-ratio cannot be added to it");
     }
     let opts = save_options(&args.out, cancel)?;
-    let mut g = Graph::new();
-    let loaded = args
-        .inputs
-        .iter()
-        .map(|p| g.checkpoint(Source::Path(p.clone())))
-        .collect::<checkpoint_save::Result<Vec<_>>>()?;
+    let (mut g, loaded) = crate::weights::load_inputs(args)?;
     let models: Vec<ModelOut> = loaded.iter().map(|l| l.model).collect();
     let model = g.method(name, &models, &params)?;
     let clip = if args.clip_method {

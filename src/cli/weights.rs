@@ -75,12 +75,7 @@ pub(crate) fn merge_weighted(
         .map(|w| chain_ratios(w, n, "--clip-weights"))
         .transpose()?;
     let opts = save_options(&args.out, cancel)?;
-    let mut g = Graph::new();
-    let loaded = args
-        .inputs
-        .iter()
-        .map(|p| g.checkpoint(Source::Path(p.clone())))
-        .collect::<checkpoint_save::Result<Vec<_>>>()?;
+    let (mut g, loaded) = load_inputs(args)?;
     let mut model: ModelOut = loaded[0].model;
     for (l, r) in loaded[1..].iter().zip(&ratios) {
         model = g.model_merge_simple(model, l.model, *r)?;
@@ -103,6 +98,17 @@ pub(crate) fn merge_weighted(
 }
 
 /// The rest of a graph-built merge: `--lora` bakes after the merge, the VAE `--vae` names, the
+/// A graph holding one checkpoint loader per input, and their outputs.
+pub(crate) fn load_inputs(args: &MergeArgs) -> Result<(Graph, Vec<Checkpoint>)> {
+    let mut g = Graph::new();
+    let loaded = args
+        .inputs
+        .iter()
+        .map(|p| g.checkpoint(Source::Path(p.clone())))
+        .collect::<checkpoint_save::Result<Vec<_>>>()?;
+    Ok((g, loaded))
+}
+
 /// save; runs it and prints the checkpoint's path (and a summary naming `what` was merged).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn save_graph(
