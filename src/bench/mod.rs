@@ -15,6 +15,7 @@
 //! and peak anonymous memory are reported for each (see [`memory`]).
 
 mod jobs;
+mod mecha;
 mod memory;
 mod python;
 mod raw;
@@ -175,7 +176,8 @@ fn measure(
         (s?, keys?)
     };
     let bytes = saved.bytes;
-    // Quantizing, the program a user writes is Python's (candle has no ComfyUI quantizers).
+    // Quantizing, the program a user writes is Python's (candle has no ComfyUI quantizers); a
+    // merge method's is sd-mecha's recipe.
     let python = match (
         opts.quantize.is_some() || opts.gguf.is_some(),
         subject.input_files().first(),
@@ -195,14 +197,16 @@ fn measure(
             Some(
                 found.and_then(|p| match candle_fits(2 * input_bytes + bytes) {
                     Some(why) => Err(format!("it loads the whole model: {why}")),
-                    None => Ok((p, input.to_path_buf())),
+                    None => Ok(PyJob::Quant(p, input.to_path_buf())),
                 }),
             )
         }
         (true, None) => Some(Err(
             "the Python program starts from a file: give --from-file".to_string(),
         )),
-        (false, _) => None,
+        (false, _) => opts.method.as_ref().map(|m| {
+            mecha::MechaJob::find(m, opts.arch, opts.dtype).map(PyJob::Mecha)
+        }),
     };
     let candle_skipped = match opts.quantize {
         _ if opts.gguf.is_some() => Some(
@@ -230,15 +234,23 @@ fn measure(
     remove(&ours_path)?;
 
     let python_path = path("python");
-    if let Some(Ok((py, input))) = &python {
-        let job = || python_job(opts, py, input, &python_path, &quantized);
-        timed(job, &python_path)?;
-    }
+    let files = subject.input_files();
+    // The warm-up says whether the Python program runs here at all; one that fails is
+    // reported as skipped, with its message, rather than failing our measurement.
+    let python = match python {
+        Some(Ok(job)) => {
+            let warm = || python_job(opts, &job, &files, &python_path, &quantized);
+            Some(match timed(warm, &python_path) {
+                Ok(_) => Ok(job),
+                Err(e) => Err(format!("its warm-up failed: {e}")),
+            })
+        }
+        other => other,
+    };
     let mut py_runs = Vec::new();
     let (mut ours, mut candle, mut seq, mut par) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut direct, mut bake, mut plain, mut read) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let files = subject.input_files();
     let parallel = |d| raw_parallel(&raw_path, bytes, workers, chunk, block, d);
     for _ in 0..opts.runs.max(1) {
         let job = || subject.ours(opts, save_opts, &ours_path).map(drop);
@@ -247,8 +259,8 @@ fn measure(
             let job = || subject.candle(opts, &candle_path);
             candle.push(timed(job, &candle_path)?);
         }
-        if let Some(Ok((py, input))) = &python {
-            let job = || python_job(opts, py, input, &python_path, &quantized);
+        if let Some(Ok(py)) = &python {
+            let job = || python_job(opts, py, &files, &python_path, &quantized);
             py_runs.push(timed(job, &python_path)?);
         }
         if baking {
@@ -364,17 +376,26 @@ fn measure(
     })
 }
 
-/// The Python program of the job (kitchen's quantizer, or convert.py's rules with gguf-py's).
+/// The Python program a user runs for the job.
+enum PyJob {
+    /// Kitchen's quantizer, or convert.py's rules with gguf-py's, over one input file.
+    Quant(PathBuf, PathBuf),
+    /// sd-mecha's recipe of the merge method over the inputs.
+    Mecha(mecha::MechaJob),
+}
+
+/// Runs the Python program of the job into `out`.
 fn python_job(
     opts: &BenchOptions,
-    py: &Path,
-    input: &Path,
+    job: &PyJob,
+    files: &[&Path],
     out: &Path,
     keys: &[String],
 ) -> Result<()> {
-    match opts.gguf {
-        Some(_) => python::run_gguf(py, input, out, keys),
-        None => {
+    match (job, opts.gguf) {
+        (PyJob::Mecha(m), _) => m.run(files, out),
+        (PyJob::Quant(py, input), Some(_)) => python::run_gguf(py, input, out, keys),
+        (PyJob::Quant(py, input), None) => {
             let format = opts.quantize.unwrap_or(crate::quant::Format::Nvfp4);
             python::run(py, input, out, format, keys)
         }

@@ -127,8 +127,8 @@ pub struct BenchReport {
     pub quantize: Option<String>,
     /// Our throughput in GB/s of input (jobs that read files).
     pub input_gbps: Option<f64>,
-    /// The Python program a user writes for a quantization (comfy-kitchen; for a GGUF target,
-    /// convert.py's rules with gguf-py's quantizer), when it ran.
+    /// The Python program a user writes for the job (a quantization: comfy-kitchen; a GGUF target:
+    /// convert.py's rules with gguf-py's quantizer; a merge method: sd-mecha's recipe), when it ran.
     pub python: Option<Measure>,
     /// Why the Python program was not run.
     pub python_skipped: Option<String>,
@@ -209,6 +209,7 @@ impl std::fmt::Display for BenchReport {
             ("(g) raw read of inputs (GB/s in)", self.raw_read.as_ref()),
             (
                 match self.quantize.as_deref() {
+                    _ if self.job.starts_with("merge --method") => "(h) Python sd-mecha recipe",
                     Some(q) if q.starts_with("GGUF") => "(h) Python convert.py + gguf-py",
                     _ => "(h) Python load + kitchen + save",
                 },

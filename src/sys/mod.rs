@@ -112,15 +112,21 @@ pub(crate) fn pid_namespace() -> Option<u64> {
     imp::pid_namespace()
 }
 
-/// User + system CPU time of the whole process, in seconds (0 where unavailable).
+/// User + system CPU time of the whole process and of its children that have been waited for
+/// (a benchmark's Python programs), in seconds (0 where unavailable).
 pub(crate) fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0.0;
-    }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(u.ru_utime) + tv(u.ru_stime)
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
+        .into_iter()
+        .map(|who| {
+            // SAFETY: getrusage only writes into the zeroed struct we pass.
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            match unsafe { libc::getrusage(who, &mut u) } {
+                0 => tv(u.ru_utime) + tv(u.ru_stime),
+                _ => 0.0,
+            }
+        })
+        .sum()
 }
 
 /// Whether a failed write means "direct I/O accepted at open but not for this request" (then
