@@ -309,6 +309,12 @@ fn ties_sum_extended_with_apply_median_is_close_to_sd_mecha() {
     eprintln!("worst relative difference {worst}");
 }
 
+/// sd-mecha's `dropout` (n-supermario) dropping nothing: the mean of the deltas, with alpha.
+#[test]
+fn dropout_dropping_nothing_equals_sd_mecha() {
+    check_against_sd_mecha("dropout_p0");
+}
+
 #[test]
 fn clamp_equals_sd_mecha() {
     check_against_sd_mecha("clamp");

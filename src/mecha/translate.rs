@@ -14,7 +14,7 @@
 //! - `convert_singleton(literal)` → the literal's number (or flag);
 //! - the methods that need whole tensors (`slerp`, `geometric_median`, `clamp`, and the delta
 //!   methods `perpendicular_component`, `train_difference_mask`, `ties_sum`, `model_stock`,
-//!   `ties_sum_with_dropout`, `ties_sum_extended` as sd-mecha's wrappers combine them with `subtract` and
+//!   `ties_sum_with_dropout`, `ties_sum_extended`, `dropout` as sd-mecha's wrappers combine them with `subtract` and
 //!   `add_difference`) → method nodes over the denoisers and the text encoders ([`whole`]).
 
 mod whole;
@@ -75,6 +75,7 @@ const METHODS: &[(&str, &[&str], Translate)] = &[
         whole::EXTENDED,
         whole::ties_sum_extended,
     ),
+    ("dropout", whole::SUPERMARIO, whole::dropout),
 ];
 
 /// The sd-mecha methods `run RECIPE.mecha` translates, in the table's order.

@@ -15,7 +15,8 @@
 //! - `add_difference(base, ties_sum_with_dropout(m₁ − base, …), alpha)` →
 //!   `add_ties_with_dare(base, m₁, …)`;
 //! - `add_difference(base, ties_sum_extended(m₁ − base, …), alpha)` →
-//!   `add_difference_ties_extended(base, m₁, …)`.
+//!   `add_difference_ties_extended(base, m₁, …)`;
+//! - `add_difference(a, dropout(m₁ − a, …), alpha)` → `dropout(a, m₁, …)`.
 //!
 //! `apply_stock` of `ties_sum_extended` and `ties_sum_with_dropout` is run as sd-mecha 1.1.8
 //! runs it, which applies model stock's `t` when the flag is *false* (`t = 1.0 if apply_stock
@@ -50,8 +51,9 @@ pub(super) enum Pending {
         c: Weights,
         alpha: f64,
     },
-    /// `ties_sum` (`add_difference_ties`) or `ties_sum_with_dropout` (`add_ties_with_dare`) of
-    /// `deltas`, with the method's parameters other than `alpha`.
+    /// `ties_sum` (`add_difference_ties`), `ties_sum_with_dropout` (`add_ties_with_dare`),
+    /// `ties_sum_extended` (`add_difference_ties_extended`) or `dropout` of `deltas`, with the
+    /// method's parameters other than `alpha`.
     Ties {
         sd_mecha: &'static str,
         method: &'static str,
@@ -67,7 +69,10 @@ impl Pending {
         match self {
             Pending::Perp { .. } => "a difference (perpendicular_component's)",
             Pending::Mask { .. } => "a mask (train_difference_mask's)",
-            Pending::Ties { .. } => "a difference (a TIES sum)",
+            Pending::Ties { sd_mecha, .. } => match *sd_mecha {
+                "dropout" => "a difference (dropout's)",
+                _ => "a difference (a TIES sum)",
+            },
             Pending::Stock { .. } => "a difference (model_stock's)",
         }
     }
@@ -101,6 +106,16 @@ pub(super) const EXTENDED: &[&str] = &[
     "eps=1e-6",
     "maxiter=100",
     "ftol=1e-20",
+];
+
+/// `dropout`'s parameters and defaults (sd-mecha 1.1.8's `ties.dropout`).
+pub(super) const SUPERMARIO: &[&str] = &[
+    "*deltas",
+    "probability=0.9",
+    "rescale=1.0",
+    "overlap=1.0",
+    "overlap_emphasis=0.0",
+    "seed=null",
 ];
 
 /// Two models that are the same graph value (the same `model` line, or the same merge).
@@ -253,10 +268,7 @@ pub(super) fn model_stock(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
 /// sd-mecha's `ties_sum_with_dropout` (DARE and DELLA): this build's masks are its own seeded
 /// generator's, not torch's; `seed=null` (sd-mecha: a new seed each run) takes seed 0.
 pub(super) fn ties_sum_with_dropout(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
-    let seed = match call.one("seed")? {
-        Val::Null => 0,
-        _ => call.int("seed")?,
-    };
+    let seed = seed(call)?;
     let mut params = extended(ctx, call)?;
     params.insert(
         "probability".into(),
@@ -289,6 +301,29 @@ pub(super) fn ties_sum_extended(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Va
         deltas: call.diffs("models")?,
         params,
     }))
+}
+
+/// sd-mecha's `dropout` (n-supermario), with this build's seeded masks; `seed=null` takes 0.
+pub(super) fn dropout(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
+    let mut params = BTreeMap::new();
+    for p in ["probability", "rescale", "overlap", "overlap_emphasis"] {
+        params.insert(p.to_string(), Param::Float(call.number(p)?));
+    }
+    params.insert("seed".into(), Param::Int(seed(call)?));
+    Ok(Val::Whole(Pending::Ties {
+        sd_mecha: "dropout",
+        method: "dropout",
+        deltas: call.diffs("deltas")?,
+        params,
+    }))
+}
+
+/// A `seed` argument: `null` (sd-mecha: a new seed each run) takes 0.
+fn seed(call: &Call<'_>) -> Result<i64> {
+    match call.one("seed")? {
+        Val::Null => Ok(0),
+        _ => call.int("seed"),
+    }
 }
 
 /// The parameters `ties_sum_extended` shares with `ties_sum_with_dropout`, with `apply_stock`

@@ -51,6 +51,15 @@ pub enum Kind {
         cos_eps: f64,
         median: Option<Median>,
     },
+    /// sd-mecha's `dropout` (n-supermario): each delta `xᵢ − a` keeps an element with
+    /// probability `1 − probability` (independent seeded masks); the mean of the kept values
+    /// (0 where none is), divided by `(1 − probability)^rescale`, added to `a` with `alpha`.
+    Dropout {
+        probability: f64,
+        rescale: f64,
+        alpha: f64,
+        seed: i64,
+    },
     /// DELLA: deltas dropped by magnitude rank, rescaled, TIES-combined, added to the base.
     Della {
         density: f64,
@@ -161,6 +170,32 @@ pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault
                 apply_stock: b("apply_stock"),
                 cos_eps: f("cos_eps"),
                 median: median()?,
+            }
+        }
+        "dropout" => {
+            let probability = f("probability");
+            if !(0.0..=1.0).contains(&probability) {
+                return Err(Error::InvalidInput(format!(
+                    "dropout: probability = {probability} is outside [0, 1]: it is the \
+                     fraction of each delta's elements dropped"
+                )));
+            }
+            // Python's `overlap % 2 == 1`: sd-mecha 1.1.8 draws independent masks then; other
+            // overlaps go through its `overlapping_sets_pmf`, which fails (it hands numpy
+            // arrays to `torch.lerp`).
+            let overlap = f("overlap");
+            if overlap.rem_euclid(2.0) != 1.0 {
+                return Err(Error::InvalidInput(format!(
+                    "dropout: overlap = {overlap}: this build runs the independent masks of an \
+                     odd whole overlap (1, the default, 3, −1…); sd-mecha 1.1.8 itself fails on \
+                     other overlaps (its overlapping_sets_pmf hands numpy arrays to torch.lerp)"
+                )));
+            }
+            Kind::Dropout {
+                probability,
+                rescale: f("rescale"),
+                alpha: f("alpha"),
+                seed: i("seed"),
             }
         }
         "della" => {

@@ -155,6 +155,20 @@ pub const KNOWN: &[MethodInfo] = &[
     info("add_ties_with_dare", 2, None, "base, *models", DARE),
     info("dare", 2, None, "base, *models", DARE),
     info(
+        "dropout",
+        2,
+        None,
+        "a, *models",
+        &[
+            ("probability", Float(0.9)),
+            ("alpha", Float(0.5)),
+            ("rescale", Float(1.0)),
+            ("overlap", Float(1.0)),
+            ("overlap_emphasis", Float(0.0)),
+            ("seed", Int(0)),
+        ],
+    ),
+    info(
         "della",
         2,
         None,

@@ -103,6 +103,7 @@ impl TensorMethod for Op {
             Kind::TiesExtended { base: true, .. } => "add_difference_ties_extended",
             Kind::Dare { .. } => "add_ties_with_dare",
             Kind::Della { .. } => "della",
+            Kind::Dropout { .. } => "dropout",
             Kind::ModelStock { base: false, .. } => "model_stock",
             Kind::ModelStock { base: true, .. } => "n_model_stock",
             Kind::GeometricMedian { .. } => "geometric_median",
@@ -264,6 +265,7 @@ impl TensorMethod for Op {
                 }
             }
             Kind::Clamp { stiffness } => clamp(*stiffness, x, out),
+            Kind::Dropout { .. } => self.dropout(first, x, out),
             Kind::Ties {
                 base,
                 alpha,
@@ -424,5 +426,46 @@ impl Op {
                 v
             })
             .collect()
+    }
+
+    /// sd-mecha's `dropout` (its `ties.dropout` added to `a` by its wrapper).
+    fn dropout(&self, first: usize, x: &[&[f32]], out: &mut [f32]) {
+        let Kind::Dropout {
+            probability,
+            rescale,
+            alpha,
+            seed,
+        } = &self.kind
+        else {
+            return;
+        };
+        let rescalar = if *probability == 1.0 {
+            1.0
+        } else {
+            let r = (1.0 - probability).powf(*rescale);
+            if r.is_finite() {
+                r as f32
+            } else {
+                1.0
+            }
+        };
+        // The deltas without their masks, and the masks.
+        let deltas: Vec<_> = self
+            .deltas(true, Some((*seed, 1.0 - probability)))
+            .into_iter()
+            .filter_map(|mut v| v.dropout.take().map(|m| (v, m)))
+            .collect();
+        for (j, o) in out.iter_mut().enumerate() {
+            // `final_delta[mask] += delta[mask]` per delta, over `sum(masks).clamp(1)`.
+            let (mut sum, mut count) = (0f32, 0f32);
+            for (v, mask) in &deltas {
+                if mask.keeps(first + j) {
+                    sum += v.at(x, j, first + j);
+                    count += 1.0;
+                }
+            }
+            let r = sum / count.max(1.0) / rescalar;
+            *o = add(x[0][j], r, *alpha);
+        }
     }
 }

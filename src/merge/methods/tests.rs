@@ -780,4 +780,5 @@ fn bad_methods_and_parameters_are_refused_naming_what_is_accepted() {
     }
 }
 
+mod dropout;
 mod ties;
