@@ -45,8 +45,9 @@ fn f16_bits(bytes: &[u8]) -> Vec<u16> {
         .collect()
 }
 
-/// Runs `name`'s recipe and compares every key with sd-mecha's output.
-fn check_against_sd_mecha(name: &str) {
+/// Runs `name`'s recipe and compares every key with sd-mecha's output; returns the run's
+/// standard error.
+fn check_against_sd_mecha(name: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged.safetensors");
     let r = run(
@@ -125,6 +126,7 @@ fn check_against_sd_mecha(name: &str) {
         "{name}: the merge changed {merged} of {} tensors",
         oracle.len()
     );
+    r.stderr
 }
 
 #[test]
@@ -232,6 +234,85 @@ fn geometric_median_is_at_least_as_close_as_sd_mecha() {
         checked += 1;
     }
     assert!(checked > 100, "{checked}");
+}
+
+/// sd-mecha 1.1.8's `ties_sum_extended` applies model stock's t when `apply_stock` is false
+/// (its default), and the run does the same, saying so.
+#[test]
+fn ties_sum_extended_equals_sd_mecha_with_its_inverted_apply_stock() {
+    let stderr = check_against_sd_mecha("ties_sum_extended");
+    assert!(
+        stderr.contains("line 22: `ties_sum_extended` applies model stock's t"),
+        "{stderr}"
+    );
+    let stderr = check_against_sd_mecha("ties_sum_extended_apply_stock");
+    assert!(
+        stderr.contains("does not apply model stock's t, though apply_stock is true"),
+        "{stderr}"
+    );
+}
+
+/// DARE that drops nothing (probability 0) is deterministic in sd-mecha too: its TIES, model
+/// stock (apply_stock false) and rescale by 1 − 0.
+#[test]
+fn add_ties_with_dare_dropping_nothing_equals_sd_mecha() {
+    check_against_sd_mecha("add_ties_with_dare_p0");
+}
+
+/// `apply_median`: the geometric median of the filtered deltas. sd-mecha's f32 Weiszfeld stops
+/// at an iteration set by f32 rounding (see `geometric_median_is_at_least_as_close_as_sd_mecha`),
+/// so the merged deltas are compared by norm, per key.
+#[test]
+fn ties_sum_extended_with_apply_median_is_close_to_sd_mecha() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged.safetensors");
+    let args = [
+        "run",
+        &recipe("ties_sum_extended_median"),
+        "--models-dir",
+        &models(),
+    ];
+    let r = run(
+        dir.path(),
+        &[&args[..], &["-o", out.to_str().unwrap()]].concat(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("model stock"), "{}", r.stderr);
+    let (ours, _) = read(&out);
+    let (oracle, _) = read(&fixtures().join("oracles/ties_sum_extended_median.safetensors"));
+    let (a, _) = read(&fixtures().join("models/a.safetensors"));
+    let values = |raw: &(Dtype, Vec<usize>, Vec<u8>)| -> Vec<f64> {
+        floats(raw.0, &raw.2).into_iter().map(f64::from).collect()
+    };
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let (mut checked, mut worst) = (0, 0f64);
+    for (key, raw) in &oracle {
+        if key.starts_with("first_stage_model.") || raw.0 != Dtype::F16 {
+            continue;
+        }
+        let base = values(&a[key.as_str()]);
+        let (s, m) = (values(raw), values(&ours[key.as_str()]));
+        let sd: Vec<f64> = s.iter().zip(&base).map(|(x, b)| x - b).collect();
+        let diff: Vec<f64> = s.iter().zip(&m).map(|(x, y)| x - y).collect();
+        // The deltas agree to 0.2 % of their norm, plus half an f16 ulp of the values per element.
+        let ulp: f64 = base
+            .iter()
+            .map(|b| (b.abs() * 4.9e-4).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let rel = norm(&diff) / (norm(&sd) + ulp);
+        worst = worst.max(rel);
+        assert!(norm(&diff) <= 2e-3 * norm(&sd) + ulp, "{key}: {rel}");
+        checked += 1;
+    }
+    assert!(checked > 100, "{checked}");
+    eprintln!("worst relative difference {worst}");
+}
+
+/// sd-mecha's `dropout` (n-supermario) dropping nothing: the mean of the deltas, with alpha.
+#[test]
+fn dropout_dropping_nothing_equals_sd_mecha() {
+    check_against_sd_mecha("dropout_p0");
 }
 
 #[test]

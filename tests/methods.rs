@@ -365,3 +365,60 @@ fn della_is_seeded_and_writes_base_or_rescaled_deltas() {
     }
     assert!(kept > 0 && kept < base.len(), "{kept} of {}", base.len());
 }
+
+/// `merge --method dropout` (sd-mecha's n-supermario) of one model: the same seed writes the
+/// same tensors, another seed others; every value is `a` or `a + alpha·d/(1 − p)`, about
+/// `1 − p` of them the latter.
+#[test]
+fn dropout_is_seeded_and_writes_base_or_rescaled_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2], None);
+    let (a, b) = (m[0].0.to_str().unwrap(), m[1].0.to_str().unwrap());
+    let merge = |seed: &str, out: &str| {
+        let seed = format!("seed={seed}");
+        let args = [
+            "merge",
+            a,
+            b,
+            "--method",
+            "dropout",
+            "--param",
+            "probability=0.75",
+            "--param",
+            "alpha=0.8",
+        ];
+        let r = run(
+            dir.path(),
+            &[&args[..], &["--param", &seed, "--output-dir", out]].concat(),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        read(&dir.path().join(r.stdout.trim())).0
+    };
+    let (one, again, other) = (merge("9", "o1"), merge("9", "o2"), merge("10", "o3"));
+    assert_eq!(one, again);
+    let key = format!("model.diffusion_model.{KEY}");
+    assert_ne!(one[&key], other[&key]);
+    let (base, model) = (
+        vals(&m[0].1, ComponentKind::Model, KEY),
+        vals(&m[1].1, ComponentKind::Model, KEY),
+    );
+    let mut kept = 0;
+    for ((g, x), y) in one[&key].iter().zip(&base).zip(&model) {
+        let g = f64::from(*g);
+        if g != *x {
+            let want = x + 0.8 * (y - x) / 0.25;
+            assert!(
+                (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{g} vs {want}"
+            );
+            kept += 1;
+        }
+    }
+    let n = base.len() as f64;
+    // Binomial(n, 0.25): within 5σ.
+    let sigma = (n * 0.25 * 0.75).sqrt();
+    assert!(
+        (kept as f64 - 0.25 * n).abs() < 5.0 * sigma,
+        "{kept} of {n}"
+    );
+}

@@ -150,7 +150,8 @@ fn translation_errors_name_the_line_and_what_is_taken() {
         ("merge \"subtract\" &0 &1\nmerge \"subtract\" &1 &0\nmerge \"perpendicular_component\" &2 &3\nmerge \"add_difference\" &0 &4".into(), "line 7: `add_difference`: this build runs perpendicular_component(subtract(a, c), subtract(b, c)) added to that same a".into()),
         ("merge \"subtract\" &1 &0\nmerge \"train_difference_mask\" &1 &0 &1\nmerge \"add_difference\" &0 &2 alpha=&3".into(), "line 6: `add_difference`: train_difference_mask(a, b, c) is run as the alpha of add_difference(a, subtract(b, c))".into()),
         ("merge \"subtract\" &1 &0\nmerge \"model_stock\" &2\nmerge \"add_difference\" &0 &3 alpha=0.5".into(), "line 6: `add_difference`: model_stock's result is added with alpha 1 by this build".into()),
-        ("merge \"subtract\" &1 &0\nmerge \"ties_sum_with_dropout\" &2 apply_median=true".into(), "line 5: `ties_sum_with_dropout`: apply_median=true".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"ties_sum_extended\" &2 apply_median=true maxiter=-1\nmerge \"add_difference\" &0 &3".into(), "add_difference_ties_extended: eps, maxiter and ftol are ≥ 0; 0.000001, -1 and 0.00000000000000000001 given".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"dropout\" &2 overlap=2.0\nmerge \"add_difference\" &0 &3".into(), "dropout: overlap = 2: this build runs the independent masks of an odd whole overlap".into()),
         ("merge \"geometric_median\" &0 &1 maxiter=1.5".into(), "line 4: `geometric_median`: `maxiter` is 1.5, and a whole number is taken".into()),
         ("merge \"weighted_sum\" &0 &1 beta=0.5".into(), "line 4: `weighted_sum`: unknown parameter `beta` (it takes: a, b, alpha)".into()),
         ("merge \"weighted_sum\" &0".into(), "line 4: `weighted_sum`: argument `b` missing".into()),
@@ -347,7 +348,8 @@ fn whole_tensor_methods_become_method_nodes_over_model_and_clip() {
 }
 
 /// `ties_sum_with_dropout` (sd-mecha's DARE) added to its base becomes `add_ties_with_dare`
-/// with sd-mecha's defaults (k 0.2, not the wrapper's 1) and `seed=null` as seed 0.
+/// with sd-mecha's defaults (k 0.2, not the wrapper's 1), `seed=null` as seed 0, and
+/// `apply_stock` inverted as sd-mecha 1.1.8 runs it (noted).
 #[test]
 fn ties_sum_with_dropout_becomes_add_ties_with_dare_with_sd_mechas_defaults() {
     use crate::merge::methods::Param;
@@ -365,13 +367,50 @@ fn ties_sum_with_dropout_becomes_add_ties_with_dare_with_sd_mechas_defaults() {
     assert_eq!(name, "add_ties_with_dare");
     let want = BTreeMap::from([
         ("alpha".to_string(), Param::Float(0.7)),
-        ("apply_stock".to_string(), Param::Bool(false)),
+        ("apply_median".to_string(), Param::Bool(false)),
+        ("apply_stock".to_string(), Param::Bool(true)),
         ("cos_eps".to_string(), Param::Float(1e-6)),
+        ("eps".to_string(), Param::Float(1e-6)),
+        ("ftol".to_string(), Param::Float(1e-20)),
         ("k".to_string(), Param::Float(0.2)),
+        ("maxiter".to_string(), Param::Int(100)),
         ("probability".to_string(), Param::Float(0.3)),
         ("rescale".to_string(), Param::Bool(true)),
         ("seed".to_string(), Param::Int(0)),
         ("vote_sgn".to_string(), Param::Bool(false)),
+    ]);
+    assert_eq!(params, &want);
+    assert!(
+        t.notes[0].contains("line 5: `ties_sum_with_dropout` applies model stock's t"),
+        "{:?}",
+        t.notes
+    );
+}
+
+/// sd-mecha's `dropout` added to its base becomes the `dropout` method node with sd-mecha's
+/// defaults, `seed=null` as seed 0 and add_difference's alpha.
+#[test]
+fn dropout_becomes_the_dropout_method_with_sd_mechas_defaults() {
+    use crate::merge::methods::Param;
+    let d = models();
+    let text = "version 0.1.0\nmodel \"a\"\nmodel \"b\"\nmerge \"subtract\" &1 &0\n\
+                merge \"dropout\" &2 probability=0.3 seed=null\n\
+                merge \"add_difference\" &0 &3 alpha=0.7\n";
+    let t = Recipe::parse(text)
+        .unwrap()
+        .to_graph(&opts(vec![d.path().to_path_buf()]))
+        .unwrap();
+    let Node::Method { name, params, .. } = &t.graph.nodes()[2].node else {
+        panic!("{:?}", t.graph.nodes()[2].node);
+    };
+    assert_eq!(name, "dropout");
+    let want = BTreeMap::from([
+        ("alpha".to_string(), Param::Float(0.7)),
+        ("overlap".to_string(), Param::Float(1.0)),
+        ("overlap_emphasis".to_string(), Param::Float(0.0)),
+        ("probability".to_string(), Param::Float(0.3)),
+        ("rescale".to_string(), Param::Float(1.0)),
+        ("seed".to_string(), Param::Int(0)),
     ]);
     assert_eq!(params, &want);
 }

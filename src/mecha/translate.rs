@@ -14,7 +14,7 @@
 //! - `convert_singleton(literal)` → the literal's number (or flag);
 //! - the methods that need whole tensors (`slerp`, `geometric_median`, `clamp`, and the delta
 //!   methods `perpendicular_component`, `train_difference_mask`, `ties_sum`, `model_stock`,
-//!   `ties_sum_with_dropout` as sd-mecha's wrappers combine them with `subtract` and
+//!   `ties_sum_with_dropout`, `ties_sum_extended`, `dropout` as sd-mecha's wrappers combine them with `subtract` and
 //!   `add_difference`) → method nodes over the denoisers and the text encoders ([`whole`]).
 
 mod whole;
@@ -70,6 +70,12 @@ const METHODS: &[(&str, &[&str], Translate)] = &[
         whole::DROPOUT,
         whole::ties_sum_with_dropout,
     ),
+    (
+        "ties_sum_extended",
+        whole::EXTENDED,
+        whole::ties_sum_extended,
+    ),
+    ("dropout", whole::SUPERMARIO, whole::dropout),
 ];
 
 /// The sd-mecha methods `run RECIPE.mecha` translates, in the table's order.
@@ -128,6 +134,8 @@ struct Ctx<'a> {
     opts: &'a TranslateOptions,
     graph: Graph,
     done: HashMap<usize, Val>,
+    /// Notes for the user, from the methods' translations.
+    notes: Vec<String>,
 }
 
 /// A merge call: its instruction and its arguments bound to the method's parameters.
@@ -190,6 +198,7 @@ pub(super) fn translate(recipe: &Recipe, opts: &TranslateOptions) -> Result<Tran
         opts,
         graph: Graph::new(),
         done: HashMap::new(),
+        notes: Vec::new(),
     };
     let last = recipe.instructions.len() - 1;
     let result = ctx.eval(last)?;
@@ -203,7 +212,7 @@ pub(super) fn translate(recipe: &Recipe, opts: &TranslateOptions) -> Result<Tran
     let first = ctx.source_name(w.vae.0.node);
     ctx.graph
         .save_checkpoint(w.model, w.clip, w.vae, opts.target.clone())?;
-    let mut notes = Vec::new();
+    let mut notes = std::mem::take(&mut ctx.notes);
     if ctx.models() > 1 {
         notes.push(format!(
             "the autoencoder (VAE) is `{first}`'s: merge graphs merge the denoiser and the text \

@@ -7,6 +7,8 @@
 //! 65,536-entry histograms per vector; the values take one block of each operand. Nothing holds
 //! a whole tensor.
 
+mod derived;
+
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -114,6 +116,10 @@ fn facts(m: &Merged, needs: &Needs, scratch: &mut Scratch) -> Result<Facts> {
     }
     if !needs.kth.is_empty() {
         out.kth = kth_magnitudes(m, &needs.vectors, &needs.kth, n, scratch)?;
+    }
+    if needs.derived > 0 {
+        out.derived_gram = derived::gram(m, needs, &out, n, scratch)?;
+        out.derived = needs.derived;
     }
     Ok(out)
 }

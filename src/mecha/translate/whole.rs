@@ -13,7 +13,14 @@
 //! - `add_difference(base, ties_sum(m₁ − base, …), alpha)` → `add_difference_ties(base, m₁, …)`;
 //! - `add_difference(base, model_stock(m₁ − base, …), 1)` → `n_model_stock(base, m₁, …)`;
 //! - `add_difference(base, ties_sum_with_dropout(m₁ − base, …), alpha)` →
-//!   `add_ties_with_dare(base, m₁, …)`.
+//!   `add_ties_with_dare(base, m₁, …)`;
+//! - `add_difference(base, ties_sum_extended(m₁ − base, …), alpha)` →
+//!   `add_difference_ties_extended(base, m₁, …)`;
+//! - `add_difference(a, dropout(m₁ − a, …), alpha)` → `dropout(a, m₁, …)`.
+//!
+//! `apply_stock` of `ties_sum_extended` and `ties_sum_with_dropout` is run as sd-mecha 1.1.8
+//! runs it, which applies model stock's `t` when the flag is *false* (`t = 1.0 if apply_stock
+//! else get_model_stock_t(…)`): the method node gets the flag inverted, and the run says so.
 //!
 //! Other compositions (a delta method's result scaled, or over differences from other bases)
 //! are refused, saying which form is run.
@@ -44,8 +51,9 @@ pub(super) enum Pending {
         c: Weights,
         alpha: f64,
     },
-    /// `ties_sum` (`add_difference_ties`) or `ties_sum_with_dropout` (`add_ties_with_dare`) of
-    /// `deltas`, with the method's parameters other than `alpha`.
+    /// `ties_sum` (`add_difference_ties`), `ties_sum_with_dropout` (`add_ties_with_dare`),
+    /// `ties_sum_extended` (`add_difference_ties_extended`) or `dropout` of `deltas`, with the
+    /// method's parameters other than `alpha`.
     Ties {
         sd_mecha: &'static str,
         method: &'static str,
@@ -61,7 +69,10 @@ impl Pending {
         match self {
             Pending::Perp { .. } => "a difference (perpendicular_component's)",
             Pending::Mask { .. } => "a mask (train_difference_mask's)",
-            Pending::Ties { .. } => "a difference (a TIES sum)",
+            Pending::Ties { sd_mecha, .. } => match *sd_mecha {
+                "dropout" => "a difference (dropout's)",
+                _ => "a difference (a TIES sum)",
+            },
             Pending::Stock { .. } => "a difference (model_stock's)",
         }
     }
@@ -81,6 +92,29 @@ pub(super) const DROPOUT: &[&str] = &[
     "eps=1e-6",
     "maxiter=100",
     "ftol=1e-20",
+    "seed=null",
+];
+
+/// `ties_sum_extended`'s parameters and defaults (sd-mecha 1.1.8).
+pub(super) const EXTENDED: &[&str] = &[
+    "*models",
+    "k=0.2",
+    "vote_sgn=false",
+    "apply_stock=false",
+    "apply_median=false",
+    "cos_eps=1e-6",
+    "eps=1e-6",
+    "maxiter=100",
+    "ftol=1e-20",
+];
+
+/// `dropout`'s parameters and defaults (sd-mecha 1.1.8's `ties.dropout`).
+pub(super) const SUPERMARIO: &[&str] = &[
+    "*deltas",
+    "probability=0.9",
+    "rescale=1.0",
+    "overlap=1.0",
+    "overlap_emphasis=0.0",
     "seed=null",
 ];
 
@@ -233,25 +267,14 @@ pub(super) fn model_stock(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
 
 /// sd-mecha's `ties_sum_with_dropout` (DARE and DELLA): this build's masks are its own seeded
 /// generator's, not torch's; `seed=null` (sd-mecha: a new seed each run) takes seed 0.
-pub(super) fn ties_sum_with_dropout(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
-    if call.flag("apply_median")? {
-        return Err(call.err(
-            "apply_median=true (the geometric median of the TIES-filtered deltas) is not run by \
-             this build; use apply_median=false"
-                .into(),
-        ));
-    }
-    let seed = match call.one("seed")? {
-        Val::Null => 0,
-        _ => call.int("seed")?,
-    };
-    let mut params = BTreeMap::new();
-    for p in ["probability", "k", "cos_eps"] {
-        params.insert(p.to_string(), Param::Float(call.number(p)?));
-    }
-    for p in ["rescale", "vote_sgn", "apply_stock"] {
-        params.insert(p.to_string(), Param::Bool(call.flag(p)?));
-    }
+pub(super) fn ties_sum_with_dropout(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
+    let seed = seed(call)?;
+    let mut params = extended(ctx, call)?;
+    params.insert(
+        "probability".into(),
+        Param::Float(call.number("probability")?),
+    );
+    params.insert("rescale".into(), Param::Bool(call.flag("rescale")?));
     let della = call.number("della_eps")?;
     if della != 0.0 {
         return Err(call.err(format!(
@@ -267,6 +290,72 @@ pub(super) fn ties_sum_with_dropout(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<
         deltas: call.diffs("deltas")?,
         params,
     }))
+}
+
+/// sd-mecha's `ties_sum_extended`.
+pub(super) fn ties_sum_extended(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
+    let params = extended(ctx, call)?;
+    Ok(Val::Whole(Pending::Ties {
+        sd_mecha: "ties_sum_extended",
+        method: "add_difference_ties_extended",
+        deltas: call.diffs("models")?,
+        params,
+    }))
+}
+
+/// sd-mecha's `dropout` (n-supermario), with this build's seeded masks; `seed=null` takes 0.
+pub(super) fn dropout(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
+    let mut params = BTreeMap::new();
+    for p in ["probability", "rescale", "overlap", "overlap_emphasis"] {
+        params.insert(p.to_string(), Param::Float(call.number(p)?));
+    }
+    params.insert("seed".into(), Param::Int(seed(call)?));
+    Ok(Val::Whole(Pending::Ties {
+        sd_mecha: "dropout",
+        method: "dropout",
+        deltas: call.diffs("deltas")?,
+        params,
+    }))
+}
+
+/// A `seed` argument: `null` (sd-mecha: a new seed each run) takes 0.
+fn seed(call: &Call<'_>) -> Result<i64> {
+    match call.one("seed")? {
+        Val::Null => Ok(0),
+        _ => call.int("seed"),
+    }
+}
+
+/// The parameters `ties_sum_extended` shares with `ties_sum_with_dropout`, with `apply_stock`
+/// as sd-mecha 1.1.8 runs it (see the [module docs](self)).
+fn extended(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<BTreeMap<String, Param>> {
+    let mut params = BTreeMap::new();
+    for p in ["k", "cos_eps", "eps", "ftol"] {
+        params.insert(p.to_string(), Param::Float(call.number(p)?));
+    }
+    params.insert("maxiter".into(), Param::Int(call.int("maxiter")?));
+    let median = call.flag("apply_median")?;
+    let stock = call.flag("apply_stock")?;
+    for (p, v) in [
+        ("vote_sgn", call.flag("vote_sgn")?),
+        ("apply_median", median),
+        ("apply_stock", !stock),
+    ] {
+        params.insert(p.to_string(), Param::Bool(v));
+    }
+    if !median {
+        let does = if stock {
+            "does not apply model stock's t, though apply_stock is true"
+        } else {
+            "applies model stock's t (per run of the last dimension), though apply_stock is false"
+        };
+        ctx.notes.push(format!(
+            "line {}: `{}` {does}, as sd-mecha 1.1.8 runs it (`t = 1.0 if apply_stock else \
+             get_model_stock_t(…)`)",
+            call.ins.line, call.method
+        ));
+    }
+    Ok(params)
 }
 
 /// `add_difference(a, b, alpha)` when `b` or `alpha` is a pending whole-tensor value: the

@@ -201,10 +201,6 @@ pub(super) fn slerp_scalars(facts: &Facts, alpha: f64) -> Vec<f64> {
 /// Weiszfeld's iterations as sd-mecha runs them (`geometric_median`), on the Gram matrix of the
 /// models' offsets from the first: returns each model's weight (they need not add up to 1).
 pub(super) fn weiszfeld(facts: &Facts, eps: f64, maxiter: i64, ftol: f64) -> Vec<f64> {
-    let n = facts.vectors + 1;
-    if n == 1 {
-        return vec![1.0];
-    }
     // Gram of the offsets y₀ = 0, yᵢ = xᵢ − x₀.
     let g = |i: usize, j: usize| {
         if i == 0 || j == 0 {
@@ -213,6 +209,21 @@ pub(super) fn weiszfeld(facts: &Facts, eps: f64, maxiter: i64, ftol: f64) -> Vec
             facts.dot(i - 1, j - 1)
         }
     };
+    weiszfeld_gram(facts.vectors + 1, &g, eps, maxiter, ftol)
+}
+
+/// Weiszfeld's iterations over `n` points given by their Gram matrix `g`: each point's weight
+/// in the median `Σ wᵢxᵢ / Σ wᵢ`.
+pub(super) fn weiszfeld_gram(
+    n: usize,
+    g: &dyn Fn(usize, usize) -> f64,
+    eps: f64,
+    maxiter: i64,
+    ftol: f64,
+) -> Vec<f64> {
+    if n <= 1 {
+        return vec![1.0; n];
+    }
     let dist = |c: &[f64], i: usize| -> f64 {
         let total: f64 = c.iter().sum();
         let mut d2 = g(i, i);

@@ -8,8 +8,10 @@
 //! name, inputs and parameters and returns what builds its expression for each tensor.
 
 mod della;
+mod kind;
 mod math;
 mod ops;
+mod ties;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::model::tensor::method::TensorMethod;
 use crate::model::{InputTensor, Merged};
 pub use ops::Kind;
+pub use ties::Median;
 
 /// A parameter's value as a recipe or the command line gives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,8 +119,55 @@ pub const KNOWN: &[MethodInfo] = &[
             ("vote_sgn", Bool(false)),
         ],
     ),
+    info(
+        "ties_sum_extended",
+        1,
+        None,
+        "*deltas",
+        &[
+            ("k", Float(0.2)),
+            ("vote_sgn", Bool(false)),
+            ("apply_stock", Bool(false)),
+            ("apply_median", Bool(false)),
+            ("cos_eps", Float(1e-6)),
+            ("eps", Float(1e-6)),
+            ("maxiter", Int(100)),
+            ("ftol", Float(1e-20)),
+        ],
+    ),
+    info(
+        "add_difference_ties_extended",
+        2,
+        None,
+        "base, *models",
+        &[
+            ("alpha", Float(1.0)),
+            ("k", Float(0.2)),
+            ("vote_sgn", Bool(false)),
+            ("apply_stock", Bool(false)),
+            ("apply_median", Bool(false)),
+            ("cos_eps", Float(1e-6)),
+            ("eps", Float(1e-6)),
+            ("maxiter", Int(100)),
+            ("ftol", Float(1e-20)),
+        ],
+    ),
     info("add_ties_with_dare", 2, None, "base, *models", DARE),
     info("dare", 2, None, "base, *models", DARE),
+    info(
+        "dropout",
+        2,
+        None,
+        "a, *models",
+        &[
+            ("probability", Float(0.9)),
+            ("alpha", Float(0.5)),
+            ("rescale", Float(1.0)),
+            ("overlap", Float(1.0)),
+            ("overlap_emphasis", Float(0.0)),
+            ("seed", Int(0)),
+        ],
+    ),
     info(
         "della",
         2,
@@ -168,6 +218,10 @@ const DARE: &[(&str, ParamDefault)] = &[
     ("vote_sgn", Bool(false)),
     ("apply_stock", Bool(false)),
     ("cos_eps", Float(1e-6)),
+    ("apply_median", Bool(false)),
+    ("eps", Float(1e-6)),
+    ("maxiter", Int(100)),
+    ("ftol", Float(1e-20)),
 ];
 
 const fn info(
@@ -254,7 +308,7 @@ pub fn method(name: &str, inputs: usize, params: &BTreeMap<String, Param>) -> Re
                 .map_or(Float(0.0), |(_, d)| *d)
         })
     };
-    let kind = ops::kind(name, inputs, &get)?;
+    let kind = kind::kind(name, inputs, &get)?;
     Ok(Method { kind, inputs })
 }
 

@@ -2,186 +2,11 @@
 //! values element by element, in f32 as sd-mecha's torch code computes them.
 
 use super::della::Della;
-use super::math::{
-    add, clamp, elect, nan_to_num, slerp_scalars, stock_t, ties_block, weiszfeld, zero_non_finite,
-};
-use super::ParamDefault;
-use crate::error::{Error, Result};
+pub use super::kind::Kind;
+use super::math::{add, clamp, nan_to_num, slerp_scalars, stock_t, ties_block, weiszfeld};
+use super::ties::{scalars, Combine, Extended, Median};
+use crate::error::Result;
 use crate::model::tensor::method::{mix, Dropout, Facts, Needs, TensorMethod, Vector};
-
-/// A method with its parameters resolved.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Kind {
-    /// `lerp(a, b, alpha)`.
-    WeightedSum { alpha: f64 },
-    /// The running mean `lerp(mean, xᵢ, 1/i)`.
-    NAverage,
-    /// `a + alpha·(b − c)` (or `a + alpha·b` with two inputs), clamped between `a` and `b`.
-    AddDifference { alpha: f64, clamp_to_ab: bool },
-    /// Spherical interpolation of the whole tensors.
-    Slerp { alpha: f64 },
-    /// `a + alpha·((b − c) − proj_{a − c}(b − c))`.
-    AddPerpendicular { alpha: f64 },
-    /// `a + (b − c)·alpha·1.8·|b − a| / (|b − a| + |b − c|)`.
-    TrainDifference { alpha: f64 },
-    /// TIES over the inputs taken as deltas; with `base`, over `xᵢ − base`, added to it.
-    Ties {
-        base: bool,
-        alpha: f64,
-        k: f64,
-        vote_sgn: bool,
-    },
-    /// DARE: deltas dropped with `probability`, TIES-combined, rescaled, added to the base.
-    Dare {
-        probability: f64,
-        rescale: bool,
-        alpha: f64,
-        seed: i64,
-        k: f64,
-        vote_sgn: bool,
-        apply_stock: bool,
-        cos_eps: f64,
-    },
-    /// DELLA: deltas dropped by magnitude rank, rescaled, TIES-combined, added to the base.
-    Della {
-        density: f64,
-        epsilon: f64,
-        lambda: f64,
-        seed: i64,
-        rescale: bool,
-    },
-    /// Model stock over deltas (with `base`: over `xᵢ − base`, added to it).
-    ModelStock { base: bool, cos_eps: f64 },
-    /// Weiszfeld's geometric median.
-    GeometricMedian { eps: f64, maxiter: i64, ftol: f64 },
-    /// `a` clamped between the bounds' minimum and maximum (softened by `stiffness`).
-    Clamp { stiffness: f64 },
-}
-
-/// The kind of method `name` over `inputs` models, with parameters from `get`.
-pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault) -> Result<Kind> {
-    let f = |p: &str| match get(p) {
-        ParamDefault::Float(v) => v,
-        ParamDefault::Int(v) => v as f64,
-        ParamDefault::Bool(v) => f64::from(u8::from(v)),
-    };
-    let b = |p: &str| matches!(get(p), ParamDefault::Bool(true));
-    let i = |p: &str| match get(p) {
-        ParamDefault::Int(v) => v,
-        _ => 0,
-    };
-    let k = || -> Result<f64> {
-        let k = f("k");
-        if !(k > 0.0 && k <= 1.0) {
-            return Err(Error::InvalidInput(format!(
-                "{name}: k = {k} is outside (0, 1]: k is the fraction of each delta's largest \
-                 magnitudes kept (1 keeps all)"
-            )));
-        }
-        Ok(k)
-    };
-    Ok(match name {
-        "weighted_sum" => Kind::WeightedSum { alpha: f("alpha") },
-        "n_average" => Kind::NAverage,
-        "add_difference" => {
-            let clamp_to_ab = b("clamp_to_ab");
-            if clamp_to_ab && inputs == 2 {
-                return Err(Error::InvalidInput(
-                    "add_difference: clamp_to_ab clamps between a and b, which needs b to be a \
-                     model (give a, b and c); with two inputs b is a difference"
-                        .into(),
-                ));
-            }
-            Kind::AddDifference {
-                alpha: f("alpha"),
-                clamp_to_ab,
-            }
-        }
-        "slerp" => Kind::Slerp { alpha: f("alpha") },
-        "add_perpendicular" => Kind::AddPerpendicular { alpha: f("alpha") },
-        "train_difference" => Kind::TrainDifference { alpha: f("alpha") },
-        "ties_sum" => Kind::Ties {
-            base: false,
-            alpha: 1.0,
-            k: k()?,
-            vote_sgn: b("vote_sgn"),
-        },
-        "add_difference_ties" => Kind::Ties {
-            base: true,
-            alpha: f("alpha"),
-            k: k()?,
-            vote_sgn: b("vote_sgn"),
-        },
-        "add_ties_with_dare" | "dare" => {
-            let probability = f("probability");
-            if !(0.0..=1.0).contains(&probability) {
-                return Err(Error::InvalidInput(format!(
-                    "{name}: probability = {probability} is outside [0, 1]: it is the fraction \
-                     of each delta's elements dropped"
-                )));
-            }
-            Kind::Dare {
-                probability,
-                rescale: b("rescale"),
-                alpha: f("alpha"),
-                seed: i("seed"),
-                k: k()?,
-                vote_sgn: b("vote_sgn"),
-                apply_stock: b("apply_stock"),
-                cos_eps: f("cos_eps"),
-            }
-        }
-        "della" => {
-            let (density, epsilon) = (f("density"), f("epsilon"));
-            if !(density > 0.0 && density <= 1.0) {
-                return Err(Error::InvalidInput(format!(
-                    "della: density = {density} is outside (0, 1]: it is the mean fraction of \
-                     each delta's elements kept"
-                )));
-            }
-            if density < 1.0
-                && !(epsilon >= 0.0 && density - epsilon > 0.0 && density + epsilon <= 1.0)
-            {
-                return Err(Error::InvalidInput(format!(
-                    "della: epsilon = {epsilon} with density {density}: the keep probabilities \
-                     density ± epsilon must lie in (0, 1] (epsilon ≥ 0, below density and at \
-                     most 1 − density)"
-                )));
-            }
-            Kind::Della {
-                density,
-                epsilon,
-                lambda: f("lambda"),
-                seed: i("seed"),
-                rescale: b("rescale"),
-            }
-        }
-        "model_stock" | "n_model_stock" => Kind::ModelStock {
-            base: name == "n_model_stock",
-            cos_eps: f("cos_eps"),
-        },
-        "geometric_median" => {
-            let (eps, maxiter, ftol) = (f("eps"), i("maxiter"), f("ftol"));
-            if maxiter < 0 || eps < 0.0 || ftol < 0.0 {
-                return Err(Error::InvalidInput(format!(
-                    "geometric_median: eps, maxiter and ftol are ≥ 0; {eps}, {maxiter} and \
-                     {ftol} given"
-                )));
-            }
-            Kind::GeometricMedian { eps, maxiter, ftol }
-        }
-        "clamp" => Kind::Clamp {
-            stiffness: f("stiffness"),
-        },
-        other => {
-            return Err(Error::InvalidInput(format!(
-                "unknown merge method `{other}`; the known methods are {}",
-                super::known_names()
-            )))
-        }
-    })
-}
 
 /// A method applied to one tensor (the key seeds DARE's masks).
 #[derive(Debug)]
@@ -274,8 +99,11 @@ impl TensorMethod for Op {
             Kind::TrainDifference { .. } => "train_difference",
             Kind::Ties { base: false, .. } => "ties_sum",
             Kind::Ties { base: true, .. } => "add_difference_ties",
+            Kind::TiesExtended { base: false, .. } => "ties_sum_extended",
+            Kind::TiesExtended { base: true, .. } => "add_difference_ties_extended",
             Kind::Dare { .. } => "add_ties_with_dare",
             Kind::Della { .. } => "della",
+            Kind::Dropout { .. } => "dropout",
             Kind::ModelStock { base: false, .. } => "model_stock",
             Kind::ModelStock { base: true, .. } => "n_model_stock",
             Kind::GeometricMedian { .. } => "geometric_median",
@@ -308,20 +136,17 @@ impl TensorMethod for Op {
                     needs.kth = (0..needs.vectors.len()).map(|v| (v, kth)).collect();
                 }
             }
-            Kind::Dare {
-                k,
-                probability,
-                seed,
-                apply_stock,
-                ..
-            } => {
-                if let Some(kth) = kth_largest(*k, n) {
-                    let drop = Some((*seed, 1.0 - probability));
-                    needs.vectors = self.deltas(true, drop);
-                    needs.kth = (0..needs.vectors.len()).map(|v| (v, kth)).collect();
-                }
-                if *apply_stock {
-                    needs.align = last;
+            Kind::TiesExtended { k, .. } | Kind::Dare { k, .. } => {
+                if let Some(ext) = self.extended() {
+                    if let Some(kth) = kth_largest(*k, n) {
+                        needs.kth = (0..ext.vectors.len()).map(|v| (v, kth)).collect();
+                        needs.vectors = ext.vectors.clone();
+                    }
+                    match ext.combine {
+                        Combine::Stock { .. } => needs.align = last,
+                        Combine::Median(_) => needs.derived = ext.vectors.len(),
+                        Combine::Mean => {}
+                    }
                 }
             }
             Kind::ModelStock { .. } => needs.align = last,
@@ -345,11 +170,19 @@ impl TensorMethod for Op {
                 }
             }
             Kind::GeometricMedian { eps, maxiter, ftol } => weiszfeld(facts, *eps, *maxiter, *ftol),
-            Kind::Ties { .. } | Kind::Dare { .. } => {
-                facts.kth.iter().map(|&t| f64::from(t)).collect()
-            }
+            Kind::Ties { .. } => facts.kth.iter().map(|&t| f64::from(t)).collect(),
+            Kind::TiesExtended { .. } | Kind::Dare { .. } => match self.extended() {
+                Some(ext) => scalars(&facts.kth, &ext.weights(facts)),
+                None => Vec::new(),
+            },
             _ => Vec::new(),
         })
+    }
+
+    fn derive(&self, facts: &Facts, first: usize, x: &[&[f32]], out: &mut [Vec<f32>]) {
+        if let Some(ext) = self.extended() {
+            ext.derive(facts, first, x, out);
+        }
     }
 
     fn apply(&self, scalars: &[f64], first: usize, x: &[&[f32]], out: &mut [f32]) {
@@ -432,6 +265,7 @@ impl TensorMethod for Op {
                 }
             }
             Kind::Clamp { stiffness } => clamp(*stiffness, x, out),
+            Kind::Dropout { .. } => self.dropout(first, x, out),
             Kind::Ties {
                 base,
                 alpha,
@@ -449,7 +283,19 @@ impl TensorMethod for Op {
                     }
                 }
             }
-            Kind::Dare { .. } => self.dare(scalars, first, x, out),
+            Kind::TiesExtended { .. } | Kind::Dare { .. } => match self.extended() {
+                Some(ext) => ext.apply(scalars, first, x, out),
+                None => {
+                    // Everything dropped: sd-mecha's `ties_sum_with_dropout` returns a delta of 0.
+                    let alpha = match &self.kind {
+                        Kind::Dare { alpha, .. } => *alpha,
+                        _ => 1.0,
+                    };
+                    for (o, &a) in out.iter_mut().zip(x[0]) {
+                        *o = add(a, 0.0, alpha);
+                    }
+                }
+            },
             Kind::Della {
                 density,
                 epsilon,
@@ -511,6 +357,57 @@ impl TensorMethod for Op {
 }
 
 impl Op {
+    /// The TIES evaluation of `ties_sum_extended` and DARE (`None` for other methods, and for
+    /// DARE when everything is dropped).
+    fn extended(&self) -> Option<Extended> {
+        let combine = |stock: bool, cos_eps: f64, median: Option<Median>| match median {
+            Some(m) => Combine::Median(m),
+            None if stock => Combine::Stock { cos_eps },
+            None => Combine::Mean,
+        };
+        match &self.kind {
+            Kind::TiesExtended {
+                base,
+                alpha,
+                vote_sgn,
+                apply_stock,
+                cos_eps,
+                median,
+                ..
+            } => Some(Extended {
+                vectors: self.deltas(*base, None),
+                vote_sgn: *vote_sgn,
+                combine: combine(*apply_stock, *cos_eps, *median),
+                rescalar: 1.0,
+                alpha: base.then_some(*alpha),
+                last: self.last,
+            }),
+            Kind::Dare {
+                probability,
+                rescale,
+                alpha,
+                seed,
+                vote_sgn,
+                apply_stock,
+                cos_eps,
+                median,
+                ..
+            } if !isclose(*probability, 1.0) => Some(Extended {
+                vectors: self.deltas(true, Some((*seed, 1.0 - probability))),
+                vote_sgn: *vote_sgn,
+                combine: combine(*apply_stock, *cos_eps, *median),
+                rescalar: if *rescale {
+                    (1.0 - probability) as f32
+                } else {
+                    1.0
+                },
+                alpha: Some(*alpha),
+                last: self.last,
+            }),
+            _ => None,
+        }
+    }
+
     /// The deltas a method combines: its inputs, or with `base` each later input minus the
     /// first; thinned by DARE's mask when `drop` is `(seed, keep probability)`.
     fn deltas(&self, base: bool, drop: Option<(i64, f64)>) -> Vec<Vector> {
@@ -531,69 +428,44 @@ impl Op {
             .collect()
     }
 
-    /// sd-mecha's `ties_sum_with_dropout` added to the base (`add_ties_with_dare`).
-    fn dare(&self, thresholds: &[f64], first: usize, x: &[&[f32]], out: &mut [f32]) {
-        let Kind::Dare {
+    /// sd-mecha's `dropout` (its `ties.dropout` added to `a` by its wrapper).
+    fn dropout(&self, first: usize, x: &[&[f32]], out: &mut [f32]) {
+        let Kind::Dropout {
             probability,
             rescale,
             alpha,
             seed,
-            vote_sgn,
-            apply_stock,
-            cos_eps,
-            ..
         } = &self.kind
         else {
             return;
         };
-        if isclose(*probability, 1.0) {
-            // Everything dropped: sd-mecha returns a delta of 0.
-            for (o, &a) in out.iter_mut().zip(x[0]) {
-                *o = add(a, 0.0, *alpha);
-            }
-            return;
-        }
-        let rescalar = if *rescale {
-            (1.0 - probability) as f32
-        } else {
+        let rescalar = if *probability == 1.0 {
             1.0
-        };
-        let vectors = self.deltas(true, Some((*seed, 1.0 - probability)));
-        let m = vectors.len();
-        let row = if *apply_stock {
-            self.last
         } else {
-            out.len().max(1)
-        };
-        let mut filtered: Vec<Vec<f32>> = vec![vec![0f32; row]; m];
-        let mut counts = vec![0f32; row];
-        let mut d = vec![0f32; m];
-        for start in (0..out.len()).step_by(row) {
-            let end = (start + row).min(out.len());
-            for j in start..end {
-                for (v, dv) in vectors.iter().zip(d.iter_mut()) {
-                    *dv = v.at(x, j, first + j);
-                }
-                let (count, _) = elect(&mut d, thresholds, *vote_sgn);
-                counts[j - start] = count;
-                for (f, dv) in filtered.iter_mut().zip(&d) {
-                    f[j - start] = *dv;
-                }
-            }
-            let t = if *apply_stock {
-                let rows: Vec<&[f32]> = filtered.iter().map(|r| &r[..end - start]).collect();
-                stock_t(&rows, *cos_eps) as f32
+            let r = (1.0 - probability).powf(*rescale);
+            if r.is_finite() {
+                r as f32
             } else {
                 1.0
-            };
-            for j in start..end {
-                let mut s = 0f32;
-                for f in &filtered {
-                    s += f[j - start];
-                }
-                let r = zero_non_finite(s * t / counts[j - start]);
-                out[j] = add(x[0][j], r / rescalar, *alpha);
             }
+        };
+        // The deltas without their masks, and the masks.
+        let deltas: Vec<_> = self
+            .deltas(true, Some((*seed, 1.0 - probability)))
+            .into_iter()
+            .filter_map(|mut v| v.dropout.take().map(|m| (v, m)))
+            .collect();
+        for (j, o) in out.iter_mut().enumerate() {
+            // `final_delta[mask] += delta[mask]` per delta, over `sum(masks).clamp(1)`.
+            let (mut sum, mut count) = (0f32, 0f32);
+            for (v, mask) in &deltas {
+                if mask.keeps(first + j) {
+                    sum += v.at(x, j, first + j);
+                    count += 1.0;
+                }
+            }
+            let r = sum / count.max(1.0) / rescalar;
+            *o = add(x[0][j], r, *alpha);
         }
     }
 }

@@ -779,3 +779,6 @@ fn bad_methods_and_parameters_are_refused_naming_what_is_accepted() {
         .unwrap();
     }
 }
+
+mod dropout;
+mod ties;

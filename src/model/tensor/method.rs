@@ -126,6 +126,11 @@ pub struct Needs {
     pub kth: Vec<(usize, u64)>,
     /// Output elements are produced in whole runs of this many (1: elementwise).
     pub align: usize,
+    /// How many vectors the method derives itself from the operands and the facts above
+    /// ([`TensorMethod::derive`]: TIES's filtered deltas, which depend on the k-th magnitudes
+    /// and on a sign elected across the operands); their Gram matrix is computed in one more
+    /// read of the operands, after the other facts.
+    pub derived: usize,
 }
 
 impl Needs {
@@ -139,7 +144,7 @@ impl Needs {
 
     /// Whether the operands are read before the values are (a whole-tensor method).
     pub fn reads_ahead(&self) -> bool {
-        self.gram || !self.kth.is_empty()
+        self.gram || !self.kth.is_empty() || self.derived > 0
     }
 }
 
@@ -153,12 +158,21 @@ pub struct Facts {
     pub gram: Vec<f64>,
     /// The k-th magnitudes, in the order [`Needs::kth`] asks for them.
     pub kth: Vec<f32>,
+    /// How many derived vectors ([`Needs::derived`]) `derived_gram` is of.
+    pub derived: usize,
+    /// `derived_gram[i · n + j]` = `dᵢ · dⱼ` over the `n` derived vectors (empty when none).
+    pub derived_gram: Vec<f64>,
 }
 
 impl Facts {
     /// `vᵢ · vⱼ`.
     pub fn dot(&self, i: usize, j: usize) -> f64 {
         self.gram[i * self.vectors + j]
+    }
+
+    /// `dᵢ · dⱼ` of the derived vectors.
+    pub fn derived_dot(&self, i: usize, j: usize) -> f64 {
+        self.derived_gram[i * self.derived + j]
     }
 }
 
@@ -175,6 +189,14 @@ pub trait TensorMethod: Send + Sync + fmt::Debug {
     /// # Errors
     /// A method may refuse a tensor whose facts make it undefined.
     fn prepare(&self, facts: &Facts) -> Result<Vec<f64>>;
+
+    /// The [`Needs::derived`] vectors over elements `first..first + out[i].len()`, from the
+    /// operands' values over the same elements and the facts computed so far (all but
+    /// `derived_gram`); `first` is a multiple of [`Needs::align`]. A method that derives no
+    /// vectors leaves this as it is: it is never called then.
+    fn derive(&self, facts: &Facts, first: usize, operands: &[&[f32]], out: &mut [Vec<f32>]) {
+        let _ = (facts, first, operands, out);
+    }
 
     /// Output elements `first..first + out.len()` from the operands' values over the same
     /// elements (`operands[i]` for operand `i`); `first` and `out.len()` are multiples of

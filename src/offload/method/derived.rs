@@ -1,0 +1,57 @@
+//! The Gram matrix of the vectors a method derives itself ([`Needs::derived`]): one more read
+//! of the operands after the other facts, [`CHUNK`] values of each operand and derived vector
+//! at a time.
+
+use super::{dot, read_used, Scratch};
+use crate::error::{Error, Result};
+use crate::model::tensor::method::{Facts, Needs};
+use crate::model::Merged;
+use crate::reduce::CHUNK;
+
+/// `derived_gram` of `facts` (whose other facts are computed) over the `n` elements of `m`.
+pub(super) fn gram(
+    m: &Merged,
+    needs: &Needs,
+    facts: &Facts,
+    n: usize,
+    scratch: &mut Scratch,
+) -> Result<Vec<f64>> {
+    let k = needs.derived;
+    let node = m.method_node().ok_or_else(|| {
+        Error::InvalidInput(format!("`{}`: derived vectors of no method", m.key()))
+    })?;
+    let mut g = vec![0f64; k * k];
+    if n == 0 {
+        return Ok(g);
+    }
+    let align = needs.align.max(1);
+    // Whole runs of `align` elements, as the method derives them.
+    let chunk = (CHUNK / align * align).max(align).min(n);
+    let used: Vec<usize> = (0..=node.inputs.len()).collect();
+    let mut ops = vec![Vec::new(); used.len()];
+    let mut vals = vec![Vec::new(); k];
+    let mut at = 0;
+    while at < n {
+        let end = (at + chunk).min(n);
+        let len = end - at;
+        read_used(m, &used, at..end, &mut ops, scratch)?;
+        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+        for v in vals.iter_mut() {
+            v.clear();
+            v.resize(len, 0f32);
+        }
+        node.op.derive(facts, at, &views, &mut vals);
+        for a in 0..k {
+            for b in a..k {
+                g[a * k + b] += dot(&vals[a], &vals[b]);
+            }
+        }
+        at = end;
+    }
+    for a in 0..k {
+        for b in 0..a {
+            g[a * k + b] = g[b * k + a];
+        }
+    }
+    Ok(g)
+}
