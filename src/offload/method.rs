@@ -8,6 +8,7 @@
 //! a whole tensor.
 
 mod derived;
+mod kth;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::merged::MethodNode;
 use crate::model::tensor::method::{Facts, Needs, Vector};
 use crate::model::{InputTensor, Merged};
-use crate::reduce::{select, CHUNK};
+use crate::reduce::CHUNK;
 
 /// Units `units` of the method node `node` of `m`, in f32, into `out`.
 pub(super) fn eval(
@@ -115,7 +116,7 @@ fn facts(m: &Merged, needs: &Needs, scratch: &mut Scratch) -> Result<Facts> {
         out.gram = vec![0.0; k * k];
     }
     if !needs.kth.is_empty() {
-        out.kth = kth_magnitudes(m, &needs.vectors, &needs.kth, n, scratch)?;
+        out.kth = kth::magnitudes(m, &needs.vectors, &needs.kth, n, scratch)?;
     }
     if needs.derived > 0 {
         out.derived_gram = derived::gram(m, needs, &out, n, scratch)?;
@@ -184,105 +185,6 @@ fn used_operands(vectors: &[Vector]) -> Vec<usize> {
     used.sort_unstable();
     used.dedup();
     used
-}
-
-/// The k-th largest magnitude of each `(vector, k)`, exact, all in the same two passes of
-/// radix counting over the magnitudes' bit patterns (which order as the magnitudes do; NaN
-/// patterns above Inf), as `reduce`'s k-th magnitude makes them for one tensor: the top 16 bits
-/// first, then the low 16 bits of the values in the bucket that holds it. Each operand is read
-/// twice whatever the number of vectors; two 65,536-entry histograms per vector.
-fn kth_magnitudes(
-    m: &Merged,
-    vectors: &[Vector],
-    wants: &[(usize, u64)],
-    n: usize,
-    scratch: &mut Scratch,
-) -> Result<Vec<f32>> {
-    let mut picked = Vec::with_capacity(wants.len());
-    for &(v, k) in wants {
-        let vector = vectors.get(v).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "a k-th magnitude of vector {v} of {}",
-                vectors.len()
-            ))
-        })?;
-        if k == 0 || k > n as u64 {
-            return Err(Error::InvalidInput(format!(
-                "the {k}-th largest magnitude of {n} values does not exist"
-            )));
-        }
-        picked.push(vector.clone());
-    }
-    let used = used_operands(&picked);
-    let magnitude = |v: &f32| v.to_bits() & 0x7FFF_FFFF;
-    let mut pass = Pass {
-        m,
-        used: &used,
-        picked: &picked,
-        n,
-        ops: vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)],
-        buf: vec![0f32; CHUNK.min(n).max(1)],
-    };
-    let mut high = vec![vec![0u64; 1 << 16]; picked.len()];
-    pass.run(scratch, |w, values| {
-        let h = &mut high[w];
-        for bits in values.iter().map(magnitude) {
-            h[(bits >> 16) as usize] += 1;
-        }
-    })?;
-    let buckets: Vec<(usize, u64)> = high
-        .iter()
-        .zip(wants)
-        .map(|(h, &(_, k))| select(h, k))
-        .collect();
-    drop(high);
-    let mut low = vec![vec![0u64; 1 << 16]; picked.len()];
-    pass.run(scratch, |w, values| {
-        let (l, bucket) = (&mut low[w], buckets[w].0 as u32);
-        for bits in values.iter().map(magnitude) {
-            if bits >> 16 == bucket {
-                l[(bits & 0xFFFF) as usize] += 1;
-            }
-        }
-    })?;
-    Ok(low
-        .iter()
-        .zip(&buckets)
-        .map(|(l, &(bucket, rank))| {
-            let (bits, _) = select(l, rank);
-            f32::from_bits(((bucket as u32) << 16) | bits as u32)
-        })
-        .collect())
-}
-
-/// One pass of the k-th magnitudes over the picked vectors' values, a chunk at a time.
-struct Pass<'a> {
-    m: &'a Merged,
-    used: &'a [usize],
-    picked: &'a [Vector],
-    n: usize,
-    ops: Vec<Vec<f32>>,
-    buf: Vec<f32>,
-}
-
-impl Pass<'_> {
-    /// Hands `count(vector index, values)` every chunk of every picked vector's values.
-    fn run(&mut self, scratch: &mut Scratch, mut count: impl FnMut(usize, &[f32])) -> Result<()> {
-        let chunk = self.buf.len();
-        let mut at = 0;
-        while at < self.n {
-            let end = (at + chunk).min(self.n);
-            let len = end - at;
-            read_used(self.m, self.used, at..end, &mut self.ops, scratch)?;
-            let views: Vec<&[f32]> = self.ops.iter().map(Vec::as_slice).collect();
-            for (w, v) in self.picked.iter().enumerate() {
-                v.fill(&views, at, &mut self.buf[..len]);
-                count(w, &self.buf[..len]);
-            }
-            at = end;
-        }
-        Ok(())
-    }
 }
 
 /// Values `range` of the operands `used` of `m` into `ops[i]` (resized to the range), for one

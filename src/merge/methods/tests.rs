@@ -782,3 +782,25 @@ fn bad_methods_and_parameters_are_refused_naming_what_is_accepted() {
 
 mod dropout;
 mod ties;
+
+/// TIES of tensors large enough for the sampled bracket of the k-th magnitude (over 64 chunks),
+/// on spread values (the bracket holds the rank) and on values of a few levels (its bracket
+/// holds too many: the counting passes), against the formula.
+#[test]
+fn ties_of_large_tensors_keeps_the_exact_top_k() {
+    let n = 64 * crate::reduce::CHUNK + 1001;
+    let spread: Vec<Vec<f32>> = (0..2).map(|s| values(n, 60 + s)).collect();
+    let levels: Vec<Vec<f32>> = spread
+        .iter()
+        .map(|v| v.iter().map(|x| (x * 3.0).round() / 3.0).collect())
+        .collect();
+    for (what, d) in [("spread", spread), ("levels", levels)] {
+        let m = method("ties_sum", 2, &params(&[("k", "0.3")])).unwrap();
+        let t = m
+            .tensor("model.w", d.iter().map(|v| tensor(v, &[n])).collect())
+            .unwrap();
+        let got = read(&t, std::slice::from_ref(&(0..n)));
+        let want = ties_ref(&d.iter().map(|v| f64s(v)).collect::<Vec<_>>(), 0.3);
+        close(&got, &want, 1e-6, what);
+    }
+}

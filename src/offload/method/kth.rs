@@ -1,0 +1,305 @@
+//! The k-th largest magnitude of a method's vectors (TIES's and DARE's `k`), exact.
+//!
+//! Magnitudes are compared by their f32 bit patterns with the sign cleared, which order as the
+//! magnitudes do (NaN patterns above Inf). A large tensor first has a bracket of the answer
+//! estimated from a sample of its chunks (one in [`SAMPLE_EVERY`]), then one pass over all of
+//! it counts the values above the bracket and keeps those inside it, and the answer is selected
+//! among those: one read of the operands, plus the sample's. Where the sample misled (the
+//! answer falls outside the bracket, or the bracket holds too many values), and for small
+//! tensors, two passes of radix counting find it instead: the top 16 bits, then the low 16 bits
+//! of the values in the bucket that holds it. Either way the result is the exact k-th value.
+
+use std::ops::Range;
+
+use super::{read_used, used_operands, Scratch};
+use crate::error::{Error, Result};
+use crate::model::tensor::method::Vector;
+use crate::model::Merged;
+use crate::reduce::{select, CHUNK};
+
+/// One chunk in this many is sampled for the bracket.
+const SAMPLE_EVERY: usize = 16;
+
+/// Tensors of fewer chunks than this take the two counting passes (the sample would be a
+/// large part of them).
+const SAMPLE_MIN_CHUNKS: usize = 4 * SAMPLE_EVERY;
+
+/// The most values a bracket may hold, as a fraction of the tensor (1/`MAX_KEPT_PART`).
+const MAX_KEPT_PART: usize = 16;
+
+/// The k-th largest magnitude of each `(vector, k)` of `wants`, exact, for `m`'s `n` values.
+///
+/// # Errors
+/// A vector or rank that does not exist; read errors of the operands.
+pub(super) fn magnitudes(
+    m: &Merged,
+    vectors: &[Vector],
+    wants: &[(usize, u64)],
+    n: usize,
+    scratch: &mut Scratch,
+) -> Result<Vec<f32>> {
+    let mut picked = Vec::with_capacity(wants.len());
+    for &(v, k) in wants {
+        let vector = vectors.get(v).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "a k-th magnitude of vector {v} of {}",
+                vectors.len()
+            ))
+        })?;
+        if k == 0 || k > n as u64 {
+            return Err(Error::InvalidInput(format!(
+                "the {k}-th largest magnitude of {n} values does not exist"
+            )));
+        }
+        picked.push(vector.clone());
+    }
+    let used = used_operands(&picked);
+    let ranks: Vec<u64> = wants.iter().map(|&(_, k)| k).collect();
+    let mut pass = Pass {
+        m,
+        used: &used,
+        picked: &picked,
+        n,
+        ops: vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)],
+        buf: vec![0f32; CHUNK.min(n).max(1)],
+    };
+    if n.div_ceil(CHUNK) >= SAMPLE_MIN_CHUNKS {
+        if let Some(found) = by_bracket(&mut pass, &ranks, scratch)? {
+            return Ok(found);
+        }
+    }
+    by_counting(&mut pass, &ranks, scratch)
+}
+
+/// The sign-cleared bit pattern of a value.
+fn magnitude(v: f32) -> u32 {
+    v.to_bits() & 0x7FFF_FFFF
+}
+
+/// A bracket `[low, high]` of bit patterns around each rank from a sample of the chunks, then
+/// one pass that counts the values above it and keeps those in it; `None` when any rank falls
+/// outside its bracket or a bracket holds too many values.
+fn by_bracket(
+    pass: &mut Pass<'_>,
+    ranks: &[u64],
+    scratch: &mut Scratch,
+) -> Result<Option<Vec<f32>>> {
+    let n = pass.n;
+    let mut samples: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
+    pass.run(SAMPLE_EVERY, scratch, |w, values| {
+        samples[w].extend(values.iter().map(|&v| magnitude(v)));
+    })?;
+    let brackets: Vec<(u32, u32)> = samples
+        .iter_mut()
+        .zip(ranks)
+        .map(|(s, &k)| bracket(s, k, n))
+        .collect();
+    drop(samples);
+    let limit = n / MAX_KEPT_PART + 1;
+    let mut above = vec![0u64; ranks.len()];
+    let mut kept: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
+    let mut overflow = false;
+    pass.run(1, scratch, |w, values| {
+        let (low, high) = brackets[w];
+        let mut count = 0u64;
+        for &v in values {
+            let b = magnitude(v);
+            count += u64::from(b > high);
+            if b >= low && b <= high {
+                kept[w].push(b);
+            }
+        }
+        above[w] += count;
+        if kept[w].len() > limit {
+            overflow = true;
+            kept[w].clear();
+        }
+    })?;
+    if overflow {
+        return Ok(None);
+    }
+    let mut found = Vec::with_capacity(ranks.len());
+    for ((mut inside, &k), &over) in kept.into_iter().zip(ranks).zip(&above) {
+        // The k-th largest is the (k − over)-th largest of the bracket's values.
+        let Some(r) = k
+            .checked_sub(over)
+            .filter(|&r| r >= 1 && r <= inside.len() as u64)
+        else {
+            return Ok(None);
+        };
+        let at = inside.len() - r as usize;
+        let (_, &mut bits, _) = inside.select_nth_unstable(at);
+        found.push(f32::from_bits(bits));
+    }
+    Ok(Some(found))
+}
+
+/// Bit patterns `[low, high]` that hold the k-th largest of `n` values with high probability,
+/// from `sample` (sorted here): the sample's values at the rank's expected place, widened by
+/// six standard deviations of a sampled rank and a fixed margin for samples that are not
+/// independent (chunks are runs of rows).
+fn bracket(sample: &mut [u32], k: u64, n: usize) -> (u32, u32) {
+    let m = sample.len();
+    if m == 0 {
+        return (0, u32::MAX);
+    }
+    sample.sort_unstable();
+    let p = k as f64 / n as f64;
+    let spread = 6.0 * (m as f64 * p * (1.0 - p)).sqrt() + 0.01 * m as f64 + 8.0;
+    // Ranks from the top, 1-based; the sample is ascending.
+    let centre = p * m as f64;
+    let top = centre - spread;
+    let bottom = centre + spread;
+    let at = |rank: f64| m - (rank.round() as usize).clamp(1, m);
+    let high = if top < 1.0 { u32::MAX } else { sample[at(top)] };
+    let low = if bottom > m as f64 {
+        0
+    } else {
+        sample[at(bottom)]
+    };
+    (low, high)
+}
+
+/// The two counting passes: a 32,768-entry histogram of the top bits (the sign is cleared),
+/// then a 65,536-entry one of the low bits of the values in the bucket that holds the rank.
+fn by_counting(pass: &mut Pass<'_>, ranks: &[u64], scratch: &mut Scratch) -> Result<Vec<f32>> {
+    // u32 counters where they cannot overflow: half the cache the scattered increments touch.
+    let mut high = vec![vec![0u32; 1 << 15]; ranks.len()];
+    let wide = pass.n > u32::MAX as usize;
+    let mut high_wide = vec![vec![0u64; if wide { 1 << 15 } else { 0 }]; ranks.len()];
+    pass.run(1, scratch, |w, values| {
+        if wide {
+            let h = &mut high_wide[w];
+            for &v in values {
+                h[(magnitude(v) >> 16) as usize] += 1;
+            }
+        } else {
+            let h = &mut high[w];
+            for &v in values {
+                h[(magnitude(v) >> 16) as usize] += 1;
+            }
+        }
+    })?;
+    let buckets: Vec<(usize, u64)> = ranks
+        .iter()
+        .enumerate()
+        .map(|(w, &k)| match wide {
+            true => select(&high_wide[w], k),
+            false => {
+                let h: Vec<u64> = high[w].iter().map(|&c| u64::from(c)).collect();
+                select(&h, k)
+            }
+        })
+        .collect();
+    drop((high, high_wide));
+    let mut low = vec![vec![0u64; 1 << 16]; ranks.len()];
+    pass.run(1, scratch, |w, values| {
+        let (l, bucket) = (&mut low[w], buckets[w].0 as u32);
+        for &v in values {
+            let bits = magnitude(v);
+            if bits >> 16 == bucket {
+                l[(bits & 0xFFFF) as usize] += 1;
+            }
+        }
+    })?;
+    Ok(low
+        .iter()
+        .zip(&buckets)
+        .map(|(l, &(bucket, rank))| {
+            let (bits, _) = select(l, rank);
+            f32::from_bits(((bucket as u32) << 16) | bits as u32)
+        })
+        .collect())
+}
+
+/// A pass over the picked vectors' values, a chunk at a time.
+struct Pass<'a> {
+    m: &'a Merged,
+    used: &'a [usize],
+    picked: &'a [Vector],
+    n: usize,
+    ops: Vec<Vec<f32>>,
+    buf: Vec<f32>,
+}
+
+impl Pass<'_> {
+    /// Hands `count(vector index, values)` every `every`-th chunk of every picked vector's
+    /// values (all of them with 1).
+    fn run(
+        &mut self,
+        every: usize,
+        scratch: &mut Scratch,
+        mut count: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let chunk = self.buf.len();
+        for range in chunks(self.n, chunk, every) {
+            let (at, len) = (range.start, range.len());
+            read_used(self.m, self.used, range, &mut self.ops, scratch)?;
+            let views: Vec<&[f32]> = self.ops.iter().map(Vec::as_slice).collect();
+            for (w, v) in self.picked.iter().enumerate() {
+                v.fill(&views, at, &mut self.buf[..len]);
+                count(w, &self.buf[..len]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every `every`-th range of `chunk` values of `0..n`, starting half a stride in (so that a
+/// sample does not start at the tensor's first rows).
+fn chunks(n: usize, chunk: usize, every: usize) -> impl Iterator<Item = Range<usize>> {
+    let every = every.max(1);
+    let first = if every > 1 { every / 2 } else { 0 };
+    (first..n.div_ceil(chunk.max(1)))
+        .step_by(every)
+        .map(move |c| c * chunk..((c + 1) * chunk).min(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The k-th largest of `values`' magnitudes, by sorting.
+    fn sorted_kth(values: &[u32], k: u64) -> u32 {
+        let mut v = values.to_vec();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v[k as usize - 1]
+    }
+
+    #[test]
+    fn brackets_hold_the_rank_of_a_fair_sample() {
+        // Magnitudes 0..n shuffled by a multiplicative hash; the sample is every 16th value.
+        let n = 1 << 20;
+        let all: Vec<u32> = (0..n as u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) % n as u32)
+            .collect();
+        for k in [
+            1u64,
+            10,
+            1000,
+            n as u64 / 5,
+            n as u64 / 2,
+            n as u64 - 3,
+            n as u64,
+        ] {
+            let mut sample: Vec<u32> = all.iter().step_by(16).copied().collect();
+            let (low, high) = bracket(&mut sample, k, n);
+            let want = sorted_kth(&all, k);
+            assert!(
+                low <= want && want <= high,
+                "k {k}: {want} outside {low}..={high}"
+            );
+            // Narrow: a few percent of the values, not all of them.
+            let inside = all.iter().filter(|&&b| b >= low && b <= high).count();
+            assert!(inside < n / 16, "k {k}: {inside} values in the bracket");
+        }
+    }
+
+    #[test]
+    fn sampled_chunks_are_spread_over_the_tensor() {
+        let r: Vec<Range<usize>> = chunks(100, 10, 4).collect();
+        assert_eq!(r, [20..30, 60..70]);
+        let all: Vec<Range<usize>> = chunks(25, 10, 1).collect();
+        assert_eq!(all, [0..10, 10..20, 20..25]);
+    }
+}
