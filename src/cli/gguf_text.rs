@@ -24,9 +24,13 @@ pub(crate) fn convert_text(
         ArchArg::Arch(a) => Some(a),
         ArchArg::Auto | ArchArg::Generic => None,
     };
-    let Ok(clip) = open_component(ComponentKind::Clip, std::slice::from_ref(&args.input), arch)
-    else {
-        return Ok(false);
+    let clip = match open_component(ComponentKind::Clip, std::slice::from_ref(&args.input), arch) {
+        Ok(clip) => clip,
+        // A GGUF that is no denoiser is a text encoder or nothing: its own error says why.
+        Err(e) if is_gguf_name(&args.input) => {
+            return Err(e).with_context(|| format!("cannot read {}", args.input.display()))
+        }
+        Err(_) => return Ok(false),
     };
     let mut components = Components::default();
     components.set_inputs(ComponentKind::Clip, clip.tensors);
@@ -55,4 +59,9 @@ pub(crate) fn convert_text(
         }
     }
     Ok(true)
+}
+
+fn is_gguf_name(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }

@@ -220,6 +220,17 @@ pub(crate) fn u8_bytes(key: &str, t: &InputTensor) -> Result<Vec<u8>> {
     }
 }
 
+/// The sentencepiece model (`spiece_model`) ComfyUI-GGUF's loader builds from the tokenizer
+/// metadata of a text-encoder GGUF (`gguf_tokenizer_loader`, what it does for umT5-XXL), byte
+/// for byte.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the field when one the loader reads is missing or of another
+/// kind, or the tokenizer is not `t5`.
+pub fn sentencepiece_model(file: &crate::read::gguf::GgufFile) -> Result<Vec<u8>> {
+    spiece::from_metadata(|k| file.get(k).cloned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,10 @@ use crate::gguf_text::{check_tekken, permute, permuted_heads, spiece, TextArch, 
 use crate::model::{Arch, InputMap, InputTensor};
 use crate::read::SafetensorsFile;
 
+/// A tensor umT5 has and T5 has not.
+const UMT5_SECOND_BIAS: &str =
+    "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight";
+
 /// The tokenizer key the loader adds beside a umT5 encoder.
 const SPIECE: &str = "spiece_model";
 
@@ -132,8 +136,10 @@ fn encoder(set: &TensorSet, text: TextArch, arch: Option<Arch>) -> Result<&'stat
             .and_then(|t| t.info().shape.get(dim).copied())
     };
     let by_shape = match text {
+        // umT5 has a relative attention bias in every block, T5 in the first only.
         TextArch::T5 | TextArch::T5Encoder => Some(match width("shared.weight", 0) {
             Some(256_384) => "umt5xxl",
+            _ if set.tensors.contains_key(UMT5_SECOND_BIAS) => "umt5xxl",
             _ => "t5xxl",
         }),
         TextArch::Qwen3 => match width("model.embed_tokens.weight", 1) {
