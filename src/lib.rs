@@ -111,7 +111,7 @@ pub use read::FileFormat;
 pub use save::{lay_out, save, save_tensors, save_to_path, LayoutChoice, SaveOptions, Saved};
 pub use save_gguf::{save_gguf, save_gguf_to_path};
 pub use save_gguf_text::save_gguf_text;
-pub use split::{split, Split, SplitTarget};
+pub use split::{split, split_gguf, Split, SplitTarget};
 pub use sys::ignore_file_size_signal;
 pub use write::{Backend, EngineOptions};
 

@@ -715,3 +715,89 @@ fn comfyui_gguf_loader_reads_what_the_tool_writes() {
     assert_eq!(tool.keys().cloned().collect::<Vec<_>>(), source_keys);
     same_as_loader(entry, &tool, "");
 }
+
+#[test]
+fn split_gguf_writes_the_node_files_with_gguf_and_save_reads_them_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ck = ok_path(
+        d,
+        &[
+            "save",
+            "--synthetic",
+            "flux",
+            "--tiny",
+            "--dtype",
+            "f16",
+            "--output-dir",
+            "ck",
+            "-q",
+        ],
+    );
+    let r = run(
+        d,
+        &[
+            "split",
+            ck.to_str().unwrap(),
+            "--gguf",
+            "F16",
+            "--output-dir",
+            "parts",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let files: Vec<&str> = r.stdout.lines().collect();
+    let rel = |f: &str| {
+        f.strip_prefix(&format!("{}/", d.join("parts").display()))
+            .map(str::to_string)
+    };
+    let mut names: Vec<String> = files
+        .iter()
+        .map(|f| rel(f).unwrap_or_else(|| f.strip_prefix("parts/").unwrap().to_string()))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "clip/ComfyUI_clip_l_00001_.safetensors",
+            "diffusion_models/ComfyUI_00001_.gguf",
+            "text_encoders/ComfyUI_t5xxl_00001_.gguf",
+            "vae/ComfyUI_vae_00001_.safetensors",
+        ]
+    );
+    let p = |f: &str| d.join("parts").join(f);
+    let back = ok_path(
+        d,
+        &[
+            "save",
+            "--model",
+            p("diffusion_models/ComfyUI_00001_.gguf").to_str().unwrap(),
+            "--clip",
+            p("clip/ComfyUI_clip_l_00001_.safetensors")
+                .to_str()
+                .unwrap(),
+            "--clip",
+            p("text_encoders/ComfyUI_t5xxl_00001_.gguf")
+                .to_str()
+                .unwrap(),
+            "--vae",
+            p("vae/ComfyUI_vae_00001_.safetensors").to_str().unwrap(),
+            "--output-dir",
+            "back",
+            "-q",
+        ],
+    );
+    let (want, got) = (values_of(&ck), values_of(&back));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &want {
+        if k == "text_encoders.t5xxl.logit_scale" {
+            // A GGUF carries none: ComfyUI's default is made, as when the loader reads it.
+            assert_eq!(got[k].1, [4.6055], "{k}");
+            continue;
+        }
+        assert_eq!(&got[k], v, "{k}");
+    }
+}

@@ -401,8 +401,14 @@ pub(crate) fn split(args: &SplitArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         writer: args.engine.options(),
         ..SaveOptions::default()
     };
-    let split = checkpoint_save::split(&input, &args.output_dir, args.to, &opts)
-        .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
+    let split = match args.gguf {
+        Some(_) if args.to == checkpoint_save::SplitTarget::Diffusers => usage_error(
+            "--gguf writes ComfyUI's node files; it cannot be given with --to diffusers",
+        ),
+        Some(ty) => checkpoint_save::split_gguf(&input, &args.output_dir, &ty.into(), &opts),
+        None => checkpoint_save::split(&input, &args.output_dir, args.to, &opts),
+    }
+    .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
     for f in &split.files {
         print_stdout(&f.display().to_string())?;
     }
