@@ -95,8 +95,11 @@ fn clip_file(dir: &Path, arch: &str) -> PathBuf {
     parts.join("clip.safetensors")
 }
 
+/// Tensors by name: shape and f32 values.
+type Values = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Every tensor of a file as (shape, f32 values).
-fn values_of(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+fn values_of(path: &Path) -> Values {
     st::read(path)
         .0
         .into_iter()
@@ -266,7 +269,7 @@ fn q8_0_values_are_ggmls_and_the_mixes_follow_llama_quantize() {
 
 /// A Llama text encoder in ComfyUI's names: 32 query heads and 8 key heads of 2 rows, every
 /// value a small integer (exact in F16), different per row.
-fn llama_file(dir: &Path) -> (PathBuf, BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
+fn llama_file(dir: &Path) -> (PathBuf, Values) {
     let mut tensors = BTreeMap::new();
     let mut values = BTreeMap::new();
     let mut add = |name: &str, shape: Vec<usize>, seed: usize| {
@@ -588,7 +591,7 @@ fn run_loader(python: &Path, repo: &Path, mode: &str, files: &[&Path]) -> Value 
 
 /// The loader's view of a file against the tool's: the same keys (under `prefix`), shapes and
 /// values.
-fn same_as_loader(loader: &Value, tool: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, prefix: &str) {
+fn same_as_loader(loader: &Value, tool: &Values, prefix: &str) {
     let tensors = loader["tensors"].as_object().unwrap();
     let mut keys: Vec<String> = tensors
         .keys()
@@ -689,7 +692,12 @@ fn comfyui_gguf_loader_reads_what_the_tool_writes() {
     let loaded = run_loader(&python, &repo, "sd", &[flux.as_path()]);
     let entry = &loaded[flux.to_str().unwrap()];
     assert_eq!(entry["arch"], "flux");
-    let model = open_component(ComponentKind::Model, &[flux.clone()], Some(Arch::Flux)).unwrap();
+    let model = open_component(
+        ComponentKind::Model,
+        std::slice::from_ref(&flux),
+        Some(Arch::Flux),
+    )
+    .unwrap();
     let mut comps = Components::default();
     comps.set_inputs(ComponentKind::Model, model.tensors);
     let mut o = SaveOptions::plain();
