@@ -67,7 +67,7 @@ pub fn save_gguf_text(
         out.push(Saved {
             path,
             arch: None,
-            prediction: crate::model::Prediction::Eps,
+            prediction: crate::model::Prediction::Unknown,
             tensors: p.plan.tensors().len(),
             bytes: p.plan.file_len(),
             non_finite,

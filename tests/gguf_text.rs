@@ -267,8 +267,9 @@ fn q8_0_values_are_ggmls_and_the_mixes_follow_llama_quantize() {
     }
 }
 
-/// A Llama text encoder in ComfyUI's names: 32 query heads and 8 key heads of 2 rows, every
-/// value a small integer (exact in F16), different per row.
+/// A Llama text encoder in ComfyUI's names: 32 query heads and 8 key heads of 8 rows (with 2
+/// rows a head, or 4, the permutation is its own inverse or the identity), every value a small
+/// integer (exact in F16), different per row.
 fn llama_file(dir: &Path) -> (PathBuf, Values) {
     let mut tensors = BTreeMap::new();
     let mut values = BTreeMap::new();
@@ -284,21 +285,21 @@ fn llama_file(dir: &Path) -> (PathBuf, Values) {
         );
         values.insert(key, (shape, v));
     };
-    add("model.embed_tokens.weight", vec![100, 16], 1);
-    add("model.norm.weight", vec![16], 2);
-    add("model.layers.0.input_layernorm.weight", vec![16], 3);
+    add("model.embed_tokens.weight", vec![100, 32], 1);
+    add("model.norm.weight", vec![32], 2);
+    add("model.layers.0.input_layernorm.weight", vec![32], 3);
     add(
         "model.layers.0.post_attention_layernorm.weight",
-        vec![16],
+        vec![32],
         4,
     );
-    add("model.layers.0.self_attn.q_proj.weight", vec![64, 16], 5);
-    add("model.layers.0.self_attn.k_proj.weight", vec![16, 16], 6);
-    add("model.layers.0.self_attn.v_proj.weight", vec![16, 16], 7);
-    add("model.layers.0.self_attn.o_proj.weight", vec![16, 64], 8);
-    add("model.layers.0.mlp.gate_proj.weight", vec![32, 16], 9);
-    add("model.layers.0.mlp.up_proj.weight", vec![32, 16], 10);
-    add("model.layers.0.mlp.down_proj.weight", vec![16, 32], 11);
+    add("model.layers.0.self_attn.q_proj.weight", vec![256, 32], 5);
+    add("model.layers.0.self_attn.k_proj.weight", vec![64, 32], 6);
+    add("model.layers.0.self_attn.v_proj.weight", vec![64, 32], 7);
+    add("model.layers.0.self_attn.o_proj.weight", vec![32, 256], 8);
+    add("model.layers.0.mlp.gate_proj.weight", vec![64, 32], 9);
+    add("model.layers.0.mlp.up_proj.weight", vec![64, 32], 10);
+    add("model.layers.0.mlp.down_proj.weight", vec![32, 64], 11);
     let path = dir.join("llama.safetensors");
     st::write(&path, &tensors, &BTreeMap::new());
     (path, values)
@@ -629,10 +630,10 @@ fn comfyui_gguf_loader_reads_what_the_tool_writes() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Text encoders: umT5 (Q4_K_M), Qwen3 (Q8_0), Llama (F16, permuted).
+    // Text encoders: umT5 (Q4_K_M), Qwen3 (Q8_0), Llama (Q8_0: permuted rows of blocks).
     let umt5 = umt5_with_tokenizer(d);
     let qwen = clip_file(d, "zimage");
-    let (llama, _) = llama_file(d);
+    let (llama, llama_values) = llama_file(d);
     let cases = [
         (convert(d, &umt5, "Q4_K", &[]), None, "umt5xxl"),
         (
@@ -641,7 +642,7 @@ fn comfyui_gguf_loader_reads_what_the_tool_writes() {
             "qwen3_4b",
         ),
         (
-            convert(d, &llama, "F16", &["--arch", "hunyuanvideo"]),
+            convert(d, &llama, "Q8_0", &["--arch", "hunyuanvideo"]),
             Some(Arch::HunyuanVideo),
             "llama",
         ),
@@ -656,6 +657,14 @@ fn comfyui_gguf_loader_reads_what_the_tool_writes() {
             &format!("{enc}.transformer."),
         );
     }
+    // In F16 the loader gives back the source itself: llama.cpp's permutation, undone.
+    let f16 = convert(d, &llama, "F16", &["--arch", "hunyuanvideo"]);
+    let loaded = run_loader(&python, &repo, "clip", &[f16.as_path()]);
+    same_as_loader(
+        &loaded[f16.to_str().unwrap()],
+        &llama_values,
+        "llama.transformer.",
+    );
     // The tokenizer the loader rebuilds is the one the tool reads back.
     let tok = run_loader(&python, &repo, "tokenizer", &[cases[0].0.as_path()]);
     let hex = tok[cases[0].0.to_str().unwrap()]["spiece_model"]
