@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use crate::args::{ArchArg, ConvertArgs};
 use crate::print_stdout;
 use checkpoint_save::{
-    open_component, ComponentKind, Components, GgufTarget, GgufType, SaveOptions,
+    open_component, ComponentKind, Components, GgufTarget, GgufType, SaveOptions, TargetDtype,
 };
 
 /// Writes the text encoders of `args.input` as GGUF of `ty`, if it holds text encoders alone;
@@ -20,6 +20,12 @@ pub(crate) fn convert_text(
     opts: &SaveOptions,
     start: Instant,
 ) -> Result<bool> {
+    if args.out.dtype != TargetDtype::Keep || args.out.model_dtype.is_some() {
+        crate::commands::usage_error(
+            "--gguf sets the types of the GGUF file (TYPE, and F32 where llama.cpp's converter \
+             keeps it); leave out --dtype and --model-dtype",
+        );
+    }
     let arch = match args.out.arch {
         ArchArg::Arch(a) => Some(a),
         ArchArg::Auto | ArchArg::Generic => None,
