@@ -419,6 +419,29 @@ fn encoders_the_loader_does_not_read_from_gguf_are_refused_by_name() {
         ],
     );
     assert_refused(&r, "save --clip", &out);
+    // Nor a denoiser or an autoencoder; `inspect` names it a text encoder.
+    let r = run(
+        dir.path(),
+        &[
+            "save",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--clip",
+            t5.to_str().unwrap(),
+            "--vae",
+            t5.with_file_name("vae.safetensors").to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_refused(&r, "GGUF text encoder", &out);
+    let r = run(dir.path(), &["inspect", gguf.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("clip ") && r.stdout.contains("general.architecture: t5encoder"),
+        "{}",
+        r.stdout
+    );
 }
 
 /// A sentencepiece `ModelProto`: pieces (text, score, type), trainer ids, normalizer flags.
