@@ -168,9 +168,6 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     })
 }
 
-/// `general.architecture` values of ComfyUI-GGUF's text encoders (its loader's `TXT_ARCH_LIST`).
-const GGUF_TEXT_ARCHS: [&str; 6] = ["t5", "t5encoder", "llama", "qwen2vl", "qwen3", "qwen3vl"];
-
 /// A GGUF file's header: its tensors are one component (a denoiser, or a text encoder by its
 /// `general.architecture`), counted per ggml type; the architecture is detected from its tensors
 /// as ComfyUI-GGUF's loader names them (without a `model.diffusion_model.` prefix).
@@ -178,7 +175,7 @@ fn inspect_gguf(path: &Path) -> Result<Inspection> {
     let g = GgufFile::open(path)?;
     let text = g
         .architecture()
-        .is_some_and(|a| GGUF_TEXT_ARCHS.contains(&a));
+        .is_some_and(|a| crate::gguf_text::TextArch::parse(a).is_some());
     let prefix = "model.diffusion_model.";
     let prefixed = g.tensors().iter().any(|t| t.name.starts_with(prefix));
     let model: BTreeMap<String, TensorInfo> = g

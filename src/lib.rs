@@ -48,6 +48,7 @@ pub mod component_files;
 mod dry_run;
 mod error;
 pub mod family;
+mod gguf_text;
 pub mod input;
 mod inspect;
 pub mod layout;
@@ -66,6 +67,7 @@ mod read;
 pub mod reduce;
 mod save;
 mod save_gguf;
+mod save_gguf_text;
 mod split;
 pub mod synthetic;
 mod sys;
@@ -81,6 +83,7 @@ pub use error::{Error, Result};
 /// metadata values, and the header a GGUF target is planned with. Their tensors' ggml types are
 /// [`quant::GgmlType`] formats of the quantized-tensor interface.
 pub mod gguf {
+    pub use crate::gguf_text::sentencepiece_model;
     pub use crate::plan::gguf::{gguf_header, GgufHeader, GgufTensorInfo};
     pub use crate::read::gguf::{
         GgufFile, GgufTensor, MetaArray, MetaValue, ValueKind, DEFAULT_ALIGNMENT, MAX_DIMS,
@@ -107,7 +110,8 @@ pub use publish::{clean_stale_temps, reserve_at, Reservation};
 pub use read::FileFormat;
 pub use save::{lay_out, save, save_tensors, save_to_path, LayoutChoice, SaveOptions, Saved};
 pub use save_gguf::{save_gguf, save_gguf_to_path};
-pub use split::{split, Split, SplitTarget};
+pub use save_gguf_text::save_gguf_text;
+pub use split::{split, split_gguf, Split, SplitTarget};
 pub use sys::ignore_file_size_signal;
 pub use write::{Backend, EngineOptions};
 

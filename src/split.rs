@@ -13,13 +13,16 @@ use std::collections::BTreeMap;
 
 use crate::component_files::clipsave_files;
 use crate::error::{Error, IoContext, Result};
+use crate::gguf_text::TextArch;
 use crate::input::Input;
 use crate::layout::diffusers::{configs, from_comfy, is_mapped};
 use crate::layout::{GenericPrefixes, UNET_PREFIX};
 use crate::model::{ComponentKind, Components, InputMap, InputTensor, Prediction};
+use crate::plan::gguf_target::GgufTarget;
 use crate::plan::metadata::{self, MetadataOptions};
 use crate::publish::{create_folder, remove_stale_temps, temp, FolderLock};
 use crate::save::{save_to_path, LayoutChoice, SaveOptions};
+use crate::{save_gguf_text, save_gguf_to_path};
 
 /// What a split writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,6 +75,33 @@ pub struct Split {
 /// folder) is unknown; conversion, read and write errors. On any error the output folder is left
 /// as it was.
 pub fn split(input: &Input, out_dir: &Path, to: SplitTarget, opts: &SaveOptions) -> Result<Split> {
+    staged(out_dir, |dir| match to {
+        SplitTarget::Comfyui => comfyui_files(input, dir, opts),
+        SplitTarget::Diffusers => diffusers_folder(input, dir, opts),
+        SplitTarget::Nodes => node_files(input, dir, opts, None),
+    })
+}
+
+/// [`split`] into the files of ComfyUI's separate save nodes ([`SplitTarget::Nodes`]), the
+/// denoiser and the text encoders ComfyUI-GGUF reads as GGUF files of `target`, where
+/// ComfyUI-GGUF's loaders read them: `diffusion_models/ComfyUI_00001_.gguf` (as
+/// [`crate::save_gguf`] writes it) and `text_encoders/ComfyUI_<encoder>_00001_.gguf` (as
+/// [`crate::save_gguf_text`]); the other text encoders (CLIP, Gemma …) as CLIPSave files in
+/// `clip/`, the autoencoder as VAESave's file in `vae/`.
+///
+/// # Errors
+/// As [`split`], and a denoiser of the generic layout (a GGUF file names its architecture).
+pub fn split_gguf(
+    input: &Input,
+    out_dir: &Path,
+    target: &GgufTarget,
+    opts: &SaveOptions,
+) -> Result<Split> {
+    staged(out_dir, |dir| node_files(input, dir, opts, Some(target)))
+}
+
+/// Runs `write` into a staging folder published as `out_dir` (new or empty) once it succeeds.
+fn staged(out_dir: &Path, write: impl FnOnce(&Path) -> Result<Split>) -> Result<Split> {
     if out_dir.is_dir() {
         let mut entries =
             std::fs::read_dir(out_dir).ctx(|| format!("cannot list {}", out_dir.display()))?;
@@ -83,11 +113,7 @@ pub fn split(input: &Input, out_dir: &Path, to: SplitTarget, opts: &SaveOptions)
         }
     }
     let staging = TempDir::new(out_dir)?;
-    let mut split = match to {
-        SplitTarget::Comfyui => comfyui_files(input, &staging.path, opts)?,
-        SplitTarget::Diffusers => diffusers_folder(input, &staging.path, opts)?,
-        SplitTarget::Nodes => node_files(input, &staging.path, opts)?,
-    };
+    let mut split = write(&staging.path)?;
     for f in &mut split.files {
         if let Ok(rel) = f.strip_prefix(&staging.path) {
             *f = out_dir.join(rel);
@@ -113,6 +139,27 @@ fn plain(opts: &SaveOptions, extra: &[(&str, &str)]) -> SaveOptions {
     o
 }
 
+fn as_component(kind: ComponentKind, map: &InputMap) -> Components {
+    let mut c = Components::default();
+    c.set_inputs(kind, map.clone());
+    c
+}
+
+/// The text encoders of a clip component that ComfyUI-GGUF reads from GGUF (with the
+/// `spiece_model` of a T5 among them), and the rest.
+fn gguf_text_encoders(clip: InputMap) -> (InputMap, InputMap) {
+    let gguf = |enc: &str| TextArch::of_encoder(enc).is_ok();
+    let t5 = clip.keys().any(|k| {
+        k.split_once('.')
+            .is_some_and(|(e, _)| gguf(e) && TextArch::of_encoder(e).is_ok_and(TextArch::is_t5))
+    });
+    clip.into_iter()
+        .partition(|(k, _)| match k.split_once('.') {
+            Some((e, _)) => gguf(e),
+            None => t5 && k == "spiece_model",
+        })
+}
+
 fn as_model(map: InputMap) -> Components {
     let mut c = Components::default();
     c.set_inputs(ComponentKind::Model, map);
@@ -135,8 +182,14 @@ fn comfyui_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split>
 }
 
 /// What ComfyUI's ModelSave, CLIPSave and VAESave write from the components (see
-/// [`crate::component_files`]), each as a first save into an empty output folder.
-fn node_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
+/// [`crate::component_files`]), each as a first save into an empty output folder; with `gguf`,
+/// the denoiser and the text encoders ComfyUI-GGUF reads as GGUF files (see [`split_gguf`]).
+fn node_files(
+    input: &Input,
+    dir: &Path,
+    opts: &SaveOptions,
+    gguf: Option<&GgufTarget>,
+) -> Result<Split> {
     let mut split = Split {
         files: Vec::new(),
         dropped: Vec::new(),
@@ -161,13 +214,58 @@ fn node_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
         o.metadata.extra = extra;
         o
     };
+    let mut clip = input.components.get(ComponentKind::Clip).cloned();
+    if let Some(target) = gguf {
+        if let Some(model) = input.components.get(ComponentKind::Model) {
+            let arch = arch.ok_or_else(|| {
+                Error::InvalidInput(
+                    "a GGUF denoiser names its architecture; this checkpoint has the generic \
+                     layout (give --arch)"
+                        .into(),
+                )
+            })?;
+            let o = SaveOptions {
+                layout: LayoutChoice::Arch(arch),
+                ..opts.clone()
+            };
+            let path = dir.join("diffusion_models/ComfyUI_00001_.gguf");
+            let saved = save_gguf_to_path(
+                &as_component(ComponentKind::Model, model),
+                &path,
+                target.clone(),
+                &o,
+            )?;
+            split.bytes += saved.bytes;
+            split.files.push(saved.path);
+        }
+        if let Some(all) = clip.take() {
+            let (text, rest) = gguf_text_encoders(all);
+            if !text.is_empty() {
+                let o = SaveOptions {
+                    output_dir: dir.to_path_buf(),
+                    prefix: "text_encoders/ComfyUI".into(),
+                    ..opts.clone()
+                };
+                for saved in save_gguf_text(
+                    &as_component(ComponentKind::Clip, &text),
+                    target.clone(),
+                    &o,
+                )? {
+                    split.bytes += saved.bytes;
+                    split.files.push(saved.path);
+                    split.dropped.extend(saved.dropped.into_iter().map(|d| d.1));
+                }
+            }
+            clip = (!rest.is_empty()).then_some(rest);
+        }
+    }
     let mut write = |map: &InputMap, file: &str, o: &SaveOptions| -> Result<()> {
         let saved = save_to_path(&as_model(map.clone()), &dir.join(file), o)?;
         split.bytes += saved.bytes;
         split.files.push(saved.path);
         Ok(())
     };
-    if let Some(model) = input.components.get(ComponentKind::Model) {
+    if let (Some(model), None) = (input.components.get(ComponentKind::Model), gguf) {
         // ModelSave is Save Checkpoint without text encoders and VAE: same prefix, markers and
         // modelspec (its title is that of the first file, `ComfyUI 1`).
         let prefix = arch.map_or(UNET_PREFIX, |a| a.family().prefixes.model);
@@ -184,7 +282,7 @@ fn node_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
         let o = node(prefix, prediction, modelspec);
         write(model, "diffusion_models/ComfyUI_00001_.safetensors", &o)?;
     }
-    if let Some(clip) = input.components.get(ComponentKind::Clip) {
+    if let Some(clip) = &clip {
         let format = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let o = node("", Prediction::Unknown, format);
         for (enc, file) in clipsave_files(clip) {
@@ -225,7 +323,7 @@ fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Spl
         bytes: 0,
     };
     if rest.components.iter().next().is_some() {
-        let unmapped = node_files(&rest, &dir.join(UNMAPPED), opts)?;
+        let unmapped = node_files(&rest, &dir.join(UNMAPPED), opts, None)?;
         split.bytes += unmapped.bytes;
         split.files.extend(unmapped.files);
     }

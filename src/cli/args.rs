@@ -171,6 +171,12 @@ pub(crate) struct SplitArgs {
     #[arg(long, value_name = "ARCH")]
     pub(crate) arch: Option<Arch>,
 
+    /// Write ComfyUI's node files (as --to nodes) with the denoiser
+    /// (diffusion_models/…gguf) and the text encoders ComfyUI-GGUF reads (text_encoders/…gguf)
+    /// as GGUF files of TYPE (see `convert --gguf`).
+    #[arg(long, value_name = "TYPE")]
+    pub(crate) gguf: Option<GgufType>,
+
     /// Print nothing on stderr.
     #[arg(long, short)]
     pub(crate) quiet: bool,
@@ -429,6 +435,8 @@ pub(crate) struct SaveFlags {
     /// says otherwise: F16 or BF16 as ComfyUI-GGUF's convert.py writes it; Q8_0, Q6_K, Q5_K_M
     /// (Q5_K), Q5_K_S, Q5_1, Q5_0, Q4_K_M (Q4_K), Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M (Q3_K),
     /// Q3_K_S or Q2_K as llama-quantize (with ComfyUI-GGUF's lcpp.patch) quantizes that file.
+    /// `convert` of a text-encoder file writes each encoder as the GGUF ComfyUI-GGUF's CLIP
+    /// loaders read (T5/umT5, Llama, Qwen), into text_encoders/.
     #[arg(
         long,
         value_name = "TYPE",

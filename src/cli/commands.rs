@@ -51,8 +51,17 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
         ArchArg::Arch(a) => Some(a),
         ArchArg::Auto | ArchArg::Generic => None,
     };
-    let input = open_input(&args.input, arch)
-        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let input = match (open_input(&args.input, arch), args.out.gguf) {
+        (Ok(input), _) => input,
+        // A text encoder alone becomes the GGUF ComfyUI-GGUF's CLIP loaders read.
+        (Err(e), Some(ty)) if crate::gguf_text::convert_text(args, ty, &opts, start)? => {
+            drop(e);
+            return Ok(());
+        }
+        (Err(e), _) => {
+            return Err(e).with_context(|| format!("cannot read {}", args.input.display()))
+        }
+    };
     require_family(&input, args.out.arch)
         .with_context(|| format!("cannot convert {}", args.input.display()))?;
     if let (LayoutChoice::Auto, Some(a)) = (&opts.layout, input.arch) {
@@ -392,8 +401,14 @@ pub(crate) fn split(args: &SplitArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         writer: args.engine.options(),
         ..SaveOptions::default()
     };
-    let split = checkpoint_save::split(&input, &args.output_dir, args.to, &opts)
-        .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
+    let split = match args.gguf {
+        Some(_) if args.to == checkpoint_save::SplitTarget::Diffusers => usage_error(
+            "--gguf writes ComfyUI's node files; it cannot be given with --to diffusers",
+        ),
+        Some(ty) => checkpoint_save::split_gguf(&input, &args.output_dir, &ty.into(), &opts),
+        None => checkpoint_save::split(&input, &args.output_dir, args.to, &opts),
+    }
+    .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
     for f in &split.files {
         print_stdout(&f.display().to_string())?;
     }

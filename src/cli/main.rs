@@ -10,6 +10,7 @@
 mod args;
 mod commands;
 mod extract;
+mod gguf_text;
 mod merge;
 mod method;
 mod report;

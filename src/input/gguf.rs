@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use super::files::TensorSet;
 use crate::error::{Error, Result};
+use crate::gguf_text::TextArch;
 use crate::model::{Arch, FileTensor, InputTensor, QuantTensor};
 use crate::plan::gguf_target::gguf_arch;
 use crate::quant::{Format, QuantDescription};
@@ -28,9 +29,6 @@ use crate::read::SafetensorsFile;
 
 /// The prefix stable-diffusion.cpp writes before the denoiser's names.
 const SD_CPP_PREFIX: &str = "model.diffusion_model.";
-
-/// `general.architecture` values of the text encoders ComfyUI-GGUF's CLIP loader reads.
-const TEXT_ARCHS: [&str; 6] = ["t5", "t5encoder", "llama", "qwen2vl", "qwen3", "qwen3vl"];
 
 /// Every architecture string this tool reads, for messages.
 fn known_strings() -> String {
@@ -98,6 +96,9 @@ pub(super) fn group(set: &mut TensorSet, file: &Arc<SafetensorsFile>) -> Result<
             });
         }
     }
+    if let Some(text) = architecture.as_deref().and_then(TextArch::parse) {
+        super::gguf_text::to_loader_names(set, file, text)?;
+    }
     set.gguf_architecture = Some(architecture);
     Ok(())
 }
@@ -115,10 +116,10 @@ pub(super) fn architecture(set: &TensorSet, given: Option<Arch>) -> Result<Optio
         return Ok(given);
     };
     let path = set.path.display();
-    if let Some(s) = stated.as_deref().filter(|s| TEXT_ARCHS.contains(s)) {
+    if let Some(s) = stated.as_deref().filter(|s| TextArch::parse(s).is_some()) {
         return Err(Error::InvalidInput(format!(
-            "{path} is a GGUF text encoder (`general.architecture` is `{s}`); this tool reads \
-             GGUF denoisers: load the text encoder from its safetensors file"
+            "{path} is a GGUF text encoder (`general.architecture` is `{s}`), not a checkpoint \
+             or denoiser: give it to `save --clip`, or `convert` it with `--gguf TYPE`"
         )));
     }
     if given.is_some() {

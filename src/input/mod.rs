@@ -11,6 +11,7 @@ mod denoiser;
 mod diffusers;
 mod files;
 mod gguf;
+mod gguf_text;
 mod group;
 mod single_file;
 
@@ -216,7 +217,18 @@ pub fn open_component(
     for (i, path) in paths.iter().enumerate() {
         let set = open_set(path)?;
         out.bytes += set.bytes;
-        let (tensors, left_out, created) = if set.gguf_architecture.is_some() {
+        let text = gguf_text::text_arch(&set);
+        let (tensors, left_out, created) = if let Some(text) = text {
+            if kind != ComponentKind::Clip {
+                return Err(Error::InvalidInput(format!(
+                    "{} is a GGUF text encoder (`{}`), not a {kind} component: give it to \
+                     --clip",
+                    path.display(),
+                    text.name()
+                )));
+            }
+            gguf_text::component(&set, text, arch)?
+        } else if set.gguf_architecture.is_some() {
             if kind != ComponentKind::Model {
                 return Err(Error::InvalidInput(format!(
                     "{} is a GGUF file: this tool reads GGUF denoisers (--model), not {kind} \

@@ -239,86 +239,103 @@ impl Plan {
                 placed.base,
             ));
         }
-        let header = gguf_header(
-            &metadata,
-            &infos.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(),
-        )?;
-        let mut tensors = Vec::with_capacity(infos.len());
-        let mut pieces = Vec::new();
-        let mut targets = Vec::new();
-        let zeros: HostBytes = Arc::new(vec![0u8; header.alignment as usize]);
-        for (i, (((info, base), (begin, end)), (key, t))) in
-            infos.iter().zip(&header.offsets).zip(model).enumerate()
-        {
-            let dst = info.ggml_type.plain_dtype().unwrap_or(Dtype::U8);
-            let mut at = *begin;
-            let sources = match info.ggml_type.plain_dtype() {
-                Some(_) => runs(key, t)?,
-                None => blocks(key, t, info, *base, &mut targets)?,
-            };
-            for (source, src_dtype, units) in sources {
-                let p = Piece {
-                    source,
-                    src_dtype,
-                    dst_dtype: dst,
-                    start: at,
-                    units,
-                    tensor: i,
-                };
-                at = p.end();
-                pieces.push(p);
-            }
-            if at != *end {
-                return Err(Error::InvalidInput(format!(
-                    "`{key}`: {} bytes planned for a {}-byte GGUF tensor",
-                    at - begin,
-                    end - begin
-                )));
-            }
-            let pad = end.next_multiple_of(header.alignment) - end;
-            // Zeros to the next tensor; after the last one too (gguf-py writes them).
-            if pad > 0 {
-                pieces.push(Piece {
-                    source: PieceSource::Host {
-                        bytes: Arc::clone(&zeros),
-                        offset: 0,
-                    },
-                    src_dtype: Dtype::U8,
-                    dst_dtype: Dtype::U8,
-                    start: *end,
-                    units: pad as usize,
-                    tensor: i,
-                });
-            }
-            tensors.push(PlannedTensor {
-                name: key.clone(),
-                dtype: dst,
-                shape: info.shape.clone(),
-                offsets: (*begin, *end),
-            });
-        }
-        let mut inputs: Vec<Arc<SafetensorsFile>> = Vec::new();
-        for t in model.values() {
-            t.input_files(&mut |f| {
-                if !inputs.iter().any(|g| Arc::ptr_eq(g, f)) {
-                    inputs.push(Arc::clone(f));
-                }
-            });
-        }
-        let text: BTreeMap<String, String> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
+        let items = infos
+            .into_iter()
+            .zip(model)
+            .map(|((info, base), (_, t))| (info, base, t.clone()))
             .collect();
-        Ok(Plan {
-            header: header.bytes,
-            tensors,
-            pieces,
-            data_len: header.data_len,
-            inputs,
-            metadata: text,
-            targets,
-        })
+        assemble(&metadata, items)
     }
+}
+
+/// The plan of a GGUF file: `metadata` and the header of `items` (each tensor as written, the
+/// type convert.py wrote it in, and its source), then each tensor's pieces where the header
+/// places it, zero padding after each.
+///
+/// # Errors
+/// Header planning errors; planning errors of the sources.
+pub(super) fn assemble(
+    metadata: &[(String, MetaValue)],
+    items: Vec<(GgufTensorInfo, GgmlType, InputTensor)>,
+) -> Result<Plan> {
+    let header = gguf_header(
+        metadata,
+        &items.iter().map(|(i, _, _)| i.clone()).collect::<Vec<_>>(),
+    )?;
+    let mut tensors = Vec::with_capacity(items.len());
+    let mut pieces = Vec::new();
+    let mut targets = Vec::new();
+    let zeros: HostBytes = Arc::new(vec![0u8; header.alignment as usize]);
+    for (i, ((info, base, t), (begin, end))) in items.iter().zip(&header.offsets).enumerate() {
+        let key = &info.name;
+        let dst = info.ggml_type.plain_dtype().unwrap_or(Dtype::U8);
+        let mut at = *begin;
+        let sources = match info.ggml_type.plain_dtype() {
+            Some(_) => runs(key, t)?,
+            None => blocks(key, t, info, *base, &mut targets)?,
+        };
+        for (source, src_dtype, units) in sources {
+            let p = Piece {
+                source,
+                src_dtype,
+                dst_dtype: dst,
+                start: at,
+                units,
+                tensor: i,
+            };
+            at = p.end();
+            pieces.push(p);
+        }
+        if at != *end {
+            return Err(Error::InvalidInput(format!(
+                "`{key}`: {} bytes planned for a {}-byte GGUF tensor",
+                at - begin,
+                end - begin
+            )));
+        }
+        let pad = end.next_multiple_of(header.alignment) - end;
+        // Zeros to the next tensor; after the last one too (gguf-py writes them).
+        if pad > 0 {
+            pieces.push(Piece {
+                source: PieceSource::Host {
+                    bytes: Arc::clone(&zeros),
+                    offset: 0,
+                },
+                src_dtype: Dtype::U8,
+                dst_dtype: Dtype::U8,
+                start: *end,
+                units: pad as usize,
+                tensor: i,
+            });
+        }
+        tensors.push(PlannedTensor {
+            name: key.clone(),
+            dtype: dst,
+            shape: info.shape.clone(),
+            offsets: (*begin, *end),
+        });
+    }
+    let mut inputs: Vec<Arc<SafetensorsFile>> = Vec::new();
+    for (_, _, t) in &items {
+        t.input_files(&mut |f| {
+            if !inputs.iter().any(|g| Arc::ptr_eq(g, f)) {
+                inputs.push(Arc::clone(f));
+            }
+        });
+    }
+    let text: BTreeMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    Ok(Plan {
+        header: header.bytes,
+        tensors,
+        pieces,
+        data_len: header.data_len,
+        inputs,
+        metadata: text,
+        targets,
+    })
 }
 
 /// The sources of a tensor stored in ggml's blocks of `info.ggml_type`: the input's own blocks

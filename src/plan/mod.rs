@@ -9,6 +9,7 @@
 pub(crate) mod gguf;
 pub(crate) mod gguf_quantize;
 pub(crate) mod gguf_target;
+pub(crate) mod gguf_text;
 pub(crate) mod gguf_type;
 mod header;
 pub mod metadata;

@@ -17,7 +17,7 @@ use crate::quant::{Format, GgmlType};
 use crate::read::{FileFormat, SafetensorsFile, Stamp, TensorEntry};
 
 /// What a GGUF input carries beyond its tensors' bytes (see the [module docs](self)).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GgufSide {
     /// `general.architecture`, when the file has it as a string; `Err` with its kind when it is
     /// another kind of value (ComfyUI-GGUF refuses such a file).
@@ -25,6 +25,8 @@ pub(crate) struct GgufSide {
     /// Per tensor, in the order of [`SafetensorsFile::tensors`]: its ggml type and its shape
     /// as the loader gives it (`comfy.gguf.orig_shape` when the file has one).
     pub tensors: Vec<(GgmlType, Vec<usize>)>,
+    /// The `tokenizer.ggml.*` metadata (a text encoder's tokenizer), in file order.
+    pub tokenizer: Vec<(String, MetaValue)>,
 }
 
 impl SafetensorsFile {
@@ -98,6 +100,12 @@ impl SafetensorsFile {
             gguf: Some(Box::new(GgufSide {
                 architecture,
                 tensors: side,
+                tokenizer: parsed
+                    .metadata
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("tokenizer.ggml."))
+                    .cloned()
+                    .collect(),
             })),
         })
     }

@@ -1,0 +1,186 @@
+//! Saving text encoders as GGUF files ComfyUI-GGUF's CLIP loaders read (`CLIPLoaderGGUF`,
+//! `DualCLIPLoaderGGUF` …): one file per encoder of the clip component, planned by
+//! [`Plan::gguf_text`] and written like every save.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::gguf_text::spiece;
+use crate::gguf_text::{TextArch, UMT5_EMBEDDING};
+use crate::model::{ComponentKind, Components, InputMap};
+use crate::naming::SaveTarget;
+use crate::plan::gguf_target::GgufTarget;
+use crate::plan::Plan;
+use crate::save::{write_method, write_reserved};
+use crate::write::Method;
+use crate::{SaveOptions, Saved};
+
+/// The clip component's top-level tokenizer key that a umT5 GGUF carries as metadata.
+const SPIECE: &str = "spiece_model";
+
+/// One planned text-encoder file: the encoder, its architecture and plan.
+struct Planned {
+    encoder: String,
+    plan: Plan,
+    dropped: Vec<String>,
+}
+
+/// Saves each text encoder of `components` as one GGUF file of `ty` that ComfyUI-GGUF's CLIP
+/// loaders read (its `text_encoders/` or `clip/` folder), named `<opts.prefix>_<encoder>` under
+/// `opts.output_dir` with the `.gguf` extension: llama.cpp's names, its permutation of a
+/// `llama` file's queries and keys, the types llama.cpp's converter and llama-quantize choose,
+/// and for umT5 its tokenizer as `tokenizer.ggml.*` metadata (from the component's
+/// `spiece_model`). Every file is planned before the first is written. The `logit_scale` of an
+/// encoder is not written (the loader gives none; ComfyUI makes its default), nor a
+/// `spiece_model` that is not a sentencepiece model beside an encoder that needs none (listed
+/// in [`Saved::dropped`]).
+///
+/// # Errors
+/// [`Error::MissingComponent`] without text encoders; [`Error::InvalidInput`] for an encoder
+/// ComfyUI-GGUF does not read from GGUF (CLIP, Gemma …, named), other top-level keys, a umT5
+/// without a readable `spiece_model`; planning, write and publish errors as
+/// [`crate::save`].
+pub fn save_gguf_text(
+    components: &Components,
+    ty: impl Into<GgufTarget>,
+    opts: &SaveOptions,
+) -> Result<Vec<Saved>> {
+    let target = ty.into();
+    let clip = components
+        .get(ComponentKind::Clip)
+        .ok_or_else(|| Error::MissingComponent {
+            component: "clip",
+            hint: "a text-encoder GGUF holds a text encoder".into(),
+        })?;
+    let planned = plan_all(clip, &target)?;
+    let mut out = Vec::with_capacity(planned.len());
+    for p in planned {
+        let start = Instant::now();
+        let prefix = format!("{}_{}", opts.prefix, p.encoder);
+        let file = SaveTarget::resolve(&prefix, &opts.output_dir)?.with_extension("gguf");
+        let method = match write_method(&p.plan, opts, &file.folder) {
+            Method::Direct => Method::Pwrite,
+            m => m,
+        };
+        let reservation = file.reserve()?;
+        let (path, non_finite) = write_reserved(&p.plan, reservation, method, opts)?;
+        out.push(Saved {
+            path,
+            arch: None,
+            prediction: crate::model::Prediction::Unknown,
+            tensors: p.plan.tensors().len(),
+            bytes: p.plan.file_len(),
+            non_finite,
+            dropped: p
+                .dropped
+                .into_iter()
+                .map(|k| (ComponentKind::Clip, k))
+                .collect(),
+            elapsed: start.elapsed(),
+        });
+    }
+    Ok(out)
+}
+
+/// The plan of each encoder's file, in the order of their names.
+fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
+    let mut encoders: Vec<(String, InputMap)> = Vec::new();
+    let mut spiece_model = None;
+    for (key, t) in clip {
+        if key == SPIECE {
+            spiece_model = Some(t);
+            continue;
+        }
+        let Some((enc, rest)) = key.split_once('.') else {
+            return Err(Error::InvalidInput(format!(
+                "the clip component's `{key}` belongs to no text encoder; a text-encoder GGUF \
+                 holds one encoder's tensors"
+            )));
+        };
+        if rest == "logit_scale" {
+            continue;
+        }
+        let hf = rest.strip_prefix("transformer.").unwrap_or(rest);
+        match encoders.iter_mut().find(|e| e.0 == enc) {
+            Some(e) => {
+                e.1.insert(hf.to_string(), t.clone());
+            }
+            None => encoders.push((enc.to_string(), [(hf.to_string(), t.clone())].into())),
+        }
+    }
+    if encoders.is_empty() {
+        return Err(Error::InvalidInput(
+            "the clip component holds no text encoder to write as GGUF".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(encoders.len());
+    let mut spiece_used = false;
+    for (enc, tensors) in encoders {
+        let arch = TextArch::of_encoder(&enc)?;
+        let mut dropped = Vec::new();
+        let tokenizer = if arch.is_t5() {
+            spiece_used = true;
+            tokenizer(&enc, &tensors, spiece_model, &mut dropped)?
+        } else {
+            Vec::new()
+        };
+        let plan =
+            Plan::gguf_text(&tensors, arch, tokenizer, target).map_err(|e| within(&enc, e))?;
+        out.push(Planned {
+            encoder: enc,
+            plan,
+            dropped,
+        });
+    }
+    if spiece_model.is_some() && !spiece_used {
+        return Err(Error::InvalidInput(format!(
+            "the clip component's `{SPIECE}` belongs to a umT5 encoder, and none is written; \
+             a Llama or Qwen GGUF has no place for it"
+        )));
+    }
+    Ok(out)
+}
+
+fn within(enc: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) => Error::InvalidInput(format!("text encoder `{enc}`: {m}")),
+        other => other,
+    }
+}
+
+/// The tokenizer metadata of a T5 encoder: from `spiece_model` when it is a sentencepiece
+/// model; none when there is none, or it does not parse and the loader needs none (then it is
+/// `dropped`).
+fn tokenizer(
+    enc: &str,
+    tensors: &InputMap,
+    spiece_model: Option<&crate::model::InputTensor>,
+    dropped: &mut Vec<String>,
+) -> Result<Vec<(String, crate::read::gguf::MetaValue)>> {
+    let embedding = tensors.get("shared.weight").map(|t| t.info().shape);
+    let rows = embedding
+        .as_ref()
+        .and_then(|s| s.first().copied())
+        .unwrap_or(0);
+    let needed = embedding.as_deref() == Some(&UMT5_EMBEDDING[..]);
+    let Some(t) = spiece_model else {
+        if needed {
+            return Err(Error::InvalidInput(format!(
+                "`{enc}` is a umT5-XXL encoder, whose GGUF must carry its tokenizer \
+                 (ComfyUI-GGUF's loader rebuilds `{SPIECE}` from it), but the clip component \
+                 has no `{SPIECE}`: give the text-encoder file that holds it (ComfyUI's \
+                 umt5_xxl files do)"
+            )));
+        }
+        return Ok(Vec::new());
+    };
+    let bytes = crate::gguf_text::u8_bytes(SPIECE, t)?;
+    match spiece::parse(&bytes).and_then(|sp| spiece::to_metadata(&sp, rows)) {
+        Ok(meta) => Ok(meta),
+        Err(e) if needed => Err(e),
+        Err(_) => {
+            dropped.push(SPIECE.to_string());
+            Ok(Vec::new())
+        }
+    }
+}
