@@ -1,10 +1,10 @@
 //! The k-th largest magnitude of a method's vectors (TIES's and DARE's `k`), exact.
 //!
 //! Magnitudes are compared by their f32 bit patterns with the sign cleared, which order as the
-//! magnitudes do (NaN patterns above Inf). A large tensor first has a bracket of the answer
-//! estimated from a sample of its chunks (one in [`SAMPLE_EVERY`]), then one pass over all of
-//! it counts the values above the bracket and keeps those inside it, and the answer is selected
-//! among those: one read of the operands, plus the sample's. Where the sample misled (the
+//! magnitudes do (NaN patterns above Inf). A tensor first has a bracket of the answer estimated
+//! from a sample (a run of 1/[`SAMPLE_PART`] of every chunk), then one pass over all of it counts
+//! the values above the bracket and keeps those inside it, and the answer is selected among
+//! those: one read of the operands, plus the sample's. Where the sample misled (the
 //! answer falls outside the bracket, or the bracket holds too many values), and for small
 //! tensors, two passes of radix counting find it instead: the top 16 bits, then the low 16 bits
 //! of the values in the bucket that holds it. Either way the result is the exact k-th value.
@@ -17,12 +17,12 @@ use crate::model::tensor::method::Vector;
 use crate::model::Merged;
 use crate::reduce::{select, CHUNK};
 
-/// One chunk in this many is sampled for the bracket.
-const SAMPLE_EVERY: usize = 16;
+/// The sample is a run of 1/this of every chunk.
+const SAMPLE_PART: usize = 16;
 
-/// Tensors of fewer chunks than this take the two counting passes (the sample would be a
-/// large part of them).
-const SAMPLE_MIN_CHUNKS: usize = 4 * SAMPLE_EVERY;
+/// Tensors of fewer chunks than this take the two counting passes (too few values for a
+/// sample to bracket the rank narrowly).
+const SAMPLE_MIN_CHUNKS: usize = 4;
 
 /// The most values a bracket may hold, as a fraction of the tensor (1/`MAX_KEPT_PART`).
 const MAX_KEPT_PART: usize = 16;
@@ -86,7 +86,7 @@ fn by_bracket(
 ) -> Result<Option<Vec<f32>>> {
     let n = pass.n;
     let mut samples: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
-    pass.run(SAMPLE_EVERY, scratch, |w, values| {
+    pass.run(&sample_ranges(n, CHUNK), scratch, |w, values| {
         samples[w].extend(values.iter().map(|&v| magnitude(v)));
     })?;
     let brackets: Vec<(u32, u32)> = samples
@@ -99,20 +99,34 @@ fn by_bracket(
     let mut above = vec![0u64; ranks.len()];
     let mut kept: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
     let mut overflow = false;
-    pass.run(1, scratch, |w, values| {
+    let all = all_ranges(pass.n, CHUNK);
+    pass.run(&all, scratch, |w, values| {
+        if overflow {
+            return;
+        }
         let (low, high) = brackets[w];
-        let mut count = 0u64;
+        let span = high.wrapping_sub(low);
+        // Branch-free: every value is stored at the end of the kept ones, and the end moves
+        // on only past those in the bracket (which of them are is as good as random, so a
+        // branch would mispredict on a good part of the values).
+        let kept = &mut kept[w];
+        let start = kept.len();
+        kept.resize(start + values.len(), 0);
+        let slots = &mut kept[start..];
+        let (mut count, mut end) = (0u32, 0usize);
         for &v in values {
             let b = magnitude(v);
-            count += u64::from(b > high);
-            if b >= low && b <= high {
-                kept[w].push(b);
+            count += u32::from(b > high);
+            if let Some(s) = slots.get_mut(end) {
+                *s = b;
             }
+            end += usize::from(b.wrapping_sub(low) <= span);
         }
-        above[w] += count;
-        if kept[w].len() > limit {
+        kept.truncate(start + end);
+        above[w] += u64::from(count);
+        if kept.len() > limit {
             overflow = true;
-            kept[w].clear();
+            kept.clear();
         }
     })?;
     if overflow {
@@ -135,7 +149,7 @@ fn by_bracket(
 }
 
 /// Bit patterns `[low, high]` that hold the k-th largest of `n` values with high probability,
-/// from `sample` (sorted here): the sample's values at the rank's expected place, widened by
+/// from `sample` (reordered here): the sample's values at the rank's expected place, widened by
 /// six standard deviations of a sampled rank and a fixed margin for samples that are not
 /// independent (chunks are runs of rows).
 fn bracket(sample: &mut [u32], k: u64, n: usize) -> (u32, u32) {
@@ -143,7 +157,6 @@ fn bracket(sample: &mut [u32], k: u64, n: usize) -> (u32, u32) {
     if m == 0 {
         return (0, u32::MAX);
     }
-    sample.sort_unstable();
     let p = k as f64 / n as f64;
     let spread = 6.0 * (m as f64 * p * (1.0 - p)).sqrt() + 0.01 * m as f64 + 8.0;
     // Ranks from the top, 1-based; the sample is ascending.
@@ -151,11 +164,18 @@ fn bracket(sample: &mut [u32], k: u64, n: usize) -> (u32, u32) {
     let top = centre - spread;
     let bottom = centre + spread;
     let at = |rank: f64| m - (rank.round() as usize).clamp(1, m);
-    let high = if top < 1.0 { u32::MAX } else { sample[at(top)] };
-    let low = if bottom > m as f64 {
-        0
-    } else {
-        sample[at(bottom)]
+    // Two selections, not a sort: the lower end, then the upper among the values above it.
+    let from = match bottom > m as f64 {
+        true => None,
+        false => Some(at(bottom)),
+    };
+    let low = from.map_or(0, |i| *sample.select_nth_unstable(i).1);
+    let high = match top < 1.0 {
+        true => u32::MAX,
+        false => {
+            let (from, i) = (from.unwrap_or(0), at(top));
+            *sample[from..].select_nth_unstable(i - from).1
+        }
     };
     (low, high)
 }
@@ -167,7 +187,8 @@ fn by_counting(pass: &mut Pass<'_>, ranks: &[u64], scratch: &mut Scratch) -> Res
     let mut high = vec![vec![0u32; 1 << 15]; ranks.len()];
     let wide = pass.n > u32::MAX as usize;
     let mut high_wide = vec![vec![0u64; if wide { 1 << 15 } else { 0 }]; ranks.len()];
-    pass.run(1, scratch, |w, values| {
+    let all = all_ranges(pass.n, CHUNK);
+    pass.run(&all, scratch, |w, values| {
         if wide {
             let h = &mut high_wide[w];
             for &v in values {
@@ -193,7 +214,8 @@ fn by_counting(pass: &mut Pass<'_>, ranks: &[u64], scratch: &mut Scratch) -> Res
         .collect();
     drop((high, high_wide));
     let mut low = vec![vec![0u64; 1 << 16]; ranks.len()];
-    pass.run(1, scratch, |w, values| {
+    let all = all_ranges(pass.n, CHUNK);
+    pass.run(&all, scratch, |w, values| {
         let (l, bucket) = (&mut low[w], buckets[w].0 as u32);
         for &v in values {
             let bits = magnitude(v);
@@ -223,18 +245,17 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// Hands `count(vector index, values)` every `every`-th chunk of every picked vector's
-    /// values (all of them with 1).
+    /// Hands `count(vector index, values)` the values of every picked vector over each of
+    /// `ranges` in turn (each at most a chunk).
     fn run(
         &mut self,
-        every: usize,
+        ranges: &[Range<usize>],
         scratch: &mut Scratch,
         mut count: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
-        let chunk = self.buf.len();
-        for range in chunks(self.n, chunk, every) {
+        for range in ranges {
             let (at, len) = (range.start, range.len());
-            read_used(self.m, self.used, range, &mut self.ops, scratch)?;
+            read_used(self.m, self.used, range.clone(), &mut self.ops, scratch)?;
             let views: Vec<&[f32]> = self.ops.iter().map(Vec::as_slice).collect();
             for (w, v) in self.picked.iter().enumerate() {
                 v.fill(&views, at, &mut self.buf[..len]);
@@ -245,14 +266,26 @@ impl Pass<'_> {
     }
 }
 
-/// Every `every`-th range of `chunk` values of `0..n`, starting half a stride in (so that a
-/// sample does not start at the tensor's first rows).
-fn chunks(n: usize, chunk: usize, every: usize) -> impl Iterator<Item = Range<usize>> {
-    let every = every.max(1);
-    let first = if every > 1 { every / 2 } else { 0 };
-    (first..n.div_ceil(chunk.max(1)))
-        .step_by(every)
-        .map(move |c| c * chunk..((c + 1) * chunk).min(n))
+/// `0..n` in ranges of `chunk` values.
+fn all_ranges(n: usize, chunk: usize) -> Vec<Range<usize>> {
+    let chunk = chunk.max(1);
+    (0..n.div_ceil(chunk))
+        .map(|c| c * chunk..((c + 1) * chunk).min(n))
+        .collect()
+}
+
+/// The sample: from the middle of every range of `chunk` values, a run of 1/[`SAMPLE_PART`]
+/// of it (spread over the whole tensor: its rows differ).
+fn sample_ranges(n: usize, chunk: usize) -> Vec<Range<usize>> {
+    let run = (chunk / SAMPLE_PART).max(1);
+    all_ranges(n, chunk)
+        .into_iter()
+        .filter_map(|r| {
+            let start = r.start + r.len().saturating_sub(run) / 2;
+            let end = (start + run).min(r.end);
+            (start < end).then_some(start..end)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -296,10 +329,9 @@ mod tests {
     }
 
     #[test]
-    fn sampled_chunks_are_spread_over_the_tensor() {
-        let r: Vec<Range<usize>> = chunks(100, 10, 4).collect();
-        assert_eq!(r, [20..30, 60..70]);
-        let all: Vec<Range<usize>> = chunks(25, 10, 1).collect();
-        assert_eq!(all, [0..10, 10..20, 20..25]);
+    fn the_sample_is_a_run_from_the_middle_of_every_chunk() {
+        let r = sample_ranges(100, 32);
+        assert_eq!(r, [15..17, 47..49, 79..81, 97..99]);
+        assert_eq!(all_ranges(25, 10), [0..10, 10..20, 20..25]);
     }
 }
