@@ -265,6 +265,8 @@ pub(crate) fn save_options(args: &SaveFlags, cancel: &Arc<AtomicBool>) -> Result
         clip: args.clip_dtype.unwrap_or(args.dtype),
         vae: args.vae_dtype.unwrap_or(args.dtype),
         clip_vision: args.dtype,
+        // The audio autoencoder follows the (video) autoencoder's choice.
+        audio_vae: args.vae_dtype.unwrap_or(args.dtype),
     };
     let extra_pnginfo = args
         .workflow
@@ -356,6 +358,7 @@ fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> 
         (ComponentKind::Model, paths(&args.model)),
         (ComponentKind::Clip, args.clip.clone()),
         (ComponentKind::Vae, paths(&args.vae)),
+        (ComponentKind::AudioVae, paths(&args.audio_vae)),
     ] {
         // clap guarantees all three without --synthetic; a missing one is reported by the layout.
         if files.is_empty() {
@@ -363,7 +366,12 @@ fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> 
         }
         let arch = given.or(job.arch);
         let part = open_component(kind, &files, arch)
-            .with_context(|| format!("cannot read the {kind} component (--{kind})"))?;
+            .with_context(|| {
+                format!(
+                    "cannot read the {kind} component (--{})",
+                    kind.name().replace('_', "-")
+                )
+            })?;
         if kind == ComponentKind::Model && !matches!(opts.layout, LayoutChoice::Generic(_)) {
             job.arch = given.or_else(|| detect(&part.tensors));
         }

@@ -14,6 +14,7 @@ pub mod detect;
 pub mod lora_names;
 pub mod merge_nodes;
 pub(crate) mod parts;
+pub mod release;
 mod table;
 
 use crate::error::{Error, Result};
@@ -23,6 +24,7 @@ pub use detect::{detect, Detection};
 pub use lora_names::LoraNames;
 pub use merge_nodes::{BlockInput, MergeNode};
 pub use parts::VaeKind;
+pub use release::Release;
 
 /// One family: everything the tool knows about a model class ComfyUI saves one way.
 #[derive(Debug)]
@@ -66,6 +68,9 @@ pub struct Family {
     /// The LoRA names ComfyUI maps onto this family's denoiser beyond the generic ones
     /// (`comfy/lora.py`).
     pub lora: LoraNames,
+    /// The parts its official single-file release holds beyond ComfyUI's save (LTX-2's audio
+    /// VAE and vocoder, its text projection at the top level); `None` for the others.
+    pub release: Option<&'static Release>,
 }
 
 /// One known configuration of a family, with its synthetic model.

@@ -162,7 +162,7 @@ pub fn is_mapped(arch: Arch, kind: ComponentKind, key: &str) -> bool {
         ComponentKind::Clip => encoder_folders(arch)
             .iter()
             .any(|(_, e)| key.starts_with(&format!("{e}."))),
-        ComponentKind::ClipVision => false,
+        ComponentKind::ClipVision | ComponentKind::AudioVae => false,
     }
 }
 
