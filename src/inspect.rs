@@ -271,7 +271,7 @@ impl fmt::Display for Inspection {
             let dtypes: Vec<String> = p.dtypes.iter().map(|(d, n)| format!("{d}×{n}")).collect();
             writeln!(
                 f,
-                "  {:<6} {:>6} tensors {:>12}  {}",
+                "  {:<9} {:>6} tensors {:>12}  {}",
                 p.name,
                 p.tensors,
                 human_bytes(p.bytes),

@@ -60,6 +60,7 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
     }
     opts.prediction = opts.prediction.or(input_prediction(&input, args.out.arch));
     denoiser_only(&input.components, input.arch, &args.out, &mut opts);
+    carry_audio_metadata(&input.components, input.arch, &input.metadata, &mut opts);
     if args.out.dry_run {
         return print_dry_run(&input.components, &opts, args.out.json);
     }
@@ -106,6 +107,26 @@ pub(crate) fn write_job(
     }
     let target = checkpoint_save::GgufTarget::new(ty, &flags.gguf_include, &flags.gguf_exclude)?;
     Ok(checkpoint_save::save_gguf(components, target, &o)?)
+}
+
+/// Carries the header metadata the loaders of an audio VAE read (LTX-2's `config`: ComfyUI's
+/// `AudioVAE` is built from its `audio_vae` and `vocoder` sections) from `from`, the metadata
+/// of the input that supplies the audio VAE, when the output holds one.
+pub(crate) fn carry_audio_metadata(
+    components: &Components,
+    arch: Option<Arch>,
+    from: &std::collections::BTreeMap<String, String>,
+    opts: &mut SaveOptions,
+) {
+    if components.get(ComponentKind::AudioVae).is_none() {
+        return;
+    }
+    let release = arch
+        .and_then(|a| a.family().release)
+        .unwrap_or(&checkpoint_save::family::release::LTX2);
+    for (k, v) in release.carried_metadata(from) {
+        opts.metadata.extra.entry(k).or_insert(v);
+    }
 }
 
 /// A job whose input is a denoiser alone (a GGUF file) writes what ComfyUI's ModelSave writes
