@@ -31,6 +31,12 @@ pub(crate) fn save(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if let (LayoutChoice::Auto, Some(arch)) = (&opts.layout, job.arch) {
         opts.layout = LayoutChoice::Arch(arch);
     }
+    if let Some(path) = &args.audio_vae {
+        // The metadata the audio VAE's loaders read comes with it (its header only is read).
+        let header = checkpoint_save::inspect(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        carry_audio_metadata(&components, job.arch, &header.metadata, &mut opts);
+    }
     if args.out.dry_run {
         return print_dry_run(&components, &opts, args.out.json);
     }

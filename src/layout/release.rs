@@ -64,3 +64,48 @@ pub(super) fn no_audio(arch: Arch, audio: &BTreeMap<String, TensorInfo>) -> Erro
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{layout, LayoutKind};
+    use crate::model::{Arch, ComponentKind, Prediction};
+    use crate::synthetic::expand::expand;
+    use crate::synthetic::models::{LTX2_19B_RELEASE_TINY, WAN21_TINY};
+
+    /// An audio VAE beside a model whose family has none is refused naming both, nothing
+    /// laid out; beside LTX-2's it takes the release's names.
+    #[test]
+    fn an_audio_vae_goes_only_with_a_family_that_has_one() {
+        let release = expand(&LTX2_19B_RELEASE_TINY);
+        let audio = release.get(ComponentKind::AudioVae).unwrap().clone();
+        let mut wan = expand(&WAN21_TINY);
+        wan.set(ComponentKind::AudioVae, audio.clone());
+        let e = layout(&LayoutKind::Arch(Arch::Wan21), &wan, Prediction::Flow)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("audio VAE") && e.contains("wan21") && e.contains("ltx2"),
+            "{e}"
+        );
+        let l = layout(&LayoutKind::Arch(Arch::Ltx2), &release, Prediction::Flow).unwrap();
+        let audio_keys: Vec<&str> = l
+            .entries
+            .iter()
+            .filter(|e| e.source.component() == Some(ComponentKind::AudioVae))
+            .map(|e| e.key.as_str())
+            .collect();
+        assert_eq!(audio_keys.len(), audio.len());
+        assert!(audio_keys
+            .iter()
+            .all(|k| k.starts_with("audio_vae.") || k.starts_with("vocoder.")));
+        // A tensor that is no part of ComfyUI's AudioVAE is refused by name.
+        let mut bad = release.clone();
+        let mut a = audio;
+        a.insert("decoder.conv_in.weight".into(), a.values().next().unwrap().clone());
+        bad.set(ComponentKind::AudioVae, a);
+        let e = layout(&LayoutKind::Arch(Arch::Ltx2), &bad, Prediction::Flow)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decoder.conv_in.weight"), "{e}");
+    }
+}
