@@ -342,14 +342,21 @@ fn a_release_converts_whole_and_its_audio_parts_are_cast_not_quantized() {
         ],
     );
     let (out, _) = st::read(&half);
-    assert_eq!(out.keys().collect::<Vec<_>>(), input.keys().collect::<Vec<_>>());
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        input.keys().collect::<Vec<_>>()
+    );
     for (k, (dtype, shape, bytes)) in input.iter().filter(|(k, _)| is_audio(k)) {
         assert_eq!(*dtype, safetensors::Dtype::F32, "{k}");
         let want: Vec<u8> = st::floats(*dtype, bytes)
             .iter()
             .flat_map(|v| ::half::f16::from_f32(*v).to_le_bytes())
             .collect();
-        assert_eq!(out[k], (safetensors::Dtype::F16, shape.clone(), want), "{k}");
+        assert_eq!(
+            out[k],
+            (safetensors::Dtype::F16, shape.clone(), want),
+            "{k}"
+        );
     }
 
     let quantized = ok_path(
@@ -389,7 +396,11 @@ fn two_releases_merge_with_the_audio_vae_going_with_the_vae() {
     let key = "model.diffusion_model.transformer_blocks.0.attn1.to_q.weight";
     for (args, audio_of, config) in [
         (vec!["--ratio", "0.25"], &ta, CONFIG),
-        (vec!["--ratio", "0.25", "--vae", "b"], &tb, config_b.as_str()),
+        (
+            vec!["--ratio", "0.25", "--vae", "b"],
+            &tb,
+            config_b.as_str(),
+        ),
         (vec!["--weights", "1,3"], &ta, CONFIG),
     ] {
         let out = d.join(format!("m{}", args.len()));
@@ -405,13 +416,66 @@ fn two_releases_merge_with_the_audio_vae_going_with_the_vae() {
         for (k, t) in audio_of.iter().filter(|(k, _)| is_audio(k)) {
             assert_eq!(&tm[k], t, "{args:?}: {k}");
         }
-        assert_eq!(meta.get("config").map(String::as_str), Some(config), "{args:?}");
+        assert_eq!(
+            meta.get("config").map(String::as_str),
+            Some(config),
+            "{args:?}"
+        );
         let f = |t: &BTreeMap<String, st::Raw>| st::floats(t[key].0, &t[key].2);
         let (va, vb, vm) = (f(&ta), f(&tb), f(&tm));
         for i in 0..va.len() {
             assert_eq!(vm[i], va[i] * 0.25 + vb[i] * 0.75, "{args:?}: {key}[{i}]");
         }
     }
+}
+
+/// A LoRA baked into a release patches the denoiser and leaves the audio VAE, the vocoder and
+/// the video VAE as they are.
+#[test]
+fn a_lora_bake_into_a_release_leaves_its_audio_parts_alone() {
+    use candle_core::Device;
+    use checkpoint_save::synthetic::{self, SyntheticOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let released = release(d, "7", CONFIG);
+    let opts = SyntheticOptions::named("ltx2-19b-release").unwrap().tiny();
+    let model = synthetic::build(&opts, &Device::Cpu).unwrap();
+    let lora = d.join("lora.safetensors");
+    let tensors = synthetic::lora::lora(checkpoint_save::Arch::Ltx2, &model, 2, 9).unwrap();
+    checkpoint_save::save_tensors(&tensors, &lora).unwrap();
+    let baked = ok_path(
+        d,
+        &[
+            "merge",
+            s(&released),
+            "--lora",
+            s(&lora),
+            "-q",
+            "--output-dir",
+            s(&d.join("l")),
+        ],
+    );
+    let ((input, _), (out, meta)) = (st::read(&released), st::read(&baked));
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        input.keys().collect::<Vec<_>>()
+    );
+    let changed = |p: &str| {
+        input
+            .iter()
+            .filter(|(k, t)| k.starts_with(p) && out[*k] != **t)
+            .count()
+    };
+    assert!(changed("model.diffusion_model.") > 0, "the LoRA is baked");
+    for p in [
+        "audio_vae.",
+        "vocoder.",
+        "vae.",
+        "text_embedding_projection.",
+    ] {
+        assert_eq!(changed(p), 0, "{p}");
+    }
+    assert_eq!(meta.get("config").map(String::as_str), Some(CONFIG));
 }
 
 /// `split --to nodes` of a release writes the audio VAE where ComfyUI's audio VAE loaders read
@@ -424,12 +488,26 @@ fn a_release_splits_into_comfyuis_loader_files_and_back() {
     let released = release(d, "5", CONFIG);
     let ckpt = ok_path(
         d,
-        &["convert", s(&released), "-q", "--output-dir", s(&d.join("c"))],
+        &[
+            "convert",
+            s(&released),
+            "-q",
+            "--output-dir",
+            s(&d.join("c")),
+        ],
     );
     let parts = d.join("parts");
     let r = run(
         d,
-        &["split", s(&ckpt), "--output-dir", s(&parts), "--to", "nodes", "-q"],
+        &[
+            "split",
+            s(&ckpt),
+            "--output-dir",
+            s(&parts),
+            "--to",
+            "nodes",
+            "-q",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let got: BTreeSet<String> = files_under(&parts)
@@ -452,7 +530,10 @@ fn a_release_splits_into_comfyuis_loader_files_and_back() {
         .filter(|(k, _)| is_audio(k))
         .map(|(k, t)| (k.clone(), t.clone()))
         .collect();
-    assert_eq!(audio, want, "the audio VAE file holds the release's audio keys unchanged");
+    assert_eq!(
+        audio, want,
+        "the audio VAE file holds the release's audio keys unchanged"
+    );
     assert_eq!(meta.get("config").map(String::as_str), Some(CONFIG));
     let (clip, _) = st::read(&parts.join("clip/ComfyUI_00001_.safetensors"));
     assert_eq!(

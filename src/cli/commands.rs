@@ -392,13 +392,12 @@ fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> 
             continue;
         }
         let arch = given.or(job.arch);
-        let part = open_component(kind, &files, arch)
-            .with_context(|| {
-                format!(
-                    "cannot read the {kind} component (--{})",
-                    kind.name().replace('_', "-")
-                )
-            })?;
+        let part = open_component(kind, &files, arch).with_context(|| {
+            format!(
+                "cannot read the {kind} component (--{})",
+                kind.name().replace('_', "-")
+            )
+        })?;
         if kind == ComponentKind::Model && !matches!(opts.layout, LayoutChoice::Generic(_)) {
             job.arch = given.or_else(|| detect(&part.tensors));
         }

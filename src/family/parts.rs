@@ -130,7 +130,10 @@ fn users_of(name: &str) -> Vec<&'static str> {
 /// foreign encoder and the families it belongs to.
 pub(crate) fn check_clip(family: &Family, clip: &BTreeMap<String, TensorInfo>) -> Result<()> {
     // The release's clip: only the projection, its text encoder shipped apart.
-    if family.release.is_some_and(|r| r.is_release_clip(clip.keys())) {
+    if family
+        .release
+        .is_some_and(|r| r.is_release_clip(clip.keys()))
+    {
         return Ok(());
     }
     let found = clip_names(clip);

@@ -145,7 +145,10 @@ mod tests {
         let dual = "text_embedding_projection.video_aggregate_embed.bias";
         assert_eq!(r.projection_file_key(dual), dual);
         assert_eq!(r.projection_memory_key(dual).as_deref(), Some(dual));
-        assert_eq!(r.projection_memory_key("text_embedding_projectionx.w"), None);
+        assert_eq!(
+            r.projection_memory_key("text_embedding_projectionx.w"),
+            None
+        );
         let only = ["text_embedding_projection.weight".to_string()];
         assert!(r.is_release_clip(only.iter()));
         let with_gemma = [

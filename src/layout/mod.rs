@@ -206,7 +206,9 @@ pub fn layout(
             }
             b.prefix_all(ComponentKind::Vae, vae, family.prefixes.vae)?;
             if let Some(audio) = shapes.get(ComponentKind::AudioVae) {
-                let r = family.release.ok_or_else(|| release::no_audio(*arch, audio))?;
+                let r = family
+                    .release
+                    .ok_or_else(|| release::no_audio(*arch, audio))?;
                 release::audio_layout(&mut b, r, audio)?;
             }
         }

@@ -101,7 +101,10 @@ mod tests {
         // A tensor that is no part of ComfyUI's AudioVAE is refused by name.
         let mut bad = release.clone();
         let mut a = audio;
-        a.insert("decoder.conv_in.weight".into(), a.values().next().unwrap().clone());
+        a.insert(
+            "decoder.conv_in.weight".into(),
+            a.values().next().unwrap().clone(),
+        );
         bad.set(ComponentKind::AudioVae, a);
         let e = layout(&LayoutKind::Arch(Arch::Ltx2), &bad, Prediction::Flow)
             .unwrap_err()

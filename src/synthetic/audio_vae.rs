@@ -37,7 +37,12 @@ pub(super) fn autoencoder(cfg: &AudioVaeConfig, d: &mut Dict) {
             block_in = block_out;
         }
         if i + 1 != levels {
-            d.conv(&format!("{e}.down.{i}.downsample.conv"), block_in, block_in, 3);
+            d.conv(
+                &format!("{e}.down.{i}.downsample.conv"),
+                block_in,
+                block_in,
+                3,
+            );
         }
     }
     resblock(d, &format!("{e}.mid.block_1"), block_in, block_in);
@@ -56,7 +61,13 @@ pub(super) fn autoencoder(cfg: &AudioVaeConfig, d: &mut Dict) {
             block_in = block_out;
         }
         if i != 0 {
-            causal(d, &format!("{dec}.up.{i}.upsample.conv"), block_in, block_in, 3);
+            causal(
+                d,
+                &format!("{dec}.up.{i}.upsample.conv"),
+                block_in,
+                block_in,
+                3,
+            );
         }
     }
     causal(d, &format!("{dec}.conv_out"), block_in, cfg.out_ch, 3);
@@ -92,7 +103,13 @@ pub(super) fn vocoder(cfg: &VocoderConfig, d: &mut Dict) {
         }
     }
     debug_assert_eq!(cfg.upsample_rates.len(), cfg.upsample_kernel_sizes.len());
-    conv1d(d, format!("{p}.conv_post"), ch, if cfg.stereo { 2 } else { 1 }, 7);
+    conv1d(
+        d,
+        format!("{p}.conv_post"),
+        ch,
+        if cfg.stereo { 2 } else { 1 },
+        7,
+    );
 }
 
 #[cfg(test)]
@@ -126,9 +143,15 @@ mod tests {
         assert_eq!(under(&d, "autoencoder.decoder."), 56);
         assert_eq!(d.map.len(), 102);
         let shape = |d: &Dict, k: &str| d.map[k].shape.clone();
-        assert_eq!(shape(&d, "autoencoder.encoder.conv_out.conv.weight"), [16, 512, 3, 3]);
         assert_eq!(
-            shape(&d, "autoencoder.encoder.down.1.block.0.nin_shortcut.conv.weight"),
+            shape(&d, "autoencoder.encoder.conv_out.conv.weight"),
+            [16, 512, 3, 3]
+        );
+        assert_eq!(
+            shape(
+                &d,
+                "autoencoder.encoder.down.1.block.0.nin_shortcut.conv.weight"
+            ),
             [256, 128, 1, 1]
         );
         assert_eq!(
@@ -139,7 +162,10 @@ mod tests {
             shape(&d, "autoencoder.decoder.up.2.upsample.conv.conv.weight"),
             [512, 512, 3, 3]
         );
-        assert_eq!(shape(&d, "autoencoder.decoder.conv_out.conv.weight"), [2, 128, 3, 3]);
+        assert_eq!(
+            shape(&d, "autoencoder.decoder.conv_out.conv.weight"),
+            [2, 128, 3, 3]
+        );
         let mut v = Dict::new(Dtype::F32);
         vocoder(
             &VocoderConfig {
@@ -154,7 +180,10 @@ mod tests {
         assert_eq!(v.map.len(), 2 + 5 * 2 + 15 * 12 + 2);
         assert_eq!(shape(&v, "vocoder.conv_pre.weight"), [1024, 128, 7]);
         assert_eq!(shape(&v, "vocoder.ups.1.weight"), [512, 256, 15]);
-        assert_eq!(shape(&v, "vocoder.resblocks.14.convs2.2.weight"), [32, 32, 11]);
+        assert_eq!(
+            shape(&v, "vocoder.resblocks.14.convs2.2.weight"),
+            [32, 32, 11]
+        );
         assert_eq!(shape(&v, "vocoder.conv_post.weight"), [2, 32, 7]);
     }
 }
