@@ -228,7 +228,11 @@ fn node_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split> {
             Prediction::Unknown,
             release.carried_metadata(&input.metadata),
         );
-        write(&named, "vae/ComfyUI_audio_vae_00001_.safetensors", &o)?;
+        write(
+            &named,
+            &format!("vae/{AUDIO_VAE_FILE}00001_.safetensors"),
+            &o,
+        )?;
     }
     Ok(split)
 }
@@ -317,6 +321,9 @@ fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Spl
     }
     Ok(split)
 }
+
+/// The start of the name of the audio VAE's file in `vae/` (see [`SplitTarget::Nodes`]).
+pub const AUDIO_VAE_FILE: &str = "ComfyUI_audio_vae_";
 
 /// The sub-folder of a diffusers split that holds, as ComfyUI's save nodes write them, the
 /// tensors that have no diffusers names here.

@@ -408,6 +408,7 @@ pub(super) const LTXV: Family = Family {
 /// holds the audio VAE, the vocoder and the projection beside the denoiser and the video VAE
 /// ([`crate::family::release::LTX2`]).
 pub(super) const LTX2: Family = Family {
+    diffusers: true,
     release: Some(&crate::family::release::LTX2),
     ..dit(
         Arch::Ltx2,

@@ -1,7 +1,7 @@
 //! The diffusers transformers of the families after Flux.1, ⇄ ComfyUI's names, as diffusers'
 //! single-file converters (`loaders/single_file_utils.py`, `convert_*_to_diffusers`) rename
 //! them: each ComfyUI name's diffusers counterpart — the same name (Qwen-Image, HiDream),
-//! ordered substring replacements (Wan, LTX-Video, Lumina 2, Z-Image), module tables (Chroma,
+//! ordered substring replacements (Wan, LTX-Video, LTX-2, Lumina 2, Z-Image), module tables (Chroma,
 //! Flux 2, HunyuanVideo), fused q/k/v split along dim 0, swapped shift/scale halves, and the
 //! unused `norm_final` Lumina-style models carry and diffusers drops.
 //!
@@ -93,6 +93,61 @@ const LTX: [(&str, &str); 4] = [
     ("q_norm", "norm_q"),
     ("k_norm", "norm_k"),
 ];
+
+/// `convert_ltx2_transformer_to_diffusers`' rename dict (`LTX_2_0_TRANSFORMER_KEYS_RENAME_DICT`),
+/// in its order; `audio_patchify_proj` becomes `audio_proj_in` through the first pair.
+const LTX2: [(&str, &str); 9] = [
+    ("patchify_proj", "proj_in"),
+    (
+        "av_ca_video_scale_shift_adaln_single",
+        "av_cross_attn_video_scale_shift",
+    ),
+    (
+        "av_ca_a2v_gate_adaln_single",
+        "av_cross_attn_video_a2v_gate",
+    ),
+    (
+        "av_ca_audio_scale_shift_adaln_single",
+        "av_cross_attn_audio_scale_shift",
+    ),
+    (
+        "av_ca_v2a_gate_adaln_single",
+        "av_cross_attn_audio_v2a_gate",
+    ),
+    (
+        "scale_shift_table_a2v_ca_video",
+        "video_a2v_cross_attn_scale_shift_table",
+    ),
+    (
+        "scale_shift_table_a2v_ca_audio",
+        "audio_a2v_cross_attn_scale_shift_table",
+    ),
+    ("q_norm", "norm_q"),
+    ("k_norm", "norm_k"),
+];
+
+/// The first segments of LTX-2's text connectors, which diffusers holds in a model of their own
+/// (`connectors/`) and its transformer converter drops.
+pub(super) const LTX2_CONNECTORS: [&str; 2] =
+    ["video_embeddings_connector.", "audio_embeddings_connector."];
+
+/// LTX-2's name in diffusers' transformer: the rename dict, then the converter's special case
+/// of the two remaining adaLNs (`adaln_single.` → `time_embed.`, `audio_adaln_single.` →
+/// `audio_time_embed.`); the connectors have none.
+fn ltx2(c: &str) -> Option<Mapped> {
+    if LTX2_CONNECTORS.iter().any(|p| c.starts_with(p)) {
+        return None;
+    }
+    let d = replace_all(c, &LTX2);
+    let d = if let Some(rest) = d.strip_prefix("adaln_single.") {
+        format!("time_embed.{rest}")
+    } else if let Some(rest) = d.strip_prefix("audio_adaln_single.") {
+        format!("audio_time_embed.{rest}")
+    } else {
+        d
+    };
+    Some(Mapped::Same(d))
+}
 
 /// `convert_lumina2_to_diffusers`' maps after the refiner's and the final layer's, in order.
 const LUMINA: [(&str, &str); 15] = [
@@ -459,6 +514,7 @@ pub(super) fn mapped(class: ModelClass, c: &str, width: usize) -> Option<Mapped>
         QwenImageTransformer | HiDreamTransformer => Some(Mapped::Same(c.to_string())),
         WanTransformer => Some(Mapped::Same(replace_all(c, &WAN))),
         LtxTransformer => Some(Mapped::Same(replace_all(c, &LTX))),
+        Ltx2Transformer => ltx2(c),
         Lumina2Transformer => Some(lumina2(c, width)),
         ZImageTransformer => Some(z_image(c)),
         ChromaTransformer => chroma(c, width),
@@ -479,6 +535,7 @@ fn families(class: ModelClass) -> &'static [Arch] {
         QwenImageTransformer => &[Arch::QwenImage],
         HiDreamTransformer => &[Arch::HiDream],
         LtxTransformer => &[Arch::Ltxv],
+        Ltx2Transformer => &[Arch::Ltx2],
         HunyuanVideoTransformer => &[Arch::HunyuanVideo],
         Lumina2Transformer => &[Arch::Lumina2],
         ChromaTransformer => &[Arch::Chroma],
