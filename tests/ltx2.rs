@@ -565,3 +565,60 @@ fn a_release_splits_into_comfyuis_loader_files_and_back() {
         "the release through ComfyUI's loader files",
     );
 }
+
+/// A release through a diffusers folder and back: the transformer in diffusers' names, what
+/// diffusers has no names for here (the text connectors, the projection, the video VAE, the
+/// audio VAE with its vocoder) in `comfyui/`, and `convert` of the folder gives every tensor
+/// back under its name, byte for byte.
+#[test]
+fn a_release_goes_through_a_diffusers_folder_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let released = release(d, "11", CONFIG);
+    let folder = d.join("pipeline");
+    let r = run(
+        d,
+        &[
+            "split",
+            s(&released),
+            "--to",
+            "diffusers",
+            "--output-dir",
+            s(&folder),
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("model_index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["_class_name"], "LTX2Pipeline");
+    assert_eq!(
+        index["transformer"],
+        serde_json::json!(["diffusers", "LTX2VideoTransformer3DModel"])
+    );
+    let (transformer, _) =
+        st::read(&folder.join("transformer/diffusion_pytorch_model.safetensors"));
+    assert!(transformer.contains_key("audio_time_embed.linear.weight"));
+    assert!(transformer.contains_key("av_cross_attn_video_a2v_gate.linear.weight"));
+    assert!(!transformer
+        .keys()
+        .any(|k| k.contains("embeddings_connector")));
+    assert!(folder
+        .join("comfyui/vae/ComfyUI_audio_vae_00001_.safetensors")
+        .is_file());
+    let back = ok_path(
+        d,
+        &[
+            "convert",
+            s(&folder),
+            "--dtype",
+            "keep",
+            "-q",
+            "--output-dir",
+            s(&d.join("back")),
+        ],
+    );
+    let ((want, _), (got, _)) = (st::read(&released), st::read(&back));
+    assert_eq!(got, want);
+}
