@@ -377,7 +377,8 @@ fn a_lora_on_the_split_feed_forward_bakes_into_the_halves_of_gate_up() {
     let half = rows / 2;
     let r = 2;
     // (stem, which half, up/B tensor name, down/A tensor name, alpha, seed)
-    let modules: [(&str, usize, &str, &str, Option<f32>, u32); 3] = [
+    type Module<'a> = (&'a str, usize, &'a str, &'a str, Option<f32>, u32);
+    let modules: [Module; 3] = [
         (
             "transformer.transformer_blocks.0.img_mlp.gate_layer",
             0,

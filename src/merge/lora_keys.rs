@@ -6,7 +6,7 @@
 //! | part | stems |
 //! | --- | --- |
 //! | denoiser, every family and `generic` | `lora_unet_<name with _>` and `diffusion_model.<name>` of every weight; `diffusion_model.<key>` of every other tensor (biases, norm scales, modulations) |
-//! | denoiser, by family | the own names bare or under `transformer.`, `lycoris_…` (Qwen-Image, HiDream, LTX-Video); the diffusers names under `unet.`/`transformer.`/`base_model.model.`/bare and flattened under `lora_unet_`/`lora_transformer_`/`lycoris_` (see the table); diffusion-pipe's HunyuanVideo renames; Flux's `linear1_qkv` rows |
+//! | denoiser, by family | the own names bare or under `transformer.`, `lycoris_…` (Qwen-Image, HiDream, LTX-Video); the diffusers names under `unet.`/`transformer.`/`base_model.model.`/bare and flattened under `lora_unet_`/`lora_transformer_`/`lycoris_` (see the table); diffusion-pipe's HunyuanVideo renames; Flux's `linear1_qkv` rows; Qwen-Image 2.1's `img_mlp.gate_layer`/`img_mlp.proj` halves of `img_mlp.gate_up` |
 //! | CLIP-L, OpenCLIP-H | `lora_te_…`, `lora_te1_…`, `text_encoder.…` |
 //! | OpenCLIP-G beside CLIP-L (SDXL, SD3, HiDream) | `lora_te2_…`, `text_encoder_2.…` |
 //! | OpenCLIP-G alone (SDXL refiner) | `lora_te_…`, `lora_prior_te_…`, `text_encoder.…` and `text_encoder_2.…` |
