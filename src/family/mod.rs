@@ -232,10 +232,17 @@ impl Family {
 }
 
 impl Variant {
-    /// Whether two variants are the same model for this tool (Flux.1 Kontext has Flux.1 dev's
-    /// keys and shapes): detection places both as the first.
+    /// Whether two variants have the same denoiser for this tool (Flux.1 Kontext has Flux.1
+    /// dev's keys and shapes; LTX-2's release holds LTX-2's): detection places both as the
+    /// first.
     pub fn same_model_as(&self, other: &Variant) -> bool {
-        std::ptr::eq(self.full, other.full)
+        use crate::model::ComponentKind;
+        let model = |v: &Variant| {
+            crate::synthetic::expand::expand(v.full)
+                .get(ComponentKind::Model)
+                .cloned()
+        };
+        std::ptr::eq(self.full, other.full) || model(self) == model(other)
     }
 
     /// The text encoders (clip component prefixes) of this variant.
