@@ -137,6 +137,14 @@ pub const LTXV: LoraNames = LoraNames {
     ..GENERIC
 };
 
+/// LTX-2: ComfyUI maps its own names bare (`comfy/lora.py`, `LTXV`/`LTXAV`); diffusers' LTX-2
+/// LoRAs (`transformer.<LTX2VideoTransformer3DModel name>`) are read too.
+pub const LTX2: LoraNames = LoraNames {
+    own: &[""],
+    diffusers: &["transformer."],
+    ..GENERIC
+};
+
 /// Wan: ComfyUI has only the generic forms (and reads Wan-Fun's `lora_unet__` as
 /// `lora_unet_`); diffusers' own Wan LoRAs (`transformer.<diffusers name>`) are read too.
 pub const WAN: LoraNames = LoraNames {

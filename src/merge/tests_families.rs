@@ -329,6 +329,32 @@ fn every_family_takes_the_lora_names_comfyui_maps_for_it() {
             "video_embeddings_connector.transformer_1d_blocks.0.ff.net.0.proj.weight",
             0..128,
         ),
+        // Its own names bare (ComfyUI's `LTXAV` form), and diffusers' `transformer.` names of
+        // `LTX2VideoTransformer3DModel` (`convert_ltx2_transformer_to_diffusers`' renames).
+        (
+            Arch::Ltx2,
+            "transformer_blocks.0.audio_attn1.to_v",
+            PEFT,
+            Model,
+            "transformer_blocks.0.audio_attn1.to_v.weight",
+            0..8,
+        ),
+        (
+            Arch::Ltx2,
+            "transformer.audio_time_embed.linear",
+            PEFT,
+            Model,
+            "audio_adaln_single.linear.weight",
+            0..48,
+        ),
+        (
+            Arch::Ltx2,
+            "transformer.transformer_blocks.1.attn2.norm_k",
+            PEFT,
+            Model,
+            "transformer_blocks.1.attn2.k_norm.weight",
+            0..32,
+        ),
         // Gemma 3 under `text_encoders.`, with and without the encoder's name.
         (
             Arch::Ltx2,

@@ -404,7 +404,8 @@ pub(super) const LTXV: Family = Family {
 /// (`image_model: ltxav`); `supported_models.LTXAV` (an `LTXV` config: `text_encoders.`,
 /// `vae.`, no save-time conversions). The text encoder is `LTXAVTEModel` (`text_encoders/lt.py`:
 /// `gemma3_12b` and `text_embedding_projection`), the VAE LTX-Video's class. ComfyUI has no
-/// `ModelMergeLTXAV` node and no LoRA names for `LTXAV` beyond the generic ones. Its release
+/// `ModelMergeLTXAV` node; its LoRA names for `LTXAV` are the generic ones and the bare own
+/// names (`comfy/lora.py`). Its release
 /// holds the audio VAE, the vocoder and the projection beside the denoiser and the video VAE
 /// ([`crate::family::release::LTX2`]).
 pub(super) const LTX2: Family = Family {
@@ -453,7 +454,7 @@ pub(super) const LTX2: Family = Family {
             ),
         ],
         VaeKind::Ltx,
-        lora::GENERIC,
+        lora::LTX2,
     )
 };
 
