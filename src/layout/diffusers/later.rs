@@ -30,7 +30,7 @@ pub(super) enum Mapped {
 }
 
 /// Python's `str.replace`, pair after pair, as the converters apply their rename dicts.
-fn replace_all(key: &str, pairs: &[(&str, &str)]) -> String {
+pub(super) fn replace_all(key: &str, pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .fold(key.to_string(), |k, (from, to)| k.replace(from, to))
@@ -93,61 +93,6 @@ const LTX: [(&str, &str); 4] = [
     ("q_norm", "norm_q"),
     ("k_norm", "norm_k"),
 ];
-
-/// `convert_ltx2_transformer_to_diffusers`' rename dict (`LTX_2_0_TRANSFORMER_KEYS_RENAME_DICT`),
-/// in its order; `audio_patchify_proj` becomes `audio_proj_in` through the first pair.
-const LTX2: [(&str, &str); 9] = [
-    ("patchify_proj", "proj_in"),
-    (
-        "av_ca_video_scale_shift_adaln_single",
-        "av_cross_attn_video_scale_shift",
-    ),
-    (
-        "av_ca_a2v_gate_adaln_single",
-        "av_cross_attn_video_a2v_gate",
-    ),
-    (
-        "av_ca_audio_scale_shift_adaln_single",
-        "av_cross_attn_audio_scale_shift",
-    ),
-    (
-        "av_ca_v2a_gate_adaln_single",
-        "av_cross_attn_audio_v2a_gate",
-    ),
-    (
-        "scale_shift_table_a2v_ca_video",
-        "video_a2v_cross_attn_scale_shift_table",
-    ),
-    (
-        "scale_shift_table_a2v_ca_audio",
-        "audio_a2v_cross_attn_scale_shift_table",
-    ),
-    ("q_norm", "norm_q"),
-    ("k_norm", "norm_k"),
-];
-
-/// The first segments of LTX-2's text connectors, which diffusers holds in a model of their own
-/// (`connectors/`) and its transformer converter drops.
-pub(super) const LTX2_CONNECTORS: [&str; 2] =
-    ["video_embeddings_connector.", "audio_embeddings_connector."];
-
-/// LTX-2's name in diffusers' transformer: the rename dict, then the converter's special case
-/// of the two remaining adaLNs (`adaln_single.` → `time_embed.`, `audio_adaln_single.` →
-/// `audio_time_embed.`); the connectors have none.
-fn ltx2(c: &str) -> Option<Mapped> {
-    if LTX2_CONNECTORS.iter().any(|p| c.starts_with(p)) {
-        return None;
-    }
-    let d = replace_all(c, &LTX2);
-    let d = if let Some(rest) = d.strip_prefix("adaln_single.") {
-        format!("time_embed.{rest}")
-    } else if let Some(rest) = d.strip_prefix("audio_adaln_single.") {
-        format!("audio_time_embed.{rest}")
-    } else {
-        d
-    };
-    Some(Mapped::Same(d))
-}
 
 /// `convert_lumina2_to_diffusers`' maps after the refiner's and the final layer's, in order.
 const LUMINA: [(&str, &str); 15] = [
@@ -514,7 +459,7 @@ pub(super) fn mapped(class: ModelClass, c: &str, width: usize) -> Option<Mapped>
         QwenImageTransformer | HiDreamTransformer => Some(Mapped::Same(c.to_string())),
         WanTransformer => Some(Mapped::Same(replace_all(c, &WAN))),
         LtxTransformer => Some(Mapped::Same(replace_all(c, &LTX))),
-        Ltx2Transformer => ltx2(c),
+        Ltx2Transformer => super::ltx2::mapped(c).map(Mapped::Same),
         Lumina2Transformer => Some(lumina2(c, width)),
         ZImageTransformer => Some(z_image(c)),
         ChromaTransformer => chroma(c, width),

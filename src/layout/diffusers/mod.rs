@@ -18,6 +18,7 @@ mod flux;
 mod later;
 mod later_config;
 mod links;
+mod ltx2;
 mod mmdit;
 mod model_config;
 mod text;
@@ -159,7 +160,7 @@ pub fn is_mapped(arch: Arch, kind: ComponentKind, key: &str) -> bool {
     match kind {
         // LTX-2's text connectors are a diffusers model of their own, not mapped here.
         ComponentKind::Model if arch == Arch::Ltx2 => {
-            !later::LTX2_CONNECTORS.iter().any(|p| key.starts_with(p))
+            !ltx2::CONNECTORS.iter().any(|p| key.starts_with(p))
         }
         ComponentKind::Model => true,
         ComponentKind::Vae => vae_class(arch).is_some(),
