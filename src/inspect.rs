@@ -19,7 +19,7 @@ use crate::read::{is_gguf, FileFormat, SafetensorsFile};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PartSummary {
-    /// `model`, `clip`, `vae` or `other`.
+    /// `model`, `clip`, `vae`, `audio_vae` (an audio VAE and its vocoder, LTX-2's) or `other`.
     pub name: &'static str,
     /// Number of tensors.
     pub tensors: usize,
@@ -106,6 +106,11 @@ fn part_of(key: &str) -> &'static str {
         "clip"
     } else if key.starts_with("first_stage_model.") || key.starts_with("vae.") {
         "vae"
+    } else if key.starts_with("audio_vae.") || key.starts_with("vocoder.") {
+        "audio_vae"
+    } else if key.starts_with("text_embedding_projection.") {
+        // LTX-2's release holds its text-encoder model's projection at the top level.
+        "clip"
     } else {
         "other"
     }
@@ -136,7 +141,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let (prediction, _) = read_prediction(path, &infos, st.metadata(), default, |key| {
         read_f32_scalar(&st, key)
     })?;
-    let mut parts: Vec<PartSummary> = ["model", "clip", "vae", "other"]
+    let mut parts: Vec<PartSummary> = ["model", "clip", "vae", "audio_vae", "other"]
         .into_iter()
         .map(|name| PartSummary {
             name,
@@ -263,7 +268,7 @@ impl fmt::Display for Inspection {
             let dtypes: Vec<String> = p.dtypes.iter().map(|(d, n)| format!("{d}×{n}")).collect();
             writeln!(
                 f,
-                "  {:<6} {:>6} tensors {:>12}  {}",
+                "  {:<9} {:>6} tensors {:>12}  {}",
                 p.name,
                 p.tensors,
                 human_bytes(p.bytes),

@@ -35,7 +35,9 @@ pub enum SplitTarget {
     Diffusers,
     /// The files ComfyUI's separate save nodes write and its separate loaders read:
     /// `diffusion_models/ComfyUI_00001_.safetensors` (ModelSave), `clip/ComfyUI_<encoder>_00001_…`
-    /// (CLIPSave, one per text encoder) and `vae/ComfyUI_vae_00001_.safetensors` (VAESave).
+    /// (CLIPSave, one per text encoder) and `vae/ComfyUI_vae_00001_.safetensors` (VAESave);
+    /// an audio VAE (LTX-2's) as `vae/ComfyUI_audio_vae_00001_.safetensors` in the names and
+    /// with the `config` metadata ComfyUI's audio VAE loaders read.
     Nodes,
 }
 
@@ -174,7 +176,16 @@ fn comfyui_files(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Split>
     };
     for (kind, map) in input.components.iter() {
         let path = dir.join(format!("{}.safetensors", kind.name()));
-        let saved = save_to_path(&as_model(map.clone()), &path, &plain(opts, &[]))?;
+        // The audio VAE's file keeps the metadata its loaders read (LTX-2's `config`).
+        let carried = match kind {
+            ComponentKind::AudioVae => audio_release(input).carried_metadata(&input.metadata),
+            _ => BTreeMap::new(),
+        };
+        let extra: Vec<(&str, &str)> = carried
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let saved = save_to_path(&as_model(map.clone()), &path, &plain(opts, &extra))?;
         split.bytes += saved.bytes;
         split.files.push(saved.path);
     }
@@ -297,7 +308,39 @@ fn node_files(
         let o = node("", Prediction::Unknown, BTreeMap::new());
         write(vae, "vae/ComfyUI_vae_00001_.safetensors", &o)?;
     }
+    if let Some(audio) = input.components.get(ComponentKind::AudioVae) {
+        // The file ComfyUI's audio VAE loaders read from `vae/` (`LTXVAudioVAELoader`, and
+        // `VAELoader` by its vocoder keys): the release's names and the `config` they build
+        // the model from.
+        let release = audio_release(input);
+        let mut named = InputMap::new();
+        for (k, t) in audio {
+            let file = release.audio_file_key(k).ok_or_else(|| Error::Conversion {
+                key: k.clone(),
+                reason: "an audio VAE tensor is named `autoencoder.…` or `vocoder.…`".into(),
+            })?;
+            named.insert(file, t.clone());
+        }
+        let o = node(
+            "",
+            Prediction::Unknown,
+            release.carried_metadata(&input.metadata),
+        );
+        write(
+            &named,
+            &format!("vae/{AUDIO_VAE_FILE}00001_.safetensors"),
+            &o,
+        )?;
+    }
     Ok(split)
+}
+
+/// The release whose audio VAE `input` holds: its family's, else LTX-2's (a generic layout).
+fn audio_release(input: &Input) -> &'static crate::family::Release {
+    input
+        .arch
+        .and_then(|a| a.family().release)
+        .unwrap_or(&crate::family::release::LTX2)
 }
 
 /// A diffusers pipeline folder of the components' diffusers names; what has none here (a
@@ -376,6 +419,9 @@ fn diffusers_folder(input: &Input, dir: &Path, opts: &SaveOptions) -> Result<Spl
     }
     Ok(split)
 }
+
+/// The start of the name of the audio VAE's file in `vae/` (see [`SplitTarget::Nodes`]).
+pub const AUDIO_VAE_FILE: &str = "ComfyUI_audio_vae_";
 
 /// The sub-folder of a diffusers split that holds, as ComfyUI's save nodes write them, the
 /// tensors that have no diffusers names here.

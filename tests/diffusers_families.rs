@@ -2,7 +2,8 @@
 //! `tests/fixtures/diffusers/<family>/diffusers/` holds what `convert_*_to_diffusers` made of the
 //! checkpoint beside it (see `make_family_fixtures.py`). A split writes the same tensors; the
 //! diffusers models read back to the checkpoint's; a checkpoint goes to a diffusers folder and
-//! back unchanged (what diffusers does not map travels in the folder's `comfyui/`).
+//! back unchanged (what diffusers does not map travels in the folder's `comfyui/`). LTX-2's
+//! fixture was made by `make_ltx2_fixture.py` with `convert_ltx2_transformer_to_diffusers`.
 
 mod common;
 
@@ -17,7 +18,7 @@ use checkpoint_save::{
 use common::cli::{ok_path, run};
 
 /// Fixture folder, family, the diffusers folders diffusers' converters made.
-const FAMILIES: [(&str, Arch, &[&str]); 10] = [
+const FAMILIES: [(&str, Arch, &[&str]); 11] = [
     (
         "wan21",
         Arch::Wan21,
@@ -32,7 +33,16 @@ const FAMILIES: [(&str, Arch, &[&str]); 10] = [
     ("z-image", Arch::ZImage, &["transformer"]),
     ("hunyuan-video", Arch::HunyuanVideo, &["transformer"]),
     ("ltxv", Arch::Ltxv, &["transformer"]),
+    ("ltx2", Arch::Ltx2, &["transformer"]),
 ];
+
+/// Denoiser tensors diffusers holds in another model than the transformer (LTX-2's text
+/// connectors, `LTX2TextConnectors`): a split keeps them in `comfyui/diffusion_models/`.
+fn outside_the_transformer(arch: Arch, key: &str) -> bool {
+    arch == Arch::Ltx2
+        && (key.starts_with("video_embeddings_connector.")
+            || key.starts_with("audio_embeddings_connector."))
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -159,7 +169,10 @@ fn diffusers_models_read_back_to_the_checkpoints_tensors() {
             let got = written(&read.tensors, dir.path());
             let want = written(ckpt.components.get(kind).unwrap(), dir.path());
             // The text encoder folder is one encoder of the clip component (umT5).
-            let of_this = |k: &str| kind != ComponentKind::Clip || k.starts_with("umt5xxl.");
+            let of_this = |k: &str| {
+                (kind != ComponentKind::Clip || k.starts_with("umt5xxl."))
+                    && !(kind == ComponentKind::Model && outside_the_transformer(arch, k))
+            };
             for (k, w) in want.iter().filter(|(k, _)| of_this(k)) {
                 let g = got
                     .get(k)

@@ -339,3 +339,139 @@ fn its_gguf_carries_qwen_image21_and_reads_back() {
     };
     assert_eq!(shapes(&round), shapes(&orig));
 }
+
+/// Deterministic values in [-0.5, 0.5).
+fn noise(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+/// A LoRA trained on diffusers' split feed-forward names bakes into the row halves of the fused
+/// `img_mlp.gate_up` as ComfyUI's offset patches put it (`comfy/lora.py`: `gate_layer` →
+/// `(0, 0, half)`, `proj` → `(0, half, half)`), under the forms ComfyUI maps for them
+/// (`transformer.` with PEFT's `lora_A`/`lora_B` and an alpha, bare with kohya's
+/// `lora_down`/`lora_up`, `lycoris_`); the values are computed here, in f64, from the factors.
+#[test]
+fn a_lora_on_the_split_feed_forward_bakes_into_the_halves_of_gate_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ckpt = ok_path(
+        d,
+        &[
+            "save",
+            "--synthetic",
+            "qwen-image-21",
+            "--tiny",
+            "-q",
+            "--output-dir",
+            s(&d.join("a")),
+        ],
+    );
+    let (input, _) = st::read(&ckpt);
+    let key =
+        |b: usize| format!("model.diffusion_model.transformer_blocks.{b}.img_mlp.gate_up.weight");
+    let (dtype, shape, _) = &input[&key(0)];
+    assert_eq!(*dtype, safetensors::Dtype::F32);
+    let (rows, cols) = (shape[0], shape[1]);
+    let half = rows / 2;
+    let r = 2;
+    // (stem, which half, up/B tensor name, down/A tensor name, alpha, seed)
+    type Module<'a> = (&'a str, usize, &'a str, &'a str, Option<f32>, u32);
+    let modules: [Module; 3] = [
+        (
+            "transformer.transformer_blocks.0.img_mlp.gate_layer",
+            0,
+            "lora_B",
+            "lora_A",
+            Some(1.0),
+            1,
+        ),
+        (
+            "transformer_blocks.1.img_mlp.proj",
+            1,
+            "lora_up",
+            "lora_down",
+            None,
+            3,
+        ),
+        (
+            "lycoris_transformer_blocks_1_img_mlp_gate_layer",
+            0,
+            "lora_up",
+            "lora_down",
+            None,
+            5,
+        ),
+    ];
+    let mut tensors = BTreeMap::new();
+    let mut factors = Vec::new();
+    for (stem, which, up_name, down_name, alpha, seed) in modules {
+        let (up, down) = (noise(half * r, seed), noise(r * cols, seed + 1));
+        tensors.insert(
+            format!("{stem}.{up_name}.weight"),
+            (safetensors::Dtype::F32, vec![half, r], st::f32_bytes(&up)),
+        );
+        tensors.insert(
+            format!("{stem}.{down_name}.weight"),
+            (safetensors::Dtype::F32, vec![r, cols], st::f32_bytes(&down)),
+        );
+        if let Some(a) = alpha {
+            tensors.insert(
+                format!("{stem}.alpha"),
+                (safetensors::Dtype::F32, vec![], st::f32_bytes(&[a])),
+            );
+        }
+        factors.push((stem, which, up, down, alpha));
+    }
+    let lora = d.join("ffn.safetensors");
+    st::write(&lora, &tensors, &BTreeMap::new());
+    let r2 = run(
+        d,
+        &[
+            "merge",
+            s(&ckpt),
+            "--lora",
+            &format!("{}:0.5", s(&lora)),
+            "--strict",
+            "--output-dir",
+            s(&d.join("out")),
+        ],
+    );
+    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    assert!(r2.stderr.contains("3 module(s) baked"), "{}", r2.stderr);
+    let (out, _) = st::read(Path::new(r2.stdout.trim()));
+    let values = |t: &BTreeMap<String, st::Raw>, k: &str| st::floats(t[k].0, &t[k].2);
+    for block in 0..2 {
+        let k = key(block);
+        let (w, got) = (values(&input, &k), values(&out, &k));
+        let mut want: Vec<f64> = w.iter().map(|x| *x as f64).collect();
+        let stem_of = |s: &str| {
+            s.contains(&format!("blocks.{block}.")) || s.contains(&format!("blocks_{block}_"))
+        };
+        for (_, which, up, down, alpha) in factors.iter().filter(|f| stem_of(f.0)) {
+            // strength · alpha / rank (no alpha: 1), as f32 as ComfyUI passes it.
+            let scale = (0.5f64 * alpha.map_or(1.0, |a| a as f64 / r as f64)) as f32 as f64;
+            for row in 0..half {
+                for col in 0..cols {
+                    let dot: f64 = (0..r)
+                        .map(|j| up[row * r + j] as f64 * down[j * cols + col] as f64)
+                        .sum();
+                    want[(which * half + row) * cols + col] += scale * dot;
+                }
+            }
+        }
+        for (i, g) in got.iter().enumerate() {
+            assert!(
+                (*g as f64 - want[i]).abs() < 1e-5,
+                "{k}[{i}] (row {}): {g} vs {}",
+                i / cols,
+                want[i]
+            );
+        }
+        assert_ne!(got, w, "{k} is patched");
+    }
+    // Block 0's up half is untouched: only its gate half was named.
+    let (w0, g0) = (values(&input, &key(0)), values(&out, &key(0)));
+    assert_eq!(g0[half * cols..], w0[half * cols..]);
+}

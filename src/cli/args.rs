@@ -316,6 +316,17 @@ pub(crate) struct SaveArgs {
     )]
     pub(crate) vae: Option<PathBuf>,
 
+    /// An audio autoencoder with its vocoder (LTX-2's): a file as ComfyUI's audio VAE loaders
+    /// read it (`audio_vae.…`, `vocoder.…`), or in ComfyUI's in-memory names
+    /// (`autoencoder.…`, `vocoder.…`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "synthetic",
+        help_heading = "Inputs"
+    )]
+    pub(crate) audio_vae: Option<PathBuf>,
+
     /// Build a synthetic model in memory instead of reading files: a family (its default
     /// model) or a known model of one (`wan21-14b`, `flux-fill`, `sd35-large`, …; see the README).
     #[arg(long, value_name = "MODEL", value_parser = parse_model_name, help_heading = "Inputs")]
@@ -420,7 +431,7 @@ pub(crate) struct SaveFlags {
     #[arg(long, value_name = "DTYPE", help_heading = "Dtypes")]
     pub(crate) clip_dtype: Option<TargetDtype>,
 
-    /// Dtype of the VAE, overriding --dtype.
+    /// Dtype of the VAE (and of an audio VAE beside it), overriding --dtype.
     #[arg(long, value_name = "DTYPE", help_heading = "Dtypes")]
     pub(crate) vae_dtype: Option<TargetDtype>,
 

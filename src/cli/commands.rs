@@ -31,6 +31,12 @@ pub(crate) fn save(args: &SaveArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     if let (LayoutChoice::Auto, Some(arch)) = (&opts.layout, job.arch) {
         opts.layout = LayoutChoice::Arch(arch);
     }
+    if let Some(path) = &args.audio_vae {
+        // The metadata the audio VAE's loaders read comes with it (its header only is read).
+        let header = checkpoint_save::inspect(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        carry_audio_metadata(&components, job.arch, &header.metadata, &mut opts);
+    }
     if args.out.dry_run {
         return print_dry_run(&components, &opts, args.out.json);
     }
@@ -69,6 +75,7 @@ pub(crate) fn convert(args: &ConvertArgs, cancel: &Arc<AtomicBool>) -> Result<()
     }
     opts.prediction = opts.prediction.or(input_prediction(&input, args.out.arch));
     denoiser_only(&input.components, input.arch, &args.out, &mut opts);
+    carry_audio_metadata(&input.components, input.arch, &input.metadata, &mut opts);
     if args.out.dry_run {
         return print_dry_run(&input.components, &opts, args.out.json);
     }
@@ -115,6 +122,26 @@ pub(crate) fn write_job(
     }
     let target = checkpoint_save::GgufTarget::new(ty, &flags.gguf_include, &flags.gguf_exclude)?;
     Ok(checkpoint_save::save_gguf(components, target, &o)?)
+}
+
+/// Carries the header metadata the loaders of an audio VAE read (LTX-2's `config`: ComfyUI's
+/// `AudioVAE` is built from its `audio_vae` and `vocoder` sections) from `from`, the metadata
+/// of the input that supplies the audio VAE, when the output holds one.
+pub(crate) fn carry_audio_metadata(
+    components: &Components,
+    arch: Option<Arch>,
+    from: &std::collections::BTreeMap<String, String>,
+    opts: &mut SaveOptions,
+) {
+    if components.get(ComponentKind::AudioVae).is_none() {
+        return;
+    }
+    let release = arch
+        .and_then(|a| a.family().release)
+        .unwrap_or(&checkpoint_save::family::release::LTX2);
+    for (k, v) in release.carried_metadata(from) {
+        opts.metadata.extra.entry(k).or_insert(v);
+    }
 }
 
 /// A job whose input is a denoiser alone (a GGUF file) writes what ComfyUI's ModelSave writes
@@ -274,6 +301,8 @@ pub(crate) fn save_options(args: &SaveFlags, cancel: &Arc<AtomicBool>) -> Result
         clip: args.clip_dtype.unwrap_or(args.dtype),
         vae: args.vae_dtype.unwrap_or(args.dtype),
         clip_vision: args.dtype,
+        // The audio autoencoder follows the (video) autoencoder's choice.
+        audio_vae: args.vae_dtype.unwrap_or(args.dtype),
     };
     let extra_pnginfo = args
         .workflow
@@ -365,14 +394,19 @@ fn components(args: &SaveArgs, opts: &SaveOptions) -> Result<(Components, Job)> 
         (ComponentKind::Model, paths(&args.model)),
         (ComponentKind::Clip, args.clip.clone()),
         (ComponentKind::Vae, paths(&args.vae)),
+        (ComponentKind::AudioVae, paths(&args.audio_vae)),
     ] {
         // clap guarantees all three without --synthetic; a missing one is reported by the layout.
         if files.is_empty() {
             continue;
         }
         let arch = given.or(job.arch);
-        let part = open_component(kind, &files, arch)
-            .with_context(|| format!("cannot read the {kind} component (--{kind})"))?;
+        let part = open_component(kind, &files, arch).with_context(|| {
+            format!(
+                "cannot read the {kind} component (--{})",
+                kind.name().replace('_', "-")
+            )
+        })?;
         if kind == ComponentKind::Model && !matches!(opts.layout, LayoutChoice::Generic(_)) {
             job.arch = given.or_else(|| detect(&part.tensors));
         }

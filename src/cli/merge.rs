@@ -17,7 +17,7 @@ use checkpoint_save::merge::{
     merge as merge_inputs, BlockRatios, InputRecord, Lora, LoraBake, MergeArch, MergeReport,
     Operation, Recipe, RECIPE_KEY,
 };
-use checkpoint_save::{open_input, Input, LayoutChoice};
+use checkpoint_save::{open_input, ComponentKind, Input, LayoutChoice};
 
 /// `merge`: a merge or LoRA bake of files into one checkpoint.
 pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
@@ -101,6 +101,11 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         .prediction
         .or(input_prediction(&inputs[0], args.out.arch));
     crate::commands::denoiser_only(&merged, summary.arch, &args.out, &mut opts);
+    let audio_from = inputs
+        .get(recipe.vae_from)
+        .filter(|i| i.components.get(ComponentKind::AudioVae).is_some())
+        .unwrap_or(&inputs[0]);
+    crate::commands::carry_audio_metadata(&merged, summary.arch, &audio_from.metadata, &mut opts);
     opts.metadata
         .extra
         .insert(RECIPE_KEY.to_string(), summary.recipe.clone());

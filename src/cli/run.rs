@@ -213,6 +213,7 @@ fn options(args: &RunArgs, dtype: TargetDtype, cancel: &Arc<AtomicBool>) -> Resu
         clip: args.clip_dtype.unwrap_or(dtype),
         vae: args.vae_dtype.unwrap_or(dtype),
         clip_vision: dtype,
+        audio_vae: args.vae_dtype.unwrap_or(dtype),
     };
     opts.check_finite = args.check_finite;
     opts.progress = !args.quiet;

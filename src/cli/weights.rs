@@ -134,10 +134,22 @@ pub(crate) fn save_graph(
         model = m;
         clip = c.unwrap_or(clip);
     }
-    let vae = match args.vae {
-        VaeFrom::A => loaded[0].vae,
-        VaeFrom::B => loaded[1].vae,
+    let (vae, vae_input) = match args.vae {
+        VaeFrom::A => (loaded[0].vae, 0),
+        VaeFrom::B => (loaded[1].vae, 1),
     };
+    // The audio VAE goes with the VAE (the graph's VAE value carries it); so does the metadata
+    // its loaders read.
+    let mut opts = opts.clone();
+    // (A folder input has no header to read: it holds no release's audio VAE.)
+    let vae_file = checkpoint_save::inspect(&args.inputs[vae_input]).ok();
+    if let Some(vae_file) = vae_file.filter(|f| f.parts.iter().any(|p| p.name == "audio_vae")) {
+        let release = &checkpoint_save::family::release::LTX2;
+        for (k, v) in release.carried_metadata(&vae_file.metadata) {
+            opts.metadata.extra.entry(k).or_insert(v);
+        }
+    }
+    let opts = &opts;
     g.save_checkpoint(model, clip, vae, Target::Prefix(opts.prefix.clone()))?;
     let mut run_opts = RunOptions::new(&opts.output_dir);
     run_opts.dtypes = opts.dtypes;

@@ -30,6 +30,12 @@ pub struct LoraNames {
     /// multiple of the weight's input width)` — Flux's `linear1` holds q, k, v (3 × hidden
     /// rows) then the MLP's input, and ComfyUI names the first three `linear1_qkv`.
     pub leading_rows: &'static [(&'static str, &'static str, usize)],
+    /// Fused weights whose two row halves the own-name forms address apart: `(fused name,
+    /// [first half's name, second half's name])` — Qwen-Image 2.1's SwiGLU `img_mlp.gate_up`
+    /// (gate rows, then up rows) as diffusers names it, `img_mlp.gate_layer` and `img_mlp.proj`.
+    /// ComfyUI maps these names to offset patches `(0, 0, half)`, `(0, half, half)` in place of
+    /// the fused name.
+    pub halves: &'static [(&'static str, [&'static str; 2])],
 }
 
 /// No forms beyond the generic ones.
@@ -42,6 +48,7 @@ pub const GENERIC: LoraNames = LoraNames {
     renamed: &[],
     renamed_prefixes: &[],
     leading_rows: &[],
+    halves: &[],
 };
 
 /// SD1/SD2/SDXL UNets: `unet_to_diffusers`' names, bare and under `unet.`, flattened under
@@ -86,6 +93,8 @@ pub const QWEN_IMAGE: LoraNames = LoraNames {
     own: &["", "transformer."],
     own_flat: &["lycoris_"],
     diffusers: &["transformer."],
+    // `comfy/lora.py`: Qwen-Image 2.1 fuses the SwiGLU at load; LoRAs address the halves.
+    halves: &[(".img_mlp.gate_up", [".img_mlp.gate_layer", ".img_mlp.proj"])],
     ..GENERIC
 };
 
@@ -123,6 +132,14 @@ pub const HUNYUAN_VIDEO: LoraNames = LoraNames {
 
 /// LTX-Video: the model's names bare, and the diffusers names under `transformer.`.
 pub const LTXV: LoraNames = LoraNames {
+    own: &[""],
+    diffusers: &["transformer."],
+    ..GENERIC
+};
+
+/// LTX-2: ComfyUI maps its own names bare (`comfy/lora.py`, `LTXV`/`LTXAV`); diffusers' LTX-2
+/// LoRAs (`transformer.<LTX2VideoTransformer3DModel name>`) are read too.
+pub const LTX2: LoraNames = LoraNames {
     own: &[""],
     diffusers: &["transformer."],
     ..GENERIC

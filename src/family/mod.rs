@@ -14,6 +14,7 @@ pub mod detect;
 pub mod lora_names;
 pub mod merge_nodes;
 pub(crate) mod parts;
+pub mod release;
 mod table;
 
 use crate::error::{Error, Result};
@@ -23,6 +24,7 @@ pub use detect::{detect, Detection};
 pub use lora_names::LoraNames;
 pub use merge_nodes::{BlockInput, MergeNode};
 pub use parts::VaeKind;
+pub use release::Release;
 
 /// One family: everything the tool knows about a model class ComfyUI saves one way.
 #[derive(Debug)]
@@ -66,6 +68,9 @@ pub struct Family {
     /// The LoRA names ComfyUI maps onto this family's denoiser beyond the generic ones
     /// (`comfy/lora.py`).
     pub lora: LoraNames,
+    /// The parts its official single-file release holds beyond ComfyUI's save (LTX-2's audio
+    /// VAE and vocoder, its text projection at the top level); `None` for the others.
+    pub release: Option<&'static Release>,
 }
 
 /// One known configuration of a family, with its synthetic model.
@@ -227,10 +232,17 @@ impl Family {
 }
 
 impl Variant {
-    /// Whether two variants are the same model for this tool (Flux.1 Kontext has Flux.1 dev's
-    /// keys and shapes): detection places both as the first.
+    /// Whether two variants have the same denoiser for this tool (Flux.1 Kontext has Flux.1
+    /// dev's keys and shapes; LTX-2's release holds LTX-2's): detection places both as the
+    /// first.
     pub fn same_model_as(&self, other: &Variant) -> bool {
-        std::ptr::eq(self.full, other.full)
+        use crate::model::ComponentKind;
+        let model = |v: &Variant| {
+            crate::synthetic::expand::expand(v.full)
+                .get(ComponentKind::Model)
+                .cloned()
+        };
+        std::ptr::eq(self.full, other.full) || model(self) == model(other)
     }
 
     /// The text encoders (clip component prefixes) of this variant.

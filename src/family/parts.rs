@@ -129,6 +129,13 @@ fn users_of(name: &str) -> Vec<&'static str> {
 /// [`Error::MissingComponent`] naming the missing encoder; [`Error::FamilyMismatch`] naming the
 /// foreign encoder and the families it belongs to.
 pub(crate) fn check_clip(family: &Family, clip: &BTreeMap<String, TensorInfo>) -> Result<()> {
+    // The release's clip: only the projection, its text encoder shipped apart.
+    if family
+        .release
+        .is_some_and(|r| r.is_release_clip(clip.keys()))
+    {
+        return Ok(());
+    }
     let found = clip_names(clip);
     let required: Vec<&str> = family
         .default_variant()
@@ -136,12 +143,15 @@ pub(crate) fn check_clip(family: &Family, clip: &BTreeMap<String, TensorInfo>) -
         .into_iter()
         .filter(|e| !family.optional_encoders.contains(e))
         .collect();
-    // A family whose variants use different encoders (Flux 2) needs one variant's set.
+    // A family whose variants use different encoders (Flux 2) needs one variant's set; a
+    // release without a text encoder (LTX-2's) is laid out apart and places no clip here.
     let satisfied = family.variants.iter().any(|v| {
-        v.encoder_names()
-            .iter()
-            .filter(|e| !family.optional_encoders.contains(e))
-            .all(|e| found.contains(e))
+        let names = v.encoder_names();
+        !names.is_empty()
+            && names
+                .iter()
+                .filter(|e| !family.optional_encoders.contains(e))
+                .all(|e| found.contains(e))
     });
     if !satisfied {
         let missing = required

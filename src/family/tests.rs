@@ -312,12 +312,11 @@ fn later_families_without_fixtures_follow_the_reference_code() {
             f.modelspec, None,
             "{arch}: ComfyUI writes modelspec for SDXL and SD3 only"
         );
-        // diffusers has a transformer class for each but HunyuanVideo 1.5's; LTX-2's
-        // (`LTX2VideoTransformer3DModel`) is not mapped here, and the mirrored diffusers has no
-        // Qwen-Image 2.1.
+        // diffusers has a transformer class for each but HunyuanVideo 1.5's, and the mirrored
+        // diffusers has no Qwen-Image 2.1.
         assert_eq!(
             f.diffusers,
-            !matches!(arch, Arch::HunyuanVideo15 | Arch::Ltx2 | Arch::QwenImage21),
+            !matches!(arch, Arch::HunyuanVideo15 | Arch::QwenImage21),
             "{arch}"
         );
     }

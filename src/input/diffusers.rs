@@ -19,6 +19,7 @@ use crate::layout::diffusers::{
 };
 use crate::model::dtype::candle_dtype;
 use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, TensorInfo, TensorMap};
+use crate::split::AUDIO_VAE_FILE;
 
 /// One model converted to ComfyUI names: its component's tensors, and what the conversion made
 /// up or left out.
@@ -255,7 +256,34 @@ pub(super) fn open_pipeline(dir: &Path, arch: Option<Arch>) -> Result<Input> {
         files.sort();
         Ok(files)
     };
-    let comfy_vae = unmapped("vae")?;
+    // Denoiser tensors diffusers keeps in a model of their own (LTX-2's text connectors).
+    let comfy_model = unmapped("diffusion_models")?;
+    if !comfy_model.is_empty() {
+        let c = super::open_component(ComponentKind::Model, &comfy_model, Some(arch))?;
+        bytes += c.bytes;
+        let mut model = components.take(ComponentKind::Model).unwrap_or_default();
+        for (k, t) in c.tensors {
+            if model.insert(k.clone(), t).is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "{}: the denoiser tensor `{k}` is both in the diffusers model and under `{}/`",
+                    dir.display(),
+                    crate::split::UNMAPPED
+                )));
+            }
+        }
+        components.set_inputs(ComponentKind::Model, model);
+    }
+    // An audio VAE (LTX-2's) beside the VAE, in the file ComfyUI's audio VAE loaders read.
+    let (comfy_audio, comfy_vae): (Vec<_>, Vec<_>) = unmapped("vae")?.into_iter().partition(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(AUDIO_VAE_FILE))
+    });
+    if !comfy_audio.is_empty() {
+        let c = super::open_component(ComponentKind::AudioVae, &comfy_audio, Some(arch))?;
+        bytes += c.bytes;
+        components.set_inputs(ComponentKind::AudioVae, c.tensors);
+    }
     if !dir.join("vae").is_dir() && !comfy_vae.is_empty() {
         let c = super::open_component(ComponentKind::Vae, &comfy_vae, Some(arch))?;
         bytes += c.bytes;

@@ -312,6 +312,11 @@ fn is_comfy_names(kind: ComponentKind, set: &TensorSet) -> bool {
             ldm || video
         }
         ComponentKind::ClipVision => false,
+        // ComfyUI's AudioVAE names (`autoencoder.…`, `vocoder.…`).
+        ComponentKind::AudioVae => {
+            let release = &crate::family::release::LTX2;
+            has("autoencoder.") && release.audio.iter().all(|(m, _)| has(m))
+        }
     }
 }
 
@@ -328,7 +333,7 @@ fn single_file_prefixes(kind: ComponentKind) -> Vec<&'static str> {
             v
         }
         ComponentKind::Vae => vec!["first_stage_model.", "vae."],
-        ComponentKind::Clip | ComponentKind::ClipVision => Vec::new(),
+        ComponentKind::Clip | ComponentKind::ClipVision | ComponentKind::AudioVae => Vec::new(),
     }
 }
 
@@ -357,6 +362,21 @@ fn component_of(
     if let Some(p) = single_file_prefixes(kind).into_iter().find(|p| has(p)) {
         return Ok(all(p));
     }
+    // An audio VAE file as its loaders read it (`audio_vae.…`, `vocoder.…`).
+    if kind == ComponentKind::AudioVae && has("audio_vae.") {
+        let release = &crate::family::release::LTX2;
+        let mut map = InputMap::new();
+        let mut left = Vec::new();
+        for (k, t) in &set.tensors {
+            match release.audio_memory_key(k) {
+                Some(m) => {
+                    map.insert(m, t.clone());
+                }
+                None => left.push(k.clone()),
+            }
+        }
+        return Ok((map, left, Vec::new()));
+    }
     if kind == ComponentKind::Clip && is_clipsave_file(&set.infos()) {
         let enc = clipsave_encoder(&set.infos(), arch, position)?;
         let map = set
@@ -376,6 +396,7 @@ fn component_of(
             match kind {
                 ComponentKind::Model => "a denoiser (UNet/DiT)",
                 ComponentKind::Clip => "text encoders",
+                ComponentKind::AudioVae => "an audio VAE and its vocoder",
                 _ => "an autoencoder",
             }
         ))

@@ -170,10 +170,17 @@ fn clip_rules(arch: Arch) -> Vec<ClipRule> {
 /// Which component a checkpoint key belongs to under `kind`, and what it becomes.
 pub(crate) fn claim(kind: &LayoutKind, key: &str) -> Option<(ComponentKind, Move)> {
     match kind {
-        LayoutKind::Generic(p) => ComponentKind::ALL.into_iter().find_map(|c| {
-            let rest = key.strip_prefix(p.get(c))?;
-            Some((c, Move::Copy(rest.to_string())))
-        }),
+        LayoutKind::Generic(p) => ComponentKind::ALL
+            .into_iter()
+            .filter(|c| *c != ComponentKind::AudioVae)
+            .find_map(|c| {
+                let rest = key.strip_prefix(p.get(c))?;
+                Some((c, Move::Copy(rest.to_string())))
+            })
+            .or_else(|| {
+                let k = crate::family::release::LTX2.audio_memory_key(key)?;
+                Some((ComponentKind::AudioVae, Move::Copy(k)))
+            }),
         LayoutKind::Arch(arch) => {
             let prefixes = arch.family().prefixes;
             if let Some(rest) = key.strip_prefix(prefixes.model) {
@@ -181,6 +188,15 @@ pub(crate) fn claim(kind: &LayoutKind, key: &str) -> Option<(ComponentKind, Move
             }
             if let Some(rest) = key.strip_prefix(prefixes.vae) {
                 return Some((ComponentKind::Vae, Move::Copy(rest.to_string())));
+            }
+            // The parts of the family's release ComfyUI's save does not write.
+            if let Some(r) = arch.family().release {
+                if let Some(k) = r.audio_memory_key(key) {
+                    return Some((ComponentKind::AudioVae, Move::Copy(k)));
+                }
+                if let Some(k) = r.projection_memory_key(key) {
+                    return Some((ComponentKind::Clip, Move::Copy(k)));
+                }
             }
             clip_rules(*arch)
                 .into_iter()

@@ -10,6 +10,7 @@ pub mod detect;
 pub mod diffusers;
 pub(crate) mod invert;
 pub mod openclip;
+mod release;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -65,6 +66,8 @@ impl GenericPrefixes {
             ComponentKind::Clip => &self.clip,
             ComponentKind::Vae => &self.vae,
             ComponentKind::ClipVision => &self.clip_vision,
+            // Never a prefix: the audio parts keep the names their loaders read.
+            ComponentKind::AudioVae => "",
         }
     }
 }
@@ -179,8 +182,13 @@ pub fn layout(
     match kind {
         LayoutKind::Generic(prefixes) => {
             for kind in ComponentKind::ALL {
-                if let Some(map) = shapes.get(kind) {
-                    b.prefix_all(kind, map, prefixes.get(kind))?;
+                match shapes.get(kind) {
+                    // The audio parts have the names their loaders read, whatever the prefixes.
+                    Some(map) if kind == ComponentKind::AudioVae => {
+                        release::audio_layout(&mut b, &crate::family::release::LTX2, map)?;
+                    }
+                    Some(map) => b.prefix_all(kind, map, prefixes.get(kind))?,
+                    None => {}
                 }
             }
         }
@@ -191,8 +199,18 @@ pub fn layout(
             let vae = required(shapes, ComponentKind::Vae, *arch)?;
             check_clip(family, clip)?;
             check_vae(family, vae)?;
-            clip_layout(&mut b, *arch, clip)?;
+            let release_clip = family.release.filter(|r| r.is_release_clip(clip.keys()));
+            match release_clip {
+                Some(r) => release::projection_layout(&mut b, r, clip)?,
+                None => clip_layout(&mut b, *arch, clip)?,
+            }
             b.prefix_all(ComponentKind::Vae, vae, family.prefixes.vae)?;
+            if let Some(audio) = shapes.get(ComponentKind::AudioVae) {
+                let r = family
+                    .release
+                    .ok_or_else(|| release::no_audio(*arch, audio))?;
+                release::audio_layout(&mut b, r, audio)?;
+            }
         }
     }
     markers(&mut b, prediction)?;

@@ -6,7 +6,7 @@
 //! | part | stems |
 //! | --- | --- |
 //! | denoiser, every family and `generic` | `lora_unet_<name with _>` and `diffusion_model.<name>` of every weight; `diffusion_model.<key>` of every other tensor (biases, norm scales, modulations) |
-//! | denoiser, by family | the own names bare or under `transformer.`, `lycoris_…` (Qwen-Image, HiDream, LTX-Video); the diffusers names under `unet.`/`transformer.`/`base_model.model.`/bare and flattened under `lora_unet_`/`lora_transformer_`/`lycoris_` (see the table); diffusion-pipe's HunyuanVideo renames; Flux's `linear1_qkv` rows |
+//! | denoiser, by family | the own names bare or under `transformer.`, `lycoris_…` (Qwen-Image, HiDream, LTX-Video); the diffusers names under `unet.`/`transformer.`/`base_model.model.`/bare and flattened under `lora_unet_`/`lora_transformer_`/`lycoris_` (see the table); diffusion-pipe's HunyuanVideo renames; Flux's `linear1_qkv` rows; Qwen-Image 2.1's `img_mlp.gate_layer`/`img_mlp.proj` halves of `img_mlp.gate_up` |
 //! | CLIP-L, OpenCLIP-H | `lora_te_…`, `lora_te1_…`, `text_encoder.…` |
 //! | OpenCLIP-G beside CLIP-L (SDXL, SD3, HiDream) | `lora_te2_…`, `text_encoder_2.…` |
 //! | OpenCLIP-G alone (SDXL refiner) | `lora_te_…`, `lora_prior_te_…`, `text_encoder.…` and `text_encoder_2.…` |
@@ -73,6 +73,39 @@ impl Target {
     }
 }
 
+/// The names and row halves of a fused weight `key` (stem `stem`) a family's own forms address
+/// apart, as ComfyUI's offset patches `(0, 0, half)` and `(0, half, half)` with half the rows
+/// (`sd[k].shape[0] // 2`); empty where no rule of `rules` names it.
+fn halves(
+    rules: &[(&str, [&str; 2])],
+    stem: &str,
+    key: &str,
+    info: &TensorInfo,
+) -> Vec<(String, Target)> {
+    let Some((base, names)) = rules
+        .iter()
+        .find_map(|(fused, names)| Some((stem.strip_suffix(fused)?, names)))
+    else {
+        return Vec::new();
+    };
+    let half = rows_of(info) / 2;
+    if half == 0 {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let t = Target {
+                kind: ComponentKind::Model,
+                key: key.to_string(),
+                rows: vec![(0..half, i * half)],
+            };
+            (format!("{base}{name}"), t)
+        })
+        .collect()
+}
+
 /// Rows of a tensor (1 for a scalar).
 fn rows_of(info: &TensorInfo) -> usize {
     info.shape.first().copied().unwrap_or(1)
@@ -101,11 +134,20 @@ pub(crate) fn targets(
             map.insert(format!("lora_unet_{flat}"), t.clone());
             map.insert(format!("diffusion_model.{stem}"), t.clone());
             let Some(n) = names else { continue };
-            for p in n.own {
-                map.insert(format!("{p}{stem}"), t.clone());
-            }
-            for p in n.own_flat {
-                map.insert(format!("{p}{flat}"), t.clone());
+            // A fused weight whose halves the own forms name apart (Qwen-Image 2.1's
+            // `img_mlp.gate_up`): ComfyUI maps the halves' names there, not the fused one.
+            let split: Vec<(String, Target)> = halves(n.halves, stem, k, info);
+            let own: Vec<(String, Target)> = match split.is_empty() {
+                true => vec![(stem.to_string(), t.clone())],
+                false => split,
+            };
+            for (name, t) in &own {
+                for p in n.own {
+                    map.insert(format!("{p}{name}"), t.clone());
+                }
+                for p in n.own_flat {
+                    map.insert(format!("{p}{}", name.replace('.', "_")), t.clone());
+                }
             }
             if !n.renamed.is_empty() {
                 let mut renamed = k.clone();

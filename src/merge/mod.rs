@@ -253,7 +253,10 @@ pub fn merge(
     let made_up: &[String] = records.first().map_or(&[], |r| &r.defaults);
     for (kind, map) in a.iter() {
         let source = match kind {
-            ComponentKind::Vae => inputs[recipe.vae_from].get(kind).unwrap_or(map),
+            // The audio VAE goes with the VAE: from the VAE's input where it has one, else A's.
+            ComponentKind::Vae | ComponentKind::AudioVae => {
+                inputs[recipe.vae_from].get(kind).unwrap_or(map)
+            }
             _ => map,
         };
         let mut merged = InputMap::new();
@@ -270,7 +273,7 @@ pub fn merge(
                 _ => Vec::new(),
             };
             let mut steps: Vec<Step> = patches.into_iter().map(Step::Patch).collect();
-            if kind != ComponentKind::Vae {
+            if !matches!(kind, ComponentKind::Vae | ComponentKind::AudioVae) {
                 steps.extend(loras.remove(&(kind, key.clone())).unwrap_or_default());
             }
             if steps.is_empty() {
@@ -291,6 +294,14 @@ pub fn merge(
             );
         }
         out.set_inputs(kind, merged);
+    }
+    // An audio VAE only the VAE's input has goes with its VAE too.
+    if let (None, Some(audio)) = (
+        out.get(ComponentKind::AudioVae),
+        inputs[recipe.vae_from].get(ComponentKind::AudioVae),
+    ) {
+        report.copied += audio.len();
+        out.set_inputs(ComponentKind::AudioVae, audio.clone());
     }
     if !missing.is_empty() && !recipe.allow_missing {
         let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();

@@ -110,8 +110,10 @@ fn every_family_takes_the_lora_names_comfyui_maps_for_it() {
             0..32,
         ),
         // Qwen-Image 2.1: `model_base.QwenImage21` is a `QwenImage`, so `comfy/lora.py` gives it
-        // Qwen-Image's forms (bare, `transformer.`, `lycoris_`) over its own names, the fused
-        // feed-forward and the shared modulation included, besides the generic ones.
+        // Qwen-Image's forms (bare, `transformer.`, `lycoris_`) over its own names, the shared
+        // modulation included, besides the generic ones; under those forms the fused
+        // feed-forward is named by its halves (`gate_layer` rows 0..96, `proj` rows 96..192),
+        // under the generic ones whole.
         (
             Arch::QwenImage21,
             "transformer_blocks.0.attn.to_q",
@@ -122,7 +124,23 @@ fn every_family_takes_the_lora_names_comfyui_maps_for_it() {
         ),
         (
             Arch::QwenImage21,
-            "transformer.transformer_blocks.1.img_mlp.gate_up",
+            "transformer.transformer_blocks.1.img_mlp.proj",
+            PEFT,
+            Model,
+            "transformer_blocks.1.img_mlp.gate_up.weight",
+            96..192,
+        ),
+        (
+            Arch::QwenImage21,
+            "lycoris_transformer_blocks_0_img_mlp_gate_layer",
+            KOHYA,
+            Model,
+            "transformer_blocks.0.img_mlp.gate_up.weight",
+            0..96,
+        ),
+        (
+            Arch::QwenImage21,
+            "diffusion_model.transformer_blocks.1.img_mlp.gate_up",
             PEFT,
             Model,
             "transformer_blocks.1.img_mlp.gate_up.weight",
@@ -310,6 +328,32 @@ fn every_family_takes_the_lora_names_comfyui_maps_for_it() {
             Model,
             "video_embeddings_connector.transformer_1d_blocks.0.ff.net.0.proj.weight",
             0..128,
+        ),
+        // Its own names bare (ComfyUI's `LTXAV` form), and diffusers' `transformer.` names of
+        // `LTX2VideoTransformer3DModel` (`convert_ltx2_transformer_to_diffusers`' renames).
+        (
+            Arch::Ltx2,
+            "transformer_blocks.0.audio_attn1.to_v",
+            PEFT,
+            Model,
+            "transformer_blocks.0.audio_attn1.to_v.weight",
+            0..8,
+        ),
+        (
+            Arch::Ltx2,
+            "transformer.audio_time_embed.linear",
+            PEFT,
+            Model,
+            "audio_adaln_single.linear.weight",
+            0..48,
+        ),
+        (
+            Arch::Ltx2,
+            "transformer.transformer_blocks.1.attn2.norm_k",
+            PEFT,
+            Model,
+            "transformer_blocks.1.attn2.k_norm.weight",
+            0..32,
         ),
         // Gemma 3 under `text_encoders.`, with and without the encoder's name.
         (

@@ -29,15 +29,19 @@ pub enum ComponentKind {
     Vae,
     /// An image encoder (SVD, unCLIP); only written by the generic layout.
     ClipVision,
+    /// An audio autoencoder with its vocoder (LTX-2's, as ComfyUI's `AudioVAE` holds them:
+    /// `autoencoder.…` and `vocoder.…`), carried as it is through every job.
+    AudioVae,
 }
 
 impl ComponentKind {
     /// All kinds, in file-section order.
-    pub const ALL: [ComponentKind; 4] = [
+    pub const ALL: [ComponentKind; 5] = [
         ComponentKind::Model,
         ComponentKind::Clip,
         ComponentKind::Vae,
         ComponentKind::ClipVision,
+        ComponentKind::AudioVae,
     ];
 
     /// The name used on the command line and in messages.
@@ -47,6 +51,7 @@ impl ComponentKind {
             ComponentKind::Clip => "clip",
             ComponentKind::Vae => "vae",
             ComponentKind::ClipVision => "clip_vision",
+            ComponentKind::AudioVae => "audio_vae",
         }
     }
 
@@ -66,7 +71,7 @@ impl fmt::Display for ComponentKind {
 /// Tensors of one component may live on different devices (text encoders on a second GPU, say).
 #[derive(Debug, Clone, Default)]
 pub struct Components {
-    parts: [Option<InputMap>; 4],
+    parts: [Option<InputMap>; 5],
 }
 
 impl Components {
@@ -86,6 +91,12 @@ impl Components {
     /// Adds the autoencoder.
     pub fn with_vae(mut self, vae: impl IntoTensorMap) -> Self {
         self.set(ComponentKind::Vae, vae);
+        self
+    }
+
+    /// Adds an audio autoencoder and its vocoder (LTX-2's).
+    pub fn with_audio_vae(mut self, audio_vae: impl IntoTensorMap) -> Self {
+        self.set(ComponentKind::AudioVae, audio_vae);
         self
     }
 
@@ -176,7 +187,7 @@ impl From<&Components> for Components {
 /// Names, shapes and dtypes of every component: the input of the (pure) layout stage.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ComponentShapes {
-    parts: [Option<BTreeMap<String, TensorInfo>>; 4],
+    parts: [Option<BTreeMap<String, TensorInfo>>; 5],
 }
 
 impl ComponentShapes {

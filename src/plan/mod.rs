@@ -40,6 +40,8 @@ pub struct ComponentDtypes {
     pub vae: TargetDtype,
     /// Image encoder.
     pub clip_vision: TargetDtype,
+    /// Audio autoencoder and vocoder.
+    pub audio_vae: TargetDtype,
 }
 
 impl ComponentDtypes {
@@ -50,6 +52,7 @@ impl ComponentDtypes {
             clip: dtype,
             vae: dtype,
             clip_vision: dtype,
+            audio_vae: dtype,
         }
     }
 
@@ -60,6 +63,7 @@ impl ComponentDtypes {
             ComponentKind::Clip => self.clip,
             ComponentKind::Vae => self.vae,
             ComponentKind::ClipVision => self.clip_vision,
+            ComponentKind::AudioVae => self.audio_vae,
         }
     }
 }

@@ -7,7 +7,7 @@ use super::spec::{
     ClipTextConfig, Denoiser, Encoder, FluxConfig, MmditConfig, Spec, T5Config, UnetConfig, Vae,
     VaeConfig,
 };
-use super::{dit, ltx_vae, ltxav, text, video_vae};
+use super::{audio_vae, dit, ltx_vae, ltxav, text, video_vae};
 use crate::model::{Arch, ComponentKind, ComponentShapes, Dtype, TensorInfo};
 
 /// A state dict under construction: key -> shape/dtype, with helpers for common module types.
@@ -507,12 +507,19 @@ pub(crate) fn expand(spec: &Spec) -> ComponentShapes {
         Vae::Wan(w) => video_vae::wan(w, &mut vae),
         Vae::Hunyuan15(h) => video_vae::hunyuan15(h, &mut vae),
         Vae::Ltx(l) => ltx_vae::ltx(l, &mut vae),
+        Vae::LtxAv(l, _, _) => ltx_vae::ltx(l, &mut vae),
     }
 
     let mut s = ComponentShapes::default();
     s.set(ComponentKind::Model, model.map);
     s.set(ComponentKind::Clip, clip.map);
     s.set(ComponentKind::Vae, vae.map);
+    if let Vae::LtxAv(_, a, v) = &spec.vae {
+        let mut audio = Dict::new(Dtype::F32);
+        audio_vae::autoencoder(a, &mut audio);
+        audio_vae::vocoder(v, &mut audio);
+        s.set(ComponentKind::AudioVae, audio.map);
+    }
     s
 }
 

@@ -14,6 +14,7 @@
 //! tensor) has its own generator seeded from the model seed, the component and the key, so results
 //! do not depend on thread scheduling.
 
+mod audio_vae;
 mod dit;
 pub(crate) mod expand;
 pub mod lora;

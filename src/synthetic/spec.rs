@@ -415,6 +415,35 @@ pub(crate) enum Vae {
     Wan(WanVaeConfig),
     Hunyuan15(Hunyuan15VaeConfig),
     Ltx(LtxVaeConfig),
+    /// LTX-2's video VAE with its audio VAE and vocoder (the audio component), as the
+    /// release holds them.
+    LtxAv(LtxVaeConfig, AudioVaeConfig, VocoderConfig),
+}
+
+/// LTX-2's audio autoencoder as ComfyUI builds it (`lightricks/vae/causal_audio_autoencoder.py`
+/// `CausalAudioAutoencoder`: causal 2-D convolutions, pixel norms, no attention).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AudioVaeConfig {
+    pub(crate) ch: usize,
+    pub(crate) ch_mult: &'static [usize],
+    pub(crate) num_res_blocks: usize,
+    pub(crate) in_channels: usize,
+    pub(crate) out_ch: usize,
+    pub(crate) z_channels: usize,
+    /// Length of the latent's per-channel statistics (`_Processor`: 128).
+    pub(crate) statistics: usize,
+}
+
+/// A HiFi-GAN vocoder as ComfyUI builds it (`lightricks/vocoders/vocoder.py` `Vocoder`,
+/// residual blocks of type "1").
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VocoderConfig {
+    pub(crate) upsample_initial_channel: usize,
+    pub(crate) upsample_rates: &'static [usize],
+    pub(crate) upsample_kernel_sizes: &'static [usize],
+    pub(crate) resblock_kernel_sizes: &'static [usize],
+    /// Two channels of mel bins in (128) and out.
+    pub(crate) stereo: bool,
 }
 
 /// Everything needed to lay out one model: denoiser, text encoders, autoencoder.

@@ -37,6 +37,7 @@ pub(super) const SD15: Family = Family {
     diffusers: true,
     block_prefixes: &[nodes::SD1],
     lora: lora::UNET,
+    release: None,
 };
 
 pub(super) const SD2: Family = Family {
@@ -70,6 +71,7 @@ pub(super) const SD2: Family = Family {
     diffusers: true,
     block_prefixes: &[nodes::SD1],
     lora: lora::UNET,
+    release: None,
 };
 
 pub(super) const SDXL: Family = Family {
@@ -97,6 +99,7 @@ pub(super) const SDXL: Family = Family {
     diffusers: true,
     block_prefixes: &[nodes::SDXL],
     lora: lora::UNET,
+    release: None,
 };
 
 pub(super) const SDXL_REFINER: Family = Family {
@@ -130,6 +133,7 @@ pub(super) const SDXL_REFINER: Family = Family {
     diffusers: true,
     block_prefixes: &[],
     lora: lora::UNET,
+    release: None,
 };
 
 pub(super) const SD3: Family = Family {
@@ -178,6 +182,7 @@ pub(super) const SD3: Family = Family {
     diffusers: true,
     block_prefixes: &[nodes::SD3_2B, nodes::SD35_LARGE],
     lora: lora::SD3,
+    release: None,
 };
 
 pub(super) const FLUX: Family = Family {
@@ -225,6 +230,7 @@ pub(super) const FLUX: Family = Family {
     diffusers: true,
     block_prefixes: &[nodes::FLUX1],
     lora: lora::FLUX1,
+    release: None,
 };
 
 pub(super) const FLUX_SCHNELL: Family = Family {
@@ -257,4 +263,5 @@ pub(super) const FLUX_SCHNELL: Family = Family {
     diffusers: true,
     block_prefixes: &[nodes::FLUX1],
     lora: lora::FLUX1,
+    release: None,
 };

@@ -404,43 +404,59 @@ pub(super) const LTXV: Family = Family {
 /// (`image_model: ltxav`); `supported_models.LTXAV` (an `LTXV` config: `text_encoders.`,
 /// `vae.`, no save-time conversions). The text encoder is `LTXAVTEModel` (`text_encoders/lt.py`:
 /// `gemma3_12b` and `text_embedding_projection`), the VAE LTX-Video's class. ComfyUI has no
-/// `ModelMergeLTXAV` node and no LoRA names for `LTXAV` beyond the generic ones.
-pub(super) const LTX2: Family = dit(
-    Arch::Ltx2,
-    "ltx2",
-    &["ltx-2", "ltxav"],
-    "LTX-2 (audio-video)",
-    "LTXAV",
-    &[
-        Key("adaln_single.emb.timestep_embedder.linear_1.bias"),
-        Key("audio_adaln_single.linear.weight"),
-        NoKey("pos_embed.proj.bias"),
-    ],
-    &[
-        blocks("num_layers", "transformer_blocks."),
-        dim(
-            "attention_head_dim",
-            "transformer_blocks.0.attn2.to_k.weight",
-            0,
-            32,
-        ),
-        dim(
-            "cross_attention_dim",
-            "transformer_blocks.0.attn2.to_k.weight",
-            1,
-            1,
-        ),
-    ],
-    &["num_layers"],
-    &[variant(
-        "ltx2-19b",
-        "LTX-2 19B (dev and distilled)",
-        &m::LTX2_19B,
-        &m::LTX2_19B_TINY,
-    )],
-    VaeKind::Ltx,
-    lora::GENERIC,
-);
+/// `ModelMergeLTXAV` node; its LoRA names for `LTXAV` are the generic ones and the bare own
+/// names (`comfy/lora.py`). Its release
+/// holds the audio VAE, the vocoder and the projection beside the denoiser and the video VAE
+/// ([`crate::family::release::LTX2`]).
+pub(super) const LTX2: Family = Family {
+    diffusers: true,
+    release: Some(&crate::family::release::LTX2),
+    ..dit(
+        Arch::Ltx2,
+        "ltx2",
+        &["ltx-2", "ltxav"],
+        "LTX-2 (audio-video)",
+        "LTXAV",
+        &[
+            Key("adaln_single.emb.timestep_embedder.linear_1.bias"),
+            Key("audio_adaln_single.linear.weight"),
+            NoKey("pos_embed.proj.bias"),
+        ],
+        &[
+            blocks("num_layers", "transformer_blocks."),
+            dim(
+                "attention_head_dim",
+                "transformer_blocks.0.attn2.to_k.weight",
+                0,
+                32,
+            ),
+            dim(
+                "cross_attention_dim",
+                "transformer_blocks.0.attn2.to_k.weight",
+                1,
+                1,
+            ),
+        ],
+        &["num_layers"],
+        &[
+            variant(
+                "ltx2-19b",
+                "LTX-2 19B (dev and distilled)",
+                &m::LTX2_19B,
+                &m::LTX2_19B_TINY,
+            ),
+            variant(
+                "ltx2-19b-release",
+                "LTX-2 19B as Lightricks releases the file (with the audio VAE and vocoder, the \
+             text projection, no Gemma)",
+                &m::LTX2_19B_RELEASE,
+                &m::LTX2_19B_RELEASE_TINY,
+            ),
+        ],
+        VaeKind::Ltx,
+        lora::LTX2,
+    )
+};
 
 /// Qwen-Image 2.1: ComfyUI's `qwen_image21` branch of `detect_unet_config` (all of
 /// `txt_in.text_norm`, `modulation.1`, `attn.norm_q`, `img_in`, `proj_out`, and a feed-forward

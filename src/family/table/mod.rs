@@ -117,6 +117,7 @@ const fn dit(
         diffusers: false,
         block_prefixes: &[],
         lora,
+        release: None,
     }
 }
 

@@ -38,6 +38,9 @@ pub enum ModelClass {
     HiDreamTransformer,
     /// diffusers `LTXVideoTransformer3DModel`.
     LtxTransformer,
+    /// diffusers `LTX2VideoTransformer3DModel` (LTX-2's audio-video transformer, without the
+    /// text connectors diffusers keeps in a model of their own).
+    Ltx2Transformer,
     /// diffusers `HunyuanVideoTransformer3DModel`.
     HunyuanVideoTransformer,
     /// diffusers `Lumina2Transformer2DModel`.
@@ -68,6 +71,7 @@ impl ModelClass {
             ModelClass::QwenImageTransformer => "QwenImageTransformer2DModel",
             ModelClass::HiDreamTransformer => "HiDreamImageTransformer2DModel",
             ModelClass::LtxTransformer => "LTXVideoTransformer3DModel",
+            ModelClass::Ltx2Transformer => "LTX2VideoTransformer3DModel",
             ModelClass::HunyuanVideoTransformer => "HunyuanVideoTransformer3DModel",
             ModelClass::Lumina2Transformer => "Lumina2Transformer2DModel",
             ModelClass::ChromaTransformer => "ChromaTransformer2DModel",
@@ -118,6 +122,7 @@ const TELLS: &str = "UNet2DConditionModel (`conv_in.weight`, `down_blocks.…`),
     (`distilled_guidance_layer.in_proj.weight`), Wan (`condition_embedder.time_embedder.…`), \
     Qwen-Image (`txt_norm.weight`, `img_in.weight`), HiDream \
     (`caption_projection.0.linear.weight`), LTX-Video (`time_embed.emb.…`, `proj_in.weight`), \
+    LTX-2 (LTX-Video's and `audio_proj_in.weight`), \
     HunyuanVideo (`context_embedder.token_refiner.…`), Lumina 2 \
     (`time_caption_embed.caption_embedder.0.weight`) or Z-Image (`all_x_embedder.2-1.weight`)";
 
@@ -140,6 +145,11 @@ pub fn identify(keys: &BTreeMap<String, TensorInfo>) -> Result<ModelClass> {
         Some(FluxTransformer)
     } else if any("context_embedder.token_refiner.") {
         Some(HunyuanVideoTransformer)
+    } else if has("time_embed.emb.timestep_embedder.linear_1.weight")
+        && has("proj_in.weight")
+        && has("audio_proj_in.weight")
+    {
+        Some(Ltx2Transformer)
     } else if has("time_embed.emb.timestep_embedder.linear_1.weight") && has("proj_in.weight") {
         Some(LtxTransformer)
     } else if has("time_caption_embed.caption_embedder.0.weight") {

@@ -166,6 +166,15 @@ fn pipeline_components(arch: Arch) -> &'static [&'static str] {
         Arch::QwenImage | Arch::Lumina2 | Arch::Flux2 | Arch::ZImage | Arch::Ltxv => {
             &["vae", "text_encoder", "tokenizer", "transformer"]
         }
+        Arch::Ltx2 => &[
+            "vae",
+            "audio_vae",
+            "text_encoder",
+            "tokenizer",
+            "connectors",
+            "transformer",
+            "vocoder",
+        ],
         // `configs` refuses the families without diffusers names before this is asked.
         _ => &[],
     }
@@ -195,6 +204,7 @@ fn pipeline(arch: Arch) -> &'static str {
         Arch::ZImage => "ZImagePipeline",
         Arch::HunyuanVideo => "HunyuanVideoPipeline",
         Arch::Ltxv => "LTXPipeline",
+        Arch::Ltx2 => "LTX2Pipeline",
         // `configs` refuses the families without diffusers names before this is asked.
         _ => "DiffusionPipeline",
     }

@@ -1,7 +1,7 @@
 //! The diffusers transformers of the families after Flux.1, ⇄ ComfyUI's names, as diffusers'
 //! single-file converters (`loaders/single_file_utils.py`, `convert_*_to_diffusers`) rename
 //! them: each ComfyUI name's diffusers counterpart — the same name (Qwen-Image, HiDream),
-//! ordered substring replacements (Wan, LTX-Video, Lumina 2, Z-Image), module tables (Chroma,
+//! ordered substring replacements (Wan, LTX-Video, LTX-2, Lumina 2, Z-Image), module tables (Chroma,
 //! Flux 2, HunyuanVideo), fused q/k/v split along dim 0, swapped shift/scale halves, and the
 //! unused `norm_final` Lumina-style models carry and diffusers drops.
 //!
@@ -30,7 +30,7 @@ pub(super) enum Mapped {
 }
 
 /// Python's `str.replace`, pair after pair, as the converters apply their rename dicts.
-fn replace_all(key: &str, pairs: &[(&str, &str)]) -> String {
+pub(super) fn replace_all(key: &str, pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .fold(key.to_string(), |k, (from, to)| k.replace(from, to))
@@ -459,6 +459,7 @@ pub(super) fn mapped(class: ModelClass, c: &str, width: usize) -> Option<Mapped>
         QwenImageTransformer | HiDreamTransformer => Some(Mapped::Same(c.to_string())),
         WanTransformer => Some(Mapped::Same(replace_all(c, &WAN))),
         LtxTransformer => Some(Mapped::Same(replace_all(c, &LTX))),
+        Ltx2Transformer => super::ltx2::mapped(c).map(Mapped::Same),
         Lumina2Transformer => Some(lumina2(c, width)),
         ZImageTransformer => Some(z_image(c)),
         ChromaTransformer => chroma(c, width),
@@ -479,6 +480,7 @@ fn families(class: ModelClass) -> &'static [Arch] {
         QwenImageTransformer => &[Arch::QwenImage],
         HiDreamTransformer => &[Arch::HiDream],
         LtxTransformer => &[Arch::Ltxv],
+        Ltx2Transformer => &[Arch::Ltx2],
         HunyuanVideoTransformer => &[Arch::HunyuanVideo],
         Lumina2Transformer => &[Arch::Lumina2],
         ChromaTransformer => &[Arch::Chroma],

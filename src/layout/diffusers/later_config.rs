@@ -30,6 +30,7 @@ pub(super) fn config(class: ModelClass, keys: &Keys) -> Result<Value> {
         ModelClass::QwenImageTransformer => qwen(keys)?,
         ModelClass::HiDreamTransformer => hidream(keys)?,
         ModelClass::LtxTransformer => ltx(keys)?,
+        ModelClass::Ltx2Transformer => ltx2(keys)?,
         ModelClass::HunyuanVideoTransformer => hunyuan(keys)?,
         ModelClass::Lumina2Transformer => lumina2(keys)?,
         ModelClass::ChromaTransformer => chroma(keys)?,
@@ -134,6 +135,33 @@ fn ltx(keys: &Keys) -> Result<Value> {
         "num_layers": count(keys.keys(), "transformer_blocks"),
         "caption_channels": dim(keys, "caption_projection.linear_1.weight", 1)?,
         "qk_norm": "rms_norm_across_heads",
+    }))
+}
+
+/// `LTX2VideoTransformer3DModel`: LTX-2.0's (no gated attention, no prompt adaLN); the heads
+/// as detection reads them (32 video heads), the audio stream's of 64 channels.
+fn ltx2(keys: &Keys) -> Result<Value> {
+    let inner = dim(keys, "proj_in.weight", 0)?;
+    let audio = dim(keys, "audio_proj_in.weight", 0)?;
+    let (heads, head_dim) = heads_of(inner, inner.div_ceil(32).max(1));
+    let (audio_heads, audio_head_dim) = heads_of(audio, 64);
+    Ok(json!({
+        "in_channels": dim(keys, "proj_in.weight", 1)?,
+        "out_channels": dim(keys, "proj_out.weight", 0)?,
+        "patch_size": 1,
+        "patch_size_t": 1,
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "cross_attention_dim": dim(keys, "transformer_blocks.0.attn2.to_k.weight", 1)?,
+        "audio_in_channels": dim(keys, "audio_proj_in.weight", 1)?,
+        "audio_out_channels": dim(keys, "audio_proj_out.weight", 0)?,
+        "audio_num_attention_heads": audio_heads,
+        "audio_attention_head_dim": audio_head_dim,
+        "audio_cross_attention_dim": dim(keys, "transformer_blocks.0.audio_attn2.to_k.weight", 1)?,
+        "num_layers": count(keys.keys(), "transformer_blocks"),
+        "caption_channels": dim(keys, "caption_projection.linear_1.weight", 1)?,
+        "qk_norm": "rms_norm_across_heads",
+        "use_prompt_adaln_single": false,
     }))
 }
 

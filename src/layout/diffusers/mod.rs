@@ -18,6 +18,7 @@ mod flux;
 mod later;
 mod later_config;
 mod links;
+mod ltx2;
 mod mmdit;
 mod model_config;
 mod text;
@@ -157,12 +158,16 @@ pub fn unmapped_encoders(arch: Arch) -> Vec<&'static str> {
 /// `spiece_model`, which pipelines keep as tokenizer files).
 pub fn is_mapped(arch: Arch, kind: ComponentKind, key: &str) -> bool {
     match kind {
+        // LTX-2's text connectors are a diffusers model of their own, not mapped here.
+        ComponentKind::Model if arch == Arch::Ltx2 => {
+            !ltx2::CONNECTORS.iter().any(|p| key.starts_with(p))
+        }
         ComponentKind::Model => true,
         ComponentKind::Vae => vae_class(arch).is_some(),
         ComponentKind::Clip => encoder_folders(arch)
             .iter()
             .any(|(_, e)| key.starts_with(&format!("{e}."))),
-        ComponentKind::ClipVision => false,
+        ComponentKind::ClipVision | ComponentKind::AudioVae => false,
     }
 }
 
@@ -233,22 +238,26 @@ pub fn denoiser(arch: Arch) -> (Folder, ModelClass) {
         Arch::Flux2 => Flux2Transformer,
         Arch::ZImage => ZImageTransformer,
         Arch::HunyuanVideo | Arch::HunyuanVideo15 => HunyuanVideoTransformer,
-        // LTX-2 has no diffusers names here (`require_diffusers` refuses it); its video stream
-        // is LTX-Video's transformer.
-        Arch::Ltxv | Arch::Ltx2 => LtxTransformer,
+        Arch::Ltxv => LtxTransformer,
+        Arch::Ltx2 => Ltx2Transformer,
     };
     (Folder::Transformer, class)
 }
 
 /// The autoencoder's class in a pipeline of `arch`, `None` where its diffusers names are not
-/// mapped (Wan 2.2's 48-channel VAE, which diffusers' converter does not read; LTX-Video's,
-/// whose converter drops three of ComfyUI's per-channel statistics; Flux 2's and
+/// mapped (Wan 2.2's 48-channel VAE, which diffusers' converter does not read; LTX-Video's and
+/// LTX-2's, whose converters drop ComfyUI's other per-channel statistics; Flux 2's and
 /// HunyuanVideo's, which diffusers has no converter for).
 pub fn vae_class(arch: Arch) -> Option<ModelClass> {
     match arch {
         Arch::Wan21 => Some(ModelClass::WanVae),
         Arch::QwenImage => Some(ModelClass::QwenImageVae),
-        Arch::Wan22 | Arch::Ltxv | Arch::Flux2 | Arch::HunyuanVideo | Arch::HunyuanVideo15 => None,
+        Arch::Wan22
+        | Arch::Ltxv
+        | Arch::Ltx2
+        | Arch::Flux2
+        | Arch::HunyuanVideo
+        | Arch::HunyuanVideo15 => None,
         _ => Some(ModelClass::Vae),
     }
 }

@@ -119,10 +119,12 @@ pub(super) struct ClipValue {
     pub(super) origin: String,
 }
 
-/// A `VAE`: the autoencoder's tensors, never patched.
+/// A `VAE`: the autoencoder's tensors, never patched; with the audio VAE a checkpoint holds
+/// beside it (LTX-2's release), which goes where the VAE goes.
 #[derive(Debug, Clone)]
 pub(super) struct VaeValue {
     pub(super) tensors: Arc<InputMap>,
+    pub(super) audio: Option<Arc<InputMap>>,
 }
 
 /// A value of any type.

@@ -4,7 +4,8 @@
 //! in LTX-2's configuration (diffusers' `convert_ltx2_to_diffusers.py`, version 2.0: LTX-Video
 //! 0.9.5's stages and widths, no timestep conditioning).
 //! The audio VAE and vocoder are loaded by their own node and are not part of the checkpoint
-//! ComfyUI saves.
+//! ComfyUI saves; the release (`ltx2-19b-release`, as Lightricks publishes the file) holds them
+//! beside the denoiser and the video VAE, with the text projection and no Gemma.
 
 use super::*;
 
@@ -109,4 +110,65 @@ pub(crate) const LTX2_19B_TINY: Spec = Spec {
         timestep_conditioning: false,
         ..TINY_VAE_LTX
     }),
+};
+
+/// LTX-2's audio autoencoder: ComfyUI's `CausalAudioAutoencoder` defaults (2 mel channels in
+/// and out, 8 latent channels, ch 128 × 1-2-4, two blocks per level).
+const AUDIO_VAE: AudioVaeConfig = AudioVaeConfig {
+    ch: 128,
+    ch_mult: &[1, 2, 4],
+    num_res_blocks: 2,
+    in_channels: 2,
+    out_ch: 2,
+    z_channels: 8,
+    statistics: 128,
+};
+
+/// LTX-2's vocoder: a stereo HiFi-GAN from 1024 channels whose upsampling (6·5·2·2·2 = 240)
+/// turns the 16 kHz mel at hop 160 into 24 kHz audio; ComfyUI's default kernel sizes.
+const VOCODER: VocoderConfig = VocoderConfig {
+    upsample_initial_channel: 1024,
+    upsample_rates: &[6, 5, 2, 2, 2],
+    upsample_kernel_sizes: &[16, 15, 8, 4, 4],
+    resblock_kernel_sizes: &[3, 7, 11],
+    stereo: true,
+};
+
+/// LTX-2 19B as Lightricks releases the single file: the denoiser, the text projection (no
+/// Gemma: it ships apart), the video VAE, the audio VAE and the vocoder.
+pub(crate) const LTX2_19B_RELEASE: Spec = Spec {
+    model: LTX2_19B.model,
+    encoders: &[TEXT_PROJECTION],
+    vae: Vae::LtxAv(VAE_LTX2, AUDIO_VAE, VOCODER),
+};
+
+pub(crate) const LTX2_19B_RELEASE_TINY: Spec = Spec {
+    model: LTX2_19B_TINY.model,
+    encoders: &[Encoder::Projection {
+        key: "text_embedding_projection",
+        in_features: TINY_GEMMA3.hidden_size * (TINY_GEMMA3.num_layers + 1),
+        out_features: TINY_GEMMA3.hidden_size,
+    }],
+    vae: Vae::LtxAv(
+        LtxVaeConfig {
+            timestep_conditioning: false,
+            ..TINY_VAE_LTX
+        },
+        AudioVaeConfig {
+            ch: 4,
+            ch_mult: &[1, 2],
+            num_res_blocks: 1,
+            in_channels: 2,
+            out_ch: 2,
+            z_channels: 2,
+            statistics: 4,
+        },
+        VocoderConfig {
+            upsample_initial_channel: 8,
+            upsample_rates: &[2, 2],
+            upsample_kernel_sizes: &[4, 4],
+            resblock_kernel_sizes: &[3],
+            stereo: true,
+        },
+    ),
 };

@@ -69,6 +69,7 @@ impl Compiler<'_> {
                             model: Arc::new(take(ComponentKind::Model)?),
                             clip: Arc::new(take(ComponentKind::Clip)?),
                             vae: Arc::new(take(ComponentKind::Vae)?),
+                            audio: input.components.take(ComponentKind::AudioVae).map(Arc::new),
                             arch,
                             prediction: input.prediction,
                             files,
@@ -85,6 +86,10 @@ impl Compiler<'_> {
                     model: Arc::new(part(ComponentKind::Model)?),
                     clip: Arc::new(part(ComponentKind::Clip)?),
                     vae: Arc::new(part(ComponentKind::Vae)?),
+                    audio: components
+                        .get(ComponentKind::AudioVae)
+                        .cloned()
+                        .map(Arc::new),
                     arch: model_arch(&origin, components)?,
                     prediction: None,
                     files: Vec::new(),
@@ -110,6 +115,7 @@ impl Compiler<'_> {
             }),
             Value::Vae(VaeValue {
                 tensors: Arc::clone(&opened.vae),
+                audio: opened.audio.clone(),
             }),
         ])
     }
@@ -202,6 +208,7 @@ impl Compiler<'_> {
         let map = self.component(gn, ComponentKind::Vae, std::slice::from_ref(source), None)?;
         Ok(Value::Vae(VaeValue {
             tensors: Arc::new(map),
+            audio: None,
         }))
     }
 }

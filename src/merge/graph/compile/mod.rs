@@ -170,6 +170,7 @@ struct Opened {
     model: Arc<InputMap>,
     clip: Arc<InputMap>,
     vae: Arc<InputMap>,
+    audio: Option<Arc<InputMap>>,
     arch: Arch,
     prediction: Option<Prediction>,
     files: Vec<PathBuf>,
@@ -359,11 +360,15 @@ impl Compiler<'_> {
                         m.arch, m.origin, c.origin
                     )));
                 }
-                let components = parts(vec![
+                let mut components = vec![
                     (ComponentKind::Model, self.materialize(&m.chains)?),
                     (ComponentKind::Clip, self.materialize(&c.chains)?),
                     (ComponentKind::Vae, (*v.tensors).clone()),
-                ]);
+                ];
+                if let Some(audio) = &v.audio {
+                    components.push((ComponentKind::AudioVae, (**audio).clone()));
+                }
+                let components = parts(components);
                 self.out.saves.push(PlannedSave {
                     node: i,
                     files: vec![SaveFile {
