@@ -73,8 +73,8 @@ impl MechaJob {
         arch: Arch,
         dtype: TargetDtype,
     ) -> std::result::Result<Self, String> {
-        let config = config(arch)
-            .ok_or_else(|| format!("sd-mecha 1.x has no configuration of {arch}"))?;
+        let config =
+            config(arch).ok_or_else(|| format!("sd-mecha 1.x has no configuration of {arch}"))?;
         if !SAME_INPUTS.contains(&method.name.as_str()) {
             return Err(format!(
                 "sd-mecha's {} takes other inputs than ours (deltas, or no such method); time \

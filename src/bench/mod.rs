@@ -204,9 +204,10 @@ fn measure(
         (true, None) => Some(Err(
             "the Python program starts from a file: give --from-file".to_string(),
         )),
-        (false, _) => opts.method.as_ref().map(|m| {
-            mecha::MechaJob::find(m, opts.arch, opts.dtype).map(PyJob::Mecha)
-        }),
+        (false, _) => opts
+            .method
+            .as_ref()
+            .map(|m| mecha::MechaJob::find(m, opts.arch, opts.dtype).map(PyJob::Mecha)),
     };
     let candle_skipped = match opts.quantize {
         _ if opts.gguf.is_some() => Some(

@@ -121,7 +121,12 @@ pub(super) fn run(
 }
 
 /// Runs `program` (Python source, fed on stdin) with `args`; its last stderr line is the error.
-pub(super) fn run_program(python: &Path, program: &str, args: &[&std::ffi::OsStr], what: &str) -> Result<()> {
+pub(super) fn run_program(
+    python: &Path,
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    what: &str,
+) -> Result<()> {
     let mut child = Command::new(python)
         .arg("-")
         .args(args)
