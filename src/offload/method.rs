@@ -21,6 +21,10 @@ use crate::model::tensor::method::{Facts, Needs, Vector};
 use crate::model::{InputTensor, Merged};
 use crate::reduce::CHUNK;
 
+/// Values of each operand a method's output is computed from at a time (16,384: the operands,
+/// the method's temporaries and the output of a block fit a core's L2 cache).
+const BLOCK: usize = 16 << 10;
+
 /// Units `units` of the method node `node` of `m`, in f32, into `out`.
 pub(super) fn eval(
     m: &Merged,
@@ -37,19 +41,32 @@ pub(super) fn eval(
     // Whole runs of `align` elements around the range asked for.
     let start = units.start / align * align;
     let end = units.end.div_ceil(align).saturating_mul(align).min(n);
+    // Block by block, so that the operands, the method's temporaries and the output stay in
+    // a core's cache (a unit can be a whole tensor of millions of values).
+    let block = (BLOCK / align).max(1) * align;
     let operands = 1 + node.inputs.len();
-    let mut bufs = vec![vec![0f32; end - start]; operands];
-    scratch.operands.begin(m.shared_sources());
-    for (i, b) in bufs.iter_mut().enumerate() {
-        read_f32(m, i, start..end, b, scratch)?;
-    }
-    let views: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
-    if start == units.start && end == units.end {
-        node.op.apply(&scalars, start, &views, out);
-    } else {
-        let mut all = vec![0f32; end - start];
-        node.op.apply(&scalars, start, &views, &mut all);
-        out.copy_from_slice(&all[units.start - start..units.end - start]);
+    let mut bufs = vec![vec![0f32; block.min(end - start)]; operands];
+    let mut edge = Vec::new();
+    let mut at = start;
+    while at < end {
+        let stop = (at + block).min(end);
+        scratch.operands.begin(m.shared_sources());
+        for (i, b) in bufs.iter_mut().enumerate() {
+            b.resize(stop - at, 0.0);
+            read_f32(m, i, at..stop, b, scratch)?;
+        }
+        let views: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
+        // The part of this block inside the range asked for.
+        let (from, to) = (at.max(units.start), stop.min(units.end));
+        let dst = &mut out[from - units.start..to - units.start];
+        if from == at && to == stop {
+            node.op.apply(&scalars, at, &views, dst);
+        } else {
+            edge.resize(stop - at, 0f32);
+            node.op.apply(&scalars, at, &views, &mut edge);
+            dst.copy_from_slice(&edge[from - at..to - at]);
+        }
+        at = stop;
     }
     Ok(())
 }
