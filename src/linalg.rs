@@ -4,7 +4,7 @@
 //! For `A` (m × n) and a rank k: a Gaussian start block of b = ⌈k/2⌉ columns, [`STEPS`] steps
 //! of one product with `A` and one with `Aᵀ` each, every product kept; then `A`'s projection
 //! `U·M·Vᵀ` (M small: 3k × 3.5k) is decomposed exactly through the eigenvectors of `M·Mᵀ`
-//! (cyclic Jacobi, in f64), and `A ≈ U_k·Σ_k·V_kᵀ` with `U_k = U·W_k`, `V_k = V·Mᵀ·W_k·Σ_k⁻¹`.
+//! (Householder and QL, in f64), and `A ≈ U_k·Σ_k·V_kᵀ` with `U_k = U·W_k`, `V_k = V·Mᵀ·W_k·Σ_k⁻¹`.
 //! The products with `A` — O(m·n·k) each — and the projections against the bases run with
 //! candle's matmul on the device `A` is on (all CPU cores, or a GPU); the rest is
 //! O((m + n)·k²) on the host.
@@ -136,7 +136,7 @@ struct Ritz {
 fn small_svd(key: &str, m: &[f64], p: usize, q: usize, rank: usize) -> Result<Ritz> {
     let mt = Tensor::from_slice(m, (p, q), &Device::Cpu)?;
     let mut gram = mt.matmul(&mt.t()?)?.flatten_all()?.to_vec1::<f64>()?;
-    // Exactly symmetric for Jacobi (the product rounds each triangle its own way).
+    // Exactly symmetric (the product rounds each triangle its own way).
     for i in 0..p {
         for j in i + 1..p {
             let v = 0.5 * (gram[i * p + j] + gram[j * p + i]);
@@ -144,7 +144,7 @@ fn small_svd(key: &str, m: &[f64], p: usize, q: usize, rank: usize) -> Result<Ri
             gram[j * p + i] = v;
         }
     }
-    let (values, vectors) = eigen::jacobi_eigen(key, &mut gram, p)?;
+    let (values, vectors) = eigen::symmetric_eigen(key, &gram, p)?;
     let mut order: Vec<usize> = (0..p).collect();
     order.sort_by(|&x, &y| values[y].total_cmp(&values[x]));
     let mut left = vec![0f64; p * rank];
