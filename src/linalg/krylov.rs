@@ -9,9 +9,10 @@
 //! accuracy on a flat (noise) spectrum with less than half the products (Musco and Musco 2015;
 //! measured before choosing the block and the steps).
 //!
-//! The products and the projections against the bases run as candle matmuls on `A`'s device
-//! (f32, two passes of classical Gram–Schmidt); each new block is orthonormalised on the host
-//! in f64. A column that loses almost all of its norm to the projection (the space is exhausted:
+//! The products with `A` and with the bases run as candle matmuls on `A`'s device (f32); the
+//! rest — two passes of classical Gram–Schmidt against the bases, then modified Gram–Schmidt
+//! within the new block — on the host in f64, where it is O((m + n)·k) per column and needs no
+//! elementwise candle op (on the CPU those wait on a shared spinning pool). A column that loses almost all of its norm to the projection (the space is exhausted:
 //! `A` has low rank, or is zero) is replaced by a random one, so the bases always have their
 //! full width.
 
