@@ -256,7 +256,6 @@ fn jacobi_eigen(key: &str, a: &mut [f64], n: usize) -> Result<(Vec<f64>, Vec<f64
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,11 +268,19 @@ mod tests {
             for r in 0..n {
                 let av: f64 = (0..n).map(|c| a[r * n + c] * vectors[c * n + e]).sum();
                 let lv = values[e] * vectors[r * n + e];
-                assert!((av - lv).abs() <= 1e-10 * scale * n as f64, "pair {e}, row {r}");
+                assert!(
+                    (av - lv).abs() <= 1e-10 * scale * n as f64,
+                    "pair {e}, row {r}"
+                );
             }
             for f in 0..n {
-                let dot: f64 = (0..n).map(|r| vectors[r * n + e] * vectors[r * n + f]).sum();
-                assert!((dot - f64::from(e == f)).abs() < 1e-10, "VᵀV[{e},{f}] = {dot}");
+                let dot: f64 = (0..n)
+                    .map(|r| vectors[r * n + e] * vectors[r * n + f])
+                    .sum();
+                assert!(
+                    (dot - f64::from(e == f)).abs() < 1e-10,
+                    "VᵀV[{e},{f}] = {dot}"
+                );
             }
         }
     }
@@ -319,7 +326,13 @@ mod tests {
         assert!(values.iter().all(|&v| (v - 2.0).abs() < 1e-14));
         check(&identity, n, &values, &vectors);
         let diag: Vec<f64> = (0..n * n)
-            .map(|i| if i % (n + 1) == 0 { (i / n) as f64 - 2.5 } else { 0.0 })
+            .map(|i| {
+                if i % (n + 1) == 0 {
+                    (i / n) as f64 - 2.5
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let (values, vectors) = symmetric_eigen("d", &diag, n).unwrap();
         check(&diag, n, &values, &vectors);

@@ -145,7 +145,10 @@ fn project_out(cols: &mut [Vec<f64>], y: &Tensor, b: &Tensor) -> Result<()> {
             _ => from_columns(cols, rows, b.device())?,
         };
         let bc = b.matmul(&b.t()?.matmul(&t)?)?;
-        let bc = bc.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let bc = bc
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let w = cols.len();
         for (j, c) in cols.iter_mut().enumerate() {
             c.iter_mut()

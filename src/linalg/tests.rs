@@ -153,7 +153,10 @@ fn noise_is_reconstructed_within_one_percent_of_the_exact_truncated_svd() {
         (240, 260, 1, 24),
     ] {
         let a = noise(m, n, seed);
-        assert!(2 * (STEPS + 1) * rank.div_ceil(2) < m.min(n), "takes the Krylov path");
+        assert!(
+            2 * (STEPS + 1) * rank.div_ceil(2) < m.min(n),
+            "takes the Krylov path"
+        );
         let t = truncated_svd("w", &a, m, n, rank, 9, &Device::Cpu).unwrap();
         let exact = if m >= n {
             exact_singular_values(&a, m, n)

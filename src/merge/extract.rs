@@ -444,7 +444,11 @@ fn relative_error(
             norm += v * v;
         }
     }
-    Ok(if norm == 0.0 { 0.0 } else { (err / norm).sqrt() })
+    Ok(if norm == 0.0 {
+        0.0
+    } else {
+        (err / norm).sqrt()
+    })
 }
 
 /// Values of `up·down` computed at once by [`relative_error`] (4 MiB of f32).
