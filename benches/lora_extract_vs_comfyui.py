@@ -20,6 +20,11 @@ In one sitting, on the same two full-size synthetic SD1.5 checkpoints (`save --s
    clamp and the f16 rounding, as the files hold them: worst and median of the ratio ours /
    exact.
 
+With `--skip-comfyui` (no torch needed; the ComfyUI time stands as measured once by hand), step 1
+is not timed and its exact truncated SVDs come from numpy (`numpy.linalg.svd`, the same LAPACK
+decomposition; thin, since only the first r vectors are kept), clamped and rounded the same way:
+step 3's ratio is then measured as before.
+
 Prints one Markdown block for benches/RESULTS.md (command, machine, date, figures).
 """
 import argparse
@@ -32,8 +37,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-import torch
-from safetensors.torch import load_file
+import numpy as np
 
 CLAMP_QUANTILE = 0.99
 PREFIX = "model.diffusion_model."
@@ -92,6 +96,48 @@ def comfyui_lora_save(tuned: dict, base: dict, rank: int) -> dict:
     return out
 
 
+def numpy_lora_save(tuned: dict, base: dict, rank: int) -> dict:
+    """The factored weights of `comfyui_lora_save`, in numpy (LAPACK's SVD, thin), untimed."""
+    out = {}
+    for k, t in tuned.items():
+        if not (k.startswith(PREFIX) and k.endswith(".weight") and t.ndim >= 2):
+            continue
+        diff = (t.astype(np.float32) - base[k].astype(np.float32)).astype(t.dtype)
+        d = diff.astype(np.float32).reshape(diff.shape[0], -1)
+        r = min(rank, diff.shape[0], diff.shape[1])
+        u, s, vh = np.linalg.svd(d, full_matrices=False)
+        u, vh = u[:, :r] * s[:r], vh[:r]
+        hi = np.quantile(np.concatenate([u.ravel(), vh.ravel()]), CLAMP_QUANTILE)
+        stem = "diffusion_model." + k[len(PREFIX):-len(".weight")]
+        out[stem + ".lora_up.weight"] = np.clip(u, -hi, hi).astype(np.float16)
+        out[stem + ".lora_down.weight"] = np.clip(vh, -hi, hi).astype(np.float16)
+    return out
+
+
+def relative_errors_np(ours: dict, exact: dict, tuned: dict, base: dict) -> list[float]:
+    """`relative_errors` in numpy."""
+    ratios = []
+    for k in exact:
+        if not k.endswith(".lora_up.weight"):
+            continue
+        stem = k[: -len(".lora_up.weight")]
+        key = PREFIX + stem[len("diffusion_model."):] + ".weight"
+        t = tuned[key]
+        d = (t.astype(np.float32) - base[key].astype(np.float32)).astype(t.dtype)
+        d = d.astype(np.float32).reshape(d.shape[0], -1)
+        norm = np.linalg.norm(d)
+        if norm == 0:
+            continue
+
+        def err(f):
+            up = f[stem + ".lora_up.weight"].astype(np.float32).reshape(d.shape[0], -1)
+            down = f[stem + ".lora_down.weight"].astype(np.float32).reshape(up.shape[1], -1)
+            return float(np.linalg.norm(d - up @ down) / norm)
+
+        ratios.append(err(ours) / err(exact))
+    return ratios
+
+
 def relative_errors(ours: dict, exact: dict, tuned: dict, base: dict) -> list[float]:
     """Per factored layer: our reconstruction error over the exact truncated SVD's."""
     ratios = []
@@ -119,15 +165,22 @@ def main() -> None:
     ap.add_argument("--bin", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--skip-comfyui", action="store_true",
+                    help="do not time ComfyUI's calls; exact factors from numpy, untimed")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     tuned_path, base_path = make_inputs(a.bin, a.work)
-    tuned, base = load_file(tuned_path), load_file(base_path)
-
-    start = time.perf_counter()
-    exact = comfyui_lora_save(tuned, base, a.rank)
-    comfy_s = time.perf_counter() - start
-    comfy_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if a.skip_comfyui:
+        from safetensors.numpy import load_file
+        tuned, base = load_file(tuned_path), load_file(base_path)
+    else:
+        import torch
+        from safetensors.torch import load_file
+        tuned, base = load_file(tuned_path), load_file(base_path)
+        start = time.perf_counter()
+        exact = comfyui_lora_save(tuned, base, a.rank)
+        comfy_s = time.perf_counter() - start
+        comfy_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     out_dir = os.path.join(a.work, "ours")
     cmd = [a.bin, "extract-lora", tuned_path, base_path, "--rank", str(a.rank), "--bias-diff",
@@ -136,23 +189,33 @@ def main() -> None:
     start = time.perf_counter()
     # GNU time's %M: the child's own peak (getrusage of children would count the fork of this
     # process, torch loaded).
-    path = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd, check=True,
+    path = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", rss_file] + cmd, check=True,
                           capture_output=True, text=True).stdout.strip()
     ours_s = time.perf_counter() - start
-    ours_rss = int(open(rss_file).read().split()[-1]) / 1024
+    user, system, rss = open(rss_file).read().split()[-3:]
+    ours_rss, ours_cpu = int(rss) / 1024, float(user) + float(system)
     ours = load_file(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
     os.remove(path)
 
-    ratios = relative_errors(ours, exact, tuned, base)
+    if a.skip_comfyui:
+        exact = numpy_lora_save(tuned, base, a.rank)
+        ratios = relative_errors_np(ours, exact, tuned, base)
+        engine = f"numpy {np.__version__} (exact factors, untimed)"
+    else:
+        ratios = relative_errors(ours, exact, tuned, base)
+        engine = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
     print(f"## LoRA extraction, rank {a.rank}, SD1.5 denoiser, CPU\n")
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)\n")
-    print(f"`python benches/lora_extract_vs_comfyui.py --bin {a.bin} --work {a.work} --rank {a.rank}`\n")
-    print("| | time | peak RSS |")
-    print("|---|---|---|")
-    print(f"| ComfyUI LoraSave (torch.linalg.svd, reproduced) | {comfy_s:.1f} s | {comfy_rss:.0f} MiB |")
-    print(f"| `{' '.join(cmd[1:2])} … --rank {a.rank} --bias-diff` | {ours_s:.1f} s | {ours_rss:.0f} MiB |")
-    print(f"\nspeed-up: {comfy_s / ours_s:.1f}x\n")
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, {engine}\n")
+    skip = " --skip-comfyui" if a.skip_comfyui else ""
+    print(f"`python benches/lora_extract_vs_comfyui.py --bin {a.bin} --work {a.work} --rank {a.rank}{skip}`\n")
+    print("| | time | CPU time | peak RSS |")
+    print("|---|---|---|---|")
+    if not a.skip_comfyui:
+        print(f"| ComfyUI LoraSave (torch.linalg.svd, reproduced) | {comfy_s:.1f} s | | {comfy_rss:.0f} MiB |")
+    print(f"| `{' '.join(cmd[1:2])} … --rank {a.rank} --bias-diff` | {ours_s:.1f} s | {ours_cpu:.1f} s | {ours_rss:.0f} MiB |")
+    if not a.skip_comfyui:
+        print(f"\nspeed-up: {comfy_s / ours_s:.1f}x\n")
     print(f"reconstruction error ours / exact truncated SVD over {len(ratios)} layers: "
           f"median {statistics.median(ratios):.4f}, worst {max(ratios):.4f}")
 

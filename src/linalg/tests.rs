@@ -1,5 +1,26 @@
 use super::*;
 
+/// Orthonormal columns of the m × l matrix `y` (row-major, independent columns): modified
+/// Gram–Schmidt, twice, in f64 (for the test matrices' random bases).
+fn orthonormal(y: &[f64], m: usize, l: usize) -> Vec<f64> {
+    let mut q = y.to_vec();
+    for j in 0..l {
+        for _pass in 0..2 {
+            for i in 0..j {
+                let dot: f64 = (0..m).map(|r| q[r * l + i] * q[r * l + j]).sum();
+                for r in 0..m {
+                    q[r * l + j] -= dot * q[r * l + i];
+                }
+            }
+        }
+        let norm = (0..m).map(|r| q[r * l + j].powi(2)).sum::<f64>().sqrt();
+        for r in 0..m {
+            q[r * l + j] /= norm;
+        }
+    }
+    q
+}
+
 /// An independent exact SVD for the oracle: one-sided Jacobi (Hestenes) on the columns of `a`
 /// (m × n, m ≥ n), in f64. Returns the singular values, descending.
 fn exact_singular_values(a: &[f32], m: usize, n: usize) -> Vec<f64> {
@@ -114,6 +135,45 @@ fn reconstruction_is_within_one_percent_of_the_exact_truncated_svd() {
     }
 }
 
+/// An m × n matrix of independent standard normal entries: a flat (Marchenko–Pastur) spectrum
+/// without gaps, the hardest case for a Krylov or randomized method (what a difference of two
+/// unrelated models looks like).
+fn noise(m: usize, n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..m * n).map(|_| gaussian(&mut rng)).collect()
+}
+
+#[test]
+fn noise_is_reconstructed_within_one_percent_of_the_exact_truncated_svd() {
+    // Wide, tall, square; ranks whose Krylov bases stay well below min(m, n).
+    for (m, n, rank, seed) in [
+        (160, 320, 16usize, 21),
+        (320, 150, 8, 22),
+        (200, 200, 4, 23),
+        (240, 260, 1, 24),
+    ] {
+        let a = noise(m, n, seed);
+        assert!(
+            2 * (STEPS + 1) * rank.div_ceil(2) < m.min(n),
+            "takes the Krylov path"
+        );
+        let t = truncated_svd("w", &a, m, n, rank, 9, &Device::Cpu).unwrap();
+        let exact = if m >= n {
+            exact_singular_values(&a, m, n)
+        } else {
+            let at: Vec<f32> = (0..n * m).map(|i| a[(i % m) * n + i / m]).collect();
+            exact_singular_values(&at, n, m)
+        };
+        let optimal = exact[rank..].iter().map(|s| s * s).sum::<f64>().sqrt();
+        let got = residual(&a, &t);
+        assert!(
+            got <= optimal * 1.01,
+            "{m}×{n} rank {rank}: residual {got} vs optimal {optimal} (ratio {})",
+            got / optimal
+        );
+    }
+}
+
 #[test]
 fn factors_are_orthonormal_and_seeded() {
     let (m, n, k) = (80, 90, 10);
@@ -140,10 +200,13 @@ fn factors_are_orthonormal_and_seeded() {
 
 #[test]
 fn zero_and_rank_deficient_matrices_decompose() {
-    let zero = vec![0f32; 30 * 40];
-    let t = truncated_svd("z", &zero, 30, 40, 5, 0, &Device::Cpu).unwrap();
-    assert!(t.s.iter().all(|&s| s == 0.0));
-    assert!(t.vt.iter().all(|&v| v == 0.0));
+    // Through the Gram matrix (30 × 40, rank 5) and through the Krylov bases (100 × 120).
+    for (m, n) in [(30, 40), (100, 120)] {
+        let zero = vec![0f32; m * n];
+        let t = truncated_svd("z", &zero, m, n, 5, 0, &Device::Cpu).unwrap();
+        assert!(t.s.iter().all(|&s| s == 0.0));
+        assert!(t.vt.iter().all(|&v| v == 0.0));
+    }
     // Rank 2 asked for rank 6: the extra singular values are (numerically) zero.
     let rank2: Vec<f32> = (0..50 * 60)
         .map(|i| ((i / 60) as f32 * 0.1).sin() * ((i % 60) as f32).cos() + (i / 60) as f32 * 0.01)

@@ -288,7 +288,7 @@ impl Job {
             .map(|(i, &u)| u * svd.s[i % rank])
             .collect();
         let mut down = svd.vt;
-        let error = relative_error(&diff, &up, &down, out, inner, rank);
+        let error = relative_error(&diff, &up, &down, out, inner, rank)?;
         clamp_at_quantile(&mut up, &mut down);
         let (up_shape, down_shape) = match info.shape.len() {
             2 => (vec![out, rank], vec![rank, inner]),
@@ -330,15 +330,20 @@ fn difference(key: &str, tuned: &InputTensor, base: Option<&InputTensor>) -> Res
         }
         None => tuned.clone(),
     };
-    let bytes = crate::offload::host_bytes(&m)?;
     let info = tuned.info();
     let round: fn(f32) -> f32 = match info.dtype {
         Dtype::F16 => |v| half::f16::from_f32(v).to_f32(),
         Dtype::BF16 => |v| half::bf16::from_f32(v).to_f32(),
         _ => |v| v,
     };
-    // A merged tensor is evaluated in f32; a tensor read as it lies (a difference given
-    // whole) comes in its own dtype.
+    // A merged tensor is evaluated in f32 (its values taken as they are, not copied from
+    // bytes: a weight's worth of memory per copy); a tensor read as it lies (a difference
+    // given whole) comes in its own dtype.
+    if let Some(mut values) = crate::offload::host_f32(&m)? {
+        round_in_place(&mut values, info.dtype);
+        return Ok(values);
+    }
+    let bytes = crate::offload::host_bytes(&m)?;
     let n = info.numel();
     match (bytes.len() == n * 4, info.dtype) {
         (true, _) => Ok(bytes
@@ -359,6 +364,32 @@ fn difference(key: &str, tuned: &InputTensor, base: Option<&InputTensor>) -> Res
     }
 }
 
+/// Rounds f32 values to `dtype` (f16, bf16; others are left as they are) and back, in place,
+/// a block at a time through half's slice conversions (F16C where the CPU has it).
+fn round_in_place(values: &mut [f32], dtype: Dtype) {
+    use half::slice::HalfFloatSliceExt;
+    const BLOCK: usize = 16 << 10;
+    match dtype {
+        Dtype::F16 => {
+            let mut scratch = vec![half::f16::ZERO; BLOCK.min(values.len())];
+            for chunk in values.chunks_mut(BLOCK) {
+                let s = &mut scratch[..chunk.len()];
+                s.convert_from_f32_slice(chunk);
+                s.convert_to_f32_slice(chunk);
+            }
+        }
+        Dtype::BF16 => {
+            let mut scratch = vec![half::bf16::ZERO; BLOCK.min(values.len())];
+            for chunk in values.chunks_mut(BLOCK) {
+                let s = &mut scratch[..chunk.len()];
+                s.convert_from_f32_slice(chunk);
+                s.convert_to_f32_slice(chunk);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Clamps both factors to `[−h, h]`, `h` the [`CLAMP_QUANTILE`] quantile of their entries
 /// together (LoraSave's outlier clamp).
 fn clamp_at_quantile(up: &mut [f32], down: &mut [f32]) {
@@ -369,37 +400,59 @@ fn clamp_at_quantile(up: &mut [f32], down: &mut [f32]) {
     }
 }
 
-/// The linearly interpolated `q` quantile of `values` (sorted in place), as `torch.quantile`.
+/// The linearly interpolated `q` quantile of `values` (reordered in place), as `torch.quantile`:
+/// the two neighbouring order statistics found by selection, O(n), not by a sort.
 fn quantile(values: &mut [f32], q: f64) -> f32 {
     if values.is_empty() {
         return 0.0;
     }
-    values.sort_by(f32::total_cmp);
     let pos = q * (values.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    let (a, b) = (values[lo] as f64, values[hi] as f64);
+    let lo = pos.floor() as usize;
+    let (_, &mut a, above) = values.select_nth_unstable_by(lo, f32::total_cmp);
+    // The next order statistic is the least of those above the lo-th.
+    let b = match above.iter().copied().min_by(f32::total_cmp) {
+        Some(b) if pos > lo as f64 => b,
+        _ => a,
+    };
+    let (a, b) = (a as f64, b as f64);
     (a + (b - a) * (pos - lo as f64)) as f32
 }
 
-/// `‖D − up·down‖ / ‖D‖` (0 for a zero `D`).
-fn relative_error(d: &[f32], up: &[f32], down: &[f32], rows: usize, cols: usize, k: usize) -> f64 {
+/// `‖D − up·down‖ / ‖D‖` (0 for a zero `D`), the product by candle's matmul on the host, a
+/// block of rows at a time (never a second weight-sized buffer).
+fn relative_error(
+    d: &[f32],
+    up: &[f32],
+    down: &[f32],
+    rows: usize,
+    cols: usize,
+    k: usize,
+) -> Result<f64> {
+    let cpu = Device::Cpu;
+    let down = Tensor::from_slice(down, (k, cols), &cpu)?;
+    let block = (ERROR_BLOCK / cols.max(1)).max(1);
     let (mut err, mut norm) = (0f64, 0f64);
-    for r in 0..rows {
-        for c in 0..cols {
-            let approx: f64 = (0..k)
-                .map(|i| up[r * k + i] as f64 * down[i * cols + c] as f64)
-                .sum();
-            let v = d[r * cols + c] as f64;
-            err += (v - approx).powi(2);
+    for r0 in (0..rows).step_by(block) {
+        let h = block.min(rows - r0);
+        let approx = Tensor::from_slice(&up[r0 * k..(r0 + h) * k], (h, k), &cpu)?
+            .matmul(&down)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (&v, &p) in d[r0 * cols..(r0 + h) * cols].iter().zip(&approx) {
+            let v = f64::from(v);
+            err += (v - f64::from(p)).powi(2);
             norm += v * v;
         }
     }
-    if norm == 0.0 {
+    Ok(if norm == 0.0 {
         0.0
     } else {
         (err / norm).sqrt()
-    }
+    })
 }
+
+/// Values of `up·down` computed at once by [`relative_error`] (4 MiB of f32).
+const ERROR_BLOCK: usize = 1 << 20;
 
 /// A stable seed per key (the same key gives the same factors on every run).
 fn seed_of(key: &str) -> u64 {

@@ -93,7 +93,7 @@ pub(super) fn merged_bytes(m: &Merged, scratch: &mut Scratch) -> Result<Vec<u8>>
 }
 
 /// Every element of `m` in f32.
-fn merged_f32(m: &Merged, scratch: &mut Scratch) -> Result<Vec<f32>> {
+pub(super) fn merged_f32(m: &Merged, scratch: &mut Scratch) -> Result<Vec<f32>> {
     let n = m.info().numel();
     if let Some(device) = m.evaluation_device() {
         return Ok(eval_on(&device, m, 0..n, scratch)?.to_vec1()?);

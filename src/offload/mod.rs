@@ -116,6 +116,21 @@ pub(crate) fn host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
     ordered_host_bytes(t)
 }
 
+/// Every value of a tensor in host memory as f32 when it is evaluated in f32 (a merge: its
+/// values as [`host_bytes`] gives their bytes, without that copy); `None` for other tensors.
+///
+/// # Errors
+/// As [`host_bytes`].
+pub(crate) fn host_f32(t: &InputTensor) -> Result<Option<Vec<f32>>> {
+    let InputTensor::Merged(m) = t else {
+        return Ok(None);
+    };
+    let mut held = Vec::new();
+    order::held(t, &mut held);
+    order::wait_for_producers(held)?;
+    Ok(Some(merge::merged_f32(m, &mut Scratch::default())?))
+}
+
 /// [`host_bytes`], once the producers of its device tensors have finished.
 fn ordered_host_bytes(t: &InputTensor) -> Result<Vec<u8>> {
     match t {
