@@ -23,7 +23,16 @@ import json, os, sys
 import torch, sd_mecha
 out, config, name, params, dtype, *paths = sys.argv[1:]
 models = [sd_mecha.model(os.path.abspath(p), config) for p in paths]
-recipe = getattr(sd_mecha, name)(*models, **json.loads(params))
+params = json.loads(params)
+if name == "add_difference_ties":
+    # sd-mecha 1.1.8's wrapper of that name fails on models (its merge-space test) and takes
+    # no vote_sgn: its graph, written out.
+    from sd_mecha.extensions.merge_methods import resolve
+    base, alpha = models[0], params.pop("alpha", 1.0)
+    deltas = [sd_mecha.subtract(m, base) for m in models[1:]]
+    recipe = resolve("add_difference")(base, sd_mecha.ties_sum(*deltas, **params), alpha=alpha)
+else:
+    recipe = getattr(sd_mecha, name)(*models, **params)
 recipe = sd_mecha.pick_component(recipe, "diffuser")
 dtypes = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
 sd_mecha.merge(recipe, output=out, fallback_model=models[0], output_dtype=dtypes[dtype])
