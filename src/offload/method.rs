@@ -159,19 +159,31 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
         for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
             v.fill(&views, at, &mut buf[..len]);
         }
-        for a in 0..k {
-            for b in a..k {
-                g[a * k + b] += dot(&vals[a][..len], &vals[b][..len]);
-            }
-        }
+        let rows: Vec<&[f32]> = vals.iter().map(|v| &v[..len]).collect();
+        add_gram(&mut g, &rows);
         at = end;
     }
+    Ok(mirror(g, k))
+}
+
+/// Adds the dot products of `vals` (one chunk of each vector) to the upper triangle of `g`.
+fn add_gram(g: &mut [f64], vals: &[&[f32]]) {
+    let k = vals.len();
+    for a in 0..k {
+        for b in a..k {
+            g[a * k + b] += dot(vals[a], vals[b]);
+        }
+    }
+}
+
+/// `g` with its lower triangle copied from its upper one.
+fn mirror(mut g: Vec<f64>, k: usize) -> Vec<f64> {
     for a in 0..k {
         for b in 0..a {
             g[a * k + b] = g[b * k + a];
         }
     }
-    Ok(g)
+    g
 }
 
 /// `Σ xᵢ·yᵢ` in f64, in eight running sums (which the compiler vectorizes; one running sum

@@ -783,8 +783,9 @@ fn bad_methods_and_parameters_are_refused_naming_what_is_accepted() {
 mod dropout;
 mod ties;
 
-/// TIES of tensors large enough for the sampled bracket of the k-th magnitude (over 64 chunks),
-/// on spread values (the bracket holds the rank) and on values of a few levels (its bracket
+/// TIES of tensors large enough for the sampled bracket of the k-th magnitude, on spread values
+/// (the bracket holds the rank), values of a few levels and a zero delta (a bracket of one
+/// value: counted), and two magnitudes with the k-th at the step between them (the bracket
 /// holds too many: the counting passes), against the formula.
 #[test]
 fn ties_of_large_tensors_keeps_the_exact_top_k() {
@@ -794,7 +795,24 @@ fn ties_of_large_tensors_keeps_the_exact_top_k() {
         .iter()
         .map(|v| v.iter().map(|x| (x * 3.0).round() / 3.0).collect())
         .collect();
-    for (what, d) in [("spread", spread), ("levels", levels)] {
+    // Magnitudes 2 (three in ten) and 1, the k-th at the step between them: the bracket spans
+    // both and holds every value.
+    let edge: Vec<Vec<f32>> = spread
+        .iter()
+        .map(|v| {
+            v.iter()
+                .enumerate()
+                .map(|(i, x)| x.signum() * if i % 10 < 3 { 2.0 } else { 1.0 })
+                .collect()
+        })
+        .collect();
+    let zero = vec![vec![0f32; n], spread[0].clone()];
+    for (what, d) in [
+        ("spread", spread),
+        ("levels", levels),
+        ("edge", edge),
+        ("zero", zero),
+    ] {
         let m = method("ties_sum", 2, &params(&[("k", "0.3")])).unwrap();
         let t = m
             .tensor("model.w", d.iter().map(|v| tensor(v, &[n])).collect())

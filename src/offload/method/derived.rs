@@ -2,7 +2,7 @@
 //! of the operands after the other facts, [`CHUNK`] values of each operand and derived vector
 //! at a time.
 
-use super::{dot, read_used, Scratch};
+use super::{add_gram, mirror, read_used, Scratch};
 use crate::error::{Error, Result};
 use crate::model::tensor::method::{Facts, Needs};
 use crate::model::Merged;
@@ -41,17 +41,9 @@ pub(super) fn gram(
             v.resize(len, 0f32);
         }
         node.op.derive(facts, at, &views, &mut vals);
-        for a in 0..k {
-            for b in a..k {
-                g[a * k + b] += dot(&vals[a], &vals[b]);
-            }
-        }
+        let rows: Vec<&[f32]> = vals.iter().map(Vec::as_slice).collect();
+        add_gram(&mut g, &rows);
         at = end;
     }
-    for a in 0..k {
-        for b in 0..a {
-            g[a * k + b] = g[b * k + a];
-        }
-    }
-    Ok(g)
+    Ok(mirror(g, k))
 }

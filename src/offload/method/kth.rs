@@ -88,6 +88,7 @@ fn by_bracket(
     let mut samples: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
     pass.run(&sample_ranges(n, CHUNK), scratch, |w, values| {
         samples[w].extend(values.iter().map(|&v| magnitude(v)));
+        true
     })?;
     let brackets: Vec<(u32, u32)> = samples
         .iter_mut()
@@ -97,14 +98,24 @@ fn by_bracket(
     drop(samples);
     let limit = n / MAX_KEPT_PART + 1;
     let mut above = vec![0u64; ranks.len()];
+    // A bracket of one bit pattern (a tensor of equal values, zero differences) only counts.
+    let mut equal = vec![0u64; ranks.len()];
     let mut kept: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
     let mut overflow = false;
     let all = all_ranges(pass.n, CHUNK);
     pass.run(&all, scratch, |w, values| {
-        if overflow {
-            return;
-        }
         let (low, high) = brackets[w];
+        if low == high {
+            let mut count = (0u32, 0u32);
+            for &v in values {
+                let b = magnitude(v);
+                count.0 += u32::from(b > high);
+                count.1 += u32::from(b == high);
+            }
+            above[w] += u64::from(count.0);
+            equal[w] += u64::from(count.1);
+            return true;
+        }
         let span = high.wrapping_sub(low);
         // Branch-free: every value is stored at the end of the kept ones, and the end moves
         // on only past those in the bracket (which of them are is as good as random, so a
@@ -124,16 +135,24 @@ fn by_bracket(
         }
         kept.truncate(start + end);
         above[w] += u64::from(count);
-        if kept.len() > limit {
-            overflow = true;
-            kept.clear();
-        }
+        // Too many in the bracket: the counting passes will do better than this one.
+        overflow = kept.len() > limit;
+        !overflow
     })?;
     if overflow {
         return Ok(None);
     }
     let mut found = Vec::with_capacity(ranks.len());
-    for ((mut inside, &k), &over) in kept.into_iter().zip(ranks).zip(&above) {
+    for (w, (mut inside, &k)) in kept.into_iter().zip(ranks).enumerate() {
+        let over = above[w];
+        let (low, high) = brackets[w];
+        if low == high {
+            match k > over && k <= over + equal[w] {
+                true => found.push(f32::from_bits(low)),
+                false => return Ok(None),
+            }
+            continue;
+        }
         // The k-th largest is the (k − over)-th largest of the bracket's values.
         let Some(r) = k
             .checked_sub(over)
@@ -200,6 +219,7 @@ fn by_counting(pass: &mut Pass<'_>, ranks: &[u64], scratch: &mut Scratch) -> Res
                 h[(magnitude(v) >> 16) as usize] += 1;
             }
         }
+        true
     })?;
     let buckets: Vec<(usize, u64)> = ranks
         .iter()
@@ -223,6 +243,7 @@ fn by_counting(pass: &mut Pass<'_>, ranks: &[u64], scratch: &mut Scratch) -> Res
                 l[(bits & 0xFFFF) as usize] += 1;
             }
         }
+        true
     })?;
     Ok(low
         .iter()
@@ -246,12 +267,12 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Hands `count(vector index, values)` the values of every picked vector over each of
-    /// `ranges` in turn (each at most a chunk).
+    /// `ranges` in turn (each at most a chunk), until it returns false.
     fn run(
         &mut self,
         ranges: &[Range<usize>],
         scratch: &mut Scratch,
-        mut count: impl FnMut(usize, &[f32]),
+        mut count: impl FnMut(usize, &[f32]) -> bool,
     ) -> Result<()> {
         for range in ranges {
             let (at, len) = (range.start, range.len());
@@ -259,7 +280,9 @@ impl Pass<'_> {
             let views: Vec<&[f32]> = self.ops.iter().map(Vec::as_slice).collect();
             for (w, v) in self.picked.iter().enumerate() {
                 v.fill(&views, at, &mut self.buf[..len]);
-                count(w, &self.buf[..len]);
+                if !count(w, &self.buf[..len]) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
