@@ -147,22 +147,17 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
     let k = vectors.len();
     let used = used_operands(vectors);
     let chunk = CHUNK.min(n);
-    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
     let mut vals = vec![vec![0f32; chunk]; k];
     let mut g = vec![0f64; k * k];
-    let mut at = 0;
-    while at < n {
-        let end = (at + chunk).min(n);
-        let len = end - at;
-        read_used(m, &used, at..end, &mut ops, scratch)?;
-        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+    each_range(m, &used, chunks(n, chunk), scratch, |range, views| {
+        let len = range.len();
         for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
-            v.fill(&views, at, &mut buf[..len]);
+            v.fill(views, range.start, &mut buf[..len]);
         }
         let rows: Vec<&[f32]> = vals.iter().map(|v| &v[..len]).collect();
         add_gram(&mut g, &rows);
-        at = end;
-    }
+        true
+    })?;
     Ok(mirror(g, k))
 }
 
@@ -216,19 +211,33 @@ fn used_operands(vectors: &[Vector]) -> Vec<usize> {
     used
 }
 
-/// Values `range` of the operands `used` of `m` into `ops[i]` (resized to the range), for one
-/// chunk of a whole-tensor pass.
-fn read_used(
+/// Reads the operands `used` of `m` over each of `ranges` in turn (the chunk's shared sources
+/// read once) and hands `f` the range and the operands' values by operand index (an operand
+/// not used is empty), until `f` returns false: the loop of every facts pass.
+fn each_range(
     m: &Merged,
     used: &[usize],
-    range: Range<usize>,
-    ops: &mut [Vec<f32>],
+    ranges: impl IntoIterator<Item = Range<usize>>,
     scratch: &mut Scratch,
+    mut f: impl FnMut(Range<usize>, &[&[f32]]) -> bool,
 ) -> Result<()> {
-    scratch.operands.begin(m.shared_sources());
-    for &i in used {
-        ops[i].resize(range.len(), 0f32);
-        read_f32(m, i, range.clone(), &mut ops[i], scratch)?;
+    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
+    for range in ranges {
+        scratch.operands.begin(m.shared_sources());
+        for &i in used {
+            ops[i].resize(range.len(), 0f32);
+            read_f32(m, i, range.clone(), &mut ops[i], scratch)?;
+        }
+        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+        if !f(range, &views) {
+            break;
+        }
     }
     Ok(())
+}
+
+/// `0..n` in ranges of `chunk` values.
+fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = Range<usize>> {
+    let chunk = chunk.max(1);
+    (0..n.div_ceil(chunk)).map(move |c| c * chunk..((c + 1) * chunk).min(n))
 }

@@ -2,7 +2,7 @@
 //! of the operands after the other facts, [`CHUNK`] values of each operand and derived vector
 //! at a time.
 
-use super::{add_gram, mirror, read_used, Scratch};
+use super::{add_gram, chunks, each_range, mirror, Scratch};
 use crate::error::{Error, Result};
 use crate::model::tensor::method::{Facts, Needs};
 use crate::model::Merged;
@@ -28,22 +28,17 @@ pub(super) fn gram(
     // Whole runs of `align` elements, as the method derives them.
     let chunk = (CHUNK / align * align).max(align).min(n);
     let used: Vec<usize> = (0..=node.inputs.len()).collect();
-    let mut ops = vec![Vec::new(); used.len()];
     let mut vals = vec![Vec::new(); k];
-    let mut at = 0;
-    while at < n {
-        let end = (at + chunk).min(n);
-        let len = end - at;
-        read_used(m, &used, at..end, &mut ops, scratch)?;
-        let views: Vec<&[f32]> = ops.iter().map(Vec::as_slice).collect();
+    each_range(m, &used, chunks(n, chunk), scratch, |range, views| {
+        let (at, len) = (range.start, range.len());
         for v in vals.iter_mut() {
             v.clear();
             v.resize(len, 0f32);
         }
-        node.op.derive(facts, at, &views, &mut vals);
+        node.op.derive(facts, at, views, &mut vals);
         let rows: Vec<&[f32]> = vals.iter().map(Vec::as_slice).collect();
         add_gram(&mut g, &rows);
-        at = end;
-    }
+        true
+    })?;
     Ok(mirror(g, k))
 }

@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use super::{read_used, used_operands, Scratch};
+use super::{chunks, each_range, used_operands, Scratch};
 use crate::error::{Error, Result};
 use crate::model::tensor::method::Vector;
 use crate::model::Merged;
@@ -60,7 +60,6 @@ pub(super) fn magnitudes(
         used: &used,
         picked: &picked,
         n,
-        ops: vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)],
         buf: vec![0f32; CHUNK.min(n).max(1)],
     };
     if n.div_ceil(CHUNK) >= SAMPLE_MIN_CHUNKS {
@@ -86,7 +85,7 @@ fn by_bracket(
 ) -> Result<Option<Vec<f32>>> {
     let n = pass.n;
     let mut samples: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
-    pass.run(&sample_ranges(n, CHUNK), scratch, |w, values| {
+    pass.run(sample_ranges(n, CHUNK), scratch, |w, values| {
         samples[w].extend(values.iter().map(|&v| magnitude(v)));
         true
     })?;
@@ -102,8 +101,7 @@ fn by_bracket(
     let mut equal = vec![0u64; ranks.len()];
     let mut kept: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
     let mut overflow = false;
-    let all = all_ranges(pass.n, CHUNK);
-    pass.run(&all, scratch, |w, values| {
+    pass.run(chunks(pass.n, CHUNK), scratch, |w, values| {
         let (low, high) = brackets[w];
         if low == high {
             let mut count = (0u32, 0u32);
@@ -206,8 +204,7 @@ fn by_counting(pass: &mut Pass<'_>, ranks: &[u64], scratch: &mut Scratch) -> Res
     let mut high = vec![vec![0u32; 1 << 15]; ranks.len()];
     let wide = pass.n > u32::MAX as usize;
     let mut high_wide = vec![vec![0u64; if wide { 1 << 15 } else { 0 }]; ranks.len()];
-    let all = all_ranges(pass.n, CHUNK);
-    pass.run(&all, scratch, |w, values| {
+    pass.run(chunks(pass.n, CHUNK), scratch, |w, values| {
         if wide {
             let h = &mut high_wide[w];
             for &v in values {
@@ -234,8 +231,7 @@ fn by_counting(pass: &mut Pass<'_>, ranks: &[u64], scratch: &mut Scratch) -> Res
         .collect();
     drop((high, high_wide));
     let mut low = vec![vec![0u64; 1 << 16]; ranks.len()];
-    let all = all_ranges(pass.n, CHUNK);
-    pass.run(&all, scratch, |w, values| {
+    pass.run(chunks(pass.n, CHUNK), scratch, |w, values| {
         let (l, bucket) = (&mut low[w], buckets[w].0 as u32);
         for &v in values {
             let bits = magnitude(v);
@@ -261,7 +257,6 @@ struct Pass<'a> {
     used: &'a [usize],
     picked: &'a [Vector],
     n: usize,
-    ops: Vec<Vec<f32>>,
     buf: Vec<f32>,
 }
 
@@ -270,39 +265,26 @@ impl Pass<'_> {
     /// `ranges` in turn (each at most a chunk), until it returns false.
     fn run(
         &mut self,
-        ranges: &[Range<usize>],
+        ranges: impl IntoIterator<Item = Range<usize>>,
         scratch: &mut Scratch,
         mut count: impl FnMut(usize, &[f32]) -> bool,
     ) -> Result<()> {
-        for range in ranges {
-            let (at, len) = (range.start, range.len());
-            read_used(self.m, self.used, range.clone(), &mut self.ops, scratch)?;
-            let views: Vec<&[f32]> = self.ops.iter().map(Vec::as_slice).collect();
-            for (w, v) in self.picked.iter().enumerate() {
-                v.fill(&views, at, &mut self.buf[..len]);
-                if !count(w, &self.buf[..len]) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+        let (picked, buf) = (self.picked, &mut self.buf);
+        each_range(self.m, self.used, ranges, scratch, |range, views| {
+            let len = range.len();
+            picked.iter().enumerate().all(|(w, v)| {
+                v.fill(views, range.start, &mut buf[..len]);
+                count(w, &buf[..len])
+            })
+        })
     }
-}
-
-/// `0..n` in ranges of `chunk` values.
-fn all_ranges(n: usize, chunk: usize) -> Vec<Range<usize>> {
-    let chunk = chunk.max(1);
-    (0..n.div_ceil(chunk))
-        .map(|c| c * chunk..((c + 1) * chunk).min(n))
-        .collect()
 }
 
 /// The sample: from the middle of every range of `chunk` values, a run of 1/[`SAMPLE_PART`]
 /// of it (spread over the whole tensor: its rows differ).
 fn sample_ranges(n: usize, chunk: usize) -> Vec<Range<usize>> {
     let run = (chunk / SAMPLE_PART).max(1);
-    all_ranges(n, chunk)
-        .into_iter()
+    chunks(n, chunk)
         .filter_map(|r| {
             let start = r.start + r.len().saturating_sub(run) / 2;
             let end = (start + run).min(r.end);
@@ -355,6 +337,6 @@ mod tests {
     fn the_sample_is_a_run_from_the_middle_of_every_chunk() {
         let r = sample_ranges(100, 32);
         assert_eq!(r, [15..17, 47..49, 79..81, 97..99]);
-        assert_eq!(all_ranges(25, 10), [0..10, 10..20, 20..25]);
+        assert_eq!(chunks(25, 10).collect::<Vec<_>>(), [0..10, 10..20, 20..25]);
     }
 }
