@@ -8,6 +8,7 @@
 
 pub mod merged;
 pub mod method;
+mod patch;
 pub mod quantized;
 
 use std::fmt;
