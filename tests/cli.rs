@@ -403,6 +403,58 @@ fn bench_takes_variant_names() {
 }
 
 #[test]
+fn bench_times_a_given_input_file_detected_and_left_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("bench");
+    let saved = run(
+        dir.path(),
+        &[
+            "save",
+            "--synthetic",
+            "flux",
+            "--max-dim",
+            "8",
+            "--dtype",
+            "bf16",
+            "-q",
+            "--output-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(saved.code, 0, "{}", saved.stderr);
+    let input = saved.stdout.trim().to_string();
+    let before = std::fs::read(&input).unwrap();
+    let bench = [
+        "bench",
+        "--from-file",
+        "--input",
+        &input,
+        "--gguf",
+        "Q8_0",
+        "--runs",
+        "1",
+        "--json",
+        "--output-dir",
+        o.to_str().unwrap(),
+    ];
+    let r = run(dir.path(), &bench);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    // The architecture comes from the file; its bytes are the input's.
+    assert_eq!(v["arch"], "flux");
+    assert_eq!(v["input_bytes"].as_u64(), Some(before.len() as u64));
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    assert_eq!(std::fs::read_dir(&o).unwrap().count(), 0);
+    // A given input is only converted, never merged or built.
+    let wrong = run(dir.path(), &["bench", "--input", &input, "--runs", "1"]);
+    assert_eq!(wrong.code, 2, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("--from-file"), "{}", wrong.stderr);
+    let neither = run(dir.path(), &["bench", "--runs", "1"]);
+    assert_eq!(neither.code, 2, "{}", neither.stderr);
+    assert!(std::path::Path::new(&input).exists());
+}
+
+#[test]
 fn bench_json_is_one_object_with_the_documented_figures() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench");

@@ -362,6 +362,7 @@ fn bench_merge_runs_on_the_device(devices: &[Device]) -> Result<(), Failed> {
         device: devices[0].clone(),
         from_file: false,
         input_dir: None,
+        input: None,
         merge: true,
         lora_rank: Some(2),
         chain: None,

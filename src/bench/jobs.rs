@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::raw::{candle_file_to_file, candle_save, remove, save_synced};
 use super::BenchOptions;
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::layout::GenericPrefixes;
 use crate::merge::{merge, Lora, LoraBake, Operation, Recipe};
 use crate::model::{Components, TargetDtype};
@@ -74,6 +74,13 @@ impl Subject {
             inputs.0.push(p.clone());
             Ok((p.clone(), save_to_path(c, &p, &keep)?.bytes))
         };
+        if let Some(p) = &opts.input {
+            // The user's file: read as it is, and never put in `inputs` (which are removed).
+            let bytes = std::fs::metadata(p)
+                .ctx(|| format!("reading the benchmark input {}", p.display()))?
+                .len();
+            return Ok((Subject::File(p.clone()), bytes));
+        }
         if let Some(n) = opts.chain {
             let mut paths = Vec::with_capacity(n);
             let mut bytes = 0;

@@ -65,6 +65,10 @@ pub struct BenchOptions {
     /// Where the input checkpoint(s) of `from_file` and `merge` are written (default:
     /// `output_dir`): a disk folder when the output is a tmpfs too small for both.
     pub input_dir: Option<PathBuf>,
+    /// Time a file-to-file convert of this checkpoint (the user's own, never removed) instead
+    /// of one written from a synthetic model: a model larger than memory, say. `arch` is its
+    /// architecture; `variant`, `model_dtype` and `max_dim` do not apply.
+    pub input: Option<PathBuf>,
     /// Time a weighted sum of two f32 checkpoints (ratio 0.3, text encoders too, A's VAE)
     /// instead: ours streamed, against candle's load-both-and-combine program.
     pub merge: bool,
@@ -110,6 +114,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         return Err(Error::InvalidInput(
             "--gguf times a save or a file-to-file convert into GGUF; drop merge/run and \
              --quantize"
+                .into(),
+        ));
+    }
+    if opts.input.is_some() && (opts.merge || opts.chain.is_some() || !opts.from_file) {
+        return Err(Error::InvalidInput(
+            "an input file is timed as a file-to-file convert (with from_file); merges and \
+             chains write their own inputs"
                 .into(),
         ));
     }
@@ -340,12 +351,14 @@ fn measure(
         output_dir: opts.output_dir.display().to_string(),
         bytes,
         input_bytes: (input_bytes > 0).then_some(input_bytes),
-        input_dir: (input_bytes > 0).then(|| {
-            opts.input_dir
+        input_dir: (input_bytes > 0).then(|| match &opts.input {
+            Some(p) => p.display().to_string(),
+            None => opts
+                .input_dir
                 .as_ref()
                 .unwrap_or(&opts.output_dir)
                 .display()
-                .to_string()
+                .to_string(),
         }),
         tensors: saved.tensors,
         threads: workers,
@@ -456,6 +469,7 @@ mod tests {
             device: Device::Cpu,
             from_file,
             input_dir: None,
+            input: None,
             merge: false,
             lora_rank: None,
             chain: None,
@@ -547,6 +561,51 @@ mod tests {
         check_runs(&r);
         assert!(r.to_string().contains("candle load + to_dtype + save"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_bench_of_a_given_input_converts_that_file_and_leaves_it_in_place() {
+        let (dir, mine) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut syn = SyntheticOptions::new(Arch::Sd15)
+            .with_seed(1)
+            .with_max_dim(16);
+        syn.dtype = Some(DType::F32);
+        let c = synthetic::build(&syn, &Device::Cpu).unwrap();
+        let input = mine.path().join("mine.safetensors");
+        save_to_path(
+            &c,
+            &input,
+            &SaveOptions {
+                layout: LayoutChoice::Arch(Arch::Sd15),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let before = std::fs::read(&input).unwrap();
+        let mut o = options(dir.path(), true);
+        o.input = Some(input.clone());
+        let r = run_alone(&o);
+        assert_eq!(r.input_bytes, Some(before.len() as u64));
+        assert_eq!(r.input_dir.as_deref(), Some(input.to_str().unwrap()));
+        // The same model as the synthetic from-file bench writes: the same output.
+        assert_eq!(
+            (r.bytes, r.tensors),
+            same_save(dir.path(), Some(DType::F32))
+        );
+        check_runs(&r);
+        assert_eq!(
+            std::fs::read(&input).unwrap(),
+            before,
+            "the input is untouched"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A given input is only ever converted.
+        o.chain = Some(2);
+        let Err(Error::InvalidInput(m)) = run(&o) else {
+            panic!("a chain over a given input ran")
+        };
+        assert!(m.contains("file-to-file"), "{m}");
+        assert!(input.exists());
     }
 
     #[test]

@@ -526,10 +526,30 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
                 .with_context(|| format!("a synthetic model cannot be built in {d}"))?,
         ),
     };
-    let (arch, variant) = checkpoint_save::family::variant_named(&args.synthetic)?;
+    let (arch, variant) = match (&args.synthetic, &args.input) {
+        (Some(name), _) => {
+            let (arch, variant) = checkpoint_save::family::variant_named(name)?;
+            (arch, Some(variant.name))
+        }
+        (None, Some(path)) => {
+            let input = checkpoint_save::input::open(path, None)
+                .with_context(|| format!("cannot read the benchmark input {}", path.display()))?;
+            let arch = input.arch.with_context(|| {
+                format!(
+                    "cannot tell the architecture of {}; name it with --synthetic",
+                    path.display()
+                )
+            })?;
+            (arch, None)
+        }
+        (None, None) => usage_error("give --synthetic MODEL or --input FILE"),
+    };
+    if args.input.is_some() && (args.job != BenchJob::Save || !args.from_file) {
+        usage_error("--input times a file-to-file convert: give `bench --from-file --input FILE`");
+    }
     let opts = BenchOptions {
         arch,
-        variant: Some(variant.name),
+        variant,
         dtype: args.dtype,
         model_dtype,
         output_dir: args
@@ -542,6 +562,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         device,
         from_file: args.from_file,
         input_dir: args.input_dir.clone(),
+        input: args.input.clone(),
         merge: args.job == BenchJob::Merge,
         lora_rank: args.lora_rank,
         chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),

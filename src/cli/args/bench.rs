@@ -18,8 +18,14 @@ pub(crate) struct BenchArgs {
     pub(crate) job: BenchJob,
 
     /// The synthetic model: a family's name (its default model) or a variant's (`wan21-14b`).
-    #[arg(long, value_name = "MODEL")]
-    pub(crate) synthetic: String,
+    #[arg(long, value_name = "MODEL", required_unless_present = "input")]
+    pub(crate) synthetic: Option<String>,
+
+    /// Time a file-to-file convert of this checkpoint instead of a synthetic model's (one
+    /// larger than memory, say); it is read, never changed or removed. Its architecture is
+    /// detected (or --synthetic names it).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["max_dim", "model_dtype", "input_dir"])]
+    pub(crate) input: Option<PathBuf>,
 
     /// Dtype the checkpoint is saved in (keep, f32, f16, bf16, f8_e4m3, f8_e5m2).
     #[arg(long, value_name = "DTYPE", default_value = "keep")]
