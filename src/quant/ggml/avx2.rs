@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 
 use super::lanes::Searches;
 use super::search::{Qkx2, GROUP_MAX_EPS};
+use super::wide::{self, within, Wide, MAGIC};
 
 /// The searches with AVX2 intrinsics; only ever used when the CPU has AVX2.
 pub(super) struct Avx2;
@@ -176,40 +177,11 @@ fn round_clamp(v: V, lo: i32, hi: i32) -> V {
     _mm256_cvtepi32_ps(i)
 }
 
-/// Below this magnitude `nearest_int` is round-half-even ([`round_fast`] computes it); from
-/// `2^22 − 0.5` up (the sum reaches 2^24), and for NaN (whose payload it reads), ggml's bit
-/// trick wraps.
-const FAST_LIMIT: f32 = 4_194_303.0;
-
-/// `nearest_int(v)` clamped to `[0, hi]`, as an f32, for lanes with `|v| <` [`FAST_LIMIT`] only: there
-/// `(v + 1.5·2^23) − 1.5·2^23` is `v` rounded half to even, exactly what the bit trick of
-/// [`round_clamp`] reads, in four operations instead of six. The callers prove the bound for a
-/// whole pass first ([`within`]) and take [`round_clamp`] otherwise.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn round_fast(v: V, hi: V) -> V {
-    _mm256_min_ps(
-        _mm256_max_ps(sub(add(v, magic()), magic()), _mm256_setzero_ps()),
-        hi,
-    )
-}
-
 /// `1.5·2^23`, ggml's rounding constant.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn magic() -> V {
-    splat(12_582_912.0)
-}
-
-/// Whether every lane not in `skip` has `|lo|` and `|hi|` below [`FAST_LIMIT`] (false for NaN).
-/// A pass whose products `iscale·t` are monotone in `t` between two ends that pass this check
-/// stays below the limit for every value in between (IEEE rounding is monotone).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn within(lo: V, hi: V, skip: V) -> bool {
-    let limit = splat(FAST_LIMIT);
-    let ok = or(skip, and(lt(abs(lo), limit), lt(abs(hi), limit)));
-    _mm256_movemask_ps(ok) == 0xff
+    splat(MAGIC)
 }
 
 /// Lanes of `v` that are not NaN.
@@ -229,7 +201,7 @@ fn ints(v: V) -> [i32; 8] {
     a
 }
 
-/// [`super::lanes::qkx2`] for eight groups.
+/// [`super::lanes::qkx2`] for eight groups ([`wide::qkx2`] on AVX2 registers).
 ///
 /// # Safety
 /// The CPU has AVX2.
@@ -240,103 +212,116 @@ pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
     w: &[[f32; 8]; N],
     out: &mut [[u8; 8]; N],
 ) -> ([f32; 8], [f32; 8]) {
-    let error = |d: V| if MAD { abs(d) } else { mul(d, d) };
-    let zero = _mm256_setzero_ps();
-    let x0 = load(&x[0]);
-    let (mut min, mut max, mut sum_w) = (x0, x0, load(&w[0]));
-    let mut sum_x = mul(sum_w, x0);
-    for i in 1..N {
-        let (v, wi) = (load(&x[i]), load(&w[i]));
-        min = sel(lt(v, min), v, min);
-        max = sel(gt(v, max), v, max);
-        sum_w = add(sum_w, wi);
-        sum_x = add(sum_x, mul(wi, v));
+    // SAFETY: the caller guarantees AVX2, which `V`'s operations need.
+    unsafe { wide::qkx2::<V, 8, N, MAD>(p, x, w, out) }
+}
+
+impl Wide<8> for V {
+    type Mask = V;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn splat(v: f32) -> V {
+        splat(v)
     }
-    // Every value but NaN lies in `[data_min, max]`. A lane with a NaN may round it differently
-    // on the fast path, but its candidates never win (their error is NaN), so its codes are
-    // the first pass's, which always takes the exact rounding.
-    let data_min = min;
-    min = sel(gt(min, zero), zero, min);
-    let (flat, flat_min) = (eq(max, min), min);
-    let nmax = splat(p.nmax as f32);
-    let iscale = div(nmax, sub(max, min));
-    let mut scale = div(splat(1.0), iscale);
-    let mut best = zero;
-    let mut codes = [zero; N];
-    for i in 0..N {
-        let v = load(&x[i]);
-        let l = round_clamp(mul(iscale, sub(v, min)), 0, p.nmax);
-        codes[i] = l;
-        best = add(
-            best,
-            mul(load(&w[i]), error(sub(add(mul(scale, l), min), v))),
-        );
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(a: &[f32; 8]) -> V {
+        load(a)
     }
-    let mut aux = [zero; N];
-    // `x − min`, recomputed when a lane's `min` changes.
-    let mut shifted = [zero; N];
-    for (s, row) in shifted.iter_mut().zip(x) {
-        *s = sub(load(row), min);
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(self) -> [f32; 8] {
+        store(self)
     }
-    let hi = splat(p.nmax as f32);
-    for is in 0..=p.nstep {
-        let top = p.rmin + p.rdelta * is as f32 + p.nmax as f32;
-        let iscale = div(splat(top), sub(max, min));
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
-        // Flat lanes are overwritten at the end whatever their codes.
-        let fast = within(
-            mul(iscale, sub(data_min, min)),
-            mul(iscale, sub(max, min)),
-            flat,
-        );
-        if fast {
-            for i in 0..N {
-                let l = round_fast(mul(iscale, shifted[i]), hi);
-                aux[i] = l;
-                let wl = mul(load(&w[i]), l);
-                sum_l = add(sum_l, wl);
-                sum_l2 = add(sum_l2, mul(wl, l));
-                sum_xl = add(sum_xl, mul(wl, load(&x[i])));
-            }
-        } else {
-            for i in 0..N {
-                let l = round_clamp(mul(iscale, shifted[i]), 0, p.nmax);
-                aux[i] = l;
-                let wl = mul(load(&w[i]), l);
-                sum_l = add(sum_l, wl);
-                sum_l2 = add(sum_l2, mul(wl, l));
-                sum_xl = add(sum_xl, mul(wl, load(&x[i])));
-            }
-        }
-        let d = sub(mul(sum_w, sum_l2), mul(sum_l, sum_l));
-        let s = div(sub(mul(sum_w, sum_xl), mul(sum_x, sum_l)), d);
-        let m = div(sub(mul(sum_l2, sum_x), mul(sum_l, sum_xl)), d);
-        let clip = gt(m, zero);
-        let this_min = sel(clip, zero, m);
-        let this_scale = sel(clip, div(sum_xl, sum_l2), s);
-        let mut cur = zero;
-        for i in 0..N {
-            let diff = sub(add(mul(this_scale, aux[i]), this_min), load(&x[i]));
-            cur = add(cur, mul(load(&w[i]), error(diff)));
-        }
-        let take = and(gt(d, zero), lt(cur, best));
-        if any(take) {
-            best = sel(take, cur, best);
-            scale = sel(take, this_scale, scale);
-            min = sel(take, this_min, min);
-            for i in 0..N {
-                codes[i] = sel(take, aux[i], codes[i]);
-                shifted[i] = sub(load(&x[i]), min);
-            }
-        }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn add(self, b: V) -> V {
+        add(self, b)
     }
-    for i in 0..N {
-        out[i] = ints(sel(flat, zero, codes[i])).map(|c| c as u8);
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sub(self, b: V) -> V {
+        sub(self, b)
     }
-    (
-        store(sel(flat, zero, scale)),
-        store(neg(sel(flat, flat_min, min))),
-    )
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn mul(self, b: V) -> V {
+        mul(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn div(self, b: V) -> V {
+        div(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn abs(self) -> V {
+        abs(self)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn neg(self) -> V {
+        neg(self)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn lt(self, b: V) -> V {
+        lt(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn gt(self, b: V) -> V {
+        gt(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn eq(self, b: V) -> V {
+        eq(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn and(a: V, b: V) -> V {
+        and(a, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn or(a: V, b: V) -> V {
+        or(a, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sel(m: V, a: V, b: V) -> V {
+        sel(m, a, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn any(m: V) -> bool {
+        any(m)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn all(m: V) -> bool {
+        _mm256_movemask_ps(m) == 0xff
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn round_clamp(self, lo: i32, hi: i32) -> V {
+        round_clamp(self, lo, hi)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn round_fast(self, hi: V) -> V {
+        _mm256_min_ps(
+            _mm256_max_ps(sub(add(self, magic()), magic()), _mm256_setzero_ps()),
+            hi,
+        )
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn bytes(self) -> [u8; 8] {
+        ints(self).map(|c| c as u8)
+    }
 }
 
 /// The value of largest magnitude per lane (the first on ties) and that magnitude.
@@ -387,7 +372,7 @@ pub(super) unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) 
         let (mut sumlx, mut suml2) = (zero, zero);
         // Without NaN, `|iscale·v| ≤ |iscale|·amax`: one check for the pass.
         let bound = mul(abs(iscale), amax);
-        if !has_nan && within(bound, bound, small) {
+        if !has_nan && unsafe { within(bound, bound, small) } {
             for i in 0..16 {
                 let v = load(&x[i]);
                 let l = _mm256_max_ps(
@@ -489,6 +474,7 @@ pub(super) unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) 
 #[cfg(test)]
 mod tests {
     use super::super::search::nearest_int;
+    use super::super::wide::FAST_LIMIT;
     use super::*;
 
     /// The fast rounding is `nearest_int` clamped below 2^22, and [`within`] refuses what is not.
@@ -524,7 +510,7 @@ mod tests {
             // SAFETY: the CPU has AVX2 (checked above).
             let (got, ok) = unsafe {
                 let v = load(&a);
-                (store(round_fast(v, splat(15.0))), within(v, v, splat(0.0)))
+                (store(v.round_fast(splat(15.0))), within(v, v, splat(0.0)))
             };
             assert!(ok, "{a:?}");
             for (g, v) in got.iter().zip(a) {

@@ -58,11 +58,19 @@ pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84])
         use_mad: true,
     };
     let mut codes = [0u8; QK_K];
-    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| {
-        let weights = xt.map(|row| row.map(f32::abs));
-        // SAFETY: the caller guarantees `S`'s features.
-        unsafe { pairs(qkx2::<S, 16>(p, xt, &weights, lanes)) }
-    });
+    let found: [(f32, f32); 16] = if S::WIDE {
+        by_lanes::<16, 16, 16, _>(x, &mut codes, |xt, lanes| {
+            let weights = xt.map(|row| row.map(f32::abs));
+            // SAFETY: the caller guarantees `S`'s features.
+            unsafe { pairs(S::qkx2_16::<16, true>(p, xt, &weights, lanes)) }
+        })
+    } else {
+        by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| {
+            let weights = xt.map(|row| row.map(f32::abs));
+            // SAFETY: the caller guarantees `S`'s features.
+            unsafe { pairs(qkx2::<S, 16>(p, xt, &weights, lanes)) }
+        })
+    };
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     let (scales, mins) = (found.map(|f| f.0), found.map(|f| f.1));
     for j in 0..16 {
@@ -114,25 +122,25 @@ pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84])
     b[82..84].copy_from_slice(&dmin);
 }
 
-/// Runs `search` on the `G` sub-blocks of `N` values of `x`, eight at a time (lane `j` is a
+/// Runs `search` on the `G` sub-blocks of `N` values of `x`, `L` at a time (lane `j` is a
 /// sub-block): their codes, in value order, into `codes`, and their results.
 #[inline(always)]
-fn by_eights<const N: usize, const G: usize, T: Copy + Default>(
-    x: &[f32; QK_K],
-    codes: &mut [T; QK_K],
-    mut search: impl FnMut(&[[f32; 8]; N], &mut [[T; 8]; N]) -> [(f32, f32); 8],
+fn by_lanes<const N: usize, const G: usize, const L: usize, T: Copy + Default>(
+    x: &[f32],
+    codes: &mut [T],
+    mut search: impl FnMut(&[[f32; L]; N], &mut [[T; L]; N]) -> [(f32, f32); L],
 ) -> [(f32, f32); G] {
     let mut found = [(0f32, 0f32); G];
-    for g in 0..G / 8 {
-        let base = 8 * N * g;
-        let mut lanes = [[T::default(); 8]; N];
-        let r = search(&transpose::<N, 8>(&x[base..]), &mut lanes);
+    for g in 0..G / L {
+        let base = L * N * g;
+        let mut lanes = [[T::default(); L]; N];
+        let r = search(&transpose::<N, L>(&x[base..]), &mut lanes);
         for (i, row) in lanes.iter().enumerate() {
             for (j, &c) in row.iter().enumerate() {
                 codes[base + N * j + i] = c;
             }
         }
-        found[8 * g..8 * g + 8].copy_from_slice(&r);
+        found[L * g..L * g + L].copy_from_slice(&r);
     }
     found
 }
@@ -158,9 +166,9 @@ unsafe fn qkx2<S: Searches, const N: usize>(
     }
 }
 
-/// `(scales, mins)` of eight lanes as eight pairs.
+/// `(scales, mins)` of `L` lanes as `L` pairs.
 #[inline(always)]
-fn pairs((a, b): ([f32; 8], [f32; 8])) -> [(f32, f32); 8] {
+fn pairs<const L: usize>((a, b): ([f32; L], [f32; L])) -> [(f32, f32); L] {
     std::array::from_fn(|j| (a[j], b[j]))
 }
 
@@ -219,7 +227,7 @@ pub(super) fn decode_q3_k(b: &[u8; 110], out: &mut [f32; QK_K]) {
 pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]) {
     let mut codes = [0i8; QK_K];
     // SAFETY: the caller guarantees `S`'s features.
-    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+    let found = by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
         single(S::q3(4, xt, lanes))
     });
     let scales = found.map(|f| f.0);
@@ -321,32 +329,58 @@ pub(super) fn decode_q5_k(b: &[u8; 176], out: &mut [f32; QK_K]) {
     }
 }
 
-/// The search and the 6-bit scales shared by Q4_K (`nmax` 15) and Q5_K (31): fills `codes`
-/// (each in `0..=nmax`), `sb` (the 12 packed scale bytes) and returns `d` and `dmin` as f16
-/// bytes.
+/// The weights of Q4_K's and Q5_K's searches for `L` sub-blocks of 32 (lane `j` is one):
+/// `sqrt(Σx²/32) + |x|`, summed in value order as ggml does.
+#[inline(always)]
+fn k4_weights<const L: usize>(xt: &[[f32; L]; 32]) -> [[f32; L]; 32] {
+    let mut sum_x2 = [0f32; L];
+    for row in xt {
+        for j in 0..L {
+            sum_x2[j] += row[j] * row[j];
+        }
+    }
+    let av_x = sum_x2.map(|s| (s / 32.0).sqrt());
+    xt.map(|row| std::array::from_fn(|j| av_x[j] + row[j].abs()))
+}
+
+/// The searches of Q4_K (`nmax` 15) and Q5_K (31) for the `G` sub-blocks of 32 of `x` (8 per
+/// super-block; 16, two super-blocks, searched at once where `S` has sixteen lanes): codes into
+/// `codes`, each sub-block's `(scale, min)`.
 ///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
-unsafe fn encode_k4<S: Searches>(
+unsafe fn k4_search<S: Searches, const G: usize>(
+    x: &[f32],
+    p: Qkx2,
+    codes: &mut [u8],
+) -> [(f32, f32); G] {
+    if S::WIDE && G.is_multiple_of(16) {
+        by_lanes::<32, G, 16, _>(x, codes, |xt, lanes| {
+            // SAFETY: the caller guarantees `S`'s features.
+            unsafe { pairs(S::qkx2_16::<32, false>(p, xt, &k4_weights(xt), lanes)) }
+        })
+    } else {
+        by_lanes::<32, G, 8, _>(x, codes, |xt, lanes| {
+            // SAFETY: the caller guarantees `S`'s features.
+            unsafe { pairs(qkx2::<S, 32>(p, xt, &k4_weights(xt), lanes)) }
+        })
+    }
+}
+
+/// The 6-bit scales shared by Q4_K and Q5_K, from the searches' results `found`: re-codes
+/// `codes` (each in `0..=nmax`) against them, fills `sb` (the 12 packed scale bytes) and returns
+/// `d` and `dmin` as f16 bytes.
+#[inline(always)]
+fn k4_scales(
     x: &[f32; QK_K],
     p: Qkx2,
+    found: &[(f32, f32)],
     codes: &mut [u8; QK_K],
     sb: &mut [u8; 12],
 ) -> [u8; 4] {
-    let found = by_eights::<32, 8, _>(x, codes, |xt, lanes| {
-        let mut sum_x2 = [0f32; 8];
-        for row in xt {
-            for j in 0..8 {
-                sum_x2[j] += row[j] * row[j];
-            }
-        }
-        let av_x = sum_x2.map(|s| (s / 32.0).sqrt());
-        let weights = xt.map(|row| std::array::from_fn(|j| av_x[j] + row[j].abs()));
-        // SAFETY: the caller guarantees `S`'s features.
-        unsafe { pairs(qkx2::<S, 32>(p, xt, &weights, lanes)) }
-    });
-    let (scales, mins) = (found.map(|f| f.0), found.map(|f| f.1));
+    let scales: [f32; 8] = std::array::from_fn(|j| found[j].0);
+    let mins: [f32; 8] = std::array::from_fn(|j| found[j].1);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..8 {
         let (scale, min) = (scales[j], mins[j]);
@@ -392,23 +426,78 @@ unsafe fn encode_k4<S: Searches>(
     [d[0], d[1], dmin[0], dmin[1]]
 }
 
+/// Q4_K's search: codes 0..=15, 21 candidate scales.
+const Q4_K: Qkx2 = Qkx2 {
+    nmax: 15,
+    rmin: -1.0,
+    rdelta: 0.1,
+    nstep: 20,
+    use_mad: false,
+};
+
+/// Q5_K's search: codes 0..=31, 16 candidate scales.
+const Q5_K: Qkx2 = Qkx2 {
+    nmax: 31,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: false,
+};
+
+/// Writes one block of `BYTES` from its codes, `d`/`dmin` bytes and scale bytes.
+type Pack<const BYTES: usize> = fn(&[u8; QK_K], [u8; 4], &[u8; 12], &mut [u8; BYTES]);
+
+/// Encodes the whole Q4_K (`BYTES` 144) or Q5_K (176) super-blocks of `values` into `blocks`
+/// with `pack` (codes, `d`/`dmin` bytes, scale bytes), two super-blocks per search where `S`
+/// has sixteen lanes. The caller checks the lengths.
+///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
-pub(super) unsafe fn encode_q4_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 144]) {
-    let p = Qkx2 {
-        nmax: 15,
-        rmin: -1.0,
-        rdelta: 0.1,
-        nstep: 20,
-        use_mad: false,
-    };
-    let mut codes = [0u8; QK_K];
-    let mut sb = [0u8; 12];
+unsafe fn encode_k4_all<S: Searches, const BYTES: usize>(
+    p: Qkx2,
+    values: &[f32],
+    blocks: &mut [u8],
+    pack: Pack<BYTES>,
+) {
+    let (xs, bs) = (
+        values.as_chunks::<QK_K>().0,
+        blocks.as_chunks_mut::<BYTES>().0,
+    );
+    let step = if S::WIDE { 2 } else { 1 };
+    for (x, b) in xs.chunks(step).zip(bs.chunks_mut(step)) {
+        let mut codes = [[0u8; QK_K]; 2];
+        let mut found = [(0f32, 0f32); 16];
+        // SAFETY (both): the caller guarantees `S`'s features.
+        if x.len() == 2 {
+            found = unsafe { k4_search::<S, 16>(x.as_flattened(), p, codes.as_flattened_mut()) };
+        } else {
+            let one = unsafe { k4_search::<S, 8>(x.as_flattened(), p, &mut codes[0]) };
+            found[..8].copy_from_slice(&one);
+        }
+        for (h, (x, b)) in x.iter().zip(b).enumerate() {
+            let mut sb = [0u8; 12];
+            let d = k4_scales(x, p, &found[8 * h..8 * h + 8], &mut codes[h], &mut sb);
+            pack(&codes[h], d, &sb, b);
+        }
+    }
+}
+
+/// Encodes whole Q4_K super-blocks (`values` and `blocks` hold the same count).
+///
+/// # Safety
+/// The CPU has the features of `S` (none for the portable searches).
+#[inline(always)]
+pub(super) unsafe fn encode_q4_k_all<S: Searches>(values: &[f32], blocks: &mut [u8]) {
     // SAFETY: the caller guarantees `S`'s features.
-    let d = unsafe { encode_k4::<S>(x, p, &mut codes, &mut sb) };
+    unsafe { encode_k4_all::<S, 144>(Q4_K, values, blocks, pack_q4_k) }
+}
+
+/// A Q4_K block: `d`, `dmin`, the scale bytes, codes as nibbles (value `l` of each 64 low,
+/// `l + 32` high).
+fn pack_q4_k(codes: &[u8; QK_K], d: [u8; 4], sb: &[u8; 12], b: &mut [u8; 144]) {
     b[0..4].copy_from_slice(&d);
-    b[4..16].copy_from_slice(&sb);
+    b[4..16].copy_from_slice(sb);
     for (q, chunk) in b[16..144].chunks_exact_mut(32).zip(codes.chunks_exact(64)) {
         for l in 0..32 {
             q[l] = chunk[l] | (chunk[l + 32] << 4);
@@ -416,23 +505,20 @@ pub(super) unsafe fn encode_q4_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 144]
     }
 }
 
+/// Encodes whole Q5_K super-blocks (`values` and `blocks` hold the same count).
+///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
-pub(super) unsafe fn encode_q5_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 176]) {
-    let p = Qkx2 {
-        nmax: 31,
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: false,
-    };
-    let mut codes = [0u8; QK_K];
-    let mut sb = [0u8; 12];
+pub(super) unsafe fn encode_q5_k_all<S: Searches>(values: &[f32], blocks: &mut [u8]) {
     // SAFETY: the caller guarantees `S`'s features.
-    let d = unsafe { encode_k4::<S>(x, p, &mut codes, &mut sb) };
+    unsafe { encode_k4_all::<S, 176>(Q5_K, values, blocks, pack_q5_k) }
+}
+
+/// A Q5_K block: as Q4_K's, with each code's fifth bit in `qh`.
+fn pack_q5_k(codes: &[u8; QK_K], d: [u8; 4], sb: &[u8; 12], b: &mut [u8; 176]) {
     b[0..4].copy_from_slice(&d);
-    b[4..16].copy_from_slice(&sb);
+    b[4..16].copy_from_slice(sb);
     let (qh, ql) = b[16..176].split_at_mut(32);
     qh.fill(0);
     for (n, (q, chunk)) in ql
@@ -487,7 +573,7 @@ pub(super) fn decode_q6_k(b: &[u8; 210], out: &mut [f32; QK_K]) {
 pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]) {
     let mut codes = [0i8; QK_K];
     // SAFETY: the caller guarantees `S`'s features.
-    let found = by_eights::<16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+    let found = by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
         single(S::qx(32, xt, lanes))
     });
     let scales = found.map(|f| f.0);

@@ -23,6 +23,37 @@ pub(super) trait Searches {
         out: &mut [[u8; 8]; N],
     ) -> ([f32; 8], [f32; 8]);
 
+    /// Whether [`Searches::qkx2_16`] runs sixteen lanes in one register (the K-quant encoders
+    /// then search two super-blocks, or a super-block's sixteen sub-blocks, at once).
+    const WIDE: bool = false;
+
+    /// [`qkx2`] of sixteen groups: two eight-group searches, unless the implementation has
+    /// sixteen lanes.
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn qkx2_16<const N: usize, const MAD: bool>(
+        p: Qkx2,
+        x: &[[f32; 16]; N],
+        w: &[[f32; 16]; N],
+        out: &mut [[u8; 16]; N],
+    ) -> ([f32; 16], [f32; 16]) {
+        let half = |a: &[[f32; 16]; N], h: usize| a.map(|r| std::array::from_fn(|j| r[8 * h + j]));
+        let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
+        for h in 0..2 {
+            let mut o = [[0u8; 8]; N];
+            // SAFETY: the caller guarantees the implementation's features.
+            let (s, m) = unsafe { Self::qkx2::<N, MAD>(p, &half(x, h), &half(w, h), &mut o) };
+            scale[8 * h..8 * h + 8].copy_from_slice(&s);
+            min[8 * h..8 * h + 8].copy_from_slice(&m);
+            for (row, o) in out.iter_mut().zip(&o) {
+                row[8 * h..8 * h + 8].copy_from_slice(o);
+            }
+        }
+        (scale, min)
+    }
+
     /// [`qx`] of eight groups.
     ///
     /// # Safety
@@ -475,6 +506,63 @@ mod tests {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_lane_searches_equal_the_scalar_search() {
+        /// Every lane of `S::qkx2_16` against the scalar search, on groups of `N`.
+        fn check<S: Searches, const N: usize>(rng: &mut rand::rngs::StdRng) {
+            let p = |nmax, rmin, nstep, use_mad| Qkx2 {
+                nmax,
+                rmin,
+                rdelta: 0.1,
+                nstep,
+                use_mad,
+            };
+            for chunk in groups::<N>(rng, 16 * 24).chunks_exact(16) {
+                let x: [[f32; 16]; N] =
+                    std::array::from_fn(|i| std::array::from_fn(|j| chunk[j][i]));
+                let w = x.map(|row| row.map(|v| v.abs() + 0.5));
+                for params in [
+                    p(15, -1.0, 20, false),
+                    p(31, -0.5, 15, false),
+                    p(3, -0.5, 15, true),
+                ] {
+                    let mut out = [[0u8; 16]; N];
+                    // SAFETY: the caller checked `S`'s features.
+                    let (scale, min) = unsafe {
+                        if params.use_mad {
+                            S::qkx2_16::<N, true>(params, &x, &w, &mut out)
+                        } else {
+                            S::qkx2_16::<N, false>(params, &x, &w, &mut out)
+                        }
+                    };
+                    for (j, g) in chunk.iter().enumerate() {
+                        let wj: [f32; N] = std::array::from_fn(|i| w[i][j]);
+                        let mut l = [0u8; N];
+                        let (s, m) = search::make_qkx2_quants(params, g, &wj, &mut l);
+                        assert_eq!(
+                            (scale[j].to_bits(), min[j].to_bits()),
+                            (s.to_bits(), m.to_bits()),
+                            "lane {j}: {g:?}"
+                        );
+                        assert!((0..N).all(|i| out[i][j] == l[i]), "lane {j}: {g:?}");
+                    }
+                }
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        // The default: two eight-lane searches.
+        check::<Portable, 32>(&mut rng);
+        check::<Portable, 16>(&mut rng);
+        if !(std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2"))
+        {
+            eprintln!("skipped the AVX-512 half: this CPU has no AVX-512F");
+            return;
+        }
+        check::<super::super::avx512::Avx512, 32>(&mut rng);
+        check::<super::super::avx512::Avx512, 16>(&mut rng);
+    }
+
     #[test]
     fn avx2_searches_equal_the_scalar_searches() {
         use super::super::avx2::Avx2;

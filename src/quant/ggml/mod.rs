@@ -74,11 +74,15 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod kquants;
 mod lanes;
 mod legacy;
 mod search;
 pub(crate) mod shapes;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 #[cfg(test)]
 mod tests;
@@ -380,6 +384,13 @@ pub(crate) fn encode(t: GgmlType, values: &[f32], codes: &mut [u8]) {
         "{t}"
     );
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx2")
+    {
+        // SAFETY: the CPU has AVX-512F and AVX2, the features `encode_avx512` is compiled with.
+        unsafe { encode_avx512(t, values, codes) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, the only feature `encode_avx2` is compiled with.
         unsafe { encode_avx2(t, values, codes) };
@@ -402,6 +413,18 @@ unsafe fn encode_avx2(t: GgmlType, values: &[f32], codes: &mut [u8]) {
     unsafe { encode_any::<avx2::Avx2>(t, values, codes) };
 }
 
+/// [`encode`] compiled for AVX-512F and AVX2: the `make_qkx2_quants` searches (Q2_K, Q4_K,
+/// Q5_K) on sixteen lanes ([`avx512`]), the others as [`encode_avx2`]; the same bits.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn encode_avx512(t: GgmlType, values: &[f32], codes: &mut [u8]) {
+    // SAFETY: the caller guarantees AVX-512F and AVX2.
+    unsafe { encode_any::<avx512::Avx512>(t, values, codes) };
+}
+
 /// # Safety
 /// The CPU has the features of `S`.
 #[inline(always)]
@@ -417,8 +440,9 @@ unsafe fn encode_any<S: lanes::Searches>(t: GgmlType, values: &[f32], codes: &mu
         GgmlType::Q8_0 => blocks_mut!(values, codes, legacy::encode_q8_0),
         GgmlType::Q2_K => blocks_mut!(values, codes, kquants::encode_q2_k::<S>),
         GgmlType::Q3_K => blocks_mut!(values, codes, kquants::encode_q3_k::<S>),
-        GgmlType::Q4_K => blocks_mut!(values, codes, kquants::encode_q4_k::<S>),
-        GgmlType::Q5_K => blocks_mut!(values, codes, kquants::encode_q5_k::<S>),
+        // SAFETY (both): the caller guarantees `S`'s features.
+        GgmlType::Q4_K => unsafe { kquants::encode_q4_k_all::<S>(values, codes) },
+        GgmlType::Q5_K => unsafe { kquants::encode_q5_k_all::<S>(values, codes) },
         GgmlType::Q6_K => blocks_mut!(values, codes, kquants::encode_q6_k::<S>),
     }
 }

@@ -220,10 +220,11 @@ fn decode_and_encode_check_their_buffers() {
 #[test]
 fn the_portable_and_dispatched_encoders_write_the_same_bytes() {
     use rand::{Rng, SeedableRng};
-    // The integration tests pin `encode` (AVX2 where the CPU has it) to ggml's bytes; this pins
-    // the portable path, which CPUs without AVX2 run, to `encode`.
+    // The integration tests pin `encode` (AVX-512 or AVX2 where the CPU has it) to ggml's bytes;
+    // this pins the portable path, which CPUs without AVX2 run, and the AVX2 one to `encode`.
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let values: Vec<f32> = (0..64 * QK_K)
+    // An odd count of super-blocks: the sixteen-lane encoders search two at a time.
+    let values: Vec<f32> = (0..63 * QK_K)
         .map(|i| {
             let block = i / QK_K;
             let v: f32 = rng.random_range(-1.0..1.0);
@@ -243,5 +244,13 @@ fn the_portable_and_dispatched_encoders_write_the_same_bytes() {
         // SAFETY: the portable searches need no CPU feature.
         unsafe { encode_any::<lanes::Portable>(t, &values, &mut b) };
         assert!(a == b, "{t}");
+        // Where `encode` takes AVX-512, the AVX2 path (CPUs without it) is pinned too.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            b.fill(1);
+            // SAFETY: the CPU has AVX2.
+            unsafe { encode_avx2(t, &values, &mut b) };
+            assert!(a == b, "{t} (AVX2)");
+        }
     }
 }

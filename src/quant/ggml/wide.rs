@@ -1,0 +1,193 @@
+//! ggml's `make_qkx2_quants` (the Q2_K, Q4_K and Q5_K scale search) on `L` sub-blocks at once,
+//! one per lane of a vector register: the 8 lanes of AVX2 ([`super::avx2`]) or the 16 of
+//! AVX-512 ([`super::avx512`]), written once over the [`Wide`] operations both provide.
+//!
+//! Every operation is the lane-wise IEEE operation of the portable search
+//! ([`super::lanes::qkx2`]), in the same order: adds, multiplies and divisions are never fused
+//! or reassociated, comparisons are ordered (false on NaN) where Rust's `<`, `>`, `==` are, and
+//! `nearest_int` is the same add-and-mask on the bits. So every lane's result is the scalar
+//! search's bits (and ggml's); the tests compare them on every kind of group.
+
+use super::search::Qkx2;
+
+/// Below this magnitude `nearest_int` is round-half-even ([`Wide::round_fast`] computes it);
+/// from `2^22 − 0.5` up (the sum reaches 2^24), and for NaN (whose payload it reads), ggml's
+/// bit trick wraps.
+pub(super) const FAST_LIMIT: f32 = 4_194_303.0;
+
+/// `1.5·2^23`, ggml's rounding constant.
+pub(super) const MAGIC: f32 = 12_582_912.0;
+
+/// The lane-wise operations of a register of `L` f32 lanes.
+///
+/// # Safety
+/// Every method needs the CPU features of its implementation; callers run them only from
+/// functions compiled with those features, into which they inline.
+pub(super) trait Wide<const L: usize>: Copy {
+    /// A per-lane condition (a vector of all-ones lanes, or a bit mask).
+    type Mask: Copy;
+
+    /// All lanes `v`.
+    unsafe fn splat(v: f32) -> Self;
+    /// `a`, unaligned.
+    unsafe fn load(a: &[f32; L]) -> Self;
+    /// The lanes.
+    unsafe fn store(self) -> [f32; L];
+    /// `self + b`.
+    unsafe fn add(self, b: Self) -> Self;
+    /// `self − b`.
+    unsafe fn sub(self, b: Self) -> Self;
+    /// `self · b`.
+    unsafe fn mul(self, b: Self) -> Self;
+    /// `self / b`.
+    unsafe fn div(self, b: Self) -> Self;
+    /// `|self|`: the sign bit cleared, as `f32::abs`.
+    unsafe fn abs(self) -> Self;
+    /// `−self`: the sign bit flipped, as Rust's `-`.
+    unsafe fn neg(self) -> Self;
+    /// `self < b`, false on NaN.
+    unsafe fn lt(self, b: Self) -> Self::Mask;
+    /// `self > b`, false on NaN.
+    unsafe fn gt(self, b: Self) -> Self::Mask;
+    /// `self == b`, false on NaN.
+    unsafe fn eq(self, b: Self) -> Self::Mask;
+    /// Both conditions.
+    unsafe fn and(a: Self::Mask, b: Self::Mask) -> Self::Mask;
+    /// Either condition.
+    unsafe fn or(a: Self::Mask, b: Self::Mask) -> Self::Mask;
+    /// `if m { a } else { b }` per lane.
+    unsafe fn sel(m: Self::Mask, a: Self, b: Self) -> Self;
+    /// Whether any lane holds.
+    unsafe fn any(m: Self::Mask) -> bool;
+    /// Whether every lane holds.
+    unsafe fn all(m: Self::Mask) -> bool;
+    /// `nearest_int(self)` (ggml's bit trick) clamped to `[lo, hi]`, as an f32 (exact).
+    unsafe fn round_clamp(self, lo: i32, hi: i32) -> Self;
+    /// `nearest_int(self)` clamped to `[0, hi]`, for lanes with `|self| <` [`FAST_LIMIT`] only:
+    /// there `(v + 1.5·2^23) − 1.5·2^23` is `v` rounded half to even, exactly what the bit
+    /// trick reads, in four operations instead of six.
+    unsafe fn round_fast(self, hi: Self) -> Self;
+    /// The lanes' small non-negative integer values as bytes (exact).
+    unsafe fn bytes(self) -> [u8; L];
+}
+
+/// Whether every lane not in `skip` has `|lo|` and `|hi|` below [`FAST_LIMIT`] (false for NaN).
+/// A pass whose products `iscale·t` are monotone in `t` between two ends that pass this check
+/// stays below the limit for every value in between (IEEE rounding is monotone).
+#[inline(always)]
+pub(super) unsafe fn within<V: Wide<L>, const L: usize>(lo: V, hi: V, skip: V::Mask) -> bool {
+    // SAFETY: the caller runs with `V`'s features.
+    unsafe {
+        let limit = V::splat(FAST_LIMIT);
+        V::all(V::or(skip, V::and(lo.abs().lt(limit), hi.abs().lt(limit))))
+    }
+}
+
+/// [`super::lanes::qkx2`] for `L` groups: their codes into `out`, and their scales and mins.
+///
+/// # Safety
+/// The CPU has `V`'s features; the caller is compiled with them.
+#[inline(always)]
+pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD: bool>(
+    p: Qkx2,
+    x: &[[f32; L]; N],
+    w: &[[f32; L]; N],
+    out: &mut [[u8; L]; N],
+) -> ([f32; L], [f32; L]) {
+    // SAFETY: the caller runs with `V`'s features.
+    unsafe {
+        let error = |d: V| if MAD { d.abs() } else { d.mul(d) };
+        let zero = V::splat(0.0);
+        let x0 = V::load(&x[0]);
+        let (mut min, mut max, mut sum_w) = (x0, x0, V::load(&w[0]));
+        let mut sum_x = sum_w.mul(x0);
+        for i in 1..N {
+            let (v, wi) = (V::load(&x[i]), V::load(&w[i]));
+            min = V::sel(v.lt(min), v, min);
+            max = V::sel(v.gt(max), v, max);
+            sum_w = sum_w.add(wi);
+            sum_x = sum_x.add(wi.mul(v));
+        }
+        // Every value but NaN lies in `[data_min, max]`. A lane with a NaN may round it
+        // differently on the fast path, but its candidates never win (their error is NaN), so
+        // its codes are the first pass's, which always takes the exact rounding.
+        let data_min = min;
+        min = V::sel(min.gt(zero), zero, min);
+        let (flat, flat_min) = (max.eq(min), min);
+        let nmax = V::splat(p.nmax as f32);
+        let iscale = nmax.div(max.sub(min));
+        let mut scale = V::splat(1.0).div(iscale);
+        let mut best = zero;
+        let mut codes = [zero; N];
+        for i in 0..N {
+            let v = V::load(&x[i]);
+            let l = iscale.mul(v.sub(min)).round_clamp(0, p.nmax);
+            codes[i] = l;
+            best = best.add(V::load(&w[i]).mul(error(scale.mul(l).add(min).sub(v))));
+        }
+        let mut aux = [zero; N];
+        // `x − min`, recomputed when a lane's `min` changes.
+        let mut shifted = [zero; N];
+        for (s, row) in shifted.iter_mut().zip(x) {
+            *s = V::load(row).sub(min);
+        }
+        for is in 0..=p.nstep {
+            let top = p.rmin + p.rdelta * is as f32 + p.nmax as f32;
+            let iscale = V::splat(top).div(max.sub(min));
+            let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+            // Flat lanes are overwritten at the end whatever their codes.
+            let fast = within(
+                iscale.mul(data_min.sub(min)),
+                iscale.mul(max.sub(min)),
+                flat,
+            );
+            if fast {
+                for i in 0..N {
+                    let l = iscale.mul(shifted[i]).round_fast(nmax);
+                    aux[i] = l;
+                    let wl = V::load(&w[i]).mul(l);
+                    sum_l = sum_l.add(wl);
+                    sum_l2 = sum_l2.add(wl.mul(l));
+                    sum_xl = sum_xl.add(wl.mul(V::load(&x[i])));
+                }
+            } else {
+                for i in 0..N {
+                    let l = iscale.mul(shifted[i]).round_clamp(0, p.nmax);
+                    aux[i] = l;
+                    let wl = V::load(&w[i]).mul(l);
+                    sum_l = sum_l.add(wl);
+                    sum_l2 = sum_l2.add(wl.mul(l));
+                    sum_xl = sum_xl.add(wl.mul(V::load(&x[i])));
+                }
+            }
+            let d = sum_w.mul(sum_l2).sub(sum_l.mul(sum_l));
+            let s = sum_w.mul(sum_xl).sub(sum_x.mul(sum_l)).div(d);
+            let m = sum_l2.mul(sum_x).sub(sum_l.mul(sum_xl)).div(d);
+            let clip = m.gt(zero);
+            let this_min = V::sel(clip, zero, m);
+            let this_scale = V::sel(clip, sum_xl.div(sum_l2), s);
+            let mut cur = zero;
+            for i in 0..N {
+                let diff = this_scale.mul(aux[i]).add(this_min).sub(V::load(&x[i]));
+                cur = cur.add(V::load(&w[i]).mul(error(diff)));
+            }
+            let take = V::and(d.gt(zero), cur.lt(best));
+            if V::any(take) {
+                best = V::sel(take, cur, best);
+                scale = V::sel(take, this_scale, scale);
+                min = V::sel(take, this_min, min);
+                for i in 0..N {
+                    codes[i] = V::sel(take, aux[i], codes[i]);
+                    shifted[i] = V::load(&x[i]).sub(min);
+                }
+            }
+        }
+        for i in 0..N {
+            out[i] = V::sel(flat, zero, codes[i]).bytes();
+        }
+        (
+            V::sel(flat, zero, scale).store(),
+            V::sel(flat, flat_min, min).neg().store(),
+        )
+    }
+}
