@@ -311,11 +311,18 @@ impl Wide<8> for V {
     }
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn round_fast(self, hi: V) -> V {
-        _mm256_min_ps(
-            _mm256_max_ps(sub(add(self, magic()), magic()), _mm256_setzero_ps()),
-            hi,
-        )
+    unsafe fn round_near(self) -> V {
+        sub(add(self, magic()), magic())
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn max(self, b: V) -> V {
+        _mm256_max_ps(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn min(self, b: V) -> V {
+        _mm256_min_ps(self, b)
     }
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -510,7 +517,10 @@ mod tests {
             // SAFETY: the CPU has AVX2 (checked above).
             let (got, ok) = unsafe {
                 let v = load(&a);
-                (store(v.round_fast(splat(15.0))), within(v, v, splat(0.0)))
+                (
+                    store(wide::round_fast::<V, 8, true, true>(v, splat(15.0))),
+                    within(v, v, splat(0.0)),
+                )
             };
             assert!(ok, "{a:?}");
             for (g, v) in got.iter().zip(a) {

@@ -186,15 +186,19 @@ impl Wide<16> for __m512 {
     }
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn round_fast(self, hi: __m512) -> __m512 {
+    unsafe fn round_near(self) -> __m512 {
         let magic = _mm512_set1_ps(MAGIC);
-        _mm512_min_ps(
-            _mm512_max_ps(
-                _mm512_sub_ps(_mm512_add_ps(self, magic), magic),
-                _mm512_setzero_ps(),
-            ),
-            hi,
-        )
+        _mm512_sub_ps(_mm512_add_ps(self, magic), magic)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn max(self, b: __m512) -> __m512 {
+        _mm512_max_ps(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn min(self, b: __m512) -> __m512 {
+        _mm512_min_ps(self, b)
     }
     #[inline]
     #[target_feature(enable = "avx512f")]

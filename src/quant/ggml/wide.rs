@@ -63,12 +63,63 @@ pub(super) trait Wide<const L: usize>: Copy {
     unsafe fn all(m: Self::Mask) -> bool;
     /// `nearest_int(self)` (ggml's bit trick) clamped to `[lo, hi]`, as an f32 (exact).
     unsafe fn round_clamp(self, lo: i32, hi: i32) -> Self;
-    /// `nearest_int(self)` clamped to `[0, hi]`, for lanes with `|self| <` [`FAST_LIMIT`] only:
-    /// there `(v + 1.5·2^23) − 1.5·2^23` is `v` rounded half to even, exactly what the bit
-    /// trick reads, in four operations instead of six.
-    unsafe fn round_fast(self, hi: Self) -> Self;
+    /// `(self + 1.5·2^23) − 1.5·2^23`: for lanes with `|self| <` [`FAST_LIMIT`], `self` rounded
+    /// half to even, exactly what ggml's bit trick reads, in two operations instead of four.
+    unsafe fn round_near(self) -> Self;
+    /// The larger of the two, `b` where either is NaN (`maxps`).
+    unsafe fn max(self, b: Self) -> Self;
+    /// The smaller of the two, `b` where either is NaN (`minps`).
+    unsafe fn min(self, b: Self) -> Self;
     /// The lanes' small non-negative integer values as bytes (exact).
     unsafe fn bytes(self) -> [u8; L];
+}
+
+/// `nearest_int(v)` clamped to `[0, hi]` for lanes with `|v| <` [`FAST_LIMIT`] (see
+/// [`Wide::round_near`]); `LO`/`HI`: whether the lower/upper clamp can change a value (the
+/// callers prove where it cannot, and skip it).
+#[inline(always)]
+pub(super) unsafe fn round_fast<V: Wide<L>, const L: usize, const LO: bool, const HI: bool>(
+    v: V,
+    hi: V,
+) -> V {
+    // SAFETY: the caller runs with `V`'s features.
+    unsafe {
+        let r = v.round_near();
+        let r = if LO { r.max(V::splat(0.0)) } else { r };
+        if HI {
+            r.min(hi)
+        } else {
+            r
+        }
+    }
+}
+
+/// One candidate scale's pass of [`qkx2`]: each value's code (`nearest_int(iscale·(x − min))`
+/// clamped, on the fast path) into `aux`, and the weighted sums of the codes, their squares and
+/// their products with the values.
+#[inline(always)]
+unsafe fn candidate<V: Wide<L>, const L: usize, const N: usize, const LO: bool, const HI: bool>(
+    iscale: V,
+    nmax: V,
+    shifted: &[V; N],
+    x: &[[f32; L]; N],
+    w: &[[f32; L]; N],
+    aux: &mut [V; N],
+) -> (V, V, V) {
+    // SAFETY: the caller runs with `V`'s features.
+    unsafe {
+        let zero = V::splat(0.0);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+        for i in 0..N {
+            let l = round_fast::<V, L, LO, HI>(iscale.mul(shifted[i]), nmax);
+            aux[i] = l;
+            let wl = V::load(&w[i]).mul(l);
+            sum_l = sum_l.add(wl);
+            sum_l2 = sum_l2.add(wl.mul(l));
+            sum_xl = sum_xl.add(wl.mul(V::load(&x[i])));
+        }
+        (sum_l, sum_l2, sum_xl)
+    }
 }
 
 /// Whether every lane not in `skip` has `|lo|` and `|hi|` below [`FAST_LIMIT`] (false for NaN).
@@ -134,23 +185,30 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
         for is in 0..=p.nstep {
             let top = p.rmin + p.rdelta * is as f32 + p.nmax as f32;
             let iscale = V::splat(top).div(max.sub(min));
-            let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
-            // Flat lanes are overwritten at the end whatever their codes.
-            let fast = within(
-                iscale.mul(data_min.sub(min)),
-                iscale.mul(max.sub(min)),
-                flat,
-            );
-            if fast {
-                for i in 0..N {
-                    let l = iscale.mul(shifted[i]).round_fast(nmax);
-                    aux[i] = l;
-                    let wl = V::load(&w[i]).mul(l);
-                    sum_l = sum_l.add(wl);
-                    sum_l2 = sum_l2.add(wl.mul(l));
-                    sum_xl = sum_xl.add(wl.mul(V::load(&x[i])));
+            // Flat lanes are overwritten at the end whatever their codes. Every product
+            // `iscale·(x − min)` lies between these two (IEEE rounding is monotone).
+            let (lo, hi) = (iscale.mul(data_min.sub(min)), iscale.mul(max.sub(min)));
+            let (sum_l, sum_l2, sum_xl) = if within(lo, hi, flat) {
+                // Above −0.5 every code rounds to 0 or more; below `nmax + 0.5` to `nmax` or
+                // less: those clamps are skipped where no lane needs them.
+                let lo_free = V::all(V::or(flat, lo.gt(V::splat(-0.5))));
+                let hi_free = V::all(V::or(flat, hi.lt(V::splat(p.nmax as f32 + 0.5))));
+                match (lo_free, hi_free) {
+                    (true, true) => {
+                        candidate::<V, L, N, false, false>(iscale, nmax, &shifted, x, w, &mut aux)
+                    }
+                    (true, false) => {
+                        candidate::<V, L, N, false, true>(iscale, nmax, &shifted, x, w, &mut aux)
+                    }
+                    (false, true) => {
+                        candidate::<V, L, N, true, false>(iscale, nmax, &shifted, x, w, &mut aux)
+                    }
+                    (false, false) => {
+                        candidate::<V, L, N, true, true>(iscale, nmax, &shifted, x, w, &mut aux)
+                    }
                 }
             } else {
+                let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
                 for i in 0..N {
                     let l = iscale.mul(shifted[i]).round_clamp(0, p.nmax);
                     aux[i] = l;
@@ -159,7 +217,8 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
                     sum_l2 = sum_l2.add(wl.mul(l));
                     sum_xl = sum_xl.add(wl.mul(V::load(&x[i])));
                 }
-            }
+                (sum_l, sum_l2, sum_xl)
+            };
             let d = sum_w.mul(sum_l2).sub(sum_l.mul(sum_l));
             let s = sum_w.mul(sum_xl).sub(sum_x.mul(sum_l)).div(d);
             let m = sum_l2.mul(sum_x).sub(sum_l.mul(sum_xl)).div(d);
