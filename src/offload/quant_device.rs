@@ -73,7 +73,7 @@ impl Kernel {
 }
 
 /// Precision codes (`P_*` in `kernels/quantize.cu`).
-fn precision_code(p: Precision) -> u32 {
+pub(crate) fn precision_code(p: Precision) -> u32 {
     match p {
         Precision::F32 => 0,
         Precision::Bf16 => 1,
