@@ -227,3 +227,7 @@ mod tests {
         assert!(GgmlLaunch::new(GgmlType::Q4_K, 300, Dtype::F32, Precision::F32, 0..1).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "ggml_device_kernel_tests.rs"]
+mod kernel_tests;
