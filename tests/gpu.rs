@@ -709,8 +709,7 @@ fn gguf_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<(), F
             host.insert(k.clone(), t.to_device(&Device::Cpu)?);
         }
         let (held, host) = (Components::new(held), Components::new(host));
-        let mut opts = options(LayoutChoice::Arch(Arch::Flux), TargetDtype::Keep);
-        opts.writer.chunk_size = 64 << 10;
+        let opts = options(LayoutChoice::Arch(Arch::Flux), TargetDtype::Keep);
         for ty in [
             GgufType::Q8_0,
             GgufType::Q6_K,
