@@ -72,8 +72,9 @@ __device__ __forceinline__ float sqrt_(float a) {
     return r != r ? __uint_as_float(0xffc00000u) : r;
 }
 
-// Sign flip of the bits (Rust's `-x`, also for NaN).
+// Sign flip and sign clear of the bits (Rust's `-x` and `abs`, NaN payloads kept).
 __device__ __forceinline__ float neg(float a) { return __uint_as_float(__float_as_uint(a) ^ 0x80000000u); }
+__device__ __forceinline__ float absf(float a) { return __uint_as_float(__float_as_uint(a) & 0x7fffffffu); }
 
 // ---- values ----
 
@@ -138,8 +139,8 @@ __device__ __forceinline__ float signed_abs_max(const float* x) {
     float amax = 0.0f, max = 0.0f;
     #pragma unroll 1
     for (int j = 0; j < 32; j++) {
-        if (amax < fabsf(x[j])) {
-            amax = fabsf(x[j]);
+        if (amax < absf(x[j])) {
+            amax = absf(x[j]);
             max = x[j];
         }
     }
@@ -229,7 +230,7 @@ __device__ __noinline__ void encode_q8_0(const float* x, u8* b) {
     float amax = 0.0f;
     #pragma unroll 1
     for (int j = 0; j < 32; j++) {
-        float a = fabsf(x[j]);
+        float a = absf(x[j]);
         amax = amax > a ? amax : a;
     }
     float d = div(amax, 127.0f);
@@ -246,7 +247,7 @@ __device__ __noinline__ float make_qx_quants(int nmax, const float* x, signed ch
     float max = 0.0f, amax = 0.0f;
     #pragma unroll 1
     for (int i = 0; i < 16; i++) {
-        float ax = fabsf(x[i]);
+        float ax = absf(x[i]);
         if (ax > amax) {
             amax = ax;
             max = x[i];
@@ -299,7 +300,7 @@ __device__ __noinline__ float make_q3_quants(int nmax, const float* x, signed ch
     float max = 0.0f, amax = 0.0f;
     #pragma unroll 1
     for (int i = 0; i < 16; i++) {
-        float ax = fabsf(x[i]);
+        float ax = absf(x[i]);
         if (ax > amax) {
             amax = ax;
             max = x[i];
@@ -383,7 +384,7 @@ __device__ __noinline__ void make_qkx2_quants(int nmax, float rmin, float rdelta
         int l = clampi(nearest_int(mul(iscale, sub(x[i], min))), 0, nmax);
         L[i] = (u8)l;
         float diff = sub(add(mul(scale, (float)l), min), x[i]);
-        best_error = add(best_error, mul(weights[i], use_mad ? fabsf(diff) : mul(diff, diff)));
+        best_error = add(best_error, mul(weights[i], use_mad ? absf(diff) : mul(diff, diff)));
     }
     u8 aux[N];
     #pragma unroll 1
@@ -411,7 +412,7 @@ __device__ __noinline__ void make_qkx2_quants(int nmax, float rmin, float rdelta
             #pragma unroll 1
             for (int i = 0; i < N; i++) {
                 float diff = sub(add(mul(this_scale, (float)aux[i]), this_min), x[i]);
-                cur_error = add(cur_error, mul(weights[i], use_mad ? fabsf(diff) : mul(diff, diff)));
+                cur_error = add(cur_error, mul(weights[i], use_mad ? absf(diff) : mul(diff, diff)));
             }
             if (cur_error < best_error) {
                 #pragma unroll 1
@@ -445,7 +446,7 @@ __device__ __noinline__ void encode_q2_k(const float* x, u8* b) {
     #pragma unroll 1
     for (int j = 0; j < 16; j++) {
         #pragma unroll 1
-        for (int l = 0; l < 16; l++) weights[l] = fabsf(x[16 * j + l]);
+        for (int l = 0; l < 16; l++) weights[l] = absf(x[16 * j + l]);
         make_qkx2_quants<16>(3, -0.5f, 0.1f, 15, true, x + 16 * j, weights, codes + 16 * j,
                              &scales[j], &mins[j]);
     }
@@ -503,8 +504,8 @@ __device__ __noinline__ void encode_q3_k(const float* x, u8* b) {
     float max_scale = 0.0f, amax = 0.0f;
     #pragma unroll 1
     for (int j = 0; j < 16; j++) {
-        if (fabsf(scales[j]) > amax) {
-            amax = fabsf(scales[j]);
+        if (absf(scales[j]) > amax) {
+            amax = absf(scales[j]);
             max_scale = scales[j];
         }
     }
@@ -577,7 +578,7 @@ __device__ __noinline__ void encode_k4(const float* x, int nmax, float rmin, int
         for (int i = 0; i < 32; i++) sum_x2 = add(sum_x2, mul(xs[i], xs[i]));
         float av_x = sqrt_(div(sum_x2, 32.0f));
         #pragma unroll 1
-        for (int i = 0; i < 32; i++) weights[i] = add(av_x, fabsf(xs[i]));
+        for (int i = 0; i < 32; i++) weights[i] = add(av_x, absf(xs[i]));
         make_qkx2_quants<32>(nmax, rmin, 0.1f, nstep, false, xs, weights, codes + 32 * j,
                              &scales[j], &mins[j]);
     }
@@ -668,8 +669,8 @@ __device__ __noinline__ void encode_q6_k(const float* x, u8* b) {
     float max_scale = 0.0f, max_abs_scale = 0.0f;
     #pragma unroll 1
     for (int j = 0; j < 16; j++) {
-        if (fabsf(scales[j]) > max_abs_scale) {
-            max_abs_scale = fabsf(scales[j]);
+        if (absf(scales[j]) > max_abs_scale) {
+            max_abs_scale = absf(scales[j]);
             max_scale = scales[j];
         }
     }
