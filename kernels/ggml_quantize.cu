@@ -15,10 +15,10 @@
 //   them (GGML_FP16_TO_FP32);
 // - the values: the source (f32, f16 or bf16) widened exactly, then rounded to the dtype of the
 //   file the quantizer reads (QuantTarget's `base`), as quant::numeric::round_bf16/round_f16.
-// Arithmetic goes through add/sub/mul/div (ggml_search.cuh), which give x86's NaN results (a NaN operand
-// comes back quieted, the first one first; an invalid operation gives the negative default NaN)
-// where the GPU would give its canonical NaN: NaN bits reach the bytes through nearest_int and
-// the f16 scales. One thread per block (super-block for the K-quants), grid-stride.
+// Arithmetic goes through add/sub/mul/div (ggml_search.cuh), which give x86's NaN results (a
+// NaN operand comes back quieted, the first one first; an invalid operation gives the negative
+// default NaN) where the GPU would give its canonical NaN: NaN bits reach the bytes through
+// nearest_int and the f16 scales. One thread per block (super-block for the K-quants), grid-stride.
 // The launch geometry comes from src/offload/ggml_device.rs.
 
 #include "halfbits.cuh"
