@@ -18,7 +18,7 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
     // One file per kernel module; add new ones to this list.
-    let kernels: &[&str] = &["cast_pack", "quantize"];
+    let kernels: &[&str] = &["cast_pack", "quantize", "ggml_quantize"];
     for kernel in kernels {
         let src = format!("kernels/{kernel}.cu");
         let ptx = out.join(format!("{kernel}.ptx"));

@@ -6,6 +6,7 @@
 # Then, on the GPU machine, from the repository root:
 #   CHECKPOINT_SAVE_REQUIRE_GPU=1 .gpu/on-device.sh .gpu/tests.xz --test-threads=1
 #   .gpu/on-device.sh .gpu/checkpoint-save.xz bench --synthetic sdxl --device cuda:0 --dtype f16
+#   .gpu/on-device.sh .gpu/checkpoint-save.xz bench --synthetic sdxl --gguf Q4_K --device cuda:0 --max-dim 640
 # `.gpu/` is git-ignored. Set CARGO_TARGET_DIR to reuse a target folder kept elsewhere, and
 # SHARED_DIR where `shared/gpu/` is not beside the clone (or beside its main worktree).
 set -euo pipefail

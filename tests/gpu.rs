@@ -642,8 +642,127 @@ fn quantized_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<
     Ok(())
 }
 
+/// A GGUF save of every ggml block type (the `_S` types, Q2_K and the legacy mixes cover them all)
+/// from tensors held on the device writes the same bytes as from the host. On CUDA the device
+/// encodes the blocks (`kernels/ggml_quantize.cu`) range by range, so this compares the kernel's
+/// blocks with the CPU codec's: from f32, bf16 and f16 sources, with more blocks than one
+/// launch's first grid block (partial grids), ranges that cut blocks (64 KiB chunks), and blocks
+/// that are all zeros, constant, subnormal, huge, tiny or one outlier; a transposed view, which
+/// the host encodes, beside them.
+fn gguf_saves_from_the_device_match_the_host(devices: &[Device]) -> Result<(), Failed> {
+    use checkpoint_save::gguf::GgufFile;
+    use checkpoint_save::GgufType;
+    let dir = tempfile::tempdir()?;
+    let spread = |n: usize, seed: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 * 0.7311 + seed).sin() * 2.5).powi(3) * 0.01)
+            .collect()
+    };
+    // 300 rows of 256: 300 super-blocks, 2400 blocks of 32 (one thread each, 256 per grid block).
+    let mut edge = spread(300 * 256, 0.3);
+    for (r, row) in edge.chunks_exact_mut(256).enumerate() {
+        match r % 10 {
+            0 => row.fill(0.0),
+            1 => row.fill(-0.75),
+            2 => row
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i % 7) as f32 * 1e-41),
+            3 => row.iter_mut().for_each(|v| *v *= 3e6),
+            4 => row.iter_mut().for_each(|v| *v *= 1e-30),
+            5 => row[77] = 40.0,
+            6 => row.iter_mut().step_by(2).for_each(|v| *v = -v.abs()),
+            _ => {}
+        }
+    }
+    let tensors = [
+        (
+            "double_blocks.0.img_attn.qkv.weight",
+            spread(24 * 512, 1.0),
+            (24, 512),
+        ),
+        (
+            "double_blocks.0.img_attn.proj.weight",
+            spread(512 * 256, 4.0),
+            (512, 256),
+        ),
+        (
+            "double_blocks.0.img_mlp.2.weight",
+            spread(40 * 256, 2.0),
+            (40, 256),
+        ),
+        ("single_blocks.0.linear1.weight", edge, (300, 256)),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for src in [DType::F32, DType::BF16, DType::F16] {
+        let mut held = BTreeMap::new();
+        for (key, values, shape) in &tensors {
+            let t = Tensor::from_vec(values.clone(), *shape, &Device::Cpu)?.to_dtype(src)?;
+            held.insert(key.to_string(), t.to_device(&devices[0])?);
+        }
+        // A transposed view: not contiguous, so encoded on the host from the device's values.
+        let t = Tensor::from_vec(spread(256 * 512, 3.0), (256, 512), &Device::Cpu)?;
+        let view = t.to_dtype(src)?.to_device(&devices[0])?.t()?;
+        assert!(!view.is_contiguous());
+        held.insert("single_blocks.0.linear2.weight".into(), view);
+        let mut host = BTreeMap::new();
+        for (k, t) in &held {
+            host.insert(k.clone(), t.to_device(&Device::Cpu)?);
+        }
+        let (held, host) = (Components::new(held), Components::new(host));
+        let opts = options(LayoutChoice::Arch(Arch::Flux), TargetDtype::Keep);
+        for ty in [
+            GgufType::Q8_0,
+            GgufType::Q6_K,
+            GgufType::Q5_K_S,
+            GgufType::Q5_1,
+            GgufType::Q5_0,
+            GgufType::Q4_K_S,
+            GgufType::Q4_1,
+            GgufType::Q4_0,
+            GgufType::Q3_K_S,
+            GgufType::Q2_K,
+        ] {
+            let what = format!("{src:?} -> {ty}");
+            let save = |sub: &str, c: &Components| {
+                let path = dir.path().join(format!("{sub}-{src:?}-{ty}.gguf"));
+                checkpoint_save::save_gguf_to_path(c, &path, ty, &opts).unwrap();
+                path
+            };
+            let (hp, dp) = (save("host", &host), save("dev", &held));
+            let file = GgufFile::open(&hp)?;
+            seen.extend(file.tensors().iter().filter_map(|t| t.ggml_type()));
+            let (h, d) = (std::fs::read(&hp)?, std::fs::read(&dp)?);
+            if h != d {
+                let dfile = GgufFile::open(&dp)?;
+                for (a, b) in file.tensors().iter().zip(dfile.tensors()) {
+                    let at = |t: &checkpoint_save::gguf::GgufTensor| {
+                        t.offsets.0 as usize..t.offsets.1 as usize
+                    };
+                    let (x, y) = (&h[at(a)], &d[at(b)]);
+                    let first = x.iter().zip(y).position(|(p, q)| p != q);
+                    assert!(
+                        first.is_none(),
+                        "{what}: `{}` ({:?}) differs first at byte {first:?} of the tensor",
+                        a.name,
+                        a.ggml_type()
+                    );
+                }
+                panic!("{what}: the device's file differs from the host's");
+            }
+        }
+    }
+    let quantized: Vec<_> = seen.iter().filter(|t| t.is_quantized()).collect();
+    assert_eq!(quantized.len(), 10, "every block type written: {seen:?}");
+    Ok(())
+}
+
 /// The bodies that run on one device, by name.
-const ONE_DEVICE: [(&str, Body); 10] = [
+const ONE_DEVICE: [(&str, Body); 11] = [
+    (
+        "gguf_saves_from_the_device_match_the_host",
+        gguf_saves_from_the_device_match_the_host,
+    ),
     (
         "quantized_saves_from_the_device_match_the_host",
         quantized_saves_from_the_device_match_the_host,

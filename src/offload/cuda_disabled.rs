@@ -68,6 +68,18 @@ pub(crate) fn device_quantize(
     Err(disabled("quantizing on a CUDA device"))
 }
 
+/// The device ggml block quantizer of the CUDA build.
+///
+/// # Errors
+/// Always [`Error::FeatureDisabled`].
+pub(crate) fn device_quantize_ggml(
+    _t: &candle_core::Tensor,
+    _launch: &super::ggml_device::GgmlLaunch,
+    _out: &mut [u8],
+) -> Result<u64> {
+    Err(disabled("quantizing on a CUDA device"))
+}
+
 /// Whether pieces on `device` can go through a device pipeline: never without the `cuda`
 /// feature (CUDA tensors take the generic device path).
 pub(crate) fn has_pipeline(_device: &Device) -> bool {

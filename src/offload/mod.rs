@@ -21,6 +21,7 @@ pub(crate) mod cuda;
 #[path = "cuda_disabled.rs"]
 pub(crate) mod cuda;
 pub(crate) mod device;
+pub(crate) mod ggml_device;
 mod lowrank;
 mod merge;
 pub(crate) mod method;

@@ -10,6 +10,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::ggml_device::GgmlLaunch;
 use super::Scratch;
 use crate::cast;
 use crate::error::{Error, Result};
@@ -233,6 +234,8 @@ fn encode_rows(
 /// Bytes `bytes` of a ggml tensor's blocks, encoded from their values a few blocks at a time
 /// (each block carries its own scales: nothing is computed over the tensor first). A block
 /// that straddles the range's ends is encoded whole and only its bytes inside are written.
+/// A contiguous CUDA source is encoded on its device instead ([`super::ggml_device`]): only
+/// the range's blocks cross to the host.
 ///
 /// Serial on purpose: the writer's workers fill ranges on every core, and they are long-running
 /// jobs of one rayon pool, where a nested parallel loop's waiting thread could pick up another
@@ -244,6 +247,13 @@ fn encode_ggml(
     out: &mut [u8],
     scratch: &mut Scratch,
 ) -> Result<u64> {
+    if let Some((tensor, base)) = target.ggml_device_source() {
+        let dtype = crate::model::dtype::file_dtype(tensor.dtype());
+        let numel = target.len() as u64;
+        if let Some(launch) = GgmlLaunch::new(t, numel, dtype, base, bytes.clone())? {
+            return super::cuda::device_quantize_ggml(tensor, &launch, out);
+        }
+    }
     let (values_per, bytes_per) = (t.block_len(), t.block_bytes());
     let step = (CHUNK / values_per).max(1);
     let (first, last) = (bytes.start / bytes_per, bytes.end.div_ceil(bytes_per));

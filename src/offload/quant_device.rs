@@ -73,7 +73,7 @@ impl Kernel {
 }
 
 /// Precision codes (`P_*` in `kernels/quantize.cu`).
-fn precision_code(p: Precision) -> u32 {
+pub(crate) fn precision_code(p: Precision) -> u32 {
     match p {
         Precision::F32 => 0,
         Precision::Bf16 => 1,
@@ -117,8 +117,9 @@ fn member_len(layout: &QuantLayout, role: Role) -> usize {
 
 impl DevicePlan {
     /// The launch for `layout` from a source of `dtype`, quantized in `precision` with `scales`;
-    /// `None` when the kernels do not handle it (other source dtypes, ggml formats, int8 row
-    /// scales, smoothed nvfp4 weights), which the CPU then encodes.
+    /// `None` when the kernels do not handle it (other source dtypes, int8 row scales, smoothed
+    /// nvfp4 weights), which the CPU then encodes, and for ggml formats (whose blocks
+    /// [`super::ggml_device`] launches range by range).
     pub(crate) fn new(
         layout: &QuantLayout,
         dtype: Dtype,

@@ -172,6 +172,18 @@ impl QuantTarget {
         (kernels && cuda::quantizes_on_device(t)).then_some(t)
     }
 
+    /// The contiguous CUDA tensor whose device encodes this ggml target's blocks
+    /// (`kernels/ggml_quantize.cu`), with the precision of the file the quantizer reads; `None`
+    /// where the host encodes (CPU and Metal tensors, strided views, other sources and dtypes).
+    pub(crate) fn ggml_device_source(&self) -> Option<(&candle_core::Tensor, Precision)> {
+        let InputTensor::Candle(t) = &self.source else {
+            return None;
+        };
+        let quantized = matches!(self.layout.format(), Format::Ggml(g) if g.is_quantized());
+        (quantized && !self.round && t.is_contiguous() && cuda::quantizes_on_device(t))
+            .then(|| (t, self.base.unwrap_or(Precision::F32)))
+    }
+
     /// Units `units` of member `role` (codes or block scales) as the device quantized them with
     /// `scales`; returns the non-finite count of the values those bytes encode (the whole
     /// tensor's with its first code byte).

@@ -54,10 +54,12 @@ use crate::error::{Error, Result};
 use crate::model::dtype::file_dtype;
 use crate::model::InputTensor;
 use crate::plan::{PieceSource, Plan};
+pub(crate) use ggml::device_quantize_ggml;
 use pinned::PinnedBuffer;
 pub use pinned::{pinned_copy_ceiling, release_pinned_buffers};
 pub(crate) use quantize::{device_abs_max, device_quantize, quantizes_on_device};
 
+mod ggml;
 mod pinned;
 mod quantize;
 
