@@ -310,6 +310,10 @@ fn bad_methods_parameters_and_inputs_are_refused_with_nothing_written() {
         &[a, b, "--method", "della", "--param", "epsilon=0.7"],
         "della: epsilon = 0.7 with density 0.5",
     );
+    refused(
+        &[a, b, "--method", "dare", "--param", "della_eps=inf"],
+        "dare: parameter `della_eps` takes a finite number; `inf` given",
+    );
     refused(&[a, "--method", "slerp"], "takes 2 models; 1 given");
     let c = other[0].0.to_str().unwrap();
     refused(&[a, c, "--method", "slerp"], "shape");
