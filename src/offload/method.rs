@@ -128,9 +128,17 @@ pub(crate) fn prepare_ahead(m: &Merged, scratch: &mut Scratch) -> Result<()> {
     }
     if let Some(node) = m.method_node() {
         let needs = node.op.needs(&m.info().shape);
-        if needs.reads_ahead() {
-            let ranks = held_ranks(m, node, &needs, scratch)?;
-            scalars(m, node, &needs, ranks.as_deref(), scratch)?;
+        if needs.reads_ahead() && needs.ranks.is_empty() {
+            scalars(m, node, &needs, None, scratch)?;
+        } else if needs.reads_ahead() {
+            // Ranks computed for a tensor already written would be held to the end.
+            let n = m.info().numel();
+            let ranks = node
+                .ranks
+                .ahead(|| ranks::ranks(m, &needs.vectors, &needs.ranks, n, scratch))?;
+            if let Some(ranks) = ranks {
+                scalars(m, node, &needs, Some(&ranks), scratch)?;
+            }
         }
     }
     Ok(())

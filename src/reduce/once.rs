@@ -57,7 +57,8 @@ impl<T> Computed<T> {
 /// many elements as the tensor has ([`Held::produced`]). A later asker (a nested expression
 /// read again) computes it again.
 pub(crate) struct Held<T> {
-    value: Mutex<Option<Arc<T>>>,
+    /// The value, and whether it was dropped once (the tensor was produced).
+    value: Mutex<(Option<Arc<T>>, bool)>,
     produced: AtomicUsize,
     runs: AtomicUsize,
 }
@@ -65,7 +66,7 @@ pub(crate) struct Held<T> {
 impl<T> Default for Held<T> {
     fn default() -> Self {
         Held {
-            value: Mutex::new(None),
+            value: Mutex::new((None, false)),
             produced: AtomicUsize::new(0),
             runs: AtomicUsize::new(0),
         }
@@ -79,13 +80,33 @@ impl<T> Held<T> {
     /// `f`'s error, when this call ran it and it failed.
     pub(crate) fn get_or_compute(&self, f: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
         let mut slot = self.value.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = &*slot {
+        if let Some(v) = &slot.0 {
             return Ok(Arc::clone(v));
         }
         self.runs.fetch_add(1, Ordering::Relaxed);
         let v = Arc::new(f()?);
-        *slot = Some(Arc::clone(&v));
+        slot.0 = Some(Arc::clone(&v));
         Ok(v)
+    }
+
+    /// As [`Held::get_or_compute`], for a thread computing ahead of the writer: `None`, and
+    /// nothing computed, once the tensor was produced (it came too late; what it would compute
+    /// nobody would drop).
+    ///
+    /// # Errors
+    /// `f`'s error, when this call ran it and it failed.
+    pub(crate) fn ahead(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<Arc<T>>> {
+        let mut slot = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = &slot.0 {
+            return Ok(Some(Arc::clone(v)));
+        }
+        if slot.1 {
+            return Ok(None);
+        }
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let v = Arc::new(f()?);
+        slot.0 = Some(Arc::clone(&v));
+        Ok(Some(v))
     }
 
     /// `count` more of the tensor's `total` elements are produced: once all are, the value is
@@ -94,7 +115,7 @@ impl<T> Held<T> {
         let done = self.produced.fetch_add(count, Ordering::AcqRel) + count;
         if done >= total {
             let mut slot = self.value.lock().unwrap_or_else(|p| p.into_inner());
-            *slot = None;
+            *slot = (None, true);
             self.produced.store(0, Ordering::Release);
         }
     }
@@ -105,6 +126,7 @@ impl<T> Held<T> {
         self.value
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .is_some()
     }
 
@@ -207,6 +229,12 @@ mod tests {
         assert_eq!(h.runs(), 2);
         h.produced(100, 100);
         assert!(!h.is_held());
+        // Computing ahead after the tensor was produced computes nothing; before, it does.
+        assert!(h.ahead(|| Ok(vec![5])).unwrap().is_none());
+        assert_eq!(h.runs(), 2);
+        let fresh: Held<Vec<u32>> = Held::default();
+        assert_eq!(*fresh.ahead(|| Ok(vec![6])).unwrap().unwrap(), [6]);
+        assert_eq!(*fresh.get_or_compute(|| Ok(vec![7])).unwrap(), [6]);
     }
 
     #[test]
