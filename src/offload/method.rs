@@ -5,7 +5,9 @@
 //! Memory: the facts take one read of the operands for the Gram matrix and two more for all the
 //! k-th magnitudes together, [`CHUNK`] values per operand and vector at a time, plus two
 //! 65,536-entry histograms per vector; the values take one block of each operand. Nothing holds
-//! a whole tensor.
+//! a whole tensor but the ranks sd-mecha's DELLA asks for ([`Needs::ranks`]): one read and one
+//! sort per vector, then 4 bytes per element and vector held by the method node while the
+//! tensor's values are produced, dropped after its last element ([`crate::reduce::Held`]).
 
 mod derived;
 mod kth;

@@ -4,8 +4,9 @@
 //! A method ([`TensorMethod`]) declares [`Needs`]: vectors (linear combinations of its
 //! operands, `x₁ − x₀` for a task vector, optionally thinned by a seeded [`Dropout`]), the Gram
 //! matrix of those vectors (norms, dot products, cosines), the k-th largest magnitude of some of
-//! them, and an alignment when a value depends on whole runs of elements (sd-mecha's model stock
-//! takes cosines along the last dimension). The engine computes the [`Facts`] once per output
+//! them, the ordinal ranks of their magnitudes over the whole tensor (sd-mecha's DELLA), and an
+//! alignment when a value depends on whole runs of elements (sd-mecha's model stock takes
+//! cosines along the last dimension). The engine computes the [`Facts`] once per output
 //! tensor (`offload::method`), in passes of bounded size over the operands, hands them to
 //! [`TensorMethod::prepare`], which turns them into a few scalars, and then evaluates output
 //! ranges elementwise with [`TensorMethod::apply`], fused with the cast as any merge is.
