@@ -12,8 +12,6 @@
 mod derived;
 mod kth;
 mod ranks;
-#[cfg(test)]
-pub(crate) use ranks::of as ranks_of;
 
 use std::ops::Range;
 use std::sync::Arc;

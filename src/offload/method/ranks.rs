@@ -110,7 +110,7 @@ fn from_keys(mut keys: Vec<u64>) -> Vec<u32> {
 
 /// The ranks of `values` (a whole tensor's), as the engine computes them.
 #[cfg(test)]
-pub(crate) fn of(values: &[f32]) -> Ranks {
+fn of(values: &[f32]) -> Ranks {
     let mut keys = Vec::with_capacity(values.len());
     if push_keys(values, 0, &mut keys) {
         return Ranks {

@@ -214,12 +214,15 @@ fn the_ranks_are_dropped_once_the_tensor_is_written() {
         panic!("a method node");
     };
     let node = mm.method_node().unwrap();
-    let half = read(&t, &[0..n / 2]);
+    let half = read(&t, std::slice::from_ref(&(0..n / 2)));
     assert!(node.ranks.is_held(), "held while the tensor is produced");
-    let rest = read(&t, &[n / 2..n]);
+    let rest = read(&t, std::slice::from_ref(&(n / 2..n)));
     assert!(!node.ranks.is_held(), "dropped once every element is");
     assert_eq!(node.ranks.runs(), 1);
-    assert_eq!([half, rest].concat(), read(&t, &[0..n]));
+    assert_eq!(
+        [half, rest].concat(),
+        read(&t, std::slice::from_ref(&(0..n)))
+    );
 }
 
 #[test]
