@@ -1,11 +1,11 @@
 //! The methods' arithmetic: what each needs of a tensor, the scalars it makes of that, and its
 //! values element by element, in f32 as sd-mecha's torch code computes them.
 
+use std::sync::Arc;
+
 use super::della::Della;
 pub use super::kind::Kind;
 use super::math::{add, clamp, nan_to_num, slerp_scalars, stock_t, ties_block, weiszfeld};
-use std::sync::Arc;
-
 use super::ties::{scalars, Combine, Extended, Median};
 use crate::error::Result;
 use crate::model::tensor::method::{mix, Dropout, Facts, Needs, Ranks, TensorMethod, Vector};
