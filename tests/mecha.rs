@@ -48,6 +48,12 @@ fn f16_bits(bytes: &[u8]) -> Vec<u16> {
 /// Runs `name`'s recipe and compares every key with sd-mecha's output; returns the run's
 /// standard error.
 fn check_against_sd_mecha(name: &str) -> String {
+    check_against_sd_mecha_where(name, &|_| true)
+}
+
+/// [`check_against_sd_mecha`] comparing the keys whose shape `compared` accepts (the others
+/// are the same dtype and shape), most of them.
+fn check_against_sd_mecha_where(name: &str, compared: &dyn Fn(&[usize]) -> bool) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged.safetensors");
     let r = run(
@@ -99,6 +105,9 @@ fn check_against_sd_mecha(name: &str) -> String {
         let (our_dtype, our_shape, our_bytes) = &ours[key.as_str()];
         assert_eq!((our_dtype, our_shape), (dtype, shape), "{key}");
         assert_eq!(*dtype, Dtype::F16, "{key}: sd-mecha's output dtype");
+        if !compared(shape) {
+            continue;
+        }
         if key.starts_with("first_stage_model.") {
             assert_eq!(our_bytes, &a[key.as_str()].2, "{key}: the VAE is a's");
             continue;
@@ -257,6 +266,42 @@ fn ties_sum_extended_equals_sd_mecha_with_its_inverted_apply_stock() {
 #[test]
 fn add_ties_with_dare_dropping_nothing_equals_sd_mecha() {
     check_against_sd_mecha("add_ties_with_dare_p0");
+}
+
+/// sd-mecha's DELLA (`della_eps` of `add_ties_with_dare`) with keep probabilities all clamped
+/// to 0 or 1: the half of each delta's magnitudes kept is set by the ordinal ranks over the
+/// whole tensor (ties by position), then TIES with k (and model stock's t, as sd-mecha runs
+/// apply_stock=false). A tensor of an odd number of elements keeps its middle rank with
+/// probability 0.5 (a draw of torch's generator there, of ours here): those are not compared.
+#[test]
+fn add_ties_with_della_clamped_to_halves_equals_sd_mecha() {
+    let even = |shape: &[usize]| shape.iter().product::<usize>() % 2 == 0;
+    check_against_sd_mecha_where("add_ties_with_della_top_half", &even);
+    check_against_sd_mecha_where("add_ties_with_della_low_half", &even);
+}
+
+/// A `della_eps` that is not a finite number (1e400 overflows to infinity) is refused at its
+/// line, nothing written.
+#[test]
+fn a_della_eps_that_is_not_finite_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(recipe("add_ties_with_della_top_half")).unwrap();
+    let bad = text.replace("dict key=1000000.0", "dict key=1e400");
+    assert_ne!(bad, text);
+    std::fs::write(dir.path().join("r.mecha"), bad).unwrap();
+    let out = dir.path().join("out");
+    let r = run(
+        dir.path(),
+        &[
+            "run",
+            "r.mecha",
+            "--models-dir",
+            &models(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_refused(&r, "`della_eps` takes a finite number", &out);
 }
 
 /// `apply_median`: the geometric median of the filtered deltas. sd-mecha's f32 Weiszfeld stops

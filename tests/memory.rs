@@ -112,7 +112,7 @@ fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
     );
 
     let tmpfs = is_tmpfs(dir.path());
-    let check = |what: &str, args: &[&str]| {
+    let check_within = |what: &str, args: &[&str], bound: u64| {
         let (code, anon, max_rss) = run_measured(dir.path(), args);
         assert_eq!(code, 0, "{what}");
         assert!(anon > 0, "the sampler saw the process");
@@ -128,6 +128,7 @@ fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
             assert!(max_rss <= bound, "{what}: peak RSS {r} MiB > bound {b} MiB");
         }
     };
+    let check = |what: &str, args: &[&str]| check_within(what, args, bound);
     let engine = ["--staging-mib", "16", "--chunk-mib", "4"];
     let i = input.to_str().unwrap();
     let out = format!("{d}/out");
@@ -204,10 +205,26 @@ fn jobs_over_models_larger_than_the_staging_budget_stay_in_bounded_memory() {
             .concat(),
         );
     }
+    // sd-mecha's DELLA holds each tensor's magnitude ranks while it is written (4 bytes per
+    // element and delta: an f32 tensor's size here, one delta), for each tensor in flight (one
+    // per worker, at most 4 with this budget, and the prefetcher's), plus the sort keys (8 bytes
+    // per element) of the one being ranked.
+    let della = bound + (4 + 1) * largest + 2 * largest;
+    check_within(
+        "della",
+        &[
+            &["merge", i, b, "--dtype", "f16", "-q", "--output-dir", &out][..],
+            &["--method", "dare", "--param", "della_eps=0.3"],
+            &["--param", "probability=0.5", "--param", "k=0.5"],
+            &engine,
+        ]
+        .concat(),
+        della,
+    );
     let written = std::fs::read_dir(dir.path().join("out/checkpoints"))
         .unwrap()
         .count();
-    assert_eq!(written, 5);
+    assert_eq!(written, 6);
 }
 
 /// The keys and shapes of a safetensors file, from its header alone.

@@ -310,6 +310,10 @@ fn bad_methods_parameters_and_inputs_are_refused_with_nothing_written() {
         &[a, b, "--method", "della", "--param", "epsilon=0.7"],
         "della: epsilon = 0.7 with density 0.5",
     );
+    refused(
+        &[a, b, "--method", "dare", "--param", "della_eps=inf"],
+        "dare: parameter `della_eps` takes a finite number; `inf` given",
+    );
     refused(&[a, "--method", "slerp"], "takes 2 models; 1 given");
     let c = other[0].0.to_str().unwrap();
     refused(&[a, c, "--method", "slerp"], "shape");
@@ -364,6 +368,63 @@ fn della_is_seeded_and_writes_base_or_rescaled_deltas() {
         }
     }
     assert!(kept > 0 && kept < base.len(), "{kept} of {}", base.len());
+}
+
+/// `merge --method dare --param della_eps=…` (sd-mecha's DELLA): the same seed writes the same
+/// file; each merged value is the base or the base plus the delta ÷ (1 − p); the kept deltas
+/// are the larger magnitudes more often than DARE's (ε > 0) and the smaller ones with ε < 0.
+#[test]
+fn dare_with_della_eps_is_seeded_and_keeps_by_magnitude() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2], None);
+    let (a, b) = (m[0].0.to_str().unwrap(), m[1].0.to_str().unwrap());
+    let merge = |eps: &str, out: &str| {
+        let eps = format!("della_eps={eps}");
+        let args = [
+            "merge",
+            a,
+            b,
+            "--method",
+            "dare",
+            "--param",
+            "probability=0.5",
+        ];
+        let r = run(
+            dir.path(),
+            &[&args[..], &["--param", &eps, "--output-dir", out]].concat(),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        read(&dir.path().join(r.stdout.trim())).0
+    };
+    let (one, again) = (merge("0.9", "o1"), merge("0.9", "o2"));
+    assert_eq!(one, again);
+    let key = format!("model.diffusion_model.{KEY}");
+    let (base, model) = (
+        vals(&m[0].1, ComponentKind::Model, KEY),
+        vals(&m[1].1, ComponentKind::Model, KEY),
+    );
+    // The mean magnitude of the deltas kept, against that of all the deltas.
+    let kept_mean = |got: &[f32]| {
+        let (mut sum, mut count) = (0.0, 0.0);
+        for ((g, x), y) in got.iter().zip(&base).zip(&model) {
+            let (g, d) = (f64::from(*g), y - x);
+            if (g - x).abs() > 1e-3 * (1.0 + x.abs()) {
+                let ratio = (g - x) / d;
+                assert!((ratio - 2.0).abs() < 0.02, "{g} from {x} and {y}");
+                sum += d.abs();
+                count += 1.0;
+            }
+        }
+        sum / count
+    };
+    let all = base
+        .iter()
+        .zip(&model)
+        .map(|(x, y)| (y - x).abs())
+        .sum::<f64>()
+        / base.len() as f64;
+    let (high, low) = (kept_mean(&one[&key]), kept_mean(&merge("-0.9", "o3")[&key]));
+    assert!(high > 1.1 * all && low < 0.9 * all, "{high} {low} {all}");
 }
 
 /// `merge --method dropout` (sd-mecha's n-supermario) of one model: the same seed writes the

@@ -348,8 +348,8 @@ fn whole_tensor_methods_become_method_nodes_over_model_and_clip() {
 }
 
 /// `ties_sum_with_dropout` (sd-mecha's DARE) added to its base becomes `add_ties_with_dare`
-/// with sd-mecha's defaults (k 0.2, not the wrapper's 1), `seed=null` as seed 0, and
-/// `apply_stock` inverted as sd-mecha 1.1.8 runs it (noted).
+/// with sd-mecha's defaults (k 0.2, not the wrapper's 1; della_eps 0), `seed=null` as seed 0,
+/// and `apply_stock` inverted as sd-mecha 1.1.8 runs it (noted); a della_eps is passed on.
 #[test]
 fn ties_sum_with_dropout_becomes_add_ties_with_dare_with_sd_mechas_defaults() {
     use crate::merge::methods::Param;
@@ -370,6 +370,7 @@ fn ties_sum_with_dropout_becomes_add_ties_with_dare_with_sd_mechas_defaults() {
         ("apply_median".to_string(), Param::Bool(false)),
         ("apply_stock".to_string(), Param::Bool(true)),
         ("cos_eps".to_string(), Param::Float(1e-6)),
+        ("della_eps".to_string(), Param::Float(0.0)),
         ("eps".to_string(), Param::Float(1e-6)),
         ("ftol".to_string(), Param::Float(1e-20)),
         ("k".to_string(), Param::Float(0.2)),
@@ -385,6 +386,15 @@ fn ties_sum_with_dropout_becomes_add_ties_with_dare_with_sd_mechas_defaults() {
         "{:?}",
         t.notes
     );
+    let della = text.replace("seed=null", "seed=null della_eps=-0.25");
+    let t = Recipe::parse(&della)
+        .unwrap()
+        .to_graph(&opts(vec![d.path().to_path_buf()]))
+        .unwrap();
+    let Node::Method { params, .. } = &t.graph.nodes()[2].node else {
+        panic!("{:?}", t.graph.nodes()[2].node);
+    };
+    assert_eq!(params.get("della_eps"), Some(&Param::Float(-0.25)));
 }
 
 /// sd-mecha's `dropout` added to its base becomes the `dropout` method node with sd-mecha's

@@ -5,10 +5,13 @@
 //! Memory: the facts take one read of the operands for the Gram matrix and two more for all the
 //! k-th magnitudes together, [`CHUNK`] values per operand and vector at a time, plus two
 //! 65,536-entry histograms per vector; the values take one block of each operand. Nothing holds
-//! a whole tensor.
+//! a whole tensor but the ranks sd-mecha's DELLA asks for ([`Needs::ranks`]): one read and one
+//! sort per vector, then 4 bytes per element and vector held by the method node while the
+//! tensor's values are produced, dropped after its last element ([`crate::reduce::Held`]).
 
 mod derived;
 mod kth;
+mod ranks;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use super::merge::read_f32;
 use super::Scratch;
 use crate::error::{Error, Result};
 use crate::model::merged::MethodNode;
-use crate::model::tensor::method::{Facts, Needs, Vector};
+use crate::model::tensor::method::{Facts, Needs, Ranks, Vector};
 use crate::model::{InputTensor, Merged};
 use crate::reduce::CHUNK;
 
@@ -35,7 +38,9 @@ pub(super) fn eval(
 ) -> Result<()> {
     let shape = &m.info().shape;
     let needs = node.op.needs(shape);
-    let scalars = scalars(m, node, &needs, scratch)?;
+    let ranks = held_ranks(m, node, &needs, scratch)?;
+    let scalars = scalars(m, node, &needs, ranks.as_deref(), scratch)?;
+    let ranks_now: &[Arc<Ranks>] = ranks.as_deref().map_or(&[], Vec::as_slice);
     let n = m.info().numel();
     let align = needs.align.max(1);
     // Whole runs of `align` elements around the range asked for.
@@ -60,15 +65,36 @@ pub(super) fn eval(
         let (from, to) = (at.max(units.start), stop.min(units.end));
         let dst = &mut out[from - units.start..to - units.start];
         if from == at && to == stop {
-            node.op.apply(&scalars, at, &views, dst);
+            node.op.apply(&scalars, ranks_now, at, &views, dst);
         } else {
             edge.resize(stop - at, 0f32);
-            node.op.apply(&scalars, at, &views, &mut edge);
+            node.op.apply(&scalars, ranks_now, at, &views, &mut edge);
             dst.copy_from_slice(&edge[from - at..to - at]);
         }
         at = stop;
     }
+    if ranks.is_some() {
+        // The ranks are dropped once every element of the tensor is produced.
+        node.ranks.produced(units.len(), n);
+    }
     Ok(())
+}
+
+/// The ranks the method asks for, held by the node while the tensor is produced (`None` when
+/// it asks for none).
+fn held_ranks(
+    m: &Merged,
+    node: &MethodNode,
+    needs: &Needs,
+    scratch: &mut Scratch,
+) -> Result<Option<Arc<Vec<Arc<Ranks>>>>> {
+    if needs.ranks.is_empty() {
+        return Ok(None);
+    }
+    let n = m.info().numel();
+    node.ranks
+        .get_or_compute(|| ranks::ranks(m, &needs.vectors, &needs.ranks, n, scratch))
+        .map(Some)
 }
 
 /// The method's scalars for this tensor, computed once (the first asker computes, the others
@@ -77,10 +103,11 @@ fn scalars(
     m: &Merged,
     node: &MethodNode,
     needs: &Needs,
+    ranks: Option<&Vec<Arc<Ranks>>>,
     scratch: &mut Scratch,
 ) -> Result<Arc<Vec<f64>>> {
     node.scalars.get_or_compute(|| {
-        let facts = facts(m, needs, scratch)?;
+        let facts = facts(m, needs, ranks.map_or(&[], Vec::as_slice), scratch)?;
         node.op.prepare(&facts).map_err(|e| match e {
             Error::InvalidInput(r) => Error::InvalidInput(format!("`{}`: {r}", m.key())),
             e => e,
@@ -101,8 +128,17 @@ pub(crate) fn prepare_ahead(m: &Merged, scratch: &mut Scratch) -> Result<()> {
     }
     if let Some(node) = m.method_node() {
         let needs = node.op.needs(&m.info().shape);
-        if needs.reads_ahead() {
-            scalars(m, node, &needs, scratch)?;
+        if needs.reads_ahead() && needs.ranks.is_empty() {
+            scalars(m, node, &needs, None, scratch)?;
+        } else if needs.reads_ahead() {
+            // Ranks computed for a tensor already written would be held to the end.
+            let n = m.info().numel();
+            let ranks = node
+                .ranks
+                .ahead(|| ranks::ranks(m, &needs.vectors, &needs.ranks, n, scratch))?;
+            if let Some(ranks) = ranks {
+                scalars(m, node, &needs, Some(&ranks), scratch)?;
+            }
         }
     }
     Ok(())
@@ -119,21 +155,29 @@ pub(crate) fn reads_ahead(m: &Merged) -> bool {
     })
 }
 
-/// The facts `needs` asks for, over the operands of `m`.
-fn facts(m: &Merged, needs: &Needs, scratch: &mut Scratch) -> Result<Facts> {
+/// The facts `needs` asks for, over the operands of `m`, with the `ranks` it asks for (computed
+/// first: [`held_ranks`]) set on their vectors.
+fn facts(m: &Merged, needs: &Needs, ranks: &[Arc<Ranks>], scratch: &mut Scratch) -> Result<Facts> {
     let n = m.info().numel();
     let k = needs.vectors.len();
+    let mut vectors = needs.vectors.clone();
+    for (&v, r) in needs.ranks.iter().zip(ranks) {
+        if let Some(v) = vectors.get_mut(v) {
+            v.ranks = Some(Arc::clone(r));
+        }
+    }
     let mut out = Facts {
         vectors: k,
+        ranks: ranks.to_vec(),
         ..Facts::default()
     };
     if needs.gram && n > 0 {
-        out.gram = gram(m, &needs.vectors, n, scratch)?;
+        out.gram = gram(m, &vectors, n, scratch)?;
     } else if needs.gram {
         out.gram = vec![0.0; k * k];
     }
     if !needs.kth.is_empty() {
-        out.kth = kth::magnitudes(m, &needs.vectors, &needs.kth, n, scratch)?;
+        out.kth = kth::magnitudes(m, &vectors, &needs.kth, n, scratch)?;
     }
     if needs.derived > 0 {
         out.derived_gram = derived::gram(m, needs, &out, n, scratch)?;

@@ -22,7 +22,7 @@ use crate::model::InputTensor;
 use crate::offload::Scratch;
 use crate::quant::abs_max;
 
-pub(crate) use once::{Computed, Frontier};
+pub(crate) use once::{Computed, Frontier, Held};
 
 /// Values read per source at a time: 256 KiB of f32, inside a core's L2 cache.
 pub const CHUNK: usize = 64 << 10;

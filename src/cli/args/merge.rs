@@ -40,8 +40,9 @@ pub(crate) struct MergeArgs {
     /// A merge method of sd-mecha's over the inputs, in its order (`slerp A B`,
     /// `add_difference_ties BASE M1 M2 …`): weighted_sum, n_average, add_difference, slerp,
     /// add_perpendicular, train_difference, ties_sum, add_difference_ties, ties_sum_extended,
-    /// add_difference_ties_extended, add_ties_with_dare (dare), dropout, della, model_stock,
-    /// n_model_stock, geometric_median, clamp. It merges the denoiser;
+    /// add_difference_ties_extended, add_ties_with_dare (dare; with della_eps, sd-mecha's DELLA),
+    /// dropout, della (mergekit's), model_stock, n_model_stock, geometric_median, clamp. It merges
+    /// the denoiser;
     /// the text encoders are A's unless --clip-method.
     #[arg(long, value_name = "NAME", group = "operation", help_heading = "Merge")]
     pub(crate) method: Option<String>,

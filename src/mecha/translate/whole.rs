@@ -265,8 +265,9 @@ pub(super) fn model_stock(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
     }))
 }
 
-/// sd-mecha's `ties_sum_with_dropout` (DARE and DELLA): this build's masks are its own seeded
-/// generator's, not torch's; `seed=null` (sd-mecha: a new seed each run) takes seed 0.
+/// sd-mecha's `ties_sum_with_dropout` (DARE, and DELLA with `della_eps` ≠ 0): this build's
+/// masks are its own seeded generator's, not torch's; `seed=null` (sd-mecha: a new seed each
+/// run) takes seed 0.
 pub(super) fn ties_sum_with_dropout(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
     let seed = seed(call)?;
     let mut params = extended(ctx, call)?;
@@ -275,14 +276,9 @@ pub(super) fn ties_sum_with_dropout(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Resul
         Param::Float(call.number("probability")?),
     );
     params.insert("rescale".into(), Param::Bool(call.flag("rescale")?));
-    let della = call.number("della_eps")?;
-    if della != 0.0 {
-        return Err(call.err(format!(
-            "della_eps = {della}: sd-mecha's DELLA ranks every element of a whole tensor, which \
-             this build does not run in recipes; `merge --method della` runs mergekit's DELLA \
-             (ranks within rows), or set della_eps=0.0 for DARE"
-        )));
-    }
+    // sd-mecha's DELLA when ≠ 0: keep probabilities moved by each element's magnitude rank
+    // over the whole tensor (a non-finite value is refused with the method's parameters).
+    params.insert("della_eps".into(), Param::Float(call.number("della_eps")?));
     params.insert("seed".into(), Param::Int(seed));
     Ok(Val::Whole(Pending::Ties {
         sd_mecha: "ties_sum_with_dropout",

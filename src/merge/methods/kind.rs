@@ -39,9 +39,12 @@ pub enum Kind {
         cos_eps: f64,
         median: Option<Median>,
     },
-    /// DARE: deltas dropped with `probability`, TIES-combined, rescaled, added to the base.
+    /// DARE: deltas dropped with `probability`, TIES-combined, rescaled, added to the base;
+    /// with `della_eps` ≠ 0 sd-mecha's DELLA: each element's keep probability moved by its
+    /// magnitude's rank over the whole tensor.
     Dare {
         probability: f64,
+        della_eps: f64,
         rescale: bool,
         alpha: f64,
         seed: i64,
@@ -162,6 +165,7 @@ pub(super) fn kind(name: &str, inputs: usize, get: &dyn Fn(&str) -> ParamDefault
             }
             Kind::Dare {
                 probability,
+                della_eps: f("della_eps"),
                 rescale: b("rescale"),
                 alpha: f("alpha"),
                 seed: i("seed"),

@@ -211,6 +211,7 @@ pub const KNOWN: &[MethodInfo] = &[
 
 const DARE: &[(&str, ParamDefault)] = &[
     ("probability", Float(0.9)),
+    ("della_eps", Float(0.0)),
     ("rescale", Bool(true)),
     ("alpha", Float(1.0)),
     ("seed", Int(0)),

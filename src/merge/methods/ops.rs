@@ -1,12 +1,14 @@
 //! The methods' arithmetic: what each needs of a tensor, the scalars it makes of that, and its
 //! values element by element, in f32 as sd-mecha's torch code computes them.
 
+use std::sync::Arc;
+
 use super::della::Della;
 pub use super::kind::Kind;
 use super::math::{add, clamp, nan_to_num, slerp_scalars, stock_t, ties_block, weiszfeld};
 use super::ties::{scalars, Combine, Extended, Median};
 use crate::error::Result;
-use crate::model::tensor::method::{mix, Dropout, Facts, Needs, TensorMethod, Vector};
+use crate::model::tensor::method::{mix, Dropout, Facts, Needs, Ranks, TensorMethod, Vector};
 
 /// A method applied to one tensor (the key seeds DARE's masks).
 #[derive(Debug)]
@@ -137,9 +139,14 @@ impl TensorMethod for Op {
                 }
             }
             Kind::TiesExtended { k, .. } | Kind::Dare { k, .. } => {
-                if let Some(ext) = self.extended() {
+                if let Some(ext) = self.extended(&[]) {
                     if let Some(kth) = kth_largest(*k, n) {
                         needs.kth = (0..ext.vectors.len()).map(|v| (v, kth)).collect();
+                        needs.vectors = ext.vectors.clone();
+                    }
+                    if matches!(self.kind, Kind::Dare { della_eps, .. } if della_eps != 0.0) {
+                        // sd-mecha's DELLA: each delta's ranks over the whole tensor.
+                        needs.ranks = (0..ext.vectors.len()).collect();
                         needs.vectors = ext.vectors.clone();
                     }
                     match ext.combine {
@@ -171,7 +178,7 @@ impl TensorMethod for Op {
             }
             Kind::GeometricMedian { eps, maxiter, ftol } => weiszfeld(facts, *eps, *maxiter, *ftol),
             Kind::Ties { .. } => facts.kth.iter().map(|&t| f64::from(t)).collect(),
-            Kind::TiesExtended { .. } | Kind::Dare { .. } => match self.extended() {
+            Kind::TiesExtended { .. } | Kind::Dare { .. } => match self.extended(&facts.ranks) {
                 Some(ext) => scalars(&facts.kth, &ext.weights(facts)),
                 None => Vec::new(),
             },
@@ -180,12 +187,19 @@ impl TensorMethod for Op {
     }
 
     fn derive(&self, facts: &Facts, first: usize, x: &[&[f32]], out: &mut [Vec<f32>]) {
-        if let Some(ext) = self.extended() {
+        if let Some(ext) = self.extended(&facts.ranks) {
             ext.derive(facts, first, x, out);
         }
     }
 
-    fn apply(&self, scalars: &[f64], first: usize, x: &[&[f32]], out: &mut [f32]) {
+    fn apply(
+        &self,
+        scalars: &[f64],
+        ranks: &[Arc<Ranks>],
+        first: usize,
+        x: &[&[f32]],
+        out: &mut [f32],
+    ) {
         let len = out.len();
         match &self.kind {
             Kind::WeightedSum { alpha } => {
@@ -283,7 +297,7 @@ impl TensorMethod for Op {
                     }
                 }
             }
-            Kind::TiesExtended { .. } | Kind::Dare { .. } => match self.extended() {
+            Kind::TiesExtended { .. } | Kind::Dare { .. } => match self.extended(ranks) {
                 Some(ext) => ext.apply(scalars, first, x, out),
                 None => {
                     // Everything dropped: sd-mecha's `ties_sum_with_dropout` returns a delta of 0.
@@ -358,8 +372,9 @@ impl TensorMethod for Op {
 
 impl Op {
     /// The TIES evaluation of `ties_sum_extended` and DARE (`None` for other methods, and for
-    /// DARE when everything is dropped).
-    fn extended(&self) -> Option<Extended> {
+    /// DARE when everything is dropped); DELLA's deltas (`della_eps` ≠ 0) draw by `ranks` (the
+    /// engine's, one per delta; empty while the needs are declared).
+    fn extended(&self, ranks: &[Arc<Ranks>]) -> Option<Extended> {
         let combine = |stock: bool, cos_eps: f64, median: Option<Median>| match median {
             Some(m) => Combine::Median(m),
             None if stock => Combine::Stock { cos_eps },
@@ -384,6 +399,7 @@ impl Op {
             }),
             Kind::Dare {
                 probability,
+                della_eps,
                 rescale,
                 alpha,
                 seed,
@@ -393,7 +409,18 @@ impl Op {
                 median,
                 ..
             } if !isclose(*probability, 1.0) => Some(Extended {
-                vectors: self.deltas(true, Some((*seed, 1.0 - probability))),
+                vectors: self
+                    .deltas(true, Some((*seed, 1.0 - probability)))
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut v)| {
+                        if let Some(d) = &mut v.dropout {
+                            d.eps = *della_eps;
+                        }
+                        v.ranks = ranks.get(i).cloned();
+                        v
+                    })
+                    .collect(),
                 vote_sgn: *vote_sgn,
                 combine: combine(*apply_stock, *cos_eps, *median),
                 rescalar: if *rescale {
@@ -422,6 +449,7 @@ impl Op {
                     seed: seed as u64,
                     stream: mix(self.stream ^ i as u64),
                     keep: keep.clamp(0.0, 1.0),
+                    eps: 0.0,
                 });
                 v
             })

@@ -780,6 +780,7 @@ fn bad_methods_and_parameters_are_refused_naming_what_is_accepted() {
     }
 }
 
+mod della_eps;
 mod dropout;
 mod ties;
 

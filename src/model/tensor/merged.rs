@@ -29,12 +29,12 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 
-use super::method::TensorMethod;
+use super::method::{Ranks, TensorMethod};
 use super::InputTensor;
 use crate::error::{Error, Result};
 use crate::model::dtype::{can_decode, TensorInfo};
 use crate::plan::Piece;
-use crate::reduce::Computed;
+use crate::reduce::{Computed, Held};
 
 use super::patch::{check_lora, check_rows};
 pub use super::patch::{LoraFactors, Patch, PatchValue, RowValue};
@@ -65,6 +65,9 @@ pub(crate) struct MethodNode {
     pub(crate) op: Arc<dyn TensorMethod>,
     pub(crate) inputs: Vec<InputTensor>,
     pub(crate) scalars: Computed<Vec<f64>>,
+    /// The ranks the method asks for ([`crate::model::tensor::method::Needs::ranks`]), held
+    /// while the tensor's values are produced.
+    pub(crate) ranks: Held<Vec<Arc<Ranks>>>,
 }
 
 impl fmt::Debug for Merged {
@@ -232,6 +235,7 @@ impl Merged {
             op,
             inputs: rest,
             scalars: Computed::default(),
+            ranks: Held::default(),
         });
         Ok(m)
     }

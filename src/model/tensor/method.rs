@@ -4,13 +4,15 @@
 //! A method ([`TensorMethod`]) declares [`Needs`]: vectors (linear combinations of its
 //! operands, `x₁ − x₀` for a task vector, optionally thinned by a seeded [`Dropout`]), the Gram
 //! matrix of those vectors (norms, dot products, cosines), the k-th largest magnitude of some of
-//! them, and an alignment when a value depends on whole runs of elements (sd-mecha's model stock
-//! takes cosines along the last dimension). The engine computes the [`Facts`] once per output
+//! them, the ordinal ranks of their magnitudes over the whole tensor (sd-mecha's DELLA), and an
+//! alignment when a value depends on whole runs of elements (sd-mecha's model stock takes
+//! cosines along the last dimension). The engine computes the [`Facts`] once per output
 //! tensor (`offload::method`), in passes of bounded size over the operands, hands them to
 //! [`TensorMethod::prepare`], which turns them into a few scalars, and then evaluates output
 //! ranges elementwise with [`TensorMethod::apply`], fused with the cast as any merge is.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::Result;
 
@@ -22,6 +24,10 @@ pub struct Vector {
     pub terms: Vec<(usize, f32)>,
     /// Elements dropped at random (DARE), when set.
     pub dropout: Option<Dropout>,
+    /// The ordinal ranks of this vector's magnitudes (before its dropout) over the whole tensor,
+    /// which a dropout with [`Dropout::eps`] ≠ 0 draws by (sd-mecha's DELLA): the engine sets
+    /// them from [`Facts::ranks`] when [`Needs::ranks`] asks for them.
+    pub ranks: Option<Arc<Ranks>>,
 }
 
 impl Vector {
@@ -30,6 +36,7 @@ impl Vector {
         Vector {
             terms: vec![(i, 1.0)],
             dropout: None,
+            ranks: None,
         }
     }
 
@@ -38,6 +45,7 @@ impl Vector {
         Vector {
             terms: vec![(i, 1.0), (base, -1.0)],
             dropout: None,
+            ranks: None,
         }
     }
 
@@ -56,21 +64,36 @@ impl Vector {
         if self.terms.is_empty() {
             out.fill(0.0);
         }
-        if let Some(d) = &self.dropout {
+        if self.dropout.is_some() {
             for (j, o) in out.iter_mut().enumerate() {
-                if !d.keeps(first + j) {
+                if !self.keeps(first + j) {
                     *o = 0.0;
                 }
             }
         }
     }
 
+    /// Whether element `element` survives the dropout (always, without one): with
+    /// [`Dropout::eps`] ≠ 0, at the probability of its magnitude's rank ([`Dropout::ranked`]).
+    pub fn keeps(&self, element: usize) -> bool {
+        match &self.dropout {
+            None => true,
+            Some(d) if d.eps == 0.0 => d.keeps(element),
+            Some(d) => {
+                debug_assert!(self.ranks.is_some(), "a DELLA dropout without ranks");
+                let (rank, n) = match &self.ranks {
+                    Some(r) => (r.get(element), r.n),
+                    None => (None, 0),
+                };
+                d.keeps_with(element, d.ranked(rank, n))
+            }
+        }
+    }
+
     /// Element `j`'s value from the operands' values at `j`.
     pub fn at(&self, operands: &[&[f32]], j: usize, element: usize) -> f32 {
-        if let Some(d) = &self.dropout {
-            if !d.keeps(element) {
-                return 0.0;
-            }
+        if !self.keeps(element) {
+            return 0.0;
         }
         let mut v = 0f32;
         for (n, &(i, c)) in self.terms.iter().enumerate() {
@@ -94,15 +117,58 @@ pub struct Dropout {
     pub stream: u64,
     /// The probability that an element is kept, in `[0, 1]`.
     pub keep: f64,
+    /// sd-mecha's `della_eps`: how far the keep probability moves with the element's magnitude
+    /// rank over the whole tensor ([`Dropout::ranked`]); 0 for DARE's uniform `keep`.
+    pub eps: f64,
 }
 
 impl Dropout {
-    /// Whether element `element` is kept.
+    /// Whether element `element` is kept, at probability [`Dropout::keep`].
     pub fn keeps(&self, element: usize) -> bool {
+        self.keeps_with(element, self.keep)
+    }
+
+    /// Whether element `element` is kept at probability `keep`: the same uniform draw as
+    /// [`Dropout::keeps`], so that `eps = 0` is DARE's mask exactly.
+    pub fn keeps_with(&self, element: usize, keep: f64) -> bool {
         let h = mix(mix(self.seed ^ mix(self.stream)) ^ element as u64);
         // 53 random bits as a uniform number in [0, 1).
         let u = (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        u < self.keep
+        u < keep
+    }
+
+    /// sd-mecha's DELLA keep probability (`find_della_dropout`) of the element of ordinal
+    /// magnitude rank `rank` (1-based) among `n`: `clamp(keep + eps·(rank/n − (n + 1)/2n), 0, 1)`;
+    /// [`Dropout::keep`] without a rank (a tensor with a NaN value: scipy's `rankdata` ranks
+    /// every element NaN, which sd-mecha's `nan_to_num` makes no offset).
+    pub fn ranked(&self, rank: Option<u32>, n: usize) -> f64 {
+        let offset = match rank {
+            Some(r) if n > 0 => {
+                let n = n as f64;
+                (f64::from(r) / n - (n + 1.0) / (2.0 * n)) * self.eps
+            }
+            _ => 0.0,
+        };
+        (self.keep + offset).clamp(0.0, 1.0)
+    }
+}
+
+/// The ordinal ranks of a vector's magnitudes over a whole tensor, as scipy's
+/// `rankdata(|v|, method="ordinal")` numbers them: 1 for the smallest, ties (`-0.0` and `0.0`
+/// included) in order of position.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ranks {
+    /// How many elements were ranked (the tensor's).
+    pub n: usize,
+    /// `rank[e]`, element `e`'s rank; empty when a value is NaN (scipy's `rankdata` then ranks
+    /// every element NaN).
+    pub rank: Vec<u32>,
+}
+
+impl Ranks {
+    /// Element `element`'s rank (`None` for a tensor with a NaN value).
+    pub fn get(&self, element: usize) -> Option<u32> {
+        self.rank.get(element).copied()
     }
 }
 
@@ -124,6 +190,10 @@ pub struct Needs {
     pub gram: bool,
     /// `(vector, k)`: the k-th largest magnitude of that vector (two reads of its operands).
     pub kth: Vec<(usize, u64)>,
+    /// Vectors whose magnitudes' ordinal ranks over the whole tensor the method needs (one read
+    /// of its operands each): held, 4 bytes per element, while the tensor's values are
+    /// produced, and set on those vectors ([`Vector::ranks`]) for the other facts.
+    pub ranks: Vec<usize>,
     /// Output elements are produced in whole runs of this many (1: elementwise).
     pub align: usize,
     /// How many vectors the method derives itself from the operands and the facts above
@@ -144,7 +214,7 @@ impl Needs {
 
     /// Whether the operands are read before the values are (a whole-tensor method).
     pub fn reads_ahead(&self) -> bool {
-        self.gram || !self.kth.is_empty() || self.derived > 0
+        self.gram || !self.kth.is_empty() || self.derived > 0 || !self.ranks.is_empty()
     }
 }
 
@@ -158,6 +228,8 @@ pub struct Facts {
     pub gram: Vec<f64>,
     /// The k-th magnitudes, in the order [`Needs::kth`] asks for them.
     pub kth: Vec<f32>,
+    /// The ranks, in the order [`Needs::ranks`] asks for them.
+    pub ranks: Vec<Arc<Ranks>>,
     /// How many derived vectors ([`Needs::derived`]) `derived_gram` is of.
     pub derived: usize,
     /// `derived_gram[i · n + j]` = `dᵢ · dⱼ` over the `n` derived vectors (empty when none).
@@ -199,9 +271,17 @@ pub trait TensorMethod: Send + Sync + fmt::Debug {
     }
 
     /// Output elements `first..first + out.len()` from the operands' values over the same
-    /// elements (`operands[i]` for operand `i`); `first` and `out.len()` are multiples of
-    /// [`Needs::align`] (or `out` ends the tensor).
-    fn apply(&self, scalars: &[f64], first: usize, operands: &[&[f32]], out: &mut [f32]);
+    /// elements (`operands[i]` for operand `i`) and the ranks [`Needs::ranks`] asked for (in
+    /// that order; empty when none); `first` and `out.len()` are multiples of [`Needs::align`]
+    /// (or `out` ends the tensor).
+    fn apply(
+        &self,
+        scalars: &[f64],
+        ranks: &[Arc<Ranks>],
+        first: usize,
+        operands: &[&[f32]],
+        out: &mut [f32],
+    );
 }
 
 #[cfg(test)]
@@ -219,6 +299,7 @@ mod tests {
             seed: 3,
             stream: 9,
             keep: 0.5,
+            eps: 0.0,
         });
         let mut out = vec![0f32; 60];
         let views: Vec<&[f32]> = ops.iter().map(|o| &o[40..]).collect();
@@ -236,6 +317,7 @@ mod tests {
             seed,
             stream,
             keep: 0.3,
+            eps: 0.0,
         };
         let mask = |d: Dropout| (0..10_000).map(|e| d.keeps(e)).collect::<Vec<_>>();
         assert_eq!(mask(d(1, 2)), mask(d(1, 2)));
