@@ -44,6 +44,17 @@ impl Searches for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn qkx2_32<const N: usize, const MAD: bool>(
+        p: Qkx2,
+        x: &[[f32; 32]; N],
+        w: &[[f32; 32]; N],
+        out: &mut [[u8; 32]; N],
+    ) -> ([f32; 32], [f32; 32]) {
+        // SAFETY: the caller guarantees AVX-512.
+        unsafe { qkx2_pair::<N, MAD>(p, x, w, out) }
+    }
+
+    #[inline(always)]
     unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
         // SAFETY: the caller guarantees AVX2.
         unsafe { avx2::qx(nmax, x, out) }
@@ -69,6 +80,179 @@ pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
 ) -> ([f32; 16], [f32; 16]) {
     // SAFETY: the caller guarantees AVX-512F, which `__m512`'s operations need.
     unsafe { wide::qkx2::<__m512, 16, N, MAD>(p, x, w, out) }
+}
+
+/// [`super::lanes::qkx2`] for thirty-two groups, in two registers side by side ([`Z2`]).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn qkx2_pair<const N: usize, const MAD: bool>(
+    p: Qkx2,
+    x: &[[f32; 32]; N],
+    w: &[[f32; 32]; N],
+    out: &mut [[u8; 32]; N],
+) -> ([f32; 32], [f32; 32]) {
+    // SAFETY: the caller guarantees AVX-512F, which `Z2`'s operations need.
+    unsafe { wide::qkx2::<Z2, 32, N, MAD>(p, x, w, out) }
+}
+
+/// Two AVX-512 registers as one of 32 lanes. The searches' sums are chains of dependent
+/// additions whose order ggml's bits fix; two independent chains side by side keep the adders
+/// busy where one chain waits on its own latency.
+#[derive(Clone, Copy)]
+pub(super) struct Z2(__m512, __m512);
+
+/// `f` on both halves.
+macro_rules! both {
+    ($a:expr, $f:ident) => {
+        Z2($a.0.$f(), $a.1.$f())
+    };
+    ($a:expr, $b:expr, $f:ident) => {
+        Z2($a.0.$f($b.0), $a.1.$f($b.1))
+    };
+}
+
+impl Wide<32> for Z2 {
+    /// Lanes 0..16 in the low half, 16..32 in the high half.
+    type Mask = u32;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn splat(v: f32) -> Z2 {
+        Z2(_mm512_set1_ps(v), _mm512_set1_ps(v))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(a: &[f32; 32]) -> Z2 {
+        let (lo, hi) = a.split_at(16);
+        // SAFETY (both): each half holds 16 f32; the loads are unaligned.
+        unsafe { Z2(_mm512_loadu_ps(lo.as_ptr()), _mm512_loadu_ps(hi.as_ptr())) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(self) -> [f32; 32] {
+        let mut a = [0f32; 32];
+        // SAFETY: `a` holds 32 f32; the stores are unaligned.
+        unsafe {
+            _mm512_storeu_ps(a.as_mut_ptr(), self.0);
+            _mm512_storeu_ps(a.as_mut_ptr().add(16), self.1);
+        }
+        a
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add(self, b: Z2) -> Z2 {
+        unsafe { both!(self, b, add) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sub(self, b: Z2) -> Z2 {
+        unsafe { both!(self, b, sub) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mul(self, b: Z2) -> Z2 {
+        unsafe { both!(self, b, mul) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn div(self, b: Z2) -> Z2 {
+        unsafe { both!(self, b, div) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn abs(self) -> Z2 {
+        unsafe { both!(self, abs) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn neg(self) -> Z2 {
+        unsafe { both!(self, neg) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lt(self, b: Z2) -> u32 {
+        unsafe { join(self.0.lt(b.0), self.1.lt(b.1)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gt(self, b: Z2) -> u32 {
+        unsafe { join(self.0.gt(b.0), self.1.gt(b.1)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn eq(self, b: Z2) -> u32 {
+        unsafe { join(self.0.eq(b.0), self.1.eq(b.1)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn and(a: u32, b: u32) -> u32 {
+        a & b
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn or(a: u32, b: u32) -> u32 {
+        a | b
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sel(m: u32, a: Z2, b: Z2) -> Z2 {
+        // SAFETY (both): AVX-512F, as the caller guarantees.
+        unsafe {
+            Z2(
+                __m512::sel(m as __mmask16, a.0, b.0),
+                __m512::sel((m >> 16) as __mmask16, a.1, b.1),
+            )
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn any(m: u32) -> bool {
+        m != 0
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn all(m: u32) -> bool {
+        m == u32::MAX
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn round_clamp(self, lo: i32, hi: i32) -> Z2 {
+        unsafe { Z2(self.0.round_clamp(lo, hi), self.1.round_clamp(lo, hi)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn round_near(self) -> Z2 {
+        unsafe { both!(self, round_near) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn max(self, b: Z2) -> Z2 {
+        unsafe { both!(self, b, max) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn min(self, b: Z2) -> Z2 {
+        unsafe { both!(self, b, min) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bytes(self) -> [u8; 32] {
+        let mut a = [0u8; 32];
+        // SAFETY (both): AVX-512F, as the caller guarantees.
+        unsafe {
+            a[..16].copy_from_slice(&self.0.bytes());
+            a[16..].copy_from_slice(&self.1.bytes());
+        }
+        a
+    }
+}
+
+/// Two 16-lane masks as one of 32 lanes.
+#[inline(always)]
+fn join(lo: __mmask16, hi: __mmask16) -> u32 {
+    u32::from(lo) | (u32::from(hi) << 16)
 }
 
 impl Wide<16> for __m512 {

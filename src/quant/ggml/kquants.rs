@@ -344,8 +344,8 @@ fn k4_weights<const L: usize>(xt: &[[f32; L]; 32]) -> [[f32; L]; 32] {
 }
 
 /// The searches of Q4_K (`nmax` 15) and Q5_K (31) for the `G` sub-blocks of 32 of `x` (8 per
-/// super-block; 16, two super-blocks, searched at once where `S` has sixteen lanes): codes into
-/// `codes`, each sub-block's `(scale, min)`.
+/// super-block; 32, four super-blocks, searched at once where `S` has wide registers): codes
+/// into `codes`, each sub-block's `(scale, min)`.
 ///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
@@ -355,10 +355,10 @@ unsafe fn k4_search<S: Searches, const G: usize>(
     p: Qkx2,
     codes: &mut [u8],
 ) -> [(f32, f32); G] {
-    if S::WIDE && G.is_multiple_of(16) {
-        by_lanes::<32, G, 16, _>(x, codes, |xt, lanes| {
+    if S::WIDE && G.is_multiple_of(32) {
+        by_lanes::<32, G, 32, _>(x, codes, |xt, lanes| {
             // SAFETY: the caller guarantees `S`'s features.
-            unsafe { pairs(S::qkx2_16::<32, false>(p, xt, &k4_weights(xt), lanes)) }
+            unsafe { pairs(S::qkx2_32::<32, false>(p, xt, &k4_weights(xt), lanes)) }
         })
     } else {
         by_lanes::<32, G, 8, _>(x, codes, |xt, lanes| {
@@ -448,8 +448,8 @@ const Q5_K: Qkx2 = Qkx2 {
 type Pack<const BYTES: usize> = fn(&[u8; QK_K], [u8; 4], &[u8; 12], &mut [u8; BYTES]);
 
 /// Encodes the whole Q4_K (`BYTES` 144) or Q5_K (176) super-blocks of `values` into `blocks`
-/// with `pack` (codes, `d`/`dmin` bytes, scale bytes), two super-blocks per search where `S`
-/// has sixteen lanes. The caller checks the lengths.
+/// with `pack` (codes, `d`/`dmin` bytes, scale bytes), four super-blocks per search where `S`
+/// has wide registers. The caller checks the lengths.
 ///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
@@ -464,16 +464,18 @@ unsafe fn encode_k4_all<S: Searches, const BYTES: usize>(
         values.as_chunks::<QK_K>().0,
         blocks.as_chunks_mut::<BYTES>().0,
     );
-    let step = if S::WIDE { 2 } else { 1 };
+    let step = if S::WIDE { 4 } else { 1 };
     for (x, b) in xs.chunks(step).zip(bs.chunks_mut(step)) {
-        let mut codes = [[0u8; QK_K]; 2];
-        let mut found = [(0f32, 0f32); 16];
+        let mut codes = [[0u8; QK_K]; 4];
+        let mut found = [(0f32, 0f32); 32];
         // SAFETY (both): the caller guarantees `S`'s features.
-        if x.len() == 2 {
-            found = unsafe { k4_search::<S, 16>(x.as_flattened(), p, codes.as_flattened_mut()) };
+        if x.len() == 4 {
+            found = unsafe { k4_search::<S, 32>(x.as_flattened(), p, codes.as_flattened_mut()) };
         } else {
-            let one = unsafe { k4_search::<S, 8>(x.as_flattened(), p, &mut codes[0]) };
-            found[..8].copy_from_slice(&one);
+            for (h, x) in x.iter().enumerate() {
+                let one = unsafe { k4_search::<S, 8>(x, p, &mut codes[h]) };
+                found[8 * h..8 * h + 8].copy_from_slice(&one);
+            }
         }
         for (h, (x, b)) in x.iter().zip(b).enumerate() {
             let mut sb = [0u8; 12];

@@ -23,12 +23,13 @@ pub(super) trait Searches {
         out: &mut [[u8; 8]; N],
     ) -> ([f32; 8], [f32; 8]);
 
-    /// Whether [`Searches::qkx2_16`] runs sixteen lanes in one register (the K-quant encoders
-    /// then search two super-blocks, or a super-block's sixteen sub-blocks, at once).
+    /// Whether [`Searches::qkx2_16`] and [`Searches::qkx2_32`] run in wide registers (the
+    /// K-quant encoders then search four super-blocks of Q4_K/Q5_K, or two super-blocks' worth of
+    /// Q2_K sub-blocks, at once).
     const WIDE: bool = false;
 
-    /// [`qkx2`] of sixteen groups: two eight-group searches, unless the implementation has
-    /// sixteen lanes.
+    /// [`qkx2`] of sixteen groups: eight-group searches, unless the implementation has wider
+    /// registers.
     ///
     /// # Safety
     /// The CPU has the implementation's features.
@@ -39,19 +40,24 @@ pub(super) trait Searches {
         w: &[[f32; 16]; N],
         out: &mut [[u8; 16]; N],
     ) -> ([f32; 16], [f32; 16]) {
-        let half = |a: &[[f32; 16]; N], h: usize| a.map(|r| std::array::from_fn(|j| r[8 * h + j]));
-        let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
-        for h in 0..2 {
-            let mut o = [[0u8; 8]; N];
-            // SAFETY: the caller guarantees the implementation's features.
-            let (s, m) = unsafe { Self::qkx2::<N, MAD>(p, &half(x, h), &half(w, h), &mut o) };
-            scale[8 * h..8 * h + 8].copy_from_slice(&s);
-            min[8 * h..8 * h + 8].copy_from_slice(&m);
-            for (row, o) in out.iter_mut().zip(&o) {
-                row[8 * h..8 * h + 8].copy_from_slice(o);
-            }
-        }
-        (scale, min)
+        // SAFETY: the caller guarantees the implementation's features.
+        unsafe { by_eight_lanes::<Self, N, 16, MAD>(p, x, w, out) }
+    }
+
+    /// [`qkx2`] of thirty-two groups: eight-group searches, unless the implementation has wider
+    /// registers (two AVX-512 registers side by side, whose additions interleave).
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn qkx2_32<const N: usize, const MAD: bool>(
+        p: Qkx2,
+        x: &[[f32; 32]; N],
+        w: &[[f32; 32]; N],
+        out: &mut [[u8; 32]; N],
+    ) -> ([f32; 32], [f32; 32]) {
+        // SAFETY: the caller guarantees the implementation's features.
+        unsafe { by_eight_lanes::<Self, N, 32, MAD>(p, x, w, out) }
     }
 
     /// [`qx`] of eight groups.
@@ -90,6 +96,32 @@ impl Searches for Portable {
     unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
         q3(nmax, x, out)
     }
+}
+
+/// `S`'s eight-lane [`Searches::qkx2`] on `L` groups (a multiple of 8), eight at a time.
+///
+/// # Safety
+/// The CPU has `S`'s features.
+#[inline(always)]
+unsafe fn by_eight_lanes<S: Searches + ?Sized, const N: usize, const L: usize, const MAD: bool>(
+    p: Qkx2,
+    x: &[[f32; L]; N],
+    w: &[[f32; L]; N],
+    out: &mut [[u8; L]; N],
+) -> ([f32; L], [f32; L]) {
+    let part = |a: &[[f32; L]; N], h: usize| a.map(|r| std::array::from_fn(|j| r[8 * h + j]));
+    let (mut scale, mut min) = ([0f32; L], [0f32; L]);
+    for h in 0..L / 8 {
+        let mut o = [[0u8; 8]; N];
+        // SAFETY: the caller guarantees `S`'s features.
+        let (s, m) = unsafe { S::qkx2::<N, MAD>(p, &part(x, h), &part(w, h), &mut o) };
+        scale[8 * h..8 * h + 8].copy_from_slice(&s);
+        min[8 * h..8 * h + 8].copy_from_slice(&m);
+        for (row, o) in out.iter_mut().zip(&o) {
+            row[8 * h..8 * h + 8].copy_from_slice(o);
+        }
+    }
+    (scale, min)
 }
 
 /// `make_qkx2_quants` on `L` groups of `N` values: codes into `out`, returns each group's
@@ -508,8 +540,38 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sixteen_lane_searches_equal_the_scalar_search() {
-        /// Every lane of `S::qkx2_16` against the scalar search, on groups of `N`.
+        /// Every lane of `S::qkx2_16` and `S::qkx2_32` against the scalar search, on groups
+        /// of `N`.
         fn check<S: Searches, const N: usize>(rng: &mut rand::rngs::StdRng) {
+            check_lanes::<S, N, 16>(rng, |p, x, w, o, mad| unsafe {
+                // SAFETY: the caller checked `S`'s features.
+                if mad {
+                    S::qkx2_16::<N, true>(p, x, w, o)
+                } else {
+                    S::qkx2_16::<N, false>(p, x, w, o)
+                }
+            });
+            check_lanes::<S, N, 32>(rng, |p, x, w, o, mad| unsafe {
+                // SAFETY: as above.
+                if mad {
+                    S::qkx2_32::<N, true>(p, x, w, o)
+                } else {
+                    S::qkx2_32::<N, false>(p, x, w, o)
+                }
+            });
+        }
+        /// Every lane of `search` (`L` lanes) against the scalar search, on groups of `N`.
+        #[allow(clippy::type_complexity)]
+        fn check_lanes<S: Searches, const N: usize, const L: usize>(
+            rng: &mut rand::rngs::StdRng,
+            search: impl Fn(
+                Qkx2,
+                &[[f32; L]; N],
+                &[[f32; L]; N],
+                &mut [[u8; L]; N],
+                bool,
+            ) -> ([f32; L], [f32; L]),
+        ) {
             let p = |nmax, rmin, nstep, use_mad| Qkx2 {
                 nmax,
                 rmin,
@@ -517,8 +579,8 @@ mod tests {
                 nstep,
                 use_mad,
             };
-            for chunk in groups::<N>(rng, 16 * 24).chunks_exact(16) {
-                let x: [[f32; 16]; N] =
+            for chunk in groups::<N>(rng, L * 12).chunks_exact(L) {
+                let x: [[f32; L]; N] =
                     std::array::from_fn(|i| std::array::from_fn(|j| chunk[j][i]));
                 let w = x.map(|row| row.map(|v| v.abs() + 0.5));
                 for params in [
@@ -526,15 +588,8 @@ mod tests {
                     p(31, -0.5, 15, false),
                     p(3, -0.5, 15, true),
                 ] {
-                    let mut out = [[0u8; 16]; N];
-                    // SAFETY: the caller checked `S`'s features.
-                    let (scale, min) = unsafe {
-                        if params.use_mad {
-                            S::qkx2_16::<N, true>(params, &x, &w, &mut out)
-                        } else {
-                            S::qkx2_16::<N, false>(params, &x, &w, &mut out)
-                        }
-                    };
+                    let mut out = [[0u8; L]; N];
+                    let (scale, min) = search(params, &x, &w, &mut out, params.use_mad);
                     for (j, g) in chunk.iter().enumerate() {
                         let wj: [f32; N] = std::array::from_fn(|i| w[i][j]);
                         let mut l = [0u8; N];
@@ -542,15 +597,18 @@ mod tests {
                         assert_eq!(
                             (scale[j].to_bits(), min[j].to_bits()),
                             (s.to_bits(), m.to_bits()),
-                            "lane {j}: {g:?}"
+                            "{L} lanes, lane {j}: {g:?}"
                         );
-                        assert!((0..N).all(|i| out[i][j] == l[i]), "lane {j}: {g:?}");
+                        assert!(
+                            (0..N).all(|i| out[i][j] == l[i]),
+                            "{L} lanes, lane {j}: {g:?}"
+                        );
                     }
                 }
             }
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        // The default: two eight-lane searches.
+        // The default: eight-lane searches.
         check::<Portable, 32>(&mut rng);
         check::<Portable, 16>(&mut rng);
         if !(std::arch::is_x86_feature_detected!("avx512f")
