@@ -64,12 +64,16 @@
 //!
 //! The cost is fixed per block: no whole-tensor pass, no buffer beyond one super-block (a few KB
 //! on the stack). Each search's sums are chains of dependent additions whose order is fixed by
-//! ggml's bits, so a sub-block cannot be split across vector lanes; instead the eight (or
-//! sixteen) sub-blocks of a super-block are searched together, one per lane (`lanes.rs`, and
-//! `avx2.rs` where the CPU has AVX2), each lane doing exactly the scalar search. Measured on one
-//! core of the shared 2-vCPU build machine (AMD EPYC, AVX2; `cargo bench --bench ggml`, f32
-//! values in), about 4 to 5 µs per super-block for Q4_K and Q5_K (~200 MiB/s), 3 µs for Q2_K and
-//! Q6_K (~300 MiB/s), 4.5 µs for Q3_K, against 80 ns per 32-value block for Q8_0 (~1.5 GiB/s);
+//! ggml's bits, so a sub-block cannot be split across vector lanes; instead sub-blocks are
+//! searched together, one per lane, each lane doing exactly the scalar search: the eight (or
+//! sixteen) of a super-block in `lanes.rs`, and with intrinsics where the CPU has them: AVX2
+//! (`avx2.rs`, eight lanes) and AVX-512 (`avx512.rs`: Q2_K's sixteen sub-blocks in one
+//! register, Q4_K's and Q5_K's `make_qkx2_quants` on four super-blocks at once in two registers
+//! side by side, whose dependent additions interleave; the search is written once over the
+//! lane width in `wide.rs`). Measured on one core of the shared 2-vCPU build machine (AMD EPYC
+//! Zen 5 with 512-bit vector units; `cargo bench --bench ggml`, f32 values in): Q4_K ~930 MiB/s
+//! with AVX-512 (~1.1 µs per super-block), ~540 MiB/s with AVX2, Q5_K 1.1 GiB/s; Q8_0 ~1.5
+//! GiB/s (80 ns per 32-value block);
 //! the one-sub-block-at-a-time form ran Q4_K at ~45 MiB/s. `benches/RESULTS.md` has the table.
 
 #[cfg(target_arch = "x86_64")]
