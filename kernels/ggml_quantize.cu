@@ -279,14 +279,8 @@ __device__ __noinline__ void encode_q3_k(const float* x, u8* b) {
     float scales[16];
     #pragma unroll 1
     for (int j = 0; j < 16; j++) scales[j] = make_q3_quants(4, x + 16 * j, codes + 16 * j);
-    float max_scale = 0.0f, amax = 0.0f;
-    #pragma unroll 1
-    for (int j = 0; j < 16; j++) {
-        if (absf(scales[j]) > amax) {
-            amax = absf(scales[j]);
-            max_scale = scales[j];
-        }
-    }
+    float max_scale;
+    float amax = signed_max(scales, 16, &max_scale);
     u8 sb[12];
     #pragma unroll 1
     for (int j = 0; j < 12; j++) sb[j] = 0;
@@ -444,14 +438,8 @@ __device__ __noinline__ void encode_q6_k(const float* x, u8* b) {
     float scales[16];
     #pragma unroll 1
     for (int j = 0; j < 16; j++) scales[j] = make_qx_quants(32, x + 16 * j, codes + 16 * j);
-    float max_scale = 0.0f, max_abs_scale = 0.0f;
-    #pragma unroll 1
-    for (int j = 0; j < 16; j++) {
-        if (absf(scales[j]) > max_abs_scale) {
-            max_abs_scale = absf(scales[j]);
-            max_scale = scales[j];
-        }
-    }
+    float max_scale;
+    float max_abs_scale = signed_max(scales, 16, &max_scale);
     if (max_abs_scale < GROUP_MAX_EPS) {
         #pragma unroll 1
         for (int k = 0; k < 210; k++) b[k] = 0;

@@ -36,6 +36,23 @@ __device__ __forceinline__ float sqrt_(float a) {
 __device__ __forceinline__ float neg(float a) { return __uint_as_float(__float_as_uint(a) ^ 0x80000000u); }
 __device__ __forceinline__ float absf(float a) { return __uint_as_float(__float_as_uint(a) & 0x7fffffffu); }
 
+// The value of largest magnitude among x[0..n) (the first of equal magnitudes) into *max, and
+// that magnitude: the group maxima of make_qx_quants / make_q3_quants and of the K-quants'
+// sub-block scales.
+__device__ __forceinline__ float signed_max(const float* x, int n, float* max) {
+    float m = 0.0f, amax = 0.0f;
+    #pragma unroll 1
+    for (int i = 0; i < n; i++) {
+        float ax = absf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            m = x[i];
+        }
+    }
+    *max = m;
+    return amax;
+}
+
 // ---- integer conversions as the reference does them ----
 
 // search.rs nearest_int: add 1.5*2^23, read the mantissa.
@@ -50,15 +67,8 @@ __device__ __forceinline__ int clampi(int v, int lo, int hi) { return v < lo ? l
 
 // make_qx_quants(16, nmax, x, L, 1, NULL): codes in 0..2*nmax, returns the scale.
 __device__ __noinline__ float make_qx_quants(int nmax, const float* x, signed char* L) {
-    float max = 0.0f, amax = 0.0f;
-    #pragma unroll 1
-    for (int i = 0; i < 16; i++) {
-        float ax = absf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
+    float max;
+    float amax = signed_max(x, 16, &max);
     if (amax < GROUP_MAX_EPS) {
         #pragma unroll 1
         for (int i = 0; i < 16; i++) L[i] = 0;
@@ -103,15 +113,8 @@ __device__ __noinline__ float make_qx_quants(int nmax, const float* x, signed ch
 
 // make_q3_quants(16, nmax, x, L, true): codes in 0..2*nmax, returns the scale.
 __device__ __noinline__ float make_q3_quants(int nmax, const float* x, signed char* L) {
-    float max = 0.0f, amax = 0.0f;
-    #pragma unroll 1
-    for (int i = 0; i < 16; i++) {
-        float ax = absf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
+    float max;
+    float amax = signed_max(x, 16, &max);
     if (amax < GROUP_MAX_EPS) {
         #pragma unroll 1
         for (int i = 0; i < 16; i++) L[i] = 0;

@@ -94,13 +94,13 @@ pub(super) unsafe fn round_fast<V: Wide<L>, const L: usize, const LO: bool, cons
     }
 }
 
-/// One candidate scale's pass of [`qkx2`]: each value's code (`nearest_int(iscale·(x − min))`
-/// clamped, on the fast path) into `aux`, and the weighted sums of the codes, their squares and
-/// their products with the values.
+/// One candidate scale's pass of [`qkx2`]: each value's code (`round(iscale·(x − min))`, `round`
+/// being `nearest_int` clamped to the codes) into `aux`, and the weighted sums of the codes, their
+/// squares and their products with the values.
 #[inline(always)]
-unsafe fn candidate<V: Wide<L>, const L: usize, const N: usize, const LO: bool, const HI: bool>(
+unsafe fn candidate<V: Wide<L>, const L: usize, const N: usize>(
+    round: impl Fn(V) -> V,
     iscale: V,
-    nmax: V,
     shifted: &[V; N],
     x: &[[f32; L]; N],
     w: &[[f32; L]; N],
@@ -111,7 +111,7 @@ unsafe fn candidate<V: Wide<L>, const L: usize, const N: usize, const LO: bool, 
         let zero = V::splat(0.0);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
         for i in 0..N {
-            let l = round_fast::<V, L, LO, HI>(iscale.mul(shifted[i]), nmax);
+            let l = round(iscale.mul(shifted[i]));
             aux[i] = l;
             let wl = V::load(&w[i]).mul(l);
             sum_l = sum_l.add(wl);
@@ -193,31 +193,28 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
                 // less: those clamps are skipped where no lane needs them.
                 let lo_free = V::all(V::or(flat, lo.gt(V::splat(-0.5))));
                 let hi_free = V::all(V::or(flat, hi.lt(V::splat(p.nmax as f32 + 0.5))));
+                // One pass per pair of clamps, each with its rounding inlined.
+                macro_rules! pass {
+                    ($lo:literal, $hi:literal) => {
+                        candidate(
+                            |v| round_fast::<V, L, $lo, $hi>(v, nmax),
+                            iscale,
+                            &shifted,
+                            x,
+                            w,
+                            &mut aux,
+                        )
+                    };
+                }
                 match (lo_free, hi_free) {
-                    (true, true) => {
-                        candidate::<V, L, N, false, false>(iscale, nmax, &shifted, x, w, &mut aux)
-                    }
-                    (true, false) => {
-                        candidate::<V, L, N, false, true>(iscale, nmax, &shifted, x, w, &mut aux)
-                    }
-                    (false, true) => {
-                        candidate::<V, L, N, true, false>(iscale, nmax, &shifted, x, w, &mut aux)
-                    }
-                    (false, false) => {
-                        candidate::<V, L, N, true, true>(iscale, nmax, &shifted, x, w, &mut aux)
-                    }
+                    (true, true) => pass!(false, false),
+                    (true, false) => pass!(false, true),
+                    (false, true) => pass!(true, false),
+                    (false, false) => pass!(true, true),
                 }
             } else {
-                let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
-                for i in 0..N {
-                    let l = iscale.mul(shifted[i]).round_clamp(0, p.nmax);
-                    aux[i] = l;
-                    let wl = V::load(&w[i]).mul(l);
-                    sum_l = sum_l.add(wl);
-                    sum_l2 = sum_l2.add(wl.mul(l));
-                    sum_xl = sum_xl.add(wl.mul(V::load(&x[i])));
-                }
-                (sum_l, sum_l2, sum_xl)
+                let exact = |v: V| v.round_clamp(0, p.nmax);
+                candidate(exact, iscale, &shifted, x, w, &mut aux)
             };
             let d = sum_w.mul(sum_l2).sub(sum_l.mul(sum_l));
             let s = sum_w.mul(sum_xl).sub(sum_x.mul(sum_l)).div(d);
