@@ -134,10 +134,8 @@ pub(crate) fn plan_gguf(
             )),
         };
     let plan = Plan::gguf(model, arch, ty)?;
-    // Direct I/O needs a data section aligned to pages; a GGUF's starts at its 32-byte padding.
-    let method = match write_method(&plan, opts, folder) {
-        Method::Direct => Method::Pwrite,
-        m => m,
-    };
+    // A GGUF's data section starts at its 32-byte padding: direct I/O's units start at the
+    // first page boundary inside it (`write::units::aligned`).
+    let method = write_method(&plan, opts, folder);
     Ok((plan, method, arch))
 }

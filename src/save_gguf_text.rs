@@ -12,7 +12,6 @@ use crate::naming::SaveTarget;
 use crate::plan::gguf_target::GgufTarget;
 use crate::plan::Plan;
 use crate::save::{write_method, write_reserved};
-use crate::write::Method;
 use crate::{SaveOptions, Saved};
 
 /// The clip component's top-level tokenizer key that a umT5 GGUF carries as metadata.
@@ -58,10 +57,7 @@ pub fn save_gguf_text(
         let start = Instant::now();
         let prefix = format!("{}_{}", opts.prefix, p.encoder);
         let file = SaveTarget::resolve(&prefix, &opts.output_dir)?.with_extension("gguf");
-        let method = match write_method(&p.plan, opts, &file.folder) {
-            Method::Direct => Method::Pwrite,
-            m => m,
-        };
+        let method = write_method(&p.plan, opts, &file.folder);
         let reservation = file.reserve()?;
         let (path, non_finite) = write_reserved(&p.plan, reservation, method, opts)?;
         out.push(Saved {

@@ -81,6 +81,60 @@ fn gguf_targets_are_convert_pys_files_byte_for_byte() {
 }
 
 #[test]
+fn gguf_files_are_the_same_bytes_through_direct_io_and_the_page_cache() {
+    // A GGUF's data section starts at its 32-byte padding, not on a page: direct I/O writes a
+    // first short unit through the page cache and every later one from a page boundary. Units
+    // of 1 MiB over a few MiB of blocks cut Q4_K and Q8_0 blocks at unit edges.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ckpt = ok_path(
+        d,
+        &[
+            "save",
+            "--synthetic",
+            "flux",
+            "--max-dim",
+            "256",
+            "--dtype",
+            "bf16",
+            "--output-dir",
+            "ck",
+            "-q",
+        ],
+    );
+    for ty in ["Q4_K", "Q8_0", "BF16"] {
+        let (mut files, mut paths) = (Vec::new(), Vec::new());
+        for backend in ["direct", "pwrite"] {
+            let out = ok_path(
+                d,
+                &[
+                    "convert",
+                    ckpt.to_str().unwrap(),
+                    "--gguf",
+                    ty,
+                    "--backend",
+                    backend,
+                    "--chunk-mib",
+                    "1",
+                    "--output-dir",
+                    backend,
+                    "-q",
+                ],
+            );
+            files.push(std::fs::read(&out).unwrap());
+            paths.push(out);
+        }
+        assert!(files[0].len() > 3 << 20, "{ty}: {} bytes", files[0].len());
+        let data_start = GgufFile::open(&paths[1]).unwrap().data_start();
+        assert_ne!(data_start % 4096, 0, "{ty}: the case this test is for");
+        assert!(
+            files[0] == files[1],
+            "{ty}: direct and buffered files differ"
+        );
+    }
+}
+
+#[test]
 fn a_gguf_written_reads_back_through_the_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -178,7 +178,7 @@ pub(crate) fn write(
     // (the save never chooses it when a pipeline would run: `save::write_method`).
     let gpu = DevicePipelines::new(plan, chunk_size, !sink.is_direct());
     let units = if sink.is_direct() {
-        units::aligned(plan, chunk_size)
+        units::aligned(plan, chunk_size, sink.direct_phase())
     } else {
         units::cut(plan, chunk_size, |i| !gpu.owns(i))
     };

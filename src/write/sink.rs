@@ -39,12 +39,11 @@ pub(crate) struct Sink<'a> {
 
 impl<'a> Sink<'a> {
     /// A sink writing the data section that starts at `data_offset`. With [`Method::Direct`],
-    /// a file system that refuses direct I/O at open gets buffered writes instead.
+    /// a file system that refuses direct I/O at open gets buffered writes instead; a data
+    /// section that does not start on a page is written direct from [`Sink::direct_phase`] on.
     pub fn new(file: &'a File, method: Method, data_offset: u64) -> Self {
         let direct = match method {
-            Method::Direct if data_offset.is_multiple_of(DIRECT_ALIGN as u64) => {
-                sys::reopen_direct(file)
-            }
+            Method::Direct => sys::reopen_direct(file),
             _ => None,
         };
         Sink {
@@ -58,6 +57,13 @@ impl<'a> Sink<'a> {
     /// Whether writes go through direct I/O.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// Bytes from the data section's start to the first page-aligned file offset (0 when it
+    /// starts on a page): where direct I/O's units begin.
+    pub fn direct_phase(&self) -> u64 {
+        let align = DIRECT_ALIGN as u64;
+        (align - self.data_offset % align) % align
     }
 
     /// Whether units are filled in a map of the file.

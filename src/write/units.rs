@@ -104,18 +104,21 @@ pub(crate) fn cut(plan: &Plan, chunk_size: u64, keep: impl Fn(usize) -> bool) ->
     out
 }
 
-/// Units for direct I/O: the data section cut at multiples of `chunk_size` (a multiple of 4096)
-/// from its start, so every unit starts 4096-aligned when the data section does. Units are
-/// staged into aligned buffers, except where the plan's one piece is a staged data section
-/// itself (the checkpointer's snapshot), which is already aligned and written in place.
-pub(crate) fn aligned(plan: &Plan, chunk_size: u64) -> Vec<Unit> {
+/// Units for direct I/O: the data section cut at `phase` and then at multiples of `chunk_size`
+/// (a multiple of 4096) from there, so every unit but a first one of `phase` bytes starts at a
+/// 4096-aligned file offset: `phase` is 0 where the data section starts aligned (a safetensors
+/// header is padded to it), else what brings it there (a GGUF's starts at its 32-byte padding).
+/// Units are staged into aligned buffers, except where the plan's one piece is a staged data
+/// section itself (the checkpointer's snapshot), which is already aligned and written in place.
+pub(crate) fn aligned(plan: &Plan, chunk_size: u64, phase: u64) -> Vec<Unit> {
     let chunk = chunk_size.max(4096).next_multiple_of(4096);
     let pieces = plan.pieces();
     let whole_image = matches!(pieces, [p] if is_in_place(p) && p.start == 0);
     let mut out = Vec::new();
     let mut at = 0;
     while at < plan.data_len() {
-        let end = (at + chunk).min(plan.data_len());
+        let step = if at == 0 && phase > 0 { phase } else { chunk };
+        let end = (at + step).min(plan.data_len());
         if whole_image {
             out.push(Unit::InPlace {
                 piece: 0,
@@ -231,10 +234,18 @@ mod tests {
     #[test]
     fn aligned_units_tile_at_chunk_multiples() {
         let p = plan(64, DType::F16);
-        let c = aligned(&p, 1 << 16);
+        let c = aligned(&p, 1 << 16, 0);
         check_tiling(&p, &c, 1 << 16);
         assert!(c.iter().all(|c| c.span(&p).start % (1 << 16) == 0));
         assert!(c.iter().all(|c| matches!(c, Unit::Staged { .. })));
+        // A data section that starts 4096 − 100 bytes into a page: one unit of 100 bytes, then
+        // every unit starts at a chunk multiple from there.
+        let c = aligned(&p, 1 << 16, 100);
+        check_tiling(&p, &c, 1 << 16);
+        assert_eq!(c[0].span(&p), 0..100);
+        assert!(c[1..]
+            .iter()
+            .all(|c| (c.span(&p).start - 100) % (1 << 16) == 0));
     }
 
     #[test]
