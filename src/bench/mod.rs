@@ -170,7 +170,18 @@ fn measure(
     save_opts: &SaveOptions,
     path: impl Fn(&str) -> PathBuf,
 ) -> Result<BenchReport> {
-    let (workers, chunk) = opts.engine.effective();
+    let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
+    // The raw writes and reads run as many workers as our writer does there.
+    let writes_direct = opts
+        .engine
+        .backend
+        .resolve(&opts.output_dir, !opts.device.is_cpu())
+        == crate::write::Method::Direct;
+    let (workers, chunk) = if direct_ok && writes_direct {
+        opts.engine.effective_direct()
+    } else {
+        opts.engine.effective()
+    };
     let ours_path = path("ours");
     let candle_path = path("candle");
     let raw_path = path("raw");
@@ -237,7 +248,6 @@ fn measure(
     };
     let block = random_block(8 << 20)?;
     let block = block.as_slice();
-    let direct_ok = accepts_direct_io(&opts.output_dir, &path("probe"))?;
     if candle_skipped.is_none() {
         timed(|| subject.candle(opts, &candle_path), &candle_path)?;
     }

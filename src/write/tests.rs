@@ -147,6 +147,23 @@ fn budget_bounds_workers_and_chunks() {
         ..Default::default()
     };
     assert_eq!(o.effective(), (3, 1 << 20));
+    // Threads as given are kept through direct I/O; left to the engine, two per core there,
+    // within the budget.
+    assert_eq!(o.effective_direct(), (3, 1 << 20));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let o = EngineOptions {
+        chunk_size: 1 << 20,
+        staging_budget: 256 << 20,
+        threads: 0,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (cores, 1 << 20));
+    assert_eq!(o.effective_direct(), (2 * cores, 1 << 20));
+    let o = EngineOptions {
+        staging_budget: 3 << 20,
+        ..o
+    };
+    assert_eq!(o.effective_direct(), ((2 * cores).min(3), 1 << 20));
 }
 
 #[test]
