@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use super::lanes::Searches;
 use super::search::{Qkx2, GROUP_MAX_EPS};
-use super::wide::{self, within, Wide, MAGIC};
+use super::wide::{self, Wide, MAGIC};
 
 /// The searches with AVX2 intrinsics; only ever used when the CPU has AVX2.
 pub(super) struct Avx2;
@@ -281,6 +281,16 @@ impl Wide<8> for V {
     }
     #[inline]
     #[target_feature(enable = "avx2")]
+    unsafe fn ne(self, b: V) -> V {
+        ne(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn ordered(self) -> V {
+        ordered(self)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
     unsafe fn and(a: V, b: V) -> V {
         and(a, b)
     }
@@ -358,72 +368,14 @@ fn finish(amax: V, scale: V, codes: &[V; 16], out: &mut [[i8; 8]; 16]) -> [f32; 
     store(sel(small, zero, scale))
 }
 
-/// [`super::lanes::qx`] for eight groups.
+/// [`super::lanes::qx`] for eight groups ([`wide::qx`] on AVX2 registers).
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
-    let zero = _mm256_setzero_ps();
-    let (max, amax) = signed_max(x);
-    let nmax_f = splat(nmax as f32);
-    let mut no_nan = ordered(load(&x[0]));
-    for row in &x[1..] {
-        no_nan = and(no_nan, ordered(load(row)));
-    }
-    let has_nan = _mm256_movemask_ps(no_nan) != 0xff;
-    // Lanes below the all-zero threshold are overwritten by `finish` whatever their codes.
-    let small = lt(amax, splat(GROUP_MAX_EPS));
-    let (lo, hi) = (splat(-(nmax as f32)), splat((nmax - 1) as f32));
-    let pass = |iscale: V, codes: &mut [V; 16]| {
-        let (mut sumlx, mut suml2) = (zero, zero);
-        // Without NaN, `|iscale·v| ≤ |iscale|·amax`: one check for the pass.
-        let bound = mul(abs(iscale), amax);
-        if !has_nan && unsafe { within(bound, bound, small) } {
-            for i in 0..16 {
-                let v = load(&x[i]);
-                let l = _mm256_max_ps(
-                    _mm256_min_ps(sub(add(mul(iscale, v), magic()), magic()), hi),
-                    lo,
-                );
-                codes[i] = add(l, nmax_f);
-                let w = mul(v, v);
-                sumlx = add(sumlx, mul(mul(w, v), l));
-                suml2 = add(suml2, mul(mul(w, l), l));
-            }
-        } else {
-            for i in 0..16 {
-                let v = load(&x[i]);
-                let l = round_clamp(mul(iscale, v), -nmax, nmax - 1);
-                codes[i] = add(l, nmax_f);
-                let w = mul(v, v);
-                sumlx = add(sumlx, mul(mul(w, v), l));
-                suml2 = add(suml2, mul(mul(w, l), l));
-            }
-        }
-        (sumlx, suml2)
-    };
-    let mut codes = [zero; 16];
-    let mut aux = [zero; 16];
-    let (sumlx, suml2) = pass(div(splat(-(nmax as f32)), max), &mut codes);
-    let mut scale = sel(ne(suml2, zero), div(sumlx, suml2), zero);
-    let mut best = mul(scale, sumlx);
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
-        }
-        let iscale = div(splat(-(nmax as f32 + 0.1 * is as f32)), max);
-        let (sumlx, suml2) = pass(iscale, &mut aux);
-        let take = and(gt(suml2, zero), gt(mul(sumlx, sumlx), mul(best, suml2)));
-        if any(take) {
-            scale = sel(take, div(sumlx, suml2), scale);
-            best = sel(take, mul(scale, sumlx), best);
-            for i in 0..16 {
-                codes[i] = sel(take, aux[i], codes[i]);
-            }
-        }
-    }
-    finish(amax, scale, &codes, out)
+    // SAFETY: the caller guarantees AVX2, which `V`'s operations need.
+    unsafe { wide::qx::<V, 8>(nmax, x, out) }
 }
 
 /// [`super::lanes::q3`] for eight groups.
@@ -481,7 +433,7 @@ pub(super) unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) 
 #[cfg(test)]
 mod tests {
     use super::super::search::nearest_int;
-    use super::super::wide::FAST_LIMIT;
+    use super::super::wide::{within, FAST_LIMIT};
     use super::*;
 
     /// The fast rounding is `nearest_int` clamped below 2^22, and [`within`] refuses what is not.

@@ -55,6 +55,12 @@ impl Searches for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn qx_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
+        // SAFETY: the caller guarantees AVX-512.
+        unsafe { qx(nmax, x, out) }
+    }
+
+    #[inline(always)]
     unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
         // SAFETY: the caller guarantees AVX2.
         unsafe { avx2::qx(nmax, x, out) }
@@ -187,6 +193,16 @@ impl Wide<32> for Z2 {
     }
     #[inline]
     #[target_feature(enable = "avx512f")]
+    unsafe fn ne(self, b: Z2) -> u32 {
+        unsafe { join(self.0.ne(b.0), self.1.ne(b.1)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ordered(self) -> u32 {
+        unsafe { join(self.0.ordered(), self.1.ordered()) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
     unsafe fn and(a: u32, b: u32) -> u32 {
         a & b
     }
@@ -253,6 +269,16 @@ impl Wide<32> for Z2 {
 #[inline(always)]
 fn join(lo: __mmask16, hi: __mmask16) -> u32 {
     u32::from(lo) | (u32::from(hi) << 16)
+}
+
+/// [`super::lanes::qx`] for sixteen groups (Q6_K's sixteen sub-blocks).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn qx(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
+    // SAFETY: the caller guarantees AVX-512F, which `__m512`'s operations need.
+    unsafe { wide::qx::<__m512, 16>(nmax, x, out) }
 }
 
 impl Wide<16> for __m512 {
@@ -326,7 +352,17 @@ impl Wide<16> for __m512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn eq(self, b: __m512) -> __mmask16 {
-        _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(self, b)
+        _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ne(self, b: __m512) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(self, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ordered(self) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_ORD_Q>(self, self)
     }
     #[inline]
     #[target_feature(enable = "avx512f")]

@@ -174,7 +174,7 @@ fn pairs<const L: usize>((a, b): ([f32; L], [f32; L])) -> [(f32, f32); L] {
 
 /// A search's scales as pairs with an unused second element.
 #[inline(always)]
-fn single(a: [f32; 8]) -> [(f32, f32); 8] {
+fn single<const L: usize>(a: [f32; L]) -> [(f32, f32); L] {
     a.map(|s| (s, 0.0))
 }
 
@@ -569,9 +569,15 @@ pub(super) fn decode_q6_k(b: &[u8; 210], out: &mut [f32; QK_K]) {
 pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]) {
     let mut codes = [0i8; QK_K];
     // SAFETY: the caller guarantees `S`'s features.
-    let found = by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
-        single(S::qx(32, xt, lanes))
-    });
+    let found: [(f32, f32); 16] = if S::WIDE {
+        by_lanes::<16, 16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+            single(S::qx_16(32, xt, lanes))
+        })
+    } else {
+        by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
+            single(S::qx(32, xt, lanes))
+        })
+    };
     let scales = found.map(|f| f.0);
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for &scale in &scales {

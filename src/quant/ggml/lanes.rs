@@ -66,6 +66,27 @@ pub(super) trait Searches {
     /// The CPU has the implementation's features.
     unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8];
 
+    /// [`qx`] of sixteen groups (a super-block of Q6_K): two eight-group searches, unless the
+    /// implementation has wider registers.
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn qx_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
+        let part = |h: usize| x.map(|r| std::array::from_fn(|j| r[8 * h + j]));
+        let mut scale = [0f32; 16];
+        for h in 0..2 {
+            let mut o = [[0i8; 8]; 16];
+            // SAFETY: the caller guarantees the implementation's features.
+            let s = unsafe { Self::qx(nmax, &part(h), &mut o) };
+            scale[8 * h..8 * h + 8].copy_from_slice(&s);
+            for (row, o) in out.iter_mut().zip(&o) {
+                row[8 * h..8 * h + 8].copy_from_slice(o);
+            }
+        }
+        scale
+    }
+
     /// [`q3`] of eight groups.
     ///
     /// # Safety
@@ -540,6 +561,22 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sixteen_lane_searches_equal_the_scalar_search() {
+        /// Every lane of `S::qx_16` (Q6_K's search) against the scalar one.
+        fn check_qx<S: Searches>(rng: &mut rand::rngs::StdRng) {
+            for chunk in groups::<16>(rng, 16 * 30).chunks_exact(16) {
+                let x: [[f32; 16]; 16] =
+                    std::array::from_fn(|i| std::array::from_fn(|j| chunk[j][i]));
+                let mut out = [[0i8; 16]; 16];
+                // SAFETY: the caller checked `S`'s features.
+                let scale = unsafe { S::qx_16(32, &x, &mut out) };
+                for (j, g) in chunk.iter().enumerate() {
+                    let mut l = [0i8; 16];
+                    let want = search::make_qx_quants(32, g, &mut l);
+                    assert_eq!(scale[j].to_bits(), want.to_bits(), "lane {j}: {g:?}");
+                    assert!((0..16).all(|i| out[i][j] == l[i]), "lane {j}: {g:?}");
+                }
+            }
+        }
         /// Every lane of `S::qkx2_16` and `S::qkx2_32` against the scalar search, on groups
         /// of `N`.
         fn check<S: Searches, const N: usize>(rng: &mut rand::rngs::StdRng) {
@@ -611,6 +648,7 @@ mod tests {
         // The default: eight-lane searches.
         check::<Portable, 32>(&mut rng);
         check::<Portable, 16>(&mut rng);
+        check_qx::<Portable>(&mut rng);
         if !(std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx2"))
         {
@@ -619,6 +657,7 @@ mod tests {
         }
         check::<super::super::avx512::Avx512, 32>(&mut rng);
         check::<super::super::avx512::Avx512, 16>(&mut rng);
+        check_qx::<super::super::avx512::Avx512>(&mut rng);
     }
 
     #[test]

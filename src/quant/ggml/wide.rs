@@ -8,7 +8,7 @@
 //! `nearest_int` is the same add-and-mask on the bits. So every lane's result is the scalar
 //! search's bits (and ggml's); the tests compare them on every kind of group.
 
-use super::search::Qkx2;
+use super::search::{Qkx2, GROUP_MAX_EPS};
 
 /// Below this magnitude `nearest_int` is round-half-even ([`Wide::round_fast`] computes it);
 /// from `2^22 − 0.5` up (the sum reaches 2^24), and for NaN (whose payload it reads), ggml's
@@ -51,6 +51,10 @@ pub(super) trait Wide<const L: usize>: Copy {
     unsafe fn gt(self, b: Self) -> Self::Mask;
     /// `self == b`, false on NaN.
     unsafe fn eq(self, b: Self) -> Self::Mask;
+    /// `self != b` as Rust computes it: true when either is NaN.
+    unsafe fn ne(self, b: Self) -> Self::Mask;
+    /// Lanes that are not NaN.
+    unsafe fn ordered(self) -> Self::Mask;
     /// Both conditions.
     unsafe fn and(a: Self::Mask, b: Self::Mask) -> Self::Mask;
     /// Either condition.
@@ -245,5 +249,83 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
             V::sel(flat, zero, scale).store(),
             V::sel(flat, flat_min, min).neg().store(),
         )
+    }
+}
+
+/// [`super::lanes::qx`] (`make_qx_quants`, Q6_K's search) for `L` groups of 16: their codes
+/// (`0..2·nmax`) into `out`, and their scales.
+///
+/// # Safety
+/// The CPU has `V`'s features; the caller is compiled with them.
+#[inline(always)]
+pub(super) unsafe fn qx<V: Wide<L>, const L: usize>(
+    nmax: i32,
+    x: &[[f32; L]; 16],
+    out: &mut [[i8; L]; 16],
+) -> [f32; L] {
+    // SAFETY: the caller runs with `V`'s features.
+    unsafe {
+        let zero = V::splat(0.0);
+        // The value of largest magnitude per lane (the first on ties) and that magnitude.
+        let (mut max, mut amax) = (zero, zero);
+        for row in x {
+            let v = V::load(row);
+            let ax = v.abs();
+            let take = ax.gt(amax);
+            amax = V::sel(take, ax, amax);
+            max = V::sel(take, v, max);
+        }
+        let nmax_f = V::splat(nmax as f32);
+        let mut no_nan = V::load(&x[0]).ordered();
+        for row in &x[1..] {
+            no_nan = V::and(no_nan, V::load(row).ordered());
+        }
+        let has_nan = !V::all(no_nan);
+        // Lanes below the all-zero threshold are overwritten at the end whatever their codes.
+        let small = amax.lt(V::splat(GROUP_MAX_EPS));
+        let (lo, hi) = (V::splat(-(nmax as f32)), V::splat((nmax - 1) as f32));
+        let pass = |iscale: V, codes: &mut [V; 16]| {
+            let (mut sumlx, mut suml2) = (zero, zero);
+            // Without NaN, `|iscale·v| ≤ |iscale|·amax`: one check for the pass.
+            let bound = iscale.abs().mul(amax);
+            let fast = !has_nan && within(bound, bound, small);
+            for i in 0..16 {
+                let v = V::load(&x[i]);
+                let l = if fast {
+                    iscale.mul(v).round_near().min(hi).max(lo)
+                } else {
+                    iscale.mul(v).round_clamp(-nmax, nmax - 1)
+                };
+                codes[i] = l.add(nmax_f);
+                let w = v.mul(v);
+                sumlx = sumlx.add(w.mul(v).mul(l));
+                suml2 = suml2.add(w.mul(l).mul(l));
+            }
+            (sumlx, suml2)
+        };
+        let mut codes = [zero; 16];
+        let mut aux = [zero; 16];
+        let (sumlx, suml2) = pass(V::splat(-(nmax as f32)).div(max), &mut codes);
+        let mut scale = V::sel(suml2.ne(zero), sumlx.div(suml2), zero);
+        let mut best = scale.mul(sumlx);
+        for is in -9..=9 {
+            if is == 0 {
+                continue;
+            }
+            let iscale = V::splat(-(nmax as f32 + 0.1 * is as f32)).div(max);
+            let (sumlx, suml2) = pass(iscale, &mut aux);
+            let take = V::and(suml2.gt(zero), sumlx.mul(sumlx).gt(best.mul(suml2)));
+            if V::any(take) {
+                scale = V::sel(take, sumlx.div(suml2), scale);
+                best = V::sel(take, scale.mul(sumlx), best);
+                for i in 0..16 {
+                    codes[i] = V::sel(take, aux[i], codes[i]);
+                }
+            }
+        }
+        for (o, &c) in out.iter_mut().zip(&codes) {
+            *o = V::sel(small, zero, c).bytes().map(|c| c as i8);
+        }
+        V::sel(small, zero, scale).store()
     }
 }
