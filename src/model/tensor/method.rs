@@ -44,7 +44,19 @@ impl Vector {
     /// The values of elements `first..first + out.len()` from the operands' values over the
     /// same elements: [`Vector::at`] for each, computed a term at a time over the whole range.
     pub fn fill(&self, operands: &[&[f32]], first: usize, out: &mut [f32]) {
-        for (n, &(i, c)) in self.terms.iter().enumerate() {
+        let len = out.len();
+        let mut from = 0;
+        // `x_i − x_base` (and `x_i + c·x_k`) in one loop instead of a copy and a second pass.
+        if let [(a, 1.0), (b, c)] = self.terms[..] {
+            let (xa, xb) = (&operands[a][..len], &operands[b][..len]);
+            let pairs = out.iter_mut().zip(xa.iter().zip(xb));
+            match c == 1.0 {
+                true => pairs.for_each(|(o, (&p, &q))| *o = p + q),
+                false => pairs.for_each(|(o, (&p, &q))| *o = p + c * q),
+            }
+            from = 2;
+        }
+        for (n, &(i, c)) in self.terms.iter().enumerate().skip(from) {
             let x = &operands[i][..out.len()];
             match (n, c == 1.0) {
                 (0, true) => out.copy_from_slice(x),

@@ -24,6 +24,12 @@ const SAMPLE_PART: usize = 16;
 /// sample to bracket the rank narrowly).
 const SAMPLE_MIN_CHUNKS: usize = 4;
 
+/// Values of each picked vector made and counted at a time (16 KiB: they stay in L1).
+const RUN: usize = 4 << 10;
+
+/// Values counted before the bracket's are looked for among them (most groups hold none).
+const GROUP: usize = 8;
+
 /// The most values a bracket may hold, as a fraction of the tensor (1/`MAX_KEPT_PART`).
 const MAX_KEPT_PART: usize = 16;
 
@@ -60,7 +66,7 @@ pub(super) fn magnitudes(
         used: &used,
         picked: &picked,
         n,
-        buf: vec![0f32; CHUNK.min(n).max(1)],
+        buf: vec![0f32; RUN.min(n).max(1)],
     };
     if n.div_ceil(CHUNK) >= SAMPLE_MIN_CHUNKS {
         if let Some(found) = by_bracket(&mut pass, &ranks, scratch)? {
@@ -115,23 +121,27 @@ fn by_bracket(
             return true;
         }
         let span = high.wrapping_sub(low);
-        // Branch-free: every value is stored at the end of the kept ones, and the end moves
-        // on only past those in the bracket (which of them are is as good as random, so a
-        // branch would mispredict on a good part of the values).
         let kept = &mut kept[w];
-        let start = kept.len();
-        kept.resize(start + values.len(), 0);
-        let slots = &mut kept[start..];
-        let (mut count, mut end) = (0u32, 0usize);
-        for &v in values {
-            let b = magnitude(v);
-            count += u32::from(b > high);
-            if let Some(s) = slots.get_mut(end) {
-                *s = b;
+        let in_bracket = |b: u32| b.wrapping_sub(low) <= span;
+        let mut count = 0u32;
+        let groups = values.chunks_exact(GROUP);
+        let rest = groups.remainder();
+        for group in groups {
+            // Counted first, in a loop the compiler vectorizes; most groups hold no value of
+            // the bracket and are done with that.
+            let (mut over, mut inside) = (0u32, 0u32);
+            for &v in group {
+                let b = magnitude(v);
+                over += u32::from(b > high);
+                inside += u32::from(in_bracket(b));
             }
-            end += usize::from(b.wrapping_sub(low) <= span);
+            count += over;
+            if inside > 0 {
+                keep(kept, group, in_bracket);
+            }
         }
-        kept.truncate(start + end);
+        count += rest.iter().map(|&v| u32::from(magnitude(v) > high)).sum::<u32>();
+        keep(kept, rest, in_bracket);
         above[w] += u64::from(count);
         // Too many in the bracket: the counting passes will do better than this one.
         overflow = kept.len() > limit;
@@ -163,6 +173,25 @@ fn by_bracket(
         found.push(f32::from_bits(bits));
     }
     Ok(Some(found))
+}
+
+/// Appends to `kept` the magnitudes of `values` that are `inside` the bracket, branch-free:
+/// every one is stored at the end of the kept ones, and the end moves on only past those in
+/// the bracket (which of them are is as good as random, so a branch would mispredict on a good
+/// part of the values).
+fn keep(kept: &mut Vec<u32>, values: &[f32], inside: impl Fn(u32) -> bool) {
+    let start = kept.len();
+    kept.resize(start + values.len(), 0);
+    let slots = &mut kept[start..];
+    let mut end = 0usize;
+    for &v in values {
+        let b = magnitude(v);
+        if let Some(s) = slots.get_mut(end) {
+            *s = b;
+        }
+        end += usize::from(inside(b));
+    }
+    kept.truncate(start + end);
 }
 
 /// Bit patterns `[low, high]` that hold the k-th largest of `n` values with high probability,
@@ -271,10 +300,17 @@ impl Pass<'_> {
     ) -> Result<()> {
         let (picked, buf) = (self.picked, &mut self.buf);
         each_range(self.m, self.used, ranges, scratch, |range, views| {
-            let len = range.len();
-            picked.iter().enumerate().all(|(w, v)| {
-                v.fill(views, range.start, &mut buf[..len]);
-                count(w, &buf[..len])
+            let mut sub: Vec<&[f32]> = Vec::with_capacity(views.len());
+            // A run of [`RUN`] values at a time: each vector's values are counted while they
+            // are in L1, not after a round trip through L2.
+            (range.start..range.end).step_by(RUN).all(|at| {
+                let (from, len) = (at - range.start, RUN.min(range.end - at));
+                sub.clear();
+                sub.extend(views.iter().map(|o| o.get(from..).unwrap_or_default()));
+                picked.iter().enumerate().all(|(w, v)| {
+                    v.fill(&sub, at, &mut buf[..len]);
+                    count(w, &buf[..len])
+                })
             })
         })
     }
