@@ -143,7 +143,15 @@ fn fused_lanes<const M: usize, const VOTE_SGN: bool>(
         // `sum / c` for at most two deltas as a product (a division takes the core several
         // times as long): exact, as c is 0, 1 or 2 (NaN for 0, whose quotient is not finite).
         let q = match M <= 2 {
-            true => sum * if c == 2.0 { 0.5 } else if c == 1.0 { 1.0 } else { f32::NAN },
+            true => {
+                sum * if c == 2.0 {
+                    0.5
+                } else if c == 1.0 {
+                    1.0
+                } else {
+                    f32::NAN
+                }
+            }
             false => sum / c,
         };
         *o = zero_non_finite(q);
