@@ -123,6 +123,16 @@ fn fused_lanes<const M: usize, const VOTE_SGN: bool>(
     // No threshold: every value kept.
     let all: [bool; M] = std::array::from_fn(|m| thresholds[m].is_none());
     let t: [f32; M] = std::array::from_fn(|m| thresholds[m].unwrap_or(0.0));
+    // `sign` as selects (the same values: 0 for ±0 and NaN), which stay in float lanes.
+    let sgn = |x: f32| {
+        if x > 0.0 {
+            1.0
+        } else if x < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
     for (j, o) in out.iter_mut().enumerate() {
         let mut e = [0f32; M];
         let mut vote = 0f32;
@@ -131,13 +141,13 @@ fn fused_lanes<const M: usize, const VOTE_SGN: bool>(
             // `a * (|a| >= kth)`: a dropped value becomes 0·a (−0 for a negative one).
             let keep = all[m] | (v.abs() >= t[m]);
             e[m] = if keep { v } else { v * 0.0 };
-            vote += if VOTE_SGN { e[m] } else { sign(e[m]) };
+            vote += if VOTE_SGN { e[m] } else { sgn(e[m]) };
         }
-        let s = sign(vote);
+        let s = sgn(vote);
         let (mut c, mut sum) = (0f32, -0.0f32);
         for v in e {
-            let agree = sign(v) == s;
-            c += f32::from(u8::from(agree));
+            let agree = sgn(v) == s;
+            c += if agree { 1.0 } else { 0.0 };
             sum += if agree { v } else { v * 0.0 };
         }
         // `sum / c` for at most two deltas as a product (a division takes the core several
@@ -379,5 +389,81 @@ pub(super) fn weiszfeld_gram(
         weights
     } else {
         vec![1.0; n]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deltas with every case of the filter and the vote: zeros of both signs, NaN, ±Inf,
+    /// values tied at the threshold, signs that cancel.
+    fn deltas(m: usize, len: usize) -> Vec<Vec<f32>> {
+        let special = [
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            0.5,
+            -0.5,
+        ];
+        (0..m)
+            .map(|i| {
+                (0..len)
+                    .map(|j| {
+                        let h = (j as u32 ^ (i as u32).wrapping_mul(0x9E37_79B9))
+                            .wrapping_mul(2_654_435_761);
+                        match h % 11 {
+                            0 => special[(h / 11) as usize % special.len()],
+                            _ => (h >> 8) as f32 / (1 << 23) as f32 - 1.0,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fused_ties_gives_the_stepwise_bits() {
+        let len = 2 * TIES_RUN + 37;
+        for m in 1..=5 {
+            for vote_sgn in [false, true] {
+                for cut in [None, Some(0.5f32)] {
+                    // Every other delta without a threshold when cut.
+                    let thresholds: Vec<Option<f32>> =
+                        (0..m).map(|i| cut.filter(|_| i % 2 == 0)).collect();
+                    let d = deltas(m, len);
+                    let vectors: Vec<Vector> = (0..m).map(Vector::operand).collect();
+                    let views: Vec<&[f32]> = d.iter().map(Vec::as_slice).collect();
+                    let mut got = vec![0f32; len];
+                    ties_block(&vectors, &thresholds, vote_sgn, 0, &views, &mut got);
+                    let mut want = vec![0f32; len];
+                    let (mut dd, mut vote, mut count) = (d.clone(), vec![0.0; len], vec![0.0; len]);
+                    stepwise(
+                        &mut dd,
+                        &thresholds,
+                        vote_sgn,
+                        &mut vote,
+                        &mut count,
+                        &mut want,
+                    );
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "m {m} vote_sgn {vote_sgn} {cut:?}");
+                    // And per element, as `elect` computes one.
+                    let t: Vec<f64> = thresholds
+                        .iter()
+                        .map(|t| t.map_or(f64::NEG_INFINITY, f64::from))
+                        .collect();
+                    for j in [0, 1, 5, TIES_RUN, len - 1] {
+                        let mut e: Vec<f32> = d.iter().map(|v| v[j]).collect();
+                        let (c, _) = elect(&mut e, &t, vote_sgn);
+                        let sum = e.iter().fold(-0.0f32, |s, &v| s + v);
+                        let r = zero_non_finite(sum / c);
+                        assert_eq!(r.to_bits(), got[j].to_bits(), "m {m} element {j}");
+                    }
+                }
+            }
+        }
     }
 }
