@@ -90,7 +90,10 @@ fn by_bracket(
     scratch: &mut Scratch,
 ) -> Result<Option<Vec<f32>>> {
     let n = pass.n;
-    let mut samples: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
+    // One buffer per vector, reused: the sample's magnitudes, then those in the bracket.
+    let mut samples = std::mem::take(&mut scratch.method.kept);
+    samples.resize_with(ranks.len(), Vec::new);
+    samples.iter_mut().for_each(Vec::clear);
     pass.run(sample_ranges(n, CHUNK), scratch, |w, values| {
         samples[w].extend(values.iter().map(|&v| magnitude(v)));
         true
@@ -100,12 +103,12 @@ fn by_bracket(
         .zip(ranks)
         .map(|(s, &k)| bracket(s, k, n))
         .collect();
-    drop(samples);
+    let mut kept = samples;
+    kept.iter_mut().for_each(Vec::clear);
     let limit = n / MAX_KEPT_PART + 1;
     let mut above = vec![0u64; ranks.len()];
     // A bracket of one bit pattern (a tensor of equal values, zero differences) only counts.
     let mut equal = vec![0u64; ranks.len()];
-    let mut kept: Vec<Vec<u32>> = vec![Vec::new(); ranks.len()];
     let mut overflow = false;
     pass.run(chunks(pass.n, CHUNK), scratch, |w, values| {
         let (low, high) = brackets[w];
@@ -128,17 +131,32 @@ fn by_bracket(
         overflow = kept.len() > limit;
         !overflow
     })?;
-    if overflow {
-        return Ok(None);
-    }
+    let found = match overflow {
+        true => None,
+        false => select_in_brackets(&mut kept, ranks, &brackets, &above, &equal),
+    };
+    scratch.method.kept = kept;
+    Ok(found)
+}
+
+/// The k-th largest magnitude for each of `ranks` from the values `kept` in its bracket and the
+/// counts `above` it (`equal` to it for a bracket of one pattern); `None` when a rank falls
+/// outside its bracket.
+fn select_in_brackets(
+    kept: &mut [Vec<u32>],
+    ranks: &[u64],
+    brackets: &[(u32, u32)],
+    above: &[u64],
+    equal: &[u64],
+) -> Option<Vec<f32>> {
     let mut found = Vec::with_capacity(ranks.len());
-    for (w, (mut inside, &k)) in kept.into_iter().zip(ranks).enumerate() {
+    for (w, (inside, &k)) in kept.iter_mut().zip(ranks).enumerate() {
         let over = above[w];
         let (low, high) = brackets[w];
         if low == high {
             match k > over && k <= over + equal[w] {
                 true => found.push(f32::from_bits(low)),
-                false => return Ok(None),
+                false => return None,
             }
             continue;
         }
@@ -147,13 +165,13 @@ fn by_bracket(
             .checked_sub(over)
             .filter(|&r| r >= 1 && r <= inside.len() as u64)
         else {
-            return Ok(None);
+            return None;
         };
         let at = inside.len() - r as usize;
         let (_, &mut bits, _) = inside.select_nth_unstable(at);
         found.push(f32::from_bits(bits));
     }
-    Ok(Some(found))
+    Some(found)
 }
 
 /// How many of `values` have magnitudes above `high`; those in the bracket `low..=low + span`
