@@ -30,6 +30,9 @@ const RUN: usize = 4 << 10;
 /// Values counted before the bracket's are looked for among them (most groups hold none).
 const GROUP: usize = 8;
 
+/// Tensors of at least this many chunks have their bracket pass split over two threads.
+const SPLIT_CHUNKS: usize = 16;
+
 /// The most values a bracket may hold, as a fraction of the tensor (1/`MAX_KEPT_PART`).
 const MAX_KEPT_PART: usize = 16;
 
@@ -106,11 +109,89 @@ fn by_bracket(
     let mut kept = samples;
     kept.iter_mut().for_each(Vec::clear);
     let limit = n / MAX_KEPT_PART + 1;
-    let mut above = vec![0u64; ranks.len()];
+    let ranges: Vec<Range<usize>> = chunks(n, CHUNK).collect();
+    let counted = if ranges.len() >= SPLIT_CHUNKS {
+        // Half the chunks on a second thread: the facts of a large tensor are on the writers'
+        // critical path (they wait for them), and the second core is often idle meanwhile.
+        let (first, second) = ranges.split_at(ranges.len() / 2);
+        let mut other = Pass {
+            buf: vec![0f32; pass.buf.len()],
+            ..*pass
+        };
+        let brackets = &brackets;
+        let (a, b) = std::thread::scope(|s| {
+            let helper = s.spawn(move || {
+                let mut own = Scratch::default();
+                count_chunks(&mut other, second, brackets, limit, Vec::new(), &mut own)
+            });
+            let a = count_chunks(pass, first, brackets, limit, kept, scratch);
+            let b = helper
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (a, b)
+        });
+        a?.join(b?, limit)
+    } else {
+        count_chunks(pass, &ranges, &brackets, limit, kept, scratch)?
+    };
+    let Counted {
+        above,
+        equal,
+        mut kept,
+        overflow,
+    } = counted;
+    let found = match overflow {
+        true => None,
+        false => select_in_brackets(&mut kept, ranks, &brackets, &above, &equal),
+    };
+    scratch.method.kept = kept;
+    Ok(found)
+}
+
+/// What the bracket pass counts over some chunks, per vector.
+struct Counted {
+    /// Values above the bracket.
+    above: Vec<u64>,
+    /// Values equal to a bracket of one pattern.
+    equal: Vec<u64>,
+    /// The magnitudes in the bracket.
+    kept: Vec<Vec<u32>>,
+    /// A bracket held more than its limit (the pass stopped).
+    overflow: bool,
+}
+
+impl Counted {
+    /// Both counts together.
+    fn join(mut self, other: Counted, limit: usize) -> Counted {
+        for (w, k) in other.kept.into_iter().enumerate() {
+            self.above[w] += other.above[w];
+            self.equal[w] += other.equal[w];
+            self.kept[w].extend_from_slice(&k);
+        }
+        let over = self.kept.iter().any(|k| k.len() > limit);
+        self.overflow |= other.overflow || over;
+        self
+    }
+}
+
+/// The bracket pass over `ranges`: counts the values above each vector's bracket and keeps
+/// those in it (into `kept`, one cleared buffer per vector or none), until a bracket holds more
+/// than `limit`.
+fn count_chunks(
+    pass: &mut Pass<'_>,
+    ranges: &[Range<usize>],
+    brackets: &[(u32, u32)],
+    limit: usize,
+    mut kept: Vec<Vec<u32>>,
+    scratch: &mut Scratch,
+) -> Result<Counted> {
+    let vectors = brackets.len();
+    kept.resize_with(vectors, Vec::new);
+    let mut above = vec![0u64; vectors];
     // A bracket of one bit pattern (a tensor of equal values, zero differences) only counts.
-    let mut equal = vec![0u64; ranks.len()];
+    let mut equal = vec![0u64; vectors];
     let mut overflow = false;
-    pass.run(chunks(pass.n, CHUNK), scratch, |w, values| {
+    pass.run(ranges.iter().cloned(), scratch, |w, values| {
         let (low, high) = brackets[w];
         if low == high {
             let mut count = (0u32, 0u32);
@@ -131,12 +212,12 @@ fn by_bracket(
         overflow = kept.len() > limit;
         !overflow
     })?;
-    let found = match overflow {
-        true => None,
-        false => select_in_brackets(&mut kept, ranks, &brackets, &above, &equal),
-    };
-    scratch.method.kept = kept;
-    Ok(found)
+    Ok(Counted {
+        above,
+        equal,
+        kept,
+        overflow,
+    })
 }
 
 /// The k-th largest magnitude for each of `ranks` from the values `kept` in its bracket and the
