@@ -242,12 +242,9 @@ fn select_in_brackets(
             continue;
         }
         // The k-th largest is the (k − over)-th largest of the bracket's values.
-        let Some(r) = k
+        let r = k
             .checked_sub(over)
-            .filter(|&r| r >= 1 && r <= inside.len() as u64)
-        else {
-            return None;
-        };
+            .filter(|&r| r >= 1 && r <= inside.len() as u64)?;
         let at = inside.len() - r as usize;
         let (_, &mut bits, _) = inside.select_nth_unstable(at);
         found.push(f32::from_bits(bits));
