@@ -5,7 +5,8 @@
 //! Memory: the facts take one read of the operands for the Gram matrix and two more for all the
 //! k-th magnitudes together, [`CHUNK`] values per operand and vector at a time, plus two
 //! 65,536-entry histograms per vector; the values take one block of each operand. Nothing holds
-//! a whole tensor.
+//! a whole tensor. The facts' chunk buffers stay with the worker between tensors ([`Buffers`]),
+//! and a large tensor's bracket pass runs on two threads, each with its own.
 
 mod derived;
 mod kth;
