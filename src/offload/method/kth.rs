@@ -111,7 +111,10 @@ fn by_bracket(
     kept.iter_mut().for_each(Vec::clear);
     let limit = n / MAX_KEPT_PART + 1;
     let ranges: Vec<Range<usize>> = chunks(n, CHUNK).collect();
-    let counted = if ranges.len() >= SPLIT_CHUNKS {
+    // Inside the writer's pool (its workers and the prefetcher), only when it has two or more
+    // workers: `--threads 1` keeps to one thread of work.
+    let cores = rayon::current_thread_index().is_none() || rayon::current_num_threads() > 2;
+    let counted = if ranges.len() >= SPLIT_CHUNKS && cores {
         // Half the chunks on a second thread: the facts of a large tensor are on the writers'
         // critical path (they wait for them), and the second core is often idle meanwhile.
         let (first, second) = ranges.split_at(ranges.len() / 2);
