@@ -7,7 +7,9 @@
 //! 65,536-entry histograms per vector; the values take one block of each operand. Nothing holds
 //! a whole tensor but the ranks sd-mecha's DELLA asks for ([`Needs::ranks`]): one read and one
 //! sort per vector, then 4 bytes per element and vector held by the method node while the
-//! tensor's values are produced, dropped after its last element ([`crate::reduce::Held`]).
+//! tensor's values are produced, dropped after its last element ([`crate::reduce::Held`]). The
+//! facts' chunk buffers stay with the worker between tensors ([`Buffers`]), and a large
+//! tensor's bracket pass runs on two threads, each with its own.
 
 mod derived;
 mod kth;
@@ -23,6 +25,16 @@ use crate::model::merged::MethodNode;
 use crate::model::tensor::method::{Facts, Needs, Ranks, Vector};
 use crate::model::{InputTensor, Merged};
 use crate::reduce::CHUNK;
+
+/// Buffers of the facts passes, kept by a worker from one tensor to the next: fresh ones cost a
+/// page fault and a cleared page per 4 KiB on first touch, as much again as the counting.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    /// The operands' values over a chunk ([`each_range`]).
+    ops: Vec<Vec<f32>>,
+    /// Each vector's sampled magnitudes, then those in its bracket ([`kth`]).
+    kept: Vec<Vec<u32>>,
+}
 
 /// Values of each operand a method's output is computed from at a time (16,384: the operands,
 /// the method's temporaries and the output of a block fit a core's L2 cache).
@@ -265,7 +277,11 @@ fn each_range(
     scratch: &mut Scratch,
     mut f: impl FnMut(Range<usize>, &[&[f32]]) -> bool,
 ) -> Result<()> {
-    let mut ops = vec![Vec::new(); used.iter().max().map_or(0, |x| x + 1)];
+    let mut ops = std::mem::take(&mut scratch.method.ops);
+    ops.resize_with(used.iter().max().map_or(0, |x| x + 1), Vec::new);
+    for o in &mut ops {
+        o.clear();
+    }
     for range in ranges {
         scratch.operands.begin(m.shared_sources());
         for &i in used {
@@ -277,6 +293,7 @@ fn each_range(
             break;
         }
     }
+    scratch.method.ops = ops;
     Ok(())
 }
 

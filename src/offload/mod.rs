@@ -55,6 +55,8 @@ pub struct Scratch {
     /// Ranges of file tensors a merged expression reads more than once, kept for the block
     /// being computed (see `merge`).
     operands: merge::OperandCache,
+    /// The method facts passes' buffers, kept between tensors (see `method`).
+    method: method::Buffers,
 }
 
 impl Scratch {

@@ -32,10 +32,15 @@ pub(super) fn zero_non_finite(v: f32) -> f32 {
     }
 }
 
+/// Elements [`ties_block`] takes a step at a time: its deltas, votes and counts (16 KiB for two
+/// deltas) stay in a core's L1 cache between the steps, and its buffers are allocated once per
+/// block instead of once per step's worth of memory.
+const TIES_RUN: usize = 1024;
+
 /// TIES over a block of elements (`ties_sum`): each delta's top-k filter (its threshold, none
 /// when all are kept), sign election, disjoint mean, into `out`. Computed a step at a time over
-/// the whole block, each a loop the compiler vectorizes, with the same f32 operations in the
-/// same order as [`elect`] per element.
+/// runs of [`TIES_RUN`] elements, each step a loop the compiler vectorizes, with the same f32
+/// operations in the same order as [`elect`] per element.
 pub(super) fn ties_block(
     vectors: &[Vector],
     thresholds: &[Option<f32>],
@@ -44,11 +49,141 @@ pub(super) fn ties_block(
     x: &[&[f32]],
     out: &mut [f32],
 ) {
+    let run = TIES_RUN.min(out.len());
+    let mut d: Vec<Vec<f32>> = vec![vec![0f32; run]; vectors.len()];
+    let mut vote = vec![0f32; run];
+    let mut count = vec![0f32; run];
+    let mut views: Vec<&[f32]> = Vec::with_capacity(x.len());
+    for (r, out) in out.chunks_mut(run.max(1)).enumerate() {
+        let (at, len) = (r * run, out.len());
+        views.clear();
+        views.extend(x.iter().map(|o| o.get(at..).unwrap_or_default()));
+        for (v, dv) in vectors.iter().zip(d.iter_mut()) {
+            v.fill(&views, first + at, &mut dv[..len]);
+        }
+        // The common counts of deltas in one loop over the elements, each element's deltas in
+        // registers; any other count a step at a time.
+        let done = match (d.len(), vote_sgn) {
+            (1, false) => fused::<1, false>(&d, thresholds, out),
+            (1, true) => fused::<1, true>(&d, thresholds, out),
+            (2, false) => fused::<2, false>(&d, thresholds, out),
+            (2, true) => fused::<2, true>(&d, thresholds, out),
+            (3, false) => fused::<3, false>(&d, thresholds, out),
+            (3, true) => fused::<3, true>(&d, thresholds, out),
+            (4, false) => fused::<4, false>(&d, thresholds, out),
+            (4, true) => fused::<4, true>(&d, thresholds, out),
+            _ => false,
+        };
+        if !done {
+            stepwise(&mut d, thresholds, vote_sgn, &mut vote, &mut count, out);
+        }
+    }
+}
+
+/// [`fused_lanes`] in the widest vectors the CPU has (its loop is compiled twice: for AVX2,
+/// taken where the CPU has it, and for the baseline).
+fn fused<const M: usize, const VOTE_SGN: bool>(
+    d: &[Vec<f32>],
+    thresholds: &[Option<f32>],
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
+        return unsafe { fused_avx2::<M, VOTE_SGN>(d, thresholds, out) };
+    }
+    fused_lanes::<M, VOTE_SGN>(d, thresholds, out)
+}
+
+/// [`fused_lanes`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fused_avx2<const M: usize, const VOTE_SGN: bool>(
+    d: &[Vec<f32>],
+    thresholds: &[Option<f32>],
+    out: &mut [f32],
+) -> bool {
+    fused_lanes::<M, VOTE_SGN>(d, thresholds, out)
+}
+
+/// [`ties_block`] over one run for `M` deltas `d` (made, not yet filtered): every step for one
+/// element at a time, in the order [`stepwise`] takes them. False (nothing done) when `d` or
+/// `thresholds` do not hold `M` deltas.
+#[inline(always)]
+fn fused_lanes<const M: usize, const VOTE_SGN: bool>(
+    d: &[Vec<f32>],
+    thresholds: &[Option<f32>],
+    out: &mut [f32],
+) -> bool {
     let len = out.len();
-    let mut d: Vec<Vec<f32>> = vec![vec![0f32; len]; vectors.len()];
-    let mut vote = vec![0f32; len];
-    for ((v, dv), t) in vectors.iter().zip(d.iter_mut()).zip(thresholds) {
-        v.fill(x, first, dv);
+    if d.len() != M || thresholds.len() < M || d.iter().any(|v| v.len() < len) {
+        return false;
+    }
+    let rows: [&[f32]; M] = std::array::from_fn(|m| &d[m][..len]);
+    // No threshold: every value kept.
+    let all: [bool; M] = std::array::from_fn(|m| thresholds[m].is_none());
+    let t: [f32; M] = std::array::from_fn(|m| thresholds[m].unwrap_or(0.0));
+    // `sign` as selects (the same values: 0 for ±0 and NaN), which stay in float lanes.
+    let sgn = |x: f32| {
+        if x > 0.0 {
+            1.0
+        } else if x < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut e = [0f32; M];
+        let mut vote = 0f32;
+        for m in 0..M {
+            let v = rows[m][j];
+            // `a * (|a| >= kth)`: a dropped value becomes 0·a (−0 for a negative one).
+            let keep = all[m] | (v.abs() >= t[m]);
+            e[m] = if keep { v } else { v * 0.0 };
+            vote += if VOTE_SGN { e[m] } else { sgn(e[m]) };
+        }
+        let s = sgn(vote);
+        let (mut c, mut sum) = (0f32, -0.0f32);
+        for v in e {
+            let agree = sgn(v) == s;
+            c += if agree { 1.0 } else { 0.0 };
+            sum += if agree { v } else { v * 0.0 };
+        }
+        // `sum / c` for at most two deltas as a product (a division takes the core several
+        // times as long): exact, as c is 0, 1 or 2 (NaN for 0, whose quotient is not finite).
+        let q = match M <= 2 {
+            true => {
+                sum * if c == 2.0 {
+                    0.5
+                } else if c == 1.0 {
+                    1.0
+                } else {
+                    f32::NAN
+                }
+            }
+            false => sum / c,
+        };
+        *o = zero_non_finite(q);
+    }
+    true
+}
+
+/// [`ties_block`] over one run for any number of deltas `d` (made, not yet filtered), a step
+/// at a time over the run; `vote` and `count` are scratch of at least the run's length.
+fn stepwise(
+    d: &mut [Vec<f32>],
+    thresholds: &[Option<f32>],
+    vote_sgn: bool,
+    vote: &mut [f32],
+    count: &mut [f32],
+    out: &mut [f32],
+) {
+    let len = out.len();
+    let vote = &mut vote[..len];
+    vote.fill(0.0);
+    for (dv, t) in d.iter_mut().zip(thresholds) {
+        let dv = &mut dv[..len];
         if let Some(t) = *t {
             // `a * (|a| >= kth)`: a dropped value becomes 0·a (−0 for a negative one).
             for e in dv.iter_mut() {
@@ -64,23 +199,22 @@ pub(super) fn ties_block(
                 .for_each(|(s, &e)| *s += sign(e));
         }
     }
-    let mut count = vec![0f32; len];
     for v in vote.iter_mut() {
         *v = sign(*v);
     }
-    for dv in d.iter_mut() {
-        for ((e, &s), c) in dv.iter_mut().zip(&vote).zip(count.iter_mut()) {
-            let agree = sign(*e) == s;
+    let count = &mut count[..len];
+    count.fill(0.0);
+    // The agreeing deltas' sum, as `d.iter().sum()` per element (from −0, in order).
+    out.fill(-0.0);
+    for dv in d.iter() {
+        let parts = dv.iter().zip(vote.iter()).zip(count.iter_mut());
+        for (((&e, &s), c), o) in parts.zip(out.iter_mut()) {
+            let agree = sign(e) == s;
             *c += f32::from(u8::from(agree));
-            *e = if agree { *e } else { *e * 0.0 };
+            *o += if agree { e } else { e * 0.0 };
         }
     }
-    // The sum of the filtered deltas, as `d.iter().sum()` per element.
-    out.fill(-0.0);
-    for dv in &d {
-        out.iter_mut().zip(dv).for_each(|(o, &e)| *o += e);
-    }
-    for (o, &c) in out.iter_mut().zip(&count) {
+    for (o, &c) in out.iter_mut().zip(count.iter()) {
         *o = zero_non_finite(*o / c);
     }
 }
@@ -255,5 +389,81 @@ pub(super) fn weiszfeld_gram(
         weights
     } else {
         vec![1.0; n]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deltas with every case of the filter and the vote: zeros of both signs, NaN, ±Inf,
+    /// values tied at the threshold, signs that cancel.
+    fn deltas(m: usize, len: usize) -> Vec<Vec<f32>> {
+        let special = [
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            0.5,
+            -0.5,
+        ];
+        (0..m)
+            .map(|i| {
+                (0..len)
+                    .map(|j| {
+                        let h = (j as u32 ^ (i as u32).wrapping_mul(0x9E37_79B9))
+                            .wrapping_mul(2_654_435_761);
+                        match h % 11 {
+                            0 => special[(h / 11) as usize % special.len()],
+                            _ => (h >> 8) as f32 / (1 << 23) as f32 - 1.0,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fused_ties_gives_the_stepwise_bits() {
+        let len = 2 * TIES_RUN + 37;
+        for m in 1..=5 {
+            for vote_sgn in [false, true] {
+                for cut in [None, Some(0.5f32)] {
+                    // Every other delta without a threshold when cut.
+                    let thresholds: Vec<Option<f32>> =
+                        (0..m).map(|i| cut.filter(|_| i % 2 == 0)).collect();
+                    let d = deltas(m, len);
+                    let vectors: Vec<Vector> = (0..m).map(Vector::operand).collect();
+                    let views: Vec<&[f32]> = d.iter().map(Vec::as_slice).collect();
+                    let mut got = vec![0f32; len];
+                    ties_block(&vectors, &thresholds, vote_sgn, 0, &views, &mut got);
+                    let mut want = vec![0f32; len];
+                    let (mut dd, mut vote, mut count) = (d.clone(), vec![0.0; len], vec![0.0; len]);
+                    stepwise(
+                        &mut dd,
+                        &thresholds,
+                        vote_sgn,
+                        &mut vote,
+                        &mut count,
+                        &mut want,
+                    );
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "m {m} vote_sgn {vote_sgn} {cut:?}");
+                    // And per element, as `elect` computes one.
+                    let t: Vec<f64> = thresholds
+                        .iter()
+                        .map(|t| t.map_or(f64::NEG_INFINITY, f64::from))
+                        .collect();
+                    for j in [0, 1, 5, TIES_RUN, len - 1] {
+                        let mut e: Vec<f32> = d.iter().map(|v| v[j]).collect();
+                        let (c, _) = elect(&mut e, &t, vote_sgn);
+                        let sum = e.iter().fold(-0.0f32, |s, &v| s + v);
+                        let r = zero_non_finite(sum / c);
+                        assert_eq!(r.to_bits(), got[j].to_bits(), "m {m} element {j}");
+                    }
+                }
+            }
+        }
     }
 }
