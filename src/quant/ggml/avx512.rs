@@ -352,7 +352,7 @@ impl Wide<16> for __m512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn eq(self, b: __m512) -> __mmask16 {
-        _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(self, b)
+        _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(self, b)
     }
     #[inline]
     #[target_feature(enable = "avx512f")]
