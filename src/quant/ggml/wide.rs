@@ -275,7 +275,6 @@ pub(super) unsafe fn qx<V: Wide<L>, const L: usize>(
             amax = V::sel(take, ax, amax);
             max = V::sel(take, v, max);
         }
-        let nmax_f = V::splat(nmax as f32);
         let mut no_nan = V::load(&x[0]).ordered();
         for row in &x[1..] {
             no_nan = V::and(no_nan, V::load(row).ordered());
@@ -283,29 +282,16 @@ pub(super) unsafe fn qx<V: Wide<L>, const L: usize>(
         let has_nan = !V::all(no_nan);
         // Lanes below the all-zero threshold are overwritten at the end whatever their codes.
         let small = amax.lt(V::splat(GROUP_MAX_EPS));
-        let (lo, hi) = (V::splat(-(nmax as f32)), V::splat((nmax - 1) as f32));
-        let pass = |iscale: V, codes: &mut [V; 16]| {
-            let (mut sumlx, mut suml2) = (zero, zero);
-            // Without NaN, `|iscale·v| ≤ |iscale|·amax`: one check for the pass.
-            let bound = iscale.abs().mul(amax);
-            let fast = !has_nan && within(bound, bound, small);
-            for i in 0..16 {
-                let v = V::load(&x[i]);
-                let l = if fast {
-                    iscale.mul(v).round_near().min(hi).max(lo)
-                } else {
-                    iscale.mul(v).round_clamp(-nmax, nmax - 1)
-                };
-                codes[i] = l.add(nmax_f);
-                let w = v.mul(v);
-                sumlx = sumlx.add(w.mul(v).mul(l));
-                suml2 = suml2.add(w.mul(l).mul(l));
-            }
-            (sumlx, suml2)
+        let q = QxPass {
+            x,
+            amax,
+            small,
+            nmax,
+            exact: has_nan,
         };
         let mut codes = [zero; 16];
         let mut aux = [zero; 16];
-        let (sumlx, suml2) = pass(V::splat(-(nmax as f32)).div(max), &mut codes);
+        let (sumlx, suml2) = q.pass(V::splat(-(nmax as f32)).div(max), &mut codes);
         let mut scale = V::sel(suml2.ne(zero), sumlx.div(suml2), zero);
         let mut best = scale.mul(sumlx);
         for is in -9..=9 {
@@ -313,7 +299,7 @@ pub(super) unsafe fn qx<V: Wide<L>, const L: usize>(
                 continue;
             }
             let iscale = V::splat(-(nmax as f32 + 0.1 * is as f32)).div(max);
-            let (sumlx, suml2) = pass(iscale, &mut aux);
+            let (sumlx, suml2) = q.pass(iscale, &mut aux);
             let take = V::and(suml2.gt(zero), sumlx.mul(sumlx).gt(best.mul(suml2)));
             if V::any(take) {
                 scale = V::sel(take, sumlx.div(suml2), scale);
@@ -327,5 +313,50 @@ pub(super) unsafe fn qx<V: Wide<L>, const L: usize>(
             *o = V::sel(small, zero, c).bytes().map(|c| c as i8);
         }
         V::sel(small, zero, scale).store()
+    }
+}
+
+/// One candidate scale's pass of [`qx`] over its groups. A function rather than a closure: a
+/// closure is compiled without the caller's CPU features, and one this size is not inlined.
+struct QxPass<'a, V: Wide<L>, const L: usize> {
+    x: &'a [[f32; L]; 16],
+    amax: V,
+    small: V::Mask,
+    nmax: i32,
+    /// Some lane holds a NaN: every pass takes the exact rounding.
+    exact: bool,
+}
+
+impl<V: Wide<L>, const L: usize> QxPass<'_, V, L> {
+    /// Each value's code (`nearest_int(iscale·x)` clamped to `[−nmax, nmax − 1]`, plus `nmax`)
+    /// into `codes`, and the x²-weighted sums of the codes times the values and of their squares.
+    #[inline(always)]
+    unsafe fn pass(&self, iscale: V, codes: &mut [V; 16]) -> (V, V) {
+        // SAFETY: the caller runs with `V`'s features.
+        unsafe {
+            let zero = V::splat(0.0);
+            let nmax_f = V::splat(self.nmax as f32);
+            let (lo, hi) = (
+                V::splat(-(self.nmax as f32)),
+                V::splat((self.nmax - 1) as f32),
+            );
+            let (mut sumlx, mut suml2) = (zero, zero);
+            // Without NaN, `|iscale·v| ≤ |iscale|·amax`: one check for the pass.
+            let bound = iscale.abs().mul(self.amax);
+            let fast = !self.exact && within(bound, bound, self.small);
+            for (code, row) in codes.iter_mut().zip(self.x) {
+                let v = V::load(row);
+                let l = if fast {
+                    iscale.mul(v).round_near().min(hi).max(lo)
+                } else {
+                    iscale.mul(v).round_clamp(-self.nmax, self.nmax - 1)
+                };
+                *code = l.add(nmax_f);
+                let w = v.mul(v);
+                sumlx = sumlx.add(w.mul(v).mul(l));
+                suml2 = suml2.add(w.mul(l).mul(l));
+            }
+            (sumlx, suml2)
+        }
     }
 }
