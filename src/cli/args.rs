@@ -107,7 +107,7 @@ pub(crate) enum Command {
 /// Settings of the parallel writer.
 #[derive(Debug, Args)]
 pub(crate) struct EngineArgs {
-    /// Writer threads [default: one per core]
+    /// Writer threads [default: one per core; two per core through direct I/O]
     #[arg(long, value_name = "N", help_heading = "Writer")]
     pub(crate) threads: Option<usize>,
 

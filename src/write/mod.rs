@@ -112,7 +112,7 @@ pub struct EngineOptions {
     pub chunk_size: u64,
     /// Host memory the engine may hold for staging; workers × chunk size never exceeds it.
     pub staging_budget: u64,
-    /// Worker threads (0 = one per core).
+    /// Worker threads (0 = one per core, two per core through direct I/O).
     pub threads: usize,
     /// How chunks reach the file.
     pub backend: Backend,
