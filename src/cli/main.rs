@@ -8,6 +8,7 @@
 //! context chain, and the exit code says what kind of failure it was (see `args::EXIT_CODES`).
 
 mod args;
+mod bench;
 mod commands;
 mod extract;
 mod gguf_text;
@@ -115,6 +116,6 @@ fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
         Command::Split(args) => commands::split(&args, cancel),
         Command::Inspect(args) => commands::inspect(&args),
         Command::ExtractLora(args) => extract::extract(&args, cancel),
-        Command::Bench(args) => commands::bench(&args),
+        Command::Bench(args) => bench::bench(&args),
     }
 }
