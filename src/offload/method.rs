@@ -12,12 +12,14 @@
 //! tensor's bracket pass runs on two threads, each with its own.
 
 mod derived;
+mod gram;
 mod kth;
 mod ranks;
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use self::gram::add_gram;
 use super::merge::read_f32;
 use super::Scratch;
 use crate::error::{Error, Result};
@@ -208,23 +210,23 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
     each_range(m, &used, chunks(n, chunk), scratch, |range, views| {
         let len = range.len();
         for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
-            v.fill(views, range.start, &mut buf[..len]);
+            if plain(v).is_none() {
+                v.fill(views, range.start, &mut buf[..len]);
+            }
         }
-        let rows: Vec<&[f32]> = vals.iter().map(|v| &v[..len]).collect();
+        // An operand itself is read where it lies instead of copied (SLERP's two vectors).
+        let rows: Vec<&[f32]> = vectors
+            .iter()
+            .zip(&vals)
+            .map(|(v, buf)| match plain(v) {
+                Some(i) => &views[i][..len],
+                None => &buf[..len],
+            })
+            .collect();
         add_gram(&mut g, &rows);
         true
     })?;
     Ok(mirror(g, k))
-}
-
-/// Adds the dot products of `vals` (one chunk of each vector) to the upper triangle of `g`.
-fn add_gram(g: &mut [f64], vals: &[&[f32]]) {
-    let k = vals.len();
-    for a in 0..k {
-        for b in a..k {
-            g[a * k + b] += dot(vals[a], vals[b]);
-        }
-    }
 }
 
 /// `g` with its lower triangle copied from its upper one.
@@ -237,23 +239,12 @@ fn mirror(mut g: Vec<f64>, k: usize) -> Vec<f64> {
     g
 }
 
-/// `Σ xᵢ·yᵢ` in f64, in eight running sums (which the compiler vectorizes; one running sum
-/// is a chain of dependent additions) added at the end.
-fn dot(x: &[f32], y: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for l in 0..8 {
-            acc[l] += f64::from(a[l]) * f64::from(b[l]);
-        }
+/// The operand a vector is, unscaled and whole (no dropout), if it is one.
+fn plain(v: &Vector) -> Option<usize> {
+    match v.terms[..] {
+        [(i, 1.0)] if v.dropout.is_none() => Some(i),
+        _ => None,
     }
-    let tail: f64 = xr
-        .iter()
-        .zip(yr)
-        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-        .sum();
-    acc.iter().sum::<f64>() + tail
 }
 
 /// The operand indices `vectors` read, ascending.
