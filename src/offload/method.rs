@@ -23,9 +23,11 @@ use self::gram::add_gram;
 use super::merge::read_f32;
 use super::Scratch;
 use crate::error::{Error, Result};
+use crate::model::dtype::Dtype;
 use crate::model::merged::MethodNode;
 use crate::model::tensor::method::{Facts, Needs, Ranks, Vector};
 use crate::model::{InputTensor, Merged};
+use crate::plan::PieceSource;
 use crate::reduce::CHUNK;
 
 /// Buffers of the facts passes, kept by a worker from one tensor to the next: fresh ones cost a
@@ -36,6 +38,8 @@ pub(crate) struct Buffers {
     ops: Vec<Vec<f32>>,
     /// Each vector's sampled magnitudes, then those in its bracket ([`kth`]).
     kept: Vec<Vec<u32>>,
+    /// The operands' bytes over a chunk ([`raw_gram`]).
+    raw: Vec<Vec<u8>>,
 }
 
 /// Values of each operand a method's output is computed from at a time (16,384: the operands,
@@ -203,6 +207,9 @@ fn facts(m: &Merged, needs: &Needs, ranks: &[Arc<Ranks>], scratch: &mut Scratch)
 /// The Gram matrix of `vectors` in one read of the operands they use.
 fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Result<Vec<f64>> {
     let k = vectors.len();
+    if let Some(g) = raw_gram(m, vectors, n, scratch)? {
+        return Ok(mirror(g, k));
+    }
     let used = used_operands(vectors);
     let chunk = CHUNK.min(n);
     let mut vals = vec![vec![0f32; chunk]; k];
@@ -227,6 +234,66 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
         true
     })?;
     Ok(mirror(g, k))
+}
+
+/// [`gram`] of vectors that are each one f16 or bf16 operand lying whole in a file (SLERP's,
+/// model stock's): summed from the bytes read, decoded in registers ([`gram::add_gram_raw`]);
+/// `None` for other vectors or where no kernel takes them (then [`gram`] reads them as f32:
+/// the same sums).
+fn raw_gram(
+    m: &Merged,
+    vectors: &[Vector],
+    n: usize,
+    scratch: &mut Scratch,
+) -> Result<Option<Vec<f64>>> {
+    let mut files = Vec::with_capacity(vectors.len());
+    let mut dtype = None;
+    for v in vectors {
+        let Some(i) = plain(v) else {
+            return Ok(None);
+        };
+        let Ok([piece]) = m.operand_pieces(i) else {
+            return Ok(None);
+        };
+        let PieceSource::File {
+            file,
+            start,
+            offset,
+        } = &piece.source
+        else {
+            return Ok(None);
+        };
+        let d = piece.src_dtype;
+        if !matches!(d, Dtype::F16 | Dtype::BF16)
+            || dtype.is_some_and(|t| t != d)
+            || piece.units != n
+        {
+            return Ok(None);
+        }
+        dtype = Some(d);
+        files.push((file, start + (offset * 2) as u64));
+    }
+    let Some(dtype) = dtype else {
+        return Ok(None);
+    };
+    let k = vectors.len();
+    let mut g = vec![0f64; k * k];
+    let mut bufs = std::mem::take(&mut scratch.method.raw);
+    bufs.resize_with(k, Vec::new);
+    let mut summed = true;
+    for range in chunks(n, CHUNK.min(n)) {
+        for ((file, at), buf) in files.iter().zip(bufs.iter_mut()) {
+            buf.resize(range.len() * 2, 0);
+            file.read_at(buf, at + (range.start * 2) as u64)?;
+        }
+        let raws: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+        if !gram::add_gram_raw(&mut g, &raws, dtype) {
+            summed = false;
+            break;
+        }
+    }
+    scratch.method.raw = bufs;
+    Ok(summed.then_some(g))
 }
 
 /// `g` with its lower triangle copied from its upper one.
