@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn values_already_in_the_base_dtype_read_as_rounded() {
         let bits: Vec<u16> = (0..256u32)
-            .map(|i| (i * 0x0101 ^ 0x5a5a) as u16)
+            .map(|i| ((i * 0x0101) ^ 0x5a5a) as u16)
             .chain([
                 0x7f80, 0xff80, 0x7f81, 0xffc1, 0x7c00, 0x7c01, 0xfe01, 0x0001, 0x8000,
             ])
