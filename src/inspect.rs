@@ -173,14 +173,20 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     })
 }
 
-/// A GGUF file's header: its tensors are one component (a denoiser, or a text encoder by its
-/// `general.architecture`), counted per ggml type; the architecture is detected from its tensors
+/// A GGUF file's header: its tensors are one component (a denoiser, a text encoder by its
+/// `general.architecture`, or llama.cpp's vision projector by its `general.type` `mmproj`,
+/// listed as `mmproj`), counted per ggml type; the architecture is detected from its tensors
 /// as ComfyUI-GGUF's loader names them (without a `model.diffusion_model.` prefix).
 fn inspect_gguf(path: &Path) -> Result<Inspection> {
     let g = GgufFile::open(path)?;
     let text = g
         .architecture()
         .is_some_and(|a| crate::gguf_text::TextArch::parse(a).is_some());
+    // llama.cpp's vision projector file (a `qwen2vl` encoder's vision tower).
+    let mmproj = matches!(
+        g.get("general.type"),
+        Some(crate::read::gguf::MetaValue::String(t)) if t == "mmproj" || t == "clip-vision"
+    );
     let prefix = "model.diffusion_model.";
     let prefixed = g.tensors().iter().any(|t| t.name.starts_with(prefix));
     let model: BTreeMap<String, TensorInfo> = g
@@ -198,13 +204,17 @@ fn inspect_gguf(path: &Path) -> Result<Inspection> {
             ))
         })
         .collect();
-    let arch = if text {
+    let arch = if text || mmproj {
         None
     } else {
         detect_model(&model).ok()
     };
     let mut part = PartSummary {
-        name: if text { "clip" } else { "model" },
+        name: match (text, mmproj) {
+            (_, true) => "mmproj",
+            (true, _) => "clip",
+            _ => "model",
+        },
         ..Default::default()
     };
     for t in g.tensors() {

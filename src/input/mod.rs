@@ -13,6 +13,7 @@ mod files;
 mod gguf;
 mod gguf_text;
 mod group;
+mod mmproj;
 mod single_file;
 
 use std::collections::BTreeMap;

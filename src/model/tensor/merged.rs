@@ -94,6 +94,16 @@ impl Merged {
         Merged::build(key, base, info, patches)
     }
 
+    /// `base`'s values read as `dtype`: each rounded once from f32 when written (ComfyUI-GGUF's
+    /// `dequantize_tensor(t, dtype)` of a GGUF tensor), nothing patched.
+    ///
+    /// # Errors
+    /// [`Error::Conversion`] for a base that is not floating point.
+    pub fn cast(key: &str, base: InputTensor, dtype: crate::model::dtype::Dtype) -> Result<Merged> {
+        let info = TensorInfo::new(base.info().shape, dtype);
+        Merged::build(key, base, info, Vec::new())
+    }
+
     /// `base` zero-padded to `shape`, then patched by `patches`: ComfyUI's `reshape_weight`
     /// (`pad_tensor_to_shape`: each base element keeps its index, new ones are 0), which grows
     /// Flux's `img_in` for BFL's control LoRAs.

@@ -1,0 +1,210 @@
+//! The vision tower of a `qwen2vl` text encoder, read from the mmproj file ComfyUI-GGUF's
+//! loader pairs with it (`gguf_mmproj_loader`; pairing in [`crate::gguf_text::mmproj`]):
+//!
+//! - `v.patch_embd.weight` and `.weight.1` stacked on a new third dimension into the 5-D
+//!   `visual.patch_embed.proj.weight`, in f32 (the loader dequantizes both to float32);
+//! - every name renamed by `CLIP_VISION_SD_MAP`;
+//! - each block's `attn_q`/`attn_k`/`attn_v` joined (rows: q, k, v) into `attn.qkv`, in bf16
+//!   when stored quantized and f16 otherwise (an F32 bias included), as the loader's
+//!   `dequantize_tensor` gives them;
+//! - the rest as stored.
+//!
+//! Nothing is read but headers: the stack and the joins are element ranges of the file's
+//! tensors, the casts made when written. Values are the loader's exactly for F32/F16/BF16
+//! files; for a quantized file, they are its values with `dequant_dtype=float32`.
+//!
+//! No mmproj in the folder: the language model alone, with a warning (the loader logs an error
+//! and goes on). Several: the first in sorted order, with a warning.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::files::open_set;
+use crate::error::{Error, Result};
+use crate::gguf_text::mmproj::{candidates, match_stem, to_hf, PATCH, PATCH_GGUF};
+use crate::model::dtype::Dtype;
+use crate::model::{InputMap, InputTensor, Merged};
+use crate::read::gguf::{GgufFile, MetaValue};
+
+/// The `general.type`s the loader reads beside a text encoder (`VIS_TYPE_LIST`).
+const VIS_TYPES: [&str; 2] = ["clip-vision", "mmproj"];
+
+/// Adds to `out` (a `qwen2vl` encoder read from `text`, in the loader's names) the vision tower
+/// of the mmproj file the loader pairs with it (see the [module docs](self)).
+///
+/// # Errors
+/// [`Error::Io`] when the folder cannot be listed; [`Error::InvalidInput`] naming the mmproj
+/// file when it is not an mmproj or its tensors do not form the loader's tower; its read
+/// errors.
+pub(super) fn add_vision_tower(out: &mut InputMap, text: &Path) -> Result<()> {
+    let found = candidates(text)?;
+    let name = text.file_name().unwrap_or_default().to_string_lossy();
+    let dir = text.parent().unwrap_or(Path::new(".")).display();
+    let Some(first) = found.first() else {
+        eprintln!(
+            "checkpoint-save: no mmproj file for {name} in {dir} (a .gguf whose name holds \
+             `mmproj` and `{}`): the language model is read without its vision tower, as \
+             ComfyUI-GGUF's loader reads it (Qwen-Image-Edit needs the tower)",
+            match_stem(text)
+        );
+        return Ok(());
+    };
+    if found.len() > 1 {
+        let all: Vec<String> = found
+            .iter()
+            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into())
+            .collect();
+        eprintln!(
+            "checkpoint-save: several mmproj files in {dir} match {name} ({}); using {}, the \
+             first in sorted order (ComfyUI-GGUF's loader takes the first `os.listdir` gives, \
+             an order no file system promises)",
+            all.join(", "),
+            all[0]
+        );
+    }
+    // The loader's `sd.update(vsd)`: the mmproj's tensors win.
+    out.extend(read(first)?);
+    Ok(())
+}
+
+/// The vision tower of the mmproj file at `path`, in the loader's names and dtypes.
+///
+/// # Errors
+/// See [`add_vision_tower`].
+pub(crate) fn read(path: &Path) -> Result<InputMap> {
+    let bad = |why: String| {
+        Error::InvalidInput(format!(
+            "{}: {why}; ComfyUI-GGUF's loader cannot read it as a vision tower either: \
+             replace or rename the file",
+            path.display()
+        ))
+    };
+    let header = GgufFile::open(path)?;
+    let kind = match header.get("general.type") {
+        Some(MetaValue::String(s)) => s.clone(),
+        Some(v) => format!("a {:?} value", v.kind()),
+        None => "missing".into(),
+    };
+    if header.architecture().is_none() || !VIS_TYPES.contains(&kind.as_str()) {
+        return Err(bad(format!(
+            "it is paired as an mmproj by its name, but its `general.type` is {kind} (an mmproj \
+             file says `mmproj` and has a `general.architecture`)"
+        )));
+    }
+    let mut raw = open_set(path)?.tensors;
+    if raw.contains_key(PATCH_GGUF[1]) {
+        let stacked = stack_patch(&mut raw).map_err(&bad)?;
+        raw.insert(PATCH_GGUF[0].to_string(), stacked);
+    }
+    let mut vsd: InputMap = raw.into_iter().map(|(k, t)| (to_hf(&k), t)).collect();
+    if vsd.contains_key("visual.blocks.0.attn_q.weight") {
+        join_qkv(&mut vsd).map_err(bad)?;
+    }
+    Ok(vsd)
+}
+
+/// `torch.stack([w1, w2], dim=2)` of the two 4-D slices, in f32.
+fn stack_patch(raw: &mut InputMap) -> std::result::Result<InputTensor, String> {
+    let (Some(w1), Some(w2)) = (raw.remove(PATCH_GGUF[0]), raw.remove(PATCH_GGUF[1])) else {
+        return Err(format!(
+            "it has `{}` without `{}`",
+            PATCH_GGUF[1], PATCH_GGUF[0]
+        ));
+    };
+    let (a, b) = (w1.info(), w2.info());
+    let [c1, c2, kh, kw] = a.shape[..] else {
+        return Err(format!("`{}` is {:?}, not 4-D", PATCH_GGUF[0], a.shape));
+    };
+    if a.shape != b.shape || a.dtype != b.dtype {
+        return Err(format!(
+            "its two patch-embedding slices differ ({} {:?} and {} {:?})",
+            a.dtype, a.shape, b.dtype, b.shape
+        ));
+    }
+    let plane = kh * kw;
+    let mut parts = Vec::with_capacity(2 * c1 * c2);
+    for ij in 0..c1 * c2 {
+        parts.push((w1.clone(), ij * plane..(ij + 1) * plane));
+        parts.push((w2.clone(), ij * plane..(ij + 1) * plane));
+    }
+    let joined =
+        InputTensor::joined(PATCH, parts, vec![c1, c2, 2, kh, kw]).map_err(|e| e.to_string())?;
+    to_dtype(joined, Dtype::F32)
+}
+
+/// The loader's grouping of `….attn_{q,k,v}.*` into `….attn.qkv.*`.
+fn join_qkv(vsd: &mut InputMap) -> std::result::Result<(), String> {
+    let mut groups: BTreeMap<String, BTreeMap<String, InputTensor>> = BTreeMap::new();
+    let keys: Vec<String> = vsd
+        .keys()
+        .filter(|k| ["attn_q", "attn_k", "attn_v"].iter().any(|x| k.contains(x)))
+        .cloned()
+        .collect();
+    for k in keys {
+        let Some((block, part)) = k.rsplit_once(".attn_") else {
+            continue;
+        };
+        let suffix = part.rsplit('.').next().unwrap_or(part);
+        let t = vsd.remove(&k).ok_or("a tensor vanished")?;
+        groups
+            .entry(format!("{block}.attn.qkv.{suffix}"))
+            .or_default()
+            .insert(part.to_string(), t);
+    }
+    for (key, parts) in groups {
+        let suffix = key.rsplit('.').next().unwrap_or_default();
+        let mut three = Vec::with_capacity(3);
+        for p in ["q", "k", "v"] {
+            let name = format!("{p}.{suffix}");
+            let t = parts
+                .get(&name)
+                .ok_or_else(|| format!("`{key}` has no `attn_{name}` to join"))?;
+            three.push(t.clone());
+        }
+        let infos: Vec<_> = three.iter().map(InputTensor::info).collect();
+        let (first, quantized) = (&infos[0], infos[0].quant.is_some());
+        if infos
+            .iter()
+            .any(|i| i.dtype != first.dtype || i.quant.is_some() != quantized)
+        {
+            return Err(format!("the q, k and v of `{key}` are of different types"));
+        }
+        let rest = first.shape.get(1..).unwrap_or_default();
+        if infos
+            .iter()
+            .any(|i| i.shape.get(1..).unwrap_or_default() != rest)
+        {
+            return Err(format!("the q, k and v of `{key}` differ in width"));
+        }
+        let mut shape = first.shape.clone();
+        if let Some(rows) = shape.first_mut() {
+            *rows = infos
+                .iter()
+                .map(|i| i.shape.first().copied().unwrap_or(1))
+                .sum();
+        }
+        let parts = three
+            .into_iter()
+            .map(|t| {
+                let n = t.info().numel();
+                (t, 0..n)
+            })
+            .collect();
+        let joined = InputTensor::joined(&key, parts, shape).map_err(|e| e.to_string())?;
+        let dtype = if quantized { Dtype::BF16 } else { Dtype::F16 };
+        vsd.insert(key, to_dtype(joined, dtype)?);
+    }
+    Ok(())
+}
+
+/// `t` as `dtype` (itself when it already is one).
+fn to_dtype(t: InputTensor, dtype: Dtype) -> std::result::Result<InputTensor, String> {
+    let info = t.info();
+    if info.dtype == dtype && info.quant.is_none() {
+        return Ok(t);
+    }
+    let key = format!("{dtype} cast");
+    Merged::cast(&key, t, dtype)
+        .map(|m| InputTensor::Merged(std::sync::Arc::new(m)))
+        .map_err(|e| e.to_string())
+}
