@@ -379,6 +379,20 @@ fn qwen_image_encoder_writes_its_vision_tower_as_an_mmproj_and_reads_it_back() {
     let r = run(d, &["inspect", mm.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("mmproj "), "{}", r.stdout);
+    // … and of the text encoder, which mmproj goes with it.
+    let r = run(d, &["inspect", text.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("mmproj        39 tensors"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("ComfyUI_qwen25_7b_00001_-mmproj-F16.gguf (its vision tower)"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

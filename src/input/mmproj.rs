@@ -14,10 +14,12 @@
 //! files; for a quantized file, they are its values with `dequant_dtype=float32`.
 //!
 //! No mmproj in the folder: the language model alone, with a warning (the loader logs an error
-//! and goes on). Several: the first in sorted order, with a warning.
+//! and goes on). Several: the first in sorted order, with a warning. Each warning once per file
+//! and process.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::files::open_set;
 use crate::error::{Error, Result};
@@ -40,7 +42,11 @@ pub(super) fn add_vision_tower(out: &mut InputMap, text: &Path) -> Result<()> {
     let found = candidates(text)?;
     let name = text.file_name().unwrap_or_default().to_string_lossy();
     let dir = text.parent().unwrap_or(Path::new(".")).display();
+    let warn = first_time(text);
     let Some(first) = found.first() else {
+        if !warn {
+            return Ok(());
+        }
         eprintln!(
             "checkpoint-save: no mmproj file for {name} in {dir} (a .gguf whose name holds \
              `mmproj` and `{}`): the language model is read without its vision tower, as \
@@ -49,7 +55,7 @@ pub(super) fn add_vision_tower(out: &mut InputMap, text: &Path) -> Result<()> {
         );
         return Ok(());
     };
-    if found.len() > 1 {
+    if found.len() > 1 && warn {
         let all: Vec<String> = found
             .iter()
             .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into())
@@ -65,6 +71,14 @@ pub(super) fn add_vision_tower(out: &mut InputMap, text: &Path) -> Result<()> {
     // The loader's `sd.update(vsd)`: the mmproj's tensors win.
     out.extend(read(first)?);
     Ok(())
+}
+
+/// Whether this process has not yet warned about the text encoder at `path` (a job may open
+/// an input more than once: a warning per file is enough).
+fn first_time(path: &Path) -> bool {
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    WARNED.lock().map_or(true, |mut w| w.insert(key))
 }
 
 /// The vision tower of the mmproj file at `path`, in the loader's names and dtypes.
