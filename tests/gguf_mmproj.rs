@@ -13,7 +13,8 @@ use std::process::Command;
 
 mod common;
 
-use checkpoint_save::gguf::{GgufFile, MetaValue};
+use checkpoint_save::gguf::{gguf_header, GgufFile, GgufTensorInfo, MetaValue};
+use checkpoint_save::quant::{Format, GgmlType, Precision, QuantLayout, Scales};
 use checkpoint_save::{
     open_component, save_to_path, ComponentDtypes, ComponentKind, Components, Dtype, SaveOptions,
     TargetDtype,
@@ -643,4 +644,146 @@ fn comfyui_gguf_loader_reads_the_pair_as_the_tool_does() {
             .collect();
         assert_eq!(t["sha256"].as_str().unwrap(), sha, "{k}");
     }
+}
+
+/// `values` of `shape` in `t`'s blocks, through the crate's encoder (its codes are ggml's
+/// reference quantizers', `tests/ggml.rs`).
+fn encode(t: GgmlType, shape: &[usize], values: &[f32]) -> Vec<u8> {
+    let layout = QuantLayout::new("t", Format::Ggml(t), shape).unwrap();
+    let span = layout.write_span(0..values.len() as u64).unwrap();
+    let mut codes = vec![0u8; (span.codes.end - span.codes.start) as usize];
+    layout
+        .encode(
+            &Scales::none(),
+            Precision::F32,
+            &span,
+            values,
+            &mut codes,
+            &mut [],
+        )
+        .unwrap();
+    codes
+}
+
+/// The values of `codes`, through the crate's decoder (gguf-py's values, `tests/ggml.rs`).
+fn decode(t: GgmlType, shape: &[usize], codes: &[u8]) -> Vec<f32> {
+    let layout = QuantLayout::new("t", Format::Ggml(t), shape).unwrap();
+    let n: usize = shape.iter().product();
+    let span = layout.read_span(0..n as u64).unwrap();
+    let mut out = vec![0f32; n];
+    layout
+        .decode(&Scales::none(), Precision::F32, &span, codes, &[], &mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn a_quantized_mmproj_reads_back_with_the_loaders_dtypes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let clip = qwen_clip(d);
+    let text = convert(d, &clip, "Q8_0", "out", &[]).remove(0);
+    // A Q8_0 mmproj made here (rows of 32): a text encoder `qwen-Q8_0.gguf` and
+    // `qwen-mmproj-Q8_0.gguf` beside it, as llama.cpp users name them.
+    let folder = d.join("q");
+    std::fs::create_dir_all(&folder).unwrap();
+    let lone = folder.join("qwen-Q8_0.gguf");
+    std::fs::copy(&text, &lone).unwrap();
+    let value = |i: usize, salt: usize| ((i * 7 + salt * 13) % 29) as f32 / 7.0 - 2.0;
+    let tensors: Vec<(&str, Vec<usize>, GgmlType)> = vec![
+        ("v.patch_embd.weight", vec![32, 3, 2, 32], GgmlType::Q8_0),
+        ("v.patch_embd.weight.1", vec![32, 3, 2, 32], GgmlType::Q8_0),
+        ("v.blk.0.attn_q.weight", vec![32, 32], GgmlType::Q8_0),
+        ("v.blk.0.attn_k.weight", vec![32, 32], GgmlType::Q8_0),
+        ("v.blk.0.attn_v.weight", vec![32, 32], GgmlType::Q8_0),
+        ("v.blk.0.attn_q.bias", vec![32], GgmlType::F32),
+        ("v.blk.0.attn_k.bias", vec![32], GgmlType::F32),
+        ("v.blk.0.attn_v.bias", vec![32], GgmlType::F32),
+        ("mm.2.weight", vec![32, 128], GgmlType::Q8_0),
+    ];
+    let mut infos = Vec::new();
+    let mut blobs = Vec::new();
+    let mut values: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+    for (salt, (name, shape, ty)) in tensors.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        // A bias of values f16 cannot hold exactly: the loader's f16 rounds them.
+        let v: Vec<f32> = (0..n).map(|i| value(i, salt) + 1e-4).collect();
+        let (blob, got) = match ty {
+            GgmlType::F32 => (v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.clone()),
+            _ => {
+                let codes = encode(*ty, shape, &v);
+                let got = decode(*ty, shape, &codes);
+                (codes, got)
+            }
+        };
+        infos.push(GgufTensorInfo {
+            name: name.to_string(),
+            shape: shape.clone(),
+            ggml_type: *ty,
+        });
+        blobs.push(blob);
+        values.insert(name, got);
+    }
+    let meta = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String("clip".into()),
+        ),
+        (
+            "general.type".to_string(),
+            MetaValue::String("mmproj".into()),
+        ),
+    ];
+    let header = gguf_header(&meta, &infos).unwrap();
+    let mut bytes = header.bytes.clone();
+    let start = bytes.len();
+    bytes.resize(start + header.data_len as usize, 0);
+    for (blob, (b, _)) in blobs.iter().zip(&header.offsets) {
+        let at = start + *b as usize;
+        bytes[at..at + blob.len()].copy_from_slice(blob);
+    }
+    std::fs::write(folder.join("qwen-mmproj-Q8_0.gguf"), bytes).unwrap();
+
+    let (dtypes, back) = read_back(d, &lone);
+    let key = |k: &str| format!("{PREFIX}visual.{k}");
+    // The patch slices, dequantized to f32 and stacked on the third dimension.
+    assert_eq!(dtypes[&key("patch_embed.proj.weight")], Dtype::F32);
+    let (shape, patch) = &back[&key("patch_embed.proj.weight")];
+    assert_eq!(shape, &vec![32, 3, 2, 2, 32]);
+    let (w1, w2) = (
+        &values["v.patch_embd.weight"],
+        &values["v.patch_embd.weight.1"],
+    );
+    let plane = 2 * 32;
+    let want: Vec<f32> = (0..32 * 3)
+        .flat_map(|ij| {
+            [
+                &w1[ij * plane..(ij + 1) * plane],
+                &w2[ij * plane..(ij + 1) * plane],
+            ]
+            .concat()
+        })
+        .collect();
+    assert_eq!(patch, &want);
+    // Quantized q, k, v: dequantized to bf16, then joined; F32 biases: f16, joined.
+    assert_eq!(dtypes[&key("blocks.0.attn.qkv.weight")], Dtype::BF16);
+    assert_eq!(dtypes[&key("blocks.0.attn.qkv.bias")], Dtype::F16);
+    let join = |part: &str, round: fn(f32) -> f32| -> Vec<f32> {
+        ["q", "k", "v"]
+            .iter()
+            .flat_map(|p| values[format!("v.blk.0.attn_{p}.{part}").as_str()].clone())
+            .map(round)
+            .collect()
+    };
+    let bf16 = |x: f32| half::bf16::from_f32(x).to_f32();
+    let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+    let (s, w) = &back[&key("blocks.0.attn.qkv.weight")];
+    assert_eq!(s, &vec![96, 32]);
+    assert_eq!(w, &join("weight", bf16));
+    let (s, b) = &back[&key("blocks.0.attn.qkv.bias")];
+    assert_eq!(s, &vec![96]);
+    assert_eq!(b, &join("bias", f16));
+    assert_ne!(b, &join("bias", |x| x), "the bias is rounded");
+    // The rest as stored: a quantized tensor's values, decoded.
+    assert_eq!(back[&key("merger.mlp.2.weight")].1, values["mm.2.weight"]);
 }

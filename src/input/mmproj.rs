@@ -4,9 +4,9 @@
 //! - `v.patch_embd.weight` and `.weight.1` stacked on a new third dimension into the 5-D
 //!   `visual.patch_embed.proj.weight`, in f32 (the loader dequantizes both to float32);
 //! - every name renamed by `CLIP_VISION_SD_MAP`;
-//! - each block's `attn_q`/`attn_k`/`attn_v` joined (rows: q, k, v) into `attn.qkv`, in bf16
-//!   when stored quantized and f16 otherwise (an F32 bias included), as the loader's
-//!   `dequantize_tensor` gives them;
+//! - each block's `attn_q`/`attn_k`/`attn_v` joined (rows: q, k, v) into `attn.qkv`, in f16
+//!   when stored F16 or F32 (a bias), bf16 otherwise (BF16 and the block types: the loader's
+//!   `is_quantized`), each value rounded to it as the loader's `dequantize_tensor` rounds it;
 //! - the rest as stored.
 //!
 //! Nothing is read but headers: the stack and the joins are element ranges of the file's
@@ -176,10 +176,10 @@ fn join_qkv(vsd: &mut InputMap) -> std::result::Result<(), String> {
             three.push(t.clone());
         }
         let infos: Vec<_> = three.iter().map(InputTensor::info).collect();
-        let (first, quantized) = (&infos[0], infos[0].quant.is_some());
+        let first = &infos[0];
         if infos
             .iter()
-            .any(|i| i.dtype != first.dtype || i.quant.is_some() != quantized)
+            .any(|i| i.dtype != first.dtype || i.quant != first.quant)
         {
             return Err(format!("the q, k and v of `{key}` are of different types"));
         }
@@ -205,7 +205,9 @@ fn join_qkv(vsd: &mut InputMap) -> std::result::Result<(), String> {
             })
             .collect();
         let joined = InputTensor::joined(&key, parts, shape).map_err(|e| e.to_string())?;
-        let dtype = if quantized { Dtype::BF16 } else { Dtype::F16 };
+        // The loader's `is_quantized`: every type but F32 and F16 (BF16 included).
+        let plain = first.quant.is_none() && matches!(first.dtype, Dtype::F32 | Dtype::F16);
+        let dtype = if plain { Dtype::F16 } else { Dtype::BF16 };
         vsd.insert(key, to_dtype(joined, dtype)?);
     }
     Ok(())

@@ -150,3 +150,84 @@ fn vision_shape(named: &[(String, InputTensor, Vec<usize>)]) -> Result<VisionSha
         projection: need("mm.2.weight", 0)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    fn t(shape: &[usize]) -> InputTensor {
+        InputTensor::Candle(Tensor::zeros(shape, DType::F16, &Device::Cpu).unwrap())
+    }
+
+    fn tower() -> InputMap {
+        [
+            ("visual.patch_embed.proj.weight", t(&[8, 3, 2, 2, 2])),
+            ("visual.blocks.0.attn.qkv.weight", t(&[24, 8])),
+            ("visual.blocks.0.attn.qkv.bias", t(&[24])),
+            ("visual.blocks.0.mlp.up_proj.weight", t(&[12, 8])),
+            ("visual.merger.ln_q.weight", t(&[8])),
+            ("visual.merger.mlp.2.weight", t(&[16, 32])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    #[test]
+    fn a_tower_is_planned_with_llama_cpps_names_and_types() {
+        let plan = Plan::gguf_mmproj(&tower()).unwrap();
+        let names: Vec<&str> = plan.tensors().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "v.blk.0.attn_q.bias",
+                "v.blk.0.attn_k.bias",
+                "v.blk.0.attn_v.bias",
+                "v.blk.0.attn_q.weight",
+                "v.blk.0.attn_k.weight",
+                "v.blk.0.attn_v.weight",
+                "v.blk.0.ffn_up.weight",
+                "v.post_ln.weight",
+                "mm.2.weight",
+                "v.patch_embd.weight",
+                "v.patch_embd.weight.1",
+            ]
+        );
+    }
+
+    #[test]
+    fn what_the_converter_cannot_write_is_refused_by_name() {
+        for (key, shape, needle) in [
+            (
+                "visual.blocks.0.attn.qkv.weight",
+                vec![25, 8],
+                "not 3 equal parts",
+            ),
+            (
+                "visual.patch_embed.proj.weight",
+                vec![8, 3, 2, 2],
+                "not 5-D",
+            ),
+            (
+                "visual.patch_embed.proj.weight",
+                vec![8, 3, 3, 2, 2],
+                "3 temporal slices",
+            ),
+            (
+                "visual.pos_embed.weight",
+                vec![4, 8],
+                "no llama.cpp mmproj name",
+            ),
+        ] {
+            let mut m = tower();
+            m.insert(key.to_string(), t(&shape));
+            let e = Plan::gguf_mmproj(&m).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(needle), "{e}");
+        }
+        let mut m = tower();
+        m.remove("visual.merger.mlp.2.weight");
+        let e = Plan::gguf_mmproj(&m).unwrap_err().to_string();
+        assert!(e.contains("visual.merger.mlp.2.weight"), "{e}");
+    }
+}
