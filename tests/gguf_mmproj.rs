@@ -787,3 +787,44 @@ fn a_quantized_mmproj_reads_back_with_the_loaders_dtypes() {
     // The rest as stored: a quantized tensor's values, decoded.
     assert_eq!(back[&key("merger.mlp.2.weight")].1, values["mm.2.weight"]);
 }
+
+#[test]
+fn split_gguf_writes_the_pair_and_save_reads_the_tower_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let clip = qwen_clip(d);
+    let source = values_of(&clip);
+    let ck = d.join("ck/checkpoints/ComfyUI_00001_.safetensors");
+    let nodes = d.join("nodes");
+    let r = run(
+        d,
+        &[
+            "split",
+            ck.to_str().unwrap(),
+            "--gguf",
+            "Q8_0",
+            "--output-dir",
+            nodes.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let te = nodes.join("text_encoders");
+    let text = te.join("ComfyUI_qwen25_7b_00001_.gguf");
+    assert!(
+        text.is_file()
+            && te
+                .join("ComfyUI_qwen25_7b_00001_-mmproj-F16.gguf")
+                .is_file()
+    );
+    assert_eq!(
+        loader_matches(&te, &text),
+        vec!["ComfyUI_qwen25_7b_00001_-mmproj-F16.gguf".to_string()]
+    );
+    let (_, back) = read_back(d, &text);
+    let visual: Vec<&String> = source.keys().filter(|k| k.contains(".visual.")).collect();
+    assert!(!visual.is_empty());
+    for k in visual {
+        assert_eq!(back[k].1, source[k].2, "{k}");
+    }
+}
