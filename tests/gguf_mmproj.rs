@@ -828,3 +828,49 @@ fn split_gguf_writes_the_pair_and_save_reads_the_tower_back() {
         assert_eq!(back[k].1, source[k].2, "{k}");
     }
 }
+
+#[test]
+fn a_failure_in_the_mmproj_leaves_neither_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let clip = qwen_clip(d);
+    // A NaN in the vision tower: with --check-finite, the mmproj (written after the text
+    // encoder, before either is published) is refused, and the text encoder with it.
+    let (mut tensors, meta) = st::read(&clip);
+    let key = format!("{PREFIX}visual.merger.mlp.2.weight");
+    let (dtype, _, bytes) = tensors.get_mut(&key).unwrap();
+    assert_eq!(*dtype, safetensors::Dtype::F16);
+    bytes[..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    let poisoned = d.join("poisoned.safetensors");
+    st::write(&poisoned, &tensors, &meta);
+    let out = d.join("nan");
+    let r = run(
+        d,
+        &[
+            "convert",
+            poisoned.to_str().unwrap(),
+            "--gguf",
+            "Q8_0",
+            "--check-finite",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert_refused(&r, "NaN", &out);
+    // Without the NaN check, both are written.
+    let r = run(
+        d,
+        &[
+            "convert",
+            poisoned.to_str().unwrap(),
+            "--gguf",
+            "Q8_0",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().count(), 2);
+}
