@@ -484,7 +484,6 @@ fn pairing_follows_the_loader_missing_several_and_malformed() {
             "F16",
             "--output-dir",
             "alone_out",
-            "-q",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -494,6 +493,21 @@ fn pairing_follows_the_loader_missing_several_and_malformed() {
         r.stderr
     );
     assert_eq!(r.stdout.lines().count(), 1);
+    // `--quiet`: no warning.
+    let r = run(
+        d,
+        &[
+            "convert",
+            lone.to_str().unwrap(),
+            "--gguf",
+            "F16",
+            "--output-dir",
+            "alone_q",
+            "-q",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stderr, "");
 
     // Several: the first in sorted order, with a warning.
     std::fs::copy(&first[1], alone.join("qwen-mmproj-b.gguf")).unwrap();
@@ -507,7 +521,6 @@ fn pairing_follows_the_loader_missing_several_and_malformed() {
             "F16",
             "--output-dir",
             "several",
-            "-q",
         ],
     );
     // `-a` is first: a text encoder, not an mmproj — a clear error naming it.

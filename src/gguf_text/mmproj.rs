@@ -140,13 +140,15 @@ pub(crate) fn candidates(text: &Path) -> Result<Vec<PathBuf>> {
         _ => PathBuf::from("."),
     };
     let stem = match_stem(text);
+    let own = text.file_name();
     let entries =
         std::fs::read_dir(&dir).ctx(|| format!("cannot list {} for an mmproj", dir.display()))?;
     let mut out: Vec<PathBuf> = Vec::new();
     for e in entries {
         let e = e.ctx(|| format!("cannot list {} for an mmproj", dir.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if pairs(&name, &stem) && e.path() != text {
+        // The text encoder itself is no mmproj, whatever its name.
+        if pairs(&name, &stem) && Some(e.file_name().as_os_str()) != own {
             out.push(e.path());
         }
     }

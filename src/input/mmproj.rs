@@ -15,10 +15,11 @@
 //!
 //! No mmproj in the folder: the language model alone, with a warning (the loader logs an error
 //! and goes on). Several: the first in sorted order, with a warning. Each warning once per file
-//! and process.
+//! and process, none after [`set_quiet`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::files::open_set;
@@ -73,9 +74,21 @@ pub(super) fn add_vision_tower(out: &mut InputMap, text: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the warnings are not printed (the CLI's `--quiet`).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Stops (or resumes) the warnings reading a text encoder prints on stderr (no mmproj beside a
+/// `qwen2vl` file, several): what a program promising no warnings (`--quiet`) calls first.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
 /// Whether this process has not yet warned about the text encoder at `path` (a job may open
 /// an input more than once: a warning per file is enough).
 fn first_time(path: &Path) -> bool {
+    if QUIET.load(Ordering::Relaxed) {
+        return false;
+    }
     static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
     let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     WARNED.lock().map_or(true, |mut w| w.insert(key))

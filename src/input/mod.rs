@@ -16,6 +16,8 @@ mod group;
 mod mmproj;
 mod single_file;
 
+pub use mmproj::set_quiet;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
