@@ -627,15 +627,31 @@ fn comfyui_gguf_loader_reads_the_pair_as_the_tool_does() {
         .unwrap()
         .clone();
     let (dtypes, back) = read_back(d, &paths[0]);
+    // The loader joins the split q/k/v into `attn.qkv` but leaves the split tensors in its state
+    // dict too (ComfyUI's model ignores them as unexpected keys): those are not the tower's.
+    let leftover = |k: &str| {
+        [".attn_q.", ".attn_k.", ".attn_v."]
+            .iter()
+            .any(|s| k.contains(s))
+    };
     let visual: Vec<&String> = tensors
         .keys()
-        .filter(|k| k.starts_with("visual."))
+        .filter(|k| k.starts_with("visual.") && !leftover(k))
         .collect();
     assert!(!visual.is_empty());
+    assert!(tensors
+        .keys()
+        .filter(|k| leftover(k))
+        .all(|k| k.starts_with("visual.blocks.")));
+    let tower = back.keys().filter(|b| b.contains(".visual.")).count();
+    assert_eq!(visual.len(), tower, "the loader's tower and the tool's");
     for k in visual {
         let t = &tensors[k];
         let key = format!("{PREFIX}{k}");
-        let (shape, v) = &back[&key];
+        let Some((shape, v)) = back.get(&key) else {
+            let tool: Vec<&String> = back.keys().filter(|b| b.contains(".visual.")).collect();
+            panic!("the loader gives `{k}`, the tool does not (its tower: {tool:?})");
+        };
         let got: Vec<usize> = t["shape"]
             .as_array()
             .unwrap()
