@@ -12,6 +12,7 @@
 pub(crate) mod names;
 pub(crate) mod quantize;
 pub(crate) mod spiece;
+pub(crate) mod tekken;
 
 use std::ops::Range;
 
