@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::gguf_text::spiece;
-use crate::gguf_text::{TextArch, UMT5_EMBEDDING};
+use crate::gguf_text::tekken::{self, TEKKEN};
+use crate::gguf_text::{TextArch, TEKKEN_EMBEDDING, UMT5_EMBEDDING};
 use crate::model::{ComponentKind, Components, InputMap};
 use crate::naming::SaveTarget;
 use crate::plan::gguf_target::GgufTarget;
@@ -16,6 +17,9 @@ use crate::{SaveOptions, Saved};
 
 /// The clip component's top-level tokenizer key that a umT5 GGUF carries as metadata.
 const SPIECE: &str = "spiece_model";
+
+/// The in-memory name of Mistral 3 (Flux 2 dev's encoder), whose GGUF carries `tekken_model`.
+const MISTRAL3: &str = "mistral3_24b";
 
 /// One planned text-encoder file: the encoder, its architecture and plan.
 struct Planned {
@@ -28,17 +32,18 @@ struct Planned {
 /// loaders read (its `text_encoders/` or `clip/` folder), named `<opts.prefix>_<encoder>` under
 /// `opts.output_dir` with the `.gguf` extension: llama.cpp's names, its permutation of a
 /// `llama` file's queries and keys, the types llama.cpp's converter and llama-quantize choose,
-/// and for umT5 its tokenizer as `tokenizer.ggml.*` metadata (from the component's
-/// `spiece_model`). Every file is planned before the first is written. The `logit_scale` of an
-/// encoder is not written (the loader gives none; ComfyUI makes its default), nor a
-/// `spiece_model` that is not a sentencepiece model beside an encoder that needs none (listed
-/// in [`Saved::dropped`]).
+/// for umT5 its tokenizer as `tokenizer.ggml.*` metadata (from the component's
+/// `spiece_model`), and for Mistral 3 (`mistral3_24b`) llama.cpp's Mistral Small hyper-parameters
+/// and its tekken tokenizer as `gpt2` metadata (from `tekken_model`). Every file is planned
+/// before the first is written. The `logit_scale` of an encoder is not written (the loader
+/// gives none; ComfyUI makes its default), nor a tokenizer that does not parse beside an encoder
+/// whose embedding the loader rebuilds none for (listed in [`Saved::dropped`]).
 ///
 /// # Errors
 /// [`Error::MissingComponent`] without text encoders; [`Error::InvalidInput`] for an encoder
-/// ComfyUI-GGUF does not read from GGUF (CLIP, Gemma …, named), other top-level keys, a umT5
-/// without a readable `spiece_model`; planning, write and publish errors as
-/// [`crate::save`].
+/// ComfyUI-GGUF does not read from GGUF (CLIP, Gemma …, named), other top-level keys, a umT5-XXL
+/// or full-size Mistral 3 without a readable `spiece_model` / `tekken_model`; planning, write
+/// and publish errors as [`crate::save`].
 pub fn save_gguf_text(
     components: &Components,
     ty: impl Into<GgufTarget>,
@@ -82,9 +87,14 @@ pub fn save_gguf_text(
 fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
     let mut encoders: Vec<(String, InputMap)> = Vec::new();
     let mut spiece_model = None;
+    let mut tekken_model = None;
     for (key, t) in clip {
         if key == SPIECE {
             spiece_model = Some(t);
+            continue;
+        }
+        if key == TEKKEN {
+            tekken_model = Some(t);
             continue;
         }
         let Some((enc, rest)) = key.split_once('.') else {
@@ -110,13 +120,18 @@ fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
         ));
     }
     let mut out = Vec::with_capacity(encoders.len());
-    let mut spiece_used = false;
+    let (mut spiece_used, mut tekken_used) = (false, false);
     for (enc, tensors) in encoders {
         let arch = TextArch::of_encoder(&enc)?;
         let mut dropped = Vec::new();
         let tokenizer = if arch.is_t5() {
             spiece_used = true;
             tokenizer(&enc, &tensors, spiece_model, &mut dropped)?
+        } else if enc == MISTRAL3 {
+            tekken_used = true;
+            let mut meta = tekken::hyper_parameters(|k| tensors.get(k).map(|t| t.info().shape));
+            meta.extend(mistral_tokenizer(&tensors, tekken_model, &mut dropped)?);
+            meta
         } else {
             Vec::new()
         };
@@ -132,6 +147,12 @@ fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
         return Err(Error::InvalidInput(format!(
             "the clip component's `{SPIECE}` belongs to a umT5 encoder, and none is written; \
              a Llama or Qwen GGUF has no place for it"
+        )));
+    }
+    if tekken_model.is_some() && !tekken_used {
+        return Err(Error::InvalidInput(format!(
+            "the clip component's `{TEKKEN}` belongs to a Mistral 3 encoder (`{MISTRAL3}`), and \
+             none is written; a Llama or Qwen GGUF has no place for it"
         )));
     }
     Ok(out)
@@ -176,6 +197,45 @@ fn tokenizer(
         Err(e) if needed => Err(e),
         Err(_) => {
             dropped.push(SPIECE.to_string());
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// The tokenizer metadata of a Mistral 3 encoder: from `tekken_model` when it is a tekken
+/// file; none when there is none or it does not parse and the loader needs none (then it is
+/// `dropped`). The loader rebuilds `tekken_model` only for the full-size embedding, and fails
+/// on such a file without `gpt2` tokenizer metadata.
+fn mistral_tokenizer(
+    tensors: &InputMap,
+    tekken_model: Option<&crate::model::InputTensor>,
+    dropped: &mut Vec<String>,
+) -> Result<Vec<(String, crate::read::gguf::MetaValue)>> {
+    let embedding = tensors
+        .get("model.embed_tokens.weight")
+        .map(|t| t.info().shape);
+    let rows = embedding
+        .as_ref()
+        .and_then(|s| s.first().copied())
+        .unwrap_or(0);
+    let needed = embedding.as_deref() == Some(&TEKKEN_EMBEDDING[..]);
+    let Some(t) = tekken_model else {
+        if needed {
+            return Err(Error::InvalidInput(format!(
+                "`{MISTRAL3}` is a full-size Mistral 3 encoder, whose GGUF must carry its \
+                 tokenizer (ComfyUI-GGUF's loader rebuilds `{TEKKEN}` from it and fails \
+                 without it), but the clip component has no `{TEKKEN}`: give the text-encoder \
+                 file that holds it (ComfyUI's mistral_3_small_flux2 files do)"
+            )));
+        }
+        return Ok(Vec::new());
+    };
+    let bytes = crate::gguf_text::u8_bytes(TEKKEN, t)?;
+    match tekken::parse(&bytes).and_then(|tk| tekken::to_metadata(&tk, rows)) {
+        Ok(meta) => Ok(meta),
+        Err(e) if needed => Err(e),
+        Err(_) => {
+            dropped.push(TEKKEN.to_string());
             Ok(Vec::new())
         }
     }
