@@ -249,13 +249,24 @@ fn queries_and_keys_are_permuted_as_for_llama_and_read_back_as_mistral3() {
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stdout.lines().any(|l| l.contains("text_encoders/")
-            && l.contains("mistral3_24b")
-            && l.ends_with(".gguf")),
-        "{}",
-        r.stdout
+    let te = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("text_encoders/") && l.contains("mistral3_24b"))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    let te = if Path::new(te).is_absolute() {
+        PathBuf::from(te)
+    } else {
+        d.join(te)
+    };
+    // Its synthetic tekken_model (1000 rows at test size) as llama.cpp's tokenizer metadata.
+    let file = GgufFile::open(&te).unwrap();
+    assert_eq!(
+        file.get("tokenizer.ggml.pre").and_then(|v| v.as_str()),
+        Some("tekken")
     );
+    assert_eq!(tokens_of(&file).len(), 1000);
+    assert_eq!(&tokens_of(&file)[..3], ["<unk>", "<s>", "</s>"]);
 }
 
 /// A GGUF v3 file written here (independently of the crate): `llama`, the tokenizer metadata

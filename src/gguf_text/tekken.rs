@@ -61,7 +61,7 @@ fn to_chars(table: &[char; 256], bytes: &[u8]) -> String {
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding (Python's `base64.b64encode`).
-fn b64_encode(data: &[u8], out: &mut String) {
+pub(crate) fn b64_encode(data: &[u8], out: &mut String) {
     for chunk in data.chunks(3) {
         let n = chunk.len();
         let v = u32::from(chunk[0]) << 16
