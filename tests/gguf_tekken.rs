@@ -396,3 +396,61 @@ fn a_full_size_mistral3_without_tekken_model_is_refused_before_writing() {
     );
     assert_refused(&r, "no `tekken_model`", &out);
 }
+
+/// ComfyUI-GGUF's checkout and a Python that imports its loader (torch and gguf), or why the
+/// oracle is skipped (`tests/python/comfyui_gguf_loader.py`; its `tekken` mode stands in
+/// GPT-2's `bytes_to_unicode` where transformers is absent).
+fn loader_oracle() -> Option<(PathBuf, PathBuf)> {
+    let Some(repo) = std::env::var_os("CHECKPOINT_SAVE_COMFYUI_GGUF").map(PathBuf::from) else {
+        eprintln!("skipped: CHECKPOINT_SAVE_COMFYUI_GGUF (a ComfyUI-GGUF checkout) is not set");
+        return None;
+    };
+    let python = std::env::var_os("CHECKPOINT_SAVE_PYTHON")
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import torch, gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: {} lacks torch or gguf", python.display());
+        return None;
+    }
+    Some((repo, python))
+}
+
+#[test]
+fn comfyui_gguf_loader_rebuilds_the_tekken_model_the_tool_reads() {
+    let Some((repo, python)) = loader_oracle() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows = tokens_of(&GgufFile::open(&fixture("tekken.gguf")).unwrap()).len();
+    let json = std::fs::read(fixture("tekken.json")).unwrap();
+    let written = convert(d, &mistral_file(d, "te", rows, Some(&json)), "Q8_0", "q8");
+    for path in [fixture("tekken.gguf"), written] {
+        let out = std::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/comfyui_gguf_loader.py"
+            ))
+            .arg(&repo)
+            .arg("tekken")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let hex = v[path.to_str().unwrap()]["tekken_model"].as_str().unwrap();
+        let ours: String = tekken_model(&GgufFile::open(&path).unwrap())
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, ours, "{}", path.display());
+    }
+}
