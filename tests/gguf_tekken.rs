@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use checkpoint_save::gguf::{tekken_model, GgufFile, MetaArray, MetaValue};
-use checkpoint_save::{open_component, save_to_path, Arch, ComponentKind, Components, SaveOptions};
+use checkpoint_save::{
+    open_component, save_to_path, Arch, ComponentDtypes, ComponentKind, Components, SaveOptions,
+    TargetDtype,
+};
 use common::cli::{assert_refused, ok_path, run};
 use common::st;
 use safetensors::Dtype;
@@ -223,6 +226,19 @@ fn queries_and_keys_are_permuted_as_for_llama_and_read_back_as_mistral3() {
         c.tensors.keys().collect::<Vec<_>>()
     );
     assert!(!c.tensors.contains_key("tekken_model"));
+    // In F16 the values read back are the source's (small integers), the rows in their order.
+    let mut comps = Components::default();
+    comps.set_inputs(ComponentKind::Model, c.tensors);
+    let mut o = SaveOptions::plain();
+    o.dtypes = ComponentDtypes::all(TargetDtype::F32);
+    let back = d.join("back.safetensors");
+    save_to_path(&comps, &back, &o).unwrap();
+    let back = st::read(&back).0;
+    for (k, (dt, shape, bytes)) in &source {
+        let (bdt, bshape, bbytes) = &back[k];
+        assert_eq!(bshape, shape, "{k}");
+        assert_eq!(st::floats(*bdt, bbytes), st::floats(*dt, bytes), "{k}");
+    }
     let parts = d.join("parts");
     let ck = ok_path(
         d,
