@@ -249,3 +249,27 @@ fn mistral_hyper_parameters_from_shapes_and_config() {
     );
     assert_eq!(get("llama.rope.freq_base"), Some(MetaValue::F32(1.0e9)));
 }
+
+#[test]
+fn invalid_utf8_is_replaced_as_python_replaces_it() {
+    // Python 3.11: json.dumps(bytes.fromhex(h).decode("utf-8", "replace")).
+    for (hex, want) in [
+        ("f08080", r#""\ufffd\ufffd\ufffd""#),
+        ("eda080", r#""\ufffd\ufffd\ufffd""#),
+        ("f4908080", r#""\ufffd\ufffd\ufffd\ufffd""#),
+        ("e08061", r#""\ufffd\ufffda""#),
+        ("c0af", r#""\ufffd\ufffd""#),
+        ("f09f98", r#""\ufffd""#),
+        ("f09f988080", r#""\ud83d\ude00\ufffd""#),
+        ("e282acfffe", r#""\u20ac\ufffd\ufffd""#),
+        ("61c3", r#""a\ufffd""#),
+    ] {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let mut s = String::new();
+        json_str(&String::from_utf8_lossy(&bytes), &mut s);
+        assert_eq!(s, want, "{hex}");
+    }
+}
