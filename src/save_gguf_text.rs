@@ -240,3 +240,78 @@ fn mistral_tokenizer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf_text::tekken;
+    use crate::model::{Arch, ComponentKind, InputTensor};
+    use crate::read::gguf::{GgufFile, MetaArray, MetaValue};
+    use crate::GgufType;
+
+    /// Flux 2 dev's full-size Mistral 3 (placeholders: no weights in memory) with its synthetic
+    /// tekken file, planned as a Q8_0 GGUF: the header holds llama.cpp's Mistral metadata.
+    #[test]
+    fn a_full_size_mistral3_plans_with_its_tokenizer_and_hyper_parameters() {
+        let shapes = crate::synthetic::shapes(Arch::Flux2);
+        let comps = crate::synthetic::placeholders(&shapes, None).unwrap();
+        let mut clip = comps.get(ComponentKind::Clip).unwrap().clone();
+        let json = crate::synthetic::tekken::json_bytes(crate::synthetic::tekken::BYTES)
+            .unwrap()
+            .to_vec();
+        let n = json.len();
+        clip.insert(
+            TEKKEN.to_string(),
+            InputTensor::Candle(
+                candle_core::Tensor::from_vec(json, n, &candle_core::Device::Cpu).unwrap(),
+            ),
+        );
+        let planned = plan_all(&clip, &GgufType::Q8_0.into()).unwrap();
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].encoder, MISTRAL3);
+        let plan = &planned[0].plan;
+        // The header alone, the data left sparse, read back as a GGUF file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, plan.header()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(plan.file_len())
+            .unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let u32_of = |k: &str| match f.get(k) {
+            Some(MetaValue::U32(v)) => *v,
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(u32_of("llama.vocab_size"), 131_072);
+        assert_eq!(u32_of("llama.block_count"), 40);
+        assert_eq!(u32_of("llama.embedding_length"), 5120);
+        assert_eq!(u32_of("llama.feed_forward_length"), 32_768);
+        assert_eq!(u32_of("llama.attention.key_length"), 128);
+        assert_eq!(u32_of("llama.attention.value_length"), 128);
+        assert_eq!(u32_of("tokenizer.ggml.bos_token_id"), 1);
+        assert_eq!(u32_of("tokenizer.ggml.eos_token_id"), 2);
+        let Some(MetaValue::Array(MetaArray::String(tokens))) = f.get("tokenizer.ggml.tokens")
+        else {
+            panic!("no tokens")
+        };
+        assert_eq!(tokens.len(), 131_072);
+        assert_eq!(
+            (&*tokens[3], &*tokens[999], &*tokens[1000]),
+            ("[INST]", "<SPECIAL_999>", "Ā")
+        );
+        let Some(MetaValue::Array(MetaArray::String(merges))) = f.get("tokenizer.ggml.merges")
+        else {
+            panic!("no merges")
+        };
+        assert!(merges.len() >= 131_072 - 1000 - 256, "{}", merges.len());
+        // What the loader rebuilds from it is that tekken file's vocabulary, cut to the rows.
+        let back = tekken::parse(&tekken::from_metadata(|k| f.get(k).cloned()).unwrap()).unwrap();
+        assert_eq!(back.specials.len(), 1000);
+        assert_eq!(back.vocab.len(), 131_072 - 1000);
+        let embd = f.tensor("token_embd.weight").unwrap();
+        assert_eq!(embd.type_name(), "Q8_0");
+    }
+}
