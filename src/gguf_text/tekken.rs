@@ -276,6 +276,11 @@ pub(crate) fn parse(data: &[u8]) -> Result<Tekken> {
         .and_then(Value::as_u64)
         .and_then(|n| usize::try_from(n).ok());
     if let Some(n) = declared {
+        if n > MAX_GAP {
+            return Err(bad(format!(
+                "`default_num_special_tokens` is {n}, more than a tokenizer holds"
+            )));
+        }
         if specials.len() > n {
             return Err(bad(format!(
                 "a special token has rank {}, beyond its {n} special tokens",
@@ -292,10 +297,14 @@ pub(crate) fn parse(data: &[u8]) -> Result<Tekken> {
     Ok(Tekken { specials, vocab })
 }
 
+/// How far past the entries read a rank or count may reach (bounds what a hostile file makes
+/// this allocate; tekken files hold a few hundred thousand entries).
+const MAX_GAP: usize = 1 << 20;
+
 fn place<T>(list: &mut Vec<Option<T>>, rank: usize, v: T, name: &str) -> Result<()> {
     if rank >= list.len() {
         // A rank far beyond the entries is a gap that the check after reading reports.
-        if rank > list.len() + (1 << 20) {
+        if rank > list.len() + MAX_GAP {
             return Err(bad(format!("a `{name}` rank of {rank} leaves a gap")));
         }
         list.resize_with(rank + 1, || None);

@@ -212,6 +212,14 @@ fn malformed_tekken_files_are_refused() {
             r#"{"vocab": [], "special_tokens": [{"rank": 0}]}"#,
             "token_str",
         ),
+        (
+            r#"{"vocab": [], "special_tokens": [{"rank": 99999999999, "token_str": "a"}]}"#,
+            "gap",
+        ),
+        (
+            r#"{"config": {"default_num_special_tokens": 99999999999}, "vocab": [], "special_tokens": []}"#,
+            "default_num_special_tokens",
+        ),
     ] {
         let e = parse(json.as_bytes()).unwrap_err().to_string();
         assert!(
