@@ -60,6 +60,9 @@ pub struct Inspection {
     pub quantized: BTreeMap<String, usize>,
     /// File size.
     pub file_bytes: u64,
+    /// For a `qwen2vl` text-encoder GGUF, the mmproj file ComfyUI-GGUF's loader pairs with it
+    /// (its vision tower, listed as the `mmproj` part).
+    pub mmproj: Option<PathBuf>,
 }
 
 fn serialize_arch<S: Serializer>(
@@ -170,17 +173,24 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         left_out: st.left_out().to_vec(),
         quantized: crate::input::quantized_layers(path)?,
         file_bytes: st.file_len(),
+        mmproj: None,
     })
 }
 
-/// A GGUF file's header: its tensors are one component (a denoiser, or a text encoder by its
-/// `general.architecture`), counted per ggml type; the architecture is detected from its tensors
+/// A GGUF file's header: its tensors are one component (a denoiser, a text encoder by its
+/// `general.architecture`, or llama.cpp's vision projector by its `general.type` `mmproj`,
+/// listed as `mmproj`), counted per ggml type; the architecture is detected from its tensors
 /// as ComfyUI-GGUF's loader names them (without a `model.diffusion_model.` prefix).
 fn inspect_gguf(path: &Path) -> Result<Inspection> {
     let g = GgufFile::open(path)?;
     let text = g
         .architecture()
         .is_some_and(|a| crate::gguf_text::TextArch::parse(a).is_some());
+    // llama.cpp's vision projector file (a `qwen2vl` encoder's vision tower).
+    let mmproj = matches!(
+        g.get("general.type"),
+        Some(crate::read::gguf::MetaValue::String(t)) if t == "mmproj" || t == "clip-vision"
+    );
     let prefix = "model.diffusion_model.";
     let prefixed = g.tensors().iter().any(|t| t.name.starts_with(prefix));
     let model: BTreeMap<String, TensorInfo> = g
@@ -198,13 +208,17 @@ fn inspect_gguf(path: &Path) -> Result<Inspection> {
             ))
         })
         .collect();
-    let arch = if text {
+    let arch = if text || mmproj {
         None
     } else {
         detect_model(&model).ok()
     };
     let mut part = PartSummary {
-        name: if text { "clip" } else { "model" },
+        name: match (text, mmproj) {
+            (_, true) => "mmproj",
+            (true, _) => "clip",
+            _ => "model",
+        },
         ..Default::default()
     };
     for t in g.tensors() {
@@ -212,12 +226,17 @@ fn inspect_gguf(path: &Path) -> Result<Inspection> {
         part.bytes += t.byte_len();
         *part.dtypes.entry(t.type_name().to_string()).or_default() += 1;
     }
+    let (mmproj, vision) = paired_mmproj(path, g.architecture())?;
     Ok(Inspection {
         path: path.to_path_buf(),
         format: FileFormat::Gguf,
         arch,
         prediction: arch.map_or(Prediction::Flow, Arch::default_prediction),
-        parts: if part.tensors > 0 { vec![part] } else { vec![] },
+        parts: [part]
+            .into_iter()
+            .chain(vision)
+            .filter(|p| p.tensors > 0)
+            .collect(),
         tensors: g.tensors().len(),
         metadata: g
             .metadata()
@@ -230,6 +249,7 @@ fn inspect_gguf(path: &Path) -> Result<Inspection> {
         // GGUF's block types are listed per dtype; `quantized` counts ComfyUI's layouts.
         quantized: BTreeMap::new(),
         file_bytes: g.file_len(),
+        mmproj,
     })
 }
 
@@ -247,6 +267,37 @@ fn human_bytes(b: u64) -> String {
     } else {
         format!("{v:.2} {}", UNITS[u])
     }
+}
+
+/// The mmproj ComfyUI-GGUF's loader pairs with a `qwen2vl` file at `path`, with its tensors
+/// as a part (the first in sorted order, as the tool reads it).
+///
+/// # Errors
+/// The paired file's header errors.
+fn paired_mmproj(
+    path: &Path,
+    architecture: Option<&str>,
+) -> Result<(Option<PathBuf>, Option<PartSummary>)> {
+    if architecture != Some("qwen2vl") {
+        return Ok((None, None));
+    }
+    let Some(first) = crate::gguf_text::mmproj::candidates(path)?
+        .into_iter()
+        .next()
+    else {
+        return Ok((None, None));
+    };
+    let g = GgufFile::open(&first)?;
+    let mut part = PartSummary {
+        name: "mmproj",
+        ..Default::default()
+    };
+    for t in g.tensors() {
+        part.tensors += 1;
+        part.bytes += t.byte_len();
+        *part.dtypes.entry(t.type_name().to_string()).or_default() += 1;
+    }
+    Ok((Some(first), Some(part)))
 }
 
 impl fmt::Display for Inspection {
@@ -287,6 +338,9 @@ impl fmt::Display for Inspection {
                 self.quantized.values().sum::<usize>(),
                 formats.join(", ")
             )?;
+        }
+        if let Some(m) = &self.mmproj {
+            writeln!(f, "  mmproj:       {} (its vision tower)", m.display())?;
         }
         if !self.left_out.is_empty() {
             writeln!(

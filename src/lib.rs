@@ -68,6 +68,7 @@ pub mod reduce;
 mod save;
 mod save_gguf;
 mod save_gguf_text;
+mod save_mmproj;
 mod split;
 pub mod synthetic;
 mod sys;

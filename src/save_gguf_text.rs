@@ -26,6 +26,8 @@ struct Planned {
     encoder: String,
     plan: Plan,
     dropped: Vec<String>,
+    /// The vision tower's mmproj file, written beside the text encoder's (`qwen2vl`).
+    mmproj: Option<Plan>,
 }
 
 /// Saves each text encoder of `components` as one GGUF file of `ty` that ComfyUI-GGUF's CLIP
@@ -37,7 +39,10 @@ struct Planned {
 /// and its tekken tokenizer as `gpt2` metadata (from `tekken_model`). Every file is planned
 /// before the first is written. The `logit_scale` of an encoder is not written (the loader
 /// gives none; ComfyUI makes its default), nor a tokenizer that does not parse beside an encoder
-/// whose embedding the loader rebuilds none for (listed in [`Saved::dropped`]).
+/// whose embedding the loader rebuilds none for (listed in [`Saved::dropped`]). A `qwen25_7b`
+/// encoder's vision tower (`visual.*`) is written as llama.cpp's mmproj file beside it,
+/// `<stem>-mmproj-F16.gguf`, which the loader pairs with it; the two are one job (see
+/// [`crate::save_mmproj`]), listed in that order.
 ///
 /// # Errors
 /// [`Error::MissingComponent`] without text encoders; [`Error::InvalidInput`] for an encoder
@@ -64,21 +69,31 @@ pub fn save_gguf_text(
         let file = SaveTarget::resolve(&prefix, &opts.output_dir)?.with_extension("gguf");
         let method = write_method(&p.plan, opts, &file.folder);
         let reservation = file.reserve()?;
-        let (path, non_finite) = write_reserved(&p.plan, reservation, method, opts)?;
-        out.push(Saved {
-            path,
-            arch: None,
-            prediction: crate::model::Prediction::Unknown,
-            tensors: p.plan.tensors().len(),
-            bytes: p.plan.file_len(),
-            non_finite,
-            dropped: p
-                .dropped
-                .into_iter()
-                .map(|k| (ComponentKind::Clip, k))
-                .collect(),
-            elapsed: start.elapsed(),
-        });
+        let written = match &p.mmproj {
+            Some(vision) => {
+                crate::save_mmproj::write_pair(&p.plan, reservation, method, vision, opts)?.into()
+            }
+            None => vec![write_reserved(&p.plan, reservation, method, opts)?],
+        };
+        let plans = [Some(&p.plan), p.mmproj.as_ref()];
+        let mut dropped = Some(p.dropped);
+        for ((path, non_finite), plan) in written.into_iter().zip(plans.into_iter().flatten()) {
+            out.push(Saved {
+                path,
+                arch: None,
+                prediction: crate::model::Prediction::Unknown,
+                tensors: plan.tensors().len(),
+                bytes: plan.file_len(),
+                non_finite,
+                dropped: dropped
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|k| (ComponentKind::Clip, k))
+                    .collect(),
+                elapsed: start.elapsed(),
+            });
+        }
     }
     Ok(out)
 }
@@ -121,8 +136,14 @@ fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
     }
     let mut out = Vec::with_capacity(encoders.len());
     let (mut spiece_used, mut tekken_used) = (false, false);
-    for (enc, tensors) in encoders {
+    for (enc, mut tensors) in encoders {
         let arch = TextArch::of_encoder(&enc)?;
+        let mmproj = match arch {
+            TextArch::Qwen2Vl => {
+                crate::save_mmproj::plan_vision(&mut tensors).map_err(|e| within(&enc, e))?
+            }
+            _ => None,
+        };
         let mut dropped = Vec::new();
         let tokenizer = if arch.is_t5() {
             spiece_used = true;
@@ -141,6 +162,7 @@ fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
             encoder: enc,
             plan,
             dropped,
+            mmproj,
         });
     }
     if spiece_model.is_some() && !spiece_used {

@@ -483,3 +483,88 @@ fn dropout_is_seeded_and_writes_base_or_rescaled_deltas() {
         "{kept} of {n}"
     );
 }
+
+/// SLERP of f16 and bf16 files, whose norms and dot product are summed from the bytes read:
+/// the same file, tensor for tensor, as SLERP of the same values stored as f32 (summed from
+/// the decoded values).
+#[test]
+fn slerp_of_half_files_equals_slerp_of_their_f32_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for dtype in ["f16", "bf16"] {
+        let mut half = Vec::new();
+        let mut wide = Vec::new();
+        for seed in ["1", "2"] {
+            let prefix = format!("{dtype}-{seed}");
+            let p = common::cli::ok_path(
+                d,
+                &[
+                    "save",
+                    "--synthetic",
+                    "sd15",
+                    "--max-dim",
+                    "40",
+                    "--seed",
+                    seed,
+                    "--dtype",
+                    dtype,
+                    "--prefix",
+                    &prefix,
+                    "--output-dir",
+                    "in",
+                ],
+            );
+            let q = common::cli::ok_path(
+                d,
+                &[
+                    "convert",
+                    p.to_str().unwrap(),
+                    "--dtype",
+                    "f32",
+                    "--prefix",
+                    &format!("{prefix}-f32"),
+                    "--output-dir",
+                    "in32",
+                ],
+            );
+            half.push(p);
+            wide.push(q);
+        }
+        let merge = |inputs: &[PathBuf], out: &str| {
+            let p = common::cli::ok_path(
+                d,
+                &[
+                    "merge",
+                    inputs[0].to_str().unwrap(),
+                    inputs[1].to_str().unwrap(),
+                    "--method",
+                    "slerp",
+                    "--param",
+                    "alpha=0.35",
+                    "--dtype",
+                    "f16",
+                    "--output-dir",
+                    out,
+                ],
+            );
+            let bytes = std::fs::read(p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut t: Vec<(String, Vec<u8>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(k, v)| (k, v.data().to_vec()))
+                .collect();
+            t.sort();
+            t
+        };
+        let (from_half, from_wide) = (
+            merge(&half, &format!("o-{dtype}")),
+            merge(&wide, &format!("o32-{dtype}")),
+        );
+        assert!(from_half.len() > 100, "{}", from_half.len());
+        for ((k, a), (k2, b)) in from_half.iter().zip(&from_wide) {
+            assert_eq!(k, k2);
+            assert!(a == b, "{dtype}: `{k}` differs");
+        }
+    }
+}

@@ -56,8 +56,14 @@ pub(crate) fn convert_text(
             } else {
                 format!("; not written: {}", dropped.join(", "))
             };
+            // A `qwen2vl` encoder's vision tower goes beside it as llama.cpp's F16 mmproj.
+            let what = if s.path.to_string_lossy().ends_with("-mmproj-F16.gguf") {
+                "F16 mmproj GGUF (vision tower)".to_string()
+            } else {
+                format!("{ty} text-encoder GGUF")
+            };
             eprintln!(
-                "saved {ty} text-encoder GGUF: {} tensors, {} bytes in {:.2} s{note}",
+                "saved {what}: {} tensors, {} bytes in {:.2} s{note}",
                 s.tensors,
                 s.bytes,
                 start.elapsed().as_secs_f64()

@@ -108,6 +108,17 @@ fn one_line(msg: &str) -> String {
 }
 
 fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
+    // `--quiet` promises no warnings: the library's own (reading inputs) included.
+    let quiet = match &cli.command {
+        Command::Save(a) => a.out.quiet,
+        Command::Convert(a) => a.out.quiet,
+        Command::Merge(a) => a.out.quiet,
+        Command::Split(a) => a.quiet,
+        Command::Run(a) => a.quiet,
+        Command::ExtractLora(a) => a.quiet,
+        Command::Inspect(_) | Command::Bench(_) => false,
+    };
+    checkpoint_save::input::set_quiet(quiet);
     match cli.command {
         Command::Save(args) => commands::save(&args, cancel),
         Command::Convert(args) => commands::convert(&args, cancel),

@@ -10,6 +10,7 @@
 //! `t5xxl`/`umt5xxl` ↔ `t5encoder` (read from `t5` too), `llama`/`mistral3_24b` ↔ `llama`,
 //! `qwen25_7b` ↔ `qwen2vl`, `qwen3_4b`/`qwen3_8b` ↔ `qwen3`, `qwen3vl_8b` ↔ `qwen3vl`.
 
+pub(crate) mod mmproj;
 pub(crate) mod names;
 pub(crate) mod quantize;
 pub(crate) mod spiece;

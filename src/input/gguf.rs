@@ -122,6 +122,13 @@ pub(super) fn architecture(set: &TensorSet, given: Option<Arch>) -> Result<Optio
              or denoiser: give it to `save --clip`, or `convert` it with `--gguf TYPE`"
         )));
     }
+    if stated.as_deref() == Some("clip") {
+        return Err(Error::InvalidInput(format!(
+            "{path} is llama.cpp's vision projector (`general.architecture` is `clip`, an \
+             mmproj file), not a checkpoint or denoiser: it is read with the `qwen2vl` text \
+             encoder it sits beside; give that file to `save --clip` or `convert`"
+        )));
+    }
     if given.is_some() {
         return Ok(given);
     }

@@ -79,6 +79,9 @@ pub(super) fn to_loader_names(
             InputTensor::Candle(Tensor::from_vec(bytes, n, &Device::Cpu)?),
         );
     }
+    if arch == TextArch::Qwen2Vl {
+        super::mmproj::add_vision_tower(&mut out, &set.path)?;
+    }
     set.tensors = out;
     Ok(())
 }

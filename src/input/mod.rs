@@ -13,7 +13,10 @@ mod files;
 mod gguf;
 mod gguf_text;
 mod group;
+mod mmproj;
 mod single_file;
+
+pub use mmproj::set_quiet;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

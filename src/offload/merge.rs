@@ -185,7 +185,21 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
             }
         }
     }
+    round_to(m.rounds_to(), out);
     Ok(())
+}
+
+/// Rounds `vals` to `dtype` (to nearest even) and back, for a cast ([`Merged::cast`]).
+fn round_to(dtype: Option<Dtype>, vals: &mut [f32]) {
+    match dtype {
+        Some(Dtype::F16) => vals
+            .iter_mut()
+            .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        Some(Dtype::BF16) => vals
+            .iter_mut()
+            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        _ => {}
+    }
 }
 
 /// Units `units` of `m`'s base, zero-padded where `m` pads it, into `out`.
@@ -386,6 +400,14 @@ fn eval_on(
                 })?;
             }
         }
+    }
+    let rounded = match m.rounds_to() {
+        Some(Dtype::F16) => Some(DType::F16),
+        Some(Dtype::BF16) => Some(DType::BF16),
+        _ => None,
+    };
+    if let Some(d) = rounded {
+        w = w.to_dtype(d)?.to_dtype(DType::F32)?;
     }
     Ok(w)
 }

@@ -12,18 +12,22 @@
 //! tensor's bracket pass runs on two threads, each with its own.
 
 mod derived;
+mod gram;
 mod kth;
 mod ranks;
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use self::gram::add_gram;
 use super::merge::read_f32;
 use super::Scratch;
 use crate::error::{Error, Result};
+use crate::model::dtype::Dtype;
 use crate::model::merged::MethodNode;
 use crate::model::tensor::method::{Facts, Needs, Ranks, Vector};
 use crate::model::{InputTensor, Merged};
+use crate::plan::PieceSource;
 use crate::reduce::CHUNK;
 
 /// Buffers of the facts passes, kept by a worker from one tensor to the next: fresh ones cost a
@@ -34,6 +38,8 @@ pub(crate) struct Buffers {
     ops: Vec<Vec<f32>>,
     /// Each vector's sampled magnitudes, then those in its bracket ([`kth`]).
     kept: Vec<Vec<u32>>,
+    /// The operands' bytes over a chunk ([`raw_gram`]).
+    raw: Vec<Vec<u8>>,
 }
 
 /// Values of each operand a method's output is computed from at a time (16,384: the operands,
@@ -201,6 +207,9 @@ fn facts(m: &Merged, needs: &Needs, ranks: &[Arc<Ranks>], scratch: &mut Scratch)
 /// The Gram matrix of `vectors` in one read of the operands they use.
 fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Result<Vec<f64>> {
     let k = vectors.len();
+    if let Some(g) = raw_gram(m, vectors, n, scratch)? {
+        return Ok(mirror(g, k));
+    }
     let used = used_operands(vectors);
     let chunk = CHUNK.min(n);
     let mut vals = vec![vec![0f32; chunk]; k];
@@ -208,23 +217,83 @@ fn gram(m: &Merged, vectors: &[Vector], n: usize, scratch: &mut Scratch) -> Resu
     each_range(m, &used, chunks(n, chunk), scratch, |range, views| {
         let len = range.len();
         for (v, buf) in vectors.iter().zip(vals.iter_mut()) {
-            v.fill(views, range.start, &mut buf[..len]);
+            if plain(v).is_none() {
+                v.fill(views, range.start, &mut buf[..len]);
+            }
         }
-        let rows: Vec<&[f32]> = vals.iter().map(|v| &v[..len]).collect();
+        // An operand itself is read where it lies instead of copied (SLERP's two vectors).
+        let rows: Vec<&[f32]> = vectors
+            .iter()
+            .zip(&vals)
+            .map(|(v, buf)| match plain(v) {
+                Some(i) => &views[i][..len],
+                None => &buf[..len],
+            })
+            .collect();
         add_gram(&mut g, &rows);
         true
     })?;
     Ok(mirror(g, k))
 }
 
-/// Adds the dot products of `vals` (one chunk of each vector) to the upper triangle of `g`.
-fn add_gram(g: &mut [f64], vals: &[&[f32]]) {
-    let k = vals.len();
-    for a in 0..k {
-        for b in a..k {
-            g[a * k + b] += dot(vals[a], vals[b]);
+/// [`gram`] of vectors that are each one f16 or bf16 operand lying whole in a file (SLERP's,
+/// model stock's): summed from the bytes read, decoded in registers ([`gram::add_gram_raw`]);
+/// `None` for other vectors or where no kernel takes them (then [`gram`] reads them as f32:
+/// the same sums).
+fn raw_gram(
+    m: &Merged,
+    vectors: &[Vector],
+    n: usize,
+    scratch: &mut Scratch,
+) -> Result<Option<Vec<f64>>> {
+    let mut files = Vec::with_capacity(vectors.len());
+    let mut dtype = None;
+    for v in vectors {
+        let Some(i) = plain(v) else {
+            return Ok(None);
+        };
+        let Ok([piece]) = m.operand_pieces(i) else {
+            return Ok(None);
+        };
+        let PieceSource::File {
+            file,
+            start,
+            offset,
+        } = &piece.source
+        else {
+            return Ok(None);
+        };
+        let d = piece.src_dtype;
+        if !matches!(d, Dtype::F16 | Dtype::BF16)
+            || dtype.is_some_and(|t| t != d)
+            || piece.units != n
+        {
+            return Ok(None);
+        }
+        dtype = Some(d);
+        files.push((file, start + (offset * 2) as u64));
+    }
+    let Some(dtype) = dtype else {
+        return Ok(None);
+    };
+    let k = vectors.len();
+    let mut g = vec![0f64; k * k];
+    let mut bufs = std::mem::take(&mut scratch.method.raw);
+    bufs.resize_with(k, Vec::new);
+    let mut summed = true;
+    for range in chunks(n, CHUNK.min(n)) {
+        for ((file, at), buf) in files.iter().zip(bufs.iter_mut()) {
+            buf.resize(range.len() * 2, 0);
+            file.read_at(buf, at + (range.start * 2) as u64)?;
+        }
+        let raws: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+        if !gram::add_gram_raw(&mut g, &raws, dtype) {
+            summed = false;
+            break;
         }
     }
+    scratch.method.raw = bufs;
+    Ok(summed.then_some(g))
 }
 
 /// `g` with its lower triangle copied from its upper one.
@@ -237,23 +306,12 @@ fn mirror(mut g: Vec<f64>, k: usize) -> Vec<f64> {
     g
 }
 
-/// `Σ xᵢ·yᵢ` in f64, in eight running sums (which the compiler vectorizes; one running sum
-/// is a chain of dependent additions) added at the end.
-fn dot(x: &[f32], y: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for l in 0..8 {
-            acc[l] += f64::from(a[l]) * f64::from(b[l]);
-        }
+/// The operand a vector is, unscaled and whole (no dropout), if it is one.
+fn plain(v: &Vector) -> Option<usize> {
+    match v.terms[..] {
+        [(i, 1.0)] if v.dropout.is_none() => Some(i),
+        _ => None,
     }
-    let tail: f64 = xr
-        .iter()
-        .zip(yr)
-        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-        .sum();
-    acc.iter().sum::<f64>() + tail
 }
 
 /// The operand indices `vectors` read, ascending.

@@ -7,6 +7,7 @@
 //! so bad input never creates a file.
 
 pub(crate) mod gguf;
+pub(crate) mod gguf_mmproj;
 pub(crate) mod gguf_quantize;
 pub(crate) mod gguf_target;
 pub(crate) mod gguf_text;

@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::model::dtype::Dtype;
 use crate::model::InputTensor;
 use crate::offload::quant_device::{DeviceOutput, DevicePlan};
 use crate::offload::scale_cache::BlockScaleCache;
@@ -34,6 +35,9 @@ pub struct QuantTarget {
     round: bool,
     /// The values are also rounded to this dtype (that of the file a ggml quantizer reads).
     base: Option<Precision>,
+    /// The source's values are all in `base` already (read from a tensor of that dtype): the
+    /// rounding changes only NaNs, and only they are rounded.
+    in_base: bool,
     /// The scales to encode with; `None`: fresh ones from the reductions.
     given: Option<Scales>,
     /// The activation scale carried into the output (the layer had one).
@@ -117,6 +121,7 @@ impl QuantTarget {
             precision,
             round,
             base: None,
+            in_base: false,
             given,
             input_scale,
             scales: Computed::default(),
@@ -129,6 +134,8 @@ impl QuantTarget {
     /// merge to its own dtype), as a quantizer reading them from a file in `base` does.
     pub(crate) fn through(mut self, base: Precision) -> Self {
         self.base = (base != Precision::F32).then_some(base);
+        self.in_base = stored_dtype(&self.source)
+            .is_some_and(|d| d != Dtype::F32 && Precision::of_output(d) == base);
         self
     }
 
@@ -277,6 +284,20 @@ impl QuantTarget {
     }
 }
 
+/// The dtype every value of `t` is stored in, where they are read as stored (not computed).
+fn stored_dtype(t: &InputTensor) -> Option<Dtype> {
+    match t {
+        InputTensor::Candle(_) | InputTensor::File(_) => Some(t.info().dtype),
+        InputTensor::Transposed(inner) => stored_dtype(inner),
+        InputTensor::Joined(j) => {
+            let mut dtypes = j.parts().iter().map(|(p, _)| stored_dtype(p));
+            let first = dtypes.next()??;
+            dtypes.all(|d| d == Some(first)).then_some(first)
+        }
+        InputTensor::Merged(_) | InputTensor::Quantized(_) => None,
+    }
+}
+
 impl Values for QuantTarget {
     fn len(&self) -> usize {
         self.layout.numel() as usize
@@ -295,8 +316,14 @@ impl Values for QuantTarget {
             let p = self.precision;
             out.iter_mut().for_each(|v| *v = p.round(*v));
         }
-        if let Some(b) = self.base {
-            out.iter_mut().for_each(|v| *v = b.round(*v));
+        match self.base {
+            // f16 and bf16 values round to themselves (a NaN may come back quieted).
+            Some(b) if self.in_base => out
+                .iter_mut()
+                .filter(|v| v.is_nan())
+                .for_each(|v| *v = b.round(*v)),
+            Some(b) => out.iter_mut().for_each(|v| *v = b.round(*v)),
+            None => {}
         }
         Ok(())
     }
@@ -306,6 +333,73 @@ impl Values for QuantTarget {
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    /// Values read for a ggml quantizer through a file of their own dtype equal the fully
+    /// rounded ones bit for bit, NaNs of every kind included; an f32 source is rounded.
+    #[test]
+    fn values_already_in_the_base_dtype_read_as_rounded() {
+        let bits: Vec<u16> = (0..256u32)
+            .map(|i| ((i * 0x0101) ^ 0x5a5a) as u16)
+            .chain([
+                0x7f80, 0xff80, 0x7f81, 0xffc1, 0x7c00, 0x7c01, 0xfe01, 0x0001, 0x8000,
+            ])
+            .collect();
+        let read = |t: Tensor, base: Precision| {
+            let n = t.elem_count();
+            let layout = QuantLayout::new(
+                "x",
+                Format::Ggml(crate::quant::GgmlType::Q8_0),
+                &[n / 32, 32],
+            )
+            .unwrap();
+            let target = QuantTarget::new("x.weight", layout, InputTensor::Candle(t), None, None)
+                .unwrap()
+                .through(base);
+            let mut out = vec![0f32; n];
+            target
+                .read(0..n, &mut out, &mut Scratch::default())
+                .unwrap();
+            (target.in_base, out)
+        };
+        let n = bits.len() / 32 * 32;
+        for base in [Precision::Bf16, Precision::F16] {
+            let t = match base {
+                Precision::Bf16 => {
+                    let v: Vec<half::bf16> = bits[..n]
+                        .iter()
+                        .map(|&b| half::bf16::from_bits(b))
+                        .collect();
+                    Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+                }
+                _ => {
+                    let v: Vec<half::f16> =
+                        bits[..n].iter().map(|&b| half::f16::from_bits(b)).collect();
+                    Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+                }
+            };
+            let wide: Vec<f32> = t
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (in_base, got) = read(t, base);
+            assert!(in_base, "{base:?}");
+            let want: Vec<u32> = wide.iter().map(|&v| base.round(v).to_bits()).collect();
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{base:?}");
+        }
+        let x: Vec<f32> = (0..64).map(|i| 1.0 + i as f32 * 1e-4).collect();
+        let (in_base, got) = read(
+            Tensor::from_vec(x.clone(), 64, &Device::Cpu).unwrap(),
+            Precision::Bf16,
+        );
+        assert!(!in_base);
+        assert_ne!(got, x);
+        assert!(got
+            .iter()
+            .zip(&x)
+            .all(|(g, v)| *g == Precision::Bf16.round(*v)));
+    }
 
     /// Several workers asking for a fresh per-tensor scale at once: computed once, equal to
     /// `amax / 448` (f32, e4m3's largest finite value) from the whole tensor's values.

@@ -2,7 +2,8 @@
 
 Loads GGUF files with a ComfyUI-GGUF checkout's `loader.py` (`gguf_sd_loader` for a denoiser,
 `gguf_clip_loader` for a text encoder) and prints, as one JSON object per file, what the loader
-gives: for every key its shape, ggml type and the SHA-256 of its values dequantized by the
+gives: for every key its shape, torch dtype (a vision tower's stacked and joined tensors are
+plain tensors the loader made), ggml type and the SHA-256 of its values dequantized by the
 loader's own `dequantize_tensor` to float32 (`dequant_dtype=float32`), little-endian; byte
 tensors (`spiece_model`) hashed as bytes. `tests/gguf_text.rs` compares it with the tool's own
 reading of the same files.
@@ -113,6 +114,7 @@ def describe(sd, dequant):
         shape = list(getattr(t, "tensor_shape", t.shape))
         values = values.reshape(shape).contiguous()
         out[key] = {
+            "dtype": str(t.dtype),
             "shape": shape,
             "type": getattr(qtype, "name", "F32" if qtype is None else repr(qtype)),
             "sha256": hashlib.sha256(values.numpy().astype("<f4").tobytes()).hexdigest(),

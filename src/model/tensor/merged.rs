@@ -57,6 +57,9 @@ pub struct Merged {
     shared: OnceLock<Vec<usize>>,
     /// A whole-tensor method computing this tensor from its base and more operands.
     method: Option<MethodNode>,
+    /// Whether the values are rounded to `info`'s dtype when computed, whatever dtype they are
+    /// written in ([`Merged::cast`]).
+    rounded: bool,
 }
 
 /// A whole-tensor method node: the method, its operands after the base, and its scalars,
@@ -92,6 +95,31 @@ impl Merged {
     pub fn new(key: &str, base: InputTensor, patches: Vec<Patch>) -> Result<Merged> {
         let info = base.info();
         Merged::build(key, base, info, patches)
+    }
+
+    /// `base`'s values as `dtype` (F32, F16 or BF16): each rounded to it (to nearest even) when
+    /// computed, then written in the output's dtype (ComfyUI-GGUF's `dequantize_tensor(t,
+    /// dtype)` of a GGUF tensor, upcast exactly by an f32 target), nothing patched.
+    ///
+    /// # Errors
+    /// [`Error::Conversion`] for a base that is not floating point or another `dtype`.
+    pub fn cast(key: &str, base: InputTensor, dtype: crate::model::dtype::Dtype) -> Result<Merged> {
+        use crate::model::dtype::Dtype;
+        if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(Error::Conversion {
+                key: key.to_string(),
+                reason: format!("a cast to {dtype}: only F32, F16 and BF16 are made"),
+            });
+        }
+        let info = TensorInfo::new(base.info().shape, dtype);
+        let mut m = Merged::build(key, base, info, Vec::new())?;
+        m.rounded = true;
+        Ok(m)
+    }
+
+    /// The dtype the values are rounded to when computed ([`Merged::cast`]), if any.
+    pub(crate) fn rounds_to(&self) -> Option<crate::model::dtype::Dtype> {
+        self.rounded.then_some(self.info.dtype)
     }
 
     /// `base` zero-padded to `shape`, then patched by `patches`: ComfyUI's `reshape_weight`
@@ -180,6 +208,7 @@ impl Merged {
             pieces: OnceLock::new(),
             shared: OnceLock::new(),
             method: None,
+            rounded: false,
         })
     }
 

@@ -55,6 +55,17 @@ impl Searches for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn qkx2_64<const N: usize, const MAD: bool>(
+        p: Qkx2,
+        x: &[[f32; 64]; N],
+        w: &[[f32; 64]; N],
+        out: &mut [[u8; 64]; N],
+    ) -> ([f32; 64], [f32; 64]) {
+        // SAFETY: the caller guarantees AVX-512.
+        unsafe { qkx2_quad::<N, MAD>(p, x, w, out) }
+    }
+
+    #[inline(always)]
     unsafe fn qx_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
         // SAFETY: the caller guarantees AVX-512.
         unsafe { qx(nmax, x, out) }
@@ -101,6 +112,21 @@ pub(super) unsafe fn qkx2_pair<const N: usize, const MAD: bool>(
 ) -> ([f32; 32], [f32; 32]) {
     // SAFETY: the caller guarantees AVX-512F, which `Z2`'s operations need.
     unsafe { wide::qkx2::<Z2, 32, N, MAD>(p, x, w, out) }
+}
+
+/// [`super::lanes::qkx2`] for sixty-four groups, in four registers side by side ([`Z4`]).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn qkx2_quad<const N: usize, const MAD: bool>(
+    p: Qkx2,
+    x: &[[f32; 64]; N],
+    w: &[[f32; 64]; N],
+    out: &mut [[u8; 64]; N],
+) -> ([f32; 64], [f32; 64]) {
+    // SAFETY: the caller guarantees AVX-512F, which `Z4`'s operations need.
+    unsafe { wide::qkx2::<Z4, 64, N, MAD>(p, x, w, out) }
 }
 
 /// Two AVX-512 registers as one of 32 lanes. The searches' sums are chains of dependent
@@ -427,6 +453,166 @@ impl Wide<16> for __m512 {
         let b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(self));
         // SAFETY: `a` holds 16 bytes; the store is unaligned.
         unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), b) };
+        a
+    }
+}
+
+/// Four AVX-512 registers (two [`Z2`]) as one of 64 lanes: four independent chains of additions
+/// side by side.
+#[derive(Clone, Copy)]
+pub(super) struct Z4(Z2, Z2);
+
+/// `f` on both [`Z2`] halves of a [`Z4`].
+macro_rules! halves {
+    ($a:expr, $f:ident) => {
+        Z4($a.0.$f(), $a.1.$f())
+    };
+    ($a:expr, $b:expr, $f:ident) => {
+        Z4($a.0.$f($b.0), $a.1.$f($b.1))
+    };
+    (mask $a:expr, $b:expr, $f:ident) => {
+        u64::from($a.0.$f($b.0)) | (u64::from($a.1.$f($b.1)) << 32)
+    };
+}
+
+impl Wide<64> for Z4 {
+    /// Lanes 0..32 in the low half, 32..64 in the high half.
+    type Mask = u64;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn splat(v: f32) -> Z4 {
+        unsafe { Z4(Z2::splat(v), Z2::splat(v)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(a: &[f32; 64]) -> Z4 {
+        let (lo, hi) = a.as_chunks::<32>().0.split_at(1);
+        unsafe { Z4(Z2::load(&lo[0]), Z2::load(&hi[0])) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(self) -> [f32; 64] {
+        let mut a = [0f32; 64];
+        unsafe {
+            a[..32].copy_from_slice(&self.0.store());
+            a[32..].copy_from_slice(&self.1.store());
+        }
+        a
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add(self, b: Z4) -> Z4 {
+        unsafe { halves!(self, b, add) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sub(self, b: Z4) -> Z4 {
+        unsafe { halves!(self, b, sub) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mul(self, b: Z4) -> Z4 {
+        unsafe { halves!(self, b, mul) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn div(self, b: Z4) -> Z4 {
+        unsafe { halves!(self, b, div) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn abs(self) -> Z4 {
+        unsafe { halves!(self, abs) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn neg(self) -> Z4 {
+        unsafe { halves!(self, neg) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lt(self, b: Z4) -> u64 {
+        unsafe { halves!(mask self, b, lt) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gt(self, b: Z4) -> u64 {
+        unsafe { halves!(mask self, b, gt) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn eq(self, b: Z4) -> u64 {
+        unsafe { halves!(mask self, b, eq) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ne(self, b: Z4) -> u64 {
+        unsafe { halves!(mask self, b, ne) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ordered(self) -> u64 {
+        unsafe { u64::from(self.0.ordered()) | (u64::from(self.1.ordered()) << 32) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn and(a: u64, b: u64) -> u64 {
+        a & b
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn or(a: u64, b: u64) -> u64 {
+        a | b
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sel(m: u64, a: Z4, b: Z4) -> Z4 {
+        unsafe {
+            Z4(
+                Z2::sel(m as u32, a.0, b.0),
+                Z2::sel((m >> 32) as u32, a.1, b.1),
+            )
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn any(m: u64) -> bool {
+        m != 0
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn all(m: u64) -> bool {
+        m == u64::MAX
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn round_clamp(self, lo: i32, hi: i32) -> Z4 {
+        unsafe { Z4(self.0.round_clamp(lo, hi), self.1.round_clamp(lo, hi)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn round_near(self) -> Z4 {
+        unsafe { halves!(self, round_near) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn max(self, b: Z4) -> Z4 {
+        unsafe { halves!(self, b, max) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn min(self, b: Z4) -> Z4 {
+        unsafe { halves!(self, b, min) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bytes(self) -> [u8; 64] {
+        let mut a = [0u8; 64];
+        unsafe {
+            a[..32].copy_from_slice(&self.0.bytes());
+            a[32..].copy_from_slice(&self.1.bytes());
+        }
         a
     }
 }

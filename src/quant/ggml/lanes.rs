@@ -23,9 +23,9 @@ pub(super) trait Searches {
         out: &mut [[u8; 8]; N],
     ) -> ([f32; 8], [f32; 8]);
 
-    /// Whether [`Searches::qkx2_16`] and [`Searches::qkx2_32`] run in wide registers (the
-    /// K-quant encoders then search four super-blocks of Q4_K/Q5_K, or two super-blocks' worth of
-    /// Q2_K sub-blocks, at once).
+    /// Whether [`Searches::qkx2_16`], [`Searches::qkx2_32`] and [`Searches::qkx2_64`] run in
+    /// wide registers (the K-quant encoders then search eight super-blocks of Q4_K/Q5_K, or two
+    /// super-blocks' worth of Q2_K sub-blocks, at once).
     const WIDE: bool = false;
 
     /// [`qkx2`] of sixteen groups: eight-group searches, unless the implementation has wider
@@ -58,6 +58,22 @@ pub(super) trait Searches {
     ) -> ([f32; 32], [f32; 32]) {
         // SAFETY: the caller guarantees the implementation's features.
         unsafe { by_eight_lanes::<Self, N, 32, MAD>(p, x, w, out) }
+    }
+
+    /// [`qkx2`] of sixty-four groups: eight-group searches, unless the implementation has wider
+    /// registers (four AVX-512 registers side by side).
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn qkx2_64<const N: usize, const MAD: bool>(
+        p: Qkx2,
+        x: &[[f32; 64]; N],
+        w: &[[f32; 64]; N],
+        out: &mut [[u8; 64]; N],
+    ) -> ([f32; 64], [f32; 64]) {
+        // SAFETY: the caller guarantees the implementation's features.
+        unsafe { by_eight_lanes::<Self, N, 64, MAD>(p, x, w, out) }
     }
 
     /// [`qx`] of eight groups.
@@ -577,7 +593,7 @@ mod tests {
                 }
             }
         }
-        /// Every lane of `S::qkx2_16` and `S::qkx2_32` against the scalar search, on groups
+        /// Every lane of `S::qkx2_16`, `S::qkx2_32` and `S::qkx2_64` against the scalar search, on groups
         /// of `N`.
         fn check<S: Searches, const N: usize>(rng: &mut rand::rngs::StdRng) {
             check_lanes::<S, N, 16>(rng, |p, x, w, o, mad| unsafe {
@@ -594,6 +610,14 @@ mod tests {
                     S::qkx2_32::<N, true>(p, x, w, o)
                 } else {
                     S::qkx2_32::<N, false>(p, x, w, o)
+                }
+            });
+            check_lanes::<S, N, 64>(rng, |p, x, w, o, mad| unsafe {
+                // SAFETY: as above.
+                if mad {
+                    S::qkx2_64::<N, true>(p, x, w, o)
+                } else {
+                    S::qkx2_64::<N, false>(p, x, w, o)
                 }
             });
         }

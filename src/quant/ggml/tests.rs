@@ -223,8 +223,7 @@ fn the_portable_and_dispatched_encoders_write_the_same_bytes() {
     // The integration tests pin `encode` (AVX-512 or AVX2 where the CPU has it) to ggml's bytes;
     // this pins the portable path, which CPUs without AVX2 run, and the AVX2 one to `encode`.
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    // A count of super-blocks that is not a multiple of four: the wide encoders search four at
-    // a time.
+    // 63 super-blocks: the wide encoders search eight at a time, then four, then one.
     let values: Vec<f32> = (0..63 * QK_K)
         .map(|i| {
             let block = i / QK_K;

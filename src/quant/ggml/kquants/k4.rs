@@ -1,6 +1,6 @@
 //! Q4_K and Q5_K (`quantize_row_q4_K_ref`, `quantize_row_q5_K_ref`): eight sub-blocks of 32 per
 //! super-block, each with a 6-bit scale and min against the super-block's f16 `d` and `dmin`;
-//! the weighted `make_qkx2_quants` search per sub-block, four super-blocks per search where the
+//! the weighted `make_qkx2_quants` search per sub-block, eight super-blocks per search where the
 //! CPU has wide registers.
 
 use super::super::lanes::Searches;
@@ -66,7 +66,8 @@ fn k4_weights<const L: usize>(xt: &[[f32; L]; 32]) -> [[f32; L]; 32] {
 }
 
 /// The searches of Q4_K (`nmax` 15) and Q5_K (31) for the `G` sub-blocks of 32 of `x` (8 per
-/// super-block; 32, four super-blocks, searched at once where `S` has wide registers): codes
+/// super-block; 64 or 32, eight or four super-blocks, searched at once where `S` has wide
+/// registers): codes
 /// into `codes`, each sub-block's `(scale, min)`.
 ///
 /// # Safety
@@ -77,7 +78,12 @@ unsafe fn k4_search<S: Searches, const G: usize>(
     p: Qkx2,
     codes: &mut [u8],
 ) -> [(f32, f32); G] {
-    if S::WIDE && G.is_multiple_of(32) {
+    if S::WIDE && G.is_multiple_of(64) {
+        by_lanes::<32, G, 64, _>(x, codes, |xt, lanes| {
+            // SAFETY: the caller guarantees `S`'s features.
+            unsafe { pairs(S::qkx2_64::<32, false>(p, xt, &k4_weights(xt), lanes)) }
+        })
+    } else if S::WIDE && G.is_multiple_of(32) {
         by_lanes::<32, G, 32, _>(x, codes, |xt, lanes| {
             // SAFETY: the caller guarantees `S`'s features.
             unsafe { pairs(S::qkx2_32::<32, false>(p, xt, &k4_weights(xt), lanes)) }
@@ -170,7 +176,7 @@ const Q5_K: Qkx2 = Qkx2 {
 type Pack<const BYTES: usize> = fn(&[u8; QK_K], [u8; 4], &[u8; 12], &mut [u8; BYTES]);
 
 /// Encodes the whole Q4_K (`BYTES` 144) or Q5_K (176) super-blocks of `values` into `blocks`
-/// with `pack` (codes, `d`/`dmin` bytes, scale bytes), four super-blocks per search where `S`
+/// with `pack` (codes, `d`/`dmin` bytes, scale bytes), eight super-blocks per search where `S`
 /// has wide registers. The caller checks the lengths.
 ///
 /// # Safety
@@ -186,15 +192,22 @@ unsafe fn encode_k4_all<S: Searches, const BYTES: usize>(
         values.as_chunks::<QK_K>().0,
         blocks.as_chunks_mut::<BYTES>().0,
     );
-    let step = if S::WIDE { 4 } else { 1 };
+    let step = if S::WIDE { 8 } else { 1 };
     for (x, b) in xs.chunks(step).zip(bs.chunks_mut(step)) {
-        let mut codes = [[0u8; QK_K]; 4];
-        let mut found = [(0f32, 0f32); 32];
-        // SAFETY (both): the caller guarantees `S`'s features.
-        if x.len() == 4 {
-            found = unsafe { k4_search::<S, 32>(x.as_flattened(), p, codes.as_flattened_mut()) };
+        let mut codes = [[0u8; QK_K]; 8];
+        let mut found = [(0f32, 0f32); 64];
+        // SAFETY (all): the caller guarantees `S`'s features.
+        if x.len() == 8 {
+            found = unsafe { k4_search::<S, 64>(x.as_flattened(), p, codes.as_flattened_mut()) };
         } else {
-            for (h, x) in x.iter().enumerate() {
+            // A tail: four super-blocks at once while there are four, then one at a time.
+            let four = if S::WIDE && x.len() >= 4 { 4 } else { 0 };
+            if four == 4 {
+                let flat = codes[..4].as_flattened_mut();
+                let r = unsafe { k4_search::<S, 32>(x[..4].as_flattened(), p, flat) };
+                found[..32].copy_from_slice(&r);
+            }
+            for (h, x) in x.iter().enumerate().skip(four) {
                 let one = unsafe { k4_search::<S, 8>(x, p, &mut codes[h]) };
                 found[8 * h..8 * h + 8].copy_from_slice(&one);
             }
