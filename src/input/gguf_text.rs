@@ -95,8 +95,9 @@ pub(super) fn text_arch(set: &TensorSet) -> Option<TextArch> {
 }
 
 /// The clip component of a GGUF text encoder read by [`to_loader_names`]: its tensors under
-/// `<encoder>.transformer.`, `spiece_model` or `tekken_model` at the top, and the `logit_scale` ComfyUI makes
-/// (listed as created). `arch` (the job's) narrows the encoder to its family's.
+/// `<encoder>.transformer.`, `spiece_model` or `tekken_model` at the top, and the
+/// `logit_scale` ComfyUI makes (listed as created). `arch` (the job's) narrows the encoder to
+/// its family's.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when the encoder cannot be told (give --arch) or `arch` uses no
