@@ -84,7 +84,7 @@ pub use error::{Error, Result};
 /// metadata values, and the header a GGUF target is planned with. Their tensors' ggml types are
 /// [`quant::GgmlType`] formats of the quantized-tensor interface.
 pub mod gguf {
-    pub use crate::gguf_text::sentencepiece_model;
+    pub use crate::gguf_text::{sentencepiece_model, tekken_model};
     pub use crate::plan::gguf::{gguf_header, GgufHeader, GgufTensorInfo};
     pub use crate::read::gguf::{
         GgufFile, GgufTensor, MetaArray, MetaValue, ValueKind, DEFAULT_ALIGNMENT, MAX_DIMS,

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::gguf_text::spiece;
-use crate::gguf_text::{TextArch, UMT5_EMBEDDING};
+use crate::gguf_text::tekken::{self, TEKKEN};
+use crate::gguf_text::{TextArch, TEKKEN_EMBEDDING, UMT5_EMBEDDING};
 use crate::model::{ComponentKind, Components, InputMap};
 use crate::naming::SaveTarget;
 use crate::plan::gguf_target::GgufTarget;
@@ -16,6 +17,9 @@ use crate::{SaveOptions, Saved};
 
 /// The clip component's top-level tokenizer key that a umT5 GGUF carries as metadata.
 const SPIECE: &str = "spiece_model";
+
+/// The in-memory name of Mistral 3 (Flux 2 dev's encoder), whose GGUF carries `tekken_model`.
+const MISTRAL3: &str = "mistral3_24b";
 
 /// One planned text-encoder file: the encoder, its architecture and plan.
 struct Planned {
@@ -30,19 +34,21 @@ struct Planned {
 /// loaders read (its `text_encoders/` or `clip/` folder), named `<opts.prefix>_<encoder>` under
 /// `opts.output_dir` with the `.gguf` extension: llama.cpp's names, its permutation of a
 /// `llama` file's queries and keys, the types llama.cpp's converter and llama-quantize choose,
-/// and for umT5 its tokenizer as `tokenizer.ggml.*` metadata (from the component's
-/// `spiece_model`). Every file is planned before the first is written. The `logit_scale` of an
-/// encoder is not written (the loader gives none; ComfyUI makes its default), nor a
-/// `spiece_model` that is not a sentencepiece model beside an encoder that needs none (listed
-/// in [`Saved::dropped`]). A `qwen25_7b` encoder's vision tower (`visual.*`) is written as
-/// llama.cpp's mmproj file beside it, `<stem>-mmproj-F16.gguf`, which the loader pairs with
-/// it; the two are one job (see [`crate::save_mmproj`]), listed in that order.
+/// for umT5 its tokenizer as `tokenizer.ggml.*` metadata (from the component's
+/// `spiece_model`), and for Mistral 3 (`mistral3_24b`) llama.cpp's Mistral Small hyper-parameters
+/// and its tekken tokenizer as `gpt2` metadata (from `tekken_model`). Every file is planned
+/// before the first is written. The `logit_scale` of an encoder is not written (the loader
+/// gives none; ComfyUI makes its default), nor a tokenizer that does not parse beside an encoder
+/// whose embedding the loader rebuilds none for (listed in [`Saved::dropped`]). A `qwen25_7b`
+/// encoder's vision tower (`visual.*`) is written as llama.cpp's mmproj file beside it,
+/// `<stem>-mmproj-F16.gguf`, which the loader pairs with it; the two are one job (see
+/// [`crate::save_mmproj`]), listed in that order.
 ///
 /// # Errors
 /// [`Error::MissingComponent`] without text encoders; [`Error::InvalidInput`] for an encoder
-/// ComfyUI-GGUF does not read from GGUF (CLIP, Gemma …, named), other top-level keys, a umT5
-/// without a readable `spiece_model`; planning, write and publish errors as
-/// [`crate::save`].
+/// ComfyUI-GGUF does not read from GGUF (CLIP, Gemma …, named), other top-level keys, a umT5-XXL
+/// or full-size Mistral 3 without a readable `spiece_model` / `tekken_model`; planning, write
+/// and publish errors as [`crate::save`].
 pub fn save_gguf_text(
     components: &Components,
     ty: impl Into<GgufTarget>,
@@ -96,9 +102,14 @@ pub fn save_gguf_text(
 fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
     let mut encoders: Vec<(String, InputMap)> = Vec::new();
     let mut spiece_model = None;
+    let mut tekken_model = None;
     for (key, t) in clip {
         if key == SPIECE {
             spiece_model = Some(t);
+            continue;
+        }
+        if key == TEKKEN {
+            tekken_model = Some(t);
             continue;
         }
         let Some((enc, rest)) = key.split_once('.') else {
@@ -124,7 +135,7 @@ fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
         ));
     }
     let mut out = Vec::with_capacity(encoders.len());
-    let mut spiece_used = false;
+    let (mut spiece_used, mut tekken_used) = (false, false);
     for (enc, mut tensors) in encoders {
         let arch = TextArch::of_encoder(&enc)?;
         let mmproj = match arch {
@@ -137,6 +148,11 @@ fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
         let tokenizer = if arch.is_t5() {
             spiece_used = true;
             tokenizer(&enc, &tensors, spiece_model, &mut dropped)?
+        } else if enc == MISTRAL3 {
+            tekken_used = true;
+            let mut meta = tekken::hyper_parameters(|k| tensors.get(k).map(|t| t.info().shape));
+            meta.extend(mistral_tokenizer(&tensors, tekken_model, &mut dropped)?);
+            meta
         } else {
             Vec::new()
         };
@@ -153,6 +169,12 @@ fn plan_all(clip: &InputMap, target: &GgufTarget) -> Result<Vec<Planned>> {
         return Err(Error::InvalidInput(format!(
             "the clip component's `{SPIECE}` belongs to a umT5 encoder, and none is written; \
              a Llama or Qwen GGUF has no place for it"
+        )));
+    }
+    if tekken_model.is_some() && !tekken_used {
+        return Err(Error::InvalidInput(format!(
+            "the clip component's `{TEKKEN}` belongs to a Mistral 3 encoder (`{MISTRAL3}`), and \
+             none is written; a Llama or Qwen GGUF has no place for it"
         )));
     }
     Ok(out)
@@ -199,5 +221,119 @@ fn tokenizer(
             dropped.push(SPIECE.to_string());
             Ok(Vec::new())
         }
+    }
+}
+
+/// The tokenizer metadata of a Mistral 3 encoder: from `tekken_model` when it is a tekken
+/// file; none when there is none or it does not parse and the loader needs none (then it is
+/// `dropped`). The loader rebuilds `tekken_model` only for the full-size embedding, and fails
+/// on such a file without `gpt2` tokenizer metadata.
+fn mistral_tokenizer(
+    tensors: &InputMap,
+    tekken_model: Option<&crate::model::InputTensor>,
+    dropped: &mut Vec<String>,
+) -> Result<Vec<(String, crate::read::gguf::MetaValue)>> {
+    let embedding = tensors
+        .get("model.embed_tokens.weight")
+        .map(|t| t.info().shape);
+    let rows = embedding
+        .as_ref()
+        .and_then(|s| s.first().copied())
+        .unwrap_or(0);
+    let needed = embedding.as_deref() == Some(&TEKKEN_EMBEDDING[..]);
+    let Some(t) = tekken_model else {
+        if needed {
+            return Err(Error::InvalidInput(format!(
+                "`{MISTRAL3}` is a full-size Mistral 3 encoder, whose GGUF must carry its \
+                 tokenizer (ComfyUI-GGUF's loader rebuilds `{TEKKEN}` from it and fails \
+                 without it), but the clip component has no `{TEKKEN}`: give the text-encoder \
+                 file that holds it (ComfyUI's mistral_3_small_flux2 files do)"
+            )));
+        }
+        return Ok(Vec::new());
+    };
+    let bytes = crate::gguf_text::u8_bytes(TEKKEN, t)?;
+    match tekken::parse(&bytes).and_then(|tk| tekken::to_metadata(&tk, rows)) {
+        Ok(meta) => Ok(meta),
+        Err(e) if needed => Err(e),
+        Err(_) => {
+            dropped.push(TEKKEN.to_string());
+            Ok(Vec::new())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf_text::tekken;
+    use crate::model::{Arch, ComponentKind, InputTensor};
+    use crate::read::gguf::{GgufFile, MetaArray, MetaValue};
+    use crate::GgufType;
+
+    /// Flux 2 dev's full-size Mistral 3 (placeholders: no weights in memory) with its synthetic
+    /// tekken file, planned as a Q8_0 GGUF: the header holds llama.cpp's Mistral metadata.
+    #[test]
+    fn a_full_size_mistral3_plans_with_its_tokenizer_and_hyper_parameters() {
+        let shapes = crate::synthetic::shapes(Arch::Flux2);
+        let comps = crate::synthetic::placeholders(&shapes, None).unwrap();
+        let mut clip = comps.get(ComponentKind::Clip).unwrap().clone();
+        let json = crate::synthetic::tekken::json_bytes(crate::synthetic::tekken::BYTES)
+            .unwrap()
+            .to_vec();
+        let n = json.len();
+        clip.insert(
+            TEKKEN.to_string(),
+            InputTensor::Candle(
+                candle_core::Tensor::from_vec(json, n, &candle_core::Device::Cpu).unwrap(),
+            ),
+        );
+        let planned = plan_all(&clip, &GgufType::Q8_0.into()).unwrap();
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].encoder, MISTRAL3);
+        let plan = &planned[0].plan;
+        // The header alone, the data left sparse, read back as a GGUF file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, plan.header()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(plan.file_len())
+            .unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let u32_of = |k: &str| match f.get(k) {
+            Some(MetaValue::U32(v)) => *v,
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(u32_of("llama.vocab_size"), 131_072);
+        assert_eq!(u32_of("llama.block_count"), 40);
+        assert_eq!(u32_of("llama.embedding_length"), 5120);
+        assert_eq!(u32_of("llama.feed_forward_length"), 32_768);
+        assert_eq!(u32_of("llama.attention.key_length"), 128);
+        assert_eq!(u32_of("llama.attention.value_length"), 128);
+        assert_eq!(u32_of("tokenizer.ggml.bos_token_id"), 1);
+        assert_eq!(u32_of("tokenizer.ggml.eos_token_id"), 2);
+        let Some(MetaValue::Array(MetaArray::String(tokens))) = f.get("tokenizer.ggml.tokens")
+        else {
+            panic!("no tokens")
+        };
+        assert_eq!(tokens.len(), 131_072);
+        assert_eq!(
+            (&*tokens[3], &*tokens[999], &*tokens[1000]),
+            ("[INST]", "<SPECIAL_999>", "Ā")
+        );
+        let Some(MetaValue::Array(MetaArray::String(merges))) = f.get("tokenizer.ggml.merges")
+        else {
+            panic!("no merges")
+        };
+        assert!(merges.len() >= 131_072 - 1000 - 256, "{}", merges.len());
+        // What the loader rebuilds from it is that tekken file's vocabulary, cut to the rows.
+        let back = tekken::parse(&tekken::from_metadata(|k| f.get(k).cloned()).unwrap()).unwrap();
+        assert_eq!(back.specials.len(), 1000);
+        assert_eq!(back.vocab.len(), 131_072 - 1000);
+        let embd = f.tensor("token_embd.weight").unwrap();
+        assert_eq!(embd.type_name(), "Q8_0");
     }
 }

@@ -148,17 +148,18 @@ fn as_component(kind: ComponentKind, map: &InputMap) -> Components {
 }
 
 /// The text encoders of a clip component that ComfyUI-GGUF reads from GGUF (with the
-/// `spiece_model` of a T5 among them), and the rest.
+/// `spiece_model` of a T5 and the `tekken_model` of Mistral 3 among them), and the rest.
 fn gguf_text_encoders(clip: InputMap) -> (InputMap, InputMap) {
     let gguf = |enc: &str| TextArch::of_encoder(enc).is_ok();
     let t5 = clip.keys().any(|k| {
         k.split_once('.')
             .is_some_and(|(e, _)| gguf(e) && TextArch::of_encoder(e).is_ok_and(TextArch::is_t5))
     });
+    let mistral = clip.keys().any(|k| k.starts_with("mistral3_24b."));
     clip.into_iter()
         .partition(|(k, _)| match k.split_once('.') {
             Some((e, _)) => gguf(e),
-            None => t5 && k == "spiece_model",
+            None => (t5 && k == "spiece_model") || (mistral && k == "tekken_model"),
         })
 }
 

@@ -2,17 +2,19 @@
 //! `gguf_clip_loader`): the architectures it reads (`t5`/`t5encoder` for T5-XXL and umT5-XXL;
 //! `llama`, `qwen2vl`, `qwen3`, `qwen3vl` for the LLM encoders), llama.cpp's tensor names
 //! ([`names`]), the row permutation llama.cpp's converter applies to a `llama` file's query and
-//! key projections (which the loader undoes with 32 query and 8 key/value heads), the umT5
-//! tokenizer carried as metadata ([`spiece`]), and the types llama-quantize picks ([`quantize`]).
+//! key projections (which the loader undoes with 32 query and 8 key/value heads), the umT5 and
+//! Mistral 3 tokenizers carried as metadata ([`spiece`], [`tekken`]), and the types
+//! llama-quantize picks ([`quantize`]).
 //!
 //! Which of this tool's encoders (ComfyUI's in-memory prefixes) each architecture holds:
-//! `t5xxl`/`umt5xxl` ↔ `t5encoder` (read from `t5` too), `llama` ↔ `llama`, `qwen25_7b` ↔
-//! `qwen2vl`, `qwen3_4b`/`qwen3_8b` ↔ `qwen3`, `qwen3vl_8b` ↔ `qwen3vl`.
+//! `t5xxl`/`umt5xxl` ↔ `t5encoder` (read from `t5` too), `llama`/`mistral3_24b` ↔ `llama`,
+//! `qwen25_7b` ↔ `qwen2vl`, `qwen3_4b`/`qwen3_8b` ↔ `qwen3`, `qwen3vl_8b` ↔ `qwen3vl`.
 
 pub(crate) mod mmproj;
 pub(crate) mod names;
 pub(crate) mod quantize;
 pub(crate) mod spiece;
+pub(crate) mod tekken;
 
 use std::ops::Range;
 
@@ -55,7 +57,7 @@ const LLAMA_KV_HEADS: usize = 8;
 /// tokenizer from the file's metadata.
 pub(crate) const UMT5_EMBEDDING: [usize; 2] = [256_384, 4096];
 /// The LLM embedding the loader pairs with a tekken tokenizer (Mistral 3).
-const TEKKEN_EMBEDDING: [usize; 2] = [131_072, 5120];
+pub(crate) const TEKKEN_EMBEDDING: [usize; 2] = [131_072, 5120];
 
 impl TextArch {
     /// From `general.architecture`.
@@ -88,16 +90,8 @@ impl TextArch {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an encoder ComfyUI-GGUF's loader does not read from GGUF
-    /// (CLIP, Gemma, ByT5 …) or reads only with a tokenizer this tool does not write (Mistral).
+    /// (CLIP, Gemma, ByT5 …).
     pub(crate) fn of_encoder(enc: &str) -> Result<TextArch> {
-        if enc == "mistral3_24b" {
-            return Err(Error::InvalidInput(
-                "ComfyUI-GGUF's loader reads a Mistral 3 text encoder only with its tekken \
-                 tokenizer as llama.cpp `gpt2` metadata, which this tool does not write; keep \
-                 it as safetensors"
-                    .into(),
-            ));
-        }
         ARCHS
             .iter()
             .map(|a| a.0)
@@ -190,16 +184,8 @@ pub(crate) fn permute(
     InputTensor::joined(key, parts, info.shape)
 }
 
-/// Refuses an LLM file the loader would pair with a tekken tokenizer (see
-/// [`TextArch::of_encoder`]).
-pub(crate) fn check_tekken(arch: TextArch, embedding: Option<&[usize]>) -> Result<()> {
-    if arch == TextArch::Llama && embedding == Some(&TEKKEN_EMBEDDING[..]) {
-        return TextArch::of_encoder("mistral3_24b").map(|_| ());
-    }
-    Ok(())
-}
-
-/// The bytes of a `U8` tensor held whole in memory or in a file (a tokenizer's `spiece_model`).
+/// The bytes of a `U8` tensor held whole in memory or in a file (a tokenizer's `spiece_model`
+/// or `tekken_model`).
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a tensor of another dtype or kind; read errors.
@@ -230,6 +216,17 @@ pub(crate) fn u8_bytes(key: &str, t: &InputTensor) -> Result<Vec<u8>> {
 /// kind, or the tokenizer is not `t5`.
 pub fn sentencepiece_model(file: &crate::read::gguf::GgufFile) -> Result<Vec<u8>> {
     spiece::from_metadata(|k| file.get(k).cloned())
+}
+
+/// The tekken tokenizer JSON (`tekken_model`) ComfyUI-GGUF's loader builds from the tokenizer
+/// metadata of a text-encoder GGUF (`gguf_tekken_tokenizer_loader`, what it does for a Mistral 3
+/// encoder), byte for byte.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the field when one the loader reads is missing or of another
+/// kind, the tokenizer is not `gpt2`, or a token is not in GPT-2's byte characters.
+pub fn tekken_model(file: &crate::read::gguf::GgufFile) -> Result<Vec<u8>> {
+    tekken::from_metadata(|k| file.get(k).cloned())
 }
 
 #[cfg(test)]
@@ -271,7 +268,10 @@ mod tests {
         assert_eq!(TextArch::of_encoder("llama").unwrap(), TextArch::Llama);
         let e = TextArch::of_encoder("clip_l").unwrap_err().to_string();
         assert!(e.contains("clip_l") && e.contains("t5encoder"), "{e}");
-        assert!(TextArch::of_encoder("mistral3_24b").is_err());
+        assert_eq!(
+            TextArch::of_encoder("mistral3_24b").unwrap(),
+            TextArch::Llama
+        );
         assert_eq!(TextArch::parse("t5"), Some(TextArch::T5));
         assert_eq!(TextArch::parse("gemma2"), None);
         assert_eq!(TextArch::Qwen3Vl.name(), "qwen3vl");

@@ -2,8 +2,9 @@
 //! tensors of a `t5`/`t5encoder`, `llama`, `qwen2vl`, `qwen3` or `qwen3vl` file renamed by the
 //! loader's maps (transformers names), a `llama` file's query and key rows put back in their
 //! order (the loader's `llama_permute`, 32 and 8 heads), values decoded as for a GGUF denoiser,
-//! and for umT5-XXL (an embedding of 256384 × 4096) the `spiece_model` the loader rebuilds from
-//! the file's tokenizer metadata. As a clip component the encoder is placed under its
+//! for umT5-XXL (an embedding of 256384 × 4096) the `spiece_model` the loader rebuilds from
+//! the file's tokenizer metadata, and for a `llama` file with Mistral 3's embedding (131072 ×
+//! 5120) the `tekken_model` it rebuilds. As a clip component the encoder is placed under its
 //! in-memory name ([`TextArch::encoders`]: the one the architecture uses, else told by its
 //! shapes), with ComfyUI's default `logit_scale`.
 
@@ -14,7 +15,10 @@ use candle_core::{Device, Tensor};
 use super::files::TensorSet;
 use crate::error::{Error, Result};
 use crate::gguf_text::names::to_hf;
-use crate::gguf_text::{check_tekken, permute, permuted_heads, spiece, TextArch, UMT5_EMBEDDING};
+use crate::gguf_text::tekken::{self, TEKKEN};
+use crate::gguf_text::{
+    permute, permuted_heads, spiece, TextArch, TEKKEN_EMBEDDING, UMT5_EMBEDDING,
+};
 use crate::model::{Arch, InputMap, InputTensor};
 use crate::read::SafetensorsFile;
 
@@ -30,8 +34,8 @@ const SPIECE: &str = "spiece_model";
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for two names that map to one, a `llama` projection the loader's
-/// permutation does not fit, a Mistral embedding (its tekken tokenizer is not rebuilt), a
-/// umT5 file whose tokenizer metadata the loader cannot use.
+/// permutation does not fit, a umT5 or Mistral 3 file whose tokenizer metadata the loader
+/// cannot use.
 pub(super) fn to_loader_names(
     set: &mut TensorSet,
     file: &Arc<SafetensorsFile>,
@@ -43,7 +47,6 @@ pub(super) fn to_loader_names(
         other => other,
     };
     let embedding = set.tensors.get("token_embd.weight").map(|t| t.info().shape);
-    check_tekken(arch, embedding.as_deref()).map_err(at)?;
     let mut out = InputMap::new();
     for (name, t) in std::mem::take(&mut set.tensors) {
         let hf = to_hf(arch, &name);
@@ -57,14 +60,22 @@ pub(super) fn to_loader_names(
             )));
         }
     }
-    if arch.is_t5() && embedding.as_deref() == Some(&UMT5_EMBEDDING[..]) {
-        let meta = file.gguf().map(|g| g.tokenizer.as_slice()).unwrap_or(&[]);
-        let bytes =
-            spiece::from_metadata(|k| meta.iter().find(|(m, _)| m == k).map(|(_, v)| v.clone()))
-                .map_err(at)?;
+    let meta = file.gguf().map(|g| g.tokenizer.as_slice()).unwrap_or(&[]);
+    let get = |k: &str| meta.iter().find(|(m, _)| m == k).map(|(_, v)| v.clone());
+    let tokenizer = match embedding.as_deref() {
+        Some(e) if arch.is_t5() && e == UMT5_EMBEDDING => {
+            Some((SPIECE, spiece::from_metadata(get)))
+        }
+        Some(e) if arch == TextArch::Llama && e == TEKKEN_EMBEDDING => {
+            Some((TEKKEN, tekken::from_metadata(get)))
+        }
+        _ => None,
+    };
+    if let Some((key, bytes)) = tokenizer {
+        let bytes = bytes.map_err(at)?;
         let n = bytes.len();
         out.insert(
-            SPIECE.to_string(),
+            key.to_string(),
             InputTensor::Candle(Tensor::from_vec(bytes, n, &Device::Cpu)?),
         );
     }
@@ -84,8 +95,9 @@ pub(super) fn text_arch(set: &TensorSet) -> Option<TextArch> {
 }
 
 /// The clip component of a GGUF text encoder read by [`to_loader_names`]: its tensors under
-/// `<encoder>.transformer.`, `spiece_model` at the top, and the `logit_scale` ComfyUI makes
-/// (listed as created). `arch` (the job's) narrows the encoder to its family's.
+/// `<encoder>.transformer.`, `spiece_model` or `tekken_model` at the top, and the
+/// `logit_scale` ComfyUI makes (listed as created). `arch` (the job's) narrows the encoder to
+/// its family's.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when the encoder cannot be told (give --arch) or `arch` uses no
@@ -98,7 +110,7 @@ pub(super) fn component(
     let enc = encoder(set, text, arch)?;
     let mut map = InputMap::new();
     for (k, t) in &set.tensors {
-        let key = if k == SPIECE {
+        let key = if k == SPIECE || k == TEKKEN {
             k.clone()
         } else {
             format!("{enc}.transformer.{k}")
@@ -150,7 +162,11 @@ fn encoder(set: &TensorSet, text: TextArch, arch: Option<Arch>) -> Result<&'stat
             Some(4096) => Some("qwen3_8b"),
             _ => None,
         },
-        TextArch::Llama => Some("llama"),
+        // Mistral 3 (Flux 2 dev) by its tekken-sized embedding, as the loader tells it.
+        TextArch::Llama => match set.tensors.get("model.embed_tokens.weight") {
+            Some(t) if t.info().shape == TEKKEN_EMBEDDING => Some("mistral3_24b"),
+            _ => Some("llama"),
+        },
         TextArch::Qwen2Vl | TextArch::Qwen3Vl => kinds.first().copied(),
     };
     by_shape.ok_or_else(|| {

@@ -7,12 +7,13 @@
 //! their transformers names; a `llama` file's query and key projections are permuted as
 //! llama.cpp's converter permutes them. The metadata: `general.architecture`, the block count,
 //! embedding and feed-forward widths under the architecture's name, `general.file_type`,
-//! `general.quantization_version`, then the tokenizer's fields when given.
+//! `general.quantization_version`, then the further fields given (a Mistral 3 encoder's
+//! hyper-parameters, the tokenizer's).
 
 use crate::error::{Error, Result};
 use crate::gguf_text::names::to_gguf;
 use crate::gguf_text::quantize::{block_count, converted, Tensor, TextQuantizer};
-use crate::gguf_text::{check_tekken, permute, permuted_heads, TextArch};
+use crate::gguf_text::{permute, permuted_heads, TextArch};
 use crate::model::dtype::Dtype;
 use crate::model::{InputMap, InputTensor};
 use crate::quant::GgmlType;
@@ -27,7 +28,8 @@ const MAX_NAME: usize = 127;
 
 impl Plan {
     /// Plans `encoder` (one text encoder in transformers names) as a text-encoder GGUF of
-    /// `arch` in the target's type, with `tokenizer` metadata (see the [module docs](self)).
+    /// `arch` in the target's type, with `tokenizer` metadata (the tokenizer's fields and any
+    /// further hyper-parameters; see the [module docs](self)).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an empty encoder, a name the loader would not give back, a
@@ -73,13 +75,6 @@ impl Plan {
             };
             named.push((name, t, info.shape, info.dtype));
         }
-        check_tekken(
-            arch,
-            named
-                .iter()
-                .find(|n| n.0 == "token_embd.weight")
-                .map(|n| n.2.as_slice()),
-        )?;
         let names: Vec<&str> = named.iter().map(|n| n.0.as_str()).collect();
         let width_of = |name: &str, dim: usize| {
             named

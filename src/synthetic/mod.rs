@@ -22,6 +22,7 @@ mod ltx_vae;
 mod ltxav;
 pub(crate) mod models;
 pub(crate) mod spec;
+pub(crate) mod tekken;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -438,6 +439,10 @@ fn make_tensor(
     let n = info.numel();
     let shape = info.shape.clone();
     let t = match dtype {
+        // Mistral 3's tokenizer is a real (synthetic) tekken file.
+        DType::U8 if key == "tekken_model" && tekken::json_bytes(n).is_some() => {
+            Tensor::from_slice(tekken::json_bytes(n).unwrap_or_default(), shape, device)?
+        }
         DType::F32 => Tensor::from_vec(gen_f32(n, tseed, init), shape, device)?,
         DType::F16 => Tensor::from_vec(
             gen_float(n, tseed, init, |o: &mut [f16], s| o.convert_from_f32_slice(s)),

@@ -13,9 +13,12 @@ needs (nothing of them runs while loading a state dict).
 
 Run (Python with torch, numpy < 2.4 (the loader's `int()` of one-element arrays fails on 2.4),
 gguf >= 0.13, sentencepiece and protobuf):
-    python comfyui_gguf_loader.py COMFYUI_GGUF_DIR (sd|clip|tokenizer) FILE...
+    python comfyui_gguf_loader.py COMFYUI_GGUF_DIR (sd|clip|tokenizer|tekken) FILE...
 `tokenizer` prints the sentencepiece model `gguf_tokenizer_loader` builds from a file's
-metadata (as for umT5-XXL), hex-encoded, whatever the file's embedding shape.
+metadata (as for umT5-XXL), hex-encoded, whatever the file's embedding shape; `tekken` the tekken
+JSON `gguf_tekken_tokenizer_loader` builds (as for Mistral 3), hex-encoded. That function imports
+`bytes_to_unicode` from transformers; where transformers is not installed, the standard GPT-2
+function below stands in for it (`stub_transformers`).
 """
 
 import hashlib
@@ -60,6 +63,34 @@ def stub_comfy():
         sys.modules[name] = mod
 
 
+def stub_transformers():
+    """`transformers.convert_slow_tokenizer.bytes_to_unicode`, if transformers is absent."""
+    try:
+        import transformers.convert_slow_tokenizer  # noqa: F401
+        return
+    except ImportError:
+        pass
+
+    def bytes_to_unicode():
+        bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+              + list(range(ord("®"), ord("ÿ") + 1)))
+        cs = bs[:]
+        n = 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        return dict(zip(bs, [chr(c) for c in cs]))
+
+    tf = types.ModuleType("transformers")
+    cst = types.ModuleType("transformers.convert_slow_tokenizer")
+    cst.bytes_to_unicode = bytes_to_unicode
+    tf.convert_slow_tokenizer = cst
+    sys.modules["transformers"] = tf
+    sys.modules["transformers.convert_slow_tokenizer"] = cst
+
+
 def import_loader(repo):
     stub_comfy()
     spec = importlib.util.spec_from_file_location(
@@ -101,6 +132,10 @@ def main():
             result[path] = {"arch": arch, "tensors": describe(sd, dequant)}
         elif mode == "clip":
             result[path] = {"tensors": describe(loader.gguf_clip_loader(path), dequant)}
+        elif mode == "tekken":
+            stub_transformers()
+            model = loader.gguf_tekken_tokenizer_loader(path, (131072, 5120))
+            result[path] = {"tekken_model": bytes(model.tolist()).hex()}
         elif mode == "tokenizer":
             model = loader.gguf_tokenizer_loader(path, (256384, 4096))
             result[path] = {"spiece_model": bytes(model.tolist()).hex()}

@@ -341,13 +341,34 @@ const FLUX2_TINY_DIT: FluxConfig = FluxConfig {
 /// Flux 2 dev (32B; Mistral Small 3 24B).
 pub(crate) const FLUX2_DEV: Spec = Spec {
     model: Denoiser::Flux(FLUX2_DEV_DIT),
-    encoders: &[Encoder::Llm(MISTRAL3_24B)],
+    encoders: &[Encoder::Llm(MISTRAL3_24B), TEKKEN],
     vae: Vae::Ldm(VAE_FLUX2),
+};
+
+/// Mistral 3's tokenizer as ComfyUI saves it beside the encoder (`tekken_model`, U8): a
+/// synthetic tekken file of the real one's layout (`crate::synthetic::tekken`).
+const TEKKEN: Encoder = Encoder::Tokenizer {
+    key: "tekken_model",
+    bytes: crate::synthetic::tekken::BYTES,
+};
+
+const TINY_TEKKEN: Encoder = Encoder::Tokenizer {
+    key: "tekken_model",
+    bytes: crate::synthetic::tekken::TINY_BYTES,
+};
+
+/// Mistral 3 at test size, with the 32 query and 8 key/value heads ComfyUI-GGUF's loader
+/// permutes a `llama` file's projections with (so it can be written as a text-encoder GGUF).
+const TINY_MISTRAL3: LlmConfig = LlmConfig {
+    num_heads: 32,
+    num_kv_heads: 8,
+    head_dim: 4,
+    ..tiny_llm("mistral3_24b", MISTRAL3_24B)
 };
 
 pub(crate) const FLUX2_DEV_TINY: Spec = Spec {
     model: Denoiser::Flux(FLUX2_TINY_DIT),
-    encoders: &[Encoder::Llm(tiny_llm("mistral3_24b", MISTRAL3_24B))],
+    encoders: &[Encoder::Llm(TINY_MISTRAL3), TINY_TEKKEN],
     vae: Vae::Ldm(TINY_VAE_FLUX2),
 };
 
