@@ -66,6 +66,12 @@ impl Searches for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn encode_q8_0_all(values: &[f32], codes: &mut [u8]) {
+        // SAFETY: the caller guarantees AVX-512.
+        unsafe { q8_0_all(values, codes) }
+    }
+
+    #[inline(always)]
     unsafe fn qx_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
         // SAFETY: the caller guarantees AVX-512.
         unsafe { qx(nmax, x, out) }
@@ -81,6 +87,54 @@ impl Searches for Avx512 {
     unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
         // SAFETY: the caller guarantees AVX2.
         unsafe { avx2::q3(nmax, x, out) }
+    }
+}
+
+/// Whole Q8_0 blocks (`quantize_row_q8_0_ref`), sixteen values per register: the absolute
+/// maximum reduced in a tree (ggml's running maximum where no value is NaN; a block holding a
+/// NaN, whose running maximum depends on where it lies, takes the scalar encoder), `roundf` as a
+/// truncation plus one step away from zero where the dropped part is at least a half (exact: the
+/// part is), and C's float-to-int conversion as `cvttps2dq`, whose result for NaN and out of
+/// range (`INT_MIN`) is C's on x86; then the low byte. The same bytes as
+/// [`super::legacy::encode_q8_0`] (tested).
+///
+/// # Safety
+/// The CPU has AVX-512F; `codes` holds 34 bytes per 32 values.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn q8_0_all(values: &[f32], codes: &mut [u8]) {
+    let blocks = codes.as_chunks_mut::<34>().0;
+    for (x, b) in values.as_chunks::<32>().0.iter().zip(blocks) {
+        // SAFETY: `x` holds 32 f32; the loads are unaligned.
+        let v = unsafe {
+            [
+                _mm512_loadu_ps(x.as_ptr()),
+                _mm512_loadu_ps(x.as_ptr().add(16)),
+            ]
+        };
+        if v[0].ordered() & v[1].ordered() != u16::MAX {
+            super::legacy::encode_q8_0(x, b);
+            continue;
+        }
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(v[0].abs(), v[1].abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b[..2].copy_from_slice(&super::f16_bytes(d));
+        let (idv, half) = (_mm512_set1_ps(id), _mm512_set1_ps(0.5));
+        for (h, v) in v.into_iter().enumerate() {
+            let t = _mm512_mul_ps(v, idv);
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+            let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_sub_ps(t, r).abs(), half);
+            // ±1 with `t`'s sign.
+            let sign = _mm512_and_si512(_mm512_castps_si512(t), _mm512_set1_epi32(i32::MIN));
+            let one = _mm512_castsi512_ps(_mm512_or_si512(
+                sign,
+                _mm512_castps_si512(_mm512_set1_ps(1.0)),
+            ));
+            let r = _mm512_mask_add_ps(r, up, r, one);
+            let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r));
+            // SAFETY: `b` holds 34 bytes: 16 from `2 + 16·h` lie inside; the store is unaligned.
+            unsafe { _mm_storeu_si128(b.as_mut_ptr().add(2 + 16 * h).cast(), q) };
+        }
     }
 }
 

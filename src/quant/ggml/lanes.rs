@@ -76,6 +76,19 @@ pub(super) trait Searches {
         unsafe { by_eight_lanes::<Self, N, 64, MAD>(p, x, w, out) }
     }
 
+    /// Whole Q8_0 blocks of `values` into `codes` (the caller checks the lengths): one block at a
+    /// time, unless the implementation has a vector form (the same bytes).
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn encode_q8_0_all(values: &[f32], codes: &mut [u8]) {
+        let blocks = codes.as_chunks_mut::<34>().0;
+        for (x, b) in values.as_chunks::<32>().0.iter().zip(blocks) {
+            super::legacy::encode_q8_0(x, b);
+        }
+    }
+
     /// [`qx`] of eight groups.
     ///
     /// # Safety

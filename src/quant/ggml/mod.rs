@@ -441,7 +441,8 @@ unsafe fn encode_any<S: lanes::Searches>(t: GgmlType, values: &[f32], codes: &mu
         GgmlType::Q4_1 => blocks_mut!(values, codes, legacy::encode_q4_1),
         GgmlType::Q5_0 => blocks_mut!(values, codes, legacy::encode_q5_0),
         GgmlType::Q5_1 => blocks_mut!(values, codes, legacy::encode_q5_1),
-        GgmlType::Q8_0 => blocks_mut!(values, codes, legacy::encode_q8_0),
+        // SAFETY: the caller guarantees `S`'s features.
+        GgmlType::Q8_0 => unsafe { S::encode_q8_0_all(values, codes) },
         GgmlType::Q2_K => blocks_mut!(values, codes, kquants::encode_q2_k::<S>),
         GgmlType::Q3_K => blocks_mut!(values, codes, kquants::encode_q3_k::<S>),
         // SAFETY (both): the caller guarantees `S`'s features.

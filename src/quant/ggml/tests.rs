@@ -254,3 +254,59 @@ fn the_portable_and_dispatched_encoders_write_the_same_bytes() {
         }
     }
 }
+
+/// Q8_0 blocks that test every rule of the scalar encoder: ties at a half (either sign, both
+/// sides of zero), values just below a half, blocks with NaN (first, last, alone), infinity,
+/// subnormal maxima whose reciprocal overflows, the largest floats, zeros: the dispatched
+/// encoder (AVX-512 where the CPU has it) writes the scalar encoder's bytes.
+#[test]
+fn q8_0_blocks_with_every_rounding_case_encode_as_the_scalar_encoder() {
+    let mut blocks: Vec<[f32; 32]> = Vec::new();
+    // amax 127 makes the scale 1: the values are the products that get rounded.
+    let mut ties = [0f32; 32];
+    for (i, v) in ties.iter_mut().enumerate() {
+        let k = i as f32 - 16.0;
+        *v = k + if i % 2 == 0 { 0.5 } else { -0.5 };
+    }
+    ties[0] = 127.0;
+    ties[31] = -126.5;
+    blocks.push(ties);
+    let mut below = [0.499_999_97f32; 32];
+    below[1] = -0.499_999_97;
+    below[2] = 127.0;
+    below[3] = 2.499_999_8;
+    blocks.push(below);
+    for at in [0, 13, 31] {
+        let mut b = [1.5f32; 32];
+        b[at] = f32::NAN;
+        b[(at + 7) % 32] = -3.0;
+        blocks.push(b);
+    }
+    blocks.push([f32::NAN; 32]);
+    let mut inf = [2.0f32; 32];
+    inf[5] = f32::INFINITY;
+    inf[6] = f32::NEG_INFINITY;
+    blocks.push(inf);
+    let mut tiny = [0f32; 32];
+    tiny[0] = 1e-44;
+    tiny[1] = -3e-45;
+    tiny[2] = 1e-45;
+    blocks.push(tiny);
+    let mut sub = [1e-39f32; 32];
+    sub[9] = -2e-39;
+    blocks.push(sub);
+    let mut big = [f32::MAX; 32];
+    big[3] = -f32::MAX;
+    big[4] = 1.0;
+    blocks.push(big);
+    blocks.push([0.0; 32]);
+    blocks.push([-0.0; 32]);
+    let values: Vec<f32> = blocks.iter().flatten().copied().collect();
+    let mut got = vec![0u8; blocks.len() * 34];
+    encode(GgmlType::Q8_0, &values, &mut got);
+    for (i, (x, g)) in blocks.iter().zip(got.chunks_exact(34)).enumerate() {
+        let mut want = [0u8; 34];
+        legacy::encode_q8_0(x, &mut want);
+        assert_eq!(g, &want[..], "block {i}: {x:?}");
+    }
+}
