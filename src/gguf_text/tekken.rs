@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::quant::describe::write_string as json_str;
 use crate::read::gguf::{MetaArray, MetaValue};
 
 /// The top-level key ComfyUI keeps the tokenizer under.
@@ -99,31 +100,6 @@ fn b64_decode(s: &str) -> Option<Vec<u8>> {
         out.extend_from_slice(&v.to_be_bytes()[1..4 - pad]);
     }
     Some(out)
-}
-
-/// `s` as a JSON string the way Python's `json.dumps` writes it by default (`ensure_ascii`:
-/// everything outside space…tilde escaped, lowercase hex, surrogate pairs beyond the BMP).
-fn json_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
-            _ => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{u:04x}"));
-                }
-            }
-        }
-    }
-    out.push('"');
 }
 
 fn missing(k: &str, what: &str) -> Error {

@@ -237,7 +237,9 @@ fn write_json(value: &Value, out: &mut String) {
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
+/// `s` as a JSON string the way Python's `json.dumps` writes it by default (`ensure_ascii`:
+/// everything outside space…tilde escaped, lowercase hex, surrogate pairs beyond the BMP).
+pub(crate) fn write_string(s: &str, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         match c {

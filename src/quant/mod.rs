@@ -95,7 +95,7 @@
 
 mod blocks;
 mod codec;
-mod describe;
+pub(crate) mod describe;
 mod format;
 pub mod ggml;
 mod layout;
