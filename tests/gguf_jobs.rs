@@ -11,10 +11,11 @@ mod common;
 
 use candle_core::{DType, Device};
 use checkpoint_save::gguf::{gguf_header, GgufFile, GgufTensorInfo, MetaArray, MetaValue};
-use checkpoint_save::quant::{Format, GgmlType, Precision, QuantLayout, Scales};
+use checkpoint_save::quant::GgmlType;
 use checkpoint_save::synthetic::{build, SyntheticOptions};
 use checkpoint_save::{Arch, ComponentKind};
 use common::cli::{assert_refused, files_under, ok_path, run};
+use common::ggml::{decode, encode};
 use common::st;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -30,37 +31,6 @@ fn sha(bytes: &[u8]) -> String {
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// `values` of `shape` in `t`'s blocks, through the crate's encoder (its codes are the reference
-/// quantizers', `tests/ggml.rs`).
-fn encode(t: GgmlType, shape: &[usize], values: &[f32]) -> Vec<u8> {
-    let layout = QuantLayout::new("t", Format::Ggml(t), shape).unwrap();
-    let span = layout.write_span(0..values.len() as u64).unwrap();
-    let mut codes = vec![0u8; (span.codes.end - span.codes.start) as usize];
-    layout
-        .encode(
-            &Scales::none(),
-            Precision::F32,
-            &span,
-            values,
-            &mut codes,
-            &mut [],
-        )
-        .unwrap();
-    codes
-}
-
-/// The values of `codes`, decoded through the crate's decoder (gguf-py's values, `tests/ggml.rs`).
-fn decode(t: GgmlType, shape: &[usize], codes: &[u8]) -> Vec<f32> {
-    let layout = QuantLayout::new("t", Format::Ggml(t), shape).unwrap();
-    let n: usize = shape.iter().product();
-    let span = layout.read_span(0..n as u64).unwrap();
-    let mut out = vec![0f32; n];
-    layout
-        .decode(&Scales::none(), Precision::F32, &span, codes, &[], &mut out)
-        .unwrap();
-    out
 }
 
 /// What a test GGUF holds per denoiser key: its logical shape, the values a reader must give,

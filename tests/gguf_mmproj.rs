@@ -14,12 +14,13 @@ use std::process::Command;
 mod common;
 
 use checkpoint_save::gguf::{gguf_header, GgufFile, GgufTensorInfo, MetaValue};
-use checkpoint_save::quant::{Format, GgmlType, Precision, QuantLayout, Scales};
+use checkpoint_save::quant::GgmlType;
 use checkpoint_save::{
     open_component, save_to_path, ComponentDtypes, ComponentKind, Components, Dtype, SaveOptions,
     TargetDtype,
 };
 use common::cli::{assert_refused, files_under, ok_path, run};
+use common::ggml::{decode, encode};
 use common::st;
 use serde_json::Value;
 
@@ -673,37 +674,6 @@ fn comfyui_gguf_loader_reads_the_pair_as_the_tool_does() {
             .collect();
         assert_eq!(t["sha256"].as_str().unwrap(), sha, "{k}");
     }
-}
-
-/// `values` of `shape` in `t`'s blocks, through the crate's encoder (its codes are ggml's
-/// reference quantizers', `tests/ggml.rs`).
-fn encode(t: GgmlType, shape: &[usize], values: &[f32]) -> Vec<u8> {
-    let layout = QuantLayout::new("t", Format::Ggml(t), shape).unwrap();
-    let span = layout.write_span(0..values.len() as u64).unwrap();
-    let mut codes = vec![0u8; (span.codes.end - span.codes.start) as usize];
-    layout
-        .encode(
-            &Scales::none(),
-            Precision::F32,
-            &span,
-            values,
-            &mut codes,
-            &mut [],
-        )
-        .unwrap();
-    codes
-}
-
-/// The values of `codes`, through the crate's decoder (gguf-py's values, `tests/ggml.rs`).
-fn decode(t: GgmlType, shape: &[usize], codes: &[u8]) -> Vec<f32> {
-    let layout = QuantLayout::new("t", Format::Ggml(t), shape).unwrap();
-    let n: usize = shape.iter().product();
-    let span = layout.read_span(0..n as u64).unwrap();
-    let mut out = vec![0f32; n];
-    layout
-        .decode(&Scales::none(), Precision::F32, &span, codes, &[], &mut out)
-        .unwrap();
-    out
 }
 
 #[test]

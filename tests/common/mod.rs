@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod ggml;
 pub mod st;
 
 use std::collections::BTreeMap;
