@@ -72,9 +72,9 @@
 //! side by side, whose dependent additions interleave; the search is written once over the
 //! lane width in `wide.rs`; Q8_0 sixteen values per register). Measured on one core of the
 //! shared 2-vCPU build machine (AMD EPYC Zen 5 with 512-bit vector units; `cargo bench --bench
-//! ggml`, f32 values in, before the eight-super-block search and the AVX-512 Q8_0): Q4_K ~930
-//! MiB/s with AVX-512 (~1.1 µs per super-block), ~540 MiB/s with AVX2, Q5_K 1.1 GiB/s; Q8_0 ~1.5
-//! GiB/s (80 ns per 32-value block; the AVX-512 encoder cut a Flux-size convert's CPU by 2.5×);
+//! ggml`, f32 values in): Q4_K ~1.0 GiB/s with AVX-512 (~1 µs per super-block), ~540 MiB/s with
+//! AVX2, Q5_K 1.2 GiB/s; Q8_0 18.7 GiB/s with AVX-512 (6.4 ns per 32-value block; 1.5 GiB/s
+//! block by block in scalar code);
 //! the one-sub-block-at-a-time form ran Q4_K at ~45 MiB/s. `benches/RESULTS.md` has the table.
 
 #[cfg(target_arch = "x86_64")]
