@@ -15,6 +15,7 @@ use checkpoint_save::gguf::{
     gguf_header, GgufFile, GgufTensor, GgufTensorInfo, MetaArray, MetaValue,
 };
 use checkpoint_save::quant::{GgmlType, Precision, Scales};
+use common::ggml::encode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -194,29 +195,6 @@ fn the_planned_header_is_gguf_pys_byte_for_byte() {
     }
 }
 
-/// Quantizes `values` of `shape` to `t` through the layout, as a writer fills a tensor.
-fn quantize(t: GgmlType, shape: &[usize], values: &[f32]) -> Vec<u8> {
-    let layout = checkpoint_save::quant::QuantLayout::new(
-        "t",
-        checkpoint_save::quant::Format::Ggml(t),
-        shape,
-    )
-    .unwrap();
-    let span = layout.write_span(0..values.len() as u64).unwrap();
-    let mut codes = vec![0u8; (span.codes.end - span.codes.start) as usize];
-    layout
-        .encode(
-            &Scales::none(),
-            Precision::F32,
-            &span,
-            values,
-            &mut codes,
-            &mut [],
-        )
-        .unwrap();
-    codes
-}
-
 /// A GGUF file written with this crate's header and codecs: header, then each tensor's blocks
 /// at its offset, zero padding between and after.
 fn write_file(path: &Path) -> (Vec<(String, MetaValue)>, Vec<GgufTensorInfo>) {
@@ -263,7 +241,7 @@ fn write_file(path: &Path) -> (Vec<(String, MetaValue)>, Vec<GgufTensorInfo>) {
         let values: Vec<f32> = (0..n)
             .map(|j| ((j * 7919 + i * 104729) % 1000) as f32 / 500.0 - 1.0)
             .collect();
-        let codes = quantize(t.ggml_type, &t.shape, &values);
+        let codes = encode(t.ggml_type, &t.shape, &values);
         let at = header.bytes.len() + *begin as usize;
         bytes[at..at + codes.len()].copy_from_slice(&codes);
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use checkpoint_save::gguf::GgufFile;
-use checkpoint_save::quant::{Format, GgmlType, Precision, QuantLayout, Scales};
+use checkpoint_save::quant::GgmlType;
 use checkpoint_save::{
     save_gguf_to_path, Arch, Components, GgufTarget, GgufType, LayoutChoice, SaveOptions,
 };
@@ -17,6 +17,7 @@ use checkpoint_save::{
 mod common;
 
 use common::cli::{ok_path, run};
+use common::ggml::encode;
 use GgmlType::*;
 
 const QUANTIZED: [GgufType; 14] = [
@@ -113,24 +114,6 @@ fn model() -> Components {
     Components::new(map)
 }
 
-/// The codec's blocks of `values` (f32, exact from bf16) in type `t`.
-fn reference(t: GgmlType, values: &[f32]) -> Vec<u8> {
-    let layout = QuantLayout::new("t", Format::Ggml(t), &[1, values.len()]).unwrap();
-    let span = layout.write_span(0..values.len() as u64).unwrap();
-    let mut codes = vec![0u8; t.byte_len(values.len() as u64).unwrap() as usize];
-    layout
-        .encode(
-            &Scales::none(),
-            Precision::F32,
-            &span,
-            values,
-            &mut codes,
-            &mut [],
-        )
-        .unwrap();
-    codes
-}
-
 fn opts() -> SaveOptions {
     SaveOptions {
         layout: LayoutChoice::Arch(Arch::Flux),
@@ -194,7 +177,7 @@ fn every_type_gives_lcpp_patch_types_and_the_codecs_blocks() {
                     .iter()
                     .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
                     .collect(),
-                q => reference(q, &x),
+                q => encode(q, &[1, x.len()], &x),
             };
             assert!(bytes == want_bytes, "{ty} `{key}`: blocks differ");
         }
