@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
 use crate::model::merged::{LoraFactors, Merged, PatchValue};
 use crate::model::InputTensor;
+use crate::quant::Precision;
 
 /// A LoRA's factors as f32 matrices on a device: `up [rows, rank]` and `down [rank, columns]`
 /// (with `mid` already folded into `down`).
@@ -189,16 +190,11 @@ fn eval(m: &Merged, units: Range<usize>, out: &mut [f32], scratch: &mut Scratch)
     Ok(())
 }
 
-/// Rounds `vals` to `dtype` (to nearest even) and back, for a cast ([`Merged::cast`]).
+/// Rounds `vals` to `dtype` (to nearest even) and back, for a cast ([`Merged::cast`]): the
+/// quantizers' own rounding ([`Precision::round`]).
 fn round_to(dtype: Option<Dtype>, vals: &mut [f32]) {
-    match dtype {
-        Some(Dtype::F16) => vals
-            .iter_mut()
-            .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
-        Some(Dtype::BF16) => vals
-            .iter_mut()
-            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
-        _ => {}
+    if let Some(p) = dtype.map(Precision::of_output) {
+        vals.iter_mut().for_each(|v| *v = p.round(*v));
     }
 }
 
