@@ -8,11 +8,13 @@
 //! Flux.1, `later` the families after them.
 
 mod classic;
+mod flux2;
 mod later;
 mod ltx2;
 
 use super::spec::*;
 pub(crate) use classic::*;
+pub(crate) use flux2::*;
 pub(crate) use later::*;
 pub(crate) use ltx2::*;
 
