@@ -105,7 +105,7 @@ pub(super) unsafe fn round_fast<V: Wide<L>, const L: usize, const LO: bool, cons
 unsafe fn candidate<V: Wide<L>, const L: usize, const N: usize>(
     round: impl Fn(V) -> V,
     iscale: V,
-    shifted: &[V; N],
+    min: V,
     x: &[[f32; L]; N],
     w: &[[f32; L]; N],
     aux: &mut [V; N],
@@ -115,12 +115,16 @@ unsafe fn candidate<V: Wide<L>, const L: usize, const N: usize>(
         let zero = V::splat(0.0);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
         for i in 0..N {
-            let l = round(iscale.mul(shifted[i]));
+            // `x − min` is recomputed rather than kept: with many lanes some lane's `min`
+            // changes at nearly every candidate, and the subtraction costs less than the
+            // stores of a kept copy.
+            let v = V::load(&x[i]);
+            let l = round(iscale.mul(v.sub(min)));
             aux[i] = l;
             let wl = V::load(&w[i]).mul(l);
             sum_l = sum_l.add(wl);
             sum_l2 = sum_l2.add(wl.mul(l));
-            sum_xl = sum_xl.add(wl.mul(V::load(&x[i])));
+            sum_xl = sum_xl.add(wl.mul(v));
         }
         (sum_l, sum_l2, sum_xl)
     }
@@ -173,19 +177,17 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
         let iscale = nmax.div(max.sub(min));
         let mut scale = V::splat(1.0).div(iscale);
         let mut best = zero;
-        let mut codes = [zero; N];
         for i in 0..N {
             let v = V::load(&x[i]);
             let l = iscale.mul(v.sub(min)).round_clamp(0, p.nmax);
-            codes[i] = l;
             best = best.add(V::load(&w[i]).mul(error(scale.mul(l).add(min).sub(v))));
         }
+        // The winning codes are not copied at every improvement: each lane keeps the `iscale`
+        // and `min` that made them, and they are made again once at the end (the same
+        // operations, so the same codes; the fast rounding of a candidate equals the exact one
+        // wherever it is taken, and a lane with a NaN never takes a candidate).
+        let (mut best_iscale, mut best_from) = (iscale, min);
         let mut aux = [zero; N];
-        // `x − min`, recomputed when a lane's `min` changes.
-        let mut shifted = [zero; N];
-        for (s, row) in shifted.iter_mut().zip(x) {
-            *s = V::load(row).sub(min);
-        }
         for is in 0..=p.nstep {
             let top = p.rmin + p.rdelta * is as f32 + p.nmax as f32;
             let iscale = V::splat(top).div(max.sub(min));
@@ -203,7 +205,7 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
                         candidate(
                             |v| round_fast::<V, L, $lo, $hi>(v, nmax),
                             iscale,
-                            &shifted,
+                            min,
                             x,
                             w,
                             &mut aux,
@@ -218,7 +220,7 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
                 }
             } else {
                 let exact = |v: V| v.round_clamp(0, p.nmax);
-                candidate(exact, iscale, &shifted, x, w, &mut aux)
+                candidate(exact, iscale, min, x, w, &mut aux)
             };
             let d = sum_w.mul(sum_l2).sub(sum_l.mul(sum_l));
             let s = sum_w.mul(sum_xl).sub(sum_x.mul(sum_l)).div(d);
@@ -232,18 +234,15 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
                 cur = cur.add(V::load(&w[i]).mul(error(diff)));
             }
             let take = V::and(d.gt(zero), cur.lt(best));
-            if V::any(take) {
-                best = V::sel(take, cur, best);
-                scale = V::sel(take, this_scale, scale);
-                min = V::sel(take, this_min, min);
-                for i in 0..N {
-                    codes[i] = V::sel(take, aux[i], codes[i]);
-                    shifted[i] = V::load(&x[i]).sub(min);
-                }
-            }
+            best = V::sel(take, cur, best);
+            scale = V::sel(take, this_scale, scale);
+            best_iscale = V::sel(take, iscale, best_iscale);
+            best_from = V::sel(take, min, best_from);
+            min = V::sel(take, this_min, min);
         }
         for i in 0..N {
-            out[i] = V::sel(flat, zero, codes[i]).bytes();
+            let l = best_iscale.mul(V::load(&x[i]).sub(best_from));
+            out[i] = V::sel(flat, zero, l.round_clamp(0, p.nmax)).bytes();
         }
         (
             V::sel(flat, zero, scale).store(),
