@@ -363,5 +363,6 @@ fn len(r: &Range<u64>) -> usize {
 }
 
 fn non_finite(v: &[f32]) -> u64 {
-    v.iter().filter(|x| !x.is_finite()).count() as u64
+    // The cast module's vector count: a per-value filter here cost 5 % of a Q4_K convert.
+    cast::count_non_finite(super::merge::as_bytes(v), Dtype::F32)
 }

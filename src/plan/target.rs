@@ -318,10 +318,17 @@ impl Values for QuantTarget {
         }
         match self.base {
             // f16 and bf16 values round to themselves (a NaN may come back quieted).
-            Some(b) if self.in_base => out
-                .iter_mut()
-                .filter(|v| v.is_nan())
-                .for_each(|v| *v = b.round(*v)),
+            Some(b) if self.in_base => {
+                // NaNs are rare: look for one without a branch per value first.
+                if out
+                    .chunks(64)
+                    .any(|c| c.iter().fold(false, |a, v| a | v.is_nan()))
+                {
+                    out.iter_mut()
+                        .filter(|v| v.is_nan())
+                        .for_each(|v| *v = b.round(*v));
+                }
+            }
             Some(b) => out.iter_mut().for_each(|v| *v = b.round(*v)),
             None => {}
         }
