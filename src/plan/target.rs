@@ -318,12 +318,10 @@ impl Values for QuantTarget {
         }
         match self.base {
             // f16 and bf16 values round to themselves (a NaN may come back quieted).
+            // NaNs are rare: looked for without a branch per value first.
             Some(b) if self.in_base => {
-                // NaNs are rare: look for one without a branch per value first.
-                if out
-                    .chunks(64)
-                    .any(|c| c.iter().fold(false, |a, v| a | v.is_nan()))
-                {
+                let nan = |c: &[f32]| c.iter().fold(false, |a, v| a | v.is_nan());
+                if out.chunks(64).any(nan) {
                     out.iter_mut()
                         .filter(|v| v.is_nan())
                         .for_each(|v| *v = b.round(*v));

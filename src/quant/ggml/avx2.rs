@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::lanes::Searches;
-use super::search::{Qkx2, GROUP_MAX_EPS};
+use super::search::{Fit, Qkx2, GROUP_MAX_EPS};
 use super::wide::{self, Wide, MAGIC};
 
 /// The searches with AVX2 intrinsics; only ever used when the CPU has AVX2.
@@ -24,10 +24,9 @@ impl Searches for Avx2 {
         p: Qkx2,
         x: &[[f32; 8]; N],
         w: &[[f32; 8]; N],
-        out: &mut [[u8; 8]; N],
-    ) -> ([f32; 8], [f32; 8]) {
+    ) -> [Fit; 8] {
         // SAFETY: the caller guarantees AVX2.
-        unsafe { qkx2::<N, MAD>(p, x, w, out) }
+        unsafe { qkx2::<N, MAD>(p, x, w) }
     }
 
     #[inline(always)]
@@ -210,10 +209,9 @@ pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
     p: Qkx2,
     x: &[[f32; 8]; N],
     w: &[[f32; 8]; N],
-    out: &mut [[u8; 8]; N],
-) -> ([f32; 8], [f32; 8]) {
+) -> [Fit; 8] {
     // SAFETY: the caller guarantees AVX2, which `V`'s operations need.
-    unsafe { wide::qkx2::<V, 8, N, MAD>(p, x, w, out) }
+    unsafe { wide::qkx2::<V, 8, N, MAD>(p, x, w) }
 }
 
 impl Wide<8> for V {

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use super::avx2;
 use super::lanes::Searches;
-use super::search::Qkx2;
+use super::search::{Fit, Qkx2};
 use super::wide::{self, Wide, MAGIC};
 
 mod regs;
@@ -30,10 +30,9 @@ impl Searches for Avx512 {
         p: Qkx2,
         x: &[[f32; 8]; N],
         w: &[[f32; 8]; N],
-        out: &mut [[u8; 8]; N],
-    ) -> ([f32; 8], [f32; 8]) {
+    ) -> [Fit; 8] {
         // SAFETY: the caller guarantees AVX-512 and AVX2.
-        unsafe { avx2::qkx2::<N, MAD>(p, x, w, out) }
+        unsafe { avx2::qkx2::<N, MAD>(p, x, w) }
     }
 
     #[inline(always)]
@@ -41,10 +40,9 @@ impl Searches for Avx512 {
         p: Qkx2,
         x: &[[f32; 16]; N],
         w: &[[f32; 16]; N],
-        out: &mut [[u8; 16]; N],
-    ) -> ([f32; 16], [f32; 16]) {
+    ) -> [Fit; 16] {
         // SAFETY: the caller guarantees AVX-512.
-        unsafe { qkx2::<N, MAD>(p, x, w, out) }
+        unsafe { qkx2::<N, MAD>(p, x, w) }
     }
 
     #[inline(always)]
@@ -52,10 +50,9 @@ impl Searches for Avx512 {
         p: Qkx2,
         x: &[[f32; 32]; N],
         w: &[[f32; 32]; N],
-        out: &mut [[u8; 32]; N],
-    ) -> ([f32; 32], [f32; 32]) {
+    ) -> [Fit; 32] {
         // SAFETY: the caller guarantees AVX-512.
-        unsafe { qkx2_pair::<N, MAD>(p, x, w, out) }
+        unsafe { qkx2_pair::<N, MAD>(p, x, w) }
     }
 
     #[inline(always)]
@@ -63,10 +60,9 @@ impl Searches for Avx512 {
         p: Qkx2,
         x: &[[f32; 64]; N],
         w: &[[f32; 64]; N],
-        out: &mut [[u8; 64]; N],
-    ) -> ([f32; 64], [f32; 64]) {
+    ) -> [Fit; 64] {
         // SAFETY: the caller guarantees AVX-512.
-        unsafe { qkx2_quad::<N, MAD>(p, x, w, out) }
+        unsafe { qkx2_quad::<N, MAD>(p, x, w) }
     }
 
     #[inline(always)]
@@ -151,10 +147,9 @@ pub(super) unsafe fn qkx2<const N: usize, const MAD: bool>(
     p: Qkx2,
     x: &[[f32; 16]; N],
     w: &[[f32; 16]; N],
-    out: &mut [[u8; 16]; N],
-) -> ([f32; 16], [f32; 16]) {
+) -> [Fit; 16] {
     // SAFETY: the caller guarantees AVX-512F, which `__m512`'s operations need.
-    unsafe { wide::qkx2::<__m512, 16, N, MAD>(p, x, w, out) }
+    unsafe { wide::qkx2::<__m512, 16, N, MAD>(p, x, w) }
 }
 
 /// [`super::lanes::qkx2`] for thirty-two groups, in two registers side by side ([`Z2`]).
@@ -166,10 +161,9 @@ pub(super) unsafe fn qkx2_pair<const N: usize, const MAD: bool>(
     p: Qkx2,
     x: &[[f32; 32]; N],
     w: &[[f32; 32]; N],
-    out: &mut [[u8; 32]; N],
-) -> ([f32; 32], [f32; 32]) {
+) -> [Fit; 32] {
     // SAFETY: the caller guarantees AVX-512F, which `Z2`'s operations need.
-    unsafe { wide::qkx2::<Z2, 32, N, MAD>(p, x, w, out) }
+    unsafe { wide::qkx2::<Z2, 32, N, MAD>(p, x, w) }
 }
 
 /// [`super::lanes::qkx2`] for sixty-four groups, in four registers side by side ([`Z4`]).
@@ -181,10 +175,9 @@ pub(super) unsafe fn qkx2_quad<const N: usize, const MAD: bool>(
     p: Qkx2,
     x: &[[f32; 64]; N],
     w: &[[f32; 64]; N],
-    out: &mut [[u8; 64]; N],
-) -> ([f32; 64], [f32; 64]) {
+) -> [Fit; 64] {
     // SAFETY: the caller guarantees AVX-512F, which `Z4`'s operations need.
-    unsafe { wide::qkx2::<Z4, 64, N, MAD>(p, x, w, out) }
+    unsafe { wide::qkx2::<Z4, 64, N, MAD>(p, x, w) }
 }
 
 /// [`super::lanes::qx`] for sixteen groups (Q6_K's sixteen sub-blocks).

@@ -7,7 +7,7 @@
 //! re-coded against the scale it will be decoded with. Decoders are `dequantize_row_q*_K`.
 
 use super::lanes::{transpose, Searches};
-use super::search::{nearest_int, Qkx2, GROUP_MAX_EPS};
+use super::search::{nearest_int, Fit, Qkx2, GROUP_MAX_EPS};
 use super::{f16_at, f16_bytes, QK_K};
 
 /// Packs 2-bit codes as Q2_K and Q3_K store them: byte `l` of each 32-byte group holds values
@@ -57,20 +57,19 @@ pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84])
         nstep: 15,
         use_mad: true,
     };
-    let mut codes = [0u8; QK_K];
-    let found: [(f32, f32); 16] = if S::WIDE {
-        by_lanes::<16, 16, 16, _>(x, &mut codes, |xt, lanes| {
+    let found: [Fit; 16] = if S::WIDE {
+        fits_by_lanes::<16, 16, 16>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
-            unsafe { pairs(S::qkx2_16::<16, true>(p, xt, &xt.map(abs_row), lanes)) }
+            unsafe { S::qkx2_16::<16, true>(p, xt, &xt.map(abs_row)) }
         })
     } else {
-        by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| {
+        fits_by_lanes::<16, 16, 8>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
-            unsafe { pairs(qkx2::<S, 16>(p, xt, &xt.map(abs_row), lanes)) }
+            unsafe { qkx2::<S, 16>(p, xt, &xt.map(abs_row)) }
         })
     };
     let (mut max_scale, mut max_min) = (0f32, 0f32);
-    let (scales, mins) = (found.map(|f| f.0), found.map(|f| f.1));
+    let (scales, mins) = (found.map(|f| f.scale), found.map(|f| f.min));
     for j in 0..16 {
         let (scale, min) = (scales[j], mins[j]);
         if scale > max_scale {
@@ -101,16 +100,19 @@ pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84])
     };
     let (d, dmin) = (f16_bytes(d), f16_bytes(dmin));
     let (dq, mq) = (f16_at(&d, 0), f16_at(&dmin, 0));
+    let mut codes = [0u8; QK_K];
     for (j, &sc) in sc.iter().enumerate() {
         let dl = dq * (sc & 0xF) as f32;
+        let dm = mq * (sc >> 4) as f32;
+        let (codes, x) = (sub_mut::<16, u8>(&mut codes, j), sub::<16>(x, j));
         if dl == 0.0 {
+            // ggml keeps the search's codes where the scale quantized to zero.
+            for (c, &v) in codes.iter_mut().zip(x) {
+                *c = found[j].code(v, 3);
+            }
             continue;
         }
-        let dm = mq * (sc >> 4) as f32;
-        for (c, &v) in sub_mut::<16, u8>(&mut codes, j)
-            .iter_mut()
-            .zip(sub::<16>(x, j))
-        {
+        for (c, &v) in codes.iter_mut().zip(x) {
             *c = nearest_int((v + dm) / dl).clamp(0, 3) as u8;
         }
     }
@@ -149,6 +151,21 @@ fn by_lanes<const N: usize, const G: usize, const L: usize, T: Copy + Default>(
     found
 }
 
+/// Runs `search` on the `G` sub-blocks of `N` values of `x`, `L` at a time (lane `j` is a
+/// sub-block): what it finds for each, in sub-block order.
+#[inline(always)]
+fn fits_by_lanes<const N: usize, const G: usize, const L: usize>(
+    x: &[f32],
+    mut search: impl FnMut(&[[f32; L]; N]) -> [Fit; L],
+) -> [Fit; G] {
+    let mut found = [Fit::default(); G];
+    for g in 0..G / L {
+        let r = search(&transpose::<N, L>(&x[L * N * g..]));
+        found[L * g..L * g + L].copy_from_slice(&r);
+    }
+    found
+}
+
 /// `S`'s `qkx2` search with `p.use_mad` as the const parameter it is.
 ///
 /// # Safety
@@ -158,22 +175,15 @@ unsafe fn qkx2<S: Searches, const N: usize>(
     p: Qkx2,
     x: &[[f32; 8]; N],
     w: &[[f32; 8]; N],
-    out: &mut [[u8; 8]; N],
-) -> ([f32; 8], [f32; 8]) {
+) -> [Fit; 8] {
     // SAFETY: the caller guarantees `S`'s features.
     unsafe {
         if p.use_mad {
-            S::qkx2::<N, true>(p, x, w, out)
+            S::qkx2::<N, true>(p, x, w)
         } else {
-            S::qkx2::<N, false>(p, x, w, out)
+            S::qkx2::<N, false>(p, x, w)
         }
     }
-}
-
-/// `(scales, mins)` of `L` lanes as `L` pairs.
-#[inline(always)]
-fn pairs<const L: usize>((a, b): ([f32; L], [f32; L])) -> [(f32, f32); L] {
-    std::array::from_fn(|j| (a[j], b[j]))
 }
 
 /// A search's scales as pairs with an unused second element.

@@ -7,7 +7,7 @@
 //! f32 lanes: one or two AVX2 registers), which makes the searches several times faster than one
 //! sub-block at a time, whose sums are chains of dependent additions.
 
-use super::search::{nearest_int, Qkx2, GROUP_MAX_EPS};
+use super::search::{nearest_int, Fit, Qkx2, GROUP_MAX_EPS};
 
 /// Where the searches of eight sub-blocks at once run: [`Portable`] everywhere, or the AVX2
 /// intrinsics of [`super::avx2`]; both give the scalar searches' bits.
@@ -20,8 +20,7 @@ pub(super) trait Searches {
         p: Qkx2,
         x: &[[f32; 8]; N],
         w: &[[f32; 8]; N],
-        out: &mut [[u8; 8]; N],
-    ) -> ([f32; 8], [f32; 8]);
+    ) -> [Fit; 8];
 
     /// Whether [`Searches::qkx2_16`], [`Searches::qkx2_32`] and [`Searches::qkx2_64`] run in
     /// wide registers (the K-quant encoders then search eight super-blocks of Q4_K/Q5_K, or two
@@ -38,10 +37,9 @@ pub(super) trait Searches {
         p: Qkx2,
         x: &[[f32; 16]; N],
         w: &[[f32; 16]; N],
-        out: &mut [[u8; 16]; N],
-    ) -> ([f32; 16], [f32; 16]) {
+    ) -> [Fit; 16] {
         // SAFETY: the caller guarantees the implementation's features.
-        unsafe { by_eight_lanes::<Self, N, 16, MAD>(p, x, w, out) }
+        unsafe { by_eight_lanes::<Self, N, 16, MAD>(p, x, w) }
     }
 
     /// [`qkx2`] of thirty-two groups: eight-group searches, unless the implementation has wider
@@ -54,10 +52,9 @@ pub(super) trait Searches {
         p: Qkx2,
         x: &[[f32; 32]; N],
         w: &[[f32; 32]; N],
-        out: &mut [[u8; 32]; N],
-    ) -> ([f32; 32], [f32; 32]) {
+    ) -> [Fit; 32] {
         // SAFETY: the caller guarantees the implementation's features.
-        unsafe { by_eight_lanes::<Self, N, 32, MAD>(p, x, w, out) }
+        unsafe { by_eight_lanes::<Self, N, 32, MAD>(p, x, w) }
     }
 
     /// [`qkx2`] of sixty-four groups: eight-group searches, unless the implementation has wider
@@ -70,10 +67,9 @@ pub(super) trait Searches {
         p: Qkx2,
         x: &[[f32; 64]; N],
         w: &[[f32; 64]; N],
-        out: &mut [[u8; 64]; N],
-    ) -> ([f32; 64], [f32; 64]) {
+    ) -> [Fit; 64] {
         // SAFETY: the caller guarantees the implementation's features.
-        unsafe { by_eight_lanes::<Self, N, 64, MAD>(p, x, w, out) }
+        unsafe { by_eight_lanes::<Self, N, 64, MAD>(p, x, w) }
     }
 
     /// Whole Q8_0 blocks of `values` into `codes` (the caller checks the lengths): one block at a
@@ -132,9 +128,8 @@ impl Searches for Portable {
         p: Qkx2,
         x: &[[f32; 8]; N],
         w: &[[f32; 8]; N],
-        out: &mut [[u8; 8]; N],
-    ) -> ([f32; 8], [f32; 8]) {
-        qkx2::<N, 8, MAD>(p, x, w, out)
+    ) -> [Fit; 8] {
+        qkx2::<N, 8, MAD>(p, x, w)
     }
 
     #[inline(always)]
@@ -157,33 +152,26 @@ unsafe fn by_eight_lanes<S: Searches + ?Sized, const N: usize, const L: usize, c
     p: Qkx2,
     x: &[[f32; L]; N],
     w: &[[f32; L]; N],
-    out: &mut [[u8; L]; N],
-) -> ([f32; L], [f32; L]) {
+) -> [Fit; L] {
     let part = |a: &[[f32; L]; N], h: usize| a.map(|r| std::array::from_fn(|j| r[8 * h + j]));
-    let (mut scale, mut min) = ([0f32; L], [0f32; L]);
+    let mut fits = [Fit::default(); L];
     for h in 0..L / 8 {
-        let mut o = [[0u8; 8]; N];
         // SAFETY: the caller guarantees `S`'s features.
-        let (s, m) = unsafe { S::qkx2::<N, MAD>(p, &part(x, h), &part(w, h), &mut o) };
-        scale[8 * h..8 * h + 8].copy_from_slice(&s);
-        min[8 * h..8 * h + 8].copy_from_slice(&m);
-        for (row, o) in out.iter_mut().zip(&o) {
-            row[8 * h..8 * h + 8].copy_from_slice(o);
-        }
+        let f = unsafe { S::qkx2::<N, MAD>(p, &part(x, h), &part(w, h)) };
+        fits[8 * h..8 * h + 8].copy_from_slice(&f);
     }
-    (scale, min)
+    fits
 }
 
-/// `make_qkx2_quants` on `L` groups of `N` values: codes into `out`, returns each group's
-/// `(scale, min)` as [`super::search::make_qkx2_quants`] does. `MAD`: absolute instead of
-/// squared error.
+/// `make_qkx2_quants` on `L` groups of `N` values: each group's `(scale, min)` as
+/// [`super::search::make_qkx2_quants`] returns them, and how its codes are made. `MAD`: absolute
+/// instead of squared error.
 #[inline(always)]
 pub(super) fn qkx2<const N: usize, const L: usize, const MAD: bool>(
     p: Qkx2,
     x: &[[f32; L]; N],
     w: &[[f32; L]; N],
-    out: &mut [[u8; L]; N],
-) -> ([f32; L], [f32; L]) {
+) -> [Fit; L] {
     let error = |d: f32| if MAD { d.abs() } else { d * d };
     let (mut min, mut max, mut sum_w) = (x[0], x[0], w[0]);
     let mut sum_x = [0f32; L];
@@ -216,10 +204,11 @@ pub(super) fn qkx2<const N: usize, const L: usize, const MAD: bool>(
             let l = nearest_int(iscale[j] * (x[i][j] - min[j]))
                 .max(0)
                 .min(p.nmax);
-            out[i][j] = l as u8;
             best[j] += w[i][j] * error(scale[j] * l as f32 + min[j] - x[i][j]);
         }
     }
+    // The pass whose codes win, per group: its `iscale` and the `min` it subtracted.
+    let (mut best_iscale, mut best_from) = (iscale, min);
     let mut aux = [[0u8; L]; N];
     for is in 0..=p.nstep {
         let top = p.rmin + p.rdelta * is as f32 + nmax;
@@ -260,32 +249,22 @@ pub(super) fn qkx2<const N: usize, const L: usize, const MAD: bool>(
                 cur[j] += w[i][j] * error(diff);
             }
         }
-        let mut take = [false; L];
         for j in 0..L {
-            take[j] = fit[j] && cur[j] < best[j];
-            best[j] = if take[j] { cur[j] } else { best[j] };
-            scale[j] = if take[j] { this_scale[j] } else { scale[j] };
-            min[j] = if take[j] { this_min[j] } else { min[j] };
-        }
-        if take.iter().any(|&t| t) {
-            for i in 0..N {
-                for j in 0..L {
-                    out[i][j] = if take[j] { aux[i][j] } else { out[i][j] };
-                }
-            }
+            let take = fit[j] && cur[j] < best[j];
+            best[j] = if take { cur[j] } else { best[j] };
+            scale[j] = if take { this_scale[j] } else { scale[j] };
+            best_iscale[j] = if take { iscale[j] } else { best_iscale[j] };
+            best_from[j] = if take { min[j] } else { best_from[j] };
+            min[j] = if take { this_min[j] } else { min[j] };
         }
     }
-    let mut the_min = [0f32; L];
-    for j in 0..L {
-        scale[j] = if flat[j] { 0.0 } else { scale[j] };
-        the_min[j] = if flat[j] { -flat_min[j] } else { -min[j] };
-    }
-    for row in out.iter_mut() {
-        for j in 0..L {
-            row[j] = if flat[j] { 0 } else { row[j] };
-        }
-    }
-    (scale, the_min)
+    std::array::from_fn(|j| Fit {
+        scale: if flat[j] { 0.0 } else { scale[j] },
+        min: if flat[j] { -flat_min[j] } else { -min[j] },
+        iscale: best_iscale[j],
+        from: best_from[j],
+        flat: flat[j],
+    })
 }
 
 /// The value of largest magnitude per lane (the first on ties) and that magnitude.
@@ -509,6 +488,20 @@ mod tests {
             .collect()
     }
 
+    /// Lane `j` of `fits` is the scalar search of group `g` (weights `wj`): the same scale and
+    /// min, and the codes its [`Fit::code`] makes are the scalar search's.
+    fn assert_fit<const N: usize>(fit: &Fit, p: Qkx2, g: &[f32; N], wj: &[f32; N], at: &str) {
+        let mut l = [0u8; N];
+        let (s, m) = search::make_qkx2_quants(p, g, wj, &mut l);
+        assert_eq!(
+            (fit.scale.to_bits(), fit.min.to_bits()),
+            (s.to_bits(), m.to_bits()),
+            "{at}: {g:?}"
+        );
+        let codes = g.map(|v| fit.code(v, p.nmax));
+        assert_eq!(codes, l, "{at}: {g:?}");
+    }
+
     #[test]
     fn qkx2_lanes_equal_the_scalar_search() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -533,22 +526,14 @@ mod tests {
                 (p(31, -0.5, 15, false), false),
                 (p(3, -0.5, 15, true), true),
             ] {
-                let mut out = [[0u8; 8]; 32];
-                let (scale, min) = if mad {
-                    qkx2::<32, 8, true>(params, &x, &w, &mut out)
+                let fits = if mad {
+                    qkx2::<32, 8, true>(params, &x, &w)
                 } else {
-                    qkx2::<32, 8, false>(params, &x, &w, &mut out)
+                    qkx2::<32, 8, false>(params, &x, &w)
                 };
                 for (j, g) in chunk.iter().enumerate() {
                     let wj: [f32; 32] = std::array::from_fn(|i| w[i][j]);
-                    let mut l = [0u8; 32];
-                    let (s, m) = search::make_qkx2_quants(params, g, &wj, &mut l);
-                    assert_eq!(
-                        (scale[j].to_bits(), min[j].to_bits()),
-                        (s.to_bits(), m.to_bits()),
-                        "{g:?}"
-                    );
-                    assert!((0..32).all(|i| out[i][j] == l[i]), "{g:?}");
+                    assert_fit(&fits[j], params, g, &wj, "portable");
                 }
             }
         }
@@ -609,42 +594,35 @@ mod tests {
         /// Every lane of `S::qkx2_16`, `S::qkx2_32` and `S::qkx2_64` against the scalar search, on groups
         /// of `N`.
         fn check<S: Searches, const N: usize>(rng: &mut rand::rngs::StdRng) {
-            check_lanes::<S, N, 16>(rng, |p, x, w, o, mad| unsafe {
+            check_lanes::<S, N, 16>(rng, |p, x, w, mad| unsafe {
                 // SAFETY: the caller checked `S`'s features.
                 if mad {
-                    S::qkx2_16::<N, true>(p, x, w, o)
+                    S::qkx2_16::<N, true>(p, x, w)
                 } else {
-                    S::qkx2_16::<N, false>(p, x, w, o)
+                    S::qkx2_16::<N, false>(p, x, w)
                 }
             });
-            check_lanes::<S, N, 32>(rng, |p, x, w, o, mad| unsafe {
+            check_lanes::<S, N, 32>(rng, |p, x, w, mad| unsafe {
                 // SAFETY: as above.
                 if mad {
-                    S::qkx2_32::<N, true>(p, x, w, o)
+                    S::qkx2_32::<N, true>(p, x, w)
                 } else {
-                    S::qkx2_32::<N, false>(p, x, w, o)
+                    S::qkx2_32::<N, false>(p, x, w)
                 }
             });
-            check_lanes::<S, N, 64>(rng, |p, x, w, o, mad| unsafe {
+            check_lanes::<S, N, 64>(rng, |p, x, w, mad| unsafe {
                 // SAFETY: as above.
                 if mad {
-                    S::qkx2_64::<N, true>(p, x, w, o)
+                    S::qkx2_64::<N, true>(p, x, w)
                 } else {
-                    S::qkx2_64::<N, false>(p, x, w, o)
+                    S::qkx2_64::<N, false>(p, x, w)
                 }
             });
         }
         /// Every lane of `search` (`L` lanes) against the scalar search, on groups of `N`.
-        #[allow(clippy::type_complexity)]
         fn check_lanes<S: Searches, const N: usize, const L: usize>(
             rng: &mut rand::rngs::StdRng,
-            search: impl Fn(
-                Qkx2,
-                &[[f32; L]; N],
-                &[[f32; L]; N],
-                &mut [[u8; L]; N],
-                bool,
-            ) -> ([f32; L], [f32; L]),
+            search: impl Fn(Qkx2, &[[f32; L]; N], &[[f32; L]; N], bool) -> [Fit; L],
         ) {
             let p = |nmax, rmin, nstep, use_mad| Qkx2 {
                 nmax,
@@ -662,21 +640,10 @@ mod tests {
                     p(31, -0.5, 15, false),
                     p(3, -0.5, 15, true),
                 ] {
-                    let mut out = [[0u8; L]; N];
-                    let (scale, min) = search(params, &x, &w, &mut out, params.use_mad);
+                    let fits = search(params, &x, &w, params.use_mad);
                     for (j, g) in chunk.iter().enumerate() {
                         let wj: [f32; N] = std::array::from_fn(|i| w[i][j]);
-                        let mut l = [0u8; N];
-                        let (s, m) = search::make_qkx2_quants(params, g, &wj, &mut l);
-                        assert_eq!(
-                            (scale[j].to_bits(), min[j].to_bits()),
-                            (s.to_bits(), m.to_bits()),
-                            "{L} lanes, lane {j}: {g:?}"
-                        );
-                        assert!(
-                            (0..N).all(|i| out[i][j] == l[i]),
-                            "{L} lanes, lane {j}: {g:?}"
-                        );
+                        assert_fit(&fits[j], params, g, &wj, &format!("{L} lanes, lane {j}"));
                     }
                 }
             }
@@ -720,25 +687,17 @@ mod tests {
                 p(31, -0.5, 15, false),
                 p(3, -0.5, 15, true),
             ] {
-                let mut out = [[0u8; 8]; 32];
                 // SAFETY: the CPU has AVX2 (checked above).
-                let (scale, min) = unsafe {
+                let fits = unsafe {
                     if params.use_mad {
-                        Avx2::qkx2::<32, true>(params, &x, &w, &mut out)
+                        Avx2::qkx2::<32, true>(params, &x, &w)
                     } else {
-                        Avx2::qkx2::<32, false>(params, &x, &w, &mut out)
+                        Avx2::qkx2::<32, false>(params, &x, &w)
                     }
                 };
                 for (j, g) in chunk.iter().enumerate() {
                     let wj: [f32; 32] = std::array::from_fn(|i| w[i][j]);
-                    let mut l = [0u8; 32];
-                    let (s, m) = search::make_qkx2_quants(params, g, &wj, &mut l);
-                    assert_eq!(
-                        (scale[j].to_bits(), min[j].to_bits()),
-                        (s.to_bits(), m.to_bits()),
-                        "{g:?}"
-                    );
-                    assert!((0..32).all(|i| out[i][j] == l[i]), "{g:?}");
+                    assert_fit(&fits[j], params, g, &wj, "AVX2");
                 }
             }
         }

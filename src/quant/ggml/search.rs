@@ -148,6 +148,37 @@ pub(super) struct Qkx2 {
     pub use_mad: bool,
 }
 
+/// What `make_qkx2_quants` finds for one group, as the lane searches return it: `scale` and
+/// `min` as ggml returns `scale` and stores `*the_min`, and how its codes are made again
+/// ([`Fit::code`]). The encoders re-code every value against the quantized scales and keep a
+/// search's own codes only where a scale quantizes to zero, so the searches do not write
+/// codes that would nearly always be overwritten.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Fit {
+    /// The group's scale.
+    pub scale: f32,
+    /// The group's `the_min` (the negated offset).
+    pub min: f32,
+    /// The winning pass's `iscale`.
+    pub iscale: f32,
+    /// The `min` the winning pass subtracted.
+    pub from: f32,
+    /// A constant group: every code is 0.
+    pub flat: bool,
+}
+
+impl Fit {
+    /// The search's code of value `x` of the group: `nearest_int(iscale·(x − from))` clamped to
+    /// `[0, nmax]`, the operations of the winning pass, so the code that pass wrote.
+    #[inline(always)]
+    pub(super) fn code(&self, x: f32, nmax: i32) -> u8 {
+        if self.flat {
+            return 0;
+        }
+        nearest_int(self.iscale * (x - self.from)).max(0).min(nmax) as u8
+    }
+}
+
 /// `make_qkx2_quants`: the codes `L` in `0..=nmax` and `(scale, min)` with value ≈
 /// `scale·L − min` minimising the weighted error over `nstep + 1` candidate scales, each refined
 /// by a weighted least-squares fit of scale and (non-positive) offset. Returns `(scale, min)`

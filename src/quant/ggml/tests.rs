@@ -310,3 +310,72 @@ fn q8_0_blocks_with_every_rounding_case_encode_as_the_scalar_encoder() {
         assert_eq!(g, &want[..], "block {i}: {x:?}");
     }
 }
+
+/// Where a sub-block's scale quantizes to zero, ggml keeps its search's codes (the only codes
+/// not re-made against the quantized scales): the encoders (eight super-blocks at once, four,
+/// one) make them again from what the search found, equal to the one-group search's codes.
+#[test]
+fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
+    use search::{make_qkx2_quants, Qkx2};
+    let p = |nmax, rmin, nstep, use_mad| Qkx2 {
+        nmax,
+        rmin,
+        rdelta: 0.1,
+        nstep,
+        use_mad,
+    };
+    // Every super-block: its first 32 values tiny and uneven, the rest of magnitude 1.
+    let blocks = 13;
+    let values: Vec<f32> = (0..blocks * QK_K)
+        .map(|i| {
+            let (b, e) = (i / QK_K, i % QK_K);
+            let wave = ((i * 37 + b * 11) % 29) as f32 - 9.5;
+            if e < 32 {
+                wave * 1e-6
+            } else {
+                wave / 10.0
+            }
+        })
+        .collect();
+    for t in [GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::Q5_K] {
+        let mut codes = vec![0u8; blocks * t.block_bytes()];
+        encode(t, &values, &mut codes);
+        for (x, b) in values
+            .chunks_exact(QK_K)
+            .zip(codes.chunks_exact(t.block_bytes()))
+        {
+            let g: &[f32; 32] = x[..32].try_into().unwrap();
+            let (scale, got, want): (u8, Vec<u8>, Vec<u8>) = match t {
+                GgmlType::Q2_K => {
+                    // Sub-block 0 is values 0..16, weighted by |x|; codes in the low bits.
+                    let g: &[f32; 16] = g[..16].try_into().unwrap();
+                    let mut l = [0u8; 16];
+                    make_qkx2_quants(p(3, -0.5, 15, true), g, &g.map(f32::abs), &mut l);
+                    let got = (0..16).map(|e| b[16 + e] & 3).collect();
+                    (b[0] & 0xF, got, l.to_vec())
+                }
+                _ => {
+                    let av = (g.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
+                    let w = g.map(|v| av + v.abs());
+                    let mut l = [0u8; 32];
+                    let got: Vec<u8> = if t == GgmlType::Q4_K {
+                        make_qkx2_quants(p(15, -1.0, 20, false), g, &w, &mut l);
+                        (0..32).map(|e| b[16 + e] & 0xF).collect()
+                    } else {
+                        make_qkx2_quants(p(31, -0.5, 15, false), g, &w, &mut l);
+                        (0..32)
+                            .map(|e| (b[48 + e] & 0xF) | ((b[16 + e] & 1) << 4))
+                            .collect()
+                    };
+                    (b[4] & 63, got, l.to_vec())
+                }
+            };
+            assert_eq!(
+                scale, 0,
+                "{t}: the test needs a scale that quantizes to zero"
+            );
+            assert!(want.iter().any(|&c| c != 0), "{t}: the test needs codes");
+            assert_eq!(got, want, "{t}");
+        }
+    }
+}

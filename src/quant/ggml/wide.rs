@@ -8,7 +8,7 @@
 //! `nearest_int` is the same add-and-mask on the bits. So every lane's result is the scalar
 //! search's bits (and ggml's); the tests compare them on every kind of group.
 
-use super::search::{Qkx2, GROUP_MAX_EPS};
+use super::search::{Fit, Qkx2, GROUP_MAX_EPS};
 
 /// Below this magnitude `nearest_int` is round-half-even ([`Wide::round_fast`] computes it);
 /// from `2^22 − 0.5` up (the sum reaches 2^24), and for NaN (whose payload it reads), ggml's
@@ -142,7 +142,7 @@ pub(super) unsafe fn within<V: Wide<L>, const L: usize>(lo: V, hi: V, skip: V::M
     }
 }
 
-/// [`super::lanes::qkx2`] for `L` groups: their codes into `out`, and their scales and mins.
+/// [`super::lanes::qkx2`] for `L` groups: what it finds for each.
 ///
 /// # Safety
 /// The CPU has `V`'s features; the caller is compiled with them.
@@ -151,8 +151,7 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
     p: Qkx2,
     x: &[[f32; L]; N],
     w: &[[f32; L]; N],
-    out: &mut [[u8; L]; N],
-) -> ([f32; L], [f32; L]) {
+) -> [Fit; L] {
     // SAFETY: the caller runs with `V`'s features.
     unsafe {
         let error = |d: V| if MAD { d.abs() } else { d.mul(d) };
@@ -182,16 +181,16 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
             let l = iscale.mul(v.sub(min)).round_clamp(0, p.nmax);
             best = best.add(V::load(&w[i]).mul(error(scale.mul(l).add(min).sub(v))));
         }
-        // The winning codes are not copied at every improvement: each lane keeps the `iscale`
-        // and `min` that made them, and they are made again once at the end (the same
-        // operations, so the same codes; the fast rounding of a candidate equals the exact one
-        // wherever it is taken, and a lane with a NaN never takes a candidate).
+        // The winning codes are not kept: each lane keeps the `iscale` and `min` that made
+        // them, from which [`Fit::code`] makes them again (the same operations; the fast
+        // rounding of a candidate equals the exact one wherever it is taken, and a lane with a
+        // NaN never takes a candidate).
         let (mut best_iscale, mut best_from) = (iscale, min);
         let mut aux = [zero; N];
         for is in 0..=p.nstep {
             let top = p.rmin + p.rdelta * is as f32 + p.nmax as f32;
             let iscale = V::splat(top).div(max.sub(min));
-            // Flat lanes are overwritten at the end whatever their codes. Every product
+            // Flat lanes are overwritten at the end whatever their candidates. Every product
             // `iscale·(x − min)` lies between these two (IEEE rounding is monotone).
             let (lo, hi) = (iscale.mul(data_min.sub(min)), iscale.mul(max.sub(min)));
             let (sum_l, sum_l2, sum_xl) = if within(lo, hi, flat) {
@@ -240,14 +239,17 @@ pub(super) unsafe fn qkx2<V: Wide<L>, const L: usize, const N: usize, const MAD:
             best_from = V::sel(take, min, best_from);
             min = V::sel(take, this_min, min);
         }
-        for i in 0..N {
-            let l = best_iscale.mul(V::load(&x[i]).sub(best_from));
-            out[i] = V::sel(flat, zero, l.round_clamp(0, p.nmax)).bytes();
-        }
-        (
-            V::sel(flat, zero, scale).store(),
-            V::sel(flat, flat_min, min).neg().store(),
-        )
+        let scale = V::sel(flat, zero, scale).store();
+        let min = V::sel(flat, flat_min, min).neg().store();
+        let (iscale, from) = (best_iscale.store(), best_from.store());
+        let flat = V::sel(flat, V::splat(1.0), zero).store();
+        std::array::from_fn(|j| Fit {
+            scale: scale[j],
+            min: min[j],
+            iscale: iscale[j],
+            from: from[j],
+            flat: flat[j] != 0.0,
+        })
     }
 }
 

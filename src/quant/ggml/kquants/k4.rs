@@ -4,9 +4,9 @@
 //! CPU has wide registers.
 
 use super::super::lanes::Searches;
-use super::super::search::{nearest_int, Qkx2};
+use super::super::search::{nearest_int, Fit, Qkx2};
 use super::super::{f16_at, f16_bytes, QK_K};
-use super::{by_lanes, pairs, qkx2, sub, sub_mut};
+use super::{fits_by_lanes, qkx2, sub, sub_mut};
 
 // ---- Q4_K and Q5_K: d, dmin, scales[12], (Q5_K: qh[32]), qs[128] ----
 
@@ -67,48 +67,43 @@ fn k4_weights<const L: usize>(xt: &[[f32; L]; 32]) -> [[f32; L]; 32] {
 
 /// The searches of Q4_K (`nmax` 15) and Q5_K (31) for the `G` sub-blocks of 32 of `x` (8 per
 /// super-block; 64 or 32, eight or four super-blocks, searched at once where `S` has wide
-/// registers): codes
-/// into `codes`, each sub-block's `(scale, min)`.
+/// registers): what each finds.
 ///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
-unsafe fn k4_search<S: Searches, const G: usize>(
-    x: &[f32],
-    p: Qkx2,
-    codes: &mut [u8],
-) -> [(f32, f32); G] {
+unsafe fn k4_search<S: Searches, const G: usize>(x: &[f32], p: Qkx2) -> [Fit; G] {
     if S::WIDE && G.is_multiple_of(64) {
-        by_lanes::<32, G, 64, _>(x, codes, |xt, lanes| {
+        fits_by_lanes::<32, G, 64>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
-            unsafe { pairs(S::qkx2_64::<32, false>(p, xt, &k4_weights(xt), lanes)) }
+            unsafe { S::qkx2_64::<32, false>(p, xt, &k4_weights(xt)) }
         })
     } else if S::WIDE && G.is_multiple_of(32) {
-        by_lanes::<32, G, 32, _>(x, codes, |xt, lanes| {
+        fits_by_lanes::<32, G, 32>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
-            unsafe { pairs(S::qkx2_32::<32, false>(p, xt, &k4_weights(xt), lanes)) }
+            unsafe { S::qkx2_32::<32, false>(p, xt, &k4_weights(xt)) }
         })
     } else {
-        by_lanes::<32, G, 8, _>(x, codes, |xt, lanes| {
+        fits_by_lanes::<32, G, 8>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
-            unsafe { pairs(qkx2::<S, 32>(p, xt, &k4_weights(xt), lanes)) }
+            unsafe { qkx2::<S, 32>(p, xt, &k4_weights(xt)) }
         })
     }
 }
 
-/// The 6-bit scales shared by Q4_K and Q5_K, from the searches' results `found`: re-codes
-/// `codes` (each in `0..=nmax`) against them, fills `sb` (the 12 packed scale bytes) and returns
-/// `d` and `dmin` as f16 bytes.
+/// The 6-bit scales shared by Q4_K and Q5_K, from the searches' results `found`: codes every
+/// value (`0..=nmax`) against them into `codes`, fills `sb` (the 12 packed scale bytes) and
+/// returns `d` and `dmin` as f16 bytes.
 #[inline(always)]
 fn k4_scales(
     x: &[f32; QK_K],
     p: Qkx2,
-    found: &[(f32, f32)],
+    found: &[Fit],
     codes: &mut [u8; QK_K],
     sb: &mut [u8; 12],
 ) -> [u8; 4] {
-    let scales: [f32; 8] = std::array::from_fn(|j| found[j].0);
-    let mins: [f32; 8] = std::array::from_fn(|j| found[j].1);
+    let scales: [f32; 8] = std::array::from_fn(|j| found[j].scale);
+    let mins: [f32; 8] = std::array::from_fn(|j| found[j].min);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..8 {
         let (scale, min) = (scales[j], mins[j]);
@@ -140,14 +135,19 @@ fn k4_scales(
     }
     let (d, dmin) = (f16_bytes(max_scale / 63.0), f16_bytes(max_min / 63.0));
     let (dq, mq) = (f16_at(&d, 0), f16_at(&dmin, 0));
-    for j in 0..8 {
+    for (j, fit) in found.iter().enumerate().take(8) {
         let (sc, m) = scale_min_k4(j, sb);
         let dl = dq * sc as f32;
+        let (codes, x) = (sub_mut::<32, u8>(codes, j), sub::<32>(x, j));
         if dl == 0.0 {
+            // ggml keeps the search's codes where the scale quantized to zero.
+            for (c, &v) in codes.iter_mut().zip(x) {
+                *c = fit.code(v, p.nmax);
+            }
             continue;
         }
         let dm = mq * m as f32;
-        for (c, &v) in sub_mut::<32, u8>(codes, j).iter_mut().zip(sub::<32>(x, j)) {
+        for (c, &v) in codes.iter_mut().zip(x) {
             *c = nearest_int((v + dm) / dl).clamp(0, p.nmax) as u8;
         }
     }
@@ -194,28 +194,26 @@ unsafe fn encode_k4_all<S: Searches, const BYTES: usize>(
     );
     let step = if S::WIDE { 8 } else { 1 };
     for (x, b) in xs.chunks(step).zip(bs.chunks_mut(step)) {
-        let mut codes = [[0u8; QK_K]; 8];
-        let mut found = [(0f32, 0f32); 64];
+        let mut found = [Fit::default(); 64];
         // SAFETY (all): the caller guarantees `S`'s features.
         if x.len() == 8 {
-            found = unsafe { k4_search::<S, 64>(x.as_flattened(), p, codes.as_flattened_mut()) };
+            found = unsafe { k4_search::<S, 64>(x.as_flattened(), p) };
         } else {
             // A tail: four super-blocks at once while there are four, then one at a time.
             let four = if S::WIDE && x.len() >= 4 { 4 } else { 0 };
             if four == 4 {
-                let flat = codes[..4].as_flattened_mut();
-                let r = unsafe { k4_search::<S, 32>(x[..4].as_flattened(), p, flat) };
+                let r = unsafe { k4_search::<S, 32>(x[..4].as_flattened(), p) };
                 found[..32].copy_from_slice(&r);
             }
             for (h, x) in x.iter().enumerate().skip(four) {
-                let one = unsafe { k4_search::<S, 8>(x, p, &mut codes[h]) };
+                let one = unsafe { k4_search::<S, 8>(x, p) };
                 found[8 * h..8 * h + 8].copy_from_slice(&one);
             }
         }
         for (h, (x, b)) in x.iter().zip(b).enumerate() {
-            let mut sb = [0u8; 12];
-            let d = k4_scales(x, p, &found[8 * h..8 * h + 8], &mut codes[h], &mut sb);
-            pack(&codes[h], d, &sb, b);
+            let (mut sb, mut codes) = ([0u8; 12], [0u8; QK_K]);
+            let d = k4_scales(x, p, &found[8 * h..8 * h + 8], &mut codes, &mut sb);
+            pack(&codes, d, &sb, b);
         }
     }
 }
