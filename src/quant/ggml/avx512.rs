@@ -88,6 +88,90 @@ impl Searches for Avx512 {
         // SAFETY: the caller guarantees AVX2.
         unsafe { avx2::q3(nmax, x, out) }
     }
+
+    #[inline(always)]
+    unsafe fn transpose_lanes<const N: usize, const L: usize>(x: &[f32]) -> [[f32; L]; N] {
+        if !(N.is_multiple_of(16) && L.is_multiple_of(16)) {
+            return super::lanes::transpose(x);
+        }
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { transpose_tiles(x) }
+    }
+}
+
+/// [`super::lanes::transpose`] for `N` and `L` multiples of 16, one 16 × 16 tile at a time in
+/// registers ([`transpose16`]); the compiler's form gathered every row with a stride.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_tiles<const N: usize, const L: usize>(x: &[f32]) -> [[f32; L]; N] {
+    let x = &x[..N * L];
+    let mut t = [[0f32; L]; N];
+    for tj in (0..L).step_by(16) {
+        for ti in (0..N).step_by(16) {
+            // Row `r` of the tile: values `ti..ti + 16` of sub-block `tj + r`. (Loops, not
+            // closures: a closure is compiled without this function's features.)
+            let mut rows = [_mm512_setzero_ps(); 16];
+            for (r, v) in rows.iter_mut().enumerate() {
+                let row = &x[N * (tj + r) + ti..][..16];
+                // SAFETY: `row` holds 16 f32; the load is unaligned.
+                *v = unsafe { _mm512_loadu_ps(row.as_ptr()) };
+            }
+            for (c, col) in transpose16(rows).into_iter().enumerate() {
+                let out = &mut t[ti + c][tj..tj + 16];
+                // SAFETY: `out` holds 16 f32; the store is unaligned.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), col) };
+            }
+        }
+    }
+    t
+}
+
+/// The 16 × 16 transpose of rows `r`: output `c` holds lane `c` of every row. Within each
+/// 128-bit lane two rounds of unpacks transpose 4 × 4 blocks; two rounds of 128-bit shuffles
+/// then gather each column's four blocks.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // `u[4k + m]`, 128-bit lane `q`: column `4q + m` of rows `4k..4k + 4`.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for k in 0..4 {
+        let (r0, r1, r2, r3) = (r[4 * k], r[4 * k + 1], r[4 * k + 2], r[4 * k + 3]);
+        let (t0, t1) = (_mm512_unpacklo_ps(r0, r1), _mm512_unpackhi_ps(r0, r1));
+        let (t2, t3) = (_mm512_unpacklo_ps(r2, r3), _mm512_unpackhi_ps(r2, r3));
+        u[4 * k] = lo_pd(t0, t2);
+        u[4 * k + 1] = hi_pd(t0, t2);
+        u[4 * k + 2] = lo_pd(t1, t3);
+        u[4 * k + 3] = hi_pd(t1, t3);
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for m in 0..4 {
+        // Lanes 0, 1 (then 2, 3) of rows 0..8 and of rows 8..16.
+        let x0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+        let x1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+        let y0 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+        let y1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+        out[m] = _mm512_shuffle_f32x4::<0x88>(x0, y0);
+        out[4 + m] = _mm512_shuffle_f32x4::<0xDD>(x0, y0);
+        out[8 + m] = _mm512_shuffle_f32x4::<0x88>(x1, y1);
+        out[12 + m] = _mm512_shuffle_f32x4::<0xDD>(x1, y1);
+    }
+    out
+}
+
+/// The low 64-bit halves of each 128-bit lane of `a` and `b`, interleaved.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lo_pd(a: __m512, b: __m512) -> __m512 {
+    _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+}
+
+/// The high 64-bit halves of each 128-bit lane of `a` and `b`, interleaved.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hi_pd(a: __m512, b: __m512) -> __m512 {
+    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
 }
 
 /// Whole Q8_0 blocks (`quantize_row_q8_0_ref`), sixteen values per register: the absolute

@@ -6,7 +6,7 @@
 //! ([`super::search`], run on all sub-blocks at once by [`super::lanes`]), the sub-block scales quantized against their maximum, then every value
 //! re-coded against the scale it will be decoded with. Decoders are `dequantize_row_q*_K`.
 
-use super::lanes::{transpose, Searches};
+use super::lanes::Searches;
 use super::search::{nearest_int, Fit, Qkx2, GROUP_MAX_EPS};
 use super::{f16_at, f16_bytes, QK_K};
 
@@ -58,12 +58,12 @@ pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84])
         use_mad: true,
     };
     let found: [Fit; 16] = if S::WIDE {
-        fits_by_lanes::<16, 16, 16>(x, |xt| {
+        fits_by_lanes::<S, 16, 16, 16>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
             unsafe { S::qkx2_16::<16, true>(p, xt, &xt.map(abs_row)) }
         })
     } else {
-        fits_by_lanes::<16, 16, 8>(x, |xt| {
+        fits_by_lanes::<S, 16, 16, 8>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
             unsafe { qkx2::<S, 16>(p, xt, &xt.map(abs_row)) }
         })
@@ -130,8 +130,17 @@ fn abs_row<const L: usize>(row: [f32; L]) -> [f32; L] {
 
 /// Runs `search` on the `G` sub-blocks of `N` values of `x`, `L` at a time (lane `j` is a
 /// sub-block): their codes, in value order, into `codes`, and their results.
+///
+/// # Safety
+/// The CPU has the features of `S`.
 #[inline(always)]
-fn by_lanes<const N: usize, const G: usize, const L: usize, T: Copy + Default>(
+unsafe fn by_lanes<
+    S: Searches,
+    const N: usize,
+    const G: usize,
+    const L: usize,
+    T: Copy + Default,
+>(
     x: &[f32],
     codes: &mut [T],
     mut search: impl FnMut(&[[f32; L]; N], &mut [[T; L]; N]) -> [(f32, f32); L],
@@ -140,7 +149,9 @@ fn by_lanes<const N: usize, const G: usize, const L: usize, T: Copy + Default>(
     for g in 0..G / L {
         let base = L * N * g;
         let mut lanes = [[T::default(); L]; N];
-        let r = search(&transpose::<N, L>(&x[base..]), &mut lanes);
+        // SAFETY: the caller guarantees `S`'s features.
+        let xt = unsafe { S::transpose_lanes::<N, L>(&x[base..]) };
+        let r = search(&xt, &mut lanes);
         for (i, row) in lanes.iter().enumerate() {
             for (j, &c) in row.iter().enumerate() {
                 codes[base + N * j + i] = c;
@@ -153,14 +164,18 @@ fn by_lanes<const N: usize, const G: usize, const L: usize, T: Copy + Default>(
 
 /// Runs `search` on the `G` sub-blocks of `N` values of `x`, `L` at a time (lane `j` is a
 /// sub-block): what it finds for each, in sub-block order.
+///
+/// # Safety
+/// The CPU has the features of `S`.
 #[inline(always)]
-fn fits_by_lanes<const N: usize, const G: usize, const L: usize>(
+unsafe fn fits_by_lanes<S: Searches, const N: usize, const G: usize, const L: usize>(
     x: &[f32],
     mut search: impl FnMut(&[[f32; L]; N]) -> [Fit; L],
 ) -> [Fit; G] {
     let mut found = [Fit::default(); G];
     for g in 0..G / L {
-        let r = search(&transpose::<N, L>(&x[L * N * g..]));
+        // SAFETY: the caller guarantees `S`'s features.
+        let r = search(&unsafe { S::transpose_lanes::<N, L>(&x[L * N * g..]) });
         found[L * g..L * g + L].copy_from_slice(&r);
     }
     found
@@ -241,7 +256,7 @@ pub(super) fn decode_q3_k(b: &[u8; 110], out: &mut [f32; QK_K]) {
 pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]) {
     let mut codes = [0i8; QK_K];
     // SAFETY: the caller guarantees `S`'s features.
-    let found = by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
+    let found = by_lanes::<S, 16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
         single(S::q3(4, xt, lanes))
     });
     let scales = found.map(|f| f.0);
@@ -335,11 +350,11 @@ pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]
     let mut codes = [0i8; QK_K];
     // SAFETY: the caller guarantees `S`'s features.
     let found: [(f32, f32); 16] = if S::WIDE {
-        by_lanes::<16, 16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
+        by_lanes::<S, 16, 16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
             single(S::qx_16(32, xt, lanes))
         })
     } else {
-        by_lanes::<16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
+        by_lanes::<S, 16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
             single(S::qx(32, xt, lanes))
         })
     };

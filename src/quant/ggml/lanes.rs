@@ -85,6 +85,15 @@ pub(super) trait Searches {
         }
     }
 
+    /// [`transpose`]: in vector shuffles where the implementation has them (the same values).
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn transpose_lanes<const N: usize, const L: usize>(x: &[f32]) -> [[f32; L]; N] {
+        transpose(x)
+    }
+
     /// [`qx`] of eight groups.
     ///
     /// # Safety
@@ -662,6 +671,28 @@ mod tests {
         check::<super::super::avx512::Avx512, 32>(&mut rng);
         check::<super::super::avx512::Avx512, 16>(&mut rng);
         check_qx::<super::super::avx512::Avx512>(&mut rng);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn shuffled_transposes_equal_the_portable_one() {
+        fn check<S: Searches, const N: usize, const L: usize>(x: &[f32]) {
+            // SAFETY: the caller checked `S`'s features.
+            let got = unsafe { S::transpose_lanes::<N, L>(x) };
+            assert_eq!(got, transpose::<N, L>(x), "{N} × {L}");
+        }
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        use super::super::avx512::Avx512;
+        // Distinct values (and a longer slice than needed, as the encoders pass).
+        let x: Vec<f32> = (0..64 * 32 + 7).map(|i| i as f32 * 0.5 - 3.0).collect();
+        check::<Avx512, 32, 64>(&x);
+        check::<Avx512, 32, 32>(&x);
+        check::<Avx512, 16, 16>(&x[5..]);
+        check::<Avx512, 32, 8>(&x);
+        check::<Avx512, 16, 8>(&x);
     }
 
     #[test]

@@ -74,17 +74,17 @@ fn k4_weights<const L: usize>(xt: &[[f32; L]; 32]) -> [[f32; L]; 32] {
 #[inline(always)]
 unsafe fn k4_search<S: Searches, const G: usize>(x: &[f32], p: Qkx2) -> [Fit; G] {
     if S::WIDE && G.is_multiple_of(64) {
-        fits_by_lanes::<32, G, 64>(x, |xt| {
+        fits_by_lanes::<S, 32, G, 64>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
             unsafe { S::qkx2_64::<32, false>(p, xt, &k4_weights(xt)) }
         })
     } else if S::WIDE && G.is_multiple_of(32) {
-        fits_by_lanes::<32, G, 32>(x, |xt| {
+        fits_by_lanes::<S, 32, G, 32>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
             unsafe { S::qkx2_32::<32, false>(p, xt, &k4_weights(xt)) }
         })
     } else {
-        fits_by_lanes::<32, G, 8>(x, |xt| {
+        fits_by_lanes::<S, 32, G, 8>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
             unsafe { qkx2::<S, 32>(p, xt, &k4_weights(xt)) }
         })
