@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use super::lanes::Searches;
 use super::search::{Fit, Qkx2, GROUP_MAX_EPS};
-use super::wide::{self, Wide, MAGIC};
+use super::wide::{self, Wide};
 
 /// The searches with AVX2 intrinsics; only ever used when the CPU has AVX2.
 pub(super) struct Avx2;
@@ -176,13 +176,6 @@ fn round_clamp(v: V, lo: i32, hi: i32) -> V {
     _mm256_cvtepi32_ps(i)
 }
 
-/// `1.5·2^23`, ggml's rounding constant.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn magic() -> V {
-    splat(MAGIC)
-}
-
 /// Lanes of `v` that are not NaN.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -320,7 +313,7 @@ impl Wide<8> for V {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn round_near(self) -> V {
-        sub(add(self, magic()), magic())
+        _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self)
     }
     #[inline]
     #[target_feature(enable = "avx2")]

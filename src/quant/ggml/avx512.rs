@@ -400,8 +400,7 @@ impl Wide<16> for __m512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn round_near(self) -> __m512 {
-        let magic = _mm512_set1_ps(MAGIC);
-        _mm512_sub_ps(_mm512_add_ps(self, magic), magic)
+        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self)
     }
     #[inline]
     #[target_feature(enable = "avx512f")]

@@ -67,8 +67,11 @@ pub(super) trait Wide<const L: usize>: Copy {
     unsafe fn all(m: Self::Mask) -> bool;
     /// `nearest_int(self)` (ggml's bit trick) clamped to `[lo, hi]`, as an f32 (exact).
     unsafe fn round_clamp(self, lo: i32, hi: i32) -> Self;
-    /// `(self + 1.5·2^23) − 1.5·2^23`: for lanes with `|self| <` [`FAST_LIMIT`], `self` rounded
-    /// half to even, exactly what ggml's bit trick reads, in two operations instead of four.
+    /// `self` rounded half to even in one instruction: for lanes with `|self| <`
+    /// [`FAST_LIMIT`] the integer ggml's bit trick reads, except that `(−0.5, −0]` rounds to
+    /// −0 where the trick's `(self + 1.5·2^23) − 1.5·2^23` gives +0. No caller can tell the
+    /// two zeros apart: a zero code adds a zero to each of a pass's sums (which start at +0
+    /// and never become −0), and its error term is the same.
     unsafe fn round_near(self) -> Self;
     /// The larger of the two, `b` where either is NaN (`maxps`).
     unsafe fn max(self, b: Self) -> Self;
