@@ -52,15 +52,17 @@
 //! sub-block, trying candidates that each round every value of the sub-block again:
 //! - Q4_K and Q5_K (`make_qkx2_quants`, sub-blocks of 32): 21 (Q4_K) or 16 (Q5_K) candidate
 //!   scales, each a pass that rounds the 32 values and accumulates three weighted sums, then a
-//!   least-squares fit of scale and offset and a second pass for its weighted error: about 20
-//!   operations per value per candidate, some 400 (Q4_K) per value in all;
+//!   least-squares fit of scale and offset and a second pass for its weighted error: about 17
+//!   operations per value per candidate, some 350 (Q4_K) per value in all;
 //! - Q2_K (the same search, 16 candidates over sub-blocks of 16, absolute error): ~300 per value;
 //! - Q6_K (`make_qx_quants`: 19 candidate scales over sub-blocks of 16, x²-weighted): ~150;
 //! - Q3_K (`make_q3_quants`: one x²-weighted rounding, then up to five passes that move one code
 //!   at a time while the fit improves): ~100;
 //!
 //! Then, for all of them, the sub-block scales are quantized against their maximum and every
-//! value re-coded against the scale it will be decoded with (a division per value).
+//! value re-coded against the scale it will be decoded with (a division per value). The search's
+//! own codes survive only in a sub-block whose scale quantizes to zero, so `make_qkx2_quants`'s
+//! searches return how their codes are made (`search::Fit`) rather than the codes.
 //!
 //! The cost is fixed per block: no whole-tensor pass, no buffer beyond one super-block (a few KB
 //! on the stack). Each search's sums are chains of dependent additions whose order is fixed by
@@ -72,9 +74,9 @@
 //! side by side, whose dependent additions interleave; the search is written once over the
 //! lane width in `wide.rs`; Q8_0 sixteen values per register). Measured on one core of the
 //! shared 2-vCPU build machine (AMD EPYC Zen 5 with 512-bit vector units; `cargo bench --bench
-//! ggml`, f32 values in): Q4_K ~1.0 GiB/s with AVX-512 (~1 µs per super-block), ~540 MiB/s with
-//! AVX2, Q5_K 1.2 GiB/s; Q8_0 18.7 GiB/s with AVX-512 (6.4 ns per 32-value block; 1.5 GiB/s
-//! block by block in scalar code);
+//! ggml`, f32 values in): Q4_K ~1.4 GiB/s with AVX-512 (~0.7 µs per super-block), ~540 MiB/s
+//! with AVX2, Q5_K 1.7 GiB/s, Q6_K 1.4 GiB/s; Q8_0 18.7 GiB/s with AVX-512 (6.4 ns per
+//! 32-value block; 1.5 GiB/s block by block in scalar code);
 //! the one-sub-block-at-a-time form ran Q4_K at ~45 MiB/s. `benches/RESULTS.md` has the table.
 
 #[cfg(target_arch = "x86_64")]
