@@ -45,18 +45,21 @@ pub(super) fn decode_q2_k(b: &[u8; 84], out: &mut [f32; QK_K]) {
     }
 }
 
+/// Q2_K's search: codes 0..=3, 16 candidate scales, absolute error.
+pub(super) const Q2_K: Qkx2 = Qkx2 {
+    nmax: 3,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: true,
+};
+
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
 pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84]) {
     const Q4SCALE: f32 = 15.0;
-    let p = Qkx2 {
-        nmax: 3,
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: true,
-    };
+    let p = Q2_K;
     let found: [Fit; 16] = if S::WIDE {
         fits_by_lanes::<S, 16, 16, 16>(x, |xt| {
             // SAFETY: the caller guarantees `S`'s features.
@@ -317,6 +320,8 @@ pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]
 
 mod k4;
 pub(super) use k4::{decode_q4_k, decode_q5_k, encode_q4_k_all, encode_q5_k_all};
+#[cfg(test)]
+pub(super) use k4::{Q4_K, Q5_K};
 
 // ---- Q6_K: ql[128], qh[64], scales[16] (int8), d ----
 

@@ -316,14 +316,8 @@ fn q8_0_blocks_with_every_rounding_case_encode_as_the_scalar_encoder() {
 /// one) make them again from what the search found, equal to the one-group search's codes.
 #[test]
 fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
-    use search::{make_qkx2_quants, Qkx2};
-    let p = |nmax, rmin, nstep, use_mad| Qkx2 {
-        nmax,
-        rmin,
-        rdelta: 0.1,
-        nstep,
-        use_mad,
-    };
+    use kquants::{Q2_K, Q4_K, Q5_K};
+    use search::make_qkx2_quants;
     // Every super-block: its first 32 values tiny and uneven, the rest of magnitude 1.
     let blocks = 13;
     let values: Vec<f32> = (0..blocks * QK_K)
@@ -350,7 +344,7 @@ fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
                     // Sub-block 0 is values 0..16, weighted by |x|; codes in the low bits.
                     let g: &[f32; 16] = g[..16].try_into().unwrap();
                     let mut l = [0u8; 16];
-                    make_qkx2_quants(p(3, -0.5, 15, true), g, &g.map(f32::abs), &mut l);
+                    make_qkx2_quants(Q2_K, g, &g.map(f32::abs), &mut l);
                     let got = (0..16).map(|e| b[16 + e] & 3).collect();
                     (b[0] & 0xF, got, l.to_vec())
                 }
@@ -359,10 +353,10 @@ fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
                     let w = g.map(|v| av + v.abs());
                     let mut l = [0u8; 32];
                     let got: Vec<u8> = if t == GgmlType::Q4_K {
-                        make_qkx2_quants(p(15, -1.0, 20, false), g, &w, &mut l);
+                        make_qkx2_quants(Q4_K, g, &w, &mut l);
                         (0..32).map(|e| b[16 + e] & 0xF).collect()
                     } else {
-                        make_qkx2_quants(p(31, -0.5, 15, false), g, &w, &mut l);
+                        make_qkx2_quants(Q5_K, g, &w, &mut l);
                         (0..32)
                             .map(|e| (b[48 + e] & 0xF) | ((b[16 + e] & 1) << 4))
                             .collect()

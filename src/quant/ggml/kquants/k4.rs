@@ -155,7 +155,7 @@ fn k4_scales(
 }
 
 /// Q4_K's search: codes 0..=15, 21 candidate scales.
-const Q4_K: Qkx2 = Qkx2 {
+pub(in crate::quant::ggml) const Q4_K: Qkx2 = Qkx2 {
     nmax: 15,
     rmin: -1.0,
     rdelta: 0.1,
@@ -164,7 +164,7 @@ const Q4_K: Qkx2 = Qkx2 {
 };
 
 /// Q5_K's search: codes 0..=31, 16 candidate scales.
-const Q5_K: Qkx2 = Qkx2 {
+pub(in crate::quant::ggml) const Q5_K: Qkx2 = Qkx2 {
     nmax: 31,
     rmin: -0.5,
     rdelta: 0.1,
