@@ -352,18 +352,12 @@ pub(super) fn decode_q6_k(b: &[u8; 210], out: &mut [f32; QK_K]) {
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
 pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]) {
-    let mut codes = [0i8; QK_K];
+    // The search's codes, `searched[i][j]` value `i` of sub-block `j`: ggml keeps them only in
+    // a sub-block whose scale quantizes to zero (below), so they stay in lane order and only
+    // such a sub-block's are read out of it.
+    let mut searched = [[0i8; 16]; 16];
     // SAFETY: the caller guarantees `S`'s features.
-    let found: [(f32, f32); 16] = if S::WIDE {
-        by_lanes::<S, 16, 16, 16, _>(x, &mut codes, |xt, lanes| unsafe {
-            single(S::qx_16(32, xt, lanes))
-        })
-    } else {
-        by_lanes::<S, 16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
-            single(S::qx(32, xt, lanes))
-        })
-    };
-    let scales = found.map(|f| f.0);
+    let scales = unsafe { S::qx_16(32, &S::transpose_lanes::<16, 16>(x), &mut searched) };
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for &scale in &scales {
         if scale.abs() > max_abs_scale {
@@ -379,15 +373,17 @@ pub(super) unsafe fn encode_q6_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 210]
     let d = f16_bytes(1.0 / iscale);
     let sc = scales.map(|s| nearest_int(iscale * s).min(127) as i8);
     let dq = f16_at(&d, 0);
+    let mut codes = [0i8; QK_K];
     for (j, &sc) in sc.iter().enumerate() {
         let dl = dq * sc as f32;
+        let codes = sub_mut::<16, i8>(&mut codes, j);
         if dl == 0.0 {
+            for (i, c) in codes.iter_mut().enumerate() {
+                *c = searched[i][j];
+            }
             continue;
         }
-        for (c, &v) in sub_mut::<16, i8>(&mut codes, j)
-            .iter_mut()
-            .zip(sub::<16>(x, j))
-        {
+        for (c, &v) in codes.iter_mut().zip(sub::<16>(x, j)) {
             *c = (nearest_int(v / dl).clamp(-32, 31) + 32) as i8;
         }
     }

@@ -313,7 +313,8 @@ fn q8_0_blocks_with_every_rounding_case_encode_as_the_scalar_encoder() {
 
 /// Where a sub-block's scale quantizes to zero, ggml keeps its search's codes (the only codes
 /// not re-made against the quantized scales): the encoders (eight super-blocks at once, four,
-/// one) make them again from what the search found, equal to the one-group search's codes.
+/// one) make them again from what the search found (Q6_K: read them out of the search's lanes),
+/// equal to the one-group search's codes.
 #[test]
 fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
     use kquants::{Q2_K, Q4_K, Q5_K};
@@ -331,7 +332,12 @@ fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
             }
         })
         .collect();
-    for t in [GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::Q5_K] {
+    for t in [
+        GgmlType::Q2_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
         let mut codes = vec![0u8; blocks * t.block_bytes()];
         encode(t, &values, &mut codes);
         for (x, b) in values
@@ -347,6 +353,16 @@ fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
                     make_qkx2_quants(Q2_K, g, &g.map(f32::abs), &mut l);
                     let got = (0..16).map(|e| b[16 + e] & 3).collect();
                     (b[0] & 0xF, got, l.to_vec())
+                }
+                GgmlType::Q6_K => {
+                    // Sub-block 0 is values 0..16: low nibbles in `ql`, high bits in `qh`.
+                    let g: &[f32; 16] = g[..16].try_into().unwrap();
+                    let mut l = [0i8; 16];
+                    search::make_qx_quants(32, g, &mut l);
+                    let got = (0..16)
+                        .map(|e| (b[e] & 0xF) | ((b[128 + e] & 3) << 4))
+                        .collect();
+                    (b[192], got, l.map(|c| c as u8).to_vec())
                 }
                 _ => {
                     let av = (g.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
