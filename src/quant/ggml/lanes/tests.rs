@@ -2,6 +2,7 @@
 
 use rand::{Rng, SeedableRng};
 
+use super::super::kquants::{Q2_K, Q4_K, Q5_K};
 use super::super::search;
 use super::*;
 
@@ -46,16 +47,34 @@ fn assert_fit<const N: usize>(fit: &Fit, p: Qkx2, g: &[f32; N], wj: &[f32; N], a
     assert_eq!(codes, l, "{at}: {g:?}");
 }
 
+/// Lane `j` of Q6_K's (`qx`) and Q3_K's (`q3`) searches, scales `sa`/`sb` and codes `a`/`b`,
+/// is the one-group search of group `g`.
+fn assert_qx_q3<const L: usize>(
+    j: usize,
+    g: &[f32; 16],
+    (sa, a): (&[f32; L], &[[i8; L]; 16]),
+    (sb, b): (&[f32; L], &[[i8; L]; 16]),
+) {
+    let (mut la, mut lb) = ([0i8; 16], [0i8; 16]);
+    assert_eq!(
+        sa[j].to_bits(),
+        search::make_qx_quants(32, g, &mut la).to_bits(),
+        "{g:?}"
+    );
+    assert_eq!(
+        sb[j].to_bits(),
+        search::make_q3_quants(4, g, &mut lb).to_bits(),
+        "{g:?}"
+    );
+    assert!(
+        (0..16).all(|i| a[i][j] == la[i] && b[i][j] == lb[i]),
+        "{g:?}"
+    );
+}
+
 #[test]
 fn qkx2_lanes_equal_the_scalar_search() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let p = |nmax, rmin, nstep, use_mad| Qkx2 {
-        nmax,
-        rmin,
-        rdelta: 0.1,
-        nstep,
-        use_mad,
-    };
     for chunk in groups::<32>(&mut rng, 8 * 40).chunks_exact(8) {
         let mut x = [[0f32; 8]; 32];
         let mut w = [[0f32; 8]; 32];
@@ -65,11 +84,7 @@ fn qkx2_lanes_equal_the_scalar_search() {
                 w[i][j] = g[i].abs() + 0.5;
             }
         }
-        for (params, mad) in [
-            (p(15, -1.0, 20, false), false),
-            (p(31, -0.5, 15, false), false),
-            (p(3, -0.5, 15, true), true),
-        ] {
+        for (params, mad) in [(Q4_K, false), (Q5_K, false), (Q2_K, true)] {
             let fits = if mad {
                 qkx2::<32, 8, true>(params, &x, &w)
             } else {
@@ -97,21 +112,7 @@ fn qx_and_q3_lanes_equal_the_scalar_searches() {
         let sa = qx(32, &x, &mut a);
         let sb = q3(4, &x, &mut b);
         for (j, g) in chunk.iter().enumerate() {
-            let (mut la, mut lb) = ([0i8; 16], [0i8; 16]);
-            assert_eq!(
-                sa[j].to_bits(),
-                search::make_qx_quants(32, g, &mut la).to_bits(),
-                "{g:?}"
-            );
-            assert_eq!(
-                sb[j].to_bits(),
-                search::make_q3_quants(4, g, &mut lb).to_bits(),
-                "{g:?}"
-            );
-            assert!(
-                (0..16).all(|i| a[i][j] == la[i] && b[i][j] == lb[i]),
-                "{g:?}"
-            );
+            assert_qx_q3(j, g, (&sa, &a), (&sb, &b));
         }
     }
 }
@@ -167,21 +168,10 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
         rng: &mut rand::rngs::StdRng,
         search: impl Fn(Qkx2, &[[f32; L]; N], &[[f32; L]; N], bool) -> [Fit; L],
     ) {
-        let p = |nmax, rmin, nstep, use_mad| Qkx2 {
-            nmax,
-            rmin,
-            rdelta: 0.1,
-            nstep,
-            use_mad,
-        };
         for chunk in groups::<N>(rng, L * 12).chunks_exact(L) {
             let x: [[f32; L]; N] = std::array::from_fn(|i| std::array::from_fn(|j| chunk[j][i]));
             let w = x.map(|row| row.map(|v| v.abs() + 0.5));
-            for params in [
-                p(15, -1.0, 20, false),
-                p(31, -0.5, 15, false),
-                p(3, -0.5, 15, true),
-            ] {
+            for params in [Q4_K, Q5_K, Q2_K] {
                 let fits = search(params, &x, &w, params.use_mad);
                 for (j, g) in chunk.iter().enumerate() {
                     let wj: [f32; N] = std::array::from_fn(|i| w[i][j]);
@@ -236,21 +226,10 @@ fn avx2_searches_equal_the_scalar_searches() {
         return;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let p = |nmax, rmin, nstep, use_mad| Qkx2 {
-        nmax,
-        rmin,
-        rdelta: 0.1,
-        nstep,
-        use_mad,
-    };
     for chunk in groups::<32>(&mut rng, 8 * 40).chunks_exact(8) {
         let x: [[f32; 8]; 32] = std::array::from_fn(|i| std::array::from_fn(|j| chunk[j][i]));
         let w = x.map(|row| row.map(|v| v.abs() + 0.5));
-        for params in [
-            p(15, -1.0, 20, false),
-            p(31, -0.5, 15, false),
-            p(3, -0.5, 15, true),
-        ] {
+        for params in [Q4_K, Q5_K, Q2_K] {
             // SAFETY: the CPU has AVX2 (checked above).
             let fits = unsafe {
                 if params.use_mad {
@@ -271,21 +250,7 @@ fn avx2_searches_equal_the_scalar_searches() {
         // SAFETY: the CPU has AVX2 (checked above).
         let (sa, sb) = unsafe { (Avx2::qx(32, &x, &mut a), Avx2::q3(4, &x, &mut b)) };
         for (j, g) in chunk.iter().enumerate() {
-            let (mut la, mut lb) = ([0i8; 16], [0i8; 16]);
-            assert_eq!(
-                sa[j].to_bits(),
-                search::make_qx_quants(32, g, &mut la).to_bits(),
-                "{g:?}"
-            );
-            assert_eq!(
-                sb[j].to_bits(),
-                search::make_q3_quants(4, g, &mut lb).to_bits(),
-                "{g:?}"
-            );
-            assert!(
-                (0..16).all(|i| a[i][j] == la[i] && b[i][j] == lb[i]),
-                "{g:?}"
-            );
+            assert_qx_q3(j, g, (&sa, &a), (&sb, &b));
         }
     }
 }
