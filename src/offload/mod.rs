@@ -24,6 +24,7 @@ pub(crate) mod device;
 pub(crate) mod ggml_device;
 mod lowrank;
 mod merge;
+pub(crate) use merge::as_bytes;
 pub(crate) mod method;
 pub(crate) mod order;
 mod quant;

@@ -125,8 +125,7 @@ pub(super) fn fill_encoded(
                 let n = (units.end - at).min(CHUNK);
                 let mut values = std::mem::take(&mut scratch.quant.values);
                 values.resize(n, 0.0);
-                target.read(at..at + n, &mut values, scratch)?;
-                count += non_finite(&values);
+                count += target.read_counted(at..at + n, &mut values, scratch)?;
                 let span = layout.write_span(at as u64..(at + n) as u64)?;
                 let o = at - units.start;
                 layout.encode(
@@ -201,8 +200,7 @@ fn encode_rows(
         let end = (row + group).min(last).min(rows);
         let mut values = std::mem::take(&mut scratch.quant.values);
         values.resize((end - row) * cols, 0.0);
-        target.read(row * cols..end * cols, &mut values, scratch)?;
-        count += non_finite(&values);
+        count += target.read_counted(row * cols..end * cols, &mut values, scratch)?;
         let span = layout.write_span((row * cols) as u64..(end * cols) as u64)?;
         let s = &mut scratch.quant;
         s.codes.resize(len(&span.codes), 0);
@@ -263,8 +261,7 @@ fn encode_ggml(
         let end = (block + step).min(last);
         let mut values = std::mem::take(&mut scratch.quant.values);
         values.resize((end - block) * values_per, 0.0);
-        target.read(block * values_per..end * values_per, &mut values, scratch)?;
-        count += non_finite(&values);
+        count += target.read_counted(block * values_per..end * values_per, &mut values, scratch)?;
         let (o, oe) = (block * bytes_per, end * bytes_per);
         let (s, e) = (o.max(bytes.start), oe.min(bytes.end));
         if (s, e) == (o, oe) {
@@ -360,9 +357,4 @@ fn read_raw(pieces: &[Piece], bytes: Range<u64>, out: &mut [u8]) -> Result<()> {
 
 fn len(r: &Range<u64>) -> usize {
     (r.end - r.start) as usize
-}
-
-fn non_finite(v: &[f32]) -> u64 {
-    // The cast module's vector count: a per-value filter here cost 5 % of a Q4_K convert.
-    cast::count_non_finite(super::merge::as_bytes(v), Dtype::F32)
 }

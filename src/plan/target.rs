@@ -311,26 +311,55 @@ impl Values for QuantTarget {
     /// The values the quantizer sees: the source's, rounded to its stored dtype when it is
     /// computed in f32 (a merge).
     fn read(&self, range: Range<usize>, out: &mut [f32], scratch: &mut Scratch) -> Result<()> {
+        self.read_values(range, out, scratch, false).map(drop)
+    }
+}
+
+impl QuantTarget {
+    /// [`Values::read`], and how many of the values read are NaN or infinite (the count the
+    /// encoders report).
+    pub(crate) fn read_counted(
+        &self,
+        range: Range<usize>,
+        out: &mut [f32],
+        scratch: &mut Scratch,
+    ) -> Result<u64> {
+        self.read_values(range, out, scratch, true)
+    }
+
+    /// The values, and their non-finite count where `counted` asks for it or the NaN
+    /// re-rounding below needs it (it looks for NaNs with the same pass); 0 otherwise.
+    fn read_values(
+        &self,
+        range: Range<usize>,
+        out: &mut [f32],
+        scratch: &mut Scratch,
+        counted: bool,
+    ) -> Result<u64> {
         crate::offload::read_f32(&self.values, range, out, scratch)?;
         if self.round {
             let p = self.precision;
             out.iter_mut().for_each(|v| *v = p.round(*v));
         }
         match self.base {
-            // f16 and bf16 values round to themselves (a NaN may come back quieted).
-            // NaNs are rare: looked for without a branch per value first.
-            Some(b) if self.in_base => {
-                let nan = |c: &[f32]| c.iter().fold(false, |a, v| a | v.is_nan());
-                if out.chunks(64).any(nan) {
-                    out.iter_mut()
-                        .filter(|v| v.is_nan())
-                        .for_each(|v| *v = b.round(*v));
-                }
-            }
-            Some(b) => out.iter_mut().for_each(|v| *v = b.round(*v)),
-            None => {}
+            Some(b) if !self.in_base => out.iter_mut().for_each(|v| *v = b.round(*v)),
+            _ => {}
         }
-        Ok(())
+        let renan = self.in_base && self.base.is_some();
+        let count = match counted || renan {
+            true => crate::cast::count_non_finite(crate::offload::as_bytes(out), Dtype::F32),
+            false => 0,
+        };
+        // f16 and bf16 values round to themselves, but a NaN may come back quieted; NaNs are
+        // rare, and there are none unless the count found a non-finite value.
+        match self.base {
+            Some(b) if renan && count > 0 => out
+                .iter_mut()
+                .filter(|v| v.is_nan())
+                .for_each(|v| *v = b.round(*v)),
+            _ => {}
+        }
+        Ok(count)
     }
 }
 
