@@ -337,27 +337,16 @@ fn qwen_image_encoder_writes_its_vision_tower_as_an_mmproj_and_reads_it_back() {
     // Read back through the text encoder: the tower under ComfyUI's names, the loader's dtypes,
     // the source's values (an F16 source survives F16 and F32 exactly).
     let (dtypes, back) = read_back(d, text);
-    assert_eq!(
-        dtypes[&format!("{PREFIX}visual.patch_embed.proj.weight")],
-        Dtype::F32
-    );
-    assert_eq!(
-        dtypes[&format!("{PREFIX}visual.blocks.0.attn.qkv.weight")],
-        Dtype::F16
-    );
     // An F32 bias comes back f16, as the loader's `dequantize_tensor(…, float16)` gives it.
-    assert_eq!(
-        dtypes[&format!("{PREFIX}visual.blocks.0.attn.qkv.bias")],
-        Dtype::F16
-    );
-    assert_eq!(
-        dtypes[&format!("{PREFIX}visual.blocks.0.attn.proj.weight")],
-        Dtype::F16
-    );
-    assert_eq!(
-        dtypes[&format!("{PREFIX}visual.blocks.0.norm1.weight")],
-        Dtype::F32
-    );
+    for (key, dtype) in [
+        ("visual.patch_embed.proj.weight", Dtype::F32),
+        ("visual.blocks.0.attn.qkv.weight", Dtype::F16),
+        ("visual.blocks.0.attn.qkv.bias", Dtype::F16),
+        ("visual.blocks.0.attn.proj.weight", Dtype::F16),
+        ("visual.blocks.0.norm1.weight", Dtype::F32),
+    ] {
+        assert_eq!(dtypes[&format!("{PREFIX}{key}")], dtype, "{key}");
+    }
     for (k, (_, shape, v)) in source.iter().filter(|(k, _)| k.contains(".visual.")) {
         let (bs, bv) = &back[k];
         assert_eq!(bs, shape, "{k}");
@@ -473,20 +462,23 @@ fn pairing_follows_the_loader_missing_several_and_malformed() {
     std::fs::create_dir_all(&alone).unwrap();
     let lone = alone.join("qwen.gguf");
     std::fs::copy(&first[0], &lone).unwrap();
-    let c = open_component(ComponentKind::Clip, std::slice::from_ref(&lone), None).unwrap();
-    assert!(c.tensors.keys().all(|k| !k.contains(".visual.")));
-    assert!(c.tensors.keys().any(|k| k.contains("model.layers.0")));
-    let r = run(
-        d,
-        &[
+    // `convert` of the lone text encoder to F16 into `out`, with `extra` flags.
+    let convert = |out: &str, extra: &[&str]| {
+        let mut args = vec![
             "convert",
             lone.to_str().unwrap(),
             "--gguf",
             "F16",
             "--output-dir",
-            "alone_out",
-        ],
-    );
+            out,
+        ];
+        args.extend_from_slice(extra);
+        run(d, &args)
+    };
+    let c = open_component(ComponentKind::Clip, std::slice::from_ref(&lone), None).unwrap();
+    assert!(c.tensors.keys().all(|k| !k.contains(".visual.")));
+    assert!(c.tensors.keys().any(|k| k.contains("model.layers.0")));
+    let r = convert("alone_out", &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("no mmproj file for qwen.gguf"),
@@ -495,35 +487,14 @@ fn pairing_follows_the_loader_missing_several_and_malformed() {
     );
     assert_eq!(r.stdout.lines().count(), 1);
     // `--quiet`: no warning.
-    let r = run(
-        d,
-        &[
-            "convert",
-            lone.to_str().unwrap(),
-            "--gguf",
-            "F16",
-            "--output-dir",
-            "alone_q",
-            "-q",
-        ],
-    );
+    let r = convert("alone_q", &["-q"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stderr, "");
 
     // Several: the first in sorted order, with a warning.
     std::fs::copy(&first[1], alone.join("qwen-mmproj-b.gguf")).unwrap();
     std::fs::copy(&first[0], alone.join("qwen-mmproj-a.gguf")).unwrap();
-    let r = run(
-        d,
-        &[
-            "convert",
-            lone.to_str().unwrap(),
-            "--gguf",
-            "F16",
-            "--output-dir",
-            "several",
-        ],
-    );
+    let r = convert("several", &[]);
     // `-a` is first: a text encoder, not an mmproj — a clear error naming it.
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("several mmproj files"), "{}", r.stderr);
@@ -539,18 +510,7 @@ fn pairing_follows_the_loader_missing_several_and_malformed() {
     // A truncated mmproj: an error naming it, nothing written.
     let bytes = std::fs::read(alone.join("qwen-mmproj-b.gguf")).unwrap();
     std::fs::write(alone.join("qwen-mmproj-b.gguf"), &bytes[..bytes.len() / 2]).unwrap();
-    let r = run(
-        d,
-        &[
-            "convert",
-            lone.to_str().unwrap(),
-            "--gguf",
-            "F16",
-            "--output-dir",
-            "broken",
-            "-q",
-        ],
-    );
+    let r = convert("broken", &["-q"]);
     assert_refused(&r, "qwen-mmproj-b.gguf", &d.join("broken"));
 
     // An mmproj given as a checkpoint says what it is.
