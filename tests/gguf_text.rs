@@ -763,8 +763,11 @@ fn comfyui_gguf_loader_reads_what_the_tool_writes() {
     same_as_loader(entry, &tool, "");
 }
 
-#[test]
-fn split_gguf_writes_the_node_files_with_gguf_and_save_reads_them_back_exactly() {
+/// `split --gguf F16` of a tiny synthetic `family` (f16) writes `want` (under `parts/`), and
+/// `save` of those node files (the `.gguf`s among them), given in `want`'s order (test-sized
+/// CLIPs are told apart by their place), gives back every tensor's values; a GGUF carries no
+/// `logit_scale`, so the loader's default is made for each key in `defaults`.
+fn split_gguf_and_back(family: &str, want: &[&str], back_args: &[&str], defaults: &[(&str, f32)]) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ck = ok_path(
@@ -772,7 +775,7 @@ fn split_gguf_writes_the_node_files_with_gguf_and_save_reads_them_back_exactly()
         &[
             "save",
             "--synthetic",
-            "flux",
+            family,
             "--tiny",
             "--dtype",
             "f16",
@@ -803,48 +806,80 @@ fn split_gguf_writes_the_node_files_with_gguf_and_save_reads_them_back_exactly()
         .map(|f| rel(f).unwrap_or_else(|| f.strip_prefix("parts/").unwrap().to_string()))
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "clip/ComfyUI_clip_l_00001_.safetensors",
-            "diffusion_models/ComfyUI_00001_.gguf",
-            "text_encoders/ComfyUI_t5xxl_00001_.gguf",
-            "vae/ComfyUI_vae_00001_.safetensors",
-        ]
-    );
-    let p = |f: &str| d.join("parts").join(f);
-    let back = ok_path(
-        d,
-        &[
-            "save",
-            "--model",
-            p("diffusion_models/ComfyUI_00001_.gguf").to_str().unwrap(),
-            "--clip",
-            p("clip/ComfyUI_clip_l_00001_.safetensors")
-                .to_str()
-                .unwrap(),
-            "--clip",
-            p("text_encoders/ComfyUI_t5xxl_00001_.gguf")
-                .to_str()
-                .unwrap(),
-            "--vae",
-            p("vae/ComfyUI_vae_00001_.safetensors").to_str().unwrap(),
-            "--output-dir",
-            "back",
-            "-q",
-        ],
-    );
+    let mut sorted = want.to_vec();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    let p = |f: &str| d.join("parts").join(f).to_str().unwrap().to_string();
+    let mut args: Vec<String> = vec!["save".into()];
+    for f in want {
+        let flag = match f.split('/').next().unwrap() {
+            "diffusion_models" => "--model",
+            "vae" => "--vae",
+            _ => "--clip",
+        };
+        args.extend([flag.to_string(), p(f)]);
+    }
+    args.extend(back_args.iter().map(|a| a.to_string()));
+    args.extend(["--output-dir", "back", "-q"].map(String::from));
+    let back = ok_path(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let (want, got) = (values_of(&ck), values_of(&back));
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
     );
     for (k, v) in &want {
-        if k == "text_encoders.t5xxl.logit_scale" {
+        if let Some((_, default)) = defaults.iter().find(|(name, _)| name == k) {
             // A GGUF carries none: ComfyUI's default is made, as when the loader reads it.
-            assert_eq!(got[k].1, [4.6055], "{k}");
+            assert_eq!(got[k].1, [*default], "{k}");
             continue;
         }
         assert_eq!(&got[k], v, "{k}");
     }
+}
+
+#[test]
+fn split_gguf_writes_the_node_files_with_gguf_and_save_reads_them_back_exactly() {
+    split_gguf_and_back(
+        "flux",
+        &[
+            "clip/ComfyUI_clip_l_00001_.safetensors",
+            "diffusion_models/ComfyUI_00001_.gguf",
+            "text_encoders/ComfyUI_t5xxl_00001_.gguf",
+            "vae/ComfyUI_vae_00001_.safetensors",
+        ],
+        &[],
+        &[("text_encoders.t5xxl.logit_scale", 4.6055)],
+    );
+}
+
+/// The tiny HunyuanVideo and HiDream carry a `llama` encoder with the head counts the loader
+/// un-permutes (32 query, 8 key/value heads), so their test-size models split to GGUF too, and
+/// the permutation's round trip is exact.
+#[test]
+fn split_gguf_of_models_with_a_llama_encoder_round_trips_its_permuted_projections() {
+    let llama = ("text_encoders.llama.logit_scale", 4.6055);
+    split_gguf_and_back(
+        "hunyuan_video",
+        &[
+            "clip/ComfyUI_clip_l_00001_.safetensors",
+            "diffusion_models/ComfyUI_00001_.gguf",
+            "text_encoders/ComfyUI_llama_00001_.gguf",
+            "vae/ComfyUI_vae_00001_.safetensors",
+        ],
+        &["--arch", "hunyuan-video", "--prediction", "flow"],
+        &[llama],
+    );
+    split_gguf_and_back(
+        "hidream",
+        &[
+            "clip/ComfyUI_clip_l_00001_.safetensors",
+            "clip/ComfyUI_clip_g_00001_.safetensors",
+            "diffusion_models/ComfyUI_00001_.gguf",
+            "text_encoders/ComfyUI_llama_00001_.gguf",
+            "text_encoders/ComfyUI_t5xxl_00001_.gguf",
+            "vae/ComfyUI_vae_00001_.safetensors",
+        ],
+        &["--arch", "hidream", "--prediction", "flow"],
+        &[llama, ("text_encoders.t5xxl.logit_scale", 4.6055)],
+    );
 }

@@ -60,14 +60,8 @@ const TINY_TEKKEN: Encoder = Encoder::Tokenizer {
     bytes: crate::synthetic::tekken::TINY_BYTES,
 };
 
-/// Mistral 3 at test size, with the 32 query and 8 key/value heads ComfyUI-GGUF's loader
-/// permutes a `llama` file's projections with (so it can be written as a text-encoder GGUF).
-const TINY_MISTRAL3: LlmConfig = LlmConfig {
-    num_heads: 32,
-    num_kv_heads: 8,
-    head_dim: 4,
-    ..tiny_llm("mistral3_24b", MISTRAL3_24B)
-};
+/// Mistral 3 at test size (written as a `llama` text-encoder GGUF).
+const TINY_MISTRAL3: LlmConfig = tiny_llama("mistral3_24b", MISTRAL3_24B);
 
 pub(crate) const FLUX2_DEV_TINY: Spec = Spec {
     model: Denoiser::Flux(FLUX2_TINY_DIT),

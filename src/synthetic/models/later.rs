@@ -253,7 +253,7 @@ pub(crate) const HIDREAM_I1_TINY: Spec = Spec {
         Encoder::Clip(TINY_CLIP_L),
         Encoder::Clip(TINY_CLIP_G),
         Encoder::T5(TINY_T5),
-        Encoder::Llm(tiny_llm("llama", LLAMA_8B)),
+        Encoder::Llm(tiny_llama("llama", LLAMA_8B)),
     ],
     vae: Vae::Ldm(tiny_vae(16, false)),
 };
@@ -380,7 +380,7 @@ const HUNYUAN_TINY_DIT: HunyuanVideoConfig = HunyuanVideoConfig {
 const HUNYUAN_ENCODERS: &[Encoder] = &[Encoder::Clip(CLIP_L), Encoder::Llm(LLAMA_HUNYUAN)];
 const HUNYUAN_TINY_ENCODERS: &[Encoder] = &[
     Encoder::Clip(TINY_CLIP_L),
-    Encoder::Llm(tiny_llm("llama", LLAMA_HUNYUAN)),
+    Encoder::Llm(tiny_llama("llama", LLAMA_HUNYUAN)),
 ];
 
 /// HunyuanVideo text-to-video (13B).

@@ -213,6 +213,18 @@ pub(super) const fn tiny_llm(name: &'static str, full: LlmConfig) -> LlmConfig {
     }
 }
 
+/// [`tiny_llm`] for an encoder written as a `llama` text-encoder GGUF (Llama, Mistral 3): the 32
+/// query and 8 key/value heads ComfyUI-GGUF's loader undoes llama.cpp's permutation of the
+/// projections with, so `split --gguf` works on the test-size model too.
+pub(super) const fn tiny_llama(name: &'static str, full: LlmConfig) -> LlmConfig {
+    LlmConfig {
+        num_heads: 32,
+        num_kv_heads: 8,
+        head_dim: 4,
+        ..tiny_llm(name, full)
+    }
+}
+
 pub(super) const TINY_SPIECE: Encoder = Encoder::Tokenizer {
     key: "spiece_model",
     bytes: 64,
