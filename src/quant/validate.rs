@@ -1,14 +1,140 @@
-//! Checks a stored layer's companions (scales, description) against its format: which must be
+//! A stored layer read back as a layout: its codes' dtype and shape checked against the format
+//! (and the model's logical shape), and its companions (scales, description): which must be
 //! there, which may, and their dtypes and shapes.
 
 use crate::error::Result;
 use crate::model::dtype::Dtype;
 
-use super::format::Format;
+use super::format::{Format, Fp8};
+use super::ggml::shapes as ggml_shapes;
 use super::layout::{quant_error, QuantLayout, Role, StoredMember, BAND_ROWS, COMPANIONS};
 
 /// Dtypes a stored f32 scale may have: ComfyUI converts any of them to f32 on load.
 pub(crate) const SCALE_DTYPES: [Dtype; 4] = [Dtype::F32, Dtype::BF16, Dtype::F16, Dtype::F64];
+
+impl QuantLayout {
+    /// Validates the members found in a file for `format` and builds the layout they store.
+    ///
+    /// `members` are the layer's tensors (names relative to the layer; names other than `weight`
+    /// and the [`COMPANIONS`] are ignored). `logical` is the shape the model gives the weight
+    /// (ComfyUI takes it from the layer's `in_features`/`out_features`); `None` takes the stored
+    /// shape, which for mxfp8 and nvfp4 includes any padding: a file alone cannot tell a padded
+    /// weight from one whose size was already a multiple of the block.
+    ///
+    /// For the legacy layout the codes' own dtype decides between e4m3 and e5m2 (the marker's
+    /// dtype is the model's, and ComfyUI would convert codes of the other type by value).
+    ///
+    /// # Errors
+    /// [`Error::Quantized`](crate::error::Error::Quantized) naming the layer when the codes are
+    /// missing or of the wrong dtype, a scale is missing, extra, of the wrong dtype or shape, the
+    /// block scales do not fit the codes, the stored shape cannot hold the format (nvfp4 or mxfp8
+    /// rows of a column count that is not a whole number of blocks, tensors that are not 2-D), or
+    /// `logical` does not pad to the stored shape.
+    pub fn from_stored(
+        layer: &str,
+        format: Format,
+        members: &[StoredMember<'_>],
+        logical: Option<&[usize]>,
+    ) -> Result<Self> {
+        let find = |name: &str| members.iter().find(|m| m.name == name);
+        let codes =
+            find("weight").ok_or_else(|| quant_error(layer, "the codes `weight` are missing"))?;
+        let format = match format {
+            Format::ScaledFp8(_) => match Fp8::from_dtype(codes.dtype) {
+                Some(fp8) => Format::ScaledFp8(fp8),
+                None => {
+                    return Err(quant_error(
+                        layer,
+                        format!(
+                            "scaled fp8 codes `{layer}.weight` are {}, not F8_E4M3 or F8_E5M2",
+                            codes.dtype
+                        ),
+                    ))
+                }
+            },
+            other => other,
+        };
+        if codes.dtype != format.code_dtype() {
+            return Err(quant_error(
+                layer,
+                format!(
+                    "{format} codes `{layer}.weight` must be {}, not {}",
+                    format.code_dtype(),
+                    codes.dtype
+                ),
+            ));
+        }
+        let stored = stored_logical(layer, format, codes.shape)?;
+        let shape = match logical {
+            Some(logical) => {
+                check_logical(layer, format, logical, &stored)?;
+                logical.to_vec()
+            }
+            None => stored.clone(),
+        };
+        let mut layout = QuantLayout::new(layer, format, &shape)?;
+        if format.has_block_scales() {
+            // The stored rows are the logical rows or those padded (kitchen pads only when one
+            // dimension needs it, then both).
+            layout.stored_rows = stored[0];
+            layout.stored_cols = stored[1];
+        }
+        check_companions(&mut layout, members)?;
+        Ok(layout)
+    }
+}
+
+/// The shape of values the stored codes hold (the padded logical shape for block formats).
+fn stored_logical(layer: &str, format: Format, codes: &[usize]) -> Result<Vec<usize>> {
+    if let Format::Ggml(t) = format {
+        return ggml_shapes::values_shape(layer, t, codes);
+    }
+    let Some(pad) = format.padding() else {
+        return Ok(codes.to_vec());
+    };
+    let values_per_byte = if format == Format::Nvfp4 { 2 } else { 1 };
+    let [rows, code_cols] = codes else {
+        return Err(quant_error(
+            layer,
+            format!("{format} codes `{layer}.weight` must be 2-D, not of shape {codes:?}"),
+        ));
+    };
+    let cols = code_cols.saturating_mul(values_per_byte);
+    if *rows == 0 || cols == 0 || !cols.is_multiple_of(pad) {
+        return Err(quant_error(
+            layer,
+            format!(
+                "{format} codes `{layer}.weight` of shape {codes:?} hold rows of {cols} values, \
+                 which is not a whole, non-zero number of {pad}-value blocks: the format cannot \
+                 hold that column count (ComfyUI pads columns to a multiple of {pad})"
+            ),
+        ));
+    }
+    Ok(vec![*rows, cols])
+}
+
+/// Checks that the logical shape a model gives pads to the stored one.
+fn check_logical(layer: &str, format: Format, logical: &[usize], stored: &[usize]) -> Result<()> {
+    let fits = match format.padding() {
+        None => logical == stored,
+        Some(pad) => {
+            logical.len() == 2
+                && (stored[0] == logical[0]
+                    || Some(stored[0]) == logical[0].checked_next_multiple_of(pad))
+                && Some(stored[1]) == logical[1].checked_next_multiple_of(pad)
+        }
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(quant_error(
+        layer,
+        format!(
+            "the model's weight shape {logical:?} does not fit {format} codes holding {stored:?} \
+             values"
+        ),
+    ))
+}
 
 /// The companions a format uses: (name, role, required).
 fn companions(format: Format) -> &'static [(&'static str, Role, bool)] {
