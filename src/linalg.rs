@@ -1,5 +1,5 @@
 //! A truncated SVD that never computes the full decomposition: block Golub–Kahan–Lanczos
-//! ([`krylov`]) followed by the exact SVD of the small projected matrix (Rayleigh–Ritz).
+//! (the `krylov` module) followed by the exact SVD of the small projected matrix (Rayleigh–Ritz).
 //!
 //! For `A` (m × n) and a rank k: a Gaussian start block of b = ⌈k/2⌉ columns, [`STEPS`] steps
 //! of one product with `A` and one with `Aᵀ` each, every product kept; then `A`'s projection

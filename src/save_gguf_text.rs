@@ -42,7 +42,7 @@ struct Planned {
 /// whose embedding the loader rebuilds none for (listed in [`Saved::dropped`]). A `qwen25_7b`
 /// encoder's vision tower (`visual.*`) is written as llama.cpp's mmproj file beside it,
 /// `<stem>-mmproj-F16.gguf`, which the loader pairs with it; the two are one job (see
-/// [`crate::save_mmproj`]), listed in that order.
+/// the mmproj writer), listed in that order.
 ///
 /// # Errors
 /// [`Error::MissingComponent`] without text encoders; [`Error::InvalidInput`] for an encoder

@@ -12,7 +12,7 @@
 //! The job is a save of a synthetic model held by candle, or with `from_file` a file-to-file
 //! convert: the model is first written as a single-file checkpoint into the folder (untimed),
 //! then (a) opens and converts it and (b) `safetensors::load`s, casts and saves it. Peak resident
-//! and peak anonymous memory are reported for each (see [`memory`]).
+//! and peak anonymous memory are reported for each (see the `memory` module).
 
 mod jobs;
 mod mecha;

@@ -6,7 +6,7 @@
 //! copy of its weights, not for the whole write (the model of PyTorch's asynchronous distributed
 //! checkpoint). [`Checkpointer::save`] therefore takes a *snapshot* and returns; a background
 //! thread writes it with the ordinary save path ([`crate::save::save_to_path`]: plan, parallel
-//! engine with its bounded staging budget, publish through [`crate::naming::reserve_at`], never
+//! engine with its bounded staging budget, publish through [`crate::reserve_at`], never
 //! replacing a file).
 //!
 //! # Snapshots
@@ -23,7 +23,7 @@
 //!   is respected, and an allocation failure falls back — otherwise a device→host copy. A
 //!   device-side copy is enqueued on the tensor's stream/command queue before the loop's next
 //!   update, so the update cannot overtake it; the background thread later brings the copy to the
-//!   host through the generic device path of [`crate::offload`].
+//!   host through the generic device path of the offload stage.
 //!
 //! # One save in flight
 //!

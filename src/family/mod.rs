@@ -5,7 +5,7 @@
 //! configurations ([`Variant`]s, each with the shape description of its synthetic model), its
 //! diffusers names, ComfyUI's block-merge nodes for it and the LoRA names ComfyUI maps onto it.
 //!
-//! A new family is a table entry in [`table`] and its tests, not a new module of logic: layout,
+//! A new family is a table entry in `table` and its tests, not a new module of logic: layout,
 //! loading, detection, component files and synthetic models all read the entry. The facts come
 //! from ComfyUI (`comfy/model_detection.py`, `comfy/supported_models.py`, `comfy/sd.py`,
 //! `comfy/text_encoders/`); the README lists each family's detection keys.

@@ -92,7 +92,7 @@ const SINGLE_FILE_PREFIXES: [&str; 6] = [
 ];
 
 /// Opens a single-file checkpoint, a denoiser alone in one file (ComfyUI's ModelSave output,
-/// a `diffusion_models/` file: [`denoiser`]) or a diffusers pipeline folder.
+/// a `diffusion_models/` file) or a diffusers pipeline folder.
 ///
 /// `arch` overrides detection (the layout must then fit it).
 ///

@@ -15,7 +15,7 @@ use crate::model::{Arch, TensorInfo};
 /// [`crate::Error::UnknownArchitecture`] with what was found when no known family matches
 /// (including families the reference knows but this crate does not lay out: SVD, Mochi…) or the
 /// configuration fits none of the family's known variants; [`crate::Error::FamilyMismatch`] when
-/// the keys of two families are present. See [`crate::family::detect`] for the evidence.
+/// the keys of two families are present. See [`crate::family::detect()`] for the evidence.
 pub fn detect_model(model: &BTreeMap<String, TensorInfo>) -> Result<Arch> {
     crate::family::detect(model).map(|d| d.arch)
 }

@@ -24,7 +24,7 @@
 //!   creates the temporary file `{filename}_{counter:05}_.safetensors.{pid}-{machine}.partial`
 //!   with `create_new`. That name starts with `{filename}_` and carries the counter, so both this scan and
 //!   ComfyUI's own count it as taken while the data is being written. [`Reservation::commit`]
-//!   publishes without ever replacing an existing file (see [`crate::publish`]).
+//!   publishes without ever replacing an existing file (see [`crate::reserve_at`]).
 //! * **Prefixes that name no file are refused** ([`Error::InvalidInput`]): an empty prefix, or one
 //!   that normalises to `.` or `..` (the reference would write a hidden `._00001_.safetensors`).
 //! * **Counters stay positive and bounded.** The reference parses the counter part with Python's

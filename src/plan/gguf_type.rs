@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
-/// The type of a GGUF target (see the [module docs](self)).
+/// The type of a GGUF target (see the README's table of types, under Input layouts).
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

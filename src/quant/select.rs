@@ -89,7 +89,7 @@ impl LayerPattern {
     }
 }
 
-/// What a save quantizes, and into which format (see the [module docs](self)).
+/// What a save quantizes, and into which format (see the README's Quantized checkpoints).
 #[derive(Debug, Clone)]
 pub struct Quantize {
     /// The format written.
@@ -169,8 +169,8 @@ impl Quantize {
 }
 
 /// Key fragments of the denoiser layers an architecture keeps in high precision (see the
-/// [module docs](self)); architectures without an entry, and the generic layout, keep the union
-/// of the usual names.
+/// README's Quantized checkpoints); architectures without an entry, and the generic layout,
+/// keep the union of the usual names.
 pub fn high_precision(arch: Option<Arch>) -> &'static [&'static str] {
     match arch {
         Some(Arch::Sd15 | Arch::Sd2 | Arch::Sdxl | Arch::SdxlRefiner) => {

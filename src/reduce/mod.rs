@@ -3,14 +3,14 @@
 //! A quantized output needs its tensor's absolute maximum (or each row's) before a scale can be
 //! written; the merge methods that come next need norms and dot products (SLERP), a k-th
 //! magnitude (TIES, DARE), cosines (model stock). A planned tensor declares the [`Reduction`]s it
-//! needs; [`reduce`] computes them range by range from the same sources the fill reads
-//! ([`Values`]), in bounded memory: [`CHUNK`] values per source at a time, plus what the results
+//! needs; `reduce` computes them range by range from the same sources the fill reads
+//! (`Values`), in bounded memory: [`CHUNK`] values per source at a time, plus what the results
 //! themselves hold (one f32 per row or per block, a 256 KiB histogram). The cost is a second read
 //! of the tensor's sources, which the page cache usually serves (a file) or the device holds (a
 //! candle tensor); the k-th magnitude takes two.
 //!
-//! [`Computed`] runs a tensor's reductions once, by whichever worker first needs them, while the
-//! others wait; [`Frontier`] lets the writer compute the reductions of the next tensors while
+//! `Computed` runs a tensor's reductions once, by whichever worker first needs them, while the
+//! others wait; `Frontier` lets the writer compute the reductions of the next tensors while
 //! the current ones are written, without running ahead of the workers.
 
 mod once;
@@ -49,7 +49,7 @@ pub enum Reduction {
     KthMagnitude(u64),
 }
 
-/// The results of [`reduce`]: `Some` for each reduction asked for.
+/// The results of a reduction pass: `Some` for each reduction asked for.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reduced {
     /// [`Reduction::AbsMax`].
@@ -71,7 +71,8 @@ pub struct Reduced {
 /// by range, in bounded memory (see the [module docs](self)).
 ///
 /// # Errors
-/// As [`reduce`]; [`Error::Conversion`] for a tensor that is not floating point.
+/// What reading the tensor's sources can fail with; [`Error::Conversion`] for a tensor that is
+/// not floating point.
 pub fn reduce_tensor(
     tensor: &InputTensor,
     others: &[&InputTensor],

@@ -56,7 +56,7 @@ impl ModelFolders {
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be read; [`Error::InvalidInput`] naming the line for
-    /// YAML this reader does not take (see [`super::yaml`]) or values that are not text.
+    /// YAML this reader does not take (see the `yaml` module) or values that are not text.
     pub fn add_extra_config(&mut self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path)
             .ctx(|| format!("cannot read the extra model paths file {}", path.display()))?;

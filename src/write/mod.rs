@@ -474,7 +474,7 @@ fn write_unit(
 /// Fills `out` with the bytes of data-section range `range`, casting on the way: what a staged
 /// unit holds before it is written. Reports each piece's non-finite count to `count(tensor, n)`.
 /// Device tensors are read as they are: the caller has waited for the work that produced them
-/// (as [`write`] does, see [`offload::order`]).
+/// (as [`write`] does, see the offload stage's `order`).
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when `out` does not have the range's length or the range cuts an
