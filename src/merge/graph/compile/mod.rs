@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
-use super::values::{merge_chains, Chains, ClipValue, MergeStep, ModelValue, VaeValue, Value};
+use super::values::{Chains, ClipValue, ModelValue, VaeValue, Value};
 use super::{mergeable, open_lora, Graph, GraphNode, Node, Slot, Source, Target};
 use crate::error::{Error, Result};
 use crate::input::{open as open_input, open_component};
@@ -23,6 +23,7 @@ use crate::model::{Arch, ComponentKind, Components, InputMap, Prediction};
 use crate::save::LayoutChoice;
 
 mod load;
+mod merge;
 
 /// One loader of the graph, as opened: what the recipe and the dry run say about it.
 #[derive(Debug, Clone)]
@@ -491,103 +492,6 @@ impl Compiler<'_> {
     fn materialize(&mut self, chains: &Chains) -> Result<InputMap> {
         self.out.merged += chains.patched();
         chains.tensors(self.opts.device.as_ref())
-    }
-
-    fn merge_models(
-        &mut self,
-        me: &str,
-        first: Slot,
-        second: Slot,
-        coefficients: &dyn Fn(&str) -> (f64, f64),
-        device: Option<&Device>,
-    ) -> Result<Value> {
-        let (a, b) = (self.model(first)?, self.model(second)?);
-        if !mergeable(a.arch, b.arch) {
-            return Err(Error::InvalidInput(format!(
-                "{me}: model1 is {} ({}) and model2 is {} ({}); models of different \
-                 architectures cannot be merged",
-                a.arch, a.origin, b.arch, b.origin
-            )));
-        }
-        let step = MergeStep {
-            node: me,
-            takes: &|_| true,
-            coefficients,
-            device,
-        };
-        let (chains, notes) = merge_chains(&a.chains, &a.origin, &b.chains, &b.origin, &step)?;
-        self.note(me, "model1", "model2", &notes.not_in_second);
-        Ok(Value::Model(ModelValue { chains, ..a }))
-    }
-
-    /// A method node (see [`super::method::method_value`]).
-    fn method(
-        &mut self,
-        me: &str,
-        name: &str,
-        models: &[Slot],
-        params: &BTreeMap<String, crate::merge::methods::Param>,
-    ) -> Result<Value> {
-        let values = models
-            .iter()
-            .map(|s| self.model(*s))
-            .collect::<Result<Vec<_>>>()?;
-        let device = self.opts.device.as_ref();
-        let (value, merged, missing) =
-            super::method::method_value(me, name, &values, params, device)?;
-        self.out.merged += merged;
-        self.note(me, "the first model", "every other model", &missing);
-        Ok(value)
-    }
-
-    fn clip_method(
-        &mut self,
-        me: &str,
-        name: &str,
-        clips: &[Slot],
-        params: &BTreeMap<String, crate::merge::methods::Param>,
-    ) -> Result<Value> {
-        let values = clips
-            .iter()
-            .map(|s| self.clip(*s))
-            .collect::<Result<Vec<_>>>()?;
-        let device = self.opts.device.as_ref();
-        let (value, merged, missing) =
-            super::method::clip_method_value(me, name, &values, params, device)?;
-        self.out.merged += merged;
-        self.note(me, "the first text encoders", "every other", &missing);
-        Ok(value)
-    }
-
-    fn merge_clips(
-        &mut self,
-        me: &str,
-        first: Slot,
-        second: Slot,
-        coefficients: &dyn Fn(&str) -> (f64, f64),
-        device: Option<&Device>,
-    ) -> Result<Value> {
-        let (a, b) = (self.clip(first)?, self.clip(second)?);
-        if let (Some(x), Some(y)) = (a.arch, b.arch) {
-            if !mergeable(x, y) {
-                return Err(Error::InvalidInput(format!(
-                    "{me}: clip1 is for {x} ({}) and clip2 for {y} ({}); text encoders of \
-                     different architectures cannot be merged",
-                    a.origin, b.origin
-                )));
-            }
-        }
-        // CLIPMergeSimple and its kin leave these as clip1 has them.
-        let takes = |k: &str| !(k.ends_with(".position_ids") || k.ends_with(".logit_scale"));
-        let step = MergeStep {
-            node: me,
-            takes: &takes,
-            coefficients,
-            device,
-        };
-        let (chains, notes) = merge_chains(&a.chains, &a.origin, &b.chains, &b.origin, &step)?;
-        self.note(me, "clip1", "clip2", &notes.not_in_second);
-        Ok(Value::Clip(ClipValue { chains, ..a }))
     }
 
     fn note(&mut self, me: &str, first: &str, second: &str, keys: &[String]) {
