@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::lanes::Searches;
-use super::search::{Fit, Qkx2, GROUP_MAX_EPS};
+use super::search::{Fit, Qkx2};
 use super::wide::{self, Wide};
 
 /// The searches with AVX2 intrinsics; only ever used when the CPU has AVX2.
@@ -332,33 +332,6 @@ impl Wide<8> for V {
     }
 }
 
-/// The value of largest magnitude per lane (the first on ties) and that magnitude.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn signed_max(x: &[[f32; 8]; 16]) -> (V, V) {
-    let (mut max, mut amax) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for row in x {
-        let v = load(row);
-        let ax = abs(v);
-        let take = gt(ax, amax);
-        amax = sel(take, ax, amax);
-        max = sel(take, v, max);
-    }
-    (max, amax)
-}
-
-/// Codes and scale of groups below ggml's all-zero threshold set to 0; codes out as `i8`.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn finish(amax: V, scale: V, codes: &[V; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
-    let zero = _mm256_setzero_ps();
-    let small = lt(amax, splat(GROUP_MAX_EPS));
-    for (o, &c) in out.iter_mut().zip(codes) {
-        *o = ints(sel(small, zero, c)).map(|c| c as i8);
-    }
-    store(sel(small, zero, scale))
-}
-
 /// [`super::lanes::qx`] for eight groups ([`wide::qx`] on AVX2 registers).
 ///
 /// # Safety
@@ -369,56 +342,14 @@ pub(super) unsafe fn qx(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) 
     unsafe { wide::qx::<V, 8>(nmax, x, out) }
 }
 
-/// [`super::lanes::q3`] for eight groups.
+/// [`super::lanes::q3`] for eight groups ([`wide::q3`] on AVX2 registers).
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8] {
-    let zero = _mm256_setzero_ps();
-    let (max, amax) = signed_max(x);
-    let iscale = div(splat(-(nmax as f32)), max);
-    let (mut sumlx, mut suml2) = (zero, zero);
-    let mut codes = [zero; 16];
-    for i in 0..16 {
-        let v = load(&x[i]);
-        let l = round_clamp(mul(iscale, v), -nmax, nmax - 1);
-        codes[i] = l;
-        let w = mul(v, v);
-        sumlx = add(sumlx, mul(mul(w, v), l));
-        suml2 = add(suml2, mul(mul(w, l), l));
-    }
-    for _ in 0..5 {
-        let mut changed = zero;
-        for i in 0..16 {
-            let v = load(&x[i]);
-            let (w, l) = (mul(v, v), codes[i]);
-            let wx = mul(w, v);
-            let slx = sub(sumlx, mul(wx, l));
-            let sl2 = sub(suml2, mul(mul(w, l), l));
-            let new_l = round_clamp(div(mul(v, sl2), slx), -nmax, nmax - 1);
-            let slx2 = add(slx, mul(wx, new_l));
-            let sl22 = add(sl2, mul(mul(w, new_l), new_l));
-            let better = gt(mul(mul(slx2, slx2), suml2), mul(mul(sumlx, sumlx), sl22));
-            let take = and(
-                and(gt(slx, zero), ne(new_l, l)),
-                and(gt(sl22, zero), better),
-            );
-            codes[i] = sel(take, new_l, l);
-            sumlx = sel(take, slx2, sumlx);
-            suml2 = sel(take, sl22, suml2);
-            changed = or(changed, take);
-        }
-        if !any(changed) {
-            break;
-        }
-    }
-    let scale = sel(gt(suml2, zero), div(sumlx, suml2), zero);
-    let nmax_f = splat(nmax as f32);
-    for c in codes.iter_mut() {
-        *c = add(*c, nmax_f);
-    }
-    finish(amax, scale, &codes, out)
+    // SAFETY: the caller guarantees AVX2, which `V`'s operations need.
+    unsafe { wide::q3::<V, 8>(nmax, x, out) }
 }
 
 #[cfg(test)]

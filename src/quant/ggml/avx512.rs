@@ -90,6 +90,18 @@ impl Searches for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn q3_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
+        // SAFETY: the caller guarantees AVX-512.
+        unsafe { q3(nmax, x, out) }
+    }
+
+    #[inline(always)]
+    unsafe fn q3_64(nmax: i32, x: &[[f32; 64]; 16], out: &mut [[i8; 64]; 16]) -> [f32; 64] {
+        // SAFETY: the caller guarantees AVX-512.
+        unsafe { q3_quad(nmax, x, out) }
+    }
+
+    #[inline(always)]
     unsafe fn transpose_lanes<const N: usize, const L: usize>(x: &[f32]) -> [[f32; L]; N] {
         if !(N.is_multiple_of(16) && L.is_multiple_of(16)) {
             return super::lanes::transpose(x);
@@ -272,6 +284,31 @@ pub(super) unsafe fn qkx2_quad<const N: usize, const MAD: bool>(
 pub(super) unsafe fn qx(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
     // SAFETY: the caller guarantees AVX-512F, which `__m512`'s operations need.
     unsafe { wide::qx::<__m512, 16>(nmax, x, out) }
+}
+
+/// [`super::lanes::q3`] for sixteen groups (Q3_K's sixteen sub-blocks).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn q3(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
+    // SAFETY: the caller guarantees AVX-512F, which `__m512`'s operations need.
+    unsafe { wide::q3::<__m512, 16>(nmax, x, out) }
+}
+
+/// [`super::lanes::q3`] for sixty-four groups (four super-blocks), in four registers side by
+/// side ([`Z4`]).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn q3_quad(
+    nmax: i32,
+    x: &[[f32; 64]; 16],
+    out: &mut [[i8; 64]; 16],
+) -> [f32; 64] {
+    // SAFETY: the caller guarantees AVX-512F, which `Z4`'s operations need.
+    unsafe { wide::q3::<Z4, 64>(nmax, x, out) }
 }
 
 impl Wide<16> for __m512 {

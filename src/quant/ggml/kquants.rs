@@ -132,40 +132,6 @@ fn abs_row<const L: usize>(row: [f32; L]) -> [f32; L] {
 }
 
 /// Runs `search` on the `G` sub-blocks of `N` values of `x`, `L` at a time (lane `j` is a
-/// sub-block): their codes, in value order, into `codes`, and their results.
-///
-/// # Safety
-/// The CPU has the features of `S`.
-#[inline(always)]
-unsafe fn by_lanes<
-    S: Searches,
-    const N: usize,
-    const G: usize,
-    const L: usize,
-    T: Copy + Default,
->(
-    x: &[f32],
-    codes: &mut [T],
-    mut search: impl FnMut(&[[f32; L]; N], &mut [[T; L]; N]) -> [(f32, f32); L],
-) -> [(f32, f32); G] {
-    let mut found = [(0f32, 0f32); G];
-    for g in 0..G / L {
-        let base = L * N * g;
-        let mut lanes = [[T::default(); L]; N];
-        // SAFETY: the caller guarantees `S`'s features.
-        let xt = unsafe { S::transpose_lanes::<N, L>(&x[base..]) };
-        let r = search(&xt, &mut lanes);
-        for (i, row) in lanes.iter().enumerate() {
-            for (j, &c) in row.iter().enumerate() {
-                codes[base + N * j + i] = c;
-            }
-        }
-        found[L * g..L * g + L].copy_from_slice(&r);
-    }
-    found
-}
-
-/// Runs `search` on the `G` sub-blocks of `N` values of `x`, `L` at a time (lane `j` is a
 /// sub-block): what it finds for each, in sub-block order.
 ///
 /// # Safety
@@ -202,12 +168,6 @@ unsafe fn qkx2<S: Searches, const N: usize>(
             S::qkx2::<N, false>(p, x, w)
         }
     }
-}
-
-/// A search's scales as pairs with an unused second element.
-#[inline(always)]
-fn single<const L: usize>(a: [f32; L]) -> [(f32, f32); L] {
-    a.map(|s| (s, 0.0))
 }
 
 /// Sub-block `j` of `N` values.
@@ -253,18 +213,53 @@ pub(super) fn decode_q3_k(b: &[u8; 110], out: &mut [f32; QK_K]) {
     }
 }
 
+/// Encodes whole Q3_K super-blocks (`values` and `blocks` hold the same count), four per search
+/// where `S` has wide registers, then one at a time.
+///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
-pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]) {
-    let mut codes = [0i8; QK_K];
-    // SAFETY: the caller guarantees `S`'s features.
-    let found = by_lanes::<S, 16, 16, 8, _>(x, &mut codes, |xt, lanes| unsafe {
-        single(S::q3(4, xt, lanes))
-    });
-    let scales = found.map(|f| f.0);
+pub(super) unsafe fn encode_q3_k_all<S: Searches>(values: &[f32], blocks: &mut [u8]) {
+    let (xs, bs) = (
+        values.as_chunks::<QK_K>().0,
+        blocks.as_chunks_mut::<110>().0,
+    );
+    let step = if S::WIDE { 4 } else { 1 };
+    for (x, b) in xs.chunks(step).zip(bs.chunks_mut(step)) {
+        // SAFETY (both searches): the caller guarantees `S`'s features.
+        if x.len() == 4 {
+            // The search's codes stay in lane order (`searched[i][16·h + j]`: value `i` of
+            // sub-block `j` of super-block `h`); ggml keeps them only where a sub-block's scale
+            // quantizes to zero, and only such a sub-block's are read out.
+            let mut searched = [[0i8; 64]; 16];
+            let xt = unsafe { S::transpose_lanes::<16, 64>(x.as_flattened()) };
+            let scales = unsafe { S::q3_64(4, &xt, &mut searched) };
+            for (h, (x, b)) in x.iter().zip(b).enumerate() {
+                let scales: [f32; 16] = std::array::from_fn(|j| scales[16 * h + j]);
+                encode_q3_k(x, &scales, |i, j| searched[i][16 * h + j], b);
+            }
+        } else {
+            for (x, b) in x.iter().zip(b) {
+                let mut searched = [[0i8; 16]; 16];
+                let xt = unsafe { S::transpose_lanes::<16, 16>(x) };
+                let scales = unsafe { S::q3_16(4, &xt, &mut searched) };
+                encode_q3_k(x, &scales, |i, j| searched[i][j], b);
+            }
+        }
+    }
+}
+
+/// One Q3_K super-block from its sub-blocks' searched `scales`; `searched(i, j)` is the
+/// search's code of value `i` of sub-block `j`.
+#[inline(always)]
+fn encode_q3_k(
+    x: &[f32; QK_K],
+    scales: &[f32; 16],
+    searched: impl Fn(usize, usize) -> i8,
+    b: &mut [u8; 110],
+) {
     let (mut max_scale, mut amax) = (0f32, 0f32);
-    for &s in &scales {
+    for &s in scales {
         if s.abs() > amax {
             amax = s.abs();
             max_scale = s;
@@ -290,28 +285,37 @@ pub(super) unsafe fn encode_q3_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 110]
     };
     let d = f16_bytes(d);
     let dq = f16_at(&d, 0);
+    let mut codes = [0i8; QK_K];
     for j in 0..16 {
         let dl = dq * q3_scale(&sb, j) as f32;
+        let codes = sub_mut::<16, i8>(&mut codes, j);
         if dl == 0.0 {
+            // ggml keeps the search's codes where the scale quantized to zero.
+            for (i, c) in codes.iter_mut().enumerate() {
+                *c = searched(i, j);
+            }
             continue;
         }
-        for (c, &v) in sub_mut::<16, i8>(&mut codes, j)
-            .iter_mut()
-            .zip(sub::<16>(x, j))
-        {
+        for (c, &v) in codes.iter_mut().zip(sub::<16>(x, j)) {
             *c = (nearest_int(v / dl).clamp(-4, 3) + 4) as i8;
         }
     }
     let (hmask, rest) = b.split_at_mut(32);
+    // A code's third bit (codes are 0..8: ggml's `if (L > 3) { set; L -= 4 }`) goes to bit
+    // `e / 32` of `hmask[e % 32]`, its low two bits to `qs`; without a branch per value, whose
+    // outcome is a coin toss.
     hmask.fill(0);
     let mut low = [0u8; QK_K];
-    for (e, (&c, low)) in codes.iter().zip(low.iter_mut()).enumerate() {
-        let mut c = c as u8;
-        if c > 3 {
-            hmask[e % 32] |= 1 << (e / 32);
-            c -= 4;
+    for (k, (run, low)) in codes
+        .chunks_exact(32)
+        .zip(low.chunks_exact_mut(32))
+        .enumerate()
+    {
+        for ((h, &c), l) in hmask.iter_mut().zip(run).zip(low) {
+            let c = c as u8;
+            *h |= ((c >> 2) & 1) << k;
+            *l = c & 3;
         }
-        *low = c;
     }
     pack_2bit(&low, &mut rest[0..64]);
     rest[64..76].copy_from_slice(&sb);

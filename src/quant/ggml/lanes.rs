@@ -126,6 +126,53 @@ pub(super) trait Searches {
     /// # Safety
     /// The CPU has the implementation's features.
     unsafe fn q3(nmax: i32, x: &[[f32; 8]; 16], out: &mut [[i8; 8]; 16]) -> [f32; 8];
+
+    /// [`q3`] of sixteen groups (a super-block of Q3_K): eight-group searches, unless the
+    /// implementation has wider registers.
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn q3_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
+        // SAFETY: the caller guarantees the implementation's features.
+        unsafe { q3_by_eight::<Self, 16>(nmax, x, out) }
+    }
+
+    /// [`q3`] of sixty-four groups (four super-blocks of Q3_K): eight-group searches, unless the
+    /// implementation has wider registers (four AVX-512 registers side by side, whose dependent
+    /// refinement steps interleave).
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    #[inline(always)]
+    unsafe fn q3_64(nmax: i32, x: &[[f32; 64]; 16], out: &mut [[i8; 64]; 16]) -> [f32; 64] {
+        // SAFETY: the caller guarantees the implementation's features.
+        unsafe { q3_by_eight::<Self, 64>(nmax, x, out) }
+    }
+}
+
+/// `S`'s eight-lane [`Searches::q3`] on `L` groups (a multiple of 8), eight at a time.
+///
+/// # Safety
+/// The CPU has `S`'s features.
+#[inline(always)]
+unsafe fn q3_by_eight<S: Searches + ?Sized, const L: usize>(
+    nmax: i32,
+    x: &[[f32; L]; 16],
+    out: &mut [[i8; L]; 16],
+) -> [f32; L] {
+    let mut scale = [0f32; L];
+    for h in 0..L / 8 {
+        let part = x.map(|r| std::array::from_fn(|j| r[8 * h + j]));
+        let mut o = [[0i8; 8]; 16];
+        // SAFETY: the caller guarantees `S`'s features.
+        let s = unsafe { S::q3(nmax, &part, &mut o) };
+        scale[8 * h..8 * h + 8].copy_from_slice(&s);
+        for (row, o) in out.iter_mut().zip(&o) {
+            row[8 * h..8 * h + 8].copy_from_slice(o);
+        }
+    }
+    scale
 }
 
 /// The searches in plain Rust (no CPU feature needed).

@@ -448,8 +448,8 @@ unsafe fn encode_any<S: lanes::Searches>(t: GgmlType, values: &[f32], codes: &mu
         // SAFETY: the caller guarantees `S`'s features.
         GgmlType::Q8_0 => unsafe { S::encode_q8_0_all(values, codes) },
         GgmlType::Q2_K => blocks_mut!(values, codes, kquants::encode_q2_k::<S>),
-        GgmlType::Q3_K => blocks_mut!(values, codes, kquants::encode_q3_k::<S>),
-        // SAFETY (both): the caller guarantees `S`'s features.
+        // SAFETY (all three): the caller guarantees `S`'s features.
+        GgmlType::Q3_K => unsafe { kquants::encode_q3_k_all::<S>(values, codes) },
         GgmlType::Q4_K => unsafe { kquants::encode_q4_k_all::<S>(values, codes) },
         GgmlType::Q5_K => unsafe { kquants::encode_q5_k_all::<S>(values, codes) },
         GgmlType::Q6_K => blocks_mut!(values, codes, kquants::encode_q6_k::<S>),

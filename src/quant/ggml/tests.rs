@@ -334,6 +334,7 @@ fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
         .collect();
     for t in [
         GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
@@ -353,6 +354,19 @@ fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
                     make_qkx2_quants(Q2_K, g, &g.map(f32::abs), &mut l);
                     let got = (0..16).map(|e| b[16 + e] & 3).collect();
                     (b[0] & 0xF, got, l.to_vec())
+                }
+                GgmlType::Q3_K => {
+                    // Sub-block 0 is values 0..16: two low bits in `qs` (from byte 32), the
+                    // third in bit 0 of `hmask`; its 6-bit scale (offset 32) in the low nibble
+                    // of scale byte 0 and the low two bits of scale byte 8 (from byte 96).
+                    let g: &[f32; 16] = g[..16].try_into().unwrap();
+                    let mut l = [0i8; 16];
+                    search::make_q3_quants(4, g, &mut l);
+                    let got = (0..16)
+                        .map(|e| (b[32 + e] & 3) | ((b[e] & 1) << 2))
+                        .collect();
+                    let scale = (b[96] & 0xF) | ((b[104] & 3) << 4);
+                    (scale.wrapping_sub(32), got, l.map(|c| c as u8).to_vec())
                 }
                 GgmlType::Q6_K => {
                     // Sub-block 0 is values 0..16: low nibbles in `ql`, high bits in `qh`.

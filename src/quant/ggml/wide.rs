@@ -270,15 +270,7 @@ pub(super) unsafe fn qx<V: Wide<L>, const L: usize>(
     // SAFETY: the caller runs with `V`'s features.
     unsafe {
         let zero = V::splat(0.0);
-        // The value of largest magnitude per lane (the first on ties) and that magnitude.
-        let (mut max, mut amax) = (zero, zero);
-        for row in x {
-            let v = V::load(row);
-            let ax = v.abs();
-            let take = ax.gt(amax);
-            amax = V::sel(take, ax, amax);
-            max = V::sel(take, v, max);
-        }
+        let (max, amax): (V, V) = signed_max(x);
         let mut no_nan = V::load(&x[0]).ordered();
         for row in &x[1..] {
             no_nan = V::and(no_nan, V::load(row).ordered());
@@ -315,6 +307,93 @@ pub(super) unsafe fn qx<V: Wide<L>, const L: usize>(
         }
         for (o, &c) in out.iter_mut().zip(&codes) {
             *o = V::sel(small, zero, c).bytes().map(|c| c as i8);
+        }
+        V::sel(small, zero, scale).store()
+    }
+}
+
+/// The value of largest magnitude per lane (the first on ties; NaN never) and that magnitude.
+///
+/// # Safety
+/// The CPU has `V`'s features; the caller is compiled with them.
+#[inline(always)]
+unsafe fn signed_max<V: Wide<L>, const L: usize>(x: &[[f32; L]; 16]) -> (V, V) {
+    // SAFETY: the caller runs with `V`'s features.
+    unsafe {
+        let (mut max, mut amax) = (V::splat(0.0), V::splat(0.0));
+        for row in x {
+            let v = V::load(row);
+            let ax = v.abs();
+            let take = ax.gt(amax);
+            amax = V::sel(take, ax, amax);
+            max = V::sel(take, v, max);
+        }
+        (max, amax)
+    }
+}
+
+/// [`super::lanes::q3`] (`make_q3_quants`, Q3_K's search) for `L` groups of 16: their codes
+/// (`0..2·nmax`) into `out`, and their scales. Each lane's refinement is a chain of dependent
+/// steps (a division in each), so many lanes in flight — several registers side by side — keep
+/// the vector units busy where one register would wait on its chain.
+///
+/// # Safety
+/// The CPU has `V`'s features; the caller is compiled with them.
+#[inline(always)]
+pub(super) unsafe fn q3<V: Wide<L>, const L: usize>(
+    nmax: i32,
+    x: &[[f32; L]; 16],
+    out: &mut [[i8; L]; 16],
+) -> [f32; L] {
+    // SAFETY: the caller runs with `V`'s features.
+    unsafe {
+        let zero = V::splat(0.0);
+        let (max, amax): (V, V) = signed_max(x);
+        let iscale = V::splat(-(nmax as f32)).div(max);
+        let (mut sumlx, mut suml2) = (zero, zero);
+        let mut codes = [zero; 16];
+        for (code, row) in codes.iter_mut().zip(x) {
+            let v = V::load(row);
+            let l = iscale.mul(v).round_clamp(-nmax, nmax - 1);
+            *code = l;
+            let w = v.mul(v);
+            sumlx = sumlx.add(w.mul(v).mul(l));
+            suml2 = suml2.add(w.mul(l).mul(l));
+        }
+        // A lane whose pass changed nothing would change nothing in another pass either (its
+        // state is the same), so passes run until no lane changes, at most five.
+        for _ in 0..5 {
+            let mut changed = zero.ne(zero);
+            for (code, row) in codes.iter_mut().zip(x) {
+                let v = V::load(row);
+                let (w, l) = (v.mul(v), *code);
+                let wx = w.mul(v);
+                let slx = sumlx.sub(wx.mul(l));
+                let sl2 = suml2.sub(w.mul(l).mul(l));
+                // ggml's rounding of any quotient, however large (its trick wraps past 2^22).
+                let new_l = v.mul(sl2).div(slx).round_clamp(-nmax, nmax - 1);
+                let slx2 = slx.add(wx.mul(new_l));
+                let sl22 = sl2.add(w.mul(new_l).mul(new_l));
+                let better = slx2.mul(slx2).mul(suml2).gt(sumlx.mul(sumlx).mul(sl22));
+                let take = V::and(
+                    V::and(slx.gt(zero), new_l.ne(l)),
+                    V::and(sl22.gt(zero), better),
+                );
+                *code = V::sel(take, new_l, l);
+                sumlx = V::sel(take, slx2, sumlx);
+                suml2 = V::sel(take, sl22, suml2);
+                changed = V::or(changed, take);
+            }
+            if !V::any(changed) {
+                break;
+            }
+        }
+        let scale = V::sel(suml2.gt(zero), sumlx.div(suml2), zero);
+        // Lanes below the all-zero threshold are all zeros, codes included.
+        let small = amax.lt(V::splat(GROUP_MAX_EPS));
+        let nmax_f = V::splat(nmax as f32);
+        for (o, &c) in out.iter_mut().zip(&codes) {
+            *o = V::sel(small, zero, c.add(nmax_f)).bytes().map(|c| c as i8);
         }
         V::sel(small, zero, scale).store()
     }

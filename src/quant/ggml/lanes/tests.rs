@@ -135,6 +135,37 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
             }
         }
     }
+    /// Every lane of `S::q3_16` and `S::q3_64` (Q3_K's search, one and four super-blocks)
+    /// against the scalar one.
+    fn check_q3<S: Searches>(rng: &mut rand::rngs::StdRng) {
+        fn lanes<const L: usize>(
+            rng: &mut rand::rngs::StdRng,
+            search: impl Fn(&[[f32; L]; 16], &mut [[i8; L]; 16]) -> [f32; L],
+        ) {
+            for chunk in groups::<16>(rng, L * 8).chunks_exact(L) {
+                let x: [[f32; L]; 16] =
+                    std::array::from_fn(|i| std::array::from_fn(|j| chunk[j][i]));
+                let mut out = [[0i8; L]; 16];
+                let scale = search(&x, &mut out);
+                for (j, g) in chunk.iter().enumerate() {
+                    let mut l = [0i8; 16];
+                    let want = search::make_q3_quants(4, g, &mut l);
+                    assert_eq!(
+                        scale[j].to_bits(),
+                        want.to_bits(),
+                        "{L} lanes, lane {j}: {g:?}"
+                    );
+                    assert!(
+                        (0..16).all(|i| out[i][j] == l[i]),
+                        "{L} lanes, lane {j}: {g:?}"
+                    );
+                }
+            }
+        }
+        // SAFETY (both): the caller checked `S`'s features.
+        lanes::<16>(rng, |x, out| unsafe { S::q3_16(4, x, out) });
+        lanes::<64>(rng, |x, out| unsafe { S::q3_64(4, x, out) });
+    }
     /// Every lane of `S::qkx2_16`, `S::qkx2_32` and `S::qkx2_64` against the scalar search, on groups
     /// of `N`.
     fn check<S: Searches, const N: usize>(rng: &mut rand::rngs::StdRng) {
@@ -185,6 +216,7 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
     check::<Portable, 32>(&mut rng);
     check::<Portable, 16>(&mut rng);
     check_qx::<Portable>(&mut rng);
+    check_q3::<Portable>(&mut rng);
     if !(std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx2"))
     {
@@ -194,6 +226,7 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
     check::<super::super::avx512::Avx512, 32>(&mut rng);
     check::<super::super::avx512::Avx512, 16>(&mut rng);
     check_qx::<super::super::avx512::Avx512>(&mut rng);
+    check_q3::<super::super::avx512::Avx512>(&mut rng);
 }
 
 #[cfg(target_arch = "x86_64")]
