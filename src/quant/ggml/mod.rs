@@ -63,7 +63,8 @@
 //! value re-coded against the scale it will be decoded with (a division per value). The search's
 //! own codes survive only in a sub-block whose scale quantizes to zero, so `make_qkx2_quants`'s
 //! searches return how their codes are made (`search::Fit`) rather than the codes, and Q6_K
-//! reads such a sub-block's codes out of the search's lanes instead of transposing them all.
+//! and Q3_K read such a sub-block's codes out of the search's lanes instead of transposing them
+//! all.
 //!
 //! The cost is fixed per block: no whole-tensor pass, no buffer beyond one super-block (a few KB
 //! on the stack). Each search's sums are chains of dependent additions whose order is fixed by
@@ -72,11 +73,12 @@
 //! sixteen) of a super-block in `lanes.rs`, and with intrinsics where the CPU has them: AVX2
 //! (`avx2.rs`, eight lanes) and AVX-512 (`avx512.rs`: Q2_K's sixteen sub-blocks in one
 //! register, Q4_K's and Q5_K's `make_qkx2_quants` on eight super-blocks at once in four registers
-//! side by side, whose dependent additions interleave; the search is written once over the
+//! side by side, whose dependent additions interleave, Q3_K's `make_q3_quants` on four
+//! super-blocks, whose refinement steps each wait on a division; the search is written once over the
 //! lane width in `wide.rs`; Q8_0 sixteen values per register). Measured on one core of the
 //! shared 2-vCPU build machine (AMD EPYC Zen 5 with 512-bit vector units; `cargo bench --bench
 //! ggml`, f32 values in): Q4_K ~1.4 GiB/s with AVX-512 (~0.7 µs per super-block), ~540 MiB/s
-//! with AVX2, Q5_K 1.7 GiB/s, Q6_K 1.6 GiB/s; Q8_0 18.7 GiB/s with AVX-512 (6.4 ns per
+//! with AVX2, Q5_K 1.7 GiB/s, Q6_K 1.6 GiB/s, Q3_K 1.6 GiB/s; Q8_0 18.7 GiB/s with AVX-512 (6.4 ns per
 //! 32-value block; 1.5 GiB/s block by block in scalar code);
 //! the one-sub-block-at-a-time form ran Q4_K at ~45 MiB/s. `benches/RESULTS.md` has the table.
 
