@@ -54,23 +54,50 @@ pub(super) const Q2_K: Qkx2 = Qkx2 {
     use_mad: true,
 };
 
+/// Encodes whole Q2_K super-blocks (`values` and `blocks` hold the same count), four per search
+/// (64 sub-blocks in four registers) where `S` has wide registers, then one at a time.
+///
 /// # Safety
 /// The CPU has the features of `S` (none for the portable searches).
 #[inline(always)]
-pub(super) unsafe fn encode_q2_k<S: Searches>(x: &[f32; QK_K], b: &mut [u8; 84]) {
-    const Q4SCALE: f32 = 15.0;
+pub(super) unsafe fn encode_q2_k_all<S: Searches>(values: &[f32], blocks: &mut [u8]) {
     let p = Q2_K;
-    let found: [Fit; 16] = if S::WIDE {
-        fits_by_lanes::<S, 16, 16, 16>(x, |xt| {
-            // SAFETY: the caller guarantees `S`'s features.
-            unsafe { S::qkx2_16::<16, true>(p, xt, &xt.map(abs_row)) }
-        })
-    } else {
-        fits_by_lanes::<S, 16, 16, 8>(x, |xt| {
-            // SAFETY: the caller guarantees `S`'s features.
-            unsafe { qkx2::<S, 16>(p, xt, &xt.map(abs_row)) }
-        })
-    };
+    let (xs, bs) = (values.as_chunks::<QK_K>().0, blocks.as_chunks_mut::<84>().0);
+    let step = if S::WIDE { 4 } else { 1 };
+    for (x, b) in xs.chunks(step).zip(bs.chunks_mut(step)) {
+        // SAFETY (all searches): the caller guarantees `S`'s features.
+        if x.len() == 4 {
+            let found = unsafe {
+                fits_by_lanes::<S, 16, 64, 64>(x.as_flattened(), |xt| {
+                    S::qkx2_64::<16, true>(p, xt, &xt.map(abs_row))
+                })
+            };
+            for (h, (x, b)) in x.iter().zip(b).enumerate() {
+                encode_q2_k(x, &std::array::from_fn(|j| found[16 * h + j]), b);
+            }
+            continue;
+        }
+        for (x, b) in x.iter().zip(b) {
+            let found: [Fit; 16] = if S::WIDE {
+                unsafe {
+                    fits_by_lanes::<S, 16, 16, 16>(x, |xt| {
+                        S::qkx2_16::<16, true>(p, xt, &xt.map(abs_row))
+                    })
+                }
+            } else {
+                unsafe {
+                    fits_by_lanes::<S, 16, 16, 8>(x, |xt| qkx2::<S, 16>(p, xt, &xt.map(abs_row)))
+                }
+            };
+            encode_q2_k(x, &found, b);
+        }
+    }
+}
+
+/// One Q2_K super-block from what its sub-blocks' searches `found`.
+#[inline(always)]
+fn encode_q2_k(x: &[f32; QK_K], found: &[Fit; 16], b: &mut [u8; 84]) {
+    const Q4SCALE: f32 = 15.0;
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     let (scales, mins) = (found.map(|f| f.scale), found.map(|f| f.min));
     for j in 0..16 {

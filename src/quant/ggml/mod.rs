@@ -71,8 +71,8 @@
 //! ggml's bits, so a sub-block cannot be split across vector lanes; instead sub-blocks are
 //! searched together, one per lane, each lane doing exactly the scalar search: the eight (or
 //! sixteen) of a super-block in `lanes.rs`, and with intrinsics where the CPU has them: AVX2
-//! (`avx2.rs`, eight lanes) and AVX-512 (`avx512.rs`: Q2_K's sixteen sub-blocks in one
-//! register, Q4_K's and Q5_K's `make_qkx2_quants` on eight super-blocks at once in four registers
+//! (`avx2.rs`, eight lanes) and AVX-512 (`avx512.rs`: Q2_K's sub-blocks of four super-blocks in
+//! four registers, Q4_K's and Q5_K's `make_qkx2_quants` on eight super-blocks at once in four registers
 //! side by side, whose dependent additions interleave, Q3_K's `make_q3_quants` on four
 //! super-blocks, whose refinement steps each wait on a division; the search is written once over the
 //! lane width in `wide.rs`; Q8_0 sixteen values per register). Measured on one core of the
@@ -449,8 +449,8 @@ unsafe fn encode_any<S: lanes::Searches>(t: GgmlType, values: &[f32], codes: &mu
         GgmlType::Q5_1 => blocks_mut!(values, codes, legacy::encode_q5_1),
         // SAFETY: the caller guarantees `S`'s features.
         GgmlType::Q8_0 => unsafe { S::encode_q8_0_all(values, codes) },
-        GgmlType::Q2_K => blocks_mut!(values, codes, kquants::encode_q2_k::<S>),
-        // SAFETY (all three): the caller guarantees `S`'s features.
+        // SAFETY (all four): the caller guarantees `S`'s features.
+        GgmlType::Q2_K => unsafe { kquants::encode_q2_k_all::<S>(values, codes) },
         GgmlType::Q3_K => unsafe { kquants::encode_q3_k_all::<S>(values, codes) },
         GgmlType::Q4_K => unsafe { kquants::encode_q4_k_all::<S>(values, codes) },
         GgmlType::Q5_K => unsafe { kquants::encode_q5_k_all::<S>(values, codes) },
