@@ -107,18 +107,8 @@ pub(super) trait Searches {
     /// The CPU has the implementation's features.
     #[inline(always)]
     unsafe fn qx_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
-        let part = |h: usize| x.map(|r| std::array::from_fn(|j| r[8 * h + j]));
-        let mut scale = [0f32; 16];
-        for h in 0..2 {
-            let mut o = [[0i8; 8]; 16];
-            // SAFETY: the caller guarantees the implementation's features.
-            let s = unsafe { Self::qx(nmax, &part(h), &mut o) };
-            scale[8 * h..8 * h + 8].copy_from_slice(&s);
-            for (row, o) in out.iter_mut().zip(&o) {
-                row[8 * h..8 * h + 8].copy_from_slice(o);
-            }
-        }
-        scale
+        // SAFETY: the caller guarantees the implementation's features.
+        by_eight(x, out, |x, o| unsafe { Self::qx(nmax, x, o) })
     }
 
     /// [`q3`] of eight groups.
@@ -135,7 +125,7 @@ pub(super) trait Searches {
     #[inline(always)]
     unsafe fn q3_16(nmax: i32, x: &[[f32; 16]; 16], out: &mut [[i8; 16]; 16]) -> [f32; 16] {
         // SAFETY: the caller guarantees the implementation's features.
-        unsafe { q3_by_eight::<Self, 16>(nmax, x, out) }
+        by_eight(x, out, |x, o| unsafe { Self::q3(nmax, x, o) })
     }
 
     /// [`q3`] of sixty-four groups (four super-blocks of Q3_K): eight-group searches, unless the
@@ -147,27 +137,23 @@ pub(super) trait Searches {
     #[inline(always)]
     unsafe fn q3_64(nmax: i32, x: &[[f32; 64]; 16], out: &mut [[i8; 64]; 16]) -> [f32; 64] {
         // SAFETY: the caller guarantees the implementation's features.
-        unsafe { q3_by_eight::<Self, 64>(nmax, x, out) }
+        by_eight(x, out, |x, o| unsafe { Self::q3(nmax, x, o) })
     }
 }
 
-/// `S`'s eight-lane [`Searches::q3`] on `L` groups (a multiple of 8), eight at a time.
-///
-/// # Safety
-/// The CPU has `S`'s features.
+/// An eight-lane search of groups of 16 (`qx`, `q3`) on `L` groups (a multiple of 8), eight at
+/// a time: the scales, and the codes into `out`.
 #[inline(always)]
-unsafe fn q3_by_eight<S: Searches + ?Sized, const L: usize>(
-    nmax: i32,
+fn by_eight<const L: usize>(
     x: &[[f32; L]; 16],
     out: &mut [[i8; L]; 16],
+    mut search: impl FnMut(&[[f32; 8]; 16], &mut [[i8; 8]; 16]) -> [f32; 8],
 ) -> [f32; L] {
     let mut scale = [0f32; L];
     for h in 0..L / 8 {
         let part = x.map(|r| std::array::from_fn(|j| r[8 * h + j]));
         let mut o = [[0i8; 8]; 16];
-        // SAFETY: the caller guarantees `S`'s features.
-        let s = unsafe { S::q3(nmax, &part, &mut o) };
-        scale[8 * h..8 * h + 8].copy_from_slice(&s);
+        scale[8 * h..8 * h + 8].copy_from_slice(&search(&part, &mut o));
         for (row, o) in out.iter_mut().zip(&o) {
             row[8 * h..8 * h + 8].copy_from_slice(o);
         }

@@ -120,26 +120,12 @@ fn qx_and_q3_lanes_equal_the_scalar_searches() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn sixteen_lane_searches_equal_the_scalar_search() {
-    /// Every lane of `S::qx_16` (Q6_K's search) against the scalar one.
-    fn check_qx<S: Searches>(rng: &mut rand::rngs::StdRng) {
-        for chunk in groups::<16>(rng, 16 * 30).chunks_exact(16) {
-            let x: [[f32; 16]; 16] = std::array::from_fn(|i| std::array::from_fn(|j| chunk[j][i]));
-            let mut out = [[0i8; 16]; 16];
-            // SAFETY: the caller checked `S`'s features.
-            let scale = unsafe { S::qx_16(32, &x, &mut out) };
-            for (j, g) in chunk.iter().enumerate() {
-                let mut l = [0i8; 16];
-                let want = search::make_qx_quants(32, g, &mut l);
-                assert_eq!(scale[j].to_bits(), want.to_bits(), "lane {j}: {g:?}");
-                assert!((0..16).all(|i| out[i][j] == l[i]), "lane {j}: {g:?}");
-            }
-        }
-    }
-    /// Every lane of `S::q3_16` and `S::q3_64` (Q3_K's search, one and four super-blocks)
-    /// against the scalar one.
-    fn check_q3<S: Searches>(rng: &mut rand::rngs::StdRng) {
+    /// Every lane of `S::qx_16` (Q6_K's search), `S::q3_16` and `S::q3_64` (Q3_K's, one and
+    /// four super-blocks) against the scalar ones.
+    fn check_qx_q3<S: Searches>(rng: &mut rand::rngs::StdRng) {
         fn lanes<const L: usize>(
             rng: &mut rand::rngs::StdRng,
+            scalar: fn(&[f32; 16], &mut [i8; 16]) -> f32,
             search: impl Fn(&[[f32; L]; 16], &mut [[i8; L]; 16]) -> [f32; L],
         ) {
             for chunk in groups::<16>(rng, L * 8).chunks_exact(L) {
@@ -149,7 +135,7 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
                 let scale = search(&x, &mut out);
                 for (j, g) in chunk.iter().enumerate() {
                     let mut l = [0i8; 16];
-                    let want = search::make_q3_quants(4, g, &mut l);
+                    let want = scalar(g, &mut l);
                     assert_eq!(
                         scale[j].to_bits(),
                         want.to_bits(),
@@ -162,9 +148,16 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
                 }
             }
         }
-        // SAFETY (both): the caller checked `S`'s features.
-        lanes::<16>(rng, |x, out| unsafe { S::q3_16(4, x, out) });
-        lanes::<64>(rng, |x, out| unsafe { S::q3_64(4, x, out) });
+        fn qx(g: &[f32; 16], l: &mut [i8; 16]) -> f32 {
+            search::make_qx_quants(32, g, l)
+        }
+        fn q3(g: &[f32; 16], l: &mut [i8; 16]) -> f32 {
+            search::make_q3_quants(4, g, l)
+        }
+        // SAFETY (all three): the caller checked `S`'s features.
+        lanes::<16>(rng, qx, |x, out| unsafe { S::qx_16(32, x, out) });
+        lanes::<16>(rng, q3, |x, out| unsafe { S::q3_16(4, x, out) });
+        lanes::<64>(rng, q3, |x, out| unsafe { S::q3_64(4, x, out) });
     }
     /// Every lane of `S::qkx2_16`, `S::qkx2_32` and `S::qkx2_64` against the scalar search, on groups
     /// of `N`.
@@ -215,8 +208,7 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
     // The default: eight-lane searches.
     check::<Portable, 32>(&mut rng);
     check::<Portable, 16>(&mut rng);
-    check_qx::<Portable>(&mut rng);
-    check_q3::<Portable>(&mut rng);
+    check_qx_q3::<Portable>(&mut rng);
     if !(std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx2"))
     {
@@ -225,8 +217,7 @@ fn sixteen_lane_searches_equal_the_scalar_search() {
     }
     check::<super::super::avx512::Avx512, 32>(&mut rng);
     check::<super::super::avx512::Avx512, 16>(&mut rng);
-    check_qx::<super::super::avx512::Avx512>(&mut rng);
-    check_q3::<super::super::avx512::Avx512>(&mut rng);
+    check_qx_q3::<super::super::avx512::Avx512>(&mut rng);
 }
 
 #[cfg(target_arch = "x86_64")]
