@@ -77,17 +77,12 @@ pub(super) unsafe fn encode_q2_k_all<S: Searches>(values: &[f32], blocks: &mut [
             }
             continue;
         }
+        // `qkx2_16` is one wide search, or two eight-lane ones where `S` has no wide registers.
         for (x, b) in x.iter().zip(b) {
-            let found: [Fit; 16] = if S::WIDE {
-                unsafe {
-                    fits_by_lanes::<S, 16, 16, 16>(x, |xt| {
-                        S::qkx2_16::<16, true>(p, xt, &xt.map(abs_row))
-                    })
-                }
-            } else {
-                unsafe {
-                    fits_by_lanes::<S, 16, 16, 8>(x, |xt| qkx2::<S, 16>(p, xt, &xt.map(abs_row)))
-                }
+            let found: [Fit; 16] = unsafe {
+                fits_by_lanes::<S, 16, 16, 16>(x, |xt| {
+                    S::qkx2_16::<16, true>(p, xt, &xt.map(abs_row))
+                })
             };
             encode_q2_k(x, &found, b);
         }

@@ -95,17 +95,20 @@ fn bf16_keeps_nan_sign_and_rounds_to_even() {
     assert_eq!(legacy::bf16_bits(f32::INFINITY), 0x7F80);
 }
 
+/// The K-quant types, whose blocks are super-blocks of 256 with a scale search per sub-block.
+const K_QUANTS: [GgmlType; 5] = [
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 #[test]
 fn k_quant_blocks_of_zeros_are_zeros() {
     let x = [0f32; QK_K];
     let mut codes = vec![0xEEu8; 210];
-    for t in [
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ] {
+    for t in K_QUANTS {
         let codes = &mut codes[..t.block_bytes()];
         encode(t, &x, codes);
         let mut y = [1f32; QK_K];
@@ -332,13 +335,7 @@ fn a_sub_block_whose_scale_quantizes_to_zero_keeps_the_search_codes() {
             }
         })
         .collect();
-    for t in [
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ] {
+    for t in K_QUANTS {
         let mut codes = vec![0u8; blocks * t.block_bytes()];
         encode(t, &values, &mut codes);
         for (x, b) in values
