@@ -179,8 +179,13 @@ fn source_read_bytes(components: &Components, s: &Source) -> u64 {
     }
 }
 
-/// Bytes of input files a tensor is read from (tensors held in memory read none).
+/// Bytes of input files a tensor is read from (tensors held in memory read none); a merged
+/// expression a graph uses more than once is computed, and read, once.
 fn read_bytes(t: &InputTensor) -> u64 {
+    read_bytes_from(t, &mut std::collections::HashSet::new())
+}
+
+fn read_bytes_from(t: &InputTensor, seen: &mut std::collections::HashSet<usize>) -> u64 {
     match t {
         InputTensor::File(_) => t.byte_len(),
         InputTensor::Joined(j) => j
@@ -188,15 +193,23 @@ fn read_bytes(t: &InputTensor) -> u64 {
             .iter()
             .map(|(p, range)| {
                 let info = p.info();
-                let whole = read_bytes(p);
+                let whole = read_bytes_from(p, seen);
                 // A part is read for its range only.
                 let n = info.numel().max(1) as u64;
                 whole * range.len() as u64 / n
             })
             .sum(),
-        InputTensor::Transposed(inner) => read_bytes(inner),
-        InputTensor::Merged(m) => m.operands().into_iter().map(read_bytes).sum(),
-        InputTensor::Quantized(q) => q.members().iter().map(|(_, t)| read_bytes(t)).sum(),
+        InputTensor::Transposed(inner) => read_bytes_from(inner, seen),
+        InputTensor::Merged(m) if seen.insert(std::sync::Arc::as_ptr(m) as usize) => m
+            .operands()
+            .into_iter()
+            .map(|o| read_bytes_from(o, seen))
+            .sum(),
+        InputTensor::Quantized(q) => q
+            .members()
+            .iter()
+            .map(|(_, t)| read_bytes_from(t, seen))
+            .sum(),
         _ => 0,
     }
 }

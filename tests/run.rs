@@ -459,3 +459,45 @@ fn gguf_runs_write_each_denoiser_as_a_convert_of_the_plain_run_would() {
         std::fs::read(&gguf[1]).unwrap()
     );
 }
+
+/// A graph whose merge nodes each take the node before as both inputs has 2^n paths through n
+/// nodes: each node's result is computed once per range, not once per path (24 levels would
+/// be 16 M evaluations per value otherwise), and the values are ComfyUI's.
+#[test]
+fn a_node_used_twice_at_every_level_is_computed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (models, built) = models(d);
+    let mut nodes = serde_json::Map::new();
+    let loader = |name: &str| serde_json::json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}});
+    nodes.insert("1".into(), loader("a.safetensors"));
+    nodes.insert("2".into(), loader("b.safetensors"));
+    let merge = |a: &str, b: &str, ratio: f64| {
+        serde_json::json!({"class_type": "ModelMergeSimple",
+            "inputs": {"model1": [a, 0], "model2": [b, 0], "ratio": ratio}})
+    };
+    nodes.insert("10".into(), merge("1", "2", 0.25));
+    let mut prev = "10".to_string();
+    for i in 11..35 {
+        nodes.insert(i.to_string(), merge(&prev, &prev, 0.5));
+        prev = i.to_string();
+    }
+    nodes.insert(
+        "9".into(),
+        serde_json::json!({"class_type": "CheckpointSave", "inputs": {
+            "model": [prev, 0], "clip": ["1", 1], "vae": ["1", 2], "filename_prefix": "deep"}}),
+    );
+    let wf = d.join("diamond.json");
+    std::fs::write(&wf, serde_json::Value::Object(nodes).to_string()).unwrap();
+    let out = run_workflow(d, &models, &wf, "out", &["-q"]);
+    let (written, _) = read(&out[0]);
+    let kind = checkpoint_save::ComponentKind::Model;
+    let key = "input_blocks.0.0.weight";
+    // `x·0.5 + 0.5·x` is `x` exactly, so every level keeps node 10's `a·0.25 + 0.75·b`.
+    let expected: Vec<f32> = vals(&built[0], kind, key)
+        .iter()
+        .zip(vals(&built[1], kind, key))
+        .map(|(a, b)| a * 0.25 + 0.75 * b)
+        .collect();
+    assert_eq!(written[&format!("model.diffusion_model.{key}")], expected);
+}

@@ -27,7 +27,7 @@ use super::{host_bytes, lowrank, Scratch};
 use crate::cast;
 use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
-use crate::model::merged::{LoraFactors, Merged, PatchValue};
+use crate::model::merged::{merged_key, source_key, LoraFactors, Merged, PatchValue, Shared};
 use crate::model::InputTensor;
 use crate::quant::Precision;
 
@@ -48,6 +48,7 @@ pub(super) fn fill_merged(
     scratch: &mut Scratch,
 ) -> Result<u64> {
     if let Some(device) = m.evaluation_device() {
+        scratch.operands.begin(m.shared());
         let r = eval_on(&device, m, units.clone(), scratch)?;
         return super::device::from_device(&r, 0..units.len(), name, out, dst);
     }
@@ -70,7 +71,7 @@ pub(super) fn fill_merged(
         // Blocks end on multiples of `block` in the tensor, whatever range the writer asks for.
         let n = (units.end - at).min(block - at % block);
         let vals = &mut vals[..n];
-        scratch.operands.begin(m.shared_sources());
+        scratch.operands.begin(m.shared());
         eval(m, at..at + n, vals, scratch)?;
         let o = (at - units.start) * dw;
         non_finite += cast::convert(
@@ -97,29 +98,44 @@ pub(super) fn merged_bytes(m: &Merged, scratch: &mut Scratch) -> Result<Vec<u8>>
 pub(super) fn merged_f32(m: &Merged, scratch: &mut Scratch) -> Result<Vec<f32>> {
     let n = m.info().numel();
     if let Some(device) = m.evaluation_device() {
+        scratch.operands.begin(m.shared());
         return Ok(eval_on(&device, m, 0..n, scratch)?.to_vec1()?);
     }
     let mut vals = vec![0f32; n];
-    scratch.operands.begin(m.shared_sources());
+    scratch.operands.begin(m.shared());
     eval(m, 0..n, &mut vals, scratch)?;
     Ok(vals)
 }
 
-/// Ranges of the file tensors an expression reads more than once (the same input used by
-/// several nodes of a graph), kept while one block of the result is computed, so each input
-/// range is read once per output range.
+/// Ranges of what an expression reads more than once (the same input, or the same intermediate
+/// result, used by several nodes of a graph: [`Shared`]), kept while one block of the result is
+/// computed, so each is read or computed once per output range.
 #[derive(Default)]
 pub(super) struct OperandCache {
-    shared: Vec<usize>,
+    sources: Vec<usize>,
+    merged: Vec<usize>,
+    /// On the host: `(key, units, values)`, key a [`source_key`] or a [`merged_key`] (distinct
+    /// addresses: a file entry and an expression are different objects).
     kept: Vec<(usize, Range<usize>, Vec<f32>)>,
+    /// On a device: results of nested expressions, `(merged_key, units, values)`.
+    kept_on: Vec<(usize, Range<usize>, Tensor)>,
 }
 
 impl OperandCache {
-    /// Starts a block of an expression whose repeated sources are `shared`.
-    pub(super) fn begin(&mut self, shared: &[usize]) {
-        self.shared.clear();
-        self.shared.extend_from_slice(shared);
+    /// Starts a block of an expression whose repeated operands are `shared`.
+    pub(super) fn begin(&mut self, shared: &Shared) {
+        self.sources.clone_from(&shared.sources);
+        self.merged.clone_from(&shared.merged);
         self.kept.clear();
+        self.kept_on.clear();
+    }
+
+    /// `t`'s key when it is shared: a file tensor or a nested expression read more than once.
+    fn key(&self, t: &InputTensor) -> Option<usize> {
+        match t {
+            InputTensor::Merged(m) => Some(merged_key(m)).filter(|k| self.merged.contains(k)),
+            t => source_key(t).filter(|k| self.sources.contains(k)),
+        }
     }
 
     fn get(&self, key: usize, units: &Range<usize>) -> Option<&[f32]> {
@@ -127,6 +143,13 @@ impl OperandCache {
             .iter()
             .find(|(k, r, _)| *k == key && r == units)
             .map(|(_, _, v)| v.as_slice())
+    }
+
+    fn get_on(&self, key: usize, units: &Range<usize>) -> Option<Tensor> {
+        self.kept_on
+            .iter()
+            .find(|(k, r, _)| *k == key && r == units)
+            .map(|(_, _, v)| v.clone())
     }
 }
 
@@ -231,19 +254,19 @@ pub(super) fn read_f32(
     scratch: &mut Scratch,
 ) -> Result<()> {
     let t = operand(m, i)?;
-    if let InputTensor::Merged(inner) = t {
-        return eval(inner, units, out, scratch);
-    }
-    let shared =
-        crate::model::merged::source_key(t).filter(|k| scratch.operands.shared.contains(k));
+    let shared = scratch.operands.key(t);
     if let Some(key) = shared {
         if let Some(v) = scratch.operands.get(key, &units) {
             out.copy_from_slice(v);
             return Ok(());
         }
     }
-    let pieces = m.operand_pieces(i)?;
-    super::read_f32(pieces, units.clone(), out, scratch)?;
+    if let InputTensor::Merged(inner) = t {
+        eval(inner, units.clone(), out, scratch)?;
+    } else {
+        let pieces = m.operand_pieces(i)?;
+        super::read_f32(pieces, units.clone(), out, scratch)?;
+    }
     if let Some(key) = shared {
         scratch.operands.kept.push((key, units, out.to_vec()));
     }
@@ -485,7 +508,17 @@ fn operand_on(
             .flatten_all()?
             .narrow(0, units.start, units.len())?
             .to_dtype(DType::F32)?),
-        InputTensor::Merged(inner) => eval_on(device, inner, units, scratch),
+        InputTensor::Merged(inner) => {
+            let key = Some(merged_key(inner)).filter(|k| scratch.operands.merged.contains(k));
+            if let Some(v) = key.and_then(|k| scratch.operands.get_on(k, &units)) {
+                return Ok(v);
+            }
+            let v = eval_on(device, inner, units.clone(), scratch)?;
+            if let Some(k) = key {
+                scratch.operands.kept_on.push((k, units, v.clone()));
+            }
+            Ok(v)
+        }
         _ => {
             let mut vals = vec![0f32; units.len()];
             read_f32(m, i, units, &mut vals, scratch)?;
@@ -504,4 +537,56 @@ pub(crate) fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
     // SAFETY: every bit pattern is a valid f32, so any bytes written through the view are too;
     // the view covers exactly the slice's memory and u8 has alignment 1.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::merged::Patch;
+
+    /// `levels` merges, each of the one before with itself (`x·0.5 + 0.5·x`, which is `x`
+    /// exactly): 2^levels paths down to `leaf`.
+    fn diamond(leaf: &Tensor, levels: usize, device: Option<Device>) -> Merged {
+        let mut t = InputTensor::Candle(leaf.clone());
+        for _ in 1..levels {
+            t = InputTensor::Merged(Arc::new(level(t)));
+        }
+        let top = level(t);
+        match device {
+            Some(d) => top.on(d),
+            None => top,
+        }
+    }
+
+    fn level(t: InputTensor) -> Merged {
+        let patch = Patch {
+            strength: 0.5,
+            strength_model: 0.5,
+            value: PatchValue::Tensor(t.clone()),
+        };
+        Merged::new("w", t, vec![patch]).unwrap()
+    }
+
+    #[test]
+    fn an_expression_used_twice_at_every_level_is_computed_once() {
+        let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let leaf = Tensor::from_vec(x.clone(), 1000, &Device::Cpu).unwrap();
+        // 2^60 evaluations of the leaf without the cache: this test would not end.
+        let m = diamond(&leaf, 60, None);
+        assert_eq!(m.shared().merged.len(), 59);
+        assert_eq!(merged_f32(&m, &mut Scratch::default()).unwrap(), x);
+        let mut out = vec![0u8; 1000 * 2];
+        let n = fill_merged(
+            &m,
+            "w",
+            0..1000,
+            &mut out,
+            Dtype::F16,
+            &mut Scratch::default(),
+        );
+        assert_eq!(n.unwrap(), 0);
+        // The device evaluator (candle's ops, here on the CPU device) keeps them too.
+        let m = diamond(&leaf, 60, Some(Device::Cpu));
+        assert_eq!(merged_f32(&m, &mut Scratch::default()).unwrap(), x);
+    }
 }

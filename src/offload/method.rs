@@ -16,6 +16,7 @@ mod gram;
 mod kth;
 mod ranks;
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use super::merge::read_f32;
 use super::Scratch;
 use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
-use crate::model::merged::MethodNode;
+use crate::model::merged::{merged_key, MethodNode};
 use crate::model::tensor::method::{Facts, Needs, Ranks, Vector};
 use crate::model::{InputTensor, Merged};
 use crate::plan::PieceSource;
@@ -73,7 +74,7 @@ pub(super) fn eval(
     let mut at = start;
     while at < end {
         let stop = (at + block).min(end);
-        scratch.operands.begin(m.shared_sources());
+        scratch.operands.begin(m.shared());
         for (i, b) in bufs.iter_mut().enumerate() {
             b.resize(stop - at, 0.0);
             read_f32(m, i, at..stop, b, scratch)?;
@@ -139,9 +140,16 @@ fn scalars(
 /// # Errors
 /// Read errors of the operands; a method's refusal of a tensor.
 pub(crate) fn prepare_ahead(m: &Merged, scratch: &mut Scratch) -> Result<()> {
+    prepare_ahead_from(m, &mut HashSet::new(), scratch)
+}
+
+/// [`prepare_ahead`] of the expressions not in `seen` (a graph may use one several times).
+fn prepare_ahead_from(m: &Merged, seen: &mut HashSet<usize>, scratch: &mut Scratch) -> Result<()> {
     for t in m.operands() {
         if let InputTensor::Merged(inner) = t {
-            prepare_ahead(inner, scratch)?;
+            if seen.insert(merged_key(inner)) {
+                prepare_ahead_from(inner, seen, scratch)?;
+            }
         }
     }
     if let Some(node) = m.method_node() {
@@ -164,13 +172,15 @@ pub(crate) fn prepare_ahead(m: &Merged, scratch: &mut Scratch) -> Result<()> {
 
 /// Whether `m` (or an expression inside it) has a method that reads its operands ahead.
 pub(crate) fn reads_ahead(m: &Merged) -> bool {
-    let own = m
-        .method_node()
-        .is_some_and(|n| n.op.needs(&m.info().shape).reads_ahead());
-    own || m.operands().into_iter().any(|t| match t {
-        InputTensor::Merged(inner) => reads_ahead(inner),
-        _ => false,
-    })
+    let own = |m: &Merged| {
+        m.method_node()
+            .is_some_and(|n| n.op.needs(&m.info().shape).reads_ahead())
+    };
+    let mut any = own(m);
+    for t in m.operands() {
+        t.visit(&mut |t| any |= matches!(t, InputTensor::Merged(inner) if own(inner)));
+    }
+    any
 }
 
 /// The facts `needs` asks for, over the operands of `m`, with the `ranks` it asks for (computed
@@ -341,7 +351,7 @@ fn each_range(
         o.clear();
     }
     for range in ranges {
-        scratch.operands.begin(m.shared_sources());
+        scratch.operands.begin(m.shared());
         for &i in used {
             ops[i].resize(range.len(), 0f32);
             read_f32(m, i, range.clone(), &mut ops[i], scratch)?;

@@ -48,14 +48,11 @@ use crate::plan::{PieceSource, Plan};
 /// Adds the candle tensors whose values `t` is made of to `out`: through joins, transposes and
 /// merges (LoRA factors included).
 pub(crate) fn held<'a>(t: &'a InputTensor, out: &mut Vec<&'a Tensor>) {
-    match t {
-        InputTensor::Candle(c) => out.push(c),
-        InputTensor::File(_) => {}
-        InputTensor::Joined(j) => j.parts().iter().for_each(|(p, _)| held(p, out)),
-        InputTensor::Transposed(inner) => held(inner, out),
-        InputTensor::Merged(m) => m.operands().into_iter().for_each(|o| held(o, out)),
-        InputTensor::Quantized(q) => q.members().iter().for_each(|(_, t)| held(t, out)),
-    }
+    t.visit(&mut |t| {
+        if let InputTensor::Candle(c) = t {
+            out.push(c);
+        }
+    });
 }
 
 /// Every candle tensor the plan's pieces read.

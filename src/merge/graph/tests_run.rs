@@ -327,7 +327,7 @@ fn an_input_used_twice_is_one_source_read_once_per_range() {
         panic!("merged")
     };
     // A is the base and the nested list's base: one source, kept while a block is computed.
-    assert_eq!(merged.shared_sources().len(), 1);
+    assert_eq!(merged.shared().sources.len(), 1);
     let (va, vb) = (
         values(get(&models[0], ComponentKind::Model, Q)),
         values(get(&models[1], ComponentKind::Model, Q)),

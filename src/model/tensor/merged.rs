@@ -23,6 +23,7 @@
 //! Coefficients are computed in f64 as Python computes them (`1.0 - ratio`, `strength * alpha /
 //! rank`) and used as f32, as PyTorch does when it multiplies an f32 tensor by a Python float.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -52,9 +53,11 @@ pub struct Merged {
     padded_from: Option<Vec<usize>>,
     /// How each operand (0: the base, `i`: patch `i − 1`'s tensor) is read, planned once.
     pieces: OnceLock<Vec<Option<Vec<Piece>>>>,
-    /// File tensors the expression reads more than once (nested merges included), by
-    /// [`source_key`]: their ranges are kept while a range of the result is computed.
-    shared: OnceLock<Vec<usize>>,
+    /// What the expression reads more than once (nested merges included): their ranges are
+    /// kept while a range of the result is computed.
+    shared: OnceLock<Shared>,
+    /// [`Merged::evaluation_device`], found once: a graph may hold an expression many times.
+    evaluated_on: OnceLock<Option<Device>>,
     /// A whole-tensor method computing this tensor from its base and more operands.
     method: Option<MethodNode>,
     /// Whether the values are rounded to `info`'s dtype when computed, whatever dtype they are
@@ -207,6 +210,7 @@ impl Merged {
             padded_from: None,
             pieces: OnceLock::new(),
             shared: OnceLock::new(),
+            evaluated_on: OnceLock::new(),
             method: None,
             rounded: false,
         })
@@ -328,6 +332,7 @@ impl Merged {
     /// evaluator (faster on the CPU than candle's ops on [`Device::Cpu`], with the same result).
     pub fn on(mut self, device: Device) -> Merged {
         self.device = Some(device);
+        self.evaluated_on = OnceLock::new();
         self
     }
 
@@ -355,6 +360,12 @@ impl Merged {
 
     /// The device this tensor is computed on, `None` for the host's fused evaluator.
     pub(crate) fn evaluation_device(&self) -> Option<Device> {
+        self.evaluated_on
+            .get_or_init(|| self.find_evaluation_device())
+            .clone()
+    }
+
+    fn find_evaluation_device(&self) -> Option<Device> {
         if let Some(d) = &self.device {
             return Some(d.clone());
         }
@@ -424,28 +435,23 @@ impl Merged {
             .chain(method)
     }
 
-    /// The file tensors this expression reads more than once, counting nested expressions (a
-    /// graph that uses one input twice): computed once.
-    pub(crate) fn shared_sources(&self) -> &[usize] {
+    /// What this expression reads more than once, counting nested expressions (a graph that
+    /// uses one input, or one intermediate result, twice): found once.
+    pub(crate) fn shared(&self) -> &Shared {
         self.shared.get_or_init(|| {
-            let mut seen = std::collections::BTreeMap::<usize, usize>::new();
-            fn walk(m: &Merged, seen: &mut std::collections::BTreeMap<usize, usize>) {
-                for t in m.tensor_operands().flatten() {
-                    match t {
-                        InputTensor::Merged(inner) => walk(inner, seen),
-                        other => {
-                            if let Some(k) = source_key(other) {
-                                *seen.entry(k).or_default() += 1;
-                            }
-                        }
-                    }
-                }
+            let mut walk = SharedWalk::default();
+            walk.operands_of(self);
+            let twice = |counts: BTreeMap<usize, usize>| {
+                counts
+                    .into_iter()
+                    .filter(|(_, n)| *n > 1)
+                    .map(|(k, _)| k)
+                    .collect()
+            };
+            Shared {
+                sources: twice(walk.sources),
+                merged: twice(walk.merged),
             }
-            walk(self, &mut seen);
-            seen.into_iter()
-                .filter(|(_, n)| *n > 1)
-                .map(|(k, _)| k)
-                .collect()
         })
     }
 
@@ -482,6 +488,52 @@ impl Merged {
         }
         out
     }
+}
+
+/// What an expression reads more than once: each is computed (or read) once per range of the
+/// result and kept meanwhile, so a graph node used by several later ones costs one evaluation,
+/// not one per path to it.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// File tensors, by [`source_key`].
+    pub(crate) sources: Vec<usize>,
+    /// Nested expressions, by [`merged_key`].
+    pub(crate) merged: Vec<usize>,
+}
+
+/// The references to each file tensor and nested expression in an expression, each nested
+/// expression's own operands counted once (it is computed once).
+#[derive(Default)]
+struct SharedWalk {
+    sources: BTreeMap<usize, usize>,
+    merged: BTreeMap<usize, usize>,
+}
+
+impl SharedWalk {
+    fn operands_of(&mut self, m: &Merged) {
+        for t in m.tensor_operands().flatten() {
+            match t {
+                InputTensor::Merged(inner) => {
+                    let n = self.merged.entry(merged_key(inner)).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        self.operands_of(inner);
+                    }
+                }
+                other => {
+                    if let Some(k) = source_key(other) {
+                        *self.sources.entry(k).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The identity of a nested expression (one graph node's result for one key, however many
+/// later nodes use it).
+pub(crate) fn merged_key(m: &Arc<Merged>) -> usize {
+    Arc::as_ptr(m) as usize
 }
 
 /// The identity of a tensor stored in a file (its header entry, whatever shape it is read as),

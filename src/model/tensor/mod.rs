@@ -172,25 +172,48 @@ impl InputTensor {
 
     /// Whether the bytes live on a device other than the CPU.
     pub fn on_device(&self) -> bool {
-        match self {
-            InputTensor::Candle(t) => !t.device().is_cpu(),
-            InputTensor::File(_) => false,
-            InputTensor::Joined(j) => j.parts.iter().any(|(t, _)| t.on_device()),
-            InputTensor::Transposed(t) => t.on_device(),
-            InputTensor::Merged(m) => m.operands().iter().any(|t| t.on_device()),
-            InputTensor::Quantized(q) => q.members().iter().any(|(_, t)| t.on_device()),
-        }
+        let mut any = false;
+        self.visit(&mut |t| {
+            any |= matches!(t, InputTensor::Candle(c) if !c.device().is_cpu());
+        });
+        any
     }
 
     /// Calls `f` with every input file the tensor's bytes lie in.
     pub(crate) fn input_files(&self, f: &mut impl FnMut(&Arc<SafetensorsFile>)) {
+        self.visit(&mut |t| {
+            if let InputTensor::File(t) = t {
+                f(t.file());
+            }
+        });
+    }
+
+    /// Calls `f` with this tensor and every tensor its values are made of (the parts of a join,
+    /// what is transposed, a merge's operands and LoRA factors, a quantized tensor's members),
+    /// each merged expression once however often a graph uses it: a graph whose nodes each
+    /// take the one before twice has 2^n paths through n nodes.
+    pub(crate) fn visit<'a>(&'a self, f: &mut impl FnMut(&'a InputTensor)) {
+        self.visit_from(&mut std::collections::HashSet::new(), f);
+    }
+
+    fn visit_from<'a>(
+        &'a self,
+        seen: &mut std::collections::HashSet<usize>,
+        f: &mut impl FnMut(&'a InputTensor),
+    ) {
+        f(self);
         match self {
-            InputTensor::Candle(_) => {}
-            InputTensor::File(t) => f(t.file()),
-            InputTensor::Joined(j) => j.parts.iter().for_each(|(t, _)| t.input_files(f)),
-            InputTensor::Transposed(t) => t.input_files(f),
-            InputTensor::Merged(m) => m.operands().iter().for_each(|t| t.input_files(f)),
-            InputTensor::Quantized(q) => q.members().iter().for_each(|(_, t)| t.input_files(f)),
+            InputTensor::Candle(_) | InputTensor::File(_) => {}
+            InputTensor::Joined(j) => j.parts.iter().for_each(|(t, _)| t.visit_from(seen, f)),
+            InputTensor::Transposed(t) => t.visit_from(seen, f),
+            InputTensor::Merged(m) => {
+                if seen.insert(Arc::as_ptr(m) as usize) {
+                    m.operands().into_iter().for_each(|t| t.visit_from(seen, f));
+                }
+            }
+            InputTensor::Quantized(q) => {
+                q.members().iter().for_each(|(_, t)| t.visit_from(seen, f))
+            }
         }
     }
 
