@@ -173,7 +173,7 @@ impl Recipe {
     /// space other than `weight`, a model file not found (naming the places searched); a result
     /// that is not a model.
     pub fn to_graph(&self, opts: &TranslateOptions) -> Result<Translated> {
-        translate::translate(self, opts)
+        crate::merge::graph::with_deep_stack(|| translate::translate(self, opts))
     }
 }
 

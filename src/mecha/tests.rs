@@ -467,3 +467,27 @@ fn a_recipe_is_told_by_its_extension_or_its_first_line() {
     assert!(is_recipe(&b));
     assert!(!is_recipe(&c));
 }
+
+/// Translation recurses once per instruction of a chain: a recipe nested deeper than the limit
+/// is refused by line (it overflowed the stack, an abort, at a few thousand), one within it
+/// translates on any thread (this test's has the default 2 MiB).
+#[test]
+fn a_recipe_nested_deeper_than_the_limit_is_refused() {
+    let nested = |n: usize| {
+        (0..n)
+            .map(|i| format!("merge \"weighted_sum\" &0 &{} alpha=0.5\n", i + 1))
+            .collect::<String>()
+    };
+    let e = translate_err(&nested(600));
+    assert!(
+        e.contains("the recipe nests more than 500 instructions"),
+        "{e}"
+    );
+    let d = models();
+    let text = format!(
+        "version 0.1.0\nmodel \"a.safetensors\"\nmodel \"b.safetensors\"\n{}",
+        nested(480)
+    );
+    let r = Recipe::parse(&text).unwrap();
+    assert!(r.to_graph(&opts(vec![d.path().to_path_buf()])).is_ok());
+}

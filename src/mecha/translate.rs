@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use super::{resolve_model, Command, Instruction, Recipe, TranslateOptions, Translated, Value};
 use crate::error::{Error, Result};
-use crate::merge::graph::{ClipOut, Graph, ModelOut, Node, Source, VaeOut};
+use crate::merge::graph::{ClipOut, Graph, ModelOut, Node, Source, VaeOut, MAX_DEPTH};
 
 /// A translation: the graph so far, the call, its bound arguments.
 type Translate = fn(&mut Ctx<'_>, &Call<'_>) -> Result<Val>;
@@ -134,6 +134,8 @@ struct Ctx<'a> {
     opts: &'a TranslateOptions,
     graph: Graph,
     done: HashMap<usize, Val>,
+    /// Instructions being translated, each waiting on the next (see [`MAX_DEPTH`]).
+    depth: usize,
     /// Notes for the user, from the methods' translations.
     notes: Vec<String>,
 }
@@ -198,6 +200,7 @@ pub(super) fn translate(recipe: &Recipe, opts: &TranslateOptions) -> Result<Tran
         opts,
         graph: Graph::new(),
         done: HashMap::new(),
+        depth: 0,
         notes: Vec::new(),
     };
     let last = recipe.instructions.len() - 1;
@@ -232,6 +235,15 @@ impl Ctx<'_> {
             return Ok(v.clone());
         }
         let ins = &self.recipe.instructions[i];
+        if self.depth >= MAX_DEPTH {
+            return Err(Error::InvalidInput(format!(
+                "line {}: the recipe nests more than {MAX_DEPTH} instructions, each the input \
+                 of the next, deeper than this tool evaluates; write an intermediate model \
+                 and merge from it in a second recipe",
+                ins.line
+            )));
+        }
+        self.depth += 1;
         let v = match ins.command {
             Command::Dict => Val::Dict(
                 ins.args
@@ -243,6 +255,7 @@ impl Ctx<'_> {
             Command::Model => self.model(ins)?,
             Command::Merge => self.merge(ins)?,
         };
+        self.depth -= 1;
         self.done.insert(i, v.clone());
         Ok(v)
     }

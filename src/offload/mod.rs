@@ -43,6 +43,11 @@ use crate::plan::{unit_width, Piece, PieceSource};
 
 pub use cuda::pinned_copy_ceiling;
 
+/// Stack of the threads that evaluate merged expressions: evaluation recurses once per level
+/// of nesting (a graph up to [`crate::merge::graph::MAX_DEPTH`] nodes deep), a few KiB a level
+/// in a debug build; only the pages a deep graph touches are ever used.
+pub(crate) const EVAL_STACK: usize = 64 << 20;
+
 /// Per-worker memory of the fills: the last tensor made contiguous (a transposed projection, a
 /// strided view), so the many steps that read one such tensor make it once, and the buffer input
 /// file ranges are read into before they are cast.

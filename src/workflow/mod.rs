@@ -187,7 +187,7 @@ impl Workflow {
     /// class), a missing required input, a widget value outside ComfyUI's limits, a model file
     /// not found (naming the folders searched), a loader option this tool cannot honour.
     pub fn to_graph(&self, models: &ModelFolders) -> Result<Translated> {
-        translate::translate(&self.prompt, models)
+        crate::merge::graph::with_deep_stack(|| translate::translate(&self.prompt, models))
     }
 }
 

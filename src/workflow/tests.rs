@@ -310,3 +310,34 @@ fn subgraphs_expand_into_the_ids_the_frontend_gives_them() {
     let t = translate(Value::Object(w.prompt)).unwrap();
     assert_eq!(t.graph.nodes().len(), 4);
 }
+
+/// A chain of `n` merge nodes from two loaders to a save.
+fn chain(n: usize) -> Value {
+    let mut p = json!({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
+    });
+    let mut prev = "1".to_string();
+    for i in 0..n {
+        let id = (10 + i).to_string();
+        p[&id] = json!({"class_type": "ModelMergeSimple",
+            "inputs": {"model1": [prev, 0], "model2": ["2", 0], "ratio": 0.5}});
+        prev = id;
+    }
+    p["9"] = json!({"class_type": "CheckpointSave", "inputs": {"model": [prev, 0],
+        "clip": ["1", 1], "vae": ["1", 2], "filename_prefix": "x"}});
+    p
+}
+
+/// Translation recurses once per node of a chain: a chain deeper than the limit is refused
+/// with a message (it overflowed the stack, an abort, at a few thousand nodes), one within it
+/// translates on any thread (this test's has the default 2 MiB).
+#[test]
+fn a_chain_deeper_than_the_limit_is_refused_and_one_within_it_translates() {
+    let e = translate(chain(600)).unwrap_err().to_string();
+    assert!(
+        e.contains("the workflow chains more than 500 nodes from a save back to a loader"),
+        "{e}"
+    );
+    assert!(translate(chain(480)).is_ok());
+}

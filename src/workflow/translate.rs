@@ -10,7 +10,7 @@ use super::models::ModelFolders;
 use super::nodes::{block_prefixes, is_save, is_value, spec_of, Input, Spec, CLIP_TYPES};
 use super::Translated;
 use crate::error::{Error, Result};
-use crate::merge::graph::{Graph, LoraSource, Node, Slot, Source, Target};
+use crate::merge::graph::{Graph, LoraSource, Node, Slot, Source, Target, MAX_DEPTH};
 use crate::merge::LoraType;
 use crate::model::Arch;
 
@@ -150,6 +150,14 @@ impl Translator<'_, '_> {
                 )));
             }
             None => {}
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(err(format!(
+                "{}: the workflow chains more than {MAX_DEPTH} nodes from a save back to a \
+                 loader, deeper than this tool evaluates; save an intermediate result and load \
+                 it in a second workflow",
+                self.describe(id)
+            )));
         }
         let spec = self.spec(id)?;
         self.state.insert(id.to_string(), false);

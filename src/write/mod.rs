@@ -220,6 +220,7 @@ pub(crate) fn write(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers + gpu.groups.len() + usize::from(!ahead.is_empty()))
         .thread_name(|i| format!("checkpoint-save-writer-{i}"))
+        .stack_size(offload::EVAL_STACK)
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start writer threads: {e}")))?;
     pool.scope(|s| {

@@ -205,6 +205,31 @@ fn numbers(node: &Node) -> Vec<(String, f64)> {
     }
 }
 
+/// The longest chain of nodes a graph may have, from a save back to a loader. Translating,
+/// planning and evaluating a graph recurse once per node of a chain, so a deeper graph
+/// (thousands of nodes, far beyond the workflows and recipes people write) is refused with a
+/// message rather than overflowing a thread's stack.
+pub(crate) const MAX_DEPTH: usize = 500;
+
+/// Runs `f` (a translation into a graph, which recurses once per node of a chain) on a thread
+/// whose stack holds [`MAX_DEPTH`] levels whatever thread the caller is on: a test's or a
+/// runtime's threads have 2 MiB, a few hundred levels of a debug build.
+///
+/// # Errors
+/// `f`'s; [`Error::Io`] when the thread cannot be started.
+pub(crate) fn with_deep_stack<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        let thread = std::thread::Builder::new()
+            .name("checkpoint-save-graph".into())
+            .stack_size(crate::offload::EVAL_STACK)
+            .spawn_scoped(s, f)
+            .map_err(|e| Error::io("starting a thread to read the graph", e))?;
+        thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// Whether two architectures can be merged: the same, or Flux dev and schnell (one model
 /// class in ComfyUI; schnell lacks the guidance embedder, whose keys then stay model1's).
 pub(crate) fn mergeable(a: Arch, b: Arch) -> bool {

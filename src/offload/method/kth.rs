@@ -124,14 +124,17 @@ fn by_bracket(
         };
         let brackets = &brackets;
         let (a, b) = std::thread::scope(|s| {
-            let helper = s.spawn(move || {
-                let mut own = Scratch::default();
-                count_chunks(&mut other, second, brackets, limit, Vec::new(), &mut own)
-            });
+            let helper = std::thread::Builder::new()
+                .stack_size(super::super::EVAL_STACK)
+                .spawn_scoped(s, move || {
+                    let mut own = Scratch::default();
+                    count_chunks(&mut other, second, brackets, limit, Vec::new(), &mut own)
+                });
             let a = count_chunks(pass, first, brackets, limit, kept, scratch);
-            let b = helper
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let b = match helper {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(e) => Err(Error::io("starting a thread for a k-th magnitude", e)),
+            };
             (a, b)
         });
         a?.join(b?, limit)
