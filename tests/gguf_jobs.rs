@@ -630,3 +630,82 @@ fn save_takes_a_gguf_denoiser_with_text_encoders_and_autoencoder() {
         .to_string();
     assert!(err.contains("GGUF") && err.contains("open_input"), "{err}");
 }
+
+/// A GGUF written again in the types it holds copies their blocks byte for byte: the NaN or
+/// infinite scales of damaged blocks are still found (from the scales, wherever the writer cut
+/// the tensor), refused with --check-finite and warned about without it.
+#[test]
+fn damaged_blocks_copied_as_they_are_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (ty, fields) in [("Q4_K", [0usize, 2]), ("Q6_K", [208, 208])] {
+        let src = ok_path(
+            d,
+            &[
+                "save",
+                "--synthetic",
+                "sd15",
+                "--tiny",
+                "--gguf",
+                ty,
+                "--output-dir",
+                ty,
+                "-q",
+            ],
+        );
+        let file = GgufFile::open(&src).unwrap();
+        let t = file
+            .tensors()
+            .iter()
+            .find(|t| t.type_name() == ty && t.byte_len() >= 4 * 210)
+            .unwrap_or_else(|| panic!("no {ty} tensor of four blocks"))
+            .clone();
+        let block = GgmlType::from_id(t.type_id).unwrap().block_bytes() as u64;
+        let mut bytes = std::fs::read(&src).unwrap();
+        // Block 1's first scale NaN, block 3's last one infinite: 2 blocks of 256 values.
+        for (b, f, v) in [
+            (1, fields[0], half::f16::NAN),
+            (3, fields[1], half::f16::INFINITY),
+        ] {
+            let at = (t.offsets.0 + b * block) as usize + f;
+            bytes[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        let damaged = d.join(format!("damaged-{ty}.gguf"));
+        std::fs::write(&damaged, bytes).unwrap();
+        let g = damaged.to_str().unwrap();
+        let out = d.join(format!("out-{ty}"));
+        let o = out.to_str().unwrap();
+        let r = run(
+            d,
+            &[
+                "convert",
+                g,
+                "--gguf",
+                ty,
+                "--output-dir",
+                o,
+                "--check-finite",
+            ],
+        );
+        assert_refused(&r, &format!("`{}`, 512 non-finite", t.name), &out);
+        let r = run(d, &["convert", g, "--gguf", ty, "--output-dir", o]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("tensor `{}` holds 512 NaN/Inf value(s)", t.name)),
+            "{}",
+            r.stderr
+        );
+        // The blocks are the input's, byte for byte.
+        let written = GgufFile::open(&d.join(r.stdout.trim())).unwrap();
+        let w = written.tensors().iter().find(|w| w.name == t.name).unwrap();
+        let (a, b) = (
+            std::fs::read(&damaged).unwrap(),
+            std::fs::read(written.path()).unwrap(),
+        );
+        assert_eq!(
+            a[t.offsets.0 as usize..t.offsets.1 as usize],
+            b[w.offsets.0 as usize..w.offsets.1 as usize]
+        );
+    }
+}

@@ -265,6 +265,7 @@ pub(super) fn assemble(
     let mut tensors = Vec::with_capacity(items.len());
     let mut pieces = Vec::new();
     let mut targets = Vec::new();
+    let mut kept_blocks = Vec::new();
     let zeros: HostBytes = Arc::new(vec![0u8; header.alignment as usize]);
     for (i, ((info, base, t), (begin, end))) in items.iter().zip(&header.offsets).enumerate() {
         let key = &info.name;
@@ -272,7 +273,14 @@ pub(super) fn assemble(
         let mut at = *begin;
         let sources = match info.ggml_type.plain_dtype() {
             Some(_) => runs(key, t)?,
-            None => blocks(key, t, info, *base, &mut targets)?,
+            None => match kept(t, info) {
+                Some(codes) => {
+                    kept_blocks.resize(i + 1, None);
+                    kept_blocks[i] = Some(info.ggml_type);
+                    runs(key, codes)?
+                }
+                None => blocks(key, t, info, *base, &mut targets)?,
+            },
         };
         for (source, src_dtype, units) in sources {
             let p = Piece {
@@ -335,13 +343,31 @@ pub(super) fn assemble(
         inputs,
         metadata: text,
         targets,
+        kept_blocks,
     })
 }
 
-/// The sources of a tensor stored in ggml's blocks of `info.ggml_type`: the input's own blocks
-/// when it holds that type already (`--dtype keep`: copied byte for byte, as llama-quantize
-/// copies a tensor already in the type it chose), else blocks encoded when written from the
-/// values as convert.py's file holds them (rounded to `base`).
+/// The input's own blocks when it holds `info.ggml_type` already (`--dtype keep`: copied byte
+/// for byte, as llama-quantize copies a tensor already in the type it chose), read as any shape
+/// (an SD1/SDXL tensor the input's `orig_shape` reshapes): blocks run along the values in
+/// order, so their bytes are the same for every stored shape whose rows are whole blocks.
+fn kept<'a>(t: &'a InputTensor, info: &GgufTensorInfo) -> Option<&'a InputTensor> {
+    match t {
+        InputTensor::Quantized(q) if q.layout().format() == Format::Ggml(info.ggml_type) => {
+            q.member_of(Role::Codes)
+        }
+        InputTensor::Joined(j) => match j.parts() {
+            [(whole, range)] if range.start == 0 && range.end == whole.info().numel() => {
+                kept(whole, info)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The sources of a tensor stored in ggml's blocks of `info.ggml_type`, encoded when written
+/// from the values as convert.py's file holds them (rounded to `base`).
 fn blocks(
     key: &str,
     t: &InputTensor,
@@ -349,13 +375,6 @@ fn blocks(
     base: GgmlType,
     targets: &mut Vec<Arc<QuantTarget>>,
 ) -> Result<Vec<super::Pending>> {
-    if let InputTensor::Quantized(q) = t {
-        if q.layout().format() == Format::Ggml(info.ggml_type) {
-            if let Some(codes) = q.member_of(Role::Codes) {
-                return runs(key, codes);
-            }
-        }
-    }
     let layout = QuantLayout::new(key, Format::Ggml(info.ggml_type), &info.shape)?;
     let units = layout.members()[0].shape.iter().product();
     let base = Precision::of_output(base.plain_dtype().unwrap_or(Dtype::F32));

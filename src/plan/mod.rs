@@ -273,6 +273,9 @@ pub struct Plan {
     metadata: BTreeMap<String, String>,
     /// The quantized outputs, in the order their layers were planned.
     targets: Vec<Arc<QuantTarget>>,
+    /// Per tensor (empty when none is): the ggml type of a tensor written as its input's own
+    /// blocks, whose non-finite values are counted from the blocks' scales.
+    kept_blocks: Vec<Option<crate::quant::GgmlType>>,
 }
 
 /// A piece before its place in the file is known: source, source dtype, units.
@@ -385,6 +388,7 @@ impl Plan {
             inputs,
             metadata,
             targets,
+            kept_blocks: Vec::new(),
         })
     }
 
@@ -424,6 +428,7 @@ impl Plan {
             inputs: Vec::new(),
             metadata: self.metadata.clone(),
             targets: Vec::new(),
+            kept_blocks: Vec::new(),
         })
     }
 
@@ -460,6 +465,12 @@ impl Plan {
     /// Tensors in file order.
     pub fn tensors(&self) -> &[PlannedTensor] {
         &self.tensors
+    }
+
+    /// The ggml type of tensor `i` when it is written as its input's own blocks (see
+    /// [`crate::quant::ggml::finite`]).
+    pub(crate) fn kept_blocks(&self, i: usize) -> Option<crate::quant::GgmlType> {
+        self.kept_blocks.get(i).copied().flatten()
     }
 
     /// Pieces in data-section order; they tile the data section exactly.

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::offload::{self, cuda, Scratch};
-use crate::plan::{PieceSource, Plan, QuantTarget};
+use crate::plan::{Piece, PieceSource, Plan, QuantTarget};
 use crate::progress::Progress;
 use crate::reduce::Frontier;
 use sink::preallocate;
@@ -417,11 +417,12 @@ fn write_unit(
             let w = crate::plan::unit_width(p.dst_dtype) as u64;
             let units = (bytes.start / w) as usize..(bytes.end / w) as usize;
             let step = if sink.is_direct() { DIRECT_STEP } else { STEP };
+            let at = into_tensor(plan, p) + bytes.start;
             let count = offload::with_bytes_in_place(p, units, |src| {
                 let mut count = 0;
                 for (k, part) in src.chunks(step).enumerate() {
                     let off = k * step;
-                    count += crate::cast::count_non_finite(part, p.src_dtype);
+                    count += count_non_finite(plan, p, part, at + off as u64);
                     match &mut window {
                         Some(win) => win.bytes()[off..off + part.len()].copy_from_slice(part),
                         None => sink.write_at(part, span.start + off as u64)?,
@@ -523,10 +524,31 @@ fn fill_pieces(
                 "range {range:?} cuts an element of `{name}` ({size}-byte elements); use boundaries that are multiples of 8"
             )));
         }
-        let n = offload::fill(p, name, units, &mut out[bytes], scratch)?;
+        let at = into_tensor(plan, p) + (units.start * size) as u64;
+        let mut n = offload::fill(p, name, units, &mut out[bytes.clone()], scratch)?;
+        if plan.kept_blocks(p.tensor).is_some() {
+            n = count_non_finite(plan, p, &out[bytes], at);
+        }
         count(p.tensor, n);
     }
     Ok(())
+}
+
+/// Bytes from the start of `p`'s tensor to the start of `p`.
+fn into_tensor(plan: &Plan, p: &Piece) -> u64 {
+    p.start - plan.tensors()[p.tensor].offsets.0
+}
+
+/// The NaN/±Inf values in `bytes` of piece `p`, which lie `at` bytes into its tensor: by the
+/// source dtype, or for ggml blocks copied as they are, by their scales.
+fn count_non_finite(plan: &Plan, p: &Piece, bytes: &[u8], at: u64) -> u64 {
+    match plan.kept_blocks(p.tensor) {
+        Some(t) => {
+            let phase = (at % t.block_bytes() as u64) as usize;
+            crate::quant::ggml::finite::count_non_finite(t, bytes, phase)
+        }
+        None => crate::cast::count_non_finite(bytes, p.src_dtype),
+    }
 }
 
 /// Fault injection for the crash tests: with `CHECKPOINT_SAVE_FAULT_KILL_AFTER=<bytes>` in the

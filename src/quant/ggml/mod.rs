@@ -86,6 +86,7 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub(crate) mod finite;
 mod kquants;
 mod lanes;
 mod legacy;
