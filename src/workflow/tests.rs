@@ -310,3 +310,17 @@ fn subgraphs_expand_into_the_ids_the_frontend_gives_them() {
     let t = translate(Value::Object(w.prompt)).unwrap();
     assert_eq!(t.graph.nodes().len(), 4);
 }
+
+#[test]
+fn a_negative_lora_rank_is_reported_as_given() {
+    let mut p = fixture("merge_api.json");
+    p["40"] = json!({"class_type": "ModelMergeSubtract",
+        "inputs": {"model1": ["1", 0], "model2": ["2", 0], "multiplier": 1.0}});
+    p["41"] = json!({"class_type": "LoraSave", "inputs": {"filename_prefix": "loras/x",
+        "rank": -5, "lora_type": "standard", "bias_diff": true, "model_diff": ["40", 0]}});
+    let e = translate(p).unwrap_err().to_string();
+    assert!(
+        e.contains("node 41 (LoraSave): rank -5 is outside 1..=4096"),
+        "{e}"
+    );
+}
