@@ -22,6 +22,19 @@ pub fn escape_controls(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// How many characters of a name [`clipped`] keeps.
+const CLIP_CHARS: usize = 200;
+
+/// `s` as an error message quotes it: whole when short, else its first 200 characters and
+/// `… (N bytes)`. A name read from a file can be as long as its header (64 MiB for GGUF), and
+/// a message is one line.
+pub(crate) fn clipped(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(CLIP_CHARS) {
+        None => Cow::Borrowed(s),
+        Some((end, _)) => Cow::Owned(format!("{}… ({} bytes)", &s[..end], s.len())),
+    }
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -30,6 +43,15 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_clipped_to_200_characters() {
+        assert_eq!(clipped("short"), "short");
+        let long = "é".repeat(300);
+        let c = clipped(&long);
+        assert_eq!(c, format!("{}… (600 bytes)", "é".repeat(200)));
+        assert_eq!(clipped(&"x".repeat(200)), "x".repeat(200));
+    }
 
     #[test]
     fn controls_are_escaped_and_other_text_kept() {

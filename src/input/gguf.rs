@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::gguf_text::TextArch;
 use crate::model::{Arch, FileTensor, InputTensor, QuantTensor};
 use crate::plan::gguf_target::gguf_arch;
+use crate::printable::clipped;
 use crate::quant::{Format, QuantDescription};
 use crate::read::SafetensorsFile;
 
@@ -91,7 +92,8 @@ pub(super) fn group(set: &mut TensorSet, file: &Arc<SafetensorsFile>) -> Result<
             return Err(Error::InvalidCheckpoint {
                 path: set.path.clone(),
                 reason: format!(
-                    "`{key}` appears twice once the `{SD_CPP_PREFIX}` prefix is removed"
+                    "`{}` appears twice once the `{SD_CPP_PREFIX}` prefix is removed",
+                    clipped(&key)
                 ),
             });
         }
@@ -138,6 +140,7 @@ pub(super) fn architecture(set: &TensorSet, given: Option<Arch>) -> Result<Optio
         return detected.map(Some);
     };
     if !Arch::ALL.iter().any(|a| gguf_arch(*a) == s) {
+        let s = clipped(s);
         return Err(Error::InvalidInput(format!(
             "{path}: its `general.architecture` is `{s}`, which this tool does not read (it \
              reads {}); if the denoiser is one of this tool's families, give --arch NAME (one \
