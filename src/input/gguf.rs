@@ -33,8 +33,14 @@ const SD_CPP_PREFIX: &str = "model.diffusion_model.";
 
 /// Every architecture string this tool reads, for messages.
 fn known_strings() -> String {
-    let mut v: Vec<&str> = Arch::ALL.iter().map(|a| gguf_arch(*a)).collect();
-    v.dedup();
+    // Several families share a string (flux, lumina2…) and not next to each other: keep the
+    // first of each, in the families' order.
+    let mut v: Vec<&str> = Vec::new();
+    for s in Arch::ALL.iter().map(|a| gguf_arch(*a)) {
+        if !v.contains(&s) {
+            v.push(s);
+        }
+    }
     v.join(", ")
 }
 
@@ -162,5 +168,19 @@ pub(super) fn architecture(set: &TensorSet, given: Option<Arch>) -> Result<Optio
             "{path} says it holds a `{s}` denoiser (`general.architecture`), but its tensors \
              form no known variant of it ({e}); give --arch NAME to read it as one"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_architecture_string_is_listed_once() {
+        let list = super::known_strings();
+        let v: Vec<&str> = list.split(", ").collect();
+        let mut unique = v.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), v.len(), "{list}");
+        assert!(v.contains(&"flux") && v.contains(&"sdxl"), "{list}");
     }
 }
