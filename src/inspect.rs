@@ -14,6 +14,7 @@ use crate::layout::invert::{detect_arch, read_prediction};
 use crate::load::read_f32_scalar;
 use crate::model::{Arch, Prediction};
 use crate::model::{Dtype, TensorInfo};
+use crate::printable::escape_controls;
 use crate::read::gguf::GgufFile;
 use crate::read::{is_gguf, FileFormat, SafetensorsFile};
 
@@ -300,9 +301,12 @@ fn paired_mmproj(
     Ok((Some(first), Some(part)))
 }
 
+/// What a file controls (names, metadata) is printed with its control characters escaped
+/// ([`escape_controls`]): a value cannot move the cursor, recolour or forge a line.
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.path.display())?;
+        let path = self.path.display().to_string();
+        writeln!(f, "{}", escape_controls(&path))?;
         writeln!(f, "  format:       {}", self.format)?;
         let arch = self.arch.map_or("unknown", Arch::name);
         writeln!(f, "  architecture: {arch}")?;
@@ -340,13 +344,18 @@ impl fmt::Display for Inspection {
             )?;
         }
         if let Some(m) = &self.mmproj {
-            writeln!(f, "  mmproj:       {} (its vision tower)", m.display())?;
+            let m = m.display().to_string();
+            writeln!(
+                f,
+                "  mmproj:       {} (its vision tower)",
+                escape_controls(&m)
+            )?;
         }
         if !self.left_out.is_empty() {
             writeln!(
                 f,
                 "  not tensors:  {} (read past)",
-                self.left_out.join(", ")
+                escape_controls(&self.left_out.join(", "))
             )?;
         }
         if !self.metadata.is_empty() {
@@ -354,6 +363,7 @@ impl fmt::Display for Inspection {
             for (k, v) in &self.metadata {
                 let shown: String = v.chars().take(72).collect();
                 let more = if shown.len() < v.len() { "…" } else { "" };
+                let (k, shown) = (escape_controls(k), escape_controls(&shown));
                 writeln!(f, "    {k}: {shown}{more}")?;
             }
         }
@@ -374,5 +384,38 @@ mod tests {
         assert_eq!(part_of("v_pred"), "other");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 * 1024 * 1024), "3.00 MiB");
+    }
+
+    #[test]
+    fn file_controlled_text_is_printed_with_its_controls_escaped() {
+        let i = Inspection {
+            path: "a.safetensors".into(),
+            format: FileFormat::Safetensors,
+            arch: None,
+            prediction: Prediction::Eps,
+            parts: Vec::new(),
+            tensors: 0,
+            metadata: BTreeMap::from([(
+                "k\x1b[2J".to_string(),
+                "\x1b]0;x\x07\nSECOND".to_string(),
+            )]),
+            data_bytes: 0,
+            header_bytes: 0,
+            left_out: vec!["x\ny".into()],
+            quantized: BTreeMap::new(),
+            file_bytes: 0,
+            mmproj: None,
+        };
+        let shown = i.to_string();
+        assert!(
+            !shown.contains('\x1b') && !shown.contains('\x07'),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("    k\\u{1b}[2J: \\u{1b}]0;x\\u{7}\\nSECOND\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("x\\ny (read past)"), "{shown}");
+        assert!(!shown.lines().any(|l| l.starts_with("SECOND")), "{shown}");
     }
 }

@@ -280,8 +280,8 @@ fn add_ties_with_della_clamped_to_halves_equals_sd_mecha() {
     check_against_sd_mecha_where("add_ties_with_della_low_half", &even);
 }
 
-/// A `della_eps` that is not a finite number (1e400 overflows to infinity) is refused at its
-/// line, nothing written.
+/// A `della_eps` that is not a finite number (1e400 overflows to infinity) is refused at the
+/// first line that takes it as a number (its `convert_singleton`), nothing written.
 #[test]
 fn a_della_eps_that_is_not_finite_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -301,7 +301,11 @@ fn a_della_eps_that_is_not_finite_is_refused() {
             out.to_str().unwrap(),
         ],
     );
-    assert_refused(&r, "`della_eps` takes a finite number", &out);
+    assert_refused(
+        &r,
+        "line 12: `convert_singleton`: a = inf is not a finite number",
+        &out,
+    );
 }
 
 /// `apply_median`: the geometric median of the filtered deltas. sd-mecha's f32 Weiszfeld stops

@@ -98,11 +98,14 @@ pub(crate) fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// Joins a multi-line message (the reference's sandbox error has four lines) into one line.
+/// Joins a multi-line message (the reference's sandbox error has four lines) into one line,
+/// with any other control character escaped: messages quote names read from files, and an
+/// ESC or a lone `\r` in one would reach the terminal.
 fn one_line(msg: &str) -> String {
     msg.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
+        .map(checkpoint_save::escape_controls)
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -128,5 +131,16 @@ fn run(cli: Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
         Command::Inspect(args) => commands::inspect(&args),
         Command::ExtractLora(args) => extract::extract(&args, cancel),
         Command::Bench(args) => bench::bench(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_joins_lines_and_escapes_other_controls() {
+        assert_eq!(
+            super::one_line("a `\x1b]0;x\x07`\n  SECOND\r\x1b[2K\n\n"),
+            "a `\\u{1b}]0;x\\u{7}`; SECOND\\r\\u{1b}[2K"
+        );
     }
 }

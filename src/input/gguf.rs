@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::gguf_text::TextArch;
 use crate::model::{Arch, FileTensor, InputTensor, QuantTensor};
 use crate::plan::gguf_target::gguf_arch;
+use crate::printable::clipped;
 use crate::quant::{Format, QuantDescription};
 use crate::read::SafetensorsFile;
 
@@ -32,8 +33,14 @@ const SD_CPP_PREFIX: &str = "model.diffusion_model.";
 
 /// Every architecture string this tool reads, for messages.
 fn known_strings() -> String {
-    let mut v: Vec<&str> = Arch::ALL.iter().map(|a| gguf_arch(*a)).collect();
-    v.dedup();
+    // Several families share a string (flux, lumina2…) and not next to each other: keep the
+    // first of each, in the families' order.
+    let mut v: Vec<&str> = Vec::new();
+    for s in Arch::ALL.iter().map(|a| gguf_arch(*a)) {
+        if !v.contains(&s) {
+            v.push(s);
+        }
+    }
     v.join(", ")
 }
 
@@ -73,7 +80,16 @@ pub(super) fn group(set: &mut TensorSet, file: &Arc<SafetensorsFile>) -> Result<
             _ => entry.name.clone(),
         };
         let stored = InputTensor::File(FileTensor::new(Arc::clone(file), i));
-        let mut tensor = if ty.is_quantized() {
+        let mut tensor = if ty.is_quantized() && logical.iter().product::<usize>() == 0 {
+            // No blocks to decode (a quantized layout needs elements): an empty tensor, as
+            // ComfyUI-GGUF's loader gives it, in the dtype quantized tensors read as.
+            let empty = candle_core::Tensor::zeros(
+                logical.as_slice(),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?;
+            InputTensor::Candle(empty)
+        } else if ty.is_quantized() {
             let layer = key.strip_suffix(".weight").unwrap_or(&key);
             let description = QuantDescription {
                 format: Format::Ggml(*ty),
@@ -91,7 +107,8 @@ pub(super) fn group(set: &mut TensorSet, file: &Arc<SafetensorsFile>) -> Result<
             return Err(Error::InvalidCheckpoint {
                 path: set.path.clone(),
                 reason: format!(
-                    "`{key}` appears twice once the `{SD_CPP_PREFIX}` prefix is removed"
+                    "`{}` appears twice once the `{SD_CPP_PREFIX}` prefix is removed",
+                    clipped(&key)
                 ),
             });
         }
@@ -138,6 +155,7 @@ pub(super) fn architecture(set: &TensorSet, given: Option<Arch>) -> Result<Optio
         return detected.map(Some);
     };
     if !Arch::ALL.iter().any(|a| gguf_arch(*a) == s) {
+        let s = clipped(s);
         return Err(Error::InvalidInput(format!(
             "{path}: its `general.architecture` is `{s}`, which this tool does not read (it \
              reads {}); if the denoiser is one of this tool's families, give --arch NAME (one \
@@ -159,5 +177,72 @@ pub(super) fn architecture(set: &TensorSet, given: Option<Arch>) -> Result<Optio
             "{path} says it holds a `{s}` denoiser (`general.architecture`), but its tensors \
              form no known variant of it ({e}); give --arch NAME to read it as one"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gguf::{gguf_header, GgufTensorInfo, MetaValue};
+    use crate::model::{Arch, ComponentKind, Dtype};
+    use crate::quant::GgmlType;
+    use crate::synthetic::{build, SyntheticOptions};
+
+    /// A zero-element quantized tensor has no blocks: it reads as an empty tensor (as
+    /// ComfyUI-GGUF's loader gives it), not as a refusal of the whole file.
+    #[test]
+    fn an_empty_quantized_tensor_reads_as_an_empty_tensor() {
+        let components = build(
+            &SyntheticOptions::new(Arch::Flux).tiny(),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let shapes = components.shapes();
+        let mut tensors: Vec<GgufTensorInfo> = shapes
+            .get(ComponentKind::Model)
+            .unwrap()
+            .iter()
+            .map(|(name, info)| GgufTensorInfo {
+                name: name.clone(),
+                shape: info.shape.clone(),
+                ggml_type: GgmlType::F32,
+            })
+            .collect();
+        tensors.push(GgufTensorInfo {
+            name: "empty_q4k".into(),
+            shape: vec![0, 256],
+            ggml_type: GgmlType::Q4_K,
+        });
+        let meta = vec![(
+            "general.architecture".to_string(),
+            MetaValue::String("flux".into()),
+        )];
+        let header = gguf_header(&meta, &tensors).unwrap();
+        let mut bytes = header.bytes;
+        bytes.resize(bytes.len() + header.data_len as usize, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        let input = crate::input::open(&path, None).unwrap();
+        let empty = input
+            .components
+            .iter()
+            .find_map(|(_, map)| map.iter().find(|(k, _)| k.ends_with("empty_q4k")))
+            .map(|(_, t)| t.info());
+        let info = empty.expect("the empty tensor is read");
+        assert_eq!(
+            (info.shape, info.dtype, info.quant),
+            (vec![0, 256], Dtype::F32, None)
+        );
+    }
+
+    #[test]
+    fn each_architecture_string_is_listed_once() {
+        let list = super::known_strings();
+        let v: Vec<&str> = list.split(", ").collect();
+        let mut unique = v.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), v.len(), "{list}");
+        assert!(v.contains(&"flux") && v.contains(&"sdxl"), "{list}");
     }
 }

@@ -42,6 +42,8 @@ pub const FORMAT_VERSION: &str = "0.1.0";
 pub struct Recipe {
     instructions: Vec<Instruction>,
     text: String,
+    /// The file it was read from ([`Recipe::open`]), named in translation errors.
+    path: Option<PathBuf>,
 }
 
 /// One instruction line.
@@ -147,10 +149,9 @@ impl Recipe {
     pub fn open(path: &Path) -> Result<Recipe> {
         let text = std::fs::read_to_string(path)
             .ctx(|| format!("cannot read the recipe {}", path.display()))?;
-        Recipe::parse(&text).map_err(|e| match e {
-            Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", path.display())),
-            e => e,
-        })
+        let mut recipe = Recipe::parse(&text).map_err(|e| in_file(path, e))?;
+        recipe.path = Some(path.to_path_buf());
+        Ok(recipe)
     }
 
     /// The instructions, in order; the last is the result.
@@ -173,7 +174,20 @@ impl Recipe {
     /// space other than `weight`, a model file not found (naming the places searched); a result
     /// that is not a model.
     pub fn to_graph(&self, opts: &TranslateOptions) -> Result<Translated> {
-        crate::merge::graph::with_deep_stack(|| translate::translate(self, opts))
+        crate::merge::graph::with_deep_stack(|| translate::translate(self, opts)).map_err(|e| {
+            match &self.path {
+                Some(p) => in_file(p, e),
+                None => e,
+            }
+        })
+    }
+}
+
+/// `e` with the recipe's path before its message, as its lines are named relative to it.
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", path.display())),
+        e => e,
     }
 }
 

@@ -52,6 +52,7 @@ pub(super) fn parse(text: &str) -> Result<Recipe> {
     Ok(Recipe {
         instructions,
         text: text.to_string(),
+        path: None,
     })
 }
 

@@ -144,14 +144,14 @@ fn translation_errors_name_the_line_and_what_is_taken() {
         ("merge \"crossover\" &0 &1".to_string(), format!("line 4: merge method `crossover` is not run by this build; it runs: {runs}")),
         ("merge \"subtract\" &1 &0\nmerge \"ties_sum\" &2 k=0.5\nmerge \"add_difference\" &1 &3".into(), "line 6: `add_difference`: this build runs ties_sum over differences subtract(model, base) of the model it is added to".into()),
         ("merge \"subtract\" &1 &0\nmerge \"scale\" &2 alpha=2\nmerge \"ties_sum\" &3\nmerge \"add_difference\" &0 &4".into(), "line 7: `add_difference`: this build runs ties_sum over differences subtract(model, base) of the model it is added to (add_difference(base, ties_sum(subtract(m1, base), …))), unscaled".into()),
-        ("merge \"subtract\" &1 &0\nmerge \"ties_sum\" &2 k=1.5\nmerge \"add_difference\" &0 &3".into(), "k = 1.5 is outside (0, 1]".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"ties_sum\" &2 k=1.5\nmerge \"add_difference\" &0 &3".into(), "line 5: `ties_sum`: k = 1.5 is outside (0, 1]".into()),
         ("merge \"ties_sum\" &0 &1".into(), "line 4: `ties_sum`: argument 1 is a model; this build takes a difference of two models there".into()),
         ("merge \"subtract\" &1 &0\nmerge \"ties_sum\" &2 vote_sgn=0.5".into(), "line 5: `ties_sum`: `vote_sgn` is a number, and true or false is taken".into()),
         ("merge \"subtract\" &0 &1\nmerge \"subtract\" &1 &0\nmerge \"perpendicular_component\" &2 &3\nmerge \"add_difference\" &0 &4".into(), "line 7: `add_difference`: this build runs perpendicular_component(subtract(a, c), subtract(b, c)) added to that same a".into()),
         ("merge \"subtract\" &1 &0\nmerge \"train_difference_mask\" &1 &0 &1\nmerge \"add_difference\" &0 &2 alpha=&3".into(), "line 6: `add_difference`: train_difference_mask(a, b, c) is run as the alpha of add_difference(a, subtract(b, c))".into()),
         ("merge \"subtract\" &1 &0\nmerge \"model_stock\" &2\nmerge \"add_difference\" &0 &3 alpha=0.5".into(), "line 6: `add_difference`: model_stock's result is added with alpha 1 by this build".into()),
-        ("merge \"subtract\" &1 &0\nmerge \"ties_sum_extended\" &2 apply_median=true maxiter=-1\nmerge \"add_difference\" &0 &3".into(), "add_difference_ties_extended: eps, maxiter and ftol are ≥ 0; 0.000001, -1 and 0.00000000000000000001 given".into()),
-        ("merge \"subtract\" &1 &0\nmerge \"dropout\" &2 overlap=2.0\nmerge \"add_difference\" &0 &3".into(), "dropout: overlap = 2: this build runs the independent masks of an odd whole overlap".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"ties_sum_extended\" &2 apply_median=true maxiter=-1\nmerge \"add_difference\" &0 &3".into(), "line 5: `ties_sum_extended`: eps, maxiter and ftol are ≥ 0; 0.000001, -1 and 0.00000000000000000001 given".into()),
+        ("merge \"subtract\" &1 &0\nmerge \"dropout\" &2 overlap=2.0\nmerge \"add_difference\" &0 &3".into(), "line 5: `dropout`: overlap = 2: this build runs the independent masks of an odd whole overlap".into()),
         ("merge \"geometric_median\" &0 &1 maxiter=1.5".into(), "line 4: `geometric_median`: `maxiter` is 1.5, and a whole number is taken".into()),
         ("merge \"weighted_sum\" &0 &1 beta=0.5".into(), "line 4: `weighted_sum`: unknown parameter `beta` (it takes: a, b, alpha)".into()),
         ("merge \"weighted_sum\" &0".into(), "line 4: `weighted_sum`: argument `b` missing".into()),
@@ -171,6 +171,44 @@ fn translation_errors_name_the_line_and_what_is_taken() {
     ] {
         let m = translate_err(&body);
         assert!(m.contains(&needle), "{body:?}: `{needle}` in `{m}`");
+    }
+}
+
+/// A parameter out of range is named as the recipe writes it, at its line of its file: not as
+/// the graph node it becomes (`node 3 (ModelMergeSimple): ratio -inf`).
+#[test]
+fn parameter_errors_name_the_file_line_method_and_parameter_as_written() {
+    let d = models();
+    let delta = "merge \"subtract\" &1 &0\n";
+    for (body, needle) in [
+        (
+            "merge \"weighted_sum\" &0 &1 alpha=1e999\n".to_string(),
+            "line 4: `weighted_sum`: alpha = inf is not a finite number",
+        ),
+        (
+            format!("{delta}merge \"ties_sum_with_dropout\" &2 probability=2\nmerge \"add_difference\" &0 &3\n"),
+            "line 5: `ties_sum_with_dropout`: probability = 2 is outside [0, 1]",
+        ),
+        (
+            format!("{delta}merge \"ties_sum\" &2 k=0\nmerge \"add_difference\" &0 &3\n"),
+            "line 5: `ties_sum`: k = 0 is outside (0, 1]",
+        ),
+        (
+            "merge \"geometric_median\" &0 &1 eps=-1\n".to_string(),
+            "line 4: `geometric_median`: eps, maxiter and ftol are ≥ 0",
+        ),
+    ] {
+        let file = d.path().join("rc.mecha");
+        let text = format!("version 0.1.0\nmodel \"a.safetensors\"\nmodel \"b.safetensors\"\n{body}");
+        std::fs::write(&file, text).unwrap();
+        let r = Recipe::open(&file).unwrap();
+        let m = match r.to_graph(&opts(vec![d.path().to_path_buf()])) {
+            Err(Error::InvalidInput(m)) => m,
+            other => panic!("expected an error for {body:?}, got {other:?}"),
+        };
+        let want = format!("{}: {needle}", file.display());
+        assert!(m.starts_with(&want), "`{want}` in `{m}`");
+        assert!(!m.contains("node 3") && !m.contains("ratio"), "{m}");
     }
 }
 

@@ -404,6 +404,17 @@ impl Ctx<'_> {
                 next
             )));
         }
+        // Checked here, where the line and the name as written are known: the graph would
+        // name its own node and parameter (`ratio -inf` for `alpha=1e999`).
+        for (name, vals) in &bound {
+            for v in vals {
+                if let Val::Number(x) = v {
+                    if !x.is_finite() {
+                        return Err(bad(format!("{name} = {x} is not a finite number")));
+                    }
+                }
+            }
+        }
         let names: Vec<&str> = params
             .iter()
             .map(|p| p.trim_start_matches('*').split('=').next().unwrap_or(p))

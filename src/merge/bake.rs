@@ -194,6 +194,9 @@ pub(super) fn lora_patches(
 /// The error for a LoRA none of whose modules names a tensor of the model: the families its
 /// names fit, where some do.
 fn no_match(l: &Lora, this: &str) -> Error {
+    if l.modules.is_empty() {
+        return not_a_lora(l);
+    }
     let stems: Vec<&str> = l.modules.keys().map(String::as_str).collect();
     let first = stems.first().copied().unwrap_or("");
     let fits = lora_keys::fitting_families(&stems);
@@ -212,6 +215,29 @@ fn no_match(l: &Lora, this: &str) -> Error {
         "LoRA {} matches no tensor of this {this} model ({} module(s), first: `{first}`); {hint}",
         l.name,
         stems.len()
+    ))
+}
+
+/// The error for a file with no key of any LoRA form: usually a checkpoint given as `--lora`,
+/// which the "matches no tensor … another architecture?" message would misdescribe.
+fn not_a_lora(l: &Lora) -> Error {
+    let weight = l
+        .other_keys
+        .iter()
+        .find(|k| k.starts_with("model.diffusion_model."))
+        .or_else(|| l.other_keys.first());
+    let what = match weight {
+        Some(k) => format!(
+            "its {} tensor(s) are plain weights (such as `{k}`), so it looks like a checkpoint",
+            l.other_keys.len()
+        ),
+        None => "it holds no tensors".to_string(),
+    };
+    Error::InvalidInput(format!(
+        "LoRA {}: the file holds no LoRA keys (no `lora_up`/`lora_down`, `lora_A`/`lora_B`, \
+         `.diff` or `.set_weight` tensors); {what}. To merge two checkpoints, give both as models: \
+         `merge A {} --ratio R`",
+        l.name, l.name
     ))
 }
 

@@ -432,6 +432,33 @@ fn loras_in_kohya_peft_and_comfyui_names_bake_with_their_strengths() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("matches no tensor"), "{e}");
+
+    // A checkpoint given as a LoRA: no LoRA key at all, named as such with the merge to use.
+    let ckpt = lora(
+        "b.safetensors",
+        vec![(
+            "model.diffusion_model.input_blocks.0.0.weight".into(),
+            t(&[4, 4], 1),
+        )],
+    );
+    let e = merge(
+        &[&a],
+        &[],
+        &Recipe {
+            loras: vec![bake(&ckpt, 1.0, 1.0)],
+            ..Recipe::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("LoRA b.safetensors: the file holds no LoRA keys")
+            && e.contains("`model.diffusion_model.input_blocks.0.0.weight`")
+            && e.contains("looks like a checkpoint")
+            && e.contains("merge A b.safetensors --ratio R")
+            && !e.contains("another architecture"),
+        "{e}"
+    );
 }
 
 #[test]

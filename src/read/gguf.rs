@@ -51,6 +51,7 @@ pub use value::{MetaArray, MetaValue, ValueKind};
 
 use super::Stamp;
 use crate::error::{Error, IoContext, Result};
+use crate::printable::clipped;
 use crate::quant::{Format, GgmlType, QuantLayout};
 
 /// Longest header (metadata and tensor infos) read: the largest real ones, tokenizers of
@@ -117,7 +118,7 @@ impl GgufTensor {
         match self.ggml_type() {
             Some(t) => Ok(Format::Ggml(t)),
             None => Err(Error::Quantized {
-                layer: self.name.clone(),
+                layer: clipped(&self.name).into_owned(),
                 reason: format!(
                     "it is stored as ggml {} (type {}), which this tool does not decode; it \
                      reads {}: requantize the file to one of those with llama.cpp's \
@@ -218,9 +219,10 @@ fn read_metadata(
     for i in 0..n {
         let key = c.string(&format!("metadata entry {i}"))?;
         let kind = c.u32()?;
-        let value = value::read_value(c, kind, &format!("metadata key `{key}`"))?;
+        let shown = clipped(&key);
+        let value = value::read_value(c, kind, &format!("metadata key `{shown}`"))?;
         if !seen.insert(key.clone()) {
-            return Err(format!("the metadata key `{key}` appears twice"));
+            return Err(format!("the metadata key `{shown}` appears twice"));
         }
         out.push((key, value));
     }
@@ -242,7 +244,8 @@ fn read_infos(c: &mut Cursor<'_>, n: u64) -> std::result::Result<Vec<Info>, Stri
         let n_dims = c.u32()?;
         if n_dims as usize > MAX_DIMS {
             return Err(format!(
-                "tensor `{name}` claims {n_dims} dimensions; tensors have at most {MAX_DIMS}"
+                "tensor `{}` claims {n_dims} dimensions; tensors have at most {MAX_DIMS}",
+                clipped(&name)
             ));
         }
         let dims = (0..n_dims)
@@ -291,19 +294,21 @@ fn place(
         .collect();
     for info in infos {
         let name = info.name;
+        // Messages quote `shown`: a name may be as long as the header.
+        let shown = clipped(&name);
         if !names.insert(name.clone()) {
-            return Err(format!("tensor `{name}` appears twice"));
+            return Err(format!("tensor `{shown}` appears twice"));
         }
         let type_name = GgmlType::name_of_id(info.type_id);
         let (block, block_bytes) =
             GgmlType::block_of_id(info.type_id).ok_or_else(|| match type_name {
                 Some(n) => format!(
-                    "tensor `{name}` is of ggml type {n} (type {}), which GGUF readers can no \
+                    "tensor `{shown}` is of ggml type {n} (type {}), which GGUF readers can no \
                      longer size or decode",
                     info.type_id
                 ),
                 None => format!(
-                    "tensor `{name}` has the ggml type number {}, which ggml does not define \
+                    "tensor `{shown}` has the ggml type number {}, which ggml does not define \
                      (a newer file, or a corrupt one)",
                     info.type_id
                 ),
@@ -319,22 +324,22 @@ fn place(
         });
         let (Some(numel), Some(stored_shape)) = (numel, stored_shape) else {
             return Err(format!(
-                "tensor `{name}` claims the dimensions {dims:?}, whose element count overflows"
+                "tensor `{shown}` claims the dimensions {dims:?}, whose element count overflows"
             ));
         };
         let row = dims.first().copied().unwrap_or(1);
         if !row.is_multiple_of(block as u64) {
             return Err(format!(
-                "tensor `{name}` is {type_name} with rows of {row} values, which is not a whole \
+                "tensor `{shown}` is {type_name} with rows of {row} values, which is not a whole \
                  number of its {block}-value blocks"
             ));
         }
         let bytes = (numel / block as u64)
             .checked_mul(block_bytes as u64)
-            .ok_or_else(|| format!("tensor `{name}` claims a byte size that overflows"))?;
+            .ok_or_else(|| format!("tensor `{shown}` claims a byte size that overflows"))?;
         if !info.offset.is_multiple_of(alignment) {
             return Err(format!(
-                "tensor `{name}` starts at offset {} of the data section, which is not a \
+                "tensor `{shown}` starts at offset {} of the data section, which is not a \
                  multiple of the alignment {alignment}: the file is corrupt",
                 info.offset
             ));
@@ -342,13 +347,13 @@ fn place(
         let begin = data_start.checked_add(info.offset);
         let end = begin.and_then(|b| b.checked_add(bytes));
         let (Some(begin), Some(end)) = (begin, end) else {
-            return Err(past_end(&name, bytes, info.offset, len));
+            return Err(past_end(&shown, bytes, info.offset, len));
         };
         if end > len {
-            return Err(past_end(&name, bytes, info.offset, len));
+            return Err(past_end(&shown, bytes, info.offset, len));
         }
         let shape = match orig_shapes.get(name.as_str()) {
-            Some(value) => orig_shape(value, &name, numel)?,
+            Some(value) => orig_shape(value, &shown, numel)?,
             None => stored_shape.clone(),
         };
         tensors.push(GgufTensor {
@@ -366,8 +371,8 @@ fn place(
             return Err(format!(
                 "the data of tensors `{}` and `{}` overlap (bytes {}..{} and {}..{}): the file \
                  is corrupt",
-                pair[0].name,
-                pair[1].name,
+                clipped(&pair[0].name),
+                clipped(&pair[1].name),
                 pair[0].offsets.0,
                 pair[0].offsets.1,
                 pair[1].offsets.0,

@@ -11,6 +11,7 @@
 mod embedded;
 mod models;
 mod nodes;
+mod prefix;
 mod subgraph;
 #[cfg(test)]
 mod tests;

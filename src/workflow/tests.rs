@@ -341,3 +341,59 @@ fn a_chain_deeper_than_the_limit_is_refused_and_one_within_it_translates() {
     );
     assert!(translate(chain(480)).is_ok());
 }
+
+#[test]
+fn a_negative_lora_rank_is_reported_as_given() {
+    let mut p = fixture("merge_api.json");
+    p["40"] = json!({"class_type": "ModelMergeSubtract",
+        "inputs": {"model1": ["1", 0], "model2": ["2", 0], "multiplier": 1.0}});
+    p["41"] = json!({"class_type": "LoraSave", "inputs": {"filename_prefix": "loras/x",
+        "rank": -5, "lora_type": "standard", "bias_diff": true, "model_diff": ["40", 0]}});
+    let e = translate(p).unwrap_err().to_string();
+    assert!(
+        e.contains("node 41 (LoraSave): rank -5 is outside 1..=4096"),
+        "{e}"
+    );
+}
+
+/// The frontend's `%date:…%` and `%Node.widget%` in a UI ModelSave's prefix are replaced as
+/// queueing from the UI replaces them; a CheckpointSave's prefix, and the API format, stay as
+/// written.
+#[test]
+fn ui_save_prefixes_get_the_frontends_replacements() {
+    let prefix = "%date:yyyy-MM-dd%/m_%CheckpointLoaderSimple.ckpt_name%_%Mix.ratio%";
+    let ui = json!({
+        "nodes": [
+            {"id": 1, "type": "CheckpointLoaderSimple", "mode": 0, "inputs": [],
+             "widgets_values": ["sub/a.safetensors"]},
+            {"id": 3, "type": "ModelMergeSimple", "mode": 0, "title": "Mix",
+             "properties": {"Node name for S&R": "ModelMergeSimple"},
+             "inputs": [{"name": "model1", "type": "MODEL", "link": 1},
+                        {"name": "model2", "type": "MODEL", "link": 2}],
+             "widgets_values": [0.25]},
+            {"id": 4, "type": "ModelSave", "mode": 0,
+             "inputs": [{"name": "model", "type": "MODEL", "link": 3}],
+             "widgets_values": [prefix]},
+            {"id": 5, "type": "CheckpointSave", "mode": 0,
+             "inputs": [{"name": "model", "type": "MODEL", "link": 4},
+                        {"name": "clip", "type": "CLIP", "link": 5},
+                        {"name": "vae", "type": "VAE", "link": 6}],
+             "widgets_values": [prefix]}
+        ],
+        "links": [[1, 1, 0, 3, 0, "MODEL"], [2, 1, 0, 3, 1, "MODEL"], [3, 3, 0, 4, 0, "MODEL"],
+                  [4, 1, 0, 5, 0, "MODEL"], [5, 1, 1, 5, 1, "CLIP"], [6, 1, 2, 5, 2, "VAE"]],
+        "version": 0.4
+    });
+    let w = Workflow::from_value(ui).unwrap();
+    let got = w.prompt["4"]["inputs"]["filename_prefix"].as_str().unwrap();
+    let re = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}/m_sub_a\.safetensors_0\.25$").unwrap();
+    assert!(re.is_match(got), "{got}");
+    assert_eq!(w.prompt["5"]["inputs"]["filename_prefix"], prefix);
+    // The API format is what the server runs: no replacement.
+    let api = Workflow::from_value(Value::Object(w.prompt.clone())).unwrap();
+    let mut p = w.prompt.clone();
+    p["4"]["inputs"]["filename_prefix"] = json!(prefix);
+    let api2 = Workflow::from_value(Value::Object(p)).unwrap();
+    assert_eq!(api.prompt["4"]["inputs"]["filename_prefix"], got);
+    assert_eq!(api2.prompt["4"]["inputs"]["filename_prefix"], prefix);
+}

@@ -499,11 +499,18 @@ impl Translator<'_, '_> {
                     .widget(id, "rank")?
                     .and_then(|v| v.as_i64())
                     .unwrap_or(0);
+                // A negative rank has no `usize`: refused here with the value given; the rest
+                // of the range (ComfyUI: 1 to 4096) is checked by the extraction, naming it.
+                let rank = usize::try_from(rank).map_err(|_| {
+                    err(format!(
+                        "{}: rank {rank} is outside 1..=4096 (LoraSave's range)",
+                        self.describe(id)
+                    ))
+                })?;
                 Node::SaveLora {
                     model: optional("model_diff")?,
                     clip: optional("text_encoder_diff")?,
-                    // Out of range (ComfyUI: 1 to 4096) is refused by the extraction, naming it.
-                    rank: usize::try_from(rank).unwrap_or(0),
+                    rank,
                     lora_type: match self.text(id, "lora_type")?.as_str() {
                         "full_diff" => LoraType::FullDiff,
                         _ => LoraType::Standard,

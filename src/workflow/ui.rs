@@ -2,14 +2,19 @@
 //! format, as the frontend's `graphToPrompt` does: muted nodes (mode 2) left out, bypassed
 //! ones (mode 4) passing the input of the linked type through, `Reroute` nodes followed,
 //! `PrimitiveNode` values put into the widgets they feed, and every other node's widget values
-//! named positionally in its `INPUT_TYPES` order. Subgraphs are expanded first ([`super::subgraph`]).
+//! named positionally in its `INPUT_TYPES` order, and the `%date:…%` / `%Node.widget%` tokens of
+//! the save prefixes the frontend rewrites replaced ([`super::prefix`]). Subgraphs are expanded
+//! first ([`super::subgraph`]).
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{json, Map, Value};
 
 use super::nodes::spec_of;
+use super::prefix::{self, Named};
 use crate::error::{Error, Result};
+use crate::naming::LocalTime;
 
 /// Node modes of the UI format.
 const MUTED: i64 = 2;
@@ -37,6 +42,8 @@ struct UiNode {
     class: String,
     mode: i64,
     title: Option<String>,
+    /// Its "Node name for S&R" property, what `%Node.widget%` prefix tokens name first.
+    sr_name: String,
     /// `(name, type, link id, widget name)` per input slot.
     inputs: Vec<(String, String, Option<i64>, Option<String>)>,
     widgets: Value,
@@ -100,11 +107,18 @@ pub(crate) fn to_api(ui: &Value) -> Result<Map<String, Value>> {
                     .map(str::to_string),
             ));
         }
+        // The frontend gives every node this property, its class, unless the file sets it.
+        let sr_name = n
+            .pointer("/properties/Node name for S&R")
+            .and_then(Value::as_str)
+            .unwrap_or(&class)
+            .to_string();
         let node = UiNode {
             id: id.clone(),
             class,
             mode: n.get("mode").and_then(Value::as_i64).unwrap_or(0),
             title: n.get("title").and_then(Value::as_str).map(str::to_string),
+            sr_name,
             inputs,
             widgets: n.get("widgets_values").cloned().unwrap_or(Value::Null),
         };
@@ -114,6 +128,10 @@ pub(crate) fn to_api(ui: &Value) -> Result<Map<String, Value>> {
         order.push(id);
     }
     let links = read_links(ui)?;
+    let named: Vec<Named<'_>> = order.iter().map(|id| named(&by_id[id])).collect();
+    // One clock reading for every `%date:…%` of the queue, taken only if one is there.
+    let clock = OnceCell::new();
+    let now = || *clock.get_or_init(LocalTime::now);
     let mut out = Map::new();
     for id in execution_order(&order, &by_id, &links) {
         let n = &by_id[&id];
@@ -168,21 +186,53 @@ pub(crate) fn to_api(ui: &Value) -> Result<Map<String, Value>> {
                 inputs.insert(name.clone(), json!([from, slot]));
             }
         }
-        let title = n
-            .title
-            .clone()
-            .or_else(|| {
-                spec.as_ref()
-                    .map(|s| s.title.to_string())
-                    .filter(|t| !t.is_empty())
-            })
-            .unwrap_or_else(|| n.class.clone());
+        if prefix::SUBSTITUTED.contains(&n.class.as_str()) {
+            if let Some(Value::String(p)) = inputs.get_mut("filename_prefix") {
+                *p = prefix::apply(p, &named, now);
+            }
+        }
+        let title = shown_title(n);
         out.insert(
             id.clone(),
             json!({"inputs": inputs, "class_type": n.class, "_meta": {"title": title}}),
         );
     }
     Ok(out)
+}
+
+/// A node's title as the frontend shows it: its own, else its class's display name.
+fn shown_title(n: &UiNode) -> String {
+    n.title
+        .clone()
+        .or_else(|| {
+            spec_of(&n.class)
+                .map(|s| s.title.to_string())
+                .filter(|t| !t.is_empty())
+        })
+        .unwrap_or_else(|| n.class.clone())
+}
+
+/// What a prefix's `%Node.widget%` can name of `n`: its names and its widgets' values (by the
+/// `INPUT_TYPES` order the conversion names them in; none for a class this tool does not know).
+fn named(n: &UiNode) -> Named<'_> {
+    let mut widgets = Vec::new();
+    if let Some(spec) = spec_of(&n.class) {
+        for (k, w) in spec.widgets().enumerate() {
+            let v = match &n.widgets {
+                Value::Array(a) => a.get(k),
+                Value::Object(o) => o.get(w.name.as_str()),
+                _ => None,
+            };
+            if let Some(v) = v {
+                widgets.push((w.name.clone(), v));
+            }
+        }
+    }
+    Named {
+        sr_name: Some(&n.sr_name),
+        title: shown_title(n),
+        widgets,
+    }
 }
 
 /// The links by id, from the array form (`[id, from, slot, to, to_slot, type]`) or the object

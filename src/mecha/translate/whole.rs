@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 
 use super::{Call, Ctx, Val, Weights};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::merge::methods::Param;
 
 /// `(plus − minus)·scale`.
@@ -125,20 +125,29 @@ fn same(a: &Weights, b: &Weights) -> bool {
 
 impl Ctx<'_> {
     /// Method `name` over `models`' denoisers and text encoders; the VAE is the first's.
-    fn method(&mut self, name: &str, models: &[Weights], params: &[(&str, Param)]) -> Result<Val> {
+    fn method(
+        &mut self,
+        call: &Call<'_>,
+        name: &str,
+        models: &[Weights],
+        params: &[(&str, Param)],
+    ) -> Result<Val> {
         let params: BTreeMap<String, Param> = params
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        self.method_map(name, models, &params)
+        self.method_map(call, name, models, &params)
     }
 
+    /// As [`Ctx::method`], the parameters checked first against `call`'s line.
     fn method_map(
         &mut self,
+        call: &Call<'_>,
         name: &str,
         models: &[Weights],
         params: &BTreeMap<String, Param>,
     ) -> Result<Val> {
+        call.check(name, models.len(), params)?;
         let m: Vec<_> = models.iter().map(|w| w.model).collect();
         let c: Vec<_> = models.iter().map(|w| w.clip).collect();
         Ok(Val::Weights(Weights {
@@ -197,6 +206,20 @@ impl Call<'_> {
             .collect()
     }
 
+    /// Checks `params` as method node `method` over `inputs` models will, now: a value out of
+    /// range is then reported at this line, under the method as the recipe names it (the graph
+    /// node is built later, at another line for the delta methods, under its own name).
+    fn check(&self, method: &str, inputs: usize, params: &BTreeMap<String, Param>) -> Result<()> {
+        match crate::merge::methods::method(method, inputs, params) {
+            Ok(_) => Ok(()),
+            Err(Error::InvalidInput(m)) => {
+                let own = m.strip_prefix(method).and_then(|r| r.strip_prefix(": "));
+                Err(self.err(own.unwrap_or(&m).to_string()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn int(&self, name: &str) -> Result<i64> {
         let x = self.number(name)?;
         if x.fract() != 0.0 || x.abs() > 9.0e15 {
@@ -209,7 +232,7 @@ impl Call<'_> {
 pub(super) fn slerp(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
     let (a, b) = (call.weights("a")?, call.weights("b")?);
     let alpha = Param::Float(call.number("alpha")?);
-    ctx.method("slerp", &[a, b], &[("alpha", alpha)])
+    ctx.method(call, "slerp", &[a, b], &[("alpha", alpha)])
 }
 
 pub(super) fn geometric_median(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
@@ -219,14 +242,14 @@ pub(super) fn geometric_median(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val
         ("maxiter", Param::Int(call.int("maxiter")?)),
         ("ftol", Param::Float(call.number("ftol")?)),
     ];
-    ctx.method("geometric_median", &models, &params)
+    ctx.method(call, "geometric_median", &models, &params)
 }
 
 pub(super) fn clamp(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
     let mut models = vec![call.weights("a")?];
     models.extend(call.models("bounds")?);
     let stiffness = Param::Float(call.number("stiffness")?);
-    ctx.method("clamp", &models, &[("stiffness", stiffness)])
+    ctx.method(call, "clamp", &models, &[("stiffness", stiffness)])
 }
 
 pub(super) fn perpendicular_component(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
@@ -250,12 +273,13 @@ pub(super) fn ties_sum(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
         ("k".to_string(), Param::Float(call.number("k")?)),
         ("vote_sgn".to_string(), Param::Bool(call.flag("vote_sgn")?)),
     ]);
-    Ok(Val::Whole(Pending::Ties {
-        sd_mecha: "ties_sum",
-        method: "add_difference_ties",
-        deltas: call.diffs("models")?,
+    ties(
+        call,
+        "ties_sum",
+        "add_difference_ties",
+        call.diffs("models")?,
         params,
-    }))
+    )
 }
 
 pub(super) fn model_stock(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
@@ -280,23 +304,25 @@ pub(super) fn ties_sum_with_dropout(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Resul
     // over the whole tensor (a non-finite value is refused with the method's parameters).
     params.insert("della_eps".into(), Param::Float(call.number("della_eps")?));
     params.insert("seed".into(), Param::Int(seed));
-    Ok(Val::Whole(Pending::Ties {
-        sd_mecha: "ties_sum_with_dropout",
-        method: "add_ties_with_dare",
-        deltas: call.diffs("deltas")?,
+    ties(
+        call,
+        "ties_sum_with_dropout",
+        "add_ties_with_dare",
+        call.diffs("deltas")?,
         params,
-    }))
+    )
 }
 
 /// sd-mecha's `ties_sum_extended`.
 pub(super) fn ties_sum_extended(ctx: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
     let params = extended(ctx, call)?;
-    Ok(Val::Whole(Pending::Ties {
-        sd_mecha: "ties_sum_extended",
-        method: "add_difference_ties_extended",
-        deltas: call.diffs("models")?,
+    ties(
+        call,
+        "ties_sum_extended",
+        "add_difference_ties_extended",
+        call.diffs("models")?,
         params,
-    }))
+    )
 }
 
 /// sd-mecha's `dropout` (n-supermario), with this build's seeded masks; `seed=null` takes 0.
@@ -306,10 +332,24 @@ pub(super) fn dropout(_: &mut Ctx<'_>, call: &Call<'_>) -> Result<Val> {
         params.insert(p.to_string(), Param::Float(call.number(p)?));
     }
     params.insert("seed".into(), Param::Int(seed(call)?));
+    ties(call, "dropout", "dropout", call.diffs("deltas")?, params)
+}
+
+/// A delta method's pending result, its parameters checked now (at the line that gives
+/// them) as the method node that `add_difference` makes of it over `deltas`' models will check
+/// them.
+fn ties(
+    call: &Call<'_>,
+    sd_mecha: &'static str,
+    method: &'static str,
+    deltas: Vec<Diff>,
+    params: BTreeMap<String, Param>,
+) -> Result<Val> {
+    call.check(method, deltas.len() + 1, &params)?;
     Ok(Val::Whole(Pending::Ties {
-        sd_mecha: "dropout",
-        method: "dropout",
-        deltas: call.diffs("deltas")?,
+        sd_mecha,
+        method,
+        deltas,
         params,
     }))
 }
@@ -379,7 +419,7 @@ pub(super) fn add_difference(
         }
         let params = [("alpha", Param::Float(m * d.scale))];
         return ctx
-            .method("train_difference", &[a, d.plus, d.minus], &params)
+            .method(call, "train_difference", &[a, d.plus, d.minus], &params)
             .map(Some);
     }
     let Val::Whole(pending) = b else {
@@ -394,7 +434,7 @@ pub(super) fn add_difference(
                 return Err(call.err(format!("this build runs {form}")));
             }
             let params = [("alpha", Param::Float(alpha * of.scale))];
-            ctx.method("add_perpendicular", &[a, of.plus, of.minus], &params)
+            ctx.method(call, "add_perpendicular", &[a, of.plus, of.minus], &params)
                 .map(Some)
         }
         Pending::Ties {
@@ -406,7 +446,7 @@ pub(super) fn add_difference(
             let models = over_base(call, a, deltas, sd_mecha)?;
             let mut params = params.clone();
             params.insert("alpha".into(), Param::Float(alpha));
-            ctx.method_map(method, &models, &params).map(Some)
+            ctx.method_map(call, method, &models, &params).map(Some)
         }
         Pending::Stock { deltas, cos_eps } => {
             let models = over_base(call, a, deltas, "model_stock")?;
@@ -417,7 +457,8 @@ pub(super) fn add_difference(
                 )));
             }
             let params = [("cos_eps", Param::Float(*cos_eps))];
-            ctx.method("n_model_stock", &models, &params).map(Some)
+            ctx.method(call, "n_model_stock", &models, &params)
+                .map(Some)
         }
         Pending::Mask { .. } => Err(call.err(format!(
             "`b` is {}; a mask is add_difference's alpha",

@@ -57,7 +57,7 @@ impl SafetensorsFile {
                     return Err(Error::InvalidInput(format!(
                         "`{}` was read as {other}, which GGUF does not have; please report \
                          this file",
-                        t.name
+                        crate::printable::clipped(&t.name)
                     )))
                 }
             };

@@ -398,6 +398,37 @@ fn bad_tensor_infos_are_refused_naming_the_tensor() {
     assert!(e.contains("`a` and `b` overlap"), "{e}");
 }
 
+/// A name as long as the header allows is quoted clipped: the message stays one short line.
+#[test]
+fn long_names_are_clipped_in_messages() {
+    let long = "n".repeat(100_000);
+    let clip = format!("`{}… (100000 bytes)`", "n".repeat(200));
+    let e = Gguf::new(3)
+        .tensor(&long, &[32], 0, 0)
+        .tensor(&long, &[32], 0, 64)
+        .data(128)
+        .error();
+    assert!(e.contains(&format!("tensor {clip} appears twice")), "{e}");
+    assert!(e.len() < 400, "{} bytes", e.len());
+    let e = Gguf::new(3).tensor(&long, &[64], 0, 0).data(32).error();
+    assert!(e.contains(&clip) && e.len() < 600, "{e}");
+    let e = Gguf::new(3)
+        .kv(&long, 4, u32v(1))
+        .kv(&long, 4, u32v(1))
+        .error();
+    assert!(
+        e.contains(&format!("metadata key {clip} appears twice")),
+        "{e}"
+    );
+    let p = Gguf::new(3)
+        .tensor(&long, &[256], 23, 0)
+        .data(160)
+        .parse()
+        .unwrap();
+    let e = p.tensors[0].layout().unwrap_err().to_string();
+    assert!(e.contains(&clip) && e.len() < 1000, "{e}");
+}
+
 #[test]
 fn undecodable_types_are_listed_and_refused_by_name_when_decoded() {
     // IQ4_XS (23): ggml sizes it (136 bytes per 256), this crate does not decode it.
