@@ -302,3 +302,26 @@ fn a_cancelled_save_reports_cancelled_and_leaves_nothing() {
     ck.abandon().unwrap();
     assert_eq!(steps_on_disk(dir.path(), "checkpoint"), vec![1, 3]);
 }
+
+/// A save that fails once its file is published, before the manifest lists it (here the
+/// manifest was damaged meanwhile), removes that file: retention removes listed files only, so
+/// every such save would otherwise leave another full checkpoint behind.
+#[test]
+fn a_save_the_manifest_cannot_list_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = model(1, 8, 8, 0.0);
+    let mut ck = Checkpointer::builder(dir.path())
+        .stem("run")
+        .keep_last(1)
+        .build()
+        .unwrap();
+    ck.save(&vm, 1, None).unwrap();
+    ck.wait().unwrap();
+    std::fs::write(dir.path().join("manifest.json"), b"{ damaged").unwrap();
+    for step in [2, 3] {
+        ck.save(&vm, step, None).unwrap();
+        let err = ck.wait().unwrap_err().to_string();
+        assert!(err.contains("manifest"), "{err}");
+    }
+    assert_eq!(steps_on_disk(dir.path(), "run"), vec![1]);
+}

@@ -50,7 +50,10 @@ impl Job {
         let saved = self
             .snapshot
             .write(&self.cfg, &dir.join(&self.file), &self.cancel)?;
-        let header_checksum = header_checksum(&saved.path)?;
+        // Until the manifest lists it, the file is this save's alone and no retention would
+        // ever remove it: a failure before then removes it (each save would leave another).
+        let unlisted = |e: Error| unlisted(dir, &b.stem, &self.file, &saved.path, e);
+        let header_checksum = header_checksum(&saved.path).map_err(unlisted)?;
         let entry = ManifestEntry {
             stem: b.stem.clone(),
             step: self.step,
@@ -58,15 +61,15 @@ impl Job {
             unix_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            file: self.file,
+            file: self.file.clone(),
             bytes: saved.bytes,
             header_checksum,
             model_prefix: self.cfg.model_prefix.clone(),
             extra_prefixes: self.extra_prefixes,
         };
         let pruned = {
-            let _lock = FolderLock::acquire(dir)?;
-            let mut manifest = read_manifest(dir)?.unwrap_or_default();
+            let _lock = FolderLock::acquire(dir).map_err(unlisted)?;
+            let mut manifest = read_manifest(dir).map_err(unlisted)?.unwrap_or_default();
             // A listing of this name is stale: nothing had the name when the save took it.
             manifest
                 .entries
@@ -74,7 +77,7 @@ impl Job {
             manifest.entries.push(entry.clone());
             let mut dropped = take_foreign(&mut manifest, &b.stem);
             dropped.extend(apply_retention(&mut manifest, &b.stem, &b.retention));
-            write_manifest(dir, &manifest)?;
+            write_manifest(dir, &manifest).map_err(unlisted)?;
             // Only now, with the new manifest durable, may the old files go.
             prune(dir, &dropped)?
         };
@@ -93,6 +96,19 @@ impl Job {
             refused: pruned.refused,
         })
     }
+}
+
+/// `e`, once the checkpoint `file` of `stem` just published at `path` is removed, unless the
+/// manifest lists it after all (its write failed after the rename, when syncing the folder).
+fn unlisted(dir: &Path, stem: &str, file: &str, path: &Path, e: Error) -> Error {
+    let listed = read_manifest(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.entries.iter().any(|x| x.stem == stem && x.file == file));
+    if !listed {
+        let _ = std::fs::remove_file(path);
+    }
+    e
 }
 
 /// Takes out of the manifest the entries of `stem` whose file name is not one this checkpointer
