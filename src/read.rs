@@ -256,7 +256,10 @@ impl SafetensorsFile {
             if index.insert(t.name.clone(), i).is_some() {
                 return Err(Error::InvalidCheckpoint {
                     path: path.to_path_buf(),
-                    reason: format!("`{}` appears twice in its state dict", t.name),
+                    reason: format!(
+                        "`{}` appears twice in its state dict",
+                        pickle::clipped(&t.name)
+                    ),
                 });
             }
         }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use super::pickle::{self, Id, Pickle, Value};
+use super::pickle::{self, clipped, Id, Pickle, Value};
 use super::zip::{self, ZipEntry};
 use super::TensorEntry;
 use crate::model::dtype::{self, Dtype};
@@ -234,11 +234,15 @@ fn dict(p: &Pickle, id: Id) -> Option<&[(Id, Id)]> {
     }
 }
 
+/// The name a state-dict key gives its entry: text, or an integer (a `ModuleList` index).
 fn key_name(p: &Pickle, id: Id) -> Result<String, String> {
     match p.get(id) {
         Value::Str(s) => Ok(s.clone()),
         Value::Int(i) => Ok(i.to_string()),
-        other => Err(format!("a state dict key is not a name but {other:?}")),
+        other => Err(format!(
+            "a state dict key is not a name but {}",
+            other.describe()
+        )),
     }
 }
 
@@ -311,7 +315,7 @@ fn locate(
     prefix: &str,
     entries: &HashMap<&str, &ZipEntry>,
 ) -> Result<TensorEntry, String> {
-    let bad = |why: &str| format!("tensor `{name}`: {why}");
+    let bad = |why: &str| format!("tensor `{}`: {why}", clipped(name));
     let arg = |i: usize| {
         args.get(i)
             .copied()

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{long, python3_module, unsupported, Id, Value, CONTAINERS};
+use super::{clipped, long, python3_module, unsupported, Id, Value, CONTAINERS};
 
 /// Most objects a pickle may build: values, stack slots, memo entries and items copied into
 /// containers, each some 8 to 64 bytes here though one opcode byte in the stream (so a stream of
@@ -113,7 +113,7 @@ impl Machine<'_> {
                         "00" => Value::Bool(false),
                         "01" => Value::Bool(true),
                         t => Value::Int(t.parse().map_err(|_| {
-                            format!("the integer `{t}` at byte {at} cannot be read")
+                            format!("the integer `{}` at byte {at} cannot be read", clipped(t))
                         })?),
                     };
                     self.push(v)?;
@@ -124,9 +124,9 @@ impl Machine<'_> {
                 }
                 b'F' => {
                     let line = self.line()?;
-                    let v = line
-                        .parse()
-                        .map_err(|_| format!("the float `{line}` at byte {at} cannot be read"))?;
+                    let v = line.parse().map_err(|_| {
+                        format!("the float `{}` at byte {at} cannot be read", clipped(&line))
+                    })?;
                     self.push(Value::Float(v))?;
                 }
                 b'X' => {
@@ -220,9 +220,9 @@ impl Machine<'_> {
                 }
                 b'p' => {
                     let line = self.line()?;
-                    let i = line
-                        .parse()
-                        .map_err(|_| format!("PUT `{line}` at byte {at} is not an index"))?;
+                    let i = line.parse().map_err(|_| {
+                        format!("PUT `{}` at byte {at} is not an index", clipped(&line))
+                    })?;
                     self.put(i, at)?;
                 }
                 0x94 => {
@@ -239,9 +239,9 @@ impl Machine<'_> {
                 }
                 b'g' => {
                     let line = self.line()?;
-                    let i = line
-                        .parse()
-                        .map_err(|_| format!("GET `{line}` at byte {at} is not an index"))?;
+                    let i = line.parse().map_err(|_| {
+                        format!("GET `{}` at byte {at} is not an index", clipped(&line))
+                    })?;
                     self.get(i, at)?;
                 }
                 b's' => {
@@ -380,7 +380,7 @@ impl Machine<'_> {
     fn global(&mut self, module: &str, name: &str) -> Result<(), String> {
         let full = format!("{}.{name}", python3_module(module));
         if !CONTAINERS.contains(&full.as_str()) && !(self.allowed)(&full) {
-            return Err(format!("refused global `{full}`"));
+            return Err(format!("refused global `{}`", clipped(&full)));
         }
         self.push(Value::Global(full))?;
         Ok(())

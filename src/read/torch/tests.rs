@@ -2,7 +2,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::model::dtype::Dtype;
-use crate::read::{FileFormat, SafetensorsFile};
+use crate::read::zip::ZipEntry;
+use crate::read::{FileFormat, SafetensorsFile, TensorEntry};
+
+use super::state_dict;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -205,4 +208,105 @@ fn damaged_archives_are_clear_errors() {
     });
     let err = open_err(&p);
     assert!(err.contains("claims"), "{err}");
+}
+
+/// A pickle's BINUNICODE of `s`.
+fn text(s: &str) -> Vec<u8> {
+    [&[b'X'][..], &(s.len() as u32).to_le_bytes(), s.as_bytes()].concat()
+}
+
+/// The reader's error for the `data.pkl` `data`, in an archive with no storages.
+fn pickle_err(data: &[u8]) -> String {
+    match crate::read::torch_state_dict(data) {
+        Ok(_) => panic!("read"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn names_from_the_file_are_clipped_in_messages() {
+    const BIG: usize = 1 << 20;
+    // A state-dict key of a MiB of bytes (it was shown as `Bytes([65, 65, ...])`, 4 MB).
+    let key = [
+        &b"\x80\x03}(B"[..],
+        &(BIG as u32).to_le_bytes(),
+        &vec![b'A'; BIG],
+        b"K\x01u.",
+    ]
+    .concat();
+    let err = pickle_err(&key);
+    assert!(err.contains("not a name but the bytes b\"AAA"), "{err}");
+    assert!(
+        err.contains(&format!("({BIG} bytes)")) && err.len() < 300,
+        "{err}"
+    );
+    // A GLOBAL whose module name is a MiB long.
+    let global = [&b"\x80\x02c"[..], &vec![b'm'; BIG], b"\nsystem\n."].concat();
+    let err = pickle_err(&global);
+    assert!(err.contains("refused global `mmm"), "{err}");
+    assert!(
+        err.contains(&format!("({} bytes)", BIG + 7)) && err.len() < 600,
+        "{err}"
+    );
+    // A tensor name a MiB long, in the tensor's own error.
+    let mut name = b"\x80\x02}(".to_vec();
+    name.extend(text(&"n".repeat(BIG)));
+    name.extend(tensor("FloatStorage", "0"));
+    name.extend(b"u.");
+    let err = pickle_err(&name);
+    assert!(
+        err.contains("tensor `nnn") && err.contains("is missing"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("({BIG} bytes)")) && err.len() < 600,
+        "{err}"
+    );
+}
+
+/// A pickle's `_rebuild_tensor_v2` of 4 elements of the storage `key` of class `torch.<kind>`.
+fn tensor(kind: &str, key: &str) -> Vec<u8> {
+    let mut b = b"ctorch._utils\n_rebuild_tensor_v2\n((".to_vec();
+    b.extend(text("storage"));
+    b.extend(format!("ctorch\n{kind}\n").as_bytes());
+    b.extend(text(key));
+    b.extend(text("cpu"));
+    b.extend(b"K\x04tQK\x00K\x04\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR");
+    b
+}
+
+/// The state dict of `data`, in an archive whose storages `0` to `9` hold 16 bytes each.
+fn read_pickle(data: &[u8]) -> Result<(Vec<TensorEntry>, Vec<String>), String> {
+    let storages: Vec<ZipEntry> = (0..10)
+        .map(|i| ZipEntry {
+            name: format!("archive/data/{i}"),
+            method: 0,
+            encrypted: false,
+            data_start: 100 * i,
+            stored_len: 16,
+            len: 16,
+        })
+        .collect();
+    let entries = storages.iter().map(|e| (e.name.as_str(), e)).collect();
+    state_dict(data, "archive/", &entries)
+}
+
+#[test]
+fn the_tensor_helper_builds_what_the_reader_reads() {
+    let mut data = b"\x80\x02}(".to_vec();
+    data.extend(text("w"));
+    data.extend(tensor("FloatStorage", "3"));
+    data.extend(b"u.");
+    let (tensors, left_out) = read_pickle(&data).unwrap();
+    assert_eq!(tensors.len(), 1);
+    assert_eq!(
+        (
+            tensors[0].name.as_str(),
+            tensors[0].dtype,
+            &tensors[0].shape
+        ),
+        ("w", Dtype::F32, &vec![4])
+    );
+    assert_eq!(tensors[0].offsets, (300, 316));
+    assert!(left_out.is_empty());
 }
