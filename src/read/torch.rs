@@ -14,7 +14,7 @@
 //! `.bin` files, plain `.pt`), or its `state_dict` (Lightning and A1111 `.ckpt`), `model` or
 //! `module` entry; nested dicts of tensors are flattened with `.`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -101,8 +101,7 @@ pub(crate) fn state_dict(
         "the saved object is not a dict of tensors (a whole pickled model?); save its \
          state_dict() instead",
     )?;
-    let mut found = Vec::new();
-    let mut left_out = Vec::new();
+    let mut walk = Walk::default();
     let nested = NESTED.iter().find_map(|n| {
         root_pairs
             .iter()
@@ -113,13 +112,16 @@ pub(crate) fn state_dict(
         .any(|(_, v)| tensor_call(&p, *v, 0).is_some());
     match nested {
         Some((k, v)) if !has_tensors => {
-            flatten(&p, *v, "", 0, &mut found, &mut left_out)?;
+            flatten(&p, *v, "", 0, &mut walk)?;
             for (key, _) in root_pairs.iter().filter(|(key, _)| key != k) {
-                left_out.push(key_name(&p, *key)?);
+                walk.left_out.push(key_name(&p, *key)?);
             }
         }
-        _ => flatten(&p, p.root, "", 0, &mut found, &mut left_out)?,
+        _ => flatten(&p, p.root, "", 0, &mut walk)?,
     }
+    let Walk {
+        found, left_out, ..
+    } = walk;
     if found.is_empty() {
         return Err(
             "it holds no tensors where a state dict would be (the saved object itself, or its \
@@ -281,27 +283,45 @@ fn tensor_call(p: &Pickle, id: Id, depth: usize) -> Option<Rebuild<'_>> {
     }
 }
 
+/// What a walk of the state dict gathers: its tensors, the names of what is not one, and the
+/// dicts it went through.
+#[derive(Default)]
+struct Walk<'a> {
+    found: Vec<(String, Rebuild<'a>)>,
+    left_out: Vec<String>,
+    seen: HashSet<Id>,
+}
+
 /// Collects the tensors of the dict at `id` under `prefix`, and the names of what is not one.
+///
+/// A state dict is a tree: a dict met again is refused, since the memo lets a 1 KB pickle share
+/// one dict at every level of a 30-deep nest, which a walk per path would visit 2^30 times.
 fn flatten<'a>(
     p: &'a Pickle,
     id: Id,
     prefix: &str,
     depth: usize,
-    found: &mut Vec<(String, Rebuild<'a>)>,
-    left_out: &mut Vec<String>,
+    walk: &mut Walk<'a>,
 ) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Err("its state dict nests deeper than a state dict does".into());
+    }
+    if !walk.seen.insert(id) {
+        return Err(format!(
+            "its state dict reaches one dict from several places (again as `{}`): a graph of \
+             shared references, not a state dict's tree; the file is corrupt or hostile",
+            clipped(prefix.trim_end_matches('.'))
+        ));
     }
     let pairs = dict(p, id).unwrap_or(&[]);
     for (k, v) in pairs {
         let name = format!("{prefix}{}", key_name(p, *k)?);
         if let Some(call) = tensor_call(p, *v, 0) {
-            found.push((name, call));
+            walk.found.push((name, call));
         } else if dict(p, *v).is_some() {
-            flatten(p, *v, &format!("{name}."), depth + 1, found, left_out)?;
+            flatten(p, *v, &format!("{name}."), depth + 1, walk)?;
         } else {
-            left_out.push(name);
+            walk.left_out.push(name);
         }
     }
     Ok(())

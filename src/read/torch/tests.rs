@@ -310,3 +310,60 @@ fn the_tensor_helper_builds_what_the_reader_reads() {
     assert_eq!(tensors[0].offsets, (300, 316));
     assert!(left_out.is_empty());
 }
+
+/// `{'state_dict': D0}` where `D_k = {'a': D_k+1, 'b': D_k+1}` (one dict, shared through the
+/// memo), `depth` levels over the leaf `leaf` (a pickled dict, stored as memo 1000).
+fn doubling_dag(depth: u32, leaf: &[u8]) -> Vec<u8> {
+    let put = |i: u32| [&[b'r'][..], &i.to_le_bytes()].concat();
+    let get = |i: u32| [&[b'j'][..], &i.to_le_bytes()].concat();
+    let mut p = b"\x80\x02}(".to_vec();
+    p.extend(text("state_dict"));
+    p.extend(leaf);
+    p.extend(put(1000));
+    p.push(b'0');
+    for k in 0..depth {
+        p.extend(b"}(");
+        for key in ["a", "b"] {
+            p.extend(text(key));
+            p.extend(get(1000 + k));
+        }
+        p.push(b'u');
+        p.extend(put(1001 + k));
+        p.push(b'0');
+    }
+    p.extend(get(1000 + depth));
+    p.extend(b"u.");
+    p
+}
+
+#[test]
+fn a_dict_shared_from_several_places_is_refused_at_once() {
+    // 2^30 paths through a 1 KB pickle: walked per path, it took all memory.
+    let start = std::time::Instant::now();
+    let mut with_tensor = b"}(".to_vec();
+    with_tensor.extend(text("w"));
+    with_tensor.extend(tensor("FloatStorage", "0"));
+    with_tensor.push(b'u');
+    for leaf in [&b"}(X\x01\x00\x00\x00xK\x01u"[..], &with_tensor] {
+        let data = doubling_dag(30, leaf);
+        assert!(data.len() < 2000);
+        let err = read_pickle(&data).unwrap_err();
+        assert!(
+            err.contains("reaches one dict from several places (again as `a.a.a.")
+                && err.contains(".a.b`)")
+                && err.contains("corrupt or hostile"),
+            "{err}"
+        );
+    }
+    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+    // A tree of the same dicts, none shared, reads.
+    let mut tree = b"\x80\x02}(".to_vec();
+    for key in ["a", "b"] {
+        tree.extend(text(key));
+        tree.extend(&with_tensor);
+    }
+    tree.extend(b"u.");
+    let (tensors, _) = read_pickle(&tree).unwrap();
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a.w", "b.w"]);
+}
