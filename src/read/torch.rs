@@ -156,6 +156,7 @@ fn allowed(name: &str) -> bool {
             | "storage.UntypedStorage"
     ) || storage_dtype(t).is_some()
         || named_dtype(t).is_some()
+        || unread_dtype(t).is_some()
 }
 
 /// The dtype of a legacy typed storage class (`FloatStorage`...).
@@ -172,6 +173,27 @@ fn storage_dtype(name: &str) -> Option<Dtype> {
         "ByteStorage" => Dtype::U8,
         "BoolStorage" => Dtype::BOOL,
         "UntypedStorage" | "storage.UntypedStorage" => Dtype::U8,
+        _ => return None,
+    })
+}
+
+/// The dtype torch names by a storage class or dtype object this reader does not read
+/// (complex, quantized, sub-byte): admitted as a name, so that a tensor of it is refused for its
+/// dtype rather than as a forbidden global.
+fn unread_dtype(name: &str) -> Option<&str> {
+    Some(match name {
+        "ComplexFloatStorage" => "complex64",
+        "ComplexDoubleStorage" => "complex128",
+        "QUInt8Storage" => "quint8",
+        "QInt8Storage" => "qint8",
+        "QInt32Storage" => "qint32",
+        "QUInt4x2Storage" => "quint4x2",
+        "QUInt2x4Storage" => "quint2x4",
+        "complex32" | "complex64" | "complex128" | "quint8" | "qint8" | "qint32" | "quint4x2"
+        | "quint2x4" | "float8_e4m3fnuz" | "float8_e5m2fnuz" | "float8_e8m0fnu"
+        | "float4_e2m1fn_x2" | "bits8" | "bits16" | "bits1x8" | "bits2x4" | "bits4x2" | "uint1"
+        | "uint2" | "uint3" | "uint4" | "uint5" | "uint6" | "uint7" | "int1" | "int2" | "int3"
+        | "int4" | "int5" | "int6" | "int7" => name,
         _ => return None,
     })
 }
@@ -354,21 +376,29 @@ fn locate(
     if p.str(*tag) != Some("storage") {
         return Err(bad("its storage reference is not a storage"));
     }
-    let kind_dtype = match p.get(*kind) {
-        Value::Global(g) => g
-            .strip_prefix("torch.")
-            .and_then(|t| storage_dtype(t).or_else(|| named_dtype(t))),
+    // `_rebuild_tensor_v3` names the dtype itself (new dtypes have no typed storage class).
+    let v3 = func == "torch._utils._rebuild_tensor_v3";
+    let dtype_name = match p.get(if v3 { arg(6)? } else { *kind }) {
+        Value::Global(g) => g.strip_prefix("torch."),
         _ => None,
     };
-    // `_rebuild_tensor_v3` names the dtype itself (new dtypes have no typed storage class).
-    let dtype = match func {
-        "torch._utils._rebuild_tensor_v3" => match p.get(arg(6)?) {
-            Value::Global(g) => g.strip_prefix("torch.").and_then(named_dtype),
-            _ => None,
-        },
-        _ => kind_dtype,
-    }
-    .ok_or_else(|| bad("its storage has a dtype this reader does not know"))?;
+    let known = |t: &str| {
+        if v3 {
+            named_dtype(t)
+        } else {
+            storage_dtype(t).or_else(|| named_dtype(t))
+        }
+    };
+    let dtype = match dtype_name.map(|t| (t, known(t), unread_dtype(t))) {
+        Some((_, Some(d), _)) => d,
+        Some((t, None, Some(unread))) => {
+            return Err(bad(&format!(
+                "it has dtype {unread} (`torch.{t}`), which this tool does not read: drop the \
+                 tensor or convert it (to float32, say) in Python, then save again"
+            )))
+        }
+        _ => return Err(bad("its storage has a dtype this reader does not know")),
+    };
     let key = p
         .str(*key)
         .ok_or_else(|| bad("its storage key is not a name"))?;

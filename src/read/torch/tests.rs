@@ -367,3 +367,48 @@ fn a_dict_shared_from_several_places_is_refused_at_once() {
     let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["a.w", "b.w"]);
 }
+
+#[test]
+fn a_dtype_not_read_is_named_not_refused_as_a_global() {
+    for (storage, dtype) in [
+        ("ComplexFloatStorage", "complex64"),
+        ("QInt8Storage", "qint8"),
+    ] {
+        let mut data = b"\x80\x02}(".to_vec();
+        data.extend(text("z"));
+        data.extend(tensor(storage, "0"));
+        data.extend(b"u.");
+        let err = read_pickle(&data).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "tensor `z`: it has dtype {dtype} (`torch.{storage}`), which this tool does not read"
+            )) && err.contains("drop the tensor or convert it"),
+            "{err}"
+        );
+        assert!(!err.contains("refused global"), "{err}");
+    }
+    // `_rebuild_tensor_v3` names the dtype as its seventh argument.
+    let mut data = b"\x80\x02}(".to_vec();
+    data.extend(text("z"));
+    data.extend(b"ctorch._utils\n_rebuild_tensor_v3\n((");
+    data.extend(text("storage"));
+    data.extend(b"ctorch\nUntypedStorage\n");
+    data.extend(text("0"));
+    data.extend(text("cpu"));
+    data.extend(
+        b"K\x10tQK\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rctorch\ncomplex64\ntRu.",
+    );
+    let err = read_pickle(&data).unwrap_err();
+    assert!(
+        err.contains("it has dtype complex64 (`torch.complex64`)"),
+        "{err}"
+    );
+    // Another global is still refused as one.
+    let mut data = b"\x80\x02}(".to_vec();
+    data.extend(text("z"));
+    data.extend(tensor("EvilStorage", "0"));
+    data.extend(b"u.");
+    assert!(read_pickle(&data)
+        .unwrap_err()
+        .contains("refused global `torch.EvilStorage`"));
+}
