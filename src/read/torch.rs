@@ -5,8 +5,10 @@
 //! storage (`<name>/data/<key>`, stored uncompressed), `<name>/version` and `<name>/byteorder`.
 //! The pickle is parsed by [`super::pickle`] with an allowlist of what a state dict needs — the
 //! tensor rebuild functions, storage and dtype names, `torch.nn.Parameter`, `torch.Size`,
-//! `torch.device` (close to what `torch.load(weights_only=True)` accepts) — so any other global
-//! (`os.system`, `builtins.exec`, a class) is refused by name and nothing is executed. Each
+//! `torch.device` (close to what `torch.load(weights_only=True)` accepts), plus the numpy and
+//! Lightning globals of a Lightning checkpoint's metadata (as data, see [`LIGHTNING`]) — so any
+//! other global (`os.system`, `builtins.exec`, a class) is refused by name and nothing is
+//! executed. Each
 //! tensor becomes a byte range of its storage's entry, read where it lies like a safetensors
 //! tensor.
 //!
@@ -136,8 +138,23 @@ pub(crate) fn state_dict(
     Ok((tensors, left_out))
 }
 
+/// Globals Lightning checkpoints hold beside the state dict (a numpy scalar as the
+/// `ModelCheckpoint` callback's `best_model_score`, the callback object itself), which ComfyUI's
+/// loader admits too. Nothing is ever called, so they stay inert records; no tensor, size or
+/// dict is built from them, so entries holding them are only listed as not tensors.
+const LIGHTNING: [&str; 5] = [
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "numpy.dtypes.Float64DType",
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+];
+
 /// The globals a state dict's pickle may name.
 fn allowed(name: &str) -> bool {
+    if LIGHTNING.contains(&name) {
+        return true;
+    }
     let Some(t) = name.strip_prefix("torch.") else {
         return false;
     };

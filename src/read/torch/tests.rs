@@ -412,3 +412,94 @@ fn a_dtype_not_read_is_named_not_refused_as_a_global() {
         .unwrap_err()
         .contains("refused global `torch.EvilStorage`"));
 }
+
+/// A numpy float64 scalar as numpy pickles it at protocol 2: `scalar(dtype('f8'), bytes)`.
+fn numpy_scalar(module: &str) -> Vec<u8> {
+    let mut b = format!("c{module}\nscalar\ncnumpy\ndtype\n").into_bytes();
+    b.extend(text("f8"));
+    b.extend(b"\x89\x88\x87R(K\x03");
+    b.extend(text("<"));
+    b.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbc_codecs\nencode\n");
+    b.extend(text("\u{b8}\u{1e}\u{85}\u{eb}Q\u{b8}\u{be}?"));
+    b.extend(text("latin1"));
+    b.extend(b"\x86R\x86R");
+    b
+}
+
+#[test]
+fn a_lightning_checkpoint_with_numpy_metadata_reads() {
+    // {'state_dict': {'w': tensor}, 'global_step': 470000, 'callbacks': {'ModelCheckpoint':
+    // {'best_model_score': np.float64(0.12), 'monitor': None}}, 'callback': ModelCheckpoint()},
+    // as torch.save wrote it (the numpy 2 module name, then numpy 1's).
+    for module in ["numpy._core.multiarray", "numpy.core.multiarray"] {
+        let mut data = b"\x80\x02}(".to_vec();
+        data.extend(text("state_dict"));
+        data.extend(b"}(");
+        data.extend(text("w"));
+        data.extend(tensor("FloatStorage", "0"));
+        data.extend(b"u");
+        data.extend(text("global_step"));
+        data.extend(b"J\xf0+\x07\x00");
+        data.extend(text("callbacks"));
+        data.extend(b"}(");
+        data.extend(text("ModelCheckpoint"));
+        data.extend(b"}(");
+        data.extend(text("best_model_score"));
+        data.extend(numpy_scalar(module));
+        data.extend(text("monitor"));
+        data.extend(b"Nuu");
+        data.extend(text("callback"));
+        data.extend(b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n)\x81}(");
+        data.extend(text("monitor"));
+        data.extend(b"Nubu.");
+        let (tensors, mut left_out) = read_pickle(&data).unwrap();
+        assert_eq!(tensors.len(), 1);
+        assert_eq!(tensors[0].name, "w");
+        left_out.sort();
+        assert_eq!(left_out, ["callback", "callbacks", "global_step"]);
+    }
+}
+
+#[test]
+fn lightning_globals_build_no_tensor_and_no_state_dict() {
+    let model_checkpoint = b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n)\x81";
+    // The saved object, or its `state_dict`, as a callback object: no state dict.
+    let root = [&b"\x80\x02"[..], model_checkpoint, b"."].concat();
+    assert!(read_pickle(&root)
+        .unwrap_err()
+        .contains("not a dict of tensors"));
+    let mut nested = b"\x80\x02}(".to_vec();
+    nested.extend(text("state_dict"));
+    nested.extend(model_checkpoint);
+    nested.extend(b"u.");
+    assert!(read_pickle(&nested)
+        .unwrap_err()
+        .contains("holds no tensors"));
+    // A numpy scalar as a tensor's offset, or numpy's dtype as its storage: refused.
+    let scalar = numpy_scalar("numpy.core.multiarray");
+    let mut offset = b"\x80\x02}(".to_vec();
+    offset.extend(text("w"));
+    let t = tensor("FloatStorage", "0");
+    let at = t.windows(4).position(|w| w == b"tQK\x00").unwrap() + 2;
+    offset.extend(&t[..at]);
+    offset.extend(&scalar);
+    offset.extend(&t[at + 2..]);
+    offset.extend(b"u.");
+    let err = read_pickle(&offset).unwrap_err();
+    assert!(
+        err.contains("tensor `w`: its storage offset is not a count"),
+        "{err}"
+    );
+    let t = tensor("FloatStorage", "0");
+    let at = t.windows(7).position(|w| w == b"ctorch\n").unwrap();
+    let end = at + b"ctorch\nFloatStorage\n".len();
+    let mut kind = b"\x80\x02}(".to_vec();
+    kind.extend(text("w"));
+    kind.extend([&t[..at], b"cnumpy\ndtype\n", &t[end..]].concat());
+    kind.extend(b"u.");
+    let err = read_pickle(&kind).unwrap_err();
+    assert!(
+        err.contains("tensor `w`: its storage has a dtype this reader does not know"),
+        "{err}"
+    );
+}
