@@ -125,6 +125,49 @@ pub(crate) fn parse(data: &[u8], allowed: &dyn Fn(&str) -> bool) -> Result<Pickl
     Ok(Pickle { values, root })
 }
 
+/// Most characters of a name read from a file that a message repeats: a name can be as long as
+/// the file, and a message is one line.
+const SHOWN: usize = 200;
+
+/// `text` (a name read from a file) as a message shows it: whole when short, else its first
+/// [`SHOWN`] characters and its length.
+pub(crate) fn clipped(text: &str) -> String {
+    match text.char_indices().nth(SHOWN) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+    }
+}
+
+impl Value {
+    /// What the value is, for a message: small values whole, containers by kind and length,
+    /// text and bytes clipped (see [`clipped`]).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Value::None => "None".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::BigInt(b) => format!("an integer of {} bytes", b.len()),
+            Value::Float(f) => f.to_string(),
+            Value::Str(s) => format!("the text `{}`", clipped(s)),
+            Value::Bytes(b) if b.len() <= SHOWN / 4 => {
+                format!("the bytes b\"{}\"", b.escape_ascii())
+            }
+            Value::Bytes(b) => format!(
+                "the bytes b\"{}…\" ({} bytes)",
+                b[..SHOWN / 4].escape_ascii(),
+                b.len()
+            ),
+            Value::Tuple(v) => format!("a tuple of {} items", v.len()),
+            Value::List(v) => format!("a list of {} items", v.len()),
+            Value::Dict(v) => format!("a dict of {} items", v.len()),
+            Value::Set(v) => format!("a set of {} items", v.len()),
+            Value::Global(g) => format!("the global `{}`", clipped(g)),
+            Value::Persistent(_) => "a persistent reference".into(),
+            Value::Call { func, .. } => format!("a `{}` object", clipped(func)),
+        }
+    }
+}
+
 /// A `LONG1`/`LONG4` integer: little-endian two's complement.
 pub(super) fn long(bytes: Vec<u8>) -> Value {
     if bytes.len() > 8 {

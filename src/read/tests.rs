@@ -178,3 +178,79 @@ fn truncation_and_changes_while_reading_are_errors() {
     std::fs::rename(other.path(), h.path()).unwrap();
     assert!(st.check_unchanged().is_err());
 }
+
+#[test]
+fn pickles_of_every_protocol_are_named_not_read_as_safetensors() {
+    const MAGIC: [u8; 12] = [
+        0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    ];
+    let frame = |proto: u8| {
+        let mut b = vec![0x80, proto, 0x95];
+        b.extend_from_slice(&40u64.to_le_bytes());
+        b
+    };
+    let with_magic = |mut b: Vec<u8>| {
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(b".");
+        b
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            with_magic(vec![0x80, 0x02]),
+            "legacy (pre-1.6) pickle format (protocol 2)",
+        ),
+        (
+            with_magic(vec![0x80, 0x03]),
+            "legacy (pre-1.6) pickle format (protocol 3)",
+        ),
+        (
+            with_magic(frame(4)),
+            "legacy (pre-1.6) pickle format (protocol 4)",
+        ),
+        (
+            with_magic(frame(5)),
+            "legacy (pre-1.6) pickle format (protocol 5)",
+        ),
+        (
+            b"\x80\x02}q\x00.".to_vec(),
+            "bare Python pickle (protocol 2)",
+        ),
+        (
+            [frame(4), b"}\x94.".to_vec()].concat(),
+            "bare Python pickle (protocol 4)",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let path = dir.path().join("f.pt");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = SafetensorsFile::open(&path).unwrap_err().to_string();
+        assert!(err.contains(want), "{bytes:x?}: {err}");
+        assert!(
+            !err.contains("  "),
+            "a literal's line break left spaces: {err}"
+        );
+    }
+    // A safetensors header of 640 bytes has the same first two bytes (0x280 = 80 02 ...).
+    let ok = format!(
+        "{:<640}",
+        r#"{"t":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#
+    );
+    let f = file_with(&ok, &[1, 2]);
+    assert_eq!(std::fs::read(f.path()).unwrap()[..2], [0x80, 0x02]);
+    assert_eq!(SafetensorsFile::open(f.path()).unwrap().tensors().len(), 1);
+}
+
+#[test]
+fn the_tar_message_reads_as_one_sentence() {
+    let mut bytes = vec![0u8; 512];
+    bytes[257..262].copy_from_slice(b"ustar");
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &bytes).unwrap();
+    let err = SafetensorsFile::open(f.path()).unwrap_err().to_string();
+    assert!(err.contains("tar archive"), "{err}");
+    assert!(
+        !err.contains("  "),
+        "a literal's line break left spaces: {err}"
+    );
+}

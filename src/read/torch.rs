@@ -5,8 +5,10 @@
 //! storage (`<name>/data/<key>`, stored uncompressed), `<name>/version` and `<name>/byteorder`.
 //! The pickle is parsed by [`super::pickle`] with an allowlist of what a state dict needs — the
 //! tensor rebuild functions, storage and dtype names, `torch.nn.Parameter`, `torch.Size`,
-//! `torch.device` (close to what `torch.load(weights_only=True)` accepts) — so any other global
-//! (`os.system`, `builtins.exec`, a class) is refused by name and nothing is executed. Each
+//! `torch.device` (close to what `torch.load(weights_only=True)` accepts), plus the numpy and
+//! Lightning globals of a Lightning checkpoint's metadata (as data, see [`LIGHTNING`]) — so any
+//! other global (`os.system`, `builtins.exec`, a class) is refused by name and nothing is
+//! executed. Each
 //! tensor becomes a byte range of its storage's entry, read where it lies like a safetensors
 //! tensor.
 //!
@@ -14,11 +16,11 @@
 //! `.bin` files, plain `.pt`), or its `state_dict` (Lightning and A1111 `.ckpt`), `model` or
 //! `module` entry; nested dicts of tensors are flattened with `.`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use super::pickle::{self, Id, Pickle, Value};
+use super::pickle::{self, clipped, Id, Pickle, Value};
 use super::zip::{self, ZipEntry};
 use super::TensorEntry;
 use crate::model::dtype::{self, Dtype};
@@ -101,8 +103,7 @@ pub(crate) fn state_dict(
         "the saved object is not a dict of tensors (a whole pickled model?); save its \
          state_dict() instead",
     )?;
-    let mut found = Vec::new();
-    let mut left_out = Vec::new();
+    let mut walk = Walk::default();
     let nested = NESTED.iter().find_map(|n| {
         root_pairs
             .iter()
@@ -113,13 +114,16 @@ pub(crate) fn state_dict(
         .any(|(_, v)| tensor_call(&p, *v, 0).is_some());
     match nested {
         Some((k, v)) if !has_tensors => {
-            flatten(&p, *v, "", 0, &mut found, &mut left_out)?;
+            flatten(&p, *v, "", 0, &mut walk)?;
             for (key, _) in root_pairs.iter().filter(|(key, _)| key != k) {
-                left_out.push(key_name(&p, *key)?);
+                walk.left_out.push(key_name(&p, *key)?);
             }
         }
-        _ => flatten(&p, p.root, "", 0, &mut found, &mut left_out)?,
+        _ => flatten(&p, p.root, "", 0, &mut walk)?,
     }
+    let Walk {
+        found, left_out, ..
+    } = walk;
     if found.is_empty() {
         return Err(
             "it holds no tensors where a state dict would be (the saved object itself, or its \
@@ -134,8 +138,23 @@ pub(crate) fn state_dict(
     Ok((tensors, left_out))
 }
 
+/// Globals Lightning checkpoints hold beside the state dict (a numpy scalar as the
+/// `ModelCheckpoint` callback's `best_model_score`, the callback object itself), which ComfyUI's
+/// loader admits too. Nothing is ever called, so they stay inert records; no tensor, size or
+/// dict is built from them, so entries holding them are only listed as not tensors.
+const LIGHTNING: [&str; 5] = [
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "numpy.dtypes.Float64DType",
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+];
+
 /// The globals a state dict's pickle may name.
 fn allowed(name: &str) -> bool {
+    if LIGHTNING.contains(&name) {
+        return true;
+    }
     let Some(t) = name.strip_prefix("torch.") else {
         return false;
     };
@@ -154,6 +173,7 @@ fn allowed(name: &str) -> bool {
             | "storage.UntypedStorage"
     ) || storage_dtype(t).is_some()
         || named_dtype(t).is_some()
+        || unread_dtype(t).is_some()
 }
 
 /// The dtype of a legacy typed storage class (`FloatStorage`...).
@@ -170,6 +190,27 @@ fn storage_dtype(name: &str) -> Option<Dtype> {
         "ByteStorage" => Dtype::U8,
         "BoolStorage" => Dtype::BOOL,
         "UntypedStorage" | "storage.UntypedStorage" => Dtype::U8,
+        _ => return None,
+    })
+}
+
+/// The dtype torch names by a storage class or dtype object this reader does not read
+/// (complex, quantized, sub-byte): admitted as a name, so that a tensor of it is refused for its
+/// dtype rather than as a forbidden global.
+fn unread_dtype(name: &str) -> Option<&str> {
+    Some(match name {
+        "ComplexFloatStorage" => "complex64",
+        "ComplexDoubleStorage" => "complex128",
+        "QUInt8Storage" => "quint8",
+        "QInt8Storage" => "qint8",
+        "QInt32Storage" => "qint32",
+        "QUInt4x2Storage" => "quint4x2",
+        "QUInt2x4Storage" => "quint2x4",
+        "complex32" | "complex64" | "complex128" | "quint8" | "qint8" | "qint32" | "quint4x2"
+        | "quint2x4" | "float8_e4m3fnuz" | "float8_e5m2fnuz" | "float8_e8m0fnu"
+        | "float4_e2m1fn_x2" | "bits8" | "bits16" | "bits1x8" | "bits2x4" | "bits4x2" | "uint1"
+        | "uint2" | "uint3" | "uint4" | "uint5" | "uint6" | "uint7" | "int1" | "int2" | "int3"
+        | "int4" | "int5" | "int6" | "int7" => name,
         _ => return None,
     })
 }
@@ -234,11 +275,15 @@ fn dict(p: &Pickle, id: Id) -> Option<&[(Id, Id)]> {
     }
 }
 
+/// The name a state-dict key gives its entry: text, or an integer (a `ModuleList` index).
 fn key_name(p: &Pickle, id: Id) -> Result<String, String> {
     match p.get(id) {
         Value::Str(s) => Ok(s.clone()),
         Value::Int(i) => Ok(i.to_string()),
-        other => Err(format!("a state dict key is not a name but {other:?}")),
+        other => Err(format!(
+            "a state dict key is not a name but {}",
+            other.describe()
+        )),
     }
 }
 
@@ -277,27 +322,45 @@ fn tensor_call(p: &Pickle, id: Id, depth: usize) -> Option<Rebuild<'_>> {
     }
 }
 
+/// What a walk of the state dict gathers: its tensors, the names of what is not one, and the
+/// dicts it went through.
+#[derive(Default)]
+struct Walk<'a> {
+    found: Vec<(String, Rebuild<'a>)>,
+    left_out: Vec<String>,
+    seen: HashSet<Id>,
+}
+
 /// Collects the tensors of the dict at `id` under `prefix`, and the names of what is not one.
+///
+/// A state dict is a tree: a dict met again is refused, since the memo lets a 1 KB pickle share
+/// one dict at every level of a 30-deep nest, which a walk per path would visit 2^30 times.
 fn flatten<'a>(
     p: &'a Pickle,
     id: Id,
     prefix: &str,
     depth: usize,
-    found: &mut Vec<(String, Rebuild<'a>)>,
-    left_out: &mut Vec<String>,
+    walk: &mut Walk<'a>,
 ) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Err("its state dict nests deeper than a state dict does".into());
+    }
+    if !walk.seen.insert(id) {
+        return Err(format!(
+            "its state dict reaches one dict from several places (again as `{}`): a graph of \
+             shared references, not a state dict's tree; the file is corrupt or hostile",
+            clipped(prefix.trim_end_matches('.'))
+        ));
     }
     let pairs = dict(p, id).unwrap_or(&[]);
     for (k, v) in pairs {
         let name = format!("{prefix}{}", key_name(p, *k)?);
         if let Some(call) = tensor_call(p, *v, 0) {
-            found.push((name, call));
+            walk.found.push((name, call));
         } else if dict(p, *v).is_some() {
-            flatten(p, *v, &format!("{name}."), depth + 1, found, left_out)?;
+            flatten(p, *v, &format!("{name}."), depth + 1, walk)?;
         } else {
-            left_out.push(name);
+            walk.left_out.push(name);
         }
     }
     Ok(())
@@ -311,7 +374,7 @@ fn locate(
     prefix: &str,
     entries: &HashMap<&str, &ZipEntry>,
 ) -> Result<TensorEntry, String> {
-    let bad = |why: &str| format!("tensor `{name}`: {why}");
+    let bad = |why: &str| format!("tensor `{}`: {why}", clipped(name));
     let arg = |i: usize| {
         args.get(i)
             .copied()
@@ -330,21 +393,29 @@ fn locate(
     if p.str(*tag) != Some("storage") {
         return Err(bad("its storage reference is not a storage"));
     }
-    let kind_dtype = match p.get(*kind) {
-        Value::Global(g) => g
-            .strip_prefix("torch.")
-            .and_then(|t| storage_dtype(t).or_else(|| named_dtype(t))),
+    // `_rebuild_tensor_v3` names the dtype itself (new dtypes have no typed storage class).
+    let v3 = func == "torch._utils._rebuild_tensor_v3";
+    let dtype_name = match p.get(if v3 { arg(6)? } else { *kind }) {
+        Value::Global(g) => g.strip_prefix("torch."),
         _ => None,
     };
-    // `_rebuild_tensor_v3` names the dtype itself (new dtypes have no typed storage class).
-    let dtype = match func {
-        "torch._utils._rebuild_tensor_v3" => match p.get(arg(6)?) {
-            Value::Global(g) => g.strip_prefix("torch.").and_then(named_dtype),
-            _ => None,
-        },
-        _ => kind_dtype,
-    }
-    .ok_or_else(|| bad("its storage has a dtype this reader does not know"))?;
+    let known = |t: &str| {
+        if v3 {
+            named_dtype(t)
+        } else {
+            storage_dtype(t).or_else(|| named_dtype(t))
+        }
+    };
+    let dtype = match dtype_name.map(|t| (t, known(t), unread_dtype(t))) {
+        Some((_, Some(d), _)) => d,
+        Some((t, None, Some(unread))) => {
+            return Err(bad(&format!(
+                "it has dtype {unread} (`torch.{t}`), which this tool does not read: drop the \
+                 tensor or convert it (to float32, say) in Python, then save again"
+            )))
+        }
+        _ => return Err(bad("its storage has a dtype this reader does not know")),
+    };
     let key = p
         .str(*key)
         .ok_or_else(|| bad("its storage key is not a name"))?;

@@ -3,7 +3,14 @@
 
 use std::collections::HashMap;
 
-use super::{long, python3_module, unsupported, Id, Value, CONTAINERS};
+use super::{clipped, long, python3_module, unsupported, Id, Value, CONTAINERS};
+
+/// Most objects a pickle may build: values, stack slots, memo entries and items copied into
+/// containers, each some 8 to 64 bytes here though one opcode byte in the stream (so a stream of
+/// `NONE`s would otherwise take some 60 times its size). A state dict's pickle builds about 20
+/// per tensor: SDXL's about 40,000, a training checkpoint with optimizer states a few hundred
+/// thousand.
+const MAX_OBJECTS: usize = 1 << 22;
 
 /// Runs the machine over `data`; returns the values and the one the pickle evaluates to.
 pub(super) fn run(data: &[u8], allowed: &dyn Fn(&str) -> bool) -> Result<(Vec<Value>, Id), String> {
@@ -16,6 +23,7 @@ pub(super) fn run(data: &[u8], allowed: &dyn Fn(&str) -> bool) -> Result<(Vec<Va
         memo: HashMap::new(),
         allowed,
         budget: data.len().saturating_mul(8).saturating_add(1 << 20),
+        objects: 0,
     };
     let root = m.run()?;
     Ok((m.values, root))
@@ -36,6 +44,8 @@ struct Machine<'a> {
     /// Items and bytes the machine may still copy: the memo lets a short stream copy one large
     /// value many times (a set or bytes built again and again), which must not run away.
     budget: usize,
+    /// Objects built so far, bounded by [`MAX_OBJECTS`].
+    objects: usize,
 }
 
 impl Machine<'_> {
@@ -55,13 +65,13 @@ impl Machine<'_> {
                 }
                 b'.' => return self.pop(), // STOP
                 b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.push(Value::Dict(Vec::new())),
-                b']' => self.push(Value::List(Vec::new())),
-                b')' => self.push(Value::Tuple(Vec::new())),
-                0x8f => self.push(Value::Set(Vec::new())),
+                b'}' => self.push(Value::Dict(Vec::new()))?,
+                b']' => self.push(Value::List(Vec::new()))?,
+                b')' => self.push(Value::Tuple(Vec::new()))?,
+                0x8f => self.push(Value::Set(Vec::new()))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items));
+                    self.push(Value::Tuple(items))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -69,32 +79,32 @@ impl Machine<'_> {
                         return Err(self.underflow(at));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.push(Value::Tuple(items));
+                    self.push(Value::Tuple(items))?;
                 }
-                b'N' => self.push(Value::None),
-                0x88 => self.push(Value::Bool(true)),
-                0x89 => self.push(Value::Bool(false)),
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'J' => {
                     let v = i32::from_le_bytes(self.array()?);
-                    self.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'K' => {
                     let v = self.byte()?;
-                    self.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.array()?);
-                    self.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 0x8a => {
                     let n = self.byte()? as usize;
                     let bytes = self.take(n)?.to_vec();
-                    self.push(long(bytes));
+                    self.push(long(bytes))?;
                 }
                 0x8b => {
                     let n = self.len32()?;
                     let bytes = self.take(n)?.to_vec();
-                    self.push(long(bytes));
+                    self.push(long(bytes))?;
                 }
                 b'I' | b'L' => {
                     let line = self.line()?;
@@ -103,21 +113,21 @@ impl Machine<'_> {
                         "00" => Value::Bool(false),
                         "01" => Value::Bool(true),
                         t => Value::Int(t.parse().map_err(|_| {
-                            format!("the integer `{t}` at byte {at} cannot be read")
+                            format!("the integer `{}` at byte {at} cannot be read", clipped(t))
                         })?),
                     };
-                    self.push(v);
+                    self.push(v)?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.array()?);
-                    self.push(Value::Float(v));
+                    self.push(Value::Float(v))?;
                 }
                 b'F' => {
                     let line = self.line()?;
-                    let v = line
-                        .parse()
-                        .map_err(|_| format!("the float `{line}` at byte {at} cannot be read"))?;
-                    self.push(Value::Float(v));
+                    let v = line.parse().map_err(|_| {
+                        format!("the float `{}` at byte {at} cannot be read", clipped(&line))
+                    })?;
+                    self.push(Value::Float(v))?;
                 }
                 b'X' => {
                     let n = self.len32()?;
@@ -134,27 +144,27 @@ impl Machine<'_> {
                 b'T' => {
                     let n = self.len32()?;
                     let b = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b))?;
                 }
                 b'U' => {
                     let n = self.byte()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b))?;
                 }
                 b'B' => {
                     let n = self.len32()?;
                     let b = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b))?;
                 }
                 b'C' => {
                     let n = self.byte()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b))?;
                 }
                 0x8e | 0x96 => {
                     let n = self.len64()?;
                     let b = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b))?;
                 }
                 b'c' => {
                     let module = self.line()?;
@@ -198,7 +208,7 @@ impl Machine<'_> {
                 }
                 b'Q' => {
                     let pid = self.pop()?;
-                    self.push(Value::Persistent(pid));
+                    self.push(Value::Persistent(pid))?;
                 }
                 b'q' => {
                     let i = self.byte()?;
@@ -210,9 +220,9 @@ impl Machine<'_> {
                 }
                 b'p' => {
                     let line = self.line()?;
-                    let i = line
-                        .parse()
-                        .map_err(|_| format!("PUT `{line}` at byte {at} is not an index"))?;
+                    let i = line.parse().map_err(|_| {
+                        format!("PUT `{}` at byte {at} is not an index", clipped(&line))
+                    })?;
                     self.put(i, at)?;
                 }
                 0x94 => {
@@ -229,9 +239,9 @@ impl Machine<'_> {
                 }
                 b'g' => {
                     let line = self.line()?;
-                    let i = line
-                        .parse()
-                        .map_err(|_| format!("GET `{line}` at byte {at} is not an index"))?;
+                    let i = line.parse().map_err(|_| {
+                        format!("GET `{}` at byte {at} is not an index", clipped(&line))
+                    })?;
                     self.get(i, at)?;
                 }
                 b's' => {
@@ -253,7 +263,7 @@ impl Machine<'_> {
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Set(items));
+                    self.push(Value::Set(items))?;
                 }
                 b'0' => {
                     self.pop()?;
@@ -263,6 +273,7 @@ impl Machine<'_> {
                 }
                 b'2' => {
                     let top = *self.stack.last().ok_or_else(|| self.underflow(at))?;
+                    self.count(1)?;
                     self.stack.push(top);
                 }
                 other => return Err(unsupported(other, at)),
@@ -317,9 +328,25 @@ impl Machine<'_> {
         Ok(text)
     }
 
-    fn push(&mut self, v: Value) {
+    fn push(&mut self, v: Value) -> Result<(), String> {
+        self.count(1)?;
         self.values.push(v);
         self.stack.push(self.values.len() - 1);
+        Ok(())
+    }
+
+    /// Counts `n` more objects (values, stack slots, memo entries, copied items) against
+    /// [`MAX_OBJECTS`].
+    fn count(&mut self, n: usize) -> Result<(), String> {
+        self.objects = self.objects.saturating_add(n);
+        if self.objects > MAX_OBJECTS {
+            return Err(format!(
+                "the pickle builds more than {MAX_OBJECTS} objects (at byte {}), far more than \
+                 a state dict's (SDXL's has about 40,000): the file is corrupt or hostile",
+                self.at
+            ));
+        }
+        Ok(())
     }
 
     fn push_str(&mut self, n: usize, at: usize) -> Result<(), String> {
@@ -327,7 +354,7 @@ impl Machine<'_> {
         let s = std::str::from_utf8(b)
             .map_err(|_| format!("the string at byte {at} is not UTF-8"))?
             .to_string();
-        self.push(Value::Str(s));
+        self.push(Value::Str(s))?;
         Ok(())
     }
 
@@ -353,9 +380,9 @@ impl Machine<'_> {
     fn global(&mut self, module: &str, name: &str) -> Result<(), String> {
         let full = format!("{}.{name}", python3_module(module));
         if !CONTAINERS.contains(&full.as_str()) && !(self.allowed)(&full) {
-            return Err(format!("refused global `{full}`"));
+            return Err(format!("refused global `{}`", clipped(&full)));
         }
-        self.push(Value::Global(full));
+        self.push(Value::Global(full))?;
         Ok(())
     }
 
@@ -390,6 +417,7 @@ impl Machine<'_> {
             _ => 0,
         };
         self.spend(copied + items.len(), at)?;
+        self.count(copied)?;
         let built = match name.as_str() {
             "collections.OrderedDict" | "collections.Counter" if items.is_empty() => {
                 Value::Dict(Vec::new())
@@ -439,7 +467,7 @@ impl Machine<'_> {
                 state: None,
             },
         };
-        self.push(built);
+        self.push(built)?;
         Ok(())
     }
 
@@ -460,6 +488,9 @@ impl Machine<'_> {
 
     fn put(&mut self, i: u64, at: usize) -> Result<(), String> {
         let top = *self.stack.last().ok_or_else(|| self.underflow(at))?;
+        if !self.memo.contains_key(&i) {
+            self.count(1)?;
+        }
         self.memo.insert(i, top);
         Ok(())
     }
@@ -469,6 +500,7 @@ impl Machine<'_> {
             .memo
             .get(&i)
             .ok_or_else(|| format!("memo entry {i} is read at byte {at} but was never stored"))?;
+        self.count(1)?;
         self.stack.push(id);
         Ok(())
     }

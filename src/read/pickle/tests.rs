@@ -136,3 +136,44 @@ fn copying_one_value_again_and_again_is_bounded() {
     let err = parse(&data, &nothing_allowed).unwrap_err();
     assert!(err.contains("copies more data than it holds"), "{err}");
 }
+
+#[test]
+fn a_stream_of_small_objects_is_bounded() {
+    // One value per opcode byte: NONE, an empty list, a memo entry, a memo read, a DUP. Each
+    // would take some 60 bytes of memory per byte of the stream.
+    let n = (1 << 22) + 10;
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("NONE", [&b"\x80\x02"[..], &vec![b'N'; n]].concat()),
+        ("EMPTY_LIST", [&b"\x80\x02"[..], &vec![b']'; n]].concat()),
+        (
+            "MEMOIZE",
+            [&b"\x80\x04N"[..], &vec![0x94; n], &b"."[..]].concat(),
+        ),
+        (
+            "BINGET",
+            [&b"\x80\x02Nq\x00"[..], &b"h\x00".repeat(n), &b"."[..]].concat(),
+        ),
+    ];
+    for (what, data) in cases {
+        let err = parse(&data, &nothing_allowed).unwrap_err();
+        assert!(
+            err.contains("builds more than 4194304 objects") && err.contains("hostile"),
+            "{what}: {err}"
+        );
+    }
+    // Items copied into containers count too: `set(list)` of a million items, four times, is
+    // within the copy budget of its 2 MB stream but over the object count.
+    let mut data = b"\x80\x02]q\x00(".to_vec();
+    data.extend(std::iter::repeat_n(b"K\x01".as_slice(), 1_000_000).flatten());
+    data.extend_from_slice(b"e0");
+    for _ in 0..4 {
+        data.extend_from_slice(b"c__builtin__\nset\nh\x00\x85R0");
+    }
+    data.extend_from_slice(b"N.");
+    assert!(
+        data.len() * 8 + (1 << 20) > 4_000_000,
+        "within the copy budget"
+    );
+    let err = parse(&data, &nothing_allowed).unwrap_err();
+    assert!(err.contains("builds more than"), "{err}");
+}

@@ -2,7 +2,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::model::dtype::Dtype;
-use crate::read::{FileFormat, SafetensorsFile};
+use crate::read::zip::ZipEntry;
+use crate::read::{FileFormat, SafetensorsFile, TensorEntry};
+
+use super::state_dict;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -205,4 +208,298 @@ fn damaged_archives_are_clear_errors() {
     });
     let err = open_err(&p);
     assert!(err.contains("claims"), "{err}");
+}
+
+/// A pickle's BINUNICODE of `s`.
+fn text(s: &str) -> Vec<u8> {
+    [&[b'X'][..], &(s.len() as u32).to_le_bytes(), s.as_bytes()].concat()
+}
+
+/// The reader's error for the `data.pkl` `data`, in an archive with no storages.
+fn pickle_err(data: &[u8]) -> String {
+    match crate::read::torch_state_dict(data) {
+        Ok(_) => panic!("read"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn names_from_the_file_are_clipped_in_messages() {
+    const BIG: usize = 1 << 20;
+    // A state-dict key of a MiB of bytes (it was shown as `Bytes([65, 65, ...])`, 4 MB).
+    let key = [
+        &b"\x80\x03}(B"[..],
+        &(BIG as u32).to_le_bytes(),
+        &vec![b'A'; BIG],
+        b"K\x01u.",
+    ]
+    .concat();
+    let err = pickle_err(&key);
+    assert!(err.contains("not a name but the bytes b\"AAA"), "{err}");
+    assert!(
+        err.contains(&format!("({BIG} bytes)")) && err.len() < 300,
+        "{err}"
+    );
+    // A GLOBAL whose module name is a MiB long.
+    let global = [&b"\x80\x02c"[..], &vec![b'm'; BIG], b"\nsystem\n."].concat();
+    let err = pickle_err(&global);
+    assert!(err.contains("refused global `mmm"), "{err}");
+    assert!(
+        err.contains(&format!("({} bytes)", BIG + 7)) && err.len() < 600,
+        "{err}"
+    );
+    // A tensor name a MiB long, in the tensor's own error.
+    let mut name = b"\x80\x02}(".to_vec();
+    name.extend(text(&"n".repeat(BIG)));
+    name.extend(tensor("FloatStorage", "0"));
+    name.extend(b"u.");
+    let err = pickle_err(&name);
+    assert!(
+        err.contains("tensor `nnn") && err.contains("is missing"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("({BIG} bytes)")) && err.len() < 600,
+        "{err}"
+    );
+}
+
+/// A pickle's `_rebuild_tensor_v2` of 4 elements of the storage `key` of class `torch.<kind>`.
+fn tensor(kind: &str, key: &str) -> Vec<u8> {
+    let mut b = b"ctorch._utils\n_rebuild_tensor_v2\n((".to_vec();
+    b.extend(text("storage"));
+    b.extend(format!("ctorch\n{kind}\n").as_bytes());
+    b.extend(text(key));
+    b.extend(text("cpu"));
+    b.extend(b"K\x04tQK\x00K\x04\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR");
+    b
+}
+
+/// The state dict of `data`, in an archive whose storages `0` to `9` hold 16 bytes each.
+fn read_pickle(data: &[u8]) -> Result<(Vec<TensorEntry>, Vec<String>), String> {
+    let storages: Vec<ZipEntry> = (0..10)
+        .map(|i| ZipEntry {
+            name: format!("archive/data/{i}"),
+            method: 0,
+            encrypted: false,
+            data_start: 100 * i,
+            stored_len: 16,
+            len: 16,
+        })
+        .collect();
+    let entries = storages.iter().map(|e| (e.name.as_str(), e)).collect();
+    state_dict(data, "archive/", &entries)
+}
+
+#[test]
+fn the_tensor_helper_builds_what_the_reader_reads() {
+    let mut data = b"\x80\x02}(".to_vec();
+    data.extend(text("w"));
+    data.extend(tensor("FloatStorage", "3"));
+    data.extend(b"u.");
+    let (tensors, left_out) = read_pickle(&data).unwrap();
+    assert_eq!(tensors.len(), 1);
+    assert_eq!(
+        (
+            tensors[0].name.as_str(),
+            tensors[0].dtype,
+            &tensors[0].shape
+        ),
+        ("w", Dtype::F32, &vec![4])
+    );
+    assert_eq!(tensors[0].offsets, (300, 316));
+    assert!(left_out.is_empty());
+}
+
+/// `{'state_dict': D0}` where `D_k = {'a': D_k+1, 'b': D_k+1}` (one dict, shared through the
+/// memo), `depth` levels over the leaf `leaf` (a pickled dict, stored as memo 1000).
+fn doubling_dag(depth: u32, leaf: &[u8]) -> Vec<u8> {
+    let put = |i: u32| [&[b'r'][..], &i.to_le_bytes()].concat();
+    let get = |i: u32| [&[b'j'][..], &i.to_le_bytes()].concat();
+    let mut p = b"\x80\x02}(".to_vec();
+    p.extend(text("state_dict"));
+    p.extend(leaf);
+    p.extend(put(1000));
+    p.push(b'0');
+    for k in 0..depth {
+        p.extend(b"}(");
+        for key in ["a", "b"] {
+            p.extend(text(key));
+            p.extend(get(1000 + k));
+        }
+        p.push(b'u');
+        p.extend(put(1001 + k));
+        p.push(b'0');
+    }
+    p.extend(get(1000 + depth));
+    p.extend(b"u.");
+    p
+}
+
+#[test]
+fn a_dict_shared_from_several_places_is_refused_at_once() {
+    // 2^30 paths through a 1 KB pickle: walked per path, it took all memory.
+    let start = std::time::Instant::now();
+    let mut with_tensor = b"}(".to_vec();
+    with_tensor.extend(text("w"));
+    with_tensor.extend(tensor("FloatStorage", "0"));
+    with_tensor.push(b'u');
+    for leaf in [&b"}(X\x01\x00\x00\x00xK\x01u"[..], &with_tensor] {
+        let data = doubling_dag(30, leaf);
+        assert!(data.len() < 2000);
+        let err = read_pickle(&data).unwrap_err();
+        assert!(
+            err.contains("reaches one dict from several places (again as `a.a.a.")
+                && err.contains(".a.b`)")
+                && err.contains("corrupt or hostile"),
+            "{err}"
+        );
+    }
+    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+    // A tree of the same dicts, none shared, reads.
+    let mut tree = b"\x80\x02}(".to_vec();
+    for key in ["a", "b"] {
+        tree.extend(text(key));
+        tree.extend(&with_tensor);
+    }
+    tree.extend(b"u.");
+    let (tensors, _) = read_pickle(&tree).unwrap();
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a.w", "b.w"]);
+}
+
+#[test]
+fn a_dtype_not_read_is_named_not_refused_as_a_global() {
+    for (storage, dtype) in [
+        ("ComplexFloatStorage", "complex64"),
+        ("QInt8Storage", "qint8"),
+    ] {
+        let mut data = b"\x80\x02}(".to_vec();
+        data.extend(text("z"));
+        data.extend(tensor(storage, "0"));
+        data.extend(b"u.");
+        let err = read_pickle(&data).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "tensor `z`: it has dtype {dtype} (`torch.{storage}`), which this tool does not read"
+            )) && err.contains("drop the tensor or convert it"),
+            "{err}"
+        );
+        assert!(!err.contains("refused global"), "{err}");
+    }
+    // `_rebuild_tensor_v3` names the dtype as its seventh argument.
+    let mut data = b"\x80\x02}(".to_vec();
+    data.extend(text("z"));
+    data.extend(b"ctorch._utils\n_rebuild_tensor_v3\n((");
+    data.extend(text("storage"));
+    data.extend(b"ctorch\nUntypedStorage\n");
+    data.extend(text("0"));
+    data.extend(text("cpu"));
+    data.extend(
+        b"K\x10tQK\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rctorch\ncomplex64\ntRu.",
+    );
+    let err = read_pickle(&data).unwrap_err();
+    assert!(
+        err.contains("it has dtype complex64 (`torch.complex64`)"),
+        "{err}"
+    );
+    // Another global is still refused as one.
+    let mut data = b"\x80\x02}(".to_vec();
+    data.extend(text("z"));
+    data.extend(tensor("EvilStorage", "0"));
+    data.extend(b"u.");
+    assert!(read_pickle(&data)
+        .unwrap_err()
+        .contains("refused global `torch.EvilStorage`"));
+}
+
+/// A numpy float64 scalar as numpy pickles it at protocol 2: `scalar(dtype('f8'), bytes)`.
+fn numpy_scalar(module: &str) -> Vec<u8> {
+    let mut b = format!("c{module}\nscalar\ncnumpy\ndtype\n").into_bytes();
+    b.extend(text("f8"));
+    b.extend(b"\x89\x88\x87R(K\x03");
+    b.extend(text("<"));
+    b.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbc_codecs\nencode\n");
+    b.extend(text("\u{b8}\u{1e}\u{85}\u{eb}Q\u{b8}\u{be}?"));
+    b.extend(text("latin1"));
+    b.extend(b"\x86R\x86R");
+    b
+}
+
+#[test]
+fn a_lightning_checkpoint_with_numpy_metadata_reads() {
+    // {'state_dict': {'w': tensor}, 'global_step': 470000, 'callbacks': {'ModelCheckpoint':
+    // {'best_model_score': np.float64(0.12), 'monitor': None}}, 'callback': ModelCheckpoint()},
+    // as torch.save wrote it (the numpy 2 module name, then numpy 1's).
+    for module in ["numpy._core.multiarray", "numpy.core.multiarray"] {
+        let mut data = b"\x80\x02}(".to_vec();
+        data.extend(text("state_dict"));
+        data.extend(b"}(");
+        data.extend(text("w"));
+        data.extend(tensor("FloatStorage", "0"));
+        data.extend(b"u");
+        data.extend(text("global_step"));
+        data.extend(b"J\xf0+\x07\x00");
+        data.extend(text("callbacks"));
+        data.extend(b"}(");
+        data.extend(text("ModelCheckpoint"));
+        data.extend(b"}(");
+        data.extend(text("best_model_score"));
+        data.extend(numpy_scalar(module));
+        data.extend(text("monitor"));
+        data.extend(b"Nuu");
+        data.extend(text("callback"));
+        data.extend(b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n)\x81}(");
+        data.extend(text("monitor"));
+        data.extend(b"Nubu.");
+        let (tensors, mut left_out) = read_pickle(&data).unwrap();
+        assert_eq!(tensors.len(), 1);
+        assert_eq!(tensors[0].name, "w");
+        left_out.sort();
+        assert_eq!(left_out, ["callback", "callbacks", "global_step"]);
+    }
+}
+
+#[test]
+fn lightning_globals_build_no_tensor_and_no_state_dict() {
+    let model_checkpoint = b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n)\x81";
+    // The saved object, or its `state_dict`, as a callback object: no state dict.
+    let root = [&b"\x80\x02"[..], model_checkpoint, b"."].concat();
+    assert!(read_pickle(&root)
+        .unwrap_err()
+        .contains("not a dict of tensors"));
+    let mut nested = b"\x80\x02}(".to_vec();
+    nested.extend(text("state_dict"));
+    nested.extend(model_checkpoint);
+    nested.extend(b"u.");
+    assert!(read_pickle(&nested)
+        .unwrap_err()
+        .contains("holds no tensors"));
+    // A numpy scalar as a tensor's offset, or numpy's dtype as its storage: refused.
+    let scalar = numpy_scalar("numpy.core.multiarray");
+    let mut offset = b"\x80\x02}(".to_vec();
+    offset.extend(text("w"));
+    let t = tensor("FloatStorage", "0");
+    let at = t.windows(4).position(|w| w == b"tQK\x00").unwrap() + 2;
+    offset.extend(&t[..at]);
+    offset.extend(&scalar);
+    offset.extend(&t[at + 2..]);
+    offset.extend(b"u.");
+    let err = read_pickle(&offset).unwrap_err();
+    assert!(
+        err.contains("tensor `w`: its storage offset is not a count"),
+        "{err}"
+    );
+    let t = tensor("FloatStorage", "0");
+    let at = t.windows(7).position(|w| w == b"ctorch\n").unwrap();
+    let end = at + b"ctorch\nFloatStorage\n".len();
+    let mut kind = b"\x80\x02}(".to_vec();
+    kind.extend(text("w"));
+    kind.extend([&t[..at], b"cnumpy\ndtype\n", &t[end..]].concat());
+    kind.extend(b"u.");
+    let err = read_pickle(&kind).unwrap_err();
+    assert!(
+        err.contains("tensor `w`: its storage has a dtype this reader does not know"),
+        "{err}"
+    );
 }
