@@ -161,7 +161,9 @@ fn split_path(path: &str) -> (&str, &str) {
 /// Where saves under one prefix go: the result of ComfyUI's name resolution, before the counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveTarget {
-    /// The folder the files go into: `output_dir` joined with [`SaveTarget::subfolder`].
+    /// The folder the files go into: `output_dir` joined with [`SaveTarget::subfolder`] after
+    /// normalising it against the output root, so it never holds a `..` that the kernel could
+    /// resolve through a symlinked output folder to somewhere outside it.
     pub folder: PathBuf,
     /// The folder relative to the output root, as the reference reports it (`""` for the root).
     pub subfolder: String,
@@ -194,7 +196,9 @@ impl SaveTarget {
     /// deviation, see the module docs); [`normpath`]; split into subfolder and filename; folder =
     /// `output_dir/subfolder`; then the reference's sandbox check: the common path of the absolute
     /// output folder and the absolute target folder (computed lexically, symlinks not resolved)
-    /// must be the output folder. Nothing is created on disk.
+    /// must be the output folder. The folder written is `output_dir` joined with the checked
+    /// folder's part below the output root (no `..`), not the raw join, so a symlinked output
+    /// folder cannot be left through `..`. Nothing is created on disk.
     ///
     /// # Errors
     ///
@@ -215,13 +219,8 @@ impl SaveTarget {
         let normalised = normpath(&given);
         let (subfolder, filename) = split_path(&normalised);
 
-        let folder = if subfolder.is_empty() {
-            output_dir.to_path_buf()
-        } else {
-            output_dir.join(subfolder)
-        };
         let output_abs = lexical_absolute(output_dir)?;
-        let folder_abs = lexical_absolute(&folder)?;
+        let folder_abs = lexical_absolute(&output_dir.join(subfolder))?;
         let common: PathBuf = output_abs
             .components()
             .zip(folder_abs.components())
@@ -235,6 +234,23 @@ impl SaveTarget {
                 common: common.display().to_string(),
             });
         }
+        // Write to the folder that was checked: the part of the lexically normalised folder below
+        // the output root, which has no `..` left. Joining the raw subfolder instead would let the
+        // kernel resolve its `..` physically, so `--output-dir link --prefix ../link/x` with `link`
+        // a symlink would land beside the link's target, outside the output folder.
+        let inside =
+            folder_abs
+                .strip_prefix(&output_abs)
+                .map_err(|_| Error::OutsideOutputFolder {
+                    full_output_folder: folder_abs.display().to_string(),
+                    output_dir: output_abs.display().to_string(),
+                    common: common.display().to_string(),
+                })?;
+        let folder = if inside.as_os_str().is_empty() {
+            output_dir.to_path_buf()
+        } else {
+            output_dir.join(inside)
+        };
         if matches!(filename, "" | "." | "..") {
             return Err(Error::InvalidInput(format!(
                 "the filename prefix `{prefix}` names no file (its last part is `{filename}`); give \

@@ -159,6 +159,33 @@ fn symlinked_subfolder_is_not_resolved() {
     );
 }
 
+/// A symlinked output folder and a prefix whose `..` comes back through the link's name: the check
+/// passes lexically, so the file must go into the folder that was checked (the link's target), not
+/// wherever the kernel resolves `link/../link` physically (beside the target).
+#[cfg(unix)]
+#[test]
+fn dotdot_through_a_symlinked_output_folder_stays_inside() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let deep = root.path().join("real/deep");
+    fs::create_dir_all(&deep).expect("mkdir");
+    let link = root.path().join("esclink");
+    std::os::unix::fs::symlink(&deep, &link).expect("symlink");
+
+    let t = target("../esclink/x", &link);
+    assert_eq!(t.folder, link, "no `..` reaches the file system");
+    let r = t.reserve().expect("reserve");
+    let path = r.commit().expect("commit");
+    assert_eq!(path, link.join("x_00001_.safetensors"));
+    assert!(deep.join("x_00001_.safetensors").is_file());
+    assert!(
+        !root.path().join("real/esclink").exists(),
+        "nothing was created beside the link's target"
+    );
+
+    let t = target("a/../../esclink/sub/y", &link);
+    assert_eq!(t.folder, link.join("sub"));
+}
+
 #[test]
 fn prefixes_naming_no_file_are_refused() {
     let out = Path::new("/srv/output");
