@@ -20,7 +20,8 @@ Exit codes:
   0    success
   1    error (bad input, unreadable file, refused or failed save); one line on stderr says why
   2    usage error (unknown option or invalid value), reported by the argument parser
-  130  interrupted by Ctrl-C; the temporary file was removed and nothing was written";
+  130  interrupted by Ctrl-C, SIGTERM or SIGHUP (kill, timeout, docker stop, a closed terminal);
+       the temporary file was removed and nothing was written";
 
 /// Save diffusion-model components into one ComfyUI-compatible .safetensors checkpoint.
 #[derive(Debug, Parser)]

@@ -153,6 +153,26 @@ pub fn ignore_file_size_signal() {
     }
 }
 
+/// Whether SIGHUP is ignored in this process, as `nohup` (or a parent that detached it) sets it
+/// up; read before a handler is installed, so that [`ignore_hangup`] can restore that choice.
+pub fn hangup_ignored() -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Ignores SIGHUP again after a cancel handler took it over: a run started under `nohup` must
+/// survive its terminal closing, not cancel its save.
+pub fn ignore_hangup() {
+    // SAFETY: setting a signal's disposition to "ignore"; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 /// Ends this process at once with SIGKILL, as a crash would (no destructor, no cleanup): the
 /// crash tests' fault injection.
 pub(crate) fn kill_self() -> ! {
