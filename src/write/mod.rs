@@ -52,7 +52,9 @@ pub enum Backend {
     /// Positional writes (`pwrite`) from per-worker staging buffers.
     Pwrite,
     /// Units filled directly in a writable memory map of the file, one window per unit (no
-    /// staging buffer at all).
+    /// staging buffer at all). Only where the file's blocks can be reserved up front (also on
+    /// tmpfs, at the cost of a zeroing pass); elsewhere the save writes with [`Backend::Pwrite`],
+    /// since a store into a full disk through a map kills the process with SIGBUS.
     Mmap,
     /// Direct I/O (`O_DIRECT`) from aligned staging buffers: the disk reads them by DMA instead
     /// of the CPU copying into the page cache. The data section is aligned to 4096 bytes in the
@@ -181,7 +183,7 @@ pub(crate) fn write(
     // Before the first read of a device tensor, by any worker: on this thread, whose stream
     // candle queued the caller's work on.
     offload::order::wait_for_producers(offload::order::plan_tensors(plan))?;
-    preallocate(file, plan.file_len())?;
+    let method = preallocate(file, plan.file_len(), method)?;
     let sink = Sink::new(file, method, plan.data_offset());
     sink.write_header(plan.header())?;
     progress.inc(plan.header().len() as u64);

@@ -163,8 +163,22 @@ impl Window {
     }
 }
 
-/// Reserves the file's blocks up front, so a full disk fails before data is written.
-pub(crate) fn preallocate(file: &File, len: u64) -> Result<()> {
-    sys::preallocate(file, len)
-        .ctx(|| format!("reserving {len} bytes for the checkpoint (is the disk full?)"))
+/// Reserves the file's blocks up front, so a full disk fails before data is written, and returns
+/// the method to write with: `method`, except that [`Method::Mmap`] becomes [`Method::Pwrite`]
+/// where the blocks could not be reserved (see [`method_after_preallocation`]).
+pub(crate) fn preallocate(file: &File, len: u64, method: Method) -> Result<Method> {
+    let done = sys::preallocate(file, len, method == Method::Mmap)
+        .ctx(|| format!("reserving {len} bytes for the checkpoint (is the disk full?)"))?;
+    Ok(method_after_preallocation(method, done))
+}
+
+/// A store through a memory map into a page with no block behind it gets SIGBUS when the disk is
+/// full, which kills the process and leaves its temporary file: so a map is written only where
+/// every block is reserved, and positional writes (which report a full disk as an error) are used
+/// otherwise.
+pub(crate) fn method_after_preallocation(method: Method, done: sys::Preallocated) -> Method {
+    match (method, done) {
+        (Method::Mmap, sys::Preallocated::SizedOnly) => Method::Pwrite,
+        (method, _) => method,
+    }
 }

@@ -184,3 +184,29 @@ fn backend_is_resolved_once_from_the_folder_and_devices() {
         assert_eq!(Backend::Auto.resolve(shm, false), Method::Pwrite);
     }
 }
+
+/// A store through a map into a page without a block gets SIGBUS on a full disk: the map is used
+/// only where preallocation reserved every block, positional writes (an error, not a crash)
+/// everywhere else.
+#[test]
+fn mmap_is_used_only_where_the_blocks_are_reserved() {
+    use crate::sys::Preallocated::{Reserved, SizedOnly};
+    use sink::method_after_preallocation as after;
+    assert_eq!(after(Method::Mmap, SizedOnly), Method::Pwrite);
+    assert_eq!(after(Method::Mmap, Reserved), Method::Mmap);
+    for method in [Method::Pwrite, Method::Direct] {
+        for done in [Reserved, SizedOnly] {
+            assert_eq!(after(method, done), method);
+        }
+    }
+    // tmpfs has fallocate: a mapped write there reserves its pages (so a full tmpfs fails before
+    // the first byte), while the other methods only size the file.
+    if crate::sys::HAS_DIRECT_IO && std::path::Path::new("/dev/shm").is_dir() {
+        let f = tempfile::tempfile_in("/dev/shm").unwrap();
+        assert_eq!(
+            sink::preallocate(&f, 1 << 20, Method::Mmap).unwrap(),
+            Method::Mmap
+        );
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    }
+}
