@@ -157,13 +157,41 @@ fn budget_bounds_workers_and_chunks() {
         threads: 0,
         ..Default::default()
     };
-    assert_eq!(o.effective(), (cores, 1 << 20));
-    assert_eq!(o.effective_direct(), (2 * cores, 1 << 20));
+    assert_eq!(o.effective(), (cores.min(MAX_WRITER_THREADS), 1 << 20));
+    assert_eq!(
+        o.effective_direct(),
+        ((2 * cores).min(MAX_WRITER_THREADS), 1 << 20)
+    );
     let o = EngineOptions {
         staging_budget: 3 << 20,
         ..o
     };
     assert_eq!(o.effective_direct(), ((2 * cores).min(3), 1 << 20));
+}
+
+/// Thousands of threads for 4 KiB units made a 300 MB convert take minutes: whatever is asked,
+/// the workers stay within the caps, and extreme sizes neither overflow nor panic.
+#[test]
+fn workers_are_capped_whatever_is_asked() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cap = (cores * MAX_WORKERS_PER_CORE).min(MAX_WRITER_THREADS);
+    let o = EngineOptions {
+        chunk_size: 0,
+        staging_budget: u64::MAX,
+        threads: 100_000,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (cap, 4096));
+    assert_eq!(o.effective_direct(), (cap, 4096));
+    let o = EngineOptions {
+        chunk_size: u64::MAX,
+        staging_budget: u64::MAX,
+        threads: usize::MAX,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (1, u64::MAX / 4096 * 4096));
+    let o = EngineOptions { threads: 0, ..o };
+    assert_eq!(o.effective().0, 1);
 }
 
 #[test]
