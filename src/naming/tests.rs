@@ -316,6 +316,20 @@ fn folder_that_cannot_be_created_is_a_clear_error() {
             msg.contains(&out.path().join("blocker/sub").display().to_string()),
             "{msg}"
         );
+        // Names what is in the way, not only the OS's "File exists".
+        assert!(msg.contains("blocker is a file, not a folder"), "{msg}");
+    }
+    // A dangling symlink as the folder itself.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("nowhere", out.path().join("dangling")).expect("symlink");
+        let err = target("dangling/ComfyUI", out.path())
+            .reserve()
+            .expect_err("reserve");
+        assert!(
+            err.to_string().contains("dangling is a symlink to nothing"),
+            "{err}"
+        );
     }
 }
 
