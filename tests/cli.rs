@@ -214,6 +214,30 @@ fn writer_flags_out_of_range_are_usage_errors() {
     );
 }
 
+/// A prefix whose temporary name would pass the file system's 255-byte limit is refused up front,
+/// by `--dry-run` and the real save alike, with a message that says to shorten it.
+#[test]
+fn names_too_long_are_refused_by_save_and_dry_run_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    for (prefix, dry) in [("b".repeat(200), false), ("b".repeat(240), true)] {
+        let mut args = vec![
+            "save",
+            "--synthetic",
+            "sd15",
+            "--tiny",
+            "-q",
+            "--prefix",
+            &prefix,
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        let r = run(dir.path(), &args);
+        assert_fails(&r, 1, "255-byte limit", &dir.path().join("output"));
+        assert!(r.stderr.contains("shorten"), "{}", r.stderr);
+    }
+}
+
 #[test]
 fn prompt_and_workflow_files_become_metadata() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,6 +53,9 @@ use counter::entry_counter;
 /// prefix `checkpoints/ComfyUI`.
 pub const DEFAULT_FILENAME: &str = "ComfyUI";
 
+/// The longest file name, in bytes, that Linux file systems (ext4, xfs, btrfs, tmpfs) accept.
+pub const NAME_MAX: usize = 255;
+
 /// Extension of the checkpoints written under a prefix.
 const EXTENSION: &str = "safetensors";
 
@@ -280,6 +283,27 @@ impl SaveTarget {
         format!("{}_{counter:05}_.{}", self.filename, self.extension)
     }
 
+    /// Refuses a name that the file system cannot hold: the final name for `counter` and the
+    /// temporary name written first (the final name plus `.{pid}-{machine}.partial`, about 40
+    /// bytes) must each fit in [`NAME_MAX`] bytes. Checked by [`SaveTarget::reserve`] and by a
+    /// dry run, so both agree, and before anything is written.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] saying how many bytes the prefix's file name must lose.
+    pub fn check_name_length(&self, counter: u64) -> Result<()> {
+        let name = self.file_name(counter);
+        let temp = crate::publish::temp::temp_name(name.as_ref()).len();
+        if temp > NAME_MAX {
+            return Err(Error::InvalidInput(format!(
+                "the file name `{name}` is {} bytes, and its temporary name {temp} bytes, over the                  file system's {NAME_MAX}-byte limit for one name; shorten the prefix's file name                  `{}` by at least {} bytes",
+                name.len(),
+                self.filename,
+                temp - NAME_MAX
+            )));
+        }
+        Ok(())
+    }
+
     /// The reference's counter scan, without lock or reservation: highest counter among the
     /// folder's entries (files and directories of any type) named `{filename}_…`, plus one; 1 if
     /// there is none. A missing folder is created (with its parents) and gives 1.
@@ -351,13 +375,15 @@ impl SaveTarget {
     ///
     /// [`Error::Io`] naming the path when the folder cannot be created or listed, the lock file
     /// cannot be opened or locked, a stale temp file cannot be removed or the temp file cannot be
-    /// created; [`Error::InvalidInput`] when the counter would overflow.
+    /// created; [`Error::InvalidInput`] when the counter would overflow or the name is too long
+    /// ([`SaveTarget::check_name_length`]).
     pub fn reserve(&self) -> Result<Reservation> {
         create_folder(&self.folder)?;
         let _lock = FolderLock::acquire(&self.folder)?;
         remove_stale_temps(&self.folder)?;
         let mut counter = self.next_counter()?;
         loop {
+            self.check_name_length(counter)?;
             let final_path = self.folder.join(self.file_name(counter));
             if !exists(&final_path)? {
                 let title = format!("{} {counter}", self.filename);

@@ -412,3 +412,28 @@ fn decimal_digits_of_other_scripts() {
     assert_eq!(decimal_digit('\u{00B2}'), None);
     assert_eq!(decimal_digit('/'), None);
 }
+
+/// A final name that fits but whose temporary name does not is refused with a clear message
+/// (not the OS's "File name too long" from the temporary file), the same way the dry run checks.
+#[test]
+fn names_too_long_for_the_file_system_are_refused_up_front() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let long = "b".repeat(230);
+    let t = target(&long, out.path());
+    let err = t.reserve().expect_err("too long");
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("255-byte limit") && msg.contains("shorten"),
+        "{msg}"
+    );
+    assert!(
+        names(out.path()).is_empty(),
+        "nothing created in the folder"
+    );
+    assert!(t.check_name_length(1).is_err());
+
+    let t = target(&"b".repeat(150), out.path());
+    t.check_name_length(1).expect("fits");
+    t.reserve().expect("reserve").commit().expect("commit");
+}
