@@ -82,21 +82,22 @@ impl<'a> Sink<'a> {
         let aligned = buf.len().is_multiple_of(DIRECT_ALIGN)
             && pos.is_multiple_of(DIRECT_ALIGN as u64)
             && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
-        match &self.direct {
+        let r = match &self.direct {
             Some(d) if aligned => match d.write_all_at(buf, pos) {
                 // Accepted at open but not for this write: the page cache always works.
-                Err(e) if sys::direct_refused(&e) => self.file.write_all_at(buf, pos).ctx(ctx),
-                r => r.ctx(ctx),
+                Err(e) if sys::direct_refused(&e) => self.file.write_all_at(buf, pos),
+                r => r,
             },
-            _ => self.file.write_all_at(buf, pos).ctx(ctx),
-        }
+            _ => self.file.write_all_at(buf, pos),
+        };
+        r.map_err(|e| write_error(ctx(), e))
     }
 
     /// Writes the header at the start of the file.
     pub fn write_header(&self, header: &[u8]) -> Result<()> {
         self.file
             .write_all_at(header, 0)
-            .ctx(|| "writing the checkpoint header".into())
+            .map_err(|e| write_error("writing the checkpoint header".into(), e))
     }
 
     /// Writes `buf` at data-section offset `at` (direct I/O where `buf`, the offset and the
@@ -148,6 +149,21 @@ impl<'a> Sink<'a> {
         sys::populate_write(&map);
         Ok(Window { map, skip })
     }
+}
+
+/// The error of a failed write. Where preallocation could only size the file a full disk shows
+/// up here, and the OS says only "No space left on device": add what to do.
+pub(crate) fn write_error(what: String, e: std::io::Error) -> Error {
+    let full = matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    );
+    let what = if full {
+        format!("{what}: the disk is full; free space there or save to another folder")
+    } else {
+        what
+    };
+    Error::io(what, e)
 }
 
 /// A writable window of the file: bytes `[skip, skip + len)` of the map.

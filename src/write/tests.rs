@@ -238,3 +238,21 @@ fn mmap_is_used_only_where_the_blocks_are_reserved() {
         assert_eq!(f.metadata().unwrap().len(), 1 << 20);
     }
 }
+
+/// A write that finds the disk full says what to do, not only the OS's "No space left".
+#[test]
+fn a_full_disk_while_writing_says_what_to_do() {
+    let full = sink::write_error(
+        "writing 1 bytes at offset 0 of the checkpoint".into(),
+        std::io::Error::from(std::io::ErrorKind::StorageFull),
+    );
+    assert!(
+        full.to_string().contains("the disk is full; free space"),
+        "{full}"
+    );
+    let other = sink::write_error(
+        "writing the checkpoint header".into(),
+        std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    );
+    assert!(!other.to_string().contains("disk is full"), "{other}");
+}
