@@ -91,6 +91,8 @@ pub fn dry_run(components: &Components, opts: &SaveOptions) -> Result<DryRun> {
     } else {
         1
     };
+    // The real save refuses a name the file system cannot hold; so does the dry run.
+    target.check_name_length(counter)?;
     let title = format!("{} {counter}", target.filename);
     let meta = metadata::build(arch, prediction, &title, &opts.metadata);
     let (plan, _) = plan_for_write(&layout, arch, components, &meta, opts, &target.folder)?;

@@ -115,8 +115,8 @@ pub use save::{lay_out, save, save_tensors, save_to_path, LayoutChoice, SaveOpti
 pub use save_gguf::{save_gguf, save_gguf_to_path};
 pub use save_gguf_text::save_gguf_text;
 pub use split::{split, split_gguf, Split, SplitTarget};
-pub use sys::ignore_file_size_signal;
-pub use write::{Backend, EngineOptions};
+pub use sys::{hangup_ignored, ignore_file_size_signal, ignore_hangup};
+pub use write::{Backend, EngineOptions, MAX_WORKERS_PER_CORE, MAX_WRITER_THREADS};
 
 /// Internals exposed for the crate's benchmarks; not a supported API.
 #[doc(hidden)]

@@ -91,6 +91,24 @@ impl Stamp {
     }
 }
 
+/// Opens an input file for reading, refusing anything but a regular file or a folder (which the
+/// caller reports) *before* opening it: opening a FIFO blocks until a writer comes, and a device
+/// such as `/dev/zero` has no size, so both would otherwise hang or be called "0 bytes long".
+///
+/// # Errors
+/// [`Error::Io`] naming the path when it is missing or cannot be opened;
+/// [`Error::InvalidInput`] when it is a FIFO, a socket or a device.
+pub(crate) fn open_input(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).ctx(|| format!("cannot open {}", path.display()))?;
+    if !(meta.is_file() || meta.is_dir()) {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a regular file (a FIFO, socket or device); give a checkpoint file",
+            path.display()
+        )));
+    }
+    File::open(path).ctx(|| format!("cannot open {}", path.display()))
+}
+
 /// What kind of file an input is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
@@ -159,13 +177,14 @@ impl SafetensorsFile {
     ///
     /// # Errors
     /// - [`Error::Io`] naming the path when it is missing, a folder, or unreadable;
+    /// - [`Error::InvalidInput`] for a FIFO, socket or device (refused before opening it);
     /// - [`Error::HeaderTooLarge`] when the header length exceeds 100,000,000 bytes;
     /// - [`Error::InvalidCheckpoint`] saying what is wrong: shorter than 8 bytes, a header longer
     ///   than the file, not UTF-8 JSON, an unknown dtype, a size that does not match dtype × shape,
     ///   gaps or overlaps between tensors, a duplicate name, data missing at the end (truncated)
     ///   or trailing bytes.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
+        let file = open_input(path)?;
         let meta = file
             .metadata()
             .ctx(|| format!("cannot read the size of {}", path.display()))?;

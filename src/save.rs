@@ -139,6 +139,8 @@ impl Saved {
 /// Any error of layout, planning, naming or writing; on error no file is left under any name.
 pub fn save(components: &Components, opts: &SaveOptions) -> Result<Saved> {
     let target = SaveTarget::resolve(&opts.prefix, &opts.output_dir)?;
+    // A name too long for the file system is refused before any input is read.
+    target.check_name_length(1)?;
     let provisional = format!("{} {}", target.filename, u64::MAX);
     save_with(components, opts, &provisional, &target.folder, || {
         target.reserve()

@@ -171,6 +171,73 @@ fn unknown_dtype_is_a_usage_error() {
     assert_fails(&r, 2, "f9", &dir.path().join("output"));
 }
 
+/// Writer flags outside their ranges are usage errors (thousands of threads, or a MiB count that
+/// overflows when turned into bytes, used to be accepted); the bounds themselves work.
+#[test]
+fn writer_flags_out_of_range_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = ["save", "--synthetic", "sd15", "--tiny", "-q"];
+    for (flag, value) in [
+        ("--threads", "257"),
+        ("--threads", "100000"),
+        ("--chunk-mib", "0"),
+        ("--chunk-mib", "4097"),
+        ("--chunk-mib", "18446744073709551615"),
+        ("--staging-mib", "0"),
+        ("--staging-mib", "1048577"),
+    ] {
+        let r = run(dir.path(), &[&save[..], &[flag, value]].concat());
+        assert_fails(&r, 2, flag, &dir.path().join("output"));
+    }
+    save_ok(
+        dir.path(),
+        &[
+            &save[..],
+            &["--threads", "0", "--chunk-mib", "1", "--staging-mib", "1"],
+        ]
+        .concat(),
+    );
+    save_ok(
+        dir.path(),
+        &[
+            &save[..],
+            &[
+                "--threads",
+                "256",
+                "--chunk-mib",
+                "4096",
+                "--staging-mib",
+                "1048576",
+            ],
+        ]
+        .concat(),
+    );
+}
+
+/// A prefix whose temporary name would pass the file system's 255-byte limit is refused up front,
+/// by `--dry-run` and the real save alike, with a message that says to shorten it.
+#[test]
+fn names_too_long_are_refused_by_save_and_dry_run_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    for (prefix, dry) in [("b".repeat(200), false), ("b".repeat(240), true)] {
+        let mut args = vec![
+            "save",
+            "--synthetic",
+            "sd15",
+            "--tiny",
+            "-q",
+            "--prefix",
+            &prefix,
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        let r = run(dir.path(), &args);
+        assert_fails(&r, 1, "255-byte limit", &dir.path().join("output"));
+        assert!(r.stderr.contains("shorten"), "{}", r.stderr);
+    }
+}
+
 #[test]
 fn prompt_and_workflow_files_become_metadata() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! What crashes, interruptions and concurrency leave behind, with the real binary: a save killed
 //! mid-write leaves nothing under a final name and the next save cleans up after it; Ctrl-C
-//! removes the temporary file and exits 130; a full disk fails clearly; concurrent processes get
+//! removes the temporary file and exits 130, and so do SIGTERM and SIGHUP; a full disk fails clearly; concurrent processes get
 //! distinct counters. Every test synchronises on an observable state (a fault injected at an
 //! exact byte, a lock the child is seen waiting on), never on a timer.
 
@@ -112,42 +112,81 @@ fn wait_until_waiting_on_a_lock(pid: u32, child: &mut std::process::Child) {
     }
 }
 
-#[test]
-fn ctrl_c_removes_the_temporary_file_and_exits_130() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("output");
+/// Starts a save whose folder lock the test holds, so the child validates everything and then
+/// waits to reserve its name; `ignore_hangup` starts it as `nohup` would.
+fn save_waiting_on_its_lock(out: &Path, ignore_hangup: bool) -> (std::process::Child, File) {
+    use std::os::unix::process::CommandExt;
     let folder = out.join("checkpoints");
     std::fs::create_dir_all(&folder).unwrap();
-    // Hold the folder's lock: the child validates everything, then waits to reserve its name.
     let lock = File::open(&folder).unwrap();
     lock.lock().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["save", "--synthetic", "sd15", "--tiny", "--output-dir"])
-        .arg(&out)
+    let mut cmd = Command::new(BIN);
+    cmd.args(["save", "--synthetic", "sd15", "--tiny", "--output-dir"])
+        .arg(out)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if ignore_hangup {
+        // SAFETY: only `signal`, which is async-signal-safe, runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
     wait_until_waiting_on_a_lock(child.id(), &mut child);
-    // SAFETY: sends SIGINT to our own child process.
+    (child, lock)
+}
+
+/// Ctrl-C, and the termination signals of `kill`, `timeout`, `docker stop` or a closed terminal,
+/// all cancel the save the same way: the temporary file is removed and the exit code is 130.
+#[test]
+fn ctrl_c_sigterm_and_sighup_remove_the_temporary_file_and_exit_130() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("output");
+        let (mut child, lock) = save_waiting_on_its_lock(&out, false);
+        // SAFETY: sends a signal to our own child process.
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        // The child says so once its cancel flag is set; only then may it go on.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+        assert!(first.starts_with("interrupted"), "signal {signal}: {first}");
+        drop(lock);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        let done = child.wait_with_output().unwrap();
+        assert_eq!(done.status.code(), Some(130), "signal {signal}: {rest}");
+        assert!(
+            rest.starts_with("error: save cancelled") && rest.trim().lines().count() == 1,
+            "signal {signal}: {rest}"
+        );
+        assert!(done.stdout.is_empty(), "no path is printed");
+        assert_eq!(names(&out), Vec::<String>::new(), "nothing is left behind");
+    }
+}
+
+/// Under `nohup` (SIGHUP ignored from the start) a hang-up does not cancel the save.
+#[test]
+fn sighup_ignored_at_start_stays_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("output");
+    let (child, lock) = save_waiting_on_its_lock(&out, true);
+    // SAFETY: sends a signal to our own child process.
     let pid = libc::pid_t::try_from(child.id()).unwrap();
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    // The child says so once its cancel flag is set; only then may it go on.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
-    assert!(first.starts_with("interrupted"), "{first}");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     drop(lock);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let done = child.wait_with_output().unwrap();
-    assert_eq!(done.status.code(), Some(130), "{rest}");
-    assert!(
-        rest.starts_with("error: save cancelled") && rest.trim().lines().count() == 1,
-        "{rest}"
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(!stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(
+        names(&out),
+        vec!["checkpoints/ComfyUI_00001_.safetensors".to_string()]
     );
-    assert!(done.stdout.is_empty(), "no path is printed");
-    assert_eq!(names(&out), Vec::<String>::new(), "nothing is left behind");
 }
 
 #[test]

@@ -20,7 +20,8 @@ Exit codes:
   0    success
   1    error (bad input, unreadable file, refused or failed save); one line on stderr says why
   2    usage error (unknown option or invalid value), reported by the argument parser
-  130  interrupted by Ctrl-C; the temporary file was removed and nothing was written";
+  130  interrupted by Ctrl-C, SIGTERM or SIGHUP (kill, timeout, docker stop, a closed terminal);
+       the temporary file was removed and nothing was written";
 
 /// Save diffusion-model components into one ComfyUI-compatible .safetensors checkpoint.
 #[derive(Debug, Parser)]
@@ -104,28 +105,44 @@ pub(crate) enum Command {
     Bench(BenchArgs),
 }
 
+/// The most `--threads` accepts: more only adds switching (thousands of threads with a small
+/// `--chunk-mib` made a 300 MB convert take minutes); the library caps workers the same way.
+const MAX_THREADS: i64 = checkpoint_save::MAX_WRITER_THREADS as i64;
+/// The largest `--chunk-mib` (4 GiB units), so `<< 20` cannot overflow.
+const MAX_CHUNK_MIB: u64 = 4096;
+/// The largest `--staging-mib` (1 TiB), so `<< 20` cannot overflow.
+const MAX_STAGING_MIB: u64 = 1 << 20;
+
 /// Settings of the parallel writer.
 #[derive(Debug, Args)]
 pub(crate) struct EngineArgs {
-    /// Writer threads [default: one per core; two per core through direct I/O]
-    #[arg(long, value_name = "N", help_heading = "Writer")]
-    pub(crate) threads: Option<usize>,
+    /// Writer threads, 0 to 256 (0: the default) [default: one per core; two per core through
+    /// direct I/O; never more than 8 per core]
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Writer",
+        value_parser = clap::value_parser!(u16).range(0..=MAX_THREADS)
+    )]
+    pub(crate) threads: Option<u16>,
 
-    /// Host memory for staging, in MiB.
+    /// Host memory for staging, in MiB (1 to 1048576).
     #[arg(
         long,
         value_name = "MIB",
         default_value_t = 256,
-        help_heading = "Writer"
+        help_heading = "Writer",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_STAGING_MIB)
     )]
     pub(crate) staging_mib: u64,
 
-    /// Unit of work between writer threads, in MiB.
+    /// Unit of work between writer threads, in MiB (1 to 4096).
     #[arg(
         long,
         value_name = "MIB",
         default_value_t = 32,
-        help_heading = "Writer"
+        help_heading = "Writer",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_CHUNK_MIB)
     )]
     pub(crate) chunk_mib: u64,
 
@@ -143,9 +160,10 @@ impl EngineArgs {
     /// The writer settings these flags ask for.
     pub(crate) fn options(&self) -> EngineOptions {
         EngineOptions {
+            // In range (the value parsers above), so the shifts cannot overflow.
             chunk_size: self.chunk_mib << 20,
             staging_budget: self.staging_mib << 20,
-            threads: self.threads.unwrap_or(0),
+            threads: usize::from(self.threads.unwrap_or(0)),
             backend: self.backend,
         }
     }

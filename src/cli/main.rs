@@ -33,7 +33,8 @@ use checkpoint_save::Error;
 const EXIT_OK: u8 = 0;
 /// Exit code of a failed run (bad input, I/O error, refused save).
 const EXIT_ERROR: u8 = 1;
-/// Exit code of a run interrupted by Ctrl-C (128 + SIGINT, as shells report it).
+/// Exit code of a run interrupted by Ctrl-C (128 + SIGINT, as shells report it), SIGTERM or
+/// SIGHUP: the handler cannot tell them apart, and all three mean "cancelled, nothing written".
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
@@ -59,15 +60,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Ctrl-C sets `cancel`; the writer sees it, removes its temporary file and returns an error.
+/// Ctrl-C, SIGTERM and SIGHUP (ctrlc's `termination` feature) set `cancel`; the writer sees it,
+/// removes its temporary file and returns an error. A SIGHUP that was ignored at start (`nohup`)
+/// stays ignored.
 fn install_ctrlc(cancel: &Arc<AtomicBool>) -> Result<()> {
+    let hangup_ignored = checkpoint_save::hangup_ignored();
     let flag = Arc::clone(cancel);
-    ctrlc::set_handler(move || {
+    let installed = ctrlc::set_handler(move || {
         flag.store(true, Ordering::SeqCst);
         // Said once the flag is set: from here on no checkpoint is published.
         eprintln!("interrupted: stopping; the temporary file will be removed");
     })
-    .context("cannot install the Ctrl-C handler")
+    .context("cannot install the Ctrl-C/SIGTERM/SIGHUP handler");
+    if hangup_ignored {
+        checkpoint_save::ignore_hangup();
+    }
+    installed
 }
 
 /// The error and its causes, like `{:#}`, without repeating a cause whose text the error before it

@@ -53,6 +53,9 @@ use counter::entry_counter;
 /// prefix `checkpoints/ComfyUI`.
 pub const DEFAULT_FILENAME: &str = "ComfyUI";
 
+/// The longest file name, in bytes, that Linux file systems (ext4, xfs, btrfs, tmpfs) accept.
+pub const NAME_MAX: usize = 255;
+
 /// Extension of the checkpoints written under a prefix.
 const EXTENSION: &str = "safetensors";
 
@@ -161,7 +164,9 @@ fn split_path(path: &str) -> (&str, &str) {
 /// Where saves under one prefix go: the result of ComfyUI's name resolution, before the counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveTarget {
-    /// The folder the files go into: `output_dir` joined with [`SaveTarget::subfolder`].
+    /// The folder the files go into: `output_dir` joined with [`SaveTarget::subfolder`] after
+    /// normalising it against the output root, so it never holds a `..` that the kernel could
+    /// resolve through a symlinked output folder to somewhere outside it.
     pub folder: PathBuf,
     /// The folder relative to the output root, as the reference reports it (`""` for the root).
     pub subfolder: String,
@@ -194,7 +199,9 @@ impl SaveTarget {
     /// deviation, see the module docs); [`normpath`]; split into subfolder and filename; folder =
     /// `output_dir/subfolder`; then the reference's sandbox check: the common path of the absolute
     /// output folder and the absolute target folder (computed lexically, symlinks not resolved)
-    /// must be the output folder. Nothing is created on disk.
+    /// must be the output folder. The folder written is `output_dir` joined with the checked
+    /// folder's part below the output root (no `..`), not the raw join, so a symlinked output
+    /// folder cannot be left through `..`. Nothing is created on disk.
     ///
     /// # Errors
     ///
@@ -215,13 +222,8 @@ impl SaveTarget {
         let normalised = normpath(&given);
         let (subfolder, filename) = split_path(&normalised);
 
-        let folder = if subfolder.is_empty() {
-            output_dir.to_path_buf()
-        } else {
-            output_dir.join(subfolder)
-        };
         let output_abs = lexical_absolute(output_dir)?;
-        let folder_abs = lexical_absolute(&folder)?;
+        let folder_abs = lexical_absolute(&output_dir.join(subfolder))?;
         let common: PathBuf = output_abs
             .components()
             .zip(folder_abs.components())
@@ -235,6 +237,23 @@ impl SaveTarget {
                 common: common.display().to_string(),
             });
         }
+        // Write to the folder that was checked: the part of the lexically normalised folder below
+        // the output root, which has no `..` left. Joining the raw subfolder instead would let the
+        // kernel resolve its `..` physically, so `--output-dir link --prefix ../link/x` with `link`
+        // a symlink would land beside the link's target, outside the output folder.
+        let inside =
+            folder_abs
+                .strip_prefix(&output_abs)
+                .map_err(|_| Error::OutsideOutputFolder {
+                    full_output_folder: folder_abs.display().to_string(),
+                    output_dir: output_abs.display().to_string(),
+                    common: common.display().to_string(),
+                })?;
+        let folder = if inside.as_os_str().is_empty() {
+            output_dir.to_path_buf()
+        } else {
+            output_dir.join(inside)
+        };
         if matches!(filename, "" | "." | "..") {
             return Err(Error::InvalidInput(format!(
                 "the filename prefix `{prefix}` names no file (its last part is `{filename}`); give \
@@ -262,6 +281,27 @@ impl SaveTarget {
     /// extension set with [`SaveTarget::with_extension`]).
     pub fn file_name(&self, counter: u64) -> String {
         format!("{}_{counter:05}_.{}", self.filename, self.extension)
+    }
+
+    /// Refuses a name that the file system cannot hold: the final name for `counter` and the
+    /// temporary name written first (the final name plus `.{pid}-{machine}.partial`, about 40
+    /// bytes) must each fit in [`NAME_MAX`] bytes. Checked by [`SaveTarget::reserve`] and by a
+    /// dry run, so both agree, and before anything is written.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] saying how many bytes the prefix's file name must lose.
+    pub fn check_name_length(&self, counter: u64) -> Result<()> {
+        let name = self.file_name(counter);
+        let temp = crate::publish::temp::temp_name(name.as_ref()).len();
+        if temp > NAME_MAX {
+            return Err(Error::InvalidInput(format!(
+                "the file name `{name}` is {} bytes, and its temporary name {temp} bytes, over the                  file system's {NAME_MAX}-byte limit for one name; shorten the prefix's file name                  `{}` by at least {} bytes",
+                name.len(),
+                self.filename,
+                temp - NAME_MAX
+            )));
+        }
+        Ok(())
     }
 
     /// The reference's counter scan, without lock or reservation: highest counter among the
@@ -335,13 +375,15 @@ impl SaveTarget {
     ///
     /// [`Error::Io`] naming the path when the folder cannot be created or listed, the lock file
     /// cannot be opened or locked, a stale temp file cannot be removed or the temp file cannot be
-    /// created; [`Error::InvalidInput`] when the counter would overflow.
+    /// created; [`Error::InvalidInput`] when the counter would overflow or the name is too long
+    /// ([`SaveTarget::check_name_length`]).
     pub fn reserve(&self) -> Result<Reservation> {
         create_folder(&self.folder)?;
         let _lock = FolderLock::acquire(&self.folder)?;
         remove_stale_temps(&self.folder)?;
         let mut counter = self.next_counter()?;
         loop {
+            self.check_name_length(counter)?;
             let final_path = self.folder.join(self.file_name(counter));
             if !exists(&final_path)? {
                 let title = format!("{} {counter}", self.filename);

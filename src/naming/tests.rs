@@ -159,6 +159,33 @@ fn symlinked_subfolder_is_not_resolved() {
     );
 }
 
+/// A symlinked output folder and a prefix whose `..` comes back through the link's name: the check
+/// passes lexically, so the file must go into the folder that was checked (the link's target), not
+/// wherever the kernel resolves `link/../link` physically (beside the target).
+#[cfg(unix)]
+#[test]
+fn dotdot_through_a_symlinked_output_folder_stays_inside() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let deep = root.path().join("real/deep");
+    fs::create_dir_all(&deep).expect("mkdir");
+    let link = root.path().join("esclink");
+    std::os::unix::fs::symlink(&deep, &link).expect("symlink");
+
+    let t = target("../esclink/x", &link);
+    assert_eq!(t.folder, link, "no `..` reaches the file system");
+    let r = t.reserve().expect("reserve");
+    let path = r.commit().expect("commit");
+    assert_eq!(path, link.join("x_00001_.safetensors"));
+    assert!(deep.join("x_00001_.safetensors").is_file());
+    assert!(
+        !root.path().join("real/esclink").exists(),
+        "nothing was created beside the link's target"
+    );
+
+    let t = target("a/../../esclink/sub/y", &link);
+    assert_eq!(t.folder, link.join("sub"));
+}
+
 #[test]
 fn prefixes_naming_no_file_are_refused() {
     let out = Path::new("/srv/output");
@@ -289,6 +316,20 @@ fn folder_that_cannot_be_created_is_a_clear_error() {
             msg.contains(&out.path().join("blocker/sub").display().to_string()),
             "{msg}"
         );
+        // Names what is in the way, not only the OS's "File exists".
+        assert!(msg.contains("blocker is a file, not a folder"), "{msg}");
+    }
+    // A dangling symlink as the folder itself.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("nowhere", out.path().join("dangling")).expect("symlink");
+        let err = target("dangling/ComfyUI", out.path())
+            .reserve()
+            .expect_err("reserve");
+        assert!(
+            err.to_string().contains("dangling is a symlink to nothing"),
+            "{err}"
+        );
     }
 }
 
@@ -370,4 +411,29 @@ fn decimal_digits_of_other_scripts() {
     assert_eq!(decimal_digit('a'), None);
     assert_eq!(decimal_digit('\u{00B2}'), None);
     assert_eq!(decimal_digit('/'), None);
+}
+
+/// A final name that fits but whose temporary name does not is refused with a clear message
+/// (not the OS's "File name too long" from the temporary file), the same way the dry run checks.
+#[test]
+fn names_too_long_for_the_file_system_are_refused_up_front() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let long = "b".repeat(230);
+    let t = target(&long, out.path());
+    let err = t.reserve().expect_err("too long");
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("255-byte limit") && msg.contains("shorten"),
+        "{msg}"
+    );
+    assert!(
+        names(out.path()).is_empty(),
+        "nothing created in the folder"
+    );
+    assert!(t.check_name_length(1).is_err());
+
+    let t = target(&"b".repeat(150), out.path());
+    t.check_name_length(1).expect("fits");
+    t.reserve().expect("reserve").commit().expect("commit");
 }

@@ -37,9 +37,46 @@ impl FolderLock {
 }
 
 /// Creates the folder and its parents.
+///
+/// # Errors
+/// [`Error::Io`] naming the folder; when an entry that is not a folder is in the way (a file, a
+/// dangling symlink), the message names that entry instead of only repeating the OS's
+/// "File exists", which reads as if the folder existed.
 pub(crate) fn create_folder(folder: &Path) -> Result<()> {
-    fs::create_dir_all(folder)
-        .ctx(|| format!("cannot create the output folder {}", folder.display()))
+    fs::create_dir_all(folder).map_err(|e| {
+        let blocked = matches!(
+            e.kind(),
+            io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory
+        );
+        let why = blocked.then(|| blocking_entry(folder)).flatten();
+        let msg = match why {
+            Some(why) => format!(
+                "cannot create the output folder {}: {why}; remove it or choose another folder",
+                folder.display()
+            ),
+            None => format!("cannot create the output folder {}", folder.display()),
+        };
+        Error::io(msg, e)
+    })
+}
+
+/// What is in the way of creating `folder`: its nearest existing ancestor (itself included),
+/// when that is not a folder.
+fn blocking_entry(folder: &Path) -> Option<String> {
+    let p = folder
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty())
+        .find(|p| fs::symlink_metadata(p).is_ok())?;
+    let link = fs::symlink_metadata(p).ok()?.file_type().is_symlink();
+    match (fs::metadata(p), link) {
+        (Ok(m), _) if m.is_dir() => None,
+        (Err(_), true) => Some(format!("{} is a symlink to nothing", p.display())),
+        (_, true) => Some(format!(
+            "{} is a symlink to a file, not a folder",
+            p.display()
+        )),
+        _ => Some(format!("{} is a file, not a folder", p.display())),
+    }
 }
 
 /// Whether anything (a dangling symlink included) has this name.

@@ -450,9 +450,10 @@ impl GgufFile {
     ///
     /// # Errors
     /// [`Error::Io`] naming the path when it is missing, a folder or unreadable;
+    /// [`Error::InvalidInput`] for a FIFO, socket or device (refused before opening it);
     /// [`Error::InvalidCheckpoint`] saying what is wrong with the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
+        let file = super::open_input(path)?;
         let meta = file
             .metadata()
             .ctx(|| format!("cannot read the size of {}", path.display()))?;

@@ -254,3 +254,23 @@ fn the_tar_message_reads_as_one_sentence() {
         "a literal's line break left spaces: {err}"
     );
 }
+
+/// A FIFO blocks `open` until a writer comes and a device has no size: both are refused from
+/// their metadata, before anything is opened (this test would hang otherwise).
+#[test]
+fn fifos_and_devices_are_refused_before_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for path in [fifo.as_path(), Path::new("/dev/null")] {
+        for err in [
+            SafetensorsFile::open(path).err().unwrap(),
+            gguf::GgufFile::open(path).err().unwrap(),
+        ] {
+            assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+    }
+}

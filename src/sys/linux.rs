@@ -9,6 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use super::Preallocated;
+
 pub(super) const HAS_DIRECT_IO: bool = true;
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -22,19 +24,21 @@ pub(super) fn reopen_direct(file: &File) -> Option<File> {
         .ok()
 }
 
-pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+pub(super) fn preallocate(file: &File, len: u64, must_reserve: bool) -> io::Result<Preallocated> {
     let off_len =
         libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     // On tmpfs reserving means allocating and zeroing every page, a whole extra pass over
-    // memory that the data then overwrites: only size the file there.
-    if is_tmpfs(file) {
-        return file.set_len(len);
+    // memory that the data then overwrites: only size the file there, unless asked to reserve.
+    if !must_reserve && is_tmpfs(file) {
+        return file.set_len(len).map(|()| Preallocated::SizedOnly);
     }
     // SAFETY: plain system call on a file descriptor we own for the duration of the call.
     match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) } {
-        0 => Ok(()),
+        0 => Ok(Preallocated::Reserved),
         // File systems without fallocate: a sparse file of the right size still works.
-        libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS => file.set_len(len),
+        libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS => {
+            file.set_len(len).map(|()| Preallocated::SizedOnly)
+        }
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
 }

@@ -34,10 +34,27 @@ pub(crate) fn reopen_direct(file: &File) -> Option<File> {
     imp::reopen_direct(file)
 }
 
+/// What [`preallocate`] managed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Preallocated {
+    /// The blocks are reserved: writing anywhere in the file cannot run out of space.
+    // The portable fallbacks never reserve.
+    #[cfg_attr(
+        not(all(target_os = "linux", not(feature = "portable-sys"))),
+        allow(dead_code)
+    )]
+    Reserved,
+    /// The file only has its length (a sparse file): a write may still find the disk full, which
+    /// a positional write reports as an error but a store through a memory map turns into SIGBUS.
+    SizedOnly,
+}
+
 /// Reserves `len` bytes for `file` so a full disk fails before data is written; where blocks
-/// cannot be reserved (or reserving would zero every page, as on tmpfs) the file is only sized.
-pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    imp::preallocate(file, len)
+/// cannot be reserved the file is only sized. On tmpfs, where reserving means zeroing every page
+/// in an extra pass, the file is only sized unless `must_reserve` (a memory-mapped write needs
+/// the blocks).
+pub(crate) fn preallocate(file: &File, len: u64, must_reserve: bool) -> io::Result<Preallocated> {
+    imp::preallocate(file, len, must_reserve)
 }
 
 /// Whether `file` lives on tmpfs (memory), where direct I/O is a copy like any other.
@@ -153,6 +170,26 @@ pub fn ignore_file_size_signal() {
     }
 }
 
+/// Whether SIGHUP is ignored in this process, as `nohup` (or a parent that detached it) sets it
+/// up; read before a handler is installed, so that [`ignore_hangup`] can restore that choice.
+pub fn hangup_ignored() -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Ignores SIGHUP again after a cancel handler took it over: a run started under `nohup` must
+/// survive its terminal closing, not cancel its save.
+pub fn ignore_hangup() {
+    // SAFETY: setting a signal's disposition to "ignore"; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 /// Ends this process at once with SIGKILL, as a crash would (no destructor, no cleanup): the
 /// crash tests' fault injection.
 pub(crate) fn kill_self() -> ! {
@@ -208,9 +245,15 @@ mod tests {
 
     #[test]
     fn preallocate_sizes_the_file() {
-        let f = tempfile::tempfile().unwrap();
-        preallocate(&f, 10_000).unwrap();
-        assert_eq!(f.metadata().unwrap().len(), 10_000);
+        for must_reserve in [false, true] {
+            let f = tempfile::tempfile().unwrap();
+            let done = preallocate(&f, 10_000, must_reserve).unwrap();
+            assert_eq!(f.metadata().unwrap().len(), 10_000);
+            // The portable fallbacks can only size the file.
+            if !HAS_DIRECT_IO {
+                assert_eq!(done, Preallocated::SizedOnly);
+            }
+        }
     }
 
     #[test]

@@ -4,14 +4,16 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+use super::Preallocated;
+
 pub(super) const HAS_DIRECT_IO: bool = false;
 
 pub(super) fn reopen_direct(_file: &File) -> Option<File> {
     None
 }
 
-pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    file.set_len(len)
+pub(super) fn preallocate(file: &File, len: u64, _must_reserve: bool) -> io::Result<Preallocated> {
+    file.set_len(len).map(|()| Preallocated::SizedOnly)
 }
 
 pub(super) fn is_tmpfs(_file: &File) -> bool {

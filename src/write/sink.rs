@@ -82,21 +82,22 @@ impl<'a> Sink<'a> {
         let aligned = buf.len().is_multiple_of(DIRECT_ALIGN)
             && pos.is_multiple_of(DIRECT_ALIGN as u64)
             && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
-        match &self.direct {
+        let r = match &self.direct {
             Some(d) if aligned => match d.write_all_at(buf, pos) {
                 // Accepted at open but not for this write: the page cache always works.
-                Err(e) if sys::direct_refused(&e) => self.file.write_all_at(buf, pos).ctx(ctx),
-                r => r.ctx(ctx),
+                Err(e) if sys::direct_refused(&e) => self.file.write_all_at(buf, pos),
+                r => r,
             },
-            _ => self.file.write_all_at(buf, pos).ctx(ctx),
-        }
+            _ => self.file.write_all_at(buf, pos),
+        };
+        r.map_err(|e| write_error(ctx(), e))
     }
 
     /// Writes the header at the start of the file.
     pub fn write_header(&self, header: &[u8]) -> Result<()> {
         self.file
             .write_all_at(header, 0)
-            .ctx(|| "writing the checkpoint header".into())
+            .map_err(|e| write_error("writing the checkpoint header".into(), e))
     }
 
     /// Writes `buf` at data-section offset `at` (direct I/O where `buf`, the offset and the
@@ -150,6 +151,21 @@ impl<'a> Sink<'a> {
     }
 }
 
+/// The error of a failed write. Where preallocation could only size the file a full disk shows
+/// up here, and the OS says only "No space left on device": add what to do.
+pub(crate) fn write_error(what: String, e: std::io::Error) -> Error {
+    let full = matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    );
+    let what = if full {
+        format!("{what}: the disk is full; free space there or save to another folder")
+    } else {
+        what
+    };
+    Error::io(what, e)
+}
+
 /// A writable window of the file: bytes `[skip, skip + len)` of the map.
 pub(crate) struct Window {
     map: memmap2::MmapMut,
@@ -163,8 +179,22 @@ impl Window {
     }
 }
 
-/// Reserves the file's blocks up front, so a full disk fails before data is written.
-pub(crate) fn preallocate(file: &File, len: u64) -> Result<()> {
-    sys::preallocate(file, len)
-        .ctx(|| format!("reserving {len} bytes for the checkpoint (is the disk full?)"))
+/// Reserves the file's blocks up front, so a full disk fails before data is written, and returns
+/// the method to write with: `method`, except that [`Method::Mmap`] becomes [`Method::Pwrite`]
+/// where the blocks could not be reserved (see [`method_after_preallocation`]).
+pub(crate) fn preallocate(file: &File, len: u64, method: Method) -> Result<Method> {
+    let done = sys::preallocate(file, len, method == Method::Mmap)
+        .ctx(|| format!("reserving {len} bytes for the checkpoint (is the disk full?)"))?;
+    Ok(method_after_preallocation(method, done))
+}
+
+/// A store through a memory map into a page with no block behind it gets SIGBUS when the disk is
+/// full, which kills the process and leaves its temporary file: so a map is written only where
+/// every block is reserved, and positional writes (which report a full disk as an error) are used
+/// otherwise.
+pub(crate) fn method_after_preallocation(method: Method, done: sys::Preallocated) -> Method {
+    match (method, done) {
+        (Method::Mmap, sys::Preallocated::SizedOnly) => Method::Pwrite,
+        (method, _) => method,
+    }
 }

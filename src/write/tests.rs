@@ -157,13 +157,41 @@ fn budget_bounds_workers_and_chunks() {
         threads: 0,
         ..Default::default()
     };
-    assert_eq!(o.effective(), (cores, 1 << 20));
-    assert_eq!(o.effective_direct(), (2 * cores, 1 << 20));
+    assert_eq!(o.effective(), (cores.min(MAX_WRITER_THREADS), 1 << 20));
+    assert_eq!(
+        o.effective_direct(),
+        ((2 * cores).min(MAX_WRITER_THREADS), 1 << 20)
+    );
     let o = EngineOptions {
         staging_budget: 3 << 20,
         ..o
     };
     assert_eq!(o.effective_direct(), ((2 * cores).min(3), 1 << 20));
+}
+
+/// Thousands of threads for 4 KiB units made a 300 MB convert take minutes: whatever is asked,
+/// the workers stay within the caps, and extreme sizes neither overflow nor panic.
+#[test]
+fn workers_are_capped_whatever_is_asked() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cap = (cores * MAX_WORKERS_PER_CORE).min(MAX_WRITER_THREADS);
+    let o = EngineOptions {
+        chunk_size: 0,
+        staging_budget: u64::MAX,
+        threads: 100_000,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (cap, 4096));
+    assert_eq!(o.effective_direct(), (cap, 4096));
+    let o = EngineOptions {
+        chunk_size: u64::MAX,
+        staging_budget: u64::MAX,
+        threads: usize::MAX,
+        ..Default::default()
+    };
+    assert_eq!(o.effective(), (1, u64::MAX / 4096 * 4096));
+    let o = EngineOptions { threads: 0, ..o };
+    assert_eq!(o.effective().0, 1);
 }
 
 #[test]
@@ -183,4 +211,48 @@ fn backend_is_resolved_once_from_the_folder_and_devices() {
         let shm = std::path::Path::new("/dev/shm/not-yet-created/sub");
         assert_eq!(Backend::Auto.resolve(shm, false), Method::Pwrite);
     }
+}
+
+/// A store through a map into a page without a block gets SIGBUS on a full disk: the map is used
+/// only where preallocation reserved every block, positional writes (an error, not a crash)
+/// everywhere else.
+#[test]
+fn mmap_is_used_only_where_the_blocks_are_reserved() {
+    use crate::sys::Preallocated::{Reserved, SizedOnly};
+    use sink::method_after_preallocation as after;
+    assert_eq!(after(Method::Mmap, SizedOnly), Method::Pwrite);
+    assert_eq!(after(Method::Mmap, Reserved), Method::Mmap);
+    for method in [Method::Pwrite, Method::Direct] {
+        for done in [Reserved, SizedOnly] {
+            assert_eq!(after(method, done), method);
+        }
+    }
+    // tmpfs has fallocate: a mapped write there reserves its pages (so a full tmpfs fails before
+    // the first byte), while the other methods only size the file.
+    if crate::sys::HAS_DIRECT_IO && std::path::Path::new("/dev/shm").is_dir() {
+        let f = tempfile::tempfile_in("/dev/shm").unwrap();
+        assert_eq!(
+            sink::preallocate(&f, 1 << 20, Method::Mmap).unwrap(),
+            Method::Mmap
+        );
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    }
+}
+
+/// A write that finds the disk full says what to do, not only the OS's "No space left".
+#[test]
+fn a_full_disk_while_writing_says_what_to_do() {
+    let full = sink::write_error(
+        "writing 1 bytes at offset 0 of the checkpoint".into(),
+        std::io::Error::from(std::io::ErrorKind::StorageFull),
+    );
+    assert!(
+        full.to_string().contains("the disk is full; free space"),
+        "{full}"
+    );
+    let other = sink::write_error(
+        "writing the checkpoint header".into(),
+        std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    );
+    assert!(!other.to_string().contains("disk is full"), "{other}");
 }

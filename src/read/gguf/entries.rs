@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{parse, MetaValue};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::model::dtype::Dtype;
 use crate::quant::{Format, GgmlType};
 use crate::read::{FileFormat, SafetensorsFile, Stamp, TensorEntry};
@@ -116,7 +116,7 @@ impl SafetensorsFile {
 /// # Errors
 /// [`Error::Io`] when the file cannot be opened or read.
 pub(crate) fn is_gguf(path: &Path) -> Result<bool> {
-    let file = File::open(path).ctx(|| format!("cannot open {}", path.display()))?;
+    let file = crate::read::open_input(path)?;
     let mut magic = [0u8; 4];
     match file.read_exact_at(&mut magic, 0) {
         Ok(()) => Ok(&magic == b"GGUF"),
