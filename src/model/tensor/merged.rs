@@ -39,6 +39,8 @@ use crate::reduce::{Computed, Held};
 
 use super::patch::{check_lora, check_rows};
 pub use super::patch::{LoraFactors, Patch, PatchValue, RowValue};
+use super::shared::SharedWalk;
+pub(crate) use super::shared::{merged_key, source_key, Shared};
 
 /// A tensor made by patching a base tensor (see the [module docs](self)).
 pub struct Merged {
@@ -424,7 +426,7 @@ impl Merged {
 
     /// The tensor operands by index: 0 the base, `i` patch `i − 1`'s tensor or row value (`None`
     /// for a LoRA).
-    fn tensor_operands(&self) -> impl Iterator<Item = Option<&InputTensor>> {
+    pub(super) fn tensor_operands(&self) -> impl Iterator<Item = Option<&InputTensor>> {
         let method = self.method.iter().flat_map(|m| m.inputs.iter().map(Some));
         std::iter::once(Some(&self.base))
             .chain(self.patches.iter().map(|p| match &p.value {
@@ -487,61 +489,6 @@ impl Merged {
             out.extend(m.inputs.iter());
         }
         out
-    }
-}
-
-/// What an expression reads more than once: each is computed (or read) once per range of the
-/// result and kept meanwhile, so a graph node used by several later ones costs one evaluation,
-/// not one per path to it.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    /// File tensors, by [`source_key`].
-    pub(crate) sources: Vec<usize>,
-    /// Nested expressions, by [`merged_key`].
-    pub(crate) merged: Vec<usize>,
-}
-
-/// The references to each file tensor and nested expression in an expression, each nested
-/// expression's own operands counted once (it is computed once).
-#[derive(Default)]
-struct SharedWalk {
-    sources: BTreeMap<usize, usize>,
-    merged: BTreeMap<usize, usize>,
-}
-
-impl SharedWalk {
-    fn operands_of(&mut self, m: &Merged) {
-        for t in m.tensor_operands().flatten() {
-            match t {
-                InputTensor::Merged(inner) => {
-                    let n = self.merged.entry(merged_key(inner)).or_default();
-                    *n += 1;
-                    if *n == 1 {
-                        self.operands_of(inner);
-                    }
-                }
-                other => {
-                    if let Some(k) = source_key(other) {
-                        *self.sources.entry(k).or_default() += 1;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The identity of a nested expression (one graph node's result for one key, however many
-/// later nodes use it).
-pub(crate) fn merged_key(m: &Arc<Merged>) -> usize {
-    Arc::as_ptr(m) as usize
-}
-
-/// The identity of a tensor stored in a file (its header entry, whatever shape it is read as),
-/// for tensors read by ranges; `None` for anything else.
-pub(crate) fn source_key(t: &InputTensor) -> Option<usize> {
-    match t {
-        InputTensor::File(f) => Some(f.entry() as *const _ as usize),
-        _ => None,
     }
 }
 

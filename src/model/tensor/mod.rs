@@ -10,6 +10,7 @@ pub mod merged;
 pub mod method;
 mod patch;
 pub mod quantized;
+mod shared;
 
 use std::fmt;
 use std::ops::Range;
