@@ -125,14 +125,18 @@ fn save_waiting_on_its_lock(out: &Path, ignore_hangup: bool) -> (std::process::C
         .arg(out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if ignore_hangup {
-        // SAFETY: only `signal`, which is async-signal-safe, runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                Ok(())
-            });
-        }
+    // Set either way: a test run under `nohup` would hand its own ignored SIGHUP down.
+    let hangup = if ignore_hangup {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: only `signal`, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGHUP, hangup);
+            Ok(())
+        });
     }
     let mut child = cmd.spawn().unwrap();
     wait_until_waiting_on_a_lock(child.id(), &mut child);

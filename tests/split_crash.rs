@@ -17,15 +17,7 @@ fn a_killed_splits_staging_folder_is_removed_by_the_next_split() {
         &["save", "--synthetic", "sd15", "--max-dim", "64", "-q"],
     );
     let ckpt = ckpt.to_str().unwrap();
-    // Killed (SIGKILL, no cleanup) once 1 MiB of the first part is written.
-    let status = Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
-        .current_dir(dir.path())
-        .args(["split", ckpt, "--output-dir", "parts"])
-        .env("CHECKPOINT_SAVE_FAULT_KILL_AFTER", (1u64 << 20).to_string())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    killed_split(dir.path(), ckpt);
     let staging: Vec<String> = entries(dir.path())
         .into_iter()
         .filter(|n| n.starts_with(".parts.") && n.ends_with(".partial"))
@@ -56,14 +48,7 @@ fn a_killed_split_into_an_existing_empty_folder_is_cleaned_up_by_the_next() {
     let parts = dir.path().join("parts");
     std::fs::create_dir(&parts).unwrap();
     let ino = std::fs::metadata(&parts).unwrap().ino();
-    let status = Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
-        .current_dir(dir.path())
-        .args(["split", ckpt, "--output-dir", "parts"])
-        .env("CHECKPOINT_SAVE_FAULT_KILL_AFTER", (1u64 << 20).to_string())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    killed_split(dir.path(), ckpt);
     let left = entries(&parts);
     assert!(
         left.len() == 1 && left[0].starts_with(".split.") && left[0].ends_with(".partial"),
@@ -81,6 +66,19 @@ fn a_killed_split_into_an_existing_empty_folder_is_cleaned_up_by_the_next() {
         ino,
         "the same folder"
     );
+}
+
+/// `split CKPT --output-dir parts` in `dir`, killed (SIGKILL, no cleanup) once 1 MiB of the
+/// first part is written.
+fn killed_split(dir: &std::path::Path, ckpt: &str) {
+    let status = Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
+        .current_dir(dir)
+        .args(["split", ckpt, "--output-dir", "parts"])
+        .env("CHECKPOINT_SAVE_FAULT_KILL_AFTER", (1u64 << 20).to_string())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
 }
 
 fn entries(dir: &std::path::Path) -> Vec<String> {
