@@ -156,6 +156,12 @@ fn ctrl_c_sigterm_and_sighup_remove_the_temporary_file_and_exit_130() {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
         // The child says so once its cancel flag is set; only then may it go on.
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut waiting = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut waiting).unwrap();
+        assert!(
+            waiting.starts_with("waiting for") && waiting.contains("its lock is held"),
+            "the wait is said: {waiting}"
+        );
         let mut first = String::new();
         std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
         assert!(first.starts_with("interrupted"), "signal {signal}: {first}");
@@ -171,6 +177,38 @@ fn ctrl_c_sigterm_and_sighup_remove_the_temporary_file_and_exit_130() {
         assert!(done.stdout.is_empty(), "no path is printed");
         assert_eq!(names(&out), Vec::<String>::new(), "nothing is left behind");
     }
+}
+
+/// A save that does not stop at the first Ctrl-C (here it waits on a folder another process
+/// holds) exits at the second, with the final name never taken.
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("output");
+    let (mut child, lock) = save_waiting_on_its_lock(&out, false);
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.starts_with("waiting for"), "{line}");
+    // SAFETY: sends a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    line.clear();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.starts_with("interrupted: stopping"), "{line}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(130), "{rest}");
+    assert!(rest.starts_with("interrupted again: exiting now"), "{rest}");
+    drop(lock);
+    assert!(
+        names(&out).iter().all(|n| n.ends_with(".partial")),
+        "no final name: {:?}",
+        names(&out)
+    );
 }
 
 /// Under `nohup` (SIGHUP ignored from the start) a hang-up does not cancel the save.

@@ -21,7 +21,8 @@ Exit codes:
   1    error (bad input, unreadable file, refused or failed save); one line on stderr says why
   2    usage error (unknown option or invalid value), reported by the argument parser
   130  interrupted by Ctrl-C, SIGTERM or SIGHUP (kill, timeout, docker stop, a closed terminal);
-       the temporary file was removed and nothing was written";
+       the temporary file was removed and nothing was written (a second Ctrl-C exits at
+       once; the next save into that folder removes a temporary file it leaves)";
 
 /// Save diffusion-model components into one ComfyUI-compatible .safetensors checkpoint.
 #[derive(Debug, Parser)]

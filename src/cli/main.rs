@@ -67,7 +67,15 @@ fn install_ctrlc(cancel: &Arc<AtomicBool>) -> Result<()> {
     let hangup_ignored = checkpoint_save::hangup_ignored();
     let flag = Arc::clone(cancel);
     let installed = ctrlc::set_handler(move || {
-        flag.store(true, Ordering::SeqCst);
+        if flag.swap(true, Ordering::SeqCst) {
+            // A second signal: the save did not stop (it may wait on a folder another process
+            // holds). A killed save leaves at most its temporary file, never a final one.
+            eprintln!(
+                "interrupted again: exiting now; a temporary file left behind is removed by \
+                 the next save into its folder"
+            );
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
         // Said once the flag is set: from here on no checkpoint is published.
         eprintln!("interrupted: stopping; the temporary file will be removed");
     })

@@ -18,13 +18,24 @@ pub(crate) struct FolderLock {
 }
 
 impl FolderLock {
-    /// Locks `folder` (which must exist), waiting for other holders.
+    /// Locks `folder` (which must exist), waiting for other holders; says so on stderr when it
+    /// has to wait (another save, split or checkpointer writing there, or a stuck process or a
+    /// backup tool holding the folder's lock), so a wait is never silent.
     ///
     /// # Errors
     /// [`Error::Io`] when the folder cannot be opened.
     pub(crate) fn acquire(folder: &Path) -> Result<Self> {
         let dir =
             File::open(folder).ctx(|| format!("cannot open the folder {}", folder.display()))?;
+        match dir.try_lock() {
+            Ok(()) => return Ok(FolderLock { _dir: Some(dir) }),
+            Err(std::fs::TryLockError::WouldBlock) => eprintln!(
+                "waiting for {}: its lock is held (another save or split is writing there)",
+                folder.display()
+            ),
+            // Unsupported or interrupted: the blocking call below decides.
+            Err(std::fs::TryLockError::Error(_)) => {}
+        }
         loop {
             match dir.lock() {
                 Ok(()) => return Ok(FolderLock { _dir: Some(dir) }),
