@@ -23,7 +23,7 @@ pub fn escape_controls(s: &str) -> Cow<'_, str> {
 }
 
 /// How many characters of a name [`clipped`] keeps.
-const CLIP_CHARS: usize = 200;
+pub(crate) const CLIP_CHARS: usize = 200;
 
 /// `s` as an error message quotes it: whole when short, else its first 200 characters and
 /// `… (N bytes)`. A name read from a file can be as long as its header (64 MiB for GGUF), and

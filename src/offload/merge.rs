@@ -133,9 +133,14 @@ impl OperandCache {
     /// `t`'s key when it is shared: a file tensor or a nested expression read more than once.
     fn key(&self, t: &InputTensor) -> Option<usize> {
         match t {
-            InputTensor::Merged(m) => Some(merged_key(m)).filter(|k| self.merged.contains(k)),
+            InputTensor::Merged(m) => self.merged_key(m),
             t => source_key(t).filter(|k| self.sources.contains(k)),
         }
+    }
+
+    /// `m`'s key when it is a nested expression read more than once.
+    fn merged_key(&self, m: &Arc<Merged>) -> Option<usize> {
+        Some(merged_key(m)).filter(|k| self.merged.contains(k))
     }
 
     fn get(&self, key: usize, units: &Range<usize>) -> Option<&[f32]> {
@@ -509,7 +514,7 @@ fn operand_on(
             .narrow(0, units.start, units.len())?
             .to_dtype(DType::F32)?),
         InputTensor::Merged(inner) => {
-            let key = Some(merged_key(inner)).filter(|k| scratch.operands.merged.contains(k));
+            let key = scratch.operands.merged_key(inner);
             if let Some(v) = key.and_then(|k| scratch.operands.get_on(k, &units)) {
                 return Ok(v);
             }

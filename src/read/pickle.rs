@@ -125,18 +125,8 @@ pub(crate) fn parse(data: &[u8], allowed: &dyn Fn(&str) -> bool) -> Result<Pickl
     Ok(Pickle { values, root })
 }
 
-/// Most characters of a name read from a file that a message repeats: a name can be as long as
-/// the file, and a message is one line.
-const SHOWN: usize = 200;
-
-/// `text` (a name read from a file) as a message shows it: whole when short, else its first
-/// [`SHOWN`] characters and its length.
-pub(crate) fn clipped(text: &str) -> String {
-    match text.char_indices().nth(SHOWN) {
-        None => text.to_string(),
-        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
-    }
-}
+/// Names read from the file, as messages quote them (the one rule for every reader).
+pub(crate) use crate::printable::{clipped, CLIP_CHARS};
 
 impl Value {
     /// What the value is, for a message: small values whole, containers by kind and length,
@@ -149,12 +139,12 @@ impl Value {
             Value::BigInt(b) => format!("an integer of {} bytes", b.len()),
             Value::Float(f) => f.to_string(),
             Value::Str(s) => format!("the text `{}`", clipped(s)),
-            Value::Bytes(b) if b.len() <= SHOWN / 4 => {
+            Value::Bytes(b) if b.len() <= CLIP_CHARS / 4 => {
                 format!("the bytes b\"{}\"", b.escape_ascii())
             }
             Value::Bytes(b) => format!(
                 "the bytes b\"{}…\" ({} bytes)",
-                b[..SHOWN / 4].escape_ascii(),
+                b[..CLIP_CHARS / 4].escape_ascii(),
                 b.len()
             ),
             Value::Tuple(v) => format!("a tuple of {} items", v.len()),
