@@ -568,3 +568,112 @@ fn slerp_of_half_files_equals_slerp_of_their_f32_copies() {
         }
     }
 }
+
+/// `--method` and `--weights` merges take the output flags every `merge` takes: `--dry-run`
+/// (text and JSON) writes nothing and plans the file the run then writes, `--prediction` writes
+/// its marker, `--quantize` the quantized layers, `--gguf` the denoiser as a GGUF file.
+#[test]
+fn method_and_weights_merges_take_the_output_flags_of_every_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2], None);
+    let (a, b) = (m[0].0.to_str().unwrap(), m[1].0.to_str().unwrap());
+    for (n, how) in [["--method", "slerp"], ["--weights", "1,3"]]
+        .iter()
+        .enumerate()
+    {
+        let out = dir.path().join(format!("out{n}"));
+        let o = out.to_str().unwrap();
+        let job = |extra: &[&str]| {
+            let mut all = vec!["merge", a, b, how[0], how[1], "--output-dir", o];
+            all.extend_from_slice(extra);
+            run(dir.path(), &all)
+        };
+        let text = job(&["--dry-run"]);
+        assert_eq!(text.code, 0, "{how:?}: {}", text.stderr);
+        assert!(text.stdout.starts_with("would write "), "{}", text.stdout);
+        let json = job(&["--dry-run", "--json"]);
+        assert_eq!(json.code, 0, "{how:?}: {}", json.stderr);
+        assert!(!out.exists(), "{how:?}: a dry run writes nothing");
+        let plan: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+
+        let written = job(&["-q"]);
+        assert_eq!(written.code, 0, "{how:?}: {}", written.stderr);
+        let path = dir.path().join(written.stdout.trim());
+        assert_eq!(path, dir.path().join(plan["path"].as_str().unwrap()));
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(Some(size), plan["bytes_to_write"].as_u64(), "{how:?}");
+
+        let keys = |p: &Path| {
+            let bytes = std::fs::read(p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            st.names()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<String>>()
+        };
+        let v = dir
+            .path()
+            .join(job(&["-q", "--prediction", "v"]).stdout.trim());
+        assert!(keys(&v).contains(&"v_pred".to_string()), "{how:?}");
+        let q = dir
+            .path()
+            .join(job(&["-q", "--quantize", "fp8"]).stdout.trim());
+        assert!(
+            keys(&q).iter().any(|k| k.ends_with(".comfy_quant")),
+            "{how:?}: quantized layers"
+        );
+        let g = job(&["-q", "--gguf", "Q8_0"]);
+        assert_eq!(g.code, 0, "{how:?}: {}", g.stderr);
+        let g = dir.path().join(g.stdout.trim());
+        assert!(
+            g.starts_with(out.join("diffusion_models")),
+            "{}",
+            g.display()
+        );
+        assert_eq!(&std::fs::read(&g).unwrap()[..4], b"GGUF", "{how:?}");
+    }
+}
+
+/// `--method` and `--weights` refuse a B lacking keys of A as every `merge` does, and keep A's
+/// tensors there with `--allow-missing`; `--requantize fresh` is refused (they requantize with
+/// A's scales).
+#[test]
+fn method_and_weights_merges_refuse_missing_keys_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = models(dir.path(), &[1, 2], None);
+    let mut lacking = m[1].1.clone();
+    let mut model = lacking.take(ComponentKind::Model).unwrap();
+    assert!(model.remove(KEY).is_some());
+    lacking.set_inputs(ComponentKind::Model, model);
+    let b = dir.path().join("lacking.safetensors");
+    let opts = SaveOptions {
+        layout: LayoutChoice::Arch(Arch::Sd15),
+        ..SaveOptions::default()
+    };
+    save_to_path(&lacking, &b, &opts).unwrap();
+    let (a, b) = (m[0].0.to_str().unwrap(), b.to_str().unwrap());
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    for how in [["--method", "slerp"], ["--weights", "1,3"]] {
+        let job = |extra: &[&str]| {
+            let mut all = vec!["merge", a, b, how[0], how[1], "--output-dir", o];
+            all.extend_from_slice(extra);
+            run(dir.path(), &all)
+        };
+        assert_refused(&job(&[]), "--allow-missing", &out);
+        assert_refused(&job(&["--dry-run"]), "--allow-missing", &out);
+        assert_refused(
+            &job(&["--requantize", "fresh"]),
+            "--requantize fresh is for --ratio",
+            &out,
+        );
+        let r = job(&["-q", "--allow-missing"]);
+        assert_eq!(r.code, 0, "{how:?}: {}", r.stderr);
+        let path = dir.path().join(r.stdout.trim());
+        let (tensors, _) = read(&path);
+        let want = vals(&m[0].1, ComponentKind::Model, KEY);
+        let got = &tensors[&format!("model.diffusion_model.{KEY}")];
+        close(got, &want, "A's tensor where B lacks it");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

@@ -9,12 +9,14 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use crate::args::{ArchArg, MergeArgs, VaeFrom};
-use crate::commands::{parse_device, save_options};
+use crate::commands::{parse_device, print_dry_run, save_options, write_job};
 use crate::merge::lora_arg;
 use crate::print_stdout;
 use checkpoint_save::merge::graph::{
-    run, Checkpoint, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target,
+    file_jobs, Checkpoint, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target,
 };
+use checkpoint_save::quant::Requantize;
+use checkpoint_save::LayoutChoice;
 
 /// The ModelMergeSimple ratios of a chain computing `Σ wᵢ·Mᵢ / Σ wᵢ`: step k merges the sum so
 /// far (weight `S_k`) with input k+1 at ratio `S_k / S_{k+1}` (ComfyUI's ratio keeps model1).
@@ -100,6 +102,13 @@ pub(crate) fn merge_weighted(
 /// The rest of a graph-built merge: `--lora` bakes after the merge, the VAE `--vae` names, the
 /// A graph holding one checkpoint loader per input, and their outputs.
 pub(crate) fn load_inputs(args: &MergeArgs) -> Result<(Graph, Vec<Checkpoint>)> {
+    if args.requantize != Requantize::Existing {
+        bail!(
+            "--requantize fresh is for --ratio, --add-difference, --subtract, --add and LoRA \
+             bakes; a --method or --weights merge writes a quantized A's layers back with A's \
+             scales (give --dtype to write them unquantized)"
+        );
+    }
     let mut g = Graph::new();
     let loaded = args
         .inputs
@@ -149,7 +158,6 @@ pub(crate) fn save_graph(
             opts.metadata.extra.entry(k).or_insert(v);
         }
     }
-    let opts = &opts;
     g.save_checkpoint(model, clip, vae, Target::Prefix(opts.prefix.clone()))?;
     let mut run_opts = RunOptions::new(&opts.output_dir);
     run_opts.dtypes = opts.dtypes;
@@ -159,31 +167,48 @@ pub(crate) fn save_graph(
     run_opts.cancel = opts.cancel.clone();
     run_opts.writer = opts.writer;
     run_opts.strict = args.strict;
+    run_opts.refuse_missing = !args.allow_missing;
     run_opts.device = match parse_device(&args.device)? {
         d if d.is_cpu() => None,
         d => Some(d),
     };
-    let report = run(&g, &run_opts)?;
-    let Some(w) = report.written.first() else {
-        bail!("the merge wrote no file");
+    // The graph gives the one file's tensors and options; it is then saved as every other
+    // `merge` is, so the flags a workflow has no place for (--dry-run, --quantize, --gguf,
+    // --prediction) apply to it too.
+    let (plan, jobs) = file_jobs(&g, &run_opts)?;
+    let Ok([job]) = <[_; 1]>::try_from(jobs) else {
+        bail!("the merge's graph plans one file");
     };
-    print_stdout(&w.path.display().to_string())?;
+    let mut save_opts = job.options;
+    let arch = match save_opts.layout {
+        LayoutChoice::Arch(a) => Some(a),
+        _ => None,
+    };
+    save_opts.prediction = opts.prediction.or(save_opts.prediction);
+    save_opts.quantize = opts.quantize.clone();
+    crate::commands::denoiser_only(&job.components, arch, &args.out, &mut save_opts);
+    if args.out.dry_run {
+        return print_dry_run(&job.components, &save_opts, args.out.json);
+    }
+    let saved = write_job(&job.components, arch, &args.out, &save_opts)?;
+    print_stdout(&saved.path.display().to_string())?;
     if !args.out.quiet {
         let secs = start.elapsed().as_secs_f64().max(1e-9);
         eprintln!(
-            "saved {} checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s); read {} bytes \
-             of {n} inputs; {what}; {} tensor(s) merged",
-            w.arch.map_or("generic".to_string(), |a| a.to_string()),
-            w.tensors,
-            w.bytes,
-            w.bytes as f64 / secs / 1e9,
-            report.plan.read_bytes(),
-            report.plan.merged
+            "saved {} ({}) checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s); read {} \
+             bytes of {n} inputs; {what}; {} tensor(s) merged",
+            saved.arch.map_or("generic".to_string(), |a| a.to_string()),
+            saved.prediction,
+            saved.tensors,
+            saved.bytes,
+            saved.bytes as f64 / secs / 1e9,
+            plan.read_bytes(),
+            plan.merged
         );
-        for note in &report.plan.notes {
+        for note in &plan.notes {
             eprintln!("note: {note}");
         }
-        for (name, count) in &w.non_finite {
+        for (name, count) in &saved.non_finite {
             eprintln!("warning: tensor `{name}` holds {count} NaN/Inf value(s)");
         }
     }

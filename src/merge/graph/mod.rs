@@ -48,7 +48,9 @@ use crate::model::Arch;
 pub use build::{Checkpoint, ClipOut, ModelOut, VaeOut};
 pub use compile::{compile, Compiled, InputSummary, PlannedSave};
 pub use node::{LoraSource, Node, Slot, Source, Target, ValueType};
-pub use outputs::{plan, run, GraphPlan, PlannedFile, RunOptions, RunReport, Written};
+pub use outputs::{
+    file_jobs, plan, run, FileJob, GraphPlan, PlannedFile, RunOptions, RunReport, Written,
+};
 
 /// A merge graph: nodes in the order they were added, each reading only nodes added before it
 /// (so a graph is acyclic by construction).

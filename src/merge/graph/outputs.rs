@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub writer: EngineOptions,
     /// Refuse a LoRA any of whose keys is not applied.
     pub strict: bool,
+    /// Refuse a merge whose other models lack keys of its first (ComfyUI keeps the first's
+    /// tensors there, which the plan's notes list); `merge` without `--allow-missing`.
+    pub refuse_missing: bool,
     /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
     pub device: Option<Device>,
     /// Write every save's denoiser alone as a GGUF file of this target (`.gguf`, as
@@ -71,6 +74,7 @@ impl RunOptions {
             cancel: None,
             writer: EngineOptions::default(),
             strict: false,
+            refuse_missing: false,
             device: None,
             gguf: None,
         }
@@ -165,6 +169,7 @@ fn prepare(graph: &Graph, opts: &RunOptions) -> Result<(Compiled, Vec<Job>)> {
         graph,
         &CompileOptions {
             strict: opts.strict,
+            refuse_missing: opts.refuse_missing,
             device: opts.device.clone(),
         },
     )?;
@@ -312,6 +317,39 @@ fn provisional(job: &Job) -> Result<(PathBuf, String)> {
             Ok((folder, stem))
         }
     }
+}
+
+/// One file of a graph, as a single save takes it.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    /// The save node's id.
+    pub node: String,
+    /// The file's tensors (merged tensors are expressions, computed when written).
+    pub components: Components,
+    /// The options the graph gives the file: layout, prediction, dtypes, metadata with the
+    /// recipe, the run's checks, progress, cancel flag and writer. The prefix is the save's
+    /// (empty for a save to an exact file); nothing is quantized.
+    pub options: SaveOptions,
+}
+
+/// Compiles `graph` and returns each of its files as the components and options of a single
+/// save, for a caller that saves them itself ([`crate::save`], [`crate::save_gguf`],
+/// [`crate::dry_run`]) with settings a workflow has no place for (quantization, a prediction
+/// of its own); the plan's `files` is empty, since the caller plans them.
+///
+/// # Errors
+/// As [`plan`], up to compiling the graph; [`RunOptions::gguf`] is not read.
+pub fn file_jobs(graph: &Graph, opts: &RunOptions) -> Result<(GraphPlan, Vec<FileJob>)> {
+    let (compiled, jobs) = prepare(graph, opts)?;
+    let files = jobs
+        .into_iter()
+        .map(|job| FileJob {
+            node: graph.nodes()[job.node].id.clone(),
+            components: job.file.components,
+            options: job.opts,
+        })
+        .collect();
+    Ok((summary(graph, compiled, Vec::new()), files))
 }
 
 /// Compiles `graph` and plans every file it would write, creating nothing: the inputs and their

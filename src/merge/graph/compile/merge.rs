@@ -36,7 +36,7 @@ impl Compiler<'_> {
             device,
         };
         let (chains, notes) = merge_chains(&a.chains, &a.origin, &b.chains, &b.origin, &step)?;
-        self.note(me, "model1", "model2", &notes.not_in_second);
+        self.missing(me, "model1", "model2", &notes.not_in_second)?;
         Ok(Value::Model(ModelValue { chains, ..a }))
     }
 
@@ -56,7 +56,7 @@ impl Compiler<'_> {
         let (value, merged, missing) =
             super::super::method::method_value(me, name, &values, params, device)?;
         self.out.merged += merged;
-        self.note(me, "the first model", "every other model", &missing);
+        self.missing(me, "the first model", "every other model", &missing)?;
         Ok(value)
     }
 
@@ -76,7 +76,7 @@ impl Compiler<'_> {
         let (value, merged, missing) =
             super::super::method::clip_method_value(me, name, &values, params, device)?;
         self.out.merged += merged;
-        self.note(me, "the first text encoders", "every other", &missing);
+        self.missing(me, "the first text encoders", "every other", &missing)?;
         Ok(value)
     }
 
@@ -109,7 +109,7 @@ impl Compiler<'_> {
             device,
         };
         let (chains, notes) = merge_chains(&a.chains, &a.origin, &b.chains, &b.origin, &step)?;
-        self.note(me, "clip1", "clip2", &notes.not_in_second);
+        self.missing(me, "clip1", "clip2", &notes.not_in_second)?;
         Ok(Value::Clip(ClipValue { chains, ..a }))
     }
 }

@@ -94,6 +94,8 @@ pub struct Compiled {
 pub(super) struct CompileOptions {
     /// Refuse a LoRA any of whose keys is not applied.
     pub(super) strict: bool,
+    /// Refuse keys of a merge's first model its others lack, instead of keeping the first's.
+    pub(super) refuse_missing: bool,
     /// Where merged tensors are computed.
     pub(super) device: Option<Device>,
 }
@@ -494,14 +496,25 @@ impl Compiler<'_> {
         chains.tensors(self.opts.device.as_ref())
     }
 
-    fn note(&mut self, me: &str, first: &str, second: &str, keys: &[String]) {
-        if let Some(k) = keys.first() {
-            self.out.notes.push(format!(
-                "{me}: {} key(s) of {first} are not in {second} and stay {first}'s, as ComfyUI \
-                 leaves them (first: `{k}`)",
+    /// Keys of a merge's first input the others lack: kept, with a note (ComfyUI's way), or
+    /// refused with [`RunOptions::refuse_missing`](super::RunOptions::refuse_missing).
+    fn missing(&mut self, me: &str, first: &str, second: &str, keys: &[String]) -> Result<()> {
+        let Some(k) = keys.first() else {
+            return Ok(());
+        };
+        if self.opts.refuse_missing {
+            return Err(Error::InvalidInput(format!(
+                "{me}: {} key(s) of {first} are not in {second} (first: `{k}`); give \
+                 --allow-missing to keep {first}'s tensors there",
                 keys.len()
-            ));
+            )));
         }
+        self.out.notes.push(format!(
+            "{me}: {} key(s) of {first} are not in {second} and stay {first}'s, as ComfyUI \
+             leaves them (first: `{k}`)",
+            keys.len()
+        ));
+        Ok(())
     }
 }
 
