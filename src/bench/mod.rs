@@ -117,6 +117,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                 .into(),
         ));
     }
+    if opts.quantize.is_some() && opts.chain.is_some() {
+        return Err(Error::InvalidInput(
+            "--quantize times a quantized save, convert or weighted-sum merge; a chain or a \
+             merge method is timed unquantized: drop run/--method or --quantize"
+                .into(),
+        ));
+    }
     if opts.input.is_some() && (opts.merge || opts.chain.is_some() || !opts.from_file) {
         return Err(Error::InvalidInput(
             "an input file is timed as a file-to-file convert (with from_file); merges and \

@@ -182,9 +182,9 @@ pub(crate) struct SplitArgs {
 
     /// What to write: comfyui (model, clip and vae files in ComfyUI's in-memory names), nodes
     /// (the files of ComfyUI's ModelSave, CLIPSave and VAESave nodes) or diffusers (a pipeline
-    /// folder).
-    #[arg(long, value_name = "TARGET", default_value = "comfyui")]
-    pub(crate) to: SplitTarget,
+    /// folder). Default: comfyui (nodes with --gguf).
+    #[arg(long, value_name = "TARGET")]
+    pub(crate) to: Option<SplitTarget>,
 
     /// The checkpoint's architecture; default: detected from its keys.
     #[arg(long, value_name = "ARCH")]
@@ -214,9 +214,10 @@ pub(crate) struct ExtractArgs {
     #[arg(value_name = "BASE")]
     pub(crate) base: PathBuf,
 
-    /// Rank of the factors (1 to 4096; capped by each weight's smaller dimension).
-    #[arg(long, value_name = "R", default_value_t = 8)]
-    pub(crate) rank: usize,
+    /// Rank of the factors (1 to 4096; capped by each weight's smaller dimension; default 8).
+    /// Not with --lora-type full_diff, which writes whole differences.
+    #[arg(long, value_name = "R")]
+    pub(crate) rank: Option<usize>,
 
     /// Also the text encoders (LoraSave's `text_encoder_diff`, fed by CLIPMergeSubtract).
     #[arg(long)]

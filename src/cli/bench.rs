@@ -38,6 +38,17 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         }
         (None, None) => usage_error("give --synthetic MODEL or --input FILE"),
     };
+    if args.chain.is_some() && args.job != BenchJob::Run {
+        usage_error(
+            "--chain sets how many checkpoints `bench run` merges; give `bench run --chain N`",
+        );
+    }
+    if args.input_dir.is_some() && args.job == BenchJob::Save && !args.from_file {
+        usage_error(
+            "--input-dir is where the inputs of --from-file, `merge` and `run` are written; a \
+             save from memory has none",
+        );
+    }
     if args.input.is_some() && (args.job != BenchJob::Save || !args.from_file) {
         usage_error("--input times a file-to-file convert: give `bench --from-file --input FILE`");
     }
@@ -59,7 +70,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         input: args.input.clone(),
         merge: args.job == BenchJob::Merge,
         lora_rank: args.lora_rank,
-        chain: (args.job == BenchJob::Run).then_some(args.chain.max(2)),
+        chain: (args.job == BenchJob::Run).then_some(args.chain.unwrap_or(4).max(2)),
         quantize: args.quantize,
         gguf: args.gguf,
         method: None,

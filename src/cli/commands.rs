@@ -108,6 +108,7 @@ pub(crate) fn write_job(
              leave out --dtype and --model-dtype",
         );
     }
+    refuse_unused_with_gguf(flags);
     let mut o = opts.clone();
     o.layout = match (flags.arch, arch) {
         (ArchArg::Generic, _) => LayoutChoice::Generic(GenericPrefixes::default()),
@@ -119,6 +120,40 @@ pub(crate) fn write_job(
     }
     let target = checkpoint_save::GgufTarget::new(ty, &flags.gguf_include, &flags.gguf_exclude)?;
     Ok(checkpoint_save::save_gguf(components, target, &o)?)
+}
+
+/// Refuses the dtype flags of components an output holding a denoiser alone does not have.
+pub(crate) fn refuse_unused_with_denoiser(flags: &SaveFlags) {
+    let given = [
+        (flags.clip_dtype.is_some(), "--clip-dtype"),
+        (flags.vae_dtype.is_some(), "--vae-dtype"),
+    ];
+    if let Some((_, flag)) = given.iter().find(|(g, _)| *g) {
+        usage_error(&format!(
+            "{flag} sets the dtype of a component this output does not hold: the input is a \
+             denoiser alone, written alone; leave {flag} out"
+        ));
+    }
+}
+
+/// Refuses the flags a GGUF file has no place for (one model's tensors in the GGUF's own types,
+/// with ComfyUI-GGUF's metadata and none of a checkpoint's), rather than leaving them unused.
+pub(crate) fn refuse_unused_with_gguf(flags: &SaveFlags) {
+    let given = [
+        (flags.clip_dtype.is_some(), "--clip-dtype"),
+        (flags.vae_dtype.is_some(), "--vae-dtype"),
+        (flags.prediction.is_some(), "--prediction"),
+        (flags.prompt.is_some(), "--prompt"),
+        (flags.workflow.is_some(), "--workflow"),
+        (flags.disable_metadata, "--disable-metadata"),
+    ];
+    if let Some((_, flag)) = given.iter().find(|(g, _)| *g) {
+        usage_error(&format!(
+            "{flag} has no effect on a GGUF file (it holds the model alone, in the types --gguf \
+             sets, with ComfyUI-GGUF's metadata and no prediction, prompt or workflow); leave \
+             {flag} out, or write safetensors"
+        ));
+    }
 }
 
 /// Carries the header metadata the loaders of an audio VAE read (LTX-2's `config`: ComfyUI's
@@ -158,6 +193,7 @@ pub(crate) fn denoiser_only(
     {
         return;
     }
+    refuse_unused_with_denoiser(flags);
     let model = arch.map_or(GenericPrefixes::default().model, |a| {
         a.family().prefixes.model.to_string()
     });
@@ -169,6 +205,8 @@ pub(crate) fn denoiser_only(
         opts.prefix = "diffusion_models/ComfyUI".into();
     }
     opts.prediction = opts.prediction.or(arch.map(Arch::default_prediction));
+    // The family's layers stay in high precision, as in its checkpoint.
+    opts.quantize = opts.quantize.take().map(|q| q.for_family(arch));
 }
 
 /// With `--arch auto`, an input whose keys only fit the generic prefixes is refused with what
@@ -432,12 +470,21 @@ pub(crate) fn split(args: &SplitArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         writer: args.engine.options(),
         ..SaveOptions::default()
     };
-    let split = match args.gguf {
-        Some(_) if args.to == checkpoint_save::SplitTarget::Diffusers => usage_error(
-            "--gguf writes ComfyUI's node files; it cannot be given with --to diffusers",
+    let split = match (args.gguf, args.to) {
+        (Some(_), Some(to)) if to != checkpoint_save::SplitTarget::Nodes => usage_error(&format!(
+            "--gguf writes ComfyUI's node files (--to nodes); it cannot be given with --to {}",
+            match to {
+                checkpoint_save::SplitTarget::Diffusers => "diffusers",
+                _ => "comfyui",
+            }
+        )),
+        (Some(ty), _) => checkpoint_save::split_gguf(&input, &args.output_dir, &ty.into(), &opts),
+        (None, to) => checkpoint_save::split(
+            &input,
+            &args.output_dir,
+            to.unwrap_or(checkpoint_save::SplitTarget::Comfyui),
+            &opts,
         ),
-        Some(ty) => checkpoint_save::split_gguf(&input, &args.output_dir, &ty.into(), &opts),
-        None => checkpoint_save::split(&input, &args.output_dir, args.to, &opts),
     }
     .with_context(|| format!("cannot split {}", args.checkpoint.display()))?;
     for f in &split.files {

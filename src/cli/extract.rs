@@ -34,8 +34,16 @@ pub(crate) fn extract(args: &ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<()
         d if d.is_cpu() => None,
         d => Some(d),
     };
+    let full_diff = args.lora_type == "full_diff";
+    if full_diff && args.rank.is_some() {
+        crate::commands::usage_error(
+            "--lora-type full_diff writes every weight's whole difference: there is no rank; \
+             leave --rank out",
+        );
+    }
+    let rank = args.rank.unwrap_or(8);
     let opts = ExtractOptions {
-        rank: args.rank,
+        rank,
         clip: args.clip,
         bias_diff: args.bias_diff,
         lora_type: match args.lora_type.as_str() {
@@ -66,9 +74,12 @@ pub(crate) fn extract(args: &ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<()
             .map_or(String::new(), |(k, e)| {
                 format!("; largest relative reconstruction error {e:.4} (`{k}`)")
             });
+        let what = match full_diff {
+            true => "full_diff".to_string(),
+            false => format!("rank {rank}"),
+        };
         eprintln!(
-            "extracted LoRA rank {}: {} weights factored, {} written whole, {} tensors, {:.1} MB in {:.1} s{worst}",
-            args.rank,
+            "extracted LoRA {what}: {} weights factored, {} written whole, {} tensors, {:.1} MB in {:.1} s{worst}",
             report.factored,
             report.whole,
             saved.tensors,

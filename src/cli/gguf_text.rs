@@ -26,6 +26,13 @@ pub(crate) fn convert_text(
              keeps it); leave out --dtype and --model-dtype",
         );
     }
+    crate::commands::refuse_unused_with_gguf(&args.out);
+    if args.out.arch == ArchArg::Generic {
+        crate::commands::usage_error(
+            "--arch generic lays out checkpoints; a text-encoder GGUF is named as \
+             ComfyUI-GGUF's CLIP loaders read it; leave --arch generic out",
+        );
+    }
     let arch = match args.out.arch {
         ArchArg::Arch(a) => Some(a),
         ArchArg::Auto | ArchArg::Generic => None,
@@ -68,6 +75,9 @@ pub(crate) fn convert_text(
                 s.bytes,
                 start.elapsed().as_secs_f64()
             );
+            for (name, count) in &s.non_finite {
+                eprintln!("warning: tensor `{name}` holds {count} NaN/Inf value(s)");
+            }
         }
     }
     Ok(true)

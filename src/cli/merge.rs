@@ -21,11 +21,20 @@ use checkpoint_save::{open_input, ComponentKind, Input, LayoutChoice};
 
 /// `merge`: a merge or LoRA bake of files into one checkpoint.
 pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
+    // Flags of one operation given with another would be silently unused.
+    if args.method.is_none() {
+        if args.clip_method {
+            bail!("--clip-method merges the text encoders with --method NAME; give a method");
+        }
+        if !args.params.is_empty() {
+            bail!("--param sets a parameter of --method NAME; give a method, or leave --param out");
+        }
+    }
+    if args.clip_weights.is_some() && args.weights.is_none() {
+        bail!("--clip-weights goes with --weights W,W,… (one weight per input); give --weights, or leave --clip-weights out");
+    }
     if let Some(weights) = &args.weights {
         return crate::weights::merge_weighted(args, weights, cancel);
-    }
-    if args.clip_method && args.method.is_none() {
-        anyhow::bail!("--clip-method merges the text encoders with --method NAME; give a method");
     }
     if let Some(name) = &args.method {
         return crate::method::merge_method(args, name, cancel);
@@ -86,6 +95,7 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
             Ok(input)
         })
         .collect::<Result<_>>()?;
+    refuse_absent_parts(args, &inputs)?;
     let records = args
         .inputs
         .iter()
@@ -123,6 +133,37 @@ pub(crate) fn merge(args: &MergeArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
         };
         report(&saved, &job, start.elapsed());
         eprintln!("{}", merge_line(&summary));
+    }
+    Ok(())
+}
+
+/// `--clip-ratio` needs two inputs holding text encoders, `--vae b` a B holding an autoencoder:
+/// otherwise nothing would be merged or taken, while the recipe recorded says it was.
+fn refuse_absent_parts(args: &MergeArgs, inputs: &[Input]) -> Result<()> {
+    let lacks = |i: &Input, kind| i.components.get(kind).is_none();
+    if args.clip_ratio.is_some() {
+        if inputs.len() < 2 {
+            bail!("--clip-ratio merges A's text encoders with B's; one input given, leave it out");
+        }
+        if let Some((p, _)) = args
+            .inputs
+            .iter()
+            .zip(inputs)
+            .find(|(_, i)| lacks(i, ComponentKind::Clip))
+        {
+            bail!(
+                "--clip-ratio merges the text encoders, and {} holds none (a denoiser alone); \
+                 leave --clip-ratio out",
+                p.display()
+            );
+        }
+    }
+    if args.vae == VaeFrom::B && inputs.get(1).is_some_and(|b| lacks(b, ComponentKind::Vae)) {
+        bail!(
+            "--vae b writes B's autoencoder, and {} holds none (a denoiser alone); leave --vae b \
+             out",
+            args.inputs[1].display()
+        );
     }
     Ok(())
 }

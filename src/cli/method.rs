@@ -54,8 +54,8 @@ pub(crate) fn merge_method(args: &MergeArgs, name: &str, cancel: &Arc<AtomicBool
     let models: Vec<ModelOut> = loaded.iter().map(|l| l.model).collect();
     let model = g.method(name, &models, &params)?;
     let clip = if args.clip_method {
-        let clips: Vec<_> = loaded.iter().map(|l| l.clip).collect();
-        g.clip_method(name, &clips, &params)?
+        let clips = crate::weights::clips(args, &loaded, "--clip-method")?;
+        Some(g.clip_method(name, &clips, &params)?)
     } else {
         loaded[0].clip
     };

@@ -20,7 +20,12 @@ pub(crate) struct Job {
 /// One summary line on stderr, then one warning per tensor holding NaN/Inf values. The GB/s is of
 /// the whole job (reading inputs included), timed by the caller from its start.
 pub(crate) fn report(saved: &Saved, job: &Job, elapsed: Duration) {
-    let arch = saved.arch.map_or("generic".to_string(), |a| a.to_string());
+    // A family written in the generic layout (a denoiser alone) is named as detected.
+    let arch = match (saved.arch, job.arch) {
+        (Some(a), _) => a.to_string(),
+        (None, Some(a)) => format!("generic-layout {a}"),
+        (None, None) => "generic".to_string(),
+    };
     let secs = elapsed.as_secs_f64().max(1e-9);
     let mut line = format!(
         "saved {arch} ({}) checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s)",

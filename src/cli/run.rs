@@ -35,7 +35,7 @@ pub(crate) struct RunArgs {
 
     /// For a recipe: the output file (never replaced), as sd-mecha's `merge(…, output=FILE)`;
     /// default `<output-dir>/<recipe name>.safetensors`.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", conflicts_with = "output_dir")]
     pub(crate) output: Option<PathBuf>,
 
     /// An extra_model_paths.yaml adding model folders, as ComfyUI's option of the same name.
@@ -163,7 +163,24 @@ fn run_recipe(args: &RunArgs, cancel: &Arc<AtomicBool>) -> Result<()> {
     }
     let recipe = Recipe::open(&args.workflow)?;
     let output = match &args.output {
-        Some(o) => o.clone(),
+        Some(o) => {
+            let gguf_name = o
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+            match (args.gguf.is_some(), gguf_name) {
+                (true, false) => bail!(
+                    "--gguf writes a GGUF file, and --output {} does not end in .gguf; name it \
+                     `.gguf`",
+                    o.display()
+                ),
+                (false, true) => bail!(
+                    "--output {} ends in .gguf, but without --gguf TYPE the recipe is written as \
+                     safetensors; add --gguf TYPE, or name a .safetensors file",
+                    o.display()
+                ),
+                _ => o.clone(),
+            }
+        }
         None => {
             // `with_extension` would cut a stem with dots (`a.b.mecha` → `a.safetensors`).
             let stem = args.workflow.file_stem().unwrap_or_default();
@@ -215,6 +232,7 @@ fn options(args: &RunArgs, dtype: TargetDtype, cancel: &Arc<AtomicBool>) -> Resu
         clip_vision: dtype,
         audio_vae: args.vae_dtype.unwrap_or(dtype),
     };
+    opts.metadata.disable = args.disable_metadata;
     opts.check_finite = args.check_finite;
     opts.progress = !args.quiet;
     opts.cancel = Some(Arc::clone(cancel));

@@ -13,10 +13,10 @@ use crate::commands::{parse_device, print_dry_run, save_options, write_job};
 use crate::merge::lora_arg;
 use crate::print_stdout;
 use checkpoint_save::merge::graph::{
-    file_jobs, Checkpoint, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target,
+    file_jobs, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target, VaeOut,
 };
 use checkpoint_save::quant::Requantize;
-use checkpoint_save::LayoutChoice;
+use checkpoint_save::{ComponentKind, SaveOptions};
 
 /// The ModelMergeSimple ratios of a chain computing `Σ wᵢ·Mᵢ / Σ wᵢ`: step k merges the sum so
 /// far (weight `S_k`) with input k+1 at ratio `S_k / S_{k+1}` (ComfyUI's ratio keeps model1).
@@ -82,11 +82,14 @@ pub(crate) fn merge_weighted(
     for (l, r) in loaded[1..].iter().zip(&ratios) {
         model = g.model_merge_simple(model, l.model, *r)?;
     }
-    let mut clip: ClipOut = loaded[0].clip;
+    let mut clip = loaded[0].clip;
     if let Some(rs) = &clip_ratios {
-        for (l, r) in loaded[1..].iter().zip(rs) {
-            clip = g.clip_merge_simple(clip, l.clip, *r)?;
+        let clips = clips(args, &loaded, "--clip-weights")?;
+        let mut merged = clips[0];
+        for (c, r) in clips[1..].iter().zip(rs) {
+            merged = g.clip_merge_simple(merged, *c, *r)?;
         }
+        clip = Some(merged);
     }
     let what = {
         let total: f64 = weights.iter().sum();
@@ -99,9 +102,17 @@ pub(crate) fn merge_weighted(
     save_graph(args, &opts, g, &loaded, model, clip, start, &what)
 }
 
-/// The rest of a graph-built merge: `--lora` bakes after the merge, the VAE `--vae` names, the
-/// A graph holding one checkpoint loader per input, and their outputs.
-pub(crate) fn load_inputs(args: &MergeArgs) -> Result<(Graph, Vec<Checkpoint>)> {
+/// One input of a graph-built merge: its denoiser, and its text encoders and autoencoder when it
+/// is a checkpoint (a denoiser file alone, a GGUF, has neither).
+pub(crate) struct Loaded {
+    pub(crate) model: ModelOut,
+    pub(crate) clip: Option<ClipOut>,
+    pub(crate) vae: Option<VaeOut>,
+}
+
+/// A graph holding one loader per input (CheckpointLoaderSimple, or UNETLoader for a denoiser
+/// alone), and their outputs.
+pub(crate) fn load_inputs(args: &MergeArgs) -> Result<(Graph, Vec<Loaded>)> {
     if args.requantize != Requantize::Existing {
         bail!(
             "--requantize fresh is for --ratio, --add-difference, --subtract, --add and LoRA \
@@ -110,12 +121,53 @@ pub(crate) fn load_inputs(args: &MergeArgs) -> Result<(Graph, Vec<Checkpoint>)> 
         );
     }
     let mut g = Graph::new();
-    let loaded = args
-        .inputs
-        .iter()
-        .map(|p| g.checkpoint(Source::Path(p.clone())))
-        .collect::<checkpoint_save::Result<Vec<_>>>()?;
+    let mut loaded = Vec::with_capacity(args.inputs.len());
+    for p in &args.inputs {
+        let source = Source::Path(p.clone());
+        loaded.push(match denoiser_alone(p) {
+            true => Loaded {
+                model: g.diffusion_model(source)?,
+                clip: None,
+                vae: None,
+            },
+            false => {
+                let c = g.checkpoint(source)?;
+                Loaded {
+                    model: c.model,
+                    clip: Some(c.clip),
+                    vae: Some(c.vae),
+                }
+            }
+        });
+    }
     Ok((g, loaded))
+}
+
+/// Whether `path` holds a denoiser and neither text encoders nor an autoencoder. An input that
+/// cannot be read is left to the checkpoint loader, whose error names it.
+fn denoiser_alone(path: &std::path::Path) -> bool {
+    checkpoint_save::open_input(path, None).is_ok_and(|i| {
+        i.components.get(ComponentKind::Model).is_some()
+            && i.components.get(ComponentKind::Clip).is_none()
+            && i.components.get(ComponentKind::Vae).is_none()
+    })
+}
+
+/// Every input's text encoders, for a flag that merges them (`flag`).
+pub(crate) fn clips(args: &MergeArgs, loaded: &[Loaded], flag: &str) -> Result<Vec<ClipOut>> {
+    loaded
+        .iter()
+        .zip(&args.inputs)
+        .map(|(l, p)| {
+            l.clip.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{flag} merges the text encoders, and {} holds none (a denoiser alone); \
+                     leave {flag} out",
+                    p.display()
+                )
+            })
+        })
+        .collect()
 }
 
 /// save; runs it and prints the checkpoint's path (and a summary naming `what` was merged).
@@ -124,9 +176,9 @@ pub(crate) fn save_graph(
     args: &MergeArgs,
     opts: &checkpoint_save::SaveOptions,
     mut g: Graph,
-    loaded: &[Checkpoint],
+    loaded: &[Loaded],
     mut model: ModelOut,
-    mut clip: ClipOut,
+    mut clip: Option<ClipOut>,
     start: Instant,
     what: &str,
 ) -> Result<()> {
@@ -135,18 +187,25 @@ pub(crate) fn save_graph(
         let bake = lora_arg(spec)?;
         let (m, c) = g.lora(
             model,
-            Some(clip),
+            clip,
             LoraSource::Memory(bake.lora),
             bake.strength_model,
             bake.strength_clip,
         )?;
         model = m;
-        clip = c.unwrap_or(clip);
+        clip = c.or(clip);
     }
     let (vae, vae_input) = match args.vae {
         VaeFrom::A => (loaded[0].vae, 0),
         VaeFrom::B => (loaded[1].vae, 1),
     };
+    if args.vae == VaeFrom::B && vae.is_none() {
+        bail!(
+            "--vae b writes B's autoencoder, and {} holds none (a denoiser alone); leave --vae \
+             b out",
+            args.inputs[1].display()
+        );
+    }
     // The audio VAE goes with the VAE (the graph's VAE value carries it); so does the metadata
     // its loaders read.
     let mut opts = opts.clone();
@@ -158,7 +217,21 @@ pub(crate) fn save_graph(
             opts.metadata.extra.entry(k).or_insert(v);
         }
     }
-    g.save_checkpoint(model, clip, vae, Target::Prefix(opts.prefix.clone()))?;
+    match (clip, vae) {
+        (Some(clip), Some(vae)) => {
+            g.save_checkpoint(model, clip, vae, Target::Prefix(opts.prefix.clone()))?
+        }
+        // A denoiser alone is written as ModelSave writes it, into diffusion_models/ unless
+        // --prefix says otherwise (as `convert` and `merge --ratio` write one).
+        _ => {
+            crate::commands::refuse_unused_with_denoiser(&args.out);
+            let prefix = match args.out.prefix == SaveOptions::default().prefix {
+                true => "diffusion_models/ComfyUI".to_string(),
+                false => opts.prefix.clone(),
+            };
+            g.save_model(model, Target::Prefix(prefix))?
+        }
+    };
     let mut run_opts = RunOptions::new(&opts.output_dir);
     run_opts.dtypes = opts.dtypes;
     run_opts.metadata = opts.metadata.clone();
@@ -180,13 +253,10 @@ pub(crate) fn save_graph(
         bail!("the merge's graph plans one file");
     };
     let mut save_opts = job.options;
-    let arch = match save_opts.layout {
-        LayoutChoice::Arch(a) => Some(a),
-        _ => None,
-    };
+    let arch = job.family;
     save_opts.prediction = opts.prediction.or(save_opts.prediction);
-    save_opts.quantize = opts.quantize.clone();
-    crate::commands::denoiser_only(&job.components, arch, &args.out, &mut save_opts);
+    // A denoiser alone keeps its family's high-precision layers, as in its checkpoint.
+    save_opts.quantize = opts.quantize.clone().map(|q| q.for_family(arch));
     if args.out.dry_run {
         return print_dry_run(&job.components, &save_opts, args.out.json);
     }
@@ -197,7 +267,11 @@ pub(crate) fn save_graph(
         eprintln!(
             "saved {} ({}) checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s); read {} \
              bytes of {n} inputs; {what}; {} tensor(s) merged",
-            saved.arch.map_or("generic".to_string(), |a| a.to_string()),
+            match (saved.arch, arch) {
+                (Some(a), _) => a.to_string(),
+                (None, Some(a)) => format!("generic-layout {a}"),
+                (None, None) => "generic".to_string(),
+            },
             saved.prediction,
             saved.tensors,
             saved.bytes,

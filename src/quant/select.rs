@@ -99,6 +99,9 @@ pub struct Quantize {
     /// Layers kept in high precision although the default rule quantizes them; wins over
     /// `include`.
     pub exclude: Vec<LayerPattern>,
+    /// The family whose high-precision layers the default rule keeps when the save's layout
+    /// names none (a denoiser saved alone, in the generic layout under its family's prefix).
+    pub family: Option<Arch>,
 }
 
 impl Quantize {
@@ -108,7 +111,15 @@ impl Quantize {
             format,
             include: Vec::new(),
             exclude: Vec::new(),
+            family: None,
         }
+    }
+
+    /// The default rule of `family` where the layout names no architecture (see
+    /// [`Quantize::family`]).
+    pub fn for_family(mut self, family: Option<Arch>) -> Quantize {
+        self.family = family;
+        self
     }
 
     /// Adds an include pattern (`[COMPONENT:]REGEX`).
@@ -164,7 +175,9 @@ impl Quantize {
         Ok(kind == ComponentKind::Model
             && candidate
             && float
-            && !high_precision(arch).iter().any(|k| key.contains(k)))
+            && !high_precision(arch.or(self.family))
+                .iter()
+                .any(|k| key.contains(k)))
     }
 }
 

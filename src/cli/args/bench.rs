@@ -67,9 +67,9 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "R")]
     pub(crate) lora_rank: Option<usize>,
 
-    /// With `run`: how many checkpoints the chain merges.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    pub(crate) chain: usize,
+    /// With `run`: how many checkpoints the chain merges (default 4).
+    #[arg(long, value_name = "N")]
+    pub(crate) chain: Option<usize>,
 
     /// Quantize the denoiser's linear weights into FORMAT (scaled-fp8, fp8, fp8-e5m2, int8,
     /// mxfp8, nvfp4), and time the Python program a user writes for it (safetensors +

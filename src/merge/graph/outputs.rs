@@ -330,6 +330,9 @@ pub struct FileJob {
     /// recipe, the run's checks, progress, cancel flag and writer. The prefix is the save's
     /// (empty for a save to an exact file); nothing is quantized.
     pub options: SaveOptions,
+    /// The family of the file's denoiser: its layout's, or for a denoiser alone (ModelSave's
+    /// generic layout), the family its `modelspec.*` keys name.
+    pub family: Option<Arch>,
 }
 
 /// Compiles `graph` and returns each of its files as the components and options of a single
@@ -345,6 +348,10 @@ pub fn file_jobs(graph: &Graph, opts: &RunOptions) -> Result<(GraphPlan, Vec<Fil
         .into_iter()
         .map(|job| FileJob {
             node: graph.nodes()[job.node].id.clone(),
+            family: match job.file.layout {
+                crate::save::LayoutChoice::Arch(a) => Some(a),
+                _ => job.file.modelspec,
+            },
             components: job.file.components,
             options: job.opts,
         })
