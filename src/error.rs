@@ -99,7 +99,7 @@ pub enum Error {
     },
 
     /// The JSON header would exceed (or does exceed) the 100,000,000-byte limit readers enforce.
-    #[error("safetensors header of {size} bytes exceeds the {limit}-byte limit that readers enforce; when saving, shorten the prompt/workflow metadata or pass --disable-metadata; when loading, the file is corrupt or not a safetensors file")]
+    #[error("safetensors header of {size} bytes exceeds the {limit}-byte limit that readers enforce; when saving, shorten the prompt/workflow metadata or leave them out (--disable-metadata; MetadataOptions::disable); when loading, the file is corrupt or not a safetensors file")]
     HeaderTooLarge {
         /// Header size in bytes.
         size: u64,
@@ -187,7 +187,7 @@ pub enum Error {
     },
 
     /// Tensors hold NaN or Inf values and the caller asked to refuse them.
-    #[error("{count} tensor(s) hold NaN/Inf values (first: `{first}`, {first_count} non-finite); nothing was written. Fix the model or save without --check-finite")]
+    #[error("{count} tensor(s) hold NaN/Inf values (first: `{first}`, {first_count} non-finite); nothing was written. Fix the model or save without --check-finite (SaveOptions::check_finite)")]
     NonFinite {
         /// Number of tensors with at least one non-finite value.
         count: usize,

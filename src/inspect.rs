@@ -18,6 +18,7 @@ use crate::printable::escape_controls;
 use crate::read::gguf::GgufFile;
 use crate::read::{is_gguf, FileFormat, SafetensorsFile};
 
+/// One part of a checkpoint (a component, or keys of none), as [`inspect`] counts it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PartSummary {
     /// `model`, `clip`, `vae`, `audio_vae` (an audio VAE and its vocoder, LTX-2's) or `other`.

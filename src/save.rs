@@ -58,7 +58,9 @@ pub struct SaveOptions {
     pub prefix: String,
     /// Prompt, workflow and other header metadata.
     pub metadata: MetadataOptions,
-    /// Refuse to publish a checkpoint that holds NaN/Inf values.
+    /// Refuse to publish a checkpoint whose values hold NaN/Inf: the source values, counted
+    /// before their rounding into the file dtype (a finite value that overflows to Inf in f16
+    /// is not counted; an Inf that fp8 saturates is).
     pub check_finite: bool,
     /// Show a progress bar on stderr when it is a terminal.
     pub progress: bool,
@@ -118,7 +120,8 @@ pub struct Saved {
     pub tensors: usize,
     /// File size.
     pub bytes: u64,
-    /// Tensors holding NaN/Inf values, with their counts.
+    /// Tensors whose source values hold NaN/Inf, with their counts (see
+    /// [`SaveOptions::check_finite`]).
     pub non_finite: Vec<(String, u64)>,
     /// Component keys the reference layout drops.
     pub dropped: Vec<(ComponentKind, String)>,

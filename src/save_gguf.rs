@@ -25,6 +25,12 @@ use crate::{SaveOptions, Saved};
 /// (bit for bit ggml's reference quantizers'), encoded range by range as the file is written. Text encoders and the autoencoder are not
 /// written. The architecture is `opts.layout`'s, or detected from the denoiser.
 ///
+/// Of `opts`, the file reads the layout (the architecture), the prefix and output folder, the
+/// writer, `check_finite`, `progress` and `cancel`. A GGUF holds no prediction, prompt or
+/// workflow: `prediction` and `metadata` are not written (ComfyUI-GGUF's metadata is); a
+/// `quantize` or a denoiser dtype other than `keep` is refused (the [`crate::GgufType`] sets
+/// the types).
+///
 /// ```
 /// use candle_core::Device;
 /// use checkpoint_save::synthetic::{build, SyntheticOptions};
@@ -49,7 +55,7 @@ use crate::{SaveOptions, Saved};
 ///
 /// # Errors
 /// [`Error::MissingComponent`] without a denoiser; [`Error::InvalidInput`] for the generic
-/// layout (a GGUF file names its architecture), a name longer than GGUF allows, a tensor that
+/// layout (a GGUF file names its architecture), `opts.quantize` or a denoiser dtype, a name longer than GGUF allows, a tensor that
 /// is not floating point; detection, planning, write and publish errors as [`crate::save`]
 /// (nothing is left under a final name).
 pub fn save_gguf(
@@ -129,10 +135,17 @@ pub(crate) fn plan_gguf(
             }
             LayoutChoice::Generic(_) => return Err(Error::InvalidInput(
                 "a GGUF file names its architecture (`general.architecture`), which the generic \
-                 layout does not know; give the architecture (--arch NAME) or let it be detected"
+                 layout does not know; give the architecture (--arch NAME; LayoutChoice::Arch) or let it be detected"
                     .into(),
             )),
         };
+    if opts.quantize.is_some() || opts.dtypes.model != crate::TargetDtype::Keep {
+        return Err(Error::InvalidInput(
+            "a GGUF file's types are its GgufType's (and F32 where ComfyUI-GGUF's convert.py \
+             keeps it): leave SaveOptions' quantize unset and the denoiser's dtype `keep`"
+                .into(),
+        ));
+    }
     let plan = Plan::gguf(model, arch, ty)?;
     // A GGUF's data section starts at its 32-byte padding: direct I/O's units start at the
     // first page boundary inside it (`write::units::aligned`).

@@ -151,10 +151,7 @@ fn ctrl_c_sigterm_and_sighup_remove_the_temporary_file_and_exit_130() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("output");
         let (mut child, lock) = save_waiting_on_its_lock(&out, false);
-        // SAFETY: sends a signal to our own child process.
-        let pid = libc::pid_t::try_from(child.id()).unwrap();
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        // The child says so once its cancel flag is set; only then may it go on.
+        // A wait that lasts is said.
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut waiting = String::new();
         std::io::BufRead::read_line(&mut stderr, &mut waiting).unwrap();
@@ -162,6 +159,10 @@ fn ctrl_c_sigterm_and_sighup_remove_the_temporary_file_and_exit_130() {
             waiting.starts_with("waiting for") && waiting.contains("its lock is held"),
             "the wait is said: {waiting}"
         );
+        // SAFETY: sends a signal to our own child process.
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        // The child says so once its cancel flag is set; only then may it go on.
         let mut first = String::new();
         std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
         assert!(first.starts_with("interrupted"), "signal {signal}: {first}");

@@ -112,7 +112,8 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     };
     let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
         Error::InvalidInput(format!(
-            "{} is not a checkpoint manifest: {e}",
+            "{} is not a checkpoint manifest: {e}; move it aside (the run's checkpoints stay \
+             where they are) to start a new manifest",
             path.display()
         ))
     })?;

@@ -265,6 +265,8 @@ impl Checkpointer {
     }
 
     /// Takes a snapshot of `tensors` for `step` and returns; the write runs in the background.
+    /// `metric` ranks the save for `keep_best`; a NaN or infinite metric (a diverged loss) is
+    /// recorded as none, so that save is kept by `keep_last` only, never as a best one.
     ///
     /// # Errors
     /// The error of the previous background save (then no snapshot is taken; call again to save),

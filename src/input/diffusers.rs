@@ -18,7 +18,9 @@ use crate::layout::diffusers::{
     vae_class, Assembly, Created, Folder, ModelClass,
 };
 use crate::model::dtype::candle_dtype;
-use crate::model::{Arch, ComponentKind, Components, InputMap, InputTensor, TensorInfo, TensorMap};
+use crate::model::{
+    Arch, ComponentKind, Components, InputMap, InputTensor, IntoTensorMap, TensorInfo,
+};
 use crate::split::AUDIO_VAE_FILE;
 
 /// One model converted to ComfyUI names: its component's tensors, and what the conversion made
@@ -384,13 +386,31 @@ fn refuse_unmapped(dir: &Path, arch: Arch, listed: &BTreeMap<String, String>) ->
 /// carry) gets ComfyUI's default value.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when a model's names fit no diffusers class, or a folder is not one
-/// of `arch`'s; conversion errors naming the tensor.
-pub fn from_diffusers(arch: Arch, models: Vec<(Folder, TensorMap)>) -> Result<Components> {
+/// [`Error::InvalidInput`] for no models, a folder given twice, a model's names that fit no
+/// diffusers class, or a model in a folder that does not hold its kind in a pipeline of `arch`
+/// (a denoiser outside `arch`'s `unet/` or `transformer/`, an autoencoder outside `vae/`, a text
+/// encoder in a folder `arch` has none in); conversion errors naming the tensor.
+pub fn from_diffusers<M: IntoTensorMap>(
+    arch: Arch,
+    models: Vec<(Folder, M)>,
+) -> Result<Components> {
+    if models.is_empty() {
+        return Err(Error::InvalidInput(
+            "no models given: a pipeline's components are at least its denoiser".into(),
+        ));
+    }
     let mut components = Components::default();
     let mut clip = InputMap::new();
+    let mut seen = Vec::with_capacity(models.len());
     for (folder, tensors) in models {
-        let tensors = with_text_model_prefix(&tensors);
+        if seen.contains(&folder) {
+            return Err(Error::InvalidInput(format!(
+                "{}/ is given twice; give each folder's model once",
+                folder.name()
+            )));
+        }
+        seen.push(folder);
+        let tensors = with_text_model_prefix(&tensors.into_tensor_map());
         let infos: BTreeMap<String, TensorInfo> = tensors
             .iter()
             .map(|(k, t)| (k.clone(), InputTensor::Candle(t.clone()).info()))
@@ -400,10 +420,23 @@ pub fn from_diffusers(arch: Arch, models: Vec<(Folder, TensorMap)>) -> Result<Co
             .iter()
             .find(|(f, _)| *f == folder)
             .map(|(_, e)| *e);
-        if class.kind() == ComponentKind::Clip && encoder.is_none() {
+        let (denoiser_folder, _) = crate::layout::diffusers::denoiser(arch);
+        let misplaced = match class.kind() {
+            ComponentKind::Clip => encoder.is_none(),
+            ComponentKind::Vae => folder != Folder::Vae,
+            _ => folder != denoiser_folder,
+        };
+        if misplaced {
             return Err(Error::InvalidInput(format!(
-                "{arch} has no text encoder in {}/",
-                folder.name()
+                "the model given as {}/ is a {class:?} ({}), which a pipeline of {arch} does not \
+                 hold there; give it as {}/",
+                folder.name(),
+                class.kind().name(),
+                match class.kind() {
+                    ComponentKind::Clip => "one of its text_encoder folders".to_string(),
+                    ComponentKind::Vae => "vae".to_string(),
+                    _ => denoiser_folder.name().to_string(),
+                }
             )));
         }
         let tc = to_comfy(class, encoder, &infos)?;

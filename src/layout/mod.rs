@@ -225,7 +225,7 @@ fn required(
     shapes.get(kind).ok_or_else(|| Error::MissingComponent {
         component: kind.name(),
         hint: format!(
-            "a {arch} checkpoint holds model, clip and vae; pass the {kind} component, or use the generic layout (--arch generic) to save a partial checkpoint"
+            "a {arch} checkpoint holds model, clip and vae; pass the {kind} component, or use the generic layout (--arch generic; LayoutChoice::Generic) to save a partial checkpoint"
         ),
     })
 }

@@ -229,6 +229,7 @@ pub fn merge(
             op.name()
         )));
     }
+    refuse_non_finite(recipe)?;
     if recipe.vae_from >= inputs.len() {
         return Err(Error::InvalidInput(format!(
             "the VAE cannot come from input {} of {}",
@@ -306,7 +307,7 @@ pub fn merge(
     if !missing.is_empty() && !recipe.allow_missing {
         let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
         return Err(Error::InvalidInput(format!(
-            "{} key(s) of A are missing from {}: {}{}; give --allow-missing to keep A's tensors \
+            "{} key(s) of A are missing from {}: {}{}; give --allow-missing (Recipe::allow_missing) to keep A's tensors \
              there",
             missing.len(),
             if op.inputs() == 3 { "B or C" } else { "B" },
@@ -324,6 +325,32 @@ pub fn merge(
 }
 
 /// Keys CLIPMergeSimple leaves as A has them.
+/// Every number of `recipe` is finite: a NaN or infinite ratio, multiplier or strength would
+/// write NaN into every tensor it touches.
+fn refuse_non_finite(recipe: &Recipe) -> Result<()> {
+    let op = recipe.operation;
+    let mut numbers: Vec<(String, f64)> = Vec::new();
+    if let Some(v) = op.value() {
+        numbers.push((format!("the {}'s value", op.name()), v));
+    }
+    if let Some(c) = recipe.clip {
+        numbers.push(("the text encoders' ratio".into(), c));
+    }
+    for (block, r) in recipe.blocks.entries() {
+        numbers.push((format!("the ratio of block `{block}`"), *r));
+    }
+    for l in &recipe.loras {
+        numbers.push(("a LoRA's model strength".into(), l.strength_model));
+        numbers.push(("a LoRA's clip strength".into(), l.strength_clip));
+    }
+    match numbers.into_iter().find(|(_, v)| !v.is_finite()) {
+        Some((what, v)) => Err(Error::InvalidInput(format!(
+            "{what} is {v}, not a finite number"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn keeps_clip_key(key: &str) -> bool {
     key.ends_with("position_ids") || key.ends_with("logit_scale")
 }

@@ -346,6 +346,14 @@ impl Plan {
                 second: "a member of a quantized layer of the same name".into(),
             });
         }
+        // The header's metadata entry: a tensor of that name makes a file no reader opens.
+        if planned.iter().any(|p| p.key == "__metadata__") {
+            return Err(Error::InvalidInput(
+                "a tensor is named `__metadata__`, the name safetensors reserves for the \
+                 header's metadata (no reader would open the file); rename the tensor"
+                    .into(),
+            ));
+        }
 
         let mut tensors = Vec::with_capacity(planned.len());
         let mut pieces = Vec::with_capacity(planned.len());

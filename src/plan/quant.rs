@@ -129,6 +129,10 @@ impl<'a> Collector<'a> {
             return Ok(None);
         };
         let Some(layer) = entry.key.strip_suffix(".weight") else {
+            // An include pattern naming it asks for the impossible: said, not skipped.
+            if let Some(q) = &self.opts.quantize {
+                q.selects(self.opts.arch, *component, key, &t.info())?;
+            }
             return Ok(None);
         };
         let out = match self.form(*component, key, t)? {

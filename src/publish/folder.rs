@@ -18,9 +18,10 @@ pub(crate) struct FolderLock {
 }
 
 impl FolderLock {
-    /// Locks `folder` (which must exist), waiting for other holders; says so on stderr when it
-    /// has to wait (another save, split or checkpointer writing there, or a stuck process or a
-    /// backup tool holding the folder's lock), so a wait is never silent.
+    /// Locks `folder` (which must exist), waiting for other holders; says so on stderr when the
+    /// wait passes [`ANNOUNCE_AFTER`] (another save, split or checkpointer writing there, or a
+    /// stuck process or a backup tool holding the folder's lock), so a long wait is never silent
+    /// while the short ones of checkpointers sharing a folder stay quiet.
     ///
     /// # Errors
     /// [`Error::Io`] when the folder cannot be opened.
@@ -29,23 +30,45 @@ impl FolderLock {
             File::open(folder).ctx(|| format!("cannot open the folder {}", folder.display()))?;
         match dir.try_lock() {
             Ok(()) => return Ok(FolderLock { _dir: Some(dir) }),
-            Err(std::fs::TryLockError::WouldBlock) => eprintln!(
-                "waiting for {}: its lock is held (another save or split is writing there)",
-                folder.display()
-            ),
+            // Held: wait, and say so if the wait lasts.
+            Err(std::fs::TryLockError::WouldBlock) => {}
             // Unsupported or interrupted: the blocking call below decides.
-            Err(std::fs::TryLockError::Error(_)) => {}
+            Err(std::fs::TryLockError::Error(_)) => return Ok(blocking(dir)),
         }
-        loop {
-            match dir.lock() {
-                Ok(()) => return Ok(FolderLock { _dir: Some(dir) }),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // No folder locks here: go on unlocked (see the module docs).
-                Err(_) => return Ok(FolderLock { _dir: None }),
-            }
+        let (acquired, announce) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                if announce
+                    .recv_timeout(ANNOUNCE_AFTER)
+                    .is_err_and(|e| e == std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    eprintln!(
+                        "waiting for {}: its lock is held (another save or split is writing \
+                         there)",
+                        folder.display()
+                    );
+                }
+            });
+            let lock = blocking(dir);
+            drop(acquired);
+            Ok(lock)
+        })
+    }
+}
+
+/// Waits for `dir`'s lock; without folder locks here, goes on unlocked (see the module docs).
+fn blocking(dir: File) -> FolderLock {
+    loop {
+        match dir.lock() {
+            Ok(()) => return FolderLock { _dir: Some(dir) },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return FolderLock { _dir: None },
         }
     }
 }
+
+/// How long a wait for a folder's lock goes unsaid.
+const ANNOUNCE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Creates the folder and its parents.
 ///

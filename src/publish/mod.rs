@@ -188,7 +188,7 @@ impl Drop for Reservation {
 pub fn reserve_at(path: &Path) -> Result<Reservation> {
     let Some(file_name) = path.file_name() else {
         return Err(Error::InvalidInput(format!(
-            "{} names no file; give a path such as `checkpoints/step_1000.safetensors`",
+            "`{}` names no file; give a path such as `checkpoints/step_1000.safetensors`",
             path.display()
         )));
     };
@@ -267,10 +267,14 @@ pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
 
 /// The error for a name that is taken.
 pub(crate) fn refuse_replace(path: &Path) -> Error {
+    let what = match path.is_dir() {
+        true => "folder",
+        false => "file",
+    };
     Error::io(
         format!(
-            "refusing to replace the existing file {}; nothing was overwritten: choose another \
-             name or move that file away",
+            "refusing to replace the existing {what} {}; nothing was overwritten: choose another \
+             name or move that {what} away",
             path.display()
         ),
         io::Error::from(io::ErrorKind::AlreadyExists),

@@ -463,9 +463,15 @@ impl GgufFile {
                 std::io::Error::from(std::io::ErrorKind::IsADirectory),
             ));
         }
+        let mut magic = [0u8; 4];
+        let is_gguf = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+            && &magic == b"GGUF";
         let parsed = parse(&file, meta.len()).map_err(|reason| Error::InvalidCheckpoint {
             path: path.to_path_buf(),
-            reason: format!("it is a GGUF file, but {reason}"),
+            reason: match is_gguf {
+                true => format!("it is a GGUF file, but {reason}"),
+                false => "it is not a GGUF file (its first bytes are not `GGUF`)".into(),
+            },
         })?;
         let index = parsed
             .tensors

@@ -57,7 +57,8 @@ pub struct RunOptions {
     /// Where merged tensors are computed (`None`: the host, or the GPU every operand is on).
     pub device: Option<Device>,
     /// Write every save's denoiser alone as a GGUF file of this target (`.gguf`, as
-    /// [`crate::save_gguf`]); text-encoder and VAE saves stay safetensors.
+    /// [`crate::save_gguf`]; the target's types replace `dtypes.model` there); text-encoder and
+    /// VAE saves stay safetensors.
     pub gguf: Option<GgufTarget>,
 }
 
@@ -277,7 +278,16 @@ fn plan_file(
 ) -> Result<(Plan, Method, Option<Arch>, Prediction)> {
     let c = &job.file.components;
     if let Some(target) = &job.gguf {
-        let (plan, method, arch) = crate::save_gguf::plan_gguf(c, target, &job.opts, folder)?;
+        // ModelSave's file is laid out generically under its family's prefix: the GGUF is of
+        // that family.
+        let mut opts = job.opts.clone();
+        // The GGUF type sets the denoiser's types (`RunOptions::gguf`), not the dtypes.
+        opts.dtypes.model = crate::TargetDtype::Keep;
+        if let (crate::save::LayoutChoice::Generic(_), Some(a)) = (&opts.layout, job.file.modelspec)
+        {
+            opts.layout = crate::save::LayoutChoice::Arch(a);
+        }
+        let (plan, method, arch) = crate::save_gguf::plan_gguf(c, target, &opts, folder)?;
         let prediction = job.opts.prediction.unwrap_or(arch.default_prediction());
         return Ok((plan, method, Some(arch), prediction));
     }

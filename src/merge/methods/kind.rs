@@ -9,74 +9,136 @@ use crate::error::{Error, Result};
 #[non_exhaustive]
 pub enum Kind {
     /// `lerp(a, b, alpha)`.
-    WeightedSum { alpha: f64 },
+    WeightedSum {
+        /// `alpha`: the position between `a` (0) and `b` (1).
+        alpha: f64,
+    },
     /// The running mean `lerp(mean, xᵢ, 1/i)`.
     NAverage,
     /// `a + alpha·(b − c)` (or `a + alpha·b` with two inputs), clamped between `a` and `b`.
-    AddDifference { alpha: f64, clamp_to_ab: bool },
+    AddDifference {
+        /// `alpha`: how much of the method's result is taken.
+        alpha: f64,
+        /// `clamp_to_ab`: clamp the result between `a` and `b`.
+        clamp_to_ab: bool,
+    },
     /// Spherical interpolation of the whole tensors.
-    Slerp { alpha: f64 },
+    Slerp {
+        /// `alpha`: the position between `a` (0) and `b` (1).
+        alpha: f64,
+    },
     /// `a + alpha·((b − c) − proj_{a − c}(b − c))`.
-    AddPerpendicular { alpha: f64 },
+    AddPerpendicular {
+        /// `alpha`: how much of the method's result is taken.
+        alpha: f64,
+    },
     /// `a + (b − c)·alpha·1.8·|b − a| / (|b − a| + |b − c|)`.
-    TrainDifference { alpha: f64 },
+    TrainDifference {
+        /// `alpha`: how much of the method's result is taken.
+        alpha: f64,
+    },
     /// TIES over the inputs taken as deltas; with `base`, over `xᵢ − base`, added to it.
     Ties {
+        /// Whether the first input is the base the others are taken as deltas from.
         base: bool,
+        /// `alpha`: how much of the method's result is taken.
         alpha: f64,
+        /// `k`: the fraction of each delta's largest magnitudes kept.
         k: f64,
+        /// `vote_sgn`: elect the sign by the deltas' signs, not by their sum.
         vote_sgn: bool,
     },
     /// sd-mecha's `ties_sum_extended` (with `base`: `add_difference_ties_extended`, over
     /// `xᵢ − base`, added to it): TIES's filtered deltas combined by their mean, that mean times
     /// model stock's `t` (`apply_stock`), or their geometric median (`median`).
     TiesExtended {
+        /// Whether the first input is the base the others are taken as deltas from.
         base: bool,
+        /// `alpha`: how much of the method's result is taken.
         alpha: f64,
+        /// `k`: the fraction of each delta's largest magnitudes kept.
         k: f64,
+        /// `vote_sgn`: elect the sign by the deltas' signs, not by their sum.
         vote_sgn: bool,
+        /// `apply_stock`: the mean scaled by model stock's `t`.
         apply_stock: bool,
+        /// `cos_eps`: the epsilon of the cosine similarities.
         cos_eps: f64,
+        /// `apply_median`: the geometric median's settings, when it replaces the mean.
         median: Option<Median>,
     },
     /// DARE: deltas dropped with `probability`, TIES-combined, rescaled, added to the base;
     /// with `della_eps` ≠ 0 sd-mecha's DELLA: each element's keep probability moved by its
     /// magnitude's rank over the whole tensor.
     Dare {
+        /// `probability`: the chance that an element is dropped.
         probability: f64,
+        /// `della_eps`: how far an element's magnitude rank moves its keep probability.
         della_eps: f64,
+        /// `rescale`: the kept values divided by their keep probability.
         rescale: bool,
+        /// `alpha`: how much of the method's result is taken.
         alpha: f64,
+        /// `seed`: the seed of the random masks (the same seed, the same file).
         seed: i64,
+        /// `k`: the fraction of each delta's largest magnitudes kept.
         k: f64,
+        /// `vote_sgn`: elect the sign by the deltas' signs, not by their sum.
         vote_sgn: bool,
+        /// `apply_stock`: the mean scaled by model stock's `t`.
         apply_stock: bool,
+        /// `cos_eps`: the epsilon of the cosine similarities.
         cos_eps: f64,
+        /// `apply_median`: the geometric median's settings, when it replaces the mean.
         median: Option<Median>,
     },
     /// sd-mecha's `dropout` (n-supermario): each delta `xᵢ − a` keeps an element with
     /// probability `1 − probability` (independent seeded masks); the mean of the kept values
     /// (0 where none is), divided by `(1 − probability)^rescale`, added to `a` with `alpha`.
     Dropout {
+        /// `probability`: the chance that an element is dropped.
         probability: f64,
+        /// `rescale`: the exponent of `1 − probability` the mean is divided by.
         rescale: f64,
+        /// `alpha`: how much of the method's result is taken.
         alpha: f64,
+        /// `seed`: the seed of the random masks (the same seed, the same file).
         seed: i64,
     },
     /// DELLA: deltas dropped by magnitude rank, rescaled, TIES-combined, added to the base.
     Della {
+        /// `density`: the mean keep probability.
         density: f64,
+        /// `epsilon`: the spread of the keep probabilities over the ranks.
         epsilon: f64,
+        /// `lambda`: the factor of the combined deltas.
         lambda: f64,
+        /// `seed`: the seed of the random masks (the same seed, the same file).
         seed: i64,
+        /// `rescale`: the kept values divided by their keep probability.
         rescale: bool,
     },
     /// Model stock over deltas (with `base`: over `xᵢ − base`, added to it).
-    ModelStock { base: bool, cos_eps: f64 },
+    ModelStock {
+        /// Whether the first input is the base the others are taken as deltas from.
+        base: bool,
+        /// `cos_eps`: the epsilon of the cosine similarities.
+        cos_eps: f64,
+    },
     /// Weiszfeld's geometric median.
-    GeometricMedian { eps: f64, maxiter: i64, ftol: f64 },
+    GeometricMedian {
+        /// `eps`: the smallest distance a weight divides by.
+        eps: f64,
+        /// `maxiter`: the most Weiszfeld iterations.
+        maxiter: i64,
+        /// `ftol`: the relative change of the mean distance that ends the iterations.
+        ftol: f64,
+    },
     /// `a` clamped between the bounds' minimum and maximum (softened by `stiffness`).
-    Clamp { stiffness: f64 },
+    Clamp {
+        /// `stiffness`: how far each limit is pulled toward the bounds' mean.
+        stiffness: f64,
+    },
 }
 
 /// The kind of method `name` over `inputs` models, with parameters from `get`.

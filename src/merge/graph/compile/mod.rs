@@ -505,7 +505,7 @@ impl Compiler<'_> {
         if self.opts.refuse_missing {
             return Err(Error::InvalidInput(format!(
                 "{me}: {} key(s) of {first} are not in {second} (first: `{k}`); give \
-                 --allow-missing to keep {first}'s tensors there",
+                 --allow-missing (RunOptions::refuse_missing false) to keep {first}'s tensors there",
                 keys.len()
             )));
         }
