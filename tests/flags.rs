@@ -116,37 +116,32 @@ fn merge_flags_of_another_operation_or_an_absent_part_are_refused() {
         refused(d, &args, "--clip-weights goes with --weights");
     }
     // Denoisers alone: no text encoders to merge or cast, no autoencoder to take.
-    refused(
-        d,
-        &["merge", m, m2, "--ratio", "0.5", "--clip-ratio", "0.3"],
-        "holds none",
-    );
-    refused(
-        d,
-        &["merge", m, m2, "--ratio", "0.5", "--vae", "b"],
-        "--vae b writes B's",
-    );
-    refused(
-        d,
-        &["merge", m, m2, "--ratio", "0.5", "--clip-dtype", "f16"],
-        "--clip-dtype",
-    );
-    refused(d, &["convert", m, "--vae-dtype", "f16"], "--vae-dtype");
-    refused(
-        d,
-        &["merge", m, m2, "--method", "slerp", "--clip-method"],
-        "holds none",
-    );
-    refused(
-        d,
-        &["merge", m, m2, "--weights", "1,1", "--clip-weights", "1,1"],
-        "holds none",
-    );
-    refused(
-        d,
-        &["merge", m, m2, "--method", "slerp", "--vae", "b"],
-        "--vae b writes B's",
-    );
+    let cases: [(&[&str], &str); 7] = [
+        (&[m2, "--ratio", "0.5", "--clip-ratio", "0.3"], "holds none"),
+        (&[m2, "--ratio", "0.5", "--vae", "b"], "--vae b writes B's"),
+        (
+            &[m2, "--ratio", "0.5", "--clip-dtype", "f16"],
+            "--clip-dtype",
+        ),
+        (&["--vae-dtype", "f16"], "--vae-dtype"),
+        (&[m2, "--method", "slerp", "--clip-method"], "holds none"),
+        (
+            &[m2, "--weights", "1,1", "--clip-weights", "1,1"],
+            "holds none",
+        ),
+        (
+            &[m2, "--method", "slerp", "--vae", "b"],
+            "--vae b writes B's",
+        ),
+    ];
+    for (rest, needle) in cases {
+        // One input: a convert; two: a merge.
+        let job = match rest.first() == Some(&m2) {
+            true => "merge",
+            false => "convert",
+        };
+        refused(d, &[&[job, m][..], rest].concat(), needle);
+    }
     let lora_dir = d.join("lora");
     let r = run(
         d,

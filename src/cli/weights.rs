@@ -170,7 +170,9 @@ pub(crate) fn clips(args: &MergeArgs, loaded: &[Loaded], flag: &str) -> Result<V
         .collect()
 }
 
-/// save; runs it and prints the checkpoint's path (and a summary naming `what` was merged).
+/// The rest of a graph-built merge: `--lora` bakes after the merge, the VAE `--vae` names, the
+/// save (CheckpointSave, or ModelSave for denoisers alone); saves the file as every merge does
+/// and prints its path (and a summary naming `what` was merged).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn save_graph(
     args: &MergeArgs,

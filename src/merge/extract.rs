@@ -225,6 +225,9 @@ fn extract(
     let mut report = ExtractReport::default();
     for r in results {
         let r = r?;
+        if r.tensors.is_empty() {
+            continue;
+        }
         match r.error {
             Some(e) => {
                 report.factored += 1;
@@ -277,6 +280,14 @@ impl Job {
         let out = info.shape[0];
         let inner: usize = info.shape[1..].iter().product();
         let rank = opts.rank.min(out).min(info.shape[1]);
+        if rank == 0 {
+            // An empty weight (a zero dimension) has no difference to factor.
+            return Ok(Extracted {
+                key: self.key.clone(),
+                tensors: Vec::new(),
+                error: None,
+            });
+        }
         let device = opts.device.clone().unwrap_or(Device::Cpu);
         let seed = seed_of(&self.key);
         let svd = truncated_svd(&self.key, &diff, out, inner, rank, seed, &device)?;

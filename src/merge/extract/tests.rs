@@ -347,3 +347,21 @@ fn bad_requests_are_refused() {
         "{err}"
     );
 }
+
+/// A weight with a zero dimension has nothing to factor: it is left out, the rest extracted.
+#[test]
+fn an_empty_weight_is_left_out() {
+    let (mut tuned, mut base, _) = pair();
+    for c in [&mut tuned, &mut base] {
+        let mut m = c.take(ComponentKind::Model).unwrap();
+        m.insert("empty.weight".into(), t(Vec::new(), &[0, 4]));
+        c.set_inputs(ComponentKind::Model, m);
+    }
+    let (lora, report) = extract_lora(&tuned, &base, &ExtractOptions::default()).unwrap();
+    assert!(
+        !lora.keys().any(|k| k.contains("empty")),
+        "{:?}",
+        lora.keys()
+    );
+    assert!(report.factored > 0);
+}
