@@ -652,3 +652,36 @@ fn bench_quantize_times_the_python_program_or_says_why_not() {
         assert!(ran["ratio_python"].as_f64().unwrap() > 0.0, "{ran}");
     }
 }
+
+/// A path that cannot be printed (stdout on a full device) is said on stderr with the error, so
+/// the file just written is not lost to the user.
+#[test]
+fn a_path_stdout_cannot_take_is_said_on_stderr() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return; // No /dev/full on this system.
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let done = std::process::Command::new(env!("CARGO_BIN_EXE_checkpoint-save"))
+        .args([
+            "save",
+            "--synthetic",
+            "sd15",
+            "--tiny",
+            "-q",
+            "--output-dir",
+        ])
+        .arg(&out)
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(1), "{stderr}");
+    let written = files_under(&out);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(
+        stderr.contains("cannot write to stdout")
+            && stderr.contains(&written[0].display().to_string()),
+        "{stderr}"
+    );
+}

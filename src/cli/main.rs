@@ -107,8 +107,12 @@ fn message(e: &anyhow::Error) -> String {
 pub(crate) fn print_stdout(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        // A line (a written file's path) is said on stderr instead, so it is not lost.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("cannot write to stdout")
+            Err(e).with_context(|| match text.contains('\n') {
+                false => format!("cannot write to stdout: {text}"),
+                true => "cannot write to stdout".to_string(),
+            })
         }
         _ => Ok(()),
     }
