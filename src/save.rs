@@ -160,10 +160,7 @@ pub fn save_to_path(components: &Components, path: &Path, opts: &SaveOptions) ->
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let folder = crate::publish::folder_of(path);
     save_with(components, opts, &stem, folder, || reserve_at(path))
 }
 

@@ -79,10 +79,7 @@ pub fn save_gguf_to_path(
     opts: &SaveOptions,
 ) -> Result<Saved> {
     refuse_input_as_output(components, path)?;
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let folder = crate::publish::folder_of(path);
     save_with(components, &ty.into(), opts, folder, || reserve_at(path))
 }
 

@@ -135,10 +135,7 @@ pub(crate) fn file_for(text: &Path) -> PathBuf {
 /// # Errors
 /// [`crate::Error::Io`] when the folder cannot be listed.
 pub(crate) fn candidates(text: &Path) -> Result<Vec<PathBuf>> {
-    let dir = match text.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = crate::publish::folder_of(text).to_path_buf();
     let stem = match_stem(text);
     let own = text.file_name();
     let entries =

@@ -70,6 +70,14 @@ fn blocking(dir: File) -> FolderLock {
 /// How long a wait for a folder's lock goes unsaid.
 const ANNOUNCE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The folder `path` lies in: its parent, or `.` for a bare name (whose parent is empty).
+pub(crate) fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Creates the folder and its parents.
 ///
 /// # Errors

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
-pub(crate) use folder::{create_folder, exists, sync_folder, FolderLock};
+pub(crate) use folder::{create_folder, exists, folder_of, sync_folder, FolderLock};
 pub(crate) use temp::remove_stale_temps;
 
 /// A name reserved for one checkpoint: the open temporary file, and where it will be published.
@@ -192,10 +192,7 @@ pub fn reserve_at(path: &Path) -> Result<Reservation> {
             path.display()
         )));
     };
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let folder = folder_of(path).to_path_buf();
     create_folder(&folder)?;
     let _lock = FolderLock::acquire(&folder)?;
     remove_stale_temps(&folder)?;

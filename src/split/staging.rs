@@ -72,10 +72,7 @@ impl TempDir {
                 out_dir.display()
             )));
         }
-        let parent = match out_dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let parent = crate::publish::folder_of(out_dir).to_path_buf();
         create_folder(&parent)?;
         let _lock = FolderLock::acquire(&parent)?;
         remove_stale_temps(&parent)?;

@@ -316,10 +316,7 @@ fn provisional(job: &Job) -> Result<(PathBuf, String)> {
         }
         Target::File(p) => {
             refuse_input_as_output(&job.file.components, p)?;
-            let folder = match p.parent() {
-                Some(f) if !f.as_os_str().is_empty() => f.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
+            let folder = crate::publish::folder_of(p).to_path_buf();
             let stem = p
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
