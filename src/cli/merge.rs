@@ -151,21 +151,21 @@ fn refuse_absent_parts(args: &MergeArgs, inputs: &[Input]) -> Result<()> {
             .zip(inputs)
             .find(|(_, i)| lacks(i, ComponentKind::Clip))
         {
-            bail!(
-                "--clip-ratio merges the text encoders, and {} holds none (a denoiser alone); \
-                 leave --clip-ratio out",
-                p.display()
-            );
+            return Err(absent("--clip-ratio", "merges the text encoders", p));
         }
     }
     if args.vae == VaeFrom::B && inputs.get(1).is_some_and(|b| lacks(b, ComponentKind::Vae)) {
-        bail!(
-            "--vae b writes B's autoencoder, and {} holds none (a denoiser alone); leave --vae b \
-             out",
-            args.inputs[1].display()
-        );
+        return Err(absent("--vae b", "writes B's autoencoder", &args.inputs[1]));
     }
     Ok(())
+}
+
+/// `flag` (which `does` something with a part) given for `input`, a denoiser alone.
+pub(crate) fn absent(flag: &str, does: &str, input: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{flag} {does}, and {} holds none (a denoiser alone); leave {flag} out",
+        input.display()
+    )
 }
 
 /// The operation the flags and the number of inputs ask for; with `--block-ratios` and no

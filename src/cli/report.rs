@@ -17,15 +17,20 @@ pub(crate) struct Job {
     pub created: Vec<String>,
 }
 
-/// One summary line on stderr, then one warning per tensor holding NaN/Inf values. The GB/s is of
-/// the whole job (reading inputs included), timed by the caller from its start.
-pub(crate) fn report(saved: &Saved, job: &Job, elapsed: Duration) {
-    // A family written in the generic layout (a denoiser alone) is named as detected.
-    let arch = match (saved.arch, job.arch) {
+/// The architecture a summary names: the one laid out, or a family written in the generic layout
+/// (a denoiser alone) as detected.
+pub(crate) fn arch_label(laid_out: Option<Arch>, family: Option<Arch>) -> String {
+    match (laid_out, family) {
         (Some(a), _) => a.to_string(),
         (None, Some(a)) => format!("generic-layout {a}"),
         (None, None) => "generic".to_string(),
-    };
+    }
+}
+
+/// One summary line on stderr, then one warning per tensor holding NaN/Inf values. The GB/s is of
+/// the whole job (reading inputs included), timed by the caller from its start.
+pub(crate) fn report(saved: &Saved, job: &Job, elapsed: Duration) {
+    let arch = arch_label(saved.arch, job.arch);
     let secs = elapsed.as_secs_f64().max(1e-9);
     let mut line = format!(
         "saved {arch} ({}) checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s)",

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 
 use crate::args::{ArchArg, MergeArgs, VaeFrom};
 use crate::commands::{parse_device, print_dry_run, save_options, write_job};
-use crate::merge::lora_arg;
+use crate::merge::{absent, lora_arg};
 use crate::print_stdout;
 use checkpoint_save::merge::graph::{
     file_jobs, ClipOut, Graph, LoraSource, ModelOut, RunOptions, Source, Target, VaeOut,
@@ -159,13 +159,8 @@ pub(crate) fn clips(args: &MergeArgs, loaded: &[Loaded], flag: &str) -> Result<V
         .iter()
         .zip(&args.inputs)
         .map(|(l, p)| {
-            l.clip.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{flag} merges the text encoders, and {} holds none (a denoiser alone); \
-                     leave {flag} out",
-                    p.display()
-                )
-            })
+            l.clip
+                .ok_or_else(|| absent(flag, "merges the text encoders", p))
         })
         .collect()
 }
@@ -202,11 +197,7 @@ pub(crate) fn save_graph(
         VaeFrom::B => (loaded[1].vae, 1),
     };
     if args.vae == VaeFrom::B && vae.is_none() {
-        bail!(
-            "--vae b writes B's autoencoder, and {} holds none (a denoiser alone); leave --vae \
-             b out",
-            args.inputs[1].display()
-        );
+        return Err(absent("--vae b", "writes B's autoencoder", &args.inputs[1]));
     }
     // The audio VAE goes with the VAE (the graph's VAE value carries it); so does the metadata
     // its loaders read.
@@ -269,11 +260,7 @@ pub(crate) fn save_graph(
         eprintln!(
             "saved {} ({}) checkpoint: {} tensors, {} bytes in {secs:.2} s ({:.2} GB/s); read {} \
              bytes of {n} inputs; {what}; {} tensor(s) merged",
-            match (saved.arch, arch) {
-                (Some(a), _) => a.to_string(),
-                (None, Some(a)) => format!("generic-layout {a}"),
-                (None, None) => "generic".to_string(),
-            },
+            crate::report::arch_label(saved.arch, arch),
             saved.prediction,
             saved.tensors,
             saved.bytes,
