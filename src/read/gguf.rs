@@ -463,15 +463,18 @@ impl GgufFile {
                 std::io::Error::from(std::io::ErrorKind::IsADirectory),
             ));
         }
-        let mut magic = [0u8; 4];
-        let is_gguf = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
-            && &magic == b"GGUF";
-        let parsed = parse(&file, meta.len()).map_err(|reason| Error::InvalidCheckpoint {
-            path: path.to_path_buf(),
-            reason: match is_gguf {
-                true => format!("it is a GGUF file, but {reason}"),
-                false => "it is not a GGUF file (its first bytes are not `GGUF`)".into(),
-            },
+        let parsed = parse(&file, meta.len()).map_err(|reason| {
+            // Only a failed parse looks at the magic again, to say which it is.
+            let mut magic = [0u8; 4];
+            let is_gguf = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+                && &magic == b"GGUF";
+            Error::InvalidCheckpoint {
+                path: path.to_path_buf(),
+                reason: match is_gguf {
+                    true => format!("it is a GGUF file, but {reason}"),
+                    false => "it is not a GGUF file (its first bytes are not `GGUF`)".into(),
+                },
+            }
         })?;
         let index = parsed
             .tensors
